@@ -1,0 +1,427 @@
+//! The streaming reverse proxy to an HTTP MCP server.
+//!
+//! Request and response bodies stream through; SSE responses pass event by event (each chunk
+//! is written to the client as it arrives, never buffered or compressed). What goes upstream
+//! follows decisions.md "What goes upstream": the client's `Authorization`, our cookies,
+//! `Origin` and client copies of identity headers are removed; `Host` is the upstream's;
+//! `X-Forwarded-*` are ours. An upstream 401/403 becomes a 502 so its challenge never sends
+//! the client to the upstream's own authorization server.
+
+use std::net::IpAddr;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::{StreamExt, TryStreamExt, stream};
+use url::Url;
+
+use super::mapping::{same_origin, upstream_url};
+use super::sessions;
+use crate::config::{Site, UpstreamOptions};
+use crate::error::jsonrpc_error;
+use crate::gate::Caller;
+use crate::store::Repo;
+
+/// The MCP session header (Streamable HTTP transport).
+pub const MCP_SESSION_ID: &str = "mcp-session-id";
+
+/// Request bodies up to this size are kept so a 307/308 can be replayed; longer bodies stream
+/// and a redirect of them is refused.
+pub const REPLAY_LIMIT: usize = 256 * 1024;
+
+/// At most this many same-origin 307/308 hops are followed.
+const MAX_REDIRECTS: usize = 3;
+
+/// Identity headers only the proxy may set; client copies are spoofing.
+pub const IDENTITY_HEADERS: [&str; 5] = [
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-name",
+    "x-forwarded-groups",
+    "x-forwarded-access-token",
+];
+
+/// Cookie names of ours start with this (after an optional `__Host-`).
+pub const COOKIE_PREFIX: &str = "mcp_proxy_";
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A configured HTTP upstream.
+pub struct HttpBackend {
+    client: reqwest::Client,
+    base: Url,
+    opts: UpstreamOptions,
+}
+
+/// The request body as far as it was read: whole (replayable) or a prefix plus the rest.
+enum Outgoing {
+    Whole(Bytes),
+    Streaming(Bytes, Body),
+}
+
+/// Who the request came from, for `X-Forwarded-For`.
+pub struct ClientInfo {
+    pub peer: IpAddr,
+    pub peer_trusted: bool,
+}
+
+impl HttpBackend {
+    pub fn new(base: Url, opts: UpstreamOptions) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(opts.connect_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            // A reverse proxy talks to its backend directly, whatever HTTP_PROXY says.
+            .no_proxy()
+            .build()?;
+        Ok(Self { client, base, opts })
+    }
+
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// Whether GET on the MCP path is refused (`--http-streaming-only`).
+    pub fn streaming_only(&self) -> bool {
+        self.opts.streaming_only
+    }
+
+    /// Forwards an authenticated request and streams the answer back.
+    pub async fn forward(
+        &self,
+        repo: &Repo,
+        site: &Site,
+        caller: &Caller,
+        client: ClientInfo,
+        req: Request,
+    ) -> Response {
+        let (parts, body) = req.into_parts();
+        let Some(mut url) = upstream_url(
+            &self.base,
+            &site.mcp_path,
+            parts.uri.path(),
+            parts.uri.query(),
+        ) else {
+            return jsonrpc_error(StatusCode::BAD_GATEWAY, "no upstream route for this path");
+        };
+
+        let session_id = parts
+            .headers
+            .get(MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Some(id) = &session_id {
+            match sessions::owned_by(repo, id, &caller.subject).await {
+                Ok(true) => {}
+                Ok(false) => return jsonrpc_error(StatusCode::NOT_FOUND, "session not found"),
+                Err(e) => {
+                    tracing::error!(error = %e, "store failure while checking a session");
+                    return jsonrpc_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "temporarily unavailable",
+                    );
+                }
+            }
+        }
+
+        let headers = self.upstream_headers(&parts.headers, site, &client);
+        // Small bodies (every ordinary JSON-RPC message) are kept whole so a redirect can be
+        // replayed; larger ones stream and cannot be.
+        let (mut body, replay) = match read_prefix(body, REPLAY_LIMIT).await {
+            Ok(Outgoing::Whole(b)) => (Some(reqwest::Body::from(b.clone())), Some(b)),
+            Ok(Outgoing::Streaming(prefix, rest)) => {
+                let rest = rest.into_data_stream().map_err(std::io::Error::other);
+                let chained = stream::once(async move { Ok(prefix) }).chain(rest);
+                (Some(reqwest::Body::wrap_stream(chained)), None)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "client body failed");
+                return jsonrpc_error(
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read",
+                );
+            }
+        };
+
+        let mut hops = 0;
+        let resp = loop {
+            let Some(this_body) = body
+                .take()
+                .or_else(|| replay.clone().map(reqwest::Body::from))
+            else {
+                return jsonrpc_error(
+                    StatusCode::BAD_GATEWAY,
+                    "the MCP server redirected a request too large to replay",
+                );
+            };
+            let sent = self
+                .client
+                .request(parts.method.clone(), url.clone())
+                .headers(headers.clone())
+                .body(this_body)
+                .send()
+                .await;
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(upstream = %redact(&url), error = %e, "upstream request failed");
+                    let msg = if e.is_connect() || e.is_timeout() {
+                        "the MCP server is unreachable"
+                    } else {
+                        "the MCP server connection failed"
+                    };
+                    return jsonrpc_error(StatusCode::BAD_GATEWAY, msg);
+                }
+            };
+            let status = resp.status();
+            if status != StatusCode::TEMPORARY_REDIRECT && status != StatusCode::PERMANENT_REDIRECT
+            {
+                break resp;
+            }
+            // Starlette answers `/mcp` with a 307 to `/mcp/`: follow such same-origin hops
+            // here, since clients refuse cross-origin redirects and never see the upstream's.
+            let next = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| url.join(l).ok());
+            let Some(next) = next.filter(|n| same_origin(n, &self.base)) else {
+                tracing::warn!(upstream = %redact(&url), "upstream redirected to another origin; refusing");
+                return jsonrpc_error(
+                    StatusCode::BAD_GATEWAY,
+                    "the MCP server redirected elsewhere",
+                );
+            };
+            hops += 1;
+            if hops > MAX_REDIRECTS {
+                return jsonrpc_error(
+                    StatusCode::BAD_GATEWAY,
+                    "the MCP server redirected too many times",
+                );
+            }
+            tracing::debug!(from = %redact(&url), to = %redact(&next), "following upstream redirect");
+            url = next;
+        };
+
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            tracing::warn!(
+                upstream = %redact(&url),
+                status = status.as_u16(),
+                "the MCP server refused the proxy's request; check --proxy-bearer-token / --proxy-headers"
+            );
+            return jsonrpc_error(
+                StatusCode::BAD_GATEWAY,
+                "the MCP server refused the proxy's credentials",
+            );
+        }
+
+        if status.is_success() {
+            let issued = resp
+                .headers()
+                .get(MCP_SESSION_ID)
+                .and_then(|v| v.to_str().ok())
+                .filter(|id| session_id.as_deref() != Some(*id));
+            if let Some(id) = issued
+                && let Err(e) = sessions::bind(repo, id, &caller.subject).await
+            {
+                tracing::error!(error = %e, "store failure while recording a session");
+                return jsonrpc_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
+            }
+            if parts.method == Method::DELETE
+                && let Some(id) = &session_id
+                && let Err(e) = sessions::unbind(repo, id).await
+            {
+                tracing::warn!(error = %e, "store failure while forgetting a session");
+            }
+        }
+
+        self.client_response(resp, site)
+    }
+
+    /// The headers sent upstream.
+    fn upstream_headers(
+        &self,
+        incoming: &HeaderMap,
+        site: &Site,
+        client: &ClientInfo,
+    ) -> HeaderMap {
+        let mut out = HeaderMap::with_capacity(incoming.len() + 4);
+        let connection_listed: Vec<String> = incoming
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|s| s.trim().to_ascii_lowercase())
+            .collect();
+        for (name, value) in incoming {
+            let n = name.as_str();
+            if HOP_BY_HOP.contains(&n)
+                || connection_listed.iter().any(|c| c == n)
+                || IDENTITY_HEADERS.contains(&n)
+                || matches!(
+                    n,
+                    "host" | "authorization" | "origin" | "cookie" | "forwarded"
+                )
+                || n.starts_with("x-forwarded-")
+            {
+                continue;
+            }
+            out.append(name.clone(), value.clone());
+        }
+        if let Some(cookie) = foreign_cookies(incoming) {
+            out.insert(header::COOKIE, cookie);
+        }
+
+        let forwarded_for = {
+            let peer = crate::server::guard::canonical_ip(client.peer).to_string();
+            let earlier: Vec<&str> = if client.peer_trusted {
+                incoming
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if earlier.is_empty() {
+                peer
+            } else {
+                format!("{}, {peer}", earlier.join(", "))
+            }
+        };
+        insert_str(&mut out, "x-forwarded-for", &forwarded_for);
+        insert_str(&mut out, "x-forwarded-proto", site.origin.scheme());
+        let public_host = site
+            .origin
+            .as_str()
+            .split_once("://")
+            .map(|(_, h)| h)
+            .unwrap_or_default();
+        insert_str(&mut out, "x-forwarded-host", public_host);
+
+        for (name, value) in &self.opts.headers {
+            out.insert(name.clone(), value.clone());
+        }
+        out
+    }
+
+    /// The upstream's answer as ours: status and end-to-end headers kept, body streamed.
+    fn client_response(&self, resp: reqwest::Response, site: &Site) -> Response {
+        let status = resp.status();
+        let mut headers = HeaderMap::with_capacity(resp.headers().len() + 2);
+        for (name, value) in resp.headers() {
+            if HOP_BY_HOP.contains(&name.as_str()) {
+                continue;
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        if let Some(loc) = headers.get(header::LOCATION).and_then(|l| l.to_str().ok())
+            && let Some(rewritten) = self.public_location(loc, site)
+            && let Ok(v) = HeaderValue::from_str(&rewritten)
+        {
+            headers.insert(header::LOCATION, v);
+        }
+        let is_sse = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                ct.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("text/event-stream")
+            });
+        if is_sse {
+            headers.insert(
+                HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            );
+            headers
+                .entry(header::CACHE_CONTROL)
+                .or_insert(HeaderValue::from_static("no-cache"));
+        }
+        let body = Body::from_stream(resp.bytes_stream());
+        let mut out = Response::new(body);
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        out
+    }
+
+    /// A `Location` pointing at the upstream's origin, pointed at ours instead.
+    fn public_location(&self, loc: &str, site: &Site) -> Option<String> {
+        let abs = self.base.join(loc).ok()?;
+        if !same_origin(&abs, &self.base) || !loc.contains("://") {
+            return None;
+        }
+        let mut s = site.origin.join(abs.path());
+        if let Some(q) = abs.query() {
+            s.push('?');
+            s.push_str(q);
+        }
+        Some(s)
+    }
+}
+
+fn insert_str(map: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        map.insert(HeaderName::from_static(name), v);
+    }
+}
+
+/// The `Cookie` header without the proxy's own cookies, or `None` if nothing is left.
+fn foreign_cookies(headers: &HeaderMap) -> Option<HeaderValue> {
+    let kept: Vec<&str> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .filter(|c| {
+            let name = c.split('=').next().unwrap_or("").trim();
+            !name
+                .trim_start_matches("__Host-")
+                .starts_with(COOKIE_PREFIX)
+        })
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&kept.join("; ")).ok()
+}
+
+/// Reads the body until it ends or exceeds `limit`.
+async fn read_prefix(body: Body, limit: usize) -> Result<Outgoing, axum::Error> {
+    let mut stream = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk?);
+        if buf.len() > limit {
+            // Put the rest back together as a body: the prefix is sent first.
+            let rest = Body::from_stream(stream);
+            return Ok(Outgoing::Streaming(buf.freeze(), rest));
+        }
+    }
+    Ok(Outgoing::Whole(buf.freeze()))
+}
+
+/// A URL without query string or credentials, for logs.
+fn redact(url: &Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    let _ = u.set_password(None);
+    let _ = u.set_username("");
+    u.to_string()
+}

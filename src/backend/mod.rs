@@ -1,0 +1,5 @@
+//! What the proxy puts in front of: an HTTP MCP server ([`http`]).
+
+pub mod http;
+pub mod mapping;
+pub mod sessions;

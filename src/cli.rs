@@ -1,0 +1,77 @@
+//! The command line: every flag, its environment variable and its help.
+//!
+//! Names follow sigbit/mcp-auth-proxy so its users can swap binaries (see
+//! `shared/reference/cli-compat.md`); flags of our own follow `decisions.md`. This module only
+//! describes the shape; [`crate::config::Config::from_cli`] validates it.
+
+use clap::Parser;
+
+/// Parses a boolean given on the command line or in the environment: only `true` and `1`
+/// (any case) are true, everything else is false.
+fn env_bool(s: &str) -> Result<bool, std::convert::Infallible> {
+    let s = s.trim();
+    Ok(s == "1" || s.eq_ignore_ascii_case("true"))
+}
+
+/// OAuth 2.1 in front of any MCP server.
+///
+/// The backend comes last: an `http(s)://` URL proxies an HTTP MCP server; anything else
+/// (after `--`) is a stdio command. With no backend the proxy serves sign-in and the
+/// authorization server only.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "mcp-auth-proxy", version, about, long_about = None)]
+pub struct Cli {
+    /// Plain HTTP listen address: HOST:PORT, [V6]:PORT or :PORT (all interfaces).
+    #[arg(long, env = "LISTEN", default_value = ":80")]
+    pub listen: String,
+
+    /// Public origin of this proxy (issuer, resource, callback base). No path.
+    /// Default: http://localhost, plus the listen port when it is not 80.
+    #[arg(long, short = 'e', env = "EXTERNAL_URL")]
+    pub external_url: Option<String>,
+
+    /// State directory (the embedded store, generated keys).
+    #[arg(long, short = 'd', env = "DATA_PATH", default_value = "./data")]
+    pub data_path: std::path::PathBuf,
+
+    /// Store backend: `local` (embedded sled). `postgres`, `sqlite` and `mysql` are refused for now.
+    #[arg(long, env = "REPOSITORY_BACKEND", default_value = "local")]
+    pub repository_backend: String,
+
+    /// Connection string of an external store (not supported yet).
+    #[arg(long, env = "REPOSITORY_DSN", hide_env_values = true)]
+    pub repository_dsn: Option<String>,
+
+    /// IPs or CIDRs of reverse proxies whose X-Forwarded-* headers are believed (comma-separated).
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+
+    /// Public path of the MCP endpoint.
+    #[arg(long, env = "MCP_PATH", default_value = "/mcp")]
+    pub mcp_path: String,
+
+    /// Extra browser origins allowed on the MCP endpoint and metadata (comma-separated).
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Sends `Authorization: Bearer <token>` to the HTTP upstream.
+    #[arg(long, env = "PROXY_BEARER_TOKEN", hide_env_values = true)]
+    pub proxy_bearer_token: Option<String>,
+
+    /// Static headers sent to the HTTP upstream: `Name:Value,Name2:Value2`.
+    #[arg(long, env = "PROXY_HEADERS", hide_env_values = true)]
+    pub proxy_headers: Option<String>,
+
+    /// Answer 405 to the GET SSE stream on the MCP path (default: false).
+    #[arg(long, env = "HTTP_STREAMING_ONLY", value_parser = env_bool, default_value = "false",
+          default_missing_value = "true", num_args = 0..=1, require_equals = true)]
+    pub http_streaming_only: bool,
+
+    /// Time allowed to connect to the HTTP upstream (default: 10s).
+    #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT", default_value = "10s")]
+    pub upstream_connect_timeout: String,
+
+    /// The backend: an http(s) URL, or a stdio command and its arguments after `--`.
+    #[arg(env = "MCP_SERVER_URL", num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
+    pub backend: Vec<String>,
+}

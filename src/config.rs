@@ -1,0 +1,555 @@
+//! The validated configuration.
+//!
+//! [`Config::from_cli`] turns the raw command line into typed values once, at startup. Every
+//! wrong value stops startup with one line that says what to fix; nothing downstream
+//! re-parses strings.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+use url::Url;
+use zeroize::Zeroize;
+
+use crate::cli::Cli;
+
+/// A configuration mistake, phrased as what the user should change.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// A secret value: never printed, wiped from memory when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself; call sites are the only places it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// Where to listen: a socket address, or `:PORT` for every interface (IPv4 and IPv6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// `:PORT`.
+    AllInterfaces(u16),
+    /// `HOST:PORT` or `[V6]:PORT`; a host name is resolved when binding.
+    Host(String, u16),
+}
+
+impl ListenAddr {
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let s = s.trim();
+        let hint = || {
+            bad(format!(
+                "--listen {s:?} is not HOST:PORT, [V6]:PORT or :PORT"
+            ))
+        };
+        if let Some(port) = s.strip_prefix(':') {
+            return port.parse().map(Self::AllInterfaces).map_err(|_| hint());
+        }
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            return Ok(Self::Host(sa.ip().to_string(), sa.port()));
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(hint)?;
+        if host.is_empty() || host.contains(':') || host.contains('[') {
+            return Err(hint());
+        }
+        Ok(Self::Host(
+            host.to_string(),
+            port.parse().map_err(|_| hint())?,
+        ))
+    }
+
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::AllInterfaces(p) | Self::Host(_, p) => *p,
+        }
+    }
+}
+
+/// The public origin the proxy is reached at: `scheme://host[:port]`, no path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicOrigin {
+    url: Url,
+}
+
+impl PublicOrigin {
+    /// Parses an origin; a path, query or fragment is refused.
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let url = Url::parse(s.trim())
+            .map_err(|e| bad(format!("--external-url {s:?} is not a URL ({e})")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad(format!(
+                "--external-url {s:?} must start with http:// or https://"
+            )));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad(format!("--external-url {s:?} has no host")));
+        }
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err(bad(format!(
+                "--external-url {s:?} has a path, query or fragment; give only the origin, e.g. {}://{}",
+                url.scheme(),
+                url.host_str().unwrap_or("host")
+            )));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(format!(
+                "--external-url {s:?} must not carry credentials"
+            )));
+        }
+        Ok(Self { url })
+    }
+
+    /// The default origin: `http://localhost`, plus the port when it is not 80.
+    pub fn default_for_port(port: u16) -> Result<Self, ConfigError> {
+        if port == 80 {
+            Self::parse("http://localhost")
+        } else {
+            Self::parse(&format!("http://localhost:{port}"))
+        }
+    }
+
+    /// `scheme://host[:port]` without a trailing slash: the issuer.
+    pub fn as_str(&self) -> &str {
+        self.url.as_str().trim_end_matches('/')
+    }
+
+    pub fn scheme(&self) -> &str {
+        self.url.scheme()
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.url.scheme() == "https"
+    }
+
+    /// The host, lower-case; IPv6 without brackets.
+    pub fn host(&self) -> String {
+        match self.url.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string().to_ascii_lowercase(),
+            None => String::new(),
+        }
+    }
+
+    /// The port, explicit or the scheme's default.
+    pub fn port(&self) -> u16 {
+        self.url.port_or_known_default().unwrap_or(80)
+    }
+
+    /// The origin's URL with `path` appended (path starts with `/`).
+    pub fn join(&self, path: &str) -> String {
+        format!("{}{}", self.as_str(), path)
+    }
+
+    /// Whether the host is a loopback name or address.
+    pub fn is_loopback(&self) -> bool {
+        is_loopback_host(&self.host())
+    }
+}
+
+/// `localhost`, `*.localhost`, 127.0.0.0/8 or ::1.
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    if h.eq_ignore_ascii_case("localhost") || h.to_ascii_lowercase().ends_with(".localhost") {
+        return true;
+    }
+    h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// What the proxy puts in front of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// No backend: sign-in and the authorization server only.
+    None,
+    /// An HTTP MCP server.
+    Http(Url),
+    /// A stdio MCP server: program and arguments.
+    Stdio { program: String, args: Vec<String> },
+}
+
+/// How requests are sent to an HTTP upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamOptions {
+    /// Static headers, `--proxy-bearer-token` already folded in as `Authorization`.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub connect_timeout: Duration,
+    /// Answer 405 to GET on the MCP path.
+    pub streaming_only: bool,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: ListenAddr,
+    /// `None` means "the default for the port actually bound".
+    pub external_url: Option<PublicOrigin>,
+    pub data_path: PathBuf,
+    pub trusted_proxies: Vec<IpNet>,
+    pub mcp_path: String,
+    /// Normalised origins (`scheme://host[:port]`, lower-case) allowed besides our own.
+    pub allowed_origins: Vec<String>,
+    pub backend: Backend,
+    pub upstream: UpstreamOptions,
+    /// Secrets kept only to withhold them from stdio children and logs.
+    pub proxy_bearer_token: Option<Secret>,
+}
+
+impl Config {
+    /// Validates the command line.
+    pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        let listen = ListenAddr::parse(&cli.listen)?;
+        let external_url = cli
+            .external_url
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(PublicOrigin::parse)
+            .transpose()?;
+
+        match cli.repository_backend.trim().to_ascii_lowercase().as_str() {
+            "local" | "" => {}
+            other @ ("postgres" | "sqlite" | "mysql") => {
+                return Err(bad(format!(
+                    "--repository-backend {other} is not supported yet; use --repository-backend local (the embedded store)"
+                )));
+            }
+            other => {
+                return Err(bad(format!(
+                    "--repository-backend {other:?} is unknown; use local"
+                )));
+            }
+        }
+        if cli.repository_dsn.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(bad(
+                "--repository-dsn is set but only the embedded store exists yet; unset it",
+            ));
+        }
+
+        let trusted_proxies = cli
+            .trusted_proxies
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(parse_net)
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mcp_path = cli.mcp_path.trim().to_string();
+        if !mcp_path.starts_with('/')
+            || mcp_path.len() < 2
+            || mcp_path.ends_with('/')
+            || mcp_path.contains(['?', '#', ' '])
+        {
+            return Err(bad(format!(
+                "--mcp-path {mcp_path:?} must be an absolute path like /mcp, without a trailing slash"
+            )));
+        }
+        if reserved_path(&mcp_path) {
+            return Err(bad(format!(
+                "--mcp-path {mcp_path:?} collides with the proxy's own endpoints; choose another"
+            )));
+        }
+
+        let allowed_origins = cli
+            .allowed_origins
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                normalize_origin(s).ok_or_else(|| {
+                    bad(format!(
+                        "--allowed-origins entry {s:?} is not an origin like https://app.example.com"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let backend = parse_backend(&cli.backend)?;
+
+        let mut headers = parse_proxy_headers(cli.proxy_headers.as_deref().unwrap_or(""))?;
+        let proxy_bearer_token = cli
+            .proxy_bearer_token
+            .filter(|s| !s.is_empty())
+            .map(Secret::new);
+        if let Some(token) = &proxy_bearer_token {
+            headers.retain(|(name, _)| name != http::header::AUTHORIZATION);
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                    bad("--proxy-bearer-token contains characters not allowed in a header")
+                })?;
+            value.set_sensitive(true);
+            headers.push((http::header::AUTHORIZATION, value));
+        }
+
+        let connect_timeout =
+            parse_duration("--upstream-connect-timeout", &cli.upstream_connect_timeout)?;
+
+        Ok(Self {
+            listen,
+            external_url,
+            data_path: cli.data_path,
+            trusted_proxies,
+            mcp_path,
+            allowed_origins,
+            backend,
+            upstream: UpstreamOptions {
+                headers,
+                connect_timeout,
+                streaming_only: cli.http_streaming_only,
+            },
+            proxy_bearer_token,
+        })
+    }
+}
+
+/// The public face of a running proxy, fixed once the listener is bound.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub origin: PublicOrigin,
+    pub mcp_path: String,
+    /// The protected resource: `<origin><mcp_path>`.
+    pub resource: String,
+    /// Absolute URL of the protected-resource metadata (RFC 9728 §3.1 path form).
+    pub resource_metadata_url: String,
+    pub allowed_origins: Vec<String>,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Config {
+    /// The site as seen from outside, given the port the plain listener actually bound.
+    pub fn site(&self, bound_port: u16) -> Result<Site, ConfigError> {
+        let origin = match &self.external_url {
+            Some(o) => o.clone(),
+            None => PublicOrigin::default_for_port(bound_port)?,
+        };
+        Ok(Site {
+            resource: origin.join(&self.mcp_path),
+            resource_metadata_url: origin.join(&format!(
+                "{}{}",
+                crate::oauth::metadata::RESOURCE_METADATA_PATH,
+                self.mcp_path
+            )),
+            origin,
+            mcp_path: self.mcp_path.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
+        })
+    }
+}
+
+/// Paths the proxy answers itself; the MCP path may not shadow them.
+pub fn reserved_path(path: &str) -> bool {
+    const OWN: [&str; 5] = [
+        "/authorize",
+        "/token",
+        "/register",
+        "/revoke",
+        "/.well-known",
+    ];
+    OWN.iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+        || path.starts_with("/.auth")
+}
+
+fn parse_net(s: &str) -> Result<IpNet, ConfigError> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            bad(format!(
+                "--trusted-proxies entry {s:?} is not an IP address or CIDR"
+            ))
+        })
+}
+
+/// `scheme://host[:port]` in canonical lower-case form, default ports dropped.
+pub fn normalize_origin(s: &str) -> Option<String> {
+    let url = Url::parse(s.trim()).ok()?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return None;
+    }
+    if !(url.path() == "/" || url.path().is_empty()) || url.query().is_some() {
+        return None;
+    }
+    Some(url.origin().ascii_serialization())
+}
+
+fn parse_backend(args: &[String]) -> Result<Backend, ConfigError> {
+    let Some(first) = args.first() else {
+        return Ok(Backend::None);
+    };
+    let lower = first.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        if args.len() > 1 {
+            return Err(bad(format!(
+                "an HTTP backend takes no further arguments, but got {:?}",
+                &args[1..]
+            )));
+        }
+        let url = Url::parse(first)
+            .map_err(|e| bad(format!("backend URL {first:?} does not parse ({e})")))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad(format!("backend URL {first:?} has no host")));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(
+                "backend URL must not carry credentials; use --proxy-bearer-token or --proxy-headers",
+            ));
+        }
+        return Ok(Backend::Http(url));
+    }
+    if first.is_empty() {
+        return Err(bad("the stdio command is empty"));
+    }
+    Ok(Backend::Stdio {
+        program: first.clone(),
+        args: args[1..].to_vec(),
+    })
+}
+
+/// Parses `Name:Value,Name2:Value2` (sigbit's `--proxy-headers`).
+pub fn parse_proxy_headers(s: &str) -> Result<Vec<(HeaderName, HeaderValue)>, ConfigError> {
+    let mut out = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, value) = item
+            .split_once(':')
+            .ok_or_else(|| bad(format!("--proxy-headers entry {item:?} is not Name:Value")))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+            bad(format!(
+                "--proxy-headers: {:?} is not a header name",
+                name.trim()
+            ))
+        })?;
+        let mut value = HeaderValue::from_str(value.trim()).map_err(|_| {
+            bad(format!(
+                "--proxy-headers: the value of {name} is not a valid header value"
+            ))
+        })?;
+        value.set_sensitive(true);
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+/// Parses durations like `90s`, `10m`, `1h`, `30d`, `500ms`.
+pub fn parse_duration(flag: &str, s: &str) -> Result<Duration, ConfigError> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        bad(format!(
+            "{flag} {s:?} is not a duration like 30s, 10m, 1h or 7d"
+        ))
+    })?;
+    let secs = |m: u64| n.checked_mul(m).map(Duration::from_secs);
+    let d = match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" | "" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => None,
+    };
+    d.ok_or_else(|| {
+        bad(format!(
+            "{flag} {s:?} is not a duration like 30s, 10m, 1h or 7d"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(
+            ListenAddr::parse(":8080").ok(),
+            Some(ListenAddr::AllInterfaces(8080))
+        );
+        assert_eq!(
+            ListenAddr::parse("127.0.0.1:0").ok(),
+            Some(ListenAddr::Host("127.0.0.1".into(), 0))
+        );
+        assert_eq!(
+            ListenAddr::parse("[::1]:443").ok(),
+            Some(ListenAddr::Host("::1".into(), 443))
+        );
+        assert_eq!(
+            ListenAddr::parse("localhost:80").ok(),
+            Some(ListenAddr::Host("localhost".into(), 80))
+        );
+        assert!(ListenAddr::parse("8080").is_err());
+        assert!(ListenAddr::parse("::1:80").is_err());
+        assert!(ListenAddr::parse(":http").is_err());
+    }
+
+    #[test]
+    fn external_url_is_an_origin() {
+        let o = PublicOrigin::parse("https://MCP.example.com").ok();
+        assert_eq!(
+            o.as_ref().map(|o| o.as_str()),
+            Some("https://mcp.example.com")
+        );
+        assert_eq!(o.as_ref().map(|o| o.port()), Some(443));
+        assert!(PublicOrigin::parse("https://mcp.example.com/").is_ok());
+        assert!(PublicOrigin::parse("https://mcp.example.com/sub").is_err());
+        assert!(PublicOrigin::parse("ftp://x").is_err());
+        assert_eq!(
+            PublicOrigin::default_for_port(80).unwrap().as_str(),
+            "http://localhost"
+        );
+        assert_eq!(
+            PublicOrigin::default_for_port(8080).unwrap().as_str(),
+            "http://localhost:8080"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("f", "30d").ok(),
+            Some(Duration::from_secs(2_592_000))
+        );
+        assert_eq!(
+            parse_duration("f", "60s").ok(),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_duration("f", "250ms").ok(),
+            Some(Duration::from_millis(250))
+        );
+        assert!(parse_duration("f", "1y").is_err());
+        assert!(parse_duration("f", "").is_err());
+    }
+
+    #[test]
+    fn proxy_headers() {
+        let h = parse_proxy_headers("X-A: 1, X-B:two").unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[1].1, "two");
+        assert!(parse_proxy_headers("nocolon").is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! The response shapes for errors, one per audience.
+//!
+//! - MCP clients on proxied paths get a JSON-RPC error object (`id: null`).
+//! - OAuth endpoints get RFC 6749 §5.2 JSON errors ([`OAuthError`]).
+//! - People get an HTML page (see `login`).
+//!
+//! Details go to the log; the body says only what the client can act on.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// JSON-RPC "server error" code used for every proxy-level failure.
+pub const JSONRPC_SERVER_ERROR: i64 = -32000;
+
+/// A JSON-RPC error response with `id: null`.
+pub fn jsonrpc_error(status: StatusCode, message: &str) -> Response {
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": { "code": JSONRPC_SERVER_ERROR, "message": message },
+    });
+    let mut resp = (status, Json(body)).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The error codes of RFC 6749 §4.1.2.1/§5.2, RFC 7591 §3.2.2, RFC 8707 and RFC 7009.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthErrorCode {
+    InvalidRequest,
+    InvalidClient,
+    InvalidGrant,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+    UnsupportedResponseType,
+    UnsupportedTokenType,
+    InvalidScope,
+    InvalidTarget,
+    AccessDenied,
+    ServerError,
+    TemporarilyUnavailable,
+    InvalidRedirectUri,
+    InvalidClientMetadata,
+    InvalidToken,
+    InsufficientScope,
+}
+
+impl OAuthErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidGrant => "invalid_grant",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::UnsupportedResponseType => "unsupported_response_type",
+            Self::UnsupportedTokenType => "unsupported_token_type",
+            Self::InvalidScope => "invalid_scope",
+            Self::InvalidTarget => "invalid_target",
+            Self::AccessDenied => "access_denied",
+            Self::ServerError => "server_error",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::InvalidRedirectUri => "invalid_redirect_uri",
+            Self::InvalidClientMetadata => "invalid_client_metadata",
+            Self::InvalidToken => "invalid_token",
+            Self::InsufficientScope => "insufficient_scope",
+        }
+    }
+}
+
+/// An OAuth error answered as JSON with `Cache-Control: no-store`.
+#[derive(Debug, Clone)]
+pub struct OAuthError {
+    pub status: StatusCode,
+    pub code: OAuthErrorCode,
+    pub description: String,
+    /// `WWW-Authenticate` to send (401 from the token endpoint with Basic auth).
+    pub challenge: Option<String>,
+    /// Seconds for `Retry-After` (429).
+    pub retry_after: Option<u64>,
+}
+
+impl OAuthError {
+    pub fn new(status: StatusCode, code: OAuthErrorCode, description: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            description: description.into(),
+            challenge: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(code: OAuthErrorCode, description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, description)
+    }
+
+    pub fn server_error() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            OAuthErrorCode::ServerError,
+            "internal error; see the proxy's log",
+        )
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.code.as_str(), "error_description": self.description });
+        let mut resp = (self.status, Json(body)).into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if let Some(c) = self.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            h.insert(header::WWW_AUTHENTICATE, c);
+        }
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+impl From<crate::store::StoreError> for OAuthError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "store failure");
+        Self::server_error()
+    }
+}

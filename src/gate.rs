@@ -1,0 +1,276 @@
+//! The gate: every request to a proxied path must carry a valid access token for our
+//! resource (RFC 6750 §2.1 header form only; MCP authorization spec, "Access Token Usage").
+//!
+//! Tokens are opaque; the store keeps only their SHA-256. A bounded in-memory cache in front
+//! of the store keeps the hot path off the disk; revocation removes entries from it at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+
+use crate::config::Site;
+use crate::error::jsonrpc_error;
+use crate::store::{Repo, StoreError, TokenHash, TokenKind, TokenRecord};
+
+/// The scope every access token carries; the proxied resource requires it.
+pub const MCP_SCOPE: &str = "mcp";
+
+/// The authenticated caller of a proxied request, attached as a request extension.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub subject: String,
+    pub client_id: String,
+    pub grant_id: String,
+    pub scopes: Vec<String>,
+}
+
+/// Why the gate said no.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateError {
+    /// No credentials at all: 401 without an error code (RFC 6750 §3.1).
+    Missing,
+    /// Malformed credentials or a token in the query string: 400 `invalid_request`.
+    InvalidRequest(&'static str),
+    /// Unknown, expired, revoked or foreign token: 401 `invalid_token`.
+    InvalidToken,
+    /// Valid token lacking the scope: 403 `insufficient_scope`.
+    InsufficientScope(Vec<String>),
+    /// The store failed: 503, fail closed.
+    Unavailable,
+}
+
+/// Builds the `WWW-Authenticate` challenge of RFC 6750 §3 with RFC 9728's
+/// `resource_metadata` (MCP clients ignore relative URLs: it is absolute).
+pub fn challenge(site: &Site, error: Option<(&str, &str)>, scope: &str) -> String {
+    let mut c = format!(
+        "Bearer resource_metadata=\"{}\", scope=\"{}\"",
+        site.resource_metadata_url, scope
+    );
+    if let Some((code, description)) = error {
+        c.push_str(&format!(
+            ", error=\"{code}\", error_description=\"{description}\""
+        ));
+    }
+    c
+}
+
+impl GateError {
+    /// The HTTP answer: JSON-RPC body, challenge header.
+    pub fn into_response(self, site: &Site) -> Response {
+        let (status, err, message, scope) = match &self {
+            GateError::Missing => (
+                StatusCode::UNAUTHORIZED,
+                None,
+                "authorization required",
+                MCP_SCOPE.to_string(),
+            ),
+            GateError::InvalidRequest(why) => (
+                StatusCode::BAD_REQUEST,
+                Some(("invalid_request", *why)),
+                *why,
+                MCP_SCOPE.to_string(),
+            ),
+            GateError::InvalidToken => (
+                StatusCode::UNAUTHORIZED,
+                Some(("invalid_token", "the access token is invalid or expired")),
+                "the access token is invalid or expired",
+                MCP_SCOPE.to_string(),
+            ),
+            GateError::InsufficientScope(needed) => (
+                StatusCode::FORBIDDEN,
+                Some((
+                    "insufficient_scope",
+                    "the access token lacks a required scope",
+                )),
+                "the access token lacks a required scope",
+                needed.join(" "),
+            ),
+            GateError::Unavailable => {
+                return jsonrpc_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "authorization temporarily unavailable",
+                );
+            }
+        };
+        let mut resp = jsonrpc_error(status, message);
+        if let Ok(v) = HeaderValue::from_str(&challenge(site, err, &scope)) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        resp
+    }
+}
+
+/// Extracts the bearer token from the request: exactly one `Authorization: Bearer` header,
+/// and no `access_token` in the query (RFC 6750 §2.3 is refused: URLs end up in logs).
+pub fn bearer_token<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<&'a str, GateError> {
+    if query.is_some_and(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token")
+    }) {
+        return Err(GateError::InvalidRequest(
+            "tokens in the query string are not accepted; use the Authorization header",
+        ));
+    }
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(GateError::Missing);
+    };
+    if values.next().is_some() {
+        return Err(GateError::InvalidRequest(
+            "more than one Authorization header",
+        ));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| GateError::InvalidRequest("malformed Authorization header"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or(GateError::InvalidRequest("malformed Authorization header"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // Another scheme is "no bearer credentials" (RFC 6750 §3.1).
+        return Err(GateError::Missing);
+    }
+    let token = token.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(GateError::InvalidRequest("malformed Authorization header"));
+    }
+    Ok(token)
+}
+
+/// A bounded cache of access tokens by hash.
+pub struct TokenCache {
+    entries: RwLock<HashMap<TokenHash, Arc<TokenRecord>>>,
+    capacity: usize,
+}
+
+impl TokenCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: RwLock::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    fn get(&self, hash: &TokenHash) -> Option<Arc<TokenRecord>> {
+        self.entries.read().ok()?.get(hash).cloned()
+    }
+
+    fn insert(&self, hash: TokenHash, record: Arc<TokenRecord>, now: u64) {
+        let Ok(mut map) = self.entries.write() else {
+            return;
+        };
+        if map.len() >= self.capacity {
+            map.retain(|_, r| r.expires_at > now);
+            if map.len() >= self.capacity {
+                // Still full of live tokens: start over rather than track recency on the hot
+                // path; the store answers the misses.
+                map.clear();
+            }
+        }
+        map.insert(hash, record);
+    }
+
+    /// Forgets the given tokens (revocation).
+    pub fn evict(&self, hashes: &[TokenHash]) {
+        if let Ok(mut map) = self.entries.write() {
+            for h in hashes {
+                map.remove(h);
+            }
+        }
+    }
+
+    /// Forgets every token of a grant.
+    pub fn evict_grant(&self, grant_id: &str) {
+        if let Ok(mut map) = self.entries.write() {
+            map.retain(|_, r| r.grant_id != grant_id);
+        }
+    }
+}
+
+/// Checks a presented access token: known, of kind access, not expired, for our resource,
+/// with the `mcp` scope.
+pub async fn check_token(
+    repo: &Repo,
+    cache: &TokenCache,
+    site: &Site,
+    token: &str,
+) -> Result<Caller, GateError> {
+    let hash = TokenHash::of(token);
+    let now = repo.clock().now();
+    let record = match cache.get(&hash) {
+        Some(r) => r,
+        None => {
+            let loaded = repo
+                .get::<TokenRecord>(&hash.0)
+                .await
+                .map_err(|e: StoreError| {
+                    tracing::error!(error = %e, "store failure while checking a token");
+                    GateError::Unavailable
+                })?;
+            let record = Arc::new(loaded.ok_or(GateError::InvalidToken)?);
+            if record.kind == TokenKind::Access {
+                cache.insert(hash, record.clone(), now);
+            }
+            record
+        }
+    };
+    if record.kind != TokenKind::Access
+        || record.expires_at <= now
+        || record.resource != site.resource
+    {
+        return Err(GateError::InvalidToken);
+    }
+    if !record.scopes.iter().any(|s| s == MCP_SCOPE) {
+        let mut needed = record.scopes.clone();
+        needed.push(MCP_SCOPE.to_string());
+        return Err(GateError::InsufficientScope(needed));
+    }
+    Ok(Caller {
+        subject: record.subject.clone(),
+        client_id: record.client_id.clone(),
+        grant_id: record.grant_id.clone(),
+        scopes: record.scopes.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(auth: &[&str]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for a in auth {
+            m.append(header::AUTHORIZATION, HeaderValue::from_str(a).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn bearer_forms() {
+        assert_eq!(bearer_token(&h(&["Bearer abc"]), None), Ok("abc"));
+        assert_eq!(bearer_token(&h(&["bearer abc"]), None), Ok("abc"));
+        assert_eq!(bearer_token(&h(&[]), None), Err(GateError::Missing));
+        assert_eq!(
+            bearer_token(&h(&["Basic eDp5"]), None),
+            Err(GateError::Missing)
+        );
+        assert!(matches!(
+            bearer_token(&h(&["Bearer"]), None),
+            Err(GateError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            bearer_token(&h(&["Bearer a b"]), None),
+            Err(GateError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            bearer_token(&h(&["Bearer a", "Bearer b"]), None),
+            Err(GateError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            bearer_token(&h(&["Bearer abc"]), Some("x=1&access_token=abc")),
+            Err(GateError::InvalidRequest(_))
+        ));
+        assert_eq!(bearer_token(&h(&["Bearer abc"]), Some("x=1")), Ok("abc"));
+    }
+}

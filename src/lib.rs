@@ -1,0 +1,216 @@
+//! mcp-auth-proxy: OAuth 2.1 in front of any MCP server.
+//!
+//! A request's path through the crate: [`server::guard`] (Host, Origin) → [`gate`] (bearer
+//! token) → [`backend`] (the MCP server). The authorization server that issues the tokens
+//! lives in [`oauth`]; state lives in [`store`]. [`run`] wires them together.
+
+pub mod backend;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod gate;
+pub mod oauth;
+pub mod server;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::backend::http::HttpBackend;
+use crate::clock::Clock;
+use crate::config::{Backend, Config, ListenAddr};
+use crate::gate::TokenCache;
+use crate::server::AppState;
+use crate::store::sled::SledStore;
+use crate::store::{Keys, Repo};
+
+/// How many access tokens the gate keeps in memory.
+const TOKEN_CACHE_CAPACITY: usize = 100_000;
+
+/// How often expired records are swept from the store.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Why the proxy could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Key(#[from] store::KeyError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the HTTP client could not be built: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Secrets given through the environment that are not flags of their own.
+#[derive(Debug, Default, Clone)]
+pub struct EnvSecrets {
+    pub encryption_key: Option<config::Secret>,
+    pub auth_hmac_secret: Option<config::Secret>,
+}
+
+impl EnvSecrets {
+    /// Reads `ENCRYPTION_KEY` and `AUTH_HMAC_SECRET`.
+    pub fn from_env() -> Self {
+        let read = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(config::Secret::new)
+        };
+        Self {
+            encryption_key: read("ENCRYPTION_KEY"),
+            auth_hmac_secret: read("AUTH_HMAC_SECRET"),
+        }
+    }
+}
+
+/// Binds the plain listener: `:PORT` tries every interface (IPv6 dual-stack, then IPv4).
+pub async fn bind(listen: &ListenAddr) -> Result<TcpListener, RunError> {
+    let candidates: Vec<String> = match listen {
+        ListenAddr::AllInterfaces(p) => vec![format!("[::]:{p}"), format!("0.0.0.0:{p}")],
+        ListenAddr::Host(h, p) if h.contains(':') => vec![format!("[{h}]:{p}")],
+        ListenAddr::Host(h, p) => vec![format!("{h}:{p}")],
+    };
+    let mut last = None;
+    for addr in &candidates {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some((addr.clone(), e)),
+        }
+    }
+    let (addr, source) =
+        last.unwrap_or_else(|| (String::new(), std::io::Error::other("no address")));
+    Err(RunError::Bind { addr, source })
+}
+
+/// A proxy that is bound and ready to serve: what [`serve`] runs and tests inspect.
+pub struct Prepared {
+    pub listener: TcpListener,
+    pub local_addr: SocketAddr,
+    pub state: AppState,
+}
+
+/// Opens the store, loads keys, binds the listener and builds the state; logs the banner.
+pub async fn prepare(
+    config: Config,
+    secrets: EnvSecrets,
+    clock: Clock,
+) -> Result<Prepared, RunError> {
+    if let Backend::Stdio { program, .. } = &config.backend {
+        return Err(RunError::Unsupported(format!(
+            "stdio MCP servers ({program} …) are not supported by this version yet; put an HTTP MCP server URL as the backend"
+        )));
+    }
+    let store = SledStore::open(&config.data_path)?;
+    let keys = Keys::load(
+        &config.data_path,
+        secrets.encryption_key.as_ref().map(|s| s.expose()),
+        secrets.auth_hmac_secret.as_ref().map(|s| s.expose()),
+    )?;
+    let repo = Repo::new(Arc::new(store), keys, clock);
+
+    let listener = bind(&config.listen).await?;
+    let local_addr = listener.local_addr().map_err(RunError::Serve)?;
+    let site = config.site(local_addr.port())?;
+    let http_backend = match &config.backend {
+        Backend::Http(url) => Some(Arc::new(HttpBackend::new(
+            url.clone(),
+            config.upstream.clone(),
+        )?)),
+        _ => None,
+    };
+
+    tracing::info!("listening on http://{local_addr}");
+    tracing::info!(url = %site.resource, "MCP clients connect to {}", site.resource);
+    match &http_backend {
+        Some(b) => tracing::info!(backend = %b.base(), "proxying to an HTTP MCP server"),
+        None => tracing::info!(
+            "no backend configured: serving sign-in and the authorization server only"
+        ),
+    }
+    if !site.origin.is_https() && !site.origin.is_loopback() {
+        tracing::warn!(
+            "the external URL {} is plain http on a non-loopback host: tokens and cookies travel unencrypted",
+            site.origin.as_str()
+        );
+    }
+
+    let state = AppState {
+        site: Arc::new(site),
+        repo,
+        tokens: Arc::new(TokenCache::new(TOKEN_CACHE_CAPACITY)),
+        http_backend,
+    };
+    Ok(Prepared {
+        listener,
+        local_addr,
+        state,
+    })
+}
+
+/// Serves until `shutdown` resolves, then stops background tasks and flushes the store.
+pub async fn serve(
+    prepared: Prepared,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let Prepared {
+        listener, state, ..
+    } = prepared;
+    let repo = state.repo.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sweeper = tokio::spawn(sweep_loop(repo.clone(), stop_rx));
+
+    let app = server::router(state);
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    let _ = stop_tx.send(true);
+    let _ = sweeper.await;
+    if let Err(e) = repo.flush().await {
+        tracing::error!(error = %e, "final store flush failed");
+    }
+    served.map_err(RunError::Serve)
+}
+
+/// Runs the proxy until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    secrets: EnvSecrets,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    serve(prepare(config, secrets, Clock::system()).await?, shutdown).await
+}
+
+/// Deletes expired records every [`SWEEP_INTERVAL`] until told to stop.
+async fn sweep_loop(repo: Repo, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+        match repo.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "swept expired records"),
+            Err(e) => tracing::warn!(error = %e, "store sweep failed"),
+        }
+    }
+}

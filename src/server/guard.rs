@@ -1,0 +1,220 @@
+//! Checks that run before authentication: is the request addressed to us (`Host`, else 421),
+//! and does a browser origin have the right to call (`Origin`, else 403, the MCP transport
+//! spec's DNS-rebinding defence). Also who the client is when reverse proxies sit in front.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::config::{Site, is_loopback_host, normalize_origin};
+use crate::error::jsonrpc_error;
+use crate::server::AppState;
+
+/// Whether `ip` is one of the `--trusted-proxies`.
+pub fn is_trusted(site: &Site, ip: IpAddr) -> bool {
+    let ip = canonical_ip(ip);
+    site.trusted_proxies.iter().any(|net| net.contains(&ip))
+}
+
+/// IPv4-mapped IPv6 addresses (from a dual-stack listener) as plain IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the right-most
+/// address in `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_ip(site: &Site, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let peer = canonical_ip(peer);
+    if !is_trusted(site, peer) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .map(canonical_ip)
+        .collect();
+    hops.into_iter()
+        .rev()
+        .find(|ip| !is_trusted(site, *ip))
+        .unwrap_or(peer)
+}
+
+/// The authority the client addressed: `X-Forwarded-Host` from a trusted proxy, else `Host`,
+/// else the request URI's authority (HTTP/2).
+pub fn requested_authority(headers: &HeaderMap, uri: &Uri, trusted: bool) -> Option<String> {
+    let forwarded = trusted
+        .then(|| headers.get("x-forwarded-host"))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim);
+    forwarded
+        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .map(str::to_string)
+}
+
+/// Whether an authority (`host[:port]`) names our external origin. A loopback origin accepts
+/// any loopback name for the same port: DNS rebinding needs a non-loopback name.
+pub fn host_allowed(site: &Site, authority: &str) -> bool {
+    let Ok(auth) = authority.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let host = auth
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let host = host.trim_end_matches('.');
+    let port = auth
+        .port_u16()
+        .unwrap_or(if site.origin.is_https() { 443 } else { 80 });
+    if port != site.origin.port() {
+        return false;
+    }
+    let ours = site.origin.host();
+    host == ours || (site.origin.is_loopback() && is_loopback_host(host))
+}
+
+/// Whether a browser `Origin` may call: ours, or listed in `--allowed-origins`.
+pub fn origin_allowed(site: &Site, origin: &str) -> bool {
+    let Some(o) = normalize_origin(origin) else {
+        return false;
+    };
+    o == site.origin.as_str() || site.allowed_origins.contains(&o)
+}
+
+/// Middleware: 421 unless the request is addressed to our external host and port.
+pub async fn require_host(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let trusted = is_trusted(&app.site, peer.ip());
+    let ok = requested_authority(req.headers(), req.uri(), trusted)
+        .is_some_and(|a| host_allowed(&app.site, &a));
+    if !ok {
+        return jsonrpc_error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this host name is not served here; use the proxy's external URL",
+        );
+    }
+    next.run(req).await
+}
+
+/// Middleware: 403 when a browser `Origin` is present and not allowed.
+pub async fn require_origin(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let allowed = origin.to_str().is_ok_and(|o| origin_allowed(&app.site, o));
+        if !allowed {
+            return jsonrpc_error(StatusCode::FORBIDDEN, "this Origin is not allowed");
+        }
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PublicOrigin;
+    use proptest::prelude::*;
+
+    fn site(origin: &str, trusted: &[&str], allowed: &[&str]) -> Site {
+        Site {
+            origin: PublicOrigin::parse(origin).unwrap(),
+            mcp_path: "/mcp".into(),
+            resource: format!("{origin}/mcp"),
+            resource_metadata_url: String::new(),
+            allowed_origins: allowed
+                .iter()
+                .map(|s| normalize_origin(s).unwrap())
+                .collect(),
+            trusted_proxies: trusted.iter().map(|s| s.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn host_rules() {
+        let s = site("https://mcp.example.com", &[], &[]);
+        assert!(host_allowed(&s, "mcp.example.com"));
+        assert!(host_allowed(&s, "MCP.Example.com:443"));
+        assert!(host_allowed(&s, "mcp.example.com."));
+        assert!(!host_allowed(&s, "mcp.example.com:8443"));
+        assert!(!host_allowed(&s, "evil.example.com"));
+        assert!(!host_allowed(&s, "localhost"));
+        assert!(!host_allowed(&s, ""));
+        let l = site("http://localhost:8080", &[], &[]);
+        assert!(host_allowed(&l, "127.0.0.1:8080"));
+        assert!(host_allowed(&l, "[::1]:8080"));
+        assert!(host_allowed(&l, "localhost:8080"));
+        assert!(!host_allowed(&l, "localhost:8081"));
+        assert!(!host_allowed(&l, "rebind.attacker.com:8080"));
+    }
+
+    #[test]
+    fn origin_rules() {
+        let s = site("https://mcp.example.com", &[], &["https://app.example.org"]);
+        assert!(origin_allowed(&s, "https://mcp.example.com"));
+        assert!(origin_allowed(&s, "https://MCP.example.com:443"));
+        assert!(origin_allowed(&s, "https://app.example.org"));
+        assert!(!origin_allowed(&s, "http://mcp.example.com"));
+        assert!(!origin_allowed(&s, "null"));
+        assert!(!origin_allowed(&s, "https://mcp.example.com.evil.com"));
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted() {
+        let s = site("https://h", &["10.0.0.0/8"], &[]);
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "1.2.3.4, 10.0.0.7".parse().unwrap());
+        assert_eq!(
+            client_ip(&s, "10.0.0.1".parse().unwrap(), &h),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(&s, "5.6.7.8".parse().unwrap(), &h),
+            "5.6.7.8".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(&s, "::ffff:10.0.0.1".parse().unwrap(), &h),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        let uri: Uri = "/x".parse().unwrap();
+        h.insert("x-forwarded-host", "public.example".parse().unwrap());
+        h.insert(header::HOST, "internal:8080".parse().unwrap());
+        assert_eq!(
+            requested_authority(&h, &uri, true).as_deref(),
+            Some("public.example")
+        );
+        assert_eq!(
+            requested_authority(&h, &uri, false).as_deref(),
+            Some("internal:8080")
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn only_our_host_passes(host in "[a-z0-9.-]{1,30}", port in 1u16..) {
+            let s = site("https://mcp.example.com", &[], &[]);
+            let ok = host_allowed(&s, &format!("{host}:{port}"));
+            prop_assert_eq!(ok, host.trim_end_matches('.') == "mcp.example.com" && port == 443);
+        }
+
+        #[test]
+        fn foreign_origins_refused(origin in "https?://[a-z0-9.-]{1,30}(:[0-9]{1,5})?") {
+            let s = site("https://mcp.example.com", &[], &[]);
+            let expected = normalize_origin(&origin).as_deref() == Some("https://mcp.example.com");
+            prop_assert_eq!(origin_allowed(&s, &origin), expected);
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Persistent state.
+//!
+//! Two layers:
+//! - [`Store`] is the backend contract: named tables of byte records, each with an optional
+//!   expiry, plus compare-and-swap, an expiry sweep and a durability barrier. [`sled::SledStore`]
+//!   implements it on the embedded sled database; a PostgreSQL backend will implement the same
+//!   few methods.
+//! - [`Repo`] is what the rest of the proxy uses: typed, versioned records (clients, codes,
+//!   grants, tokens, consents, sessions, secrets). It owns the rules that must not differ
+//!   between backends: tokens and codes keyed by their hash only, secrets sealed with the
+//!   store's key, records of a newer schema skipped rather than misread.
+
+mod keys;
+mod records;
+mod repo;
+pub mod sled;
+
+pub use keys::{KeyError, Keys, SecretBox};
+pub use records::*;
+pub use repo::Repo;
+
+use async_trait::async_trait;
+
+use crate::clock::UnixTime;
+
+/// The tables every backend provides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// OAuth clients, by client id.
+    Clients,
+    /// Authorization codes, by hash.
+    Codes,
+    /// Grants (one sign-in of one user for one client), by grant id.
+    Grants,
+    /// Access and refresh tokens, by hash.
+    Tokens,
+    /// Index: grant id ++ token hash → nothing; finds a grant's tokens to revoke them.
+    GrantTokens,
+    /// Remembered consents, by subject ++ client id.
+    Consents,
+    /// Browser sessions of signed-in people, by hash of the session cookie.
+    Sessions,
+    /// Upstream MCP session ids and the user they were issued to.
+    McpSessions,
+    /// Sealed secrets and key material, by name.
+    Secrets,
+}
+
+impl Table {
+    pub const ALL: [Table; 9] = [
+        Table::Clients,
+        Table::Codes,
+        Table::Grants,
+        Table::Tokens,
+        Table::GrantTokens,
+        Table::Consents,
+        Table::Sessions,
+        Table::McpSessions,
+        Table::Secrets,
+    ];
+
+    /// Stable name, used as the backend's table name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Clients => "clients",
+            Table::Codes => "codes",
+            Table::Grants => "grants",
+            Table::Tokens => "tokens",
+            Table::GrantTokens => "grant_tokens",
+            Table::Consents => "consents",
+            Table::Sessions => "sessions",
+            Table::McpSessions => "mcp_sessions",
+            Table::Secrets => "secrets",
+        }
+    }
+}
+
+/// One stored value and when it stops counting (`None`: never).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub expires_at: Option<UnixTime>,
+    pub value: Vec<u8>,
+}
+
+/// A failure of the storage itself (I/O, corruption), never "not found".
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O: {0}")]
+    Io(String),
+    #[error(
+        "the data directory {path} is in use by another mcp-auth-proxy{pid}; stop it or choose another --data-path"
+    )]
+    Locked { path: String, pid: String },
+    #[error("store record could not be encoded: {0}")]
+    Encode(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// The backend contract. Every method is atomic on its own.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The entry at `key`, expired or not (the caller judges expiry by its clock).
+    async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Entry>, StoreError>;
+    /// Writes `entry` at `key`, replacing any previous one.
+    async fn put(&self, table: Table, key: &[u8], entry: Entry) -> Result<(), StoreError>;
+    /// Removes `key` and returns what was there: the single-use primitive for codes.
+    async fn take(&self, table: Table, key: &[u8]) -> Result<Option<Entry>, StoreError>;
+    /// Replaces `expected` by `new` only if the entry is still `expected` (None = absent or
+    /// delete). Returns whether it swapped.
+    async fn compare_and_swap(
+        &self,
+        table: Table,
+        key: &[u8],
+        expected: Option<&Entry>,
+        new: Option<Entry>,
+    ) -> Result<bool, StoreError>;
+    /// Every key starting with `prefix`, with its entry, in key order.
+    async fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Entry)>, StoreError>;
+    /// Deletes every entry that expired before `now`; returns how many.
+    async fn sweep(&self, now: UnixTime) -> Result<usize, StoreError>;
+    /// Returns once every write before it is on disk (survives `kill -9`).
+    async fn flush(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,235 @@
+//! The typed records kept in the store.
+//!
+//! Each record type names its table and schema version. Records are stored as
+//! `{"v": <version>, "d": <record>}`; a reader meeting a version it does not know skips the
+//! record (logged) instead of misreading it. When a record's shape changes, bump `VERSION` and
+//! teach [`Record::upgrade`] to read the older form.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::Table;
+use crate::clock::UnixTime;
+
+/// A record type stored in one table under one schema version.
+pub trait Record: Serialize + DeserializeOwned + Send + Sync {
+    const TABLE: Table;
+    const VERSION: u32;
+
+    /// Reads a record written under an older `version`. The default knows none.
+    fn upgrade(_version: u32, _data: serde_json::Value) -> Option<Self> {
+        None
+    }
+}
+
+/// Who signed in: the provider's view of the user, as stored with a grant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    /// `password`, `google`, `github` or `oidc`.
+    pub provider: String,
+    /// The provider's user id (user name, email, login, or the configured claim).
+    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Everything else the provider said about the user (for header mapping and policies).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub claims: serde_json::Value,
+}
+
+impl Identity {
+    /// The subject: unique across providers.
+    pub fn subject(&self) -> String {
+        format!("{}:{}", self.provider, self.user_id)
+    }
+}
+
+/// A registered OAuth client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    pub client_id: String,
+    #[serde(default)]
+    pub client_name: Option<String>,
+    pub redirect_uris: Vec<String>,
+    /// `none`, `client_secret_post` or `client_secret_basic`.
+    pub token_endpoint_auth_method: String,
+    pub grant_types: Vec<String>,
+    pub response_types: Vec<String>,
+    /// SHA-256 of the client secret, for confidential clients.
+    #[serde(default)]
+    pub secret_hash: Option<[u8; 32]>,
+    /// 0 = the secret does not expire.
+    #[serde(default)]
+    pub client_secret_expires_at: UnixTime,
+    /// SHA-256 of the registration access token (RFC 7592 management).
+    #[serde(default)]
+    pub registration_token_hash: Option<[u8; 32]>,
+    pub issued_at: UnixTime,
+    /// Set once a code has been issued to the client; unused registrations expire sooner.
+    #[serde(default)]
+    pub used: bool,
+    /// Other registered metadata, echoed back (client_uri, logo_uri, application_type…).
+    #[serde(default)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Record for ClientRecord {
+    const TABLE: Table = Table::Clients;
+    const VERSION: u32 = 1;
+}
+
+/// An authorization code, stored under its hash until redeemed; afterwards a tombstone that
+/// remembers the grant it produced, so a replay can revoke it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CodeRecord {
+    pub client_id: String,
+    pub redirect_uri: String,
+    /// PKCE S256 challenge (base64url of SHA-256 of the verifier).
+    pub code_challenge: String,
+    pub resource: String,
+    pub scopes: Vec<String>,
+    pub identity: Identity,
+    pub issued_at: UnixTime,
+    pub expires_at: UnixTime,
+    /// Set when the code was redeemed: the grant it created.
+    #[serde(default)]
+    pub redeemed_grant: Option<String>,
+}
+
+impl Record for CodeRecord {
+    const TABLE: Table = Table::Codes;
+    const VERSION: u32 = 1;
+}
+
+/// One user's authorization of one client: the family every token of it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrantRecord {
+    pub grant_id: String,
+    pub client_id: String,
+    pub identity: Identity,
+    pub scopes: Vec<String>,
+    pub resource: String,
+    pub created_at: UnixTime,
+    /// Refresh tokens of this grant stop working here (absolute lifetime).
+    pub expires_at: UnixTime,
+}
+
+impl Record for GrantRecord {
+    const TABLE: Table = Table::Grants;
+    const VERSION: u32 = 1;
+}
+
+/// Access or refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    Access,
+    Refresh,
+}
+
+/// What a refresh token was rotated into, sealed, so a retry within the grace period gets the
+/// same pair back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rotation {
+    pub at: UnixTime,
+    /// Hash of the successor refresh token; once that is used, this token is dead.
+    pub successor_hash: [u8; 32],
+    /// The token response, sealed with the store key.
+    pub sealed_response: Vec<u8>,
+}
+
+/// An access or refresh token, stored under its hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub kind: TokenKind,
+    pub grant_id: String,
+    pub client_id: String,
+    pub subject: String,
+    pub scopes: Vec<String>,
+    pub resource: String,
+    pub issued_at: UnixTime,
+    pub expires_at: UnixTime,
+    #[serde(default)]
+    pub rotation: Option<Rotation>,
+}
+
+impl Record for TokenRecord {
+    const TABLE: Table = Table::Tokens;
+    const VERSION: u32 = 1;
+}
+
+/// A remembered consent of a user for a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsentRecord {
+    pub subject: String,
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    pub granted_at: UnixTime,
+}
+
+impl Record for ConsentRecord {
+    const TABLE: Table = Table::Consents;
+    const VERSION: u32 = 1;
+}
+
+/// A signed-in browser, stored under the hash of its session cookie.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub identity: Identity,
+    pub created_at: UnixTime,
+    pub expires_at: UnixTime,
+}
+
+impl Record for SessionRecord {
+    const TABLE: Table = Table::Sessions;
+    const VERSION: u32 = 1;
+}
+
+/// An upstream MCP session id and the user it was issued to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct McpSessionRecord {
+    pub subject: String,
+    pub created_at: UnixTime,
+}
+
+impl Record for McpSessionRecord {
+    const TABLE: Table = Table::McpSessions;
+    const VERSION: u32 = 1;
+}
+
+/// A sealed secret (key material, provider tokens).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretRecord {
+    pub sealed: Vec<u8>,
+}
+
+impl Record for SecretRecord {
+    const TABLE: Table = Table::Secrets;
+    const VERSION: u32 = 1;
+}
+
+/// The SHA-256 of a token, code or cookie: the only form in which they are stored.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    /// Hashes a presented secret.
+    pub fn of(secret: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        Self(Sha256::digest(secret.as_bytes()).into())
+    }
+}
+
+impl std::fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A short prefix is enough to correlate log lines and reveals nothing usable.
+        write!(
+            f,
+            "TokenHash({:02x}{:02x}{:02x}{:02x}…)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
+    }
+}

@@ -1,0 +1,227 @@
+//! The typed façade over a [`Store`]: versioned records, expiry judged by the clock, token
+//! families, sealed secrets.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::{Entry, Keys, Record, SecretRecord, Store, StoreError, Table, TokenHash, TokenRecord};
+use crate::clock::{Clock, UnixTime};
+
+/// The proxy's handle on its state. Cheap to clone.
+#[derive(Clone)]
+pub struct Repo {
+    store: Arc<dyn Store>,
+    keys: Keys,
+    clock: Clock,
+}
+
+#[derive(Serialize)]
+struct EnvelopeOut<'a, R> {
+    v: u32,
+    d: &'a R,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIn {
+    v: u32,
+    d: serde_json::Value,
+}
+
+/// A record read together with the raw entry it came from, for compare-and-swap.
+pub struct Versioned<R> {
+    pub record: R,
+    pub entry: Entry,
+}
+
+impl Repo {
+    pub fn new(store: Arc<dyn Store>, keys: Keys, clock: Clock) -> Self {
+        Self { store, keys, clock }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    fn encode<R: Record>(record: &R, expires_at: Option<UnixTime>) -> Result<Entry, StoreError> {
+        let value = serde_json::to_vec(&EnvelopeOut {
+            v: R::VERSION,
+            d: record,
+        })
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
+        Ok(Entry { expires_at, value })
+    }
+
+    /// Decodes a live entry; expired entries and unreadable records read as absent.
+    fn decode<R: Record>(&self, entry: &Entry) -> Option<R> {
+        if entry.expires_at.is_some_and(|exp| exp <= self.clock.now()) {
+            return None;
+        }
+        let env: EnvelopeIn = match serde_json::from_slice(&entry.value) {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::warn!(table = R::TABLE.name(), error = %e, "skipping a store record that does not parse");
+                return None;
+            }
+        };
+        let record = if env.v == R::VERSION {
+            serde_json::from_value(env.d).ok()
+        } else if env.v < R::VERSION {
+            R::upgrade(env.v, env.d)
+        } else {
+            None
+        };
+        if record.is_none() {
+            tracing::warn!(
+                table = R::TABLE.name(),
+                version = env.v,
+                "skipping a store record of an unreadable schema version"
+            );
+        }
+        record
+    }
+
+    /// The live record at `key`.
+    pub async fn get<R: Record>(&self, key: &[u8]) -> Result<Option<R>, StoreError> {
+        Ok(self.get_versioned(key).await?.map(|v| v.record))
+    }
+
+    /// The live record at `key` with its raw entry, for [`Repo::replace`].
+    pub async fn get_versioned<R: Record>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<Versioned<R>>, StoreError> {
+        let Some(entry) = self.store.get(R::TABLE, key).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .decode(&entry)
+            .map(|record| Versioned { record, entry }))
+    }
+
+    /// Writes `record` at `key`; it reads as absent from `expires_at` on.
+    pub async fn put<R: Record>(
+        &self,
+        key: &[u8],
+        record: &R,
+        expires_at: Option<UnixTime>,
+    ) -> Result<(), StoreError> {
+        self.store
+            .put(R::TABLE, key, Self::encode(record, expires_at)?)
+            .await
+    }
+
+    /// Replaces the entry read by [`Repo::get_versioned`] only if nobody changed it since.
+    pub async fn replace<R: Record>(
+        &self,
+        key: &[u8],
+        old: &Entry,
+        record: &R,
+        expires_at: Option<UnixTime>,
+    ) -> Result<bool, StoreError> {
+        self.store
+            .compare_and_swap(
+                R::TABLE,
+                key,
+                Some(old),
+                Some(Self::encode(record, expires_at)?),
+            )
+            .await
+    }
+
+    /// Removes `key`, returning the live record that was there.
+    pub async fn remove<R: Record>(&self, key: &[u8]) -> Result<Option<R>, StoreError> {
+        Ok(self
+            .store
+            .take(R::TABLE, key)
+            .await?
+            .and_then(|e| self.decode(&e)))
+    }
+
+    /// Every live record whose key starts with `prefix`.
+    pub async fn scan<R: Record>(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, R)>, StoreError> {
+        Ok(self
+            .store
+            .scan_prefix(R::TABLE, prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(k, e)| self.decode(&e).map(|r| (k, r)))
+            .collect())
+    }
+
+    fn family_key(grant_id: &str, hash: &TokenHash) -> Vec<u8> {
+        let mut k = Vec::with_capacity(grant_id.len() + 33);
+        k.extend_from_slice(grant_id.as_bytes());
+        k.push(0);
+        k.extend_from_slice(&hash.0);
+        k
+    }
+
+    /// Stores a token under its hash and indexes it under its grant.
+    pub async fn put_token(&self, hash: &TokenHash, token: &TokenRecord) -> Result<(), StoreError> {
+        let exp = Some(token.expires_at);
+        self.store
+            .put(
+                Table::GrantTokens,
+                &Self::family_key(&token.grant_id, hash),
+                Entry {
+                    expires_at: exp,
+                    value: Vec::new(),
+                },
+            )
+            .await?;
+        self.put(&hash.0, token, exp).await
+    }
+
+    /// Deletes a grant and every token issued under it; returns the token hashes deleted so
+    /// caches can drop them.
+    pub async fn revoke_grant(&self, grant_id: &str) -> Result<Vec<TokenHash>, StoreError> {
+        let mut prefix = grant_id.as_bytes().to_vec();
+        prefix.push(0);
+        let mut hashes = Vec::new();
+        for (key, _) in self.store.scan_prefix(Table::GrantTokens, &prefix).await? {
+            let Some(hash) = key
+                .get(prefix.len()..)
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            else {
+                continue;
+            };
+            self.store.take(Table::Tokens, &hash).await?;
+            self.store.take(Table::GrantTokens, &key).await?;
+            hashes.push(TokenHash(hash));
+        }
+        self.store.take(Table::Grants, grant_id.as_bytes()).await?;
+        Ok(hashes)
+    }
+
+    /// Seals `plaintext` with the store key and stores it under `name`.
+    pub async fn put_secret(&self, name: &str, plaintext: &[u8]) -> Result<(), StoreError> {
+        let sealed = self.keys.sealer.seal(name.as_bytes(), plaintext)?;
+        self.put(name.as_bytes(), &SecretRecord { sealed }, None)
+            .await
+    }
+
+    /// Opens the secret stored under `name`.
+    pub async fn get_secret(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        match self.get::<SecretRecord>(name.as_bytes()).await? {
+            Some(rec) => Ok(Some(self.keys.sealer.open(name.as_bytes(), &rec.sealed)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes expired records.
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        self.store.sweep(self.clock.now()).await
+    }
+
+    /// Waits until every write so far is durable. Call before answering a request whose
+    /// write must survive a crash.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.store.flush().await
+    }
+}

@@ -1,0 +1,236 @@
+//! The embedded store: one sled database under the data directory.
+//!
+//! Each [`Table`] is a sled tree. A stored value is the expiry (8 bytes, big-endian,
+//! `u64::MAX` for never) followed by the record bytes, so the sweeper can judge expiry without
+//! decoding records. sled allows one process per database; a `LOCK` file taken before opening
+//! turns a second process into a clear startup error instead of a sled I/O message.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use fs2::FileExt;
+
+use super::{Entry, Store, StoreError, Table};
+use crate::clock::UnixTime;
+
+const NEVER: u64 = u64::MAX;
+
+/// The sled-backed [`Store`].
+pub struct SledStore {
+    db: sled::Db,
+    /// One tree per [`Table`], indexed by the table's discriminant.
+    trees: Vec<sled::Tree>,
+    /// Held for the life of the store: the exclusive lock on `<data>/LOCK`.
+    _lock: File,
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store under `data_dir`, refusing if another process
+    /// holds it.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            io(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let lock = take_lock(&data_dir.join("LOCK"))?;
+        let db = sled::Config::new()
+            .path(data_dir.join("store"))
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| io(format!("cannot open store in {}: {e}", data_dir.display())))?;
+        let trees = Table::ALL
+            .iter()
+            .map(|t| db.open_tree(t.name()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io)?;
+        Ok(Self {
+            db,
+            trees,
+            _lock: lock,
+        })
+    }
+
+    fn tree(&self, table: Table) -> &sled::Tree {
+        // `open` opens the trees in `Table::ALL` order, which is discriminant order; the
+        // default tree is an unreachable fallback that keeps this panic-free.
+        self.trees.get(table as usize).unwrap_or(&self.db)
+    }
+}
+
+fn take_lock(path: &PathBuf) -> Result<File, StoreError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| io(format!("cannot open {}: {e}", path.display())))?;
+    if file.try_lock_exclusive().is_err() {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        let pid = pid.trim();
+        return Err(StoreError::Locked {
+            path: path
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            pid: if pid.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {pid})")
+            },
+        });
+    }
+    // Best effort: the pid only makes the message above more helpful.
+    let _ = file.set_len(0);
+    let _ = file.seek(SeekFrom::Start(0));
+    let _ = write!(file, "{}", std::process::id());
+    let _ = file.sync_all();
+    Ok(file)
+}
+
+fn encode(entry: &Entry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + entry.value.len());
+    out.extend_from_slice(&entry.expires_at.unwrap_or(NEVER).to_be_bytes());
+    out.extend_from_slice(&entry.value);
+    out
+}
+
+fn decode(raw: &[u8]) -> Option<Entry> {
+    let (exp, value) = raw.split_at_checked(8)?;
+    let exp = u64::from_be_bytes(exp.try_into().ok()?);
+    Some(Entry {
+        expires_at: (exp != NEVER).then_some(exp),
+        value: value.to_vec(),
+    })
+}
+
+fn expired(raw: &[u8], now: UnixTime) -> bool {
+    raw.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .is_none_or(|exp| exp < now)
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+        Ok(self
+            .tree(table)
+            .get(key)
+            .map_err(io)?
+            .and_then(|v| decode(&v)))
+    }
+
+    async fn put(&self, table: Table, key: &[u8], entry: Entry) -> Result<(), StoreError> {
+        self.tree(table).insert(key, encode(&entry)).map_err(io)?;
+        Ok(())
+    }
+
+    async fn take(&self, table: Table, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+        Ok(self
+            .tree(table)
+            .remove(key)
+            .map_err(io)?
+            .and_then(|v| decode(&v)))
+    }
+
+    async fn compare_and_swap(
+        &self,
+        table: Table,
+        key: &[u8],
+        expected: Option<&Entry>,
+        new: Option<Entry>,
+    ) -> Result<bool, StoreError> {
+        let old = expected.map(encode);
+        let new = new.as_ref().map(encode);
+        let swapped = self
+            .tree(table)
+            .compare_and_swap(key, old, new)
+            .map_err(io)?
+            .is_ok();
+        Ok(swapped)
+    }
+
+    async fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Entry)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree(table).scan_prefix(prefix) {
+            let (k, v) = item.map_err(io)?;
+            if let Some(e) = decode(&v) {
+                out.push((k.to_vec(), e));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn sweep(&self, now: UnixTime) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for tree in &self.trees {
+            for item in tree.iter() {
+                let (k, v) = item.map_err(io)?;
+                if expired(&v, now)
+                    && tree
+                        .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)
+                        .map_err(io)?
+                        .is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await.map_err(io)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_round_trip() {
+        for e in [
+            Entry {
+                expires_at: None,
+                value: b"x".to_vec(),
+            },
+            Entry {
+                expires_at: Some(5),
+                value: vec![],
+            },
+        ] {
+            assert_eq!(decode(&encode(&e)), Some(e));
+        }
+        assert!(decode(b"short").is_none());
+        assert!(expired(
+            &encode(&Entry {
+                expires_at: Some(4),
+                value: vec![]
+            }),
+            5
+        ));
+        assert!(!expired(
+            &encode(&Entry {
+                expires_at: None,
+                value: vec![]
+            }),
+            5
+        ));
+    }
+}

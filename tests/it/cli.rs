@@ -1,0 +1,68 @@
+//! Startup validation through the real binary: one clear line, non-zero exit.
+
+use crate::helpers::run_binary;
+
+async fn refuses(args: &[&str], envs: &[(&str, &str)], needle: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    // Later flags win, so a test can still give its own --listen.
+    let mut all = vec!["--data-path", &data];
+    if !args.contains(&"--listen") {
+        all.extend_from_slice(&["--listen", "127.0.0.1:0"]);
+    }
+    all.extend_from_slice(args);
+    let (code, stderr) = run_binary(&all, envs).await;
+    assert_ne!(code, Some(0), "{args:?} should fail");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: expected {needle:?} in {stderr:?}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr:?}");
+}
+
+#[tokio::test]
+async fn wrong_values_stop_startup_with_one_clear_line() {
+    refuses(
+        &["--external-url", "https://mcp.example.com/sub"],
+        &[],
+        "--external-url",
+    )
+    .await;
+    refuses(
+        &["--external-url", "mcp.example.com"],
+        &[],
+        "--external-url",
+    )
+    .await;
+    refuses(
+        &["--repository-backend", "postgres"],
+        &[],
+        "not supported yet",
+    )
+    .await;
+    refuses(
+        &["--repository-backend", "sqlite"],
+        &[],
+        "use --repository-backend local",
+    )
+    .await;
+    refuses(
+        &["--trusted-proxies", "10.0.0.0/33"],
+        &[],
+        "--trusted-proxies",
+    )
+    .await;
+    refuses(&["--mcp-path", "mcp"], &[], "--mcp-path").await;
+    refuses(&["--mcp-path", "/token"], &[], "collides").await;
+    refuses(
+        &["--allowed-origins", "not an origin"],
+        &[],
+        "--allowed-origins",
+    )
+    .await;
+    refuses(&["--proxy-headers", "NoColon"], &[], "--proxy-headers").await;
+    refuses(&["http://up:1/mcp", "extra"], &[], "no further arguments").await;
+    refuses(&["--", "npx", "server"], &[], "stdio").await;
+    refuses(&[], &[("ENCRYPTION_KEY", "dG9vIHNob3J0")], "ENCRYPTION_KEY").await;
+    refuses(&["--listen", "nonsense"], &[], "--listen").await;
+}

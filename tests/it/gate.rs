@@ -1,0 +1,358 @@
+//! The gate in front of proxied paths: every failure path, on every method.
+
+use mcp_auth_proxy::store::TokenKind;
+use reqwest::{Method, StatusCode, header};
+use serde_json::Value;
+
+use crate::helpers::{Mint, client, mint, start_proxy, start_upstream, token_for};
+
+fn challenge(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get(header::WWW_AUTHENTICATE)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn metadata_is_served_at_root_and_path_form() {
+    let up = start_upstream().await;
+    let p = start_proxy(&[&up.url("/mcp")]).await;
+    let c = client();
+    let a: Value = c
+        .get(p.url("/.well-known/oauth-protected-resource"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let b: Value = c
+        .get(p.url("/.well-known/oauth-protected-resource/mcp"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(a, b);
+    let origin = p.state.site.origin.as_str().to_string();
+    assert_eq!(a["resource"], format!("{origin}/mcp"));
+    assert_eq!(a["authorization_servers"][0], origin);
+    assert_eq!(a["bearer_methods_supported"][0], "header");
+    assert!(
+        a["scopes_supported"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "mcp")
+    );
+}
+
+#[tokio::test]
+async fn missing_token_gets_401_with_absolute_resource_metadata_on_every_method() {
+    let up = start_upstream().await;
+    let p = start_proxy(&[&up.url("/mcp")]).await;
+    let c = client();
+    for method in [Method::POST, Method::GET, Method::DELETE, Method::PUT] {
+        for path in ["/mcp", "/other/path"] {
+            let resp = c.request(method.clone(), p.url(path)).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+            let ch = challenge(&resp);
+            let expected = format!(
+                "resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
+                p.state.site.origin.as_str()
+            );
+            assert!(ch.starts_with("Bearer "), "{ch}");
+            assert!(ch.contains(&expected), "{ch}");
+            assert!(
+                !ch.contains("error="),
+                "no error code without credentials: {ch}"
+            );
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["jsonrpc"], "2.0");
+            assert!(body["error"]["message"].is_string());
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_tokens_get_invalid_token() {
+    let up = start_upstream().await;
+    let p = start_proxy(&[&up.url("/mcp")]).await;
+    let resource = p.state.site.resource.clone();
+    let repo = p.repo();
+    let expired = mint(
+        repo,
+        &resource,
+        Mint {
+            ttl: -1,
+            ..Mint::default()
+        },
+    )
+    .await;
+    let foreign = mint(
+        repo,
+        &resource,
+        Mint {
+            resource: Some("https://other.example/mcp"),
+            ..Mint::default()
+        },
+    )
+    .await;
+    let refresh = mint(
+        repo,
+        &resource,
+        Mint {
+            kind: TokenKind::Refresh,
+            ..Mint::default()
+        },
+    )
+    .await;
+    let c = client();
+    for (name, token) in [
+        ("unknown", "mcpat_not-a-real-token".to_string()),
+        ("expired", expired),
+        ("other resource", foreign),
+        ("refresh token used as access token", refresh),
+    ] {
+        for method in [Method::POST, Method::GET, Method::DELETE] {
+            let resp = c
+                .request(method.clone(), p.url("/mcp"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{name} {method}");
+            let ch = challenge(&resp);
+            assert!(ch.contains("error=\"invalid_token\""), "{name}: {ch}");
+            assert!(ch.contains("resource_metadata=\"http"), "{name}: {ch}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn malformed_credentials_and_query_tokens_are_refused() {
+    let up = start_upstream().await;
+    let p = start_proxy(&[&up.url("/mcp")]).await;
+    let good = token_for(&p, "password:alice").await;
+    let c = client();
+
+    let resp = c
+        .post(p.url(&format!("/mcp?access_token={good}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(challenge(&resp).contains("error=\"invalid_request\""));
+
+    // Even together with a good header: the query token is refused, never ignored.
+    let resp = c
+        .post(p.url(&format!("/mcp?access_token={good}")))
+        .bearer_auth(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
+    let resp = c
+        .post(p.url("/mcp"))
+        .header(header::AUTHORIZATION, "Bearer")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
+    let resp = c
+        .post(p.url("/mcp"))
+        .header(header::AUTHORIZATION, "Basic dXNlcjpwYXNz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    let resp = c
+        .post(p.url("/mcp"))
+        .header(header::AUTHORIZATION, format!("Bearer {good}"))
+        .header(header::AUTHORIZATION, format!("Bearer {good}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn token_without_the_mcp_scope_gets_403_insufficient_scope() {
+    let up = start_upstream().await;
+    let p = start_proxy(&[&up.url("/mcp")]).await;
+    let t = mint(
+        p.repo(),
+        &p.state.site.resource,
+        Mint {
+            scopes: &["offline_access"],
+            ..Mint::default()
+        },
+    )
+    .await;
+    let resp = client()
+        .post(p.url("/mcp"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let ch = challenge(&resp);
+    assert!(ch.contains("error=\"insufficient_scope\""), "{ch}");
+    assert!(
+        ch.contains("scope=\"offline_access mcp\""),
+        "needed scopes include those granted: {ch}"
+    );
+    assert!(ch.contains("resource_metadata="), "{ch}");
+}
+
+#[tokio::test]
+async fn revocation_reaches_the_gate_at_once() {
+    let up = start_upstream().await;
+    let p = start_proxy(&[&up.url("/mcp")]).await;
+    let t = token_for(&p, "password:alice").await;
+    let c = client();
+    let ok = c
+        .post(p.url("/mcp"))
+        .bearer_auth(&t)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK, "token works and is now cached");
+    let hashes = p.repo().revoke_grant("grant-1").await.unwrap();
+    assert_eq!(hashes.len(), 1);
+    p.state.tokens.evict(&hashes);
+    let resp = c
+        .post(p.url("/mcp"))
+        .bearer_auth(&t)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn foreign_origin_is_refused_before_auth() {
+    let up = start_upstream().await;
+    let p = start_proxy(&[
+        "--allowed-origins",
+        "https://app.example.org",
+        &up.url("/mcp"),
+    ])
+    .await;
+    let t = token_for(&p, "password:alice").await;
+    let c = client();
+    for (origin, token, expected) in [
+        ("https://evil.example", None, StatusCode::FORBIDDEN),
+        ("https://evil.example", Some(&t), StatusCode::FORBIDDEN),
+        ("null", Some(&t), StatusCode::FORBIDDEN),
+        ("https://app.example.org", None, StatusCode::UNAUTHORIZED),
+        ("https://app.example.org", Some(&t), StatusCode::OK),
+    ] {
+        let mut req = c
+            .post(p.url("/mcp"))
+            .header(header::ORIGIN, origin)
+            .body("{}");
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(
+            resp.status(),
+            expected,
+            "{origin} with token: {}",
+            token.is_some()
+        );
+    }
+    // Our own origin is always allowed; metadata is guarded too.
+    let own = p.state.site.origin.as_str().to_string();
+    let resp = c
+        .post(p.url("/mcp"))
+        .header(header::ORIGIN, own)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = c
+        .get(p.url("/.well-known/oauth-protected-resource"))
+        .header(header::ORIGIN, "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn wrong_host_is_misdirected_before_auth() {
+    let up = start_upstream().await;
+    let p = start_proxy(&[&up.url("/mcp")]).await;
+    let t = token_for(&p, "password:alice").await;
+    let c = client();
+    let port = p.state.site.origin.port();
+    for (host, expected) in [
+        (
+            "rebind.attacker.example".to_string(),
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        (
+            format!("attacker.example:{port}"),
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        (
+            format!("localhost:{}", port.wrapping_add(1)),
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        (format!("localhost:{port}"), StatusCode::OK),
+        (format!("127.0.0.1:{port}"), StatusCode::OK),
+    ] {
+        let resp = c
+            .post(p.url("/mcp"))
+            .header(header::HOST, &host)
+            .bearer_auth(&t)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), expected, "Host: {host}");
+    }
+    let resp = c
+        .get(p.url("/.well-known/oauth-protected-resource"))
+        .header(header::HOST, "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::MISDIRECTED_REQUEST);
+}
+
+#[tokio::test]
+async fn x_forwarded_host_is_believed_only_from_trusted_proxies() {
+    let up = start_upstream().await;
+    let ext = ["--external-url", "https://mcp.example.com"];
+    let untrusted = start_proxy(&[ext[0], ext[1], &up.url("/mcp")]).await;
+    let trusted = start_proxy(&[
+        ext[0],
+        ext[1],
+        "--trusted-proxies",
+        "127.0.0.1",
+        &up.url("/mcp"),
+    ])
+    .await;
+    let c = client();
+    for (p, expected) in [
+        (&untrusted, StatusCode::MISDIRECTED_REQUEST),
+        (&trusted, StatusCode::UNAUTHORIZED),
+    ] {
+        let resp = c
+            .post(p.url("/mcp"))
+            .header("x-forwarded-host", "mcp.example.com")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), expected);
+    }
+}

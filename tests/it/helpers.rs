@@ -1,0 +1,367 @@
+//! Shared fixtures: an in-process proxy, a scriptable upstream MCP server, token minting,
+//! and a way to run the real binary.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use clap::Parser;
+use mcp_auth_proxy::cli::Cli;
+use mcp_auth_proxy::clock::Clock;
+use mcp_auth_proxy::config::Config;
+use mcp_auth_proxy::oauth::tokens;
+use mcp_auth_proxy::server::AppState;
+use mcp_auth_proxy::store::{Repo, TokenHash, TokenKind, TokenRecord};
+use mcp_auth_proxy::{EnvSecrets, prepare, serve};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A proxy running in this process on 127.0.0.1:0.
+pub struct TestProxy {
+    pub base: String,
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestProxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn repo(&self) -> &Repo {
+        &self.state.repo
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Starts a proxy with the given extra arguments (flags, then the backend).
+pub async fn start_proxy(args: &[&str]) -> TestProxy {
+    let dir = tempfile::tempdir().unwrap();
+    let mut argv = vec![
+        "mcp-auth-proxy".to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-path".into(),
+        dir.path().display().to_string(),
+    ];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let config = Config::from_cli(Cli::try_parse_from(argv).unwrap()).unwrap();
+    let prepared = prepare(config, EnvSecrets::default(), Clock::system())
+        .await
+        .unwrap();
+    let base = format!("http://{}", prepared.local_addr);
+    let state = prepared.state.clone();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        serve(prepared, async move {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    TestProxy {
+        base,
+        state,
+        stop: Some(tx),
+        task: Some(task),
+        _dir: dir,
+    }
+}
+
+/// Options for a minted token.
+pub struct Mint<'a> {
+    pub subject: &'a str,
+    pub kind: TokenKind,
+    pub scopes: &'a [&'a str],
+    pub resource: Option<&'a str>,
+    pub ttl: i64,
+    pub grant_id: &'a str,
+}
+
+impl Default for Mint<'_> {
+    fn default() -> Self {
+        Self {
+            subject: "password:alice",
+            kind: TokenKind::Access,
+            scopes: &["mcp"],
+            resource: None,
+            ttl: 3600,
+            grant_id: "grant-1",
+        }
+    }
+}
+
+/// Stores a token the way the authorization server will, and returns it.
+pub async fn mint(repo: &Repo, resource: &str, m: Mint<'_>) -> String {
+    let token = tokens::generate(tokens::ACCESS_PREFIX);
+    let now = repo.clock().now() as i64;
+    let rec = TokenRecord {
+        kind: m.kind,
+        grant_id: m.grant_id.into(),
+        client_id: "client-1".into(),
+        subject: m.subject.into(),
+        scopes: m.scopes.iter().map(|s| s.to_string()).collect(),
+        resource: m.resource.unwrap_or(resource).into(),
+        issued_at: now as u64,
+        expires_at: (now + m.ttl).max(0) as u64,
+        rotation: None,
+    };
+    repo.put_token(&TokenHash::of(&token), &rec).await.unwrap();
+    token
+}
+
+/// An access token for `subject` on this proxy.
+pub async fn token_for(p: &TestProxy, subject: &str) -> String {
+    mint(
+        p.repo(),
+        &p.state.site.resource,
+        Mint {
+            subject,
+            ..Mint::default()
+        },
+    )
+    .await
+}
+
+/// An HTTP client that never uses a proxy and never follows redirects.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// A small upstream MCP server:
+/// - any method on any path echoes method, path, query, headers and body as JSON; a body
+///   mentioning `"initialize"` gets a fresh `Mcp-Session-Id`;
+/// - `GET /mcp` with `Accept: text/event-stream` streams three events 300 ms apart;
+/// - `/status/{code}` answers that status (with a challenge for 401);
+/// - `/mcp` on the `/starlette` prefix 307-redirects to the slash form;
+/// - `/elsewhere` 307-redirects to another origin.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+async fn echo(req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let headers: serde_json::Map<String, Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), json!(v.to_str().unwrap_or("<bin>"))))
+        .collect();
+    let text = String::from_utf8_lossy(&body).to_string();
+    let mut resp = axum::Json(json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "headers": headers,
+        "body_len": body.len(),
+        "body": if body.len() < 4096 { Value::String(text.clone()) } else { Value::Null },
+    }))
+    .into_response();
+    if text.contains("\"initialize\"") {
+        let id = tokens::generate_id();
+        resp.headers_mut()
+            .insert("mcp-session-id", id.parse().unwrap());
+    }
+    resp
+}
+
+async fn sse(headers: HeaderMap, req: Request) -> Response {
+    let wants_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"));
+    if !wants_sse {
+        return echo(req).await;
+    }
+    let events = futures_util::stream::unfold(0u32, |i| async move {
+        if i == 3 {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let chunk = format!("id: {i}\nevent: message\ndata: {{\"n\":{i}}}\n\n");
+        Some((Ok::<_, std::io::Error>(chunk), i + 1))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(events))
+        .unwrap()
+}
+
+async fn status(axum::extract::Path(code): axum::extract::Path<u16>) -> Response {
+    let code = StatusCode::from_u16(code).unwrap();
+    let mut resp = (code, "upstream says no").into_response();
+    if code == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            "Bearer resource_metadata=\"http://upstream-as/.well-known/x\""
+                .parse()
+                .unwrap(),
+        );
+    }
+    resp
+}
+
+async fn redirect_to(loc: &'static str) -> Response {
+    Response::builder()
+        .status(StatusCode::TEMPORARY_REDIRECT)
+        .header(header::LOCATION, loc)
+        .body(Body::empty())
+        .unwrap()
+}
+
+pub async fn start_upstream() -> Upstream {
+    let app = Router::new()
+        .route("/mcp", get(sse).post(echo).delete(echo))
+        .route("/status/{code}", any(status))
+        .route("/starlette/mcp", any(|| redirect_to("/starlette/mcp/")))
+        .route("/starlette/mcp/", any(echo))
+        .route(
+            "/elsewhere",
+            any(|| redirect_to("http://example.invalid/mcp")),
+        )
+        .fallback(echo);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Upstream { addr, task }
+}
+
+/// A port nothing listens on (bound, then released).
+pub async fn dead_port() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The real binary, started with `args`; killed when dropped.
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pub base: String,
+    /// The binary's log lines after `listening on`.
+    pub stderr: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Binary {
+    /// Starts the binary and waits for its `listening on` line.
+    pub async fn start(args: &[&str], envs: &[(&str, &str)]) -> Binary {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth-proxy"));
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let base = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = rx.recv().await {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let url: String = rest
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '"')
+                        .collect();
+                    return url;
+                }
+            }
+            panic!("the binary exited before listening");
+        })
+        .await
+        .expect("the binary did not start listening within 20 s");
+        Binary {
+            child,
+            base,
+            stderr: rx,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// The log lines printed so far.
+    pub fn log_so_far(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(l) = self.stderr.try_recv() {
+            out.push(l);
+        }
+        out
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
+
+/// Runs the binary to completion (it is expected to exit by itself) and returns its exit
+/// code and stderr.
+pub async fn run_binary(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth-proxy"));
+    cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .await
+        .expect("the binary did not exit within 20 s")
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}

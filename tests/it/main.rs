@@ -1,0 +1,9 @@
+//! The one integration-test binary: every test talks to real sockets on 127.0.0.1:0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod cli;
+mod gate;
+mod helpers;
+mod proxy;
+mod store;

@@ -1,0 +1,322 @@
+//! The store: durability across SIGKILL, the single-process lock, versioning, sweeping,
+//! sealing.
+
+use std::sync::Arc;
+
+use mcp_auth_proxy::clock::Clock;
+use mcp_auth_proxy::store::sled::SledStore;
+use mcp_auth_proxy::store::{Entry, Keys, McpSessionRecord, Repo, Store, Table, TokenHash};
+use reqwest::StatusCode;
+
+use crate::helpers::{Binary, Mint, client, mint, run_binary, start_upstream};
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+
+fn repo_at(dir: &std::path::Path) -> Repo {
+    let store = SledStore::open(dir).unwrap();
+    let keys = Keys::load(dir, None, None).unwrap();
+    Repo::new(Arc::new(store), keys, Clock::system())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_write_survives_sigkill() {
+    let up = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let port = crate::helpers::dead_port().await.to_string();
+    let ext = format!("http://127.0.0.1:{port}");
+    let resource = format!("{ext}/mcp");
+    let (alice, bob) = {
+        let repo = repo_at(dir.path());
+        let a = mint(
+            &repo,
+            &resource,
+            Mint {
+                subject: "password:alice",
+                ..Mint::default()
+            },
+        )
+        .await;
+        let b = mint(
+            &repo,
+            &resource,
+            Mint {
+                subject: "password:bob",
+                grant_id: "g2",
+                ..Mint::default()
+            },
+        )
+        .await;
+        repo.flush().await.unwrap();
+        (a, b)
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "--listen",
+        &listen,
+        "--external-url",
+        &ext,
+        "--data-path",
+        &data,
+        &up.url("/mcp"),
+    ];
+    let bin = Binary::start(&args, &[]).await;
+    let c = client();
+    let resp = c
+        .post(bin.url("/mcp"))
+        .bearer_auth(&alice)
+        .body(INIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    // The binding of the session to alice was answered: kill -9 right now.
+    bin.kill9().await;
+
+    let mut bin = Binary::start(&args, &[]).await;
+    let ping = |t: &str| {
+        c.post(bin.url("/mcp"))
+            .bearer_auth(t)
+            .header("mcp-session-id", &sid)
+            .body(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#)
+            .send()
+    };
+    assert_eq!(
+        ping(&alice).await.unwrap().status(),
+        StatusCode::OK,
+        "alice's session survived"
+    );
+    assert_eq!(
+        ping(&bob).await.unwrap().status(),
+        StatusCode::NOT_FOUND,
+        "and is still hers alone"
+    );
+    let resp = c
+        .post(bin.url("/mcp"))
+        .bearer_auth("mcpat_wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let log = bin.log_so_far().join("\n");
+    for secret in [alice.as_str(), bob.as_str(), "mcpat_wrong"] {
+        assert!(!log.contains(secret), "a token reached the log: {log}");
+    }
+    bin.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_the_same_data_dir_refuses_to_start() {
+    let up = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let first = Binary::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-path",
+            &data,
+            &up.url("/mcp"),
+        ],
+        &[],
+    )
+    .await;
+    let (code, stderr) = run_binary(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-path",
+            &data,
+            &up.url("/mcp"),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("in use by another mcp-auth-proxy"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("pid {}", first.child.id().unwrap())),
+        "{stderr}"
+    );
+    first.kill9().await;
+    // Once the holder is gone (even by SIGKILL) the lock is free again.
+    let again = Binary::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-path",
+            &data,
+            &up.url("/mcp"),
+        ],
+        &[],
+    )
+    .await;
+    again.kill9().await;
+}
+
+#[tokio::test]
+async fn records_of_unknown_versions_or_garbage_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let repo = Repo::new(store.clone(), Keys::ephemeral(), Clock::system());
+    let key = TokenHash::of("sid").0;
+    let good = McpSessionRecord {
+        subject: "s".into(),
+        created_at: 1,
+    };
+    repo.put(&key, &good, None).await.unwrap();
+    assert_eq!(
+        repo.get::<McpSessionRecord>(&key).await.unwrap(),
+        Some(good)
+    );
+
+    let future = br#"{"v":99,"d":{"subject":"s","created_at":1,"new_field":true}}"#.to_vec();
+    store
+        .put(
+            Table::McpSessions,
+            &key,
+            Entry {
+                expires_at: None,
+                value: future,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(repo.get::<McpSessionRecord>(&key).await.unwrap(), None);
+
+    store
+        .put(
+            Table::McpSessions,
+            &key,
+            Entry {
+                expires_at: None,
+                value: b"\xff not json".to_vec(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(repo.get::<McpSessionRecord>(&key).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn expired_records_read_as_absent_and_are_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_000_000);
+    let repo = Repo::new(
+        Arc::new(SledStore::open(dir.path()).unwrap()),
+        Keys::ephemeral(),
+        clock.clone(),
+    );
+    let rec = McpSessionRecord {
+        subject: "s".into(),
+        created_at: 0,
+    };
+    repo.put(b"short", &rec, Some(1_000_010)).await.unwrap();
+    repo.put(b"long", &rec, Some(1_000_100)).await.unwrap();
+    repo.put(b"forever", &rec, None).await.unwrap();
+    let t = mint(
+        &repo,
+        "r",
+        Mint {
+            ttl: 10,
+            ..Mint::default()
+        },
+    )
+    .await;
+    assert_eq!(repo.sweep().await.unwrap(), 0);
+
+    clock.advance(50);
+    assert!(
+        repo.get::<McpSessionRecord>(b"short")
+            .await
+            .unwrap()
+            .is_none(),
+        "expired reads as absent"
+    );
+    assert!(
+        repo.get::<McpSessionRecord>(b"long")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // short + the token + its family index entry.
+    assert_eq!(repo.sweep().await.unwrap(), 3);
+    assert!(
+        repo.get::<mcp_auth_proxy::store::TokenRecord>(&TokenHash::of(&t).0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    clock.advance(1000);
+    assert_eq!(repo.sweep().await.unwrap(), 1);
+    assert!(
+        repo.get::<McpSessionRecord>(b"forever")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn secrets_are_sealed_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let plaintext = b"upstream-refresh-token-PLAINTEXT-MARKER";
+    {
+        let repo = repo_at(dir.path());
+        repo.put_secret("google:alice", plaintext).await.unwrap();
+        assert_eq!(
+            repo.get_secret("google:alice")
+                .await
+                .unwrap()
+                .unwrap()
+                .as_slice(),
+            plaintext
+        );
+        repo.flush().await.unwrap();
+    }
+    let mut found = false;
+    for entry in walk(dir.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        found |= bytes.windows(plaintext.len()).any(|w| w == plaintext);
+    }
+    assert!(
+        !found,
+        "the plaintext must not appear in any file of the data dir"
+    );
+    // Reopened with the same key file, the secret opens again; with another key it does not.
+    let repo = repo_at(dir.path());
+    assert_eq!(
+        repo.get_secret("google:alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .as_slice(),
+        plaintext
+    );
+    drop(repo);
+    let store = SledStore::open(dir.path()).unwrap();
+    let other = Repo::new(Arc::new(store), Keys::ephemeral(), Clock::system());
+    assert!(other.get_secret("google:alice").await.is_err());
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
