@@ -71,6 +71,68 @@ pub struct Cli {
     #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT", default_value = "10s")]
     pub upstream_connect_timeout: String,
 
+    /// Shared password for the login page (hashed with bcrypt at startup, never stored).
+    #[arg(long, env = "PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+
+    /// bcrypt hash(es) of accepted passwords (comma-separated); may be given with --password.
+    #[arg(
+        long,
+        env = "PASSWORD_HASH",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub password_hash: Vec<String>,
+
+    /// User name of the password sign-in (the subject is `password:<name>`).
+    #[arg(long, env = "PASSWORD_USER", default_value = "admin")]
+    pub password_user: String,
+
+    /// Failed passwords from one IP within --login-failure-window that lock it.
+    #[arg(long, env = "LOGIN_MAX_FAILURES", default_value_t = 10)]
+    pub login_max_failures: u32,
+
+    /// Window in which failed passwords are counted.
+    #[arg(long, env = "LOGIN_FAILURE_WINDOW", default_value = "5m")]
+    pub login_failure_window: String,
+
+    /// How long an IP stays locked after too many failed passwords.
+    #[arg(long, env = "LOGIN_LOCKOUT", default_value = "2m")]
+    pub login_lockout: String,
+
+    /// Lifetime of access tokens.
+    #[arg(long, env = "ACCESS_TOKEN_TTL", default_value = "1h")]
+    pub access_token_ttl: String,
+
+    /// Absolute lifetime of refresh tokens, from the first grant.
+    #[arg(long, env = "REFRESH_TOKEN_TTL", default_value = "30d")]
+    pub refresh_token_ttl: String,
+
+    /// How long a rotated refresh token still returns the same new pair.
+    #[arg(long, env = "REFRESH_GRACE", default_value = "30s")]
+    pub refresh_grace: String,
+
+    /// Lifetime of authorization codes.
+    #[arg(long, env = "AUTH_CODE_TTL", default_value = "60s")]
+    pub auth_code_ttl: String,
+
+    /// Registered clients that never complete a sign-in are deleted after this long.
+    #[arg(long, env = "CLIENT_TTL", default_value = "7d")]
+    pub client_ttl: String,
+
+    /// Lifetime of a browser sign-in on the login page.
+    #[arg(long, env = "LOGIN_SESSION_TTL", default_value = "12h")]
+    pub login_session_ttl: String,
+
+    /// Private-use URI schemes allowed in redirect URIs (comma-separated).
+    #[arg(
+        long,
+        env = "ALLOWED_REDIRECT_SCHEMES",
+        value_delimiter = ',',
+        default_value = "cursor,vscode,vscode-insiders,windsurf"
+    )]
+    pub allowed_redirect_schemes: Vec<String>,
+
     /// The backend: an http(s) URL, or a stdio command and its arguments after `--`.
     #[arg(env = "MCP_SERVER_URL", num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
     pub backend: Vec<String>,

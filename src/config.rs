@@ -202,6 +202,45 @@ pub struct UpstreamOptions {
     pub streaming_only: bool,
 }
 
+/// Sign-in and token issuance settings.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Plain `--password`, kept only until it is hashed at startup.
+    pub password: Option<Secret>,
+    /// `--password-hash` values (bcrypt).
+    pub password_hashes: Vec<Secret>,
+    pub password_user: String,
+    pub login_max_failures: u32,
+    pub login_failure_window: Duration,
+    pub login_lockout: Duration,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub refresh_grace: Duration,
+    pub auth_code_ttl: Duration,
+    pub client_ttl: Duration,
+    pub login_session_ttl: Duration,
+    /// Lower-case private-use schemes allowed in redirect URIs.
+    pub redirect_schemes: Vec<String>,
+}
+
+impl AuthConfig {
+    /// Whether password sign-in is configured.
+    pub fn has_password(&self) -> bool {
+        self.password.is_some() || !self.password_hashes.is_empty()
+    }
+}
+
+/// Schemes that never make a redirect URI, whatever the allow-list says.
+const FORBIDDEN_SCHEMES: [&str; 7] = [
+    "javascript",
+    "data",
+    "file",
+    "vbscript",
+    "blob",
+    "about",
+    "ftp",
+];
+
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -217,12 +256,14 @@ pub struct Config {
     pub upstream: UpstreamOptions,
     /// Secrets kept only to withhold them from stdio children and logs.
     pub proxy_bearer_token: Option<Secret>,
+    pub auth: AuthConfig,
 }
 
 impl Config {
     /// Validates the command line.
     pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
         let listen = ListenAddr::parse(&cli.listen)?;
+        let auth = auth_config(&cli)?;
         let external_url = cli
             .external_url
             .as_deref()
@@ -321,8 +362,97 @@ impl Config {
                 streaming_only: cli.http_streaming_only,
             },
             proxy_bearer_token,
+            auth,
         })
     }
+}
+
+fn auth_config(cli: &Cli) -> Result<AuthConfig, ConfigError> {
+    let password = cli
+        .password
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .map(Secret::new);
+    let password_hashes = cli
+        .password_hash
+        .iter()
+        .map(|h| h.trim())
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            if bcrypt_shaped(h) {
+                Ok(Secret::new(h))
+            } else {
+                Err(bad(
+                    "--password-hash is not a bcrypt hash ($2b$…); create one with: htpasswd -bnBC 12 \"\" 'your password' | tr -d ':'",
+                ))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if password.is_none() && password_hashes.is_empty() {
+        return Err(bad(
+            "no way to sign in is configured; set --password (PASSWORD) or --password-hash (PASSWORD_HASH)",
+        ));
+    }
+    let password_user = cli.password_user.trim().to_string();
+    if password_user.is_empty() || password_user.contains(char::is_whitespace) {
+        return Err(bad(
+            "--password-user must be a non-empty name without spaces",
+        ));
+    }
+    if cli.login_max_failures == 0 {
+        return Err(bad("--login-max-failures must be at least 1"));
+    }
+    let redirect_schemes = cli
+        .allowed_redirect_schemes
+        .iter()
+        .map(|s| s.trim().trim_end_matches("://").trim_end_matches(':').to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let valid = s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+            if !valid {
+                Err(bad(format!("--allowed-redirect-schemes entry {s:?} is not a URI scheme")))
+            } else if FORBIDDEN_SCHEMES.contains(&s.as_str()) || s == "http" || s == "https" {
+                Err(bad(format!(
+                    "--allowed-redirect-schemes cannot list {s:?}: it is either never allowed or governed by its own rule"
+                )))
+            } else {
+                Ok(s)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let d = |flag: &str, v: &str| -> Result<Duration, ConfigError> {
+        let d = parse_duration(flag, v)?;
+        if d.is_zero() {
+            return Err(bad(format!("{flag} must be longer than zero")));
+        }
+        Ok(d)
+    };
+    Ok(AuthConfig {
+        password,
+        password_hashes,
+        password_user,
+        login_max_failures: cli.login_max_failures,
+        login_failure_window: d("--login-failure-window", &cli.login_failure_window)?,
+        login_lockout: d("--login-lockout", &cli.login_lockout)?,
+        access_token_ttl: d("--access-token-ttl", &cli.access_token_ttl)?,
+        refresh_token_ttl: d("--refresh-token-ttl", &cli.refresh_token_ttl)?,
+        refresh_grace: parse_duration("--refresh-grace", &cli.refresh_grace)?,
+        auth_code_ttl: d("--auth-code-ttl", &cli.auth_code_ttl)?,
+        client_ttl: d("--client-ttl", &cli.client_ttl)?,
+        login_session_ttl: d("--login-session-ttl", &cli.login_session_ttl)?,
+        redirect_schemes,
+    })
+}
+
+/// `$2a$`, `$2b$` or `$2y$`, a two-digit cost, and 53 more characters.
+fn bcrypt_shaped(h: &str) -> bool {
+    let b = h.as_bytes();
+    h.len() == 60
+        && (h.starts_with("$2a$") || h.starts_with("$2b$") || h.starts_with("$2y$"))
+        && b[4].is_ascii_digit()
+        && b[5].is_ascii_digit()
+        && b[6] == b'$'
 }
 
 /// The public face of a running proxy, fixed once the listener is bound.

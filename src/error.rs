@@ -46,6 +46,8 @@ pub enum OAuthErrorCode {
     InvalidClientMetadata,
     InvalidToken,
     InsufficientScope,
+    LoginRequired,
+    ConsentRequired,
 }
 
 impl OAuthErrorCode {
@@ -67,6 +69,8 @@ impl OAuthErrorCode {
             Self::InvalidClientMetadata => "invalid_client_metadata",
             Self::InvalidToken => "invalid_token",
             Self::InsufficientScope => "insufficient_scope",
+            Self::LoginRequired => "login_required",
+            Self::ConsentRequired => "consent_required",
         }
     }
 }
@@ -129,4 +133,20 @@ impl From<crate::store::StoreError> for OAuthError {
         tracing::error!(error = %e, "store failure");
         Self::server_error()
     }
+}
+
+impl From<crate::store::KeyError> for OAuthError {
+    fn from(e: crate::store::KeyError) -> Self {
+        tracing::error!(error = %e, "key failure");
+        Self::server_error()
+    }
+}
+
+/// A request body that could not be read (too large, or broken) as an OAuth error.
+pub fn body_error(e: axum::extract::rejection::BytesRejection) -> OAuthError {
+    OAuthError::new(
+        e.status(),
+        OAuthErrorCode::InvalidRequest,
+        "the request body is too large or could not be read",
+    )
 }

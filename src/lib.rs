@@ -4,12 +4,17 @@
 //! token) → [`backend`] (the MCP server). The authorization server that issues the tokens
 //! lives in [`oauth`]; state lives in [`store`]. [`run`] wires them together.
 
+// Handlers return `Result<_, Response>` to short-circuit with a ready answer; boxing every
+// such response would buy nothing on this path.
+#![allow(clippy::result_large_err)]
+
 pub mod backend;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod gate;
+pub mod login;
 pub mod oauth;
 pub mod server;
 pub mod store;
@@ -25,6 +30,9 @@ use crate::backend::http::HttpBackend;
 use crate::clock::Clock;
 use crate::config::{Backend, Config, ListenAddr};
 use crate::gate::TokenCache;
+use crate::login::Authn;
+use crate::login::password::{Lockout, PasswordVerifier};
+use crate::login::session::Cookies;
 use crate::server::AppState;
 use crate::store::sled::SledStore;
 use crate::store::{Keys, Repo};
@@ -51,6 +59,8 @@ pub enum RunError {
     },
     #[error("the HTTP client could not be built: {0}")]
     Client(#[from] reqwest::Error),
+    #[error(transparent)]
+    Password(#[from] login::password::PasswordError),
     #[error("server error: {0}")]
     Serve(std::io::Error),
     #[error("{0}")]
@@ -151,10 +161,13 @@ pub async fn prepare(
         );
     }
 
+    let authn = authn(&config, &site, &repo).await?;
+
     let state = AppState {
         site: Arc::new(site),
         repo,
         tokens: Arc::new(TokenCache::new(TOKEN_CACHE_CAPACITY)),
+        authn: Arc::new(authn),
         http_backend,
     };
     Ok(Prepared {
@@ -163,6 +176,43 @@ pub async fn prepare(
         state,
     })
 }
+
+/// Sets up sign-in; when the configured passwords changed since the last start, revokes
+/// every grant made with the old ones.
+async fn authn(config: &Config, site: &config::Site, repo: &Repo) -> Result<Authn, RunError> {
+    let password = PasswordVerifier::new(&config.auth, repo.keys().hmac.as_ref()).await?;
+    let current = password
+        .as_ref()
+        .map(|p| p.epoch().to_string())
+        .unwrap_or_default();
+    let previous = repo.get_secret(PASSWORD_EPOCH).await.ok().flatten();
+    if previous.as_deref().map(Vec::as_slice) != Some(current.as_bytes()) {
+        if previous.is_some() {
+            let mut revoked = 0;
+            for (_, grant) in repo.scan::<store::GrantRecord>(b"").await? {
+                if grant.identity.provider == "password" {
+                    repo.revoke_grant(&grant.grant_id).await?;
+                    revoked += 1;
+                }
+            }
+            tracing::warn!(
+                revoked,
+                "the password changed: sign-ins made with the old one are revoked"
+            );
+        }
+        repo.put_secret(PASSWORD_EPOCH, current.as_bytes()).await?;
+        repo.flush().await?;
+    }
+    Ok(Authn {
+        lockout: Lockout::new(&config.auth),
+        cookies: Cookies::for_origin(&site.origin),
+        password,
+        cfg: config.auth.clone(),
+    })
+}
+
+/// Store key of the fingerprint of the passwords grants were made under.
+const PASSWORD_EPOCH: &str = "password_epoch";
 
 /// Serves until `shutdown` resolves, then stops background tasks and flushes the store.
 pub async fn serve(

@@ -54,3 +54,53 @@ fn cacheable(body: impl IntoResponse) -> Response {
     );
     resp
 }
+
+/// RFC 8414 authorization-server metadata path.
+pub const AS_METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+
+/// RFC 8414 §2 document: only what is implemented is advertised.
+#[derive(Debug, Serialize)]
+pub struct AuthorizationServerMetadata {
+    pub issuer: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub registration_endpoint: String,
+    pub revocation_endpoint: String,
+    pub response_types_supported: [&'static str; 1],
+    pub response_modes_supported: [&'static str; 1],
+    pub grant_types_supported: [&'static str; 2],
+    pub code_challenge_methods_supported: [&'static str; 1],
+    pub token_endpoint_auth_methods_supported: [&'static str; 3],
+    pub revocation_endpoint_auth_methods_supported: [&'static str; 3],
+    pub scopes_supported: [&'static str; 2],
+    pub authorization_response_iss_parameter_supported: bool,
+    pub service_documentation: &'static str,
+}
+
+impl AuthorizationServerMetadata {
+    pub fn for_site(site: &Site) -> Self {
+        let at = |p: &str| site.origin.join(p);
+        let auth_methods = ["none", "client_secret_post", "client_secret_basic"];
+        Self {
+            issuer: site.origin.as_str().to_string(),
+            authorization_endpoint: at("/authorize"),
+            token_endpoint: at("/token"),
+            registration_endpoint: at("/register"),
+            revocation_endpoint: at("/revoke"),
+            response_types_supported: ["code"],
+            response_modes_supported: ["query"],
+            grant_types_supported: ["authorization_code", "refresh_token"],
+            code_challenge_methods_supported: [crate::oauth::pkce::S256],
+            token_endpoint_auth_methods_supported: auth_methods,
+            revocation_endpoint_auth_methods_supported: auth_methods,
+            scopes_supported: [MCP_SCOPE, crate::oauth::OFFLINE_ACCESS],
+            authorization_response_iss_parameter_supported: true,
+            service_documentation: "https://modelcontextprotocol.io/specification/2025-11-25/basic/authorization",
+        }
+    }
+}
+
+/// `GET /.well-known/oauth-authorization-server[/<anything>]`: one issuer, one document.
+pub async fn authorization_server(State(app): State<AppState>) -> Response {
+    cacheable(Json(AuthorizationServerMetadata::for_site(&app.site)))
+}

@@ -9,18 +9,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::backend::http::{ClientInfo, HttpBackend};
 use crate::config::Site;
 use crate::error::jsonrpc_error;
 use crate::gate::{TokenCache, bearer_token, check_token};
-use crate::oauth::metadata::{RESOURCE_METADATA_PATH, protected_resource};
+use crate::login::{self, Authn, LOGIN_PATH, LOGOUT_PATH};
+use crate::oauth::consent::{CONSENT_PATH, consent_get, consent_post};
+use crate::oauth::metadata::{
+    AS_METADATA_PATH, RESOURCE_METADATA_PATH, authorization_server, protected_resource,
+};
+use crate::oauth::{authorize, register, revoke, token};
 use crate::store::Repo;
+
+/// Largest body accepted by the authorization server's endpoints and forms.
+const MAX_FORM_BYTES: usize = 64 * 1024;
 
 /// Everything a request handler may need. Cheap to clone.
 #[derive(Clone)]
@@ -28,24 +36,47 @@ pub struct AppState {
     pub site: Arc<Site>,
     pub repo: Repo,
     pub tokens: Arc<TokenCache>,
+    pub authn: Arc<Authn>,
     pub http_backend: Option<Arc<HttpBackend>>,
 }
 
 /// The application: our own endpoints, then every other path proxied behind the gate.
 pub fn router(state: AppState) -> Router {
-    let metadata = Router::new()
+    let mcp_path = state.site.mcp_path.clone();
+    // Metadata and proxied paths are what browsers (and DNS-rebinding pages) reach: the
+    // Origin guard applies to them.
+    let guarded = Router::new()
         .route(RESOURCE_METADATA_PATH, get(protected_resource))
         .route(
-            &format!("{RESOURCE_METADATA_PATH}{}", state.site.mcp_path),
+            &format!("{RESOURCE_METADATA_PATH}{mcp_path}"),
             get(protected_resource),
-        );
+        )
+        .route(AS_METADATA_PATH, get(authorization_server))
+        .route(
+            &format!("{AS_METADATA_PATH}{mcp_path}"),
+            get(authorization_server),
+        )
+        .fallback(proxy)
+        .layer(from_fn_with_state(state.clone(), guard::require_origin));
 
-    let proxied = Router::new().fallback(proxy);
+    let authorization_server = Router::new()
+        .route("/authorize", get(authorize::authorize))
+        .route("/token", post(token::token))
+        .route("/register", post(register::register))
+        .route(
+            "/register/{client_id}",
+            get(register::read).delete(register::delete),
+        )
+        .route("/revoke", post(revoke::revoke))
+        .route(LOGIN_PATH, get(login::login_get).post(login::login_post))
+        .route(LOGOUT_PATH, get(login::logout_get).post(login::logout_post))
+        .route(CONSENT_PATH, get(consent_get).post(consent_post))
+        .route("/.auth/static/style.css", get(login::pages::stylesheet))
+        .layer(DefaultBodyLimit::max(MAX_FORM_BYTES));
 
     Router::new()
-        .merge(metadata)
-        .merge(proxied)
-        .layer(from_fn_with_state(state.clone(), guard::require_origin))
+        .merge(authorization_server)
+        .merge(guarded)
         .layer(from_fn_with_state(state.clone(), guard::require_host))
         .with_state(state)
 }

@@ -44,10 +44,12 @@ pub enum Table {
     McpSessions,
     /// Sealed secrets and key material, by name.
     Secrets,
+    /// Authorization requests waiting for sign-in and consent, by request id.
+    Requests,
 }
 
 impl Table {
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Clients,
         Table::Codes,
         Table::Grants,
@@ -57,6 +59,7 @@ impl Table {
         Table::Sessions,
         Table::McpSessions,
         Table::Secrets,
+        Table::Requests,
     ];
 
     /// Stable name, used as the backend's table name.
@@ -71,6 +74,7 @@ impl Table {
             Table::Sessions => "sessions",
             Table::McpSessions => "mcp_sessions",
             Table::Secrets => "secrets",
+            Table::Requests => "requests",
         }
     }
 }

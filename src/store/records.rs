@@ -87,6 +87,10 @@ impl Record for ClientRecord {
 pub struct CodeRecord {
     pub client_id: String,
     pub redirect_uri: String,
+    /// Whether the authorization request carried `redirect_uri` (the token request must then
+    /// repeat it exactly).
+    #[serde(default)]
+    pub redirect_uri_given: bool,
     /// PKCE S256 challenge (base64url of SHA-256 of the verifier).
     pub code_challenge: String,
     pub resource: String,
@@ -197,6 +201,30 @@ pub struct McpSessionRecord {
 
 impl Record for McpSessionRecord {
     const TABLE: Table = Table::McpSessions;
+    const VERSION: u32 = 1;
+}
+
+/// A validated authorization request waiting for the person to sign in and consent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthRequestRecord {
+    pub client_id: String,
+    /// The redirect URI to answer on (the one presented, or the single registered one).
+    pub redirect_uri: String,
+    /// Whether `redirect_uri` was presented (then the token request must repeat it).
+    pub redirect_uri_given: bool,
+    #[serde(default)]
+    pub state: Option<String>,
+    pub code_challenge: String,
+    pub scopes: Vec<String>,
+    pub resource: String,
+    /// `prompt=consent` asks for the consent page even when consent is remembered.
+    #[serde(default)]
+    pub force_consent: bool,
+    pub created_at: UnixTime,
+}
+
+impl Record for AuthRequestRecord {
+    const TABLE: Table = Table::Requests;
     const VERSION: u32 = 1;
 }
 

@@ -10,6 +10,11 @@ async fn refuses(args: &[&str], envs: &[(&str, &str)], needle: &str) {
     if !args.contains(&"--listen") {
         all.extend_from_slice(&["--listen", "127.0.0.1:0"]);
     }
+    if !args.iter().any(|a| a.starts_with("--password"))
+        && !envs.iter().any(|(k, _)| k.starts_with("PASSWORD"))
+    {
+        all.extend_from_slice(&["--password", "pw"]);
+    }
     all.extend_from_slice(args);
     let (code, stderr) = run_binary(&all, envs).await;
     assert_ne!(code, Some(0), "{args:?} should fail");
@@ -65,4 +70,13 @@ async fn wrong_values_stop_startup_with_one_clear_line() {
     refuses(&["--", "npx", "server"], &[], "stdio").await;
     refuses(&[], &[("ENCRYPTION_KEY", "dG9vIHNob3J0")], "ENCRYPTION_KEY").await;
     refuses(&["--listen", "nonsense"], &[], "--listen").await;
+    refuses(&["--password", ""], &[], "no way to sign in").await;
+    refuses(&["--password-hash", "plain-text"], &[], "--password-hash").await;
+    refuses(&["--access-token-ttl", "0s"], &[], "--access-token-ttl").await;
+    refuses(
+        &["--allowed-redirect-schemes", "javascript"],
+        &[],
+        "--allowed-redirect-schemes",
+    )
+    .await;
 }

@@ -24,6 +24,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The password of every test proxy that is not given another.
+pub const TEST_PASSWORD: &str = "correct horse battery staple";
+
 /// A proxy running in this process on 127.0.0.1:0.
 pub struct TestProxy {
     pub base: String,
@@ -64,6 +67,9 @@ pub async fn start_proxy(args: &[&str]) -> TestProxy {
         "--data-path".into(),
         dir.path().display().to_string(),
     ];
+    if !args.iter().any(|a| a.starts_with("--password")) {
+        argv.extend(["--password".to_string(), TEST_PASSWORD.to_string()]);
+    }
     argv.extend(args.iter().map(|s| s.to_string()));
     let config = Config::from_cli(Cli::try_parse_from(argv).unwrap()).unwrap();
     let prepared = prepare(config, EnvSecrets::default(), Clock::system())
@@ -289,6 +295,7 @@ impl Binary {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth-proxy"));
         cmd.args(args)
             .env("RUST_LOG", "info")
+            .env("PASSWORD", TEST_PASSWORD)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -352,7 +359,10 @@ impl Binary {
 /// code and stderr.
 pub async fn run_binary(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth-proxy"));
-    cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
+    cmd.args(args)
+        .env("PASSWORD", TEST_PASSWORD)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
     for (k, v) in envs {
         cmd.env(k, v);
     }

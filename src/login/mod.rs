@@ -1,0 +1,328 @@
+//! Signing people in: the login page, password verification with lockout, browser
+//! sessions, logout. Paths are sigbit's: `/.auth/login`, `/.auth/logout`.
+
+pub mod pages;
+pub mod password;
+pub mod session;
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use self::pages::{FormTarget, LoginPage, SignedInPage, error_page, page, see_other};
+use self::password::{Lockout, PasswordVerifier};
+use self::session::{Cookies, csrf_cookie, csrf_token, csrf_valid, post_origin_ok, read_cookie};
+use crate::config::AuthConfig;
+use crate::oauth::form::Params;
+use crate::server::AppState;
+use crate::server::guard::client_ip;
+use crate::store::{AuthRequestRecord, ClientRecord, Identity};
+
+/// Login page path.
+pub const LOGIN_PATH: &str = "/.auth/login";
+/// Logout path.
+pub const LOGOUT_PATH: &str = "/.auth/logout";
+
+/// Everything about authenticating people.
+pub struct Authn {
+    pub cfg: AuthConfig,
+    pub password: Option<PasswordVerifier>,
+    pub lockout: Lockout,
+    pub cookies: Cookies,
+}
+
+impl Authn {
+    /// The identity a password sign-in gets.
+    pub fn password_identity(&self, verifier: &PasswordVerifier) -> Identity {
+        Identity {
+            provider: "password".into(),
+            user_id: verifier.user().to_string(),
+            email: None,
+            name: Some(verifier.user().to_string()),
+            groups: Vec::new(),
+            claims: json!({ "pwd_epoch": verifier.epoch() }),
+        }
+    }
+
+    /// Whether an identity signed in earlier is still allowed by today's configuration.
+    pub fn still_allowed(&self, identity: &Identity) -> bool {
+        match identity.provider.as_str() {
+            "password" => self.password.as_ref().is_some_and(|p| {
+                identity.user_id == p.user()
+                    && identity.claims.get("pwd_epoch").and_then(|e| e.as_str()) == Some(p.epoch())
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// The user's display name on pages.
+pub fn display_name(identity: &Identity) -> &str {
+    identity
+        .email
+        .as_deref()
+        .or(identity.name.as_deref())
+        .unwrap_or(&identity.user_id)
+}
+
+/// The site name shown on pages: the external host.
+pub fn site_name(app: &AppState) -> String {
+    app.site.origin.host()
+}
+
+fn with_cookie(mut resp: Response, cookie: Option<HeaderValue>) -> Response {
+    if let Some(c) = cookie {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    resp
+}
+
+/// The pending request and its client's name, when `req` names a live one.
+async fn pending(app: &AppState, req: Option<&str>) -> Option<(AuthRequestRecord, ClientRecord)> {
+    let req = req?;
+    let rec = app
+        .repo
+        .get::<AuthRequestRecord>(req.as_bytes())
+        .await
+        .ok()??;
+    let client = app
+        .repo
+        .get::<ClientRecord>(rec.client_id.as_bytes())
+        .await
+        .ok()??;
+    Some((rec, client))
+}
+
+/// Where a signed-in person goes next: the pending consent, or the signed-in page.
+fn next_step(req: Option<&str>) -> String {
+    match req {
+        Some(r) => format!(
+            "{}?req={}",
+            crate::oauth::consent::CONSENT_PATH,
+            urlencode(r)
+        ),
+        None => LOGIN_PATH.to_string(),
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Renders the login form.
+async fn login_form(
+    app: &AppState,
+    headers: &HeaderMap,
+    status: StatusCode,
+    req: Option<&str>,
+    error: Option<&str>,
+    locked: bool,
+) -> Response {
+    let (cookie, set) = csrf_cookie(&app.authn.cookies, headers);
+    let csrf = csrf_token(&app.repo.keys().hmac, &cookie);
+    let name = site_name(app);
+    let pending = pending(app, req).await;
+    let client_name = pending
+        .as_ref()
+        .map(|(_, c)| c.client_name.clone().unwrap_or_else(|| c.client_id.clone()));
+    let tpl = LoginPage {
+        site_name: &name,
+        client_name: client_name.as_deref(),
+        error,
+        csrf: &csrf,
+        req: pending.as_ref().and(req),
+        locked,
+    };
+    with_cookie(page(status, &tpl, FormTarget::SelfOnly), set)
+}
+
+/// `GET /.auth/login`: the form, or where a signed-in person goes next.
+pub async fn login_get(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
+    let req = params.get("req");
+    match session::current(&app.repo, &app.authn.cookies, &headers).await {
+        Ok(Some(s)) if app.authn.still_allowed(&s.identity) => {
+            if req.is_some() {
+                return see_other(&next_step(req), FormTarget::SelfOnly);
+            }
+            let (cookie, set) = csrf_cookie(&app.authn.cookies, &headers);
+            let csrf = csrf_token(&app.repo.keys().hmac, &cookie);
+            let name = site_name(&app);
+            let tpl = SignedInPage {
+                site_name: &name,
+                user: display_name(&s.identity),
+                csrf: &csrf,
+            };
+            with_cookie(page(StatusCode::OK, &tpl, FormTarget::SelfOnly), set)
+        }
+        Ok(_) => login_form(&app, &headers, StatusCode::OK, req, None, false).await,
+        Err(e) => store_failure_page(&app, e),
+    }
+}
+
+fn store_failure_page(app: &AppState, e: crate::store::StoreError) -> Response {
+    tracing::error!(error = %e, "store failure on a sign-in page");
+    error_page(
+        &site_name(app),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Temporarily unavailable",
+        "Something went wrong on our side. Please try again in a moment.",
+    )
+}
+
+/// Checks what every form POST must carry: our Origin (or none), a form body, a valid CSRF
+/// token. Returns the parsed form or the page to answer.
+pub fn form_post(app: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Params, Response> {
+    let name = site_name(app);
+    if !post_origin_ok(&app.site.origin, headers) {
+        return Err(error_page(
+            &name,
+            StatusCode::FORBIDDEN,
+            "Request refused",
+            "This form was sent from another site.",
+        ));
+    }
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    let params = match (is_form, Params::parse(body)) {
+        (true, Ok(p)) => p,
+        _ => {
+            return Err(error_page(
+                &name,
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "The form could not be read.",
+            ));
+        }
+    };
+    let cookie = read_cookie(headers, &app.authn.cookies.csrf);
+    if !csrf_valid(&app.repo.keys().hmac, cookie.as_deref(), params.get("csrf")) {
+        return Err(error_page(
+            &name,
+            StatusCode::FORBIDDEN,
+            "This form expired",
+            "Go back, reload the page and try again.",
+        ));
+    }
+    Ok(params)
+}
+
+/// `POST /.auth/login`: checks the password, starts a session, continues the flow.
+pub async fn login_post(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params = match form_post(&app, &headers, &body) {
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
+    let req = params.get("req").map(str::to_string);
+    let req = req.as_deref();
+    let ip = client_ip(&app.site, peer.ip(), &headers);
+    let now = app.repo.clock().now();
+    if let Err(secs) = app.authn.lockout.check(ip, now) {
+        return locked_out(&app, &headers, req, secs).await;
+    }
+    let Some(verifier) = &app.authn.password else {
+        return login_form(
+            &app,
+            &headers,
+            StatusCode::BAD_REQUEST,
+            req,
+            Some("Password sign-in is not enabled."),
+            false,
+        )
+        .await;
+    };
+    let candidate = Zeroizing::new(params.get("password").unwrap_or_default().to_string());
+    if !verifier.verify(candidate).await {
+        tracing::info!(client_ip = %ip, "failed password sign-in");
+        if let Some(secs) = app.authn.lockout.fail(ip, now) {
+            tracing::warn!(client_ip = %ip, seconds = secs, "too many failed passwords: locked");
+            return locked_out(&app, &headers, req, secs).await;
+        }
+        return login_form(
+            &app,
+            &headers,
+            StatusCode::UNAUTHORIZED,
+            req,
+            Some("That password is not right."),
+            false,
+        )
+        .await;
+    }
+    app.authn.lockout.succeed(ip);
+    let identity = app.authn.password_identity(verifier);
+    let ttl = app.authn.cfg.login_session_ttl.as_secs();
+    let token = match session::create(&app.repo, identity, ttl).await {
+        Ok(t) => t,
+        Err(e) => return store_failure_page(&app, e),
+    };
+    tracing::info!(client_ip = %ip, provider = "password", "signed in");
+    let mut resp = see_other(&next_step(req), FormTarget::SelfOnly);
+    let cookie = app
+        .authn
+        .cookies
+        .set(&app.authn.cookies.session, &token, Some(ttl));
+    resp.headers_mut().append(header::SET_COOKIE, cookie);
+    resp
+}
+
+async fn locked_out(app: &AppState, headers: &HeaderMap, req: Option<&str>, secs: u64) -> Response {
+    let msg = format!(
+        "Too many failed attempts from your network. Try again in {} minute{}.",
+        secs.div_ceil(60),
+        if secs.div_ceil(60) == 1 { "" } else { "s" }
+    );
+    let mut resp = login_form(
+        app,
+        headers,
+        StatusCode::TOO_MANY_REQUESTS,
+        req,
+        Some(&msg),
+        true,
+    )
+    .await;
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
+}
+
+/// `GET /.auth/logout`: a page with the sign-out button (sign-out itself is a POST).
+pub async fn logout_get(state: State<AppState>, headers: HeaderMap) -> Response {
+    login_get(state, headers, RawQuery(None)).await
+}
+
+/// `POST /.auth/logout`: ends the session.
+pub async fn logout_post(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(resp) = form_post(&app, &headers, &body) {
+        return resp;
+    }
+    if let Err(e) = session::end(&app.repo, &app.authn.cookies, &headers).await {
+        return store_failure_page(&app, e);
+    }
+    let mut resp = see_other(LOGIN_PATH, FormTarget::SelfOnly);
+    let clear = app
+        .authn
+        .cookies
+        .set(&app.authn.cookies.session, "", Some(0));
+    resp.headers_mut().append(header::SET_COOKIE, clear);
+    resp.into_response()
+}

@@ -1,0 +1,141 @@
+//! The pages people see, rendered from `templates/` with askama, and the headers every page
+//! carries: not framable, not cached, no referrer, a strict CSP.
+
+use askama::Template;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+
+/// The stylesheet, compiled in so the binary needs no files beside it.
+pub const STYLE_CSS: &str = include_str!("../../static/style.css");
+
+#[derive(Template)]
+#[template(path = "login.html")]
+pub struct LoginPage<'a> {
+    pub site_name: &'a str,
+    pub client_name: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub csrf: &'a str,
+    pub req: Option<&'a str>,
+    pub locked: bool,
+}
+
+#[derive(Template)]
+#[template(path = "consent.html")]
+pub struct ConsentPage<'a> {
+    pub site_name: &'a str,
+    pub client_name: &'a str,
+    pub client_id: &'a str,
+    pub redirect_host: &'a str,
+    pub user: &'a str,
+    pub scopes: Vec<&'static str>,
+    pub warnings: Vec<String>,
+    pub csrf: &'a str,
+    pub req: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "signed_in.html")]
+pub struct SignedInPage<'a> {
+    pub site_name: &'a str,
+    pub user: &'a str,
+    pub csrf: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage<'a> {
+    pub site_name: &'a str,
+    pub title: &'a str,
+    pub message: &'a str,
+}
+
+/// How strict the page's CSP is about where forms may lead.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum FormTarget {
+    /// Forms post to us and we redirect to ourselves.
+    SelfOnly,
+    /// The consent form's answer redirects to the client (any origin or app scheme), which
+    /// `form-action` would block in browsers that apply it to redirects.
+    Client,
+}
+
+/// An HTML response with the page headers.
+pub fn page(status: StatusCode, template: &impl Template, target: FormTarget) -> Response {
+    let body = match template.render() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "page template failed");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
+        }
+    };
+    let mut resp = (status, Html(body)).into_response();
+    secure_headers(resp.headers_mut(), target);
+    resp
+}
+
+/// Headers for every page and redirect of the sign-in flow.
+pub fn secure_headers(h: &mut HeaderMap, target: FormTarget) {
+    let csp = match target {
+        FormTarget::SelfOnly => {
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        }
+        FormTarget::Client => {
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'"
+        }
+    };
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(csp),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+/// An error page for a person.
+pub fn error_page(site_name: &str, status: StatusCode, title: &str, message: &str) -> Response {
+    page(
+        status,
+        &ErrorPage {
+            site_name,
+            title,
+            message,
+        },
+        FormTarget::SelfOnly,
+    )
+}
+
+/// `GET /.auth/static/style.css`.
+pub async fn stylesheet() -> Response {
+    let mut resp = (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        STYLE_CSS,
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    resp.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// A 303 to `location` (after a POST, or between steps of the flow).
+pub fn see_other(location: &str, target: FormTarget) -> Response {
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    secure_headers(resp.headers_mut(), target);
+    resp
+}

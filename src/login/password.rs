@@ -1,0 +1,225 @@
+//! Password sign-in: bcrypt verification off the async threads, and the per-IP lockout of
+//! decisions.md (10 failures within 5 minutes lock the IP for 2 minutes, all configurable).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::clock::UnixTime;
+use crate::config::AuthConfig;
+
+/// Cost of the in-memory hash of `--password`. It never leaves the process, so the cost only
+/// has to make the comparison slow for a caller, not resist offline cracking.
+const IN_MEMORY_COST: u32 = 10;
+
+/// The accepted passwords, as bcrypt hashes.
+pub struct PasswordVerifier {
+    hashes: Vec<Zeroizing<String>>,
+    user: String,
+    epoch: String,
+}
+
+/// The password could not be prepared at startup.
+#[derive(Debug, thiserror::Error)]
+#[error("the password could not be hashed: {0}")]
+pub struct PasswordError(String);
+
+impl PasswordVerifier {
+    /// Hashes `--password` (if given) and collects `--password-hash` values. `epoch_key` keys
+    /// the fingerprint that tells whether the configured passwords changed since a grant.
+    pub async fn new(cfg: &AuthConfig, epoch_key: &[u8]) -> Result<Option<Self>, PasswordError> {
+        if !cfg.has_password() {
+            return Ok(None);
+        }
+        let mut hashes: Vec<Zeroizing<String>> = cfg
+            .password_hashes
+            .iter()
+            .map(|h| Zeroizing::new(h.expose().to_string()))
+            .collect();
+        let mut fingerprint_inputs: Vec<Zeroizing<String>> = cfg
+            .password_hashes
+            .iter()
+            .map(|h| Zeroizing::new(format!("hash:{}", h.expose())))
+            .collect();
+        if let Some(p) = &cfg.password {
+            let plain = Zeroizing::new(p.expose().to_string());
+            fingerprint_inputs.push(Zeroizing::new(format!("plain:{}", plain.as_str())));
+            let hash =
+                tokio::task::spawn_blocking(move || bcrypt::hash(plain.as_bytes(), IN_MEMORY_COST))
+                    .await
+                    .map_err(|e| PasswordError(e.to_string()))?
+                    .map_err(|e| PasswordError(e.to_string()))?;
+            hashes.push(Zeroizing::new(hash));
+        }
+        fingerprint_inputs.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(epoch_key)
+            .map_err(|e| PasswordError(e.to_string()))?;
+        mac.update(cfg.password_user.as_bytes());
+        for i in &fingerprint_inputs {
+            mac.update(b"\0");
+            mac.update(i.as_bytes());
+        }
+        let digest = mac.finalize().into_bytes();
+        let epoch = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        Ok(Some(Self {
+            hashes,
+            user: cfg.password_user.clone(),
+            epoch,
+        }))
+    }
+
+    /// The user name password sign-ins get.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// A fingerprint of the configured passwords: grants made under another one are dead.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Checks `candidate` against every accepted hash (all of them, so the time taken does
+    /// not say which matched), on a blocking thread.
+    pub async fn verify(&self, candidate: Zeroizing<String>) -> bool {
+        let hashes = self.hashes.clone();
+        tokio::task::spawn_blocking(move || {
+            hashes
+                .iter()
+                .map(|h| bcrypt::verify(candidate.as_bytes(), h).unwrap_or(false))
+                .fold(false, |acc, ok| acc | ok)
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+#[derive(Default)]
+struct Failures {
+    times: VecDeque<UnixTime>,
+    locked_until: UnixTime,
+}
+
+/// Failed sign-ins per client IP.
+pub struct Lockout {
+    map: Mutex<HashMap<IpAddr, Failures>>,
+    max_failures: usize,
+    window: u64,
+    lockout: u64,
+}
+
+/// How many IPs are tracked at most before old entries are dropped.
+const MAX_TRACKED: usize = 100_000;
+
+impl Lockout {
+    pub fn new(cfg: &AuthConfig) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            max_failures: cfg.login_max_failures as usize,
+            window: cfg.login_failure_window.as_secs().max(1),
+            lockout: cfg.login_lockout.as_secs().max(1),
+        }
+    }
+
+    /// `Err(seconds)` while `ip` is locked.
+    pub fn check(&self, ip: IpAddr, now: UnixTime) -> Result<(), u64> {
+        let Ok(map) = self.map.lock() else {
+            return Err(self.lockout);
+        };
+        match map.get(&ip) {
+            Some(f) if f.locked_until > now => Err(f.locked_until - now),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a failure; returns `Some(seconds)` when it locked the IP.
+    pub fn fail(&self, ip: IpAddr, now: UnixTime) -> Option<u64> {
+        let Ok(mut map) = self.map.lock() else {
+            return None;
+        };
+        if map.len() >= MAX_TRACKED {
+            let window = self.window;
+            map.retain(|_, f| {
+                f.locked_until > now || f.times.back().is_some_and(|t| t + window > now)
+            });
+        }
+        let f = map.entry(ip).or_default();
+        while f.times.front().is_some_and(|t| t + self.window <= now) {
+            f.times.pop_front();
+        }
+        f.times.push_back(now);
+        if f.times.len() >= self.max_failures {
+            f.times.clear();
+            f.locked_until = now + self.lockout;
+            return Some(self.lockout);
+        }
+        None
+    }
+
+    /// Forgets the failures of an IP that signed in.
+    pub fn succeed(&self, ip: IpAddr) {
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(&ip);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn cfg(args: &[&str]) -> AuthConfig {
+        let mut argv = vec!["x", "--password", "pw"];
+        argv.extend_from_slice(args);
+        crate::config::Config::from_cli(crate::cli::Cli::try_parse_from(argv).unwrap())
+            .unwrap()
+            .auth
+    }
+
+    #[test]
+    fn locks_after_max_failures_within_the_window() {
+        let l = Lockout::new(&cfg(&[
+            "--login-max-failures",
+            "3",
+            "--login-failure-window",
+            "60s",
+            "--login-lockout",
+            "120s",
+        ]));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(l.fail(ip, 1000), None);
+        assert_eq!(l.fail(ip, 1070), None, "the first failure left the window");
+        assert_eq!(l.fail(ip, 1080), None);
+        assert_eq!(l.fail(ip, 1090), Some(120));
+        assert_eq!(l.check(ip, 1100), Err(110));
+        assert!(
+            l.check("192.0.2.2".parse().unwrap(), 1100).is_ok(),
+            "other IPs unaffected"
+        );
+        assert!(l.check(ip, 1210).is_ok(), "unlocked after the lockout");
+        l.fail(ip, 1300);
+        l.succeed(ip);
+        assert_eq!(l.fail(ip, 1301), None);
+    }
+
+    #[tokio::test]
+    async fn verifies_plain_and_hashed_passwords_and_fingerprints_them() {
+        let hash = bcrypt::hash("other", 4).unwrap();
+        let c = cfg(&["--password-hash", &hash]);
+        let v = PasswordVerifier::new(&c, b"k").await.unwrap().unwrap();
+        assert!(v.verify(Zeroizing::new("pw".into())).await);
+        assert!(v.verify(Zeroizing::new("other".into())).await);
+        assert!(!v.verify(Zeroizing::new("nope".into())).await);
+        let again = PasswordVerifier::new(&c, b"k").await.unwrap().unwrap();
+        assert_eq!(v.epoch(), again.epoch(), "stable across restarts");
+        let changed = PasswordVerifier::new(&cfg(&[]), b"k")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(v.epoch(), changed.epoch());
+    }
+}

@@ -1,0 +1,200 @@
+//! Browser state: the sign-in session cookie, CSRF tokens, and the cookie rules of
+//! decisions.md (https: `__Host-` prefix and `Secure`; always `HttpOnly`, `SameSite=Lax`,
+//! `Path=/`).
+//!
+//! CSRF uses a signed double submit: a random cookie, and in each form the HMAC of that
+//! cookie under the server's key, compared in constant time. A POST's `Origin`, when present,
+//! must also be our own.
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::backend::http::COOKIE_PREFIX;
+use crate::config::{PublicOrigin, normalize_origin};
+use crate::oauth::tokens;
+use crate::store::{Identity, Repo, SessionRecord, StoreError, TokenHash};
+
+/// Cookie names and attributes for this deployment.
+#[derive(Debug, Clone)]
+pub struct Cookies {
+    pub session: String,
+    pub csrf: String,
+    secure: bool,
+}
+
+impl Cookies {
+    pub fn for_origin(origin: &PublicOrigin) -> Self {
+        let prefix = if origin.is_https() { "__Host-" } else { "" };
+        Self {
+            session: format!("{prefix}{COOKIE_PREFIX}session"),
+            csrf: format!("{prefix}{COOKIE_PREFIX}csrf"),
+            secure: origin.is_https(),
+        }
+    }
+
+    /// A `Set-Cookie` value; `max_age` of 0 deletes the cookie, `None` makes it last for the
+    /// browser session.
+    pub fn set(&self, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
+        let mut s = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
+        if self.secure {
+            s.push_str("; Secure");
+        }
+        if let Some(age) = max_age {
+            s.push_str(&format!("; Max-Age={age}"));
+        }
+        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
+/// The value of cookie `name`, if sent.
+pub fn read_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The CSRF token for a form, given the CSRF cookie.
+pub fn csrf_token(key: &[u8; 32], cookie: &str) -> String {
+    URL_SAFE_NO_PAD.encode(csrf_mac(key, cookie))
+}
+
+fn csrf_mac(key: &[u8; 32], cookie: &str) -> Vec<u8> {
+    // HMAC accepts keys of any length, so this cannot fail; an empty MAC never verifies.
+    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(key) else {
+        return Vec::new();
+    };
+    mac.update(b"csrf\0");
+    mac.update(cookie.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Whether a submitted CSRF field belongs to the browser's CSRF cookie.
+pub fn csrf_valid(key: &[u8; 32], cookie: Option<&str>, field: Option<&str>) -> bool {
+    let (Some(cookie), Some(field)) = (cookie, field) else {
+        return false;
+    };
+    let Ok(given) = URL_SAFE_NO_PAD.decode(field) else {
+        return false;
+    };
+    let expected = csrf_mac(key, cookie);
+    !cookie.is_empty() && !expected.is_empty() && bool::from(expected.as_slice().ct_eq(&given))
+}
+
+/// The browser's CSRF cookie, or a new one (with the `Set-Cookie` to send).
+pub fn csrf_cookie(cookies: &Cookies, headers: &HeaderMap) -> (String, Option<HeaderValue>) {
+    match read_cookie(headers, &cookies.csrf).filter(|c| c.len() >= 32) {
+        Some(c) => (c, None),
+        None => {
+            let c = tokens::generate("");
+            let set = cookies.set(&cookies.csrf, &c, None);
+            (c, Some(set))
+        }
+    }
+}
+
+/// A form POST's `Origin`, when present, must be ours.
+pub fn post_origin_ok(origin: &PublicOrigin, headers: &HeaderMap) -> bool {
+    match headers.get(header::ORIGIN) {
+        None => true,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(normalize_origin)
+            .is_some_and(|o| o == origin.as_str()),
+    }
+}
+
+/// Starts a browser session for `identity`; returns the cookie value.
+pub async fn create(repo: &Repo, identity: Identity, ttl_secs: u64) -> Result<String, StoreError> {
+    let token = tokens::generate("");
+    let now = repo.clock().now();
+    let rec = SessionRecord {
+        identity,
+        created_at: now,
+        expires_at: now + ttl_secs,
+    };
+    repo.put(&TokenHash::of(&token).0, &rec, Some(rec.expires_at))
+        .await?;
+    repo.flush().await?;
+    Ok(token)
+}
+
+/// The live session of this browser, if any.
+pub async fn current(
+    repo: &Repo,
+    cookies: &Cookies,
+    headers: &HeaderMap,
+) -> Result<Option<SessionRecord>, StoreError> {
+    match read_cookie(headers, &cookies.session) {
+        Some(token) if !token.is_empty() => {
+            repo.get::<SessionRecord>(&TokenHash::of(&token).0).await
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Ends this browser's session.
+pub async fn end(repo: &Repo, cookies: &Cookies, headers: &HeaderMap) -> Result<(), StoreError> {
+    if let Some(token) = read_cookie(headers, &cookies.session) {
+        repo.remove::<SessionRecord>(&TokenHash::of(&token).0)
+            .await?;
+        repo.flush().await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_attributes_follow_the_scheme() {
+        let https = Cookies::for_origin(&PublicOrigin::parse("https://mcp.example.com").unwrap());
+        assert_eq!(https.session, "__Host-mcp_proxy_session");
+        let v = https.set(&https.session, "v", Some(60));
+        assert_eq!(
+            v,
+            "__Host-mcp_proxy_session=v; Path=/; HttpOnly; SameSite=Lax; Secure; Max-Age=60"
+        );
+        let http = Cookies::for_origin(&PublicOrigin::parse("http://localhost:8080").unwrap());
+        assert_eq!(http.csrf, "mcp_proxy_csrf");
+        assert_eq!(
+            http.set(&http.csrf, "c", None),
+            "mcp_proxy_csrf=c; Path=/; HttpOnly; SameSite=Lax"
+        );
+    }
+
+    #[test]
+    fn csrf_binds_field_to_cookie_and_key() {
+        let key = [7u8; 32];
+        let t = csrf_token(&key, "cookie-value");
+        assert!(csrf_valid(&key, Some("cookie-value"), Some(&t)));
+        assert!(!csrf_valid(&key, Some("other-cookie"), Some(&t)));
+        assert!(!csrf_valid(&[8u8; 32], Some("cookie-value"), Some(&t)));
+        assert!(!csrf_valid(&key, None, Some(&t)));
+        assert!(!csrf_valid(&key, Some("cookie-value"), None));
+        assert!(!csrf_valid(&key, Some(""), Some(&csrf_token(&key, ""))));
+    }
+
+    #[test]
+    fn post_origin() {
+        let o = PublicOrigin::parse("https://mcp.example.com").unwrap();
+        let mut h = HeaderMap::new();
+        assert!(post_origin_ok(&o, &h));
+        h.insert(header::ORIGIN, "https://mcp.example.com".parse().unwrap());
+        assert!(post_origin_ok(&o, &h));
+        h.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+        assert!(!post_origin_ok(&o, &h));
+        h.insert(header::ORIGIN, "null".parse().unwrap());
+        assert!(!post_origin_ok(&o, &h));
+    }
+}

@@ -1,0 +1,274 @@
+//! The authorization endpoint (OAuth 2.1 §4.1.1, RFC 7636, RFC 8707, RFC 9207).
+//!
+//! Until the client and its redirect URI are trusted, errors are a page for the person (the
+//! URI could be an attacker's). After that, errors go back to the client on its redirect URI
+//! with `state` and `iss`. A valid request is stored and the person continues to sign-in and
+//! consent ([`super::consent`]).
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use url::Url;
+
+use super::form::Params;
+use super::redirect_uri::find_match;
+use super::{granted_scopes, pkce, resource, tokens};
+use crate::error::OAuthErrorCode;
+use crate::login::pages::{FormTarget, error_page, see_other};
+use crate::login::{self, LOGIN_PATH, site_name, urlencode};
+use crate::server::AppState;
+use crate::store::{AuthRequestRecord, ClientRecord, CodeRecord, Identity, StoreError, TokenHash};
+
+/// How long a person has to sign in and consent.
+pub const REQUEST_TTL: u64 = 15 * 60;
+
+/// How long a redeemed code is remembered beyond its lifetime, to catch replays.
+pub const CODE_REPLAY_WINDOW: u64 = 10 * 60;
+
+/// Where the client gets its answer.
+pub struct ClientRedirect<'a> {
+    pub uri: &'a str,
+    pub state: Option<&'a str>,
+    pub issuer: &'a str,
+}
+
+impl ClientRedirect<'_> {
+    fn build(&self, params: &[(&str, &str)]) -> Option<String> {
+        let mut url = Url::parse(self.uri).ok()?;
+        {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in params {
+                q.append_pair(k, v);
+            }
+            if let Some(s) = self.state {
+                q.append_pair("state", s);
+            }
+            q.append_pair("iss", self.issuer);
+        }
+        Some(url.to_string())
+    }
+
+    /// 303 to the client with a code.
+    pub fn code(&self, code: &str) -> Response {
+        self.go(&[("code", code)])
+    }
+
+    /// 303 to the client with an error.
+    pub fn error(&self, code: OAuthErrorCode, description: &str) -> Response {
+        self.go(&[("error", code.as_str()), ("error_description", description)])
+    }
+
+    fn go(&self, params: &[(&str, &str)]) -> Response {
+        match self.build(params) {
+            Some(url) => see_other(&url, FormTarget::Client),
+            None => error_page(
+                "",
+                StatusCode::BAD_REQUEST,
+                "Bad redirect",
+                "The app's redirect address is not valid.",
+            ),
+        }
+    }
+}
+
+fn person_error(app: &AppState, title: &str, message: &str) -> Response {
+    error_page(&site_name(app), StatusCode::BAD_REQUEST, title, message)
+}
+
+/// `GET /authorize`.
+pub async fn authorize(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let params = match Params::parse(query.unwrap_or_default().as_bytes()) {
+        Ok(p) => p,
+        Err(name) => {
+            return person_error(
+                &app,
+                "Invalid request",
+                &format!("The parameter {name} was sent more than once."),
+            );
+        }
+    };
+    let Some(client_id) = params.get("client_id") else {
+        return person_error(
+            &app,
+            "Invalid request",
+            "The app did not say who it is (client_id is missing).",
+        );
+    };
+    let client = match app.repo.get::<ClientRecord>(client_id.as_bytes()).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return person_error(
+                &app,
+                "Unknown app",
+                "This app is not registered here, or its registration expired. Reconnect it from the app.",
+            );
+        }
+        Err(e) => return store_failure(&app, e),
+    };
+    let given_redirect = params.get("redirect_uri");
+    let redirect_uri = match given_redirect {
+        Some(r) => match find_match(&client.redirect_uris, r) {
+            Some(_) => r.to_string(),
+            None => {
+                return person_error(
+                    &app,
+                    "Invalid redirect",
+                    "The app asked to send you to an address it did not register. Nothing was sent.",
+                );
+            }
+        },
+        None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
+        None => {
+            return person_error(
+                &app,
+                "Invalid request",
+                "The app did not say where to send you back (redirect_uri).",
+            );
+        }
+    };
+
+    // The redirect URI is trusted from here on: errors go back to the client.
+    let issuer = app.site.origin.as_str().to_string();
+    let back = ClientRedirect {
+        uri: &redirect_uri,
+        state: params.get("state"),
+        issuer: &issuer,
+    };
+    if params.get("response_type") != Some("code") {
+        return back.error(
+            OAuthErrorCode::UnsupportedResponseType,
+            "response_type must be code",
+        );
+    }
+    let Some(challenge) = params.get("code_challenge") else {
+        return back.error(
+            OAuthErrorCode::InvalidRequest,
+            "code_challenge is required (PKCE with S256)",
+        );
+    };
+    if params.get("code_challenge_method") != Some(pkce::S256) {
+        return back.error(
+            OAuthErrorCode::InvalidRequest,
+            "code_challenge_method must be S256",
+        );
+    }
+    if !pkce::valid_challenge(challenge) {
+        return back.error(
+            OAuthErrorCode::InvalidRequest,
+            "code_challenge is not a valid S256 challenge",
+        );
+    }
+    if let Some(r) = params.get("resource")
+        && !resource::matches(&app.site.resource, r)
+    {
+        return back.error(
+            OAuthErrorCode::InvalidTarget,
+            "this server only issues tokens for its MCP endpoint",
+        );
+    }
+    let prompt = params.get("prompt").unwrap_or_default();
+    let prompts: Vec<&str> = prompt.split(' ').collect();
+
+    let record = AuthRequestRecord {
+        client_id: client.client_id.clone(),
+        redirect_uri: redirect_uri.clone(),
+        redirect_uri_given: given_redirect.is_some(),
+        state: params.get("state").map(str::to_string),
+        code_challenge: challenge.to_string(),
+        scopes: granted_scopes(params.get("scope")),
+        resource: app.site.resource.clone(),
+        force_consent: prompts.contains(&"consent"),
+        created_at: app.repo.clock().now(),
+    };
+
+    let session = match login::session::current(&app.repo, &app.authn.cookies, &headers).await {
+        Ok(s) => s.filter(|s| app.authn.still_allowed(&s.identity)),
+        Err(e) => return store_failure(&app, e),
+    };
+    if prompts.contains(&"none") {
+        let Some(session) = session else {
+            return back.error(OAuthErrorCode::LoginRequired, "the user is not signed in");
+        };
+        return match super::consent::remembered(&app, &session.identity, &record).await {
+            Ok(true) => match issue_code(&app, &record, session.identity).await {
+                Ok(code) => back.code(&code),
+                Err(e) => store_failure(&app, e),
+            },
+            Ok(false) => back.error(
+                OAuthErrorCode::ConsentRequired,
+                "the user has not approved this app",
+            ),
+            Err(e) => store_failure(&app, e),
+        };
+    }
+
+    let id = tokens::generate("");
+    let expires = record.created_at + REQUEST_TTL;
+    if let Err(e) = app.repo.put(id.as_bytes(), &record, Some(expires)).await {
+        return store_failure(&app, e);
+    }
+    let next = if session.is_some() && !prompts.contains(&"login") {
+        format!("{}?req={}", super::consent::CONSENT_PATH, urlencode(&id))
+    } else {
+        format!("{LOGIN_PATH}?req={}", urlencode(&id))
+    };
+    see_other(&next, FormTarget::SelfOnly)
+}
+
+/// Issues a code for an approved request; marks the client as used so it does not expire
+/// as an abandoned registration.
+pub async fn issue_code(
+    app: &AppState,
+    req: &AuthRequestRecord,
+    identity: Identity,
+) -> Result<String, StoreError> {
+    let now = app.repo.clock().now();
+    let code = tokens::generate(tokens::CODE_PREFIX);
+    let ttl = app.authn.cfg.auth_code_ttl.as_secs();
+    let rec = CodeRecord {
+        client_id: req.client_id.clone(),
+        redirect_uri: req.redirect_uri.clone(),
+        redirect_uri_given: req.redirect_uri_given,
+        code_challenge: req.code_challenge.clone(),
+        resource: req.resource.clone(),
+        scopes: req.scopes.clone(),
+        identity,
+        issued_at: now,
+        expires_at: now + ttl,
+        redeemed_grant: None,
+    };
+    app.repo
+        .put(
+            &TokenHash::of(&code).0,
+            &rec,
+            Some(now + ttl + CODE_REPLAY_WINDOW),
+        )
+        .await?;
+    if let Some(mut client) = app
+        .repo
+        .get::<ClientRecord>(req.client_id.as_bytes())
+        .await?
+    {
+        client.used = true;
+        let keep_until = now + app.authn.cfg.refresh_token_ttl.as_secs();
+        app.repo
+            .put(client.client_id.as_bytes(), &client, Some(keep_until))
+            .await?;
+    }
+    app.repo.flush().await?;
+    Ok(code)
+}
+
+fn store_failure(app: &AppState, e: StoreError) -> Response {
+    tracing::error!(error = %e, "store failure at the authorization endpoint");
+    error_page(
+        &site_name(app),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Temporarily unavailable",
+        "Something went wrong on our side. Please try again in a moment.",
+    )
+}

@@ -1,0 +1,345 @@
+//! The consent step: who is asking, where the answer goes, approve or deny. Remembered per
+//! user and client, so a reconnecting client does not ask again (unless `prompt=consent`).
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use url::Url;
+
+use super::authorize::{ClientRedirect, issue_code};
+use super::describe_scope;
+use super::form::Params;
+use crate::config::is_loopback_host;
+use crate::error::OAuthErrorCode;
+use crate::login::pages::{ConsentPage, FormTarget, error_page, page, see_other};
+use crate::login::session::{csrf_cookie, csrf_token};
+use crate::login::{LOGIN_PATH, display_name, form_post, site_name, urlencode};
+use crate::server::AppState;
+use crate::store::{
+    AuthRequestRecord, ClientRecord, ConsentRecord, Identity, SessionRecord, StoreError,
+};
+
+/// Consent page path.
+pub const CONSENT_PATH: &str = "/.auth/consent";
+
+fn consent_key(subject: &str, client_id: &str) -> Vec<u8> {
+    let mut k = subject.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(client_id.as_bytes());
+    k
+}
+
+/// Whether this user already approved this client for at least these scopes.
+pub async fn remembered(
+    app: &AppState,
+    identity: &Identity,
+    req: &AuthRequestRecord,
+) -> Result<bool, StoreError> {
+    if req.force_consent {
+        return Ok(false);
+    }
+    let key = consent_key(&identity.subject(), &req.client_id);
+    Ok(app
+        .repo
+        .get::<ConsentRecord>(&key)
+        .await?
+        .is_some_and(|c| req.scopes.iter().all(|s| c.scopes.contains(s))))
+}
+
+/// Where the answer goes, as a person should read it.
+pub fn redirect_host(uri: &str) -> String {
+    match Url::parse(uri) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => match u.port() {
+            Some(p) => format!("{}:{p}", u.host_str().unwrap_or_default()),
+            None => u.host_str().unwrap_or_default().to_string(),
+        },
+        Ok(u) => format!("{}://{}", u.scheme(), u.host_str().unwrap_or_default()),
+        Err(_) => uri.to_string(),
+    }
+}
+
+/// Warnings for the person: a name that claims another site, or an answer that goes to a
+/// local program.
+pub fn warnings(client_name: Option<&str>, redirect_uri: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let url = Url::parse(redirect_uri).ok();
+    let host = url
+        .as_ref()
+        .and_then(|u| u.host_str())
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    if let Some(name) = client_name {
+        let claimed = name
+            .split(|c: char| {
+                c.is_whitespace() || matches!(c, ',' | '(' | ')' | '/' | ':' | '"' | '\'' | '@')
+            })
+            .map(|t| t.trim_matches('.').to_ascii_lowercase())
+            .filter(|t| looks_like_host(t))
+            .find(|t| host != *t && !host.ends_with(&format!(".{t}")));
+        if let Some(t) = claimed {
+            out.push(format!(
+                "This app calls itself “{name}”, which looks like {t}, but your authorization will be sent to {}. Only continue if you expected that.",
+                redirect_host(redirect_uri)
+            ));
+        }
+    }
+    match url.as_ref().map(Url::scheme) {
+        Some("http") if is_loopback_host(&host) => out.push(
+            "The authorization will be sent to a program running on this computer. Continue only if you just started it."
+                .to_string(),
+        ),
+        Some(s) if s != "https" && s != "http" => out.push(format!(
+            "The authorization will be sent to the app that handles {s}:// links on this device."
+        )),
+        _ => {}
+    }
+    out
+}
+
+fn looks_like_host(t: &str) -> bool {
+    let labels: Vec<&str> = t.split('.').collect();
+    labels.len() >= 2
+        && labels
+            .iter()
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        && labels
+            .last()
+            .is_some_and(|tld| tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic()))
+}
+
+/// The request, its client and the signed-in session, or the response to send instead.
+async fn context(
+    app: &AppState,
+    headers: &HeaderMap,
+    req_id: Option<&str>,
+) -> Result<(String, AuthRequestRecord, ClientRecord, SessionRecord), Response> {
+    let name = site_name(app);
+    let expired = || {
+        error_page(
+            &name,
+            StatusCode::BAD_REQUEST,
+            "This sign-in request expired",
+            "Go back to your app and connect again.",
+        )
+    };
+    let Some(req_id) = req_id else {
+        return Err(expired());
+    };
+    let fail = |e: StoreError| {
+        tracing::error!(error = %e, "store failure on the consent page");
+        error_page(
+            &name,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Temporarily unavailable",
+            "Please try again in a moment.",
+        )
+    };
+    let req = app
+        .repo
+        .get::<AuthRequestRecord>(req_id.as_bytes())
+        .await
+        .map_err(fail)?
+        .ok_or_else(expired)?;
+    let client = app
+        .repo
+        .get::<ClientRecord>(req.client_id.as_bytes())
+        .await
+        .map_err(fail)?
+        .ok_or_else(expired)?;
+    let session = crate::login::session::current(&app.repo, &app.authn.cookies, headers)
+        .await
+        .map_err(fail)?
+        .filter(|s| app.authn.still_allowed(&s.identity));
+    let Some(session) = session else {
+        return Err(see_other(
+            &format!("{LOGIN_PATH}?req={}", urlencode(req_id)),
+            FormTarget::SelfOnly,
+        ));
+    };
+    Ok((req_id.to_string(), req, client, session))
+}
+
+/// `GET /.auth/consent?req=…`.
+pub async fn consent_get(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
+    let (req_id, req, client, session) = match context(&app, &headers, params.get("req")).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    match remembered(&app, &session.identity, &req).await {
+        Ok(true) => return finish(&app, &req_id, &req, session.identity, true).await,
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "store failure reading consent");
+        }
+    }
+    let (cookie, set) = csrf_cookie(&app.authn.cookies, &headers);
+    let csrf = csrf_token(&app.repo.keys().hmac, &cookie);
+    let name = site_name(&app);
+    let client_name = client
+        .client_name
+        .clone()
+        .unwrap_or_else(|| "An unnamed app".to_string());
+    let tpl = ConsentPage {
+        site_name: &name,
+        client_name: &client_name,
+        client_id: &client.client_id,
+        redirect_host: &redirect_host(&req.redirect_uri),
+        user: display_name(&session.identity),
+        scopes: req.scopes.iter().map(|s| describe_scope(s)).collect(),
+        warnings: warnings(client.client_name.as_deref(), &req.redirect_uri),
+        csrf: &csrf,
+        req: &req_id,
+    };
+    let mut resp = page(StatusCode::OK, &tpl, FormTarget::Client);
+    if let Some(c) = set {
+        resp.headers_mut().append(axum::http::header::SET_COOKIE, c);
+    }
+    resp
+}
+
+/// `POST /.auth/consent`: approve or deny.
+pub async fn consent_post(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params = match form_post(&app, &headers, &body) {
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
+    let (req_id, req, _client, session) = match context(&app, &headers, params.get("req")).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    match params.get("decision") {
+        Some("approve") => finish(&app, &req_id, &req, session.identity, true).await,
+        Some("deny") => finish(&app, &req_id, &req, session.identity, false).await,
+        _ => error_page(
+            &site_name(&app),
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "Choose Allow or Deny.",
+        ),
+    }
+}
+
+/// Ends the pending request: remembers an approval and sends a code, or sends `access_denied`.
+async fn finish(
+    app: &AppState,
+    req_id: &str,
+    req: &AuthRequestRecord,
+    identity: Identity,
+    approve: bool,
+) -> Response {
+    let issuer = app.site.origin.as_str().to_string();
+    let back = ClientRedirect {
+        uri: &req.redirect_uri,
+        state: req.state.as_deref(),
+        issuer: &issuer,
+    };
+    // The request is single use, approved or not.
+    match app
+        .repo
+        .remove::<AuthRequestRecord>(req_id.as_bytes())
+        .await
+    {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return error_page(
+                &site_name(app),
+                StatusCode::BAD_REQUEST,
+                "Already answered",
+                "Go back to your app.",
+            );
+        }
+        Err(e) => tracing::error!(error = %e, "store failure ending an authorization request"),
+    }
+    if !approve {
+        tracing::info!(client_id = %req.client_id, "consent denied");
+        return back.error(OAuthErrorCode::AccessDenied, "the user denied access");
+    }
+    let now = app.repo.clock().now();
+    let consent = ConsentRecord {
+        subject: identity.subject(),
+        client_id: req.client_id.clone(),
+        scopes: req.scopes.clone(),
+        granted_at: now,
+    };
+    let keep = now + app.authn.cfg.refresh_token_ttl.as_secs();
+    let result = async {
+        app.repo
+            .put(
+                &consent_key(&consent.subject, &req.client_id),
+                &consent,
+                Some(keep),
+            )
+            .await?;
+        issue_code(app, req, identity).await
+    }
+    .await;
+    match result {
+        Ok(code) => back.code(&code),
+        Err(e) => {
+            tracing::error!(error = %e, "store failure issuing a code");
+            back.error(
+                OAuthErrorCode::ServerError,
+                "the authorization could not be stored",
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_claim_another_host_are_flagged() {
+        assert!(warnings(Some("Claude"), "https://claude.ai/api/mcp/auth_callback").is_empty());
+        assert!(warnings(Some("claude.ai"), "https://claude.ai/api/mcp/auth_callback").is_empty());
+        assert!(
+            warnings(
+                Some("ChatGPT (chatgpt.com)"),
+                "https://chatgpt.com/connector/oauth/x"
+            )
+            .is_empty()
+        );
+        let w = warnings(Some("claude.ai"), "https://evil.example/cb");
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("evil.example"));
+        assert_eq!(
+            warnings(
+                Some("Login for github.com"),
+                "https://github.com.evil.io/cb"
+            )
+            .len(),
+            1
+        );
+        assert!(
+            warnings(Some("v1.2"), "https://a.example/cb").is_empty(),
+            "version numbers are not hosts"
+        );
+        assert_eq!(
+            warnings(None, "http://127.0.0.1:33418/").len(),
+            1,
+            "loopback is noted"
+        );
+        assert_eq!(
+            warnings(None, "cursor://anysphere.cursor-mcp/oauth/callback").len(),
+            1
+        );
+        assert_eq!(redirect_host("http://127.0.0.1:33418/"), "127.0.0.1:33418");
+        assert_eq!(
+            redirect_host("cursor://anysphere.cursor-mcp/oauth/callback"),
+            "cursor://anysphere.cursor-mcp"
+        );
+    }
+}

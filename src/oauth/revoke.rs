@@ -1,0 +1,51 @@
+//! Token revocation (RFC 7009). An access token dies alone; a refresh token takes its whole
+//! family (the grant and every token of it). The gate's cache forgets them at once.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::clients;
+use super::token::{form_body, revoke_family};
+use crate::error::{OAuthError, OAuthErrorCode, body_error};
+use crate::server::AppState;
+use crate::store::{TokenHash, TokenKind, TokenRecord};
+use axum::extract::rejection::BytesRejection;
+
+/// `POST /revoke`.
+pub async fn revoke(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OAuthError> {
+    let body = body.map_err(body_error)?;
+    let params = form_body(&headers, &body)?;
+    let client = clients::authenticate(&app.repo, &headers, &params).await?;
+    let token = params.get("token").ok_or_else(|| {
+        OAuthError::bad_request(OAuthErrorCode::InvalidRequest, "token is required")
+    })?;
+    let hash = TokenHash::of(token);
+    // RFC 7009 §2.2: an unknown or already invalid token is answered like a revoked one.
+    if let Some(rec) = app.repo.get::<TokenRecord>(&hash.0).await? {
+        if rec.client_id != client.client_id {
+            return Err(OAuthError::bad_request(
+                OAuthErrorCode::InvalidRequest,
+                "the token was not issued to this client",
+            ));
+        }
+        match rec.kind {
+            TokenKind::Access => {
+                app.repo.remove::<TokenRecord>(&hash.0).await?;
+                app.tokens.evict(&[hash]);
+                app.repo.flush().await?;
+            }
+            TokenKind::Refresh => revoke_family(&app, &rec.grant_id).await?,
+        }
+        tracing::info!(client_id = %client.client_id, kind = ?rec.kind, "revoked a token");
+    }
+    let mut resp = StatusCode::OK.into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}

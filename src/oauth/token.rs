@@ -1,0 +1,348 @@
+//! The token endpoint (OAuth 2.1 §3.2, §4.1.3, §4.3).
+//!
+//! - `authorization_code`: single use; bound to client, redirect URI, resource and PKCE
+//!   verifier; a replayed code revokes everything issued from it.
+//! - `refresh_token`: rotated on every use. The previous refresh token keeps returning the
+//!   same new pair until that pair's refresh token is used or `--refresh-grace` passes (so
+//!   two tabs refreshing at once both succeed); any later use revokes the whole family. Each
+//!   refresh re-checks the user against today's configuration.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::form::Params;
+use super::{clients, pkce, resource, tokens};
+use crate::error::{OAuthError, OAuthErrorCode, body_error};
+use crate::gate::MCP_SCOPE;
+use crate::server::AppState;
+use crate::store::{
+    ClientRecord, CodeRecord, GrantRecord, Rotation, TokenHash, TokenKind, TokenRecord,
+};
+use axum::extract::rejection::BytesRejection;
+
+/// RFC 6749 §5.1 success response.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    pub refresh_token: String,
+    pub scope: String,
+}
+
+fn invalid_grant(why: &str) -> OAuthError {
+    OAuthError::bad_request(OAuthErrorCode::InvalidGrant, why)
+}
+
+fn invalid_request(why: &str) -> OAuthError {
+    OAuthError::bad_request(OAuthErrorCode::InvalidRequest, why)
+}
+
+/// Parses a form body strictly (RFC 6749 §3.2: form-encoded, no repeated parameters).
+pub fn form_body(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthError> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return Err(invalid_request(
+            "send the parameters as application/x-www-form-urlencoded",
+        ));
+    }
+    Params::parse(body)
+        .map_err(|name| invalid_request(&format!("the parameter {name} is repeated")))
+}
+
+fn token_json(resp: &TokenResponse) -> Response {
+    let mut r = Json(resp).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// `POST /token`.
+pub async fn token(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OAuthError> {
+    let body = body.map_err(body_error)?;
+    let params = form_body(&headers, &body)?;
+    let client = clients::authenticate(&app.repo, &headers, &params).await?;
+    if let Some(r) = params.get("resource")
+        && !resource::matches(&app.site.resource, r)
+    {
+        return Err(OAuthError::bad_request(
+            OAuthErrorCode::InvalidTarget,
+            "this server only issues tokens for its MCP endpoint",
+        ));
+    }
+    let resp = match params.get("grant_type") {
+        Some("authorization_code") => code_grant(&app, &client, &params).await?,
+        Some("refresh_token") => refresh_grant(&app, &client, &params).await?,
+        Some(_) => {
+            return Err(OAuthError::bad_request(
+                OAuthErrorCode::UnsupportedGrantType,
+                "supported grant types: authorization_code, refresh_token",
+            ));
+        }
+        None => return Err(invalid_request("grant_type is required")),
+    };
+    app.repo.flush().await?;
+    Ok(token_json(&resp))
+}
+
+/// Revokes a grant and drops its tokens from the gate's cache.
+pub async fn revoke_family(app: &AppState, grant_id: &str) -> Result<(), OAuthError> {
+    let hashes = app.repo.revoke_grant(grant_id).await?;
+    app.tokens.evict(&hashes);
+    app.tokens.evict_grant(grant_id);
+    app.repo.flush().await?;
+    Ok(())
+}
+
+async fn code_grant(
+    app: &AppState,
+    client: &ClientRecord,
+    params: &Params,
+) -> Result<TokenResponse, OAuthError> {
+    let code = params
+        .get("code")
+        .ok_or_else(|| invalid_request("code is required"))?;
+    let hash = TokenHash::of(code);
+    let Some(found) = app.repo.get_versioned::<CodeRecord>(&hash.0).await? else {
+        return Err(invalid_grant("the code is invalid or expired"));
+    };
+    let rec = found.record;
+    if let Some(grant) = &rec.redeemed_grant {
+        tracing::warn!(client_id = %rec.client_id, "an authorization code was replayed: revoking its tokens");
+        revoke_family(app, grant).await?;
+        return Err(invalid_grant("the code was already used"));
+    }
+    let now = app.repo.clock().now();
+    if rec.expires_at <= now {
+        return Err(invalid_grant("the code expired"));
+    }
+    if rec.client_id != client.client_id {
+        return Err(invalid_grant("the code was issued to another client"));
+    }
+    match params.get("redirect_uri") {
+        Some(r) if r != rec.redirect_uri => {
+            return Err(invalid_grant(
+                "redirect_uri does not match the authorization request",
+            ));
+        }
+        None if rec.redirect_uri_given => {
+            return Err(invalid_grant(
+                "redirect_uri is required (it was sent to /authorize)",
+            ));
+        }
+        _ => {}
+    }
+    // PKCE, both ways: a challenge needs its verifier, and a verifier needs a challenge.
+    match (params.get("code_verifier"), rec.code_challenge.is_empty()) {
+        (Some(v), false) if pkce::verify(v, &rec.code_challenge) => {}
+        (Some(_), false) => {
+            return Err(invalid_grant(
+                "code_verifier does not match the code_challenge",
+            ));
+        }
+        (None, false) => return Err(invalid_grant("code_verifier is required")),
+        (_, true) => {
+            return Err(invalid_grant(
+                "the authorization request had no PKCE challenge",
+            ));
+        }
+    }
+
+    // Single use: mark the code redeemed before anything is issued from it. If another
+    // request won the race, this one is a replay.
+    let grant_id = tokens::generate_id();
+    let mut redeemed = rec.clone();
+    redeemed.redeemed_grant = Some(grant_id.clone());
+    if !app
+        .repo
+        .replace(&hash.0, &found.entry, &redeemed, found.entry.expires_at)
+        .await?
+    {
+        return Err(invalid_grant("the code was already used"));
+    }
+
+    let grant = GrantRecord {
+        grant_id,
+        client_id: client.client_id.clone(),
+        identity: rec.identity,
+        scopes: rec.scopes,
+        resource: rec.resource,
+        created_at: now,
+        expires_at: now + app.authn.cfg.refresh_token_ttl.as_secs(),
+    };
+    app.repo
+        .put(grant.grant_id.as_bytes(), &grant, Some(grant.expires_at))
+        .await?;
+    let (resp, _) = mint_pair(app, &grant, &grant.scopes).await?;
+    tracing::info!(client_id = %client.client_id, subject = %grant.identity.subject(), "issued tokens for a code");
+    Ok(resp)
+}
+
+/// Mints and stores an access and a refresh token for `grant`.
+async fn mint_pair(
+    app: &AppState,
+    grant: &GrantRecord,
+    scopes: &[String],
+) -> Result<(TokenResponse, TokenHash), OAuthError> {
+    let now = app.repo.clock().now();
+    let access = tokens::generate(tokens::ACCESS_PREFIX);
+    let refresh = tokens::generate(tokens::REFRESH_PREFIX);
+    let access_ttl = app.authn.cfg.access_token_ttl.as_secs();
+    let base = TokenRecord {
+        kind: TokenKind::Access,
+        grant_id: grant.grant_id.clone(),
+        client_id: grant.client_id.clone(),
+        subject: grant.identity.subject(),
+        scopes: scopes.to_vec(),
+        resource: grant.resource.clone(),
+        issued_at: now,
+        expires_at: (now + access_ttl).min(grant.expires_at.max(now + 1)),
+        rotation: None,
+    };
+    let refresh_rec = TokenRecord {
+        kind: TokenKind::Refresh,
+        expires_at: grant.expires_at,
+        ..base.clone()
+    };
+    let refresh_hash = TokenHash::of(&refresh);
+    app.repo.put_token(&TokenHash::of(&access), &base).await?;
+    app.repo.put_token(&refresh_hash, &refresh_rec).await?;
+    Ok((
+        TokenResponse {
+            expires_in: base.expires_at.saturating_sub(now),
+            access_token: access,
+            token_type: "Bearer".into(),
+            refresh_token: refresh,
+            scope: scopes.join(" "),
+        },
+        refresh_hash,
+    ))
+}
+
+async fn refresh_grant(
+    app: &AppState,
+    client: &ClientRecord,
+    params: &Params,
+) -> Result<TokenResponse, OAuthError> {
+    let presented = params
+        .get("refresh_token")
+        .ok_or_else(|| invalid_request("refresh_token is required"))?;
+    let hash = TokenHash::of(presented);
+    // Two attempts: a lost compare-and-swap means a concurrent refresh rotated this token
+    // first, and the second pass answers from that rotation.
+    for _ in 0..2 {
+        let Some(found) = app.repo.get_versioned::<TokenRecord>(&hash.0).await? else {
+            return Err(invalid_grant(
+                "the refresh token is invalid, expired or revoked",
+            ));
+        };
+        let rec = found.record;
+        if rec.kind != TokenKind::Refresh {
+            return Err(invalid_grant(
+                "the refresh token is invalid, expired or revoked",
+            ));
+        }
+        if rec.client_id != client.client_id {
+            return Err(invalid_grant(
+                "the refresh token was issued to another client",
+            ));
+        }
+        let now = app.repo.clock().now();
+        let Some(grant) = app.repo.get::<GrantRecord>(rec.grant_id.as_bytes()).await? else {
+            return Err(invalid_grant(
+                "the refresh token is invalid, expired or revoked",
+            ));
+        };
+        if !app.authn.still_allowed(&grant.identity) {
+            tracing::info!(subject = %grant.identity.subject(), "refresh refused: the user is no longer allowed");
+            revoke_family(app, &grant.grant_id).await?;
+            return Err(invalid_grant("the user is no longer allowed to sign in"));
+        }
+        let scopes = match params.get("scope") {
+            None => grant.scopes.clone(),
+            Some(s) => {
+                let mut asked: Vec<String> = s
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                if let Some(extra) = asked.iter().find(|s| !grant.scopes.contains(s)) {
+                    return Err(OAuthError::bad_request(
+                        OAuthErrorCode::InvalidScope,
+                        format!("the scope {extra} was not granted"),
+                    ));
+                }
+                if !asked.iter().any(|s| s == MCP_SCOPE) {
+                    asked.insert(0, MCP_SCOPE.to_string());
+                }
+                asked
+            }
+        };
+
+        if let Some(rotation) = &rec.rotation {
+            let successor_used = app
+                .repo
+                .get::<TokenRecord>(&rotation.successor_hash)
+                .await?
+                .is_none_or(|s| s.rotation.is_some());
+            let grace = app.authn.cfg.refresh_grace.as_secs();
+            if successor_used || now > rotation.at + grace {
+                tracing::warn!(client_id = %client.client_id, "a rotated refresh token was reused: revoking the family");
+                revoke_family(app, &rec.grant_id).await?;
+                return Err(invalid_grant("the refresh token was already used"));
+            }
+            let opened: Zeroizing<Vec<u8>> = app
+                .repo
+                .keys()
+                .sealer
+                .open(&hash.0, &rotation.sealed_response)?;
+            let resp: TokenResponse =
+                serde_json::from_slice(&opened).map_err(|_| OAuthError::server_error())?;
+            return Ok(resp);
+        }
+
+        let (resp, successor_hash) = mint_pair(app, &grant, &scopes).await?;
+        let json =
+            Zeroizing::new(serde_json::to_vec(&resp).map_err(|_| OAuthError::server_error())?);
+        let rotated = TokenRecord {
+            rotation: Some(Rotation {
+                at: now,
+                successor_hash: successor_hash.0,
+                sealed_response: app.repo.keys().sealer.seal(&hash.0, &json)?,
+            }),
+            ..rec.clone()
+        };
+        if app
+            .repo
+            .replace(&hash.0, &found.entry, &rotated, found.entry.expires_at)
+            .await?
+        {
+            return Ok(resp);
+        }
+        // Lost the race: drop what this attempt minted and answer from the winner's rotation.
+        app.repo.remove::<TokenRecord>(&successor_hash.0).await?;
+        app.repo
+            .remove::<TokenRecord>(&TokenHash::of(&resp.access_token).0)
+            .await?;
+    }
+    Err(invalid_grant(
+        "the refresh token is being used concurrently; try again",
+    ))
+}
