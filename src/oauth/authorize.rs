@@ -254,7 +254,10 @@ pub async fn issue_code(
         .await?
     {
         client.used = true;
-        let keep_until = now + app.authn.cfg.refresh_token_ttl.as_secs();
+        // Outlive every grant made now, so a dead refresh token gets `invalid_grant` (which
+        // clients handle by signing in again) rather than `invalid_client`.
+        let keep_until =
+            now + app.authn.cfg.refresh_token_ttl.as_secs() + app.authn.cfg.client_ttl.as_secs();
         app.repo
             .put(client.client_id.as_bytes(), &client, Some(keep_until))
             .await?;

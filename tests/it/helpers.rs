@@ -33,7 +33,24 @@ pub struct TestProxy {
     pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
+}
+
+/// Where a proxy under test is reached and what it calls itself.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// `http://127.0.0.1:PORT`: where to connect.
+    pub base: String,
+    /// The external origin (issuer).
+    pub origin: String,
+    /// The protected resource.
+    pub resource: String,
+}
+
+impl Target {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
 }
 
 impl TestProxy {
@@ -41,8 +58,29 @@ impl TestProxy {
         format!("{}{}", self.base, path)
     }
 
+    pub fn target(&self) -> Target {
+        Target {
+            base: self.base.clone(),
+            origin: self.state.site.origin.as_str().to_string(),
+            resource: self.state.site.resource.clone(),
+        }
+    }
+
     pub fn repo(&self) -> &Repo {
         &self.state.repo
+    }
+
+    /// Stops the proxy, waits until the store is closed, and hands back its data directory.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+        let dir = self.dir.take().unwrap();
+        drop(self);
+        dir
     }
 }
 
@@ -59,7 +97,11 @@ impl Drop for TestProxy {
 
 /// Starts a proxy with the given extra arguments (flags, then the backend).
 pub async fn start_proxy(args: &[&str]) -> TestProxy {
-    let dir = tempfile::tempdir().unwrap();
+    start_proxy_with(args, Clock::system(), tempfile::tempdir().unwrap()).await
+}
+
+/// Starts a proxy on the given clock and data directory.
+pub async fn start_proxy_with(args: &[&str], clock: Clock, dir: tempfile::TempDir) -> TestProxy {
     let mut argv = vec![
         "mcp-auth-proxy".to_string(),
         "--listen".into(),
@@ -72,9 +114,7 @@ pub async fn start_proxy(args: &[&str]) -> TestProxy {
     }
     argv.extend(args.iter().map(|s| s.to_string()));
     let config = Config::from_cli(Cli::try_parse_from(argv).unwrap()).unwrap();
-    let prepared = prepare(config, EnvSecrets::default(), Clock::system())
-        .await
-        .unwrap();
+    let prepared = prepare(config, EnvSecrets::default(), clock).await.unwrap();
     let base = format!("http://{}", prepared.local_addr);
     let state = prepared.state.clone();
     let (tx, rx) = oneshot::channel();
@@ -90,7 +130,7 @@ pub async fn start_proxy(args: &[&str]) -> TestProxy {
         state,
         stop: Some(tx),
         task: Some(task),
-        _dir: dir,
+        dir: Some(dir),
     }
 }
 
@@ -337,6 +377,15 @@ impl Binary {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// The target, given the external origin the binary was started with.
+    pub fn target(&self, origin: &str) -> Target {
+        Target {
+            base: self.base.clone(),
+            origin: origin.to_string(),
+            resource: format!("{origin}/mcp"),
+        }
     }
 
     /// The log lines printed so far.

@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod cli;
+mod flow;
 mod gate;
 mod helpers;
+mod oauth;
 mod proxy;
 mod store;
