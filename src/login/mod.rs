@@ -326,3 +326,13 @@ pub async fn logout_post(State(app): State<AppState>, headers: HeaderMap, body: 
     resp.headers_mut().append(header::SET_COOKIE, clear);
     resp.into_response()
 }
+
+/// Any other `/.auth/` path: ours, and not there (never proxied).
+pub async fn not_found(State(app): State<AppState>) -> Response {
+    error_page(
+        &site_name(&app),
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is no page at this address.",
+    )
+}

@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route(LOGOUT_PATH, get(login::logout_get).post(login::logout_post))
         .route(CONSENT_PATH, get(consent_get).post(consent_post))
         .route("/.auth/static/style.css", get(login::pages::stylesheet))
+        .route("/.auth/{*rest}", axum::routing::any(login::not_found))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES));
 
     Router::new()
