@@ -92,9 +92,11 @@ pub fn secure_headers(h: &mut HeaderMap, target: FormTarget) {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // `same-origin`, not `no-referrer`: browsers send `Origin: null` on form posts from a
+    // no-referrer page, which the Origin check refuses; other sites still learn nothing.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }

@@ -80,8 +80,13 @@ pub fn warnings(client_name: Option<&str>, redirect_uri: &str) -> Vec<String> {
             .filter(|t| looks_like_host(t))
             .find(|t| host != *t && !host.ends_with(&format!(".{t}")));
         if let Some(t) = claimed {
+            let looks = if t == name.trim().to_ascii_lowercase() {
+                String::new()
+            } else {
+                format!(", which looks like {t},")
+            };
             out.push(format!(
-                "This app calls itself “{name}”, which looks like {t}, but your authorization will be sent to {}. Only continue if you expected that.",
+                "This app calls itself “{name}”{looks} but your authorization will be sent to {}. Only continue if you expected that.",
                 redirect_host(redirect_uri)
             ));
         }

@@ -1127,7 +1127,12 @@ async fn consent_deny_remember_and_prompt() {
         .text()
         .await
         .unwrap();
-    assert!(html.contains("looks like claude.ai"), "{html}");
+    assert!(
+        html.contains(
+            "calls itself “claude.ai” but your authorization will be sent to evil.example"
+        ),
+        "{html}"
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,201 @@
+// The end-to-end harness: starts our binary in front of real MCP servers, and drives the
+// sign-in pages like a browser (cookies kept, forms posted). Later suites reuse both.
+
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+
+const require = createRequire(import.meta.url);
+
+export const ROOT = path.resolve(import.meta.dirname, '../..');
+export const BIN = process.env.MCP_AUTH_PROXY_BIN ?? path.join(ROOT, 'target/debug/mcp-auth-proxy');
+export const PASSWORD = 'e2e correct horse battery';
+
+/** A port that was free a moment ago (bound to 0, then released). */
+export async function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Spawns a process and resolves once a line of its stderr or stdout matches `ready`. */
+function spawnUntil(command, args, { env = {}, ready, timeoutMs = 30_000, name }) {
+  const child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const lines = [];
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${name} did not become ready in ${timeoutMs} ms:\n${lines.join('\n')}`));
+    }, timeoutMs);
+    let done = false;
+    const onLine = (line) => {
+      lines.push(line);
+      if (!done) {
+        const m = line.match(ready);
+        if (m) {
+          done = true;
+          clearTimeout(timer);
+          resolve({ child, match: m, lines });
+        }
+      }
+    };
+    readline.createInterface({ input: child.stderr }).on('line', onLine);
+    readline.createInterface({ input: child.stdout }).on('line', onLine);
+    child.once('exit', (code, signal) => {
+      if (!done) {
+        clearTimeout(timer);
+        reject(new Error(`${name} exited (${code ?? signal}) before it was ready:\n${lines.join('\n')}`));
+      }
+    });
+  });
+}
+
+/** Stops a child: SIGTERM, then SIGKILL after a grace period. */
+export async function stopChild(child, graceMs = 5000) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** `@modelcontextprotocol/server-everything` in its Streamable HTTP mode, run with node. */
+export async function startEverything() {
+  const port = await freePort();
+  const entry = require.resolve('@modelcontextprotocol/server-everything/dist/index.js');
+  const { child } = await spawnUntil(process.execPath, [entry, 'streamableHttp'], {
+    env: { PORT: String(port) },
+    ready: /listening on port/i,
+    name: 'server-everything',
+  });
+  return { url: `http://127.0.0.1:${port}/mcp`, port, child, stop: () => stopChild(child) };
+}
+
+/**
+ * Our binary. `backend` is an upstream URL (or nothing); `args` are extra flags. The
+ * external URL is the loopback address it listens on, so every URL it advertises works here.
+ */
+export async function startProxy({ backend, args = [], env = {}, password = PASSWORD } = {}) {
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'mcp-auth-proxy-e2e-'));
+  const port = await freePort();
+  const origin = `http://127.0.0.1:${port}`;
+  const argv = [
+    '--listen', `127.0.0.1:${port}`,
+    '--external-url', origin,
+    '--data-path', dataDir,
+    '--password', password,
+    ...args,
+    ...(backend ? [backend] : []),
+  ];
+  const { child, lines } = await spawnUntil(BIN, argv, {
+    env: { RUST_LOG: 'info', ...env },
+    ready: /listening on (http:\/\/[^\s"]+)/,
+    name: 'mcp-auth-proxy',
+  });
+  return {
+    origin,
+    base: origin,
+    resource: `${origin}/mcp`,
+    child,
+    logs: lines,
+    url: (p) => `${origin}${p}`,
+    stop: async () => {
+      await stopChild(child);
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * A browser without JavaScript: keeps cookies per origin, follows our 303s, fills our login
+ * and consent forms. `authorize()` returns the URL the browser is finally sent to (the
+ * client's redirect URI with `code` or `error`).
+ */
+export class Browser {
+  constructor() {
+    this.cookies = new Map();
+  }
+
+  cookieHeader(url) {
+    const jar = this.cookies.get(new URL(url).origin);
+    return jar ? [...jar].map(([k, v]) => `${k}=${v}`).join('; ') : '';
+  }
+
+  keepCookies(url, res) {
+    const origin = new URL(url).origin;
+    const jar = this.cookies.get(origin) ?? new Map();
+    for (const c of res.headers.getSetCookie()) {
+      const [pair, ...attrs] = c.split(';');
+      const eq = pair.indexOf('=');
+      const name = pair.slice(0, eq).trim();
+      const value = pair.slice(eq + 1).trim();
+      if (attrs.some((a) => a.trim().toLowerCase() === 'max-age=0')) jar.delete(name);
+      else jar.set(name, value);
+    }
+    this.cookies.set(origin, jar);
+  }
+
+  async fetch(url, init = {}) {
+    const headers = { ...(init.headers ?? {}) };
+    const cookie = this.cookieHeader(url);
+    if (cookie) headers.cookie = cookie;
+    const res = await fetch(url, { ...init, headers, redirect: 'manual' });
+    this.keepCookies(url, res);
+    return res;
+  }
+
+  async postForm(url, html, fields) {
+    const form = new URLSearchParams();
+    for (const name of ['csrf', 'req']) {
+      const v = hiddenField(html, name);
+      if (v !== undefined) form.set(name, v);
+    }
+    for (const [k, v] of Object.entries(fields)) form.set(k, v);
+    return this.fetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: form.toString(),
+    });
+  }
+
+  async authorize(authUrl, { password = PASSWORD, decision = 'approve' } = {}) {
+    let url = authUrl;
+    const ours = new URL(authUrl).origin;
+    for (let hop = 0; hop < 12; hop++) {
+      let res = await this.fetch(url);
+      if (res.status === 200) {
+        const html = await res.text();
+        if (html.includes('name="password"')) {
+          res = await this.postForm(new URL('/.auth/login', ours).href, html, { password });
+        } else if (html.includes('name="decision"')) {
+          res = await this.postForm(new URL('/.auth/consent', ours).href, html, { decision });
+        } else {
+          throw new Error(`unexpected page at ${url}:\n${html}`);
+        }
+      }
+      if (res.status !== 303 && res.status !== 302) {
+        throw new Error(`unexpected ${res.status} at ${url}: ${await res.text()}`);
+      }
+      const next = new URL(res.headers.get('location'), url);
+      if (next.origin !== ours) return next.href;
+      url = next.href;
+    }
+    throw new Error('the sign-in flow did not end');
+  }
+}
+
+/** The value of a hidden input in our pages. */
+export function hiddenField(html, name) {
+  const m = html.match(new RegExp(`name="${name}" value="([^"]*)"`));
+  return m ? m[1].replaceAll('&#43;', '+').replaceAll('&amp;', '&') : undefined;
+}
