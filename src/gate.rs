@@ -17,13 +17,25 @@ use crate::store::{Repo, StoreError, TokenHash, TokenKind, TokenRecord};
 /// The scope every access token carries; the proxied resource requires it.
 pub const MCP_SCOPE: &str = "mcp";
 
-/// The authenticated caller of a proxied request, attached as a request extension.
+/// The authenticated caller of a proxied request: the access token's record, shared with
+/// the cache (no copies on the hot path).
 #[derive(Debug, Clone)]
-pub struct Caller {
-    pub subject: String,
-    pub client_id: String,
-    pub grant_id: String,
-    pub scopes: Vec<String>,
+pub struct Caller(Arc<TokenRecord>);
+
+impl Caller {
+    /// The signed-in user (`provider:user id`).
+    pub fn subject(&self) -> &str {
+        &self.0.subject
+    }
+    pub fn client_id(&self) -> &str {
+        &self.0.client_id
+    }
+    pub fn grant_id(&self) -> &str {
+        &self.0.grant_id
+    }
+    pub fn scopes(&self) -> &[String] {
+        &self.0.scopes
+    }
 }
 
 /// Why the gate said no.
@@ -226,12 +238,7 @@ pub async fn check_token(
         needed.push(MCP_SCOPE.to_string());
         return Err(GateError::InsufficientScope(needed));
     }
-    Ok(Caller {
-        subject: record.subject.clone(),
-        client_id: record.client_id.clone(),
-        grant_id: record.grant_id.clone(),
-        scopes: record.scopes.clone(),
-    })
+    Ok(Caller(record))
 }
 
 #[cfg(test)]

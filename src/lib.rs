@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::backend::http::HttpBackend;
@@ -33,7 +34,7 @@ use crate::gate::TokenCache;
 use crate::login::Authn;
 use crate::login::password::{Lockout, PasswordVerifier};
 use crate::login::session::Cookies;
-use crate::server::AppState;
+use crate::server::{App, AppState};
 use crate::store::sled::SledStore;
 use crate::store::{Keys, Repo};
 
@@ -57,8 +58,8 @@ pub enum RunError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("the HTTP client could not be built: {0}")]
-    Client(#[from] reqwest::Error),
+    #[error(transparent)]
+    Client(#[from] backend::http::ClientError),
     #[error(transparent)]
     Password(#[from] login::password::PasswordError),
     #[error("server error: {0}")]
@@ -139,10 +140,11 @@ pub async fn prepare(
     let local_addr = listener.local_addr().map_err(RunError::Serve)?;
     let site = config.site(local_addr.port())?;
     let http_backend = match &config.backend {
-        Backend::Http(url) => Some(Arc::new(HttpBackend::new(
+        Backend::Http(url) => Some(HttpBackend::new(
             url.clone(),
             config.upstream.clone(),
-        )?)),
+            &site,
+        )?),
         _ => None,
     };
 
@@ -163,13 +165,13 @@ pub async fn prepare(
 
     let authn = authn(&config, &site, &repo).await?;
 
-    let state = AppState {
-        site: Arc::new(site),
+    let state = AppState::new(App {
+        site,
         repo,
-        tokens: Arc::new(TokenCache::new(TOKEN_CACHE_CAPACITY)),
-        authn: Arc::new(authn),
+        tokens: TokenCache::new(TOKEN_CACHE_CAPACITY),
+        authn,
         http_backend,
-    };
+    });
     Ok(Prepared {
         listener,
         local_addr,
@@ -227,6 +229,13 @@ pub async fn serve(
     let sweeper = tokio::spawn(sweep_loop(repo.clone(), stop_rx));
 
     let app = server::router(state);
+    // Small writes (an SSE event, a short JSON answer) must leave at once: without
+    // TCP_NODELAY, Nagle's algorithm holds them for the client's delayed ACK (~40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -14,7 +14,11 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use futures_util::{StreamExt, TryStreamExt, stream};
+use futures_util::{StreamExt, stream};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use url::Url;
 
 use super::mapping::{same_origin, upstream_url};
@@ -30,6 +34,9 @@ pub const MCP_SESSION_ID: &str = "mcp-session-id";
 /// Request bodies up to this size are kept so a 307/308 can be replayed; longer bodies stream
 /// and a redirect of them is refused.
 pub const REPLAY_LIMIT: usize = 256 * 1024;
+
+/// Upstream answers with a Content-Length up to this are sent on in one piece.
+const WHOLE_RESPONSE_LIMIT: u64 = 64 * 1024;
 
 /// At most this many same-origin 307/308 hops are followed.
 const MAX_REDIRECTS: usize = 3;
@@ -58,9 +65,22 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// The upstream client: hyper's pooled client over plain TCP or rustls. Used directly
+/// rather than through reqwest: on the proxy's hot path every layer shows up in the CPU
+/// cost per request, and hyper's body streams straight into ours.
+type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+/// The upstream client could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream HTTP client could not be set up: {0}")]
+pub struct ClientError(String);
+
 /// A configured HTTP upstream.
 pub struct HttpBackend {
-    client: reqwest::Client,
+    client: UpstreamClient,
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host`: the public origin's, fixed at startup.
+    forwarded_proto: HeaderValue,
+    forwarded_host: HeaderValue,
     base: Url,
     opts: UpstreamOptions,
 }
@@ -78,16 +98,41 @@ pub struct ClientInfo {
 }
 
 impl HttpBackend {
-    pub fn new(base: Url, opts: UpstreamOptions) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(opts.connect_timeout)
-            .tcp_nodelay(true)
+    /// A client for `base`. Redirects are never followed by the client (see `forward`), and
+    /// a reverse proxy talks to its backend directly, whatever `HTTP_PROXY` says.
+    pub fn new(base: Url, opts: UpstreamOptions, site: &Site) -> Result<Self, ClientError> {
+        use rustls_platform_verifier::ConfigVerifierExt;
+        // One process-wide crypto provider (aws-lc-rs, shared with everything else using
+        // rustls); an error only means it was installed already.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let tls = rustls::ClientConfig::with_platform_verifier()
+            .map_err(|e| ClientError(e.to_string()))?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(opts.connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(90))
-            // A reverse proxy talks to its backend directly, whatever HTTP_PROXY says.
-            .no_proxy()
-            .build()?;
-        Ok(Self { client, base, opts })
+            .build(connector);
+        let public_host = site
+            .origin
+            .as_str()
+            .split_once("://")
+            .map(|(_, h)| h)
+            .unwrap_or_default();
+        let header = |v: &str| HeaderValue::from_str(v).map_err(|e| ClientError(e.to_string()));
+        Ok(Self {
+            client,
+            forwarded_proto: header(site.origin.scheme())?,
+            forwarded_host: header(public_host)?,
+            base,
+            opts,
+        })
     }
 
     pub fn base(&self) -> &Url {
@@ -124,7 +169,7 @@ impl HttpBackend {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         if let Some(id) = &session_id {
-            match sessions::owned_by(repo, id, &caller.subject).await {
+            match sessions::owned_by(repo, id, caller.subject()).await {
                 Ok(true) => {}
                 Ok(false) => return jsonrpc_error(StatusCode::NOT_FOUND, "session not found"),
                 Err(e) => {
@@ -137,15 +182,14 @@ impl HttpBackend {
             }
         }
 
-        let headers = self.upstream_headers(&parts.headers, site, &client);
         // Small bodies (every ordinary JSON-RPC message) are kept whole so a redirect can be
         // replayed; larger ones stream and cannot be.
         let (mut body, replay) = match read_prefix(body, REPLAY_LIMIT).await {
-            Ok(Outgoing::Whole(b)) => (Some(reqwest::Body::from(b.clone())), Some(b)),
+            Ok(Outgoing::Whole(b)) => (Some(Body::from(b.clone())), Some(b)),
             Ok(Outgoing::Streaming(prefix, rest)) => {
-                let rest = rest.into_data_stream().map_err(std::io::Error::other);
-                let chained = stream::once(async move { Ok(prefix) }).chain(rest);
-                (Some(reqwest::Body::wrap_stream(chained)), None)
+                let chained = stream::once(async move { Ok::<_, axum::Error>(prefix) })
+                    .chain(rest.into_data_stream());
+                (Some(Body::from_stream(chained)), None)
             }
             Err(e) => {
                 tracing::debug!(error = %e, "client body failed");
@@ -158,27 +202,25 @@ impl HttpBackend {
 
         let mut hops = 0;
         let resp = loop {
-            let Some(this_body) = body
-                .take()
-                .or_else(|| replay.clone().map(reqwest::Body::from))
-            else {
+            let Some(this_body) = body.take().or_else(|| replay.clone().map(Body::from)) else {
                 return jsonrpc_error(
                     StatusCode::BAD_GATEWAY,
                     "the MCP server redirected a request too large to replay",
                 );
             };
-            let sent = self
-                .client
-                .request(parts.method.clone(), url.clone())
-                .headers(headers.clone())
-                .body(this_body)
-                .send()
-                .await;
+            let Ok(uri) = url.as_str().parse::<http::Uri>() else {
+                return jsonrpc_error(StatusCode::BAD_GATEWAY, "no upstream route for this path");
+            };
+            let mut upstream_req = http::Request::new(this_body);
+            *upstream_req.method_mut() = parts.method.clone();
+            *upstream_req.uri_mut() = uri;
+            *upstream_req.headers_mut() = self.upstream_headers(&parts.headers, &client);
+            let sent = self.client.request(upstream_req).await;
             let resp = match sent {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(upstream = %redact(&url), error = %e, "upstream request failed");
-                    let msg = if e.is_connect() || e.is_timeout() {
+                    let msg = if e.is_connect() {
                         "the MCP server is unreachable"
                     } else {
                         "the MCP server connection failed"
@@ -236,7 +278,7 @@ impl HttpBackend {
                 .and_then(|v| v.to_str().ok())
                 .filter(|id| session_id.as_deref() != Some(*id));
             if let Some(id) = issued
-                && let Err(e) = sessions::bind(repo, id, &caller.subject).await
+                && let Err(e) = sessions::bind(repo, id, caller.subject()).await
             {
                 tracing::error!(error = %e, "store failure while recording a session");
                 return jsonrpc_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
@@ -249,16 +291,11 @@ impl HttpBackend {
             }
         }
 
-        self.client_response(resp, site)
+        self.client_response(resp, site).await
     }
 
     /// The headers sent upstream.
-    fn upstream_headers(
-        &self,
-        incoming: &HeaderMap,
-        site: &Site,
-        client: &ClientInfo,
-    ) -> HeaderMap {
+    fn upstream_headers(&self, incoming: &HeaderMap, client: &ClientInfo) -> HeaderMap {
         let mut out = HeaderMap::with_capacity(incoming.len() + 4);
         let connection_listed: Vec<String> = incoming
             .get_all(header::CONNECTION)
@@ -304,14 +341,14 @@ impl HttpBackend {
             }
         };
         insert_str(&mut out, "x-forwarded-for", &forwarded_for);
-        insert_str(&mut out, "x-forwarded-proto", site.origin.scheme());
-        let public_host = site
-            .origin
-            .as_str()
-            .split_once("://")
-            .map(|(_, h)| h)
-            .unwrap_or_default();
-        insert_str(&mut out, "x-forwarded-host", public_host);
+        out.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            self.forwarded_proto.clone(),
+        );
+        out.insert(
+            HeaderName::from_static("x-forwarded-host"),
+            self.forwarded_host.clone(),
+        );
 
         for (name, value) in &self.opts.headers {
             out.insert(name.clone(), value.clone());
@@ -320,7 +357,11 @@ impl HttpBackend {
     }
 
     /// The upstream's answer as ours: status and end-to-end headers kept, body streamed.
-    fn client_response(&self, resp: reqwest::Response, site: &Site) -> Response {
+    async fn client_response(
+        &self,
+        resp: http::Response<hyper::body::Incoming>,
+        site: &Site,
+    ) -> Response {
         let status = resp.status();
         let mut headers = HeaderMap::with_capacity(resp.headers().len() + 2);
         for (name, value) in resp.headers() {
@@ -352,7 +393,29 @@ impl HttpBackend {
                 .entry(header::CACHE_CONTROL)
                 .or_insert(HeaderValue::from_static("no-cache"));
         }
-        let body = Body::from_stream(resp.bytes_stream());
+        // A small answer of known length (an ordinary JSON-RPC response) is read whole so it
+        // leaves in one write with its headers; streams (SSE) and large or open-ended bodies
+        // pass through chunk by chunk as they arrive.
+        let length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let small = !is_sse && length.is_some_and(|n| n <= WHOLE_RESPONSE_LIMIT);
+        let incoming = resp.into_body();
+        let body = if small {
+            match incoming.collect().await {
+                Ok(b) => Body::from(b.to_bytes()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "upstream response body failed");
+                    return jsonrpc_error(
+                        StatusCode::BAD_GATEWAY,
+                        "the MCP server connection failed",
+                    );
+                }
+            }
+        } else {
+            Body::new(incoming)
+        };
         let mut out = Response::new(body);
         *out.status_mut() = status;
         *out.headers_mut() = headers;

@@ -93,32 +93,38 @@ pub fn origin_allowed(site: &Site, origin: &str) -> bool {
     o == site.origin.as_str() || site.allowed_origins.contains(&o)
 }
 
-/// Middleware: 421 unless the request is addressed to our external host and port.
-pub async fn require_host(
+/// Paths of the authorization server and the sign-in pages. Browsers reach them by
+/// navigation and form posts, which carry their own checks (CSRF, Origin on POST); the
+/// browser-`Origin` rule below is for fetches of metadata and the MCP endpoint.
+fn own_endpoint(path: &str) -> bool {
+    matches!(path, "/authorize" | "/token" | "/register" | "/revoke")
+        || path.starts_with("/register/")
+        || path.starts_with("/.auth/")
+}
+
+/// Middleware, before anything else: `421` unless the request is addressed to our external
+/// host and port; `403` when a browser `Origin` is present and not allowed (metadata and
+/// proxied paths).
+pub async fn check(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
     next: Next,
 ) -> Response {
     let trusted = is_trusted(&app.site, peer.ip());
-    let ok = requested_authority(req.headers(), req.uri(), trusted)
+    let host_ok = requested_authority(req.headers(), req.uri(), trusted)
         .is_some_and(|a| host_allowed(&app.site, &a));
-    if !ok {
+    if !host_ok {
         return jsonrpc_error(
             StatusCode::MISDIRECTED_REQUEST,
             "this host name is not served here; use the proxy's external URL",
         );
     }
-    next.run(req).await
-}
-
-/// Middleware: 403 when a browser `Origin` is present and not allowed.
-pub async fn require_origin(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let allowed = origin.to_str().is_ok_and(|o| origin_allowed(&app.site, o));
-        if !allowed {
-            return jsonrpc_error(StatusCode::FORBIDDEN, "this Origin is not allowed");
-        }
+    if let Some(origin) = req.headers().get(header::ORIGIN)
+        && !own_endpoint(req.uri().path())
+        && !origin.to_str().is_ok_and(|o| origin_allowed(&app.site, o))
+    {
+        return jsonrpc_error(StatusCode::FORBIDDEN, "this Origin is not allowed");
     }
     next.run(req).await
 }

@@ -30,21 +30,35 @@ use crate::store::Repo;
 /// Largest body accepted by the authorization server's endpoints and forms.
 const MAX_FORM_BYTES: usize = 64 * 1024;
 
-/// Everything a request handler may need. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub site: Arc<Site>,
+/// Everything a request handler may need.
+pub struct App {
+    pub site: Site,
     pub repo: Repo,
-    pub tokens: Arc<TokenCache>,
-    pub authn: Arc<Authn>,
-    pub http_backend: Option<Arc<HttpBackend>>,
+    pub tokens: TokenCache,
+    pub authn: Authn,
+    pub http_backend: Option<HttpBackend>,
+}
+
+/// The shared [`App`], as handlers receive it: one pointer to clone per request.
+#[derive(Clone)]
+pub struct AppState(Arc<App>);
+
+impl AppState {
+    pub fn new(app: App) -> Self {
+        Self(Arc::new(app))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
 }
 
 /// The application: our own endpoints, then every other path proxied behind the gate.
 pub fn router(state: AppState) -> Router {
     let mcp_path = state.site.mcp_path.clone();
-    // Metadata and proxied paths are what browsers (and DNS-rebinding pages) reach: the
-    // Origin guard applies to them.
     let guarded = Router::new()
         .route(RESOURCE_METADATA_PATH, get(protected_resource))
         .route(
@@ -56,8 +70,7 @@ pub fn router(state: AppState) -> Router {
             &format!("{AS_METADATA_PATH}{mcp_path}"),
             get(authorization_server),
         )
-        .fallback(proxy)
-        .layer(from_fn_with_state(state.clone(), guard::require_origin));
+        .fallback(proxy);
 
     let authorization_server = Router::new()
         .route("/authorize", get(authorize::authorize))
@@ -78,7 +91,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(authorization_server)
         .merge(guarded)
-        .layer(from_fn_with_state(state.clone(), guard::require_host))
+        .layer(from_fn_with_state(state.clone(), guard::check))
         .with_state(state)
 }
 

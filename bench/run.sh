@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Benchmark: authenticated tools/call through mcp-auth-proxy vs the same upstream direct vs
+# nginx as a plain reverse proxy, on two upstreams:
+#   fast: nginx answering a fixed JSON-RPC result (shows the proxy's own cost)
+#   everything: @modelcontextprotocol/server-everything (streamable HTTP), a real MCP server
+# Method (decisions.md): same run, interleaved A/B/C, ROUNDS rounds, wrk -t2 -c16, unique
+# JSON-RPC ids (tools-call.lua); median and spread reported. Loopback only; bounded runs.
+#
+# Usage: bash bench/run.sh [ROUNDS] [DURATION]      (needs: nginx, wrk, node, npm ci in tests/e2e)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+DURATION=${2:-10s}
+PASSWORD=bench-password
+
+for tool in nginx wrk node curl; do
+  command -v "$tool" >/dev/null || { echo "bench needs $tool (apt-get install -y nginx wrk nodejs curl)" >&2; exit 1; }
+done
+[ -d tests/e2e/node_modules ] || (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+cargo build --release --locked -q
+BIN=target/release/mcp-auth-proxy
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  sleep 0.5
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+FAST=$(free_port); NGINX_FAST=$(free_port); NGINX_EVERY=$(free_port); EVERY=$(free_port)
+PROXY_FAST=$(free_port); PROXY_EVERY=$(free_port)
+
+# --- upstreams and nginx -------------------------------------------------------------
+mkdir -p "$work/nginx"
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  upstream fast { server 127.0.0.1:$FAST; keepalive 64; }
+  upstream everything { server 127.0.0.1:$EVERY; keepalive 64; }
+  # The fast upstream: a fixed JSON-RPC result.
+  server {
+    listen 127.0.0.1:$FAST;
+    location / {
+      default_type application/json;
+      return 200 '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"Echo: bench"}]}}';
+    }
+  }
+  # nginx as a plain reverse proxy (no auth), SSE-friendly.
+  server {
+    listen 127.0.0.1:$NGINX_FAST;
+    location / {
+      proxy_pass http://fast; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+  server {
+    listen 127.0.0.1:$NGINX_EVERY;
+    location / {
+      proxy_pass http://everything; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Host 127.0.0.1:$EVERY; proxy_buffering off;
+    }
+  }
+}
+NGINX
+nginx -c "$work/nginx.conf"
+
+PORT=$EVERY node tests/e2e/node_modules/@modelcontextprotocol/server-everything/dist/index.js streamableHttp \
+  >"$work/everything.log" 2>&1 &
+pids+=($!)
+
+start_proxy() { # port upstream data
+  "$BIN" --listen "127.0.0.1:$1" --external-url "http://127.0.0.1:$1" --data-path "$3" \
+    --password "$PASSWORD" "$2" >"$3.log" 2>&1 &
+  pids+=($!)
+  echo $!
+}
+PROXY_FAST_PID=$(start_proxy "$PROXY_FAST" "http://127.0.0.1:$FAST/mcp" "$work/data-fast")
+PROXY_EVERY_PID=$(start_proxy "$PROXY_EVERY" "http://127.0.0.1:$EVERY/mcp" "$work/data-every")
+
+wait_port() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "port $1 never answered" >&2; exit 1; }
+for p in $FAST $NGINX_FAST $NGINX_EVERY $EVERY $PROXY_FAST $PROXY_EVERY; do wait_port "$p"; done
+
+TOKEN_FAST=$(node bench/token.mjs "http://127.0.0.1:$PROXY_FAST" "$PASSWORD")
+TOKEN_EVERY=$(node bench/token.mjs "http://127.0.0.1:$PROXY_EVERY" "$PASSWORD")
+
+# An MCP session on server-everything per path (sessions are bound to their path's user).
+init_session() { # url [auth]
+  local hdr=(-H 'content-type: application/json' -H 'accept: application/json, text/event-stream')
+  [ -n "${2:-}" ] && hdr+=(-H "authorization: Bearer $2")
+  local sid
+  sid=$(curl -s -D - -o /dev/null "${hdr[@]}" "$1" \
+    -d '{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}' \
+    | tr -d '\r' | awk -F': ' 'tolower($1)=="mcp-session-id"{print $2}')
+  curl -s -o /dev/null "${hdr[@]}" -H "mcp-session-id: $sid" -H 'mcp-protocol-version: 2025-06-18' "$1" \
+    -d '{"jsonrpc":"2.0","method":"notifications/initialized"}'
+  echo "$sid"
+}
+SID_DIRECT=$(init_session "http://127.0.0.1:$EVERY/mcp")
+SID_NGINX=$(init_session "http://127.0.0.1:$NGINX_EVERY/mcp")
+SID_PROXY=$(init_session "http://127.0.0.1:$PROXY_EVERY/mcp" "$TOKEN_EVERY")
+
+rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+
+# One wrk run; prints "req/s p50_ms p99_ms errors".
+run_wrk() { # url auth session
+  local out
+  out=$(BENCH_AUTH="$2" BENCH_SESSION="$3" wrk -t2 -c16 -d"$DURATION" --latency -s bench/tools-call.lua "$1")
+  local rps p50 p99 errs
+  rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
+  p50=$(awk '$1=="50%"{print $2}' <<<"$out")
+  p99=$(awk '$1=="99%"{print $2}' <<<"$out")
+  errs=$(awk '/Non-2xx|Socket errors/{print}' <<<"$out" | tr '\n' ' ')
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${errs:-none}"
+}
+to_ms() { # wrk prints 1.23ms / 456.00us / 1.20s
+  awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us$/,"",v); printf "%.3f", v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); printf "%.3f", v} else if (v ~ /s$/) {sub(/s$/,"",v); printf "%.3f", v*1000} else print v }'
+}
+
+declare -A RESULTS
+targets=(
+  "fast:direct|http://127.0.0.1:$FAST/mcp||"
+  "fast:nginx|http://127.0.0.1:$NGINX_FAST/mcp||"
+  "fast:mcp-auth-proxy|http://127.0.0.1:$PROXY_FAST/mcp|Bearer $TOKEN_FAST|"
+  "everything:direct|http://127.0.0.1:$EVERY/mcp||$SID_DIRECT"
+  "everything:nginx|http://127.0.0.1:$NGINX_EVERY/mcp||$SID_NGINX"
+  "everything:mcp-auth-proxy|http://127.0.0.1:$PROXY_EVERY/mcp|Bearer $TOKEN_EVERY|$SID_PROXY"
+)
+echo "rounds=$ROUNDS duration=$DURATION wrk -t2 -c16; $(nproc) cores; $(uname -r)" >&2
+for round in $(seq "$ROUNDS"); do
+  for t in "${targets[@]}"; do
+    name=${t%%|*}; rest=${t#*|}; url=${rest%%|*}; rest=${rest#*|}; auth=${rest%%|*}; sid=${rest#*|}
+    r=$(run_wrk "$url" "$auth" "$sid")
+    echo "round $round $name: $r" >&2
+    RESULTS[$name]+="$r;"
+  done
+done
+
+median_spread() { # list of numbers → "median (min–max)"
+  tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.2f (%.2f–%.2f)", m, a[1], a[NR]}'
+}
+echo
+echo "| upstream | path | req/s | p50 ms | p99 ms | errors |"
+echo "|---|---|---|---|---|---|"
+for t in "${targets[@]}"; do
+  name=${t%%|*}
+  IFS=';' read -ra runs <<<"${RESULTS[$name]}"
+  rps=""; p50=""; p99=""; errs=""
+  for r in "${runs[@]}"; do
+    read -r a b c d <<<"$r"; rps+="$a "; p50+="$b "; p99+="$c "; [ "$d" != none ] && errs+="$d "
+  done
+  echo "| ${name%%:*} | ${name#*:} | $(median_spread "$rps") | $(median_spread "$p50") | $(median_spread "$p99") | ${errs:-none} |"
+done
+echo
+echo "RSS after the runs: mcp-auth-proxy (fast) $(rss_kb "$PROXY_FAST_PID") KiB, mcp-auth-proxy (everything) $(rss_kb "$PROXY_EVERY_PID") KiB, nginx worker $(rss_kb "$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)") KiB"
