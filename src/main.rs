@@ -2,10 +2,6 @@
 
 use clap::Parser;
 
-// glibc's allocator showed up as a sixth of the proxy's CPU time under load; mimalloc's
-// thread-local free lists make the per-request allocations of a proxy cheap.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use mcp_auth_proxy::cli::Cli;
 use mcp_auth_proxy::config::Config;
 use mcp_auth_proxy::{EnvSecrets, run};
