@@ -376,14 +376,7 @@ impl HttpBackend {
         {
             headers.insert(header::LOCATION, v);
         }
-        let is_sse = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| {
-                ct.trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("text/event-stream")
-            });
+        let is_sse = crate::server::content_type_is(&headers, "text/event-stream");
         if is_sse {
             headers.insert(
                 HeaderName::from_static("x-accel-buffering"),

@@ -19,8 +19,8 @@ use self::password::{Lockout, PasswordVerifier};
 use self::session::{Cookies, csrf_cookie, csrf_token, csrf_valid, post_origin_ok, read_cookie};
 use crate::config::AuthConfig;
 use crate::oauth::form::Params;
-use crate::server::AppState;
 use crate::server::guard::client_ip;
+use crate::server::{AppState, content_type_is};
 use crate::store::{AuthRequestRecord, ClientRecord, Identity};
 
 /// Login page path.
@@ -191,14 +191,7 @@ pub fn form_post(app: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Par
             "This form was sent from another site.",
         ));
     }
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim()
-                .to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        });
+    let is_form = content_type_is(headers, "application/x-www-form-urlencoded");
     let params = match (is_form, Params::parse(body)) {
         (true, Ok(p)) => p,
         _ => {

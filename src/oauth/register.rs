@@ -19,7 +19,7 @@ use super::redirect_uri::check_registrable;
 use super::tokens;
 use crate::error::{OAuthError, OAuthErrorCode, body_error};
 use crate::gate::bearer_token;
-use crate::server::AppState;
+use crate::server::{AppState, content_type_is};
 use crate::store::{ClientRecord, TokenHash};
 use axum::extract::rejection::BytesRejection;
 
@@ -192,14 +192,7 @@ pub async fn register(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OAuthError> {
     let body = body.map_err(body_error)?;
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
+    let is_json = content_type_is(&headers, "application/json");
     if !is_json {
         return Err(meta_err("send the registration as application/json"));
     }

@@ -19,7 +19,7 @@ use super::form::Params;
 use super::{clients, pkce, resource, tokens};
 use crate::error::{OAuthError, OAuthErrorCode, body_error};
 use crate::gate::MCP_SCOPE;
-use crate::server::AppState;
+use crate::server::{AppState, content_type_is};
 use crate::store::{
     ClientRecord, CodeRecord, GrantRecord, Rotation, TokenHash, TokenKind, TokenRecord,
 };
@@ -45,14 +45,7 @@ fn invalid_request(why: &str) -> OAuthError {
 
 /// Parses a form body strictly (RFC 6749 §3.2: form-encoded, no repeated parameters).
 pub fn form_body(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthError> {
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim()
-                .to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        });
+    let is_form = content_type_is(headers, "application/x-www-form-urlencoded");
     if !is_form {
         return Err(invalid_request(
             "send the parameters as application/x-www-form-urlencoded",

@@ -30,6 +30,15 @@ use crate::store::Repo;
 /// Largest body accepted by the authorization server's endpoints and forms.
 const MAX_FORM_BYTES: usize = 64 * 1024;
 
+/// Whether the request or response's `Content-Type` is `mime` (parameters ignored, any case).
+pub fn content_type_is(headers: &axum::http::HeaderMap, mime: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|ct| ct.trim().eq_ignore_ascii_case(mime))
+}
+
 /// Everything a request handler may need.
 pub struct App {
     pub site: Site,
