@@ -133,6 +133,10 @@ pub struct Cli {
     )]
     pub allowed_redirect_schemes: Vec<String>,
 
+    /// After SIGTERM/SIGINT, how long open requests and streams may run before they are cut.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s")]
+    pub shutdown_grace: String,
+
     /// The backend: an http(s) URL, or a stdio command and its arguments after `--`.
     #[arg(env = "MCP_SERVER_URL", num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
     pub backend: Vec<String>,

@@ -257,6 +257,8 @@ pub struct Config {
     /// Secrets kept only to withhold them from stdio children and logs.
     pub proxy_bearer_token: Option<Secret>,
     pub auth: AuthConfig,
+    /// How long connections may run after a shutdown signal.
+    pub shutdown_grace: Duration,
 }
 
 impl Config {
@@ -363,6 +365,7 @@ impl Config {
             },
             proxy_bearer_token,
             auth,
+            shutdown_grace: parse_duration("--shutdown-grace", &cli.shutdown_grace)?,
         })
     }
 }

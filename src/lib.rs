@@ -115,6 +115,8 @@ pub struct Prepared {
     pub listener: TcpListener,
     pub local_addr: SocketAddr,
     pub state: AppState,
+    /// How long open connections may run after the shutdown signal.
+    pub shutdown_grace: Duration,
 }
 
 /// Opens the store, loads keys, binds the listener and builds the state; logs the banner.
@@ -173,6 +175,7 @@ pub async fn prepare(
         http_backend,
     });
     Ok(Prepared {
+        shutdown_grace: config.shutdown_grace,
         listener,
         local_addr,
         state,
@@ -222,7 +225,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let Prepared {
-        listener, state, ..
+        listener,
+        state,
+        shutdown_grace,
+        ..
     } = prepared;
     let repo = state.repo.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -236,12 +242,30 @@ pub async fn serve(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    let served = axum::serve(
+    // Graceful shutdown: stop accepting and let requests finish, but an open SSE stream
+    // never finishes by itself, so after `--shutdown-grace` the remaining connections are
+    // dropped and the process still exits cleanly.
+    let (signalled_tx, mut signalled_rx) = tokio::sync::watch::channel(false);
+    let graceful = async move {
+        shutdown.await;
+        let _ = signalled_tx.send(true);
+    };
+    let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    .with_graceful_shutdown(graceful);
+    let grace = async move {
+        let _ = signalled_rx.wait_for(|s| *s).await;
+        tokio::time::sleep(shutdown_grace).await;
+    };
+    let served = tokio::select! {
+        r = server => r,
+        _ = grace => {
+            tracing::info!(grace_secs = shutdown_grace.as_secs(), "connections still open after the grace period: closing them");
+            Ok(())
+        }
+    };
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
     if let Err(e) = repo.flush().await {

@@ -274,6 +274,23 @@ async fn sse(headers: HeaderMap, req: Request) -> Response {
         .unwrap()
 }
 
+/// An SSE stream that never ends (an event every 200 ms).
+async fn forever() -> Response {
+    let events = futures_util::stream::unfold(0u64, |i| async move {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Some((
+            Ok::<_, std::io::Error>(format!("id: {i}\ndata: {{}}\n\n")),
+            i + 1,
+        ))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(events))
+        .unwrap()
+}
+
 async fn status(axum::extract::Path(code): axum::extract::Path<u16>) -> Response {
     let code = StatusCode::from_u16(code).unwrap();
     let mut resp = (code, "upstream says no").into_response();
@@ -300,6 +317,7 @@ pub async fn start_upstream() -> Upstream {
     let app = Router::new()
         .route("/mcp", get(sse).post(echo).delete(echo))
         .route("/status/{code}", any(status))
+        .route("/forever", get(forever))
         .route("/starlette/mcp", any(|| redirect_to("/starlette/mcp/")))
         .route("/starlette/mcp/", any(echo))
         .route(
@@ -395,6 +413,20 @@ impl Binary {
             out.push(l);
         }
         out
+    }
+
+    /// Sends SIGTERM and waits (at most `limit`) for the exit code.
+    pub async fn terminate(mut self, limit: Duration) -> Option<i32> {
+        let pid = self.child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .expect("the binary did not exit in time")
+            .unwrap()
+            .code()
     }
 
     /// SIGKILL, no chance to flush anything.

@@ -320,3 +320,60 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_an_open_sse_stream_exits_cleanly_within_the_grace_period() {
+    use futures_util::StreamExt;
+    let up = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let port = crate::helpers::dead_port().await.to_string();
+    let ext = format!("http://127.0.0.1:{port}");
+    let token = {
+        let repo = repo_at(dir.path());
+        let t = mint(&repo, &format!("{ext}/mcp"), Mint::default()).await;
+        repo.flush().await.unwrap();
+        t
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "--shutdown-grace",
+        "1s",
+        "--listen",
+        &listen,
+        "--external-url",
+        &ext,
+        "--data-path",
+        &data,
+        &up.url("/mcp"),
+    ];
+    let bin = Binary::start(&args, &[]).await;
+    let resp = client()
+        .get(bin.url("/forever"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut stream = resp.bytes_stream();
+    assert!(stream.next().await.is_some(), "the stream is flowing");
+    let started = std::time::Instant::now();
+    let code = bin.terminate(std::time::Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0));
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(900),
+        "the stream had its grace: {took:?}"
+    );
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    // The client sees its stream end rather than hang.
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(chunk) = stream.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "the stream ended");
+}
