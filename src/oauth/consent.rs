@@ -265,7 +265,16 @@ async fn finish(
                 "Go back to your app.",
             );
         }
-        Err(e) => tracing::error!(error = %e, "store failure ending an authorization request"),
+        Err(e) => {
+            // Fail closed: a request that could not be marked answered is not answered.
+            tracing::error!(error = %e, "store failure ending an authorization request");
+            return error_page(
+                &site_name(app),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Temporarily unavailable",
+                "Please try again in a moment.",
+            );
+        }
     }
     if !approve {
         tracing::info!(client_id = %req.client_id, "consent denied");
