@@ -3,3 +3,4 @@
 pub mod http;
 pub mod mapping;
 pub mod sessions;
+pub mod stdio;

@@ -1,0 +1,276 @@
+//! Starting a stdio MCP server: its command line, its environment, its stderr.
+//!
+//! decisions.md "Children": the child inherits the proxy's environment minus every variable
+//! the proxy reads for itself (so `-e API_KEY=…` set for the server still arrives, but our
+//! password, keys and client secrets never do), or with `--stdio-clean-env` only an
+//! allow-list. The list of our variables is taken from the command-line definition itself,
+//! so a new flag can never be forgotten here.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use clap::CommandFactory;
+use futures_util::StreamExt;
+use tokio::process::{Child, ChildStderr, Command};
+use tokio_util::codec::FramedRead;
+
+use super::framing::{BoundedLines, RawLine, shown};
+use crate::cli::Cli;
+
+/// Variables we read without a flag of their own, and names we withhold by pattern.
+const OWN_EXTRA: [&str; 7] = [
+    "ENCRYPTION_KEY",
+    "AUTH_HMAC_SECRET",
+    "JWT_PRIVATE_KEY",
+    "DATABASE_DSN",
+    "REPOSITORY_DSN",
+    "MODE",
+    "RUST_LOG",
+];
+
+/// Passed even with `--stdio-clean-env`: what a program needs to find its tools and files.
+const CLEAN_BASE: [&str; 8] = [
+    "PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "TERM",
+];
+
+/// Longest stderr line kept whole in the log.
+const MAX_STDERR_LINE: usize = 8 * 1024;
+
+/// How many recent stderr lines are kept to explain a crash.
+const STDERR_TAIL: usize = 20;
+
+/// How to start the child.
+#[derive(Debug, Clone, Default)]
+pub struct ChildSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// `--stdio-env KEY=VALUE`, applied last.
+    pub extra_env: Vec<(String, String)>,
+    /// `--stdio-clean-env`: start from an allow-list instead of our environment.
+    pub clean_env: bool,
+    /// `--stdio-pass-env`: names added to the allow-list.
+    pub pass_env: Vec<String>,
+}
+
+/// Every environment variable the proxy reads for itself.
+pub fn own_variables() -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    names.extend(OWN_EXTRA.iter().map(|s| s.to_string()));
+    names
+}
+
+fn is_own(name: &str, own: &BTreeSet<String>) -> bool {
+    own.contains(name) || name.ends_with("_CLIENT_SECRET")
+}
+
+/// The child's environment given ours, and the names of our variables that were withheld.
+pub fn environment(
+    spec: &ChildSpec,
+    parent: impl IntoIterator<Item = (String, String)>,
+) -> (Vec<(String, String)>, Vec<String>) {
+    let own = own_variables();
+    let mut env = Vec::new();
+    let mut withheld = Vec::new();
+    for (k, v) in parent {
+        if spec.clean_env {
+            let allowed = CLEAN_BASE.contains(&k.as_str()) || spec.pass_env.contains(&k);
+            if allowed && !is_own(&k, &own) {
+                env.push((k, v));
+            } else if is_own(&k, &own) {
+                withheld.push(k);
+            }
+        } else if is_own(&k, &own) {
+            withheld.push(k);
+        } else {
+            env.push((k, v));
+        }
+    }
+    for (k, v) in &spec.extra_env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    withheld.sort();
+    (env, withheld)
+}
+
+/// The command for the child: piped stdio, its own process group (so `npx`'s grandchildren
+/// are stopped with it), killed if the handle is dropped.
+pub fn command(spec: &ChildSpec, env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    if let Some(dir) = &spec.cwd {
+        cmd.current_dir(dir);
+    }
+    cmd
+}
+
+/// The last lines a child wrote to stderr, for the log line that explains its exit.
+#[derive(Debug, Clone, Default)]
+pub struct StderrTail(Arc<Mutex<VecDeque<String>>>);
+
+impl StderrTail {
+    fn push(&self, line: String) {
+        if let Ok(mut t) = self.0.lock() {
+            if t.len() == STDERR_TAIL {
+                t.pop_front();
+            }
+            t.push_back(line);
+        }
+    }
+
+    /// The remembered lines, oldest first.
+    pub fn lines(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Logs the child's stderr line by line, tagged with `session`, and keeps the tail.
+/// Bounded: an over-long line is logged by its length only.
+pub fn capture_stderr(
+    stderr: ChildStderr,
+    session: String,
+) -> (StderrTail, tokio::task::JoinHandle<()>) {
+    let tail = StderrTail::default();
+    let keep = tail.clone();
+    let task = tokio::spawn(async move {
+        let mut lines = FramedRead::new(stderr, BoundedLines::new(MAX_STDERR_LINE));
+        while let Some(Ok(line)) = lines.next().await {
+            let text = match line {
+                RawLine::Line(l) => shown(&l),
+                RawLine::TooLong(n) => format!("<a line of {n} bytes, not shown>"),
+            };
+            tracing::info!(target: "mcp_auth_proxy::child", session = %session, "{text}");
+            keep.push(text);
+        }
+    });
+    (tail, task)
+}
+
+/// Spawns the child; also returns which of our variables were withheld, for the startup log.
+pub fn spawn(spec: &ChildSpec) -> std::io::Result<(Child, Vec<String>)> {
+    let (env, withheld) = environment(spec, std::env::vars());
+    let child = command(spec, &env).spawn()?;
+    Ok((child, withheld))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn our_secrets_are_withheld_theirs_pass() {
+        let parent = vars(&[
+            ("PATH", "/bin"),
+            ("PASSWORD", "s3cret"),
+            ("PASSWORD_HASH", "$2b$"),
+            ("ENCRYPTION_KEY", "k"),
+            ("PROXY_BEARER_TOKEN", "t"),
+            ("GOOGLE_CLIENT_SECRET", "g"),
+            ("EXTERNAL_URL", "https://x"),
+            ("GITHUB_TOKEN", "theirs"),
+            ("API_KEY", "theirs too"),
+        ]);
+        let spec = ChildSpec {
+            extra_env: vars(&[("API_KEY", "override"), ("EXTRA", "1")]),
+            ..ChildSpec::default()
+        };
+        let (env, withheld) = environment(&spec, parent.clone());
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, vec!["PATH", "GITHUB_TOKEN", "API_KEY", "EXTRA"]);
+        assert!(env.contains(&("API_KEY".into(), "override".into())));
+        assert_eq!(
+            withheld,
+            vec![
+                "ENCRYPTION_KEY",
+                "EXTERNAL_URL",
+                "GOOGLE_CLIENT_SECRET",
+                "PASSWORD",
+                "PASSWORD_HASH",
+                "PROXY_BEARER_TOKEN"
+            ]
+        );
+
+        let clean = ChildSpec {
+            clean_env: true,
+            pass_env: vec!["API_KEY".into(), "PASSWORD".into()],
+            ..ChildSpec::default()
+        };
+        let (env, _) = environment(&clean, parent);
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            vec!["PATH", "API_KEY"],
+            "an allow-list cannot let our own secrets through"
+        );
+    }
+
+    #[test]
+    fn every_flag_variable_is_ours() {
+        let own = own_variables();
+        for name in [
+            "LISTEN",
+            "PASSWORD",
+            "PROXY_HEADERS",
+            "MCP_SERVER_URL",
+            "AUTH_HMAC_SECRET",
+        ] {
+            assert!(own.contains(name), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn stderr_is_captured_with_a_tail_and_the_child_sees_only_its_environment() {
+        let spec = ChildSpec {
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                "echo \"pw=${PASSWORD:-unset} key=$API_KEY\" >&2; head -c 20000 /dev/zero | tr '\\\\0' x >&2; echo >&2; echo last >&2; exit 3"
+                    .into(),
+            ],
+            extra_env: vars(&[("API_KEY", "k1")]),
+            ..ChildSpec::default()
+        };
+        let (env, _) = environment(
+            &spec,
+            vars(&[("PATH", "/usr/bin:/bin"), ("PASSWORD", "s3cret")]),
+        );
+        let mut child = command(&spec, &env).spawn().unwrap();
+        let (tail, task) = capture_stderr(child.stderr.take().unwrap(), "s1".into());
+        let status = child.wait().await.unwrap();
+        task.await.unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(
+            tail.lines(),
+            vec![
+                "pw=unset key=k1".to_string(),
+                "<a line of 20000 bytes, not shown>".into(),
+                "last".into()
+            ]
+        );
+    }
+}
