@@ -137,6 +137,32 @@ pub struct Cli {
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s")]
     pub shutdown_grace: String,
 
+    /// Working directory of the stdio MCP server (default: the proxy's).
+    #[arg(long, env = "STDIO_CWD")]
+    pub stdio_cwd: Option<std::path::PathBuf>,
+
+    /// Extra environment for the stdio MCP server: KEY=VALUE (repeatable).
+    #[arg(
+        long = "stdio-env",
+        env = "STDIO_ENV",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub stdio_env: Vec<String>,
+
+    /// Variables passed to the stdio MCP server with --stdio-clean-env (comma-separated).
+    #[arg(long, env = "STDIO_PASS_ENV", value_delimiter = ',')]
+    pub stdio_pass_env: Vec<String>,
+
+    /// Start the stdio MCP server with only PATH, HOME, locale and --stdio-pass-env variables.
+    #[arg(long, env = "STDIO_CLEAN_ENV", value_parser = env_bool, default_value = "false",
+          default_missing_value = "true", num_args = 0..=1, require_equals = true)]
+    pub stdio_clean_env: bool,
+
+    /// Most live MCP sessions (each runs its own stdio child).
+    #[arg(long, env = "MAX_SESSIONS", default_value_t = 100)]
+    pub max_sessions: usize,
+
     /// The backend: an http(s) URL, or a stdio command and its arguments after `--`.
     #[arg(env = "MCP_SERVER_URL", num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
     pub backend: Vec<String>,

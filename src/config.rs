@@ -192,6 +192,16 @@ pub enum Backend {
     Stdio { program: String, args: Vec<String> },
 }
 
+/// How stdio children are started and how many may run.
+#[derive(Debug, Clone, Default)]
+pub struct StdioOptions {
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub pass_env: Vec<String>,
+    pub clean_env: bool,
+    pub max_sessions: usize,
+}
+
 /// How requests are sent to an HTTP upstream.
 #[derive(Debug, Clone)]
 pub struct UpstreamOptions {
@@ -259,6 +269,7 @@ pub struct Config {
     pub auth: AuthConfig,
     /// How long connections may run after a shutdown signal.
     pub shutdown_grace: Duration,
+    pub stdio: StdioOptions,
 }
 
 impl Config {
@@ -266,6 +277,7 @@ impl Config {
     pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
         let listen = ListenAddr::parse(&cli.listen)?;
         let auth = auth_config(&cli)?;
+        let stdio = stdio_options(&cli)?;
         let external_url = cli
             .external_url
             .as_deref()
@@ -366,6 +378,7 @@ impl Config {
             proxy_bearer_token,
             auth,
             shutdown_grace: parse_duration("--shutdown-grace", &cli.shutdown_grace)?,
+            stdio,
         })
     }
 }
@@ -445,6 +458,42 @@ fn auth_config(cli: &Cli) -> Result<AuthConfig, ConfigError> {
         client_ttl: d("--client-ttl", &cli.client_ttl)?,
         login_session_ttl: d("--login-session-ttl", &cli.login_session_ttl)?,
         redirect_schemes,
+    })
+}
+
+fn stdio_options(cli: &Cli) -> Result<StdioOptions, ConfigError> {
+    let env = cli
+        .stdio_env
+        .iter()
+        .map(|kv| kv.trim())
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+            _ => Err(bad(format!("--stdio-env {kv:?} is not KEY=VALUE"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if cli.max_sessions == 0 {
+        return Err(bad("--max-sessions must be at least 1"));
+    }
+    if let Some(dir) = &cli.stdio_cwd
+        && !dir.is_dir()
+    {
+        return Err(bad(format!(
+            "--stdio-cwd {} is not a directory",
+            dir.display()
+        )));
+    }
+    Ok(StdioOptions {
+        cwd: cli.stdio_cwd.clone(),
+        env,
+        pass_env: cli
+            .stdio_pass_env
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        clean_env: cli.stdio_clean_env,
+        max_sessions: cli.max_sessions,
     })
 }
 

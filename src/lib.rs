@@ -28,6 +28,8 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::backend::http::HttpBackend;
+use crate::backend::stdio::bridge::StdioBackend;
+use crate::backend::stdio::child::{ChildSpec, environment};
 use crate::clock::Clock;
 use crate::config::{Backend, Config, ListenAddr};
 use crate::gate::TokenCache;
@@ -125,11 +127,6 @@ pub async fn prepare(
     secrets: EnvSecrets,
     clock: Clock,
 ) -> Result<Prepared, RunError> {
-    if let Backend::Stdio { program, .. } = &config.backend {
-        return Err(RunError::Unsupported(format!(
-            "stdio MCP servers ({program} …) are not supported by this version yet; put an HTTP MCP server URL as the backend"
-        )));
-    }
     let store = SledStore::open(&config.data_path)?;
     let keys = Keys::load(
         &config.data_path,
@@ -152,6 +149,25 @@ pub async fn prepare(
 
     tracing::info!("listening on http://{local_addr}");
     tracing::info!(url = %site.resource, "MCP clients connect to {}", site.resource);
+    let stdio_backend = match &config.backend {
+        Backend::Stdio { program, args } => {
+            let spec = ChildSpec {
+                program: program.clone(),
+                args: args.clone(),
+                cwd: config.stdio.cwd.clone(),
+                extra_env: config.stdio.env.clone(),
+                clean_env: config.stdio.clean_env,
+                pass_env: config.stdio.pass_env.clone(),
+            };
+            let (_, withheld) = environment(&spec, std::env::vars());
+            tracing::info!(command = %program, max_sessions = config.stdio.max_sessions, "bridging a stdio MCP server (one child per session)");
+            if !withheld.is_empty() {
+                tracing::info!(withheld = ?withheld, "the stdio server does not see these variables of the proxy");
+            }
+            Some(StdioBackend::new(spec, config.stdio.max_sessions))
+        }
+        _ => None,
+    };
     match &http_backend {
         Some(b) => tracing::info!(backend = %b.base(), "proxying to an HTTP MCP server"),
         None => tracing::info!(
@@ -173,6 +189,7 @@ pub async fn prepare(
         tokens: TokenCache::new(TOKEN_CACHE_CAPACITY),
         authn,
         http_backend,
+        stdio_backend,
     });
     Ok(Prepared {
         shutdown_grace: config.shutdown_grace,
@@ -234,6 +251,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(sweep_loop(repo.clone(), stop_rx));
 
+    let state_for_shutdown = state.clone();
     let app = server::router(state);
     // Small writes (an SSE event, a short JSON answer) must leave at once: without
     // TCP_NODELAY, Nagle's algorithm holds them for the client's delayed ACK (~40 ms).
@@ -266,6 +284,9 @@ pub async fn serve(
             Ok(())
         }
     };
+    if let Some(stdio) = &state_for_shutdown.stdio_backend {
+        stdio.close_all();
+    }
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
     if let Err(e) = repo.flush().await {

@@ -46,6 +46,7 @@ pub struct App {
     pub tokens: TokenCache,
     pub authn: Authn,
     pub http_backend: Option<HttpBackend>,
+    pub stdio_backend: Option<crate::backend::stdio::bridge::StdioBackend>,
 }
 
 /// The shared [`App`], as handlers receive it: one pointer to clone per request.
@@ -118,6 +119,12 @@ async fn proxy(
         Ok(c) => c,
         Err(e) => return e.into_response(&app.site),
     };
+    if let Some(stdio) = &app.stdio_backend {
+        if req.uri().path() != app.site.mcp_path {
+            return jsonrpc_error(StatusCode::NOT_FOUND, "not found");
+        }
+        return stdio.handle(&caller, req).await;
+    }
     let Some(backend) = &app.http_backend else {
         return jsonrpc_error(
             StatusCode::NOT_FOUND,

@@ -69,6 +69,11 @@ export async function stopChild(child, graceMs = 5000) {
   clearTimeout(timer);
 }
 
+/** The command line of `@modelcontextprotocol/server-everything` over stdio, run with node. */
+export function everythingStdio() {
+  return [process.execPath, require.resolve('@modelcontextprotocol/server-everything/dist/index.js'), 'stdio'];
+}
+
 /** `@modelcontextprotocol/server-everything` in its Streamable HTTP mode, run with node. */
 export async function startEverything() {
   const port = await freePort();
@@ -85,7 +90,7 @@ export async function startEverything() {
  * Our binary. `backend` is an upstream URL (or nothing); `args` are extra flags. The
  * external URL is the loopback address it listens on, so every URL it advertises works here.
  */
-export async function startProxy({ backend, args = [], env = {}, password = PASSWORD } = {}) {
+export async function startProxy({ backend, command, args = [], env = {}, password = PASSWORD } = {}) {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'mcp-auth-proxy-e2e-'));
   const port = await freePort();
   const origin = `http://127.0.0.1:${port}`;
@@ -96,6 +101,7 @@ export async function startProxy({ backend, args = [], env = {}, password = PASS
     '--password', password,
     ...args,
     ...(backend ? [backend] : []),
+    ...(command ? ['--', ...command] : []),
   ];
   const { child, lines } = await spawnUntil(BIN, argv, {
     env: { RUST_LOG: 'info', ...env },

@@ -67,7 +67,24 @@ async fn wrong_values_stop_startup_with_one_clear_line() {
     .await;
     refuses(&["--proxy-headers", "NoColon"], &[], "--proxy-headers").await;
     refuses(&["http://up:1/mcp", "extra"], &[], "no further arguments").await;
-    refuses(&["--", "npx", "server"], &[], "stdio").await;
+    refuses(
+        &["--max-sessions", "0", "--", "node", "server.js"],
+        &[],
+        "--max-sessions",
+    )
+    .await;
+    refuses(
+        &["--stdio-env", "NOEQUALS", "--", "node", "server.js"],
+        &[],
+        "--stdio-env",
+    )
+    .await;
+    refuses(
+        &["--stdio-cwd", "/no/such/dir", "--", "node", "server.js"],
+        &[],
+        "--stdio-cwd",
+    )
+    .await;
     refuses(&[], &[("ENCRYPTION_KEY", "dG9vIHNob3J0")], "ENCRYPTION_KEY").await;
     refuses(&["--listen", "nonsense"], &[], "--listen").await;
     refuses(&["--password", ""], &[], "no way to sign in").await;

@@ -7,5 +7,7 @@
 //!
 //! The relay (sessions, Streamable HTTP, supervision) builds on these.
 
+pub mod bridge;
 pub mod child;
 pub mod framing;
+pub mod session;

@@ -1,0 +1,316 @@
+//! Streamable HTTP (MCP transports, 2025-06-18 / 2025-11-25) in front of stdio children.
+//!
+//! `POST` carries one client message: requests are answered as an SSE stream (when the client
+//! accepts it) that ends with the response, or as JSON; notifications and responses get 202.
+//! `GET` opens the session's stream for server-initiated messages. `DELETE` ends the session.
+//! Sessions are created by `initialize`, identified by a 128-bit random `Mcp-Session-Id`, and
+//! belong to the user who created them: another user gets 404, as for an unknown id.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::child::ChildSpec;
+use super::framing::{Kind, Message};
+use super::session::Session;
+use crate::backend::http::MCP_SESSION_ID;
+use crate::error::jsonrpc_error;
+use crate::gate::Caller;
+use crate::oauth::tokens;
+
+/// Protocol versions a client may name in `MCP-Protocol-Version`.
+pub const SUPPORTED_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+
+/// Largest client message accepted.
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// Queue of one HTTP stream.
+const STREAM_QUEUE: usize = 64;
+
+/// The stdio backend: a child per session.
+pub struct StdioBackend {
+    spec: ChildSpec,
+    max_sessions: usize,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// SSE event ids, unique per process (so unique per session).
+    next_event: AtomicU64,
+}
+
+fn accepts_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/event-stream"))
+}
+
+impl StdioBackend {
+    pub fn new(spec: ChildSpec, max_sessions: usize) -> Self {
+        Self {
+            spec,
+            max_sessions,
+            sessions: Mutex::new(HashMap::new()),
+            next_event: AtomicU64::new(1),
+        }
+    }
+
+    /// How many sessions are live.
+    pub fn live_sessions(&self) -> usize {
+        self.sessions
+            .lock()
+            .map(|m| m.values().filter(|s| !s.is_closed()).count())
+            .unwrap_or(0)
+    }
+
+    /// Ends every session (shutdown).
+    pub fn close_all(&self) {
+        if let Ok(mut m) = self.sessions.lock() {
+            for (_, s) in m.drain() {
+                s.close("the proxy is shutting down");
+            }
+        }
+    }
+
+    /// Handles a request to the MCP path.
+    pub async fn handle(&self, caller: &Caller, req: Request) -> Response {
+        if let Some(v) = req.headers().get("mcp-protocol-version") {
+            let ok = v
+                .to_str()
+                .is_ok_and(|v| SUPPORTED_VERSIONS.contains(&v.trim()));
+            if !ok {
+                return jsonrpc_error(StatusCode::BAD_REQUEST, "unsupported MCP-Protocol-Version");
+            }
+        }
+        match *req.method() {
+            Method::POST => self.post(caller, req).await,
+            Method::GET => self.get(caller, req.headers()),
+            Method::DELETE => self.delete(caller, req.headers()),
+            _ => {
+                let mut r =
+                    jsonrpc_error(StatusCode::METHOD_NOT_ALLOWED, "use POST, GET or DELETE");
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+                r
+            }
+        }
+    }
+
+    /// The caller's live session named by the request, or the error response.
+    fn session(&self, caller: &Caller, headers: &HeaderMap) -> Result<Arc<Session>, Response> {
+        let Some(id) = headers.get(MCP_SESSION_ID).and_then(|v| v.to_str().ok()) else {
+            return Err(jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                "Mcp-Session-Id is required",
+            ));
+        };
+        let found = self.sessions.lock().ok().and_then(|m| m.get(id).cloned());
+        match found {
+            Some(s) if !s.is_closed() && s.owner == caller.subject() => Ok(s),
+            _ => Err(jsonrpc_error(StatusCode::NOT_FOUND, "session not found")),
+        }
+    }
+
+    async fn post(&self, caller: &Caller, req: Request) -> Response {
+        let wants_sse = accepts_sse(req.headers());
+        let headers = req.headers().clone();
+        let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
+            Ok(b) => b,
+            Err(_) => {
+                return jsonrpc_error(StatusCode::PAYLOAD_TOO_LARGE, "the message is too large");
+            }
+        };
+        // One line per message on the child's stdin: re-encode a client's pretty-printed JSON.
+        let body = if body.contains(&b'\n') {
+            match serde_json::from_slice::<Value>(&body).and_then(|v| serde_json::to_vec(&v)) {
+                Ok(v) => Bytes::from(v),
+                Err(_) => Bytes::new(),
+            }
+        } else {
+            body
+        };
+        let Some(msg) = Message::parse(body) else {
+            return parse_error();
+        };
+        if msg.kind == Kind::Batch {
+            return jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                "JSON-RPC batches are not supported yet",
+            );
+        }
+
+        let (session, created) = if headers.contains_key(MCP_SESSION_ID) {
+            match self.session(caller, &headers) {
+                Ok(s) => (s, false),
+                Err(r) => return r,
+            }
+        } else if msg.kind == Kind::Request && msg.method.as_deref() == Some("initialize") {
+            match self.create(caller) {
+                Ok(s) => (s, true),
+                Err(r) => return r,
+            }
+        } else {
+            return jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                "no session: send initialize first, then use its Mcp-Session-Id",
+            );
+        };
+
+        if msg.kind != Kind::Request {
+            return match session.send(&msg, None).await {
+                Ok(()) => StatusCode::ACCEPTED.into_response(),
+                Err(why) => jsonrpc_error(StatusCode::NOT_FOUND, why),
+            };
+        }
+
+        let id = msg.id.clone().unwrap_or_default();
+        let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+        if let Err(why) = session.send(&msg, Some(tx)).await {
+            return jsonrpc_error(StatusCode::BAD_GATEWAY, why);
+        }
+        let mut resp = if wants_sse && !created {
+            self.sse(rx)
+        } else {
+            // initialize is answered as JSON: its answer must carry the session id header,
+            // and nothing else can happen before it.
+            self.json_answer(&session, &id, rx, created).await
+        };
+        if created && let Ok(v) = HeaderValue::from_str(&session.id) {
+            resp.headers_mut().insert(MCP_SESSION_ID, v);
+        }
+        resp
+    }
+
+    fn create(&self, caller: &Caller) -> Result<Arc<Session>, Response> {
+        let mut map = self
+            .sessions
+            .lock()
+            .map_err(|_| jsonrpc_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
+        map.retain(|_, s| !s.is_closed());
+        if map.len() >= self.max_sessions {
+            return Err(jsonrpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many MCP sessions; try again later",
+            ));
+        }
+        let id = tokens::generate_id();
+        let session = Session::start(id.clone(), caller.subject().to_string(), &self.spec).map_err(|e| {
+            tracing::error!(error = %e, program = %self.spec.program, "the MCP server could not be started");
+            jsonrpc_error(StatusCode::BAD_GATEWAY, "the MCP server could not be started")
+        })?;
+        map.insert(id, session.clone());
+        Ok(session)
+    }
+
+    /// Waits for the response; anything else the child says meanwhile goes to the GET stream.
+    async fn json_answer(
+        &self,
+        session: &Session,
+        id: &str,
+        mut rx: mpsc::Receiver<Bytes>,
+        initialize: bool,
+    ) -> Response {
+        while let Some(raw) = rx.recv().await {
+            let Some(m) = Message::parse(raw.clone()) else {
+                continue;
+            };
+            if m.kind == Kind::Response && m.id.as_deref() == Some(id) {
+                if initialize {
+                    let version = serde_json::from_slice::<Value>(&raw).ok().and_then(|v| {
+                        v.pointer("/result/protocolVersion")
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
+                    });
+                    if let Ok(mut pv) = session.protocol_version.lock() {
+                        *pv = version;
+                    }
+                }
+                let mut r = Response::new(Body::from(raw));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                return r;
+            }
+            session.to_get_stream(raw);
+        }
+        jsonrpc_error(
+            StatusCode::BAD_GATEWAY,
+            "the MCP server ended without answering",
+        )
+    }
+
+    /// An SSE response fed by `rx`; it ends when the sender side is dropped.
+    fn sse(&self, rx: mpsc::Receiver<Bytes>) -> Response {
+        let first = self.next_event.fetch_add(1 << 20, Ordering::Relaxed);
+        let messages =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+            );
+        let events = messages.enumerate().map(move |(i, raw)| {
+            let mut ev = Vec::with_capacity(raw.len() + 48);
+            ev.extend_from_slice(
+                format!("id: {}\nevent: message\ndata: ", first + i as u64).as_bytes(),
+            );
+            ev.extend_from_slice(&raw);
+            ev.extend_from_slice(b"\n\n");
+            Ok::<_, std::convert::Infallible>(Bytes::from(ev))
+        });
+        let mut r = Response::new(Body::from_stream(events));
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        r
+    }
+
+    fn get(&self, caller: &Caller, headers: &HeaderMap) -> Response {
+        if !accepts_sse(headers) {
+            return jsonrpc_error(
+                StatusCode::NOT_ACCEPTABLE,
+                "GET needs Accept: text/event-stream",
+            );
+        }
+        let session = match self.session(caller, headers) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+        session.open_get_stream(tx);
+        self.sse(rx)
+    }
+
+    fn delete(&self, caller: &Caller, headers: &HeaderMap) -> Response {
+        let session = match self.session(caller, headers) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        session.close("the session was ended by the client");
+        if let Ok(mut m) = self.sessions.lock() {
+            m.remove(&session.id);
+        }
+        StatusCode::NO_CONTENT.into_response()
+    }
+}
+
+fn parse_error() -> Response {
+    let body = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error: the body is not a JSON-RPC 2.0 message"}}"#;
+    let mut r = (StatusCode::BAD_REQUEST, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}

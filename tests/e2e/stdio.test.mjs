@@ -1,0 +1,101 @@
+// The stdio bridge, end to end: the TypeScript SDK client signs in through our OAuth flow
+// and talks to @modelcontextprotocol/server-everything running as a stdio child of the proxy.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { CreateMessageRequestSchema } from '@modelcontextprotocol/sdk/types.js';
+
+import { Browser, everythingStdio, startProxy } from './harness.mjs';
+import { TestProvider, connect } from './sdk-client.mjs';
+
+const SECRET = 'stdio-e2e-secret-password';
+let proxy;
+
+before(async () => {
+  proxy = await startProxy({ command: everythingStdio(), password: SECRET, env: { PASSWORD: SECRET, API_KEY: 'for-the-server' } });
+});
+
+after(async () => {
+  await proxy?.stop();
+});
+
+/** Sorts object keys recursively, so two JSON documents compare by content. */
+function canonical(v) {
+  if (Array.isArray(v)) return v.map(canonical);
+  if (v && typeof v === 'object') return Object.fromEntries(Object.keys(v).sort().map((k) => [k, canonical(v[k])]));
+  return v;
+}
+
+async function signedIn(capabilities = {}) {
+  const provider = new TestProvider(new Browser(), { password: SECRET });
+  return connect(proxy.resource, provider, capabilities);
+}
+
+test('tools/list through the bridge is what the server says over plain stdio', async () => {
+  const direct = new Client({ name: 'direct', version: '1.0.0' });
+  const [command, ...args] = everythingStdio();
+  await direct.connect(new StdioClientTransport({ command, args, stderr: 'ignore' }));
+  const expected = await direct.listTools();
+  await direct.close();
+
+  const client = await signedIn();
+  const got = await client.listTools();
+  assert.deepEqual(canonical(got), canonical(expected));
+  const r = await client.callTool({ name: 'echo', arguments: { message: 'over stdio' } });
+  assert.match(r.content[0].text, /over stdio/);
+  await client.close();
+});
+
+test('progress notifications arrive while a long tool runs', async () => {
+  const client = await signedIn();
+  const progress = [];
+  const r = await client.callTool(
+    { name: 'trigger-long-running-operation', arguments: { duration: 1, steps: 3 } },
+    undefined,
+    { onprogress: (p) => progress.push(p) },
+  );
+  assert.ok(progress.length >= 2, `progress: ${JSON.stringify(progress)}`);
+  assert.match(JSON.stringify(r.content), /completed/i);
+  await client.close();
+});
+
+test('a sampling request from the server is answered by the client', async () => {
+  const client = await signedIn({ sampling: {} });
+  let asked = 0;
+  client.setRequestHandler(CreateMessageRequestSchema, async () => {
+    asked += 1;
+    return { model: 'test-model', role: 'assistant', content: { type: 'text', text: 'sampled answer' } };
+  });
+  const r = await client.callTool({ name: 'trigger-sampling-request', arguments: { prompt: 'hi', maxTokens: 10 } });
+  assert.equal(asked, 1);
+  assert.match(JSON.stringify(r.content), /sampled answer/);
+  await client.close();
+});
+
+test('two sessions run side by side, each with its own child', async () => {
+  const [a, b] = await Promise.all([signedIn(), signedIn()]);
+  const [ra, rb] = await Promise.all([
+    a.callTool({ name: 'echo', arguments: { message: 'from a' } }),
+    b.callTool({ name: 'echo', arguments: { message: 'from b' } }),
+  ]);
+  assert.match(ra.content[0].text, /from a/);
+  assert.match(rb.content[0].text, /from b/);
+  await a.close();
+  // b is unaffected by a's end.
+  const again = await b.callTool({ name: 'echo', arguments: { message: 'still here' } });
+  assert.match(again.content[0].text, /still here/);
+  await b.close();
+});
+
+test('the child sees its own variables but none of the proxy secrets', async () => {
+  const client = await signedIn();
+  const r = await client.callTool({ name: 'get-env', arguments: {} });
+  const text = JSON.stringify(r.content);
+  assert.match(text, /for-the-server/, 'variables meant for the server arrive');
+  assert.doesNotMatch(text, new RegExp(SECRET), 'the proxy password never does');
+  assert.doesNotMatch(text, /"PASSWORD"|PASSWORD=/);
+  await client.close();
+});
