@@ -8,4 +8,5 @@ mod gate;
 mod helpers;
 mod oauth;
 mod proxy;
+mod stdio;
 mod store;

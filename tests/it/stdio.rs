@@ -1,0 +1,167 @@
+//! The stdio bridge against a child that misbehaves on purpose
+//! (`tests/fixtures/misbehaving-server.mjs`, run with node).
+
+use futures_util::StreamExt;
+use reqwest::{StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestProxy, client, start_proxy, token_for};
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/misbehaving-server.mjs");
+
+async fn bridge() -> TestProxy {
+    start_proxy(&["--max-sessions", "3", "--", "node", FIXTURE]).await
+}
+
+fn init_body(id: u64) -> String {
+    json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}).to_string()
+}
+
+/// Creates a session; returns its id.
+async fn initialize(p: &TestProxy, token: &str) -> String {
+    let resp = client()
+        .post(p.url("/mcp"))
+        .bearer_auth(token)
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(init_body(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let sid = resp.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["result"]["serverInfo"]["name"], "misbehaving", "answered despite the garbage before it");
+    sid
+}
+
+/// POSTs a tools/call and returns the SSE events' data.
+async fn call(p: &TestProxy, token: &str, sid: &str, id: u64, tool: &str) -> (StatusCode, Vec<Value>) {
+    let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":{"n":id},"_meta":{"progressToken":format!("p{id}")}}});
+    let resp = client()
+        .post(p.url("/mcp"))
+        .bearer_auth(token)
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-06-18")
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    if status != StatusCode::OK {
+        return (status, vec![]);
+    }
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut text = String::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = tokio::time::timeout(std::time::Duration::from_secs(20), stream.next()).await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    let events = text
+        .split("\n\n")
+        .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    (status, events)
+}
+
+#[tokio::test]
+async fn garbage_huge_lines_and_big_answers_do_not_break_the_session() {
+    let p = bridge().await;
+    let t = token_for(&p, "password:alice").await;
+    let sid = initialize(&p, &t).await;
+    let (status, events) = call(&p, &t, &sid, 2, "echo").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["id"], 2);
+    assert_eq!(events[0]["result"]["content"][0]["text"], "echo:{\"n\":2}");
+
+    let (_, events) = call(&p, &t, &sid, 3, "big").await;
+    assert_eq!(events[0]["result"]["content"][0]["text"].as_str().unwrap().len(), 1024 * 1024);
+
+    // Notifications about a request ride on its stream, before its answer.
+    let (_, events) = call(&p, &t, &sid, 4, "notify").await;
+    let methods: Vec<&str> = events.iter().map(|e| e["method"].as_str().unwrap_or("response")).collect();
+    assert_eq!(methods, vec!["notifications/message", "notifications/progress", "response"]);
+    assert_eq!(events[1]["params"]["progressToken"], "p4");
+}
+
+#[tokio::test]
+async fn a_crashing_child_fails_its_requests_at_once_and_the_next_session_works() {
+    let p = bridge().await;
+    let t = token_for(&p, "password:alice").await;
+    let sid = initialize(&p, &t).await;
+    let started = std::time::Instant::now();
+    let (status, events) = call(&p, &t, &sid, 5, "crash").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["id"], 5);
+    assert_eq!(events[0]["error"]["code"], -32000);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // The dead session is gone; a new one starts a fresh child.
+    let (status, _) = call(&p, &t, &sid, 6, "echo").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let sid2 = initialize(&p, &t).await;
+    let (_, events) = call(&p, &t, &sid2, 7, "echo").await;
+    assert_eq!(events[0]["id"], 7);
+}
+
+#[tokio::test]
+async fn sessions_are_checked_owned_and_limited() {
+    let p = bridge().await;
+    let alice = token_for(&p, "password:alice").await;
+    let bob = token_for(&p, "password:bob").await;
+    let c = client();
+    let sid = initialize(&p, &alice).await;
+
+    // Without a session id only initialize is accepted.
+    let ping = json!({"jsonrpc":"2.0","id":9,"method":"ping"}).to_string();
+    let resp = c.post(p.url("/mcp")).bearer_auth(&alice).body(ping.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // Another user's token on this session: 404, as for an unknown one.
+    let (status, _) = call(&p, &bob, &sid, 10, "echo").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(&p, &alice, "no-such-session", 11, "echo").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Unsupported protocol version: 400. Not JSON: a JSON-RPC parse error.
+    let resp = c
+        .post(p.url("/mcp"))
+        .bearer_auth(&alice)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "1999-01-01")
+        .body(ping.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = c.post(p.url("/mcp")).bearer_auth(&alice).header("mcp-session-id", &sid).body("{oops").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32700);
+    // Notifications are accepted with 202.
+    let note = json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string();
+    let resp = c.post(p.url("/mcp")).bearer_auth(&alice).header("mcp-session-id", &sid).body(note).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    // GET needs SSE; DELETE ends the session for good.
+    let resp = c.get(p.url("/mcp")).bearer_auth(&alice).header("mcp-session-id", &sid).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_ACCEPTABLE);
+    let resp = c.delete(p.url("/mcp")).bearer_auth(&bob).header("mcp-session-id", &sid).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = c.delete(p.url("/mcp")).bearer_auth(&alice).header("mcp-session-id", &sid).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let (status, _) = call(&p, &alice, &sid, 12, "echo").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // --max-sessions 3: the fourth live session is refused.
+    let _s = [initialize(&p, &alice).await, initialize(&p, &alice).await, initialize(&p, &alice).await];
+    let resp = c
+        .post(p.url("/mcp"))
+        .bearer_auth(&alice)
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .body(init_body(99))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
