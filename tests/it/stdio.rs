@@ -7,7 +7,10 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestProxy, client, start_proxy, token_for};
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/misbehaving-server.mjs");
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/misbehaving-server.mjs"
+);
 
 async fn bridge() -> TestProxy {
     start_proxy(&["--max-sessions", "3", "--", "node", FIXTURE]).await
@@ -29,14 +32,26 @@ async fn initialize(p: &TestProxy, token: &str) -> String {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let sid = resp.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["result"]["serverInfo"]["name"], "misbehaving", "answered despite the garbage before it");
+    assert_eq!(
+        body["result"]["serverInfo"]["name"], "misbehaving",
+        "answered despite the garbage before it"
+    );
     sid
 }
 
 /// POSTs a tools/call and returns the SSE events' data.
-async fn call(p: &TestProxy, token: &str, sid: &str, id: u64, tool: &str) -> (StatusCode, Vec<Value>) {
+async fn call(
+    p: &TestProxy,
+    token: &str,
+    sid: &str,
+    id: u64,
+    tool: &str,
+) -> (StatusCode, Vec<Value>) {
     let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":{"n":id},"_meta":{"progressToken":format!("p{id}")}}});
     let resp = client()
         .post(p.url("/mcp"))
@@ -55,7 +70,10 @@ async fn call(p: &TestProxy, token: &str, sid: &str, id: u64, tool: &str) -> (St
     assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
     let mut text = String::new();
     let mut stream = resp.bytes_stream();
-    while let Some(chunk) = tokio::time::timeout(std::time::Duration::from_secs(20), stream.next()).await.unwrap() {
+    while let Some(chunk) = tokio::time::timeout(std::time::Duration::from_secs(20), stream.next())
+        .await
+        .unwrap()
+    {
         text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
     }
     let events = text
@@ -78,12 +96,28 @@ async fn garbage_huge_lines_and_big_answers_do_not_break_the_session() {
     assert_eq!(events[0]["result"]["content"][0]["text"], "echo:{\"n\":2}");
 
     let (_, events) = call(&p, &t, &sid, 3, "big").await;
-    assert_eq!(events[0]["result"]["content"][0]["text"].as_str().unwrap().len(), 1024 * 1024);
+    assert_eq!(
+        events[0]["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .len(),
+        1024 * 1024
+    );
 
     // Notifications about a request ride on its stream, before its answer.
     let (_, events) = call(&p, &t, &sid, 4, "notify").await;
-    let methods: Vec<&str> = events.iter().map(|e| e["method"].as_str().unwrap_or("response")).collect();
-    assert_eq!(methods, vec!["notifications/message", "notifications/progress", "response"]);
+    let methods: Vec<&str> = events
+        .iter()
+        .map(|e| e["method"].as_str().unwrap_or("response"))
+        .collect();
+    assert_eq!(
+        methods,
+        vec![
+            "notifications/message",
+            "notifications/progress",
+            "response"
+        ]
+    );
     assert_eq!(events[1]["params"]["progressToken"], "p4");
 }
 
@@ -117,7 +151,13 @@ async fn sessions_are_checked_owned_and_limited() {
 
     // Without a session id only initialize is accepted.
     let ping = json!({"jsonrpc":"2.0","id":9,"method":"ping"}).to_string();
-    let resp = c.post(p.url("/mcp")).bearer_auth(&alice).body(ping.clone()).send().await.unwrap();
+    let resp = c
+        .post(p.url("/mcp"))
+        .bearer_auth(&alice)
+        .body(ping.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     // Another user's token on this session: 404, as for an unknown one.
     let (status, _) = call(&p, &bob, &sid, 10, "echo").await;
@@ -135,26 +175,62 @@ async fn sessions_are_checked_owned_and_limited() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let resp = c.post(p.url("/mcp")).bearer_auth(&alice).header("mcp-session-id", &sid).body("{oops").send().await.unwrap();
+    let resp = c
+        .post(p.url("/mcp"))
+        .bearer_auth(&alice)
+        .header("mcp-session-id", &sid)
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], -32700);
     // Notifications are accepted with 202.
     let note = json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string();
-    let resp = c.post(p.url("/mcp")).bearer_auth(&alice).header("mcp-session-id", &sid).body(note).send().await.unwrap();
+    let resp = c
+        .post(p.url("/mcp"))
+        .bearer_auth(&alice)
+        .header("mcp-session-id", &sid)
+        .body(note)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     // GET needs SSE; DELETE ends the session for good.
-    let resp = c.get(p.url("/mcp")).bearer_auth(&alice).header("mcp-session-id", &sid).send().await.unwrap();
+    let resp = c
+        .get(p.url("/mcp"))
+        .bearer_auth(&alice)
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_ACCEPTABLE);
-    let resp = c.delete(p.url("/mcp")).bearer_auth(&bob).header("mcp-session-id", &sid).send().await.unwrap();
+    let resp = c
+        .delete(p.url("/mcp"))
+        .bearer_auth(&bob)
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-    let resp = c.delete(p.url("/mcp")).bearer_auth(&alice).header("mcp-session-id", &sid).send().await.unwrap();
+    let resp = c
+        .delete(p.url("/mcp"))
+        .bearer_auth(&alice)
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let (status, _) = call(&p, &alice, &sid, 12, "echo").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // --max-sessions 3: the fourth live session is refused.
-    let _s = [initialize(&p, &alice).await, initialize(&p, &alice).await, initialize(&p, &alice).await];
+    let _s = [
+        initialize(&p, &alice).await,
+        initialize(&p, &alice).await,
+        initialize(&p, &alice).await,
+    ];
     let resp = c
         .post(p.url("/mcp"))
         .bearer_auth(&alice)
@@ -164,4 +240,37 @@ async fn sessions_are_checked_owned_and_limited() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn ending_a_session_stops_the_child_and_what_it_started() {
+    let p = bridge().await;
+    let t = token_for(&p, "password:alice").await;
+    let sid = initialize(&p, &t).await;
+    let (_, events) = call(&p, &t, &sid, 2, "grandchild").await;
+    let pid: u32 = events[0]["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let alive = |pid: u32| {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+    };
+    assert!(alive(pid), "the grandchild runs");
+    let resp = client()
+        .delete(p.url("/mcp"))
+        .bearer_auth(&t)
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    while alive(pid) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!alive(pid), "the grandchild was stopped with the session");
 }

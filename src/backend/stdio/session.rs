@@ -108,10 +108,7 @@ impl Session {
             loop {
                 let line = tokio::select! {
                     line = lines.next() => line,
-                    _ = &mut kill_rx => {
-                        let _ = child.start_kill();
-                        break;
-                    }
+                    _ = &mut kill_rx => break,
                 };
                 let Some(line) = line else { break };
                 match line {
@@ -128,7 +125,7 @@ impl Session {
                     }
                 }
             }
-            let status = child.wait().await;
+            let status = stop(&mut child).await;
             let _ = stderr_task.await;
             reader.close("the MCP server exited");
             match status {
@@ -254,6 +251,39 @@ impl Session {
             let _ = tx.send(m.raw).await;
         }
     }
+}
+
+/// How long a child (and what it started) gets between SIGTERM and SIGKILL.
+const KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Stops the child and everything it started (its process group: `npx` runs the server as
+/// a grandchild): SIGTERM, then SIGKILL after [`KILL_GRACE`]. Returns the child's status.
+async fn stop(child: &mut tokio::process::Child) -> std::io::Result<std::process::ExitStatus> {
+    let group = child
+        .id()
+        .and_then(|id| rustix::process::Pid::from_raw(id as i32));
+    let signal_group = |sig| {
+        if let Some(pgid) = group {
+            // The group may be gone already; that is the goal.
+            let _ = rustix::process::kill_process_group(pgid, sig);
+        }
+    };
+    if let Ok(Some(status)) = child.try_wait() {
+        // The child is gone; make sure nothing it started outlives it.
+        signal_group(rustix::process::Signal::KILL);
+        return Ok(status);
+    }
+    signal_group(rustix::process::Signal::TERM);
+    let status = match tokio::time::timeout(KILL_GRACE, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            signal_group(rustix::process::Signal::KILL);
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    };
+    signal_group(rustix::process::Signal::KILL);
+    status
 }
 
 fn is_broadcast(method: Option<&str>) -> bool {
