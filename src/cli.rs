@@ -163,6 +163,10 @@ pub struct Cli {
     #[arg(long, env = "MAX_SESSIONS", default_value_t = 100)]
     pub max_sessions: usize,
 
+    /// An MCP session nobody used for this long (and with no open stream) is ended.
+    #[arg(long, env = "SESSION_IDLE_TIMEOUT", default_value = "30m")]
+    pub session_idle_timeout: String,
+
     /// The backend: an http(s) URL, or a stdio command and its arguments after `--`.
     #[arg(env = "MCP_SERVER_URL", num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
     pub backend: Vec<String>,

@@ -200,6 +200,7 @@ pub struct StdioOptions {
     pub pass_env: Vec<String>,
     pub clean_env: bool,
     pub max_sessions: usize,
+    pub idle_timeout: Duration,
 }
 
 /// How requests are sent to an HTTP upstream.
@@ -494,6 +495,7 @@ fn stdio_options(cli: &Cli) -> Result<StdioOptions, ConfigError> {
             .collect(),
         clean_env: cli.stdio_clean_env,
         max_sessions: cli.max_sessions,
+        idle_timeout: parse_duration("--session-idle-timeout", &cli.session_idle_timeout)?,
     })
 }
 

@@ -164,7 +164,11 @@ pub async fn prepare(
             if !withheld.is_empty() {
                 tracing::info!(withheld = ?withheld, "the stdio server does not see these variables of the proxy");
             }
-            Some(StdioBackend::new(spec, config.stdio.max_sessions))
+            Some(StdioBackend::new(
+                spec,
+                config.stdio.max_sessions,
+                config.stdio.idle_timeout,
+            ))
         }
         _ => None,
     };
@@ -249,7 +253,11 @@ pub async fn serve(
     } = prepared;
     let repo = state.repo.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let sweeper = tokio::spawn(sweep_loop(repo.clone(), stop_rx));
+    let sweeper = tokio::spawn(sweep_loop(repo.clone(), stop_rx.clone()));
+    let reaper = state
+        .stdio_backend
+        .is_some()
+        .then(|| tokio::spawn(reap_loop(state.clone(), stop_rx)));
 
     let state_for_shutdown = state.clone();
     let app = server::router(state);
@@ -285,10 +293,13 @@ pub async fn serve(
         }
     };
     if let Some(stdio) = &state_for_shutdown.stdio_backend {
-        stdio.close_all();
+        stdio.shutdown().await;
     }
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
+    if let Some(r) = reaper {
+        let _ = r.await;
+    }
     if let Err(e) = repo.flush().await {
         tracing::error!(error = %e, "final store flush failed");
     }
@@ -302,6 +313,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     serve(prepare(config, secrets, Clock::system()).await?, shutdown).await
+}
+
+/// Ends idle stdio sessions until told to stop.
+async fn reap_loop(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Some(stdio) = &state.stdio_backend else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(stdio.reap_interval()) => {}
+            _ = stop.changed() => return,
+        }
+        stdio.reap_idle();
+    }
 }
 
 /// Deletes expired records every [`SWEEP_INTERVAL`] until told to stop.

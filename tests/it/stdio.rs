@@ -274,3 +274,81 @@ async fn ending_a_session_stops_the_child_and_what_it_started() {
     }
     assert!(!alive(pid), "the grandchild was stopped with the session");
 }
+
+#[tokio::test]
+async fn idle_sessions_end_and_their_children_stop() {
+    let p = start_proxy(&["--session-idle-timeout", "1s", "--", "node", FIXTURE]).await;
+    let t = token_for(&p, "password:alice").await;
+    let sid = initialize(&p, &t).await;
+    let (status, _) = call(&p, &t, &sid, 2, "echo").await;
+    assert_eq!(status, StatusCode::OK, "in use, not idle");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (status, _) = call(&p, &t, &sid, 3, "echo").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "ended after a second of silence"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_every_child_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let port = crate::helpers::dead_port().await;
+    let origin = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let bin = crate::helpers::Binary::start(
+        &[
+            "--listen",
+            &listen,
+            "--external-url",
+            &origin,
+            "--data-path",
+            &data,
+            "--",
+            "node",
+            FIXTURE,
+        ],
+        &[],
+    )
+    .await;
+    let t = bin.target(&origin);
+    let oc = crate::flow::OAuthClient::public(&t).await;
+    let tok = oc.sign_in(&t, &crate::flow::Browser::new()).await;
+    let access = tok["access_token"].as_str().unwrap();
+    let post = |body: String, sid: Option<String>| {
+        let mut r = client()
+            .post(t.url("/mcp"))
+            .bearer_auth(access)
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .body(body);
+        if let Some(s) = sid {
+            r = r.header("mcp-session-id", s);
+        }
+        r.send()
+    };
+    let resp = post(init_body(1), None).await.unwrap();
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let call = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"grandchild"}})
+        .to_string();
+    let text = post(call, Some(sid)).await.unwrap().text().await.unwrap();
+    let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+    let v: Value = serde_json::from_str(data).unwrap();
+    let pid: u32 = v["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let code = bin.terminate(std::time::Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0));
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z "),
+        "the grandchild is gone: {stat}"
+    );
+}

@@ -40,6 +40,7 @@ const STREAM_QUEUE: usize = 64;
 pub struct StdioBackend {
     spec: ChildSpec,
     max_sessions: usize,
+    idle_timeout: std::time::Duration,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     /// SSE event ids, unique per process (so unique per session).
     next_event: AtomicU64,
@@ -54,10 +55,11 @@ fn accepts_sse(headers: &HeaderMap) -> bool {
 }
 
 impl StdioBackend {
-    pub fn new(spec: ChildSpec, max_sessions: usize) -> Self {
+    pub fn new(spec: ChildSpec, max_sessions: usize, idle_timeout: std::time::Duration) -> Self {
         Self {
             spec,
             max_sessions,
+            idle_timeout,
             sessions: Mutex::new(HashMap::new()),
             next_event: AtomicU64::new(1),
         }
@@ -71,12 +73,45 @@ impl StdioBackend {
             .unwrap_or(0)
     }
 
-    /// Ends every session (shutdown).
-    pub fn close_all(&self) {
-        if let Ok(mut m) = self.sessions.lock() {
-            for (_, s) in m.drain() {
-                s.close("the proxy is shutting down");
+    /// Ends sessions nobody used for the idle timeout; returns how many.
+    pub fn reap_idle(&self) -> usize {
+        let Ok(mut m) = self.sessions.lock() else {
+            return 0;
+        };
+        let before = m.len();
+        m.retain(|_, s| {
+            if s.is_closed() {
+                return false;
             }
+            if s.is_idle(self.idle_timeout) {
+                tracing::info!(session = %s.id, "ending an idle MCP session");
+                s.close("the session was idle too long");
+                return false;
+            }
+            true
+        });
+        before - m.len()
+    }
+
+    /// How often idle sessions are looked for.
+    pub fn reap_interval(&self) -> std::time::Duration {
+        (self.idle_timeout / 4).clamp(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(60),
+        )
+    }
+
+    /// Ends every session and waits until their children are stopped (shutdown).
+    pub async fn shutdown(&self) {
+        let sessions: Vec<Arc<Session>> = match self.sessions.lock() {
+            Ok(mut m) => m.drain().map(|(_, s)| s).collect(),
+            Err(_) => return,
+        };
+        for s in &sessions {
+            s.close("the proxy is shutting down");
+        }
+        for s in &sessions {
+            s.wait_stopped().await;
         }
     }
 

@@ -59,6 +59,10 @@ pub struct Session {
     closed: AtomicBool,
     /// The negotiated protocol version, once `initialize` was answered.
     pub protocol_version: Mutex<Option<String>>,
+    /// When a client last sent something.
+    last_used: Mutex<tokio::time::Instant>,
+    /// Becomes true once the child has been stopped and reaped.
+    stopped: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The JSON-RPC error a waiting request gets when the child is gone.
@@ -78,6 +82,7 @@ impl Session {
         }
         let (stdin_tx, mut stdin_rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
         let (kill_tx, mut kill_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
         let session = Arc::new(Session {
             id: id.clone(),
             owner,
@@ -86,6 +91,8 @@ impl Session {
             routes: Mutex::new(Routes::default()),
             closed: AtomicBool::new(false),
             protocol_version: Mutex::new(None),
+            last_used: Mutex::new(tokio::time::Instant::now()),
+            stopped: stopped_rx,
         });
         let (Some(mut stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -128,6 +135,7 @@ impl Session {
             let status = stop(&mut child).await;
             let _ = stderr_task.await;
             reader.close("the MCP server exited");
+            let _ = stopped_tx.send(true);
             match status {
                 Ok(s) => tracing::warn!(
                     session = %reader.id, status = %s, last_stderr = ?tail.lines(),
@@ -139,6 +147,37 @@ impl Session {
             }
         });
         Ok(session)
+    }
+
+    /// Notes that the client used the session now.
+    pub fn touch(&self) {
+        if let Ok(mut t) = self.last_used.lock() {
+            *t = tokio::time::Instant::now();
+        }
+    }
+
+    /// Whether nobody used the session for `timeout` and no stream of it is open.
+    pub fn is_idle(&self, timeout: std::time::Duration) -> bool {
+        let quiet = self
+            .last_used
+            .lock()
+            .map(|t| t.elapsed() >= timeout)
+            .unwrap_or(true);
+        let streaming = self
+            .routes
+            .lock()
+            .map(|r| {
+                r.get_stream.as_ref().is_some_and(|tx| !tx.is_closed())
+                    || r.pending.iter().any(|(_, tx)| !tx.is_closed())
+            })
+            .unwrap_or(false);
+        quiet && !streaming
+    }
+
+    /// Waits until the child has been stopped and reaped.
+    pub async fn wait_stopped(&self) {
+        let mut rx = self.stopped.clone();
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     /// Whether the child is gone or the session was ended.
