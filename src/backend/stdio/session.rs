@@ -211,10 +211,7 @@ impl Session {
         if let (Kind::Request, Some(id), Some(tx)) = (msg.kind, &msg.id, stream) {
             let token = progress_token(&msg.raw);
             if let Ok(mut r) = self.routes.lock() {
-                r.pending.push((id.clone(), tx));
-                if let Some(t) = token {
-                    r.progress.insert(t, id.clone());
-                }
+                r.register(id, tx, token);
             }
         }
         self.stdin
@@ -252,43 +249,72 @@ impl Session {
     }
 
     async fn route(&self, m: Message) {
-        let target = {
-            let Ok(mut r) = self.routes.lock() else {
-                return;
-            };
-            r.pending.retain(|(_, tx)| !tx.is_closed());
-            match m.kind {
-                Kind::Response => {
-                    let id = m.id.clone().unwrap_or_default();
-                    let pos = r.pending.iter().position(|(p, _)| *p == id);
-                    let tx = pos.map(|i| r.pending.remove(i).1);
-                    r.progress.retain(|_, req| *req != id);
-                    if tx.is_none() {
-                        tracing::debug!(session = %self.id, "a response for no waiting request; dropped");
-                    }
-                    tx
-                }
-                Kind::Notification if is_broadcast(m.method.as_deref()) => r.get_stream.clone(),
-                Kind::Notification if m.method.as_deref() == Some("notifications/progress") => progress_token_of_params(&m.raw)
-                    .and_then(|t| r.progress.get(&t).cloned())
-                    .and_then(|req| r.pending.iter().find(|(p, _)| *p == req).map(|(_, tx)| tx.clone()))
-                    .or_else(|| r.get_stream.clone()),
-                _ => r.pending.last().map(|(_, tx)| tx.clone()).or_else(|| r.get_stream.clone()),
-            }
-            .or_else(|| {
-                if m.kind != Kind::Response {
-                    if r.backlog.len() == BACKLOG {
-                        r.backlog.pop_front();
-                    }
-                    r.backlog.push_back(m.raw.clone());
-                }
-                None
-            })
+        let target = match self.routes.lock() {
+            Ok(mut r) => r.target(&m),
+            Err(_) => return,
         };
-        if let Some(tx) = target {
+        match target {
             // Backpressure: a slow HTTP client slows the child, it does not grow memory.
-            let _ = tx.send(m.raw).await;
+            Some(tx) => {
+                let _ = tx.send(m.raw).await;
+            }
+            None if m.kind == Kind::Response => {
+                tracing::debug!(session = %self.id, "a response for no waiting request; dropped");
+            }
+            None => {}
         }
+    }
+}
+
+impl Routes {
+    /// Registers a client request waiting on `tx`, and its progress token.
+    fn register(&mut self, id: &str, tx: StreamTx, progress_token: Option<String>) {
+        self.pending.push((id.to_string(), tx));
+        if let Some(t) = progress_token {
+            self.progress.insert(t, id.to_string());
+        }
+    }
+
+    /// The stream a message from the child goes to (see the module header); `None` when
+    /// it went to the backlog (or, for a response, nowhere).
+    fn target(&mut self, m: &Message) -> Option<StreamTx> {
+        self.pending.retain(|(_, tx)| !tx.is_closed());
+        let target = match m.kind {
+            Kind::Response => {
+                let id = m.id.clone().unwrap_or_default();
+                let pos = self.pending.iter().position(|(p, _)| *p == id);
+                self.progress.retain(|_, req| *req != id);
+                return pos.map(|i| self.pending.remove(i).1);
+            }
+            Kind::Notification if is_broadcast(m.method.as_deref()) => self.open_get_stream(),
+            Kind::Notification if m.method.as_deref() == Some("notifications/progress") => {
+                progress_token_of_params(&m.raw)
+                    .and_then(|t| self.progress.get(&t).cloned())
+                    .and_then(|req| {
+                        self.pending
+                            .iter()
+                            .find(|(p, _)| *p == req)
+                            .map(|(_, tx)| tx.clone())
+                    })
+                    .or_else(|| self.open_get_stream())
+            }
+            _ => self
+                .pending
+                .last()
+                .map(|(_, tx)| tx.clone())
+                .or_else(|| self.open_get_stream()),
+        };
+        if target.is_none() {
+            if self.backlog.len() == BACKLOG {
+                self.backlog.pop_front();
+            }
+            self.backlog.push_back(m.raw.clone());
+        }
+        target
+    }
+
+    fn open_get_stream(&self) -> Option<StreamTx> {
+        self.get_stream.clone().filter(|tx| !tx.is_closed())
     }
 }
 
@@ -340,4 +366,111 @@ fn progress_token(raw: &[u8]) -> Option<String> {
 fn progress_token_of_params(raw: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(raw).ok()?;
     v.pointer("/params/progressToken").map(Value::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(json: &str) -> Message {
+        Message::parse(Bytes::from(json.to_string())).unwrap()
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Bytes>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(b) = rx.try_recv() {
+            out.push(String::from_utf8_lossy(&b).into_owned());
+        }
+        out
+    }
+
+    /// Routes a message the way the reader task does, delivering with try_send.
+    fn deliver(r: &mut Routes, json: &str) {
+        let m = msg(json);
+        if let Some(tx) = r.target(&m) {
+            tx.try_send(m.raw).unwrap();
+        }
+    }
+
+    #[test]
+    fn every_message_goes_to_exactly_one_stream() {
+        let mut r = Routes::default();
+        let (get_tx, mut get_rx) = mpsc::channel(16);
+        let (a_tx, mut a_rx) = mpsc::channel(16);
+        let (b_tx, mut b_rx) = mpsc::channel(16);
+        r.register("1", a_tx, Some("\"tok-a\"".into()));
+        r.register("\"b\"", b_tx, None);
+        r.get_stream = Some(get_tx);
+
+        deliver(
+            &mut r,
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"tok-a","progress":1}}"#,
+        );
+        deliver(
+            &mut r,
+            r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#,
+        );
+        deliver(
+            &mut r,
+            r#"{"jsonrpc":"2.0","id":7,"method":"sampling/createMessage","params":{}}"#,
+        );
+        deliver(&mut r, r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        deliver(&mut r, r#"{"jsonrpc":"2.0","id":"b","result":{}}"#);
+        deliver(&mut r, r#"{"jsonrpc":"2.0","id":99,"result":{}}"#);
+        deliver(
+            &mut r,
+            r#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#,
+        );
+
+        let a = drain(&mut a_rx);
+        assert_eq!(a.len(), 2, "{a:?}");
+        assert!(a[0].contains("tok-a") && a[1].contains(r#""id":1"#));
+        let b = drain(&mut b_rx);
+        assert_eq!(b.len(), 2, "{b:?}");
+        assert!(
+            b[0].contains("sampling/createMessage"),
+            "server requests go to the newest waiting request"
+        );
+        assert!(b[1].contains(r#""id":"b""#));
+        let get = drain(&mut get_rx);
+        assert_eq!(get.len(), 2, "{get:?}");
+        assert!(get[0].contains("list_changed") && get[1].contains("notifications/message"));
+        assert!(
+            r.pending.is_empty() && r.progress.is_empty(),
+            "answered requests are forgotten"
+        );
+    }
+
+    #[test]
+    fn without_a_stream_messages_wait_in_a_bounded_backlog() {
+        let mut r = Routes::default();
+        for i in 0..(BACKLOG + 5) {
+            deliver(
+                &mut r,
+                &format!(
+                    r#"{{"jsonrpc":"2.0","method":"notifications/message","params":{{"n":{i}}}}}"#
+                ),
+            );
+        }
+        deliver(&mut r, r#"{"jsonrpc":"2.0","id":3,"result":{}}"#);
+        assert_eq!(
+            r.backlog.len(),
+            BACKLOG,
+            "bounded, and responses to nobody are not kept"
+        );
+        assert!(
+            String::from_utf8_lossy(&r.backlog[0]).contains(r#""n":5"#),
+            "the oldest go first"
+        );
+        // A closed GET stream counts as none.
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        r.get_stream = Some(tx);
+        assert!(
+            r.target(&msg(
+                r#"{"jsonrpc":"2.0","method":"notifications/resources/list_changed"}"#
+            ))
+            .is_none()
+        );
+    }
 }
