@@ -352,3 +352,64 @@ async fn sigterm_stops_every_child_and_exits_0() {
         "the grandchild is gone: {stat}"
     );
 }
+
+#[tokio::test]
+async fn batches_only_for_2025_03_26_sessions() {
+    let p = bridge().await;
+    let t = token_for(&p, "password:alice").await;
+    let c = client();
+    let init = |version: &str| {
+        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":version,"capabilities":{},"clientInfo":{"name":"t","version":"1"}}}).to_string()
+    };
+    let batch = json!([
+        {"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"echo","arguments":{"a":1}}},
+        {"jsonrpc":"2.0","method":"notifications/initialized"},
+        {"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"echo","arguments":{"b":2}}}
+    ])
+    .to_string();
+    for (version, expected) in [
+        ("2025-03-26", StatusCode::OK),
+        ("2025-06-18", StatusCode::BAD_REQUEST),
+    ] {
+        let resp = c
+            .post(p.url("/mcp"))
+            .bearer_auth(&t)
+            .header(header::ACCEPT, "application/json")
+            .body(init(version))
+            .send()
+            .await
+            .unwrap();
+        let sid = resp.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let resp = c
+            .post(p.url("/mcp"))
+            .bearer_auth(&t)
+            .header("mcp-session-id", &sid)
+            .header(header::ACCEPT, "application/json")
+            .body(batch.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), expected, "{version}");
+        if expected == StatusCode::OK {
+            let answers: Vec<Value> = resp.json().await.unwrap();
+            let mut ids: Vec<String> = answers.iter().map(|a| a["id"].to_string()).collect();
+            ids.sort();
+            assert_eq!(ids, vec!["\"x\"".to_string(), "10".to_string()]);
+            // A batch with initialize in it is refused.
+            let bad =
+                json!([{"jsonrpc":"2.0","id":2,"method":"initialize","params":{}}]).to_string();
+            let resp = c
+                .post(p.url("/mcp"))
+                .bearer_auth(&t)
+                .header("mcp-session-id", &sid)
+                .body(bad)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        }
+    }
+}

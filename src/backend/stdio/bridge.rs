@@ -176,10 +176,7 @@ impl StdioBackend {
             return parse_error();
         };
         if msg.kind == Kind::Batch {
-            return jsonrpc_error(
-                StatusCode::BAD_REQUEST,
-                "JSON-RPC batches are not supported yet",
-            );
+            return self.batch(caller, &headers, msg, wants_sse).await;
         }
 
         let (session, created) = if headers.contains_key(MCP_SESSION_ID) {
@@ -222,6 +219,109 @@ impl StdioBackend {
             resp.headers_mut().insert(MCP_SESSION_ID, v);
         }
         resp
+    }
+
+    /// A JSON-RPC batch: only clients of protocol 2025-03-26 may send one (later revisions
+    /// removed batching), and never with `initialize`.
+    async fn batch(
+        &self,
+        caller: &Caller,
+        headers: &HeaderMap,
+        batch: Message,
+        wants_sse: bool,
+    ) -> Response {
+        let session = match self.session(caller, headers) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        let version = headers
+            .get("mcp-protocol-version")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| session.protocol_version.lock().ok().and_then(|v| v.clone()))
+            .unwrap_or_else(|| "2025-03-26".to_string());
+        if version != "2025-03-26" {
+            return jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                "JSON-RPC batches are not allowed after protocol 2025-03-26",
+            );
+        }
+        let Ok(items) = serde_json::from_slice::<Vec<Box<serde_json::value::RawValue>>>(&batch.raw)
+        else {
+            return parse_error();
+        };
+        let Some(messages) = items
+            .iter()
+            .map(|i| Message::parse(Bytes::copy_from_slice(i.get().as_bytes())))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                "every batch element must be a JSON-RPC message",
+            );
+        };
+        if messages
+            .iter()
+            .any(|m| m.kind == Kind::Batch || m.method.as_deref() == Some("initialize"))
+        {
+            return jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                "initialize and nested batches cannot be batched",
+            );
+        }
+        let ids: Vec<String> = messages
+            .iter()
+            .filter(|m| m.kind == Kind::Request)
+            .filter_map(|m| m.id.clone())
+            .collect();
+        let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+        for m in &messages {
+            let stream = (m.kind == Kind::Request).then(|| tx.clone());
+            if let Err(why) = session.send(m, stream).await {
+                return jsonrpc_error(StatusCode::BAD_GATEWAY, why);
+            }
+        }
+        drop(tx);
+        if ids.is_empty() {
+            return StatusCode::ACCEPTED.into_response();
+        }
+        if wants_sse {
+            return self.sse(rx);
+        }
+        self.json_batch_answer(&session, ids, rx).await
+    }
+
+    /// Collects the responses to a batch's requests into one JSON array.
+    async fn json_batch_answer(
+        &self,
+        session: &Session,
+        mut ids: Vec<String>,
+        mut rx: mpsc::Receiver<Bytes>,
+    ) -> Response {
+        let mut out = Vec::from(&b"["[..]);
+        while !ids.is_empty() {
+            let Some(raw) = rx.recv().await else { break };
+            match Message::parse(raw.clone()) {
+                Some(m)
+                    if m.kind == Kind::Response
+                        && m.id.as_ref().is_some_and(|id| ids.contains(id)) =>
+                {
+                    ids.retain(|id| Some(id) != m.id.as_ref());
+                    if out.len() > 1 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(&raw);
+                }
+                _ => session.to_get_stream(raw),
+            }
+        }
+        out.push(b']');
+        let mut r = Response::new(Body::from(out));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
     }
 
     fn create(&self, caller: &Caller) -> Result<Arc<Session>, Response> {
