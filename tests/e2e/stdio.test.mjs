@@ -99,3 +99,31 @@ test('the child sees its own variables but none of the proxy secrets', async () 
   assert.doesNotMatch(text, /"PASSWORD"|PASSWORD=/);
   await client.close();
 });
+
+test('an elicitation from the server is answered by the client', async () => {
+  const { ElicitRequestSchema } = await import('@modelcontextprotocol/sdk/types.js');
+  const client = await signedIn({ elicitation: {} });
+  let asked = 0;
+  client.setRequestHandler(ElicitRequestSchema, async (req) => {
+    asked += 1;
+    assert.ok(req.params.requestedSchema.properties.name);
+    return { action: 'decline' };
+  });
+  const r = await client.callTool({ name: 'trigger-elicitation-request', arguments: {} });
+  assert.equal(asked, 1);
+  assert.match(JSON.stringify(r.content), /decline/i);
+  await client.close();
+});
+
+test('server-initiated notifications arrive on the GET stream', async () => {
+  const { ResourceUpdatedNotificationSchema } = await import('@modelcontextprotocol/sdk/types.js');
+  const client = await signedIn();
+  const updated = new Promise((resolve) => client.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => resolve(n)));
+  const { resources } = await client.listResources();
+  await client.subscribeResource({ uri: resources[0].uri });
+  await client.callTool({ name: 'toggle-subscriber-updates', arguments: {} });
+  // server-everything sends its simulated updates every 5 s, outside any request.
+  const n = await Promise.race([updated, new Promise((_, reject) => setTimeout(() => reject(new Error('no update within 12 s')), 12_000))]);
+  assert.equal(n.params.uri, resources[0].uri);
+  await client.close();
+});
