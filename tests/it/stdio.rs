@@ -413,3 +413,40 @@ async fn batches_only_for_2025_03_26_sessions() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_child_that_dies_at_start_gets_502_then_a_backoff() {
+    let p = start_proxy(&[
+        "--stdio-env",
+        "MISBEHAVE_EXIT_AT_START=1",
+        "--",
+        "node",
+        FIXTURE,
+    ])
+    .await;
+    let t = token_for(&p, "password:alice").await;
+    let c = client();
+    let post = || {
+        c.post(p.url("/mcp"))
+            .bearer_auth(&t)
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .body(init_body(1))
+            .send()
+    };
+    for _ in 0..2 {
+        let failed = post().await.unwrap();
+        assert_eq!(failed.status(), StatusCode::BAD_GATEWAY);
+        assert!(failed.headers().get("mcp-session-id").is_none());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Two quick exits in a row: the proxy is still up, and the next start waits.
+    let second = post().await.unwrap();
+    assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(second.headers().get(header::RETRY_AFTER).is_some());
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        post().await.unwrap().status(),
+        StatusCode::BAD_GATEWAY,
+        "tried again after the backoff"
+    );
+}

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::child::ChildSpec;
 use super::framing::{Kind, Message};
-use super::session::Session;
+use super::session::{CrashTracker, Session};
 use crate::backend::http::MCP_SESSION_ID;
 use crate::error::jsonrpc_error;
 use crate::gate::Caller;
@@ -44,6 +44,7 @@ pub struct StdioBackend {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     /// SSE event ids, unique per process (so unique per session).
     next_event: AtomicU64,
+    crashes: Arc<CrashTracker>,
 }
 
 fn accepts_sse(headers: &HeaderMap) -> bool {
@@ -62,6 +63,7 @@ impl StdioBackend {
             idle_timeout,
             sessions: Mutex::new(HashMap::new()),
             next_event: AtomicU64::new(1),
+            crashes: Arc::default(),
         }
     }
 
@@ -215,8 +217,17 @@ impl StdioBackend {
             // and nothing else can happen before it.
             self.json_answer(&session, &id, rx, created).await
         };
-        if created && let Ok(v) = HeaderValue::from_str(&session.id) {
-            resp.headers_mut().insert(MCP_SESSION_ID, v);
+        if created {
+            if session.is_closed() {
+                // The child died before answering initialize: no session to hand out.
+                return jsonrpc_error(
+                    StatusCode::BAD_GATEWAY,
+                    "the MCP server exited while starting",
+                );
+            }
+            if let Ok(v) = HeaderValue::from_str(&session.id) {
+                resp.headers_mut().insert(MCP_SESSION_ID, v);
+            }
         }
         resp
     }
@@ -336,8 +347,19 @@ impl StdioBackend {
                 "too many MCP sessions; try again later",
             ));
         }
+        if let Some(wait) = self.crashes.retry_after() {
+            let mut r = jsonrpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the MCP server keeps exiting right after it starts; retrying later",
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs().max(1)),
+            );
+            return Err(r);
+        }
         let id = tokens::generate_id();
-        let session = Session::start(id.clone(), caller.subject().to_string(), &self.spec).map_err(|e| {
+        let session = Session::start(id.clone(), caller.subject().to_string(), &self.spec, self.crashes.clone()).map_err(|e| {
             tracing::error!(error = %e, program = %self.spec.program, "the MCP server could not be started");
             jsonrpc_error(StatusCode::BAD_GATEWAY, "the MCP server could not be started")
         })?;

@@ -65,6 +65,42 @@ pub struct Session {
     stopped: tokio::sync::watch::Receiver<bool>,
 }
 
+/// Children that keep exiting by themselves soon after starting delay the next start: after
+/// the second such exit in a row 1 s, then 2 s, 4 s … up to 30 s, until one runs for
+/// [`STABLE_AFTER`].
+#[derive(Debug, Default)]
+pub struct CrashTracker {
+    state: Mutex<(u32, Option<tokio::time::Instant>)>,
+}
+
+/// A child that ran this long is not crash-looping.
+pub const STABLE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl CrashTracker {
+    fn record(&self, quick_crash: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            if quick_crash {
+                // One crash is an accident: the next session may start at once. From the
+                // second in a row on, wait 1 s, 2 s, 4 s … 30 s.
+                s.0 = s.0.saturating_add(1);
+                s.1 = (s.0 >= 2).then(|| {
+                    let secs = (1u64 << (s.0 - 2).min(5)).min(30);
+                    tokio::time::Instant::now() + std::time::Duration::from_secs(secs)
+                });
+            } else {
+                *s = (0, None);
+            }
+        }
+    }
+
+    /// How long to wait before starting another child, if at all.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        let s = self.state.lock().ok()?;
+        s.1.and_then(|until| until.checked_duration_since(tokio::time::Instant::now()))
+            .filter(|d| !d.is_zero())
+    }
+}
+
 /// The JSON-RPC error a waiting request gets when the child is gone.
 fn exited_error(id: &str, message: &str) -> Bytes {
     Bytes::from(format!(
@@ -75,7 +111,13 @@ fn exited_error(id: &str, message: &str) -> Bytes {
 
 impl Session {
     /// Starts the child and the tasks that feed it and read it.
-    pub fn start(id: String, owner: String, spec: &ChildSpec) -> std::io::Result<Arc<Session>> {
+    pub fn start(
+        id: String,
+        owner: String,
+        spec: &ChildSpec,
+        crashes: Arc<CrashTracker>,
+    ) -> std::io::Result<Arc<Session>> {
+        let started = tokio::time::Instant::now();
         let (mut child, withheld) = spawn(spec)?;
         if !withheld.is_empty() {
             tracing::debug!(session = %id, withheld = ?withheld, "the child does not see these variables of ours");
@@ -132,8 +174,11 @@ impl Session {
                     }
                 }
             }
+            // Nobody asked it to stop: it exited (or closed its stdout) by itself.
+            let by_itself = !reader.is_closed();
             let status = stop(&mut child).await;
             let _ = stderr_task.await;
+            crashes.record(by_itself && started.elapsed() < STABLE_AFTER);
             reader.close("the MCP server exited");
             let _ = stopped_tx.send(true);
             match status {
