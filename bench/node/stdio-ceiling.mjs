@@ -1,0 +1,48 @@
+// The ceiling for the stdio benchmark: server-everything driven straight over its stdio by
+// one client keeping CONCURRENCY tools/call (echo) requests in flight for DURATION seconds.
+// Prints requests per second.
+import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
+import readline from 'node:readline';
+
+const require = createRequire(import.meta.url);
+const DURATION = Number(process.argv[2] ?? 10);
+const CONCURRENCY = Number(process.argv[3] ?? 16);
+const child = spawn(process.execPath, [require.resolve('@modelcontextprotocol/server-everything/dist/index.js'), 'stdio'], {
+  stdio: ['pipe', 'pipe', 'ignore'],
+});
+const waiting = new Map();
+readline.createInterface({ input: child.stdout }).on('line', (line) => {
+  let m;
+  try {
+    m = JSON.parse(line);
+  } catch {
+    return;
+  }
+  const done = waiting.get(m.id);
+  if (done) {
+    waiting.delete(m.id);
+    done(m);
+  }
+});
+let next = 1;
+const request = (method, params) =>
+  new Promise((resolve) => {
+    const id = next++;
+    waiting.set(id, resolve);
+    child.stdin.write(JSON.stringify({ jsonrpc: '2.0', id, method, params }) + '\n');
+  });
+await request('initialize', { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'ceiling', version: '1' } });
+child.stdin.write(JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' }) + '\n');
+let count = 0;
+const end = Date.now() + DURATION * 1000;
+async function worker() {
+  while (Date.now() < end) {
+    await request('tools/call', { name: 'echo', arguments: { message: 'bench' } });
+    count += 1;
+  }
+}
+const started = Date.now();
+await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+console.log((count / ((Date.now() - started) / 1000)).toFixed(2));
+child.kill();

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Benchmark of the stdio bridge: tools/call (echo) on server-everything (stdio),
+# 16 connections sharing one MCP session (wrk -t2 -c16, unique JSON-RPC ids), through
+# mcp-auth-proxy vs through supergateway --stateful (streamable HTTP), vs the same server
+# driven straight over stdio with 16 requests in flight (the ceiling). Interleaved rounds;
+# median and spread. Then the proxy's memory per idle session (children excluded).
+#
+# Usage: bash bench/stdio.sh [ROUNDS] [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+SECS=${2:-10}
+PASSWORD=bench-password
+for tool in wrk node curl python3; do command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }; done
+(cd bench/node && npm ci --no-audit --no-fund --loglevel=error)
+[ -d tests/e2e/node_modules ] || (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+cargo build --release --locked -q
+BIN=target/release/mcp-auth-proxy
+EVERYTHING="$(pwd)/bench/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_port() { for _ in $(seq 150); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "port $1 never answered" >&2; exit 1; }
+
+OURS=$(free_port); SGW=$(free_port)
+"$BIN" --listen "127.0.0.1:$OURS" --external-url "http://127.0.0.1:$OURS" --data-path "$work/data" \
+  --password "$PASSWORD" --max-sessions 1000 -- node "$EVERYTHING" stdio >"$work/proxy.log" 2>&1 &
+OURS_PID=$!; pids+=($OURS_PID)
+node bench/node/node_modules/supergateway/dist/index.js --stdio "node $EVERYTHING stdio" \
+  --outputTransport streamableHttp --stateful --port "$SGW" --streamableHttpPath /mcp --logLevel none \
+  >"$work/sgw.log" 2>&1 &
+pids+=($!)
+wait_port "$OURS"; wait_port "$SGW"
+TOKEN=$(node bench/token.mjs "http://127.0.0.1:$OURS" "$PASSWORD")
+
+init_session() { # url [auth]
+  local hdr=(-H 'content-type: application/json' -H 'accept: application/json, text/event-stream')
+  [ -n "${2:-}" ] && hdr+=(-H "authorization: Bearer $2")
+  local sid
+  sid=$(curl -s -D - -o /dev/null "${hdr[@]}" "$1" \
+    -d '{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}' \
+    | tr -d '\r' | awk -F': ' 'tolower($1)=="mcp-session-id"{print $2}')
+  curl -s -o /dev/null "${hdr[@]}" -H "mcp-session-id: $sid" -H 'mcp-protocol-version: 2025-06-18' "$1" \
+    -d '{"jsonrpc":"2.0","method":"notifications/initialized"}'
+  echo "$sid"
+}
+SID_OURS=$(init_session "http://127.0.0.1:$OURS/mcp" "$TOKEN")
+SID_SGW=$(init_session "http://127.0.0.1:$SGW/mcp")
+
+wrk_rps() { # url auth session
+  BENCH_AUTH="$2" BENCH_SESSION="$3" wrk -t2 -c16 -d"${SECS}s" --latency -s bench/tools-call.lua "$1" \
+    | awk '/Requests\/sec/{rps=$2} /Non-2xx/{bad=$NF} $1=="50%"{p50=$2} $1=="99%"{p99=$2} END{print rps, p50, p99, (bad?bad" non-2xx":"ok")}'
+}
+declare -A R
+for round in $(seq "$ROUNDS"); do
+  r=$(node bench/node/stdio-ceiling.mjs "$SECS" 16); echo "round $round straight-stdio: $r" >&2; R[stdio]+="$r "
+  r=$(wrk_rps "http://127.0.0.1:$OURS/mcp" "Bearer $TOKEN" "$SID_OURS"); echo "round $round mcp-auth-proxy: $r" >&2; R[ours]+="${r%% *} "; R[ours_lat]+="${r#* };"
+  r=$(wrk_rps "http://127.0.0.1:$SGW/mcp" "" "$SID_SGW"); echo "round $round supergateway: $r" >&2; R[sgw]+="${r%% *} "; R[sgw_lat]+="${r#* };"
+done
+median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.1f (%.1f–%.1f)", m, a[1], a[NR]}'; }
+echo
+echo "| path | req/s (median, min–max) | p50 / p99 per round |"
+echo "|---|---|---|"
+echo "| straight stdio (ceiling) | $(median "${R[stdio]}") | — |"
+echo "| mcp-auth-proxy | $(median "${R[ours]}") | ${R[ours_lat]} |"
+echo "| supergateway --stateful | $(median "${R[sgw]}") | ${R[sgw_lat]} |"
+
+# Memory per idle session: RSS growth of the proxy for N more sessions (children excluded).
+N=50
+sleep 1
+before=$(awk '/VmRSS/{print $2}' "/proc/$OURS_PID/status")
+for _ in $(seq $N); do init_session "http://127.0.0.1:$OURS/mcp" "$TOKEN" >/dev/null; done
+sleep 2
+after=$(awk '/VmRSS/{print $2}' "/proc/$OURS_PID/status")
+echo
+echo "proxy RSS: $before KiB before, $after KiB after $N more idle sessions: $(( (after - before) / N )) KiB per session"
