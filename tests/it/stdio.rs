@@ -450,3 +450,51 @@ async fn a_child_that_dies_at_start_gets_502_then_a_backoff() {
         "tried again after the backoff"
     );
 }
+
+#[tokio::test]
+async fn a_dropped_stream_resumes_with_last_event_id() {
+    let p = bridge().await;
+    let t = token_for(&p, "password:alice").await;
+    let sid = initialize(&p, &t).await;
+    let body = json!({"jsonrpc":"2.0","id":21,"method":"tools/call","params":{"name":"staged"}});
+    let resp = client()
+        .post(p.url("/mcp"))
+        .bearer_auth(&t)
+        .header("mcp-session-id", &sid)
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    let first = String::from_utf8(stream.next().await.unwrap().unwrap().to_vec()).unwrap();
+    assert!(first.contains("first"), "{first}");
+    let last_id = first
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .unwrap()
+        .to_string();
+    drop(stream); // the connection is lost before the answer
+
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let resumed = client()
+        .get(p.url("/mcp"))
+        .bearer_auth(&t)
+        .header("mcp-session-id", &sid)
+        .header(header::ACCEPT, "text/event-stream")
+        .header("last-event-id", &last_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), StatusCode::OK);
+    let text = tokio::time::timeout(std::time::Duration::from_secs(5), resumed.text())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!text.contains("\"first\""), "not replayed twice: {text}");
+    assert!(text.contains("\"second\""), "{text}");
+    assert!(
+        text.contains("staged done"),
+        "the answer arrives on the resumed stream: {text}"
+    );
+}

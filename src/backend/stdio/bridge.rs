@@ -7,7 +7,6 @@
 //! belong to the user who created them: another user gets 404, as for an unknown id.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -15,13 +14,13 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::child::ChildSpec;
 use super::framing::{Kind, Message};
 use super::session::{CrashTracker, Session};
+use super::stream::parse_event_id;
 use crate::backend::http::MCP_SESSION_ID;
 use crate::error::jsonrpc_error;
 use crate::gate::Caller;
@@ -42,8 +41,6 @@ pub struct StdioBackend {
     max_sessions: usize,
     idle_timeout: std::time::Duration,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
-    /// SSE event ids, unique per process (so unique per session).
-    next_event: AtomicU64,
     crashes: Arc<CrashTracker>,
 }
 
@@ -62,7 +59,6 @@ impl StdioBackend {
             max_sessions,
             idle_timeout,
             sessions: Mutex::new(HashMap::new()),
-            next_event: AtomicU64::new(1),
             crashes: Arc::default(),
         }
     }
@@ -207,7 +203,8 @@ impl StdioBackend {
 
         let id = msg.id.clone().unwrap_or_default();
         let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
-        if let Err(why) = session.send(&msg, Some(tx)).await {
+        let stream = session.new_stream(wants_sse && !created, tx);
+        if let Err(why) = session.send(&msg, Some(stream)).await {
             return jsonrpc_error(StatusCode::BAD_GATEWAY, why);
         }
         let mut resp = if wants_sse && !created {
@@ -286,13 +283,14 @@ impl StdioBackend {
             .filter_map(|m| m.id.clone())
             .collect();
         let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+        let shared = session.new_stream(wants_sse, tx);
         for m in &messages {
-            let stream = (m.kind == Kind::Request).then(|| tx.clone());
+            let stream = (m.kind == Kind::Request).then(|| shared.clone());
             if let Err(why) = session.send(m, stream).await {
                 return jsonrpc_error(StatusCode::BAD_GATEWAY, why);
             }
         }
-        drop(tx);
+        drop(shared);
         if ids.is_empty() {
             return StatusCode::ACCEPTED.into_response();
         }
@@ -405,22 +403,13 @@ impl StdioBackend {
         )
     }
 
-    /// An SSE response fed by `rx`; it ends when the sender side is dropped.
+    /// An SSE response of the events arriving on `rx` (framed by the stream); it ends when
+    /// the stream lets go of its sender.
     fn sse(&self, rx: mpsc::Receiver<Bytes>) -> Response {
-        let first = self.next_event.fetch_add(1 << 20, Ordering::Relaxed);
-        let messages =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
-            );
-        let events = messages.enumerate().map(move |(i, raw)| {
-            let mut ev = Vec::with_capacity(raw.len() + 48);
-            ev.extend_from_slice(
-                format!("id: {}\nevent: message\ndata: ", first + i as u64).as_bytes(),
-            );
-            ev.extend_from_slice(&raw);
-            ev.extend_from_slice(b"\n\n");
-            Ok::<_, std::convert::Infallible>(Bytes::from(ev))
+        let events = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|ev| (Ok::<_, std::convert::Infallible>(ev), rx))
         });
         let mut r = Response::new(Body::from_stream(events));
         let h = r.headers_mut();
@@ -445,7 +434,16 @@ impl StdioBackend {
             Err(r) => return r,
         };
         let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
-        session.open_get_stream(tx);
+        // Resumption: `Last-Event-ID` names a stream of this session and the last event
+        // the client saw; an unknown id just opens the GET stream.
+        let resume = headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_event_id);
+        match resume {
+            Some((no, after)) if session.resume(no, after, tx.clone()) => {}
+            _ => session.open_get_stream(tx),
+        }
         self.sse(rx)
     }
 

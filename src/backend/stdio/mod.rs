@@ -11,3 +11,4 @@ pub mod bridge;
 pub mod child;
 pub mod framing;
 pub mod session;
+pub mod stream;

@@ -24,6 +24,7 @@ use tokio_util::codec::FramedRead;
 
 use super::child::{ChildSpec, capture_stderr, spawn};
 use super::framing::{JsonLines, Kind, Line, Message, frame};
+use super::stream::StreamLog;
 
 /// Longest line accepted from a child.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
@@ -31,11 +32,11 @@ pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// Messages kept for a GET stream that is not open.
 const BACKLOG: usize = 256;
 
-/// Messages queued towards one HTTP stream before the child is slowed down.
-const STREAM_QUEUE: usize = 64;
+/// Recent streams kept for `Last-Event-ID` resumption.
+const RECENT_STREAMS: usize = 32;
 
 /// Where messages for one HTTP stream go.
-pub type StreamTx = mpsc::Sender<Bytes>;
+pub type StreamTx = Arc<StreamLog>;
 
 #[derive(Default)]
 struct Routes {
@@ -63,6 +64,9 @@ pub struct Session {
     last_used: Mutex<tokio::time::Instant>,
     /// Becomes true once the child has been stopped and reaped.
     stopped: tokio::sync::watch::Receiver<bool>,
+    next_stream: std::sync::atomic::AtomicU64,
+    /// The latest streams, for resumption.
+    recent: Mutex<VecDeque<StreamTx>>,
 }
 
 /// Children that keep exiting by themselves soon after starting delay the next start: after
@@ -122,7 +126,7 @@ impl Session {
         if !withheld.is_empty() {
             tracing::debug!(session = %id, withheld = ?withheld, "the child does not see these variables of ours");
         }
-        let (stdin_tx, mut stdin_rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+        let (stdin_tx, mut stdin_rx) = mpsc::channel::<Bytes>(64);
         let (kill_tx, mut kill_rx) = tokio::sync::oneshot::channel::<()>();
         let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
         let session = Arc::new(Session {
@@ -135,6 +139,8 @@ impl Session {
             protocol_version: Mutex::new(None),
             last_used: Mutex::new(tokio::time::Instant::now()),
             stopped: stopped_rx,
+            next_stream: std::sync::atomic::AtomicU64::new(1),
+            recent: Mutex::new(VecDeque::new()),
         });
         let (Some(mut stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -212,8 +218,8 @@ impl Session {
             .routes
             .lock()
             .map(|r| {
-                r.get_stream.as_ref().is_some_and(|tx| !tx.is_closed())
-                    || r.pending.iter().any(|(_, tx)| !tx.is_closed())
+                r.get_stream.as_ref().is_some_and(|s| s.has_live())
+                    || r.pending.iter().any(|(_, s)| s.has_live())
             })
             .unwrap_or(false);
         quiet && !streaming
@@ -240,11 +246,14 @@ impl Session {
         let Ok(mut r) = self.routes.lock() else {
             return;
         };
-        for (id, tx) in r.pending.drain(..) {
-            let _ = tx.try_send(exited_error(&id, why));
+        for (id, stream) in r.pending.drain(..) {
+            stream.try_deliver(exited_error(&id, why));
+            stream.finish();
         }
         r.progress.clear();
-        r.get_stream = None;
+        if let Some(get) = r.get_stream.take() {
+            get.finish();
+        }
     }
 
     /// Sends a client message to the child, registering where its answers go.
@@ -265,14 +274,44 @@ impl Session {
             .map_err(|_| "the MCP server is not running")
     }
 
+    /// A new stream of this session feeding `tx` (SSE-framed, or raw messages for a JSON
+    /// answer).
+    pub fn new_stream(&self, sse: bool, tx: mpsc::Sender<Bytes>) -> StreamTx {
+        let no = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let stream = StreamLog::new(no, sse, tx);
+        if sse && let Ok(mut recent) = self.recent.lock() {
+            if recent.len() == RECENT_STREAMS {
+                recent.pop_front();
+            }
+            recent.push_back(stream.clone());
+        }
+        stream
+    }
+
+    /// Reconnects `tx` to stream `no` after event `after` (`Last-Event-ID`); false when the
+    /// stream is no longer known.
+    pub fn resume(&self, no: u64, after: u64, tx: mpsc::Sender<Bytes>) -> bool {
+        let found = self
+            .recent
+            .lock()
+            .ok()
+            .and_then(|r| r.iter().find(|s| s.no == no).cloned());
+        match found {
+            Some(s) => {
+                s.attach(tx, Some(after));
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Delivers a message to the GET stream, or keeps it for the next one.
     pub fn to_get_stream(&self, raw: Bytes) {
         let Ok(mut r) = self.routes.lock() else {
             return;
         };
-        if let Some(tx) = &r.get_stream
-            && tx.try_send(raw.clone()).is_ok()
-        {
+        if let Some(get) = r.get_stream.as_ref().filter(|g| !g.is_finished()) {
+            get.try_deliver(raw);
             return;
         }
         if r.backlog.len() == BACKLOG {
@@ -281,27 +320,32 @@ impl Session {
         r.backlog.push_back(raw);
     }
 
-    /// Opens the GET stream; the backlog comes first.
-    pub fn open_get_stream(&self, tx: StreamTx) {
+    /// Opens a new GET stream feeding `tx`; the backlog comes first. A previous GET stream
+    /// of the session ends.
+    pub fn open_get_stream(&self, tx: mpsc::Sender<Bytes>) {
+        let stream = self.new_stream(true, tx);
         if let Ok(mut r) = self.routes.lock() {
             while let Some(m) = r.backlog.pop_front() {
-                if tx.try_send(m).is_err() {
-                    break;
-                }
+                stream.try_deliver(m);
             }
-            r.get_stream = Some(tx);
+            if let Some(old) = r.get_stream.replace(stream) {
+                old.finish();
+            }
         }
     }
 
     async fn route(&self, m: Message) {
-        let target = match self.routes.lock() {
+        let (target, finished) = match self.routes.lock() {
             Ok(mut r) => r.target(&m),
             Err(_) => return,
         };
         match target {
             // Backpressure: a slow HTTP client slows the child, it does not grow memory.
-            Some(tx) => {
-                let _ = tx.send(m.raw).await;
+            Some(stream) => {
+                stream.deliver(m.raw).await;
+                if finished {
+                    stream.finish();
+                }
             }
             None if m.kind == Kind::Response => {
                 tracing::debug!(session = %self.id, "a response for no waiting request; dropped");
@@ -320,16 +364,22 @@ impl Routes {
         }
     }
 
-    /// The stream a message from the child goes to (see the module header); `None` when
-    /// it went to the backlog (or, for a response, nowhere).
-    fn target(&mut self, m: &Message) -> Option<StreamTx> {
-        self.pending.retain(|(_, tx)| !tx.is_closed());
+    /// The stream a message from the child goes to (see the module header), and whether
+    /// that stream is finished with it (the last answer it waited for); `None` when the
+    /// message went to the backlog (or, for a response, nowhere).
+    fn target(&mut self, m: &Message) -> (Option<StreamTx>, bool) {
+        self.pending.retain(|(_, s)| !s.is_finished());
         let target = match m.kind {
             Kind::Response => {
                 let id = m.id.clone().unwrap_or_default();
                 let pos = self.pending.iter().position(|(p, _)| *p == id);
                 self.progress.retain(|_, req| *req != id);
-                return pos.map(|i| self.pending.remove(i).1);
+                let Some(stream) = pos.map(|i| self.pending.remove(i).1) else {
+                    return (None, false);
+                };
+                // A batch shares one stream: it ends with the last of its answers.
+                let last = !self.pending.iter().any(|(_, s)| Arc::ptr_eq(s, &stream));
+                return (Some(stream), last);
             }
             Kind::Notification if is_broadcast(m.method.as_deref()) => self.open_get_stream(),
             Kind::Notification if m.method.as_deref() == Some("notifications/progress") => {
@@ -339,14 +389,14 @@ impl Routes {
                         self.pending
                             .iter()
                             .find(|(p, _)| *p == req)
-                            .map(|(_, tx)| tx.clone())
+                            .map(|(_, s)| s.clone())
                     })
                     .or_else(|| self.open_get_stream())
             }
             _ => self
                 .pending
                 .last()
-                .map(|(_, tx)| tx.clone())
+                .map(|(_, s)| s.clone())
                 .or_else(|| self.open_get_stream()),
         };
         if target.is_none() {
@@ -355,11 +405,11 @@ impl Routes {
             }
             self.backlog.push_back(m.raw.clone());
         }
-        target
+        (target, false)
     }
 
     fn open_get_stream(&self) -> Option<StreamTx> {
-        self.get_stream.clone().filter(|tx| !tx.is_closed())
+        self.get_stream.clone().filter(|s| !s.is_finished())
     }
 }
 
@@ -429,23 +479,32 @@ mod tests {
         out
     }
 
-    /// Routes a message the way the reader task does, delivering with try_send.
+    /// A raw (unframed) stream and its receiving end.
+    fn stream(no: u64) -> (StreamTx, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(16);
+        (StreamLog::new(no, false, tx), rx)
+    }
+
+    /// Routes a message the way the reader task does.
     fn deliver(r: &mut Routes, json: &str) {
         let m = msg(json);
-        if let Some(tx) = r.target(&m) {
-            tx.try_send(m.raw).unwrap();
+        if let (Some(s), finished) = r.target(&m) {
+            s.try_deliver(m.raw);
+            if finished {
+                s.finish();
+            }
         }
     }
 
     #[test]
     fn every_message_goes_to_exactly_one_stream() {
         let mut r = Routes::default();
-        let (get_tx, mut get_rx) = mpsc::channel(16);
-        let (a_tx, mut a_rx) = mpsc::channel(16);
-        let (b_tx, mut b_rx) = mpsc::channel(16);
-        r.register("1", a_tx, Some("\"tok-a\"".into()));
-        r.register("\"b\"", b_tx, None);
-        r.get_stream = Some(get_tx);
+        let (get, mut get_rx) = stream(1);
+        let (a, mut a_rx) = stream(2);
+        let (b, mut b_rx) = stream(3);
+        r.register("1", a, Some("\"tok-a\"".into()));
+        r.register("\"b\"", b, None);
+        r.get_stream = Some(get);
 
         deliver(
             &mut r,
@@ -470,6 +529,13 @@ mod tests {
         let a = drain(&mut a_rx);
         assert_eq!(a.len(), 2, "{a:?}");
         assert!(a[0].contains("tok-a") && a[1].contains(r#""id":1"#));
+        assert!(
+            matches!(
+                a_rx.try_recv(),
+                Err(mpsc::error::TryRecvError::Disconnected)
+            ),
+            "answered: the stream has ended"
+        );
         let b = drain(&mut b_rx);
         assert_eq!(b.len(), 2, "{b:?}");
         assert!(
@@ -484,6 +550,19 @@ mod tests {
             r.pending.is_empty() && r.progress.is_empty(),
             "answered requests are forgotten"
         );
+    }
+
+    #[test]
+    fn a_batch_stream_ends_with_its_last_answer() {
+        let mut r = Routes::default();
+        let (shared, mut rx) = stream(4);
+        r.register("1", shared.clone(), None);
+        r.register("2", shared.clone(), None);
+        deliver(&mut r, r#"{"jsonrpc":"2.0","id":2,"result":{}}"#);
+        assert!(!shared.is_finished());
+        deliver(&mut r, r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        assert!(shared.is_finished());
+        assert_eq!(drain(&mut rx).len(), 2);
     }
 
     #[test]
@@ -507,14 +586,15 @@ mod tests {
             String::from_utf8_lossy(&r.backlog[0]).contains(r#""n":5"#),
             "the oldest go first"
         );
-        // A closed GET stream counts as none.
-        let (tx, rx) = mpsc::channel(1);
-        drop(rx);
-        r.get_stream = Some(tx);
+        // A finished GET stream counts as none.
+        let (get, _rx) = stream(5);
+        get.finish();
+        r.get_stream = Some(get);
         assert!(
             r.target(&msg(
                 r#"{"jsonrpc":"2.0","method":"notifications/resources/list_changed"}"#
             ))
+            .0
             .is_none()
         );
     }
