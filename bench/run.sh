@@ -9,6 +9,8 @@
 # Usage: bash bench/run.sh [ROUNDS] [DURATION]      (needs: nginx, wrk, node, npm ci in tests/e2e)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 ROUNDS=${1:-3}
 DURATION=${2:-10s}
 PASSWORD=bench-password
@@ -30,7 +32,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
 FAST=$(free_port); NGINX_FAST=$(free_port); NGINX_EVERY=$(free_port); EVERY=$(free_port)
 PROXY_FAST=$(free_port); PROXY_EVERY=$(free_port)
@@ -91,24 +92,11 @@ start_proxy() { # port upstream data
 PROXY_FAST_PID=$(start_proxy "$PROXY_FAST" "http://127.0.0.1:$FAST/mcp" "$work/data-fast")
 PROXY_EVERY_PID=$(start_proxy "$PROXY_EVERY" "http://127.0.0.1:$EVERY/mcp" "$work/data-every")
 
-wait_port() { for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "port $1 never answered" >&2; exit 1; }
 for p in $FAST $NGINX_FAST $NGINX_EVERY $EVERY $PROXY_FAST $PROXY_EVERY; do wait_port "$p"; done
 
 TOKEN_FAST=$(node bench/token.mjs "http://127.0.0.1:$PROXY_FAST" "$PASSWORD")
 TOKEN_EVERY=$(node bench/token.mjs "http://127.0.0.1:$PROXY_EVERY" "$PASSWORD")
 
-# An MCP session on server-everything per path (sessions are bound to their path's user).
-init_session() { # url [auth]
-  local hdr=(-H 'content-type: application/json' -H 'accept: application/json, text/event-stream')
-  [ -n "${2:-}" ] && hdr+=(-H "authorization: Bearer $2")
-  local sid
-  sid=$(curl -s -D - -o /dev/null "${hdr[@]}" "$1" \
-    -d '{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}' \
-    | tr -d '\r' | awk -F': ' 'tolower($1)=="mcp-session-id"{print $2}')
-  curl -s -o /dev/null "${hdr[@]}" -H "mcp-session-id: $sid" -H 'mcp-protocol-version: 2025-06-18' "$1" \
-    -d '{"jsonrpc":"2.0","method":"notifications/initialized"}'
-  echo "$sid"
-}
 SID_DIRECT=$(init_session "http://127.0.0.1:$EVERY/mcp")
 SID_NGINX=$(init_session "http://127.0.0.1:$NGINX_EVERY/mcp")
 SID_PROXY=$(init_session "http://127.0.0.1:$PROXY_EVERY/mcp" "$TOKEN_EVERY")

@@ -8,6 +8,8 @@
 # Usage: bash bench/stdio.sh [ROUNDS] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 ROUNDS=${1:-3}
 SECS=${2:-10}
 PASSWORD=bench-password
@@ -22,8 +24,6 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$work"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() { for _ in $(seq 150); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "port $1 never answered" >&2; exit 1; }
 
 OURS=$(free_port); SGW=$(free_port)
 "$BIN" --listen "127.0.0.1:$OURS" --external-url "http://127.0.0.1:$OURS" --data-path "$work/data" \
@@ -36,17 +36,6 @@ pids+=($!)
 wait_port "$OURS"; wait_port "$SGW"
 TOKEN=$(node bench/token.mjs "http://127.0.0.1:$OURS" "$PASSWORD")
 
-init_session() { # url [auth]
-  local hdr=(-H 'content-type: application/json' -H 'accept: application/json, text/event-stream')
-  [ -n "${2:-}" ] && hdr+=(-H "authorization: Bearer $2")
-  local sid
-  sid=$(curl -s -D - -o /dev/null "${hdr[@]}" "$1" \
-    -d '{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}' \
-    | tr -d '\r' | awk -F': ' 'tolower($1)=="mcp-session-id"{print $2}')
-  curl -s -o /dev/null "${hdr[@]}" -H "mcp-session-id: $sid" -H 'mcp-protocol-version: 2025-06-18' "$1" \
-    -d '{"jsonrpc":"2.0","method":"notifications/initialized"}'
-  echo "$sid"
-}
 SID_OURS=$(init_session "http://127.0.0.1:$OURS/mcp" "$TOKEN")
 SID_SGW=$(init_session "http://127.0.0.1:$SGW/mcp")
 
