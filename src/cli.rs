@@ -163,6 +163,11 @@ pub struct Cli {
     #[arg(long, env = "MAX_SESSIONS", default_value_t = 100)]
     pub max_sessions: usize,
 
+    /// Keep one started stdio server waiting, so a new session does not wait for it to start.
+    #[arg(long, env = "STDIO_WARM_SPARE", value_parser = env_bool, default_value = "false",
+          default_missing_value = "true", num_args = 0..=1, require_equals = true)]
+    pub stdio_warm_spare: bool,
+
     /// An MCP session nobody used for this long (and with no open stream) is ended.
     #[arg(long, env = "SESSION_IDLE_TIMEOUT", default_value = "30m")]
     pub session_idle_timeout: String,

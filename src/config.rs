@@ -201,6 +201,7 @@ pub struct StdioOptions {
     pub clean_env: bool,
     pub max_sessions: usize,
     pub idle_timeout: Duration,
+    pub warm_spare: bool,
 }
 
 /// How requests are sent to an HTTP upstream.
@@ -496,6 +497,7 @@ fn stdio_options(cli: &Cli) -> Result<StdioOptions, ConfigError> {
         clean_env: cli.stdio_clean_env,
         max_sessions: cli.max_sessions,
         idle_timeout: parse_duration("--session-idle-timeout", &cli.session_idle_timeout)?,
+        warm_spare: cli.stdio_warm_spare,
     })
 }
 

@@ -168,6 +168,7 @@ pub async fn prepare(
                 spec,
                 config.stdio.max_sessions,
                 config.stdio.idle_timeout,
+                config.stdio.warm_spare,
             ))
         }
         _ => None,

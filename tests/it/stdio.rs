@@ -498,3 +498,51 @@ async fn a_dropped_stream_resumes_with_last_event_id() {
         "the answer arrives on the resumed stream: {text}"
     );
 }
+
+#[tokio::test]
+async fn a_warm_spare_child_is_started_ahead_and_replaced_when_taken() {
+    let pids = tempfile::tempdir().unwrap();
+    let env = format!("MISBEHAVE_PID_DIR={}", pids.path().display());
+    let p = start_proxy(&[
+        "--stdio-warm-spare",
+        "--stdio-env",
+        &env,
+        "--",
+        "node",
+        FIXTURE,
+    ])
+    .await;
+    let started = || std::fs::read_dir(pids.path()).unwrap().count();
+    let wait_for = |n: usize| async move {
+        for _ in 0..100 {
+            if started() >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("{n} children never started; {} did", started());
+    };
+    wait_for(1).await;
+    assert_eq!(started(), 1, "one spare before any session");
+    let spare_pid = std::fs::read_dir(pids.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    let t = token_for(&p, "password:alice").await;
+    let sid = initialize(&p, &t).await;
+    let (_, events) = call(&p, &t, &sid, 2, "pid").await;
+    assert_eq!(
+        events[0]["result"]["content"][0]["text"].as_str(),
+        spare_pid.to_str(),
+        "the session runs on the spare"
+    );
+    wait_for(2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        started(),
+        2,
+        "taken spare replaced by exactly one new spare"
+    );
+}

@@ -42,6 +42,10 @@ pub struct StdioBackend {
     idle_timeout: std::time::Duration,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     crashes: Arc<CrashTracker>,
+    /// `--stdio-warm-spare`: a started child waiting for the next session.
+    warm_spare: bool,
+    spare: Mutex<Option<Arc<Session>>>,
+    next_child: std::sync::atomic::AtomicU64,
 }
 
 fn accepts_sse(headers: &HeaderMap) -> bool {
@@ -53,13 +57,49 @@ fn accepts_sse(headers: &HeaderMap) -> bool {
 }
 
 impl StdioBackend {
-    pub fn new(spec: ChildSpec, max_sessions: usize, idle_timeout: std::time::Duration) -> Self {
-        Self {
+    /// The backend; with `warm_spare`, the first spare child starts now.
+    pub fn new(
+        spec: ChildSpec,
+        max_sessions: usize,
+        idle_timeout: std::time::Duration,
+        warm_spare: bool,
+    ) -> Self {
+        let backend = Self {
             spec,
             max_sessions,
             idle_timeout,
             sessions: Mutex::new(HashMap::new()),
             crashes: Arc::default(),
+            warm_spare,
+            spare: Mutex::new(None),
+            next_child: std::sync::atomic::AtomicU64::new(1),
+        };
+        backend.refill_spare();
+        backend
+    }
+
+    fn start_child(&self) -> std::io::Result<Arc<Session>> {
+        let no = self
+            .next_child
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Session::start(format!("child-{no}"), &self.spec, self.crashes.clone())
+    }
+
+    /// Starts a spare child if spares are on and none is waiting (and not while the server
+    /// is crash-looping).
+    fn refill_spare(&self) {
+        if !self.warm_spare || self.crashes.retry_after().is_some() {
+            return;
+        }
+        let Ok(mut spare) = self.spare.lock() else {
+            return;
+        };
+        if spare.as_ref().is_some_and(|s| !s.is_closed()) {
+            return;
+        }
+        match self.start_child() {
+            Ok(s) => *spare = Some(s),
+            Err(e) => tracing::warn!(error = %e, "the spare MCP server could not be started"),
         }
     }
 
@@ -82,7 +122,7 @@ impl StdioBackend {
                 return false;
             }
             if s.is_idle(self.idle_timeout) {
-                tracing::info!(session = %s.id, "ending an idle MCP session");
+                tracing::info!(session = %s.mcp_id(), child = %s.tag, "ending an idle MCP session");
                 s.close("the session was idle too long");
                 return false;
             }
@@ -101,10 +141,13 @@ impl StdioBackend {
 
     /// Ends every session and waits until their children are stopped (shutdown).
     pub async fn shutdown(&self) {
-        let sessions: Vec<Arc<Session>> = match self.sessions.lock() {
+        let mut sessions: Vec<Arc<Session>> = match self.sessions.lock() {
             Ok(mut m) => m.drain().map(|(_, s)| s).collect(),
             Err(_) => return,
         };
+        if let Some(spare) = self.spare.lock().ok().and_then(|mut s| s.take()) {
+            sessions.push(spare);
+        }
         for s in &sessions {
             s.close("the proxy is shutting down");
         }
@@ -147,7 +190,7 @@ impl StdioBackend {
         };
         let found = self.sessions.lock().ok().and_then(|m| m.get(id).cloned());
         match found {
-            Some(s) if !s.is_closed() && s.owner == caller.subject() => Ok(s),
+            Some(s) if !s.is_closed() && s.owner() == Some(caller.subject()) => Ok(s),
             _ => Err(jsonrpc_error(StatusCode::NOT_FOUND, "session not found")),
         }
     }
@@ -222,7 +265,7 @@ impl StdioBackend {
                     "the MCP server exited while starting",
                 );
             }
-            if let Ok(v) = HeaderValue::from_str(&session.id) {
+            if let Ok(v) = HeaderValue::from_str(session.mcp_id()) {
                 resp.headers_mut().insert(MCP_SESSION_ID, v);
             }
         }
@@ -357,11 +400,24 @@ impl StdioBackend {
             return Err(r);
         }
         let id = tokens::generate_id();
-        let session = Session::start(id.clone(), caller.subject().to_string(), &self.spec, self.crashes.clone()).map_err(|e| {
-            tracing::error!(error = %e, program = %self.spec.program, "the MCP server could not be started");
-            jsonrpc_error(StatusCode::BAD_GATEWAY, "the MCP server could not be started")
-        })?;
+        let spare = self
+            .spare
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take())
+            .filter(|s| !s.is_closed());
+        let session = match spare {
+            Some(s) => s,
+            None => self.start_child().map_err(|e| {
+                tracing::error!(error = %e, program = %self.spec.program, "the MCP server could not be started");
+                jsonrpc_error(StatusCode::BAD_GATEWAY, "the MCP server could not be started")
+            })?,
+        };
+        session.claim(id.clone(), caller.subject().to_string());
+        tracing::debug!(child = %session.tag, "a new MCP session");
         map.insert(id, session.clone());
+        drop(map);
+        self.refill_spare();
         Ok(session)
     }
 
@@ -454,7 +510,7 @@ impl StdioBackend {
         };
         session.close("the session was ended by the client");
         if let Ok(mut m) = self.sessions.lock() {
-            m.remove(&session.id);
+            m.remove(session.mcp_id());
         }
         StatusCode::NO_CONTENT.into_response()
     }

@@ -50,9 +50,12 @@ struct Routes {
 
 /// A live session and its child.
 pub struct Session {
-    pub id: String,
-    /// The subject of the user who created it; nobody else may use it.
-    pub owner: String,
+    /// The child's name in the log (`child-N`).
+    pub tag: String,
+    /// The MCP session id, once a client claimed the child (a warm spare has none yet).
+    mcp_id: std::sync::OnceLock<String>,
+    /// The subject of the user who created the session; nobody else may use it.
+    owner: std::sync::OnceLock<String>,
     stdin: mpsc::Sender<Bytes>,
     /// Fired to stop the child.
     kill: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
@@ -116,22 +119,23 @@ fn exited_error(id: &str, message: &str) -> Bytes {
 impl Session {
     /// Starts the child and the tasks that feed it and read it.
     pub fn start(
-        id: String,
-        owner: String,
+        tag: String,
         spec: &ChildSpec,
         crashes: Arc<CrashTracker>,
     ) -> std::io::Result<Arc<Session>> {
         let started = tokio::time::Instant::now();
         let (mut child, withheld) = spawn(spec)?;
         if !withheld.is_empty() {
-            tracing::debug!(session = %id, withheld = ?withheld, "the child does not see these variables of ours");
+            tracing::debug!(child = %tag, withheld = ?withheld, "the child does not see these variables of ours");
         }
         let (stdin_tx, mut stdin_rx) = mpsc::channel::<Bytes>(64);
         let (kill_tx, mut kill_rx) = tokio::sync::oneshot::channel::<()>();
         let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
+        let id = tag.clone();
         let session = Arc::new(Session {
-            id: id.clone(),
-            owner,
+            tag,
+            mcp_id: std::sync::OnceLock::new(),
+            owner: std::sync::OnceLock::new(),
             stdin: stdin_tx,
             kill: Mutex::new(Some(kill_tx)),
             routes: Mutex::new(Routes::default()),
@@ -169,13 +173,13 @@ impl Session {
                 match line {
                     Ok(Line::Message(m)) => reader.route(m).await,
                     Ok(Line::Garbage(text)) => {
-                        tracing::warn!(session = %reader.id, line = %text, "the MCP server wrote a line that is not JSON-RPC; ignored")
+                        tracing::warn!(session = %reader.tag, line = %text, "the MCP server wrote a line that is not JSON-RPC; ignored")
                     }
                     Ok(Line::TooLong(n)) => {
-                        tracing::warn!(session = %reader.id, bytes = n, "the MCP server wrote a line over the size limit; ignored")
+                        tracing::warn!(session = %reader.tag, bytes = n, "the MCP server wrote a line over the size limit; ignored")
                     }
                     Err(e) => {
-                        tracing::warn!(session = %reader.id, error = %e, "reading the MCP server failed");
+                        tracing::warn!(session = %reader.tag, error = %e, "reading the MCP server failed");
                         break;
                     }
                 }
@@ -189,15 +193,31 @@ impl Session {
             let _ = stopped_tx.send(true);
             match status {
                 Ok(s) => tracing::warn!(
-                    session = %reader.id, status = %s, last_stderr = ?tail.lines(),
+                    session = %reader.tag, status = %s, last_stderr = ?tail.lines(),
                     "the MCP server process exited"
                 ),
                 Err(e) => {
-                    tracing::warn!(session = %reader.id, error = %e, "waiting for the MCP server failed")
+                    tracing::warn!(session = %reader.tag, error = %e, "waiting for the MCP server failed")
                 }
             }
         });
         Ok(session)
+    }
+
+    /// Gives the child to a client: its MCP session id and owner. False if it was claimed.
+    pub fn claim(&self, mcp_id: String, owner: String) -> bool {
+        self.touch();
+        self.mcp_id.set(mcp_id).is_ok() && self.owner.set(owner).is_ok()
+    }
+
+    /// The MCP session id ("" for an unclaimed spare).
+    pub fn mcp_id(&self) -> &str {
+        self.mcp_id.get().map(String::as_str).unwrap_or_default()
+    }
+
+    /// The user who owns the session.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.get().map(String::as_str)
     }
 
     /// Notes that the client used the session now.
@@ -348,7 +368,7 @@ impl Session {
                 }
             }
             None if m.kind == Kind::Response => {
-                tracing::debug!(session = %self.id, "a response for no waiting request; dropped");
+                tracing::debug!(session = %self.tag, "a response for no waiting request; dropped");
             }
             None => {}
         }
