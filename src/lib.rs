@@ -66,8 +66,6 @@ pub enum RunError {
     Password(#[from] login::password::PasswordError),
     #[error("server error: {0}")]
     Serve(std::io::Error),
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 /// Secrets given through the environment that are not flags of their own.
