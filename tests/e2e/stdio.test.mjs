@@ -2,6 +2,7 @@
 // and talks to @modelcontextprotocol/server-everything running as a stdio child of the proxy.
 
 import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -126,4 +127,38 @@ test('server-initiated notifications arrive on the GET stream', async () => {
   const n = await Promise.race([updated, new Promise((_, reject) => setTimeout(() => reject(new Error('no update within 12 s')), 12_000))]);
   assert.equal(n.params.uri, resources[0].uri);
   await client.close();
+});
+
+/** Pids of the proxy's child processes. */
+function childrenOf(pid) {
+  const out = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === pid) out.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
+test('a child killed mid-call fails the call at once, and a new session works', async () => {
+  const before = new Set(childrenOf(proxy.child.pid));
+  const client = await signedIn();
+  const mine = childrenOf(proxy.child.pid).filter((p) => !before.has(p));
+  assert.equal(mine.length, 1, `one new child for the session: ${mine}`);
+  const started = Date.now();
+  const call = client.callTool({ name: 'trigger-long-running-operation', arguments: { duration: 30, steps: 30 } });
+  await new Promise((r) => setTimeout(r, 500));
+  process.kill(mine[0], 'SIGKILL');
+  await assert.rejects(call, /exited|MCP server/i);
+  assert.ok(Date.now() - started < 10_000, 'failed at once, not after the 30 s operation');
+  await client.close().catch(() => {});
+  const fresh = await signedIn();
+  const r = await fresh.callTool({ name: 'echo', arguments: { message: 'after the crash' } });
+  assert.match(r.content[0].text, /after the crash/);
+  await fresh.close();
 });

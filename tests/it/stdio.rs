@@ -546,3 +546,34 @@ async fn a_warm_spare_child_is_started_ahead_and_replaced_when_taken() {
         "taken spare replaced by exactly one new spare"
     );
 }
+
+#[tokio::test]
+async fn list_changed_goes_to_the_get_stream_not_the_request() {
+    let p = bridge().await;
+    let t = token_for(&p, "password:alice").await;
+    let sid = initialize(&p, &t).await;
+    let get = client()
+        .get(p.url("/mcp"))
+        .bearer_auth(&t)
+        .header("mcp-session-id", &sid)
+        .header(header::ACCEPT, "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), StatusCode::OK);
+    let mut get_stream = get.bytes_stream();
+    let (_, events) = call(&p, &t, &sid, 2, "changed").await;
+    assert_eq!(
+        events.len(),
+        1,
+        "only the answer on the request's stream: {events:?}"
+    );
+    assert_eq!(events[0]["id"], 2);
+    let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), get_stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&chunk);
+    assert!(text.contains("notifications/tools/list_changed"), "{text}");
+}
