@@ -266,8 +266,6 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     pub backend: Backend,
     pub upstream: UpstreamOptions,
-    /// Secrets kept only to withhold them from stdio children and logs.
-    pub proxy_bearer_token: Option<Secret>,
     pub auth: AuthConfig,
     /// How long connections may run after a shutdown signal.
     pub shutdown_grace: Duration,
@@ -377,7 +375,6 @@ impl Config {
                 connect_timeout,
                 streaming_only: cli.http_streaming_only,
             },
-            proxy_bearer_token,
             auth,
             shutdown_grace: parse_duration("--shutdown-grace", &cli.shutdown_grace)?,
             stdio,

@@ -154,14 +154,12 @@ impl HttpBackend {
         req: Request,
     ) -> Response {
         let (parts, body) = req.into_parts();
-        let Some(mut url) = upstream_url(
+        let mut url = upstream_url(
             &self.base,
             &site.mcp_path,
             parts.uri.path(),
             parts.uri.query(),
-        ) else {
-            return jsonrpc_error(StatusCode::BAD_GATEWAY, "no upstream route for this path");
-        };
+        );
 
         let session_id = parts
             .headers

@@ -7,20 +7,20 @@
 use url::Url;
 
 /// The upstream URL for a request to `path?query` on our side.
-pub fn upstream_url(base: &Url, mcp_path: &str, path: &str, query: Option<&str>) -> Option<Url> {
+pub fn upstream_url(base: &Url, mcp_path: &str, path: &str, query: Option<&str>) -> Url {
     let has_path = !(base.path().is_empty() || base.path() == "/");
     if has_path && path == mcp_path {
         let mut url = base.clone();
         if url.query().is_none() {
             url.set_query(query.filter(|q| !q.is_empty()));
         }
-        return Some(url);
+        return url;
     }
     let mut url = base.clone();
     url.set_path(path);
     url.set_query(query.filter(|q| !q.is_empty()));
     url.set_fragment(None);
-    Some(url)
+    url
 }
 
 /// Whether two URLs share scheme, host and port (a same-origin redirect may be followed).
@@ -42,7 +42,7 @@ mod tests {
     #[test]
     fn path_bearing_upstream() {
         let base = u("http://up:9000/api/mcp");
-        let map = |p: &str, q| upstream_url(&base, "/mcp", p, q).map(|u| u.to_string());
+        let map = |p: &str, q| Some(upstream_url(&base, "/mcp", p, q).to_string());
         assert_eq!(map("/mcp", None).as_deref(), Some("http://up:9000/api/mcp"));
         assert_eq!(
             map("/mcp", Some("a=1")).as_deref(),
@@ -55,10 +55,8 @@ mod tests {
         );
         let with_query = u("http://up/sse?key=k");
         assert_eq!(
-            upstream_url(&with_query, "/mcp", "/mcp", Some("a=1"))
-                .map(|u| u.to_string())
-                .as_deref(),
-            Some("http://up/sse?key=k")
+            upstream_url(&with_query, "/mcp", "/mcp", Some("a=1")).as_str(),
+            "http://up/sse?key=k"
         );
     }
 
@@ -66,7 +64,7 @@ mod tests {
     fn origin_only_upstream() {
         for base in ["http://up:9000", "http://up:9000/"] {
             let base = u(base);
-            let map = |p: &str| upstream_url(&base, "/mcp", p, None).map(|u| u.to_string());
+            let map = |p: &str| Some(upstream_url(&base, "/mcp", p, None).to_string());
             assert_eq!(map("/mcp").as_deref(), Some("http://up:9000/mcp"));
             assert_eq!(map("/x/y").as_deref(), Some("http://up:9000/x/y"));
         }
@@ -84,7 +82,7 @@ mod tests {
         fn never_leaves_the_upstream_origin(path in "/[a-zA-Z0-9/._%-]{0,40}", q in proptest::option::of("[a-z0-9=&]{0,10}")) {
             for base in ["http://up:9000/api/mcp", "http://up:9000"] {
                 let base = u(base);
-                let out = upstream_url(&base, "/mcp", &path, q.as_deref()).unwrap();
+                let out = upstream_url(&base, "/mcp", &path, q.as_deref());
                 prop_assert!(same_origin(&out, &base));
             }
         }

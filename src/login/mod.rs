@@ -169,7 +169,8 @@ pub async fn login_get(
     }
 }
 
-fn store_failure_page(app: &AppState, e: crate::store::StoreError) -> Response {
+/// The page for a store failure during sign-in, authorization or consent (fail closed).
+pub fn store_failure_page(app: &AppState, e: crate::store::StoreError) -> Response {
     tracing::error!(error = %e, "store failure on a sign-in page");
     error_page(
         &site_name(app),

@@ -15,7 +15,7 @@ use super::redirect_uri::find_match;
 use super::{granted_scopes, pkce, resource, tokens};
 use crate::error::OAuthErrorCode;
 use crate::login::pages::{FormTarget, error_page, see_other};
-use crate::login::{self, LOGIN_PATH, site_name, urlencode};
+use crate::login::{self, LOGIN_PATH, site_name, store_failure_page, urlencode};
 use crate::server::AppState;
 use crate::store::{AuthRequestRecord, ClientRecord, CodeRecord, Identity, StoreError, TokenHash};
 
@@ -62,7 +62,9 @@ impl ClientRedirect<'_> {
         match self.build(params) {
             Some(url) => see_other(&url, FormTarget::Client),
             None => error_page(
-                "",
+                self.issuer
+                    .split_once("://")
+                    .map_or(self.issuer, |(_, host)| host),
                 StatusCode::BAD_REQUEST,
                 "Bad redirect",
                 "The app's redirect address is not valid.",
@@ -107,7 +109,7 @@ pub async fn authorize(
                 "This app is not registered here, or its registration expired. Reconnect it from the app.",
             );
         }
-        Err(e) => return store_failure(&app, e),
+        Err(e) => return store_failure_page(&app, e),
     };
     let given_redirect = params.get("redirect_uri");
     let redirect_uri = match given_redirect {
@@ -187,7 +189,7 @@ pub async fn authorize(
 
     let session = match login::session::current(&app.repo, &app.authn.cookies, &headers).await {
         Ok(s) => s.filter(|s| app.authn.still_allowed(&s.identity)),
-        Err(e) => return store_failure(&app, e),
+        Err(e) => return store_failure_page(&app, e),
     };
     if prompts.contains(&"none") {
         let Some(session) = session else {
@@ -196,20 +198,20 @@ pub async fn authorize(
         return match super::consent::remembered(&app, &session.identity, &record).await {
             Ok(true) => match issue_code(&app, &record, session.identity).await {
                 Ok(code) => back.code(&code),
-                Err(e) => store_failure(&app, e),
+                Err(e) => store_failure_page(&app, e),
             },
             Ok(false) => back.error(
                 OAuthErrorCode::ConsentRequired,
                 "the user has not approved this app",
             ),
-            Err(e) => store_failure(&app, e),
+            Err(e) => store_failure_page(&app, e),
         };
     }
 
     let id = tokens::generate("");
     let expires = record.created_at + REQUEST_TTL;
     if let Err(e) = app.repo.put(id.as_bytes(), &record, Some(expires)).await {
-        return store_failure(&app, e);
+        return store_failure_page(&app, e);
     }
     let next = if session.is_some() && !prompts.contains(&"login") {
         format!("{}?req={}", super::consent::CONSENT_PATH, urlencode(&id))
@@ -264,14 +266,4 @@ pub async fn issue_code(
     }
     app.repo.flush().await?;
     Ok(code)
-}
-
-fn store_failure(app: &AppState, e: StoreError) -> Response {
-    tracing::error!(error = %e, "store failure at the authorization endpoint");
-    error_page(
-        &site_name(app),
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Temporarily unavailable",
-        "Something went wrong on our side. Please try again in a moment.",
-    )
 }

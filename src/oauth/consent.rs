@@ -14,7 +14,7 @@ use crate::config::is_loopback_host;
 use crate::error::OAuthErrorCode;
 use crate::login::pages::{ConsentPage, FormTarget, error_page, page, see_other};
 use crate::login::session::{csrf_cookie, csrf_token};
-use crate::login::{LOGIN_PATH, display_name, form_post, site_name, urlencode};
+use crate::login::{LOGIN_PATH, display_name, form_post, site_name, store_failure_page, urlencode};
 use crate::server::AppState;
 use crate::store::{
     AuthRequestRecord, ClientRecord, ConsentRecord, Identity, SessionRecord, StoreError,
@@ -133,15 +133,7 @@ async fn context(
     let Some(req_id) = req_id else {
         return Err(expired());
     };
-    let fail = |e: StoreError| {
-        tracing::error!(error = %e, "store failure on the consent page");
-        error_page(
-            &name,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Temporarily unavailable",
-            "Please try again in a moment.",
-        )
-    };
+    let fail = |e: StoreError| store_failure_page(app, e);
     let req = app
         .repo
         .get::<AuthRequestRecord>(req_id.as_bytes())
@@ -265,16 +257,8 @@ async fn finish(
                 "Go back to your app.",
             );
         }
-        Err(e) => {
-            // Fail closed: a request that could not be marked answered is not answered.
-            tracing::error!(error = %e, "store failure ending an authorization request");
-            return error_page(
-                &site_name(app),
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Temporarily unavailable",
-                "Please try again in a moment.",
-            );
-        }
+        // Fail closed: a request that could not be marked answered is not answered.
+        Err(e) => return store_failure_page(app, e),
     }
     if !approve {
         tracing::info!(client_id = %req.client_id, "consent denied");

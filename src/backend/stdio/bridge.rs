@@ -103,14 +103,6 @@ impl StdioBackend {
         }
     }
 
-    /// How many sessions are live.
-    pub fn live_sessions(&self) -> usize {
-        self.sessions
-            .lock()
-            .map(|m| m.values().filter(|s| !s.is_closed()).count())
-            .unwrap_or(0)
-    }
-
     /// Ends sessions nobody used for the idle timeout; returns how many.
     pub fn reap_idle(&self) -> usize {
         let Ok(mut m) = self.sessions.lock() else {
