@@ -339,6 +339,50 @@ pub async fn dead_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// A data directory and a fixed loopback address for runs of the real binary, so a restart
+/// comes back on the same origin and store.
+pub struct BinarySite {
+    pub dir: tempfile::TempDir,
+    pub origin: String,
+    listen: String,
+}
+
+impl BinarySite {
+    pub async fn new() -> Self {
+        let port = dead_port().await;
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            origin: format!("http://127.0.0.1:{port}"),
+            listen: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    /// The protected resource of this site.
+    pub fn resource(&self) -> String {
+        format!("{}/mcp", self.origin)
+    }
+
+    /// `--listen`, `--external-url` and `--data-path` for this site, then `rest`.
+    pub fn args<'a>(&'a self, rest: &[&'a str]) -> Vec<&'a str> {
+        let data = self.dir.path().to_str().unwrap();
+        let mut args = vec![
+            "--listen",
+            &self.listen,
+            "--external-url",
+            &self.origin,
+            "--data-path",
+            data,
+        ];
+        args.extend_from_slice(rest);
+        args
+    }
+
+    /// Starts the binary on this site.
+    pub async fn start(&self, rest: &[&str]) -> Binary {
+        Binary::start(&self.args(rest), &[]).await
+    }
+}
+
 /// The real binary, started with `args`; killed when dropped.
 pub struct Binary {
     pub child: tokio::process::Child,

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::flow::{Browser, OAuthClient, REDIRECT, hidden, location, query, refresh, token};
 use crate::helpers::{
-    Binary, TEST_PASSWORD, client, start_proxy, start_proxy_with, start_upstream,
+    BinarySite, TEST_PASSWORD, client, start_proxy, start_proxy_with, start_upstream,
 };
 
 const START: u64 = 1_900_000_000;
@@ -1215,27 +1215,15 @@ async fn a_changed_password_ends_password_sign_ins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_survive_sigkill_and_restart() {
     let up = start_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().display().to_string();
-    let port = crate::helpers::dead_port().await;
-    let origin = format!("http://127.0.0.1:{port}");
-    let listen = format!("127.0.0.1:{port}");
-    let args = [
-        "--listen",
-        &listen,
-        "--external-url",
-        &origin,
-        "--data-path",
-        &data,
-        &up.url("/mcp"),
-    ];
-    let bin = Binary::start(&args, &[]).await;
-    let t = bin.target(&origin);
+    let site = BinarySite::new().await;
+    let upstream = up.url("/mcp");
+    let bin = site.start(&[&upstream]).await;
+    let t = bin.target(&site.origin);
     let oc = OAuthClient::public(&t).await;
     let tok = oc.sign_in(&t, &Browser::new()).await;
     bin.kill9().await;
 
-    let bin = Binary::start(&args, &[]).await;
+    let bin = site.start(&[&upstream]).await;
     let c = client();
     let access = tok["access_token"].as_str().unwrap();
     assert_eq!(
@@ -1253,7 +1241,7 @@ async fn tokens_survive_sigkill_and_restart() {
     let next: Value = next.json().await.unwrap();
     // The rotation was answered: it too survives a SIGKILL.
     bin.kill9().await;
-    let bin = Binary::start(&args, &[]).await;
+    let bin = site.start(&[&upstream]).await;
     let a2 = next["access_token"].as_str().unwrap();
     assert_eq!(
         c.post(t.url("/mcp"))

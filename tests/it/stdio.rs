@@ -293,27 +293,9 @@ async fn idle_sessions_end_and_their_children_stop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_every_child_and_exits_0() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().display().to_string();
-    let port = crate::helpers::dead_port().await;
-    let origin = format!("http://127.0.0.1:{port}");
-    let listen = format!("127.0.0.1:{port}");
-    let bin = crate::helpers::Binary::start(
-        &[
-            "--listen",
-            &listen,
-            "--external-url",
-            &origin,
-            "--data-path",
-            &data,
-            "--",
-            "node",
-            FIXTURE,
-        ],
-        &[],
-    )
-    .await;
-    let t = bin.target(&origin);
+    let site = crate::helpers::BinarySite::new().await;
+    let bin = site.start(&["--", "node", FIXTURE]).await;
+    let t = bin.target(&site.origin);
     let oc = crate::flow::OAuthClient::public(&t).await;
     let tok = oc.sign_in(&t, &crate::flow::Browser::new()).await;
     let access = tok["access_token"].as_str().unwrap();

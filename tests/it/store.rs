@@ -8,7 +8,7 @@ use mcp_auth_proxy::store::sled::SledStore;
 use mcp_auth_proxy::store::{Entry, Keys, McpSessionRecord, Repo, Store, Table, TokenHash};
 use reqwest::StatusCode;
 
-use crate::helpers::{Binary, Mint, client, mint, run_binary, start_upstream};
+use crate::helpers::{Binary, BinarySite, Mint, client, mint, run_binary, start_upstream};
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
 
@@ -21,13 +21,10 @@ fn repo_at(dir: &std::path::Path) -> Repo {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answered_write_survives_sigkill() {
     let up = start_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().display().to_string();
-    let port = crate::helpers::dead_port().await.to_string();
-    let ext = format!("http://127.0.0.1:{port}");
-    let resource = format!("{ext}/mcp");
+    let site = BinarySite::new().await;
+    let resource = site.resource();
     let (alice, bob) = {
-        let repo = repo_at(dir.path());
+        let repo = repo_at(site.dir.path());
         let a = mint(
             &repo,
             &resource,
@@ -50,17 +47,8 @@ async fn an_answered_write_survives_sigkill() {
         repo.flush().await.unwrap();
         (a, b)
     };
-    let listen = format!("127.0.0.1:{port}");
-    let args = [
-        "--listen",
-        &listen,
-        "--external-url",
-        &ext,
-        "--data-path",
-        &data,
-        &up.url("/mcp"),
-    ];
-    let bin = Binary::start(&args, &[]).await;
+    let upstream = up.url("/mcp");
+    let bin = site.start(&[&upstream]).await;
     let c = client();
     let resp = c
         .post(bin.url("/mcp"))
@@ -77,7 +65,7 @@ async fn an_answered_write_survives_sigkill() {
     // The binding of the session to alice was answered: kill -9 right now.
     bin.kill9().await;
 
-    let mut bin = Binary::start(&args, &[]).await;
+    let mut bin = site.start(&[&upstream]).await;
     let ping = |t: &str| {
         c.post(bin.url("/mcp"))
             .bearer_auth(t)
@@ -325,29 +313,15 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn sigterm_with_an_open_sse_stream_exits_cleanly_within_the_grace_period() {
     use futures_util::StreamExt;
     let up = start_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().display().to_string();
-    let port = crate::helpers::dead_port().await.to_string();
-    let ext = format!("http://127.0.0.1:{port}");
+    let site = BinarySite::new().await;
     let token = {
-        let repo = repo_at(dir.path());
-        let t = mint(&repo, &format!("{ext}/mcp"), Mint::default()).await;
+        let repo = repo_at(site.dir.path());
+        let t = mint(&repo, &site.resource(), Mint::default()).await;
         repo.flush().await.unwrap();
         t
     };
-    let listen = format!("127.0.0.1:{port}");
-    let args = [
-        "--shutdown-grace",
-        "1s",
-        "--listen",
-        &listen,
-        "--external-url",
-        &ext,
-        "--data-path",
-        &data,
-        &up.url("/mcp"),
-    ];
-    let bin = Binary::start(&args, &[]).await;
+    let upstream = up.url("/mcp");
+    let bin = site.start(&["--shutdown-grace", "1s", &upstream]).await;
     let resp = client()
         .get(bin.url("/forever"))
         .bearer_auth(&token)
