@@ -26,7 +26,9 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  for f in "$work"/upstream.pid "$work"/front.pid; do
+    [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+  done
   sleep 0.5
   rm -rf "$work"
 }
@@ -37,47 +39,55 @@ FAST=$(free_port); NGINX_FAST=$(free_port); NGINX_EVERY=$(free_port); EVERY=$(fr
 PROXY_FAST=$(free_port); PROXY_EVERY=$(free_port)
 
 # --- upstreams and nginx -------------------------------------------------------------
-mkdir -p "$work/nginx"
-cat > "$work/nginx.conf" <<NGINX
+# Two nginx instances, one worker each: the fast upstream, and nginx as the reverse proxy
+# under test. Kept apart so the front pays for its own scheduling and socket hops the way
+# mcp-auth-proxy does (one shared worker would serve both ends in a single event loop).
+nginx_conf() { # name http-block
+  mkdir -p "$work/$1"
+  cat > "$work/$1.conf" <<NGINX
 worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx/error.log warn;
+pid $work/$1.pid;
+error_log $work/$1/error.log warn;
 events { worker_connections 1024; }
 http {
   access_log off;
-  client_body_temp_path $work/nginx/body;
-  proxy_temp_path $work/nginx/proxy;
-  fastcgi_temp_path $work/nginx/fastcgi;
-  uwsgi_temp_path $work/nginx/uwsgi;
-  scgi_temp_path $work/nginx/scgi;
-  upstream fast { server 127.0.0.1:$FAST; keepalive 64; }
-  upstream everything { server 127.0.0.1:$EVERY; keepalive 64; }
-  # The fast upstream: a fixed JSON-RPC result.
+  client_body_temp_path $work/$1/body;
+  proxy_temp_path $work/$1/proxy;
+  fastcgi_temp_path $work/$1/fastcgi;
+  uwsgi_temp_path $work/$1/uwsgi;
+  scgi_temp_path $work/$1/scgi;
+$2
+}
+NGINX
+  nginx -c "$work/$1.conf"
+}
+# The fast upstream: a fixed JSON-RPC result.
+nginx_conf upstream "
   server {
     listen 127.0.0.1:$FAST;
     location / {
       default_type application/json;
-      return 200 '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"Echo: bench"}]}}';
+      return 200 '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"Echo: bench\"}]}}';
     }
-  }
-  # nginx as a plain reverse proxy (no auth), SSE-friendly.
+  }"
+# nginx as a plain reverse proxy (no auth), SSE-friendly.
+nginx_conf front "
+  upstream fast { server 127.0.0.1:$FAST; keepalive 64; }
+  upstream everything { server 127.0.0.1:$EVERY; keepalive 64; }
   server {
     listen 127.0.0.1:$NGINX_FAST;
     location / {
-      proxy_pass http://fast; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_pass http://fast; proxy_http_version 1.1; proxy_set_header Connection \"\";
       proxy_buffering off;
     }
   }
   server {
     listen 127.0.0.1:$NGINX_EVERY;
     location / {
-      proxy_pass http://everything; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_pass http://everything; proxy_http_version 1.1; proxy_set_header Connection \"\";
       proxy_set_header Host 127.0.0.1:$EVERY; proxy_buffering off;
     }
-  }
-}
-NGINX
-nginx -c "$work/nginx.conf"
+  }"
 
 PORT=$EVERY node tests/e2e/node_modules/@modelcontextprotocol/server-everything/dist/index.js streamableHttp \
   >"$work/everything.log" 2>&1 &
@@ -153,4 +163,4 @@ for t in "${targets[@]}"; do
   echo "| ${name%%:*} | ${name#*:} | $(median_spread "$rps") | $(median_spread "$p50") | $(median_spread "$p99") | ${errs:-none} |"
 done
 echo
-echo "RSS after the runs: mcp-auth-proxy (fast) $(rss_kb "$PROXY_FAST_PID") KiB, mcp-auth-proxy (everything) $(rss_kb "$PROXY_EVERY_PID") KiB, nginx worker $(rss_kb "$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)") KiB"
+echo "RSS after the runs: mcp-auth-proxy (fast) $(rss_kb "$PROXY_FAST_PID") KiB, mcp-auth-proxy (everything) $(rss_kb "$PROXY_EVERY_PID") KiB, nginx front worker $(rss_kb "$(pgrep -P "$(cat "$work/front.pid")" | head -1)") KiB"

@@ -133,6 +133,10 @@ pub struct Cli {
     )]
     pub allowed_redirect_schemes: Vec<String>,
 
+    /// Threads serving connections (0: one per CPU core).
+    #[arg(long, env = "WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
     /// After SIGTERM/SIGINT, how long open requests and streams may run before they are cut.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s")]
     pub shutdown_grace: String,

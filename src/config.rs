@@ -269,6 +269,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// How long connections may run after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Threads serving connections (at least one).
+    pub workers: usize,
     pub stdio: StdioOptions,
 }
 
@@ -377,6 +379,10 @@ impl Config {
             },
             auth,
             shutdown_grace: parse_duration("--shutdown-grace", &cli.shutdown_grace)?,
+            workers: match cli.workers {
+                0 => crate::server::workers::default_count(),
+                n => n,
+            },
             stdio,
         })
     }

@@ -24,7 +24,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::backend::http::HttpBackend;
@@ -117,6 +116,8 @@ pub struct Prepared {
     pub state: AppState,
     /// How long open connections may run after the shutdown signal.
     pub shutdown_grace: Duration,
+    /// How many worker threads serve connections.
+    pub workers: usize,
 }
 
 /// Opens the store, loads keys, binds the listener and builds the state; logs the banner.
@@ -141,6 +142,7 @@ pub async fn prepare(
             url.clone(),
             config.upstream.clone(),
             &site,
+            config.workers,
         )?),
         _ => None,
     };
@@ -196,6 +198,7 @@ pub async fn prepare(
     });
     Ok(Prepared {
         shutdown_grace: config.shutdown_grace,
+        workers: config.workers,
         listener,
         local_addr,
         state,
@@ -248,6 +251,7 @@ pub async fn serve(
         listener,
         state,
         shutdown_grace,
+        workers,
         ..
     } = prepared;
     let repo = state.repo.clone();
@@ -259,38 +263,39 @@ pub async fn serve(
         .then(|| tokio::spawn(reap_loop(state.clone(), stop_rx)));
 
     let state_for_shutdown = state.clone();
-    let app = server::router(state);
-    // Small writes (an SSE event, a short JSON answer) must leave at once: without
-    // TCP_NODELAY, Nagle's algorithm holds them for the client's delayed ACK (~40 ms).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    let mut workers =
+        server::workers::Workers::start(workers, server::router(state)).map_err(RunError::Serve)?;
+    // Accept until the shutdown signal, then let requests finish; an open SSE stream never
+    // finishes by itself, so after `--shutdown-grace` the remaining connections are dropped
+    // and the process still exits cleanly.
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => match stream.into_std() {
+                    Ok(stream) => workers.dispatch(stream, peer),
+                    Err(e) => tracing::debug!(error = %e, "could not hand over a connection"),
+                },
+                // Out of file descriptors and the like: back off instead of spinning.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
         }
-    });
-    // Graceful shutdown: stop accepting and let requests finish, but an open SSE stream
-    // never finishes by itself, so after `--shutdown-grace` the remaining connections are
-    // dropped and the process still exits cleanly.
-    let (signalled_tx, mut signalled_rx) = tokio::sync::watch::channel(false);
-    let graceful = async move {
-        shutdown.await;
-        let _ = signalled_tx.send(true);
-    };
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(graceful);
-    let grace = async move {
-        let _ = signalled_rx.wait_for(|s| *s).await;
-        tokio::time::sleep(shutdown_grace).await;
-    };
-    let served = tokio::select! {
-        r = server => r,
-        _ = grace => {
-            tracing::info!(grace_secs = shutdown_grace.as_secs(), "connections still open after the grace period: closing them");
-            Ok(())
-        }
-    };
+    }
+    drop(listener);
+    workers.stop();
+    if tokio::time::timeout(shutdown_grace, workers.drained())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            grace_secs = shutdown_grace.as_secs(),
+            "connections still open after the grace period: closing them"
+        );
+    }
     if let Some(stdio) = &state_for_shutdown.stdio_backend {
         stdio.shutdown().await;
     }
@@ -302,7 +307,8 @@ pub async fn serve(
     if let Err(e) = repo.flush().await {
         tracing::error!(error = %e, "final store flush failed");
     }
-    served.map_err(RunError::Serve)
+    workers.finish().await;
+    Ok(())
 }
 
 /// Runs the proxy until `shutdown` resolves.

@@ -77,7 +77,9 @@ pub struct ClientError(String);
 
 /// A configured HTTP upstream.
 pub struct HttpBackend {
-    client: UpstreamClient,
+    /// One connection pool per worker thread, so a request and its upstream connection are
+    /// driven by the same thread (see `server::workers`).
+    clients: Vec<UpstreamClient>,
     /// `X-Forwarded-Proto` and `X-Forwarded-Host`: the public origin's, fixed at startup.
     forwarded_proto: HeaderValue,
     forwarded_host: HeaderValue,
@@ -100,7 +102,12 @@ pub struct ClientInfo {
 impl HttpBackend {
     /// A client for `base`. Redirects are never followed by the client (see `forward`), and
     /// a reverse proxy talks to its backend directly, whatever `HTTP_PROXY` says.
-    pub fn new(base: Url, opts: UpstreamOptions, site: &Site) -> Result<Self, ClientError> {
+    pub fn new(
+        base: Url,
+        opts: UpstreamOptions,
+        site: &Site,
+        workers: usize,
+    ) -> Result<Self, ClientError> {
         use rustls_platform_verifier::ConfigVerifierExt;
         // One process-wide crypto provider (aws-lc-rs, shared with everything else using
         // rustls); an error only means it was installed already.
@@ -116,9 +123,13 @@ impl HttpBackend {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .build(connector);
+        let clients = (0..workers.max(1))
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(std::time::Duration::from_secs(90))
+                    .build(connector.clone())
+            })
+            .collect();
         let public_host = site
             .origin
             .as_str()
@@ -127,7 +138,7 @@ impl HttpBackend {
             .unwrap_or_default();
         let header = |v: &str| HeaderValue::from_str(v).map_err(|e| ClientError(e.to_string()));
         Ok(Self {
-            client,
+            clients,
             forwarded_proto: header(site.origin.scheme())?,
             forwarded_host: header(public_host)?,
             base,
@@ -137,6 +148,12 @@ impl HttpBackend {
 
     pub fn base(&self) -> &Url {
         &self.base
+    }
+
+    /// The calling worker's connection pool.
+    fn client(&self) -> &UpstreamClient {
+        let i = crate::server::workers::current() % self.clients.len();
+        &self.clients[i]
     }
 
     /// Whether GET on the MCP path is refused (`--http-streaming-only`).
@@ -213,7 +230,7 @@ impl HttpBackend {
             *upstream_req.method_mut() = parts.method.clone();
             *upstream_req.uri_mut() = uri;
             *upstream_req.headers_mut() = self.upstream_headers(&parts.headers, &client);
-            let sent = self.client.request(upstream_req).await;
+            let sent = self.client().request(upstream_req).await;
             let resp = match sent {
                 Ok(r) => r,
                 Err(e) => {
