@@ -25,18 +25,23 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$work"; }
 trap cleanup EXIT
 
-OURS=$(free_port); SGW=$(free_port)
+OURS=$(free_port); SHARED=$(free_port); SGW=$(free_port)
 "$BIN" --listen "127.0.0.1:$OURS" --external-url "http://127.0.0.1:$OURS" --data-path "$work/data" \
   --password "$PASSWORD" --max-sessions 1000 -- node "$EVERYTHING" stdio >"$work/proxy.log" 2>&1 &
 OURS_PID=$!; pids+=($OURS_PID)
+"$BIN" --listen "127.0.0.1:$SHARED" --external-url "http://127.0.0.1:$SHARED" --data-path "$work/data-shared" \
+  --password "$PASSWORD" --max-sessions 1000 --stdio-mode shared -- node "$EVERYTHING" stdio >"$work/shared.log" 2>&1 &
+SHARED_PID=$!; pids+=($SHARED_PID)
 node bench/node/node_modules/supergateway/dist/index.js --stdio "node $EVERYTHING stdio" \
   --outputTransport streamableHttp --stateful --port "$SGW" --streamableHttpPath /mcp --logLevel none \
   >"$work/sgw.log" 2>&1 &
 pids+=($!)
-wait_port "$OURS"; wait_port "$SGW"
+wait_port "$OURS"; wait_port "$SHARED"; wait_port "$SGW"
 TOKEN=$(node bench/token.mjs "http://127.0.0.1:$OURS" "$PASSWORD")
+TOKEN_SHARED=$(node bench/token.mjs "http://127.0.0.1:$SHARED" "$PASSWORD")
 
 SID_OURS=$(init_session "http://127.0.0.1:$OURS/mcp" "$TOKEN")
+SID_SHARED=$(init_session "http://127.0.0.1:$SHARED/mcp" "$TOKEN_SHARED")
 SID_SGW=$(init_session "http://127.0.0.1:$SGW/mcp")
 
 wrk_rps() { # url auth session
@@ -47,6 +52,7 @@ declare -A R
 for round in $(seq "$ROUNDS"); do
   r=$(node bench/node/stdio-ceiling.mjs "$SECS" 16); echo "round $round straight-stdio: $r" >&2; R[stdio]+="$r "
   r=$(wrk_rps "http://127.0.0.1:$OURS/mcp" "Bearer $TOKEN" "$SID_OURS"); echo "round $round mcp-auth-proxy: $r" >&2; R[ours]+="${r%% *} "; R[ours_lat]+="${r#* };"
+  r=$(wrk_rps "http://127.0.0.1:$SHARED/mcp" "Bearer $TOKEN_SHARED" "$SID_SHARED"); echo "round $round mcp-auth-proxy-shared: $r" >&2; R[shared]+="${r%% *} "; R[shared_lat]+="${r#* };"
   r=$(wrk_rps "http://127.0.0.1:$SGW/mcp" "" "$SID_SGW"); echo "round $round supergateway: $r" >&2; R[sgw]+="${r%% *} "; R[sgw_lat]+="${r#* };"
 done
 median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.1f (%.1f–%.1f)", m, a[1], a[NR]}'; }
@@ -55,6 +61,7 @@ echo "| path | req/s (median, min–max) | p50 / p99 per round |"
 echo "|---|---|---|"
 echo "| straight stdio (ceiling) | $(median "${R[stdio]}") | — |"
 echo "| mcp-auth-proxy | $(median "${R[ours]}") | ${R[ours_lat]} |"
+echo "| mcp-auth-proxy --stdio-mode shared | $(median "${R[shared]}") | ${R[shared_lat]} |"
 echo "| supergateway --stateful | $(median "${R[sgw]}") | ${R[sgw_lat]} |"
 
 # Memory per idle session: RSS growth of the proxy for N more sessions (children excluded).
@@ -66,3 +73,8 @@ sleep 2
 after=$(awk '/VmRSS/{print $2}' "/proc/$OURS_PID/status")
 echo
 echo "proxy RSS: $before KiB before, $after KiB after $N more idle sessions: $(( (after - before) / N )) KiB per session"
+before=$(awk '/VmRSS/{print $2}' "/proc/$SHARED_PID/status")
+for _ in $(seq $N); do init_session "http://127.0.0.1:$SHARED/mcp" "$TOKEN_SHARED" >/dev/null; done
+sleep 2
+after=$(awk '/VmRSS/{print $2}' "/proc/$SHARED_PID/status")
+echo "shared mode: proxy RSS $before KiB before, $after KiB after $N more idle sessions (one child in all): $(( (after - before) / N )) KiB per session"

@@ -163,6 +163,10 @@ pub struct Cli {
           default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub stdio_clean_env: bool,
 
+    /// stdio children: one per MCP session (per-session), or one for all sessions (shared).
+    #[arg(long, env = "STDIO_MODE", default_value = "per-session")]
+    pub stdio_mode: String,
+
     /// Most live MCP sessions (each runs its own stdio child).
     #[arg(long, env = "MAX_SESSIONS", default_value_t = 100)]
     pub max_sessions: usize,

@@ -202,6 +202,8 @@ pub struct StdioOptions {
     pub max_sessions: usize,
     pub idle_timeout: Duration,
     pub warm_spare: bool,
+    /// One child for every session (`--stdio-mode shared`) instead of one each.
+    pub shared: bool,
 }
 
 /// How requests are sent to an HTTP upstream.
@@ -501,6 +503,15 @@ fn stdio_options(cli: &Cli) -> Result<StdioOptions, ConfigError> {
         max_sessions: cli.max_sessions,
         idle_timeout: parse_duration("--session-idle-timeout", &cli.session_idle_timeout)?,
         warm_spare: cli.stdio_warm_spare,
+        shared: match cli.stdio_mode.trim().to_ascii_lowercase().as_str() {
+            "per-session" | "" => false,
+            "shared" => true,
+            other => {
+                return Err(bad(format!(
+                    "--stdio-mode {other:?} is unknown; use per-session or shared"
+                )));
+            }
+        },
     })
 }
 

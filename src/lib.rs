@@ -160,7 +160,12 @@ pub async fn prepare(
                 pass_env: config.stdio.pass_env.clone(),
             };
             let (_, withheld) = environment(&spec, std::env::vars());
-            tracing::info!(command = %program, max_sessions = config.stdio.max_sessions, "bridging a stdio MCP server (one child per session)");
+            let mode = if config.stdio.shared {
+                "one child shared by all sessions"
+            } else {
+                "one child per session"
+            };
+            tracing::info!(command = %program, max_sessions = config.stdio.max_sessions, "bridging a stdio MCP server ({mode})");
             if !withheld.is_empty() {
                 tracing::info!(withheld = ?withheld, "the stdio server does not see these variables of the proxy");
             }
@@ -169,6 +174,7 @@ pub async fn prepare(
                 config.stdio.max_sessions,
                 config.stdio.idle_timeout,
                 config.stdio.warm_spare,
+                config.stdio.shared,
             ))
         }
         _ => None,

@@ -57,6 +57,13 @@ async fn wrong_values_stop_startup_with_one_clear_line() {
         "--trusted-proxies",
     )
     .await;
+    refuses(
+        &["--stdio-mode", "pooled", "--", "node", "server.js"],
+        &[],
+        "use per-session or shared",
+    )
+    .await;
+    refuses(&[], &[("STDIO_MODE", "one")], "--stdio-mode").await;
     refuses(&["--mcp-path", "mcp"], &[], "--mcp-path").await;
     refuses(&["--mcp-path", "/token"], &[], "collides").await;
     refuses(

@@ -559,3 +559,101 @@ async fn list_changed_goes_to_the_get_stream_not_the_request() {
     let text = String::from_utf8_lossy(&chunk);
     assert!(text.contains("notifications/tools/list_changed"), "{text}");
 }
+
+/// POSTs a client notification; returns the status.
+async fn notify(p: &TestProxy, token: &str, sid: &str, body: Value) -> StatusCode {
+    client()
+        .post(p.url("/mcp"))
+        .bearer_auth(token)
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-06-18")
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+fn text(events: &[Value]) -> &str {
+    events.last().unwrap()["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn shared_mode_one_child_serves_every_session_with_its_own_ids() {
+    let p = start_proxy(&["--stdio-mode", "shared", "--", "node", FIXTURE]).await;
+    let alice = token_for(&p, "password:alice").await;
+    let bob = token_for(&p, "password:bob").await;
+    let sa = initialize(&p, &alice).await;
+    let sb = initialize(&p, &bob).await;
+    assert_ne!(sa, sb);
+    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    assert_eq!(
+        notify(&p, &alice, &sa, initialized.clone()).await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        notify(&p, &bob, &sb, initialized).await,
+        StatusCode::ACCEPTED
+    );
+
+    // The same request id and progress token on both sessions, at the same time.
+    let ((st_a, ev_a), (st_b, ev_b)) = tokio::join!(
+        call(&p, &alice, &sa, 2, "staged"),
+        call(&p, &bob, &sb, 2, "notify")
+    );
+    assert_eq!((st_a, st_b), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(ev_a.last().unwrap()["id"], 2);
+    assert_eq!(text(&ev_a), "staged done");
+    assert_eq!(ev_b.last().unwrap()["id"], 2);
+    assert_eq!(text(&ev_b), "echo:{\"n\":2}");
+    let progress: Vec<&Value> = ev_b
+        .iter()
+        .filter(|e| e["method"] == "notifications/progress")
+        .collect();
+    assert_eq!(progress.len(), 1);
+    assert_eq!(progress[0]["params"]["progressToken"], "p2", "restored");
+
+    // One child; it saw ids of the proxy's, one initialize and one initialized.
+    let (_, pid_a) = call(&p, &alice, &sa, 3, "pid").await;
+    let (_, pid_b) = call(&p, &bob, &sb, 3, "pid").await;
+    assert_eq!(text(&pid_a), text(&pid_b));
+    let (_, seen) = call(&p, &bob, &sb, 4, "id").await;
+    assert!(text(&seen).starts_with("\"mcp-proxy-"), "{}", text(&seen));
+    assert_eq!(seen.last().unwrap()["id"], 4);
+    let (_, counts) = call(&p, &alice, &sa, 5, "counts").await;
+    assert_eq!(text(&counts), "1,1,0");
+
+    // Sessions still belong to their users; ending one leaves the child to the other.
+    assert_eq!(
+        call(&p, &bob, &sa, 6, "echo").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let del = client()
+        .delete(p.url("/mcp"))
+        .bearer_auth(&alice)
+        .header("mcp-session-id", &sa)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        call(&p, &alice, &sa, 7, "echo").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, still) = call(&p, &bob, &sb, 8, "pid").await;
+    assert_eq!(text(&still), text(&pid_a), "the same child");
+
+    // A crash ends every session on the child; the next session starts a new one.
+    let (_, crashed) = call(&p, &bob, &sb, 9, "crash").await;
+    assert_eq!(crashed[0]["error"]["code"], -32000);
+    assert_eq!(
+        call(&p, &bob, &sb, 10, "echo").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let sc = initialize(&p, &alice).await;
+    let (_, fresh) = call(&p, &alice, &sc, 11, "pid").await;
+    assert_ne!(text(&fresh), text(&pid_a));
+}

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::child::ChildSpec;
 use super::framing::{Kind, Message};
-use super::session::{CrashTracker, Session};
+use super::session::{Child, CrashTracker, Init, InitTurn, Session};
 use super::stream::parse_event_id;
 use crate::backend::http::MCP_SESSION_ID;
 use crate::error::jsonrpc_error;
@@ -35,17 +35,27 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 /// Queue of one HTTP stream.
 const STREAM_QUEUE: usize = 64;
 
-/// The stdio backend: a child per session.
+/// Queue of a GET stream: room for the whole backlog it starts with, and then some.
+pub const GET_STREAM_QUEUE: usize = super::session::BACKLOG + STREAM_QUEUE;
+
+/// How long a new session of a shared child waits for the first session's `initialize`.
+const SHARED_INIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The stdio backend: a child per session, or one shared by all (`--stdio-mode shared`).
 pub struct StdioBackend {
     spec: ChildSpec,
     max_sessions: usize,
     idle_timeout: std::time::Duration,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     crashes: Arc<CrashTracker>,
-    /// `--stdio-warm-spare`: a started child waiting for the next session.
+    /// `--stdio-warm-spare`: a started child waiting for the next session (shared mode:
+    /// the shared child is started before the first session).
     warm_spare: bool,
-    spare: Mutex<Option<Arc<Session>>>,
+    /// Per-session mode: the warm spare. Shared mode: the child every session uses.
+    spare: Mutex<Option<Arc<Child>>>,
+    shared: bool,
     next_child: std::sync::atomic::AtomicU64,
+    next_session: std::sync::atomic::AtomicU64,
 }
 
 fn accepts_sse(headers: &HeaderMap) -> bool {
@@ -57,12 +67,13 @@ fn accepts_sse(headers: &HeaderMap) -> bool {
 }
 
 impl StdioBackend {
-    /// The backend; with `warm_spare`, the first spare child starts now.
+    /// The backend; with `warm_spare`, the first (spare or shared) child starts now.
     pub fn new(
         spec: ChildSpec,
         max_sessions: usize,
         idle_timeout: std::time::Duration,
         warm_spare: bool,
+        shared: bool,
     ) -> Self {
         let backend = Self {
             spec,
@@ -72,17 +83,24 @@ impl StdioBackend {
             crashes: Arc::default(),
             warm_spare,
             spare: Mutex::new(None),
+            shared,
             next_child: std::sync::atomic::AtomicU64::new(1),
+            next_session: std::sync::atomic::AtomicU64::new(1),
         };
         backend.refill_spare();
         backend
     }
 
-    fn start_child(&self) -> std::io::Result<Arc<Session>> {
+    fn start_child(&self) -> std::io::Result<Arc<Child>> {
         let no = self
             .next_child
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Session::start(format!("child-{no}"), &self.spec, self.crashes.clone())
+        Child::start(
+            format!("child-{no}"),
+            &self.spec,
+            self.crashes.clone(),
+            self.shared,
+        )
     }
 
     /// Starts a spare child if spares are on and none is waiting (and not while the server
@@ -114,7 +132,7 @@ impl StdioBackend {
                 return false;
             }
             if s.is_idle(self.idle_timeout) {
-                tracing::info!(session = %s.mcp_id(), child = %s.tag, "ending an idle MCP session");
+                tracing::info!(session = %s.mcp_id(), child = %s.child().tag, "ending an idle MCP session");
                 s.close("the session was idle too long");
                 return false;
             }
@@ -131,20 +149,30 @@ impl StdioBackend {
         )
     }
 
-    /// Ends every session and waits until their children are stopped (shutdown).
+    /// Ends every session and waits until the children are stopped (shutdown).
     pub async fn shutdown(&self) {
-        let mut sessions: Vec<Arc<Session>> = match self.sessions.lock() {
+        const WHY: &str = "the proxy is shutting down";
+        let sessions: Vec<Arc<Session>> = match self.sessions.lock() {
             Ok(mut m) => m.drain().map(|(_, s)| s).collect(),
             Err(_) => return,
         };
-        if let Some(spare) = self.spare.lock().ok().and_then(|mut s| s.take()) {
-            sessions.push(spare);
-        }
+        let mut children: Vec<Arc<Child>> = Vec::new();
         for s in &sessions {
-            s.close("the proxy is shutting down");
+            s.close(WHY);
+            if !children.iter().any(|c| Arc::ptr_eq(c, s.child())) {
+                children.push(s.child().clone());
+            }
         }
-        for s in &sessions {
-            s.wait_stopped().await;
+        if let Some(spare) = self.spare.lock().ok().and_then(|mut s| s.take())
+            && !children.iter().any(|c| Arc::ptr_eq(c, &spare))
+        {
+            children.push(spare);
+        }
+        for c in &children {
+            c.close(WHY);
+        }
+        for c in &children {
+            c.wait_stopped().await;
         }
     }
 
@@ -182,7 +210,10 @@ impl StdioBackend {
         };
         let found = self.sessions.lock().ok().and_then(|m| m.get(id).cloned());
         match found {
-            Some(s) if !s.is_closed() && s.owner() == Some(caller.subject()) => Ok(s),
+            Some(s) if !s.is_closed() && s.owner() == caller.subject() => {
+                s.touch();
+                Ok(s)
+            }
             _ => Err(jsonrpc_error(StatusCode::NOT_FOUND, "session not found")),
         }
     }
@@ -237,6 +268,9 @@ impl StdioBackend {
         }
 
         let id = msg.id.clone().unwrap_or_default();
+        if created && let Some(r) = self.shared_initialize(&session, &id).await {
+            return r;
+        }
         let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
         let stream = session.new_stream(wants_sse && !created, tx);
         if let Err(why) = session.send(&msg, Some(stream)).await {
@@ -262,6 +296,61 @@ impl StdioBackend {
             }
         }
         resp
+    }
+
+    /// Shared mode: a new session's `initialize` is answered with the result the child gave
+    /// the first session (`None`: this one goes to the child). The answer carries the new
+    /// session's id header.
+    async fn shared_initialize(&self, session: &Arc<Session>, id: &str) -> Option<Response> {
+        let result = loop {
+            match session.child().begin_initialize() {
+                InitTurn::Send => return None,
+                InitTurn::Cached(result) => break result,
+                InitTurn::Wait(mut rx) => {
+                    let waited =
+                        tokio::time::timeout(SHARED_INIT_WAIT, rx.wait_for(|i| *i != Init::Sent))
+                            .await;
+                    if !matches!(waited, Ok(Ok(_))) || session.is_closed() {
+                        self.forget(session, "the MCP server did not finish starting");
+                        return Some(jsonrpc_error(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "the MCP server did not finish starting",
+                        ));
+                    }
+                }
+            }
+        };
+        let version = serde_json::from_slice::<Value>(&result).ok().and_then(|v| {
+            v.get("protocolVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        if let Ok(mut pv) = session.protocol_version.lock() {
+            *pv = version;
+        }
+        let mut body = Vec::with_capacity(result.len() + id.len() + 32);
+        body.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+        body.extend_from_slice(id.as_bytes());
+        body.extend_from_slice(br#","result":"#);
+        body.extend_from_slice(&result);
+        body.push(b'}');
+        let mut r = Response::new(Body::from(body));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Ok(v) = HeaderValue::from_str(session.mcp_id()) {
+            r.headers_mut().insert(MCP_SESSION_ID, v);
+        }
+        Some(r)
+    }
+
+    /// Ends a session and forgets it.
+    fn forget(&self, session: &Session, why: &str) {
+        session.close(why);
+        if let Ok(mut m) = self.sessions.lock() {
+            m.remove(session.mcp_id());
+        }
     }
 
     /// A JSON-RPC batch: only clients of protocol 2025-03-26 may send one (later revisions
@@ -380,7 +469,13 @@ impl StdioBackend {
                 "too many MCP sessions; try again later",
             ));
         }
-        if let Some(wait) = self.crashes.retry_after() {
+        let shared_running = self.shared
+            && self
+                .spare
+                .lock()
+                .ok()
+                .is_some_and(|c| c.as_ref().is_some_and(|c| !c.is_closed()));
+        if !shared_running && let Some(wait) = self.crashes.retry_after() {
             let mut r = jsonrpc_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the MCP server keeps exiting right after it starts; retrying later",
@@ -392,25 +487,41 @@ impl StdioBackend {
             return Err(r);
         }
         let id = tokens::generate_id();
-        let spare = self
-            .spare
-            .lock()
-            .ok()
-            .and_then(|mut s| s.take())
-            .filter(|s| !s.is_closed());
-        let session = match spare {
-            Some(s) => s,
-            None => self.start_child().map_err(|e| {
-                tracing::error!(error = %e, program = %self.spec.program, "the MCP server could not be started");
-                jsonrpc_error(StatusCode::BAD_GATEWAY, "the MCP server could not be started")
-            })?,
-        };
-        session.claim(id.clone(), caller.subject().to_string());
-        tracing::debug!(child = %session.tag, "a new MCP session");
+        let child = self.child_for_new_session().map_err(|e| {
+            tracing::error!(error = %e, program = %self.spec.program, "the MCP server could not be started");
+            jsonrpc_error(StatusCode::BAD_GATEWAY, "the MCP server could not be started")
+        })?;
+        let no = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let session = Session::attach(child, id.clone(), caller.subject().to_string(), no);
+        tracing::debug!(child = %session.child().tag, "a new MCP session");
         map.insert(id, session.clone());
         drop(map);
         self.refill_spare();
         Ok(session)
+    }
+
+    /// Per-session mode: the warm spare or a new child. Shared mode: the shared child,
+    /// started if it is not running.
+    fn child_for_new_session(&self) -> std::io::Result<Arc<Child>> {
+        let mut spare = self
+            .spare
+            .lock()
+            .map_err(|_| std::io::Error::other("lock poisoned"))?;
+        let live = if self.shared {
+            spare.clone()
+        } else {
+            spare.take()
+        };
+        if let Some(c) = live.filter(|c| !c.is_closed()) {
+            return Ok(c);
+        }
+        let child = self.start_child()?;
+        if self.shared {
+            *spare = Some(child.clone());
+        }
+        Ok(child)
     }
 
     /// Waits for the response; anything else the child says meanwhile goes to the GET stream.
@@ -481,7 +592,7 @@ impl StdioBackend {
             Ok(s) => s,
             Err(r) => return r,
         };
-        let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+        let (tx, rx) = mpsc::channel::<Bytes>(GET_STREAM_QUEUE);
         // Resumption: `Last-Event-ID` names a stream of this session and the last event
         // the client saw; an unknown id just opens the GET stream.
         let resume = headers

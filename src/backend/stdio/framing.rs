@@ -238,6 +238,48 @@ pub fn shown(line: &Bytes) -> String {
     s
 }
 
+/// Where the value at `path` (object keys from the top level) sits in the JSON text `raw`:
+/// a byte range of `raw`, found by a borrowed parse. Rewriting a message by splicing a new
+/// value into this range leaves every other byte as it was.
+pub fn value_span(raw: &[u8], path: &[&str]) -> Option<std::ops::Range<usize>> {
+    let mut range = 0..raw.len();
+    for key in path {
+        let text = raw.get(range.clone())?;
+        let members: std::collections::HashMap<std::borrow::Cow<'_, str>, &RawValue> =
+            serde_json::from_slice(text).ok()?;
+        let value = members.get(*key)?.get().as_bytes();
+        // The value borrows from `text`: its offset there is the pointers' difference.
+        let start = (value.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+        let end = start.checked_add(value.len())?;
+        if text.get(start..end)? != value {
+            return None;
+        }
+        range = range.start + start..range.start + end;
+    }
+    Some(range)
+}
+
+/// `raw` with the bytes in `span` replaced by `value`.
+pub fn splice(raw: &[u8], span: std::ops::Range<usize>, value: &[u8]) -> Option<Bytes> {
+    let (head, tail) = (raw.get(..span.start)?, raw.get(span.end..)?);
+    let mut out = BytesMut::with_capacity(head.len() + value.len() + tail.len());
+    out.extend_from_slice(head);
+    out.extend_from_slice(value);
+    out.extend_from_slice(tail);
+    Some(out.freeze())
+}
+
+/// `raw` with the value at `path` replaced by `value` (exact JSON text); `None` when there
+/// is no such value.
+pub fn replace_value(raw: &[u8], path: &[&str], value: &str) -> Option<Bytes> {
+    splice(raw, value_span(raw, path)?, value.as_bytes())
+}
+
+/// The exact JSON text of the value at `path`.
+pub fn value_text<'a>(raw: &'a [u8], path: &[&str]) -> Option<&'a str> {
+    std::str::from_utf8(raw.get(value_span(raw, path)?)?).ok()
+}
+
 /// Appends the newline framing to an outgoing message (messages must not contain one).
 pub fn frame(raw: &[u8]) -> Option<Bytes> {
     if raw.contains(&b'\n') {
@@ -253,6 +295,28 @@ pub fn frame(raw: &[u8]) -> Option<Bytes> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn values_are_spliced_without_touching_other_bytes() {
+        let raw = br#"{ "jsonrpc":"2.0", "id" : 7 ,"method":"tools/call","params":{"_meta":{"progressToken":"t\"1"},"x":  [1, 2 ]}}"#;
+        assert_eq!(value_text(raw, &["id"]), Some("7"));
+        assert_eq!(
+            value_text(raw, &["params", "_meta", "progressToken"]),
+            Some(r#""t\"1""#)
+        );
+        let out = replace_value(raw, &["id"], r#""s-1""#).unwrap();
+        assert_eq!(
+            &out[..],
+            &br#"{ "jsonrpc":"2.0", "id" : "s-1" ,"method":"tools/call","params":{"_meta":{"progressToken":"t\"1"},"x":  [1, 2 ]}}"#[..]
+        );
+        let out = replace_value(&out, &["params", "_meta", "progressToken"], "9").unwrap();
+        assert!(out.ends_with(br#"{"_meta":{"progressToken":9},"x":  [1, 2 ]}}"#));
+        assert_eq!(value_span(raw, &["nope"]), None);
+        assert_eq!(value_span(raw, &["id", "deeper"]), None);
+        assert_eq!(value_span(b"[1]", &["id"]), None);
+        // A key written with an escape still matches.
+        assert_eq!(value_text(br#"{"\u0069d":3}"#, &["id"]), Some("3"));
+    }
 
     fn decode_all(input: &[u8], max: usize) -> Vec<Line> {
         let mut codec = JsonLines::new(max);

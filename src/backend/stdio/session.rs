@@ -1,36 +1,45 @@
-//! One MCP session = one child process (per-session mode): its own `initialize`, its own id
-//! space. Messages cross unchanged; the only thing the relay decides is which HTTP stream a
-//! message from the child goes to:
+//! Children and the MCP sessions they serve.
+//!
+//! A [`Child`] is one running stdio server; a [`Session`] is one MCP session (its id, its
+//! owner, its GET stream). In per-session mode (the default) every session has a child of its
+//! own and messages cross unchanged. In shared mode (`--stdio-mode shared`) every session is
+//! attached to one child: a client request's `id` and `progressToken` are replaced on the way
+//! in by ones unique in the child (spliced into the bytes, nothing else changes) and restored
+//! on the way out, so clients never see each other's ids and results reach the child's
+//! callers byte for byte.
+//!
+//! Where a message from the child goes:
 //!
 //! - a response → the stream of the request with that id;
 //! - `notifications/progress` → the stream of the request that set that `progressToken`;
-//! - list-changed and resource-updated notifications → the GET stream;
-//! - other notifications and server→client requests (sampling, elicitation, roots) → the
-//!   stream of the newest request still waiting, else the GET stream;
-//! - with no stream to take it, a bounded backlog that the next GET stream drains first.
+//! - list-changed and resource-updated notifications → the GET stream of every session;
+//! - server→client requests (sampling, elicitation, roots) and other notifications → the
+//!   stream of the newest request still waiting; with none, requests go to the GET stream of
+//!   the session used last and notifications to every session's GET stream;
+//! - with no stream to take it, a bounded backlog that the session's next GET stream drains.
 //!
 //! When the child exits, every waiting request gets a JSON-RPC error at once.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::codec::FramedRead;
 
 use super::child::{ChildSpec, capture_stderr, spawn};
-use super::framing::{JsonLines, Kind, Line, Message, frame};
+use super::framing::{JsonLines, Kind, Line, Message, frame, replace_value, value_text};
 use super::stream::StreamLog;
 
 /// Longest line accepted from a child.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// Messages kept for a GET stream that is not open.
-const BACKLOG: usize = 256;
+pub const BACKLOG: usize = 256;
 
 /// Recent streams kept for `Last-Event-ID` resumption.
 const RECENT_STREAMS: usize = 32;
@@ -38,38 +47,83 @@ const RECENT_STREAMS: usize = 32;
 /// Where messages for one HTTP stream go.
 pub type StreamTx = Arc<StreamLog>;
 
-#[derive(Default)]
-struct Routes {
-    /// Request id (exact JSON text) → its stream, in arrival order.
-    pending: Vec<(String, StreamTx)>,
-    /// Progress token (exact JSON text) → request id.
-    progress: HashMap<String, String>,
-    get_stream: Option<StreamTx>,
-    backlog: VecDeque<Bytes>,
+const PROGRESS_TOKEN: [&str; 3] = ["params", "_meta", "progressToken"];
+
+/// A client request the child has not answered yet.
+struct Pending {
+    /// The id as the child sees it (exact JSON text).
+    id: String,
+    stream: StreamTx,
+    session: Weak<Session>,
+    /// Shared mode: the client's own id and progress token, restored on the way out.
+    client_id: Option<String>,
+    client_token: Option<String>,
+    /// Shared mode: this is the `initialize` whose result the other sessions get.
+    initialize: bool,
 }
 
-/// A live session and its child.
-pub struct Session {
+#[derive(Default)]
+struct Routes {
+    /// Shared mode (see [`Child`]).
+    shared: bool,
+    /// In arrival order.
+    pending: Vec<Pending>,
+    /// Progress token → request id, both as the child sees them.
+    progress: HashMap<String, String>,
+    /// The sessions attached to the child.
+    sessions: Vec<Weak<Session>>,
+    /// Server→client requests not answered yet: id → the session that was asked (the
+    /// latest [`BACKLOG`]).
+    asked: VecDeque<(String, Weak<Session>)>,
+    /// Messages from a child no session is attached to yet (a warm spare), for the first.
+    orphans: VecDeque<Bytes>,
+}
+
+/// Where one message from the child goes.
+enum Route {
+    /// One stream; `true` when the stream is finished with it (its last awaited answer).
+    Stream(StreamTx, Bytes, bool),
+    /// The GET streams (or backlogs) of these sessions.
+    Sessions(Vec<Arc<Session>>, Bytes),
+    /// Back to the child: the error answer to a request of its that nobody can take.
+    Refuse(Bytes),
+    Nowhere,
+}
+
+/// Shared mode: the state of the child's one `initialize`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Init {
+    /// Not sent yet (or it failed): the next session's `initialize` goes to the child.
+    Idle,
+    /// Sent, not answered yet.
+    Sent,
+    /// The result (exact JSON text), answered to every later session.
+    Done(Bytes),
+}
+
+/// What a new session's `initialize` should do (see [`Child::begin_initialize`]).
+pub enum InitTurn {
+    Send,
+    Cached(Bytes),
+    Wait(watch::Receiver<Init>),
+}
+
+/// One running stdio server.
+pub struct Child {
     /// The child's name in the log (`child-N`).
     pub tag: String,
-    /// The MCP session id, once a client claimed the child (a warm spare has none yet).
-    mcp_id: std::sync::OnceLock<String>,
-    /// The subject of the user who created the session; nobody else may use it.
-    owner: std::sync::OnceLock<String>,
+    /// Shared mode: several sessions, ids rewritten.
+    shared: bool,
     stdin: mpsc::Sender<Bytes>,
     /// Fired to stop the child.
     kill: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     routes: Mutex<Routes>,
     closed: AtomicBool,
-    /// The negotiated protocol version, once `initialize` was answered.
-    pub protocol_version: Mutex<Option<String>>,
-    /// When a client last sent something.
-    last_used: Mutex<tokio::time::Instant>,
     /// Becomes true once the child has been stopped and reaped.
-    stopped: tokio::sync::watch::Receiver<bool>,
-    next_stream: std::sync::atomic::AtomicU64,
-    /// The latest streams, for resumption.
-    recent: Mutex<VecDeque<StreamTx>>,
+    stopped: watch::Receiver<bool>,
+    init: watch::Sender<Init>,
+    initialized_sent: AtomicBool,
+    next_id: AtomicU64,
 }
 
 /// Children that keep exiting by themselves soon after starting delay the next start: after
@@ -108,7 +162,7 @@ impl CrashTracker {
     }
 }
 
-/// The JSON-RPC error a waiting request gets when the child is gone.
+/// The JSON-RPC error a waiting request gets when it cannot be answered any more.
 fn exited_error(id: &str, message: &str) -> Bytes {
     Bytes::from(format!(
         r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":-32000,"message":{}}}}}"#,
@@ -116,42 +170,62 @@ fn exited_error(id: &str, message: &str) -> Bytes {
     ))
 }
 
-impl Session {
+impl Pending {
+    /// The id the client used.
+    fn client_id(&self) -> &str {
+        self.client_id.as_deref().unwrap_or(&self.id)
+    }
+}
+
+impl Child {
+    fn new(
+        tag: String,
+        shared: bool,
+        stdin: mpsc::Sender<Bytes>,
+        kill: tokio::sync::oneshot::Sender<()>,
+        stopped: watch::Receiver<bool>,
+    ) -> Arc<Child> {
+        Arc::new(Child {
+            tag,
+            shared,
+            stdin,
+            kill: Mutex::new(Some(kill)),
+            routes: Mutex::new(Routes {
+                shared,
+                ..Routes::default()
+            }),
+            closed: AtomicBool::new(false),
+            stopped,
+            init: watch::Sender::new(Init::Idle),
+            initialized_sent: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
     /// Starts the child and the tasks that feed it and read it.
     pub fn start(
         tag: String,
         spec: &ChildSpec,
         crashes: Arc<CrashTracker>,
-    ) -> std::io::Result<Arc<Session>> {
+        shared: bool,
+    ) -> std::io::Result<Arc<Child>> {
         let started = tokio::time::Instant::now();
-        let (mut child, withheld) = spawn(spec)?;
+        let (mut process, withheld) = spawn(spec)?;
         if !withheld.is_empty() {
             tracing::debug!(child = %tag, withheld = ?withheld, "the child does not see these variables of ours");
         }
         let (stdin_tx, mut stdin_rx) = mpsc::channel::<Bytes>(64);
         let (kill_tx, mut kill_rx) = tokio::sync::oneshot::channel::<()>();
-        let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
-        let id = tag.clone();
-        let session = Arc::new(Session {
-            tag,
-            mcp_id: std::sync::OnceLock::new(),
-            owner: std::sync::OnceLock::new(),
-            stdin: stdin_tx,
-            kill: Mutex::new(Some(kill_tx)),
-            routes: Mutex::new(Routes::default()),
-            closed: AtomicBool::new(false),
-            protocol_version: Mutex::new(None),
-            last_used: Mutex::new(tokio::time::Instant::now()),
-            stopped: stopped_rx,
-            next_stream: std::sync::atomic::AtomicU64::new(1),
-            recent: Mutex::new(VecDeque::new()),
-        });
-        let (Some(mut stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
+        let (stopped_tx, stopped_rx) = watch::channel(false);
+        let child = Child::new(tag, shared, stdin_tx, kill_tx, stopped_rx);
+        let (Some(mut stdin), Some(stdout), Some(stderr)) = (
+            process.stdin.take(),
+            process.stdout.take(),
+            process.stderr.take(),
+        ) else {
             return Err(std::io::Error::other("the child's pipes are missing"));
         };
-        let (tail, stderr_task) = capture_stderr(stderr, id.clone());
+        let (tail, stderr_task) = capture_stderr(stderr, child.tag.clone());
 
         tokio::spawn(async move {
             while let Some(msg) = stdin_rx.recv().await {
@@ -161,7 +235,7 @@ impl Session {
             }
         });
 
-        let reader = session.clone();
+        let reader = child.clone();
         tokio::spawn(async move {
             let mut lines = FramedRead::new(stdout, JsonLines::new(MAX_MESSAGE));
             loop {
@@ -186,7 +260,7 @@ impl Session {
             }
             // Nobody asked it to stop: it exited (or closed its stdout) by itself.
             let by_itself = !reader.is_closed();
-            let status = stop(&mut child).await;
+            let status = stop(&mut process).await;
             let _ = stderr_task.await;
             crashes.record(by_itself && started.elapsed() < STABLE_AFTER);
             reader.close("the MCP server exited");
@@ -201,23 +275,213 @@ impl Session {
                 }
             }
         });
-        Ok(session)
+        Ok(child)
     }
 
-    /// Gives the child to a client: its MCP session id and owner. False if it was claimed.
-    pub fn claim(&self, mcp_id: String, owner: String) -> bool {
-        self.touch();
-        self.mcp_id.set(mcp_id).is_ok() && self.owner.set(owner).is_ok()
+    /// Whether the child is gone or being stopped.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
-    /// The MCP session id ("" for an unclaimed spare).
+    /// Whether this child serves every session (shared mode).
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// How many live sessions are attached.
+    pub fn session_count(&self) -> usize {
+        self.routes
+            .lock()
+            .map(|r| r.sessions.iter().filter(|s| s.strong_count() > 0).count())
+            .unwrap_or(0)
+    }
+
+    /// Waits until the child has been stopped and reaped.
+    pub async fn wait_stopped(&self) {
+        let mut rx = self.stopped.clone();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Stops the child: every waiting request gets an error, every attached session ends.
+    pub fn close(&self, why: &str) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(kill) = self.kill.lock().ok().and_then(|mut k| k.take()) {
+            let _ = kill.send(());
+        }
+        self.init.send_if_modified(|i| {
+            let waiting = *i == Init::Sent;
+            if waiting {
+                *i = Init::Idle;
+            }
+            waiting
+        });
+        let (pending, sessions) = match self.routes.lock() {
+            Ok(mut r) => {
+                r.progress.clear();
+                r.asked.clear();
+                let sessions: Vec<_> = r.sessions.drain(..).filter_map(|s| s.upgrade()).collect();
+                (std::mem::take(&mut r.pending), sessions)
+            }
+            Err(_) => return,
+        };
+        for p in pending {
+            p.stream.try_deliver(exited_error(p.client_id(), why));
+            p.stream.finish();
+        }
+        for s in sessions {
+            s.mark_closed();
+        }
+    }
+
+    /// Shared mode: whether a new session's `initialize` goes to the child, is answered
+    /// from the first session's result, or must wait for that result.
+    pub fn begin_initialize(&self) -> InitTurn {
+        if !self.shared {
+            return InitTurn::Send;
+        }
+        let mut turn = InitTurn::Send;
+        let mut rx = Some(self.init.subscribe());
+        self.init.send_if_modified(|i| match i {
+            Init::Idle => {
+                *i = Init::Sent;
+                true
+            }
+            Init::Sent => {
+                if let Some(rx) = rx.take() {
+                    turn = InitTurn::Wait(rx);
+                }
+                false
+            }
+            Init::Done(result) => {
+                turn = InitTurn::Cached(result.clone());
+                false
+            }
+        });
+        turn
+    }
+
+    async fn send_raw(&self, raw: &[u8]) -> Result<(), &'static str> {
+        let framed = frame(raw).ok_or("a message may not contain a raw newline")?;
+        self.stdin
+            .send(framed)
+            .await
+            .map_err(|_| "the MCP server is not running")
+    }
+
+    /// A request id (JSON string) no other session's request has in this child.
+    fn fresh_id(&self, session: u64, what: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("\"mcp-proxy-{session}-{n}{what}\"")
+    }
+
+    async fn route(&self, m: Message) {
+        let (route, init) = match self.routes.lock() {
+            Ok(mut r) => r.target(&m),
+            Err(_) => return,
+        };
+        if let Some(result) = init {
+            self.init.send_replace(result);
+        }
+        match route {
+            // Backpressure: a slow HTTP client slows the child, it does not grow memory.
+            Route::Stream(stream, raw, finished) => {
+                stream.deliver(raw).await;
+                if finished {
+                    stream.finish();
+                }
+            }
+            Route::Sessions(sessions, raw) => {
+                for s in sessions {
+                    s.to_get_stream(raw.clone());
+                }
+            }
+            Route::Refuse(answer) => {
+                tracing::warn!(
+                    session = %self.tag,
+                    method = m.method.as_deref().unwrap_or_default(),
+                    "the shared MCP server asked the client something while several sessions were busy; refused, as it cannot tell whose it is"
+                );
+                if let Err(e) = self.send_raw(&answer).await {
+                    tracing::debug!(session = %self.tag, error = e, "could not refuse a server request");
+                }
+            }
+            Route::Nowhere if m.kind == Kind::Response => {
+                tracing::debug!(session = %self.tag, "a response for no waiting request; dropped");
+            }
+            Route::Nowhere => {}
+        }
+    }
+}
+
+/// A live MCP session.
+pub struct Session {
+    mcp_id: String,
+    /// The subject of the user who created the session; nobody else may use it.
+    owner: String,
+    /// A number unique among the child's sessions (shared mode: part of rewritten ids).
+    no: u64,
+    child: Arc<Child>,
+    closed: AtomicBool,
+    /// The negotiated protocol version, once `initialize` was answered.
+    pub protocol_version: Mutex<Option<String>>,
+    /// When a client last sent something.
+    last_used: Mutex<tokio::time::Instant>,
+    next_stream: AtomicU64,
+    /// The latest streams, for resumption.
+    recent: Mutex<VecDeque<StreamTx>>,
+    get: Mutex<GetStream>,
+}
+
+#[derive(Default)]
+struct GetStream {
+    stream: Option<StreamTx>,
+    backlog: VecDeque<Bytes>,
+}
+
+fn push_bounded(q: &mut VecDeque<Bytes>, raw: Bytes) {
+    if q.len() == BACKLOG {
+        q.pop_front();
+    }
+    q.push_back(raw);
+}
+
+impl Session {
+    /// A new session `mcp_id` of `owner` on `child`; the first session of a warm spare
+    /// receives what the child said before it came.
+    pub fn attach(child: Arc<Child>, mcp_id: String, owner: String, no: u64) -> Arc<Session> {
+        let session = Arc::new(Session {
+            mcp_id,
+            owner,
+            no,
+            child: child.clone(),
+            closed: AtomicBool::new(false),
+            protocol_version: Mutex::new(None),
+            last_used: Mutex::new(tokio::time::Instant::now()),
+            next_stream: AtomicU64::new(1),
+            recent: Mutex::new(VecDeque::new()),
+            get: Mutex::new(GetStream::default()),
+        });
+        if let Ok(mut r) = child.routes.lock() {
+            r.sessions.retain(|s| s.strong_count() > 0);
+            r.sessions.push(Arc::downgrade(&session));
+            if let Ok(mut g) = session.get.lock() {
+                g.backlog.extend(r.orphans.drain(..));
+            }
+        }
+        session
+    }
+
     pub fn mcp_id(&self) -> &str {
-        self.mcp_id.get().map(String::as_str).unwrap_or_default()
+        &self.mcp_id
     }
 
     /// The user who owns the session.
-    pub fn owner(&self) -> Option<&str> {
-        self.owner.get().map(String::as_str)
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn child(&self) -> &Arc<Child> {
+        &self.child
     }
 
     /// Notes that the client used the session now.
@@ -227,71 +491,191 @@ impl Session {
         }
     }
 
+    fn last_used(&self) -> tokio::time::Instant {
+        self.last_used
+            .lock()
+            .map(|t| *t)
+            .unwrap_or_else(|_| tokio::time::Instant::now())
+    }
+
     /// Whether nobody used the session for `timeout` and no stream of it is open.
     pub fn is_idle(&self, timeout: std::time::Duration) -> bool {
-        let quiet = self
-            .last_used
+        let quiet = self.last_used().elapsed() >= timeout;
+        let get_live = self
+            .get
             .lock()
-            .map(|t| t.elapsed() >= timeout)
-            .unwrap_or(true);
-        let streaming = self
+            .map(|g| g.stream.as_ref().is_some_and(|s| s.has_live()))
+            .unwrap_or(false);
+        let waiting_live = self
+            .child
             .routes
             .lock()
             .map(|r| {
-                r.get_stream.as_ref().is_some_and(|s| s.has_live())
-                    || r.pending.iter().any(|(_, s)| s.has_live())
+                r.pending
+                    .iter()
+                    .any(|p| self.owns(p) && p.stream.has_live())
             })
             .unwrap_or(false);
-        quiet && !streaming
+        quiet && !get_live && !waiting_live
     }
 
-    /// Waits until the child has been stopped and reaped.
-    pub async fn wait_stopped(&self) {
-        let mut rx = self.stopped.clone();
-        let _ = rx.wait_for(|s| *s).await;
+    fn owns(&self, p: &Pending) -> bool {
+        std::ptr::eq(p.session.as_ptr(), self)
     }
 
-    /// Whether the child is gone or the session was ended.
+    /// Whether the session was ended (or its child is gone).
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.closed.load(Ordering::Acquire) || self.child.is_closed()
     }
 
-    /// Ends the session: waiting requests get an error, streams end, the child's stdin
-    /// closes (and the child is killed when its handle drops with the reader task).
-    pub fn close(&self, why: &str) {
+    fn mark_closed(&self) {
         self.closed.store(true, Ordering::Release);
-        if let Some(kill) = self.kill.lock().ok().and_then(|mut k| k.take()) {
-            let _ = kill.send(());
-        }
-        let Ok(mut r) = self.routes.lock() else {
-            return;
-        };
-        for (id, stream) in r.pending.drain(..) {
-            stream.try_deliver(exited_error(&id, why));
-            stream.finish();
-        }
-        r.progress.clear();
-        if let Some(get) = r.get_stream.take() {
+        if let Some(get) = self.get.lock().ok().and_then(|mut g| g.stream.take()) {
             get.finish();
         }
     }
 
-    /// Sends a client message to the child, registering where its answers go.
-    pub async fn send(&self, msg: &Message, stream: Option<StreamTx>) -> Result<(), &'static str> {
+    /// Ends the session. Per-session mode stops its child; in shared mode the child goes
+    /// on, the session's waiting requests get an error and are cancelled at the child.
+    pub fn close(&self, why: &str) {
+        if !self.child.shared {
+            self.mark_closed();
+            self.child.close(why);
+            return;
+        }
+        self.mark_closed();
+        let mine = match self.child.routes.lock() {
+            Ok(mut r) => {
+                let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut r.pending)
+                    .into_iter()
+                    .partition(|p| self.owns(p));
+                r.pending = rest;
+                for p in &mine {
+                    r.progress.retain(|_, req| *req != p.id);
+                }
+                r.asked
+                    .retain(|(_, s)| !std::ptr::eq(s.as_ptr(), self) && s.strong_count() > 0);
+                r.sessions
+                    .retain(|s| !std::ptr::eq(s.as_ptr(), self) && s.strong_count() > 0);
+                mine
+            }
+            Err(_) => return,
+        };
+        if mine.iter().any(|p| p.initialize) {
+            // The session that was initializing the shared child left: the next one will.
+            self.child.init.send_if_modified(|i| {
+                let waiting = *i == Init::Sent;
+                if waiting {
+                    *i = Init::Idle;
+                }
+                waiting
+            });
+        }
+        for p in mine {
+            p.stream.try_deliver(exited_error(p.client_id(), why));
+            p.stream.finish();
+            let cancel = format!(
+                r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{},"reason":{}}}}}"#,
+                p.id,
+                Value::String(why.to_string())
+            );
+            if let Some(framed) = frame(cancel.as_bytes()) {
+                let _ = self.child.stdin.try_send(framed);
+            }
+        }
+    }
+
+    /// Sends a client message to the child, registering where its answers go. In shared
+    /// mode the request's id and progress token are replaced by ones unique in the child.
+    pub async fn send(
+        self: &Arc<Self>,
+        msg: &Message,
+        stream: Option<StreamTx>,
+    ) -> Result<(), &'static str> {
         if self.is_closed() {
             return Err("the session has ended");
         }
-        let framed = frame(&msg.raw).ok_or("a message may not contain a raw newline")?;
-        if let (Kind::Request, Some(id), Some(tx)) = (msg.kind, &msg.id, stream) {
-            let token = progress_token(&msg.raw);
-            if let Ok(mut r) = self.routes.lock() {
-                r.register(id, tx, token);
+        let Some(raw) = self.outgoing(msg, stream)? else {
+            return Ok(());
+        };
+        self.child.send_raw(&raw).await
+    }
+
+    /// What goes to the child for `msg` (`None`: nothing), with its answers' routes set.
+    fn outgoing(
+        self: &Arc<Self>,
+        msg: &Message,
+        stream: Option<StreamTx>,
+    ) -> Result<Option<Bytes>, &'static str> {
+        let child = &self.child;
+        let mut r = child
+            .routes
+            .lock()
+            .map_err(|_| "the session is unavailable")?;
+        match (msg.kind, &msg.id, stream) {
+            (Kind::Request, Some(id), Some(stream)) => {
+                let token = value_text(&msg.raw, &PROGRESS_TOKEN).map(str::to_string);
+                let mut pending = Pending {
+                    id: id.clone(),
+                    stream,
+                    session: Arc::downgrade(self),
+                    client_id: None,
+                    client_token: None,
+                    initialize: false,
+                };
+                let mut raw = msg.raw.clone();
+                let mut child_token = token.clone();
+                if child.shared {
+                    pending.id = child.fresh_id(self.no, "");
+                    pending.client_id = Some(id.clone());
+                    pending.initialize = msg.method.as_deref() == Some("initialize");
+                    raw = replace_value(&raw, &["id"], &pending.id).ok_or("unreadable request")?;
+                    if let Some(t) = &token {
+                        let fresh = child.fresh_id(self.no, "-progress");
+                        raw = replace_value(&raw, &PROGRESS_TOKEN, &fresh)
+                            .ok_or("unreadable request")?;
+                        pending.client_token = Some(t.clone());
+                        child_token = Some(fresh);
+                    }
+                }
+                if let Some(t) = child_token.as_deref().and_then(normalized) {
+                    r.progress.insert(t, pending.id.clone());
+                }
+                r.pending.push(pending);
+                Ok(Some(raw))
             }
+            (Kind::Response, Some(id), _) => {
+                // The answer to a server→client request; in shared mode only from the
+                // session that was asked.
+                let asked = r.asked.iter().position(|(a, s)| {
+                    a == id && (!child.shared || std::ptr::eq(s.as_ptr(), Arc::as_ptr(self)))
+                });
+                let by_asked = asked.and_then(|i| r.asked.remove(i)).is_some();
+                if child.shared && !by_asked {
+                    return Err("no request of the server has this id");
+                }
+                Ok(Some(msg.raw.clone()))
+            }
+            (Kind::Notification, _, _) if child.shared => match msg.method.as_deref() {
+                // The child was initialized once, by the first session.
+                Some("notifications/initialized") => {
+                    let again = child.initialized_sent.swap(true, Ordering::AcqRel);
+                    Ok((!again).then(|| msg.raw.clone()))
+                }
+                // Cancelling one of this session's requests: name it as the child knows it.
+                Some("notifications/cancelled") => {
+                    let wanted = value_text(&msg.raw, &["params", "requestId"]);
+                    let theirs = r
+                        .pending
+                        .iter()
+                        .find(|p| self.owns(p) && Some(p.client_id()) == wanted);
+                    Ok(theirs
+                        .and_then(|p| replace_value(&msg.raw, &["params", "requestId"], &p.id)))
+                }
+                _ => Ok(Some(msg.raw.clone())),
+            },
+            _ => Ok(Some(msg.raw.clone())),
         }
-        self.stdin
-            .send(framed)
-            .await
-            .map_err(|_| "the MCP server is not running")
     }
 
     /// A new stream of this session feeding `tx` (SSE-framed, or raw messages for a JSON
@@ -327,110 +711,193 @@ impl Session {
 
     /// Delivers a message to the GET stream, or keeps it for the next one.
     pub fn to_get_stream(&self, raw: Bytes) {
-        let Ok(mut r) = self.routes.lock() else {
+        let Ok(mut g) = self.get.lock() else {
             return;
         };
-        if let Some(get) = r.get_stream.as_ref().filter(|g| !g.is_finished()) {
-            get.try_deliver(raw);
-            return;
+        match g.stream.as_ref().filter(|s| !s.is_finished()) {
+            Some(s) => s.try_deliver(raw),
+            None => push_bounded(&mut g.backlog, raw),
         }
-        if r.backlog.len() == BACKLOG {
-            r.backlog.pop_front();
-        }
-        r.backlog.push_back(raw);
     }
 
     /// Opens a new GET stream feeding `tx`; the backlog comes first. A previous GET stream
     /// of the session ends.
     pub fn open_get_stream(&self, tx: mpsc::Sender<Bytes>) {
         let stream = self.new_stream(true, tx);
-        if let Ok(mut r) = self.routes.lock() {
-            while let Some(m) = r.backlog.pop_front() {
+        if let Ok(mut g) = self.get.lock() {
+            while let Some(m) = g.backlog.pop_front() {
                 stream.try_deliver(m);
             }
-            if let Some(old) = r.get_stream.replace(stream) {
+            if let Some(old) = g.stream.replace(stream) {
                 old.finish();
             }
-        }
-    }
-
-    async fn route(&self, m: Message) {
-        let (target, finished) = match self.routes.lock() {
-            Ok(mut r) => r.target(&m),
-            Err(_) => return,
-        };
-        match target {
-            // Backpressure: a slow HTTP client slows the child, it does not grow memory.
-            Some(stream) => {
-                stream.deliver(m.raw).await;
-                if finished {
-                    stream.finish();
-                }
-            }
-            None if m.kind == Kind::Response => {
-                tracing::debug!(session = %self.tag, "a response for no waiting request; dropped");
-            }
-            None => {}
         }
     }
 }
 
 impl Routes {
-    /// Registers a client request waiting on `tx`, and its progress token.
-    fn register(&mut self, id: &str, tx: StreamTx, progress_token: Option<String>) {
-        self.pending.push((id.to_string(), tx));
-        if let Some(t) = progress_token {
-            self.progress.insert(t, id.to_string());
-        }
+    fn live_sessions(&self) -> Vec<Arc<Session>> {
+        self.sessions
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|s| !s.closed.load(Ordering::Acquire))
+            .collect()
     }
 
-    /// The stream a message from the child goes to (see the module header), and whether
-    /// that stream is finished with it (the last answer it waited for); `None` when the
-    /// message went to the backlog (or, for a response, nowhere).
-    fn target(&mut self, m: &Message) -> (Option<StreamTx>, bool) {
-        self.pending.retain(|(_, s)| !s.is_finished());
-        let target = match m.kind {
+    /// Where a message from the child goes (see the module header), and, when it answers
+    /// the shared child's `initialize`, the new state of that.
+    fn target(&mut self, m: &Message) -> (Route, Option<Init>) {
+        self.pending.retain(|p| !p.stream.is_finished());
+        let raw = m.raw.clone();
+        match m.kind {
             Kind::Response => {
                 let id = m.id.clone().unwrap_or_default();
-                let pos = self.pending.iter().position(|(p, _)| *p == id);
-                self.progress.retain(|_, req| *req != id);
-                let Some(stream) = pos.map(|i| self.pending.remove(i).1) else {
-                    return (None, false);
+                let Some(pos) = self.pending.iter().position(|p| p.id == id) else {
+                    return (Route::Nowhere, None);
+                };
+                let p = self.pending.remove(pos);
+                self.progress.retain(|_, req| *req != p.id);
+                let init = p.initialize.then(|| {
+                    value_text(&raw, &["result"]).map_or(Init::Idle, |r| {
+                        Init::Done(Bytes::copy_from_slice(r.as_bytes()))
+                    })
+                });
+                let raw = match &p.client_id {
+                    Some(cid) => replace_value(&raw, &["id"], cid).unwrap_or(raw),
+                    None => raw,
                 };
                 // A batch shares one stream: it ends with the last of its answers.
-                let last = !self.pending.iter().any(|(_, s)| Arc::ptr_eq(s, &stream));
-                return (Some(stream), last);
+                let last = !self
+                    .pending
+                    .iter()
+                    .any(|q| Arc::ptr_eq(&q.stream, &p.stream));
+                (Route::Stream(p.stream, raw, last), init)
             }
-            Kind::Notification if is_broadcast(m.method.as_deref()) => self.open_get_stream(),
+            Kind::Notification if is_broadcast(m.method.as_deref()) => {
+                (self.for_sessions(self.live_sessions(), raw), None)
+            }
             Kind::Notification if m.method.as_deref() == Some("notifications/progress") => {
-                progress_token_of_params(&m.raw)
-                    .and_then(|t| self.progress.get(&t).cloned())
-                    .and_then(|req| {
-                        self.pending
-                            .iter()
-                            .find(|(p, _)| *p == req)
-                            .map(|(_, s)| s.clone())
-                    })
-                    .or_else(|| self.open_get_stream())
+                let token = value_text(&raw, &["params", "progressToken"]).and_then(normalized);
+                let waiting = token
+                    .and_then(|t| self.progress.get(&t))
+                    .and_then(|req| self.pending.iter().find(|p| p.id == *req));
+                match waiting {
+                    Some(p) => {
+                        let raw = match &p.client_token {
+                            Some(t) => {
+                                replace_value(&raw, &["params", "progressToken"], t).unwrap_or(raw)
+                            }
+                            None => raw,
+                        };
+                        (Route::Stream(p.stream.clone(), raw, false), None)
+                    }
+                    None => (self.for_sessions(self.live_sessions(), raw), None),
+                }
             }
-            _ => self
-                .pending
-                .last()
-                .map(|(_, s)| s.clone())
-                .or_else(|| self.open_get_stream()),
-        };
-        if target.is_none() {
-            if self.backlog.len() == BACKLOG {
-                self.backlog.pop_front();
+            Kind::Notification if m.method.as_deref() == Some("notifications/cancelled") => {
+                // The child gave up one of its own requests: tell the session it asked.
+                let asked = value_text(&raw, &["params", "requestId"])
+                    .and_then(|id| self.asked.iter().position(|(a, _)| a == id))
+                    .and_then(|i| self.asked.remove(i))
+                    .and_then(|(_, s)| s.upgrade());
+                match asked {
+                    Some(s) => (self.for_sessions(vec![s], raw), None),
+                    None => (self.newest_waiting_or(raw, false), None),
+                }
             }
-            self.backlog.push_back(m.raw.clone());
+            Kind::Request => {
+                let route = self.newest_waiting_or(raw, true);
+                (route, None)
+            }
+            _ => (self.newest_waiting_or(raw, false), None),
         }
-        (target, false)
     }
 
-    fn open_get_stream(&self) -> Option<StreamTx> {
-        self.get_stream.clone().filter(|s| !s.is_finished())
+    /// A server→client request (`one`) or notification that names no request of ours.
+    ///
+    /// Per-session mode: to the stream of the newest waiting request; with none, to the
+    /// GET stream. Shared mode: nothing in the message says which session caused it, so it
+    /// goes where that is certain: the newest waiting request of the only session with
+    /// requests in flight, else the only session; otherwise a notification goes to every
+    /// session and a request is refused with an error to the child (never guessed: a prompt
+    /// shown to the wrong user is a leak). A request remembers whom it asked.
+    fn newest_waiting_or(&mut self, raw: Bytes, one: bool) -> Route {
+        let request_id = one
+            .then(|| value_text(&raw, &["id"]).map(str::to_string))
+            .flatten();
+        if self.shared {
+            return self.unambiguous(raw, request_id);
+        }
+        if let Some(p) = self.pending.last() {
+            let (stream, session) = (p.stream.clone(), p.session.clone());
+            if let Some(id) = request_id {
+                self.remember_asked(id, session);
+            }
+            return Route::Stream(stream, raw, false);
+        }
+        let mut sessions = self.live_sessions();
+        if one {
+            sessions.sort_by_key(|s| s.last_used());
+            sessions = sessions.pop().into_iter().collect();
+            if let (Some(id), Some(s)) = (request_id, sessions.first()) {
+                self.remember_asked(id, Arc::downgrade(s));
+            }
+        }
+        self.for_sessions(sessions, raw)
     }
+
+    fn unambiguous(&mut self, raw: Bytes, request_id: Option<String>) -> Route {
+        let busy: Vec<&Pending> = self
+            .pending
+            .iter()
+            .filter(|p| p.session.strong_count() > 0)
+            .collect();
+        let one_busy = busy.last().filter(|newest| {
+            busy.iter()
+                .all(|p| Weak::ptr_eq(&p.session, &newest.session))
+        });
+        if let Some(p) = one_busy {
+            let (stream, session) = (p.stream.clone(), p.session.clone());
+            if let Some(id) = request_id {
+                self.remember_asked(id, session);
+            }
+            return Route::Stream(stream, raw, false);
+        }
+        let sessions = self.live_sessions();
+        let Some(id) = request_id else {
+            return self.for_sessions(sessions, raw);
+        };
+        if let ([], [only]) = (busy.as_slice(), sessions.as_slice()) {
+            self.remember_asked(id, Arc::downgrade(only));
+            return self.for_sessions(sessions, raw);
+        }
+        Route::Refuse(Bytes::from(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":-32603,"message":"the proxy shares this server between several sessions and cannot tell which one this request is for"}}}}"#
+        )))
+    }
+
+    fn remember_asked(&mut self, id: String, session: Weak<Session>) {
+        if self.asked.len() == BACKLOG {
+            self.asked.pop_front();
+        }
+        self.asked.push_back((id, session));
+    }
+
+    fn for_sessions(&mut self, sessions: Vec<Arc<Session>>, raw: Bytes) -> Route {
+        if sessions.is_empty() {
+            push_bounded(&mut self.orphans, raw);
+            return Route::Nowhere;
+        }
+        Route::Sessions(sessions, raw)
+    }
+}
+
+/// A JSON value's canonical text (`1.0` and `1` stay apart, escapes are resolved), so a
+/// token the child echoes in another spelling still matches.
+fn normalized(text: &str) -> Option<String> {
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .map(|v| v.to_string())
 }
 
 /// How long a child (and what it started) gets between SIGTERM and SIGKILL.
@@ -470,19 +937,6 @@ fn is_broadcast(method: Option<&str>) -> bool {
     method.is_some_and(|m| m.ends_with("/list_changed") || m == "notifications/resources/updated")
 }
 
-/// `params._meta.progressToken` of a client request, as exact JSON text.
-fn progress_token(raw: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(raw).ok()?;
-    v.pointer("/params/_meta/progressToken")
-        .map(Value::to_string)
-}
-
-/// `params.progressToken` of a progress notification, as exact JSON text.
-fn progress_token_of_params(raw: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(raw).ok()?;
-    v.pointer("/params/progressToken").map(Value::to_string)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,52 +953,77 @@ mod tests {
         out
     }
 
-    /// A raw (unframed) stream and its receiving end.
-    fn stream(no: u64) -> (StreamTx, mpsc::Receiver<Bytes>) {
+    /// A child with in-memory pipes: what the sessions send it arrives on the receiver.
+    fn pipe_child(shared: bool) -> (Arc<Child>, mpsc::Receiver<Bytes>) {
+        let (stdin, rx) = mpsc::channel(64);
+        let (kill, _) = tokio::sync::oneshot::channel();
+        let (_, stopped) = watch::channel(false);
+        (
+            Child::new("child-t".into(), shared, stdin, kill, stopped),
+            rx,
+        )
+    }
+
+    /// A raw (unframed) stream of `session` and its receiving end.
+    fn stream(session: &Session) -> (StreamTx, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(16);
-        (StreamLog::new(no, false, tx), rx)
+        (session.new_stream(false, tx), rx)
     }
 
-    /// Routes a message the way the reader task does.
-    fn deliver(r: &mut Routes, json: &str) {
-        let m = msg(json);
-        if let (Some(s), finished) = r.target(&m) {
-            s.try_deliver(m.raw);
-            if finished {
-                s.finish();
-            }
-        }
+    fn get_stream(session: &Session) -> mpsc::Receiver<Bytes> {
+        let (tx, rx) = mpsc::channel(16);
+        session.open_get_stream(tx);
+        rx
     }
 
-    #[test]
-    fn every_message_goes_to_exactly_one_stream() {
-        let mut r = Routes::default();
-        let (get, mut get_rx) = stream(1);
-        let (a, mut a_rx) = stream(2);
-        let (b, mut b_rx) = stream(3);
-        r.register("1", a, Some("\"tok-a\"".into()));
-        r.register("\"b\"", b, None);
-        r.get_stream = Some(get);
+    /// The SSE `data:` payloads of a GET stream's events.
+    fn events(rx: &mut mpsc::Receiver<Bytes>) -> Vec<String> {
+        drain(rx)
+            .iter()
+            .filter_map(|e| {
+                e.lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .map(str::to_string)
+            })
+            .collect()
+    }
 
-        deliver(
-            &mut r,
+    /// The next line the child received, as JSON.
+    fn received(rx: &mut mpsc::Receiver<Bytes>) -> Value {
+        let line = rx.try_recv().expect("the child received a message");
+        assert!(line.ends_with(b"\n"), "newline-framed");
+        serde_json::from_slice(&line).unwrap()
+    }
+
+    #[tokio::test]
+    async fn per_session_every_message_goes_to_exactly_one_stream() {
+        let (child, mut stdin) = pipe_child(false);
+        let s = Session::attach(child.clone(), "sid".into(), "alice".into(), 1);
+        let mut get = get_stream(&s);
+        let (a, mut a_rx) = stream(&s);
+        let (b, mut b_rx) = stream(&s);
+        let req_a = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"progressToken":"tok-a"}}}"#;
+        s.send(&msg(req_a), Some(a)).await.unwrap();
+        s.send(&msg(r#"{"jsonrpc":"2.0","id":"b","method":"x"}"#), Some(b))
+            .await
+            .unwrap();
+        assert_eq!(
+            &stdin.try_recv().unwrap()[..],
+            format!("{req_a}\n").as_bytes(),
+            "per-session mode: bytes untouched"
+        );
+
+        for line in [
             r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"tok-a","progress":1}}"#,
-        );
-        deliver(
-            &mut r,
             r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#,
-        );
-        deliver(
-            &mut r,
             r#"{"jsonrpc":"2.0","id":7,"method":"sampling/createMessage","params":{}}"#,
-        );
-        deliver(&mut r, r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
-        deliver(&mut r, r#"{"jsonrpc":"2.0","id":"b","result":{}}"#);
-        deliver(&mut r, r#"{"jsonrpc":"2.0","id":99,"result":{}}"#);
-        deliver(
-            &mut r,
+            r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":"b","result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":99,"result":{}}"#,
             r#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#,
-        );
+        ] {
+            child.route(msg(line)).await;
+        }
 
         let a = drain(&mut a_rx);
         assert_eq!(a.len(), 2, "{a:?}");
@@ -563,59 +1042,263 @@ mod tests {
             "server requests go to the newest waiting request"
         );
         assert!(b[1].contains(r#""id":"b""#));
-        let get = drain(&mut get_rx);
+        let get = events(&mut get);
         assert_eq!(get.len(), 2, "{get:?}");
         assert!(get[0].contains("list_changed") && get[1].contains("notifications/message"));
+        let r = child.routes.lock().unwrap();
         assert!(
             r.pending.is_empty() && r.progress.is_empty(),
             "answered requests are forgotten"
         );
     }
 
-    #[test]
-    fn a_batch_stream_ends_with_its_last_answer() {
-        let mut r = Routes::default();
-        let (shared, mut rx) = stream(4);
-        r.register("1", shared.clone(), None);
-        r.register("2", shared.clone(), None);
-        deliver(&mut r, r#"{"jsonrpc":"2.0","id":2,"result":{}}"#);
+    #[tokio::test]
+    async fn a_batch_stream_ends_with_its_last_answer() {
+        let (child, _stdin) = pipe_child(false);
+        let s = Session::attach(child.clone(), "sid".into(), "alice".into(), 1);
+        let (shared, mut rx) = stream(&s);
+        for id in [1, 2] {
+            let m = msg(&format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#));
+            s.send(&m, Some(shared.clone())).await.unwrap();
+        }
+        child
+            .route(msg(r#"{"jsonrpc":"2.0","id":2,"result":{}}"#))
+            .await;
         assert!(!shared.is_finished());
-        deliver(&mut r, r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        child
+            .route(msg(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#))
+            .await;
         assert!(shared.is_finished());
         assert_eq!(drain(&mut rx).len(), 2);
     }
 
-    #[test]
-    fn without_a_stream_messages_wait_in_a_bounded_backlog() {
-        let mut r = Routes::default();
+    #[tokio::test]
+    async fn without_a_stream_messages_wait_in_a_bounded_backlog() {
+        let (child, _stdin) = pipe_child(false);
+        // A warm spare: what it says before any session goes to the first one.
+        child
+            .route(msg(
+                r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"early":1}}"#,
+            ))
+            .await;
+        let s = Session::attach(child.clone(), "sid".into(), "alice".into(), 1);
         for i in 0..(BACKLOG + 5) {
-            deliver(
-                &mut r,
-                &format!(
-                    r#"{{"jsonrpc":"2.0","method":"notifications/message","params":{{"n":{i}}}}}"#
-                ),
+            let line = format!(
+                r#"{{"jsonrpc":"2.0","method":"notifications/message","params":{{"n":{i}}}}}"#
             );
+            child.route(msg(&line)).await;
         }
-        deliver(&mut r, r#"{"jsonrpc":"2.0","id":3,"result":{}}"#);
+        child
+            .route(msg(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#))
+            .await;
+        let backlog = s.get.lock().unwrap().backlog.clone();
         assert_eq!(
-            r.backlog.len(),
+            backlog.len(),
             BACKLOG,
             "bounded, and responses to nobody are not kept"
         );
         assert!(
-            String::from_utf8_lossy(&r.backlog[0]).contains(r#""n":5"#),
+            String::from_utf8_lossy(&backlog[0]).contains(r#""n":5"#),
             "the oldest go first"
         );
-        // A finished GET stream counts as none.
-        let (get, _rx) = stream(5);
-        get.finish();
-        r.get_stream = Some(get);
-        assert!(
-            r.target(&msg(
-                r#"{"jsonrpc":"2.0","method":"notifications/resources/list_changed"}"#
-            ))
-            .0
-            .is_none()
+        let (tx, mut get) = mpsc::channel(super::super::bridge::GET_STREAM_QUEUE);
+        s.open_get_stream(tx);
+        assert_eq!(
+            events(&mut get).len(),
+            BACKLOG,
+            "the next GET stream drains it all"
         );
+    }
+
+    #[tokio::test]
+    async fn shared_mode_rewrites_ids_and_tokens_and_restores_them() {
+        let (child, mut stdin) = pipe_child(true);
+        let s1 = Session::attach(child.clone(), "one".into(), "alice".into(), 1);
+        let s2 = Session::attach(child.clone(), "two".into(), "bob".into(), 2);
+        let (a, mut a_rx) = stream(&s1);
+        let (b, mut b_rx) = stream(&s2);
+        // Both clients use id 1 and the same progress token.
+        let req = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","_meta":{"progressToken":"p"}}}"#;
+        s1.send(&msg(req), Some(a)).await.unwrap();
+        s2.send(&msg(req), Some(b)).await.unwrap();
+        let (m1, m2) = (received(&mut stdin), received(&mut stdin));
+        assert_ne!(m1["id"], m2["id"], "unique ids at the child");
+        assert_ne!(
+            m1["params"]["_meta"]["progressToken"],
+            m2["params"]["_meta"]["progressToken"]
+        );
+        assert_eq!(m1["params"]["name"], "x", "the rest is unchanged");
+
+        // The child answers the second first; results pass byte for byte.
+        let result = r#"{"content":[{"type":"text","text":"é \u00e9"}],  "x" : 1.50}"#;
+        let progress = format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":{},"progress":1}}}}"#,
+            m2["params"]["_meta"]["progressToken"]
+        );
+        child.route(msg(&progress)).await;
+        let answer = format!(r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#, m2["id"]);
+        child.route(msg(&answer)).await;
+        let b = drain(&mut b_rx);
+        assert_eq!(
+            b,
+            vec![
+                r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"p","progress":1}}"#.to_string(),
+                format!(r#"{{"jsonrpc":"2.0","id":1,"result":{result}}}"#),
+            ]
+        );
+        assert!(drain(&mut a_rx).is_empty(), "nothing for the other session");
+
+        // Cancellation names the request as the child knows it.
+        let cancel =
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}"#;
+        s1.send(&msg(cancel), None).await.unwrap();
+        assert_eq!(received(&mut stdin)["params"]["requestId"], m1["id"]);
+        // A session cannot cancel another's request (nor one it never made).
+        s2.send(&msg(cancel), None).await.unwrap();
+        assert!(stdin.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn shared_mode_routes_server_requests_and_broadcasts() {
+        let (child, mut stdin) = pipe_child(true);
+        let s1 = Session::attach(child.clone(), "one".into(), "alice".into(), 1);
+        let s2 = Session::attach(child.clone(), "two".into(), "bob".into(), 2);
+        let (mut g1, mut g2) = (get_stream(&s1), get_stream(&s2));
+        let (a, mut a_rx) = stream(&s1);
+        s1.send(
+            &msg(r#"{"jsonrpc":"2.0","id":5,"method":"tools/call"}"#),
+            Some(a),
+        )
+        .await
+        .unwrap();
+        let _ = received(&mut stdin);
+
+        // A sampling request while s1's call runs goes to s1's call stream.
+        child
+            .route(msg(
+                r#"{"jsonrpc":"2.0","id":40,"method":"sampling/createMessage","params":{}}"#,
+            ))
+            .await;
+        assert!(drain(&mut a_rx)[0].contains("sampling/createMessage"));
+        let answer = r#"{"jsonrpc":"2.0","id":40,"result":{"role":"assistant"}}"#;
+        assert!(
+            s2.send(&msg(answer), None).await.is_err(),
+            "only the session asked may answer"
+        );
+        s1.send(&msg(answer), None).await.unwrap();
+        assert_eq!(received(&mut stdin)["id"], 40);
+        assert!(s1.send(&msg(answer), None).await.is_err(), "answered once");
+
+        // list_changed reaches every session's GET stream.
+        child
+            .route(msg(
+                r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#,
+            ))
+            .await;
+        assert_eq!(events(&mut g1).len(), 1);
+        assert_eq!(events(&mut g2).len(), 1);
+
+        // initialized reaches the child once.
+        let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+        s1.send(&msg(initialized), None).await.unwrap();
+        s2.send(&msg(initialized), None).await.unwrap();
+        assert_eq!(received(&mut stdin)["method"], "notifications/initialized");
+        assert!(stdin.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn shared_mode_never_guesses_whose_a_server_request_is() {
+        let (child, mut stdin) = pipe_child(true);
+        let s1 = Session::attach(child.clone(), "one".into(), "alice".into(), 1);
+        let s2 = Session::attach(child.clone(), "two".into(), "bob".into(), 2);
+        let (mut g1, mut g2) = (get_stream(&s1), get_stream(&s2));
+        let (a, mut a_rx) = stream(&s1);
+        let (b, mut b_rx) = stream(&s2);
+        s1.send(
+            &msg(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#),
+            Some(a),
+        )
+        .await
+        .unwrap();
+        s2.send(
+            &msg(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#),
+            Some(b),
+        )
+        .await
+        .unwrap();
+        let _ = (received(&mut stdin), received(&mut stdin));
+        child
+            .route(msg(r#"{"jsonrpc":"2.0","id":9,"method":"elicitation/create","params":{"message":"secret"}}"#))
+            .await;
+        assert!(drain(&mut a_rx).is_empty() && drain(&mut b_rx).is_empty());
+        assert!(events(&mut g1).is_empty() && events(&mut g2).is_empty());
+        let refused = received(&mut stdin);
+        assert_eq!(refused["id"], 9);
+        assert_eq!(refused["error"]["code"], -32603);
+        // A log line with no owner goes to everyone's GET stream.
+        child
+            .route(msg(
+                r#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#,
+            ))
+            .await;
+        assert_eq!((events(&mut g1).len(), events(&mut g2).len()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn shared_mode_initializes_the_child_once() {
+        let (child, mut stdin) = pipe_child(true);
+        let s1 = Session::attach(child.clone(), "one".into(), "alice".into(), 1);
+        assert!(matches!(child.begin_initialize(), InitTurn::Send));
+        assert!(matches!(child.begin_initialize(), InitTurn::Wait(_)));
+        let (a, mut a_rx) = stream(&s1);
+        let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#;
+        s1.send(&msg(init), Some(a)).await.unwrap();
+        let id = received(&mut stdin)["id"].clone();
+        let result = r#"{"protocolVersion":"2025-06-18","serverInfo":{"name":"s"}}"#;
+        child
+            .route(msg(&format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#
+            )))
+            .await;
+        assert!(drain(&mut a_rx)[0].contains(r#""id":0"#));
+        match child.begin_initialize() {
+            InitTurn::Cached(r) => assert_eq!(&r[..], result.as_bytes()),
+            _ => panic!("later sessions get the cached result"),
+        }
+    }
+
+    #[tokio::test]
+    async fn closing_a_shared_session_cancels_its_requests_and_keeps_the_child() {
+        let (child, mut stdin) = pipe_child(true);
+        let s1 = Session::attach(child.clone(), "one".into(), "alice".into(), 1);
+        let s2 = Session::attach(child.clone(), "two".into(), "bob".into(), 2);
+        let (a, mut a_rx) = stream(&s1);
+        s1.send(
+            &msg(r#"{"jsonrpc":"2.0","id":"x","method":"slow"}"#),
+            Some(a),
+        )
+        .await
+        .unwrap();
+        let sent = received(&mut stdin);
+        s1.close("the session was ended by the client");
+        let a = drain(&mut a_rx);
+        assert!(
+            a[0].contains(r#""id":"x""#) && a[0].contains("ended by the client"),
+            "{a:?}"
+        );
+        let cancel = received(&mut stdin);
+        assert_eq!(cancel["method"], "notifications/cancelled");
+        assert_eq!(cancel["params"]["requestId"], sent["id"]);
+        assert!(s1.is_closed() && !s2.is_closed() && !child.is_closed());
+        assert_eq!(child.session_count(), 1);
+
+        // The child exiting ends every session and fails what waits.
+        let (b, mut b_rx) = stream(&s2);
+        s2.send(&msg(r#"{"jsonrpc":"2.0","id":2,"method":"slow"}"#), Some(b))
+            .await
+            .unwrap();
+        child.close("the MCP server exited");
+        assert!(drain(&mut b_rx)[0].contains(r#""id":2,"error""#));
+        assert!(s2.is_closed());
     }
 }
