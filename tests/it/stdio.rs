@@ -280,10 +280,15 @@ async fn idle_sessions_end_and_their_children_stop() {
     let p = start_proxy(&["--session-idle-timeout", "1s", "--", "node", FIXTURE]).await;
     let t = token_for(&p, "password:alice").await;
     let sid = initialize(&p, &t).await;
-    let (status, _) = call(&p, &t, &sid, 2, "echo").await;
-    assert_eq!(status, StatusCode::OK, "in use, not idle");
+    // Used every 400 ms for 2.4 s: never a second of silence, so never idle (the reaper
+    // looks every second).
+    for id in 2..8 {
+        let (status, _) = call(&p, &t, &sid, id, "echo").await;
+        assert_eq!(status, StatusCode::OK, "in use, not idle (call {id})");
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    }
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let (status, _) = call(&p, &t, &sid, 3, "echo").await;
+    let (status, _) = call(&p, &t, &sid, 9, "echo").await;
     assert_eq!(
         status,
         StatusCode::NOT_FOUND,
