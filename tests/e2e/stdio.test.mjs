@@ -162,3 +162,47 @@ test('a child killed mid-call fails the call at once, and a new session works', 
   assert.match(r.content[0].text, /after the crash/);
   await fresh.close();
 });
+
+test('resource templates, completions, roots and cancellation cross the bridge', async () => {
+  const { ListRootsRequestSchema } = await import('@modelcontextprotocol/sdk/types.js');
+  const direct = new Client({ name: 'direct', version: '1.0.0' });
+  const [command, ...args] = everythingStdio();
+  await direct.connect(new StdioClientTransport({ command, args, stderr: 'ignore' }));
+  const expectedTemplates = await direct.listResourceTemplates();
+  await direct.close();
+
+  const client = await signedIn({ roots: { listChanged: true } });
+  let rootsAsked = 0;
+  client.setRequestHandler(ListRootsRequestSchema, async () => {
+    rootsAsked += 1;
+    return { roots: [{ uri: 'file:///work/project', name: 'project' }] };
+  });
+  const templates = await client.listResourceTemplates();
+  assert.ok(templates.resourceTemplates.length > 0);
+  assert.deepEqual(canonical(templates), canonical(expectedTemplates));
+
+  const completion = await client.complete({
+    ref: { type: 'ref/prompt', name: 'completable-prompt' },
+    argument: { name: 'department', value: 'Eng' },
+  });
+  assert.deepEqual(completion.completion.values, ['Engineering']);
+
+  // The server asks for the roots on its own (no request of ours open) and the tool shows them.
+  const roots = await client.callTool({ name: 'get-roots-list', arguments: {} });
+  assert.match(JSON.stringify(roots.content), /file:\/\/\/work\/project/);
+  assert.ok(rootsAsked >= 1);
+
+  // A cancelled call ends at once and the session goes on.
+  const controller = new AbortController();
+  const started = Date.now();
+  const long = client.callTool({ name: 'trigger-long-running-operation', arguments: { duration: 20, steps: 20 } }, undefined, {
+    signal: controller.signal,
+  });
+  setTimeout(() => controller.abort('changed my mind'), 300);
+  await assert.rejects(long, /abort|changed my mind/i);
+  assert.ok(Date.now() - started < 5_000);
+  const r = await client.callTool({ name: 'echo', arguments: { message: 'after the cancel' } });
+  assert.match(r.content[0].text, /after the cancel/);
+  await client.close();
+});
+

@@ -662,3 +662,50 @@ async fn shared_mode_one_child_serves_every_session_with_its_own_ids() {
     let (_, fresh) = call(&p, &alice, &sc, 11, "pid").await;
     assert_ne!(text(&fresh), text(&pid_a));
 }
+
+#[tokio::test]
+async fn pagination_and_cancellation_cross_unchanged() {
+    let p = bridge().await;
+    let t = token_for(&p, "password:alice").await;
+    let sid = initialize(&p, &t).await;
+    let mut uris = Vec::new();
+    let mut cursor: Option<String> = None;
+    for id in 10.. {
+        let params = match &cursor {
+            Some(c) => json!({ "cursor": c }),
+            None => json!({}),
+        };
+        let resp = client()
+            .post(p.url("/mcp"))
+            .bearer_auth(&t)
+            .header("mcp-session-id", &sid)
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .json(&json!({"jsonrpc":"2.0","id":id,"method":"resources/list","params":params}))
+            .send()
+            .await
+            .unwrap();
+        let text = resp.text().await.unwrap();
+        let data = text
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap()
+            .to_string();
+        let page: Value = serde_json::from_str(&data).unwrap();
+        for r in page["result"]["resources"].as_array().unwrap() {
+            uris.push(r["uri"].as_str().unwrap().to_string());
+        }
+        cursor = page["result"]["nextCursor"].as_str().map(str::to_string);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(
+        uris,
+        (0..5).map(|i| format!("test://r/{i}")).collect::<Vec<_>>()
+    );
+
+    let cancel = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":99,"reason":"no"}});
+    assert_eq!(notify(&p, &t, &sid, cancel).await, StatusCode::ACCEPTED);
+    let (_, counts) = call(&p, &t, &sid, 20, "counts").await;
+    assert_eq!(text(&counts), "1,0,1", "the cancellation reached the child");
+}
