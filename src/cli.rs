@@ -84,6 +84,136 @@ pub struct Cli {
     )]
     pub password_hash: Vec<String>,
 
+    /// Google sign-in: OAuth client id.
+    #[arg(long, env = "GOOGLE_CLIENT_ID")]
+    pub google_client_id: Option<String>,
+
+    /// Google sign-in: OAuth client secret.
+    #[arg(long, env = "GOOGLE_CLIENT_SECRET", hide_env_values = true)]
+    pub google_client_secret: Option<String>,
+
+    /// Google accounts allowed to sign in (exact emails, comma-separated).
+    #[arg(long, env = "GOOGLE_ALLOWED_USERS", value_delimiter = ',')]
+    pub google_allowed_users: Vec<String>,
+
+    /// Google Workspace domains (`hd` claim) whose verified accounts may sign in.
+    #[arg(long, env = "GOOGLE_ALLOWED_WORKSPACES", value_delimiter = ',')]
+    pub google_allowed_workspaces: Vec<String>,
+
+    /// Let every Google account with a verified email sign in.
+    #[arg(long, env = "GOOGLE_ALLOW_ALL_USERS", value_parser = env_bool, default_value = "false",
+          default_missing_value = "true", num_args = 0..=1, require_equals = true)]
+    pub google_allow_all_users: bool,
+
+    /// Advanced: Google's authorization endpoint.
+    #[arg(
+        long,
+        env = "GOOGLE_AUTH_URL",
+        default_value = "https://accounts.google.com/o/oauth2/v2/auth"
+    )]
+    pub google_auth_url: String,
+
+    /// Advanced: Google's token endpoint.
+    #[arg(
+        long,
+        env = "GOOGLE_TOKEN_URL",
+        default_value = "https://oauth2.googleapis.com/token"
+    )]
+    pub google_token_url: String,
+
+    /// Advanced: Google's userinfo endpoint.
+    #[arg(
+        long,
+        env = "GOOGLE_USERINFO_URL",
+        default_value = "https://openidconnect.googleapis.com/v1/userinfo"
+    )]
+    pub google_userinfo_url: String,
+
+    /// GitHub sign-in: OAuth app client id.
+    #[arg(long, env = "GITHUB_CLIENT_ID")]
+    pub github_client_id: Option<String>,
+
+    /// GitHub sign-in: OAuth app client secret.
+    #[arg(long, env = "GITHUB_CLIENT_SECRET", hide_env_values = true)]
+    pub github_client_secret: Option<String>,
+
+    /// GitHub logins allowed to sign in (comma-separated).
+    #[arg(long, env = "GITHUB_ALLOWED_USERS", value_delimiter = ',')]
+    pub github_allowed_users: Vec<String>,
+
+    /// GitHub organisations (`org`) or teams (`org:team-slug`) whose members may sign in.
+    #[arg(long, env = "GITHUB_ALLOWED_ORGS", value_delimiter = ',')]
+    pub github_allowed_orgs: Vec<String>,
+
+    /// Let every GitHub account sign in.
+    #[arg(long, env = "GITHUB_ALLOW_ALL_USERS", value_parser = env_bool, default_value = "false",
+          default_missing_value = "true", num_args = 0..=1, require_equals = true)]
+    pub github_allow_all_users: bool,
+
+    /// GitHub (Enterprise) web address, for the authorization pages.
+    #[arg(long, env = "GITHUB_URL", default_value = "https://github.com")]
+    pub github_url: String,
+
+    /// GitHub (Enterprise) API address.
+    #[arg(long, env = "GITHUB_API_URL", default_value = "https://api.github.com")]
+    pub github_api_url: String,
+
+    /// OpenID Connect sign-in: the provider's discovery document URL.
+    #[arg(long, env = "OIDC_CONFIGURATION_URL")]
+    pub oidc_configuration_url: Option<String>,
+
+    /// OpenID Connect client id.
+    #[arg(long, env = "OIDC_CLIENT_ID")]
+    pub oidc_client_id: Option<String>,
+
+    /// OpenID Connect client secret (leave out for a public client).
+    #[arg(long, env = "OIDC_CLIENT_SECRET", hide_env_values = true)]
+    pub oidc_client_secret: Option<String>,
+
+    /// OpenID Connect scopes (comma-separated).
+    #[arg(
+        long,
+        env = "OIDC_SCOPES",
+        value_delimiter = ',',
+        default_value = "openid,profile,email"
+    )]
+    pub oidc_scopes: Vec<String>,
+
+    /// JSON Pointer to the user id in the claims (ID token merged with userinfo).
+    #[arg(long, env = "OIDC_USER_ID_FIELD", default_value = "/email")]
+    pub oidc_user_id_field: String,
+
+    /// Label of the OpenID Connect button.
+    #[arg(long, env = "OIDC_PROVIDER_NAME", default_value = "OIDC")]
+    pub oidc_provider_name: String,
+
+    /// OpenID Connect user ids allowed to sign in (exact, comma-separated).
+    #[arg(long, env = "OIDC_ALLOWED_USERS", value_delimiter = ',')]
+    pub oidc_allowed_users: Vec<String>,
+
+    /// OpenID Connect user ids allowed by glob (`*@example.com`; `\,` escapes a comma).
+    #[arg(long, env = "OIDC_ALLOWED_USERS_GLOB")]
+    pub oidc_allowed_users_glob: Option<String>,
+
+    /// Claims that admit a user: `/pointer=value` (comma-separated; arrays match any element).
+    #[arg(long, env = "OIDC_ALLOWED_ATTRIBUTES")]
+    pub oidc_allowed_attributes: Option<String>,
+
+    /// Like --oidc-allowed-attributes, with globs as values.
+    #[arg(long, env = "OIDC_ALLOWED_ATTRIBUTES_GLOB")]
+    pub oidc_allowed_attributes_glob: Option<String>,
+
+    /// Let every account at the OpenID Connect provider sign in.
+    #[arg(long, env = "OIDC_ALLOW_ALL_USERS", value_parser = env_bool, default_value = "false",
+          default_missing_value = "true", num_args = 0..=1, require_equals = true)]
+    pub oidc_allow_all_users: bool,
+
+    /// With exactly one provider and no password, show the login page instead of going
+    /// straight to the provider.
+    #[arg(long, env = "NO_PROVIDER_AUTO_SELECT", value_parser = env_bool, default_value = "false",
+          default_missing_value = "true", num_args = 0..=1, require_equals = true)]
+    pub no_provider_auto_select: bool,
+
     /// User name of the password sign-in (the subject is `password:<name>`).
     #[arg(long, env = "PASSWORD_USER", default_value = "admin")]
     pub password_user: String,

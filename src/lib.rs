@@ -63,6 +63,8 @@ pub enum RunError {
     Client(#[from] backend::http::ClientError),
     #[error(transparent)]
     Password(#[from] login::password::PasswordError),
+    #[error(transparent)]
+    Provider(#[from] login::providers::ProviderError),
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
@@ -237,7 +239,21 @@ async fn authn(config: &Config, site: &config::Site, repo: &Repo) -> Result<Auth
         repo.put_secret(PASSWORD_EPOCH, current.as_bytes()).await?;
         repo.flush().await?;
     }
+    let providers = login::providers::Providers::new(&config.auth.providers, site).await?;
+    let mut methods: Vec<&str> = Vec::new();
+    if password.is_some() {
+        methods.push("password");
+    }
+    methods.extend(providers.list.iter().map(|p| p.label.as_str()));
+    if methods.is_empty() {
+        tracing::warn!(
+            "no sign-in method is configured: nobody can sign in (set --password or a provider)"
+        );
+    } else {
+        tracing::info!(methods = ?methods, "sign-in with {}", methods.join(", "));
+    }
     Ok(Authn {
+        providers,
         lockout: Lockout::new(&config.auth),
         cookies: Cookies::for_origin(&site.origin),
         password,

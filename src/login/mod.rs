@@ -3,7 +3,9 @@
 
 pub mod pages;
 pub mod password;
+pub mod providers;
 pub mod session;
+pub mod upstream;
 
 use std::net::SocketAddr;
 
@@ -14,7 +16,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use self::pages::{FormTarget, LoginPage, SignedInPage, error_page, page, see_other};
+use self::pages::{
+    FormTarget, LoginPage, ProviderButton, SignedInPage, error_page, page, see_other,
+};
 use self::password::{Lockout, PasswordVerifier};
 use self::session::{Cookies, csrf_cookie, csrf_token, csrf_valid, post_origin_ok, read_cookie};
 use crate::config::AuthConfig;
@@ -32,6 +36,8 @@ pub const LOGOUT_PATH: &str = "/.auth/logout";
 pub struct Authn {
     pub cfg: AuthConfig,
     pub password: Option<PasswordVerifier>,
+    /// Google, GitHub, OIDC.
+    pub providers: providers::Providers,
     pub lockout: Lockout,
     pub cookies: Cookies,
 }
@@ -56,7 +62,7 @@ impl Authn {
                 identity.user_id == p.user()
                     && identity.claims.get("pwd_epoch").and_then(|e| e.as_str()) == Some(p.epoch())
             }),
-            _ => false,
+            _ => self.providers.still_allowed(identity),
         }
     }
 }
@@ -75,7 +81,7 @@ pub fn site_name(app: &AppState) -> String {
     app.site.origin.host()
 }
 
-fn with_cookie(mut resp: Response, cookie: Option<HeaderValue>) -> Response {
+pub(crate) fn with_cookie(mut resp: Response, cookie: Option<HeaderValue>) -> Response {
     if let Some(c) = cookie {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
@@ -83,7 +89,10 @@ fn with_cookie(mut resp: Response, cookie: Option<HeaderValue>) -> Response {
 }
 
 /// The pending request and its client's name, when `req` names a live one.
-async fn pending(app: &AppState, req: Option<&str>) -> Option<(AuthRequestRecord, ClientRecord)> {
+pub(crate) async fn pending(
+    app: &AppState,
+    req: Option<&str>,
+) -> Option<(AuthRequestRecord, ClientRecord)> {
     let req = req?;
     let rec = app
         .repo
@@ -99,7 +108,7 @@ async fn pending(app: &AppState, req: Option<&str>) -> Option<(AuthRequestRecord
 }
 
 /// Where a signed-in person goes next: the pending consent, or the signed-in page.
-fn next_step(req: Option<&str>) -> String {
+pub(crate) fn next_step(req: Option<&str>) -> String {
     match req {
         Some(r) => format!(
             "{}?req={}",
@@ -130,13 +139,26 @@ async fn login_form(
     let client_name = pending
         .as_ref()
         .map(|(_, c)| c.client_name.clone().unwrap_or_else(|| c.client_id.clone()));
+    let req = pending.as_ref().and(req);
+    let providers = app
+        .authn
+        .providers
+        .list
+        .iter()
+        .map(|p| ProviderButton {
+            label: p.label.clone(),
+            href: upstream::start_path(p.id, req),
+        })
+        .collect();
     let tpl = LoginPage {
         site_name: &name,
         client_name: client_name.as_deref(),
         error,
         csrf: &csrf,
-        req: pending.as_ref().and(req),
+        req,
         locked,
+        password: app.authn.password.is_some(),
+        providers,
     };
     with_cookie(page(status, &tpl, FormTarget::SelfOnly), set)
 }
@@ -164,7 +186,20 @@ pub async fn login_get(
             };
             with_cookie(page(StatusCode::OK, &tpl, FormTarget::SelfOnly), set)
         }
-        Ok(_) => login_form(&app, &headers, StatusCode::OK, req, None, false).await,
+        Ok(_) => {
+            // With one provider and no password there is nothing to choose.
+            let only = match app.authn.providers.list.as_slice() {
+                [only] if app.authn.password.is_none() && app.authn.providers.auto_select => {
+                    Some(only)
+                }
+                _ => None,
+            };
+            if let Some(p) = only {
+                let req = pending(&app, req).await.and(req);
+                return see_other(&upstream::start_path(p.id, req), FormTarget::SelfOnly);
+            }
+            login_form(&app, &headers, StatusCode::OK, req, None, false).await
+        }
         Err(e) => store_failure_page(&app, e),
     }
 }

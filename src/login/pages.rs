@@ -17,6 +17,27 @@ pub struct LoginPage<'a> {
     pub csrf: &'a str,
     pub req: Option<&'a str>,
     pub locked: bool,
+    /// Whether the password form is shown.
+    pub password: bool,
+    pub providers: Vec<ProviderButton>,
+}
+
+/// A "Sign in with …" button on the login page.
+pub struct ProviderButton {
+    pub label: String,
+    pub href: String,
+}
+
+#[derive(Template)]
+#[template(path = "denied.html")]
+pub struct DeniedPage<'a> {
+    pub site_name: &'a str,
+    pub provider: &'a str,
+    pub user: &'a str,
+    pub csrf: &'a str,
+    /// The client's redirect address with `access_denied`, when a client is waiting.
+    pub return_url: Option<&'a str>,
+    pub client_name: &'a str,
 }
 
 #[derive(Template)]

@@ -23,6 +23,8 @@ use crate::store::{Identity, Repo, SessionRecord, StoreError, TokenHash};
 pub struct Cookies {
     pub session: String,
     pub csrf: String,
+    /// Holds the `state` of a sign-in at a provider, binding it to this browser.
+    pub signin: String,
     secure: bool,
 }
 
@@ -32,6 +34,7 @@ impl Cookies {
         Self {
             session: format!("{prefix}{COOKIE_PREFIX}session"),
             csrf: format!("{prefix}{COOKIE_PREFIX}csrf"),
+            signin: format!("{prefix}{COOKIE_PREFIX}signin"),
             secure: origin.is_https(),
         }
     }

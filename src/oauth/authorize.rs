@@ -53,6 +53,11 @@ impl ClientRedirect<'_> {
         self.go(&[("code", code)])
     }
 
+    /// The client's redirect address carrying an error (for a link on a page).
+    pub fn error_url(&self, code: OAuthErrorCode, description: &str) -> Option<String> {
+        self.build(&[("error", code.as_str()), ("error_description", description)])
+    }
+
     /// 303 to the client with an error.
     pub fn error(&self, code: OAuthErrorCode, description: &str) -> Response {
         self.go(&[("error", code.as_str()), ("error_description", description)])

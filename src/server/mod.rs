@@ -96,6 +96,12 @@ pub fn router(state: AppState) -> Router {
         .route(LOGOUT_PATH, get(login::logout_get).post(login::logout_post))
         .route(CONSENT_PATH, get(consent_get).post(consent_post))
         .route("/.auth/static/style.css", get(login::pages::stylesheet))
+        .route("/.auth/google/login", get(login::upstream::start))
+        .route("/.auth/google/callback", get(login::upstream::callback))
+        .route("/.auth/github/login", get(login::upstream::start))
+        .route("/.auth/github/callback", get(login::upstream::callback))
+        .route("/.auth/oidc/login", get(login::upstream::start))
+        .route("/.auth/oidc/callback", get(login::upstream::callback))
         .route("/.auth/{*rest}", axum::routing::any(login::not_found))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES));
 

@@ -46,10 +46,12 @@ pub enum Table {
     Secrets,
     /// Authorization requests waiting for sign-in and consent, by request id.
     Requests,
+    /// Sign-ins in progress at an upstream provider, by hash of their `state`.
+    SignIns,
 }
 
 impl Table {
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 11] = [
         Table::Clients,
         Table::Codes,
         Table::Grants,
@@ -60,6 +62,7 @@ impl Table {
         Table::McpSessions,
         Table::Secrets,
         Table::Requests,
+        Table::SignIns,
     ];
 
     /// Stable name, used as the backend's table name.
@@ -75,6 +78,7 @@ impl Table {
             Table::McpSessions => "mcp_sessions",
             Table::Secrets => "secrets",
             Table::Requests => "requests",
+            Table::SignIns => "sign_ins",
         }
     }
 }

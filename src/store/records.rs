@@ -228,6 +228,23 @@ impl Record for AuthRequestRecord {
     const VERSION: u32 = 1;
 }
 
+/// A sign-in at an upstream provider that has not come back yet. Keyed by the hash of its
+/// `state`, which the browser also holds in a cookie; the PKCE verifier and the nonce are
+/// derived from the state with our HMAC key, so nothing secret is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignInRecord {
+    pub provider: String,
+    /// The pending authorization request to continue, if any.
+    #[serde(default)]
+    pub req: Option<String>,
+    pub expires_at: UnixTime,
+}
+
+impl Record for SignInRecord {
+    const TABLE: Table = Table::SignIns;
+    const VERSION: u32 = 1;
+}
+
 /// A sealed secret (key material, provider tokens).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SecretRecord {

@@ -1,0 +1,292 @@
+//! The browser's trip to a sign-in provider and back: `/.auth/{provider}/login` starts it,
+//! `/.auth/{provider}/callback` (the address registered at the provider) ends it.
+//!
+//! The `state` is random, single use (its record is removed when it comes back), expires
+//! after [`SIGN_IN_TTL`], and is bound to the browser that started: the same value travels
+//! in a cookie, and a callback whose cookie does not match is refused. The PKCE verifier and
+//! the OIDC nonce are HMACs of the state under our key, so the store holds nothing secret.
+
+use axum::extract::{RawQuery, State};
+use axum::http::Uri;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use super::pages::{DeniedPage, FormTarget, error_page, page, see_other};
+use super::providers::SignInError;
+use super::session::{csrf_cookie, csrf_token, read_cookie};
+use super::{
+    display_name, next_step, pending, site_name, store_failure_page, urlencode, with_cookie,
+};
+use crate::error::OAuthErrorCode;
+use crate::oauth::authorize::ClientRedirect;
+use crate::oauth::form::Params;
+use crate::server::AppState;
+use crate::store::{AuthRequestRecord, SignInRecord, TokenHash};
+
+/// How long a sign-in at a provider may take.
+pub const SIGN_IN_TTL: u64 = 10 * 60;
+
+/// The path that starts a sign-in at `provider`, continuing request `req` afterwards.
+pub fn start_path(provider: &str, req: Option<&str>) -> String {
+    match req {
+        Some(r) => format!("/.auth/{provider}/login?req={}", urlencode(r)),
+        None => format!("/.auth/{provider}/login"),
+    }
+}
+
+/// The provider a `/.auth/{provider}/…` path names.
+fn provider_of(uri: &Uri) -> &str {
+    uri.path()
+        .trim_start_matches("/.auth/")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+}
+
+/// The PKCE verifier and nonce of a sign-in, derived from its state.
+fn derived(key: &[u8; 32], state: &str) -> Option<(String, String)> {
+    let mac = |what: &[u8]| {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
+        m.update(what);
+        m.update(state.as_bytes());
+        Some(URL_SAFE_NO_PAD.encode(m.finalize().into_bytes()))
+    };
+    Some((mac(b"pkce\0")?, mac(b"nonce\0")?))
+}
+
+fn signin_cookie(app: &AppState) -> &str {
+    &app.authn.cookies.signin
+}
+
+/// `GET /.auth/{provider}/login`: records the state and sends the browser to the provider.
+pub async fn start(State(app): State<AppState>, uri: Uri, RawQuery(query): RawQuery) -> Response {
+    let Some(p) = app.authn.providers.get(provider_of(&uri)) else {
+        return super::not_found(State(app)).await;
+    };
+    let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
+    let req = params.get("req");
+    let req = pending(&app, req).await.and(req).map(str::to_string);
+    let state = crate::oauth::tokens::generate("");
+    let now = app.repo.clock().now();
+    let rec = SignInRecord {
+        provider: p.id.to_string(),
+        req,
+        expires_at: now + SIGN_IN_TTL,
+    };
+    if let Err(e) = app
+        .repo
+        .put(&TokenHash::of(&state).0, &rec, Some(rec.expires_at))
+        .await
+    {
+        return store_failure_page(&app, e);
+    }
+    let Some((verifier, nonce)) = derived(&app.repo.keys().hmac, &state) else {
+        return error_page(
+            &site_name(&app),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Sign-in failed",
+            "Please try again.",
+        );
+    };
+    let url = p.authorize_url(&state, &verifier, &nonce);
+    let mut resp = see_other(url.as_str(), FormTarget::SelfOnly);
+    let cookie = app
+        .authn
+        .cookies
+        .set(signin_cookie(&app), &state, Some(SIGN_IN_TTL));
+    resp.headers_mut().append(header::SET_COOKIE, cookie);
+    resp
+}
+
+/// `GET /.auth/{provider}/callback`: checks the state, trades the code, applies the
+/// allow-lists, starts a session and continues the pending authorization.
+pub async fn callback(
+    State(app): State<AppState>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let name = site_name(&app);
+    let Some(p) = app.authn.providers.get(provider_of(&uri)) else {
+        return super::not_found(State(app)).await;
+    };
+    let fail = |status, title: &str, message: &str| {
+        let mut r = error_page(&name, status, title, message);
+        let clear = app.authn.cookies.set(signin_cookie(&app), "", Some(0));
+        r.headers_mut().append(header::SET_COOKIE, clear);
+        r
+    };
+    let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
+    let Some(state) = params.get("state").filter(|s| !s.is_empty()) else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "Sign-in incomplete",
+            "The provider sent you back without the sign-in's details.",
+        );
+    };
+    let cookie = read_cookie(&headers, signin_cookie(&app)).unwrap_or_default();
+    if !bool::from(cookie.as_bytes().ct_eq(state.as_bytes())) {
+        tracing::warn!(
+            provider = p.id,
+            "a sign-in came back to a browser that did not start it"
+        );
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "Sign-in not started here",
+            "This sign-in was started in another browser or has expired. Start again from your app.",
+        );
+    }
+    // Single use: the record goes whatever happens next.
+    let rec = match app
+        .repo
+        .remove::<SignInRecord>(&TokenHash::of(state).0)
+        .await
+    {
+        Ok(Some(r)) if r.provider == p.id && r.expires_at > app.repo.clock().now() => r,
+        Ok(_) => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "Sign-in expired",
+                "This sign-in expired or was already used. Start again from your app.",
+            );
+        }
+        Err(e) => return store_failure_page(&app, e),
+    };
+    if let Some(error) = params.get("error") {
+        tracing::info!(
+            provider = p.id,
+            error,
+            "the provider did not sign the user in"
+        );
+        return fail(
+            StatusCode::FORBIDDEN,
+            "Sign-in cancelled",
+            &format!("{} did not sign you in ({error}).", p.label),
+        );
+    }
+    let Some(code) = params.get("code") else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "Sign-in incomplete",
+            "The provider sent you back without a code.",
+        );
+    };
+    let Some((verifier, nonce)) = derived(&app.repo.keys().hmac, state) else {
+        return fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Sign-in failed",
+            "Please try again.",
+        );
+    };
+    let identity = match p
+        .sign_in(app.authn.providers.http(), code, &verifier, &nonce)
+        .await
+    {
+        Ok(i) => i,
+        Err(SignInError::Unverified) => {
+            tracing::info!(provider = p.id, "sign-in refused: no verified email");
+            return fail(
+                StatusCode::FORBIDDEN,
+                "Email not verified",
+                &format!("Your {} account has no verified email address.", p.label),
+            );
+        }
+        Err(e) => {
+            tracing::warn!(provider = p.id, error = %e, "sign-in at the provider failed");
+            return fail(
+                StatusCode::BAD_GATEWAY,
+                "Sign-in failed",
+                &format!(
+                    "Signing you in at {} did not work. Please try again.",
+                    p.label
+                ),
+            );
+        }
+    };
+    if !p.allows(&identity) {
+        tracing::info!(provider = p.id, user = %identity.user_id, "sign-in refused: not on the allow-list");
+        return denied(
+            &app,
+            &headers,
+            p.label.as_str(),
+            &identity,
+            rec.req.as_deref(),
+        )
+        .await;
+    }
+    let ttl = app.authn.cfg.login_session_ttl.as_secs();
+    tracing::info!(provider = p.id, user = %identity.user_id, "signed in");
+    let token = match super::session::create(&app.repo, identity, ttl).await {
+        Ok(t) => t,
+        Err(e) => return store_failure_page(&app, e),
+    };
+    let mut resp = see_other(&next_step(rec.req.as_deref()), FormTarget::SelfOnly);
+    let h = resp.headers_mut();
+    h.append(
+        header::SET_COOKIE,
+        app.authn
+            .cookies
+            .set(&app.authn.cookies.session, &token, Some(ttl)),
+    );
+    h.append(
+        header::SET_COOKIE,
+        app.authn.cookies.set(signin_cookie(&app), "", Some(0)),
+    );
+    resp
+}
+
+/// The 403 page for a signed-in account the allow-lists refuse; a waiting client's request
+/// is ended, and the page links back to the client with `access_denied`.
+async fn denied(
+    app: &AppState,
+    headers: &HeaderMap,
+    provider: &str,
+    identity: &crate::store::Identity,
+    req: Option<&str>,
+) -> Response {
+    let name = site_name(app);
+    let waiting = pending(app, req).await;
+    if let Some(r) = req
+        && let Err(e) = app.repo.remove::<AuthRequestRecord>(r.as_bytes()).await
+    {
+        return store_failure_page(app, e);
+    }
+    let issuer = app.site.origin.as_str().to_string();
+    let return_url = waiting.as_ref().and_then(|(rec, _)| {
+        ClientRedirect {
+            uri: &rec.redirect_uri,
+            state: rec.state.as_deref(),
+            issuer: &issuer,
+        }
+        .error_url(
+            OAuthErrorCode::AccessDenied,
+            "this account is not allowed to sign in",
+        )
+    });
+    let client_name = waiting
+        .as_ref()
+        .map(|(_, c)| c.client_name.clone().unwrap_or_else(|| c.client_id.clone()))
+        .unwrap_or_default();
+    let (cookie, set) = csrf_cookie(&app.authn.cookies, headers);
+    let csrf = csrf_token(&app.repo.keys().hmac, &cookie);
+    let tpl = DeniedPage {
+        site_name: &name,
+        provider,
+        user: display_name(identity),
+        csrf: &csrf,
+        return_url: return_url.as_deref(),
+        client_name: &client_name,
+    };
+    let mut resp = with_cookie(page(StatusCode::FORBIDDEN, &tpl, FormTarget::Client), set);
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        app.authn.cookies.set(signin_cookie(app), "", Some(0)),
+    );
+    resp
+}
