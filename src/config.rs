@@ -412,9 +412,10 @@ fn auth_config(cli: &Cli) -> Result<AuthConfig, ConfigError> {
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if password.is_none() && password_hashes.is_empty() {
+    let providers = providers_config(cli)?;
+    if password.is_none() && password_hashes.is_empty() && providers.count() == 0 {
         return Err(bad(
-            "no way to sign in is configured; set --password (PASSWORD) or --password-hash (PASSWORD_HASH)",
+            "no way to sign in is configured; set --password (PASSWORD), --password-hash (PASSWORD_HASH) or a sign-in provider (--google-client-id, --github-client-id, --oidc-configuration-url)",
         ));
     }
     let password_user = cli.password_user.trim().to_string();
@@ -466,7 +467,7 @@ fn auth_config(cli: &Cli) -> Result<AuthConfig, ConfigError> {
         client_ttl: d("--client-ttl", &cli.client_ttl)?,
         login_session_ttl: d("--login-session-ttl", &cli.login_session_ttl)?,
         redirect_schemes,
-        providers: providers_config(cli)?,
+        providers,
     })
 }
 

@@ -109,10 +109,16 @@ pub async fn start_proxy_with(args: &[&str], clock: Clock, dir: tempfile::TempDi
         "--data-path".into(),
         dir.path().display().to_string(),
     ];
-    if !args.iter().any(|a| a.starts_with("--password")) {
+    // `--no-password` (ours, not the proxy's): start without the test password.
+    let no_password = args.contains(&"--no-password");
+    if !no_password && !args.iter().any(|a| a.starts_with("--password")) {
         argv.extend(["--password".to_string(), TEST_PASSWORD.to_string()]);
     }
-    argv.extend(args.iter().map(|s| s.to_string()));
+    argv.extend(
+        args.iter()
+            .filter(|a| **a != "--no-password")
+            .map(|s| s.to_string()),
+    );
     let config = Config::from_cli(Cli::try_parse_from(argv).unwrap()).unwrap();
     let prepared = prepare(config, EnvSecrets::default(), clock).await.unwrap();
     let base = format!("http://{}", prepared.local_addr);

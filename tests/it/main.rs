@@ -7,6 +7,7 @@ mod flow;
 mod gate;
 mod helpers;
 mod oauth;
+mod providers;
 mod proxy;
 mod stdio;
 mod store;

@@ -1,0 +1,718 @@
+//! Sign-in at upstream providers against a local fake of them: an OpenID provider (discovery,
+//! JWKS with an ES256 key, PKCE-checking token endpoint, userinfo), Google's userinfo and
+//! GitHub's API (orgs over two pages, teams, hidden emails, an Enterprise-style base path).
+//! Google and GitHub are SaaS: these fakes stand in for them through the documented endpoint
+//! flags. A real OpenID provider (npm `oidc-provider`) runs in the e2e suite.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use reqwest::StatusCode as S;
+use serde_json::{Value, json};
+use url::Url;
+
+use crate::flow::{Browser, OAuthClient, REDIRECT, hidden, location, query, token};
+use crate::helpers::{TestProxy, start_proxy};
+
+/// How the fake's next ID token is spoiled.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Spoil {
+    None,
+    Signature,
+    Audience,
+    Expired,
+    Nonce,
+}
+
+/// The account the fake signs in next, and what it says about it.
+#[derive(Clone)]
+pub struct Account {
+    pub sub: String,
+    pub email: String,
+    pub email_verified: bool,
+    pub hd: Option<String>,
+    pub groups: Vec<String>,
+    pub login: String,
+    pub public_email: bool,
+    pub orgs: Vec<String>,
+    pub teams: Vec<(String, String)>,
+}
+
+impl Account {
+    pub fn new(sub: &str, email: &str) -> Self {
+        Self {
+            sub: sub.into(),
+            email: email.into(),
+            email_verified: true,
+            hd: None,
+            groups: Vec::new(),
+            login: sub.into(),
+            public_email: true,
+            orgs: Vec::new(),
+            teams: Vec::new(),
+        }
+    }
+}
+
+struct Fake {
+    base: String,
+    key: EcdsaKeyPair,
+    other_key: EcdsaKeyPair,
+    account: Account,
+    spoil: Spoil,
+    /// code → (nonce, PKCE challenge, account)
+    codes: HashMap<String, (String, String, Account)>,
+    /// access token → account
+    tokens: HashMap<String, Account>,
+}
+
+type Shared = Arc<Mutex<Fake>>;
+
+pub struct FakeIdp {
+    pub base: String,
+    state: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeIdp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeIdp {
+    pub fn sign_in_as(&self, a: Account) {
+        self.state.lock().unwrap().account = a;
+    }
+    pub fn spoil(&self, s: Spoil) {
+        self.state.lock().unwrap().spoil = s;
+    }
+    pub fn discovery(&self) -> String {
+        format!("{}/.well-known/openid-configuration", self.base)
+    }
+}
+
+fn key() -> EcdsaKeyPair {
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .unwrap();
+    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap()
+}
+
+fn b64(b: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+/// An ES256 JWT of `claims` signed by `key`.
+fn jwt(key: &EcdsaKeyPair, claims: &Value) -> String {
+    let head = b64(json!({"alg":"ES256","typ":"JWT","kid":"k1"})
+        .to_string()
+        .as_bytes());
+    let body = b64(claims.to_string().as_bytes());
+    let input = format!("{head}.{body}");
+    let sig = key.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+    format!("{input}.{}", b64(sig.as_ref()))
+}
+
+pub async fn start_fake() -> FakeIdp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state: Shared = Arc::new(Mutex::new(Fake {
+        base: base.clone(),
+        key: key(),
+        other_key: key(),
+        account: Account::new("ann", "ann@example.com"),
+        spoil: Spoil::None,
+        codes: HashMap::new(),
+        tokens: HashMap::new(),
+    }));
+    let app = Router::new()
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/jwks", get(jwks))
+        .route("/authorize", get(authorize))
+        .route("/login/oauth/authorize", get(authorize))
+        .route("/token", post(token_endpoint))
+        .route("/login/oauth/access_token", post(token_endpoint))
+        .route("/userinfo", get(userinfo))
+        .route("/api/v3/user", get(gh_user))
+        .route("/api/v3/user/emails", get(gh_emails))
+        .route("/api/v3/user/orgs", get(gh_orgs))
+        .route("/api/v3/user/teams", get(gh_teams))
+        .with_state(state.clone());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    FakeIdp { base, state, task }
+}
+
+async fn discovery(State(s): State<Shared>) -> Json<Value> {
+    let base = s.lock().unwrap().base.clone();
+    Json(json!({
+        "issuer": base,
+        "authorization_endpoint": format!("{base}/authorize"),
+        "token_endpoint": format!("{base}/token"),
+        "userinfo_endpoint": format!("{base}/userinfo"),
+        "jwks_uri": format!("{base}/jwks"),
+        "response_types_supported": ["code"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+    }))
+}
+
+async fn jwks(State(s): State<Shared>) -> Json<Value> {
+    let f = s.lock().unwrap();
+    let point = f.key.public_key().as_ref();
+    Json(json!({"keys": [{
+        "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+        "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+    }]}))
+}
+
+/// Signs the current account in at once and sends the browser back with a code.
+async fn authorize(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let mut f = s.lock().unwrap();
+    let code = format!("code-{}", f.codes.len() + 1);
+    let account = f.account.clone();
+    f.codes.insert(
+        code.clone(),
+        (
+            q.get("nonce").cloned().unwrap_or_default(),
+            q.get("code_challenge").cloned().unwrap_or_default(),
+            account,
+        ),
+    );
+    let mut back = Url::parse(&q["redirect_uri"]).unwrap();
+    back.query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", &q["state"]);
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, back.to_string())],
+    )
+        .into_response()
+}
+
+async fn token_endpoint(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let mut f = s.lock().unwrap();
+    let Some((nonce, challenge, account)) = f.codes.remove(form.get("code").map_or("", |c| c))
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_grant"})),
+        )
+            .into_response();
+    };
+    let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
+    if b64(digest.as_ref()) != challenge {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_grant", "error_description": "PKCE"})),
+        )
+            .into_response();
+    }
+    let now = mcp_auth_proxy::clock::Clock::system().now();
+    // The client authenticates in the body or with HTTP Basic.
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|b| b.split_once(':').map(|(id, _)| id.to_string()));
+    let client_id = form.get("client_id").cloned().or(basic).unwrap_or_default();
+    let mut claims = json!({
+        "iss": f.base, "aud": client_id, "sub": account.sub, "iat": now, "exp": now + 300,
+        "nonce": nonce, "email": account.email, "groups": account.groups,
+    });
+    match f.spoil {
+        Spoil::Audience => claims["aud"] = json!("someone-else"),
+        Spoil::Expired => claims["exp"] = json!(now - 3600),
+        Spoil::Nonce => claims["nonce"] = json!("not-the-nonce"),
+        _ => {}
+    }
+    let signer = if f.spoil == Spoil::Signature {
+        &f.other_key
+    } else {
+        &f.key
+    };
+    let id_token = jwt(signer, &claims);
+    let access = format!("at-{}-{}", account.sub, f.tokens.len());
+    f.tokens.insert(access.clone(), account);
+    Json(json!({"access_token": access, "token_type": "bearer", "id_token": id_token, "expires_in": 300}))
+        .into_response()
+}
+
+fn account_of(s: &Shared, headers: &HeaderMap) -> Option<Account> {
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = auth
+        .strip_prefix("Bearer ")
+        .or_else(|| auth.strip_prefix("bearer "))?;
+    s.lock().unwrap().tokens.get(token).cloned()
+}
+
+async fn userinfo(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let Some(a) = account_of(&s, &headers) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let mut v = json!({"sub": a.sub, "email": a.email, "email_verified": a.email_verified, "name": format!("{} Name", a.sub)});
+    if let Some(hd) = a.hd {
+        v["hd"] = json!(hd);
+    }
+    Json(v).into_response()
+}
+
+async fn gh_user(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let Some(a) = account_of(&s, &headers) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let email = if a.public_email {
+        json!(a.email)
+    } else {
+        Value::Null
+    };
+    Json(json!({"login": a.login, "id": 42, "name": "Octo Cat", "email": email})).into_response()
+}
+
+async fn gh_emails(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let Some(a) = account_of(&s, &headers) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    Json(json!([
+        {"email": "old@example.com", "primary": false, "verified": true},
+        {"email": "unverified@example.com", "primary": true, "verified": false},
+        {"email": a.email, "primary": true, "verified": true},
+    ]))
+    .into_response()
+}
+
+/// Orgs in pages of two, linked with `rel="next"`.
+async fn gh_orgs(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(a) = account_of(&s, &headers) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let base = s.lock().unwrap().base.clone();
+    let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+    let items: Vec<Value> = a
+        .orgs
+        .iter()
+        .skip((page - 1) * 2)
+        .take(2)
+        .map(|o| json!({"login": o}))
+        .collect();
+    let mut resp = Json(items).into_response();
+    if a.orgs.len() > page * 2 {
+        let link = format!(
+            "<{base}/api/v3/user/orgs?per_page=100&page={}>; rel=\"next\"",
+            page + 1
+        );
+        resp.headers_mut()
+            .insert(header::LINK, link.parse().unwrap());
+    }
+    resp
+}
+
+async fn gh_teams(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let Some(a) = account_of(&s, &headers) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let items: Vec<Value> = a
+        .teams
+        .iter()
+        .map(|(o, t)| json!({"slug": t, "organization": {"login": o}}))
+        .collect();
+    Json(items).into_response()
+}
+
+/// Where a browser's trip through the proxy and the provider ends.
+#[derive(Debug)]
+pub enum End {
+    /// Back at the client's redirect URI.
+    Client(Url),
+    /// A page of ours that is not a step of the flow.
+    Page(S, String),
+}
+
+/// `loc` as the test reaches it: our paths and our external origin go to where the proxy
+/// listens (the browser's cookies are kept by that address).
+fn ours(t: &crate::helpers::Target, loc: &str) -> String {
+    if loc.starts_with('/') {
+        t.url(loc)
+    } else if let Some(rest) = loc.strip_prefix(t.origin.as_str()) {
+        t.url(rest)
+    } else {
+        loc.to_string()
+    }
+}
+
+/// Follows the authorization URL through the provider and our consent (approving).
+pub async fn through(p: &TestProxy, browser: &Browser, auth_url: &str) -> End {
+    let t = p.target();
+    let mut url = auth_url.to_string();
+    for _ in 0..15 {
+        let resp = browser.http.get(&url).send().await.unwrap();
+        let status = resp.status();
+        if status == S::SEE_OTHER {
+            let loc = location(&resp);
+            if loc.starts_with(REDIRECT) {
+                return End::Client(Url::parse(&loc).unwrap());
+            }
+            url = ours(&t, &loc);
+            continue;
+        }
+        let html = resp.text().await.unwrap();
+        if status == S::OK && html.contains("name=\"decision\"") {
+            let r = browser
+                .post_form(&t, "/.auth/consent", &html, &[("decision", "approve")])
+                .await;
+            let loc = location(&r);
+            assert!(loc.starts_with(REDIRECT), "{loc}");
+            return End::Client(Url::parse(&loc).unwrap());
+        }
+        return End::Page(status, html);
+    }
+    panic!("the flow did not end");
+}
+
+/// Registers a client and runs the flow; returns where it ended.
+async fn flow(p: &TestProxy) -> (OAuthClient, End) {
+    let t = p.target();
+    let client = OAuthClient::public(&t).await;
+    let end = through(p, &Browser::new(), &client.auth_url(&t, &[])).await;
+    (client, end)
+}
+
+fn oidc_args(idp: &FakeIdp) -> Vec<String> {
+    vec![
+        "--no-password".into(),
+        "--oidc-configuration-url".into(),
+        idp.discovery(),
+        "--oidc-client-id".into(),
+        "proxy-client".into(),
+        "--oidc-client-secret".into(),
+        "proxy-secret".into(),
+        "--oidc-allowed-users".into(),
+        "ann@example.com".into(),
+        "--oidc-allowed-attributes".into(),
+        "/groups=admins".into(),
+        "--oidc-provider-name".into(),
+        "Example SSO".into(),
+    ]
+}
+
+async fn proxy_with(args: &[String]) -> TestProxy {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    start_proxy(&a).await
+}
+
+#[tokio::test]
+async fn oidc_sign_in_checks_the_id_token_and_the_allow_lists() {
+    let idp = start_fake().await;
+    let p = proxy_with(&oidc_args(&idp)).await;
+    let t = p.target();
+
+    // An allowed user: through the provider (one provider, no password: no login page),
+    // our consent, a code, tokens.
+    let (client, end) = flow(&p).await;
+    let End::Client(back) = end else {
+        panic!("{end:?}")
+    };
+    let code = query(&back, "code").expect("a code");
+    let resp = token(&t, &client.code_params(&code, &[])).await;
+    assert_eq!(resp.status(), S::OK);
+    let grant = p
+        .repo()
+        .scan::<mcp_auth_proxy::store::GrantRecord>(b"")
+        .await
+        .unwrap();
+    let identity = &grant[0].1.identity;
+    assert_eq!(
+        (identity.provider.as_str(), identity.user_id.as_str()),
+        ("oidc", "ann@example.com")
+    );
+    assert_eq!(
+        identity.name.as_deref(),
+        Some("ann Name"),
+        "userinfo merged"
+    );
+
+    // Someone else: 403 page, and the client gets access_denied from its link.
+    idp.sign_in_as(Account::new("eve", "eve@example.com"));
+    let (_, end) = flow(&p).await;
+    let End::Page(status, html) = end else {
+        panic!("{end:?}")
+    };
+    assert_eq!(status, S::FORBIDDEN);
+    assert!(
+        html.contains("eve@example.com") && html.contains("Not allowed"),
+        "{html}"
+    );
+    let back = html
+        .split("href=\"")
+        .find(|s| s.starts_with(REDIRECT))
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .replace("&amp;", "&");
+    assert_eq!(
+        query(&Url::parse(&back).unwrap(), "error").as_deref(),
+        Some("access_denied")
+    );
+
+    // A group member is admitted by the attribute rule.
+    let mut admin = Account::new("root", "root@elsewhere.example");
+    admin.groups = vec!["staff".into(), "admins".into()];
+    idp.sign_in_as(admin);
+    assert!(matches!(flow(&p).await.1, End::Client(_)));
+
+    // Spoiled ID tokens never sign anyone in.
+    idp.sign_in_as(Account::new("ann", "ann@example.com"));
+    for spoil in [
+        Spoil::Signature,
+        Spoil::Audience,
+        Spoil::Expired,
+        Spoil::Nonce,
+    ] {
+        idp.spoil(spoil);
+        let (_, end) = flow(&p).await;
+        let End::Page(status, _) = end else {
+            panic!("{spoil:?}: {end:?}")
+        };
+        assert_eq!(status, S::BAD_GATEWAY, "{spoil:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_callback_must_come_back_to_the_browser_that_started_once() {
+    let idp = start_fake().await;
+    let p = proxy_with(&oidc_args(&idp)).await;
+    let t = p.target();
+    let client = OAuthClient::public(&t).await;
+    let browser = Browser::new();
+    // Walk to the provider's redirect back, but stop before the callback.
+    let mut url = client.auth_url(&t, &[]);
+    let callback = loop {
+        let resp = browser.http.get(&url).send().await.unwrap();
+        let loc = location(&resp);
+        if loc.contains("/.auth/oidc/callback") {
+            break loc;
+        }
+        url = ours(&t, &loc);
+    };
+    let callback = ours(&t, &callback);
+    // Another browser (no cookie) is refused.
+    let other = Browser::new().http.get(&callback).send().await.unwrap();
+    assert_eq!(other.status(), S::BAD_REQUEST);
+    // The right browser gets in once; a replay is refused.
+    let first = browser.http.get(&callback).send().await.unwrap();
+    assert_eq!(first.status(), S::SEE_OTHER);
+    assert!(location(&first).starts_with("/.auth/consent"));
+    let replay = browser.http.get(&callback).send().await.unwrap();
+    assert_eq!(replay.status(), S::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn google_needs_a_verified_email_and_an_allowed_workspace() {
+    let idp = start_fake().await;
+    let p = proxy_with(&[
+        "--no-password".into(),
+        "--google-client-id".into(),
+        "g-id".into(),
+        "--google-client-secret".into(),
+        "g-secret".into(),
+        "--google-allowed-workspaces".into(),
+        "corp.example".into(),
+        "--google-auth-url".into(),
+        format!("{}/authorize", idp.base),
+        "--google-token-url".into(),
+        format!("{}/token", idp.base),
+        "--google-userinfo-url".into(),
+        format!("{}/userinfo", idp.base),
+    ])
+    .await;
+    let mut worker = Account::new("w", "Worker@Corp.Example");
+    worker.hd = Some("corp.example".into());
+    idp.sign_in_as(worker.clone());
+    assert!(matches!(flow(&p).await.1, End::Client(_)));
+
+    worker.email_verified = false;
+    idp.sign_in_as(worker);
+    let End::Page(status, html) = flow(&p).await.1 else {
+        panic!()
+    };
+    assert_eq!(status, S::FORBIDDEN);
+    assert!(html.contains("verified"), "{html}");
+
+    // Same domain in the address, but not a workspace account (no hd): refused.
+    idp.sign_in_as(Account::new("x", "x@corp.example"));
+    let End::Page(status, _) = flow(&p).await.1 else {
+        panic!()
+    };
+    assert_eq!(status, S::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn github_teams_over_pages_and_the_hidden_primary_email() {
+    let idp = start_fake().await;
+    let api = format!("{}/api/v3", idp.base);
+    let p = proxy_with(&[
+        "--no-password".into(),
+        "--github-client-id".into(),
+        "gh-id".into(),
+        "--github-client-secret".into(),
+        "gh-secret".into(),
+        "--github-allowed-orgs".into(),
+        "late-org,acme:platform".into(),
+        "--github-url".into(),
+        format!("{}/", idp.base),
+        "--github-api-url".into(),
+        api,
+    ])
+    .await;
+    // The allowed org is on the second page of the membership list.
+    let mut octo = Account::new("octo", "octo@example.com");
+    octo.public_email = false;
+    octo.orgs = vec!["a".into(), "b".into(), "Late-Org".into()];
+    idp.sign_in_as(octo.clone());
+    let (client, end) = flow(&p).await;
+    let End::Client(back) = end else {
+        panic!("{end:?}")
+    };
+    let code = query(&back, "code").unwrap();
+    let resp = token(&p.target(), &client.code_params(&code, &[])).await;
+    assert_eq!(resp.status(), S::OK);
+    let grants = p
+        .repo()
+        .scan::<mcp_auth_proxy::store::GrantRecord>(b"")
+        .await
+        .unwrap();
+    let id = &grants[0].1.identity;
+    assert_eq!(id.user_id, "octo");
+    assert_eq!(
+        id.email.as_deref(),
+        Some("octo@example.com"),
+        "the primary verified one"
+    );
+    assert!(id.groups.contains(&"late-org".to_string()));
+
+    // A team rule admits a member of that team only.
+    let mut dev = Account::new("dev", "dev@example.com");
+    dev.orgs = vec!["acme".into()];
+    dev.teams = vec![("acme".into(), "platform".into())];
+    idp.sign_in_as(dev.clone());
+    assert!(matches!(flow(&p).await.1, End::Client(_)));
+    dev.teams = vec![("acme".into(), "sales".into())];
+    idp.sign_in_as(dev);
+    let End::Page(status, _) = flow(&p).await.1 else {
+        panic!()
+    };
+    assert_eq!(status, S::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn the_login_page_offers_every_method_and_refreshes_recheck_the_lists() {
+    let idp = start_fake().await;
+    let mut args = oidc_args(&idp);
+    args.retain(|a| a != "--no-password");
+    let p = proxy_with(&args).await;
+    let t = p.target();
+    let client = OAuthClient::public(&t).await;
+    let browser = Browser::new();
+    let resp = browser
+        .http
+        .get(client.auth_url(&t, &[]))
+        .send()
+        .await
+        .unwrap();
+    let login = t.url(&location(&resp));
+    let html = browser
+        .http
+        .get(&login)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("Sign in with Example SSO"), "{html}");
+    assert!(html.contains("name=\"password\""));
+    assert!(hidden(&html, "req").is_some());
+    // Through the provider from the button.
+    let start = html
+        .split("href=\"")
+        .find(|s| s.starts_with("/.auth/oidc/login"))
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .replace("&amp;", "&");
+    let End::Client(back) = through(&p, &browser, &t.url(&start)).await else {
+        panic!()
+    };
+    let code = query(&back, "code").unwrap();
+    let tokens: Value = token(&t, &client.code_params(&code, &[]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let refresh_token = tokens["refresh_token"].as_str().unwrap().to_string();
+
+    // The same store under a configuration that no longer lists ann: the refresh fails.
+    let dir = p.stop().await;
+    let mut args = oidc_args(&idp);
+    for a in args.iter_mut() {
+        if a == "ann@example.com" {
+            *a = "someone@example.com".into();
+        }
+    }
+    args.retain(|a| a != "--no-password");
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p2 =
+        crate::helpers::start_proxy_with(&a, mcp_auth_proxy::clock::Clock::system(), dir).await;
+    let resp = crate::flow::refresh(&p2.target(), &client.id, &refresh_token).await;
+    assert_eq!(resp.status(), S::BAD_REQUEST);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn a_provider_without_an_allow_list_refuses_to_start() {
+    use clap::Parser;
+    let cli = mcp_auth_proxy::cli::Cli::try_parse_from([
+        "mcp-auth-proxy",
+        "--github-client-id",
+        "x",
+        "--github-client-secret",
+        "y",
+        "--password",
+        "pw",
+    ])
+    .unwrap();
+    let err = mcp_auth_proxy::config::Config::from_cli(cli)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--github-allowed-users"), "{err}");
+    let cli = mcp_auth_proxy::cli::Cli::try_parse_from([
+        "mcp-auth-proxy",
+        "--github-client-id",
+        "x",
+        "--github-client-secret",
+        "y",
+        "--github-allow-all-users",
+    ])
+    .unwrap();
+    assert!(mcp_auth_proxy::config::Config::from_cli(cli).is_ok());
+}
