@@ -90,15 +90,15 @@ export async function startEverything() {
  * Our binary. `backend` is an upstream URL (or nothing); `args` are extra flags. The
  * external URL is the loopback address it listens on, so every URL it advertises works here.
  */
-export async function startProxy({ backend, command, args = [], env = {}, password = PASSWORD } = {}) {
+export async function startProxy({ backend, command, args = [], env = {}, password = PASSWORD, port } = {}) {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'mcp-auth-proxy-e2e-'));
-  const port = await freePort();
+  port ??= await freePort();
   const origin = `http://127.0.0.1:${port}`;
   const argv = [
     '--listen', `127.0.0.1:${port}`,
     '--external-url', origin,
     '--data-path', dataDir,
-    '--password', password,
+    ...(password === null ? [] : ['--password', password]),
     ...args,
     ...(backend ? [backend] : []),
     ...(command ? ['--', ...command] : []),
@@ -174,13 +174,31 @@ export class Browser {
     });
   }
 
-  async authorize(authUrl, { password = PASSWORD, decision = 'approve' } = {}) {
+  /**
+   * With `idp: { origin, login }`, signs in at that OpenID provider (any form it shows is
+   * filled: `login` and a password, or just submitted, as its consent is) instead of with our
+   * password. A 403 "not allowed" page of ours is left through its link back to the client.
+   */
+  async authorize(authUrl, { password = PASSWORD, decision = 'approve', idp } = {}) {
     let url = authUrl;
     const ours = new URL(authUrl).origin;
-    for (let hop = 0; hop < 12; hop++) {
+    for (let hop = 0; hop < 20; hop++) {
       let res = await this.fetch(url);
-      if (res.status === 200) {
+      const here = new URL(url).origin;
+      if (idp && here === idp.origin && res.status === 200) {
+        res = await this.submitFirstForm(url, await res.text(), { login: idp.login, password: 'any' });
+      } else if (res.status === 403) {
         const html = await res.text();
+        const back = html.match(/<a class="button" href="([^"]*)" data-return>/);
+        if (!back) throw new Error(`refused at ${url}:\n${html}`);
+        return back[1].replaceAll('&amp;', '&');
+      } else if (res.status === 200) {
+        const html = await res.text();
+        const button = idp && html.match(/href="(\/\.auth\/oidc\/login[^"]*)"/);
+        if (button) {
+          url = new URL(button[1].replaceAll('&amp;', '&'), ours).href;
+          continue;
+        }
         if (html.includes('name="password"')) {
           res = await this.postForm(new URL('/.auth/login', ours).href, html, { password });
         } else if (html.includes('name="decision"')) {
@@ -193,10 +211,27 @@ export class Browser {
         throw new Error(`unexpected ${res.status} at ${url}: ${await res.text()}`);
       }
       const next = new URL(res.headers.get('location'), url);
-      if (next.origin !== ours) return next.href;
+      if (next.origin !== ours && next.origin !== idp?.origin) return next.href;
       url = next.href;
     }
     throw new Error('the sign-in flow did not end');
+  }
+
+  /** Posts the first form of a page with its inputs' values, overridden by `fields`. */
+  async submitFirstForm(url, html, fields) {
+    const form = html.match(/<form[^>]*action="([^"]*)"[^>]*>([\s\S]*?)<\/form>/);
+    if (!form) throw new Error(`no form at ${url}:\n${html}`);
+    const body = new URLSearchParams();
+    for (const input of form[2].matchAll(/<input[^>]*>/g)) {
+      const name = input[0].match(/name="([^"]*)"/)?.[1];
+      if (!name) continue;
+      body.set(name, fields[name] ?? input[0].match(/value="([^"]*)"/)?.[1] ?? '');
+    }
+    return this.fetch(new URL(form[1].replaceAll('&amp;', '&'), url).href, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: body.toString(),
+    });
   }
 }
 
