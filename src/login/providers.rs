@@ -37,9 +37,6 @@ const MAX_ANSWER: usize = 1024 * 1024;
 /// Pages of a GitHub membership list followed at most.
 const MAX_PAGES: usize = 50;
 
-/// An unknown ID-token key refetches the JWKS at most this often.
-const JWKS_REFRESH: Duration = Duration::from_secs(60);
-
 /// How long and how often the OIDC discovery document is tried at startup.
 const DISCOVERY_ATTEMPTS: u32 = 6;
 
@@ -106,8 +103,8 @@ struct Oidc {
     issuer: String,
     userinfo: Option<Url>,
     jwks_uri: Url,
-    /// The provider's keys and when they were fetched.
-    jwks: tokio::sync::RwLock<(JwkSet, Option<tokio::time::Instant>)>,
+    /// The provider's keys.
+    jwks: tokio::sync::RwLock<JwkSet>,
 }
 
 /// The configured providers and the HTTP client they use.
@@ -322,7 +319,7 @@ impl Providers {
                     .map(|u| url("userinfo_endpoint", u))
                     .transpose()?,
                 jwks_uri: url("jwks_uri", &d.jwks_uri)?,
-                jwks: tokio::sync::RwLock::new((JwkSet { keys: Vec::new() }, None)),
+                jwks: tokio::sync::RwLock::new(JwkSet { keys: Vec::new() }),
             };
             if let Err(e) = oidc.refresh_keys(&http).await {
                 tracing::warn!(error = %e, "the OIDC provider's keys could not be fetched yet; retrying at the first sign-in");
@@ -412,12 +409,13 @@ impl Oidc {
             return Err(format!("the JWKS answered {status}"));
         }
         let set: JwkSet = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        *self.jwks.write().await = (set, Some(tokio::time::Instant::now()));
+        *self.jwks.write().await = set;
         Ok(())
     }
 
     /// The key for `kid` (or the only key), refetching the set once if it is not known:
-    /// providers rotate keys.
+    /// providers rotate keys. (ID tokens arrive only in the provider's own answer to our
+    /// token request, so nobody else can make us refetch.)
     async fn key(
         &self,
         http: &reqwest::Client,
@@ -428,19 +426,13 @@ impl Oidc {
             None if set.keys.len() == 1 => set.keys.first().cloned(),
             None => None,
         };
-        let stale = {
-            let guard = self.jwks.read().await;
-            if let Some(k) = find(&guard.0) {
-                return Ok(k);
-            }
-            guard.1.is_none_or(|at| at.elapsed() >= JWKS_REFRESH)
-        };
-        if stale {
-            self.refresh_keys(http)
-                .await
-                .map_err(|e| SignInError::IdToken(format!("keys unavailable: {e}")))?;
+        if let Some(k) = find(&*self.jwks.read().await) {
+            return Ok(k);
         }
-        find(&self.jwks.read().await.0)
+        self.refresh_keys(http)
+            .await
+            .map_err(|e| SignInError::IdToken(format!("keys unavailable: {e}")))?;
+        find(&*self.jwks.read().await)
             .ok_or_else(|| SignInError::IdToken("signed with an unknown key".into()))
     }
 

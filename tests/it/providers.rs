@@ -66,6 +66,7 @@ impl Account {
 struct Fake {
     base: String,
     key: EcdsaKeyPair,
+    kid: String,
     other_key: EcdsaKeyPair,
     account: Account,
     spoil: Spoil,
@@ -96,6 +97,12 @@ impl FakeIdp {
     pub fn spoil(&self, s: Spoil) {
         self.state.lock().unwrap().spoil = s;
     }
+    /// Replaces the signing key (a new key id), as providers rotate keys.
+    pub fn rotate(&self) {
+        let mut f = self.state.lock().unwrap();
+        f.key = key();
+        f.kid = format!("k{}", f.kid.len() + 1);
+    }
     pub fn discovery(&self) -> String {
         format!("{}/.well-known/openid-configuration", self.base)
     }
@@ -113,8 +120,8 @@ fn b64(b: &[u8]) -> String {
 }
 
 /// An ES256 JWT of `claims` signed by `key`.
-fn jwt(key: &EcdsaKeyPair, claims: &Value) -> String {
-    let head = b64(json!({"alg":"ES256","typ":"JWT","kid":"k1"})
+fn jwt(key: &EcdsaKeyPair, kid: &str, claims: &Value) -> String {
+    let head = b64(json!({"alg":"ES256","typ":"JWT","kid":kid})
         .to_string()
         .as_bytes());
     let body = b64(claims.to_string().as_bytes());
@@ -129,6 +136,7 @@ pub async fn start_fake() -> FakeIdp {
     let state: Shared = Arc::new(Mutex::new(Fake {
         base: base.clone(),
         key: key(),
+        kid: "k1".into(),
         other_key: key(),
         account: Account::new("ann", "ann@example.com"),
         spoil: Spoil::None,
@@ -171,7 +179,7 @@ async fn jwks(State(s): State<Shared>) -> Json<Value> {
     let f = s.lock().unwrap();
     let point = f.key.public_key().as_ref();
     Json(json!({"keys": [{
-        "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+        "kty": "EC", "crv": "P-256", "kid": f.kid, "alg": "ES256", "use": "sig",
         "x": b64(&point[1..33]), "y": b64(&point[33..65]),
     }]}))
 }
@@ -248,7 +256,7 @@ async fn token_endpoint(
     } else {
         &f.key
     };
-    let id_token = jwt(signer, &claims);
+    let id_token = jwt(signer, &f.kid, &claims);
     let access = format!("at-{}-{}", account.sub, f.tokens.len());
     f.tokens.insert(access.clone(), account);
     Json(json!({"access_token": access, "token_type": "bearer", "id_token": id_token, "expires_in": 300}))
@@ -715,4 +723,22 @@ async fn a_provider_without_an_allow_list_refuses_to_start() {
     ])
     .unwrap();
     assert!(mcp_auth_proxy::config::Config::from_cli(cli).is_ok());
+}
+
+#[tokio::test]
+async fn a_public_oidc_client_follows_key_rotation() {
+    let idp = start_fake().await;
+    let mut args = oidc_args(&idp);
+    // No client secret: a public client.
+    let i = args
+        .iter()
+        .position(|a| a == "--oidc-client-secret")
+        .unwrap();
+    args.drain(i..i + 2);
+    let p = proxy_with(&args).await;
+    assert!(matches!(flow(&p).await.1, End::Client(_)));
+    // The provider rotates its key: the proxy fetches the new set for the unknown key id.
+    idp.rotate();
+    let (_, end) = flow(&p).await;
+    assert!(matches!(end, End::Client(_)), "{end:?}");
 }
