@@ -724,6 +724,12 @@ async fn oidc_identity(
             c.extend(i);
         }
     }
+    // An email the provider says is unverified names nobody.
+    if oidc.cfg.user_id_field == "/email"
+        && matches!(claims.get("email_verified"), Some(v) if !is_true(Some(v)))
+    {
+        return Err(SignInError::Unverified);
+    }
     let user_id = match claims.pointer(&oidc.cfg.user_id_field) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),

@@ -488,6 +488,16 @@ async fn oidc_sign_in_checks_the_id_token_and_the_allow_lists() {
     idp.sign_in_as(admin);
     assert!(matches!(flow(&p).await.1, End::Client(_)));
 
+    // ann's address, but the provider says it is not verified: nobody.
+    let mut unverified = Account::new("mallory", "ann@example.com");
+    unverified.email_verified = false;
+    idp.sign_in_as(unverified);
+    let End::Page(status, html) = flow(&p).await.1 else {
+        panic!()
+    };
+    assert_eq!(status, S::FORBIDDEN);
+    assert!(html.contains("verified"), "{html}");
+
     // Spoiled ID tokens never sign anyone in.
     idp.sign_in_as(Account::new("ann", "ann@example.com"));
     for spoil in [
