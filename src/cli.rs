@@ -25,6 +25,52 @@ pub struct Cli {
     #[arg(long, env = "LISTEN", default_value = ":80")]
     pub listen: String,
 
+    /// HTTPS listen address (used when TLS is on: ACME or certificate files).
+    #[arg(long, env = "TLS_LISTEN", default_value = ":443")]
+    pub tls_listen: String,
+
+    /// Do not turn ACME on automatically for an https external URL.
+    #[arg(long, env = "NO_AUTO_TLS", value_parser = env_bool, default_value = "false",
+          default_missing_value = "true", num_args = 0..=1, require_equals = true)]
+    pub no_auto_tls: bool,
+
+    /// Host name of the ACME certificate (default: the external URL's host).
+    #[arg(long, short = 'H', env = "TLS_HOST")]
+    pub tls_host: Option<String>,
+
+    /// ACME directory URL (default: Let's Encrypt production).
+    #[arg(
+        long,
+        env = "TLS_DIRECTORY_URL",
+        default_value = "https://acme-v02.api.letsencrypt.org/directory"
+    )]
+    pub tls_directory_url: String,
+
+    /// Accept the ACME CA's terms of service (required whenever ACME is used).
+    #[arg(long, env = "TLS_ACCEPT_TOS", value_parser = env_bool, default_value = "false",
+          default_missing_value = "true", num_args = 0..=1, require_equals = true)]
+    pub tls_accept_tos: bool,
+
+    /// Contact email given to the ACME CA (expiry warnings).
+    #[arg(long, env = "TLS_CONTACT_EMAIL")]
+    pub tls_contact_email: Option<String>,
+
+    /// PEM file of a CA to trust for the ACME directory (a private CA, pebble).
+    #[arg(long, env = "TLS_DIRECTORY_CA_FILE")]
+    pub tls_directory_ca_file: Option<std::path::PathBuf>,
+
+    /// ACME challenge: tls-alpn-01 (on the TLS listener) or http-01 (on the plain listener).
+    #[arg(long, env = "TLS_CHALLENGE", default_value = "tls-alpn-01")]
+    pub tls_challenge: String,
+
+    /// PEM certificate chain (with --tls-key-file; reloaded when the files change).
+    #[arg(long, env = "TLS_CERT_FILE")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "TLS_KEY_FILE")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+
     /// Public origin of this proxy (issuer, resource, callback base). No path.
     /// Default: http://localhost, plus the listen port when it is not 80.
     #[arg(long, short = 'e', env = "EXTERNAL_URL")]

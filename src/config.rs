@@ -260,6 +260,8 @@ const FORBIDDEN_SCHEMES: [&str; 7] = [
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: ListenAddr,
+    /// HTTPS, when on.
+    pub tls: Option<TlsConfig>,
     /// `None` means "the default for the port actually bound".
     pub external_url: Option<PublicOrigin>,
     pub data_path: PathBuf,
@@ -289,6 +291,7 @@ impl Config {
             .filter(|s| !s.trim().is_empty())
             .map(PublicOrigin::parse)
             .transpose()?;
+        let tls = tls_config(&cli, external_url.as_ref())?;
 
         match cli.repository_backend.trim().to_ascii_lowercase().as_str() {
             "local" | "" => {}
@@ -369,6 +372,7 @@ impl Config {
 
         Ok(Self {
             listen,
+            tls,
             external_url,
             data_path: cli.data_path,
             trusted_proxies,
@@ -543,10 +547,13 @@ pub struct Site {
 
 impl Config {
     /// The site as seen from outside, given the port the plain listener actually bound.
+    /// The site; `bound_port` is the port clients reach (the TLS listener's when TLS is on).
     pub fn site(&self, bound_port: u16) -> Result<Site, ConfigError> {
-        let origin = match &self.external_url {
-            Some(o) => o.clone(),
-            None => PublicOrigin::default_for_port(bound_port)?,
+        let origin = match (&self.external_url, &self.tls) {
+            (Some(o), _) => o.clone(),
+            (None, Some(_)) if bound_port == 443 => PublicOrigin::parse("https://localhost")?,
+            (None, Some(_)) => PublicOrigin::parse(&format!("https://localhost:{bound_port}"))?,
+            (None, None) => PublicOrigin::default_for_port(bound_port)?,
         };
         Ok(Site {
             resource: origin.join(&self.mcp_path),
@@ -1074,4 +1081,103 @@ fn providers_config(cli: &Cli) -> Result<ProvidersConfig, ConfigError> {
         oidc,
         auto_select: !cli.no_provider_auto_select,
     })
+}
+
+/// Where HTTPS certificates come from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// PEM files, reloaded when they change.
+    Files { cert: PathBuf, key: PathBuf },
+    /// An ACME CA (Let's Encrypt by default).
+    Acme(AcmeOptions),
+}
+
+/// How the ACME certificate is obtained.
+#[derive(Debug, Clone)]
+pub struct AcmeOptions {
+    pub host: String,
+    pub directory_url: String,
+    pub contact: Option<String>,
+    pub directory_ca_file: Option<PathBuf>,
+    /// HTTP-01 on the plain listener instead of TLS-ALPN-01 on the TLS listener.
+    pub http01: bool,
+}
+
+/// HTTPS settings.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub listen: ListenAddr,
+    pub source: TlsSource,
+}
+
+/// The TLS rule (cli-compat.md): certificate files win; otherwise ACME for an https external
+/// URL whose host is not localhost (unless `--no-auto-tls`), or when `--tls-host` is given.
+fn tls_config(
+    cli: &Cli,
+    external: Option<&PublicOrigin>,
+) -> Result<Option<TlsConfig>, ConfigError> {
+    let listen = || ListenAddr::parse(&cli.tls_listen);
+    match (&cli.tls_cert_file, &cli.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            return Ok(Some(TlsConfig {
+                listen: listen()?,
+                source: TlsSource::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+            }));
+        }
+        (Some(_), None) => return Err(bad("--tls-cert-file needs --tls-key-file")),
+        (None, Some(_)) => return Err(bad("--tls-key-file needs --tls-cert-file")),
+        (None, None) => {}
+    }
+    let explicit_host = cli
+        .tls_host
+        .as_deref()
+        .map(str::trim)
+        .filter(|h| !h.is_empty());
+    let auto = external.filter(|o| {
+        o.is_https() && !o.host().eq_ignore_ascii_case("localhost") && !cli.no_auto_tls
+    });
+    let host = match (explicit_host, auto) {
+        (Some(h), _) => h.to_ascii_lowercase(),
+        (None, Some(o)) => o.host(),
+        (None, None) => return Ok(None),
+    };
+    if !cli.tls_accept_tos {
+        return Err(bad(format!(
+            "automatic HTTPS for {host} uses an ACME CA ({}): pass --tls-accept-tos to accept its terms of service (or --no-auto-tls, or --tls-cert-file/--tls-key-file)",
+            cli.tls_directory_url
+        )));
+    }
+    if host.parse::<std::net::IpAddr>().is_ok() || !host.contains('.') {
+        return Err(bad(format!(
+            "ACME needs a public DNS name; {host:?} is not one (use --tls-cert-file for it)"
+        )));
+    }
+    let directory_url = url_flag("--tls-directory-url", &cli.tls_directory_url)?;
+    let http01 = match cli.tls_challenge.trim().to_ascii_lowercase().as_str() {
+        "tls-alpn-01" | "" => false,
+        "http-01" => true,
+        other => {
+            return Err(bad(format!(
+                "--tls-challenge {other:?} is unknown; use tls-alpn-01 or http-01"
+            )));
+        }
+    };
+    Ok(Some(TlsConfig {
+        listen: listen()?,
+        source: TlsSource::Acme(AcmeOptions {
+            host,
+            directory_url: directory_url.to_string(),
+            contact: cli
+                .tls_contact_email
+                .as_deref()
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string),
+            directory_ca_file: cli.tls_directory_ca_file.clone(),
+            http01,
+        }),
+    }))
 }

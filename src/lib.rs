@@ -67,6 +67,8 @@ pub enum RunError {
     Provider(#[from] login::providers::ProviderError),
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] server::tls::TlsError),
 }
 
 /// Secrets given through the environment that are not flags of their own.
@@ -111,10 +113,43 @@ pub async fn bind(listen: &ListenAddr) -> Result<TcpListener, RunError> {
     Err(RunError::Bind { addr, source })
 }
 
+/// What serves HTTPS.
+struct TlsSetup {
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// Certificate files to watch.
+    files: Option<(
+        Arc<server::tls::Swappable>,
+        std::path::PathBuf,
+        std::path::PathBuf,
+    )>,
+}
+
+/// Loads the certificate files and builds the acceptor.
+fn tls_setup(tls: &config::TlsConfig) -> Result<TlsSetup, RunError> {
+    match &tls.source {
+        config::TlsSource::Files { cert, key } => {
+            let pair = server::tls::load_pair(cert, key)?;
+            let swappable = server::tls::Swappable::new(pair);
+            let cfg = server::tls::server_config(swappable.clone(), &[]);
+            Ok(TlsSetup {
+                acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+                files: Some((swappable, cert.clone(), key.clone())),
+            })
+        }
+        config::TlsSource::Acme(_) => Err(RunError::Tls(server::tls::TlsError(
+            "ACME is not available in this build yet; use --tls-cert-file/--tls-key-file or --no-auto-tls".into(),
+        ))),
+    }
+}
+
 /// A proxy that is bound and ready to serve: what [`serve`] runs and tests inspect.
 pub struct Prepared {
     pub listener: TcpListener,
     pub local_addr: SocketAddr,
+    /// The HTTPS listener, when TLS is on.
+    pub tls_listener: Option<TcpListener>,
+    pub tls_local_addr: Option<SocketAddr>,
+    tls: Option<TlsSetup>,
     pub state: AppState,
     /// How long open connections may run after the shutdown signal.
     pub shutdown_grace: Duration,
@@ -138,7 +173,16 @@ pub async fn prepare(
 
     let listener = bind(&config.listen).await?;
     let local_addr = listener.local_addr().map_err(RunError::Serve)?;
-    let site = config.site(local_addr.port())?;
+    let (tls_listener, tls_local_addr, tls) = match &config.tls {
+        Some(t) => {
+            let setup = tls_setup(t)?;
+            let l = bind(&t.listen).await?;
+            let addr = l.local_addr().map_err(RunError::Serve)?;
+            (Some(l), Some(addr), Some(setup))
+        }
+        None => (None, None, None),
+    };
+    let site = config.site(tls_local_addr.unwrap_or(local_addr).port())?;
     let http_backend = match &config.backend {
         Backend::Http(url) => Some(HttpBackend::new(
             url.clone(),
@@ -150,6 +194,16 @@ pub async fn prepare(
     };
 
     tracing::info!("listening on http://{local_addr}");
+    if let Some(a) = tls_local_addr {
+        tracing::info!("listening on https://{a}");
+        if let Some(config::TlsConfig {
+            source: config::TlsSource::Files { cert, .. },
+            ..
+        }) = &config.tls
+        {
+            tracing::info!(cert = %cert.display(), "certificate: from files (reloaded when they change); http redirects to https");
+        }
+    }
     tracing::info!(url = %site.resource, "MCP clients connect to {}", site.resource);
     let stdio_backend = match &config.backend {
         Backend::Stdio { program, args } => {
@@ -207,6 +261,9 @@ pub async fn prepare(
     Ok(Prepared {
         shutdown_grace: config.shutdown_grace,
         workers: config.workers,
+        tls_listener,
+        tls_local_addr,
+        tls,
         listener,
         local_addr,
         state,
@@ -274,6 +331,8 @@ pub async fn serve(
         state,
         shutdown_grace,
         workers,
+        tls_listener,
+        tls,
         ..
     } = prepared;
     let repo = state.repo.clone();
@@ -285,8 +344,26 @@ pub async fn serve(
         .then(|| tokio::spawn(reap_loop(state.clone(), stop_rx)));
 
     let state_for_shutdown = state.clone();
-    let mut workers =
-        server::workers::Workers::start(workers, server::router(state)).map_err(RunError::Serve)?;
+    let files = tls
+        .as_ref()
+        .and_then(|t| t.files.clone())
+        .map(|(cert, c, k)| {
+            tokio::spawn(server::tls::watch_files(cert, c, k, stop_tx.subscribe()))
+        });
+    let origin = state.site.origin.clone();
+    let apps = match tls {
+        Some(t) => server::workers::Apps {
+            main: server::tls::with_hsts(server::router(state)),
+            plain: Some(server::tls::redirect_router(origin, None)),
+            tls: Some(t.acceptor),
+        },
+        None => server::workers::Apps {
+            main: server::router(state),
+            plain: None,
+            tls: None,
+        },
+    };
+    let mut workers = server::workers::Workers::start(workers, apps).map_err(RunError::Serve)?;
     // Accept until the shutdown signal, then let requests finish; an open SSE stream never
     // finishes by itself, so after `--shutdown-grace` the remaining connections are dropped
     // and the process still exits cleanly.
@@ -294,9 +371,9 @@ pub async fn serve(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match stream.into_std() {
-                    Ok(stream) => workers.dispatch(stream, peer),
+            accepted = accept_either(&listener, tls_listener.as_ref()) => match accepted {
+                Ok((stream, peer, from)) => match stream.into_std() {
+                    Ok(stream) => workers.dispatch(stream, peer, from),
                     Err(e) => tracing::debug!(error = %e, "could not hand over a connection"),
                 },
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -308,6 +385,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    drop(tls_listener);
     workers.stop();
     if tokio::time::timeout(shutdown_grace, workers.drained())
         .await
@@ -323,6 +401,9 @@ pub async fn serve(
     }
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
+    if let Some(f) = files {
+        let _ = f.await;
+    }
     if let Some(r) = reaper {
         let _ = r.await;
     }
@@ -331,6 +412,24 @@ pub async fn serve(
     }
     workers.finish().await;
     Ok(())
+}
+
+/// The next connection on the plain listener or the TLS one.
+async fn accept_either(
+    plain: &TcpListener,
+    tls: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr, server::workers::Listener)> {
+    use server::workers::Listener;
+    let secure = async {
+        match tls {
+            Some(l) => l.accept().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = plain.accept() => r.map(|(s, a)| (s, a, Listener::Plain)),
+        r = secure => r.map(|(s, a)| (s, a, Listener::Tls)),
+    }
 }
 
 /// Runs the proxy until `shutdown` resolves.

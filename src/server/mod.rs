@@ -4,6 +4,7 @@
 //! [`crate::run`], so tests drive the same router in-process.
 
 pub mod guard;
+pub mod tls;
 pub mod workers;
 
 use std::net::SocketAddr;

@@ -40,8 +40,27 @@ pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Which listener a connection came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Plain,
+    Tls,
+}
+
+/// What the workers serve.
+#[derive(Clone)]
+pub struct Apps {
+    /// The application (over TLS when TLS is on).
+    pub main: Router,
+    /// The plain listener's application when TLS is on (redirects, ACME HTTP-01).
+    pub plain: Option<Router>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+type Conn = (std::net::TcpStream, SocketAddr, Listener);
+
 struct Worker {
-    conns: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    conns: mpsc::UnboundedSender<Conn>,
     /// Connections this worker currently serves.
     load: Arc<AtomicUsize>,
     /// Resolves when the worker has no connection left after the stop signal.
@@ -58,7 +77,7 @@ pub struct Workers {
 
 impl Workers {
     /// Starts `count` workers serving `app`.
-    pub fn start(count: usize, app: Router) -> std::io::Result<Self> {
+    pub fn start(count: usize, apps: Apps) -> std::io::Result<Self> {
         let (stop, _) = watch::channel(false);
         let (release, _) = watch::channel(false);
         let mut workers = Vec::with_capacity(count.max(1));
@@ -68,7 +87,7 @@ impl Workers {
             let (drained_tx, drained) = oneshot::channel();
             let job = WorkerJob {
                 index,
-                app: app.clone(),
+                apps: apps.clone(),
                 rx,
                 load: load.clone(),
                 stop: stop.subscribe(),
@@ -99,7 +118,7 @@ impl Workers {
     }
 
     /// Hands a new connection to the worker serving the fewest.
-    pub fn dispatch(&self, stream: std::net::TcpStream, peer: SocketAddr) {
+    pub fn dispatch(&self, stream: std::net::TcpStream, peer: SocketAddr, from: Listener) {
         let Some(worker) = self
             .workers
             .iter()
@@ -108,7 +127,7 @@ impl Workers {
             return;
         };
         worker.load.fetch_add(1, Ordering::Relaxed);
-        if worker.conns.send((stream, peer)).is_err() {
+        if worker.conns.send((stream, peer, from)).is_err() {
             worker.load.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -146,8 +165,8 @@ impl Workers {
 
 struct WorkerJob {
     index: usize,
-    app: Router,
-    rx: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    apps: Apps,
+    rx: mpsc::UnboundedReceiver<Conn>,
     load: Arc<AtomicUsize>,
     stop: watch::Receiver<bool>,
     release: watch::Receiver<bool>,
@@ -163,7 +182,9 @@ impl WorkerJob {
                 c = self.rx.recv() => c,
                 _ = stop.wait_for(|s| *s) => None,
             };
-            let Some((stream, peer)) = next else { break };
+            let Some((stream, peer, from)) = next else {
+                break;
+            };
             let stream = match TcpStream::from_std(stream) {
                 Ok(s) => s,
                 Err(e) => {
@@ -177,14 +198,34 @@ impl WorkerJob {
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
             }
-            let load = self.load.clone();
-            tracker.spawn(serve_connection(
-                stream,
-                peer,
-                self.app.clone(),
-                self.stop.clone(),
-                LoadGuard(load),
-            ));
+            let guard = LoadGuard(self.load.clone());
+            let stop = self.stop.clone();
+            match (from, &self.apps.tls) {
+                (Listener::Tls, Some(tls)) => {
+                    let (tls, app) = (tls.clone(), self.apps.main.clone());
+                    tracker.spawn(async move {
+                        let Ok(Ok(stream)) =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await
+                        else {
+                            return;
+                        };
+                        // A TLS-ALPN-01 validation: the handshake was the whole point.
+                        if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+                            return;
+                        }
+                        serve_connection(stream, peer, app, stop, guard).await;
+                    });
+                }
+                (Listener::Plain, _) => {
+                    let app = self
+                        .apps
+                        .plain
+                        .clone()
+                        .unwrap_or_else(|| self.apps.main.clone());
+                    tracker.spawn(serve_connection(stream, peer, app, stop, guard));
+                }
+                (Listener::Tls, None) => {}
+            }
         }
         tracker.close();
         let drain = async {
@@ -210,13 +251,21 @@ impl Drop for LoadGuard {
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The ALPN protocol of ACME TLS-ALPN-01 validations (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+async fn serve_connection<I>(
+    stream: I,
     peer: SocketAddr,
     app: Router,
     mut stop: watch::Receiver<bool>,
     _load: LoadGuard,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         app.clone().oneshot(req.map(Body::new))

@@ -64,6 +64,25 @@ async fn wrong_values_stop_startup_with_one_clear_line() {
     )
     .await;
     refuses(&[], &[("STDIO_MODE", "one")], "--stdio-mode").await;
+    refuses(
+        &["--external-url", "https://mcp.example.com"],
+        &[],
+        "pass --tls-accept-tos",
+    )
+    .await;
+    refuses(&["--tls-cert-file", "/x.pem"], &[], "needs --tls-key-file").await;
+    refuses(
+        &[
+            "--tls-host",
+            "mcp.example.com",
+            "--tls-accept-tos",
+            "--tls-challenge",
+            "dns-01",
+        ],
+        &[],
+        "--tls-challenge",
+    )
+    .await;
     refuses(&["--mcp-path", "mcp"], &[], "--mcp-path").await;
     refuses(&["--mcp-path", "/token"], &[], "collides").await;
     refuses(

@@ -332,11 +332,13 @@ async fn wrong_host_is_misdirected_before_auth() {
 #[tokio::test]
 async fn x_forwarded_host_is_believed_only_from_trusted_proxies() {
     let up = start_upstream().await;
-    let ext = ["--external-url", "https://mcp.example.com"];
-    let untrusted = start_proxy(&[ext[0], ext[1], &up.url("/mcp")]).await;
+    // Behind a TLS-terminating proxy: an https external URL without our own TLS.
+    let ext = ["--external-url", "https://mcp.example.com", "--no-auto-tls"];
+    let untrusted = start_proxy(&[ext[0], ext[1], ext[2], &up.url("/mcp")]).await;
     let trusted = start_proxy(&[
         ext[0],
         ext[1],
+        ext[2],
         "--trusted-proxies",
         "127.0.0.1",
         &up.url("/mcp"),

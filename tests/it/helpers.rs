@@ -30,6 +30,8 @@ pub const TEST_PASSWORD: &str = "correct horse battery staple";
 /// A proxy running in this process on 127.0.0.1:0.
 pub struct TestProxy {
     pub base: String,
+    /// The HTTPS listener's address, when TLS is on.
+    pub tls_addr: Option<std::net::SocketAddr>,
     pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -122,6 +124,7 @@ pub async fn start_proxy_with(args: &[&str], clock: Clock, dir: tempfile::TempDi
     let config = Config::from_cli(Cli::try_parse_from(argv).unwrap()).unwrap();
     let prepared = prepare(config, EnvSecrets::default(), clock).await.unwrap();
     let base = format!("http://{}", prepared.local_addr);
+    let tls_addr = prepared.tls_local_addr;
     let state = prepared.state.clone();
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(async move {
@@ -133,6 +136,7 @@ pub async fn start_proxy_with(args: &[&str], clock: Clock, dir: tempfile::TempDi
     });
     TestProxy {
         base,
+        tls_addr,
         state,
         stop: Some(tx),
         task: Some(task),

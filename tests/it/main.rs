@@ -11,3 +11,4 @@ mod providers;
 mod proxy;
 mod stdio;
 mod store;
+mod tls;

@@ -1,0 +1,174 @@
+//! HTTPS: the rustls server configuration (TLS 1.2+, ALPN h2 and http/1.1), certificates
+//! from PEM files reloaded when they change, and the plain listener's redirect to https.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::config::PublicOrigin;
+
+/// How often certificate files are looked at for changes.
+const RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// HSTS on every https answer: a year, as browsers expect for a site that is https only.
+pub const HSTS: &str = "max-age=31536000";
+
+/// The certificate could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(pub String);
+
+/// The ALPN protocols offered to clients (MCP clients use both).
+pub fn alpn() -> Vec<Vec<u8>> {
+    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+}
+
+/// A server configuration answering with `resolver`'s certificate.
+pub fn server_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+    extra_alpn: &[&[u8]],
+) -> rustls::ServerConfig {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = alpn();
+    cfg.alpn_protocols
+        .extend(extra_alpn.iter().map(|p| p.to_vec()));
+    cfg
+}
+
+/// Loads a PEM certificate chain and its key, checking that they belong together.
+pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| TlsError(format!("{}: {e}", cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError(format!("{}: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(TlsError(format!(
+            "{}: no certificate in it",
+            cert.display()
+        )));
+    }
+    let der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError(format!("{}: {e}", key.display())))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| TlsError(format!("{}: {e}", key.display())))?;
+    let pair = CertifiedKey::new(chain, signing);
+    pair.keys_match().map_err(|e| {
+        TlsError(format!(
+            "{} and {} do not belong together: {e}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
+    Ok(pair)
+}
+
+/// A certificate that can be replaced while the server runs.
+#[derive(Debug)]
+pub struct Swappable(RwLock<Arc<CertifiedKey>>);
+
+impl Swappable {
+    pub fn new(pair: CertifiedKey) -> Arc<Self> {
+        Arc::new(Self(RwLock::new(Arc::new(pair))))
+    }
+
+    fn swap(&self, pair: CertifiedKey) {
+        if let Ok(mut c) = self.0.write() {
+            *c = Arc::new(pair);
+        }
+    }
+
+    /// The end-entity certificate now served.
+    pub fn current_leaf(&self) -> Option<CertificateDer<'static>> {
+        self.0.read().ok().and_then(|c| c.cert.first().cloned())
+    }
+}
+
+impl ResolvesServerCert for Swappable {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.read().ok().map(|c| c.clone())
+    }
+}
+
+fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Reloads the files into `cert` whenever they change (looked at every few seconds, never
+/// on a handshake); a broken pair is logged and the served certificate kept.
+pub async fn watch_files(
+    cert: Arc<Swappable>,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut seen = (stamp(&cert_file), stamp(&key_file));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RELOAD_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        let now = (stamp(&cert_file), stamp(&key_file));
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match load_pair(&cert_file, &key_file) {
+            Ok(pair) => {
+                cert.swap(pair);
+                tracing::info!(cert = %cert_file.display(), "certificate files changed: reloaded");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "certificate files changed but cannot be used; keeping the current certificate")
+            }
+        }
+    }
+}
+
+/// The plain listener when HTTPS is on: everything is redirected to the same path and query
+/// at the external origin (its port, which Docker may map, not the TLS listener's).
+pub fn redirect_router(origin: PublicOrigin, acme: Option<Router>) -> Router {
+    let redirect = move |req: Request| {
+        let origin = origin.clone();
+        async move {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
+            let target = format!("{}{pq}", origin.as_str());
+            let mut resp = StatusCode::PERMANENT_REDIRECT.into_response();
+            if let Ok(v) = HeaderValue::from_str(&target) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            resp
+        }
+    };
+    let base = acme.unwrap_or_default();
+    base.fallback(redirect)
+}
+
+/// Adds HSTS to every answer of the https side.
+pub fn with_hsts(app: Router) -> Router {
+    app.layer(
+        tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        ),
+    )
+}
