@@ -122,10 +122,12 @@ struct TlsSetup {
         std::path::PathBuf,
         std::path::PathBuf,
     )>,
+    /// The ACME client to run.
+    acme: Option<server::acme::Acme>,
 }
 
 /// Loads the certificate files and builds the acceptor.
-fn tls_setup(tls: &config::TlsConfig) -> Result<TlsSetup, RunError> {
+fn tls_setup(tls: &config::TlsConfig, repo: &Repo) -> Result<TlsSetup, RunError> {
     match &tls.source {
         config::TlsSource::Files { cert, key } => {
             let pair = server::tls::load_pair(cert, key)?;
@@ -134,11 +136,23 @@ fn tls_setup(tls: &config::TlsConfig) -> Result<TlsSetup, RunError> {
             Ok(TlsSetup {
                 acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
                 files: Some((swappable, cert.clone(), key.clone())),
+                acme: None,
             })
         }
-        config::TlsSource::Acme(_) => Err(RunError::Tls(server::tls::TlsError(
-            "ACME is not available in this build yet; use --tls-cert-file/--tls-key-file or --no-auto-tls".into(),
-        ))),
+        config::TlsSource::Acme(opts) => {
+            let acme = server::acme::Acme::new(opts, repo.clone())?;
+            let extra: &[&[u8]] = if opts.http01 {
+                &[]
+            } else {
+                &[server::workers::ACME_TLS_ALPN]
+            };
+            let cfg = server::tls::server_config(acme.resolver.clone(), extra);
+            Ok(TlsSetup {
+                acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+                files: None,
+                acme: Some(acme),
+            })
+        }
     }
 }
 
@@ -175,7 +189,7 @@ pub async fn prepare(
     let local_addr = listener.local_addr().map_err(RunError::Serve)?;
     let (tls_listener, tls_local_addr, tls) = match &config.tls {
         Some(t) => {
-            let setup = tls_setup(t)?;
+            let setup = tls_setup(t, &repo)?;
             let l = bind(&t.listen).await?;
             let addr = l.local_addr().map_err(RunError::Serve)?;
             (Some(l), Some(addr), Some(setup))
@@ -351,12 +365,21 @@ pub async fn serve(
             tokio::spawn(server::tls::watch_files(cert, c, k, stop_tx.subscribe()))
         });
     let origin = state.site.origin.clone();
+    let mut acme_task = None;
     let apps = match tls {
-        Some(t) => server::workers::Apps {
-            main: server::tls::with_hsts(server::router(state)),
-            plain: Some(server::tls::redirect_router(origin, None)),
-            tls: Some(t.acceptor),
-        },
+        Some(mut t) => {
+            let http01 = t.acme.as_mut().and_then(|a| a.http01.take()).map(|svc| {
+                axum::Router::new().route_service("/.well-known/acme-challenge/{token}", svc)
+            });
+            if let Some(acme) = t.acme.take() {
+                acme_task = Some(tokio::spawn(acme.run(stop_tx.subscribe())));
+            }
+            server::workers::Apps {
+                main: server::tls::with_hsts(server::router(state)),
+                plain: Some(server::tls::redirect_router(origin, http01)),
+                tls: Some(t.acceptor),
+            }
+        }
         None => server::workers::Apps {
             main: server::router(state),
             plain: None,
@@ -403,6 +426,9 @@ pub async fn serve(
     let _ = sweeper.await;
     if let Some(f) = files {
         let _ = f.await;
+    }
+    if let Some(a) = acme_task {
+        let _ = a.await;
     }
     if let Some(r) = reaper {
         let _ = r.await;

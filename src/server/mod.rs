@@ -3,6 +3,7 @@
 //! [`router`] builds the whole application from an [`AppState`]; binding and serving live in
 //! [`crate::run`], so tests drive the same router in-process.
 
+pub mod acme;
 pub mod guard;
 pub mod tls;
 pub mod workers;

@@ -106,11 +106,12 @@ pub async fn start_proxy(args: &[&str]) -> TestProxy {
 pub async fn start_proxy_with(args: &[&str], clock: Clock, dir: tempfile::TempDir) -> TestProxy {
     let mut argv = vec![
         "mcp-auth-proxy".to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
         "--data-path".into(),
         dir.path().display().to_string(),
     ];
+    if !args.contains(&"--listen") {
+        argv.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
+    }
     // `--no-password` (ours, not the proxy's): start without the test password.
     let no_password = args.contains(&"--no-password");
     if !no_password && !args.iter().any(|a| a.starts_with("--password")) {

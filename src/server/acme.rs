@@ -1,0 +1,175 @@
+//! Certificates from an ACME CA (Let's Encrypt by default) with rustls-acme: TLS-ALPN-01 on
+//! the TLS listener or HTTP-01 on the plain one. The account key and the certificate (with
+//! its private key) live in our store, sealed with the store's key, so a restart serves the
+//! cached certificate without a new order; rustls-acme renews a third before expiry and
+//! retries failures with backoff.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use rustls_acme::caches::CompositeCache;
+use rustls_acme::{AccountCache, AcmeConfig, CertCache, ResolvesServerCertAcme, UseChallenge};
+use sha2::{Digest, Sha256};
+
+use crate::config::AcmeOptions;
+use crate::server::tls::TlsError;
+use crate::store::Repo;
+
+/// Our store as rustls-acme's cache.
+#[derive(Clone)]
+pub struct StoreCache(pub Repo);
+
+fn cache_key(kind: &str, parts: &[String], directory: &str) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    h.update(directory.as_bytes());
+    format!("acme_{kind}_{}", hex(&h.finalize()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[async_trait::async_trait]
+impl CertCache for StoreCache {
+    type EC = crate::store::StoreError;
+    async fn load_cert(
+        &self,
+        domains: &[String],
+        directory_url: &str,
+    ) -> Result<Option<Vec<u8>>, Self::EC> {
+        let v = self
+            .0
+            .get_secret(&cache_key("cert", domains, directory_url))
+            .await?;
+        Ok(v.map(|z| z.to_vec()))
+    }
+    async fn store_cert(
+        &self,
+        domains: &[String],
+        directory_url: &str,
+        cert: &[u8],
+    ) -> Result<(), Self::EC> {
+        self.0
+            .put_secret(&cache_key("cert", domains, directory_url), cert)
+            .await?;
+        self.0.flush().await
+    }
+}
+
+#[async_trait::async_trait]
+impl AccountCache for StoreCache {
+    type EA = crate::store::StoreError;
+    async fn load_account(
+        &self,
+        contact: &[String],
+        directory_url: &str,
+    ) -> Result<Option<Vec<u8>>, Self::EA> {
+        let v = self
+            .0
+            .get_secret(&cache_key("account", contact, directory_url))
+            .await?;
+        Ok(v.map(|z| z.to_vec()))
+    }
+    async fn store_account(
+        &self,
+        contact: &[String],
+        directory_url: &str,
+        account: &[u8],
+    ) -> Result<(), Self::EA> {
+        self.0
+            .put_secret(&cache_key("account", contact, directory_url), account)
+            .await?;
+        self.0.flush().await
+    }
+}
+
+/// A running ACME client.
+pub struct Acme {
+    pub resolver: Arc<ResolvesServerCertAcme>,
+    /// HTTP-01: the plain listener's `/.well-known/acme-challenge/{token}` service.
+    pub http01: Option<rustls_acme::tower::TowerHttp01ChallengeService>,
+    state: rustls_acme::AcmeState<crate::store::StoreError, crate::store::StoreError>,
+    host: String,
+}
+
+/// The client configuration used to talk to the ACME directory: the platform's roots, or
+/// only the CA in `--tls-directory-ca-file`.
+fn client_config(opts: &AcmeOptions) -> Result<rustls::ClientConfig, TlsError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match &opts.directory_ca_file {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(path)
+                .map_err(|e| TlsError(format!("{}: {e}", path.display())))?
+            {
+                let c = c.map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
+                roots
+                    .add(c)
+                    .map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
+            }
+            Ok(rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth())
+        }
+        None => {
+            use rustls_platform_verifier::ConfigVerifierExt;
+            rustls::ClientConfig::with_platform_verifier()
+                .map_err(|e| TlsError(format!("the system's CA roots: {e}")))
+        }
+    }
+}
+
+impl Acme {
+    pub fn new(opts: &AcmeOptions, repo: Repo) -> Result<Self, TlsError> {
+        let client = Arc::new(client_config(opts)?);
+        let cache = StoreCache(repo);
+        let mut cfg = AcmeConfig::new_with_client_config([opts.host.clone()], client)
+            .cache(CompositeCache::new(cache.clone(), cache))
+            .directory(&opts.directory_url)
+            .challenge_type(if opts.http01 {
+                UseChallenge::Http01
+            } else {
+                UseChallenge::TlsAlpn01
+            });
+        if let Some(c) = &opts.contact {
+            cfg = cfg.contact_push(format!("mailto:{c}"));
+        }
+        let state = cfg.state();
+        Ok(Self {
+            resolver: state.resolver(),
+            http01: opts.http01.then(|| state.http01_challenge_tower_service()),
+            state,
+            host: opts.host.clone(),
+        })
+    }
+
+    /// Orders, caches and renews until told to stop; logs every event.
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        tracing::info!(host = %self.host, "certificate: looking for a cached one, else ordering");
+        loop {
+            let event = tokio::select! {
+                e = self.state.next() => e,
+                _ = stop.changed() => return,
+            };
+            match event {
+                Some(Ok(rustls_acme::EventOk::DeployedCachedCert)) => {
+                    tracing::info!(host = %self.host, "certificate: cached one in use")
+                }
+                Some(Ok(rustls_acme::EventOk::DeployedNewCert)) => {
+                    tracing::info!(host = %self.host, "certificate: ready (newly issued)")
+                }
+                Some(Ok(ok)) => tracing::debug!(event = ?ok, "ACME"),
+                Some(Err(e)) => {
+                    tracing::warn!(host = %self.host, error = %e, "certificate: the ACME CA refused or failed; retrying with backoff")
+                }
+                None => return,
+            }
+        }
+    }
+}

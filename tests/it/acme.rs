@@ -1,0 +1,300 @@
+//! Automatic HTTPS against a real ACME server: Debian's `pebble` (the Let's Encrypt test CA)
+//! with `pebble-challtestsrv` answering DNS for the test name with 127.0.0.1, and pebble's
+//! validation ports pointed at our listeners. Skipped (with a note) where pebble is not
+//! installed; `.ci/run` installs it.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use reqwest::StatusCode;
+use tokio::process::{Child, Command};
+
+use crate::helpers::{TestProxy, start_proxy_with};
+
+const HOST: &str = "acme-test.example";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn udp_free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Pebble {
+    _pebble: Child,
+    _dns: Child,
+    dir: tempfile::TempDir,
+    directory: String,
+    management: String,
+    ca_pem: String,
+}
+
+fn installed() -> bool {
+    ["pebble", "pebble-challtestsrv"].iter().all(|b| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {b}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Without pebble the tests are skipped with a note, except in CI, which installs it.
+fn skip() -> bool {
+    if installed() {
+        return false;
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "CI must install pebble (apt-get install pebble)"
+    );
+    eprintln!("pebble is not installed (apt-get install pebble): skipped");
+    true
+}
+
+/// pebble's own listener certificate: a leaf (CA:FALSE) for 127.0.0.1 from a throwaway CA.
+fn listener_cert(dir: &Path) -> String {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut leaf =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("pebble-cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("pebble-key.pem"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("pebble-ca.pem"), ca.pem()).unwrap();
+    ca.pem()
+}
+
+async fn start_pebble(http_port: u16, tls_port: u16) -> Pebble {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_pem = listener_cert(dir.path());
+    let (api, mgmt, dns, dns_mgmt) = (free_port(), free_port(), udp_free_port(), free_port());
+    let config = serde_json::json!({"pebble": {
+        "listenAddress": format!("127.0.0.1:{api}"),
+        "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+        "certificate": dir.path().join("pebble-cert.pem"),
+        "privateKey": dir.path().join("pebble-key.pem"),
+        "httpPort": http_port,
+        "tlsPort": tls_port,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": false,
+    }});
+    std::fs::write(dir.path().join("pebble.json"), config.to_string()).unwrap();
+    let dns_server = Command::new("pebble-challtestsrv")
+        .args([
+            "-defaultIPv4",
+            "127.0.0.1",
+            "-defaultIPv6",
+            "",
+            "-dns01",
+            &format!("127.0.0.1:{dns}"),
+            "-http01",
+            "",
+            "-https01",
+            "",
+            "-tlsalpn01",
+            "",
+            "-management",
+            &format!("127.0.0.1:{dns_mgmt}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pebble = Command::new("pebble")
+        .args([
+            "-config",
+            &dir.path().join("pebble.json").display().to_string(),
+            "-dnsserver",
+            &format!("127.0.0.1:{dns}"),
+        ])
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env("PEBBLE_WFE_NONCEREJECT", "0")
+        .env("PEBBLE_AUTHZREUSE", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let p = Pebble {
+        _pebble: pebble,
+        _dns: dns_server,
+        directory: format!("https://127.0.0.1:{api}/dir"),
+        management: format!("https://127.0.0.1:{mgmt}"),
+        ca_pem,
+        dir,
+    };
+    let c = p.client();
+    for _ in 0..100 {
+        if c.get(&p.directory).send().await.is_ok() {
+            return p;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("pebble did not start");
+}
+
+impl Pebble {
+    /// A client trusting pebble's listener certificate.
+    fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .no_proxy()
+            .tls_certs_only([reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap()])
+            .build()
+            .unwrap()
+    }
+
+    /// The root pebble issues under (it changes every start).
+    async fn issuing_root(&self) -> reqwest::Certificate {
+        let pem = self
+            .client()
+            .get(format!("{}/roots/0", self.management))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        reqwest::Certificate::from_pem(&pem).unwrap()
+    }
+}
+
+async fn proxy(
+    pebble: &Pebble,
+    http_port: u16,
+    tls_port: u16,
+    http01: bool,
+    data: tempfile::TempDir,
+) -> TestProxy {
+    let listen = format!("127.0.0.1:{http_port}");
+    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let external = format!("https://{HOST}:{tls_port}");
+    let ca = pebble
+        .dir
+        .path()
+        .join("pebble-ca.pem")
+        .display()
+        .to_string();
+    let mut args = vec![
+        "--listen",
+        &listen,
+        "--tls-listen",
+        &tls_listen,
+        "--external-url",
+        &external,
+        "--tls-accept-tos",
+        "--tls-directory-url",
+        &pebble.directory,
+        "--tls-directory-ca-file",
+        &ca,
+        "--tls-contact-email",
+        "ops@example.com",
+    ];
+    if http01 {
+        args.extend(["--tls-challenge", "http-01"]);
+    }
+    start_proxy_with(&args, mcp_auth_proxy::clock::Clock::system(), data).await
+}
+
+/// Fetches our metadata over HTTPS trusting only pebble's root; returns the leaf served.
+async fn fetch_metadata(pebble: &Pebble, tls_port: u16, wait_secs: u64) -> Vec<u8> {
+    let root = pebble.issuing_root().await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([root])
+        .tls_info(true)
+        .resolve(HOST, ([127, 0, 0, 1], tls_port).into())
+        .build()
+        .unwrap();
+    let url = format!("https://{HOST}:{tls_port}/.well-known/oauth-authorization-server");
+    let mut last = String::new();
+    for _ in 0..(wait_secs * 5) {
+        match client.get(&url).send().await {
+            Ok(r) => {
+                assert_eq!(r.status(), StatusCode::OK);
+                let leaf = r
+                    .extensions()
+                    .get::<reqwest::tls::TlsInfo>()
+                    .and_then(|i| i.peer_certificate())
+                    .unwrap()
+                    .to_vec();
+                let meta: serde_json::Value = r.json().await.unwrap();
+                assert_eq!(meta["issuer"], format!("https://{HOST}:{tls_port}"));
+                return leaf;
+            }
+            Err(e) => last = format!("{e:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("no trusted certificate within {wait_secs} s: {last}");
+}
+
+#[tokio::test]
+async fn a_certificate_by_tls_alpn_01_is_cached_across_a_restart() {
+    if skip() {
+        return;
+    }
+    let (http_port, tls_port) = (free_port(), free_port());
+    let pebble = start_pebble(http_port, tls_port).await;
+    let p = proxy(
+        &pebble,
+        http_port,
+        tls_port,
+        false,
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    let first = fetch_metadata(&pebble, tls_port, 30).await;
+
+    // A restart serves the cached certificate: the same one, no new order.
+    let data = p.stop().await;
+    let p = proxy(&pebble, http_port, tls_port, false, data).await;
+    let again = fetch_metadata(&pebble, tls_port, 10).await;
+    assert_eq!(again, first, "the cached certificate, not a new one");
+    drop(p);
+}
+
+#[tokio::test]
+async fn a_certificate_by_http_01_on_the_plain_listener() {
+    if skip() {
+        return;
+    }
+    let (http_port, tls_port) = (free_port(), free_port());
+    let pebble = start_pebble(http_port, tls_port).await;
+    let p = proxy(
+        &pebble,
+        http_port,
+        tls_port,
+        true,
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    fetch_metadata(&pebble, tls_port, 30).await;
+    // Everything else on the plain listener goes to https.
+    let r = crate::helpers::client()
+        .get(format!("http://127.0.0.1:{http_port}/mcp?x=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        r.headers()[reqwest::header::LOCATION],
+        format!("https://{HOST}:{tls_port}/mcp?x=1").as_str()
+    );
+    drop(p);
+}
