@@ -215,7 +215,13 @@ pub async fn prepare(
             ..
         }) = &config.tls
         {
-            tracing::info!(cert = %cert.display(), "certificate: from files (reloaded when they change); http redirects to https");
+            let expires = tls
+                .as_ref()
+                .and_then(|t| t.files.as_ref())
+                .and_then(|(c, _, _)| c.current_leaf())
+                .and_then(|leaf| server::tls::not_after(&leaf))
+                .unwrap_or_default();
+            tracing::info!(cert = %cert.display(), expires, "certificate: from files (reloaded when they change); http redirects to https");
         }
     }
     tracing::info!(url = %site.resource, "MCP clients connect to {}", site.resource);

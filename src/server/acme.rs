@@ -87,6 +87,17 @@ impl AccountCache for StoreCache {
     }
 }
 
+/// The cached certificate's expiry, for the log.
+async fn expiry(cache: StoreCache, host: String, directory: String) -> String {
+    cache
+        .load_cert(&[host], &directory)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|pem| crate::server::tls::pem_not_after(&pem))
+        .unwrap_or_default()
+}
+
 /// A running ACME client.
 pub struct Acme {
     pub resolver: Arc<ResolvesServerCertAcme>,
@@ -94,6 +105,8 @@ pub struct Acme {
     pub http01: Option<rustls_acme::tower::TowerHttp01ChallengeService>,
     state: rustls_acme::AcmeState<crate::store::StoreError, crate::store::StoreError>,
     host: String,
+    cache: StoreCache,
+    directory: String,
 }
 
 /// The client configuration used to talk to the ACME directory: the platform's roots, or
@@ -129,6 +142,7 @@ impl Acme {
     pub fn new(opts: &AcmeOptions, repo: Repo) -> Result<Self, TlsError> {
         let client = Arc::new(client_config(opts)?);
         let cache = StoreCache(repo);
+        let kept = cache.clone();
         let mut cfg = AcmeConfig::new_with_client_config([opts.host.clone()], client)
             .cache(CompositeCache::new(cache.clone(), cache))
             .directory(&opts.directory_url)
@@ -146,6 +160,8 @@ impl Acme {
             http01: opts.http01.then(|| state.http01_challenge_tower_service()),
             state,
             host: opts.host.clone(),
+            cache: kept,
+            directory: opts.directory_url.clone(),
         })
     }
 
@@ -159,10 +175,26 @@ impl Acme {
             };
             match event {
                 Some(Ok(rustls_acme::EventOk::DeployedCachedCert)) => {
-                    tracing::info!(host = %self.host, "certificate: cached one in use")
+                    let expires = expiry(
+                        self.cache.clone(),
+                        self.host.clone(),
+                        self.directory.clone(),
+                    )
+                    .await;
+                    tracing::info!(host = %self.host, expires, "certificate: cached one in use")
                 }
                 Some(Ok(rustls_acme::EventOk::DeployedNewCert)) => {
+                    // Stored right after deployment; the expiry shows on the next event.
                     tracing::info!(host = %self.host, "certificate: ready (newly issued)")
+                }
+                Some(Ok(rustls_acme::EventOk::CertCacheStore)) => {
+                    let expires = expiry(
+                        self.cache.clone(),
+                        self.host.clone(),
+                        self.directory.clone(),
+                    )
+                    .await;
+                    tracing::info!(host = %self.host, expires, "certificate: stored for restarts")
                 }
                 Some(Ok(ok)) => tracing::debug!(event = ?ok, "ACME"),
                 Some(Err(e)) => {

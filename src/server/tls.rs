@@ -130,8 +130,13 @@ pub async fn watch_files(
         seen = now;
         match load_pair(&cert_file, &key_file) {
             Ok(pair) => {
+                let expires = pair
+                    .cert
+                    .first()
+                    .and_then(|c| not_after(c))
+                    .unwrap_or_default();
                 cert.swap(pair);
-                tracing::info!(cert = %cert_file.display(), "certificate files changed: reloaded");
+                tracing::info!(cert = %cert_file.display(), expires, "certificate files changed: reloaded");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "certificate files changed but cannot be used; keeping the current certificate")
@@ -171,4 +176,32 @@ pub fn with_hsts(app: Router) -> Router {
             HeaderValue::from_static(HSTS),
         ),
     )
+}
+
+/// When a certificate (DER) expires, for the log.
+pub fn not_after(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.to_string())
+}
+
+/// The expiry of the first certificate in a PEM text.
+pub fn pem_not_after(pem: &[u8]) -> Option<String> {
+    let first = CertificateDer::pem_slice_iter(pem).next()?.ok()?;
+    not_after(&first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_read_from_der_and_pem() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.example".to_string()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+        let cert = params.self_signed(&key).unwrap();
+        assert!(not_after(cert.der()).unwrap().contains("2031"));
+        let pem = format!("{}{}", key.serialize_pem(), cert.pem());
+        assert!(pem_not_after(pem.as_bytes()).unwrap().contains("May 17"));
+    }
 }
