@@ -104,6 +104,30 @@ pub struct Cli {
     #[arg(long, env = "PROXY_BEARER_TOKEN", hide_env_values = true)]
     pub proxy_bearer_token: Option<String>,
 
+    /// obot-compatible name for the PostgreSQL store's DSN (refused until that store exists).
+    #[arg(long, env = "DATABASE_DSN", hide = true, hide_env_values = true)]
+    pub database_dsn: Option<String>,
+
+    /// User claims sent upstream as headers: `/pointer:Header-Name,…` (client copies stripped).
+    #[arg(long, env = "HEADER_MAPPING")]
+    pub header_mapping: Option<String>,
+
+    /// Header naming the signed-in user's id to the HTTP upstream.
+    #[arg(long, env = "USER_HEADER", default_value = "X-Forwarded-User")]
+    pub user_header: String,
+
+    /// Header carrying the signed-in user's email.
+    #[arg(long, env = "EMAIL_HEADER", default_value = "X-Forwarded-Email")]
+    pub email_header: String,
+
+    /// Header carrying the signed-in user's name.
+    #[arg(long, env = "NAME_HEADER", default_value = "X-Forwarded-Name")]
+    pub name_header: String,
+
+    /// Header carrying the signed-in user's groups (comma-separated).
+    #[arg(long, env = "GROUPS_HEADER", default_value = "X-Forwarded-Groups")]
+    pub groups_header: String,
+
     /// Static headers sent to the HTTP upstream: `Name:Value,Name2:Value2`.
     #[arg(long, env = "PROXY_HEADERS", hide_env_values = true)]
     pub proxy_headers: Option<String>,

@@ -214,6 +214,48 @@ pub struct UpstreamOptions {
     pub connect_timeout: Duration,
     /// Answer 405 to GET on the MCP path.
     pub streaming_only: bool,
+    /// The identity headers' names.
+    pub identity: IdentityHeaders,
+    /// `--header-mapping`: claim pointer → header.
+    pub mapping: Vec<(String, HeaderName)>,
+}
+
+/// Names of the headers that tell the upstream who is calling.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    pub user: HeaderName,
+    pub email: HeaderName,
+    pub name: HeaderName,
+    pub groups: HeaderName,
+}
+
+fn header_name(flag: &str, v: &str) -> Result<HeaderName, ConfigError> {
+    HeaderName::from_bytes(v.trim().as_bytes())
+        .map_err(|_| bad(format!("{flag}: {v:?} is not a header name")))
+}
+
+/// `--header-mapping /pointer:Header-Name,…`.
+pub fn parse_header_mapping(s: &str) -> Result<Vec<(String, HeaderName)>, ConfigError> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            let (pointer, name) = m.rsplit_once(':').ok_or_else(|| {
+                bad(format!(
+                    "--header-mapping: {m:?} is not /pointer:Header-Name"
+                ))
+            })?;
+            jsonptr::Pointer::parse(pointer.trim()).map_err(|e| {
+                bad(format!(
+                    "--header-mapping: {pointer:?} is not a JSON Pointer: {e}"
+                ))
+            })?;
+            Ok((
+                pointer.trim().to_string(),
+                header_name("--header-mapping", name)?,
+            ))
+        })
+        .collect()
 }
 
 /// Sign-in and token issuance settings.
@@ -293,6 +335,15 @@ impl Config {
             .transpose()?;
         let tls = tls_config(&cli, external_url.as_ref())?;
 
+        if cli
+            .database_dsn
+            .as_deref()
+            .is_some_and(|d| !d.trim().is_empty())
+        {
+            return Err(bad(
+                "DATABASE_DSN names a PostgreSQL store, which is not supported yet; unset it to use the embedded store",
+            ));
+        }
         match cli.repository_backend.trim().to_ascii_lowercase().as_str() {
             "local" | "" => {}
             other @ ("postgres" | "sqlite" | "mysql") => {
@@ -383,6 +434,13 @@ impl Config {
                 headers,
                 connect_timeout,
                 streaming_only: cli.http_streaming_only,
+                identity: IdentityHeaders {
+                    user: header_name("--user-header", &cli.user_header)?,
+                    email: header_name("--email-header", &cli.email_header)?,
+                    name: header_name("--name-header", &cli.name_header)?,
+                    groups: header_name("--groups-header", &cli.groups_header)?,
+                },
+                mapping: parse_header_mapping(cli.header_mapping.as_deref().unwrap_or(""))?,
             },
             auth,
             shutdown_grace: parse_duration("--shutdown-grace", &cli.shutdown_grace)?,

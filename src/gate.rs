@@ -36,6 +36,10 @@ impl Caller {
     pub fn scopes(&self) -> &[String] {
         &self.0.scopes
     }
+    /// Who signed in, for tokens issued with it.
+    pub fn identity(&self) -> Option<&crate::store::Identity> {
+        self.0.identity.as_ref()
+    }
 }
 
 /// Why the gate said no.

@@ -26,6 +26,7 @@ use super::sessions;
 use crate::config::{Site, UpstreamOptions};
 use crate::error::jsonrpc_error;
 use crate::gate::Caller;
+use crate::store::Identity;
 use crate::store::Repo;
 
 /// The MCP session header (Streamable HTTP transport).
@@ -229,7 +230,8 @@ impl HttpBackend {
             let mut upstream_req = http::Request::new(this_body);
             *upstream_req.method_mut() = parts.method.clone();
             *upstream_req.uri_mut() = uri;
-            *upstream_req.headers_mut() = self.upstream_headers(&parts.headers, &client);
+            *upstream_req.headers_mut() =
+                self.upstream_headers(&parts.headers, &client, caller.identity());
             let sent = self.client().request(upstream_req).await;
             let resp = match sent {
                 Ok(r) => r,
@@ -310,7 +312,12 @@ impl HttpBackend {
     }
 
     /// The headers sent upstream.
-    fn upstream_headers(&self, incoming: &HeaderMap, client: &ClientInfo) -> HeaderMap {
+    fn upstream_headers(
+        &self,
+        incoming: &HeaderMap,
+        client: &ClientInfo,
+        identity: Option<&Identity>,
+    ) -> HeaderMap {
         let mut out = HeaderMap::with_capacity(incoming.len() + 4);
         let connection_listed: Vec<String> = incoming
             .get_all(header::CONNECTION)
@@ -324,6 +331,7 @@ impl HttpBackend {
             if HOP_BY_HOP.contains(&n)
                 || connection_listed.iter().any(|c| c == n)
                 || IDENTITY_HEADERS.contains(&n)
+                || self.is_identity_header(name)
                 || matches!(
                     n,
                     "host" | "authorization" | "origin" | "cookie" | "forwarded"
@@ -368,7 +376,50 @@ impl HttpBackend {
         for (name, value) in &self.opts.headers {
             out.insert(name.clone(), value.clone());
         }
+        if let Some(id) = identity {
+            self.identity_headers(&mut out, id);
+        }
         out
+    }
+
+    /// Whether `name` is one of the headers only we may set (configured identity names and
+    /// `--header-mapping` targets).
+    fn is_identity_header(&self, name: &HeaderName) -> bool {
+        let i = &self.opts.identity;
+        [&i.user, &i.email, &i.name, &i.groups].contains(&name)
+            || self.opts.mapping.iter().any(|(_, h)| h == name)
+    }
+
+    /// Who is calling, for the upstream: a header is left out, not sent empty, when the
+    /// value is unknown.
+    fn identity_headers(&self, out: &mut HeaderMap, id: &Identity) {
+        let i = &self.opts.identity;
+        let mut set = |name: &HeaderName, value: Option<String>| {
+            if let Some(v) = value.filter(|v| !v.is_empty())
+                && let Ok(v) = HeaderValue::from_bytes(v.as_bytes())
+            {
+                out.insert(name.clone(), v);
+            }
+        };
+        set(&i.user, Some(id.user_id.clone()));
+        set(&i.email, id.email.clone());
+        set(&i.name, id.name.clone());
+        set(&i.groups, Some(id.groups.join(",")));
+        for (pointer, name) in &self.opts.mapping {
+            let value = match id.claims.pointer(pointer) {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Array(items)) => Some(
+                    items
+                        .iter()
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                Some(serde_json::Value::Null) | None => None,
+                Some(other) => Some(other.to_string()),
+            };
+            set(name, value);
+        }
     }
 
     /// The upstream's answer as ours: status and end-to-end headers kept, body streamed.

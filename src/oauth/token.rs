@@ -208,6 +208,7 @@ async fn mint_pair(
         issued_at: now,
         expires_at: (now + access_ttl).min(grant.expires_at.max(now + 1)),
         rotation: None,
+        identity: Some(grant.identity.clone()),
     };
     let refresh_rec = TokenRecord {
         kind: TokenKind::Refresh,

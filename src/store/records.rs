@@ -158,6 +158,9 @@ pub struct TokenRecord {
     pub expires_at: UnixTime,
     #[serde(default)]
     pub rotation: Option<Rotation>,
+    /// Who signed in (kept with the token so the proxied path needs no second lookup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
 }
 
 impl Record for TokenRecord {

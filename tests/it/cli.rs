@@ -83,6 +83,13 @@ async fn wrong_values_stop_startup_with_one_clear_line() {
         "--tls-challenge",
     )
     .await;
+    refuses(
+        &[],
+        &[("DATABASE_DSN", "postgres://u@db/mcp")],
+        "not supported yet",
+    )
+    .await;
+    refuses(&["--header-mapping", "sub:X-Sub"], &[], "--header-mapping").await;
     refuses(&["--mcp-path", "mcp"], &[], "--mcp-path").await;
     refuses(&["--mcp-path", "/token"], &[], "collides").await;
     refuses(

@@ -182,6 +182,7 @@ pub async fn mint(repo: &Repo, resource: &str, m: Mint<'_>) -> String {
         issued_at: now as u64,
         expires_at: (now + m.ttl).max(0) as u64,
         rotation: None,
+        identity: None,
     };
     repo.put_token(&TokenHash::of(&token), &rec).await.unwrap();
     token

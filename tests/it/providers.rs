@@ -752,3 +752,60 @@ async fn a_public_oidc_client_follows_key_rotation() {
     let (_, end) = flow(&p).await;
     assert!(matches!(end, End::Client(_)), "{end:?}");
 }
+
+#[tokio::test]
+async fn the_upstream_learns_who_signed_in_and_nothing_spoofed() {
+    let idp = start_fake().await;
+    let up = crate::helpers::start_upstream().await;
+    let mut args = oidc_args(&idp);
+    args.extend([
+        "--header-mapping".to_string(),
+        "/sub:X-User-Sub,/groups:X-Teams".to_string(),
+        "--proxy-headers".to_string(),
+        "X-Static:static-value".to_string(),
+        up.url("/mcp"),
+    ]);
+    let p = proxy_with(&args).await;
+    let t = p.target();
+    let (client, end) = flow(&p).await;
+    let End::Client(back) = end else {
+        panic!("{end:?}")
+    };
+    let code = query(&back, "code").unwrap();
+    let tokens: Value = token(&t, &client.code_params(&code, &[]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let access = tokens["access_token"].as_str().unwrap();
+    let echoed: Value = crate::helpers::client()
+        .post(p.url("/mcp"))
+        .bearer_auth(access)
+        .header("x-forwarded-user", "root@evil.example")
+        .header("X-Forwarded-Email", "root@evil.example")
+        .header("x-forwarded-groups", "admins")
+        .header("x-user-sub", "root")
+        .header("x-teams", "admins")
+        .json(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let h = &echoed["headers"];
+    assert_eq!(h["x-forwarded-user"], "ann@example.com");
+    assert_eq!(h["x-forwarded-email"], "ann@example.com");
+    assert_eq!(h["x-forwarded-name"], "ann Name");
+    assert_eq!(h["x-user-sub"], "ann", "mapped from the claims");
+    assert!(
+        h.get("x-forwarded-groups").is_none(),
+        "no groups: no header, {h}"
+    );
+    assert!(h.get("x-teams").is_none(), "an empty claim: no header");
+    assert_eq!(h["x-static"], "static-value");
+    assert!(
+        h.get("authorization").is_none(),
+        "the client's token never goes upstream"
+    );
+}
