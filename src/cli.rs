@@ -108,6 +108,11 @@ pub struct Cli {
     #[arg(long, env = "DATABASE_DSN", hide = true, hide_env_values = true)]
     pub database_dsn: Option<String>,
 
+    /// Forward-auth endpoint for nginx auth_request, Traefik ForwardAuth, Caddy forward_auth
+    /// (empty: off).
+    #[arg(long, env = "FORWARD_AUTH_PATH", default_value = "/authenticate")]
+    pub forward_auth_path: String,
+
     /// User claims sent upstream as headers: `/pointer:Header-Name,…` (client copies stripped).
     #[arg(long, env = "HEADER_MAPPING")]
     pub header_mapping: Option<String>,

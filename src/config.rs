@@ -313,6 +313,8 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     pub backend: Backend,
     pub upstream: UpstreamOptions,
+    /// The forward-auth endpoint's path, if on.
+    pub forward_auth_path: Option<String>,
     pub auth: AuthConfig,
     /// How long connections may run after a shutdown signal.
     pub shutdown_grace: Duration,
@@ -421,7 +423,17 @@ impl Config {
         let connect_timeout =
             parse_duration("--upstream-connect-timeout", &cli.upstream_connect_timeout)?;
 
+        let forward_auth_path = match cli.forward_auth_path.trim() {
+            "" => None,
+            p if !p.starts_with('/') || p.starts_with("/.auth/") || p == mcp_path => {
+                return Err(bad(format!(
+                    "--forward-auth-path {p:?} must be a path of its own, like /authenticate"
+                )));
+            }
+            p => Some(p.to_string()),
+        };
         Ok(Self {
+            forward_auth_path,
             listen,
             tls,
             external_url,

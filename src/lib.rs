@@ -257,8 +257,10 @@ pub async fn prepare(
     };
     match &http_backend {
         Some(b) => tracing::info!(backend = %b.base(), "proxying to an HTTP MCP server"),
+        None if matches!(config.backend, Backend::Stdio { .. }) => {}
         None => tracing::info!(
-            "no backend configured: serving sign-in and the authorization server only"
+            forward_auth = config.forward_auth_path.as_deref().unwrap_or("off"),
+            "no backend configured: forward-auth only (sign-in, the authorization server and the forward-auth endpoint)"
         ),
     }
     if !site.origin.is_https() && !site.origin.is_loopback() {
@@ -277,6 +279,8 @@ pub async fn prepare(
         authn,
         http_backend,
         stdio_backend,
+        upstream: config.upstream.clone(),
+        forward_auth_path: config.forward_auth_path.clone(),
     });
     Ok(Prepared {
         shutdown_grace: config.shutdown_grace,

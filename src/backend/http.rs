@@ -385,41 +385,11 @@ impl HttpBackend {
     /// Whether `name` is one of the headers only we may set (configured identity names and
     /// `--header-mapping` targets).
     fn is_identity_header(&self, name: &HeaderName) -> bool {
-        let i = &self.opts.identity;
-        [&i.user, &i.email, &i.name, &i.groups].contains(&name)
-            || self.opts.mapping.iter().any(|(_, h)| h == name)
+        super::identity::is_ours(&self.opts, name)
     }
 
-    /// Who is calling, for the upstream: a header is left out, not sent empty, when the
-    /// value is unknown.
     fn identity_headers(&self, out: &mut HeaderMap, id: &Identity) {
-        let i = &self.opts.identity;
-        let mut set = |name: &HeaderName, value: Option<String>| {
-            if let Some(v) = value.filter(|v| !v.is_empty())
-                && let Ok(v) = HeaderValue::from_bytes(v.as_bytes())
-            {
-                out.insert(name.clone(), v);
-            }
-        };
-        set(&i.user, Some(id.user_id.clone()));
-        set(&i.email, id.email.clone());
-        set(&i.name, id.name.clone());
-        set(&i.groups, Some(id.groups.join(",")));
-        for (pointer, name) in &self.opts.mapping {
-            let value = match id.claims.pointer(pointer) {
-                Some(serde_json::Value::String(s)) => Some(s.clone()),
-                Some(serde_json::Value::Array(items)) => Some(
-                    items
-                        .iter()
-                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ),
-                Some(serde_json::Value::Null) | None => None,
-                Some(other) => Some(other.to_string()),
-            };
-            set(name, value);
-        }
+        super::identity::insert(&self.opts, out, id);
     }
 
     /// The upstream's answer as ours: status and end-to-end headers kept, body streamed.

@@ -50,6 +50,10 @@ pub struct App {
     pub authn: Authn,
     pub http_backend: Option<HttpBackend>,
     pub stdio_backend: Option<crate::backend::stdio::bridge::StdioBackend>,
+    /// How identity reaches upstreams (headers, mapping), also for forward-auth answers.
+    pub upstream: crate::config::UpstreamOptions,
+    /// `--forward-auth-path`, when on.
+    pub forward_auth_path: Option<String>,
 }
 
 /// The shared [`App`], as handlers receive it: one pointer to clone per request.
@@ -72,7 +76,11 @@ impl std::ops::Deref for AppState {
 /// The application: our own endpoints, then every other path proxied behind the gate.
 pub fn router(state: AppState) -> Router {
     let mcp_path = state.site.mcp_path.clone();
-    let guarded = Router::new()
+    let mut guarded = Router::new();
+    if let Some(path) = &state.forward_auth_path {
+        guarded = guarded.route(path, axum::routing::any(forward_auth));
+    }
+    let guarded = guarded
         .route(RESOURCE_METADATA_PATH, get(protected_resource))
         .route(
             &format!("{RESOURCE_METADATA_PATH}{mcp_path}"),
@@ -112,6 +120,38 @@ pub fn router(state: AppState) -> Router {
         .merge(guarded)
         .layer(from_fn_with_state(state.clone(), guard::check))
         .with_state(state)
+}
+
+/// The forward-auth endpoint: `200` with the identity headers for a valid access token, the
+/// gate's `401` (with the MCP `WWW-Authenticate` challenge) or `403` otherwise. The front
+/// proxy passes the original request's `Authorization`; `X-Forwarded-Host` is believed only
+/// from `--trusted-proxies` (by the Host guard), `X-Forwarded-Uri` is only logged.
+async fn forward_auth(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let token = match bearer_token(&headers, None) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(&app.site),
+    };
+    let caller = match check_token(&app.repo, &app.tokens, &app.site, token).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(&app.site),
+    };
+    if guard::is_trusted(&app.site, peer.ip()) {
+        let uri = headers.get("x-forwarded-uri").and_then(|v| v.to_str().ok());
+        tracing::debug!(uri = uri.unwrap_or_default(), "forward-auth: allowed");
+    }
+    let mut resp = StatusCode::OK.into_response();
+    if let Some(id) = caller.identity() {
+        crate::backend::identity::insert(&app.upstream, resp.headers_mut(), id);
+    }
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
 }
 
 /// Every path that is not ours: authenticate, then hand to the backend.

@@ -90,13 +90,13 @@ export async function startEverything() {
  * Our binary. `backend` is an upstream URL (or nothing); `args` are extra flags. The
  * external URL is the loopback address it listens on, so every URL it advertises works here.
  */
-export async function startProxy({ backend, command, args = [], env = {}, password = PASSWORD, port } = {}) {
+export async function startProxy({ backend, command, args = [], env = {}, password = PASSWORD, port, externalUrl } = {}) {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'mcp-auth-proxy-e2e-'));
   port ??= await freePort();
   const origin = `http://127.0.0.1:${port}`;
   const argv = [
     '--listen', `127.0.0.1:${port}`,
-    '--external-url', origin,
+    '--external-url', externalUrl ?? origin,
     '--data-path', dataDir,
     ...(password === null ? [] : ['--password', password]),
     ...args,

@@ -808,4 +808,29 @@ async fn the_upstream_learns_who_signed_in_and_nothing_spoofed() {
         h.get("authorization").is_none(),
         "the client's token never goes upstream"
     );
+
+    // The forward-auth endpoint answers the same identity to a front proxy.
+    let ok = crate::helpers::client()
+        .get(p.url("/authenticate"))
+        .bearer_auth(access)
+        .header("x-forwarded-uri", "/mcp")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), S::OK);
+    assert_eq!(ok.headers()["x-forwarded-user"], "ann@example.com");
+    assert_eq!(ok.headers()["x-user-sub"], "ann");
+    for bad in [None, Some("not-a-token")] {
+        let mut req = crate::helpers::client().get(p.url("/authenticate"));
+        if let Some(b) = bad {
+            req = req.bearer_auth(b);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), S::UNAUTHORIZED);
+        let challenge = r.headers()["www-authenticate"].to_str().unwrap();
+        assert!(
+            challenge.contains("resource_metadata=\"http"),
+            "{challenge}"
+        );
+    }
 }

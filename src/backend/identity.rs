@@ -1,0 +1,48 @@
+//! Telling the MCP server who is calling: identity headers and `--header-mapping`, for
+//! proxied requests and for the forward-auth answer.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+
+use crate::config::UpstreamOptions;
+use crate::store::Identity;
+
+/// Whether `name` is one of the headers only we may set (the identity names and the
+/// `--header-mapping` targets): client copies of them are spoofing.
+pub fn is_ours(opts: &UpstreamOptions, name: &HeaderName) -> bool {
+    let i = &opts.identity;
+    [&i.user, &i.email, &i.name, &i.groups].contains(&name)
+        || opts.mapping.iter().any(|(_, h)| h == name)
+}
+
+/// Adds the caller's identity headers; a header is left out, not sent empty, when the value
+/// is unknown (or cannot be a header value).
+pub fn insert(opts: &UpstreamOptions, out: &mut HeaderMap, id: &Identity) {
+    let i = &opts.identity;
+    let mut set = |name: &HeaderName, value: Option<String>| {
+        if let Some(v) = value.filter(|v| !v.is_empty())
+            && let Ok(v) = HeaderValue::from_bytes(v.as_bytes())
+        {
+            out.insert(name.clone(), v);
+        }
+    };
+    set(&i.user, Some(id.user_id.clone()));
+    set(&i.email, id.email.clone());
+    set(&i.name, id.name.clone());
+    set(&i.groups, Some(id.groups.join(",")));
+    for (pointer, name) in &opts.mapping {
+        let value = match id.claims.pointer(pointer) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            Some(Value::Null) | None => None,
+            Some(other) => Some(other.to_string()),
+        };
+        set(name, value);
+    }
+}
