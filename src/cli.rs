@@ -372,6 +372,11 @@ pub struct Cli {
     #[arg(long, env = "STDIO_MODE", default_value = "per-session")]
     pub stdio_mode: String,
 
+    /// The signed-in user in each session's stdio child: `user=VAR,email=VAR,name=VAR,
+    /// groups=VAR,/claim=VAR` (per-session mode only).
+    #[arg(long, env = "STDIO_IDENTITY_ENV")]
+    pub stdio_identity_env: Option<String>,
+
     /// Most live MCP sessions (each runs its own stdio child).
     #[arg(long, env = "MAX_SESSIONS", default_value_t = 100)]
     pub max_sessions: usize,

@@ -204,6 +204,8 @@ pub struct StdioOptions {
     pub warm_spare: bool,
     /// One child for every session (`--stdio-mode shared`) instead of one each.
     pub shared: bool,
+    /// `--stdio-identity-env`: what of the user goes into which variable of their child.
+    pub identity_env: Vec<(crate::backend::identity::Part, String)>,
 }
 
 /// How requests are sent to an HTTP upstream.
@@ -567,6 +569,48 @@ fn stdio_options(cli: &Cli) -> Result<StdioOptions, ConfigError> {
             dir.display()
         )));
     }
+    let identity_env = cli
+        .stdio_identity_env
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let (part, var) = e
+                .split_once('=')
+                .ok_or_else(|| bad(format!("--stdio-identity-env: {e:?} is not part=VARIABLE")))?;
+            let part = crate::backend::identity::Part::parse(part).ok_or_else(|| {
+                bad(format!(
+                    "--stdio-identity-env: {part:?} is not user, email, name, groups or a /pointer"
+                ))
+            })?;
+            let var = var.trim();
+            let valid = !var.is_empty()
+                && !var.starts_with(|c: char| c.is_ascii_digit())
+                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(bad(format!(
+                    "--stdio-identity-env: {var:?} is not a variable name"
+                )));
+            }
+            Ok((part, var.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let shared = match cli.stdio_mode.trim().to_ascii_lowercase().as_str() {
+        "per-session" | "" => false,
+        "shared" => true,
+        other => {
+            return Err(bad(format!(
+                "--stdio-mode {other:?} is unknown; use per-session or shared"
+            )));
+        }
+    };
+    if shared && !identity_env.is_empty() {
+        return Err(bad(
+            "--stdio-identity-env needs --stdio-mode per-session: one shared child cannot be every user",
+        ));
+    }
     Ok(StdioOptions {
         cwd: cli.stdio_cwd.clone(),
         env,
@@ -580,15 +624,8 @@ fn stdio_options(cli: &Cli) -> Result<StdioOptions, ConfigError> {
         max_sessions: cli.max_sessions,
         idle_timeout: parse_duration("--session-idle-timeout", &cli.session_idle_timeout)?,
         warm_spare: cli.stdio_warm_spare,
-        shared: match cli.stdio_mode.trim().to_ascii_lowercase().as_str() {
-            "per-session" | "" => false,
-            "shared" => true,
-            other => {
-                return Err(bad(format!(
-                    "--stdio-mode {other:?} is unknown; use per-session or shared"
-                )));
-            }
-        },
+        shared,
+        identity_env,
     })
 }
 

@@ -251,6 +251,7 @@ pub async fn prepare(
                 config.stdio.idle_timeout,
                 config.stdio.warm_spare,
                 config.stdio.shared,
+                config.stdio.identity_env.clone(),
             ))
         }
         _ => None,

@@ -15,6 +15,62 @@ pub fn is_ours(opts: &UpstreamOptions, name: &HeaderName) -> bool {
         || opts.mapping.iter().any(|(_, h)| h == name)
 }
 
+/// What part of the identity a header or variable carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    User,
+    Email,
+    Name,
+    /// Comma-separated.
+    Groups,
+    /// A claim, by JSON Pointer.
+    Claim(String),
+}
+
+impl Part {
+    /// `user`, `email`, `name`, `groups` or a `/pointer`.
+    pub fn parse(s: &str) -> Option<Part> {
+        match s.trim() {
+            "user" => Some(Part::User),
+            "email" => Some(Part::Email),
+            "name" => Some(Part::Name),
+            "groups" => Some(Part::Groups),
+            p if jsonptr::Pointer::parse(p).is_ok() && p.starts_with('/') => {
+                Some(Part::Claim(p.to_string()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The value in `id`, if known and not empty.
+    pub fn of(&self, id: &Identity) -> Option<String> {
+        let v = match self {
+            Part::User => Some(id.user_id.clone()),
+            Part::Email => id.email.clone(),
+            Part::Name => id.name.clone(),
+            Part::Groups => Some(id.groups.join(",")),
+            Part::Claim(p) => claim_text(id.claims.pointer(p)),
+        };
+        v.filter(|v| !v.is_empty())
+    }
+}
+
+/// A claim as text: strings as they are, arrays joined with commas, other values as JSON.
+fn claim_text(v: Option<&Value>) -> Option<String> {
+    match v {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        Some(Value::Null) | None => None,
+        Some(other) => Some(other.to_string()),
+    }
+}
+
 /// Adds the caller's identity headers; a header is left out, not sent empty, when the value
 /// is unknown (or cannot be a header value).
 pub fn insert(opts: &UpstreamOptions, out: &mut HeaderMap, id: &Identity) {
@@ -31,18 +87,6 @@ pub fn insert(opts: &UpstreamOptions, out: &mut HeaderMap, id: &Identity) {
     set(&i.name, id.name.clone());
     set(&i.groups, Some(id.groups.join(",")));
     for (pointer, name) in &opts.mapping {
-        let value = match id.claims.pointer(pointer) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Array(items)) => Some(
-                items
-                    .iter()
-                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-            Some(Value::Null) | None => None,
-            Some(other) => Some(other.to_string()),
-        };
-        set(name, value);
+        set(name, claim_text(id.claims.pointer(pointer)));
     }
 }

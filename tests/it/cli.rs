@@ -90,6 +90,26 @@ async fn wrong_values_stop_startup_with_one_clear_line() {
     )
     .await;
     refuses(&["--header-mapping", "sub:X-Sub"], &[], "--header-mapping").await;
+    refuses(
+        &[
+            "--stdio-mode",
+            "shared",
+            "--stdio-identity-env",
+            "user=U",
+            "--",
+            "node",
+            "s.js",
+        ],
+        &[],
+        "needs --stdio-mode per-session",
+    )
+    .await;
+    refuses(
+        &["--stdio-identity-env", "user=1X", "--", "node", "s.js"],
+        &[],
+        "not a variable name",
+    )
+    .await;
     refuses(&["--mcp-path", "mcp"], &[], "--mcp-path").await;
     refuses(&["--mcp-path", "/token"], &[], "collides").await;
     refuses(

@@ -153,6 +153,7 @@ pub struct Mint<'a> {
     pub resource: Option<&'a str>,
     pub ttl: i64,
     pub grant_id: &'a str,
+    pub identity: Option<mcp_auth_proxy::store::Identity>,
 }
 
 impl Default for Mint<'_> {
@@ -164,6 +165,7 @@ impl Default for Mint<'_> {
             resource: None,
             ttl: 3600,
             grant_id: "grant-1",
+            identity: None,
         }
     }
 }
@@ -182,7 +184,7 @@ pub async fn mint(repo: &Repo, resource: &str, m: Mint<'_>) -> String {
         issued_at: now as u64,
         expires_at: (now + m.ttl).max(0) as u64,
         rotation: None,
-        identity: None,
+        identity: m.identity,
     };
     repo.put_token(&TokenHash::of(&token), &rec).await.unwrap();
     token

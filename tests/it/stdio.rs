@@ -709,3 +709,93 @@ async fn pagination_and_cancellation_cross_unchanged() {
     let (_, counts) = call(&p, &t, &sid, 20, "counts").await;
     assert_eq!(text(&counts), "1,0,1", "the cancellation reached the child");
 }
+
+#[tokio::test]
+async fn each_child_knows_its_user_by_the_variables_named() {
+    use crate::helpers::{Mint, mint};
+    let p = start_proxy(&[
+        "--stdio-identity-env",
+        "user=MCP_USER,email=MCP_EMAIL,groups=MCP_GROUPS,/sub=MCP_SUB,name=MCP_NAME",
+        "--stdio-warm-spare",
+        "--",
+        "node",
+        FIXTURE,
+    ])
+    .await;
+    let identity = |user: &str, groups: Vec<String>| mcp_auth_proxy::store::Identity {
+        provider: "oidc".into(),
+        user_id: user.into(),
+        email: Some(user.into()),
+        name: None,
+        groups,
+        claims: json!({ "sub": format!("sub-{user}") }),
+    };
+    let resource = p.state.site.resource.clone();
+    let ann = mint(
+        p.repo(),
+        &resource,
+        Mint {
+            subject: "oidc:ann@example.com",
+            identity: Some(identity(
+                "ann@example.com",
+                vec!["staff".into(), "ops".into()],
+            )),
+            ..Mint::default()
+        },
+    )
+    .await;
+    let bob = mint(
+        p.repo(),
+        &resource,
+        Mint {
+            subject: "oidc:bob@example.com",
+            identity: Some(identity("bob@example.com", vec![])),
+            ..Mint::default()
+        },
+    )
+    .await;
+    let env_of = |token: String, sid: String, var: &'static str| {
+        let url = p.url("/mcp");
+        async move {
+            let body = json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"env","arguments":{"name":var}}});
+            let resp = client()
+                .post(url)
+                .bearer_auth(token)
+                .header("mcp-session-id", sid)
+                .header(header::ACCEPT, "application/json")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let v: Value = resp.json().await.unwrap();
+            v["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let sa = initialize(&p, &ann).await;
+    let sb = initialize(&p, &bob).await;
+    assert_eq!(
+        env_of(ann.clone(), sa.clone(), "MCP_USER").await,
+        "ann@example.com"
+    );
+    assert_eq!(
+        env_of(ann.clone(), sa.clone(), "MCP_GROUPS").await,
+        "staff,ops"
+    );
+    assert_eq!(
+        env_of(ann.clone(), sa.clone(), "MCP_SUB").await,
+        "sub-ann@example.com"
+    );
+    assert_eq!(
+        env_of(ann.clone(), sa, "MCP_NAME").await,
+        "<unset>",
+        "unknown: not set"
+    );
+    assert_eq!(
+        env_of(bob.clone(), sb.clone(), "MCP_USER").await,
+        "bob@example.com"
+    );
+    assert_eq!(env_of(bob, sb, "MCP_GROUPS").await, "<unset>");
+}

@@ -54,6 +54,8 @@ pub struct StdioBackend {
     /// Per-session mode: the warm spare. Shared mode: the child every session uses.
     spare: Mutex<Option<Arc<Child>>>,
     shared: bool,
+    /// `--stdio-identity-env`: the user's identity in their child's environment.
+    identity_env: Vec<(crate::backend::identity::Part, String)>,
     next_child: std::sync::atomic::AtomicU64,
     next_session: std::sync::atomic::AtomicU64,
 }
@@ -74,6 +76,7 @@ impl StdioBackend {
         idle_timeout: std::time::Duration,
         warm_spare: bool,
         shared: bool,
+        identity_env: Vec<(crate::backend::identity::Part, String)>,
     ) -> Self {
         let backend = Self {
             spec,
@@ -84,6 +87,7 @@ impl StdioBackend {
             warm_spare,
             spare: Mutex::new(None),
             shared,
+            identity_env,
             next_child: std::sync::atomic::AtomicU64::new(1),
             next_session: std::sync::atomic::AtomicU64::new(1),
         };
@@ -92,21 +96,42 @@ impl StdioBackend {
     }
 
     fn start_child(&self) -> std::io::Result<Arc<Child>> {
+        self.start_child_with(&self.spec)
+    }
+
+    fn start_child_with(&self, spec: &ChildSpec) -> std::io::Result<Arc<Child>> {
         let no = self
             .next_child
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Child::start(
             format!("child-{no}"),
-            &self.spec,
+            spec,
             self.crashes.clone(),
             self.shared,
         )
     }
 
+    /// The child's command for `caller`: ours plus their identity in the variables named
+    /// by `--stdio-identity-env` (a variable with no value is left out).
+    fn spec_for(&self, caller: &Caller) -> ChildSpec {
+        let mut spec = self.spec.clone();
+        if let Some(id) = caller.identity() {
+            for (part, var) in &self.identity_env {
+                if let Some(v) = part.of(id) {
+                    spec.extra_env.retain(|(k, _)| k != var);
+                    spec.extra_env.push((var.clone(), v));
+                }
+            }
+        }
+        spec
+    }
+
     /// Starts a spare child if spares are on and none is waiting (and not while the server
     /// is crash-looping).
     fn refill_spare(&self) {
-        if !self.warm_spare || self.crashes.retry_after().is_some() {
+        // A child that must carry its user's identity cannot be started ahead of the user.
+        if !self.warm_spare || !self.identity_env.is_empty() || self.crashes.retry_after().is_some()
+        {
             return;
         }
         let Ok(mut spare) = self.spare.lock() else {
@@ -487,7 +512,12 @@ impl StdioBackend {
             return Err(r);
         }
         let id = tokens::generate_id();
-        let child = self.child_for_new_session().map_err(|e| {
+        let started = if self.identity_env.is_empty() {
+            self.child_for_new_session()
+        } else {
+            self.start_child_with(&self.spec_for(caller))
+        };
+        let child = started.map_err(|e| {
             tracing::error!(error = %e, program = %self.spec.program, "the MCP server could not be started");
             jsonrpc_error(StatusCode::BAD_GATEWAY, "the MCP server could not be started")
         })?;
