@@ -133,6 +133,16 @@ pub struct Cli {
     #[arg(long, env = "GROUPS_HEADER", default_value = "X-Forwarded-Groups")]
     pub groups_header: String,
 
+    /// Send the HTTP upstream a short-lived JWT signed by us about the caller (never the
+    /// client's token); keys at /.well-known/jwks.json.
+    #[arg(long, env = "PROXY_FORWARD_AUTHORIZATION", value_parser = env_bool, default_value = "false",
+          default_missing_value = "true", num_args = 0..=1, require_equals = true)]
+    pub proxy_forward_authorization: bool,
+
+    /// How long a generated assertion signing key signs before it is replaced.
+    #[arg(long, env = "JWT_KEY_ROTATION", default_value = "30d")]
+    pub jwt_key_rotation: String,
+
     /// Static headers sent to the HTTP upstream: `Name:Value,Name2:Value2`.
     #[arg(long, env = "PROXY_HEADERS", hide_env_values = true)]
     pub proxy_headers: Option<String>,

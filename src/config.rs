@@ -220,6 +220,10 @@ pub struct UpstreamOptions {
     pub identity: IdentityHeaders,
     /// `--header-mapping`: claim pointer → header.
     pub mapping: Vec<(String, HeaderName)>,
+    /// `--proxy-forward-authorization`: a signed assertion as the upstream's `Authorization`.
+    pub forward_authorization: bool,
+    /// How long a generated assertion key signs.
+    pub jwt_key_rotation: Duration,
 }
 
 /// Names of the headers that tell the upstream who is calling.
@@ -422,6 +426,16 @@ impl Config {
             headers.push((http::header::AUTHORIZATION, value));
         }
 
+        if cli.proxy_forward_authorization
+            && (proxy_bearer_token.is_some()
+                || headers
+                    .iter()
+                    .any(|(n, _)| n == axum::http::header::AUTHORIZATION))
+        {
+            return Err(bad(
+                "--proxy-forward-authorization sends the upstream our signed assertion as Authorization; drop --proxy-bearer-token (or the Authorization of --proxy-headers)",
+            ));
+        }
         let connect_timeout =
             parse_duration("--upstream-connect-timeout", &cli.upstream_connect_timeout)?;
 
@@ -455,6 +469,8 @@ impl Config {
                     groups: header_name("--groups-header", &cli.groups_header)?,
                 },
                 mapping: parse_header_mapping(cli.header_mapping.as_deref().unwrap_or(""))?,
+                forward_authorization: cli.proxy_forward_authorization,
+                jwt_key_rotation: parse_duration("--jwt-key-rotation", &cli.jwt_key_rotation)?,
             },
             auth,
             shutdown_grace: parse_duration("--shutdown-grace", &cli.shutdown_grace)?,

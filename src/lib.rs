@@ -8,6 +8,7 @@
 // such response would buy nothing on this path.
 #![allow(clippy::result_large_err)]
 
+pub mod assertion;
 pub mod backend;
 pub mod cli;
 pub mod clock;
@@ -65,6 +66,8 @@ pub enum RunError {
     Password(#[from] login::password::PasswordError),
     #[error(transparent)]
     Provider(#[from] login::providers::ProviderError),
+    #[error("identity assertion: {0}")]
+    Assertion(#[from] assertion::AssertionError),
     #[error("server error: {0}")]
     Serve(std::io::Error),
     #[error("TLS: {0}")]
@@ -76,6 +79,8 @@ pub enum RunError {
 pub struct EnvSecrets {
     pub encryption_key: Option<config::Secret>,
     pub auth_hmac_secret: Option<config::Secret>,
+    /// `JWT_PRIVATE_KEY`: the assertion signing key (PKCS#8 PEM).
+    pub jwt_private_key: Option<config::Secret>,
 }
 
 impl EnvSecrets {
@@ -90,6 +95,7 @@ impl EnvSecrets {
         Self {
             encryption_key: read("ENCRYPTION_KEY"),
             auth_hmac_secret: read("AUTH_HMAC_SECRET"),
+            jwt_private_key: read("JWT_PRIVATE_KEY"),
         }
     }
 }
@@ -272,6 +278,19 @@ pub async fn prepare(
     }
 
     let authn = authn(&config, &site, &repo).await?;
+    let assertion = if config.upstream.forward_authorization {
+        let signer = assertion::Signer::load(
+            repo.clone(),
+            site.origin.as_str().to_string(),
+            secrets.jwt_private_key.as_ref().map(|s| s.expose()),
+            config.upstream.jwt_key_rotation,
+        )
+        .await?;
+        tracing::info!(jwks = %site.origin.join(assertion::JWKS_PATH), "the upstream receives a signed identity assertion as Authorization");
+        Some(signer)
+    } else {
+        None
+    };
 
     let state = AppState::new(App {
         site,
@@ -282,6 +301,7 @@ pub async fn prepare(
         stdio_backend,
         upstream: config.upstream.clone(),
         forward_auth_path: config.forward_auth_path.clone(),
+        assertion,
     });
     Ok(Prepared {
         shutdown_grace: config.shutdown_grace,

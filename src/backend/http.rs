@@ -85,6 +85,8 @@ pub struct HttpBackend {
     forwarded_proto: HeaderValue,
     forwarded_host: HeaderValue,
     base: Url,
+    /// The upstream's origin: the `aud` of identity assertions.
+    audience: String,
     opts: UpstreamOptions,
 }
 
@@ -139,6 +141,7 @@ impl HttpBackend {
             .unwrap_or_default();
         let header = |v: &str| HeaderValue::from_str(v).map_err(|e| ClientError(e.to_string()));
         Ok(Self {
+            audience: base.origin().ascii_serialization(),
             clients,
             forwarded_proto: header(site.origin.scheme())?,
             forwarded_host: header(public_host)?,
@@ -169,6 +172,7 @@ impl HttpBackend {
         site: &Site,
         caller: &Caller,
         client: ClientInfo,
+        assertion: Option<&crate::assertion::Signer>,
         req: Request,
     ) -> Response {
         let (parts, body) = req.into_parts();
@@ -216,6 +220,21 @@ impl HttpBackend {
             }
         };
 
+        // The signed assertion replaces the client's token; without an identity to assert,
+        // none is sent (and the upstream, expecting one, refuses: fail closed).
+        let asserted = match (assertion, caller.identity()) {
+            (Some(signer), Some(id)) => match signer.sign(id, self.audience.as_str()).await {
+                Ok(jwt) => HeaderValue::from_str(&format!("Bearer {jwt}")).ok(),
+                Err(e) => {
+                    tracing::error!(error = %e, "the identity assertion could not be signed");
+                    return jsonrpc_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "temporarily unavailable",
+                    );
+                }
+            },
+            _ => None,
+        };
         let mut hops = 0;
         let resp = loop {
             let Some(this_body) = body.take().or_else(|| replay.clone().map(Body::from)) else {
@@ -232,6 +251,11 @@ impl HttpBackend {
             *upstream_req.uri_mut() = uri;
             *upstream_req.headers_mut() =
                 self.upstream_headers(&parts.headers, &client, caller.identity());
+            if let Some(v) = &asserted {
+                let mut v = v.clone();
+                v.set_sensitive(true);
+                upstream_req.headers_mut().insert(header::AUTHORIZATION, v);
+            }
             let sent = self.client().request(upstream_req).await;
             let resp = match sent {
                 Ok(r) => r,

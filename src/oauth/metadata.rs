@@ -75,6 +75,9 @@ pub struct AuthorizationServerMetadata {
     pub scopes_supported: [&'static str; 2],
     pub authorization_response_iss_parameter_supported: bool,
     pub service_documentation: &'static str,
+    /// The keys of our identity assertions, when they are sent upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
 }
 
 impl AuthorizationServerMetadata {
@@ -96,11 +99,16 @@ impl AuthorizationServerMetadata {
             scopes_supported: [MCP_SCOPE, crate::oauth::OFFLINE_ACCESS],
             authorization_response_iss_parameter_supported: true,
             service_documentation: "https://modelcontextprotocol.io/specification/2025-11-25/basic/authorization",
+            jwks_uri: None,
         }
     }
 }
 
 /// `GET /.well-known/oauth-authorization-server[/<anything>]`: one issuer, one document.
 pub async fn authorization_server(State(app): State<AppState>) -> Response {
-    cacheable(Json(AuthorizationServerMetadata::for_site(&app.site)))
+    let mut doc = AuthorizationServerMetadata::for_site(&app.site);
+    if app.assertion.is_some() {
+        doc.jwks_uri = Some(app.site.origin.join(crate::assertion::JWKS_PATH));
+    }
+    cacheable(Json(doc))
 }

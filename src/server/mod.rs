@@ -54,6 +54,8 @@ pub struct App {
     pub upstream: crate::config::UpstreamOptions,
     /// `--forward-auth-path`, when on.
     pub forward_auth_path: Option<String>,
+    /// `--proxy-forward-authorization`: signs what the upstream receives.
+    pub assertion: Option<crate::assertion::Signer>,
 }
 
 /// The shared [`App`], as handlers receive it: one pointer to clone per request.
@@ -79,6 +81,9 @@ pub fn router(state: AppState) -> Router {
     let mut guarded = Router::new();
     if let Some(path) = &state.forward_auth_path {
         guarded = guarded.route(path, axum::routing::any(forward_auth));
+    }
+    if state.assertion.is_some() {
+        guarded = guarded.route(crate::assertion::JWKS_PATH, get(jwks));
     }
     let guarded = guarded
         .route(RESOURCE_METADATA_PATH, get(protected_resource))
@@ -120,6 +125,21 @@ pub fn router(state: AppState) -> Router {
         .merge(guarded)
         .layer(from_fn_with_state(state.clone(), guard::check))
         .with_state(state)
+}
+
+/// `GET /.well-known/jwks.json`: the keys of our identity assertions.
+async fn jwks(State(app): State<AppState>) -> Response {
+    let body = app
+        .assertion
+        .as_ref()
+        .map(|s| s.jwks())
+        .unwrap_or_else(|| serde_json::json!({ "keys": [] }));
+    let mut resp = axum::Json(body).into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("public, max-age=60"),
+    );
+    resp
 }
 
 /// The forward-auth endpoint: `200` with the identity headers for a valid access token, the
@@ -199,6 +219,13 @@ async fn proxy(
         peer_trusted: guard::is_trusted(&app.site, peer.ip()),
     };
     backend
-        .forward(&app.repo, &app.site, &caller, client, req)
+        .forward(
+            &app.repo,
+            &app.site,
+            &caller,
+            client,
+            app.assertion.as_ref(),
+            req,
+        )
         .await
 }

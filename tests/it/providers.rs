@@ -834,3 +834,108 @@ async fn the_upstream_learns_who_signed_in_and_nothing_spoofed() {
         );
     }
 }
+
+/// Verifies an assertion with jsonwebtoken against a JWKS; returns its claims.
+fn verify(jwt: &str, jwks: &Value, issuer: &str, audience: &str) -> Value {
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks.clone()).unwrap();
+    let header = jsonwebtoken::decode_header(jwt).unwrap();
+    let jwk = set
+        .find(header.kid.as_deref().unwrap())
+        .expect("its key is published");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_issuer(&[issuer]);
+    v.set_audience(&[audience]);
+    jsonwebtoken::decode::<Value>(jwt, &key, &v).unwrap().claims
+}
+
+#[tokio::test]
+async fn the_upstream_gets_a_signed_assertion_that_survives_key_rotation() {
+    let idp = start_fake().await;
+    let up = crate::helpers::start_upstream().await;
+    let clock = mcp_auth_proxy::clock::Clock::manual(mcp_auth_proxy::clock::Clock::system().now());
+    let mut args = oidc_args(&idp);
+    args.extend([
+        "--proxy-forward-authorization".to_string(),
+        "--jwt-key-rotation".to_string(),
+        "1h".to_string(),
+        "--access-token-ttl".to_string(),
+        "1d".to_string(),
+        up.url("/mcp"),
+    ]);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = crate::helpers::start_proxy_with(&a, clock.clone(), tempfile::tempdir().unwrap()).await;
+    let t = p.target();
+    let (client, end) = flow(&p).await;
+    let End::Client(back) = end else {
+        panic!("{end:?}")
+    };
+    let code = query(&back, "code").unwrap();
+    let tokens: Value = token(&t, &client.code_params(&code, &[]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let access = tokens["access_token"].as_str().unwrap().to_string();
+    let meta: Value = crate::helpers::client()
+        .get(p.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwks_uri = meta["jwks_uri"].as_str().unwrap().to_string();
+    assert!(jwks_uri.ends_with("/.well-known/jwks.json"));
+    let upstream_auth = |access: String| {
+        let url = p.url("/mcp");
+        async move {
+            let echoed: Value = crate::helpers::client()
+                .post(url)
+                .bearer_auth(&access)
+                .json(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let auth = echoed["headers"]["authorization"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(!auth.contains(&access), "never the client's token");
+            auth.strip_prefix("Bearer ").unwrap().to_string()
+        }
+    };
+    let jwks = || async {
+        crate::helpers::client()
+            .get(p.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let issuer = p.state.site.origin.as_str().to_string();
+    let audience = format!("http://{}", up.addr);
+    let first = upstream_auth(access.clone()).await;
+    let claims = verify(&first, &jwks().await, &issuer, &audience);
+    assert_eq!(claims["sub"], "oidc:ann@example.com");
+    assert_eq!(claims["email"], "ann@example.com");
+    assert!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap() <= 300);
+
+    // Two hours on: a new key signs; the old one is still published, both verify.
+    clock.advance(2 * 3600);
+    let second = upstream_auth(access).await;
+    let (h1, h2) = (
+        jsonwebtoken::decode_header(&first).unwrap(),
+        jsonwebtoken::decode_header(&second).unwrap(),
+    );
+    assert_ne!(h1.kid, h2.kid, "rotated");
+    let set = jwks().await;
+    assert_eq!(set["keys"].as_array().unwrap().len(), 2);
+    verify(&first, &set, &issuer, &audience);
+    verify(&second, &set, &issuer, &audience);
+}
