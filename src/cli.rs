@@ -139,6 +139,12 @@ pub struct Cli {
           default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub proxy_forward_authorization: bool,
 
+    /// Send the HTTP upstream the user's access token at their sign-in provider
+    /// (X-Forwarded-Access-Token), refreshed before it expires.
+    #[arg(long, env = "PASS_ACCESS_TOKEN", value_parser = env_bool, default_value = "false",
+          default_missing_value = "true", num_args = 0..=1, require_equals = true)]
+    pub pass_access_token: bool,
+
     /// How long a generated assertion signing key signs before it is replaced.
     #[arg(long, env = "JWT_KEY_ROTATION", default_value = "30d")]
     pub jwt_key_rotation: String,

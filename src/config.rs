@@ -224,6 +224,8 @@ pub struct UpstreamOptions {
     pub forward_authorization: bool,
     /// How long a generated assertion key signs.
     pub jwt_key_rotation: Duration,
+    /// `--pass-access-token`: the user's provider token as `X-Forwarded-Access-Token`.
+    pub pass_access_token: bool,
 }
 
 /// Names of the headers that tell the upstream who is calling.
@@ -471,6 +473,7 @@ impl Config {
                 mapping: parse_header_mapping(cli.header_mapping.as_deref().unwrap_or(""))?,
                 forward_authorization: cli.proxy_forward_authorization,
                 jwt_key_rotation: parse_duration("--jwt-key-rotation", &cli.jwt_key_rotation)?,
+                pass_access_token: cli.pass_access_token,
             },
             auth,
             shutdown_grace: parse_duration("--shutdown-grace", &cli.shutdown_grace)?,

@@ -96,6 +96,14 @@ enum Outgoing {
     Streaming(Bytes, Body),
 }
 
+/// What the proxy adds for the upstream beyond the request itself.
+pub struct Upstream<'a> {
+    /// Signs the identity assertion (`--proxy-forward-authorization`).
+    pub assertion: Option<&'a crate::assertion::Signer>,
+    /// The user's token at their provider (`--pass-access-token`).
+    pub provider_token: Option<String>,
+}
+
 /// Who the request came from, for `X-Forwarded-For`.
 pub struct ClientInfo {
     pub peer: IpAddr,
@@ -172,9 +180,10 @@ impl HttpBackend {
         site: &Site,
         caller: &Caller,
         client: ClientInfo,
-        assertion: Option<&crate::assertion::Signer>,
+        extra: Upstream<'_>,
         req: Request,
     ) -> Response {
+        let assertion = extra.assertion;
         let (parts, body) = req.into_parts();
         let mut url = upstream_url(
             &self.base,
@@ -255,6 +264,12 @@ impl HttpBackend {
                 let mut v = v.clone();
                 v.set_sensitive(true);
                 upstream_req.headers_mut().insert(header::AUTHORIZATION, v);
+            }
+            if let Some(Ok(mut v)) = extra.provider_token.as_deref().map(HeaderValue::from_str) {
+                v.set_sensitive(true);
+                upstream_req
+                    .headers_mut()
+                    .insert(HeaderName::from_static("x-forwarded-access-token"), v);
             }
             let sent = self.client().request(upstream_req).await;
             let resp = match sent {

@@ -3,6 +3,7 @@
 
 pub mod pages;
 pub mod password;
+pub mod provider_tokens;
 pub mod providers;
 pub mod session;
 pub mod upstream;

@@ -81,6 +81,30 @@ pub enum SignInError {
     Unverified,
 }
 
+/// The user's tokens at the provider (sent upstream with `--pass-access-token`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderTokens {
+    pub access: String,
+    #[serde(default)]
+    pub refresh: Option<String>,
+    /// Unix time; `None` when the provider did not say.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+}
+
+impl ProviderTokens {
+    fn from_answer(answer: &TokenAnswer, now: u64, previous_refresh: Option<String>) -> Self {
+        Self {
+            access: answer.access_token().secret().clone(),
+            refresh: answer
+                .refresh_token()
+                .map(|r| r.secret().clone())
+                .or(previous_refresh),
+            expires_at: answer.expires_in().map(|d| now + d.as_secs()),
+        }
+    }
+}
+
 /// One configured provider.
 pub struct Provider {
     /// `google`, `github` or `oidc`: in paths and in subjects.
@@ -508,7 +532,8 @@ impl Provider {
         code: &str,
         verifier: &str,
         nonce: &str,
-    ) -> Result<Identity, SignInError> {
+        now: u64,
+    ) -> Result<(Identity, ProviderTokens), SignInError> {
         let client = http.clone();
         let send_fn = move |req| send(client.clone(), req);
         let answer = self
@@ -519,7 +544,7 @@ impl Provider {
             .await
             .map_err(|e| SignInError::Token(describe_token_error(&e)))?;
         let access = answer.access_token().secret().clone();
-        match &self.kind {
+        let identity = match &self.kind {
             Kind::Google(_) => google_identity(http, self.userinfo_url(), &access).await,
             Kind::GitHub(cfg) => github_identity(http, cfg, &access).await,
             Kind::Oidc(oidc) => {
@@ -530,7 +555,30 @@ impl Provider {
                     .ok_or_else(|| SignInError::IdToken("the provider sent none".into()))?;
                 oidc_identity(http, oidc, id_token, nonce, &access).await
             }
-        }
+        }?;
+        Ok((identity, ProviderTokens::from_answer(&answer, now, None)))
+    }
+
+    /// New tokens for a refresh token.
+    pub async fn refresh(
+        &self,
+        http: &reqwest::Client,
+        refresh: &str,
+        now: u64,
+    ) -> Result<ProviderTokens, SignInError> {
+        let client = http.clone();
+        let send_fn = move |req| send(client.clone(), req);
+        let answer = self
+            .oauth
+            .exchange_refresh_token(&oauth2::RefreshToken::new(refresh.to_string()))
+            .request_async(&send_fn)
+            .await
+            .map_err(|e| SignInError::Token(describe_token_error(&e)))?;
+        Ok(ProviderTokens::from_answer(
+            &answer,
+            now,
+            Some(refresh.to_string()),
+        ))
     }
 
     fn userinfo_url(&self) -> &str {

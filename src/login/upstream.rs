@@ -184,8 +184,9 @@ pub async fn callback(
             "Please try again.",
         );
     };
-    let identity = match p
-        .sign_in(app.authn.providers.http(), code, &verifier, &nonce)
+    let now = app.repo.clock().now();
+    let (identity, provider_tokens) = match p
+        .sign_in(app.authn.providers.http(), code, &verifier, &nonce, now)
         .await
     {
         Ok(i) => i,
@@ -219,6 +220,11 @@ pub async fn callback(
             rec.req.as_deref(),
         )
         .await;
+    }
+    if let Err(e) =
+        super::provider_tokens::save(&app.repo, &identity.subject(), &provider_tokens).await
+    {
+        return store_failure_page(&app, e);
     }
     let ttl = app.authn.cfg.login_session_ttl.as_secs();
     tracing::info!(provider = p.id, user = %identity.user_id, "signed in");

@@ -18,7 +18,7 @@ use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::backend::http::{ClientInfo, HttpBackend};
+use crate::backend::http::{ClientInfo, HttpBackend, Upstream};
 use crate::config::Site;
 use crate::error::jsonrpc_error;
 use crate::gate::{TokenCache, bearer_token, check_token};
@@ -218,13 +218,22 @@ async fn proxy(
         peer: peer.ip(),
         peer_trusted: guard::is_trusted(&app.site, peer.ip()),
     };
+    let provider_token = match caller.identity() {
+        Some(id) if app.upstream.pass_access_token => {
+            crate::login::provider_tokens::current(&app, id).await
+        }
+        _ => None,
+    };
     backend
         .forward(
             &app.repo,
             &app.site,
             &caller,
             client,
-            app.assertion.as_ref(),
+            Upstream {
+                assertion: app.assertion.as_ref(),
+                provider_token,
+            },
             req,
         )
         .await

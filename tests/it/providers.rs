@@ -74,6 +74,10 @@ struct Fake {
     codes: HashMap<String, (String, String, Account)>,
     /// access token → account
     tokens: HashMap<String, Account>,
+    /// refresh token → account
+    refresh: HashMap<String, Account>,
+    /// Lifetime of the access tokens issued.
+    expires_in: u64,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -142,6 +146,8 @@ pub async fn start_fake() -> FakeIdp {
         spoil: Spoil::None,
         codes: HashMap::new(),
         tokens: HashMap::new(),
+        refresh: HashMap::new(),
+        expires_in: 300,
     }));
     let app = Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
@@ -214,6 +220,25 @@ async fn token_endpoint(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let mut f = s.lock().unwrap();
+    if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
+        let Some(account) = f
+            .refresh
+            .get(form.get("refresh_token").map_or("", |r| r))
+            .cloned()
+        else {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "invalid_grant"})),
+            )
+                .into_response();
+        };
+        let access = format!("at-{}-{}", account.sub, f.tokens.len());
+        f.tokens.insert(access.clone(), account);
+        return Json(
+            json!({"access_token": access, "token_type": "bearer", "expires_in": f.expires_in}),
+        )
+        .into_response();
+    }
     let Some((nonce, challenge, account)) = f.codes.remove(form.get("code").map_or("", |c| c))
     else {
         return (
@@ -258,9 +283,14 @@ async fn token_endpoint(
     };
     let id_token = jwt(signer, &f.kid, &claims);
     let access = format!("at-{}-{}", account.sub, f.tokens.len());
-    f.tokens.insert(access.clone(), account);
-    Json(json!({"access_token": access, "token_type": "bearer", "id_token": id_token, "expires_in": 300}))
-        .into_response()
+    let refresh = format!("rt-{}-{}", account.sub, f.refresh.len());
+    f.tokens.insert(access.clone(), account.clone());
+    f.refresh.insert(refresh.clone(), account);
+    Json(
+        json!({"access_token": access, "token_type": "bearer", "id_token": id_token,
+        "expires_in": f.expires_in, "refresh_token": refresh}),
+    )
+    .into_response()
 }
 
 fn account_of(s: &Shared, headers: &HeaderMap) -> Option<Account> {
@@ -938,4 +968,78 @@ async fn the_upstream_gets_a_signed_assertion_that_survives_key_rotation() {
     assert_eq!(set["keys"].as_array().unwrap().len(), 2);
     verify(&first, &set, &issuer, &audience);
     verify(&second, &set, &issuer, &audience);
+}
+
+#[tokio::test]
+async fn the_provider_token_goes_upstream_sealed_at_rest_and_refreshed() {
+    let idp = start_fake().await;
+    let up = crate::helpers::start_upstream().await;
+    let clock = mcp_auth_proxy::clock::Clock::manual(mcp_auth_proxy::clock::Clock::system().now());
+    let mut args = oidc_args(&idp);
+    args.extend([
+        "--pass-access-token".to_string(),
+        "--access-token-ttl".to_string(),
+        "1d".to_string(),
+        up.url("/mcp"),
+    ]);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = crate::helpers::start_proxy_with(&a, clock.clone(), tempfile::tempdir().unwrap()).await;
+    let t = p.target();
+    let (client, end) = flow(&p).await;
+    let End::Client(back) = end else {
+        panic!("{end:?}")
+    };
+    let code = query(&back, "code").unwrap();
+    let tokens: Value = token(&t, &client.code_params(&code, &[]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let access = tokens["access_token"].as_str().unwrap().to_string();
+    let upstream_token = || {
+        let (url, access) = (p.url("/mcp"), access.clone());
+        async move {
+            let echoed: Value = crate::helpers::client()
+                .post(url)
+                .bearer_auth(access)
+                .header("x-forwarded-access-token", "spoofed")
+                .json(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            echoed["headers"]["x-forwarded-access-token"]
+                .as_str()
+                .map(str::to_string)
+        }
+    };
+    let first = upstream_token().await.expect("the provider token");
+    assert!(first.starts_with("at-ann-"), "{first}");
+    // Close to its expiry the token is refreshed at the provider before it goes upstream.
+    clock.advance(280);
+    let second = upstream_token().await.expect("a refreshed token");
+    assert!(second.starts_with("at-ann-") && second != first, "{second}");
+
+    // At rest the provider's tokens are sealed: no plaintext in the store's files.
+    let dir = p.stop().await;
+    let mut stack = vec![dir.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                for needle in [first.as_bytes(), second.as_bytes(), b"rt-ann-".as_slice()] {
+                    assert!(
+                        !bytes.windows(needle.len()).any(|w| w == needle),
+                        "plaintext in {}",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
 }
