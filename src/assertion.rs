@@ -263,3 +263,60 @@ async fn save_stored(repo: &Repo, stored: &[StoredKey]) -> Result<(), AssertionE
     repo.flush().await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::store::Keys;
+    use crate::store::sled::SledStore;
+
+    fn repo(dir: &std::path::Path) -> Repo {
+        let store = SledStore::open(dir).unwrap();
+        Repo::new(
+            std::sync::Arc::new(store),
+            Keys::ephemeral(),
+            Clock::manual(1_700_000_000),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_given_key_signs_and_is_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n");
+        let signer = Signer::load(
+            repo(dir.path()),
+            "https://mcp.example.com".into(),
+            Some(&pem),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+        let jwks = signer.jwks();
+        assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+        let id = Identity {
+            provider: "password".into(),
+            user_id: "admin".into(),
+            email: None,
+            name: Some("admin".into()),
+            groups: vec![],
+            claims: Value::Null,
+        };
+        let jwt = signer.sign(&id, "http://up.example").await.unwrap();
+        let header = jsonwebtoken::decode_header(&jwt).unwrap();
+        assert_eq!(header.kid.as_deref(), jwks["keys"][0]["kid"].as_str());
+        let other = tempfile::tempdir().unwrap();
+        let bad = Signer::load(
+            repo(other.path()),
+            "https://mcp.example.com".into(),
+            Some("-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n"),
+            Duration::from_secs(3600),
+        )
+        .await;
+        assert!(matches!(bad, Err(AssertionError::BadKey(_))));
+    }
+}
