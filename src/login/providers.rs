@@ -406,7 +406,8 @@ async fn discover(http: &reqwest::Client, url: &Url) -> Result<Discovery, Provid
     )))
 }
 
-async fn fetch_discovery(http: &reqwest::Client, url: &Url) -> Result<Discovery, String> {
+/// GETs a public document (no credentials), bounded; any status but 2xx is an error.
+async fn get_document(http: &reqwest::Client, url: &Url) -> Result<Vec<u8>, String> {
     let resp = http
         .get(url.as_str())
         .send()
@@ -415,23 +416,19 @@ async fn fetch_discovery(http: &reqwest::Client, url: &Url) -> Result<Discovery,
     let status = resp.status();
     let body = read_bounded(resp).await?;
     if !status.is_success() {
-        return Err(format!("it answered {status}"));
+        return Err(format!("{url} answered {status}"));
     }
+    Ok(body)
+}
+
+async fn fetch_discovery(http: &reqwest::Client, url: &Url) -> Result<Discovery, String> {
+    let body = get_document(http, url).await?;
     serde_json::from_slice(&body).map_err(|e| format!("it is not a discovery document: {e}"))
 }
 
 impl Oidc {
     async fn refresh_keys(&self, http: &reqwest::Client) -> Result<(), String> {
-        let resp = http
-            .get(self.jwks_uri.as_str())
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let body = read_bounded(resp).await?;
-        if !status.is_success() {
-            return Err(format!("the JWKS answered {status}"));
-        }
+        let body = get_document(http, &self.jwks_uri).await?;
         let set: JwkSet = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
         *self.jwks.write().await = set;
         Ok(())

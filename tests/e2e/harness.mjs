@@ -2,7 +2,7 @@
 // sign-in pages like a browser (cookies kept, forms posted). Later suites reuse both.
 
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
@@ -239,4 +239,27 @@ export class Browser {
 export function hiddenField(html, name) {
   const m = html.match(new RegExp(`name="${name}" value="([^"]*)"`));
   return m ? m[1].replaceAll('&#43;', '+').replaceAll('&amp;', '&') : undefined;
+}
+
+/** Sorts object keys recursively, so two JSON documents compare by content. */
+export function canonical(v) {
+  if (Array.isArray(v)) return v.map(canonical);
+  if (v && typeof v === 'object') return Object.fromEntries(Object.keys(v).sort().map((k) => [k, canonical(v[k])]));
+  return v;
+}
+
+/** Pids of a process's children (from /proc). */
+export function childrenOf(pid) {
+  const out = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === pid) out.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
 }

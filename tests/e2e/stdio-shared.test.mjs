@@ -4,14 +4,13 @@
 // its own sampling requests, and the child must start once.
 
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { CreateMessageRequestSchema } from '@modelcontextprotocol/sdk/types.js';
 
-import { Browser, everythingStdio, startProxy } from './harness.mjs';
+import { Browser, canonical, childrenOf, everythingStdio, startProxy } from './harness.mjs';
 import { TestProvider, connect } from './sdk-client.mjs';
 
 const SECRET = 'stdio-shared-e2e-password';
@@ -25,27 +24,7 @@ after(async () => {
   await proxy?.stop();
 });
 
-function canonical(v) {
-  if (Array.isArray(v)) return v.map(canonical);
-  if (v && typeof v === 'object') return Object.fromEntries(Object.keys(v).sort().map((k) => [k, canonical(v[k])]));
-  return v;
-}
 
-/** Pids of the proxy's child processes. */
-function childrenOf(pid) {
-  const out = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid === pid) out.push(Number(entry));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
-}
 
 /** A signed-in client whose sampling handler answers with `label`. */
 async function signedIn(label) {

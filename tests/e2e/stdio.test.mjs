@@ -2,14 +2,13 @@
 // and talks to @modelcontextprotocol/server-everything running as a stdio child of the proxy.
 
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { CreateMessageRequestSchema } from '@modelcontextprotocol/sdk/types.js';
 
-import { Browser, everythingStdio, startProxy } from './harness.mjs';
+import { Browser, canonical, childrenOf, everythingStdio, startProxy } from './harness.mjs';
 import { TestProvider, connect } from './sdk-client.mjs';
 
 const SECRET = 'stdio-e2e-secret-password';
@@ -23,12 +22,6 @@ after(async () => {
   await proxy?.stop();
 });
 
-/** Sorts object keys recursively, so two JSON documents compare by content. */
-function canonical(v) {
-  if (Array.isArray(v)) return v.map(canonical);
-  if (v && typeof v === 'object') return Object.fromEntries(Object.keys(v).sort().map((k) => [k, canonical(v[k])]));
-  return v;
-}
 
 async function signedIn(capabilities = {}) {
   const provider = new TestProvider(new Browser(), { password: SECRET });
@@ -129,21 +122,6 @@ test('server-initiated notifications arrive on the GET stream', async () => {
   await client.close();
 });
 
-/** Pids of the proxy's child processes. */
-function childrenOf(pid) {
-  const out = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid === pid) out.push(Number(entry));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
-}
 
 test('a child killed mid-call fails the call at once, and a new session works', async () => {
   const before = new Set(childrenOf(proxy.child.pid));

@@ -436,6 +436,21 @@ async fn flow(p: &TestProxy) -> (OAuthClient, End) {
     (client, end)
 }
 
+/// Signs in through the provider and returns our access token.
+async fn signed_in_token(p: &TestProxy) -> String {
+    let (client, end) = flow(p).await;
+    let End::Client(back) = end else {
+        panic!("{end:?}")
+    };
+    let code = query(&back, "code").unwrap();
+    let tokens: Value = token(&p.target(), &client.code_params(&code, &[]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    tokens["access_token"].as_str().unwrap().to_string()
+}
+
 fn oidc_args(idp: &FakeIdp) -> Vec<String> {
     vec![
         "--no-password".into(),
@@ -796,18 +811,7 @@ async fn the_upstream_learns_who_signed_in_and_nothing_spoofed() {
         up.url("/mcp"),
     ]);
     let p = proxy_with(&args).await;
-    let t = p.target();
-    let (client, end) = flow(&p).await;
-    let End::Client(back) = end else {
-        panic!("{end:?}")
-    };
-    let code = query(&back, "code").unwrap();
-    let tokens: Value = token(&t, &client.code_params(&code, &[]))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let access = tokens["access_token"].as_str().unwrap();
+    let access = &signed_in_token(&p).await;
     let echoed: Value = crate::helpers::client()
         .post(p.url("/mcp"))
         .bearer_auth(access)
@@ -895,18 +899,7 @@ async fn the_upstream_gets_a_signed_assertion_that_survives_key_rotation() {
     ]);
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let p = crate::helpers::start_proxy_with(&a, clock.clone(), tempfile::tempdir().unwrap()).await;
-    let t = p.target();
-    let (client, end) = flow(&p).await;
-    let End::Client(back) = end else {
-        panic!("{end:?}")
-    };
-    let code = query(&back, "code").unwrap();
-    let tokens: Value = token(&t, &client.code_params(&code, &[]))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let access = tokens["access_token"].as_str().unwrap().to_string();
+    let access = signed_in_token(&p).await;
     let meta: Value = crate::helpers::client()
         .get(p.url("/.well-known/oauth-authorization-server"))
         .send()
@@ -984,18 +977,7 @@ async fn the_provider_token_goes_upstream_sealed_at_rest_and_refreshed() {
     ]);
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let p = crate::helpers::start_proxy_with(&a, clock.clone(), tempfile::tempdir().unwrap()).await;
-    let t = p.target();
-    let (client, end) = flow(&p).await;
-    let End::Client(back) = end else {
-        panic!("{end:?}")
-    };
-    let code = query(&back, "code").unwrap();
-    let tokens: Value = token(&t, &client.code_params(&code, &[]))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let access = tokens["access_token"].as_str().unwrap().to_string();
+    let access = signed_in_token(&p).await;
     let upstream_token = || {
         let (url, access) = (p.url("/mcp"), access.clone());
         async move {
