@@ -950,6 +950,32 @@ mod tests {
     }
 
     #[test]
+    fn github_admits_logins_any_case_and_exact_org_rules() {
+        let g = GitHubConfig {
+            client_id: "c".into(),
+            client_secret: crate::config::Secret::new("s"),
+            allowed_users: vec!["octocat".into()],
+            allowed_orgs: vec!["acme:platform".into()],
+            allow_all: false,
+            web_url: Url::parse("https://github.com").unwrap(),
+            api_url: Url::parse("https://api.github.com").unwrap(),
+        };
+        let id = |login: &str, groups: &[&str]| Identity {
+            provider: "github".into(),
+            user_id: login.into(),
+            email: None,
+            name: None,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            claims: Value::Null,
+        };
+        assert!(github_allows(&g, &id("OctoCat", &[])));
+        assert!(!github_allows(&g, &id("octocat2", &[])));
+        assert!(github_allows(&g, &id("dev", &["acme", "acme:platform"])));
+        assert!(!github_allows(&g, &id("dev", &["acme", "acme:platform-ops"])));
+        assert!(!github_allows(&g, &id("dev", &["acme"])), "the org alone is not the team");
+    }
+
+    #[test]
     fn github_link_headers_give_the_next_page() {
         let link = r#"<https://api.example/user/orgs?page=2>; rel="next", <https://api.example/user/orgs?page=3>; rel="last""#;
         assert_eq!(
