@@ -971,8 +971,14 @@ mod tests {
         assert!(github_allows(&g, &id("OctoCat", &[])));
         assert!(!github_allows(&g, &id("octocat2", &[])));
         assert!(github_allows(&g, &id("dev", &["acme", "acme:platform"])));
-        assert!(!github_allows(&g, &id("dev", &["acme", "acme:platform-ops"])));
-        assert!(!github_allows(&g, &id("dev", &["acme"])), "the org alone is not the team");
+        assert!(!github_allows(
+            &g,
+            &id("dev", &["acme", "acme:platform-ops"])
+        ));
+        assert!(
+            !github_allows(&g, &id("dev", &["acme"])),
+            "the org alone is not the team"
+        );
     }
 
     #[test]
