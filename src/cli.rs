@@ -108,6 +108,10 @@ pub struct Cli {
     #[arg(long, env = "DATABASE_DSN", hide = true, hide_env_values = true)]
     pub database_dsn: Option<String>,
 
+    /// TOML file of clients declared by the operator (see the README).
+    #[arg(long, env = "CLIENTS_FILE")]
+    pub clients_file: Option<std::path::PathBuf>,
+
     /// Forward-auth endpoint for nginx auth_request, Traefik ForwardAuth, Caddy forward_auth
     /// (empty: off).
     #[arg(long, env = "FORWARD_AUTH_PATH", default_value = "/authenticate")]

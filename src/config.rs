@@ -323,6 +323,9 @@ pub struct Config {
     pub upstream: UpstreamOptions,
     /// The forward-auth endpoint's path, if on.
     pub forward_auth_path: Option<String>,
+    /// `--clients-file`, read and checked.
+    pub clients_file: Option<PathBuf>,
+    pub static_clients: Vec<crate::store::ClientRecord>,
     pub auth: AuthConfig,
     /// How long connections may run after a shutdown signal.
     pub shutdown_grace: Duration,
@@ -450,7 +453,14 @@ impl Config {
             }
             p => Some(p.to_string()),
         };
+        let static_clients = match &cli.clients_file {
+            Some(path) => crate::oauth::static_clients::load(path, &auth.redirect_schemes, 0)
+                .map_err(|e| bad(e.to_string()))?,
+            None => Vec::new(),
+        };
         Ok(Self {
+            static_clients,
+            clients_file: cli.clients_file.clone(),
             forward_auth_path,
             listen,
             tls,

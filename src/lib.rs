@@ -66,6 +66,8 @@ pub enum RunError {
     Password(#[from] login::password::PasswordError),
     #[error(transparent)]
     Provider(#[from] login::providers::ProviderError),
+    #[error(transparent)]
+    StaticClients(#[from] oauth::static_clients::StaticClientError),
     #[error("identity assertion: {0}")]
     Assertion(#[from] assertion::AssertionError),
     #[error("server error: {0}")]
@@ -278,6 +280,24 @@ pub async fn prepare(
     }
 
     let authn = authn(&config, &site, &repo).await?;
+    let mut client_credentials = false;
+    if let Some(path) = &config.clients_file {
+        let now = repo.clock().now();
+        let clients: Vec<_> = config
+            .static_clients
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                c.issued_at = now;
+                c
+            })
+            .collect();
+        oauth::static_clients::sync(&repo, &clients).await?;
+        client_credentials = clients
+            .iter()
+            .any(|c| c.grant_types.iter().any(|g| g == "client_credentials"));
+        tracing::info!(clients = clients.len(), file = %path.display(), "clients declared in the clients file");
+    }
     let assertion = if config.upstream.forward_authorization {
         let signer = assertion::Signer::load(
             repo.clone(),
@@ -302,6 +322,7 @@ pub async fn prepare(
         upstream: config.upstream.clone(),
         forward_auth_path: config.forward_auth_path.clone(),
         assertion,
+        client_credentials,
     });
     Ok(Prepared {
         shutdown_grace: config.shutdown_grace,

@@ -259,6 +259,7 @@ pub async fn issue_code(
         .repo
         .get::<ClientRecord>(req.client_id.as_bytes())
         .await?
+        .filter(|c| !crate::oauth::static_clients::is_static(c))
     {
         client.used = true;
         // Outlive every grant made now, so a dead refresh token gets `invalid_grant` (which

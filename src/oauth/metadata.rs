@@ -68,7 +68,7 @@ pub struct AuthorizationServerMetadata {
     pub revocation_endpoint: String,
     pub response_types_supported: [&'static str; 1],
     pub response_modes_supported: [&'static str; 1],
-    pub grant_types_supported: [&'static str; 2],
+    pub grant_types_supported: Vec<&'static str>,
     pub code_challenge_methods_supported: [&'static str; 1],
     pub token_endpoint_auth_methods_supported: [&'static str; 3],
     pub revocation_endpoint_auth_methods_supported: [&'static str; 3],
@@ -92,7 +92,7 @@ impl AuthorizationServerMetadata {
             revocation_endpoint: at("/revoke"),
             response_types_supported: ["code"],
             response_modes_supported: ["query"],
-            grant_types_supported: ["authorization_code", "refresh_token"],
+            grant_types_supported: vec!["authorization_code", "refresh_token"],
             code_challenge_methods_supported: [crate::oauth::pkce::S256],
             token_endpoint_auth_methods_supported: auth_methods,
             revocation_endpoint_auth_methods_supported: auth_methods,
@@ -109,6 +109,9 @@ pub async fn authorization_server(State(app): State<AppState>) -> Response {
     let mut doc = AuthorizationServerMetadata::for_site(&app.site);
     if app.assertion.is_some() {
         doc.jwks_uri = Some(app.site.origin.join(crate::assertion::JWKS_PATH));
+    }
+    if app.client_credentials {
+        doc.grant_types_supported.push("client_credentials");
     }
     cacheable(Json(doc))
 }

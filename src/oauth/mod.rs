@@ -12,6 +12,7 @@ pub mod redirect_uri;
 pub mod register;
 pub mod resource;
 pub mod revoke;
+pub mod static_clients;
 pub mod token;
 pub mod tokens;
 

@@ -31,7 +31,9 @@ pub struct TokenResponse {
     pub access_token: String,
     pub token_type: String,
     pub expires_in: u64,
-    pub refresh_token: String,
+    /// None for `client_credentials` (RFC 6749 §4.4.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
     pub scope: String,
 }
 
@@ -83,16 +85,78 @@ pub async fn token(
     let resp = match params.get("grant_type") {
         Some("authorization_code") => code_grant(&app, &client, &params).await?,
         Some("refresh_token") => refresh_grant(&app, &client, &params).await?,
+        Some("client_credentials") => client_credentials(&app, &client).await?,
         Some(_) => {
             return Err(OAuthError::bad_request(
                 OAuthErrorCode::UnsupportedGrantType,
-                "supported grant types: authorization_code, refresh_token",
+                "supported grant types: authorization_code, refresh_token, client_credentials",
             ));
         }
         None => return Err(invalid_request("grant_type is required")),
     };
     app.repo.flush().await?;
     Ok(token_json(&resp))
+}
+
+/// The client credentials grant: a confidential client declared in the clients file for it
+/// gets an access token (no refresh token) for its own service identity `client:<id>`.
+async fn client_credentials(
+    app: &AppState,
+    client: &ClientRecord,
+) -> Result<TokenResponse, OAuthError> {
+    let allowed = crate::oauth::static_clients::is_static(client)
+        && client.secret_hash.is_some()
+        && client.grant_types.iter().any(|g| g == "client_credentials");
+    if !allowed {
+        return Err(OAuthError::bad_request(
+            OAuthErrorCode::UnauthorizedClient,
+            "this client may not use client_credentials",
+        ));
+    }
+    let now = app.repo.clock().now();
+    let access_ttl = app.authn.cfg.access_token_ttl.as_secs();
+    let identity = crate::store::Identity {
+        provider: "client".into(),
+        user_id: client.client_id.clone(),
+        email: None,
+        name: client.client_name.clone(),
+        groups: Vec::new(),
+        claims: serde_json::json!({ "client_id": client.client_id }),
+    };
+    let grant = GrantRecord {
+        grant_id: tokens::generate_id(),
+        client_id: client.client_id.clone(),
+        identity,
+        scopes: vec![crate::gate::MCP_SCOPE.to_string()],
+        resource: app.site.resource.clone(),
+        created_at: now,
+        expires_at: now + access_ttl,
+    };
+    app.repo
+        .put(grant.grant_id.as_bytes(), &grant, Some(grant.expires_at))
+        .await?;
+    let access = tokens::generate(tokens::ACCESS_PREFIX);
+    let record = TokenRecord {
+        kind: TokenKind::Access,
+        grant_id: grant.grant_id.clone(),
+        client_id: grant.client_id.clone(),
+        subject: grant.identity.subject(),
+        scopes: grant.scopes.clone(),
+        resource: grant.resource.clone(),
+        issued_at: now,
+        expires_at: grant.expires_at,
+        rotation: None,
+        identity: Some(grant.identity.clone()),
+    };
+    app.repo.put_token(&TokenHash::of(&access), &record).await?;
+    tracing::info!(client_id = %client.client_id, "issued a client_credentials token");
+    Ok(TokenResponse {
+        access_token: access,
+        token_type: "Bearer".into(),
+        expires_in: access_ttl,
+        refresh_token: None,
+        scope: grant.scopes.join(" "),
+    })
 }
 
 /// Revokes a grant and drops its tokens from the gate's cache.
@@ -223,7 +287,7 @@ async fn mint_pair(
             expires_in: base.expires_at.saturating_sub(now),
             access_token: access,
             token_type: "Bearer".into(),
-            refresh_token: refresh,
+            refresh_token: Some(refresh),
             scope: scopes.join(" "),
         },
         refresh_hash,

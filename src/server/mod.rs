@@ -56,6 +56,8 @@ pub struct App {
     pub forward_auth_path: Option<String>,
     /// `--proxy-forward-authorization`: signs what the upstream receives.
     pub assertion: Option<crate::assertion::Signer>,
+    /// Whether a declared client may use `client_credentials` (advertised then).
+    pub client_credentials: bool,
 }
 
 /// The shared [`App`], as handlers receive it: one pointer to clone per request.

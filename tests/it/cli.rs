@@ -110,6 +110,19 @@ async fn wrong_values_stop_startup_with_one_clear_line() {
         "not a variable name",
     )
     .await;
+    let clients = tempfile::tempdir().unwrap();
+    let bad_file = clients.path().join("clients.toml");
+    std::fs::write(
+        &bad_file,
+        "[[client]]\nid = \"x\"\nredirect_uris = [\"javascript:alert(1)\"]\n",
+    )
+    .unwrap();
+    refuses(
+        &["--clients-file", &bad_file.display().to_string()],
+        &[],
+        "redirect URI",
+    )
+    .await;
     refuses(&["--mcp-path", "mcp"], &[], "--mcp-path").await;
     refuses(&["--mcp-path", "/token"], &[], "collides").await;
     refuses(

@@ -1261,3 +1261,115 @@ async fn tokens_survive_sigkill_and_restart() {
     );
     bin.kill9().await;
 }
+
+#[tokio::test]
+async fn declared_clients_and_the_client_credentials_grant() {
+    let up = crate::helpers::start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clients.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[client]]
+id = "ci-agent"
+secret = "a-long-random-agent-secret"
+name = "CI agent"
+grant_types = ["client_credentials"]
+token_endpoint_auth_method = "client_secret_post"
+
+[[client]]
+id = "desktop-app"
+name = "Desktop App"
+redirect_uris = ["http://127.0.0.1:33418/callback"]
+"#,
+    )
+    .unwrap();
+    let path = file.display().to_string();
+    let p = start_proxy(&["--clients-file", &path, &up.url("/mcp")]).await;
+    let t = p.target();
+    let meta: Value = client()
+        .get(t.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        meta["grant_types_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("client_credentials"))
+    );
+    let form = |id: &str, secret: Option<&str>| {
+        let mut f = vec![
+            ("grant_type".to_string(), "client_credentials".to_string()),
+            ("client_id".to_string(), id.to_string()),
+        ];
+        if let Some(s) = secret {
+            f.push(("client_secret".to_string(), s.to_string()));
+        }
+        f
+    };
+    let resp = token(&t, &form("ci-agent", Some("a-long-random-agent-secret"))).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body.get("refresh_token").is_none(),
+        "no refresh token: {body}"
+    );
+    let access = body["access_token"].as_str().unwrap();
+    let echoed: Value = client()
+        .post(t.url("/mcp"))
+        .bearer_auth(access)
+        .json(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed["headers"]["x-forwarded-user"], "ci-agent",
+        "the service identity"
+    );
+    assert_eq!(echoed["headers"]["x-forwarded-name"], "CI agent");
+
+    let wrong = token(&t, &form("ci-agent", Some("not-the-secret-at-all"))).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let public = token(&t, &form("desktop-app", None)).await;
+    assert_eq!(public.status(), StatusCode::BAD_REQUEST);
+    let e: Value = public.json().await.unwrap();
+    assert_eq!(e["error"], "unauthorized_client");
+
+    // The declared app goes through the usual authorization flow.
+    let resp = crate::helpers::client()
+        .get(t.url(
+            "/authorize?response_type=code&client_id=desktop-app&redirect_uri=http%3A%2F%2F127.0.0.1%3A33418%2Fcallback&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert!(crate::flow::location(&resp).starts_with("/.auth/login?req="));
+
+    // A removed client is gone after a restart; a bad file stops startup.
+    std::fs::write(
+        &file,
+        "[[client]]\nid = \"desktop-app\"\nredirect_uris = [\"http://127.0.0.1:33418/callback\"]\n",
+    )
+    .unwrap();
+    let data = p.stop().await;
+    let p = crate::helpers::start_proxy_with(
+        &["--clients-file", &path, &up.url("/mcp")],
+        mcp_auth_proxy::clock::Clock::system(),
+        data,
+    )
+    .await;
+    let gone = token(
+        &p.target(),
+        &form("ci-agent", Some("a-long-random-agent-secret")),
+    )
+    .await;
+    assert_eq!(gone.status(), StatusCode::UNAUTHORIZED);
+}
