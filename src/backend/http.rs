@@ -370,7 +370,7 @@ impl HttpBackend {
             if HOP_BY_HOP.contains(&n)
                 || connection_listed.iter().any(|c| c == n)
                 || IDENTITY_HEADERS.contains(&n)
-                || self.is_identity_header(name)
+                || super::identity::is_ours(&self.opts, name)
                 || matches!(
                     n,
                     "host" | "authorization" | "origin" | "cookie" | "forwarded"
@@ -416,19 +416,9 @@ impl HttpBackend {
             out.insert(name.clone(), value.clone());
         }
         if let Some(id) = identity {
-            self.identity_headers(&mut out, id);
+            super::identity::insert(&self.opts, &mut out, id);
         }
         out
-    }
-
-    /// Whether `name` is one of the headers only we may set (configured identity names and
-    /// `--header-mapping` targets).
-    fn is_identity_header(&self, name: &HeaderName) -> bool {
-        super::identity::is_ours(&self.opts, name)
-    }
-
-    fn identity_headers(&self, out: &mut HeaderMap, id: &Identity) {
-        super::identity::insert(&self.opts, out, id);
     }
 
     /// The upstream's answer as ours: status and end-to-end headers kept, body streamed.

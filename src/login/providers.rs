@@ -542,7 +542,7 @@ impl Provider {
             .map_err(|e| SignInError::Token(describe_token_error(&e)))?;
         let access = answer.access_token().secret().clone();
         let identity = match &self.kind {
-            Kind::Google(_) => google_identity(http, self.userinfo_url(), &access).await,
+            Kind::Google(g) => google_identity(http, g.userinfo_url.as_str(), &access).await,
             Kind::GitHub(cfg) => github_identity(http, cfg, &access).await,
             Kind::Oidc(oidc) => {
                 let id_token = answer
@@ -576,13 +576,6 @@ impl Provider {
             now,
             Some(refresh.to_string()),
         ))
-    }
-
-    fn userinfo_url(&self) -> &str {
-        match &self.kind {
-            Kind::Google(g) => g.userinfo_url.as_str(),
-            _ => "",
-        }
     }
 
     /// Whether today's allow-lists admit `identity`.

@@ -244,21 +244,22 @@ async fn fetch_metadata(pebble: &Pebble, tls_port: u16, wait_secs: u64) -> Vec<u
     panic!("no trusted certificate within {wait_secs} s: {last}");
 }
 
+/// pebble on two fresh ports and a proxy obtaining its certificate from it (by HTTP-01 or
+/// TLS-ALPN-01) in a new data directory.
+async fn issued(http01: bool) -> (Pebble, u16, u16, TestProxy) {
+    let (http_port, tls_port) = (free_port(), free_port());
+    let pebble = start_pebble(http_port, tls_port).await;
+    let data = tempfile::tempdir().unwrap();
+    let p = proxy(&pebble, http_port, tls_port, http01, data).await;
+    (pebble, http_port, tls_port, p)
+}
+
 #[tokio::test]
 async fn a_certificate_by_tls_alpn_01_is_cached_across_a_restart() {
     if skip() {
         return;
     }
-    let (http_port, tls_port) = (free_port(), free_port());
-    let pebble = start_pebble(http_port, tls_port).await;
-    let p = proxy(
-        &pebble,
-        http_port,
-        tls_port,
-        false,
-        tempfile::tempdir().unwrap(),
-    )
-    .await;
+    let (pebble, http_port, tls_port, p) = issued(false).await;
     let first = fetch_metadata(&pebble, tls_port, 30).await;
 
     // A restart serves the cached certificate: the same one, no new order.
@@ -274,16 +275,7 @@ async fn a_certificate_by_http_01_on_the_plain_listener() {
     if skip() {
         return;
     }
-    let (http_port, tls_port) = (free_port(), free_port());
-    let pebble = start_pebble(http_port, tls_port).await;
-    let p = proxy(
-        &pebble,
-        http_port,
-        tls_port,
-        true,
-        tempfile::tempdir().unwrap(),
-    )
-    .await;
+    let (pebble, http_port, tls_port, p) = issued(true).await;
     fetch_metadata(&pebble, tls_port, 30).await;
     // Everything else on the plain listener goes to https.
     let r = crate::helpers::client()

@@ -308,13 +308,7 @@ impl Child {
         if let Some(kill) = self.kill.lock().ok().and_then(|mut k| k.take()) {
             let _ = kill.send(());
         }
-        self.init.send_if_modified(|i| {
-            let waiting = *i == Init::Sent;
-            if waiting {
-                *i = Init::Idle;
-            }
-            waiting
-        });
+        self.release_init();
         let (pending, sessions) = match self.routes.lock() {
             Ok(mut r) => {
                 r.progress.clear();
@@ -331,6 +325,18 @@ impl Child {
         for s in sessions {
             s.mark_closed();
         }
+    }
+
+    /// An `initialize` in flight will not be answered (its session or the child ended): the
+    /// next session initializes the child instead.
+    fn release_init(&self) {
+        self.init.send_if_modified(|i| {
+            let waiting = *i == Init::Sent;
+            if waiting {
+                *i = Init::Idle;
+            }
+            waiting
+        });
     }
 
     /// Shared mode: whether a new session's `initialize` goes to the child, is answered
@@ -563,13 +569,7 @@ impl Session {
         };
         if mine.iter().any(|p| p.initialize) {
             // The session that was initializing the shared child left: the next one will.
-            self.child.init.send_if_modified(|i| {
-                let waiting = *i == Init::Sent;
-                if waiting {
-                    *i = Init::Idle;
-                }
-                waiting
-            });
+            self.child.release_init();
         }
         for p in mine {
             p.stream.try_deliver(exited_error(p.client_id(), why));
