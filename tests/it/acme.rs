@@ -79,7 +79,21 @@ fn listener_cert(dir: &Path) -> String {
     ca.pem()
 }
 
+/// Starts pebble and its DNS server, retrying on fresh ports when either exits early (a port
+/// taken between choosing and binding it). pebble makes its keys at startup, which is slow on
+/// a busy machine: it gets a minute; its log is in the panic message if it never answers.
 async fn start_pebble(http_port: u16, tls_port: u16) -> Pebble {
+    let mut log = String::new();
+    for _ in 0..3 {
+        match try_start_pebble(http_port, tls_port).await {
+            Ok(p) => return p,
+            Err(e) => log = e,
+        }
+    }
+    panic!("pebble did not start:\n{log}");
+}
+
+async fn try_start_pebble(http_port: u16, tls_port: u16) -> Result<Pebble, String> {
     let dir = tempfile::tempdir().unwrap();
     let ca_pem = listener_cert(dir.path());
     let (api, mgmt, dns, dns_mgmt) = (free_port(), free_port(), udp_free_port(), free_port());
@@ -94,7 +108,8 @@ async fn start_pebble(http_port: u16, tls_port: u16) -> Pebble {
         "externalAccountBindingRequired": false,
     }});
     std::fs::write(dir.path().join("pebble.json"), config.to_string()).unwrap();
-    let dns_server = Command::new("pebble-challtestsrv")
+    let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+    let mut dns_server = Command::new("pebble-challtestsrv")
         .args([
             "-defaultIPv4",
             "127.0.0.1",
@@ -112,11 +127,11 @@ async fn start_pebble(http_port: u16, tls_port: u16) -> Pebble {
             &format!("127.0.0.1:{dns_mgmt}"),
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log("challtestsrv.log"))
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let pebble = Command::new("pebble")
+    let mut pebble = Command::new("pebble")
         .args([
             "-config",
             &dir.path().join("pebble.json").display().to_string(),
@@ -126,37 +141,54 @@ async fn start_pebble(http_port: u16, tls_port: u16) -> Pebble {
         .env("PEBBLE_VA_NOSLEEP", "1")
         .env("PEBBLE_WFE_NONCEREJECT", "0")
         .env("PEBBLE_AUTHZREUSE", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log("pebble.log"))
+        .stderr(log("pebble.err"))
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let p = Pebble {
-        _pebble: pebble,
-        _dns: dns_server,
-        directory: format!("https://127.0.0.1:{api}/dir"),
-        management: format!("https://127.0.0.1:{mgmt}"),
-        ca_pem,
-        dir,
-    };
-    let c = p.client();
-    for _ in 0..100 {
-        if c.get(&p.directory).send().await.is_ok() {
-            return p;
+    let client = pebble_client(&ca_pem);
+    let directory = format!("https://127.0.0.1:{api}/dir");
+    for _ in 0..600 {
+        if client.get(&directory).send().await.is_ok() {
+            return Ok(Pebble {
+                _pebble: pebble,
+                _dns: dns_server,
+                directory,
+                management: format!("https://127.0.0.1:{mgmt}"),
+                ca_pem,
+                dir,
+            });
+        }
+        let exited = matches!(pebble.try_wait(), Ok(Some(_)))
+            || matches!(dns_server.try_wait(), Ok(Some(_)));
+        if exited {
+            break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    panic!("pebble did not start");
+    let _ = pebble.kill().await;
+    let _ = dns_server.kill().await;
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    Err(format!(
+        "pebble: {}{}\nchalltestsrv: {}",
+        read("pebble.log"),
+        read("pebble.err"),
+        read("challtestsrv.log")
+    ))
+}
+
+/// A client trusting pebble's listener certificate.
+fn pebble_client(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .build()
+        .unwrap()
 }
 
 impl Pebble {
-    /// A client trusting pebble's listener certificate.
     fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .no_proxy()
-            .tls_certs_only([reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap()])
-            .build()
-            .unwrap()
+        pebble_client(&self.ca_pem)
     }
 
     /// The root pebble issues under (it changes every start).
