@@ -112,6 +112,20 @@ pub struct Cli {
     #[arg(long, env = "CLIENTS_FILE")]
     pub clients_file: Option<std::path::PathBuf>,
 
+    /// Refuse client ID metadata documents (https URLs used as client_id).
+    #[arg(long, env = "NO_CIMD")]
+    pub no_cimd: bool,
+
+    /// Hosts whose client metadata documents may be fetched from private or loopback
+    /// addresses (testing, private deployments; comma-separated).
+    #[arg(long, env = "CIMD_ALLOW_HOSTS", value_delimiter = ',')]
+    pub cimd_allow_hosts: Vec<String>,
+
+    /// PEM file of CA certificates trusted, besides the system's, for client metadata
+    /// documents (a private CA).
+    #[arg(long, env = "CIMD_CA_FILE")]
+    pub cimd_ca_file: Option<std::path::PathBuf>,
+
     /// Forward-auth endpoint for nginx auth_request, Traefik ForwardAuth, Caddy forward_auth
     /// (empty: off).
     #[arg(long, env = "FORWARD_AUTH_PATH", default_value = "/authenticate")]

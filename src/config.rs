@@ -286,6 +286,17 @@ pub struct AuthConfig {
     /// Lower-case private-use schemes allowed in redirect URIs.
     pub redirect_schemes: Vec<String>,
     pub providers: ProvidersConfig,
+    /// Client ID metadata documents: off (`--no-cimd`) or on.
+    pub cimd: Option<CimdOptions>,
+}
+
+/// How client ID metadata documents are fetched.
+#[derive(Debug, Clone, Default)]
+pub struct CimdOptions {
+    /// Lower-case hosts exempt from the public-address rule.
+    pub allow_hosts: Vec<String>,
+    /// Extra trusted CA certificates (PEM), read at startup.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl AuthConfig {
@@ -573,7 +584,48 @@ fn auth_config(cli: &Cli) -> Result<AuthConfig, ConfigError> {
         login_session_ttl: d("--login-session-ttl", &cli.login_session_ttl)?,
         redirect_schemes,
         providers,
+        cimd: cimd_options(cli)?,
     })
+}
+
+fn cimd_options(cli: &Cli) -> Result<Option<CimdOptions>, ConfigError> {
+    if cli.no_cimd {
+        return Ok(None);
+    }
+    let ca_pem = match &cli.cimd_ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| bad(format!("--cimd-ca-file {}: {e}", path.display())))?;
+            if reqwest::Certificate::from_pem_bundle(&pem).is_err() || !pem.starts_with(b"-----") {
+                return Err(bad(format!(
+                    "--cimd-ca-file {}: not PEM certificates",
+                    path.display()
+                )));
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    let allow_hosts = cli
+        .cimd_allow_hosts
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            let host = h.trim_start_matches('[').trim_end_matches(']');
+            if url::Host::parse(host).is_err() || h.contains(['/', ':']) && !h.starts_with('[') {
+                Err(bad(format!(
+                    "--cimd-allow-hosts entry {h:?} is not a host name (no scheme, port or path)"
+                )))
+            } else {
+                Ok(h)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(CimdOptions {
+        allow_hosts,
+        ca_pem,
+    }))
 }
 
 fn stdio_options(cli: &Cli) -> Result<StdioOptions, ConfigError> {

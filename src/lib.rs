@@ -74,6 +74,8 @@ pub enum RunError {
     Serve(std::io::Error),
     #[error("TLS: {0}")]
     Tls(#[from] server::tls::TlsError),
+    #[error("client metadata documents: the HTTP client could not be set up: {0}")]
+    Documents(String),
 }
 
 /// Secrets given through the environment that are not flags of their own.
@@ -312,6 +314,17 @@ pub async fn prepare(
         None
     };
 
+    let documents = match &config.auth.cimd {
+        Some(opts) => Some(
+            oauth::cimd::Documents::new(
+                opts,
+                config.auth.redirect_schemes.clone(),
+                repo.clock().clone(),
+            )
+            .map_err(|e| RunError::Documents(e.to_string()))?,
+        ),
+        None => None,
+    };
     let state = AppState::new(App {
         site,
         repo,
@@ -323,6 +336,7 @@ pub async fn prepare(
         forward_auth_path: config.forward_auth_path.clone(),
         assertion,
         client_credentials,
+        documents,
     });
     Ok(Prepared {
         shutdown_grace: config.shutdown_grace,

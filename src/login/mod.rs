@@ -100,9 +100,7 @@ pub(crate) async fn pending(
         .get::<AuthRequestRecord>(req.as_bytes())
         .await
         .ok()??;
-    let client = app
-        .repo
-        .get::<ClientRecord>(rec.client_id.as_bytes())
+    let client = crate::oauth::clients::find(&app.repo, app.documents.as_ref(), &rec.client_id)
         .await
         .ok()??;
     Some((rec, client))

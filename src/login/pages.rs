@@ -46,6 +46,8 @@ pub struct ConsentPage<'a> {
     pub site_name: &'a str,
     pub client_name: &'a str,
     pub client_id: &'a str,
+    /// Where the client's metadata document lives, when it has one.
+    pub document_host: Option<String>,
     pub redirect_host: &'a str,
     pub user: &'a str,
     pub scopes: Vec<&'static str>,

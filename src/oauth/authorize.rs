@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use url::Url;
 
+use super::clients::{LookupError, find};
 use super::form::Params;
 use super::redirect_uri::find_match;
 use super::{granted_scopes, pkce, resource, tokens};
@@ -105,7 +106,7 @@ pub async fn authorize(
             "The app did not say who it is (client_id is missing).",
         );
     };
-    let client = match app.repo.get::<ClientRecord>(client_id.as_bytes()).await {
+    let client = match find(&app.repo, app.documents.as_ref(), client_id).await {
         Ok(Some(c)) => c,
         Ok(None) => {
             return person_error(
@@ -114,7 +115,17 @@ pub async fn authorize(
                 "This app is not registered here, or its registration expired. Reconnect it from the app.",
             );
         }
-        Err(e) => return store_failure_page(&app, e),
+        Err(LookupError::Document(e)) => {
+            return person_error(
+                &app,
+                "This app cannot be used",
+                &format!(
+                    "The app describes itself at {}, and that description cannot be used: {}. Nothing was sent to the app.",
+                    e.url, e.why
+                ),
+            );
+        }
+        Err(LookupError::Store(e)) => return store_failure_page(&app, e),
     };
     let given_redirect = params.get("redirect_uri");
     let redirect_uri = match given_redirect {

@@ -7,9 +7,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use subtle::ConstantTimeEq;
 
+use super::cimd::{DocumentError, Documents, is_document_id};
 use super::form::Params;
 use crate::error::{OAuthError, OAuthErrorCode};
-use crate::store::{ClientRecord, Repo, TokenHash};
+use crate::store::{ClientRecord, Repo, StoreError, TokenHash};
 
 /// Token endpoint authentication methods.
 pub const NONE: &str = "none";
@@ -57,9 +58,44 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OA
     )))
 }
 
+/// Why a client could not be looked up.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+}
+
+impl From<LookupError> for OAuthError {
+    fn from(e: LookupError) -> Self {
+        match e {
+            LookupError::Store(e) => e.into(),
+            LookupError::Document(e) => invalid_client(false, &e.to_string()),
+        }
+    }
+}
+
+/// The client called `client_id`: registered or declared (in the store), or described by
+/// its metadata document when the id is one and documents are on.
+pub async fn find(
+    repo: &Repo,
+    documents: Option<&Documents>,
+    client_id: &str,
+) -> Result<Option<ClientRecord>, LookupError> {
+    if let Some(c) = repo.get::<ClientRecord>(client_id.as_bytes()).await? {
+        return Ok(Some(c));
+    }
+    match documents {
+        Some(d) if is_document_id(client_id) => Ok(Some(d.client(client_id).await?)),
+        _ => Ok(None),
+    }
+}
+
 /// Authenticates the client of a token or revocation request.
 pub async fn authenticate(
     repo: &Repo,
+    documents: Option<&Documents>,
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<ClientRecord, OAuthError> {
@@ -94,7 +130,7 @@ pub async fn authenticate(
         }
     };
     let is_basic = method == SECRET_BASIC;
-    let Some(client) = repo.get::<ClientRecord>(client_id.as_bytes()).await? else {
+    let Some(client) = find(repo, documents, &client_id).await? else {
         return Err(invalid_client(is_basic, "unknown client"));
     };
     if client.token_endpoint_auth_method != method {

@@ -8,6 +8,8 @@ use axum::response::Response;
 use url::Url;
 
 use super::authorize::{ClientRedirect, issue_code};
+use super::cimd::document_host;
+use super::clients::{LookupError, find};
 use super::describe_scope;
 use super::form::Params;
 use crate::config::is_loopback_host;
@@ -104,6 +106,23 @@ pub fn warnings(client_name: Option<&str>, redirect_uri: &str) -> Vec<String> {
     out
 }
 
+/// A metadata document anyone could publish that only names programs on this computer:
+/// nothing ties the app to its description's host.
+fn document_warning(client: &ClientRecord) -> Option<String> {
+    let host = document_host(&client.client_id)?;
+    let all_loopback = client.redirect_uris.iter().all(|r| {
+        Url::parse(r)
+            .ok()
+            .and_then(|u| u.host_str().map(is_loopback_host))
+            .unwrap_or(false)
+    });
+    all_loopback.then(|| {
+        format!(
+            "This app is described by {host}, but it only returns to programs on this computer, so anyone could have started it under that name. Continue only if you just started it yourself."
+        )
+    })
+}
+
 fn looks_like_host(t: &str) -> bool {
     let labels: Vec<&str> = t.split('.').collect();
     labels.len() >= 2
@@ -140,12 +159,22 @@ async fn context(
         .await
         .map_err(fail)?
         .ok_or_else(expired)?;
-    let client = app
-        .repo
-        .get::<ClientRecord>(req.client_id.as_bytes())
-        .await
-        .map_err(fail)?
-        .ok_or_else(expired)?;
+    let client = match find(&app.repo, app.documents.as_ref(), &req.client_id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return Err(expired()),
+        Err(LookupError::Store(e)) => return Err(fail(e)),
+        Err(LookupError::Document(e)) => {
+            return Err(error_page(
+                &name,
+                StatusCode::BAD_GATEWAY,
+                "This app cannot be used",
+                &format!(
+                    "Its description at {} cannot be used now: {}.",
+                    e.url, e.why
+                ),
+            ));
+        }
+    };
     let session = crate::login::session::current(&app.repo, &app.authn.cookies, headers)
         .await
         .map_err(fail)?
@@ -191,7 +220,11 @@ pub async fn consent_get(
         redirect_host: &redirect_host(&req.redirect_uri),
         user: display_name(&session.identity),
         scopes: req.scopes.iter().map(|s| describe_scope(s)).collect(),
-        warnings: warnings(client.client_name.as_deref(), &req.redirect_uri),
+        document_host: document_host(&client.client_id),
+        warnings: warnings(client.client_name.as_deref(), &req.redirect_uri)
+            .into_iter()
+            .chain(document_warning(&client))
+            .collect(),
         csrf: &csrf,
         req: &req_id,
     };

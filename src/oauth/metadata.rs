@@ -78,6 +78,9 @@ pub struct AuthorizationServerMetadata {
     /// The keys of our identity assertions, when they are sent upstream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
+    /// Client ID metadata documents are accepted (unless `--no-cimd`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub client_id_metadata_document_supported: bool,
 }
 
 impl AuthorizationServerMetadata {
@@ -100,6 +103,7 @@ impl AuthorizationServerMetadata {
             authorization_response_iss_parameter_supported: true,
             service_documentation: "https://modelcontextprotocol.io/specification/2025-11-25/basic/authorization",
             jwks_uri: None,
+            client_id_metadata_document_supported: false,
         }
     }
 }
@@ -110,6 +114,7 @@ pub async fn authorization_server(State(app): State<AppState>) -> Response {
     if app.assertion.is_some() {
         doc.jwks_uri = Some(app.site.origin.join(crate::assertion::JWKS_PATH));
     }
+    doc.client_id_metadata_document_supported = app.documents.is_some();
     if app.client_credentials {
         doc.grant_types_supported.push("client_credentials");
     }

@@ -1,8 +1,9 @@
 //! The OAuth 2.1 authorization server (draft-ietf-oauth-v2-1) for MCP clients: metadata
 //! (RFC 8414, RFC 9728), dynamic registration (RFC 7591/7592), the authorization endpoint
-//! with PKCE and consent, the token endpoint, revocation (RFC 7009).
+//! with PKCE and consent, client ID metadata documents, the token endpoint, revocation (RFC 7009).
 
 pub mod authorize;
+pub mod cimd;
 pub mod clients;
 pub mod consent;
 pub mod form;

@@ -21,7 +21,8 @@ pub async fn revoke(
 ) -> Result<Response, OAuthError> {
     let body = body.map_err(body_error)?;
     let params = form_body(&headers, &body)?;
-    let client = clients::authenticate(&app.repo, &headers, &params).await?;
+    let client =
+        clients::authenticate(&app.repo, app.documents.as_ref(), &headers, &params).await?;
     let token = params.get("token").ok_or_else(|| {
         OAuthError::bad_request(OAuthErrorCode::InvalidRequest, "token is required")
     })?;

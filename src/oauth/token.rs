@@ -73,7 +73,8 @@ pub async fn token(
 ) -> Result<Response, OAuthError> {
     let body = body.map_err(body_error)?;
     let params = form_body(&headers, &body)?;
-    let client = clients::authenticate(&app.repo, &headers, &params).await?;
+    let client =
+        clients::authenticate(&app.repo, app.documents.as_ref(), &headers, &params).await?;
     if let Some(r) = params.get("resource")
         && !resource::matches(&app.site.resource, r)
     {

@@ -58,6 +58,8 @@ pub struct App {
     pub assertion: Option<crate::assertion::Signer>,
     /// Whether a declared client may use `client_credentials` (advertised then).
     pub client_credentials: bool,
+    /// Client ID metadata documents, unless `--no-cimd`.
+    pub documents: Option<crate::oauth::cimd::Documents>,
 }
 
 /// The shared [`App`], as handlers receive it: one pointer to clone per request.

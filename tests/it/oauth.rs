@@ -187,11 +187,8 @@ async fn metadata_advertises_exactly_what_exists() {
     );
     assert_eq!(m["authorization_response_iss_parameter_supported"], true);
     assert_eq!(m["scopes_supported"], json!(["mcp", "offline_access"]));
-    for absent in [
-        "jwks_uri",
-        "client_id_metadata_document_supported",
-        "introspection_endpoint",
-    ] {
+    assert_eq!(m["client_id_metadata_document_supported"], true);
+    for absent in ["jwks_uri", "introspection_endpoint"] {
         assert!(m.get(absent).is_none(), "{absent} must not be advertised");
     }
     let suffixed: Value = client()

@@ -8,12 +8,12 @@ use reqwest::{StatusCode, header};
 
 use crate::helpers::{TestProxy, start_proxy};
 
-struct Ca {
-    cert: rcgen::Certificate,
+pub struct Ca {
+    pub cert: rcgen::Certificate,
     key: KeyPair,
 }
 
-fn ca() -> Ca {
+pub fn ca() -> Ca {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -27,7 +27,7 @@ fn ca() -> Ca {
 }
 
 /// Writes a leaf for localhost signed by `ca` to `dir` (cert.pem, key.pem); returns its DER.
-fn leaf(ca: &Ca, dir: &Path, cn: &str) -> Vec<u8> {
+pub fn leaf(ca: &Ca, dir: &Path, cn: &str) -> Vec<u8> {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
     params
