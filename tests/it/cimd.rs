@@ -18,8 +18,8 @@ use crate::helpers::{TEST_PASSWORD, TestProxy, client, start_proxy};
 use crate::tls::{ca, leaf};
 
 /// An HTTPS server for `localhost` publishing client metadata documents.
-struct DocServer {
-    origin: String,
+pub struct DocServer {
+    pub origin: String,
     fetches: Arc<AtomicUsize>,
     ca_file: std::path::PathBuf,
     _dir: tempfile::TempDir,
@@ -33,11 +33,16 @@ impl Drop for DocServer {
 }
 
 impl DocServer {
-    fn id(&self, path: &str) -> String {
+    pub fn id(&self, path: &str) -> String {
         format!("{}{path}", self.origin)
     }
 
     async fn start() -> DocServer {
+        Self::start_with(|_| Vec::new()).await
+    }
+
+    /// Also serves `extra(origin)`: paths and their documents.
+    pub async fn start_with(extra: impl Fn(&str) -> Vec<(&'static str, Value)>) -> DocServer {
         let dir = tempfile::tempdir().unwrap();
         let ca = ca();
         leaf(&ca, dir.path(), "documents");
@@ -64,7 +69,12 @@ impl DocServer {
         let good = doc(&origin, "/client.json", json!([crate::flow::REDIRECT]));
         let web = doc(&origin, "/web.json", json!(["https://app.example/cb"]));
         let other = doc("https://elsewhere.example", "/client.json", json!([]));
-        let app = Router::new()
+        let mut app = Router::new();
+        for (path, doc) in extra(&origin) {
+            let body = doc.to_string();
+            app = app.route(path, get(move || async move { body }));
+        }
+        let app = app
             .route(
                 "/client.json",
                 get(move |h: HeaderMap| {
@@ -143,11 +153,17 @@ impl DocServer {
     }
 
     async fn proxy(&self, allow: bool) -> TestProxy {
+        self.proxy_with(allow, &[]).await
+    }
+
+    /// A proxy trusting this server's CA, allowing its host when `allow`, with `rest`.
+    pub async fn proxy_with(&self, allow: bool, rest: &[&str]) -> TestProxy {
         let ca = self.ca_file.display().to_string();
         let mut args = vec!["--cimd-ca-file", ca.as_str()];
         if allow {
             args.extend(["--cimd-allow-hosts", "localhost"]);
         }
+        args.extend(rest);
         start_proxy(&args).await
     }
 }

@@ -11,6 +11,7 @@ mod helpers;
 mod oauth;
 mod providers;
 mod proxy;
+mod quirks;
 mod stdio;
 mod store;
 mod tls;
