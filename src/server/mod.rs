@@ -193,10 +193,13 @@ async fn proxy(
         Err(e) => return e.into_response(&app.site),
     };
     if let Some(stdio) = &app.stdio_backend {
-        if req.uri().path() != app.site.mcp_path {
-            return jsonrpc_error(StatusCode::NOT_FOUND, "not found");
-        }
-        return stdio.handle(&caller, req).await;
+        use crate::backend::stdio::bridge::legacy::{MESSAGES_PATH, SSE_PATH};
+        return match req.uri().path() {
+            p if p == app.site.mcp_path => stdio.handle(&caller, req).await,
+            SSE_PATH => stdio.legacy_sse(&caller, req.method(), req.headers()),
+            MESSAGES_PATH => stdio.legacy_message(&caller, req).await,
+            _ => jsonrpc_error(StatusCode::NOT_FOUND, "not found"),
+        };
     }
     let Some(backend) = &app.http_backend else {
         return jsonrpc_error(

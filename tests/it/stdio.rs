@@ -799,3 +799,136 @@ async fn each_child_knows_its_user_by_the_variables_named() {
     );
     assert_eq!(env_of(bob, sb, "MCP_GROUPS").await, "<unset>");
 }
+
+/// Reads SSE events from a legacy stream until `want` of them arrived: `(event, data)`.
+async fn legacy_events(
+    stream: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    buf: &mut String,
+    want: usize,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while out.len() < want {
+        while let Some(end) = buf.find("\n\n") {
+            let ev: String = buf.drain(..end + 2).collect();
+            let field = |name: &str| {
+                ev.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            out.push((field("event"), field("data")));
+        }
+        if out.len() >= want {
+            break;
+        }
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the stream is open")
+            .unwrap();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_2024_11_05_sse_transport_is_gated_owned_and_ends_with_its_stream() {
+    let p = bridge().await;
+    let alice = token_for(&p, "password:alice").await;
+    let bob = token_for(&p, "password:bob").await;
+    let open = |token: &str| {
+        client()
+            .get(p.url("/sse"))
+            .bearer_auth(token)
+            .header(header::ACCEPT, "text/event-stream")
+            .send()
+    };
+    assert_eq!(
+        client().get(p.url("/sse")).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let resp = open(&alice).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let first = legacy_events(&mut stream, &mut buf, 1).await;
+    assert_eq!(first[0].0, "endpoint");
+    let endpoint = first[0].1.clone();
+    assert!(endpoint.starts_with("/messages?sessionId="), "{endpoint}");
+
+    let post = |token: &str, path: &str, body: String| {
+        client()
+            .post(p.url(path))
+            .bearer_auth(token)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+    };
+    // The answer comes on the stream; the POST gets 202.
+    let resp = post(&alice, &endpoint, init_body(7)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let answer = legacy_events(&mut stream, &mut buf, 1).await;
+    assert_eq!(answer[0].0, "message");
+    let v: Value = serde_json::from_str(&answer[0].1).unwrap();
+    assert_eq!(v["id"], 7);
+    assert_eq!(v["result"]["serverInfo"]["name"], "misbehaving");
+
+    // Someone else's token on that session: as if it did not exist.
+    let ping = || json!({"jsonrpc":"2.0","id":8,"method":"ping"}).to_string();
+    assert_eq!(
+        post(&bob, &endpoint, ping()).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        post(&alice, "/messages", ping()).await.unwrap().status(),
+        StatusCode::BAD_REQUEST,
+        "no sessionId"
+    );
+    assert_eq!(
+        post(&alice, &endpoint, "[1,2]".into())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::BAD_REQUEST,
+        "no batches on this transport"
+    );
+    assert_eq!(
+        post(&alice, &endpoint, "{not json".into())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+    // A Streamable HTTP session is not a legacy one.
+    let sid = initialize(&p, &alice).await;
+    assert_eq!(
+        post(&alice, &format!("/messages?sessionId={sid}"), ping())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        client()
+            .post(p.url("/sse"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+
+    // Closing the stream ends the session.
+    drop(stream);
+    let mut gone = false;
+    for _ in 0..50 {
+        if post(&alice, &endpoint, ping()).await.unwrap().status() == StatusCode::NOT_FOUND {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the session ended with its stream");
+}

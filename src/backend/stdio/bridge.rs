@@ -26,6 +26,8 @@ use crate::error::jsonrpc_error;
 use crate::gate::Caller;
 use crate::oauth::tokens;
 
+pub mod legacy;
+
 /// Protocol versions a client may name in `MCP-Protocol-Version`.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 
@@ -233,36 +235,24 @@ impl StdioBackend {
                 "Mcp-Session-Id is required",
             ));
         };
+        self.find(caller, id)
+            .ok_or_else(|| jsonrpc_error(StatusCode::NOT_FOUND, "session not found"))
+    }
+
+    /// The caller's live session `id` (touched), if there is one.
+    fn find(&self, caller: &Caller, id: &str) -> Option<Arc<Session>> {
         let found = self.sessions.lock().ok().and_then(|m| m.get(id).cloned());
-        match found {
-            Some(s) if !s.is_closed() && s.owner() == caller.subject() => {
-                s.touch();
-                Ok(s)
-            }
-            _ => Err(jsonrpc_error(StatusCode::NOT_FOUND, "session not found")),
-        }
+        found
+            .filter(|s| !s.is_closed() && s.owner() == caller.subject())
+            .inspect(|s| s.touch())
     }
 
     async fn post(&self, caller: &Caller, req: Request) -> Response {
         let wants_sse = accepts_sse(req.headers());
         let headers = req.headers().clone();
-        let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
-            Ok(b) => b,
-            Err(_) => {
-                return jsonrpc_error(StatusCode::PAYLOAD_TOO_LARGE, "the message is too large");
-            }
-        };
-        // One line per message on the child's stdin: re-encode a client's pretty-printed JSON.
-        let body = if body.contains(&b'\n') {
-            match serde_json::from_slice::<Value>(&body).and_then(|v| serde_json::to_vec(&v)) {
-                Ok(v) => Bytes::from(v),
-                Err(_) => Bytes::new(),
-            }
-        } else {
-            body
-        };
-        let Some(msg) = Message::parse(body) else {
-            return parse_error();
+        let msg = match read_message(req).await {
+            Ok(m) => m,
+            Err(r) => return r,
         };
         if msg.kind == Kind::Batch {
             return self.batch(caller, &headers, msg, wants_sse).await;
@@ -327,6 +317,28 @@ impl StdioBackend {
     /// the first session (`None`: this one goes to the child). The answer carries the new
     /// session's id header.
     async fn shared_initialize(&self, session: &Arc<Session>, id: &str) -> Option<Response> {
+        let body = match self.shared_init_answer(session, id).await? {
+            Ok(body) => body,
+            Err(r) => return Some(r),
+        };
+        let mut r = Response::new(Body::from(body));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Ok(v) = HeaderValue::from_str(session.mcp_id()) {
+            r.headers_mut().insert(MCP_SESSION_ID, v);
+        }
+        Some(r)
+    }
+
+    /// The JSON-RPC answer to a shared-mode session's `initialize` from the cached result
+    /// (`None`: this session's `initialize` goes to the child).
+    async fn shared_init_answer(
+        &self,
+        session: &Arc<Session>,
+        id: &str,
+    ) -> Option<Result<Bytes, Response>> {
         let result = loop {
             match session.child().begin_initialize() {
                 InitTurn::Send => return None,
@@ -337,10 +349,10 @@ impl StdioBackend {
                             .await;
                     if !matches!(waited, Ok(Ok(_))) || session.is_closed() {
                         self.forget(session, "the MCP server did not finish starting");
-                        return Some(jsonrpc_error(
+                        return Some(Err(jsonrpc_error(
                             StatusCode::GATEWAY_TIMEOUT,
                             "the MCP server did not finish starting",
-                        ));
+                        )));
                     }
                 }
             }
@@ -359,15 +371,7 @@ impl StdioBackend {
         body.extend_from_slice(br#","result":"#);
         body.extend_from_slice(&result);
         body.push(b'}');
-        let mut r = Response::new(Body::from(body));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Ok(v) = HeaderValue::from_str(session.mcp_id()) {
-            r.headers_mut().insert(MCP_SESSION_ID, v);
-        }
-        Some(r)
+        Some(Ok(Bytes::from(body)))
     }
 
     /// Ends a session and forgets it.
@@ -647,6 +651,23 @@ impl StdioBackend {
         }
         StatusCode::NO_CONTENT.into_response()
     }
+}
+
+/// The one client message of a POST body, on one line (a client's pretty-printed JSON is
+/// re-encoded: the child reads a message per line).
+async fn read_message(req: Request) -> Result<Message, Response> {
+    let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|_| jsonrpc_error(StatusCode::PAYLOAD_TOO_LARGE, "the message is too large"))?;
+    let body = if body.contains(&b'\n') {
+        match serde_json::from_slice::<Value>(&body).and_then(|v| serde_json::to_vec(&v)) {
+            Ok(v) => Bytes::from(v),
+            Err(_) => Bytes::new(),
+        }
+    } else {
+        body
+    };
+    Message::parse(body).ok_or_else(parse_error)
 }
 
 fn parse_error() -> Response {

@@ -436,6 +436,8 @@ pub struct Session {
     /// The latest streams, for resumption.
     recent: Mutex<VecDeque<StreamTx>>,
     get: Mutex<GetStream>,
+    /// The 2024-11-05 SSE connection every message of a legacy session goes to.
+    pub legacy: std::sync::OnceLock<mpsc::Sender<Bytes>>,
 }
 
 #[derive(Default)]
@@ -466,6 +468,7 @@ impl Session {
             next_stream: AtomicU64::new(1),
             recent: Mutex::new(VecDeque::new()),
             get: Mutex::new(GetStream::default()),
+            legacy: std::sync::OnceLock::new(),
         });
         if let Ok(mut r) = child.routes.lock() {
             r.sessions.retain(|s| s.strong_count() > 0);
