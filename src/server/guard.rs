@@ -85,12 +85,27 @@ pub fn host_allowed(site: &Site, authority: &str) -> bool {
     host == ours || (site.origin.is_loopback() && is_loopback_host(host))
 }
 
-/// Whether a browser `Origin` may call: ours, or listed in `--allowed-origins`.
+/// Whether a browser `Origin` may call: ours, or listed in `--allowed-origins`. A loopback
+/// origin also accepts its other loopback names on the same scheme and port (as the `Host`
+/// rule does: a page there is served by us).
 pub fn origin_allowed(site: &Site, origin: &str) -> bool {
     let Some(o) = normalize_origin(origin) else {
         return false;
     };
-    o == site.origin.as_str() || site.allowed_origins.contains(&o)
+    if o == site.origin.as_str() || site.allowed_origins.contains(&o) {
+        return true;
+    }
+    site.origin.is_loopback()
+        && url::Url::parse(&o).is_ok_and(|u| {
+            u.scheme()
+                == if site.origin.is_https() {
+                    "https"
+                } else {
+                    "http"
+                }
+                && u.port_or_known_default() == Some(site.origin.port())
+                && u.host_str().is_some_and(is_loopback_host)
+        })
 }
 
 /// Paths of the authorization server and the sign-in pages. Browsers reach them by
@@ -176,6 +191,17 @@ mod tests {
         assert!(!origin_allowed(&s, "http://mcp.example.com"));
         assert!(!origin_allowed(&s, "null"));
         assert!(!origin_allowed(&s, "https://mcp.example.com.evil.com"));
+
+        let l = site("http://127.0.0.1:8080", &[], &[]);
+        assert!(origin_allowed(&l, "http://localhost:8080"));
+        assert!(origin_allowed(&l, "http://[::1]:8080"));
+        assert!(!origin_allowed(&l, "http://localhost:8081"));
+        assert!(!origin_allowed(&l, "https://localhost:8080"));
+        assert!(!origin_allowed(&l, "http://evil.example.com:8080"));
+        assert!(
+            !origin_allowed(&s, "https://localhost"),
+            "only for a loopback site"
+        );
     }
 
     #[test]
