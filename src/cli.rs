@@ -180,6 +180,32 @@ pub struct Cli {
     #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT", default_value = "10s")]
     pub upstream_connect_timeout: String,
 
+    /// Time allowed for the MCP server to start answering (headers; an open stream is not
+    /// limited).
+    #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "60s")]
+    pub upstream_timeout: String,
+
+    /// Prometheus metrics address (`/metrics`, plus `/healthz` and `/readyz`); off when unset.
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+
+    /// Requests per minute per client IP on registration, token, revocation and provider
+    /// sign-in (0: no limit).
+    #[arg(long, env = "RATE_LIMIT", default_value_t = 120)]
+    pub rate_limit: u32,
+
+    /// Largest request body accepted on the MCP endpoint and proxied paths.
+    #[arg(long, env = "MAX_BODY", default_value = "4MiB")]
+    pub max_body: String,
+
+    /// Most connections served at once; more wait in the kernel's queue.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Time a client has to send a request's headers (slow clients are cut off).
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s")]
+    pub header_read_timeout: String,
+
     /// Shared password for the login page (hashed with bcrypt at startup, never stored).
     #[arg(long, env = "PASSWORD", hide_env_values = true)]
     pub password: Option<String>,

@@ -214,6 +214,8 @@ pub struct UpstreamOptions {
     /// Static headers, `--proxy-bearer-token` already folded in as `Authorization`.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub connect_timeout: Duration,
+    /// Until the upstream's response headers (`--upstream-timeout`).
+    pub response_timeout: Duration,
     /// Answer 405 to GET on the MCP path.
     pub streaming_only: bool,
     /// The identity headers' names.
@@ -343,6 +345,54 @@ pub struct Config {
     /// Threads serving connections (at least one).
     pub workers: usize,
     pub stdio: StdioOptions,
+    pub limits: Limits,
+}
+
+/// Protection against load and slow or oversized clients.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `--metrics-listen`.
+    pub metrics_listen: Option<ListenAddr>,
+    /// Requests per minute per client IP on the rate-limited endpoints (0: off).
+    pub rate_limit: u32,
+    pub max_body: usize,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            metrics_listen: None,
+            rate_limit: 120,
+            max_body: 4 * 1024 * 1024,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A size: `1048576`, `512KiB`, `4MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
+pub fn parse_size(flag: &str, s: &str) -> Result<usize, ConfigError> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: usize = n
+        .parse()
+        .map_err(|_| bad(format!("{flag} {s:?} is not a size like 4MiB")))?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return Err(bad(format!("{flag} {s:?} is not a size like 4MiB"))),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| bad(format!("{flag} {s:?} is out of range")))
 }
 
 impl Config {
@@ -484,6 +534,7 @@ impl Config {
             upstream: UpstreamOptions {
                 headers,
                 connect_timeout,
+                response_timeout: parse_duration("--upstream-timeout", &cli.upstream_timeout)?,
                 streaming_only: cli.http_streaming_only,
                 identity: IdentityHeaders {
                     user: header_name("--user-header", &cli.user_header)?,
@@ -498,6 +549,21 @@ impl Config {
             },
             auth,
             shutdown_grace: parse_duration("--shutdown-grace", &cli.shutdown_grace)?,
+            limits: Limits {
+                metrics_listen: cli
+                    .metrics_listen
+                    .as_deref()
+                    .filter(|s| !s.trim().is_empty())
+                    .map(ListenAddr::parse)
+                    .transpose()?,
+                rate_limit: cli.rate_limit,
+                max_body: parse_size("--max-body", &cli.max_body)?,
+                max_connections: cli.max_connections.max(1),
+                header_read_timeout: parse_duration(
+                    "--header-read-timeout",
+                    &cli.header_read_timeout,
+                )?,
+            },
             workers: match cli.workers {
                 0 => crate::server::workers::default_count(),
                 n => n,

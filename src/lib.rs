@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod gate;
 pub mod login;
+pub mod metrics;
 pub mod oauth;
 pub mod server;
 pub mod store;
@@ -137,7 +138,11 @@ struct TlsSetup {
 }
 
 /// Loads the certificate files and builds the acceptor.
-fn tls_setup(tls: &config::TlsConfig, repo: &Repo) -> Result<TlsSetup, RunError> {
+fn tls_setup(
+    tls: &config::TlsConfig,
+    repo: &Repo,
+    metrics: &metrics::Metrics,
+) -> Result<TlsSetup, RunError> {
     match &tls.source {
         config::TlsSource::Files { cert, key } => {
             let pair = server::tls::load_pair(cert, key)?;
@@ -150,7 +155,8 @@ fn tls_setup(tls: &config::TlsConfig, repo: &Repo) -> Result<TlsSetup, RunError>
             })
         }
         config::TlsSource::Acme(opts) => {
-            let acme = server::acme::Acme::new(opts, repo.clone())?;
+            let mut acme = server::acme::Acme::new(opts, repo.clone())?;
+            acme.events = Some(metrics.acme.clone());
             let extra: &[&[u8]] = if opts.http01 {
                 &[]
             } else {
@@ -179,6 +185,10 @@ pub struct Prepared {
     pub shutdown_grace: Duration,
     /// How many worker threads serve connections.
     pub workers: usize,
+    pub limits: config::Limits,
+    /// `--metrics-listen`, bound.
+    pub metrics_listener: Option<TcpListener>,
+    pub metrics_local_addr: Option<SocketAddr>,
 }
 
 /// Opens the store, loads keys, binds the listener and builds the state; logs the banner.
@@ -194,12 +204,13 @@ pub async fn prepare(
         secrets.auth_hmac_secret.as_ref().map(|s| s.expose()),
     )?;
     let repo = Repo::new(Arc::new(store), keys, clock);
+    let metrics = Arc::new(metrics::Metrics::new());
 
     let listener = bind(&config.listen).await?;
     let local_addr = listener.local_addr().map_err(RunError::Serve)?;
     let (tls_listener, tls_local_addr, tls) = match &config.tls {
         Some(t) => {
-            let setup = tls_setup(t, &repo)?;
+            let setup = tls_setup(t, &repo, &metrics)?;
             let l = bind(&t.listen).await?;
             let addr = l.local_addr().map_err(RunError::Serve)?;
             (Some(l), Some(addr), Some(setup))
@@ -262,6 +273,7 @@ pub async fn prepare(
                 config.stdio.warm_spare,
                 config.stdio.shared,
                 config.stdio.identity_env.clone(),
+                metrics.children.clone(),
             ))
         }
         _ => None,
@@ -314,6 +326,10 @@ pub async fn prepare(
         None
     };
 
+    let cert = tls.as_ref().map(|t| match &t.acme {
+        Some(acme) => acme.ready.clone(),
+        None => server::health::CertReady::ready(),
+    });
     let documents = match &config.auth.cimd {
         Some(opts) => Some(
             oauth::cimd::Documents::new(
@@ -337,10 +353,26 @@ pub async fn prepare(
         assertion,
         client_credentials,
         documents,
+        metrics,
+        cert,
+        rate_limiter: (config.limits.rate_limit > 0)
+            .then(|| server::ratelimit::RateLimiter::new(config.limits.rate_limit)),
+        max_body: config.limits.max_body,
     });
+    let metrics_listener = match &config.limits.metrics_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let metrics_local_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(a) = metrics_local_addr {
+        tracing::info!("metrics on http://{a}/metrics");
+    }
     Ok(Prepared {
         shutdown_grace: config.shutdown_grace,
         workers: config.workers,
+        limits: config.limits.clone(),
+        metrics_listener,
+        metrics_local_addr,
         tls_listener,
         tls_local_addr,
         tls,
@@ -413,16 +445,37 @@ pub async fn serve(
         workers,
         tls_listener,
         tls,
+        limits,
+        metrics_listener,
         ..
     } = prepared;
+    let (header_read_timeout, max_connections) =
+        (limits.header_read_timeout, limits.max_connections);
     let repo = state.repo.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let sweeper = tokio::spawn(sweep_loop(repo.clone(), stop_rx.clone()));
+    let sweeper = tokio::spawn(sweep_loop(state.clone(), stop_rx.clone()));
     let reaper = state
         .stdio_backend
         .is_some()
         .then(|| tokio::spawn(reap_loop(state.clone(), stop_rx)));
 
+    let metrics_task = metrics_listener.map(|l| {
+        let app = server::metrics_router(state.clone());
+        let mut stop = stop_tx.subscribe();
+        tokio::spawn(async move {
+            let served = axum::serve(
+                l,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "the metrics listener failed");
+            }
+        })
+    });
     let state_for_shutdown = state.clone();
     let files = tls
         .as_ref()
@@ -440,16 +493,21 @@ pub async fn serve(
             if let Some(acme) = t.acme.take() {
                 acme_task = Some(tokio::spawn(acme.run(stop_tx.subscribe())));
             }
+            let plain_routes = http01
+                .unwrap_or_default()
+                .merge(server::health::routes(state.clone()));
             server::workers::Apps {
                 main: server::tls::with_hsts(server::router(state)),
-                plain: Some(server::tls::redirect_router(origin, http01)),
+                plain: Some(server::tls::redirect_router(origin, Some(plain_routes))),
                 tls: Some(t.acceptor),
+                header_read_timeout,
             }
         }
         None => server::workers::Apps {
             main: server::router(state),
             plain: None,
             tls: None,
+            header_read_timeout,
         },
     };
     let mut workers = server::workers::Workers::start(workers, apps).map_err(RunError::Serve)?;
@@ -457,12 +515,21 @@ pub async fn serve(
     // finishes by itself, so after `--shutdown-grace` the remaining connections are dropped
     // and the process still exits cleanly.
     tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
+        // At --max-connections, accepting waits (new clients queue in the kernel's backlog).
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = accept_either(&listener, tls_listener.as_ref()) => match accepted {
                 Ok((stream, peer, from)) => match stream.into_std() {
-                    Ok(stream) => workers.dispatch(stream, peer, from),
+                    Ok(stream) => workers.dispatch(stream, peer, from, slot),
                     Err(e) => tracing::debug!(error = %e, "could not hand over a connection"),
                 },
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -495,6 +562,9 @@ pub async fn serve(
     }
     if let Some(a) = acme_task {
         let _ = a.await;
+    }
+    if let Some(m) = metrics_task {
+        let _ = m.await;
     }
     if let Some(r) = reaper {
         let _ = r.await;
@@ -548,11 +618,15 @@ async fn reap_loop(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>
 }
 
 /// Deletes expired records every [`SWEEP_INTERVAL`] until told to stop.
-async fn sweep_loop(repo: Repo, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn sweep_loop(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let repo = state.repo.clone();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
             _ = stop.changed() => return,
+        }
+        if let Some(l) = &state.rate_limiter {
+            l.prune();
         }
         match repo.sweep().await {
             Ok(0) => {}

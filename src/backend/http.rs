@@ -113,6 +113,26 @@ pub struct ClientInfo {
 impl HttpBackend {
     /// A client for `base`. Redirects are never followed by the client (see `forward`), and
     /// a reverse proxy talks to its backend directly, whatever `HTTP_PROXY` says.
+    /// Whether the upstream accepts a TCP connection within `limit` (readiness; no request
+    /// is sent).
+    pub async fn reachable(&self, limit: std::time::Duration) -> Result<(), String> {
+        let host = self
+            .base
+            .host_str()
+            .unwrap_or_default()
+            .trim_matches(['[', ']']);
+        let port = self.base.port_or_known_default().unwrap_or(80);
+        match tokio::time::timeout(limit, tokio::net::TcpStream::connect((host, port))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!(
+                "the MCP server at {host}:{port} refuses connections: {e}"
+            )),
+            Err(_) => Err(format!(
+                "the MCP server at {host}:{port} did not accept a connection in time"
+            )),
+        }
+    }
+
     pub fn new(
         base: Url,
         opts: UpstreamOptions,
@@ -271,10 +291,21 @@ impl HttpBackend {
                     .headers_mut()
                     .insert(HeaderName::from_static("x-forwarded-access-token"), v);
             }
-            let sent = self.client().request(upstream_req).await;
+            let sent = tokio::time::timeout(
+                self.opts.response_timeout,
+                self.client().request(upstream_req),
+            )
+            .await;
             let resp = match sent {
-                Ok(r) => r,
-                Err(e) => {
+                Ok(Ok(r)) => r,
+                Err(_) => {
+                    tracing::warn!(upstream = %redact(&url), "the MCP server did not answer in time");
+                    return jsonrpc_error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the MCP server did not answer in time",
+                    );
+                }
+                Ok(Err(e)) => {
                     tracing::warn!(upstream = %redact(&url), error = %e, "upstream request failed");
                     let msg = if e.is_connect() {
                         "the MCP server is unreachable"

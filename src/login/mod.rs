@@ -266,6 +266,7 @@ pub async fn login_post(
     let ip = client_ip(&app.site, peer.ip(), &headers);
     let now = app.repo.clock().now();
     if let Err(secs) = app.authn.lockout.check(ip, now) {
+        app.metrics.sign_in("password", "locked_out");
         return locked_out(&app, &headers, req, secs).await;
     }
     let Some(verifier) = &app.authn.password else {
@@ -282,6 +283,7 @@ pub async fn login_post(
     let candidate = Zeroizing::new(params.get("password").unwrap_or_default().to_string());
     if !verifier.verify(candidate).await {
         tracing::info!(client_ip = %ip, "failed password sign-in");
+        app.metrics.sign_in("password", "failure");
         if let Some(secs) = app.authn.lockout.fail(ip, now) {
             tracing::warn!(client_ip = %ip, seconds = secs, "too many failed passwords: locked");
             return locked_out(&app, &headers, req, secs).await;
@@ -297,6 +299,7 @@ pub async fn login_post(
         .await;
     }
     app.authn.lockout.succeed(ip);
+    app.metrics.sign_in("password", "success");
     let identity = app.authn.password_identity(verifier);
     let ttl = app.authn.cfg.login_session_ttl.as_secs();
     let token = match session::create(&app.repo, identity, ttl).await {

@@ -164,6 +164,7 @@ pub async fn callback(
             error,
             "the provider did not sign the user in"
         );
+        app.metrics.sign_in(p.id, "cancelled");
         return fail(
             StatusCode::FORBIDDEN,
             "Sign-in cancelled",
@@ -192,6 +193,7 @@ pub async fn callback(
         Ok(i) => i,
         Err(SignInError::Unverified) => {
             tracing::info!(provider = p.id, "sign-in refused: no verified email");
+            app.metrics.sign_in(p.id, "denied");
             return fail(
                 StatusCode::FORBIDDEN,
                 "Email not verified",
@@ -200,6 +202,7 @@ pub async fn callback(
         }
         Err(e) => {
             tracing::warn!(provider = p.id, error = %e, "sign-in at the provider failed");
+            app.metrics.sign_in(p.id, "error");
             return fail(
                 StatusCode::BAD_GATEWAY,
                 "Sign-in failed",
@@ -212,6 +215,7 @@ pub async fn callback(
     };
     if !p.allows(&identity) {
         tracing::info!(provider = p.id, user = %identity.user_id, "sign-in refused: not on the allow-list");
+        app.metrics.sign_in(p.id, "denied");
         return denied(
             &app,
             &headers,
@@ -228,6 +232,7 @@ pub async fn callback(
     }
     let ttl = app.authn.cfg.login_session_ttl.as_secs();
     tracing::info!(provider = p.id, user = %identity.user_id, "signed in");
+    app.metrics.sign_in(p.id, "success");
     let token = match super::session::create(&app.repo, identity, ttl).await {
         Ok(t) => t,
         Err(e) => return store_failure_page(&app, e),

@@ -43,6 +43,7 @@ pub async fn revoke(
             }
             TokenKind::Refresh => revoke_family(&app, &rec.grant_id).await?,
         }
+        app.metrics.token("revoked");
         tracing::info!(client_id = %client.client_id, kind = ?rec.kind, "revoked a token");
     }
     let mut resp = StatusCode::OK.into_response();

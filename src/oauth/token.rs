@@ -83,10 +83,10 @@ pub async fn token(
             "this server only issues tokens for its MCP endpoint",
         ));
     }
-    let resp = match params.get("grant_type") {
-        Some("authorization_code") => code_grant(&app, &client, &params).await?,
-        Some("refresh_token") => refresh_grant(&app, &client, &params).await?,
-        Some("client_credentials") => client_credentials(&app, &client).await?,
+    let (resp, event) = match params.get("grant_type") {
+        Some("authorization_code") => (code_grant(&app, &client, &params).await?, "issued"),
+        Some("refresh_token") => (refresh_grant(&app, &client, &params).await?, "refreshed"),
+        Some("client_credentials") => (client_credentials(&app, &client).await?, "issued"),
         Some(_) => {
             return Err(OAuthError::bad_request(
                 OAuthErrorCode::UnsupportedGrantType,
@@ -96,6 +96,7 @@ pub async fn token(
         None => return Err(invalid_request("grant_type is required")),
     };
     app.repo.flush().await?;
+    app.metrics.token(event);
     Ok(token_json(&resp))
 }
 

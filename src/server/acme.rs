@@ -107,6 +107,15 @@ pub struct Acme {
     host: String,
     cache: StoreCache,
     directory: String,
+    /// Set once a certificate is deployed (readiness).
+    pub ready: super::health::CertReady,
+    /// `acme_events` by event.
+    pub events: Option<
+        prometheus_client::metrics::family::Family<
+            crate::metrics::EventLabels,
+            prometheus_client::metrics::counter::Counter,
+        >,
+    >,
 }
 
 /// The client configuration used to talk to the ACME directory: the platform's roots, or
@@ -162,6 +171,8 @@ impl Acme {
             host: opts.host.clone(),
             cache: kept,
             directory: opts.directory_url.clone(),
+            ready: super::health::CertReady::pending(),
+            events: None,
         })
     }
 
@@ -173,6 +184,24 @@ impl Acme {
                 e = self.state.next() => e,
                 _ = stop.changed() => return,
             };
+            let name = match &event {
+                Some(Ok(rustls_acme::EventOk::DeployedCachedCert)) => "cached",
+                Some(Ok(rustls_acme::EventOk::DeployedNewCert)) => "issued",
+                Some(Ok(rustls_acme::EventOk::CertCacheStore)) => "stored",
+                Some(Ok(_)) => "other",
+                Some(Err(_)) => "error",
+                None => "end",
+            };
+            if let Some(events) = &self.events {
+                events
+                    .get_or_create(&crate::metrics::EventLabels {
+                        event: name.to_string(),
+                    })
+                    .inc();
+            }
+            if matches!(name, "cached" | "issued") {
+                self.ready.set();
+            }
             match event {
                 Some(Ok(rustls_acme::EventOk::DeployedCachedCert)) => {
                     let expires = expiry(

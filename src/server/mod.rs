@@ -5,6 +5,8 @@
 
 pub mod acme;
 pub mod guard;
+pub mod health;
+pub mod ratelimit;
 pub mod tls;
 pub mod workers;
 
@@ -60,6 +62,13 @@ pub struct App {
     pub client_credentials: bool,
     /// Client ID metadata documents, unless `--no-cimd`.
     pub documents: Option<crate::oauth::cimd::Documents>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Whether the certificate is in place, when TLS is on.
+    pub cert: Option<health::CertReady>,
+    /// `--rate-limit` (none when 0).
+    pub rate_limiter: Option<ratelimit::RateLimiter>,
+    /// `--max-body`: requests to the MCP endpoint and proxied paths.
+    pub max_body: usize,
 }
 
 /// The shared [`App`], as handlers receive it: one pointer to clone per request.
@@ -77,6 +86,32 @@ impl std::ops::Deref for AppState {
     fn deref(&self) -> &App {
         &self.0
     }
+}
+
+/// CORS for browser-based MCP clients (mcp-auth-profile.md): only our origin and
+/// `--allowed-origins`, never `*`; no credentials (they send bearer tokens, not cookies).
+fn cors(site: &Site) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let site = site.clone();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin
+                .to_str()
+                .is_ok_and(|o| guard::origin_allowed(&site, o))
+        }))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("mcp-protocol-version"),
+            header::HeaderName::from_static("mcp-session-id"),
+            header::HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([
+            header::HeaderName::from_static("mcp-session-id"),
+            header::WWW_AUTHENTICATE,
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// The application: our own endpoints, then every other path proxied behind the gate.
@@ -100,10 +135,15 @@ pub fn router(state: AppState) -> Router {
             &format!("{AS_METADATA_PATH}{mcp_path}"),
             get(authorization_server),
         )
-        .fallback(proxy);
+        .fallback(proxy)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            state.max_body,
+        ))
+        .layer(cors(&state.site));
 
-    let authorization_server = Router::new()
-        .route("/authorize", get(authorize::authorize))
+    let limited = || from_fn_with_state(state.clone(), ratelimit::limit);
+    // The OAuth endpoints browsers' MCP clients call by fetch: CORS, rate limits.
+    let api = Router::new()
         .route("/token", post(token::token))
         .route("/register", post(register::register))
         .route(
@@ -111,24 +151,80 @@ pub fn router(state: AppState) -> Router {
             get(register::read).delete(register::delete),
         )
         .route("/revoke", post(revoke::revoke))
+        .route_layer(limited())
+        .layer(cors(&state.site));
+    // Starting a sign-in at a provider costs a round trip there: rate-limited too.
+    let provider_starts = Router::new()
+        .route("/.auth/google/login", get(login::upstream::start))
+        .route("/.auth/github/login", get(login::upstream::start))
+        .route("/.auth/oidc/login", get(login::upstream::start))
+        .route_layer(limited());
+    let pages = Router::new()
+        .route("/authorize", get(authorize::authorize))
         .route(LOGIN_PATH, get(login::login_get).post(login::login_post))
         .route(LOGOUT_PATH, get(login::logout_get).post(login::logout_post))
         .route(CONSENT_PATH, get(consent_get).post(consent_post))
         .route("/.auth/static/style.css", get(login::pages::stylesheet))
-        .route("/.auth/google/login", get(login::upstream::start))
         .route("/.auth/google/callback", get(login::upstream::callback))
-        .route("/.auth/github/login", get(login::upstream::start))
         .route("/.auth/github/callback", get(login::upstream::callback))
-        .route("/.auth/oidc/login", get(login::upstream::start))
         .route("/.auth/oidc/callback", get(login::upstream::callback))
-        .route("/.auth/{*rest}", axum::routing::any(login::not_found))
+        .route("/.auth/{*rest}", axum::routing::any(login::not_found));
+    let authorization_server = Router::new()
+        .merge(api)
+        .merge(provider_starts)
+        .merge(pages)
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES));
 
     Router::new()
         .merge(authorization_server)
         .merge(guarded)
+        .merge(health::routes(state.clone()))
         .layer(from_fn_with_state(state.clone(), guard::check))
+        .layer(from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// Middleware around everything: counts the request by route and status, and logs one line
+/// (method, route, path without its query, status, time, client) — never a query string,
+/// header or body, so no token, code, cookie or password. Probes are logged at debug.
+async fn observe(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| {
+            if path == app.site.mcp_path {
+                path.clone()
+            } else {
+                "proxy".to_string()
+            }
+        });
+    let client = guard::client_ip(&app.site, peer.ip(), req.headers());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    app.metrics
+        .requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            route: route.clone(),
+            method: method.to_string(),
+            status,
+        })
+        .inc();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if health::is_probe(&path) {
+        tracing::debug!(%method, %route, status, ms, "probe");
+    } else {
+        tracing::info!(%method, %route, %path, status, ms, %client, "request");
+    }
+    resp
 }
 
 /// `GET /.well-known/jwks.json`: the keys of our identity assertions.
@@ -192,14 +288,16 @@ async fn proxy(
         Ok(c) => c,
         Err(e) => return e.into_response(&app.site),
     };
+    let started = std::time::Instant::now();
     if let Some(stdio) = &app.stdio_backend {
         use crate::backend::stdio::bridge::legacy::{MESSAGES_PATH, SSE_PATH};
-        return match req.uri().path() {
+        let resp = match req.uri().path() {
             p if p == app.site.mcp_path => stdio.handle(&caller, req).await,
             SSE_PATH => stdio.legacy_sse(&caller, req.method(), req.headers()),
             MESSAGES_PATH => stdio.legacy_message(&caller, req).await,
-            _ => jsonrpc_error(StatusCode::NOT_FOUND, "not found"),
+            _ => return jsonrpc_error(StatusCode::NOT_FOUND, "not found"),
         };
+        return timed(&app, "stdio", started, resp);
     }
     let Some(backend) = &app.http_backend else {
         return jsonrpc_error(
@@ -231,7 +329,7 @@ async fn proxy(
         }
         _ => None,
     };
-    backend
+    let resp = backend
         .forward(
             &app.repo,
             &app.site,
@@ -243,5 +341,39 @@ async fn proxy(
             },
             req,
         )
-        .await
+        .await;
+    timed(&app, "http", started, resp)
+}
+
+/// The `--metrics-listen` application: `/metrics` and the probes.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .merge(health::routes(state.clone()))
+        .with_state(state)
+}
+
+async fn metrics_text(State(app): State<AppState>) -> Response {
+    if let Some(stdio) = &app.stdio_backend {
+        app.metrics.sessions.set(stdio.live_sessions() as i64);
+    }
+    let mut resp = app.metrics.render().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    resp
+}
+
+/// Records how long the MCP server took to start answering.
+fn timed(app: &App, backend: &str, started: std::time::Instant, resp: Response) -> Response {
+    app.metrics
+        .upstream_seconds
+        .get_or_create(&crate::metrics::BackendLabels {
+            backend: backend.to_string(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    resp
 }

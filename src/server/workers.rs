@@ -55,9 +55,14 @@ pub struct Apps {
     /// The plain listener's application when TLS is on (redirects, ACME HTTP-01).
     pub plain: Option<Router>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// How long a client may take to send a request's headers (`--header-read-timeout`).
+    pub header_read_timeout: std::time::Duration,
 }
 
-type Conn = (std::net::TcpStream, SocketAddr, Listener);
+/// A connection slot of `--max-connections`, held while the connection lives.
+pub type Slot = tokio::sync::OwnedSemaphorePermit;
+
+type Conn = (std::net::TcpStream, SocketAddr, Listener, Slot);
 
 struct Worker {
     conns: mpsc::UnboundedSender<Conn>,
@@ -118,7 +123,13 @@ impl Workers {
     }
 
     /// Hands a new connection to the worker serving the fewest.
-    pub fn dispatch(&self, stream: std::net::TcpStream, peer: SocketAddr, from: Listener) {
+    pub fn dispatch(
+        &self,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        from: Listener,
+        slot: Slot,
+    ) {
         let Some(worker) = self
             .workers
             .iter()
@@ -127,7 +138,7 @@ impl Workers {
             return;
         };
         worker.load.fetch_add(1, Ordering::Relaxed);
-        if worker.conns.send((stream, peer, from)).is_err() {
+        if worker.conns.send((stream, peer, from, slot)).is_err() {
             worker.load.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -182,7 +193,7 @@ impl WorkerJob {
                 c = self.rx.recv() => c,
                 _ = stop.wait_for(|s| *s) => None,
             };
-            let Some((stream, peer, from)) = next else {
+            let Some((stream, peer, from, slot)) = next else {
                 break;
             };
             let stream = match TcpStream::from_std(stream) {
@@ -198,7 +209,11 @@ impl WorkerJob {
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
             }
-            let guard = LoadGuard(self.load.clone());
+            let guard = LoadGuard {
+                load: self.load.clone(),
+                _slot: slot,
+            };
+            let read_timeout = self.apps.header_read_timeout;
             let stop = self.stop.clone();
             match (from, &self.apps.tls) {
                 (Listener::Tls, Some(tls)) => {
@@ -213,7 +228,7 @@ impl WorkerJob {
                         if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
                             return;
                         }
-                        serve_connection(stream, peer, app, stop, guard).await;
+                        serve_connection(stream, peer, app, stop, guard, read_timeout).await;
                     });
                 }
                 (Listener::Plain, _) => {
@@ -222,7 +237,14 @@ impl WorkerJob {
                         .plain
                         .clone()
                         .unwrap_or_else(|| self.apps.main.clone());
-                    tracker.spawn(serve_connection(stream, peer, app, stop, guard));
+                    tracker.spawn(serve_connection(
+                        stream,
+                        peer,
+                        app,
+                        stop,
+                        guard,
+                        read_timeout,
+                    ));
                 }
                 (Listener::Tls, None) => {}
             }
@@ -242,12 +264,15 @@ impl WorkerJob {
     }
 }
 
-/// Counts a connection against its worker's load until dropped.
-struct LoadGuard(Arc<AtomicUsize>);
+/// Counts a connection against its worker's load, and holds its slot, until dropped.
+struct LoadGuard {
+    load: Arc<AtomicUsize>,
+    _slot: Slot,
+}
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.load.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -263,6 +288,7 @@ async fn serve_connection<I>(
     app: Router,
     mut stop: watch::Receiver<bool>,
     _load: LoadGuard,
+    header_read_timeout: std::time::Duration,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -270,7 +296,12 @@ async fn serve_connection<I>(
         req.extensions_mut().insert(ConnectInfo(peer));
         app.clone().oneshot(req.map(Body::new))
     });
-    let builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new());
+    // Slowloris: a client that trickles its headers is cut off.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {

@@ -48,6 +48,14 @@ impl Repo {
         &self.clock
     }
 
+    /// A read that must succeed for the store to be usable (readiness).
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        self.store
+            .get(super::Table::Secrets, b"readiness-probe")
+            .await
+            .map(|_| ())
+    }
+
     fn encode<R: Record>(record: &R, expires_at: Option<UnixTime>) -> Result<Entry, StoreError> {
         let value = serde_json::to_vec(&EnvelopeOut {
             v: R::VERSION,

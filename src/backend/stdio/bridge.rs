@@ -79,13 +79,14 @@ impl StdioBackend {
         warm_spare: bool,
         shared: bool,
         identity_env: Vec<(crate::backend::identity::Part, String)>,
+        children: crate::metrics::ChildMetrics,
     ) -> Self {
         let backend = Self {
             spec,
             max_sessions,
             idle_timeout,
             sessions: Mutex::new(HashMap::new()),
-            crashes: Arc::default(),
+            crashes: Arc::new(CrashTracker::with_metrics(children)),
             warm_spare,
             spare: Mutex::new(None),
             shared,
@@ -146,6 +147,29 @@ impl StdioBackend {
             Ok(s) => *spare = Some(s),
             Err(e) => tracing::warn!(error = %e, "the spare MCP server could not be started"),
         }
+    }
+
+    /// Whether a session could get a child now (readiness): the command is found and the
+    /// server is not crash-looping.
+    pub fn startable(&self) -> Result<(), String> {
+        if let Some(wait) = self.crashes.retry_after() {
+            return Err(format!(
+                "the MCP server keeps exiting right after it starts; next try in {} s",
+                wait.as_secs().max(1)
+            ));
+        }
+        if !super::child::findable(&self.spec) {
+            return Err(format!("the command {:?} is not found", self.spec.program));
+        }
+        Ok(())
+    }
+
+    /// Live sessions (for the metrics).
+    pub fn live_sessions(&self) -> usize {
+        self.sessions
+            .lock()
+            .map(|m| m.values().filter(|s| !s.is_closed()).count())
+            .unwrap_or(0)
     }
 
     /// Ends sessions nobody used for the idle timeout; returns how many.

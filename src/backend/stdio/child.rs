@@ -55,6 +55,31 @@ pub struct ChildSpec {
     pub pass_env: Vec<String>,
 }
 
+/// Whether the command would be found: a path that is an executable file, or a name on the
+/// child's `PATH`.
+pub fn findable(spec: &ChildSpec) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if spec.program.contains('/') {
+        let p = std::path::Path::new(&spec.program);
+        return match &spec.cwd {
+            Some(cwd) if p.is_relative() => executable(&cwd.join(p)),
+            _ => executable(p),
+        };
+    }
+    let path = spec
+        .extra_env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_default();
+    std::env::split_paths(&path).any(|dir| executable(&dir.join(&spec.program)))
+}
+
 /// Every environment variable the proxy reads for itself.
 pub fn own_variables() -> BTreeSet<String> {
     let mut names: BTreeSet<String> = Cli::command()

@@ -132,12 +132,21 @@ pub struct Child {
 #[derive(Debug, Default)]
 pub struct CrashTracker {
     state: Mutex<(u32, Option<tokio::time::Instant>)>,
+    /// Children started, crashed, alive.
+    pub metrics: crate::metrics::ChildMetrics,
 }
 
 /// A child that ran this long is not crash-looping.
 pub const STABLE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl CrashTracker {
+    pub fn with_metrics(metrics: crate::metrics::ChildMetrics) -> Self {
+        Self {
+            state: Mutex::default(),
+            metrics,
+        }
+    }
+
     fn record(&self, quick_crash: bool) {
         if let Ok(mut s) = self.state.lock() {
             if quick_crash {
@@ -211,6 +220,8 @@ impl Child {
     ) -> std::io::Result<Arc<Child>> {
         let started = tokio::time::Instant::now();
         let (mut process, withheld) = spawn(spec)?;
+        crashes.metrics.started.inc();
+        crashes.metrics.live.inc();
         if !withheld.is_empty() {
             tracing::debug!(child = %tag, withheld = ?withheld, "the child does not see these variables of ours");
         }
@@ -263,6 +274,10 @@ impl Child {
             let status = stop(&mut process).await;
             let _ = stderr_task.await;
             crashes.record(by_itself && started.elapsed() < STABLE_AFTER);
+            crashes.metrics.live.dec();
+            if by_itself {
+                crashes.metrics.crashed.inc();
+            }
             reader.close("the MCP server exited");
             let _ = stopped_tx.send(true);
             match status {

@@ -1,0 +1,209 @@
+//! Prometheus metrics, served on `--metrics-listen` (off by default) at `/metrics`.
+//!
+//! One registry per proxy (no process-wide state). Metric handles are cheap clones sharing
+//! their value, so subsystems (the stdio children, ACME) get the ones they move.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route (`/token`, `/mcp`, `proxy` for other proxied paths…), never the raw path.
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignInLabels {
+    pub provider: String,
+    /// `success`, `failure` (wrong password), `locked_out`, `denied` (not on the allow-list
+    /// or no verified email), `cancelled` (at the provider), `error`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// `http` or `stdio`.
+    pub backend: String,
+}
+
+/// The stdio children's metrics, shared with the crash tracker that sees them start and end.
+#[derive(Clone, Debug, Default)]
+pub struct ChildMetrics {
+    pub started: Counter,
+    /// Exits nobody asked for (the server crashed or quit).
+    pub crashed: Counter,
+    pub live: Gauge,
+}
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub upstream_seconds: Family<BackendLabels, Histogram>,
+    /// `issued`, `refreshed`, `revoked`.
+    pub tokens: Family<EventLabels, Counter>,
+    pub sign_ins: Family<SignInLabels, Counter>,
+    /// `ordered`, `issued`, `cached`, `error`.
+    pub acme: Family<EventLabels, Counter>,
+    /// `registered`, `rate_limited`.
+    pub clients: Family<EventLabels, Counter>,
+    pub sessions: Gauge,
+    pub children: ChildMetrics,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mcp_auth_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route, method and status",
+            requests.clone(),
+        );
+        let upstream_seconds = Family::<BackendLabels, Histogram>::new_with_constructor(|| {
+            // 0.5 ms to about 33 s.
+            Histogram::new(exponential_buckets(0.0005, 2.0, 17))
+        });
+        registry.register(
+            "upstream_response_seconds",
+            "Time until the MCP server's answer began (headers, or the first byte of a stream)",
+            upstream_seconds.clone(),
+        );
+        let tokens = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Access tokens issued and refreshed, and tokens revoked",
+            tokens.clone(),
+        );
+        let sign_ins = Family::<SignInLabels, Counter>::default();
+        registry.register(
+            "sign_ins",
+            "Sign-in attempts by provider and outcome",
+            sign_ins.clone(),
+        );
+        let acme = Family::<EventLabels, Counter>::default();
+        registry.register("acme_events", "ACME certificate events", acme.clone());
+        let clients = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "clients",
+            "Client registrations and rate-limited requests",
+            clients.clone(),
+        );
+        let sessions = Gauge::default();
+        registry.register("mcp_sessions", "Live MCP sessions", sessions.clone());
+        let children = ChildMetrics::default();
+        registry.register(
+            "stdio_children_started",
+            "stdio MCP server processes started",
+            children.started.clone(),
+        );
+        registry.register(
+            "stdio_children_crashed",
+            "stdio MCP server processes that exited without being asked to",
+            children.crashed.clone(),
+        );
+        registry.register(
+            "stdio_children",
+            "Live stdio MCP server processes",
+            children.live.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            upstream_seconds,
+            tokens,
+            sign_ins,
+            acme,
+            clients,
+            sessions,
+            children,
+        }
+    }
+
+    /// Counts a token event.
+    pub fn token(&self, event: &str) {
+        self.tokens
+            .get_or_create(&EventLabels {
+                event: event.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a sign-in attempt.
+    pub fn sign_in(&self, provider: &str, outcome: &str) {
+        self.sign_ins
+            .get_or_create(&SignInLabels {
+                provider: provider.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a client event.
+    pub fn client(&self, event: &str) {
+        self.clients
+            .get_or_create(&EventLabels {
+                event: event.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_what_moved() {
+        let m = Metrics::new();
+        m.token("issued");
+        m.sign_in("password", "failure");
+        m.requests
+            .get_or_create(&RequestLabels {
+                route: "/token".into(),
+                method: "POST".into(),
+                status: 200,
+            })
+            .inc();
+        let text = m.render();
+        assert!(
+            text.contains(r#"mcp_auth_proxy_tokens_total{event="issued"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"mcp_auth_proxy_sign_ins_total{provider="password",outcome="failure"} 1"#
+            )
+        );
+        assert!(text.contains(
+            r#"mcp_auth_proxy_http_requests_total{route="/token",method="POST",status="200"} 1"#
+        ));
+        assert!(text.contains("# EOF"));
+    }
+}

@@ -1,0 +1,103 @@
+//! `/healthz` (the process answers) and `/readyz` (it can do its job: the store reads, the
+//! MCP server is reachable or its child can start, the certificate is there when TLS is on).
+//! Both are unauthenticated, answer whatever `Host` a probe sends, and are logged at debug.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+
+pub const HEALTHZ: &str = "/healthz";
+pub const READYZ: &str = "/readyz";
+
+/// How long a readiness probe waits for the upstream's TCP connect.
+const UPSTREAM_PROBE: Duration = Duration::from_secs(2);
+
+/// Whether the certificate is in place (always, without ACME).
+#[derive(Clone, Debug)]
+pub struct CertReady(pub Arc<AtomicBool>);
+
+impl CertReady {
+    pub fn ready() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+    pub fn pending() -> Self {
+        Self(Arc::new(AtomicBool::new(false)))
+    }
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The two probe routes, for the main router and the plain listener of an https proxy.
+pub fn routes<S: Clone + Send + Sync + 'static>(state: AppState) -> axum::Router<S> {
+    axum::Router::new()
+        .route(HEALTHZ, axum::routing::get(healthz))
+        .route(READYZ, axum::routing::get(readyz))
+        .with_state(state)
+}
+
+pub fn is_probe(path: &str) -> bool {
+    path == HEALTHZ || path == READYZ
+}
+
+/// `GET /healthz`.
+pub async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// `GET /readyz`: 200 when every check passes, 503 naming the ones that failed.
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    let mut checks = serde_json::Map::new();
+    let mut ready = true;
+    let mut check = |name: &str, result: Result<(), String>| {
+        let v = match result {
+            Ok(()) => Value::from("ok"),
+            Err(why) => {
+                ready = false;
+                Value::from(why)
+            }
+        };
+        checks.insert(name.to_string(), v);
+    };
+    check(
+        "store",
+        app.repo
+            .probe()
+            .await
+            .map_err(|e| format!("the store cannot be read: {e}")),
+    );
+    if let Some(http) = &app.http_backend {
+        check("backend", http.reachable(UPSTREAM_PROBE).await);
+    }
+    if let Some(stdio) = &app.stdio_backend {
+        check("backend", stdio.startable());
+    }
+    if let Some(cert) = &app.cert {
+        check(
+            "certificate",
+            if cert.is_ready() {
+                Ok(())
+            } else {
+                Err("no certificate yet (ACME order in progress)".into())
+            },
+        );
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({ "status": if ready { "ready" } else { "not ready" }, "checks": checks });
+    (status, Json(body)).into_response()
+}
