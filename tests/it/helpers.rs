@@ -32,6 +32,8 @@ pub struct TestProxy {
     pub base: String,
     /// The HTTPS listener's address, when TLS is on.
     pub tls_addr: Option<std::net::SocketAddr>,
+    /// The `--metrics-listen` address, when on.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -126,6 +128,7 @@ pub async fn start_proxy_with(args: &[&str], clock: Clock, dir: tempfile::TempDi
     let prepared = prepare(config, EnvSecrets::default(), clock).await.unwrap();
     let base = format!("http://{}", prepared.local_addr);
     let tls_addr = prepared.tls_local_addr;
+    let metrics_addr = prepared.metrics_local_addr;
     let state = prepared.state.clone();
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(async move {
@@ -138,6 +141,7 @@ pub async fn start_proxy_with(args: &[&str], clock: Clock, dir: tempfile::TempDi
     TestProxy {
         base,
         tls_addr,
+        metrics_addr,
         state,
         stop: Some(tx),
         task: Some(task),
