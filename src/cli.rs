@@ -19,7 +19,13 @@ fn env_bool(s: &str) -> Result<bool, std::convert::Infallible> {
 /// (after `--`) is a stdio command. With no backend the proxy serves sign-in and the
 /// authorization server only.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "mcp-auth-proxy", version, about, long_about = None)]
+#[command(
+    name = "mcp-auth-proxy",
+    version,
+    about,
+    long_about = None,
+    after_help = "Also: `mcp-auth-proxy hash-password` reads a password on standard input and prints its bcrypt hash, for --password-hash (PASSWORD_HASH)."
+)]
 pub struct Cli {
     /// Plain HTTP listen address: HOST:PORT, [V6]:PORT or :PORT (all interfaces).
     #[arg(long, env = "LISTEN", default_value = ":80")]

@@ -48,8 +48,57 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// `mcp-auth-proxy hash-password`: a password from the terminal (asked twice, not echoed) or
+/// one line of standard input; its bcrypt hash on standard output.
+fn hash_password(rest: &[std::ffi::OsString]) -> std::process::ExitCode {
+    use std::io::{BufRead, IsTerminal};
+    if !rest.is_empty() {
+        let help = rest.iter().any(|a| a == "-h" || a == "--help");
+        eprintln!(
+            "usage: mcp-auth-proxy hash-password < password-file\n\nReads a password (asked twice on a terminal, else one line of standard input) and\nprints its bcrypt hash for --password-hash / PASSWORD_HASH. The password is never\ntaken from the command line, where other users could see it."
+        );
+        return std::process::ExitCode::from(if help { 0 } else { 2 });
+    }
+    let line = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ");
+        let again = rpassword::prompt_password("Again: ");
+        match (first, again) {
+            (Ok(a), Ok(b)) if a == b => a,
+            (Ok(_), Ok(_)) => {
+                eprintln!("mcp-auth-proxy: the two passwords differ");
+                return std::process::ExitCode::FAILURE;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("mcp-auth-proxy: cannot read the password: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+            eprintln!("mcp-auth-proxy: cannot read the password: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+        line
+    };
+    match mcp_auth_proxy::login::password::hash_for_config(&zeroize::Zeroizing::new(line)) {
+        Ok(hash) => {
+            println!("{hash}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mcp-auth-proxy: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "hash-password") {
+        return hash_password(&args[2..]);
+    }
     let cli = Cli::parse();
     init_tracing();
     let config = match Config::from_cli(cli) {

@@ -163,3 +163,76 @@ async fn wrong_values_stop_startup_with_one_clear_line() {
     )
     .await;
 }
+
+/// Runs `mcp-auth-proxy hash-password` with `input` on standard input.
+async fn hash_password(input: &str) -> (Option<i32>, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth-proxy"))
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn hash_password_prints_a_hash_that_signs_in() {
+    use crate::flow::{Browser, OAuthClient};
+    let (code, hash, _) = hash_password(&format!("{}\n", crate::helpers::TEST_PASSWORD)).await;
+    assert_eq!(code, Some(0));
+    assert!(hash.starts_with("$2b$12$"), "{hash}");
+    assert!(!hash.contains(crate::helpers::TEST_PASSWORD));
+    // The hash is the whole configuration: the password signs in.
+    let p = crate::helpers::start_proxy(&["--password-hash", &hash]).await;
+    let t = p.target();
+    let tokens = OAuthClient::public(&t)
+        .await
+        .sign_in(&t, &Browser::new())
+        .await;
+    assert!(tokens["access_token"].is_string());
+
+    let (code, out, err) = hash_password("").await;
+    assert_ne!(code, Some(0));
+    assert!(out.is_empty() && err.contains("empty"), "{err}");
+}
+
+#[tokio::test]
+async fn help_names_every_environment_variable() {
+    use clap::CommandFactory;
+    let (code, help) = {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth-proxy"))
+            .arg("--help")
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    assert_eq!(code, Some(0));
+    for arg in mcp_auth_proxy::cli::Cli::command().get_arguments() {
+        if arg.is_hide_set() {
+            continue;
+        }
+        if let Some(env) = arg.get_env() {
+            let env = env.to_string_lossy();
+            assert!(
+                help.contains(&format!("[env: {env}")),
+                "--help does not show {env}"
+            );
+        }
+    }
+    assert!(help.contains("hash-password"));
+}
