@@ -28,10 +28,10 @@ trap cleanup EXIT
 OURS=$(free_port); SHARED=$(free_port); SGW=$(free_port)
 "$BIN" --listen "127.0.0.1:$OURS" --external-url "http://127.0.0.1:$OURS" --data-path "$work/data" \
   --password "$PASSWORD" --max-sessions 1000 -- node "$EVERYTHING" stdio >"$work/proxy.log" 2>&1 &
-OURS_PID=$!; pids+=($OURS_PID)
+OURS_PID=$!; pids+=("$OURS_PID")
 "$BIN" --listen "127.0.0.1:$SHARED" --external-url "http://127.0.0.1:$SHARED" --data-path "$work/data-shared" \
   --password "$PASSWORD" --max-sessions 1000 --stdio-mode shared -- node "$EVERYTHING" stdio >"$work/shared.log" 2>&1 &
-SHARED_PID=$!; pids+=($SHARED_PID)
+SHARED_PID=$!; pids+=("$SHARED_PID")
 node bench/node/node_modules/supergateway/dist/index.js --stdio "node $EVERYTHING stdio" \
   --outputTransport streamableHttp --stateful --port "$SGW" --streamableHttpPath /mcp --logLevel none \
   >"$work/sgw.log" 2>&1 &

@@ -150,3 +150,16 @@ pub fn body_error(e: axum::extract::rejection::BytesRejection) -> OAuthError {
         "the request body is too large or could not be read",
     )
 }
+
+/// An error and its sources, `: `-separated (reqwest's own message alone says "builder
+/// error" where its source says which certificate store was missing).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -337,7 +337,7 @@ pub async fn prepare(
                 config.auth.redirect_schemes.clone(),
                 repo.clock().clone(),
             )
-            .map_err(|e| RunError::Documents(e.to_string()))?,
+            .map_err(|e| RunError::Documents(error::chain(&e)))?,
         ),
         None => None,
     };

@@ -163,7 +163,12 @@ pub fn http_client() -> Result<reqwest::Client, ProviderError> {
         .timeout(Duration::from_secs(15))
         .user_agent(concat!("mcp-auth-proxy/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| bad(format!("the HTTP client could not be set up: {e}")))
+        .map_err(|e| {
+            bad(format!(
+                "the HTTP client could not be set up: {}",
+                crate::error::chain(&e)
+            ))
+        })
 }
 
 /// oauth2's HTTP calls over our reqwest client.

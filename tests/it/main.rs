@@ -9,6 +9,7 @@ mod flow;
 mod gate;
 mod helpers;
 mod oauth;
+mod packaging;
 mod production;
 mod providers;
 mod proxy;

@@ -1,0 +1,19 @@
+#!/bin/sh
+# The image's entrypoint: checks that the data directory is usable, then becomes
+# mcp-auth-proxy with the container's arguments (flags, then the backend or `-- command`).
+set -eu
+
+bin="${MCP_AUTH_PROXY:-mcp-auth-proxy}"
+data="${DATA_PATH:-/data}"
+
+case "${1:-}" in
+  hash-password|--help|-h|--version|-V) exec "$bin" "$@" ;;
+esac
+
+if ! mkdir -p "$data" 2>/dev/null || ! [ -w "$data" ]; then
+  echo "mcp-auth-proxy: the data directory $data is not writable by uid $(id -u)." >&2
+  echo "  With a bind mount, give it to that user: chown -R $(id -u):$(id -g) <host directory>" >&2
+  exit 1
+fi
+
+exec "$bin" "$@"
