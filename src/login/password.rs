@@ -167,6 +167,24 @@ impl Lockout {
     }
 }
 
+/// Cost of hashes printed by `mcp-auth-proxy hash-password`: they are stored in
+/// configuration, so they get bcrypt's standard cost.
+pub const STORED_COST: u32 = bcrypt::DEFAULT_COST;
+
+/// The `hash-password` subcommand's work: the bcrypt hash of a password given as one line
+/// (its line ending removed, nothing else).
+pub fn hash_for_config(line: &str) -> Result<String, String> {
+    let password = line.strip_suffix('\n').unwrap_or(line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err("the password is empty".into());
+    }
+    if password.len() > 72 {
+        return Err("bcrypt uses only the first 72 bytes of a password; use a shorter one".into());
+    }
+    bcrypt::hash(password, STORED_COST).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,22 +240,4 @@ mod tests {
             .unwrap();
         assert_ne!(v.epoch(), changed.epoch());
     }
-}
-
-/// Cost of hashes printed by `mcp-auth-proxy hash-password`: they are stored in
-/// configuration, so they get bcrypt's standard cost.
-pub const STORED_COST: u32 = bcrypt::DEFAULT_COST;
-
-/// The `hash-password` subcommand's work: the bcrypt hash of a password given as one line
-/// (its line ending removed, nothing else).
-pub fn hash_for_config(line: &str) -> Result<String, String> {
-    let password = line.strip_suffix('\n').unwrap_or(line);
-    let password = password.strip_suffix('\r').unwrap_or(password);
-    if password.is_empty() {
-        return Err("the password is empty".into());
-    }
-    if password.len() > 72 {
-        return Err("bcrypt uses only the first 72 bytes of a password; use a shorter one".into());
-    }
-    bcrypt::hash(password, STORED_COST).map_err(|e| e.to_string())
 }
