@@ -31,8 +31,8 @@ pub mod legacy;
 /// Protocol versions a client may name in `MCP-Protocol-Version`.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 
-/// Largest client message accepted.
-const MAX_BODY: usize = 4 * 1024 * 1024;
+/// A ceiling on a client message; the router's `--max-body` applies first.
+const MAX_BODY: usize = 256 * 1024 * 1024;
 
 /// Queue of one HTTP stream.
 const STREAM_QUEUE: usize = 64;
