@@ -104,6 +104,20 @@ impl Replay {
         resp.json().await.unwrap()
     }
 
+    /// A public client's whole flow: authorization with `redirect` and `params`, the code
+    /// exchanged with its id and `redirect`, the token tried at the gate.
+    async fn public_flow(&self, id: &str, redirect: &str, params: &[(&str, &str)]) -> Value {
+        let mut all = vec![("redirect_uri", redirect)];
+        all.extend(params);
+        let back = self.authorize(id, &all).await;
+        assert!(back.as_str().starts_with(redirect), "{back}");
+        let tokens = self
+            .exchange(&back, &[("client_id", id), ("redirect_uri", redirect)])
+            .await;
+        self.opens_the_gate(&tokens).await;
+        tokens
+    }
+
     /// The access token opens `/mcp` (the test upstream echoes the request).
     async fn opens_the_gate(&self, tokens: &Value) {
         let resp = client()
@@ -254,16 +268,8 @@ async fn claude_ai_probes_both_metadata_paths_registers_confidential_and_refresh
     // Claude.ai by its metadata document (public, callback on claude.com too).
     let id = docs.id("/oauth/mcp-oauth-client-metadata");
     let callback = "https://claude.com/api/mcp/auth_callback";
-    let back = r
-        .authorize(
-            &id,
-            &[("redirect_uri", callback), ("resource", &r.t.resource)],
-        )
+    r.public_flow(&id, callback, &[("resource", &r.t.resource)])
         .await;
-    let tokens = r
-        .exchange(&back, &[("client_id", &id), ("redirect_uri", callback)])
-        .await;
-    r.opens_the_gate(&tokens).await;
 }
 
 #[tokio::test]
@@ -276,17 +282,8 @@ async fn claude_code_uses_port_less_loopback_uris_with_a_port_and_a_loose_resour
     // sends no `resource`.
     let id = docs.id("/oauth/claude-code-client-metadata");
     let redirect = "http://localhost:49152/callback";
-    let back = r
-        .authorize(
-            &id,
-            &[("redirect_uri", redirect), ("scope", "mcp offline_access")],
-        )
+    r.public_flow(&id, redirect, &[("scope", "mcp offline_access")])
         .await;
-    assert!(back.as_str().starts_with(redirect));
-    let tokens = r
-        .exchange(&back, &[("client_id", &id), ("redirect_uri", redirect)])
-        .await;
-    r.opens_the_gate(&tokens).await;
 
     // Registered instead, with `resource` carrying a trailing slash on both requests.
     let reg = r
@@ -392,35 +389,21 @@ async fn vs_code_omits_the_auth_method_and_falls_back_to_a_random_loopback_port(
     let id = reg["client_id"].as_str().unwrap();
     // Port 33418 was taken: VS Code listens on another one.
     let redirect = "http://127.0.0.1:51234/";
-    let back = r
-        .authorize(
-            id,
-            &[
-                ("redirect_uri", redirect),
-                ("scope", "mcp"),
-                ("resource", &r.t.resource),
-            ],
-        )
-        .await;
-    assert!(back.as_str().starts_with(redirect));
-    let tokens = r
-        .exchange(&back, &[("client_id", id), ("redirect_uri", redirect)])
-        .await;
-    r.opens_the_gate(&tokens).await;
+    r.public_flow(
+        id,
+        redirect,
+        &[("scope", "mcp"), ("resource", &r.t.resource)],
+    )
+    .await;
 
     // And by its metadata document, through vscode.dev's redirect.
     let id = docs.id("/oauth/client-metadata.json");
-    let redirect = "https://vscode.dev/redirect";
-    let back = r
-        .authorize(
-            &id,
-            &[("redirect_uri", redirect), ("resource", &r.t.resource)],
-        )
-        .await;
-    let tokens = r
-        .exchange(&back, &[("client_id", &id), ("redirect_uri", redirect)])
-        .await;
-    r.opens_the_gate(&tokens).await;
+    r.public_flow(
+        &id,
+        "https://vscode.dev/redirect",
+        &[("resource", &r.t.resource)],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -557,21 +540,12 @@ async fn the_inspector_registers_its_two_callbacks() {
         .await;
     let id = reg["client_id"].as_str().unwrap();
     for redirect in uris {
-        let back = r
-            .authorize(
-                id,
-                &[
-                    ("redirect_uri", redirect),
-                    ("scope", "mcp"),
-                    ("resource", &r.t.resource),
-                ],
-            )
-            .await;
-        assert_eq!(back.path(), Url::parse(redirect).unwrap().path());
-        let tokens = r
-            .exchange(&back, &[("client_id", id), ("redirect_uri", redirect)])
-            .await;
-        r.opens_the_gate(&tokens).await;
+        r.public_flow(
+            id,
+            redirect,
+            &[("scope", "mcp"), ("resource", &r.t.resource)],
+        )
+        .await;
     }
 }
 

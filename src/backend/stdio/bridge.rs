@@ -623,20 +623,7 @@ impl StdioBackend {
     /// An SSE response of the events arriving on `rx` (framed by the stream); it ends when
     /// the stream lets go of its sender.
     fn sse(&self, rx: mpsc::Receiver<Bytes>) -> Response {
-        let events = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv()
-                .await
-                .map(|ev| (Ok::<_, std::convert::Infallible>(ev), rx))
-        });
-        let mut r = Response::new(Body::from_stream(events));
-        let h = r.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        r
+        sse_response(rx, ())
     }
 
     fn get(&self, caller: &Caller, headers: &HeaderMap) -> Response {
@@ -675,6 +662,25 @@ impl StdioBackend {
         }
         StatusCode::NO_CONTENT.into_response()
     }
+}
+
+/// An SSE response of the events arriving on `rx`; `keep` lives as long as the response
+/// body (the legacy transport ends its session when it is dropped).
+fn sse_response<K: Send + 'static>(rx: mpsc::Receiver<Bytes>, keep: K) -> Response {
+    let events = futures_util::stream::unfold((rx, keep), |(mut rx, keep)| async move {
+        rx.recv()
+            .await
+            .map(|ev| (Ok::<_, std::convert::Infallible>(ev), (rx, keep)))
+    });
+    let mut r = Response::new(Body::from_stream(events));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
 }
 
 /// The one client message of a POST body, on one line (a client's pretty-printed JSON is

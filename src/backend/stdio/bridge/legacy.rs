@@ -6,14 +6,13 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{GET_STREAM_QUEUE, StdioBackend, accepts_sse, read_message};
+use super::{GET_STREAM_QUEUE, StdioBackend, accepts_sse, read_message, sse_response};
 use crate::backend::stdio::framing::Kind;
 use crate::backend::stdio::session::Session;
 use crate::error::jsonrpc_error;
@@ -65,21 +64,7 @@ impl StdioBackend {
         let _ = tx.try_send(Bytes::from(endpoint));
         let _ = session.legacy.set(tx.clone());
         session.open_get_stream(tx);
-        let guard = EndsSession(session);
-        let events = futures_util::stream::unfold((rx, guard), |(mut rx, guard)| async move {
-            rx.recv()
-                .await
-                .map(|ev| (Ok::<_, std::convert::Infallible>(ev), (rx, guard)))
-        });
-        let mut r = Response::new(Body::from_stream(events));
-        let h = r.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        r
+        sse_response(rx, EndsSession(session))
     }
 
     /// `POST /messages?sessionId=…`: one message of a legacy session; its answer goes to
