@@ -239,28 +239,12 @@ async fn a_document_is_a_client_through_the_whole_flow() {
     // redirect goes to this computer.
     let resp = browser.http.get(c.auth_url(&t, &[])).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
-    let login = browser
-        .http
-        .get(t.url(&location(&resp)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let login = browser.follow(&t, &resp).await;
     assert!(login.contains("Document App"), "{login}");
     let resp = browser
         .post_form(&t, "/.auth/login", &login, &[("password", TEST_PASSWORD)])
         .await;
-    let consent = browser
-        .http
-        .get(t.url(&location(&resp)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let consent = browser.follow(&t, &resp).await;
     let host = docs.origin.trim_start_matches("https://");
     assert!(consent.contains("Described by"), "{consent}");
     assert!(

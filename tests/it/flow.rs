@@ -72,6 +72,18 @@ impl Browser {
         panic!("the flow did not end");
     }
 
+    /// The page a `303` answer sends the browser to, on the proxy.
+    pub async fn follow(&self, p: &Target, resp: &reqwest::Response) -> String {
+        self.http
+            .get(p.url(&location(resp)))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Posts a page's form with its hidden fields plus `fields`.
     pub async fn post_form(
         &self,

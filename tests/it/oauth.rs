@@ -1115,15 +1115,7 @@ async fn consent_deny_remember_and_prompt() {
     )
     .await;
     let resp = b.http.get(liar.auth_url(&t, &[])).send().await.unwrap();
-    let html = b
-        .http
-        .get(t.url(&location(&resp)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = b.follow(&t, &resp).await;
     assert!(
         html.contains(
             "calls itself “claude.ai” but your authorization will be sent to evil.example"
