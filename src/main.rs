@@ -6,13 +6,20 @@ use mcp_auth_proxy::cli::Cli;
 use mcp_auth_proxy::config::Config;
 use mcp_auth_proxy::{EnvSecrets, run};
 
-fn init_tracing() {
+/// Logging to stderr through a writer thread, so a request never waits for the terminal or
+/// the log collector; nothing is dropped (a full buffer applies backpressure). The guard
+/// flushes what is left when it is dropped.
+fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let human = std::env::var("MODE").is_ok_and(|m| m.eq_ignore_ascii_case("debug"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("mcp-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if human {
         builder.init();
     } else {
@@ -22,6 +29,7 @@ fn init_tracing() {
             .with_current_span(false)
             .init();
     }
+    guard
 }
 
 async fn shutdown_signal() {
@@ -100,15 +108,19 @@ async fn main() -> std::process::ExitCode {
         return hash_password(&args[2..]);
     }
     let cli = Cli::parse();
-    init_tracing();
+    let log = init_tracing();
     let config = match Config::from_cli(cli) {
         Ok(c) => c,
         Err(e) => {
+            drop(log);
             eprintln!("mcp-auth-proxy: {e}");
             return std::process::ExitCode::from(2);
         }
     };
-    match run(config, EnvSecrets::from_env(), shutdown_signal()).await {
+    let result = run(config, EnvSecrets::from_env(), shutdown_signal()).await;
+    // Everything logged is out before the last word.
+    drop(log);
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mcp-auth-proxy: {e}");

@@ -339,3 +339,37 @@ async fn slow_headers_and_oversized_bodies_are_refused() {
         .unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn readiness_waits_for_the_acme_certificate() {
+    let dead = dead_port().await;
+    let directory = format!("https://127.0.0.1:{dead}/dir");
+    let p = start_proxy(&[
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--external-url",
+        "https://mcp.example.com",
+        "--tls-accept-tos",
+        "--tls-directory-url",
+        &directory,
+    ])
+    .await;
+    let (status, body) = json(client().get(p.url("/readyz")).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["checks"]["certificate"]
+            .as_str()
+            .unwrap()
+            .contains("no certificate yet")
+    );
+    // Alive all the same.
+    assert_eq!(
+        client()
+            .get(p.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+}
