@@ -94,7 +94,7 @@ PORT=$EVERY node tests/e2e/node_modules/@modelcontextprotocol/server-everything/
 pids+=($!)
 
 start_proxy() { # port upstream data
-  "$BIN" --listen "127.0.0.1:$1" --external-url "http://127.0.0.1:$1" --data-path "$3" \
+  RUST_LOG="${BENCH_RUST_LOG:-info}" "$BIN" --listen "127.0.0.1:$1" --external-url "http://127.0.0.1:$1" --data-path "$3" \
     --password "$PASSWORD" "$2" >"$3.log" 2>&1 &
   pids+=($!)
   echo $!

@@ -12,10 +12,44 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// The route (`/token`, `/mcp`, `proxy` for other proxied paths…), never the raw path.
-    pub route: String,
-    pub method: String,
+    /// What was asked for ([`route_label`]), never the raw path.
+    pub route: &'static str,
+    pub method: &'static str,
     pub status: u16,
+}
+
+/// The `route` label of a request path: one of a fixed few, so counting needs no allocation
+/// and a client cannot grow the label set.
+pub fn route_label(path: &str, mcp_path: &str) -> &'static str {
+    match path {
+        p if p == mcp_path => "mcp",
+        "/authorize" => "authorize",
+        "/token" => "token",
+        "/register" => "register",
+        "/revoke" => "revoke",
+        "/healthz" | "/readyz" => "probe",
+        "/.auth/login" | "/.auth/logout" => "login",
+        "/.auth/consent" => "consent",
+        "/sse" | "/messages" => "legacy_sse",
+        p if p.starts_with("/register/") => "register",
+        p if p.starts_with("/.well-known/") => "metadata",
+        p if p.starts_with("/.auth/") => "sign_in",
+        _ => "proxy",
+    }
+}
+
+/// The `method` label: the standard methods, else `other`.
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::HEAD => "HEAD",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        _ => "other",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -186,11 +220,17 @@ mod tests {
         m.sign_in("password", "failure");
         m.requests
             .get_or_create(&RequestLabels {
-                route: "/token".into(),
-                method: "POST".into(),
+                route: route_label("/token", "/mcp"),
+                method: method_label(&http::Method::POST),
                 status: 200,
             })
             .inc();
+        assert_eq!(route_label("/mcp", "/mcp"), "mcp");
+        assert_eq!(route_label("/anything/else", "/mcp"), "proxy");
+        assert_eq!(
+            route_label("/.well-known/oauth-protected-resource/mcp", "/mcp"),
+            "metadata"
+        );
         let text = m.render();
         assert!(
             text.contains(r#"mcp_auth_proxy_tokens_total{event="issued"} 1"#),
@@ -202,7 +242,7 @@ mod tests {
             )
         );
         assert!(text.contains(
-            r#"mcp_auth_proxy_http_requests_total{route="/token",method="POST",status="200"} 1"#
+            r#"mcp_auth_proxy_http_requests_total{route="token",method="POST",status="200"} 1"#
         ));
         assert!(text.contains("# EOF"));
     }

@@ -2,16 +2,14 @@
 //! and does a browser origin have the right to call (`Origin`, else 403, the MCP transport
 //! spec's DNS-rebinding defence). Also who the client is when reverse proxies sit in front.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
-use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::config::{Site, is_loopback_host, normalize_origin};
 use crate::error::jsonrpc_error;
-use crate::server::AppState;
 
 /// Whether `ip` is one of the `--trusted-proxies`.
 pub fn is_trusted(site: &Site, ip: IpAddr) -> bool {
@@ -117,35 +115,32 @@ fn own_endpoint(path: &str) -> bool {
         || path.starts_with("/.auth/")
 }
 
-/// Middleware, before anything else: `421` unless the request is addressed to our external
+/// The checks before anything else: `421` unless the request is addressed to our external
 /// host and port; `403` when a browser `Origin` is present and not allowed (metadata and
-/// proxied paths).
-pub async fn check(
-    State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
-    next: Next,
-) -> Response {
-    // Health probes come from orchestrators that address the pod or container directly.
+/// proxied paths). Health probes pass: orchestrators address the pod or container directly.
+pub fn refusal(site: &Site, peer: IpAddr, req: &Request) -> Option<Response> {
     if super::health::is_probe(req.uri().path()) {
-        return next.run(req).await;
+        return None;
     }
-    let trusted = is_trusted(&app.site, peer.ip());
+    let trusted = is_trusted(site, peer);
     let host_ok = requested_authority(req.headers(), req.uri(), trusted)
-        .is_some_and(|a| host_allowed(&app.site, &a));
+        .is_some_and(|a| host_allowed(site, &a));
     if !host_ok {
-        return jsonrpc_error(
+        return Some(jsonrpc_error(
             StatusCode::MISDIRECTED_REQUEST,
             "this host name is not served here; use the proxy's external URL",
-        );
+        ));
     }
     if let Some(origin) = req.headers().get(header::ORIGIN)
         && !own_endpoint(req.uri().path())
-        && !origin.to_str().is_ok_and(|o| origin_allowed(&app.site, o))
+        && !origin.to_str().is_ok_and(|o| origin_allowed(site, o))
     {
-        return jsonrpc_error(StatusCode::FORBIDDEN, "this Origin is not allowed");
+        return Some(jsonrpc_error(
+            StatusCode::FORBIDDEN,
+            "this Origin is not allowed",
+        ));
     }
-    next.run(req).await
+    None
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! [`crate::run`], so tests drive the same router in-process.
 
 pub mod acme;
+pub mod cors;
 pub mod guard;
 pub mod health;
 pub mod ratelimit;
@@ -88,32 +89,6 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// CORS for browser-based MCP clients (mcp-auth-profile.md): only our origin and
-/// `--allowed-origins`, never `*`; no credentials (they send bearer tokens, not cookies).
-fn cors(site: &Site) -> tower_http::cors::CorsLayer {
-    use tower_http::cors::{AllowOrigin, CorsLayer};
-    let site = site.clone();
-    CorsLayer::new()
-        .allow_origin(AllowOrigin::predicate(move |origin, _| {
-            origin
-                .to_str()
-                .is_ok_and(|o| guard::origin_allowed(&site, o))
-        }))
-        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::HeaderName::from_static("mcp-protocol-version"),
-            header::HeaderName::from_static("mcp-session-id"),
-            header::HeaderName::from_static("last-event-id"),
-        ])
-        .expose_headers([
-            header::HeaderName::from_static("mcp-session-id"),
-            header::WWW_AUTHENTICATE,
-        ])
-        .max_age(std::time::Duration::from_secs(600))
-}
-
 /// The application: our own endpoints, then every other path proxied behind the gate.
 pub fn router(state: AppState) -> Router {
     let mcp_path = state.site.mcp_path.clone();
@@ -138,8 +113,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(proxy)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             state.max_body,
-        ))
-        .layer(cors(&state.site));
+        ));
 
     let limited = || from_fn_with_state(state.clone(), ratelimit::limit);
     // The OAuth endpoints browsers' MCP clients call by fetch: CORS, rate limits.
@@ -151,8 +125,7 @@ pub fn router(state: AppState) -> Router {
             get(register::read).delete(register::delete),
         )
         .route("/revoke", post(revoke::revoke))
-        .route_layer(limited())
-        .layer(cors(&state.site));
+        .route_layer(limited());
     // Starting a sign-in at a provider costs a round trip there: rate-limited too.
     let provider_starts = Router::new()
         .route("/.auth/google/login", get(login::upstream::start))
@@ -179,50 +152,53 @@ pub fn router(state: AppState) -> Router {
         .merge(authorization_server)
         .merge(guarded)
         .merge(health::routes(state.clone()))
-        .layer(from_fn_with_state(state.clone(), guard::check))
-        .layer(from_fn_with_state(state.clone(), observe))
+        .layer(from_fn_with_state(state.clone(), front))
         .with_state(state)
 }
 
-/// Middleware around everything: counts the request by route and status, and logs one line
-/// (method, route, path without its query, status, time, client) — never a query string,
-/// header or body, so no token, code, cookie or password. Probes are logged at debug.
-async fn observe(
+/// The one middleware around everything: the pre-auth guards ([`guard::refusal`]), CORS
+/// ([`cors`]), then the request counted by route and status and logged in one line (method,
+/// route, path without its query, status, time, client) — never a query string, header or
+/// body, so no token, code, cookie or password. Probes are logged at debug.
+async fn front(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
     let started = std::time::Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| {
-            if path == app.site.mcp_path {
-                path.clone()
-            } else {
-                "proxy".to_string()
-            }
-        });
-    let client = guard::client_ip(&app.site, peer.ip(), req.headers());
-    let resp = next.run(req).await;
+    let method = crate::metrics::method_label(req.method());
+    let route = crate::metrics::route_label(req.uri().path(), &app.site.mcp_path);
+    let logged = tracing::enabled!(tracing::Level::INFO) && route != "probe";
+    let path = logged.then(|| req.uri().path().to_string());
+    let client = logged.then(|| guard::client_ip(&app.site, peer.ip(), req.headers()));
+    let resp = if let Some(refused) = guard::refusal(&app.site, peer.ip(), &req) {
+        refused
+    } else if !cors::eligible(req.uri().path()) {
+        next.run(req).await
+    } else if let Some(answer) = cors::preflight(&app.site, req.method(), req.headers()) {
+        answer
+    } else {
+        let origin = cors::granted(&app.site, req.headers());
+        let mut resp = next.run(req).await;
+        cors::decorate(&mut resp, origin);
+        resp
+    };
     let status = resp.status().as_u16();
     app.metrics
         .requests
         .get_or_create(&crate::metrics::RequestLabels {
-            route: route.clone(),
-            method: method.to_string(),
+            route,
+            method,
             status,
         })
         .inc();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    if health::is_probe(&path) {
-        tracing::debug!(%method, %route, status, ms, "probe");
-    } else {
-        tracing::info!(%method, %route, %path, status, ms, %client, "request");
+    match (path, client) {
+        (Some(path), Some(client)) => {
+            tracing::info!(method, route, path, status, ms, %client, "request");
+        }
+        _ => tracing::debug!(method, route, status, ms, "request"),
     }
     resp
 }

@@ -109,7 +109,7 @@ async fn metrics_move_after_requests_and_sign_ins() {
     };
     let before = scrape().await;
     let tokens = r#"mcp_auth_proxy_tokens_total{event="issued"}"#;
-    let meta = r#"mcp_auth_proxy_http_requests_total{route="/.well-known/oauth-authorization-server",method="GET",status="200"}"#;
+    let meta = r#"mcp_auth_proxy_http_requests_total{route="metadata",method="GET",status="200"}"#;
     assert_eq!(sample(&before, meta), 0.0);
 
     client()
