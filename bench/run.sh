@@ -93,8 +93,10 @@ PORT=$EVERY node tests/e2e/node_modules/@modelcontextprotocol/server-everything/
   >"$work/everything.log" 2>&1 &
 pids+=($!)
 
+# The request log is off (RUST_LOG=warn), as nginx's access_log is; BENCH_RUST_LOG=info
+# measures with it.
 start_proxy() { # port upstream data
-  RUST_LOG="${BENCH_RUST_LOG:-info}" "$BIN" --listen "127.0.0.1:$1" --external-url "http://127.0.0.1:$1" --data-path "$3" \
+  RUST_LOG="${BENCH_RUST_LOG:-warn}" "$BIN" --listen "127.0.0.1:$1" --external-url "http://127.0.0.1:$1" --data-path "$3" \
     --password "$PASSWORD" "$2" >"$3.log" 2>&1 &
   pids+=($!)
   echo $!

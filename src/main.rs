@@ -15,6 +15,8 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     let human = std::env::var("MODE").is_ok_and(|m| m.eq_ignore_ascii_case("debug"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        // 16k lines of slack (the default 128k preallocates several MB).
+        .buffered_lines_limit(16 * 1024)
         .thread_name("mcp-log")
         .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
