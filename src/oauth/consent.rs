@@ -94,14 +94,24 @@ pub fn warnings(client_name: Option<&str>, redirect_uri: &str) -> Vec<String> {
         }
     }
     match url.as_ref().map(Url::scheme) {
-        Some("http") if is_loopback_host(&host) => out.push(
-            "The authorization will be sent to a program running on this computer. Continue only if you just started it."
-                .to_string(),
-        ),
+        Some("http") if is_loopback_host(&host) => out.push(LOOPBACK_WARNING.to_string()),
         Some(s) if s != "https" && s != "http" => out.push(format!(
             "The authorization will be sent to the app that handles {s}:// links on this device."
         )),
         _ => {}
+    }
+    out
+}
+
+const LOOPBACK_WARNING: &str = "The authorization will be sent to a program running on this computer. Continue only if you just started it.";
+
+/// The page's warnings: the client's name and redirect, and for a metadata document that
+/// only names programs on this computer, that warning instead of the general loopback one.
+fn all_warnings(client: &ClientRecord, redirect_uri: &str) -> Vec<String> {
+    let mut out = warnings(client.client_name.as_deref(), redirect_uri);
+    if let Some(w) = document_warning(client) {
+        out.retain(|x| x != LOOPBACK_WARNING);
+        out.push(w);
     }
     out
 }
@@ -221,10 +231,7 @@ pub async fn consent_get(
         user: display_name(&session.identity),
         scopes: req.scopes.iter().map(|s| describe_scope(s)).collect(),
         document_host: document_host(&client.client_id),
-        warnings: warnings(client.client_name.as_deref(), &req.redirect_uri)
-            .into_iter()
-            .chain(document_warning(&client))
-            .collect(),
+        warnings: all_warnings(&client, &req.redirect_uri),
         csrf: &csrf,
         req: &req_id,
     };

@@ -255,6 +255,10 @@ async fn a_document_is_a_client_through_the_whole_flow() {
         consent.contains("only returns to programs on this computer"),
         "{consent}"
     );
+    assert!(
+        !consent.contains("sent to a program running on this computer"),
+        "one loopback warning, the specific one"
+    );
     assert!(hidden(&consent, "csrf").is_some());
     let resp = browser
         .post_form(&t, "/.auth/consent", &consent, &[("decision", "approve")])
