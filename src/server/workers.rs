@@ -276,6 +276,10 @@ impl Drop for LoadGuard {
     }
 }
 
+/// How often an idle HTTP/2 connection is pinged, and how long the answer may take.
+const H2_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const H2_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -302,6 +306,13 @@ async fn serve_connection<I>(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_read_timeout);
+    // HTTP/2 (over TLS): a peer that stops answering pings is dropped, so dead connections
+    // do not hold their slot of --max-connections.
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
