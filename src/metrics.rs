@@ -80,6 +80,15 @@ pub struct ChildMetrics {
     pub live: Gauge,
 }
 
+/// Counts `event` in a family labelled by event.
+pub fn count(family: &Family<EventLabels, Counter>, event: &str) {
+    family
+        .get_or_create(&EventLabels {
+            event: event.to_string(),
+        })
+        .inc();
+}
+
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
@@ -173,11 +182,7 @@ impl Metrics {
 
     /// Counts a token event.
     pub fn token(&self, event: &str) {
-        self.tokens
-            .get_or_create(&EventLabels {
-                event: event.to_string(),
-            })
-            .inc();
+        count(&self.tokens, event);
     }
 
     /// Counts a sign-in attempt.
@@ -192,11 +197,7 @@ impl Metrics {
 
     /// Counts a client event.
     pub fn client(&self, event: &str) {
-        self.clients
-            .get_or_create(&EventLabels {
-                event: event.to_string(),
-            })
-            .inc();
+        count(&self.clients, event);
     }
 
     /// The Prometheus text format.

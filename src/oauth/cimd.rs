@@ -320,21 +320,19 @@ impl Documents {
     }
 }
 
-/// A fetch failure without the URL again (the error names it once).
+/// A fetch failure without the URL again (the error names it once), with its causes.
 fn fetch_error(e: &reqwest::Error) -> String {
-    let mut why = if e.is_timeout() {
-        "it did not answer in time".to_string()
+    let what = if e.is_timeout() {
+        "it did not answer in time"
     } else if e.is_connect() {
-        "it could not be reached".to_string()
+        "it could not be reached"
     } else {
-        "the fetch failed".to_string()
+        "the fetch failed"
     };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        why = format!("{why}: {s}");
-        source = s.source();
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{what}: {}", crate::error::chain(cause)),
+        None => what.to_string(),
     }
-    why
 }
 
 /// How long a document may be used, from its `Cache-Control`.

@@ -176,7 +176,13 @@ impl Acme {
         })
     }
 
-    /// Orders, caches and renews until told to stop; logs every event.
+    fn count(&self, event: &str) {
+        if let Some(events) = &self.events {
+            crate::metrics::count(events, event);
+        }
+    }
+
+    /// Orders, caches and renews until told to stop; logs and counts every event.
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         tracing::info!(host = %self.host, "certificate: looking for a cached one, else ordering");
         loop {
@@ -184,26 +190,10 @@ impl Acme {
                 e = self.state.next() => e,
                 _ = stop.changed() => return,
             };
-            let name = match &event {
-                Some(Ok(rustls_acme::EventOk::DeployedCachedCert)) => "cached",
-                Some(Ok(rustls_acme::EventOk::DeployedNewCert)) => "issued",
-                Some(Ok(rustls_acme::EventOk::CertCacheStore)) => "stored",
-                Some(Ok(_)) => "other",
-                Some(Err(_)) => "error",
-                None => "end",
-            };
-            if let Some(events) = &self.events {
-                events
-                    .get_or_create(&crate::metrics::EventLabels {
-                        event: name.to_string(),
-                    })
-                    .inc();
-            }
-            if matches!(name, "cached" | "issued") {
-                self.ready.set();
-            }
             match event {
                 Some(Ok(rustls_acme::EventOk::DeployedCachedCert)) => {
+                    self.count("cached");
+                    self.ready.set();
                     let expires = expiry(
                         self.cache.clone(),
                         self.host.clone(),
@@ -213,10 +203,13 @@ impl Acme {
                     tracing::info!(host = %self.host, expires, "certificate: cached one in use")
                 }
                 Some(Ok(rustls_acme::EventOk::DeployedNewCert)) => {
+                    self.count("issued");
+                    self.ready.set();
                     // Stored right after deployment; the expiry shows on the next event.
                     tracing::info!(host = %self.host, "certificate: ready (newly issued)")
                 }
                 Some(Ok(rustls_acme::EventOk::CertCacheStore)) => {
+                    self.count("stored");
                     let expires = expiry(
                         self.cache.clone(),
                         self.host.clone(),
@@ -225,8 +218,12 @@ impl Acme {
                     .await;
                     tracing::info!(host = %self.host, expires, "certificate: stored for restarts")
                 }
-                Some(Ok(ok)) => tracing::debug!(event = ?ok, "ACME"),
+                Some(Ok(ok)) => {
+                    self.count("other");
+                    tracing::debug!(event = ?ok, "ACME")
+                }
                 Some(Err(e)) => {
+                    self.count("error");
                     tracing::warn!(host = %self.host, error = %e, "certificate: the ACME CA refused or failed; retrying with backoff")
                 }
                 None => return,
