@@ -29,8 +29,11 @@ after(async () => {
   if (home) rmSync(home, { recursive: true, force: true });
 });
 
-/** Runs `inspector --cli <resource> …args`; resolves with its exit code and output. */
-async function inspector(args, callbackPort) {
+/**
+ * Runs `inspector --cli <resource> …args`, its browser answering consent with `decision`;
+ * resolves with its exit code and output.
+ */
+async function inspector(args, callbackPort, decision = 'approve') {
   const child = spawn(
     process.execPath,
     [CLI, '--cli', proxy.resource, ...args, '--callback-url', `http://127.0.0.1:${callbackPort}/oauth/callback`],
@@ -43,6 +46,7 @@ async function inspector(args, callbackPort) {
         MCP_AUTO_OPEN_ENABLED: 'true',
         BROWSER: path.join(here, 'browser-open.mjs'),
         E2E_PASSWORD: SECRET,
+        E2E_DECISION: decision,
         E2E_BROWSER_LOG: path.join(home, 'browser.log'),
         NO_COLOR: '1',
       },
@@ -78,16 +82,7 @@ test('the Inspector CLI signs in through $BROWSER, lists and calls tools', async
 
 test('when the person denies access the Inspector gets no token and fails', async () => {
   const port = await freePort();
-  const child = await (async () => {
-    const saved = process.env.E2E_DECISION;
-    process.env.E2E_DECISION = 'deny';
-    try {
-      return await inspector(['--method', 'tools/list', '--relogin', '--no-revoke'], port);
-    } finally {
-      if (saved === undefined) delete process.env.E2E_DECISION;
-      else process.env.E2E_DECISION = saved;
-    }
-  })();
+  const child = await inspector(['--method', 'tools/list', '--relogin', '--no-revoke'], port, 'deny');
   assert.notEqual(child.code, 0, 'a denied sign-in is not a success');
   const log = readFileSync(path.join(home, 'browser.log'), 'utf8').trim().split('\n');
   assert.match(log.at(-1), /[?&]error=access_denied/);

@@ -294,14 +294,8 @@ async fn a_certificate_by_tls_alpn_01_is_cached_across_a_restart() {
     let (pebble, http_port, tls_port, p) = issued(false).await;
     let first = fetch_metadata(&pebble, tls_port, 30).await;
     // Ready once the certificate is in place; the probe answers on the plain listener too.
-    let ready: serde_json::Value = crate::helpers::client()
-        .get(format!("http://127.0.0.1:{http_port}/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: serde_json::Value =
+        crate::helpers::get_json(format!("http://127.0.0.1:{http_port}/readyz")).await;
     assert_eq!(ready["checks"]["certificate"], "ok", "{ready}");
     assert_eq!(ready["status"], "ready");
 

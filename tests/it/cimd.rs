@@ -215,14 +215,8 @@ async fn loopback_documents_are_refused_unless_the_operator_allows_the_host() {
         "no connection was made"
     );
 
-    let m: Value = client()
-        .get(p.target().url("/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m: Value =
+        crate::helpers::get_json(p.target().url("/.well-known/oauth-authorization-server")).await;
     assert_eq!(m["client_id_metadata_document_supported"], true);
     assert_eq!(m["token_endpoint_auth_methods_supported"][0], "none");
 }
@@ -328,13 +322,7 @@ async fn documents_that_do_not_describe_themselves_properly_are_refused() {
     let off = start_proxy(&["--no-cimd"]).await;
     let page = refused(&off, &docs.id("/client.json")).await;
     assert!(page.contains("not registered"), "{page}");
-    let m: Value = client()
-        .get(off.target().url("/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m: Value =
+        crate::helpers::get_json(off.target().url("/.well-known/oauth-authorization-server")).await;
     assert!(m.get("client_id_metadata_document_supported").is_none());
 }

@@ -17,23 +17,9 @@ fn challenge(resp: &reqwest::Response) -> String {
 async fn metadata_is_served_at_root_and_path_form() {
     let up = start_upstream().await;
     let p = start_proxy(&[&up.url("/mcp")]).await;
-    let c = client();
-    let a: Value = c
-        .get(p.url("/.well-known/oauth-protected-resource"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let b: Value = c
-        .get(p.url("/.well-known/oauth-protected-resource/mcp"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a: Value = crate::helpers::get_json(p.url("/.well-known/oauth-protected-resource")).await;
+    let b: Value =
+        crate::helpers::get_json(p.url("/.well-known/oauth-protected-resource/mcp")).await;
     assert_eq!(a, b);
     let origin = p.state.site.origin.as_str().to_string();
     assert_eq!(a["resource"], format!("{origin}/mcp"));

@@ -208,6 +208,18 @@ pub async fn token_for(p: &TestProxy, subject: &str) -> String {
 }
 
 /// An HTTP client that never uses a proxy and never follows redirects.
+/// `GET url` and its JSON body (any status).
+pub async fn get_json(url: impl reqwest::IntoUrl) -> serde_json::Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()

@@ -34,24 +34,12 @@ async fn the_whole_flow_register_login_consent_token_gate_refresh_revoke() {
     // Discovery, as a client does it: 401 → resource metadata → AS metadata.
     let resp = c.post(t.url("/mcp")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    let prm: Value = c
-        .get(t.url("/.well-known/oauth-protected-resource/mcp"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let prm: Value =
+        crate::helpers::get_json(t.url("/.well-known/oauth-protected-resource/mcp")).await;
     let issuer = prm["authorization_servers"][0].as_str().unwrap();
     assert_eq!(issuer, t.origin);
-    let asm: Value = c
-        .get(t.url("/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let asm: Value =
+        crate::helpers::get_json(t.url("/.well-known/oauth-authorization-server")).await;
     assert_eq!(asm["issuer"], issuer);
     assert_eq!(asm["registration_endpoint"], format!("{issuer}/register"));
 
@@ -191,14 +179,8 @@ async fn metadata_advertises_exactly_what_exists() {
     for absent in ["jwks_uri", "introspection_endpoint"] {
         assert!(m.get(absent).is_none(), "{absent} must not be advertised");
     }
-    let suffixed: Value = client()
-        .get(t.url("/.well-known/oauth-authorization-server/mcp"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let suffixed: Value =
+        crate::helpers::get_json(t.url("/.well-known/oauth-authorization-server/mcp")).await;
     assert_eq!(suffixed, m);
     let oidc = client()
         .get(t.url("/.well-known/openid-configuration"))
@@ -349,7 +331,7 @@ async fn registration_can_be_read_and_deleted_with_its_token_and_expires_unused(
     let rat = oc.registration["registration_access_token"]
         .as_str()
         .unwrap();
-    let read: Value = c
+    let read: Value = client()
         .get(&uri)
         .bearer_auth(rat)
         .send()
@@ -1276,14 +1258,8 @@ redirect_uris = ["http://127.0.0.1:33418/callback"]
     let path = file.display().to_string();
     let p = start_proxy(&["--clients-file", &path, &up.url("/mcp")]).await;
     let t = p.target();
-    let meta: Value = client()
-        .get(t.url("/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta: Value =
+        crate::helpers::get_json(t.url("/.well-known/oauth-authorization-server")).await;
     assert!(
         meta["grant_types_supported"]
             .as_array()

@@ -469,6 +469,18 @@ fn oidc_args(idp: &FakeIdp) -> Vec<String> {
     ]
 }
 
+/// A proxy signing in with the fake IdP, on `clock`, with `extra` arguments after ours.
+async fn oidc_proxy_on(
+    idp: &FakeIdp,
+    clock: &mcp_auth_proxy::clock::Clock,
+    extra: &[&str],
+) -> TestProxy {
+    let mut args = oidc_args(idp);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    crate::helpers::start_proxy_with(&a, clock.clone(), tempfile::tempdir().unwrap()).await
+}
+
 async fn proxy_with(args: &[String]) -> TestProxy {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     start_proxy(&a).await
@@ -888,26 +900,23 @@ async fn the_upstream_gets_a_signed_assertion_that_survives_key_rotation() {
     let idp = start_fake().await;
     let up = crate::helpers::start_upstream().await;
     let clock = mcp_auth_proxy::clock::Clock::manual(mcp_auth_proxy::clock::Clock::system().now());
-    let mut args = oidc_args(&idp);
-    args.extend([
-        "--proxy-forward-authorization".to_string(),
-        "--jwt-key-rotation".to_string(),
-        "1h".to_string(),
-        "--access-token-ttl".to_string(),
-        "1d".to_string(),
-        up.url("/mcp"),
-    ]);
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let p = crate::helpers::start_proxy_with(&a, clock.clone(), tempfile::tempdir().unwrap()).await;
+    let upstream = up.url("/mcp");
+    let p = oidc_proxy_on(
+        &idp,
+        &clock,
+        &[
+            "--proxy-forward-authorization",
+            "--jwt-key-rotation",
+            "1h",
+            "--access-token-ttl",
+            "1d",
+            &upstream,
+        ],
+    )
+    .await;
     let access = signed_in_token(&p).await;
-    let meta: Value = crate::helpers::client()
-        .get(p.url("/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta: Value =
+        crate::helpers::get_json(p.url("/.well-known/oauth-authorization-server")).await;
     let jwks_uri = meta["jwks_uri"].as_str().unwrap().to_string();
     assert!(jwks_uri.ends_with("/.well-known/jwks.json"));
     let upstream_auth = |access: String| {
@@ -968,15 +977,13 @@ async fn the_provider_token_goes_upstream_sealed_at_rest_and_refreshed() {
     let idp = start_fake().await;
     let up = crate::helpers::start_upstream().await;
     let clock = mcp_auth_proxy::clock::Clock::manual(mcp_auth_proxy::clock::Clock::system().now());
-    let mut args = oidc_args(&idp);
-    args.extend([
-        "--pass-access-token".to_string(),
-        "--access-token-ttl".to_string(),
-        "1d".to_string(),
-        up.url("/mcp"),
-    ]);
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let p = crate::helpers::start_proxy_with(&a, clock.clone(), tempfile::tempdir().unwrap()).await;
+    let upstream = up.url("/mcp");
+    let p = oidc_proxy_on(
+        &idp,
+        &clock,
+        &["--pass-access-token", "--access-token-ttl", "1d", &upstream],
+    )
+    .await;
     let access = signed_in_token(&p).await;
     let upstream_token = || {
         let (url, access) = (p.url("/mcp"), access.clone());

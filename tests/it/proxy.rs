@@ -340,7 +340,7 @@ async fn path_mapping_joins_other_paths_onto_the_upstream_origin() {
         .await
         .unwrap();
     assert_eq!(echo["path"], "/api/v1/mcp");
-    let echo: Value = c
+    let echo: Value = client()
         .get(p.url("/static/x.js?v=2"))
         .bearer_auth(&t)
         .send()

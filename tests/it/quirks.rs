@@ -104,16 +104,27 @@ impl Replay {
         resp.json().await.unwrap()
     }
 
-    /// A public client's whole flow: authorization with `redirect` and `params`, the code
-    /// exchanged with its id and `redirect`, the token tried at the gate.
+    /// A public client's whole flow: [`Replay::flow`] with nothing more at the token endpoint.
     async fn public_flow(&self, id: &str, redirect: &str, params: &[(&str, &str)]) -> Value {
+        self.flow(id, redirect, params, &[]).await
+    }
+
+    /// A whole flow: authorization with `redirect` and `params`, the code exchanged with the
+    /// client's id, `redirect` and `token_fields`, the token tried at the gate.
+    async fn flow(
+        &self,
+        id: &str,
+        redirect: &str,
+        params: &[(&str, &str)],
+        token_fields: &[(&str, &str)],
+    ) -> Value {
         let mut all = vec![("redirect_uri", redirect)];
         all.extend(params);
         let back = self.authorize(id, &all).await;
         assert!(back.as_str().starts_with(redirect), "{back}");
-        let tokens = self
-            .exchange(&back, &[("client_id", id), ("redirect_uri", redirect)])
-            .await;
+        let mut fields = vec![("client_id", id), ("redirect_uri", redirect)];
+        fields.extend(token_fields);
+        let tokens = self.exchange(&back, &fields).await;
         self.opens_the_gate(&tokens).await;
         tokens
     }
@@ -230,29 +241,14 @@ async fn claude_ai_probes_both_metadata_paths_registers_confidential_and_refresh
     assert!(reg["client_secret_expires_at"].is_u64());
 
     // No offline_access asked; the resource named.
-    let back = r
-        .authorize(
-            id,
-            &[
-                ("redirect_uri", callback),
-                ("scope", "mcp"),
-                ("resource", &r.t.resource),
-            ],
-        )
-        .await;
-    assert!(back.as_str().starts_with(callback));
     let tokens = r
-        .exchange(
-            &back,
-            &[
-                ("client_id", id),
-                ("client_secret", secret),
-                ("redirect_uri", callback),
-                ("resource", &r.t.resource),
-            ],
+        .flow(
+            id,
+            callback,
+            &[("scope", "mcp"), ("resource", &r.t.resource)],
+            &[("client_secret", secret), ("resource", &r.t.resource)],
         )
         .await;
-    r.opens_the_gate(&tokens).await;
     // A refresh token anyway, and a refresh without `scope` works.
     let rt = tokens["refresh_token"].as_str().expect("a refresh token");
     let again = r
@@ -298,23 +294,14 @@ async fn claude_code_uses_port_less_loopback_uris_with_a_port_and_a_loose_resour
     let id = reg["client_id"].as_str().unwrap();
     let slashed = format!("{}/", r.t.resource);
     let redirect = "http://localhost:54545/callback";
-    let back = r
-        .authorize(
-            id,
-            &[("redirect_uri", redirect), ("resource", slashed.as_str())],
-        )
-        .await;
     let tokens = r
-        .exchange(
-            &back,
-            &[
-                ("client_id", id),
-                ("redirect_uri", redirect),
-                ("resource", slashed.as_str()),
-            ],
+        .flow(
+            id,
+            redirect,
+            &[("resource", slashed.as_str())],
+            &[("resource", slashed.as_str())],
         )
         .await;
-    r.opens_the_gate(&tokens).await;
     let again = r
         .refresh(&[
             ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
@@ -346,28 +333,13 @@ async fn chatgpt_registers_its_per_app_connector_callback() {
             .await;
         let id = reg["client_id"].as_str().unwrap();
         let secret = reg["client_secret"].as_str().unwrap();
-        let back = r
-            .authorize(
-                id,
-                &[
-                    ("redirect_uri", callback),
-                    ("scope", "mcp"),
-                    ("resource", &r.t.resource),
-                ],
-            )
-            .await;
-        assert!(back.as_str().starts_with(callback), "{back}");
-        let tokens = r
-            .exchange(
-                &back,
-                &[
-                    ("client_id", id),
-                    ("client_secret", secret),
-                    ("redirect_uri", callback),
-                ],
-            )
-            .await;
-        r.opens_the_gate(&tokens).await;
+        r.flow(
+            id,
+            callback,
+            &[("scope", "mcp"), ("resource", &r.t.resource)],
+            &[("client_secret", secret)],
+        )
+        .await;
     }
 }
 
@@ -426,17 +398,9 @@ async fn cursor_registers_three_redirect_uris_including_its_own_scheme() {
         }))
         .await;
     let id = reg["client_id"].as_str().unwrap();
-    let back = r
-        .authorize(
-            id,
-            &[("redirect_uri", uris[0]), ("resource", &r.t.resource)],
-        )
+    // The answer goes to cursor://… (the flow checks where it was sent).
+    r.public_flow(id, uris[0], &[("resource", &r.t.resource)])
         .await;
-    assert_eq!(back.scheme(), "cursor");
-    let tokens = r
-        .exchange(&back, &[("client_id", id), ("redirect_uri", uris[0])])
-        .await;
-    r.opens_the_gate(&tokens).await;
 }
 
 #[tokio::test]
@@ -499,23 +463,19 @@ async fn mcp_remote_asks_offline_access_with_prompt_consent() {
             }
         }
         // prompt=consent: the consent page every time, even though it was approved once.
-        let back = r
-            .authorize(
+        let tokens = r
+            .public_flow(
                 id,
+                redirect,
                 &[
-                    ("redirect_uri", redirect),
                     ("scope", "offline_access"),
                     ("prompt", "consent"),
                     ("resource", &r.t.resource),
                 ],
             )
             .await;
-        let tokens = r
-            .exchange(&back, &[("client_id", id), ("redirect_uri", redirect)])
-            .await;
         assert_eq!(tokens["scope"], "mcp offline_access");
         assert!(tokens["refresh_token"].is_string());
-        r.opens_the_gate(&tokens).await;
     }
 }
 
