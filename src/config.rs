@@ -346,30 +346,18 @@ pub struct Config {
     pub workers: usize,
     pub stdio: StdioOptions,
     pub limits: Limits,
+    /// `--metrics-listen`: Prometheus and the probes on a listener of their own.
+    pub metrics_listen: Option<ListenAddr>,
 }
 
-/// Protection against load and slow or oversized clients.
+/// Protection against load and slow or oversized clients (defaults: the flags').
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// `--metrics-listen`.
-    pub metrics_listen: Option<ListenAddr>,
     /// Requests per minute per client IP on the rate-limited endpoints (0: off).
     pub rate_limit: u32,
     pub max_body: usize,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            metrics_listen: None,
-            rate_limit: 120,
-            max_body: 4 * 1024 * 1024,
-            max_connections: 4096,
-            header_read_timeout: Duration::from_secs(10),
-        }
-    }
 }
 
 /// A size: `1048576`, `512KiB`, `4MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
@@ -549,13 +537,13 @@ impl Config {
             },
             auth,
             shutdown_grace: parse_duration("--shutdown-grace", &cli.shutdown_grace)?,
+            metrics_listen: cli
+                .metrics_listen
+                .as_deref()
+                .filter(|s| !s.trim().is_empty())
+                .map(ListenAddr::parse)
+                .transpose()?,
             limits: Limits {
-                metrics_listen: cli
-                    .metrics_listen
-                    .as_deref()
-                    .filter(|s| !s.trim().is_empty())
-                    .map(ListenAddr::parse)
-                    .transpose()?,
                 rate_limit: cli.rate_limit,
                 max_body: parse_size("--max-body", &cli.max_body)?,
                 max_connections: cli.max_connections.max(1),
@@ -946,6 +934,25 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<Duration, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("--max-body", "4MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_size("--max-body", "512 KiB").unwrap(), 512 << 10);
+        assert_eq!(parse_size("--max-body", "1000").unwrap(), 1000);
+        assert_eq!(parse_size("--max-body", "2MB").unwrap(), 2_000_000);
+        for bad in [
+            "",
+            "0",
+            "4 parsecs",
+            "MiB",
+            "-1KiB",
+            "99999999999999999999GiB",
+        ] {
+            let e = parse_size("--max-body", bad).unwrap_err().to_string();
+            assert!(e.contains("--max-body"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn listen_forms() {

@@ -359,7 +359,7 @@ pub async fn prepare(
             .then(|| server::ratelimit::RateLimiter::new(config.limits.rate_limit)),
         max_body: config.limits.max_body,
     });
-    let metrics_listener = match &config.limits.metrics_listen {
+    let metrics_listener = match &config.metrics_listen {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
