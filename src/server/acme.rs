@@ -33,6 +33,36 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+impl StoreCache {
+    /// A sealed cache entry (`kind` is `cert` or `account`).
+    async fn load(
+        &self,
+        kind: &str,
+        names: &[String],
+        directory_url: &str,
+    ) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+        let v = self
+            .0
+            .get_secret(&cache_key(kind, names, directory_url))
+            .await?;
+        Ok(v.map(|z| z.to_vec()))
+    }
+
+    /// Seals and stores an entry, on disk before this returns.
+    async fn store(
+        &self,
+        kind: &str,
+        names: &[String],
+        directory_url: &str,
+        value: &[u8],
+    ) -> Result<(), crate::store::StoreError> {
+        self.0
+            .put_secret(&cache_key(kind, names, directory_url), value)
+            .await?;
+        self.0.flush().await
+    }
+}
+
 #[async_trait::async_trait]
 impl CertCache for StoreCache {
     type EC = crate::store::StoreError;
@@ -41,11 +71,7 @@ impl CertCache for StoreCache {
         domains: &[String],
         directory_url: &str,
     ) -> Result<Option<Vec<u8>>, Self::EC> {
-        let v = self
-            .0
-            .get_secret(&cache_key("cert", domains, directory_url))
-            .await?;
-        Ok(v.map(|z| z.to_vec()))
+        self.load("cert", domains, directory_url).await
     }
     async fn store_cert(
         &self,
@@ -53,10 +79,7 @@ impl CertCache for StoreCache {
         directory_url: &str,
         cert: &[u8],
     ) -> Result<(), Self::EC> {
-        self.0
-            .put_secret(&cache_key("cert", domains, directory_url), cert)
-            .await?;
-        self.0.flush().await
+        self.store("cert", domains, directory_url, cert).await
     }
 }
 
@@ -68,11 +91,7 @@ impl AccountCache for StoreCache {
         contact: &[String],
         directory_url: &str,
     ) -> Result<Option<Vec<u8>>, Self::EA> {
-        let v = self
-            .0
-            .get_secret(&cache_key("account", contact, directory_url))
-            .await?;
-        Ok(v.map(|z| z.to_vec()))
+        self.load("account", contact, directory_url).await
     }
     async fn store_account(
         &self,
@@ -80,10 +99,7 @@ impl AccountCache for StoreCache {
         directory_url: &str,
         account: &[u8],
     ) -> Result<(), Self::EA> {
-        self.0
-            .put_secret(&cache_key("account", contact, directory_url), account)
-            .await?;
-        self.0.flush().await
+        self.store("account", contact, directory_url, account).await
     }
 }
 
