@@ -408,6 +408,11 @@ pub struct Cli {
     #[arg(long, env = "WORKERS", default_value_t = 0)]
     pub workers: usize,
 
+    /// Serve every request through the general HTTP stack, without the HTTP/1 fast lane for
+    /// POST on the MCP endpoint (for diagnosis: the answers are the same).
+    #[arg(long, env = "NO_FAST_LANE")]
+    pub no_fast_lane: bool,
+
     /// After SIGTERM/SIGINT, how long open requests and streams may run before they are cut.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s")]
     pub shutdown_grace: String,

@@ -344,6 +344,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Threads serving connections (at least one).
     pub workers: usize,
+    /// The HTTP/1 fast lane for POST on the MCP endpoint (off with `--no-fast-lane`).
+    pub fast_lane: bool,
     pub stdio: StdioOptions,
     pub limits: Limits,
     /// `--metrics-listen`: Prometheus and the probes on a listener of their own.
@@ -552,6 +554,7 @@ impl Config {
                     &cli.header_read_timeout,
                 )?,
             },
+            fast_lane: !cli.no_fast_lane,
             workers: match cli.workers {
                 0 => crate::server::workers::default_count(),
                 n => n,

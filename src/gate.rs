@@ -140,6 +140,11 @@ pub fn bearer_token<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<&
     let value = value
         .to_str()
         .map_err(|_| GateError::InvalidRequest("malformed Authorization header"))?;
+    bearer_value(value)
+}
+
+/// The token in one `Authorization` header value (`Bearer <token>`).
+pub fn bearer_value(value: &str) -> Result<&str, GateError> {
     let (scheme, token) = value
         .split_once(' ')
         .ok_or(GateError::InvalidRequest("malformed Authorization header"))?;

@@ -185,6 +185,8 @@ pub struct Prepared {
     pub shutdown_grace: Duration,
     /// How many worker threads serve connections.
     pub workers: usize,
+    /// Whether the HTTP/1 fast lane serves the MCP endpoint where it can.
+    pub fast_lane: bool,
     pub limits: config::Limits,
     /// `--metrics-listen`, bound.
     pub metrics_listener: Option<TcpListener>,
@@ -370,6 +372,7 @@ pub async fn prepare(
     Ok(Prepared {
         shutdown_grace: config.shutdown_grace,
         workers: config.workers,
+        fast_lane: config.fast_lane,
         limits: config.limits.clone(),
         metrics_listener,
         metrics_local_addr,
@@ -443,6 +446,7 @@ pub async fn serve(
         state,
         shutdown_grace,
         workers,
+        fast_lane,
         tls_listener,
         tls,
         limits,
@@ -484,6 +488,11 @@ pub async fn serve(
             tokio::spawn(server::tls::watch_files(cert, c, k, stop_tx.subscribe()))
         });
     let origin = state.site.origin.clone();
+    let hsts = tls.is_some().then_some(server::tls::HSTS);
+    let lane = fast_lane
+        .then(|| server::fastlane::Lane::new(state.clone(), hsts, workers))
+        .flatten()
+        .map(Arc::new);
     let mut acme_task = None;
     let apps = match tls {
         Some(mut t) => {
@@ -500,6 +509,7 @@ pub async fn serve(
                 main: server::tls::with_hsts(server::router(state)),
                 plain: Some(server::tls::redirect_router(origin, Some(plain_routes))),
                 tls: Some(t.acceptor),
+                lane,
                 header_read_timeout,
             }
         }
@@ -507,6 +517,7 @@ pub async fn serve(
             main: server::router(state),
             plain: None,
             tls: None,
+            lane,
             header_read_timeout,
         },
     };

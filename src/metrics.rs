@@ -68,7 +68,7 @@ pub struct SignInLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
     /// `http` or `stdio`.
-    pub backend: String,
+    pub backend: &'static str,
 }
 
 /// The stdio children's metrics, shared with the crash tracker that sees them start and end.
@@ -103,6 +103,8 @@ pub struct Metrics {
     pub clients: Family<EventLabels, Counter>,
     pub sessions: Gauge,
     pub children: ChildMetrics,
+    /// Requests the HTTP/1 fast lane served (also counted in `requests`).
+    pub fast_lane: Counter,
 }
 
 impl Default for Metrics {
@@ -167,7 +169,14 @@ impl Metrics {
             "Live stdio MCP server processes",
             children.live.clone(),
         );
+        let fast_lane = Counter::default();
+        registry.register(
+            "fast_lane_requests",
+            "MCP requests served by the HTTP/1 fast lane (also counted in http_requests)",
+            fast_lane.clone(),
+        );
         Self {
+            fast_lane,
             registry,
             requests,
             upstream_seconds,

@@ -32,15 +32,18 @@ use crate::store::Repo;
 /// The MCP session header (Streamable HTTP transport).
 pub const MCP_SESSION_ID: &str = "mcp-session-id";
 
+/// The media type of Server-Sent Events.
+pub const SSE: &str = "text/event-stream";
+
 /// Request bodies up to this size are kept so a 307/308 can be replayed; longer bodies stream
 /// and a redirect of them is refused.
 pub const REPLAY_LIMIT: usize = 256 * 1024;
 
 /// Upstream answers with a Content-Length up to this are sent on in one piece.
-const WHOLE_RESPONSE_LIMIT: u64 = 64 * 1024;
+pub const WHOLE_RESPONSE_LIMIT: u64 = 64 * 1024;
 
 /// At most this many same-origin 307/308 hops are followed.
-const MAX_REDIRECTS: usize = 3;
+pub const MAX_REDIRECTS: usize = 3;
 
 /// Identity headers only the proxy may set; client copies are spoofing.
 pub const IDENTITY_HEADERS: [&str; 5] = [
@@ -55,7 +58,7 @@ pub const IDENTITY_HEADERS: [&str; 5] = [
 pub const COOKIE_PREFIX: &str = "mcp_proxy_";
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
+pub const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -180,6 +183,15 @@ impl HttpBackend {
 
     pub fn base(&self) -> &Url {
         &self.base
+    }
+
+    pub fn options(&self) -> &UpstreamOptions {
+        &self.opts
+    }
+
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host` as sent upstream.
+    pub fn forwarded(&self) -> (&HeaderValue, &HeaderValue) {
+        (&self.forwarded_proto, &self.forwarded_host)
     }
 
     /// The calling worker's connection pool.
@@ -381,6 +393,22 @@ impl HttpBackend {
         self.client_response(resp, site).await
     }
 
+    /// Whether a client header (name in any case) is never sent upstream as it came: it
+    /// describes the connection, carries the client's credentials or our cookies, or is one
+    /// only the proxy may set. (`Cookie` is sent again without our cookies.)
+    pub fn never_forwarded(&self, name: &str) -> bool {
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        HOP_BY_HOP.iter().any(|n| is(n))
+            || IDENTITY_HEADERS.iter().any(|n| is(n))
+            || super::identity::is_ours(&self.opts, name)
+            || ["host", "authorization", "origin", "cookie", "forwarded"]
+                .iter()
+                .any(|n| is(n))
+            || name
+                .get(..12)
+                .is_some_and(|p| p.eq_ignore_ascii_case("x-forwarded-"))
+    }
+
     /// The headers sent upstream.
     fn upstream_headers(
         &self,
@@ -398,16 +426,7 @@ impl HttpBackend {
             .collect();
         for (name, value) in incoming {
             let n = name.as_str();
-            if HOP_BY_HOP.contains(&n)
-                || connection_listed.iter().any(|c| c == n)
-                || IDENTITY_HEADERS.contains(&n)
-                || super::identity::is_ours(&self.opts, name)
-                || matches!(
-                    n,
-                    "host" | "authorization" | "origin" | "cookie" | "forwarded"
-                )
-                || n.starts_with("x-forwarded-")
-            {
+            if self.never_forwarded(n) || connection_listed.iter().any(|c| c == n) {
                 continue;
             }
             out.append(name.clone(), value.clone());
@@ -416,23 +435,13 @@ impl HttpBackend {
             out.insert(header::COOKIE, cookie);
         }
 
-        let forwarded_for = {
-            let peer = crate::server::guard::canonical_ip(client.peer).to_string();
-            let earlier: Vec<&str> = if client.peer_trusted {
-                incoming
-                    .get_all("x-forwarded-for")
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            if earlier.is_empty() {
-                peer
-            } else {
-                format!("{}, {peer}", earlier.join(", "))
-            }
-        };
+        let forwarded_for = forwarded_for(
+            client,
+            incoming
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
         insert_str(&mut out, "x-forwarded-for", &forwarded_for);
         out.insert(
             HeaderName::from_static("x-forwarded-proto"),
@@ -472,7 +481,7 @@ impl HttpBackend {
         {
             headers.insert(header::LOCATION, v);
         }
-        let is_sse = crate::server::content_type_is(&headers, "text/event-stream");
+        let is_sse = crate::server::content_type_is(&headers, SSE);
         if is_sse {
             headers.insert(
                 HeaderName::from_static("x-accel-buffering"),
@@ -512,7 +521,7 @@ impl HttpBackend {
     }
 
     /// A `Location` pointing at the upstream's origin, pointed at ours instead.
-    fn public_location(&self, loc: &str, site: &Site) -> Option<String> {
+    pub fn public_location(&self, loc: &str, site: &Site) -> Option<String> {
         let abs = self.base.join(loc).ok()?;
         if !same_origin(&abs, &self.base) || !loc.contains("://") {
             return None;
@@ -523,6 +532,22 @@ impl HttpBackend {
             s.push_str(q);
         }
         Some(s)
+    }
+}
+
+/// `X-Forwarded-For` for the upstream: the client's peer address, after the chain a trusted
+/// proxy passed (`earlier`, ignored from anyone else).
+pub fn forwarded_for<'a>(client: &ClientInfo, earlier: impl Iterator<Item = &'a str>) -> String {
+    let peer = crate::server::guard::canonical_ip(client.peer).to_string();
+    let earlier: Vec<&str> = if client.peer_trusted {
+        earlier.collect()
+    } else {
+        Vec::new()
+    };
+    if earlier.is_empty() {
+        peer
+    } else {
+        format!("{}, {peer}", earlier.join(", "))
     }
 }
 
@@ -570,7 +595,7 @@ async fn read_prefix(body: Body, limit: usize) -> Result<Outgoing, axum::Error> 
 }
 
 /// A URL without query string or credentials, for logs.
-fn redact(url: &Url) -> String {
+pub fn redact(url: &Url) -> String {
     let mut u = url.clone();
     u.set_query(None);
     let _ = u.set_password(None);

@@ -9,10 +9,12 @@ use crate::store::Identity;
 
 /// Whether `name` is one of the headers only we may set (the identity names and the
 /// `--header-mapping` targets): client copies of them are spoofing.
-pub fn is_ours(opts: &UpstreamOptions, name: &HeaderName) -> bool {
+pub fn is_ours(opts: &UpstreamOptions, name: &str) -> bool {
     let i = &opts.identity;
-    [&i.user, &i.email, &i.name, &i.groups].contains(&name)
-        || opts.mapping.iter().any(|(_, h)| h == name)
+    [&i.user, &i.email, &i.name, &i.groups]
+        .into_iter()
+        .chain(opts.mapping.iter().map(|(_, h)| h))
+        .any(|h| h.as_str().eq_ignore_ascii_case(name))
 }
 
 /// What part of the identity a header or variable carries.
@@ -74,12 +76,20 @@ fn claim_text(v: Option<&Value>) -> Option<String> {
 /// Adds the caller's identity headers; a header is left out, not sent empty, when the value
 /// is unknown (or cannot be a header value).
 pub fn insert(opts: &UpstreamOptions, out: &mut HeaderMap, id: &Identity) {
+    each(opts, id, |name, value| {
+        out.insert(name.clone(), value);
+    });
+}
+
+/// Calls `f` with each identity header the caller gets, in the order [`insert`] sets them
+/// (a later one of the same name replaces an earlier one there).
+pub fn each(opts: &UpstreamOptions, id: &Identity, mut f: impl FnMut(&HeaderName, HeaderValue)) {
     let i = &opts.identity;
     let mut set = |name: &HeaderName, value: Option<String>| {
         if let Some(v) = value.filter(|v| !v.is_empty())
             && let Ok(v) = HeaderValue::from_bytes(v.as_bytes())
         {
-            out.insert(name.clone(), v);
+            f(name, v);
         }
     };
     set(&i.user, Some(id.user_id.clone()));

@@ -28,14 +28,27 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 /// The client's address: the peer, or, when the peer is a trusted proxy, the right-most
 /// address in `X-Forwarded-For` that is not itself a trusted proxy.
 pub fn client_ip(site: &Site, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    client_ip_in(
+        site,
+        peer,
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+}
+
+/// [`client_ip`] given the `X-Forwarded-For` values.
+pub fn client_ip_in<'a>(
+    site: &Site,
+    peer: IpAddr,
+    forwarded_for: impl Iterator<Item = &'a str>,
+) -> IpAddr {
     let peer = canonical_ip(peer);
     if !is_trusted(site, peer) {
         return peer;
     }
-    let hops: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    let hops: Vec<IpAddr> = forwarded_for
         .flat_map(|v| v.split(','))
         .filter_map(|s| s.trim().parse::<IpAddr>().ok())
         .map(canonical_ip)
@@ -49,16 +62,26 @@ pub fn client_ip(site: &Site, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
 /// The authority the client addressed: `X-Forwarded-Host` from a trusted proxy, else `Host`,
 /// else the request URI's authority (HTTP/2).
 pub fn requested_authority(headers: &HeaderMap, uri: &Uri, trusted: bool) -> Option<String> {
-    let forwarded = trusted
-        .then(|| headers.get("x-forwarded-host"))
-        .flatten()
-        .and_then(|v| v.to_str().ok())
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    authority_of(
+        text("x-forwarded-host"),
+        text(header::HOST.as_str()).or_else(|| uri.authority().map(|a| a.as_str())),
+        trusted,
+    )
+    .map(str::to_string)
+}
+
+/// [`requested_authority`] given the `X-Forwarded-Host` and `Host` values.
+pub fn authority_of<'a>(
+    forwarded_host: Option<&'a str>,
+    host: Option<&'a str>,
+    trusted: bool,
+) -> Option<&'a str> {
+    forwarded_host
+        .filter(|_| trusted)
         .and_then(|v| v.split(',').next())
-        .map(str::trim);
-    forwarded
-        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))
-        .or_else(|| uri.authority().map(|a| a.as_str()))
-        .map(str::to_string)
+        .map(str::trim)
+        .or(host)
 }
 
 /// Whether an authority (`host[:port]`) names our external origin. A loopback origin accepts

@@ -5,6 +5,7 @@
 
 pub mod acme;
 pub mod cors;
+pub mod fastlane;
 pub mod guard;
 pub mod health;
 pub mod ratelimit;
@@ -41,7 +42,14 @@ pub fn content_type_is(headers: &axum::http::HeaderMap, mime: &str) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|ct| mime_is(ct, mime))
+}
+
+/// Whether a `Content-Type` value is `mime` (parameters ignored, any case).
+pub fn mime_is(content_type: &str, mime: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
         .is_some_and(|ct| ct.trim().eq_ignore_ascii_case(mime))
 }
 
@@ -344,12 +352,15 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
 }
 
 /// Records how long the MCP server took to start answering.
-fn timed(app: &App, backend: &str, started: std::time::Instant, resp: Response) -> Response {
+fn timed(
+    app: &App,
+    backend: &'static str,
+    started: std::time::Instant,
+    resp: Response,
+) -> Response {
     app.metrics
         .upstream_seconds
-        .get_or_create(&crate::metrics::BackendLabels {
-            backend: backend.to_string(),
-        })
+        .get_or_create(&crate::metrics::BackendLabels { backend })
         .observe(started.elapsed().as_secs_f64());
     resp
 }

@@ -55,6 +55,8 @@ pub struct Apps {
     /// The plain listener's application when TLS is on (redirects, ACME HTTP-01).
     pub plain: Option<Router>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The HTTP/1 fast lane of the main application, when its configuration allows one.
+    pub lane: Option<Arc<super::fastlane::Lane>>,
     /// How long a client may take to send a request's headers (`--header-read-timeout`).
     pub header_read_timeout: std::time::Duration,
 }
@@ -218,6 +220,7 @@ impl WorkerJob {
             match (from, &self.apps.tls) {
                 (Listener::Tls, Some(tls)) => {
                     let (tls, app) = (tls.clone(), self.apps.main.clone());
+                    let lane = self.apps.lane.clone();
                     tracker.spawn(async move {
                         let Ok(Ok(stream)) =
                             tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await
@@ -225,22 +228,26 @@ impl WorkerJob {
                             return;
                         };
                         // A TLS-ALPN-01 validation: the handshake was the whole point.
-                        if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+                        let alpn = stream.get_ref().1.alpn_protocol();
+                        if alpn == Some(ACME_TLS_ALPN) {
                             return;
                         }
-                        serve_connection(stream, peer, app, stop, guard, read_timeout).await;
+                        // HTTP/2 is the general stack's.
+                        let lane = lane.filter(|_| alpn != Some(b"h2"));
+                        serve_connection(stream, peer, app, lane, stop, guard, read_timeout).await;
                     });
                 }
                 (Listener::Plain, _) => {
-                    let app = self
-                        .apps
-                        .plain
-                        .clone()
-                        .unwrap_or_else(|| self.apps.main.clone());
+                    // The plain listener serves the application itself unless TLS is on.
+                    let (app, lane) = match &self.apps.plain {
+                        Some(plain) => (plain.clone(), None),
+                        None => (self.apps.main.clone(), self.apps.lane.clone()),
+                    };
                     tracker.spawn(serve_connection(
                         stream,
                         peer,
                         app,
+                        lane,
                         stop,
                         guard,
                         read_timeout,
@@ -286,12 +293,38 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// The ALPN protocol of ACME TLS-ALPN-01 validations (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
+/// Serves a connection: in the fast lane while its requests are the lane's, then (or else)
+/// with the general stack.
 async fn serve_connection<I>(
     stream: I,
     peer: SocketAddr,
     app: Router,
+    lane: Option<Arc<super::fastlane::Lane>>,
     mut stop: watch::Receiver<bool>,
     _load: LoadGuard,
+    header_read_timeout: std::time::Duration,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match lane {
+        Some(lane) => {
+            if let Some(rest) = lane
+                .serve(stream, peer, &mut stop, header_read_timeout)
+                .await
+            {
+                serve_general(rest, peer, app, stop, header_read_timeout).await;
+            }
+        }
+        None => serve_general(stream, peer, app, stop, header_read_timeout).await,
+    }
+}
+
+/// Serves a connection with hyper (HTTP/1 or HTTP/2) and the router.
+async fn serve_general<I>(
+    stream: I,
+    peer: SocketAddr,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
     header_read_timeout: std::time::Duration,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

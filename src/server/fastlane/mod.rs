@@ -1,0 +1,885 @@
+//! The HTTP/1 fast lane: `POST` to the MCP endpoint of an HTTP upstream, parsed and proxied
+//! without the general HTTP stack.
+//!
+//! Every proxied MCP message is such a request, and on that path the general stack (hyper's
+//! server and client state machines, header maps, the router, the client's connection task)
+//! cost about twice nginx's CPU per request (BENCHMARKS.md). The lane reads the request head
+//! with `httparse`, checks it exactly as the general path does (the same guard, gate,
+//! session and header functions), writes the upstream request in one piece on a pooled
+//! connection of the same worker thread, and relays the answer as it arrives: whole when
+//! small and of known length, chunk by chunk otherwise (SSE included).
+//!
+//! It only ever serves the ordinary case. Anything else — another method or path, a query,
+//! HTTP/1.0, `Origin` (CORS), cookies, `Expect`, `Upgrade`, a chunked or large body, a
+//! request head the lane does not fully understand, and every request the gate or the
+//! session check would refuse — hands the connection, with the bytes already read, to the
+//! general stack, which then serves it to the end and gives the usual answers. Between the
+//! two, the client cannot tell which served it (the differential test in
+//! `tests/it/fastlane.rs` checks this header by header).
+
+pub mod chunked;
+pub mod prefixed;
+mod upstream;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderName, StatusCode};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use url::Url;
+
+use self::chunked::Chunked;
+use self::prefixed::Prefixed;
+use self::upstream::{Conn, Framing, Head, Pools};
+use super::AppState;
+use super::guard;
+use crate::backend::http::{
+    self as proxy, ClientInfo, HOP_BY_HOP, HttpBackend, MAX_REDIRECTS, REPLAY_LIMIT,
+    WHOLE_RESPONSE_LIMIT,
+};
+use crate::backend::{identity, mapping, sessions};
+use crate::error::jsonrpc_error;
+use crate::gate::{Caller, bearer_value, check_token};
+
+/// Longest request head the lane reads before handing the connection on.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
+/// Most header fields in a request the lane serves.
+const MAX_REQUEST_HEADERS: usize = 64;
+
+/// Upstream request headers only the lane writes (a `--proxy-headers` entry of one of these
+/// names keeps the lane off: the general path's replacement rules then apply).
+const LANE_WRITES: [&str; 6] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+/// The lane, set up for one proxy.
+pub struct Lane {
+    app: AppState,
+    /// `POST <target> HTTP/1.1` and `host:` for the MCP path's upstream URL.
+    request_line: Vec<u8>,
+    /// The upstream URL of the MCP path (redirects are resolved against it).
+    target: Url,
+    /// `X-Forwarded-Proto`, `X-Forwarded-Host` and the `--proxy-headers`, as header lines.
+    fixed_headers: Vec<u8>,
+    static_names: Vec<HeaderName>,
+    /// The HSTS header line on the https side.
+    hsts: Option<&'static str>,
+    pools: Pools,
+    ok_count: OnceLock<Counter>,
+    upstream_seconds: OnceLock<Histogram>,
+}
+
+/// What the lane read from a request head it will serve.
+struct Plan {
+    head_len: usize,
+    body_len: usize,
+    /// The client asked to close after this exchange.
+    close: bool,
+    token: String,
+    session_id: Option<String>,
+    /// The client's header lines that go upstream as they came.
+    headers: Vec<u8>,
+    forwarded_for: String,
+    /// The client's address, for the request log (only when it is written).
+    client: Option<IpAddr>,
+}
+
+enum Parsed {
+    Partial,
+    /// Not for the lane: the general stack serves it.
+    Other,
+    Ready(Plan),
+}
+
+/// How an exchange went wrong before the answer began.
+enum Failure {
+    Unreachable(std::io::Error),
+    Broken(String),
+}
+
+impl Lane {
+    /// The lane for `app`, when its configuration is one the lane serves exactly as the
+    /// general path does: an `http://` upstream, no signed identity assertion, no provider
+    /// token passed on, and header options without overlaps. `hsts` is the header value the
+    /// https side adds.
+    pub fn new(app: AppState, hsts: Option<&'static str>, workers: usize) -> Option<Self> {
+        let backend = app.http_backend.as_ref()?;
+        if app.stdio_backend.is_some() || app.assertion.is_some() {
+            return None;
+        }
+        let opts = backend.options();
+        if opts.pass_access_token {
+            return None;
+        }
+        let mcp_path = app.site.mcp_path.as_str();
+        let target = mapping::upstream_url(backend.base(), mcp_path, mcp_path, None);
+        if target.scheme() != "http" {
+            return None;
+        }
+        let host = target.host_str()?.to_string();
+        let port = target.port_or_known_default()?;
+        // Names set twice (by a static header and identity, or two identity headers) are
+        // replaced in order by the general path; the lane writes lines once each.
+        let mut ours: Vec<&str> = opts.headers.iter().map(|(n, _)| n.as_str()).collect();
+        let i = &opts.identity;
+        ours.extend([&i.user, &i.email, &i.name, &i.groups].map(HeaderName::as_str));
+        ours.extend(opts.mapping.iter().map(|(_, n)| n.as_str()));
+        let mut distinct = ours.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() != ours.len()
+            || opts
+                .headers
+                .iter()
+                .any(|(n, _)| LANE_WRITES.contains(&n.as_str()) || HOP_BY_HOP.contains(&n.as_str()))
+        {
+            tracing::debug!("the header options overlap: every request takes the general path");
+            return None;
+        }
+        let authority = &target[url::Position::BeforeHost..url::Position::AfterPort];
+        let path = &target[url::Position::BeforePath..url::Position::AfterQuery];
+        let request_line = request_line(path, authority);
+        let (proto, fhost) = backend.forwarded();
+        let mut fixed_headers = Vec::new();
+        line(&mut fixed_headers, "x-forwarded-proto", proto.as_bytes());
+        line(&mut fixed_headers, "x-forwarded-host", fhost.as_bytes());
+        for (name, value) in &opts.headers {
+            line(&mut fixed_headers, name.as_str(), value.as_bytes());
+        }
+        Some(Self {
+            static_names: opts.headers.iter().map(|(n, _)| n.clone()).collect(),
+            pools: Pools::new(host, port, opts.connect_timeout, workers),
+            request_line,
+            target,
+            fixed_headers,
+            hsts,
+            app,
+            ok_count: OnceLock::new(),
+            upstream_seconds: OnceLock::new(),
+        })
+    }
+
+    fn backend(&self) -> Option<&HttpBackend> {
+        self.app.http_backend.as_ref()
+    }
+
+    /// Serves requests on `io` while they are the lane's; returns the connection, with what
+    /// was read of the next request, when one is not (`None` once the connection is over).
+    pub async fn serve<I>(
+        &self,
+        mut io: I,
+        peer: SocketAddr,
+        stop: &mut watch::Receiver<bool>,
+        header_read_timeout: Duration,
+    ) -> Option<Prefixed<I>>
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        loop {
+            let deadline = tokio::time::Instant::now() + header_read_timeout;
+            let plan = loop {
+                if !buf.is_empty() {
+                    match self.parse(&buf, peer.ip()) {
+                        Parsed::Ready(plan) => break plan,
+                        Parsed::Partial if buf.len() < MAX_REQUEST_HEAD => {}
+                        Parsed::Partial | Parsed::Other => {
+                            return Some(Prefixed::new(buf.freeze(), io));
+                        }
+                    }
+                } else if *stop.borrow() {
+                    return None;
+                }
+                buf.reserve(4096);
+                let idle = buf.is_empty();
+                let read = tokio::select! {
+                    r = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)) => r,
+                    _ = stop.wait_for(|s| *s), if idle => return None,
+                };
+                // Closed, failed, or too slow to send its headers (slowloris): done.
+                if !matches!(read, Ok(Ok(n)) if n > 0) {
+                    return None;
+                }
+            };
+            let started = Instant::now();
+            let app = &self.app;
+            let Ok(caller) = check_token(&app.repo, &app.tokens, &app.site, &plan.token).await
+            else {
+                return Some(Prefixed::new(buf.freeze(), io));
+            };
+            if let Some(id) = &plan.session_id
+                && !matches!(
+                    sessions::owned_by(&app.repo, id, caller.subject()).await,
+                    Ok(true)
+                )
+            {
+                return Some(Prefixed::new(buf.freeze(), io));
+            }
+            let total = plan.head_len + plan.body_len;
+            while buf.len() < total {
+                buf.reserve(total - buf.len());
+                if !matches!(io.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                    return None;
+                }
+            }
+            let message = buf.split_to(total).freeze();
+            let body = message.slice(plan.head_len..);
+            match self.exchange(&mut io, &plan, &caller, body, started).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = io.shutdown().await;
+                    return None;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "fast lane: connection ended mid-answer");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Reads a request head: the lane's to serve, not yet complete, or another's.
+    fn parse(&self, buf: &[u8], peer: IpAddr) -> Parsed {
+        let Some(backend) = self.backend() else {
+            return Parsed::Other;
+        };
+        let site = &self.app.site;
+        let mut fields = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
+        let mut req = httparse::Request::new(&mut fields);
+        let head_len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::Other,
+        };
+        if req.version != Some(1)
+            || req.method != Some("POST")
+            || req.path != Some(site.mcp_path.as_str())
+        {
+            return Parsed::Other;
+        }
+        let (mut host, mut forwarded_host, mut authorization) = (None, None, None);
+        let (mut session_id, mut length, mut close) = (None, None, false);
+        let mut forwarded_for: Vec<&str> = Vec::new();
+        let mut headers = Vec::with_capacity(head_len);
+        for h in req.headers.iter() {
+            let is = |n: &str| h.name.eq_ignore_ascii_case(n);
+            if ["origin", "cookie", "expect", "upgrade", "transfer-encoding"]
+                .iter()
+                .any(|n| is(n))
+            {
+                return Parsed::Other;
+            }
+            let value = if [
+                "host",
+                "x-forwarded-host",
+                "x-forwarded-for",
+                "authorization",
+                "mcp-session-id",
+                "content-length",
+                "connection",
+            ]
+            .iter()
+            .any(|n| is(n))
+            {
+                // Read as the general path reads them (`HeaderValue::to_str`).
+                match visible_ascii(h.value) {
+                    Some(v) => v,
+                    None => return Parsed::Other,
+                }
+            } else {
+                ""
+            };
+            let single = if is("host") {
+                once(&mut host, value)
+            } else if is("authorization") {
+                once(&mut authorization, value)
+            } else if is("mcp-session-id") {
+                once(&mut session_id, value)
+            } else if is("content-length") {
+                once(&mut length, value)
+            } else {
+                true
+            };
+            if !single {
+                return Parsed::Other;
+            }
+            if is("x-forwarded-host") && forwarded_host.is_none() {
+                forwarded_host = Some(value);
+            } else if is("x-forwarded-for") {
+                forwarded_for.push(value);
+            } else if is("connection") {
+                for token in value.split(',').map(str::trim) {
+                    if token.eq_ignore_ascii_case("close") {
+                        close = true;
+                    } else if !token.eq_ignore_ascii_case("keep-alive") {
+                        // It names other headers as hop-by-hop: the general path's rules.
+                        return Parsed::Other;
+                    }
+                }
+            }
+            if backend.never_forwarded(h.name)
+                || self
+                    .static_names
+                    .iter()
+                    .any(|n| n.as_str().eq_ignore_ascii_case(h.name))
+            {
+                continue;
+            }
+            line(&mut headers, h.name, h.value);
+        }
+        let body_len = match length.map(str::parse::<usize>) {
+            None => 0,
+            Some(Ok(n)) if n <= REPLAY_LIMIT.min(self.app.max_body) => n,
+            Some(_) => return Parsed::Other,
+        };
+        let trusted = guard::is_trusted(site, peer);
+        let addressed = guard::authority_of(forwarded_host, host, trusted)
+            .is_some_and(|a| guard::host_allowed(site, a));
+        let token = authorization.map(bearer_value);
+        let (true, Some(Ok(token))) = (addressed, token) else {
+            return Parsed::Other;
+        };
+        let client = ClientInfo {
+            peer,
+            peer_trusted: trusted,
+        };
+        Parsed::Ready(Plan {
+            head_len,
+            body_len,
+            close,
+            token: token.to_string(),
+            session_id: session_id.map(str::to_string),
+            headers,
+            forwarded_for: proxy::forwarded_for(&client, forwarded_for.iter().copied()),
+            client: tracing::enabled!(tracing::Level::INFO)
+                .then(|| guard::client_ip_in(site, peer, forwarded_for.into_iter())),
+        })
+    }
+
+    /// Proxies one request and writes the answer; `Ok(false)` when the client connection
+    /// ends after it, `Err` when it broke during the answer.
+    async fn exchange<I>(
+        &self,
+        client: &mut I,
+        plan: &Plan,
+        caller: &Caller,
+        body: Bytes,
+        started: Instant,
+    ) -> std::io::Result<bool>
+    where
+        I: AsyncWrite + Unpin,
+    {
+        let Some(backend) = self.backend() else {
+            return Ok(false);
+        };
+        let mut request = self.request(&self.request_line, plan, caller, &body);
+        let mut url = self.target.clone();
+        let mut hops = 0;
+        let (mut conn, head) = loop {
+            let sent =
+                tokio::time::timeout(backend.options().response_timeout, self.send(&request)).await;
+            let (conn, head) = match sent {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(failure)) => {
+                    let (msg, error) = match &failure {
+                        Failure::Unreachable(e) => ("the MCP server is unreachable", e.to_string()),
+                        Failure::Broken(e) => ("the MCP server connection failed", e.clone()),
+                    };
+                    tracing::warn!(upstream = %proxy::redact(&url), error, "upstream request failed");
+                    return self
+                        .answer(
+                            client,
+                            plan,
+                            jsonrpc_error(StatusCode::BAD_GATEWAY, msg),
+                            started,
+                        )
+                        .await;
+                }
+                Err(_) => {
+                    tracing::warn!(upstream = %proxy::redact(&url), "the MCP server did not answer in time");
+                    let resp = jsonrpc_error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the MCP server did not answer in time",
+                    );
+                    return self.answer(client, plan, resp, started).await;
+                }
+            };
+            if head.status != 307 && head.status != 308 {
+                break (conn, head);
+            }
+            // The general path's rule: same-origin 307/308 hops are followed with the body.
+            let next = head.location.as_deref().and_then(|l| url.join(l).ok());
+            let Some(next) = next.filter(|n| mapping::same_origin(n, backend.base())) else {
+                tracing::warn!(upstream = %proxy::redact(&url), "upstream redirected to another origin; refusing");
+                let resp = jsonrpc_error(
+                    StatusCode::BAD_GATEWAY,
+                    "the MCP server redirected elsewhere",
+                );
+                return self.answer(client, plan, resp, started).await;
+            };
+            hops += 1;
+            if hops > MAX_REDIRECTS {
+                let resp = jsonrpc_error(
+                    StatusCode::BAD_GATEWAY,
+                    "the MCP server redirected too many times",
+                );
+                return self.answer(client, plan, resp, started).await;
+            }
+            tracing::debug!(from = %proxy::redact(&url), to = %proxy::redact(&next), "following upstream redirect");
+            self.discard(conn, &head).await;
+            let authority = &next[url::Position::BeforeHost..url::Position::AfterPort];
+            let path = &next[url::Position::BeforePath..url::Position::AfterQuery];
+            request = self.request(&request_line(path, authority), plan, caller, &body);
+            url = next;
+        };
+
+        if head.status == 401 || head.status == 403 {
+            tracing::warn!(
+                upstream = %proxy::redact(&url),
+                status = head.status,
+                "the MCP server refused the proxy's request; check --proxy-bearer-token / --proxy-headers"
+            );
+            let resp = jsonrpc_error(
+                StatusCode::BAD_GATEWAY,
+                "the MCP server refused the proxy's credentials",
+            );
+            return self.answer(client, plan, resp, started).await;
+        }
+        if (200..300).contains(&head.status)
+            && let Some(id) = head.session_id.as_deref()
+            && plan.session_id.as_deref() != Some(id)
+            && let Err(e) = sessions::bind(&self.app.repo, id, caller.subject()).await
+        {
+            tracing::error!(error = %e, "store failure while recording a session");
+            let resp = jsonrpc_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
+            return self.answer(client, plan, resp, started).await;
+        }
+        self.upstream_seconds
+            .get_or_init(|| {
+                self.app
+                    .metrics
+                    .upstream_seconds
+                    .get_or_create(&crate::metrics::BackendLabels { backend: "http" })
+                    .clone()
+            })
+            .observe(started.elapsed().as_secs_f64());
+
+        let mut out = self.client_head(&conn.buf[..head.len], &head, plan.close);
+        let _ = conn.buf.split_to(head.len);
+        let reusable = match head.framing {
+            Framing::Empty => {
+                self.write_head(client, &out, plan, head.status, started)
+                    .await?;
+                true
+            }
+            Framing::Length(n) if n <= WHOLE_RESPONSE_LIMIT => {
+                // An ordinary JSON-RPC answer: read whole, sent with its head in one write.
+                let n = n as usize;
+                while conn.buf.len() < n {
+                    if conn.fill().await? == 0 {
+                        return Err(closed_early());
+                    }
+                }
+                out.extend_from_slice(&conn.buf.split_to(n));
+                self.write_head(client, &out, plan, head.status, started)
+                    .await?;
+                true
+            }
+            Framing::Length(n) => {
+                let mut left = n;
+                let now = left.min(conn.buf.len() as u64) as usize;
+                out.extend_from_slice(&conn.buf.split_to(now));
+                left -= now as u64;
+                self.write_head(client, &out, plan, head.status, started)
+                    .await?;
+                while left > 0 {
+                    if conn.fill().await? == 0 {
+                        return Err(closed_early());
+                    }
+                    let now = left.min(conn.buf.len() as u64) as usize;
+                    client.write_all(&conn.buf.split_to(now)).await?;
+                    client.flush().await?;
+                    left -= now as u64;
+                }
+                true
+            }
+            Framing::Chunked => {
+                // Relayed as it comes, chunk framing and all (SSE events leave at once).
+                let mut chunks = Chunked::new();
+                let used = chunks.feed(&conn.buf).map_err(broken)?;
+                out.extend_from_slice(&conn.buf.split_to(used));
+                self.write_head(client, &out, plan, head.status, started)
+                    .await?;
+                while !chunks.done() {
+                    if conn.fill().await? == 0 {
+                        return Err(closed_early());
+                    }
+                    let used = chunks.feed(&conn.buf).map_err(broken)?;
+                    client.write_all(&conn.buf.split_to(used)).await?;
+                    client.flush().await?;
+                }
+                true
+            }
+            Framing::Close => {
+                // Until the upstream closes, sent on to the client in chunks.
+                let first = conn.buf.split();
+                chunk(&mut out, &first);
+                self.write_head(client, &out, plan, head.status, started)
+                    .await?;
+                loop {
+                    let n = conn.fill().await?;
+                    let mut piece = Vec::with_capacity(n + 16);
+                    if n == 0 {
+                        piece.extend_from_slice(LAST_CHUNK);
+                    } else {
+                        chunk(&mut piece, &conn.buf.split());
+                    }
+                    client.write_all(&piece).await?;
+                    client.flush().await?;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                false
+            }
+        };
+        if reusable && head.keep_alive {
+            self.pools.put(conn);
+        }
+        Ok(!plan.close)
+    }
+
+    /// The upstream request: request line and host, the client's forwarded headers, ours,
+    /// the caller's identity, the body.
+    fn request(&self, request_line: &[u8], plan: &Plan, caller: &Caller, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            request_line.len() + plan.headers.len() + self.fixed_headers.len() + 256 + body.len(),
+        );
+        out.extend_from_slice(request_line);
+        out.extend_from_slice(&plan.headers);
+        line(&mut out, "x-forwarded-for", plan.forwarded_for.as_bytes());
+        out.extend_from_slice(&self.fixed_headers);
+        if let (Some(backend), Some(id)) = (self.backend(), caller.identity()) {
+            identity::each(backend.options(), id, |name, value| {
+                line(&mut out, name.as_str(), value.as_bytes());
+            });
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Sends the request on a pooled connection (or a new one) and reads the answer's head.
+    /// A pooled connection the upstream closed meanwhile fails before any answer: the
+    /// request is sent once more on a new connection, as nginx does for its keepalive cache.
+    async fn send(&self, request: &[u8]) -> Result<(Conn, Head), Failure> {
+        let mut conn = match self.pools.take() {
+            Some(c) => c,
+            None => self.pools.connect().await.map_err(Failure::Unreachable)?,
+        };
+        loop {
+            match exchange_head(&mut conn, request).await {
+                Ok(head) => return Ok((conn, head)),
+                Err(HeadError::Io(e)) if conn.reused && conn.buf.is_empty() => {
+                    tracing::debug!(error = %e, "pooled upstream connection was closed; retrying on a new one");
+                    conn = self.pools.connect().await.map_err(Failure::Unreachable)?;
+                }
+                Err(HeadError::Io(e)) => return Err(Failure::Broken(e.to_string())),
+                Err(HeadError::Bad(e)) => return Err(Failure::Broken(e.to_string())),
+            }
+        }
+    }
+
+    /// Reads and drops a redirect's small body so its connection can be used again.
+    async fn discard(&self, mut conn: Conn, head: &Head) {
+        let Framing::Length(n) = head.framing else {
+            return;
+        };
+        let need = head.len + n as usize;
+        if n > WHOLE_RESPONSE_LIMIT || !head.keep_alive {
+            return;
+        }
+        while conn.buf.len() < need {
+            if !matches!(conn.fill().await, Ok(m) if m > 0) {
+                return;
+            }
+        }
+        let _ = conn.buf.split_to(need);
+        self.pools.put(conn);
+    }
+
+    /// Our response head for the upstream's: end-to-end headers kept, `Location` pointed at
+    /// us, SSE marked unbuffered, and what the general path adds (`Vary`, HSTS, `Date`).
+    fn client_head(&self, upstream: &[u8], head: &Head, close: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(upstream.len() + 160);
+        status_line(&mut out, head.status);
+        let mut fields = [httparse::EMPTY_HEADER; 96];
+        let mut resp = httparse::Response::new(&mut fields);
+        let _ = resp.parse(upstream);
+        let (mut has_date, mut has_cache_control, mut has_hsts) = (false, false, false);
+        for h in resp.headers.iter().take_while(|h| !h.name.is_empty()) {
+            let is = |n: &str| h.name.eq_ignore_ascii_case(n);
+            if HOP_BY_HOP.iter().any(|n| is(n))
+                || (is("content-length")
+                    && matches!(head.framing, Framing::Chunked | Framing::Close))
+                || (head.sse && is("x-accel-buffering"))
+            {
+                continue;
+            }
+            has_date |= is("date");
+            has_cache_control |= is("cache-control");
+            has_hsts |= is("strict-transport-security");
+            if is("location")
+                && let Some(backend) = self.backend()
+                && let Some(rewritten) = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|l| backend.public_location(l, &self.app.site))
+                && axum::http::HeaderValue::from_str(&rewritten).is_ok()
+            {
+                line(&mut out, h.name, rewritten.as_bytes());
+                continue;
+            }
+            line(&mut out, h.name, h.value);
+        }
+        if head.sse {
+            out.extend_from_slice(b"x-accel-buffering: no\r\n");
+            if !has_cache_control {
+                out.extend_from_slice(b"cache-control: no-cache\r\n");
+            }
+        }
+        self.common_headers(&mut out, has_date, has_hsts, close);
+        if matches!(head.framing, Framing::Chunked | Framing::Close) {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    /// What every answer on the MCP endpoint carries beyond its own headers.
+    fn common_headers(&self, out: &mut Vec<u8>, has_date: bool, has_hsts: bool, close: bool) {
+        out.extend_from_slice(b"vary: origin\r\n");
+        if let Some(hsts) = self.hsts
+            && !has_hsts
+        {
+            line(out, "strict-transport-security", hsts.as_bytes());
+        }
+        if !has_date {
+            line(
+                out,
+                "date",
+                http_date(self.app.repo.clock().now()).as_bytes(),
+            );
+        }
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+    }
+
+    /// Writes an answer the proxy made itself (an error the general path gives the same way).
+    async fn answer<I>(
+        &self,
+        client: &mut I,
+        plan: &Plan,
+        resp: Response,
+        started: Instant,
+    ) -> std::io::Result<bool>
+    where
+        I: AsyncWrite + Unpin,
+    {
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(256 + body.len());
+        status_line(&mut out, parts.status.as_u16());
+        for (name, value) in &parts.headers {
+            if name != axum::http::header::CONTENT_LENGTH {
+                line(&mut out, name.as_str(), value.as_bytes());
+            }
+        }
+        self.common_headers(&mut out, false, false, plan.close);
+        line(
+            &mut out,
+            "content-length",
+            body.len().to_string().as_bytes(),
+        );
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
+        self.write_head(client, &out, plan, parts.status.as_u16(), started)
+            .await?;
+        Ok(!plan.close)
+    }
+
+    /// Writes the start of an answer, then counts and logs the request as the front
+    /// middleware does.
+    async fn write_head<I>(
+        &self,
+        client: &mut I,
+        bytes: &[u8],
+        plan: &Plan,
+        status: u16,
+        started: Instant,
+    ) -> std::io::Result<()>
+    where
+        I: AsyncWrite + Unpin,
+    {
+        client.write_all(bytes).await?;
+        client.flush().await?;
+        let metrics = &self.app.metrics;
+        let labels = || crate::metrics::RequestLabels {
+            route: "mcp",
+            method: "POST",
+            status,
+        };
+        if status == 200 {
+            self.ok_count
+                .get_or_init(|| metrics.requests.get_or_create(&labels()).clone())
+                .inc();
+        } else {
+            metrics.requests.get_or_create(&labels()).inc();
+        }
+        metrics.fast_lane.inc();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (method, route) = ("POST", "mcp");
+        match plan.client {
+            Some(client) => {
+                let path = self.app.site.mcp_path.as_str();
+                tracing::info!(method, route, path, status, ms, %client, "request");
+            }
+            None => tracing::debug!(method, route, status, ms, "request"),
+        }
+        Ok(())
+    }
+}
+
+enum HeadError {
+    Io(std::io::Error),
+    Bad(upstream::BadResponse),
+}
+
+/// Writes the request and reads up to the end of the final (non-1xx) response head.
+async fn exchange_head(conn: &mut Conn, request: &[u8]) -> Result<Head, HeadError> {
+    conn.stream
+        .write_all(request)
+        .await
+        .map_err(HeadError::Io)?;
+    loop {
+        if !conn.buf.is_empty() {
+            match upstream::parse_head(&conn.buf).map_err(HeadError::Bad)? {
+                Some(head) if (100..200).contains(&head.status) && head.status != 101 => {
+                    // Interim answers (100 Continue, 103 Early Hints) are not passed on.
+                    let _ = conn.buf.split_to(head.len);
+                    continue;
+                }
+                Some(head) if head.status == 101 => {
+                    return Err(HeadError::Bad(upstream::BadResponse("unasked upgrade")));
+                }
+                Some(head) => return Ok(head),
+                None => {}
+            }
+        }
+        match conn.fill().await {
+            Ok(0) => {
+                return Err(HeadError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed before the answer",
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(HeadError::Io(e)),
+        }
+    }
+}
+
+fn closed_early() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "the MCP server closed the connection mid-answer",
+    )
+}
+
+fn broken(e: chunked::ChunkError) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+}
+
+/// `POST <path> HTTP/1.1` and the `host` line.
+fn request_line(path: &str, authority: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len() + authority.len() + 32);
+    out.extend_from_slice(b"POST ");
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    line(&mut out, "host", authority.as_bytes());
+    out
+}
+
+fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn status_line(out: &mut Vec<u8>, status: u16) {
+    let reason = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+}
+
+/// The end of a chunked body.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// `data` as one chunk (nothing for no data: an empty chunk would end the body).
+fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Sets a header's one value; `false` when it came twice.
+fn once<'a>(slot: &mut Option<&'a str>, value: &'a str) -> bool {
+    slot.replace(value).is_none()
+}
+
+/// A header value as `HeaderValue::to_str` accepts it: visible ASCII, spaces and tabs.
+fn visible_ascii(v: &[u8]) -> Option<&str> {
+    v.iter()
+        .all(|&b| b == b'\t' || (32..127).contains(&b))
+        .then(|| std::str::from_utf8(v).ok())
+        .flatten()
+}
+
+/// The `Date` header's value for `secs` (Unix time), formatted once per second per thread.
+fn http_date(secs: u64) -> String {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    CACHE.with_borrow_mut(|(at, text)| {
+        if *at != secs || text.is_empty() {
+            *at = secs;
+            *text = httpdate::fmt_http_date(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+            );
+        }
+        text.clone()
+    })
+}

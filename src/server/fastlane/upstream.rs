@@ -1,0 +1,253 @@
+//! The fast lane's upstream connections: plain HTTP/1.1, kept alive in one small pool per
+//! worker thread (a request and its upstream connection are driven by the same thread), and
+//! the parsing of the upstream's response head.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// Idle connections kept per worker (nginx's `keepalive` in the benchmark is 64 in all).
+const IDLE_PER_WORKER: usize = 32;
+
+/// An idle connection older than this is closed rather than reused (as hyper's pool).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Longest upstream response head read.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Most header fields in an upstream response head.
+const MAX_HEADERS: usize = 96;
+
+/// One connection to the upstream and the bytes read from it but not yet used.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    /// Whether it served a request before (a failure then may be a close we raced).
+    pub reused: bool,
+    idle_since: Instant,
+}
+
+impl Conn {
+    /// Reads more from the upstream into `buf`; `Ok(0)` at its end.
+    pub async fn fill(&mut self) -> std::io::Result<usize> {
+        self.buf.reserve(16 * 1024);
+        self.stream.read_buf(&mut self.buf).await
+    }
+}
+
+/// Where the upstream is, and the idle connections to it.
+pub struct Pools {
+    host: String,
+    port: u16,
+    connect_timeout: Duration,
+    idle: Vec<Mutex<Vec<Conn>>>,
+}
+
+impl Pools {
+    pub fn new(host: String, port: u16, connect_timeout: Duration, workers: usize) -> Self {
+        Self {
+            host,
+            port,
+            connect_timeout,
+            idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn mine(&self) -> &Mutex<Vec<Conn>> {
+        &self.idle[crate::server::workers::current() % self.idle.len()]
+    }
+
+    /// A live idle connection of the calling worker, if any.
+    pub fn take(&self) -> Option<Conn> {
+        let mut idle = self.mine().lock().ok()?;
+        while let Some(mut c) = idle.pop() {
+            // Closed by the upstream while idle (or sending unasked bytes): not usable.
+            let alive = matches!(
+                c.stream.try_read(&mut [0u8; 1]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+            );
+            if alive && c.idle_since.elapsed() < IDLE_TIMEOUT {
+                c.reused = true;
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last exchange ended cleanly.
+    pub fn put(&self, mut conn: Conn) {
+        if !conn.buf.is_empty() {
+            return;
+        }
+        conn.idle_since = Instant::now();
+        if let Ok(mut idle) = self.mine().lock()
+            && idle.len() < IDLE_PER_WORKER
+        {
+            idle.push(conn);
+        }
+    }
+
+    /// A new connection.
+    pub async fn connect(&self) -> std::io::Result<Conn> {
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+            reused: false,
+            idle_since: Instant::now(),
+        })
+    }
+}
+
+/// How a response body is delimited (RFC 9112 §6.3, for an answer to a POST).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    Close,
+}
+
+/// What the lane needs to know of an upstream response head.
+#[derive(Debug)]
+pub struct Head {
+    pub len: usize,
+    pub status: u16,
+    pub framing: Framing,
+    /// Whether the connection may carry another request afterwards.
+    pub keep_alive: bool,
+    pub session_id: Option<String>,
+    pub location: Option<String>,
+    pub sse: bool,
+}
+
+/// The upstream's response head is not HTTP/1.x as we accept it.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed response from the MCP server: {0}")]
+pub struct BadResponse(pub &'static str);
+
+/// Parses a response head at the start of `buf`: `None` while incomplete.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, BadResponse> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
+        Ok(httparse::Status::Partial) => return Err(BadResponse("head too large")),
+        Err(_) => return Err(BadResponse("unparsable head")),
+    };
+    let status = resp.code.unwrap_or(0);
+    let mut keep_alive = resp.version == Some(1);
+    let (mut chunked, mut coded, mut length) = (false, false, None::<u64>);
+    let (mut session_id, mut location, mut sse) = (None, None, false);
+    for h in resp.headers.iter() {
+        let is = |n: &str| h.name.eq_ignore_ascii_case(n);
+        let text = std::str::from_utf8(h.value).ok();
+        if is("transfer-encoding") {
+            coded = true;
+            chunked = text
+                .and_then(|t| t.rsplit(',').next())
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if is("content-length") {
+            for v in text.into_iter().flat_map(|t| t.split(',')) {
+                let n = v
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| BadResponse("bad content-length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(BadResponse("conflicting content-length"));
+                }
+                length = Some(n);
+            }
+        } else if is("connection") {
+            if text.is_some_and(|t| t.split(',').any(|c| c.trim().eq_ignore_ascii_case("close"))) {
+                keep_alive = false;
+            }
+        } else if is(crate::backend::http::MCP_SESSION_ID) {
+            if session_id.is_none() {
+                session_id = text.map(str::to_string);
+            }
+        } else if is("location") {
+            if location.is_none() {
+                location = text.map(str::to_string);
+            }
+        } else if is("content-type") {
+            sse = text.is_some_and(|t| crate::server::mime_is(t, crate::backend::http::SSE));
+        }
+    }
+    let framing = if matches!(status, 100..=199 | 204 | 304) {
+        Framing::Empty
+    } else if coded {
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::Close
+    };
+    if framing == Framing::Close {
+        keep_alive = false;
+    }
+    Ok(Some(Head {
+        len,
+        status,
+        framing,
+        keep_alive,
+        session_id,
+        location,
+        sse,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(s: &str) -> Head {
+        parse_head(s.as_bytes()).unwrap().unwrap()
+    }
+
+    #[test]
+    fn framing_rules() {
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::Length(12), true));
+        let h = head(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 3\r\n\r\n",
+        );
+        assert_eq!(h.framing, Framing::Chunked);
+        let h = head("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\r\n");
+        assert_eq!(
+            (h.framing, h.keep_alive, h.sse),
+            (Framing::Close, false, true)
+        );
+        let h = head("HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::Empty, false));
+        let h = head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n");
+        assert!(!h.keep_alive);
+        let h = head(
+            "HTTP/1.1 202 Accepted\r\nMcp-Session-Id: abc\r\nLocation: /x\r\ncontent-length: 0\r\n\r\n",
+        );
+        assert_eq!(h.session_id.as_deref(), Some("abc"));
+        assert_eq!(h.location.as_deref(), Some("/x"));
+        assert!(
+            parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n")
+                .is_err()
+        );
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").is_err());
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\n").unwrap().is_none());
+        assert!(parse_head(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+    }
+}
