@@ -5,6 +5,7 @@
 mod acme;
 mod cimd;
 mod cli;
+mod fastlane;
 mod flow;
 mod gate;
 mod helpers;

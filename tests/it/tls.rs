@@ -54,17 +54,60 @@ fn https_client(ca: &Ca, http1_only: bool, addr: std::net::SocketAddr) -> reqwes
 }
 
 async fn tls_proxy(dir: &Path) -> TestProxy {
+    tls_proxy_for(dir, &[]).await
+}
+
+async fn tls_proxy_for(dir: &Path, rest: &[&str]) -> TestProxy {
     let cert = dir.join("cert.pem").display().to_string();
     let key = dir.join("key.pem").display().to_string();
-    start_proxy(&[
+    let mut args = vec![
         "--tls-listen",
         "127.0.0.1:0",
         "--tls-cert-file",
         &cert,
         "--tls-key-file",
         &key,
-    ])
-    .await
+    ];
+    args.extend_from_slice(rest);
+    start_proxy(&args).await
+}
+
+/// The fast lane serves MCP posts over TLS with HTTP/1.1 (HSTS added as on every https
+/// answer); HTTP/2 connections stay with the general stack.
+#[tokio::test]
+async fn mcp_posts_over_tls_in_both_protocols() {
+    let ca = ca();
+    let dir = tempfile::tempdir().unwrap();
+    leaf(&ca, dir.path(), "lane");
+    let up = crate::helpers::start_upstream().await;
+    let p = tls_proxy_for(dir.path(), &[&up.url("/mcp")]).await;
+    let addr = p.tls_addr.unwrap();
+    let token = crate::helpers::token_for(&p, "password:alice").await;
+    let url = format!("https://localhost:{}/mcp", addr.port());
+    for (http1_only, version, lane_total) in [
+        (true, reqwest::Version::HTTP_11, 1),
+        (false, reqwest::Version::HTTP_2, 1),
+    ] {
+        let resp = https_client(&ca, http1_only, addr)
+            .post(&url)
+            .bearer_auth(&token)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.version(), version);
+        assert_eq!(
+            resp.headers()[header::STRICT_TRANSPORT_SECURITY],
+            "max-age=31536000"
+        );
+        assert_eq!(resp.headers()[header::VARY], "origin");
+        let echo: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+        assert_eq!(echo["body"], r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+        assert_eq!(p.state.metrics.fast_lane.get(), lane_total);
+    }
 }
 
 fn peer_cert(resp: &reqwest::Response) -> Vec<u8> {

@@ -583,8 +583,10 @@ impl Lane {
     }
 
     /// Sends the request on a pooled connection (or a new one) and reads the answer's head.
-    /// A pooled connection the upstream closed meanwhile fails before any answer: the
-    /// request is sent once more on a new connection, as nginx does for its keepalive cache.
+    /// Pooled connections the upstream closed while idle are noticed before use
+    /// ([`Pools::take`]); one closed at that very moment fails the write, and the request,
+    /// which then never left, goes out on a new connection. A request is never sent twice:
+    /// once written, a failure is the client's 502.
     async fn send(&self, request: &[u8]) -> Result<(Conn, Head), Failure> {
         let mut conn = match self.pools.take() {
             Some(c) => c,
@@ -593,11 +595,13 @@ impl Lane {
         loop {
             match exchange_head(&mut conn, request).await {
                 Ok(head) => return Ok((conn, head)),
-                Err(HeadError::Io(e)) if conn.reused && conn.buf.is_empty() => {
-                    tracing::debug!(error = %e, "pooled upstream connection was closed; retrying on a new one");
+                Err(HeadError::Write(e)) if conn.reused => {
+                    tracing::debug!(error = %e, "pooled upstream connection was closed; sending on a new one");
                     conn = self.pools.connect().await.map_err(Failure::Unreachable)?;
                 }
-                Err(HeadError::Io(e)) => return Err(Failure::Broken(e.to_string())),
+                Err(HeadError::Write(e) | HeadError::Read(e)) => {
+                    return Err(Failure::Broken(e.to_string()));
+                }
                 Err(HeadError::Bad(e)) => return Err(Failure::Broken(e.to_string())),
             }
         }
@@ -768,7 +772,8 @@ impl Lane {
 }
 
 enum HeadError {
-    Io(std::io::Error),
+    Write(std::io::Error),
+    Read(std::io::Error),
     Bad(upstream::BadResponse),
 }
 
@@ -777,7 +782,7 @@ async fn exchange_head(conn: &mut Conn, request: &[u8]) -> Result<Head, HeadErro
     conn.stream
         .write_all(request)
         .await
-        .map_err(HeadError::Io)?;
+        .map_err(HeadError::Write)?;
     loop {
         if !conn.buf.is_empty() {
             match upstream::parse_head(&conn.buf).map_err(HeadError::Bad)? {
@@ -795,13 +800,13 @@ async fn exchange_head(conn: &mut Conn, request: &[u8]) -> Result<Head, HeadErro
         }
         match conn.fill().await {
             Ok(0) => {
-                return Err(HeadError::Io(std::io::Error::new(
+                return Err(HeadError::Read(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "connection closed before the answer",
                 )));
             }
             Ok(_) => {}
-            Err(e) => return Err(HeadError::Io(e)),
+            Err(e) => return Err(HeadError::Read(e)),
         }
     }
 }

@@ -1,0 +1,613 @@
+//! The HTTP/1 fast lane against the general stack. Two proxies in front of one upstream that
+//! speaks raw HTTP/1.1 (so every framing can be scripted): one with the lane, one with
+//! `--no-fast-lane`. The same requests, byte for byte, go to both; what the upstream
+//! receives and what the client gets back must match, and the lane must have served the
+//! ordinary requests and handed every other one to the general stack.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mcp_auth_proxy::store::Identity;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::helpers::{Mint, TestProxy, mint, start_proxy};
+
+/// A request as the upstream received it: target, header fields (names lowercased, sorted),
+/// body.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    target: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// The raw upstream. The request's `x-script` header picks the answer.
+struct RawUpstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawUpstream {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((s, _)) = listener.accept().await {
+                conns.spawn(upstream_conn(s, addr, log.clone()));
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+async fn reply(s: &mut TcpStream, text: String) -> bool {
+    s.write_all(text.as_bytes()).await.is_ok()
+}
+
+async fn upstream_conn(mut s: TcpStream, me: SocketAddr, log: Arc<Mutex<Vec<Seen>>>) {
+    let mut buf = Vec::new();
+    loop {
+        let (head_len, seen) = loop {
+            let mut fields = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut fields);
+            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
+                let mut headers: Vec<(String, String)> = req
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).to_string(),
+                        )
+                    })
+                    .collect();
+                headers.sort();
+                let target = req.path.unwrap().to_string();
+                break (n, (target, headers));
+            }
+            let mut chunk = [0u8; 8192];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let (target, headers) = seen;
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let length: usize = header("content-length").map_or(0, |v| v.parse().unwrap());
+        while buf.len() < head_len + length {
+            let mut chunk = [0u8; 8192];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = buf[head_len..head_len + length].to_vec();
+        buf.drain(..head_len + length);
+        let script = header("x-script").unwrap_or_else(|| "json".into());
+        log.lock().unwrap().push(Seen {
+            target: target.clone(),
+            headers,
+            body,
+        });
+        let json = |extra: &str| {
+            let body = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let ok = match script.as_str() {
+            "json" => reply(&mut s, json("")).await,
+            "session" => reply(&mut s, json("mcp-session-id: upstream-session-1\r\n")).await,
+            "interim" => {
+                reply(
+                    &mut s,
+                    format!("HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n{}", json("")),
+                )
+                .await
+            }
+            "hop" => {
+                let extra = format!(
+                    "connection: keep-alive\r\nkeep-alive: timeout=5\r\nproxy-authenticate: Basic\r\n\
+                     location: http://{me}/elsewhere?q=1\r\ncache-control: private\r\n\
+                     date: Mon, 01 Jan 2024 00:00:00 GMT\r\nx-upstream: 1\r\n"
+                );
+                reply(&mut s, json(&extra)).await
+            }
+            "sse" => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                            transfer-encoding: chunked\r\n\r\n";
+                let event = |n: u32| {
+                    let e = format!("id: {n}\ndata: {{\"n\":{n}}}\n\n");
+                    format!("{:x}\r\n{e}\r\n", e.len())
+                };
+                let mut ok = reply(&mut s, format!("{head}{}", event(0))).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                ok &= reply(&mut s, event(1)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                ok && reply(&mut s, format!("{}0\r\n\r\n", event(2))).await
+            }
+            "big" => {
+                let body = "x".repeat(200_000);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                reply(&mut s, format!("{head}{body}")).await
+            }
+            "close" => {
+                let text = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{\"ok\":1}";
+                reply(&mut s, text.into()).await;
+                return;
+            }
+            "http10" => {
+                let text = "HTTP/1.0 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                reply(&mut s, text.into()).await;
+                return;
+            }
+            "401" => {
+                let text = "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer realm=\"up\"\r\ncontent-length: 0\r\n\r\n";
+                reply(&mut s, text.into()).await
+            }
+            "redirect" if target == "/mcp" => {
+                let text = "HTTP/1.1 307 Temporary Redirect\r\nlocation: /mcp/\r\ncontent-length: 0\r\n\r\n";
+                reply(&mut s, text.into()).await
+            }
+            "redirect" => reply(&mut s, json("")).await,
+            "slow" => {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                reply(&mut s, json("")).await
+            }
+            "drop" => return,
+            // Answers with keep-alive, then closes the idle connection soon after.
+            "close-later" => {
+                reply(&mut s, json("")).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return;
+            }
+            other => panic!("unknown script {other}"),
+        };
+        if !ok {
+            return;
+        }
+    }
+}
+
+/// A response as the client received it: status, header fields (names lowercased, sorted,
+/// `date` left out), the body with any chunked framing removed.
+#[derive(Debug, Clone, PartialEq)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one response from `s` (bytes already read in `buf`); `None` at the end.
+async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Answer> {
+    async fn more(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+        let mut chunk = [0u8; 16384];
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => {
+                buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            _ => false,
+        }
+    }
+    let (head_len, status, mut headers) = loop {
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut fields);
+        if let Ok(httparse::Status::Complete(n)) = resp.parse(buf) {
+            let headers: Vec<(String, String)> = resp
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).to_string(),
+                    )
+                })
+                .collect();
+            break (n, resp.code.unwrap(), headers);
+        }
+        if !more(s, buf).await {
+            return None;
+        }
+    };
+    buf.drain(..head_len);
+    if (100..200).contains(&status) {
+        // An interim answer (100 Continue): the real one follows.
+        return Box::pin(read_answer(s, buf)).await;
+    }
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        loop {
+            let line_end = loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                assert!(more(s, buf).await, "chunked body cut short");
+            };
+            let size_text = String::from_utf8_lossy(&buf[..line_end]).to_string();
+            let size =
+                usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+            while buf.len() < line_end + 2 + size + 2 {
+                assert!(more(s, buf).await, "chunk cut short");
+            }
+            body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+            buf.drain(..line_end + 2 + size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    } else if let Some(n) = get("content-length") {
+        let n: usize = n.parse().unwrap();
+        while buf.len() < n {
+            assert!(more(s, buf).await, "body cut short");
+        }
+        body = buf.drain(..n).collect();
+    }
+    headers.retain(|(n, _)| n != "date");
+    headers.sort();
+    Some(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Sends `request` on a new connection and reads `count` answers.
+async fn exchange(addr: &str, request: &[u8], count: usize) -> Vec<Answer> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    for _ in 0..count {
+        out.push(read_answer(&mut s, &mut buf).await.expect("an answer"));
+    }
+    out
+}
+
+/// One of the pair under test.
+struct Side {
+    proxy: TestProxy,
+    token: String,
+}
+
+impl Side {
+    fn authority(&self) -> String {
+        self.proxy.base.trim_start_matches("http://").to_string()
+    }
+
+    /// A POST to the MCP endpoint with everything a real client sends and a few headers
+    /// that must not go upstream; `extra` lines are added, `{token}` and `{host}` filled in.
+    fn post(&self, script: &str, extra: &str, body: &str) -> Vec<u8> {
+        let extra = extra
+            .replace("{token}", &self.token)
+            .replace("{host}", &self.authority());
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+             Mcp-Protocol-Version: 2025-06-18\r\nX-Script: {script}\r\nX-Forwarded-For: 6.6.6.6\r\n\
+             X-Forwarded-User: root\r\nX-Dept: forged\r\nX-Api-Key: from-client\r\n\
+             Keep-Alive: timeout=5\r\nTE: trailers\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            self.authority(),
+            self.token,
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    /// Sends `request` on a new connection and reads `count` answers, this proxy's own port
+    /// in header values (its origin in CORS grants, rewritten locations) written `PORT`.
+    async fn exchange(&self, request: &[u8], count: usize) -> Vec<Answer> {
+        let authority = self.authority();
+        let port = authority.rsplit(':').next().unwrap_or_default();
+        let mut answers = exchange(&authority, request, count).await;
+        for a in &mut answers {
+            for (_, v) in &mut a.headers {
+                *v = v.replace(&format!(":{port}"), ":PORT");
+            }
+        }
+        answers
+    }
+
+    fn served_by_lane(&self) -> u64 {
+        self.proxy.state.metrics.fast_lane.get()
+    }
+}
+
+const BODY: &str = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo"}}"#;
+
+/// The two proxies (lane, general) in front of `up`, with identity headers, a header
+/// mapping and a static header in play.
+async fn pair(up: &RawUpstream, extra_args: &[&str]) -> (Side, Side) {
+    let url = format!("http://{}/mcp", up.addr);
+    let mut sides = Vec::new();
+    for lane in [true, false] {
+        let mut args = vec![
+            "--header-mapping",
+            "/dept:X-Dept",
+            "--proxy-headers",
+            "X-Api-Key: static",
+            "--upstream-timeout",
+            "1s",
+        ];
+        if !lane {
+            args.push("--no-fast-lane");
+        }
+        args.extend_from_slice(extra_args);
+        args.push(&url);
+        let proxy = start_proxy(&args).await;
+        let identity = Identity {
+            provider: "password".into(),
+            user_id: "alice".into(),
+            email: Some("alice@example.com".into()),
+            name: Some("Alice".into()),
+            groups: vec!["admins".into(), "dev".into()],
+            claims: json!({ "dept": "R&D" }),
+        };
+        let token = mint(
+            proxy.repo(),
+            &proxy.state.site.resource,
+            Mint {
+                identity: Some(identity),
+                ..Mint::default()
+            },
+        )
+        .await;
+        sides.push(Side { proxy, token });
+    }
+    let general = sides.pop().unwrap();
+    let lane = sides.pop().unwrap();
+    (lane, general)
+}
+
+/// What the upstream saw, without the one header that names each proxy.
+fn comparable(mut seen: Vec<Seen>) -> Vec<Seen> {
+    for s in &mut seen {
+        s.headers.retain(|(n, _)| n != "x-forwarded-host");
+    }
+    seen
+}
+
+#[tokio::test]
+async fn the_lane_answers_exactly_as_the_general_stack() {
+    let up = RawUpstream::start().await;
+    let (lane, general) = pair(&up, &[]).await;
+    for script in [
+        "json", "session", "interim", "hop", "sse", "big", "close", "http10", "401", "redirect",
+        "slow", "drop",
+    ] {
+        let before = lane.served_by_lane();
+        let a = lane.exchange(&lane.post(script, "", BODY), 1).await;
+        let seen_lane = comparable(up.take());
+        let b = general.exchange(&general.post(script, "", BODY), 1).await;
+        let seen_general = comparable(up.take());
+        assert_eq!(a, b, "{script}: the client's view differs");
+        assert_eq!(
+            seen_lane, seen_general,
+            "{script}: the upstream's view differs"
+        );
+        assert_eq!(
+            lane.served_by_lane(),
+            before + 1,
+            "{script}: not served by the lane"
+        );
+        assert_eq!(general.served_by_lane(), 0);
+
+        // And both are right, not merely alike.
+        let expected_status = match script {
+            "401" | "drop" => 502,
+            "slow" => 504,
+            _ => 200,
+        };
+        assert_eq!(a[0].status, expected_status, "{script}: {a:?}");
+        assert_eq!(a[0].header("vary"), Some("origin"), "{script}");
+        if script == "redirect" {
+            assert_eq!(seen_lane.len(), 2);
+            assert_eq!(seen_lane[1].target, "/mcp/");
+            assert_eq!(seen_lane[1].body, BODY.as_bytes());
+        }
+    }
+
+    // What went upstream, in detail (from the last ordinary exchange).
+    let a = lane.exchange(&lane.post("json", "", BODY), 1).await;
+    assert_eq!(a[0].body, br#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+    let seen = up.take().pop().unwrap();
+    let h = |name: &str| {
+        seen.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+            .join("|")
+    };
+    assert_eq!(seen.target, "/mcp");
+    assert_eq!(seen.body, BODY.as_bytes());
+    assert_eq!(h("host"), up.addr.to_string());
+    assert_eq!(
+        h("authorization"),
+        "",
+        "the client's token never goes upstream"
+    );
+    assert_eq!(
+        h("x-forwarded-for"),
+        "127.0.0.1",
+        "the client's chain is not believed"
+    );
+    assert_eq!(h("x-forwarded-user"), "alice");
+    assert_eq!(h("x-forwarded-email"), "alice@example.com");
+    assert_eq!(h("x-forwarded-groups"), "admins,dev");
+    assert_eq!(
+        h("x-dept"),
+        "R&D",
+        "the mapped claim, not the forged header"
+    );
+    assert_eq!(
+        h("x-api-key"),
+        "static",
+        "the static header replaces the client's"
+    );
+    assert_eq!(
+        h("x-forwarded-host"),
+        lane.proxy
+            .state
+            .site
+            .origin
+            .as_str()
+            .trim_start_matches("http://")
+    );
+    assert_eq!(h("x-forwarded-proto"), "http");
+    assert_eq!(h("mcp-protocol-version"), "2025-06-18");
+    assert_eq!(h("keep-alive"), "");
+    assert_eq!(h("te"), "");
+    assert_eq!(h("content-length"), BODY.len().to_string());
+}
+
+#[tokio::test]
+async fn requests_the_lane_does_not_serve_get_the_general_answers() {
+    let up = RawUpstream::start().await;
+    let (lane, general) = pair(&up, &["--max-body", "1KiB"]).await;
+    let big = "x".repeat(2000);
+    // (extra header lines, body, the status both give)
+    let cases: Vec<(&str, &str, u16)> = vec![
+        ("Origin: https://evil.example\r\n", BODY, 403),
+        ("Origin: http://{host}\r\n", BODY, 200),
+        ("Cookie: theirs=1; mcp_proxy_session=s\r\n", BODY, 200),
+        ("Expect: 100-continue\r\n", BODY, 200),
+        ("Mcp-Session-Id: never-issued\r\n", BODY, 404),
+        ("Authorization: Bearer {token}\r\n", BODY, 400),
+        ("Connection: x-custom\r\nX-Custom: 1\r\n", BODY, 200),
+        ("", &big, 413),
+    ];
+    for (extra, body, status) in cases {
+        let a = lane.exchange(&lane.post("json", extra, body), 1).await;
+        let seen_lane = comparable(up.take());
+        let b = general
+            .exchange(&general.post("json", extra, body), 1)
+            .await;
+        let seen_general = comparable(up.take());
+        assert_eq!(a, b, "{extra:?}");
+        assert_eq!(seen_lane, seen_general, "{extra:?}");
+        assert_eq!(a[0].status, status, "{extra:?}: {a:?}");
+    }
+    // Requests whose first line or credentials are not the lane's.
+    let raw = |side: &Side, text: &str| {
+        text.replace("{host}", &side.authority())
+            .replace("{token}", &side.token)
+            .into_bytes()
+    };
+    for text in [
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n\r\n{}",
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer wrong\r\nContent-Length: 2\r\n\r\n{}",
+        "POST /mcp HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer {token}\r\nContent-Length: 2\r\n\r\n{}",
+        "POST /mcp?x=1 HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Length: 2\r\n\r\n{}",
+        "POST /mcp HTTP/1.0\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Length: 2\r\n\r\n{}",
+        "GET /.well-known/oauth-protected-resource/mcp HTTP/1.1\r\nHost: {host}\r\n\r\n",
+    ] {
+        let a = lane.exchange(&raw(&lane, text), 1).await;
+        let b = general.exchange(&raw(&general, text), 1).await;
+        let (mut a, mut b) = (a[0].clone(), b[0].clone());
+        assert_eq!(a.status, b.status, "{text:?}");
+        // Metadata and challenges name each proxy's own origin.
+        for x in [&mut a, &mut b] {
+            x.headers
+                .retain(|(n, _)| n != "www-authenticate" && n != "content-length");
+            x.body.clear();
+        }
+        assert_eq!(a, b, "{text:?}");
+        up.take();
+    }
+    assert_eq!(
+        lane.served_by_lane(),
+        0,
+        "every one of these is the general stack's"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_moves_to_the_general_stack_and_pipelines_in_order() {
+    let up = RawUpstream::start().await;
+    let (lane, _general) = pair(&up, &[]).await;
+    let addr = &lane.proxy.base[7..];
+
+    // Two pipelined requests, then one the lane hands on, then one more POST (now served by
+    // the general stack on the same connection).
+    let mut wire = lane.post("json", "", BODY);
+    wire.extend(lane.post("sse", "", BODY));
+    wire.extend(
+        format!(
+            "GET /.well-known/oauth-protected-resource/mcp HTTP/1.1\r\nHost: {}\r\n\r\n",
+            lane.authority()
+        )
+        .into_bytes(),
+    );
+    wire.extend(lane.post("json", "", BODY));
+    let answers = exchange(addr, &wire, 4).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [200, 200, 200, 200]);
+    assert!(String::from_utf8_lossy(&answers[1].body).contains(r#"data: {"n":2}"#));
+    assert!(String::from_utf8_lossy(&answers[2].body).contains("authorization_servers"));
+    assert_eq!(lane.served_by_lane(), 2);
+    assert_eq!(up.take().len(), 3);
+
+    // `Connection: close` is honoured: the answer says so and the connection ends.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&lane.post("json", "Connection: close\r\n", BODY))
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let a = read_answer(&mut s, &mut buf).await.unwrap();
+    assert_eq!(a.header("connection"), Some("close"));
+    assert!(read_answer(&mut s, &mut buf).await.is_none());
+
+    // A pooled upstream connection the upstream closed while idle is not used.
+    exchange(addr, &lane.post("close-later", "", BODY), 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = exchange(addr, &lane.post("json", "", BODY), 1).await;
+    assert_eq!(a[0].status, 200);
+    assert_eq!(
+        up.take().len(),
+        3,
+        "each request went upstream exactly once"
+    );
+}
