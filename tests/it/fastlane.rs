@@ -543,6 +543,9 @@ async fn requests_the_lane_does_not_serve_get_the_general_answers() {
         "POST /mcp?x=1 HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Length: 2\r\n\r\n{}",
         "POST /mcp HTTP/1.0\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Length: 2\r\n\r\n{}",
         "GET /.well-known/oauth-protected-resource/mcp HTTP/1.1\r\nHost: {host}\r\n\r\n",
+        // Lengths an upstream might read otherwise (smuggling): never the lane's.
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Length: +2\r\n\r\n{}",
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     ] {
         let a = lane.exchange(&raw(&lane, text), 1).await;
         let b = general.exchange(&raw(&general, text), 1).await;
@@ -610,4 +613,55 @@ async fn a_connection_moves_to_the_general_stack_and_pipelines_in_order() {
         3,
         "each request went upstream exactly once"
     );
+}
+
+#[tokio::test]
+async fn idle_and_slow_connections_are_cut_after_the_header_timeout() {
+    let up = RawUpstream::start().await;
+    let (lane, _general) = pair(&up, &["--header-read-timeout", "1s"]).await;
+    let addr = lane.authority();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    // Two requests 600 ms apart: the second restarts the timeout, so the connection, idle
+    // after it, is closed about a second later — not a second after the first.
+    let started = std::time::Instant::now();
+    s.write_all(&lane.post("json", "", BODY)).await.unwrap();
+    assert_eq!(read_answer(&mut s, &mut buf).await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    s.write_all(&lane.post("json", "", BODY)).await.unwrap();
+    assert_eq!(read_answer(&mut s, &mut buf).await.unwrap().status, 200);
+    let second = started.elapsed();
+    assert!(read_answer(&mut s, &mut buf).await.is_none());
+    let idle = started.elapsed() - second;
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(3),
+        "closed {idle:?} after the second answer"
+    );
+    assert_eq!(lane.served_by_lane(), 2);
+
+    // A head trickled byte by byte is cut off too, although bytes keep coming.
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let request = lane.post("json", "", BODY);
+    let mut closed = false;
+    for byte in request.iter().take(request.len() - 10) {
+        if slow.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut chunk = [0u8; 64];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(50), slow.read(&mut chunk)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the trickling client was never cut off");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(lane.served_by_lane(), 2);
 }

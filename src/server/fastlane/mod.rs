@@ -189,8 +189,13 @@ impl Lane {
         I: AsyncRead + AsyncWrite + Unpin,
     {
         let mut buf = BytesMut::with_capacity(8 * 1024);
+        let mut head_timer = Deadline::new(header_read_timeout);
+        let response_timeout = self
+            .backend()
+            .map_or(header_read_timeout, |b| b.options().response_timeout);
+        let mut upstream_timer = Deadline::new(response_timeout);
         loop {
-            let deadline = tokio::time::Instant::now() + header_read_timeout;
+            head_timer.restart();
             let plan = loop {
                 if !buf.is_empty() {
                     match self.parse(&buf, peer.ip()) {
@@ -206,11 +211,13 @@ impl Lane {
                 buf.reserve(4096);
                 let idle = buf.is_empty();
                 let read = tokio::select! {
-                    r = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)) => r,
+                    r = io.read_buf(&mut buf) => r,
+                    // Too slow to send its headers (slowloris), or idle that long: done.
+                    () = head_timer.passed() => return None,
                     _ = stop.wait_for(|s| *s), if idle => return None,
                 };
-                // Closed, failed, or too slow to send its headers (slowloris): done.
-                if !matches!(read, Ok(Ok(n)) if n > 0) {
+                // Closed or failed: done.
+                if !matches!(read, Ok(n) if n > 0) {
                     return None;
                 }
             };
@@ -237,7 +244,10 @@ impl Lane {
             }
             let message = buf.split_to(total).freeze();
             let body = message.slice(plan.head_len..);
-            match self.exchange(&mut io, &plan, &caller, body, started).await {
+            let exchanged = self
+                .exchange(&mut io, &plan, &caller, body, &mut upstream_timer, started)
+                .await;
+            match exchanged {
                 Ok(true) => {}
                 Ok(false) => {
                     let _ = io.shutdown().await;
@@ -340,9 +350,16 @@ impl Lane {
             }
             line(&mut headers, h.name, h.value);
         }
-        let body_len = match length.map(str::parse::<usize>) {
+        // Digits only (no sign, list or space: the header goes upstream as it came, and
+        // the upstream must read the same length the lane did).
+        let body_len = match length {
             None => 0,
-            Some(Ok(n)) if n <= REPLAY_LIMIT.min(self.app.max_body) => n,
+            Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                match v.parse::<usize>() {
+                    Ok(n) if n <= REPLAY_LIMIT.min(self.app.max_body) => n,
+                    _ => return Parsed::Other,
+                }
+            }
             Some(_) => return Parsed::Other,
         };
         let trusted = guard::is_trusted(site, peer);
@@ -377,6 +394,7 @@ impl Lane {
         plan: &Plan,
         caller: &Caller,
         body: Bytes,
+        timer: &mut Deadline,
         started: Instant,
     ) -> std::io::Result<bool>
     where
@@ -389,8 +407,11 @@ impl Lane {
         let mut url = self.target.clone();
         let mut hops = 0;
         let (mut conn, head) = loop {
-            let sent =
-                tokio::time::timeout(backend.options().response_timeout, self.send(&request)).await;
+            timer.restart();
+            let sent = tokio::select! {
+                r = self.send(&request) => Ok(r),
+                () = timer.passed() => Err(()),
+            };
             let (conn, head) = match sent {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(failure)) => {
@@ -467,16 +488,6 @@ impl Lane {
             let resp = jsonrpc_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
             return self.answer(client, plan, resp, started).await;
         }
-        self.upstream_seconds
-            .get_or_init(|| {
-                self.app
-                    .metrics
-                    .upstream_seconds
-                    .get_or_create(&crate::metrics::BackendLabels { backend: "http" })
-                    .clone()
-            })
-            .observe(started.elapsed().as_secs_f64());
-
         let mut out = self.client_head(&conn.buf[..head.len], &head, plan.close);
         let _ = conn.buf.split_to(head.len);
         let reusable = match head.framing {
@@ -742,9 +753,18 @@ impl Lane {
     where
         I: AsyncWrite + Unpin,
     {
+        // As the general path's: until the answer (or the proxy's error) was ready.
+        let metrics = &self.app.metrics;
+        self.upstream_seconds
+            .get_or_init(|| {
+                metrics
+                    .upstream_seconds
+                    .get_or_create(&crate::metrics::BackendLabels { backend: "http" })
+                    .clone()
+            })
+            .observe(started.elapsed().as_secs_f64());
         client.write_all(bytes).await?;
         client.flush().await?;
-        let metrics = &self.app.metrics;
         let labels = || crate::metrics::RequestLabels {
             route: "mcp",
             method: "POST",
@@ -768,6 +788,42 @@ impl Lane {
             None => tracing::debug!(method, route, status, ms, "request"),
         }
         Ok(())
+    }
+}
+
+/// A timeout restarted far more often than it fires (once per request on a keep-alive
+/// connection). Restarting only moves the target; the timer is re-armed when it fires
+/// before it. (A timer registered per request wakes the runtime's driver each time: a
+/// syscall per request, measured.)
+struct Deadline {
+    period: Duration,
+    at: tokio::time::Instant,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Deadline {
+    fn new(period: Duration) -> Self {
+        let at = tokio::time::Instant::now() + period;
+        Self {
+            period,
+            at,
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+        }
+    }
+
+    fn restart(&mut self) {
+        self.at = tokio::time::Instant::now() + self.period;
+    }
+
+    /// Resolves once the current target has passed.
+    async fn passed(&mut self) {
+        loop {
+            self.sleep.as_mut().await;
+            if tokio::time::Instant::now() >= self.at {
+                return;
+            }
+            self.sleep.as_mut().reset(self.at);
+        }
     }
 }
 
