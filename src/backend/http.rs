@@ -393,20 +393,18 @@ impl HttpBackend {
         self.client_response(resp, site).await
     }
 
-    /// Whether a client header (name in any case) is never sent upstream as it came: it
+    /// Whether a client header (`name` in lowercase) is never sent upstream as it came: it
     /// describes the connection, carries the client's credentials or our cookies, or is one
     /// only the proxy may set. (`Cookie` is sent again without our cookies.)
     pub fn never_forwarded(&self, name: &str) -> bool {
-        let is = |n: &str| name.eq_ignore_ascii_case(n);
-        HOP_BY_HOP.iter().any(|n| is(n))
-            || IDENTITY_HEADERS.iter().any(|n| is(n))
+        HOP_BY_HOP.contains(&name)
+            || IDENTITY_HEADERS.contains(&name)
             || super::identity::is_ours(&self.opts, name)
-            || ["host", "authorization", "origin", "cookie", "forwarded"]
-                .iter()
-                .any(|n| is(n))
-            || name
-                .get(..12)
-                .is_some_and(|p| p.eq_ignore_ascii_case("x-forwarded-"))
+            || matches!(
+                name,
+                "host" | "authorization" | "origin" | "cookie" | "forwarded"
+            )
+            || name.starts_with("x-forwarded-")
     }
 
     /// The headers sent upstream.

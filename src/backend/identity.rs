@@ -7,14 +7,14 @@ use serde_json::Value;
 use crate::config::UpstreamOptions;
 use crate::store::Identity;
 
-/// Whether `name` is one of the headers only we may set (the identity names and the
-/// `--header-mapping` targets): client copies of them are spoofing.
+/// Whether `name` (lowercase) is one of the headers only we may set (the identity names and
+/// the `--header-mapping` targets): client copies of them are spoofing.
 pub fn is_ours(opts: &UpstreamOptions, name: &str) -> bool {
     let i = &opts.identity;
     [&i.user, &i.email, &i.name, &i.groups]
         .into_iter()
         .chain(opts.mapping.iter().map(|(_, h)| h))
-        .any(|h| h.as_str().eq_ignore_ascii_case(name))
+        .any(|h| h.as_str() == name)
 }
 
 /// What part of the identity a header or variable carries.

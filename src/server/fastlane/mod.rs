@@ -51,6 +51,9 @@ use crate::gate::{Caller, bearer_value, check_token};
 /// Longest request head the lane reads before handing the connection on.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
+/// Longest header name the lane reads (longer ones go to the general stack).
+const MAX_NAME: usize = 64;
+
 /// Most header fields in a request the lane serves.
 const MAX_REQUEST_HEADERS: usize = 64;
 
@@ -284,68 +287,55 @@ impl Lane {
         let (mut session_id, mut length, mut close) = (None, None, false);
         let mut forwarded_for: Vec<&str> = Vec::new();
         let mut headers = Vec::with_capacity(head_len);
+        let mut lower = [0u8; MAX_NAME];
         for h in req.headers.iter() {
-            let is = |n: &str| h.name.eq_ignore_ascii_case(n);
-            if ["origin", "cookie", "expect", "upgrade", "transfer-encoding"]
-                .iter()
-                .any(|n| is(n))
-            {
+            // Names are tokens (ASCII); one lowercase copy serves every comparison.
+            let Some(name) = lowercase(h.name, &mut lower) else {
                 return Parsed::Other;
-            }
-            let value = if [
-                "host",
-                "x-forwarded-host",
-                "x-forwarded-for",
-                "authorization",
-                "mcp-session-id",
-                "content-length",
-                "connection",
-            ]
-            .iter()
-            .any(|n| is(n))
-            {
-                // Read as the general path reads them (`HeaderValue::to_str`).
-                match visible_ascii(h.value) {
-                    Some(v) => v,
-                    None => return Parsed::Other,
+            };
+            match name {
+                // The general stack's: CORS, our cookies, interim answers, protocol switches,
+                // chunked bodies.
+                "origin" | "cookie" | "expect" | "upgrade" | "transfer-encoding" => {
+                    return Parsed::Other;
                 }
-            } else {
-                ""
-            };
-            let single = if is("host") {
-                once(&mut host, value)
-            } else if is("authorization") {
-                once(&mut authorization, value)
-            } else if is("mcp-session-id") {
-                once(&mut session_id, value)
-            } else if is("content-length") {
-                once(&mut length, value)
-            } else {
-                true
-            };
-            if !single {
-                return Parsed::Other;
-            }
-            if is("x-forwarded-host") && forwarded_host.is_none() {
-                forwarded_host = Some(value);
-            } else if is("x-forwarded-for") {
-                forwarded_for.push(value);
-            } else if is("connection") {
-                for token in value.split(',').map(str::trim) {
-                    if token.eq_ignore_ascii_case("close") {
-                        close = true;
-                    } else if !token.eq_ignore_ascii_case("keep-alive") {
-                        // It names other headers as hop-by-hop: the general path's rules.
-                        return Parsed::Other;
+                "host" | "authorization" | "mcp-session-id" | "content-length" => {
+                    let slot = match name {
+                        "host" => &mut host,
+                        "authorization" => &mut authorization,
+                        "mcp-session-id" => &mut session_id,
+                        _ => &mut length,
+                    };
+                    // Read as the general path reads them (`HeaderValue::to_str`), and only
+                    // once: a second copy is the general stack's to refuse or choose from.
+                    match visible_ascii(h.value) {
+                        Some(v) if slot.is_none() => *slot = Some(v),
+                        _ => return Parsed::Other,
                     }
                 }
+                "x-forwarded-host" | "x-forwarded-for" | "connection" => {
+                    let Some(value) = visible_ascii(h.value) else {
+                        return Parsed::Other;
+                    };
+                    if name == "x-forwarded-for" {
+                        forwarded_for.push(value);
+                    } else if name == "x-forwarded-host" {
+                        forwarded_host.get_or_insert(value);
+                    } else {
+                        for token in value.split(',').map(str::trim) {
+                            if token.eq_ignore_ascii_case("close") {
+                                close = true;
+                            } else if !token.eq_ignore_ascii_case("keep-alive") {
+                                // It names other headers as hop-by-hop: the general
+                                // path's rules.
+                                return Parsed::Other;
+                            }
+                        }
+                    }
+                }
+                _ => {}
             }
-            if backend.never_forwarded(h.name)
-                || self
-                    .static_names
-                    .iter()
-                    .any(|n| n.as_str().eq_ignore_ascii_case(h.name))
-            {
+            if backend.never_forwarded(name) || self.static_names.iter().any(|n| n == name) {
                 continue;
             }
             line(&mut headers, h.name, h.value);
@@ -916,9 +906,12 @@ fn chunk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Sets a header's one value; `false` when it came twice.
-fn once<'a>(slot: &mut Option<&'a str>, value: &'a str) -> bool {
-    slot.replace(value).is_none()
+/// `name` in lowercase, in `buf`; `None` when longer than it.
+fn lowercase<'a>(name: &str, buf: &'a mut [u8; MAX_NAME]) -> Option<&'a str> {
+    let out = buf.get_mut(..name.len())?;
+    out.copy_from_slice(name.as_bytes());
+    out.make_ascii_lowercase();
+    std::str::from_utf8(out).ok()
 }
 
 /// A header value as `HeaderValue::to_str` accepts it: visible ASCII, spaces and tabs.

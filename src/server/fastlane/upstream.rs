@@ -150,39 +150,54 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, BadResponse> {
     let mut keep_alive = resp.version == Some(1);
     let (mut chunked, mut coded, mut length) = (false, false, None::<u64>);
     let (mut session_id, mut location, mut sse) = (None, None, false);
+    let mut lower = [0u8; 32];
     for h in resp.headers.iter() {
-        let is = |n: &str| h.name.eq_ignore_ascii_case(n);
-        let text = std::str::from_utf8(h.value).ok();
-        if is("transfer-encoding") {
-            coded = true;
-            chunked = text
-                .and_then(|t| t.rsplit(',').next())
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        } else if is("content-length") {
-            for v in text.into_iter().flat_map(|t| t.split(',')) {
-                let n = v
-                    .trim()
-                    .parse::<u64>()
-                    .map_err(|_| BadResponse("bad content-length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(BadResponse("conflicting content-length"));
-                }
-                length = Some(n);
+        // Only short names matter here.
+        let Some(name) = lower.get_mut(..h.name.len()) else {
+            continue;
+        };
+        name.copy_from_slice(h.name.as_bytes());
+        name.make_ascii_lowercase();
+        let text = || std::str::from_utf8(h.value).ok();
+        match &*name {
+            b"transfer-encoding" => {
+                coded = true;
+                chunked = text()
+                    .and_then(|t| t.rsplit(',').next())
+                    .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
             }
-        } else if is("connection") {
-            if text.is_some_and(|t| t.split(',').any(|c| c.trim().eq_ignore_ascii_case("close"))) {
+            b"content-length" => {
+                for v in text().into_iter().flat_map(|t| t.split(',')).map(str::trim) {
+                    // Digits only: the header goes on to the client as it came.
+                    let n = v
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                        .then(|| v.parse::<u64>().ok())
+                        .flatten()
+                        .ok_or(BadResponse("bad content-length"))?;
+                    if length.is_some_and(|l| l != n) {
+                        return Err(BadResponse("conflicting content-length"));
+                    }
+                    length = Some(n);
+                }
+            }
+            b"connection"
+                if text().is_some_and(|t| {
+                    t.split(',').any(|c| c.trim().eq_ignore_ascii_case("close"))
+                }) =>
+            {
                 keep_alive = false;
             }
-        } else if is(crate::backend::http::MCP_SESSION_ID) {
-            if session_id.is_none() {
-                session_id = text.map(str::to_string);
+            b"mcp-session-id" if session_id.is_none() => {
+                session_id = text().map(str::to_string);
             }
-        } else if is("location") {
-            if location.is_none() {
-                location = text.map(str::to_string);
+            b"location" if location.is_none() => {
+                location = text().map(str::to_string);
             }
-        } else if is("content-type") {
-            sse = text.is_some_and(|t| crate::server::mime_is(t, crate::backend::http::SSE));
+            b"content-type" => {
+                sse = text().is_some_and(|t| crate::server::mime_is(t, crate::backend::http::SSE));
+            }
+            _ => {}
         }
     }
     let framing = if matches!(status, 100..=199 | 204 | 304) {
@@ -247,6 +262,7 @@ mod tests {
                 .is_err()
         );
         assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").is_err());
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: +1\r\n\r\n").is_err());
         assert!(parse_head(b"HTTP/1.1 200 OK\r\n").unwrap().is_none());
         assert!(parse_head(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
     }
