@@ -182,6 +182,12 @@ async fn upstream_conn(mut s: TcpStream, me: SocketAddr, log: Arc<Mutex<Vec<Seen
                 reply(&mut s, json("")).await
             }
             "drop" => return,
+            // Promises more body than it sends.
+            "short" => {
+                let text = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"partial\":";
+                reply(&mut s, text.into()).await;
+                return;
+            }
             // Answers with keep-alive, then closes the idle connection soon after.
             "close-later" => {
                 reply(&mut s, json("")).await;
@@ -415,7 +421,7 @@ async fn the_lane_answers_exactly_as_the_general_stack() {
     let (lane, general) = pair(&up, &[]).await;
     for script in [
         "json", "session", "interim", "hop", "sse", "big", "close", "http10", "401", "redirect",
-        "slow", "drop",
+        "slow", "drop", "short",
     ] {
         let before = lane.served_by_lane();
         let a = lane.exchange(&lane.post(script, "", BODY), 1).await;
@@ -436,7 +442,7 @@ async fn the_lane_answers_exactly_as_the_general_stack() {
 
         // And both are right, not merely alike.
         let expected_status = match script {
-            "401" | "drop" => 502,
+            "401" | "drop" | "short" => 502,
             "slow" => 504,
             _ => 200,
         };

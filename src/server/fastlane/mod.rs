@@ -371,7 +371,7 @@ impl Lane {
             session_id: session_id.map(str::to_string),
             headers,
             forwarded_for: proxy::forwarded_for(&client, forwarded_for.iter().copied()),
-            client: tracing::enabled!(tracing::Level::INFO)
+            client: tracing::enabled!(target: "mcp_auth_proxy::server", tracing::Level::INFO)
                 .then(|| guard::client_ip_in(site, peer, forwarded_for.into_iter())),
         })
     }
@@ -490,8 +490,19 @@ impl Lane {
                 // An ordinary JSON-RPC answer: read whole, sent with its head in one write.
                 let n = n as usize;
                 while conn.buf.len() < n {
-                    if conn.fill().await? == 0 {
-                        return Err(closed_early());
+                    let failed = match conn.fill().await {
+                        Ok(0) => Some(closed_early()),
+                        Ok(_) => None,
+                        Err(e) => Some(e),
+                    };
+                    if let Some(e) = failed {
+                        // Nothing was sent yet: the client gets the general path's 502.
+                        tracing::warn!(error = %e, "upstream response body failed");
+                        let resp = jsonrpc_error(
+                            StatusCode::BAD_GATEWAY,
+                            "the MCP server connection failed",
+                        );
+                        return self.answer(client, plan, resp, started).await;
                     }
                 }
                 out.extend_from_slice(&conn.buf.split_to(n));
@@ -770,12 +781,15 @@ impl Lane {
         metrics.fast_lane.inc();
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         let (method, route) = ("POST", "mcp");
+        // The front middleware's line, under its target (log filters treat both alike).
         match plan.client {
             Some(client) => {
                 let path = self.app.site.mcp_path.as_str();
-                tracing::info!(method, route, path, status, ms, %client, "request");
+                tracing::info!(target: "mcp_auth_proxy::server", method, route, path, status, ms, %client, "request");
             }
-            None => tracing::debug!(method, route, status, ms, "request"),
+            None => {
+                tracing::debug!(target: "mcp_auth_proxy::server", method, route, status, ms, "request");
+            }
         }
         Ok(())
     }
