@@ -36,7 +36,7 @@ trap cleanup EXIT
 
 
 FAST=$(free_port); NGINX_FAST=$(free_port); NGINX_EVERY=$(free_port); EVERY=$(free_port)
-PROXY_FAST=$(free_port); PROXY_EVERY=$(free_port)
+PROXY_FAST=$(free_port); PROXY_EVERY=$(free_port); PROXY_GENERAL=$(free_port)
 
 # --- upstreams and nginx -------------------------------------------------------------
 # Two nginx instances, one worker each: the fast upstream, and nginx as the reverse proxy
@@ -95,19 +95,23 @@ pids+=($!)
 
 # The request log is off (RUST_LOG=warn), as nginx's access_log is; BENCH_RUST_LOG=info
 # measures with it.
-start_proxy() { # port upstream data
+# Not in a command substitution: its subshell would keep the pid from `pids` (and cleanup).
+start_proxy() { # port upstream data [flags…]; sets STARTED
   RUST_LOG="${BENCH_RUST_LOG:-warn}" "$BIN" --listen "127.0.0.1:$1" --external-url "http://127.0.0.1:$1" --data-path "$3" \
-    --password "$PASSWORD" "$2" >"$3.log" 2>&1 &
-  pids+=($!)
-  echo $!
+    --password "$PASSWORD" "${@:4}" "$2" >"$3.log" 2>&1 &
+  STARTED=$!
+  pids+=("$STARTED")
 }
-PROXY_FAST_PID=$(start_proxy "$PROXY_FAST" "http://127.0.0.1:$FAST/mcp" "$work/data-fast")
-PROXY_EVERY_PID=$(start_proxy "$PROXY_EVERY" "http://127.0.0.1:$EVERY/mcp" "$work/data-every")
+start_proxy "$PROXY_FAST" "http://127.0.0.1:$FAST/mcp" "$work/data-fast"; PROXY_FAST_PID=$STARTED
+start_proxy "$PROXY_EVERY" "http://127.0.0.1:$EVERY/mcp" "$work/data-every"; PROXY_EVERY_PID=$STARTED
+# The same proxy without its HTTP/1 fast lane: every request through hyper and the router.
+start_proxy "$PROXY_GENERAL" "http://127.0.0.1:$FAST/mcp" "$work/data-general" --no-fast-lane
 
-for p in $FAST $NGINX_FAST $NGINX_EVERY $EVERY $PROXY_FAST $PROXY_EVERY; do wait_port "$p"; done
+for p in $FAST $NGINX_FAST $NGINX_EVERY $EVERY $PROXY_FAST $PROXY_EVERY $PROXY_GENERAL; do wait_port "$p"; done
 
 TOKEN_FAST=$(node bench/token.mjs "http://127.0.0.1:$PROXY_FAST" "$PASSWORD")
 TOKEN_EVERY=$(node bench/token.mjs "http://127.0.0.1:$PROXY_EVERY" "$PASSWORD")
+TOKEN_GENERAL=$(node bench/token.mjs "http://127.0.0.1:$PROXY_GENERAL" "$PASSWORD")
 
 SID_DIRECT=$(init_session "http://127.0.0.1:$EVERY/mcp")
 SID_NGINX=$(init_session "http://127.0.0.1:$NGINX_EVERY/mcp")
@@ -135,6 +139,7 @@ targets=(
   "fast:direct|http://127.0.0.1:$FAST/mcp||"
   "fast:nginx|http://127.0.0.1:$NGINX_FAST/mcp||"
   "fast:mcp-auth-proxy|http://127.0.0.1:$PROXY_FAST/mcp|Bearer $TOKEN_FAST|"
+  "fast:mcp-auth-proxy --no-fast-lane|http://127.0.0.1:$PROXY_GENERAL/mcp|Bearer $TOKEN_GENERAL|"
   "everything:direct|http://127.0.0.1:$EVERY/mcp||$SID_DIRECT"
   "everything:nginx|http://127.0.0.1:$NGINX_EVERY/mcp||$SID_NGINX"
   "everything:mcp-auth-proxy|http://127.0.0.1:$PROXY_EVERY/mcp|Bearer $TOKEN_EVERY|$SID_PROXY"
