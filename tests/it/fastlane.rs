@@ -58,6 +58,27 @@ impl RawUpstream {
     }
 }
 
+/// Header fields as (lowercase name, value) pairs.
+fn fields_of(headers: &[httparse::Header]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The first value of `name` among `fields`.
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
 async fn reply(s: &mut TcpStream, text: String) -> bool {
     s.write_all(text.as_bytes()).await.is_ok()
 }
@@ -69,16 +90,7 @@ async fn upstream_conn(mut s: TcpStream, me: SocketAddr, log: Arc<Mutex<Vec<Seen
             let mut fields = [httparse::EMPTY_HEADER; 64];
             let mut req = httparse::Request::new(&mut fields);
             if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
-                let mut headers: Vec<(String, String)> = req
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_ascii_lowercase(),
-                            String::from_utf8_lossy(h.value).to_string(),
-                        )
-                    })
-                    .collect();
+                let mut headers = fields_of(req.headers);
                 headers.sort();
                 let target = req.path.unwrap().to_string();
                 break (n, (target, headers));
@@ -90,13 +102,7 @@ async fn upstream_conn(mut s: TcpStream, me: SocketAddr, log: Arc<Mutex<Vec<Seen
             }
         };
         let (target, headers) = seen;
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-        };
-        let length: usize = header("content-length").map_or(0, |v| v.parse().unwrap());
+        let length: usize = field(&headers, "content-length").map_or(0, |v| v.parse().unwrap());
         while buf.len() < head_len + length {
             let mut chunk = [0u8; 8192];
             match s.read(&mut chunk).await {
@@ -106,7 +112,7 @@ async fn upstream_conn(mut s: TcpStream, me: SocketAddr, log: Arc<Mutex<Vec<Seen
         }
         let body = buf[head_len..head_len + length].to_vec();
         buf.drain(..head_len + length);
-        let script = header("x-script").unwrap_or_else(|| "json".into());
+        let script = field(&headers, "x-script").unwrap_or("json").to_string();
         log.lock().unwrap().push(Seen {
             target: target.clone(),
             headers,
@@ -213,10 +219,7 @@ struct Answer {
 
 impl Answer {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        field(&self.headers, name)
     }
 }
 
@@ -236,17 +239,7 @@ async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Answer> {
         let mut fields = [httparse::EMPTY_HEADER; 64];
         let mut resp = httparse::Response::new(&mut fields);
         if let Ok(httparse::Status::Complete(n)) = resp.parse(buf) {
-            let headers: Vec<(String, String)> = resp
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).to_string(),
-                    )
-                })
-                .collect();
-            break (n, resp.code.unwrap(), headers);
+            break (n, resp.code.unwrap(), fields_of(resp.headers));
         }
         if !more(s, buf).await {
             return None;
@@ -257,14 +250,8 @@ async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Answer> {
         // An interim answer (100 Continue): the real one follows.
         return Box::pin(read_answer(s, buf)).await;
     }
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
     let mut body = Vec::new();
-    if get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+    if field(&headers, "transfer-encoding").is_some_and(|t| t.contains("chunked")) {
         loop {
             let line_end = loop {
                 if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
@@ -284,7 +271,7 @@ async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Answer> {
                 break;
             }
         }
-    } else if let Some(n) = get("content-length") {
+    } else if let Some(n) = field(&headers, "content-length") {
         let n: usize = n.parse().unwrap();
         while buf.len() < n {
             assert!(more(s, buf).await, "body cut short");
