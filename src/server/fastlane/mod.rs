@@ -132,8 +132,7 @@ impl Lane {
         if target.scheme() != "http" {
             return None;
         }
-        let host = target.host_str()?.to_string();
-        let port = target.port_or_known_default()?;
+        let (host, port) = connect_to(&target)?;
         // Names set twice (by a static header and identity, or two identity headers) are
         // replaced in order by the general path; the lane writes lines once each.
         let mut ours: Vec<&str> = opts.headers.iter().map(|(n, _)| n.as_str()).collect();
@@ -882,6 +881,12 @@ fn broken(e: chunked::ChunkError) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, e)
 }
 
+/// The host and port to connect to for `url` (an IPv6 literal without its brackets).
+fn connect_to(url: &Url) -> Option<(String, u16)> {
+    let host = url.host_str()?.trim_matches(['[', ']']).to_string();
+    Some((host, url.port_or_known_default()?))
+}
+
 /// `POST <path> HTTP/1.1` and the `host` line.
 fn request_line(path: &str, authority: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(path.len() + authority.len() + 32);
@@ -950,4 +955,35 @@ fn http_date(secs: u64) -> String {
         }
         text.clone()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn where_to_connect_and_what_to_send() {
+        let at = |u: &str| connect_to(&Url::parse(u).unwrap());
+        assert_eq!(at("http://[::1]:8080/mcp"), Some(("::1".into(), 8080)));
+        assert_eq!(at("http://up/mcp"), Some(("up".into(), 80)));
+        assert_eq!(at("http://127.0.0.1:9/"), Some(("127.0.0.1".into(), 9)));
+        assert_eq!(
+            request_line("/api/mcp?k=1", "up:9000"),
+            b"POST /api/mcp?k=1 HTTP/1.1\r\nhost: up:9000\r\n"
+        );
+        let mut out = Vec::new();
+        chunk(&mut out, b"");
+        assert!(out.is_empty(), "an empty chunk would end the body");
+        chunk(&mut out, b"hello");
+        assert_eq!(out, b"5\r\nhello\r\n");
+        assert_eq!(visible_ascii(b"Bearer abc"), Some("Bearer abc"));
+        assert_eq!(visible_ascii("caf\u{e9}".as_bytes()), None);
+        assert_eq!(visible_ascii(b"a\x7fb"), None);
+        let mut buf = [0u8; MAX_NAME];
+        assert_eq!(
+            lowercase("Content-Length", &mut buf),
+            Some("content-length")
+        );
+        assert_eq!(lowercase(&"x".repeat(MAX_NAME + 1), &mut buf), None);
+    }
 }
