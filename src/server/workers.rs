@@ -309,7 +309,7 @@ async fn serve_connection<I>(
     match lane {
         Some(lane) => {
             if let Some(rest) = lane
-                .serve(stream, peer, &mut stop, header_read_timeout)
+                .serve(stream, peer, &app, &mut stop, header_read_timeout)
                 .await
             {
                 serve_general(rest, peer, app, stop, header_read_timeout).await;

@@ -9,15 +9,17 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
 
-import { Browser, startEverything, startProxy } from './harness.mjs';
+import { Browser, freePort, startEverything, startProxy } from './harness.mjs';
 import { TestProvider, connect } from './sdk-client.mjs';
 
 let upstream;
 let proxy;
+let metrics;
 
 before(async () => {
   upstream = await startEverything();
-  proxy = await startProxy({ backend: upstream.url });
+  metrics = `http://127.0.0.1:${await freePort()}/metrics`;
+  proxy = await startProxy({ backend: upstream.url, args: ['--metrics-listen', new URL(metrics).host] });
 });
 
 after(async () => {
@@ -74,6 +76,11 @@ test('the TypeScript SDK client signs in, calls tools, refreshes, is revoked and
   const after = await again.callTool({ name: 'echo', arguments: { message: 'welcome back' } });
   assert.match(after.content[0].text, /welcome back/);
   await again.close();
+
+  // The SDK's posts (initialize, its session, SSE answers) took the HTTP/1 fast lane.
+  const text = await (await fetch(metrics)).text();
+  const served = Number(/^mcp_auth_proxy_fast_lane_requests_total (\d+)/m.exec(text)?.[1] ?? 0);
+  assert.ok(served >= 5, `fast lane served ${served} requests:\n${text}`);
 });
 
 test('a denied consent reaches the client as access_denied', async () => {

@@ -553,38 +553,97 @@ async fn requests_the_lane_does_not_serve_get_the_general_answers() {
         assert_eq!(a, b, "{text:?}");
         up.take();
     }
+    // Answered by the router within the lane: an SSE stream proxied by the general path, a
+    // CORS preflight, a HEAD.
+    for text in [
+        "GET /mcp HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\nX-Script: sse\r\n\r\n",
+        "OPTIONS /mcp HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nAccess-Control-Request-Method: POST\r\n\r\n",
+        "HEAD /.well-known/oauth-protected-resource/mcp HTTP/1.1\r\nHost: {host}\r\n\r\n",
+    ] {
+        let head = text.starts_with("HEAD");
+        let a = routed_answer(&lane, &raw(&lane, text), head).await;
+        let b = routed_answer(&general, &raw(&general, text), head).await;
+        assert_eq!(a, b, "{text:?}");
+        assert!(a.status < 300, "{text:?}: {a:?}");
+        up.take();
+    }
     assert_eq!(
         lane.served_by_lane(),
         0,
-        "every one of these is the general stack's"
+        "none of these was proxied by the lane itself"
     );
 }
 
+/// One answer; for a HEAD request, only its head (no body follows it, whatever its
+/// Content-Length says), without the length, which names each proxy's origin.
+async fn routed_answer(side: &Side, request: &[u8], head: bool) -> Answer {
+    if !head {
+        return side.exchange(request, 1).await.remove(0);
+    }
+    let mut s = TcpStream::connect(side.authority()).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].ends_with(b"\r\n\r\n"),
+        "a body after a HEAD answer"
+    );
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut fields);
+    resp.parse(&buf[..n]).unwrap();
+    let mut headers = fields_of(resp.headers);
+    headers.retain(|(n, _)| n != "date" && n != "content-length");
+    headers.sort();
+    Answer {
+        status: resp.code.unwrap(),
+        headers,
+        body: Vec::new(),
+    }
+}
+
 #[tokio::test]
-async fn a_connection_moves_to_the_general_stack_and_pipelines_in_order() {
+async fn a_connection_keeps_its_lane_pipelines_in_order_and_moves_on_only_when_it_must() {
     let up = RawUpstream::start().await;
     let (lane, _general) = pair(&up, &[]).await;
     let addr = &lane.proxy.base[7..];
 
-    // Two pipelined requests, then one the lane hands on, then one more POST (now served by
-    // the general stack on the same connection).
+    // Pipelined: two posts the lane proxies, a refused one and a metadata read the router
+    // answers within the lane, and a post proxied by the lane again.
     let mut wire = lane.post("json", "", BODY);
     wire.extend(lane.post("sse", "", BODY));
     wire.extend(
         format!(
-            "GET /.well-known/oauth-protected-resource/mcp HTTP/1.1\r\nHost: {}\r\n\r\n",
+            "POST /mcp HTTP/1.1\r\nHost: {0}\r\nContent-Length: 2\r\n\r\n{{}}\
+             GET /.well-known/oauth-protected-resource/mcp HTTP/1.1\r\nHost: {0}\r\n\r\n",
             lane.authority()
         )
         .into_bytes(),
     );
     wire.extend(lane.post("json", "", BODY));
-    let answers = exchange(addr, &wire, 4).await;
+    let answers = exchange(addr, &wire, 5).await;
     let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
-    assert_eq!(statuses, [200, 200, 200, 200]);
+    assert_eq!(statuses, [200, 200, 401, 200, 200]);
     assert!(String::from_utf8_lossy(&answers[1].body).contains(r#"data: {"n":2}"#));
-    assert!(String::from_utf8_lossy(&answers[2].body).contains("authorization_servers"));
-    assert_eq!(lane.served_by_lane(), 2);
+    assert!(answers[2].header("www-authenticate").is_some());
+    assert!(String::from_utf8_lossy(&answers[3].body).contains("authorization_servers"));
+    assert_eq!(
+        lane.served_by_lane(),
+        3,
+        "the connection stayed in the lane"
+    );
     assert_eq!(up.take().len(), 3);
+
+    // A request only the general stack serves (here `Expect: 100-continue`) moves the
+    // connection there for good: the next post is not the lane's.
+    let mut wire = lane.post("json", "Expect: 100-continue\r\n", BODY);
+    wire.extend(lane.post("json", "", BODY));
+    let answers = exchange(addr, &wire, 2).await;
+    assert_eq!(
+        answers.iter().map(|a| a.status).collect::<Vec<_>>(),
+        [200, 200]
+    );
+    assert_eq!(lane.served_by_lane(), 3);
+    assert_eq!(up.take().len(), 2);
 
     // `Connection: close` is honoured: the answer says so and the connection ends.
     let mut s = TcpStream::connect(addr).await.unwrap();

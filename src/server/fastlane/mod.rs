@@ -9,13 +9,15 @@
 //! connection of the same worker thread, and relays the answer as it arrives: whole when
 //! small and of known length, chunk by chunk otherwise (SSE included).
 //!
-//! It only ever serves the ordinary case. Anything else — another method or path, a query,
-//! HTTP/1.0, `Origin` (CORS), cookies, `Expect`, `Upgrade`, a chunked or large body, a
-//! request head the lane does not fully understand, and every request the gate or the
-//! session check would refuse — hands the connection, with the bytes already read, to the
-//! general stack, which then serves it to the end and gives the usual answers. Between the
-//! two, the client cannot tell which served it (the differential test in
-//! `tests/it/fastlane.rs` checks this header by header).
+//! It proxies only the ordinary case. Other plain HTTP/1.1 requests with a small body of
+//! known length — another method or path, a query, `Origin` (CORS), cookies, and every
+//! request the gate or the session check refuses — are answered by the router (the general
+//! path's handlers and middleware) within the lane, so a client's discovery requests or a
+//! 401 do not take its connection out of the lane. What the lane does not read itself —
+//! HTTP/1.0 or HTTP/2, `Expect`, `Upgrade`, chunked or large request bodies, a head it does
+//! not fully understand — hands the connection, with the bytes already read, to the general
+//! stack, which serves it to the end. The client cannot tell which served it: the
+//! differential test in `tests/it/fastlane.rs` checks this header by header.
 
 pub mod chunked;
 pub mod prefixed;
@@ -25,14 +27,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderName, StatusCode};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderName, Method, StatusCode, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
+use tower::ServiceExt;
 use url::Url;
 
 use self::chunked::Chunked;
@@ -53,6 +60,10 @@ const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
 /// Longest header name the lane reads (longer ones go to the general stack).
 const MAX_NAME: usize = 64;
+
+/// Largest request body the lane reads for the router (the authorization server's forms
+/// and JSON are smaller; larger bodies go to the general stack, which streams them).
+const ROUTED_BODY_LIMIT: usize = 64 * 1024;
 
 /// Most header fields in a request the lane serves.
 const MAX_REQUEST_HEADERS: usize = 64;
@@ -100,11 +111,28 @@ struct Plan {
     client: Option<IpAddr>,
 }
 
+/// A request the router answers within the lane: its head as `http` parts.
+struct Routed {
+    head_len: usize,
+    body_len: usize,
+    close: bool,
+    parts: http::request::Parts,
+}
+
 enum Parsed {
     Partial,
-    /// Not for the lane: the general stack serves it.
+    /// Not for the lane: the general stack serves the connection from here on.
     Other,
+    Route(Routed),
     Ready(Plan),
+}
+
+/// What the lane does with the request it read.
+enum Next {
+    /// Proxy it, once the caller is known.
+    Proxy(Plan),
+    Proxied(Plan, Caller),
+    Route(Routed),
 }
 
 /// How an exchange went wrong before the answer began.
@@ -184,6 +212,7 @@ impl Lane {
         &self,
         mut io: I,
         peer: SocketAddr,
+        router: &Router,
         stop: &mut watch::Receiver<bool>,
         header_read_timeout: Duration,
     ) -> Option<Prefixed<I>>
@@ -198,10 +227,11 @@ impl Lane {
         let mut upstream_timer = Deadline::new(response_timeout);
         loop {
             head_timer.restart();
-            let plan = loop {
+            let next = loop {
                 if !buf.is_empty() {
                     match self.parse(&buf, peer.ip()) {
-                        Parsed::Ready(plan) => break plan,
+                        Parsed::Ready(plan) => break Next::Proxy(plan),
+                        Parsed::Route(routed) => break Next::Route(routed),
                         Parsed::Partial if buf.len() < MAX_REQUEST_HEAD => {}
                         Parsed::Partial | Parsed::Other => {
                             return Some(Prefixed::new(buf.freeze(), io));
@@ -224,20 +254,27 @@ impl Lane {
                 }
             };
             let started = Instant::now();
-            let app = &self.app;
-            let Ok(caller) = check_token(&app.repo, &app.tokens, &app.site, &plan.token).await
-            else {
-                return Some(Prefixed::new(buf.freeze(), io));
+            // A request the gate or the session check refuses is the router's to answer.
+            let next = match next {
+                Next::Proxy(plan) => match self.authorize(&plan).await {
+                    Some(caller) => Next::Proxied(plan, caller),
+                    None => match parts_of(&buf[..plan.head_len]) {
+                        Some(parts) => Next::Route(Routed {
+                            head_len: plan.head_len,
+                            body_len: plan.body_len,
+                            close: plan.close,
+                            parts,
+                        }),
+                        None => return Some(Prefixed::new(buf.freeze(), io)),
+                    },
+                },
+                other => other,
             };
-            if let Some(id) = &plan.session_id
-                && !matches!(
-                    sessions::owned_by(&app.repo, id, caller.subject()).await,
-                    Ok(true)
-                )
-            {
-                return Some(Prefixed::new(buf.freeze(), io));
-            }
-            let total = plan.head_len + plan.body_len;
+            let (head_len, body_len) = match &next {
+                Next::Proxied(plan, _) | Next::Proxy(plan) => (plan.head_len, plan.body_len),
+                Next::Route(r) => (r.head_len, r.body_len),
+            };
+            let total = head_len + body_len;
             while buf.len() < total {
                 buf.reserve(total - buf.len());
                 if !matches!(io.read_buf(&mut buf).await, Ok(n) if n > 0) {
@@ -245,11 +282,16 @@ impl Lane {
                 }
             }
             let message = buf.split_to(total).freeze();
-            let body = message.slice(plan.head_len..);
-            let exchanged = self
-                .exchange(&mut io, &plan, &caller, body, &mut upstream_timer, started)
-                .await;
-            match exchanged {
+            let body = message.slice(head_len..);
+            let answered = match next {
+                Next::Proxied(plan, caller) => {
+                    self.exchange(&mut io, &plan, &caller, body, &mut upstream_timer, started)
+                        .await
+                }
+                Next::Route(routed) => self.route(&mut io, router, peer, routed, body).await,
+                Next::Proxy(_) => Ok(false),
+            };
+            match answered {
                 Ok(true) => {}
                 Ok(false) => {
                     let _ = io.shutdown().await;
@@ -263,7 +305,25 @@ impl Lane {
         }
     }
 
-    /// Reads a request head: the lane's to serve, not yet complete, or another's.
+    /// The caller, when the token is good and any session theirs.
+    async fn authorize(&self, plan: &Plan) -> Option<Caller> {
+        let app = &self.app;
+        let caller = check_token(&app.repo, &app.tokens, &app.site, &plan.token)
+            .await
+            .ok()?;
+        if let Some(id) = &plan.session_id
+            && !matches!(
+                sessions::owned_by(&app.repo, id, caller.subject()).await,
+                Ok(true)
+            )
+        {
+            return None;
+        }
+        Some(caller)
+    }
+
+    /// Reads a request head: one to proxy, one for the router, not yet complete, or one for
+    /// the general stack.
     fn parse(&self, buf: &[u8], peer: IpAddr) -> Parsed {
         let Some(backend) = self.backend() else {
             return Parsed::Other;
@@ -276,16 +336,15 @@ impl Lane {
             Ok(httparse::Status::Partial) => return Parsed::Partial,
             Err(_) => return Parsed::Other,
         };
-        if req.version != Some(1)
-            || req.method != Some("POST")
-            || req.path != Some(site.mcp_path.as_str())
-        {
+        if req.version != Some(1) {
             return Parsed::Other;
         }
+        // Whether the lane may proxy it itself; else the router answers it here.
+        let mut proxied = req.method == Some("POST") && req.path == Some(site.mcp_path.as_str());
         let (mut host, mut forwarded_host, mut authorization) = (None, None, None);
         let (mut session_id, mut length, mut close) = (None, None, false);
         let mut forwarded_for: Vec<&str> = Vec::new();
-        let mut headers = Vec::with_capacity(head_len);
+        let mut headers = Vec::with_capacity(if proxied { head_len } else { 0 });
         let mut lower = [0u8; MAX_NAME];
         for h in req.headers.iter() {
             // Names are tokens (ASCII); one lowercase copy serves every comparison.
@@ -293,70 +352,85 @@ impl Lane {
                 return Parsed::Other;
             };
             match name {
-                // The general stack's: CORS, our cookies, interim answers, protocol switches,
-                // chunked bodies.
-                "origin" | "cookie" | "expect" | "upgrade" | "transfer-encoding" => {
-                    return Parsed::Other;
-                }
-                "host" | "authorization" | "mcp-session-id" | "content-length" => {
-                    let slot = match name {
-                        "host" => &mut host,
-                        "authorization" => &mut authorization,
-                        "mcp-session-id" => &mut session_id,
-                        _ => &mut length,
-                    };
-                    // Read as the general path reads them (`HeaderValue::to_str`), and only
-                    // once: a second copy is the general stack's to refuse or choose from.
-                    match visible_ascii(h.value) {
-                        Some(v) if slot.is_none() => *slot = Some(v),
-                        _ => return Parsed::Other,
-                    }
-                }
-                "x-forwarded-host" | "x-forwarded-for" | "connection" => {
-                    let Some(value) = visible_ascii(h.value) else {
-                        return Parsed::Other;
-                    };
-                    if name == "x-forwarded-for" {
-                        forwarded_for.push(value);
-                    } else if name == "x-forwarded-host" {
-                        forwarded_host.get_or_insert(value);
-                    } else {
-                        for token in value.split(',').map(str::trim) {
-                            if token.eq_ignore_ascii_case("close") {
-                                close = true;
-                            } else if !token.eq_ignore_ascii_case("keep-alive") {
-                                // It names other headers as hop-by-hop: the general
-                                // path's rules.
-                                return Parsed::Other;
-                            }
+                // The general stack's: interim answers, protocol switches, chunked bodies.
+                "expect" | "upgrade" | "transfer-encoding" => return Parsed::Other,
+                "content-length" => match visible_ascii(h.value) {
+                    Some(v) if length.is_none() => length = Some(v),
+                    _ => return Parsed::Other,
+                },
+                "connection" => {
+                    for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                            // It names other headers as hop-by-hop: the general path's
+                            // rules.
+                            proxied = false;
                         }
                     }
                 }
+                // The router's: CORS, our cookies.
+                "origin" | "cookie" => proxied = false,
+                "host" | "authorization" | "mcp-session-id" => {
+                    let slot = match name {
+                        "host" => &mut host,
+                        "authorization" => &mut authorization,
+                        _ => &mut session_id,
+                    };
+                    // Read as the general path reads them (`HeaderValue::to_str`), and only
+                    // once: a second copy is the router's to refuse or choose from.
+                    match visible_ascii(h.value) {
+                        Some(v) if slot.is_none() => *slot = Some(v),
+                        _ => proxied = false,
+                    }
+                }
+                "x-forwarded-host" | "x-forwarded-for" => match visible_ascii(h.value) {
+                    Some(v) if name == "x-forwarded-for" => forwarded_for.push(v),
+                    Some(v) => {
+                        forwarded_host.get_or_insert(v);
+                    }
+                    None => proxied = false,
+                },
                 _ => {}
             }
-            if backend.never_forwarded(name) || self.static_names.iter().any(|n| n == name) {
+            if !proxied
+                || backend.never_forwarded(name)
+                || self.static_names.iter().any(|n| n == name)
+            {
                 continue;
             }
             line(&mut headers, h.name, h.value);
         }
         // Digits only (no sign, list or space: the header goes upstream as it came, and
         // the upstream must read the same length the lane did).
-        let body_len = match length {
+        let body_len = match length.map(|v| (v, v.parse::<usize>())) {
             None => 0,
-            Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
-                match v.parse::<usize>() {
-                    Ok(n) if n <= REPLAY_LIMIT.min(self.app.max_body) => n,
-                    _ => return Parsed::Other,
-                }
-            }
+            Some((v, Ok(n))) if v.bytes().all(|b| b.is_ascii_digit()) => n,
             Some(_) => return Parsed::Other,
         };
+        let routed = || {
+            if body_len > ROUTED_BODY_LIMIT {
+                return Parsed::Other;
+            }
+            match parts_of(&buf[..head_len]) {
+                Some(parts) => Parsed::Route(Routed {
+                    head_len,
+                    body_len,
+                    close,
+                    parts,
+                }),
+                None => Parsed::Other,
+            }
+        };
+        if !proxied || body_len > REPLAY_LIMIT.min(self.app.max_body) {
+            return routed();
+        }
         let trusted = guard::is_trusted(site, peer);
         let addressed = guard::authority_of(forwarded_host, host, trusted)
             .is_some_and(|a| guard::host_allowed(site, a));
         let token = authorization.map(bearer_value);
         let (true, Some(Ok(token))) = (addressed, token) else {
-            return Parsed::Other;
+            return routed();
         };
         let client = ClientInfo {
             peer,
@@ -373,6 +447,102 @@ impl Lane {
             client: tracing::enabled!(target: "mcp_auth_proxy::server", tracing::Level::INFO)
                 .then(|| guard::client_ip_in(site, peer, forwarded_for.into_iter())),
         })
+    }
+
+    /// Answers a request with the router (the general path's handlers and middleware) and
+    /// writes the answer as hyper would; the connection stays in the lane.
+    async fn route<I>(
+        &self,
+        io: &mut I,
+        router: &Router,
+        peer: SocketAddr,
+        routed: Routed,
+        body: Bytes,
+    ) -> std::io::Result<bool>
+    where
+        I: AsyncWrite + Unpin,
+    {
+        let head_only = routed.parts.method == Method::HEAD;
+        let mut req = http::Request::from_parts(routed.parts, Body::from(body));
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let Ok(resp) = router.clone().oneshot(req).await;
+        let (parts, mut body) = resp.into_parts();
+        let status = parts.status.as_u16();
+        let mut out = Vec::with_capacity(512);
+        status_line(&mut out, status);
+        let (mut has_date, mut length) = (false, None);
+        // No length on an answer that can have no body (as hyper).
+        let lengthless = matches!(status, 100..=199 | 204);
+        for (name, value) in &parts.headers {
+            // Framing and the connection are the server's to say.
+            if name == header::TRANSFER_ENCODING
+                || name == header::CONNECTION
+                || (lengthless && name == header::CONTENT_LENGTH)
+            {
+                continue;
+            }
+            has_date |= name == header::DATE;
+            if name == header::CONTENT_LENGTH {
+                length = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+            }
+            line(&mut out, name.as_str(), value.as_bytes());
+        }
+        if !has_date {
+            line(
+                &mut out,
+                "date",
+                http_date(self.app.repo.clock().now()).as_bytes(),
+            );
+        }
+        let bodiless = matches!(status, 100..=199 | 204 | 304);
+        let exact = body.size_hint().exact();
+        if !bodiless && length.is_none() {
+            length = exact;
+            if let Some(n) = exact {
+                line(&mut out, "content-length", n.to_string().as_bytes());
+            }
+        }
+        let chunked = !bodiless && length.is_none();
+        if chunked && !head_only {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if routed.close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if bodiless || head_only {
+            io.write_all(&out).await?;
+            io.flush().await?;
+            return Ok(!routed.close);
+        }
+        if length.is_some_and(|n| n <= WHOLE_RESPONSE_LIMIT) {
+            // A page or a JSON answer: with its head in one write.
+            let whole = body.collect().await.map_err(std::io::Error::other)?;
+            out.extend_from_slice(&whole.to_bytes());
+            io.write_all(&out).await?;
+            io.flush().await?;
+            return Ok(!routed.close);
+        }
+        io.write_all(&out).await?;
+        io.flush().await?;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(std::io::Error::other)?.into_data() else {
+                continue;
+            };
+            let mut piece = Vec::with_capacity(data.len() + 16);
+            if chunked {
+                chunk(&mut piece, &data);
+            } else {
+                piece.extend_from_slice(&data);
+            }
+            io.write_all(&piece).await?;
+            io.flush().await?;
+        }
+        if chunked {
+            io.write_all(LAST_CHUNK).await?;
+            io.flush().await?;
+        }
+        Ok(!routed.close)
     }
 
     /// Proxies one request and writes the answer; `Ok(false)` when the client connection
@@ -740,8 +910,8 @@ impl Lane {
         Ok(!plan.close)
     }
 
-    /// Writes the start of an answer, then counts and logs the request as the front
-    /// middleware does.
+    /// Counts and logs the request as the front middleware does (when the answer is ready,
+    /// before it is written), then writes the start of the answer.
     async fn write_head<I>(
         &self,
         client: &mut I,
@@ -763,8 +933,6 @@ impl Lane {
                     .clone()
             })
             .observe(started.elapsed().as_secs_f64());
-        client.write_all(bytes).await?;
-        client.flush().await?;
         let labels = || crate::metrics::RequestLabels {
             route: "mcp",
             method: "POST",
@@ -790,7 +958,8 @@ impl Lane {
                 tracing::debug!(target: "mcp_auth_proxy::server", method, route, status, ms, "request");
             }
         }
-        Ok(())
+        client.write_all(bytes).await?;
+        client.flush().await
     }
 }
 
@@ -923,6 +1092,22 @@ fn chunk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
+}
+
+/// A request head as `http` parts, as hyper would give it to the router (`None` when the
+/// `http` crate refuses a part; the general stack then answers).
+fn parts_of(head: &[u8]) -> Option<http::request::Parts> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    req.parse(head).ok()?;
+    let mut builder = http::Request::builder()
+        .method(Method::from_bytes(req.method?.as_bytes()).ok()?)
+        .uri(req.path?)
+        .version(http::Version::HTTP_11);
+    for h in req.headers.iter() {
+        builder = builder.header(h.name, h.value);
+    }
+    Some(builder.body(()).ok()?.into_parts().0)
 }
 
 /// `name` in lowercase, in `buf`; `None` when longer than it.
