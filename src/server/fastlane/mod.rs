@@ -466,6 +466,21 @@ impl Lane {
         let mut req = http::Request::from_parts(routed.parts, Body::from(body));
         req.extensions_mut().insert(ConnectInfo(peer));
         let Ok(resp) = router.clone().oneshot(req).await;
+        self.respond(io, resp, head_only, routed.close).await
+    }
+
+    /// Writes `resp` as hyper would: `Date` added, a length when the body's is known, else
+    /// chunked; no body after a HEAD request or on 1xx/204/304. `Ok(false)` when `close`.
+    async fn respond<I>(
+        &self,
+        io: &mut I,
+        resp: Response,
+        head_only: bool,
+        close: bool,
+    ) -> std::io::Result<bool>
+    where
+        I: AsyncWrite + Unpin,
+    {
         let (parts, mut body) = resp.into_parts();
         let status = parts.status.as_u16();
         let mut out = Vec::with_capacity(512);
@@ -506,14 +521,14 @@ impl Lane {
         if chunked && !head_only {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
-        if routed.close {
+        if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
         if bodiless || head_only {
             io.write_all(&out).await?;
             io.flush().await?;
-            return Ok(!routed.close);
+            return Ok(!close);
         }
         if length.is_some_and(|n| n <= WHOLE_RESPONSE_LIMIT) {
             // A page or a JSON answer: with its head in one write.
@@ -521,7 +536,7 @@ impl Lane {
             out.extend_from_slice(&whole.to_bytes());
             io.write_all(&out).await?;
             io.flush().await?;
-            return Ok(!routed.close);
+            return Ok(!close);
         }
         io.write_all(&out).await?;
         io.flush().await?;
@@ -542,7 +557,7 @@ impl Lane {
             io.write_all(LAST_CHUNK).await?;
             io.flush().await?;
         }
-        Ok(!routed.close)
+        Ok(!close)
     }
 
     /// Proxies one request and writes the answer; `Ok(false)` when the client connection
@@ -884,34 +899,21 @@ impl Lane {
     where
         I: AsyncWrite + Unpin,
     {
-        let (parts, body) = resp.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let mut out = Vec::with_capacity(256 + body.len());
-        status_line(&mut out, parts.status.as_u16());
-        for (name, value) in &parts.headers {
-            if name != axum::http::header::CONTENT_LENGTH {
-                line(&mut out, name.as_str(), value.as_bytes());
-            }
+        // What the front middleware and the https side add to every answer here.
+        let mut resp = resp;
+        let headers = resp.headers_mut();
+        headers.append(header::VARY, header::HeaderValue::from_static("origin"));
+        if let Some(hsts) = self.hsts {
+            headers
+                .entry(header::STRICT_TRANSPORT_SECURITY)
+                .or_insert(header::HeaderValue::from_static(hsts));
         }
-        self.common_headers(&mut out, false, false, plan.close);
-        line(
-            &mut out,
-            "content-length",
-            body.len().to_string().as_bytes(),
-        );
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&body);
-        self.write_head(client, &out, plan, parts.status.as_u16(), started)
-            .await?;
-        Ok(!plan.close)
+        self.record(plan, resp.status().as_u16(), started);
+        self.respond(client, resp, false, plan.close).await
     }
 
-    /// Counts and logs the request as the front middleware does (when the answer is ready,
-    /// before it is written), then writes the start of the answer.
+    /// Counts and logs the request (when the answer is ready, before it is written), then
+    /// writes the start of the answer.
     async fn write_head<I>(
         &self,
         client: &mut I,
@@ -923,6 +925,13 @@ impl Lane {
     where
         I: AsyncWrite + Unpin,
     {
+        self.record(plan, status, started);
+        client.write_all(bytes).await?;
+        client.flush().await
+    }
+
+    /// Counts and logs an answered request as the front middleware does.
+    fn record(&self, plan: &Plan, status: u16, started: Instant) {
         // As the general path's: until the answer (or the proxy's error) was ready.
         let metrics = &self.app.metrics;
         self.upstream_seconds
@@ -958,8 +967,6 @@ impl Lane {
                 tracing::debug!(target: "mcp_auth_proxy::server", method, route, status, ms, "request");
             }
         }
-        client.write_all(bytes).await?;
-        client.flush().await
     }
 }
 
