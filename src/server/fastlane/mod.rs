@@ -96,12 +96,18 @@ pub struct Lane {
     upstream_seconds: OnceLock<Histogram>,
 }
 
-/// What the lane read from a request head it will serve.
-struct Plan {
+/// Where a request's head and body end, and whether the connection ends after it.
+#[derive(Clone, Copy)]
+struct Message {
     head_len: usize,
     body_len: usize,
     /// The client asked to close after this exchange.
     close: bool,
+}
+
+/// What the lane read from a request head it will proxy.
+struct Plan {
+    message: Message,
     token: String,
     session_id: Option<String>,
     /// The client's header lines that go upstream as they came.
@@ -113,9 +119,7 @@ struct Plan {
 
 /// A request the router answers within the lane: its head as `http` parts.
 struct Routed {
-    head_len: usize,
-    body_len: usize,
-    close: bool,
+    message: Message,
     parts: http::request::Parts,
 }
 
@@ -129,16 +133,21 @@ enum Parsed {
 
 /// What the lane does with the request it read.
 enum Next {
-    /// Proxy it, once the caller is known.
-    Proxy(Plan),
-    Proxied(Plan, Caller),
+    Proxy(Plan, Caller),
     Route(Routed),
 }
 
 /// How an exchange went wrong before the answer began.
+#[derive(Debug, thiserror::Error)]
 enum Failure {
-    Unreachable(std::io::Error),
-    Broken(String),
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("write: {0}")]
+    Write(std::io::Error),
+    #[error("read: {0}")]
+    Read(std::io::Error),
+    #[error(transparent)]
+    Bad(upstream::BadResponse),
 }
 
 impl Lane {
@@ -227,11 +236,12 @@ impl Lane {
         let mut upstream_timer = Deadline::new(response_timeout);
         loop {
             head_timer.restart();
-            let next = loop {
+            let (next, started) = loop {
                 if !buf.is_empty() {
+                    let started = Instant::now();
                     match self.parse(&buf, peer.ip()) {
-                        Parsed::Ready(plan) => break Next::Proxy(plan),
-                        Parsed::Route(routed) => break Next::Route(routed),
+                        Parsed::Ready(plan) => break (self.authorized(plan, &buf).await, started),
+                        Parsed::Route(routed) => break (Some(Next::Route(routed)), started),
                         Parsed::Partial if buf.len() < MAX_REQUEST_HEAD => {}
                         Parsed::Partial | Parsed::Other => {
                             return Some(Prefixed::new(buf.freeze(), io));
@@ -253,26 +263,14 @@ impl Lane {
                     return None;
                 }
             };
-            let started = Instant::now();
-            // A request the gate or the session check refuses is the router's to answer.
-            let next = match next {
-                Next::Proxy(plan) => match self.authorize(&plan).await {
-                    Some(caller) => Next::Proxied(plan, caller),
-                    None => match parts_of(&buf[..plan.head_len]) {
-                        Some(parts) => Next::Route(Routed {
-                            head_len: plan.head_len,
-                            body_len: plan.body_len,
-                            close: plan.close,
-                            parts,
-                        }),
-                        None => return Some(Prefixed::new(buf.freeze(), io)),
-                    },
-                },
-                other => other,
+            let Some(next) = next else {
+                return Some(Prefixed::new(buf.freeze(), io));
             };
-            let (head_len, body_len) = match &next {
-                Next::Proxied(plan, _) | Next::Proxy(plan) => (plan.head_len, plan.body_len),
-                Next::Route(r) => (r.head_len, r.body_len),
+            let Message {
+                head_len, body_len, ..
+            } = match &next {
+                Next::Proxy(plan, _) => plan.message,
+                Next::Route(r) => r.message,
             };
             let total = head_len + body_len;
             while buf.len() < total {
@@ -284,12 +282,11 @@ impl Lane {
             let message = buf.split_to(total).freeze();
             let body = message.slice(head_len..);
             let answered = match next {
-                Next::Proxied(plan, caller) => {
+                Next::Proxy(plan, caller) => {
                     self.exchange(&mut io, &plan, &caller, body, &mut upstream_timer, started)
                         .await
                 }
                 Next::Route(routed) => self.route(&mut io, router, peer, routed, body).await,
-                Next::Proxy(_) => Ok(false),
             };
             match answered {
                 Ok(true) => {}
@@ -305,21 +302,28 @@ impl Lane {
         }
     }
 
-    /// The caller, when the token is good and any session theirs.
-    async fn authorize(&self, plan: &Plan) -> Option<Caller> {
+    /// Proxying with the caller when the token is good and any session theirs; else the
+    /// router's answer (the gate's or the session check's refusal), or `None` when `head`
+    /// cannot be given to the router.
+    async fn authorized(&self, plan: Plan, head: &[u8]) -> Option<Next> {
         let app = &self.app;
-        let caller = check_token(&app.repo, &app.tokens, &app.site, &plan.token)
-            .await
-            .ok()?;
-        if let Some(id) = &plan.session_id
-            && !matches!(
-                sessions::owned_by(&app.repo, id, caller.subject()).await,
-                Ok(true)
-            )
-        {
-            return None;
+        if let Ok(caller) = check_token(&app.repo, &app.tokens, &app.site, &plan.token).await {
+            let owned = match &plan.session_id {
+                Some(id) => matches!(
+                    sessions::owned_by(&app.repo, id, caller.subject()).await,
+                    Ok(true)
+                ),
+                None => true,
+            };
+            if owned {
+                return Some(Next::Proxy(plan, caller));
+            }
         }
-        Some(caller)
+        let parts = parts_of(&head[..plan.message.head_len])?;
+        Some(Next::Route(Routed {
+            message: plan.message,
+            parts,
+        }))
     }
 
     /// Reads a request head: one to proxy, one for the router, not yet complete, or one for
@@ -408,17 +412,17 @@ impl Lane {
             Some((v, Ok(n))) if v.bytes().all(|b| b.is_ascii_digit()) => n,
             Some(_) => return Parsed::Other,
         };
+        let message = Message {
+            head_len,
+            body_len,
+            close,
+        };
         let routed = || {
             if body_len > ROUTED_BODY_LIMIT {
                 return Parsed::Other;
             }
             match parts_of(&buf[..head_len]) {
-                Some(parts) => Parsed::Route(Routed {
-                    head_len,
-                    body_len,
-                    close,
-                    parts,
-                }),
+                Some(parts) => Parsed::Route(Routed { message, parts }),
                 None => Parsed::Other,
             }
         };
@@ -437,9 +441,7 @@ impl Lane {
             peer_trusted: trusted,
         };
         Parsed::Ready(Plan {
-            head_len,
-            body_len,
-            close,
+            message,
             token: token.to_string(),
             session_id: session_id.map(str::to_string),
             headers,
@@ -466,7 +468,8 @@ impl Lane {
         let mut req = http::Request::from_parts(routed.parts, Body::from(body));
         req.extensions_mut().insert(ConnectInfo(peer));
         let Ok(resp) = router.clone().oneshot(req).await;
-        self.respond(io, resp, head_only, routed.close).await
+        self.respond(io, resp, head_only, routed.message.close)
+            .await
     }
 
     /// Writes `resp` as hyper would: `Date` added, a length when the body's is known, else
@@ -503,11 +506,7 @@ impl Lane {
             line(&mut out, name.as_str(), value.as_bytes());
         }
         if !has_date {
-            line(
-                &mut out,
-                "date",
-                http_date(self.app.repo.clock().now()).as_bytes(),
-            );
+            line(&mut out, "date", self.date().as_bytes());
         }
         let bodiless = matches!(status, 100..=199 | 204 | 304);
         let exact = body.size_hint().exact();
@@ -526,20 +525,17 @@ impl Lane {
         }
         out.extend_from_slice(b"\r\n");
         if bodiless || head_only {
-            io.write_all(&out).await?;
-            io.flush().await?;
+            emit(io, &out).await?;
             return Ok(!close);
         }
         if length.is_some_and(|n| n <= WHOLE_RESPONSE_LIMIT) {
             // A page or a JSON answer: with its head in one write.
             let whole = body.collect().await.map_err(std::io::Error::other)?;
             out.extend_from_slice(&whole.to_bytes());
-            io.write_all(&out).await?;
-            io.flush().await?;
+            emit(io, &out).await?;
             return Ok(!close);
         }
-        io.write_all(&out).await?;
-        io.flush().await?;
+        emit(io, &out).await?;
         while let Some(frame) = body.frame().await {
             let Ok(data) = frame.map_err(std::io::Error::other)?.into_data() else {
                 continue;
@@ -550,12 +546,10 @@ impl Lane {
             } else {
                 piece.extend_from_slice(&data);
             }
-            io.write_all(&piece).await?;
-            io.flush().await?;
+            emit(io, &piece).await?;
         }
         if chunked {
-            io.write_all(LAST_CHUNK).await?;
-            io.flush().await?;
+            emit(io, LAST_CHUNK).await?;
         }
         Ok(!close)
     }
@@ -589,11 +583,11 @@ impl Lane {
             let (conn, head) = match sent {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(failure)) => {
-                    let (msg, error) = match &failure {
-                        Failure::Unreachable(e) => ("the MCP server is unreachable", e.to_string()),
-                        Failure::Broken(e) => ("the MCP server connection failed", e.clone()),
+                    let msg = match failure {
+                        Failure::Connect(_) => "the MCP server is unreachable",
+                        _ => "the MCP server connection failed",
                     };
-                    tracing::warn!(upstream = %proxy::redact(&url), error, "upstream request failed");
+                    tracing::warn!(upstream = %proxy::redact(&url), error = %failure, "upstream request failed");
                     return self
                         .answer(
                             client,
@@ -662,7 +656,7 @@ impl Lane {
             let resp = jsonrpc_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
             return self.answer(client, plan, resp, started).await;
         }
-        let mut out = self.client_head(&conn.buf[..head.len], &head, plan.close);
+        let mut out = self.client_head(&conn.buf[..head.len], &head, plan.message.close);
         let _ = conn.buf.split_to(head.len);
         let reusable = match head.framing {
             Framing::Empty => {
@@ -673,21 +667,12 @@ impl Lane {
             Framing::Length(n) if n <= WHOLE_RESPONSE_LIMIT => {
                 // An ordinary JSON-RPC answer: read whole, sent with its head in one write.
                 let n = n as usize;
-                while conn.buf.len() < n {
-                    let failed = match conn.fill().await {
-                        Ok(0) => Some(closed_early()),
-                        Ok(_) => None,
-                        Err(e) => Some(e),
-                    };
-                    if let Some(e) = failed {
-                        // Nothing was sent yet: the client gets the general path's 502.
-                        tracing::warn!(error = %e, "upstream response body failed");
-                        let resp = jsonrpc_error(
-                            StatusCode::BAD_GATEWAY,
-                            "the MCP server connection failed",
-                        );
-                        return self.answer(client, plan, resp, started).await;
-                    }
+                if let Err(e) = conn.fill_to(n).await {
+                    // Nothing was sent yet: the client gets the general path's 502.
+                    tracing::warn!(error = %e, "upstream response body failed");
+                    let resp =
+                        jsonrpc_error(StatusCode::BAD_GATEWAY, "the MCP server connection failed");
+                    return self.answer(client, plan, resp, started).await;
                 }
                 out.extend_from_slice(&conn.buf.split_to(n));
                 self.write_head(client, &out, plan, head.status, started)
@@ -702,12 +687,9 @@ impl Lane {
                 self.write_head(client, &out, plan, head.status, started)
                     .await?;
                 while left > 0 {
-                    if conn.fill().await? == 0 {
-                        return Err(closed_early());
-                    }
+                    conn.fill_more().await?;
                     let now = left.min(conn.buf.len() as u64) as usize;
-                    client.write_all(&conn.buf.split_to(now)).await?;
-                    client.flush().await?;
+                    emit(client, &conn.buf.split_to(now)).await?;
                     left -= now as u64;
                 }
                 true
@@ -720,12 +702,9 @@ impl Lane {
                 self.write_head(client, &out, plan, head.status, started)
                     .await?;
                 while !chunks.done() {
-                    if conn.fill().await? == 0 {
-                        return Err(closed_early());
-                    }
+                    conn.fill_more().await?;
                     let used = chunks.feed(&conn.buf).map_err(broken)?;
-                    client.write_all(&conn.buf.split_to(used)).await?;
-                    client.flush().await?;
+                    emit(client, &conn.buf.split_to(used)).await?;
                 }
                 true
             }
@@ -743,8 +722,7 @@ impl Lane {
                     } else {
                         chunk(&mut piece, &conn.buf.split());
                     }
-                    client.write_all(&piece).await?;
-                    client.flush().await?;
+                    emit(client, &piece).await?;
                     if n == 0 {
                         break;
                     }
@@ -755,7 +733,7 @@ impl Lane {
         if reusable && head.keep_alive {
             self.pools.put(conn);
         }
-        Ok(!plan.close)
+        Ok(!plan.message.close)
     }
 
     /// The upstream request: request line and host, the client's forwarded headers, ours,
@@ -786,19 +764,16 @@ impl Lane {
     async fn send(&self, request: &[u8]) -> Result<(Conn, Head), Failure> {
         let mut conn = match self.pools.take() {
             Some(c) => c,
-            None => self.pools.connect().await.map_err(Failure::Unreachable)?,
+            None => self.pools.connect().await.map_err(Failure::Connect)?,
         };
         loop {
             match exchange_head(&mut conn, request).await {
                 Ok(head) => return Ok((conn, head)),
-                Err(HeadError::Write(e)) if conn.reused => {
+                Err(Failure::Write(e)) if conn.reused => {
                     tracing::debug!(error = %e, "pooled upstream connection was closed; sending on a new one");
-                    conn = self.pools.connect().await.map_err(Failure::Unreachable)?;
+                    conn = self.pools.connect().await.map_err(Failure::Connect)?;
                 }
-                Err(HeadError::Write(e) | HeadError::Read(e)) => {
-                    return Err(Failure::Broken(e.to_string()));
-                }
-                Err(HeadError::Bad(e)) => return Err(Failure::Broken(e.to_string())),
+                Err(failure) => return Err(failure),
             }
         }
     }
@@ -812,10 +787,8 @@ impl Lane {
         if n > WHOLE_RESPONSE_LIMIT || !head.keep_alive {
             return;
         }
-        while conn.buf.len() < need {
-            if !matches!(conn.fill().await, Ok(m) if m > 0) {
-                return;
-            }
+        if conn.fill_to(need).await.is_err() {
+            return;
         }
         let _ = conn.buf.split_to(need);
         self.pools.put(conn);
@@ -826,7 +799,9 @@ impl Lane {
     fn client_head(&self, upstream: &[u8], head: &Head, close: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(upstream.len() + 160);
         status_line(&mut out, head.status);
-        let mut fields = [httparse::EMPTY_HEADER; 96];
+        // Parsed again rather than kept from `parse_head`: a parse costs less than keeping
+        // the fields' places, and most heads take this path once.
+        let mut fields = [httparse::EMPTY_HEADER; upstream::MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut fields);
         let _ = resp.parse(upstream);
         let (mut has_date, mut has_cache_control, mut has_hsts) = (false, false, false);
@@ -868,6 +843,11 @@ impl Lane {
         out
     }
 
+    /// The `Date` header's value now (on the proxy's clock).
+    fn date(&self) -> String {
+        http_date(self.app.repo.clock().now())
+    }
+
     /// What every answer on the MCP endpoint carries beyond its own headers.
     fn common_headers(&self, out: &mut Vec<u8>, has_date: bool, has_hsts: bool, close: bool) {
         out.extend_from_slice(b"vary: origin\r\n");
@@ -877,11 +857,7 @@ impl Lane {
             line(out, "strict-transport-security", hsts.as_bytes());
         }
         if !has_date {
-            line(
-                out,
-                "date",
-                http_date(self.app.repo.clock().now()).as_bytes(),
-            );
+            line(out, "date", self.date().as_bytes());
         }
         if close {
             out.extend_from_slice(b"connection: close\r\n");
@@ -909,7 +885,7 @@ impl Lane {
                 .or_insert(header::HeaderValue::from_static(hsts));
         }
         self.record(plan, resp.status().as_u16(), started);
-        self.respond(client, resp, false, plan.close).await
+        self.respond(client, resp, false, plan.message.close).await
     }
 
     /// Counts and logs the request (when the answer is ready, before it is written), then
@@ -926,8 +902,7 @@ impl Lane {
         I: AsyncWrite + Unpin,
     {
         self.record(plan, status, started);
-        client.write_all(bytes).await?;
-        client.flush().await
+        emit(client, bytes).await
     }
 
     /// Counts and logs an answered request as the front middleware does.
@@ -1006,28 +981,22 @@ impl Deadline {
     }
 }
 
-enum HeadError {
-    Write(std::io::Error),
-    Read(std::io::Error),
-    Bad(upstream::BadResponse),
-}
-
 /// Writes the request and reads up to the end of the final (non-1xx) response head.
-async fn exchange_head(conn: &mut Conn, request: &[u8]) -> Result<Head, HeadError> {
+async fn exchange_head(conn: &mut Conn, request: &[u8]) -> Result<Head, Failure> {
     conn.stream
         .write_all(request)
         .await
-        .map_err(HeadError::Write)?;
+        .map_err(Failure::Write)?;
     loop {
         if !conn.buf.is_empty() {
-            match upstream::parse_head(&conn.buf).map_err(HeadError::Bad)? {
+            match upstream::parse_head(&conn.buf).map_err(Failure::Bad)? {
                 Some(head) if (100..200).contains(&head.status) && head.status != 101 => {
                     // Interim answers (100 Continue, 103 Early Hints) are not passed on.
                     let _ = conn.buf.split_to(head.len);
                     continue;
                 }
                 Some(head) if head.status == 101 => {
-                    return Err(HeadError::Bad(upstream::BadResponse("unasked upgrade")));
+                    return Err(Failure::Bad(upstream::BadResponse("unasked upgrade")));
                 }
                 Some(head) => return Ok(head),
                 None => {}
@@ -1035,22 +1004,15 @@ async fn exchange_head(conn: &mut Conn, request: &[u8]) -> Result<Head, HeadErro
         }
         match conn.fill().await {
             Ok(0) => {
-                return Err(HeadError::Read(std::io::Error::new(
+                return Err(Failure::Read(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "connection closed before the answer",
                 )));
             }
             Ok(_) => {}
-            Err(e) => return Err(HeadError::Read(e)),
+            Err(e) => return Err(Failure::Read(e)),
         }
     }
-}
-
-fn closed_early() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::UnexpectedEof,
-        "the MCP server closed the connection mid-answer",
-    )
 }
 
 fn broken(e: chunked::ChunkError) -> std::io::Error {
@@ -1086,6 +1048,12 @@ fn status_line(out: &mut Vec<u8>, status: u16) {
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
     out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+}
+
+/// Writes `bytes` to the client and flushes them (a TLS stream buffers its records).
+async fn emit<I: AsyncWrite + Unpin>(io: &mut I, bytes: &[u8]) -> std::io::Result<()> {
+    io.write_all(bytes).await?;
+    io.flush().await
 }
 
 /// The end of a chunked body.

@@ -19,7 +19,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const MAX_HEAD: usize = 64 * 1024;
 
 /// Most header fields in an upstream response head.
-const MAX_HEADERS: usize = 96;
+pub const MAX_HEADERS: usize = 96;
 
 /// One connection to the upstream and the bytes read from it but not yet used.
 pub struct Conn {
@@ -35,6 +35,25 @@ impl Conn {
     pub async fn fill(&mut self) -> std::io::Result<usize> {
         self.buf.reserve(16 * 1024);
         self.stream.read_buf(&mut self.buf).await
+    }
+
+    /// Reads more, in the middle of an answer: its end is an error.
+    pub async fn fill_more(&mut self) -> std::io::Result<()> {
+        match self.fill().await? {
+            0 => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the MCP server closed the connection mid-answer",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads until `buf` holds at least `n` bytes.
+    pub async fn fill_to(&mut self, n: usize) -> std::io::Result<()> {
+        while self.buf.len() < n {
+            self.fill_more().await?;
+        }
+        Ok(())
     }
 }
 
