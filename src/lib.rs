@@ -221,12 +221,12 @@ pub async fn prepare(
     };
     let site = config.site(tls_local_addr.unwrap_or(local_addr).port())?;
     let http_backend = match &config.backend {
-        Backend::Http(url) => Some(HttpBackend::new(
+        Backend::Http(url) => Some(Arc::new(HttpBackend::new(
             url.clone(),
             config.upstream.clone(),
             &site,
             config.workers,
-        )?),
+        )?)),
         _ => None,
     };
 

@@ -59,7 +59,8 @@ pub struct App {
     pub repo: Repo,
     pub tokens: TokenCache,
     pub authn: Authn,
-    pub http_backend: Option<HttpBackend>,
+    /// Shared with the fast lane, which serves only when there is one.
+    pub http_backend: Option<Arc<HttpBackend>>,
     pub stdio_backend: Option<crate::backend::stdio::bridge::StdioBackend>,
     /// How identity reaches upstreams (headers, mapping), also for forward-auth answers.
     pub upstream: crate::config::UpstreamOptions,

@@ -24,7 +24,7 @@ pub mod prefixed;
 mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -82,6 +82,7 @@ const LANE_WRITES: [&str; 6] = [
 /// The lane, set up for one proxy.
 pub struct Lane {
     app: AppState,
+    backend: Arc<HttpBackend>,
     /// `POST <target> HTTP/1.1` and `host:` for the MCP path's upstream URL.
     request_line: Vec<u8>,
     /// The upstream URL of the MCP path (redirects are resolved against it).
@@ -156,7 +157,7 @@ impl Lane {
     /// token passed on, and header options without overlaps. `hsts` is the header value the
     /// https side adds.
     pub fn new(app: AppState, hsts: Option<&'static str>, workers: usize) -> Option<Self> {
-        let backend = app.http_backend.as_ref()?;
+        let backend = app.http_backend.clone()?;
         if app.stdio_backend.is_some() || app.assertion.is_some() {
             return None;
         }
@@ -206,13 +207,10 @@ impl Lane {
             fixed_headers,
             hsts,
             app,
+            backend,
             ok_count: OnceLock::new(),
             upstream_seconds: OnceLock::new(),
         })
-    }
-
-    fn backend(&self) -> Option<&HttpBackend> {
-        self.app.http_backend.as_ref()
     }
 
     /// Serves requests on `io` while they are the lane's; returns the connection, with what
@@ -230,10 +228,7 @@ impl Lane {
     {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut head_timer = Deadline::new(header_read_timeout);
-        let response_timeout = self
-            .backend()
-            .map_or(header_read_timeout, |b| b.options().response_timeout);
-        let mut upstream_timer = Deadline::new(response_timeout);
+        let mut upstream_timer = Deadline::new(self.backend.options().response_timeout);
         loop {
             head_timer.restart();
             let (next, started) = loop {
@@ -329,9 +324,7 @@ impl Lane {
     /// Reads a request head: one to proxy, one for the router, not yet complete, or one for
     /// the general stack.
     fn parse(&self, buf: &[u8], peer: IpAddr) -> Parsed {
-        let Some(backend) = self.backend() else {
-            return Parsed::Other;
-        };
+        let backend = &self.backend;
         let site = &self.app.site;
         let mut fields = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
         let mut req = httparse::Request::new(&mut fields);
@@ -568,9 +561,7 @@ impl Lane {
     where
         I: AsyncWrite + Unpin,
     {
-        let Some(backend) = self.backend() else {
-            return Ok(false);
-        };
+        let backend = &self.backend;
         let mut request = self.request(&self.request_line, plan, caller, &body);
         let mut url = self.target.clone();
         let mut hops = 0;
@@ -746,8 +737,8 @@ impl Lane {
         out.extend_from_slice(&plan.headers);
         line(&mut out, "x-forwarded-for", plan.forwarded_for.as_bytes());
         out.extend_from_slice(&self.fixed_headers);
-        if let (Some(backend), Some(id)) = (self.backend(), caller.identity()) {
-            identity::each(backend.options(), id, |name, value| {
+        if let Some(id) = caller.identity() {
+            identity::each(self.backend.options(), id, |name, value| {
                 line(&mut out, name.as_str(), value.as_bytes());
             });
         }
@@ -818,10 +809,9 @@ impl Lane {
             has_cache_control |= is("cache-control");
             has_hsts |= is("strict-transport-security");
             if is("location")
-                && let Some(backend) = self.backend()
                 && let Some(rewritten) = std::str::from_utf8(h.value)
                     .ok()
-                    .and_then(|l| backend.public_location(l, &self.app.site))
+                    .and_then(|l| self.backend.public_location(l, &self.app.site))
                 && axum::http::HeaderValue::from_str(&rewritten).is_ok()
             {
                 line(&mut out, h.name, rewritten.as_bytes());
