@@ -314,7 +314,7 @@ impl Lane {
                 return Some(Next::Proxy(plan, caller));
             }
         }
-        let parts = parts_of(&head[..plan.message.head_len])?;
+        let parts = parts_of_head(&head[..plan.message.head_len])?;
         Some(Next::Route(Routed {
             message: plan.message,
             parts,
@@ -414,7 +414,7 @@ impl Lane {
             if body_len > ROUTED_BODY_LIMIT {
                 return Parsed::Other;
             }
-            match parts_of(&buf[..head_len]) {
+            match parts_of(&req) {
                 Some(parts) => Parsed::Route(Routed { message, parts }),
                 None => Parsed::Other,
             }
@@ -1061,10 +1061,15 @@ fn chunk(out: &mut Vec<u8>, data: &[u8]) {
 
 /// A request head as `http` parts, as hyper would give it to the router (`None` when the
 /// `http` crate refuses a part; the general stack then answers).
-fn parts_of(head: &[u8]) -> Option<http::request::Parts> {
+fn parts_of_head(head: &[u8]) -> Option<http::request::Parts> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
     req.parse(head).ok()?;
+    parts_of(&req)
+}
+
+/// [`parts_of_head`] for a head already parsed.
+fn parts_of(req: &httparse::Request) -> Option<http::request::Parts> {
     let mut builder = http::Request::builder()
         .method(Method::from_bytes(req.method?.as_bytes()).ok()?)
         .uri(req.path?)
