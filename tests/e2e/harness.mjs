@@ -17,14 +17,24 @@ export const PASSWORD = 'e2e correct horse battery';
 
 /** A port that was free a moment ago (bound to 0, then released). */
 export async function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
+  return (await freePorts(1))[0];
+}
+
+/**
+ * `n` different ports that were free a moment ago: all are held until every one is chosen
+ * (one at a time, the kernel may hand out a just-released port again).
+ */
+export async function freePorts(n) {
+  const servers = await Promise.all(
+    Array.from({ length: n }, () => new Promise((resolve, reject) => {
+      const srv = net.createServer();
+      srv.once('error', reject);
+      srv.listen(0, '127.0.0.1', () => resolve(srv));
+    })),
+  );
+  const ports = servers.map((srv) => srv.address().port);
+  await Promise.all(servers.map((srv) => new Promise((resolve) => srv.close(resolve))));
+  return ports;
 }
 
 /** Spawns a process and resolves once a line of its stderr or stdout matches `ready`. */

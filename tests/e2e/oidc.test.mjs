@@ -11,7 +11,7 @@ import { after, before, test } from 'node:test';
 import Provider from 'oidc-provider';
 import { chromium } from 'playwright-core';
 
-import { Browser, ROOT, freePort, startEverything, startProxy } from './harness.mjs';
+import { Browser, ROOT, freePorts, startEverything, startProxy } from './harness.mjs';
 import { TestProvider, connect } from './sdk-client.mjs';
 
 const ACCOUNTS = {
@@ -29,9 +29,7 @@ let pagesProxy;
 
 before(async () => {
   everything = await startEverything();
-  const idpPort = await freePort();
-  const proxyPort = await freePort();
-  const pagesPort = await freePort();
+  const [idpPort, proxyPort, pagesPort] = await freePorts(3);
   const issuer = `http://127.0.0.1:${idpPort}`;
   idp = new Provider(issuer, {
     clients: [

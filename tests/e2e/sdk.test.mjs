@@ -9,7 +9,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
 
-import { Browser, freePort, startEverything, startProxy } from './harness.mjs';
+import { Browser, freePorts, startEverything, startProxy } from './harness.mjs';
 import { TestProvider, connect } from './sdk-client.mjs';
 
 let upstream;
@@ -18,8 +18,9 @@ let metrics;
 
 before(async () => {
   upstream = await startEverything();
-  metrics = `http://127.0.0.1:${await freePort()}/metrics`;
-  proxy = await startProxy({ backend: upstream.url, args: ['--metrics-listen', new URL(metrics).host] });
+  const [port, metricsPort] = await freePorts(2);
+  metrics = `http://127.0.0.1:${metricsPort}/metrics`;
+  proxy = await startProxy({ backend: upstream.url, port, args: ['--metrics-listen', new URL(metrics).host] });
 });
 
 after(async () => {
