@@ -15,25 +15,43 @@ export const ROOT = path.resolve(import.meta.dirname, '../..');
 export const BIN = process.env.MCP_AUTH_PROXY_BIN ?? path.join(ROOT, 'target/debug/mcp-auth-proxy');
 export const PASSWORD = 'e2e correct horse battery';
 
-/** A port that was free a moment ago (bound to 0, then released). */
+/** A port that was free a moment ago (see `freePorts`). */
 export async function freePort() {
   return (await freePorts(1))[0];
 }
 
+/** The kernel's ephemeral range (outgoing connections take their local ports from it). */
+function ephemeralRange() {
+  try {
+    const [low, high] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+    if (low > 0 && high >= low) return [low, high];
+  } catch {
+    // Not Linux: the IANA range.
+  }
+  return [49152, 65535];
+}
+
 /**
- * `n` different ports that were free a moment ago: all are held until every one is chosen
- * (one at a time, the kernel may hand out a just-released port again).
+ * `n` different ports that were free a moment ago, for a process to bind later. Chosen
+ * below the ephemeral range, so no outgoing connection (ours or another process's) can take
+ * one meanwhile, and all held until every one is chosen.
  */
 export async function freePorts(n) {
-  const servers = await Promise.all(
-    Array.from({ length: n }, () => new Promise((resolve, reject) => {
-      const srv = net.createServer();
-      srv.once('error', reject);
-      srv.listen(0, '127.0.0.1', () => resolve(srv));
-    })),
-  );
-  const ports = servers.map((srv) => srv.address().port);
-  await Promise.all(servers.map((srv) => new Promise((resolve) => srv.close(resolve))));
+  const [low] = ephemeralRange();
+  const floor = Math.max(1024, low - 12000);
+  const held = [];
+  for (let tries = 0; held.length < n && tries < 1000; tries++) {
+    const port = floor + Math.floor(Math.random() * (low - floor));
+    const srv = await new Promise((resolve) => {
+      const s = net.createServer();
+      s.once('error', () => resolve(null));
+      s.listen(port, '127.0.0.1', () => resolve(s));
+    });
+    if (srv) held.push(srv);
+  }
+  if (held.length < n) throw new Error(`no ${n} free ports below ${low}`);
+  const ports = held.map((srv) => srv.address().port);
+  await Promise.all(held.map((srv) => new Promise((resolve) => srv.close(resolve))));
   return ports;
 }
 
