@@ -212,6 +212,11 @@ pub struct Cli {
     #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s")]
     pub header_read_timeout: String,
 
+    /// Time a client has to send a request's whole body once its headers are in (a body
+    /// that trickles in is cut off: 408, or the connection closed).
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "30s")]
+    pub body_read_timeout: String,
+
     /// Shared password for the login page (hashed with bcrypt at startup, never stored).
     #[arg(long, env = "PASSWORD", hide_env_values = true)]
     pub password: Option<String>,

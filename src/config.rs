@@ -360,6 +360,7 @@ pub struct Limits {
     pub max_body: usize,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
 }
 
 /// A size: `1048576`, `512KiB`, `4MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
@@ -553,6 +554,7 @@ impl Config {
                     "--header-read-timeout",
                     &cli.header_read_timeout,
                 )?,
+                body_read_timeout: parse_duration("--body-read-timeout", &cli.body_read_timeout)?,
             },
             fast_lane: !cli.no_fast_lane,
             workers: match cli.workers {
@@ -569,7 +571,13 @@ fn auth_config(cli: &Cli) -> Result<AuthConfig, ConfigError> {
         .password
         .as_deref()
         .filter(|p| !p.is_empty())
-        .map(Secret::new);
+        .map(|p| match crate::login::password::unusable(p) {
+            Some(why) => Err(bad(format!(
+                "--password (PASSWORD): {why}, or give its hash with --password-hash"
+            ))),
+            None => Ok(Secret::new(p)),
+        })
+        .transpose()?;
     let password_hashes = cli
         .password_hash
         .iter()

@@ -18,6 +18,7 @@ pub mod gate;
 pub mod login;
 pub mod metrics;
 pub mod oauth;
+pub mod request_body;
 pub mod server;
 pub mod store;
 
@@ -360,6 +361,7 @@ pub async fn prepare(
         rate_limiter: (config.limits.rate_limit > 0)
             .then(|| server::ratelimit::RateLimiter::new(config.limits.rate_limit)),
         max_body: config.limits.max_body,
+        body_read_timeout: config.limits.body_read_timeout,
     });
     let metrics_listener = match &config.metrics_listen {
         Some(addr) => Some(bind(addr).await?),

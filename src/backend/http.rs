@@ -13,8 +13,6 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
-use bytes::{Bytes, BytesMut};
-use futures_util::{StreamExt, stream};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -35,8 +33,8 @@ pub const MCP_SESSION_ID: &str = "mcp-session-id";
 /// The media type of Server-Sent Events.
 pub const SSE: &str = "text/event-stream";
 
-/// Request bodies up to this size are kept so a 307/308 can be replayed; longer bodies stream
-/// and a redirect of them is refused.
+/// Request bodies up to this size are read by the fast lane itself; larger ones (up to
+/// `--max-body`) by the general path, which also reads them whole before forwarding.
 pub const REPLAY_LIMIT: usize = 256 * 1024;
 
 /// Upstream answers with a Content-Length up to this are sent on in one piece.
@@ -91,12 +89,6 @@ pub struct HttpBackend {
     /// The upstream's origin: the `aud` of identity assertions.
     audience: String,
     opts: UpstreamOptions,
-}
-
-/// The request body as far as it was read: whole (replayable) or a prefix plus the rest.
-enum Outgoing {
-    Whole(Bytes),
-    Streaming(Bytes, Body),
 }
 
 /// What the proxy adds for the upstream beyond the request itself.
@@ -243,22 +235,12 @@ impl HttpBackend {
             }
         }
 
-        // Small bodies (every ordinary JSON-RPC message) are kept whole so a redirect can be
-        // replayed; larger ones stream and cannot be.
-        let (mut body, replay) = match read_prefix(body, REPLAY_LIMIT).await {
-            Ok(Outgoing::Whole(b)) => (Some(Body::from(b.clone())), Some(b)),
-            Ok(Outgoing::Streaming(prefix, rest)) => {
-                let chained = stream::once(async move { Ok::<_, axum::Error>(prefix) })
-                    .chain(rest.into_data_stream());
-                (Some(Body::from_stream(chained)), None)
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "client body failed");
-                return jsonrpc_error(
-                    StatusCode::BAD_REQUEST,
-                    "the request body could not be read",
-                );
-            }
+        // The whole body (at most --max-body, within --body-read-timeout) before anything
+        // goes upstream: a body over the limit is a 413 that reached no one, and a 307/308
+        // can be replayed.
+        let body = match crate::request_body::read_whole(body).await {
+            Ok(b) => b,
+            Err(refused) => return refused,
         };
 
         // The signed assertion replaces the client's token; without an identity to assert,
@@ -278,12 +260,7 @@ impl HttpBackend {
         };
         let mut hops = 0;
         let resp = loop {
-            let Some(this_body) = body.take().or_else(|| replay.clone().map(Body::from)) else {
-                return jsonrpc_error(
-                    StatusCode::BAD_GATEWAY,
-                    "the MCP server redirected a request too large to replay",
-                );
-            };
+            let this_body = Body::from(body.clone());
             let Ok(uri) = url.as_str().parse::<http::Uri>() else {
                 return jsonrpc_error(StatusCode::BAD_GATEWAY, "no upstream route for this path");
             };
@@ -575,21 +552,6 @@ fn foreign_cookies(headers: &HeaderMap) -> Option<HeaderValue> {
         return None;
     }
     HeaderValue::from_str(&kept.join("; ")).ok()
-}
-
-/// Reads the body until it ends or exceeds `limit`.
-async fn read_prefix(body: Body, limit: usize) -> Result<Outgoing, axum::Error> {
-    let mut stream = body.into_data_stream();
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = stream.next().await {
-        buf.extend_from_slice(&chunk?);
-        if buf.len() > limit {
-            // Put the rest back together as a body: the prefix is sent first.
-            let rest = Body::from_stream(stream);
-            return Ok(Outgoing::Streaming(buf.freeze(), rest));
-        }
-    }
-    Ok(Outgoing::Whole(buf.freeze()))
 }
 
 /// A URL without query string or credentials, for logs.

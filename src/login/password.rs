@@ -16,6 +16,22 @@ use crate::config::AuthConfig;
 /// has to make the comparison slow for a caller, not resist offline cracking.
 const IN_MEMORY_COST: u32 = 10;
 
+/// bcrypt reads at most this many bytes of a password and ignores the rest. A longer
+/// password is refused where it is configured and never matches at sign-in: otherwise its
+/// first 72 bytes followed by anything would sign in.
+pub const BCRYPT_MAX_BYTES: usize = 72;
+
+/// Why a password cannot be used with bcrypt, if it cannot.
+pub fn unusable(password: &str) -> Option<String> {
+    (password.len() > BCRYPT_MAX_BYTES).then(|| {
+        format!(
+            "the password is {} bytes long; bcrypt checks only the first {BCRYPT_MAX_BYTES}, so \
+             anything after them would be ignored: choose one of at most {BCRYPT_MAX_BYTES} bytes",
+            password.len()
+        )
+    })
+}
+
 /// The accepted passwords, as bcrypt hashes.
 pub struct PasswordVerifier {
     hashes: Vec<Zeroizing<String>>,
@@ -85,6 +101,10 @@ impl PasswordVerifier {
     /// Checks `candidate` against every accepted hash (all of them, so the time taken does
     /// not say which matched), on a blocking thread.
     pub async fn verify(&self, candidate: Zeroizing<String>) -> bool {
+        if candidate.len() > BCRYPT_MAX_BYTES {
+            // Every hash here is bcrypt ($2*$): it would compare only a prefix.
+            return false;
+        }
         let hashes = self.hashes.clone();
         tokio::task::spawn_blocking(move || {
             hashes
@@ -179,8 +199,8 @@ pub fn hash_for_config(line: &str) -> Result<String, String> {
     if password.is_empty() {
         return Err("the password is empty".into());
     }
-    if password.len() > 72 {
-        return Err("bcrypt uses only the first 72 bytes of a password; use a shorter one".into());
+    if let Some(why) = unusable(password) {
+        return Err(why);
     }
     bcrypt::hash(password, STORED_COST).map_err(|e| e.to_string())
 }
@@ -232,6 +252,14 @@ mod tests {
         assert!(v.verify(Zeroizing::new("pw".into())).await);
         assert!(v.verify(Zeroizing::new("other".into())).await);
         assert!(!v.verify(Zeroizing::new("nope".into())).await);
+        // A 72-byte password is checked whole; a longer candidate never matches, even when
+        // its first 72 bytes are the password (bcrypt would compare only those).
+        let long = "p".repeat(BCRYPT_MAX_BYTES);
+        let c = cfg(&["--password-hash", &bcrypt::hash(&long, 4).unwrap()]);
+        let v = PasswordVerifier::new(&c, b"k").await.unwrap().unwrap();
+        assert!(v.verify(Zeroizing::new(long.clone())).await);
+        assert!(!v.verify(Zeroizing::new(format!("{long}WRONG"))).await);
+        assert!(hash_for_config(&format!("{long}x")).is_err());
         let again = PasswordVerifier::new(&c, b"k").await.unwrap().unwrap();
         assert_eq!(v.epoch(), again.epoch(), "stable across restarts");
         let changed = PasswordVerifier::new(&cfg(&[]), b"k")

@@ -138,12 +138,67 @@ fn own_endpoint(path: &str) -> bool {
         || path.starts_with("/.auth/")
 }
 
-/// The checks before anything else: `421` unless the request is addressed to our external
-/// host and port; `403` when a browser `Origin` is present and not allowed (metadata and
-/// proxied paths). Health probes pass: orchestrators address the pod or container directly.
+/// Headers whose meaning is one value: a request repeating one is refused (400), never read
+/// as "the first wins". Two `Mcp-Session-Id` lines would have the proxy check one session's
+/// owner and the upstream act in the other's; two `Host` lines are a 400 by RFC 9112 §3.2.
+/// `Cookie` (HTTP/2 splits it, RFC 9113 §8.2.3) and `X-Forwarded-For` (a list) may repeat.
+pub const SINGLE_VALUED: [&str; 9] = [
+    "host",
+    "authorization",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "origin",
+    "last-event-id",
+    "content-type",
+    "mcp-method",
+    "mcp-name",
+];
+
+/// Why a request's head is refused before anything reads it: a repeated single-valued
+/// header ([`SINGLE_VALUED`]), or an `Mcp-Session-Id` that is not visible ASCII (the
+/// transport spec's range; such a value could not be checked for its owner).
+pub fn malformed_head(headers: &HeaderMap) -> Option<String> {
+    for name in SINGLE_VALUED {
+        let mut values = headers.get_all(name).iter();
+        if values.next().is_some() && values.next().is_some() {
+            return Some(format!("the {name} header must appear at most once"));
+        }
+    }
+    let session = headers.get(crate::backend::http::MCP_SESSION_ID)?;
+    let visible =
+        !session.is_empty() && session.as_bytes().iter().all(|b| (0x21..=0x7e).contains(b));
+    (!visible).then(|| "Mcp-Session-Id must be visible ASCII".to_string())
+}
+
+/// A refusal in the shape its audience reads: an OAuth JSON error on the authorization
+/// server's API, a page on the pages people open, a JSON-RPC error elsewhere.
+fn refused(site: &Site, path: &str, status: StatusCode, message: &str) -> Response {
+    use crate::error::{OAuthError, OAuthErrorCode};
+    use axum::response::IntoResponse;
+    if matches!(path, "/token" | "/register" | "/revoke") || path.starts_with("/register/") {
+        OAuthError::new(status, OAuthErrorCode::InvalidRequest, message).into_response()
+    } else if path == "/authorize" || path.starts_with("/.auth/") {
+        crate::login::pages::error_page(&site.origin.host(), status, "Bad request", message)
+    } else {
+        jsonrpc_error(status, message)
+    }
+}
+
+/// The checks before anything else: `400` for a head that repeats a single-valued header
+/// ([`malformed_head`]); `421` unless the request is addressed to our external host and
+/// port; `403` when a browser `Origin` is present and not allowed (metadata and proxied
+/// paths). Health probes pass: orchestrators address the pod or container directly.
 pub fn refusal(site: &Site, peer: IpAddr, req: &Request) -> Option<Response> {
     if super::health::is_probe(req.uri().path()) {
         return None;
+    }
+    if let Some(why) = malformed_head(req.headers()) {
+        return Some(refused(
+            site,
+            req.uri().path(),
+            StatusCode::BAD_REQUEST,
+            &why,
+        ));
     }
     let trusted = is_trusted(site, peer);
     let host_ok = requested_authority(req.headers(), req.uri(), trusted)

@@ -79,6 +79,8 @@ pub struct App {
     pub rate_limiter: Option<ratelimit::RateLimiter>,
     /// `--max-body`: requests to the MCP endpoint and proxied paths.
     pub max_body: usize,
+    /// `--body-read-timeout`: every request's body, on every path.
+    pub body_read_timeout: std::time::Duration,
 }
 
 /// The shared [`App`], as handlers receive it: one pointer to clone per request.
@@ -181,6 +183,7 @@ async fn front(
     let logged = tracing::enabled!(tracing::Level::INFO) && route != "probe";
     let path = logged.then(|| req.uri().path().to_string());
     let client = logged.then(|| guard::client_ip(&app.site, peer.ip(), req.headers()));
+    let req = req.map(|body| crate::request_body::with_deadline(body, app.body_read_timeout));
     let resp = if let Some(refused) = guard::refusal(&app.site, peer.ip(), &req) {
         refused
     } else if !cors::eligible(req.uri().path()) {

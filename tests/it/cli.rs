@@ -39,6 +39,10 @@ async fn wrong_values_stop_startup_with_one_clear_line() {
         "--external-url",
     )
     .await;
+    // bcrypt checks only 72 bytes: a longer password would sign in with any tail.
+    let long = "p".repeat(94);
+    refuses(&["--password", &long], &[], "at most 72 bytes").await;
+    refuses(&[], &[("PASSWORD", &long)], "at most 72 bytes").await;
     refuses(
         &["--repository-backend", "postgres"],
         &[],

@@ -511,6 +511,26 @@ async fn requests_the_lane_does_not_serve_get_the_general_answers() {
         ("Authorization: Bearer {token}\r\n", BODY, 400),
         ("Connection: x-custom\r\nX-Custom: 1\r\n", BODY, 200),
         ("", &big, 413),
+        // A single-valued header repeated (here after the one `post` writes, or twice): 400
+        // before anything is read from it, on both paths; lists and cookies may repeat.
+        (
+            "Mcp-Session-Id: mine\r\nMcp-Session-Id: theirs\r\n",
+            BODY,
+            400,
+        ),
+        ("Host: {host}\r\n", BODY, 400),
+        ("Mcp-Protocol-Version: 2025-03-26\r\n", BODY, 400),
+        ("Content-Type: text/plain\r\n", BODY, 400),
+        ("Last-Event-ID: 1\r\nLast-Event-ID: 2\r\n", BODY, 400),
+        (
+            "Origin: http://{host}\r\nOrigin: http://{host}\r\n",
+            BODY,
+            400,
+        ),
+        ("Mcp-Method: a\r\nMcp-Method: b\r\n", BODY, 400),
+        ("Mcp-Session-Id: caf\u{e9}\r\n", BODY, 400),
+        ("Cookie: a=1\r\nCookie: b=2\r\n", BODY, 200),
+        ("X-Forwarded-For: 1.1.1.1\r\n", BODY, 200),
     ];
     for (extra, body, status) in cases {
         let a = lane.exchange(&lane.post("json", extra, body), 1).await;
@@ -522,6 +542,9 @@ async fn requests_the_lane_does_not_serve_get_the_general_answers() {
         assert_eq!(a, b, "{extra:?}");
         assert_eq!(seen_lane, seen_general, "{extra:?}");
         assert_eq!(a[0].status, status, "{extra:?}: {a:?}");
+        if status >= 400 {
+            assert!(seen_lane.is_empty(), "{extra:?} went upstream");
+        }
     }
     // Requests whose first line or credentials are not the lane's.
     let raw = |side: &Side, text: &str| {
@@ -569,8 +592,8 @@ async fn requests_the_lane_does_not_serve_get_the_general_answers() {
     }
     assert_eq!(
         lane.served_by_lane(),
-        0,
-        "none of these was proxied by the lane itself"
+        1,
+        "none of these but the repeated X-Forwarded-For (a list) was proxied by the lane"
     );
 }
 
@@ -716,4 +739,92 @@ async fn idle_and_slow_connections_are_cut_after_the_header_timeout() {
         "{took:?}"
     );
     assert_eq!(lane.served_by_lane(), 2);
+}
+
+/// Reads from `s` until the proxy closes the connection or `limit` passes; what was read.
+async fn until_closed(s: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    tokio::time::timeout(limit, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .ok()?;
+    Some(got)
+}
+
+#[tokio::test]
+async fn bodies_that_trickle_in_are_cut_off_and_free_their_connection_slot() {
+    let up = RawUpstream::start().await;
+    let (lane, general) = pair(
+        &up,
+        &["--max-connections", "3", "--body-read-timeout", "1s"],
+    )
+    .await;
+    for side in [&lane, &general] {
+        let host = side.authority();
+        // Complete heads, one byte of a 50 000-byte body, no token needed: the MCP endpoint
+        // (with and without a token), the token endpoint and the login form.
+        let heads = [
+            format!("POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Length: 50000\r\n\r\n{{"),
+            format!(
+                "POST /mcp HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 50000\r\n\r\n{{",
+                side.token
+            ),
+            format!(
+                "POST /token HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 50000\r\n\r\ng"
+            ),
+        ];
+        let mut held = Vec::new();
+        for head in &heads {
+            let mut s = TcpStream::connect(&host).await.unwrap();
+            s.write_all(head.as_bytes()).await.unwrap();
+            held.push(s);
+        }
+        for (s, head) in held.iter_mut().zip(&heads) {
+            let answer = until_closed(s, Duration::from_secs(10)).await;
+            let answer = answer.unwrap_or_else(|| panic!("still open after 10 s: {head:?}"));
+            // A plain close, or a refusal (408, or the gate's 401 without reading the
+            // body) followed by the close.
+            let text = String::from_utf8_lossy(&answer);
+            assert!(
+                answer.is_empty() || text.starts_with("HTTP/1.1 4"),
+                "{head:?}: {text}"
+            );
+        }
+        // The slots are free again: a new client is served.
+        let health = exchange(
+            &host,
+            format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+            1,
+        )
+        .await;
+        assert_eq!(health[0].status, 200);
+    }
+    assert!(up.take().is_empty(), "no partial body went upstream");
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_max_body_is_413_and_reaches_no_one() {
+    let up = RawUpstream::start().await;
+    let (lane, general) = pair(&up, &["--max-body", "1KiB"]).await;
+    let chunk = "x".repeat(800);
+    for side in [&lane, &general] {
+        let request = format!(
+            "POST /mcp HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+             320\r\n{chunk}\r\n320\r\n{chunk}\r\n0\r\n\r\n",
+            side.authority(),
+            side.token
+        );
+        let answer = side.exchange(request.as_bytes(), 1).await.remove(0);
+        assert_eq!(answer.status, 413, "{answer:?}");
+        assert!(up.take().is_empty(), "the upstream saw a request");
+    }
 }

@@ -688,7 +688,7 @@ fn sse_response<K: Send + 'static>(rx: mpsc::Receiver<Bytes>, keep: K) -> Respon
 async fn read_message(req: Request) -> Result<Message, Response> {
     let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
         .await
-        .map_err(|_| jsonrpc_error(StatusCode::PAYLOAD_TOO_LARGE, "the message is too large"))?;
+        .map_err(|e| crate::request_body::Unread::of(&e).jsonrpc())?;
     let body = if body.contains(&b'\n') {
         match serde_json::from_slice::<Value>(&body).and_then(|v| serde_json::to_vec(&v)) {
             Ok(v) => Bytes::from(v),

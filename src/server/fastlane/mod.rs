@@ -229,6 +229,7 @@ impl Lane {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut head_timer = Deadline::new(header_read_timeout);
         let mut upstream_timer = Deadline::new(self.backend.options().response_timeout);
+        let mut body_timer = Deadline::new(self.app.body_read_timeout);
         loop {
             head_timer.restart();
             let (next, started) = loop {
@@ -268,9 +269,15 @@ impl Lane {
                 Next::Route(r) => r.message,
             };
             let total = head_len + body_len;
+            body_timer.restart();
             while buf.len() < total {
                 buf.reserve(total - buf.len());
-                if !matches!(io.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                let read = tokio::select! {
+                    r = io.read_buf(&mut buf) => r,
+                    // A body that trickles in or stops (--body-read-timeout): done.
+                    () = body_timer.passed() => return None,
+                };
+                if !matches!(read, Ok(n) if n > 0) {
                     return None;
                 }
             }
@@ -341,6 +348,8 @@ impl Lane {
         let (mut host, mut forwarded_host, mut authorization) = (None, None, None);
         let (mut session_id, mut length, mut close) = (None, None, false);
         let mut forwarded_for: Vec<&str> = Vec::new();
+        // Which of the single-valued headers the lane only passes on were seen (a bit each).
+        let mut repeated = 0u8;
         let mut headers = Vec::with_capacity(if proxied { head_len } else { 0 });
         let mut lower = [0u8; MAX_NAME];
         for h in req.headers.iter() {
@@ -380,6 +389,25 @@ impl Lane {
                         Some(v) if slot.is_none() => *slot = Some(v),
                         _ => proxied = false,
                     }
+                }
+                // Read upstream, not here; a second copy is the router's to refuse
+                // (`guard::SINGLE_VALUED`).
+                "mcp-protocol-version"
+                | "last-event-id"
+                | "content-type"
+                | "mcp-method"
+                | "mcp-name" => {
+                    let bit = match name {
+                        "mcp-protocol-version" => 1,
+                        "last-event-id" => 2,
+                        "content-type" => 4,
+                        "mcp-method" => 8,
+                        _ => 16,
+                    };
+                    if repeated & bit != 0 {
+                        proxied = false;
+                    }
+                    repeated |= bit;
                 }
                 "x-forwarded-host" | "x-forwarded-for" => match visible_ascii(h.value) {
                     Some(v) if name == "x-forwarded-for" => forwarded_for.push(v),
