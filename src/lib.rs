@@ -362,6 +362,7 @@ pub async fn prepare(
             .then(|| server::ratelimit::RateLimiter::new(config.limits.rate_limit)),
         max_body: config.limits.max_body,
         body_read_timeout: config.limits.body_read_timeout,
+        pending: Default::default(),
     });
     let metrics_listener = match &config.metrics_listen {
         Some(addr) => Some(bind(addr).await?),

@@ -372,8 +372,21 @@ impl HttpBackend {
 
     /// Whether a client header (`name` in lowercase) is never sent upstream as it came: it
     /// describes the connection, carries the client's credentials or our cookies, or is one
-    /// only the proxy may set. (`Cookie` is sent again without our cookies.)
+    /// only the proxy may set. (`Cookie` is sent again without our cookies.) A name with `_`
+    /// is judged as its `-` form too: CGI, WSGI and PHP upstreams read `X_Forwarded_User` as
+    /// `X-Forwarded-User`, so such a copy would shadow ours.
     pub fn never_forwarded(&self, name: &str) -> bool {
+        if name.contains('_') {
+            let dashed = name.replace('_', "-");
+            if self.reserved(&dashed) || self.opts.headers.iter().any(|(n, _)| n.as_str() == dashed)
+            {
+                return true;
+            }
+        }
+        self.reserved(name)
+    }
+
+    fn reserved(&self, name: &str) -> bool {
         HOP_BY_HOP.contains(&name)
             || IDENTITY_HEADERS.contains(&name)
             || super::identity::is_ours(&self.opts, name)

@@ -5,13 +5,16 @@
 //! with `state` and `iss`. A valid request is stored and the person continues to sign-in and
 //! consent ([`super::consent`]).
 
-use axum::extract::{RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use url::Url;
 
 use super::clients::{LookupError, find};
 use super::form::Params;
+use super::pending::Refused;
 use super::redirect_uri::find_match;
 use super::{granted_scopes, pkce, resource, tokens};
 use crate::error::OAuthErrorCode;
@@ -86,16 +89,17 @@ fn person_error(app: &AppState, title: &str, message: &str) -> Response {
 /// `GET /authorize`.
 pub async fn authorize(
     State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
     let params = match Params::parse(query.unwrap_or_default().as_bytes()) {
         Ok(p) => p,
-        Err(name) => {
+        Err(e) => {
             return person_error(
                 &app,
                 "Invalid request",
-                &format!("The parameter {name} was sent more than once."),
+                &format!("The app's request cannot be used: {e}."),
             );
         }
     };
@@ -226,6 +230,10 @@ pub async fn authorize(
 
     let id = tokens::generate("");
     let expires = record.created_at + REQUEST_TTL;
+    let client_ip = crate::server::guard::client_ip(&app.site, peer.ip(), &headers);
+    if let Err(refused) = app.pending.admit(client_ip, record.created_at, expires) {
+        return too_many_pending(&app, client_ip, refused);
+    }
     if let Err(e) = app.repo.put(id.as_bytes(), &record, Some(expires)).await {
         return store_failure_page(&app, e);
     }
@@ -235,6 +243,37 @@ pub async fn authorize(
         format!("{LOGIN_PATH}?req={}", urlencode(&id))
     };
     see_other(&next, FormTarget::SelfOnly)
+}
+
+/// 429 with `Retry-After`: too many sign-ins are waiting, from this client or from all.
+fn too_many_pending(app: &AppState, client: std::net::IpAddr, refused: Refused) -> Response {
+    app.metrics.client("authorize_pending_full");
+    let (secs, message) = match refused {
+        Refused::ThisClient(s) => {
+            tracing::warn!(%client, "too many pending authorization requests from one client");
+            (
+                s,
+                "Too many sign-ins were started from your network and not finished.",
+            )
+        }
+        Refused::Everyone(s) => {
+            tracing::warn!("the pending authorization requests are at their limit");
+            (s, "Too many sign-ins are waiting to be finished right now.")
+        }
+    };
+    let secs = secs.max(1);
+    let mut resp = error_page(
+        &site_name(app),
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many sign-ins",
+        &format!(
+            "{message} Please try again in {} minutes.",
+            secs.div_ceil(60)
+        ),
+    );
+    resp.headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, secs.into());
+    resp
 }
 
 /// Issues a code for an approved request; marks the client as used so it does not expire

@@ -1,26 +1,51 @@
 //! Strict parsing of OAuth parameters (RFC 6749 §3.1, §3.2): a parameter given twice is an
-//! error, a parameter without a value counts as absent.
+//! error, a parameter without a value counts as absent, and every request is bounded in the
+//! number and size of its parameters (what is kept of it, a pending authorization request
+//! with its `state`, must not let a stranger fill the store).
 
 use std::collections::HashMap;
+
+/// Most parameters in one request (an authorization request has about ten).
+pub const MAX_PARAMS: usize = 32;
+
+/// Longest value of one parameter, in bytes after decoding. Generous for `state`,
+/// `redirect_uri`, a metadata-document `client_id` and a client assertion.
+pub const MAX_VALUE: usize = 2048;
+
+/// Why a request's parameters were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    #[error("the parameter {0} is repeated")]
+    Repeated(String),
+    #[error("the parameter {0} is longer than {MAX_VALUE} bytes")]
+    TooLong(String),
+    #[error("more than {MAX_PARAMS} parameters")]
+    TooMany,
+}
 
 /// The parameters of one request.
 #[derive(Debug, Default, Clone)]
 pub struct Params(HashMap<String, String>);
 
 impl Params {
-    /// Parses `application/x-www-form-urlencoded` data (a body or a query string). Errs with
-    /// the name of a repeated parameter.
-    pub fn parse(data: &[u8]) -> Result<Self, String> {
+    /// Parses `application/x-www-form-urlencoded` data (a body or a query string).
+    pub fn parse(data: &[u8]) -> Result<Self, ParamError> {
         let mut map = HashMap::new();
-        for (k, v) in url::form_urlencoded::parse(data) {
+        for (count, (k, v)) in url::form_urlencoded::parse(data).enumerate() {
+            if count >= MAX_PARAMS {
+                return Err(ParamError::TooMany);
+            }
+            if k.len() > MAX_VALUE || v.len() > MAX_VALUE {
+                return Err(ParamError::TooLong(k.chars().take(40).collect()));
+            }
             if v.is_empty() {
                 if map.contains_key(k.as_ref()) {
-                    return Err(k.into_owned());
+                    return Err(ParamError::Repeated(k.into_owned()));
                 }
                 continue;
             }
             if map.insert(k.to_string(), v.into_owned()).is_some() {
-                return Err(k.into_owned());
+                return Err(ParamError::Repeated(k.into_owned()));
             }
         }
         Ok(Self(map))
@@ -42,11 +67,27 @@ mod tests {
         assert_eq!(p.get("a"), Some("1"));
         assert_eq!(p.get("b"), None);
         assert_eq!(p.get("c"), Some(" x"));
-        assert_eq!(Params::parse(b"a=1&a=2").unwrap_err(), "a");
-        assert_eq!(Params::parse(b"a=1&a=").unwrap_err(), "a");
+        let repeated = ParamError::Repeated("a".into());
+        assert_eq!(Params::parse(b"a=1&a=2").unwrap_err(), repeated);
+        assert_eq!(Params::parse(b"a=1&a=").unwrap_err(), repeated);
         assert!(
             Params::parse(b"code=x&code=x").is_err(),
             "even the same value twice"
+        );
+    }
+
+    #[test]
+    fn bounded_in_count_and_size() {
+        let long = format!("state={}", "s".repeat(MAX_VALUE + 1));
+        assert_eq!(
+            Params::parse(long.as_bytes()).unwrap_err(),
+            ParamError::TooLong("state".into())
+        );
+        assert!(Params::parse(format!("state={}", "s".repeat(MAX_VALUE)).as_bytes()).is_ok());
+        let many: Vec<String> = (0..=MAX_PARAMS).map(|i| format!("p{i}=1")).collect();
+        assert_eq!(
+            Params::parse(many.join("&").as_bytes()).unwrap_err(),
+            ParamError::TooMany
         );
     }
 
@@ -54,7 +95,7 @@ mod tests {
         #[test]
         fn any_repeat_is_refused(name in "[a-z_]{1,12}", v1 in "[a-zA-Z0-9]{1,8}", v2 in "[a-zA-Z0-9]{0,8}", other in "[A-Z]{1,5}=[a-z]{0,5}") {
             let body = format!("{name}={v1}&{other}&{name}={v2}");
-            prop_assert_eq!(Params::parse(body.as_bytes()).unwrap_err(), name);
+            prop_assert_eq!(Params::parse(body.as_bytes()).unwrap_err(), ParamError::Repeated(name));
         }
 
         #[test]

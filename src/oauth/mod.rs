@@ -8,6 +8,7 @@ pub mod clients;
 pub mod consent;
 pub mod form;
 pub mod metadata;
+pub mod pending;
 pub mod pkce;
 pub mod redirect_uri;
 pub mod register;

@@ -40,6 +40,13 @@ const ECHOED: [&str; 10] = [
     "jwks_uri",
 ];
 
+/// Most items in one metadata array (`redirect_uris`, `contacts`, `grant_types`, …).
+pub const MAX_ITEMS: usize = 10;
+
+/// Longest metadata string (a URI, a contact, a version): what `/authorize` accepts as a
+/// parameter, so every registered redirect URI can be named there.
+pub const MAX_FIELD: usize = super::form::MAX_VALUE;
+
 fn meta_err(msg: impl Into<String>) -> OAuthError {
     OAuthError::bad_request(OAuthErrorCode::InvalidClientMetadata, msg)
 }
@@ -47,16 +54,38 @@ fn meta_err(msg: impl Into<String>) -> OAuthError {
 fn string_list(v: Option<&Value>, field: &str) -> Result<Option<Vec<String>>, OAuthError> {
     match v {
         None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) if items.len() > MAX_ITEMS => Err(meta_err(format!(
+            "{field} may list at most {MAX_ITEMS} values"
+        ))),
         Some(Value::Array(items)) => items
             .iter()
             .map(|i| {
                 i.as_str()
+                    .filter(|s| s.len() <= MAX_FIELD)
                     .map(str::to_string)
-                    .ok_or_else(|| meta_err(format!("{field} must be an array of strings")))
+                    .ok_or_else(|| {
+                        meta_err(format!(
+                            "{field} must be an array of strings of at most {MAX_FIELD} bytes"
+                        ))
+                    })
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some),
         Some(_) => Err(meta_err(format!("{field} must be an array of strings"))),
+    }
+}
+
+/// An echoed field as kept: `contacts` a bounded list of strings, every other one a bounded
+/// string (RFC 7591 §2 defines them so); anything else refuses the registration.
+fn echoed(field: &str, v: &Value) -> Result<Value, OAuthError> {
+    if field == "contacts" {
+        return Ok(json!(string_list(Some(v), field)?.unwrap_or_default()));
+    }
+    match v {
+        Value::String(s) if s.len() <= MAX_FIELD => Ok(v.clone()),
+        _ => Err(meta_err(format!(
+            "{field} must be a string of at most {MAX_FIELD} bytes"
+        ))),
     }
 }
 
@@ -127,8 +156,9 @@ pub fn validate(
 
     let extra = ECHOED
         .iter()
-        .filter_map(|k| doc.get(*k).map(|v| (k.to_string(), v.clone())))
-        .collect();
+        .filter_map(|k| doc.get(*k).filter(|v| !v.is_null()).map(|v| (*k, v)))
+        .map(|(k, v)| Ok((k.to_string(), echoed(k, v)?)))
+        .collect::<Result<_, OAuthError>>()?;
     Ok(ClientRecord {
         client_id: String::new(),
         client_name,

@@ -53,8 +53,7 @@ pub fn form_body(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthError>
             "send the parameters as application/x-www-form-urlencoded",
         ));
     }
-    Params::parse(body)
-        .map_err(|name| invalid_request(&format!("the parameter {name} is repeated")))
+    Params::parse(body).map_err(|e| invalid_request(&e.to_string()))
 }
 
 fn token_json(resp: &TokenResponse) -> Response {

@@ -25,6 +25,18 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// What per-client limits count by: the IPv4 address, or the IPv6 /64 (one host usually
+/// holds a whole /64, so counting its addresses one by one would give it 2^64 budgets).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match canonical_ip(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 /// The client's address: the peer, or, when the peer is a trusted proxy, the right-most
 /// address in `X-Forwarded-For` that is not itself a trusted proxy.
 pub fn client_ip(site: &Site, peer: IpAddr, headers: &HeaderMap) -> IpAddr {

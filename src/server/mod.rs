@@ -81,6 +81,8 @@ pub struct App {
     pub max_body: usize,
     /// `--body-read-timeout`: every request's body, on every path.
     pub body_read_timeout: std::time::Duration,
+    /// Authorization requests waiting for a sign-in, per client and in all.
+    pub pending: crate::oauth::pending::PendingBudget,
 }
 
 /// The shared [`App`], as handlers receive it: one pointer to clone per request.
@@ -137,14 +139,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/revoke", post(revoke::revoke))
         .route_layer(limited());
-    // Starting a sign-in at a provider costs a round trip there: rate-limited too.
+    // Starting a sign-in (here, each stores a pending request; at a provider, each costs a
+    // round trip there): rate-limited too.
     let provider_starts = Router::new()
+        .route("/authorize", get(authorize::authorize))
         .route("/.auth/google/login", get(login::upstream::start))
         .route("/.auth/github/login", get(login::upstream::start))
         .route("/.auth/oidc/login", get(login::upstream::start))
         .route_layer(limited());
     let pages = Router::new()
-        .route("/authorize", get(authorize::authorize))
         .route(LOGIN_PATH, get(login::login_get).post(login::login_post))
         .route(LOGOUT_PATH, get(login::logout_get).post(login::logout_post))
         .route(CONSENT_PATH, get(consent_get).post(consent_post))

@@ -33,17 +33,6 @@ pub struct RateLimiter {
     clients: Mutex<HashMap<IpAddr, Instant>>,
 }
 
-/// The key of a client: its IPv4 address, or its IPv6 /64.
-fn key(ip: IpAddr) -> IpAddr {
-    match super::guard::canonical_ip(ip) {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
-    }
-}
-
 impl RateLimiter {
     /// `per_minute` requests per minute (at least 1).
     pub fn new(per_minute: u32) -> Self {
@@ -65,7 +54,7 @@ impl RateLimiter {
         let Ok(mut clients) = self.clients.lock() else {
             return Err(1);
         };
-        let k = key(ip);
+        let k = super::guard::client_key(ip);
         if !clients.contains_key(&k) && clients.len() >= CAPACITY {
             clients.retain(|_, tat| *tat > now);
             if clients.len() >= CAPACITY {
@@ -111,7 +100,8 @@ pub async fn limit(
     };
     app.metrics.client("rate_limited");
     tracing::info!(client_ip = %ip, path = req.uri().path(), retry_after = secs, "rate limited");
-    let mut resp = if req.uri().path().starts_with("/.auth/") {
+    let page = req.uri().path().starts_with("/.auth/") || req.uri().path() == "/authorize";
+    let mut resp = if page {
         crate::login::pages::error_page(
             &crate::login::site_name(&app),
             StatusCode::TOO_MANY_REQUESTS,

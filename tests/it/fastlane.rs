@@ -828,3 +828,27 @@ async fn a_chunked_body_over_max_body_is_413_and_reaches_no_one() {
         assert!(up.take().is_empty(), "the upstream saw a request");
     }
 }
+
+#[tokio::test]
+async fn underscore_copies_of_our_headers_never_reach_the_upstream() {
+    let up = RawUpstream::start().await;
+    let (lane, general) = pair(&up, &[]).await;
+    // CGI, WSGI and PHP read `_` as `-`: each of these would shadow a header only we set
+    // (identity, --header-mapping's X-Dept, --proxy-headers' X-Api-Key).
+    let shadows = "X_Forwarded_User: root\r\nX-Forwarded_Email: root@evil.example\r\n\
+                   x_forwarded_groups: admins\r\nX_Dept: forged\r\nX_Api_Key: from-client\r\n\
+                   X_Forwarded_For: 6.6.6.6\r\nX_Unrelated: kept\r\n";
+    for side in [&lane, &general] {
+        let answer = side.exchange(&side.post("json", shadows, BODY), 1).await;
+        assert_eq!(answer[0].status, 200);
+        let seen = up.take();
+        let names: Vec<&str> = seen[0].headers.iter().map(|(n, _)| n.as_str()).collect();
+        let underscored: Vec<&&str> = names.iter().filter(|n| n.contains('_')).collect();
+        assert_eq!(underscored, [&"x_unrelated"], "{names:?}");
+        let value = |n: &str| field(&seen[0].headers, n).map(str::to_string);
+        assert_eq!(value("x-forwarded-user").as_deref(), Some("alice"));
+        assert_eq!(value("x-dept").as_deref(), Some("R&D"));
+        assert_eq!(value("x-api-key").as_deref(), Some("static"));
+    }
+    assert_eq!(lane.served_by_lane(), 1);
+}

@@ -413,7 +413,7 @@ async fn authorize_errors_before_the_redirect_uri_is_trusted_are_pages() {
         ),
         (
             format!("{}&state=again", oc.auth_url(&t, &[])),
-            "more than once",
+            "is repeated",
         ),
     ];
     for (url, text) in rows {
