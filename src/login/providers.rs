@@ -767,19 +767,28 @@ async fn oidc_identity(
             c.extend(i);
         }
     }
-    // An email the provider says is unverified names nobody.
-    if oidc.cfg.user_id_field == "/email"
-        && matches!(claims.get("email_verified"), Some(v) if !is_true(Some(v)))
+    identity_of_claims(claims, &oidc.cfg.user_id_field)
+}
+
+/// Who the OIDC claims name. An email counts only when the provider says it is verified
+/// (`email_verified` true; absent is not verified, OpenID Connect Core §5.1): otherwise it
+/// is removed from the claims, so it is neither the user id, nor matched by an allow-list
+/// or attribute rule, nor sent upstream.
+fn identity_of_claims(mut claims: Value, user_id_field: &str) -> Result<Identity, SignInError> {
+    if !is_true(claims.get("email_verified"))
+        && let Some(c) = claims.as_object_mut()
     {
+        c.remove("email");
+    }
+    if user_id_field == "/email" && claims.get("email").is_none() {
         return Err(SignInError::Unverified);
     }
-    let user_id = match claims.pointer(&oidc.cfg.user_id_field) {
+    let user_id = match claims.pointer(user_id_field) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         _ => {
             return Err(SignInError::Answer(format!(
-                "no user id at {} in the claims",
-                oidc.cfg.user_id_field
+                "no user id at {user_id_field} in the claims"
             )));
         }
     };
@@ -904,6 +913,37 @@ mod tests {
             &who("x", json!({"org": {"role": "lead-ops"}}))
         ));
         assert!(!oidc_allows(&o, &who("x", json!({"org": {"role": "ops"}}))));
+    }
+
+    #[test]
+    fn an_oidc_email_counts_only_when_verified() {
+        let named = |claims: Value, field: &str| identity_of_claims(claims, field);
+        let by_email = named(
+            json!({"sub": "1", "email": "Ann@Example.com", "email_verified": true}),
+            "/email",
+        )
+        .unwrap();
+        assert_eq!(by_email.email.as_deref(), Some("ann@example.com"));
+        for verified in [json!(false), json!("no"), Value::Null] {
+            let mut claims = json!({"sub": "1", "email": "ann@example.com"});
+            if !verified.is_null() {
+                claims["email_verified"] = verified.clone();
+            }
+            assert!(
+                matches!(
+                    named(claims.clone(), "/email"),
+                    Err(SignInError::Unverified)
+                ),
+                "{verified}"
+            );
+            let by_sub = named(claims, "/sub").unwrap();
+            assert_eq!(by_sub.user_id, "1");
+            assert_eq!(by_sub.email, None, "{verified}: not sent upstream");
+            assert!(
+                by_sub.claims.get("email").is_none(),
+                "{verified}: not matched"
+            );
+        }
     }
 
     #[test]
