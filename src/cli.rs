@@ -218,8 +218,14 @@ pub struct Cli {
     pub body_read_timeout: String,
 
     /// Shared password for the login page (hashed with bcrypt at startup, never stored).
+    /// On a command line it is visible to every local user (ps, /proc/*/cmdline): prefer
+    /// --password-hash, --password-file or the PASSWORD variable.
     #[arg(long, env = "PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+
+    /// File holding the login password (its first line), readable by its owner only.
+    #[arg(long, env = "PASSWORD_FILE")]
+    pub password_file: Option<std::path::PathBuf>,
 
     /// bcrypt hash(es) of accepted passwords (comma-separated); may be given with --password.
     #[arg(

@@ -566,11 +566,45 @@ impl Config {
     }
 }
 
+/// `--password-file`: the first line of a file that only its owner may read (a secret others
+/// can read is no secret; a symlink is followed, and the file it names is what is checked).
+fn read_password_file(path: &std::path::Path) -> Result<zeroize::Zeroizing<String>, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| bad(format!("--password-file {shown}: {e}")))?;
+    if !meta.is_file() {
+        return Err(bad(format!("--password-file {shown} is not a file")));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(bad(format!(
+            "--password-file {shown} can be read by others (mode {:o}); run: chmod 600 {shown}",
+            meta.permissions().mode() & 0o777
+        )));
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| bad(format!("--password-file {shown}: {e}")))?,
+    );
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        return Err(bad(format!("--password-file {shown} is empty")));
+    }
+    Ok(zeroize::Zeroizing::new(line.to_string()))
+}
+
 fn auth_config(cli: &Cli) -> Result<AuthConfig, ConfigError> {
-    let password = cli
-        .password
+    let from_file = cli
+        .password_file
         .as_deref()
-        .filter(|p| !p.is_empty())
+        .map(read_password_file)
+        .transpose()?;
+    let given = cli.password.as_deref().filter(|p| !p.is_empty());
+    if given.is_some() && from_file.is_some() {
+        return Err(bad(
+            "give the password once: --password (PASSWORD) or --password-file (PASSWORD_FILE)",
+        ));
+    }
+    let password = given
+        .or(from_file.as_deref().map(|p| p.as_str()))
         .map(|p| match crate::login::password::unusable(p) {
             Some(why) => Err(bad(format!(
                 "--password (PASSWORD): {why}, or give its hash with --password-hash"

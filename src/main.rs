@@ -109,6 +109,15 @@ async fn main() -> std::process::ExitCode {
     if args.get(1).is_some_and(|a| a == "hash-password") {
         return hash_password(&args[2..]);
     }
+    // Our /proc entries (environ, mem, fd) become unreadable to processes of the same user,
+    // the stdio children among them: PASSWORD and the other secrets live in our environment
+    // and memory. (Root reads them regardless; a separate user for children is the boundary.)
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!("mcp-auth-proxy: warning: could not make the process non-dumpable: {e}");
+    }
     let cli = Cli::parse();
     let log = init_tracing();
     let config = match Config::from_cli(cli) {

@@ -16,6 +16,7 @@ mod production;
 mod providers;
 mod proxy;
 mod quirks;
+mod secrets;
 mod stdio;
 mod store;
 mod tls;

@@ -1,0 +1,108 @@
+//! Secrets stay ours: not readable by the stdio child through `/proc`, not taken from a
+//! file others can read.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::helpers::run_binary;
+
+/// Waits (bounded) until `path` exists and holds a line.
+async fn written(path: &std::path::Path) -> String {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(text) = std::fs::read_to_string(path)
+                && text.ends_with('\n')
+            {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} was never written", path.display()))
+}
+
+#[tokio::test]
+async fn the_stdio_child_cannot_read_the_proxys_environment_from_proc() {
+    // Reading another process's /proc/<pid>/environ is decided by ptrace rules, which root
+    // passes regardless: the proxy and its child run as an unprivileged user here, which
+    // needs root to arrange.
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: switching to an unprivileged user needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // The binary where the unprivileged user can run it, whatever the checkout's modes.
+    let bin = dir.path().join("mcp-auth-proxy");
+    std::fs::copy(env!("CARGO_BIN_EXE_mcp-auth-proxy"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::chown(&data, Some(65534), Some(65534)).unwrap();
+    let out = dir.path().display().to_string();
+    // The child reads its parent's (the proxy's) environment, then waits on stdin.
+    let script = format!(
+        "cat /proc/$PPID/environ > {out}/environ 2> {out}/err; echo $? > {out}/done; exec cat"
+    );
+    let mut proxy = tokio::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["--listen", "127.0.0.1:0", "--data-path"])
+        .arg(&data)
+        .args(["--stdio-warm-spare", "--", "sh", "-c", &script])
+        .env("PASSWORD", "the-secret-in-our-environment")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = written(&dir.path().join("done")).await;
+    let environ = std::fs::read(dir.path().join("environ")).unwrap_or_default();
+    let err = std::fs::read_to_string(dir.path().join("err")).unwrap_or_default();
+    proxy.start_kill().unwrap();
+    proxy.wait().await.unwrap();
+    assert_ne!(status.trim(), "0", "the child read /proc/<proxy>/environ");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("the-secret"),
+        "the password reached the child"
+    );
+}
+
+#[tokio::test]
+async fn a_password_file_must_be_the_owners_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, "from a file\n").unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let path = file.display().to_string();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, stderr) = run_binary(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-path",
+            &data,
+            "--password-file",
+            &path,
+        ],
+        &[("PASSWORD", "")],
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+
+    // Owner-only: its first line is the password.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let p = crate::helpers::start_proxy(&["--no-password", "--password-file", &path]).await;
+    let t = p.target();
+    let oc = crate::flow::OAuthClient::public(&t).await;
+    let b = crate::flow::Browser::new();
+    let back = b
+        .authorize(&t, &oc.auth_url(&t, &[]), "from a file", "approve")
+        .await;
+    assert!(crate::flow::query(&back, "code").is_some(), "{back}");
+}
