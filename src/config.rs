@@ -237,7 +237,15 @@ pub struct IdentityHeaders {
     pub email: HeaderName,
     pub name: HeaderName,
     pub groups: HeaderName,
+    /// With more than one sign-in method, the user is sent as `provider:user id` (as the
+    /// proxy itself keys users): a GitHub login `admin` is not the password user `admin`.
+    /// With one, the bare id, as upstreams written for sigbit's proxy expect.
+    pub qualified_user: bool,
 }
+
+/// The header that names the sign-in method of the caller (`password`, `google`, `github`,
+/// `oidc`), always sent.
+pub const PROVIDER_HEADER: &str = "x-forwarded-provider";
 
 fn header_name(flag: &str, v: &str) -> Result<HeaderName, ConfigError> {
     HeaderName::from_bytes(v.trim().as_bytes())
@@ -532,6 +540,7 @@ impl Config {
                     email: header_name("--email-header", &cli.email_header)?,
                     name: header_name("--name-header", &cli.name_header)?,
                     groups: header_name("--groups-header", &cli.groups_header)?,
+                    qualified_user: usize::from(auth.has_password()) + auth.providers.count() > 1,
                 },
                 mapping: parse_header_mapping(cli.header_mapping.as_deref().unwrap_or(""))?,
                 forward_authorization: cli.proxy_forward_authorization,
@@ -762,7 +771,7 @@ fn stdio_options(cli: &Cli) -> Result<StdioOptions, ConfigError> {
                 .ok_or_else(|| bad(format!("--stdio-identity-env: {e:?} is not part=VARIABLE")))?;
             let part = crate::backend::identity::Part::parse(part).ok_or_else(|| {
                 bad(format!(
-                    "--stdio-identity-env: {part:?} is not user, email, name, groups or a /pointer"
+                    "--stdio-identity-env: {part:?} is not user, provider, email, name, groups or a /pointer"
                 ))
             })?;
             let var = var.trim();

@@ -275,7 +275,10 @@ pub async fn prepare(
                 config.stdio.idle_timeout,
                 config.stdio.warm_spare,
                 config.stdio.shared,
-                config.stdio.identity_env.clone(),
+                backend::identity::IdentityEnv {
+                    vars: config.stdio.identity_env.clone(),
+                    qualified_user: config.upstream.identity.qualified_user,
+                },
                 metrics.children.clone(),
             ))
         }

@@ -44,7 +44,8 @@ pub const WHOLE_RESPONSE_LIMIT: u64 = 64 * 1024;
 pub const MAX_REDIRECTS: usize = 3;
 
 /// Identity headers only the proxy may set; client copies are spoofing.
-pub const IDENTITY_HEADERS: [&str; 5] = [
+pub const IDENTITY_HEADERS: [&str; 6] = [
+    crate::config::PROVIDER_HEADER,
     "x-forwarded-user",
     "x-forwarded-email",
     "x-forwarded-name",

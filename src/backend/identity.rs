@@ -17,10 +17,30 @@ pub fn is_ours(opts: &UpstreamOptions, name: &str) -> bool {
         .any(|h| h.as_str() == name)
 }
 
+/// `--stdio-identity-env`: which parts of the caller's identity go into which variables of
+/// their child, and whether the user is provider-qualified there too.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityEnv {
+    pub vars: Vec<(Part, String)>,
+    pub qualified_user: bool,
+}
+
+impl IdentityEnv {
+    /// The variables for `id`; a part with no value is left out.
+    pub fn values(&self, id: &Identity) -> Vec<(String, String)> {
+        self.vars
+            .iter()
+            .filter_map(|(part, var)| Some((var.clone(), part.of(id, self.qualified_user)?)))
+            .collect()
+    }
+}
+
 /// What part of the identity a header or variable carries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Part {
     User,
+    /// The sign-in method: `password`, `google`, `github`, `oidc`.
+    Provider,
     Email,
     Name,
     /// Comma-separated.
@@ -34,6 +54,7 @@ impl Part {
     pub fn parse(s: &str) -> Option<Part> {
         match s.trim() {
             "user" => Some(Part::User),
+            "provider" => Some(Part::Provider),
             "email" => Some(Part::Email),
             "name" => Some(Part::Name),
             "groups" => Some(Part::Groups),
@@ -44,17 +65,46 @@ impl Part {
         }
     }
 
-    /// The value in `id`, if known and not empty.
-    pub fn of(&self, id: &Identity) -> Option<String> {
+    /// The value in `id`, if known and not empty; the user qualified by its provider when
+    /// `qualified` ([`crate::config::IdentityHeaders::qualified_user`]).
+    pub fn of(&self, id: &Identity, qualified: bool) -> Option<String> {
         let v = match self {
-            Part::User => Some(id.user_id.clone()),
+            Part::User => Some(user_value(id, qualified)),
+            Part::Provider => Some(id.provider.clone()),
             Part::Email => id.email.clone(),
             Part::Name => id.name.clone(),
-            Part::Groups => Some(id.groups.join(",")),
+            Part::Groups => Some(groups_value(id)),
             Part::Claim(p) => claim_text(id.claims.pointer(p)),
         };
         v.filter(|v| !v.is_empty())
     }
+}
+
+/// The user as sent upstream: `provider:user id` when qualified, else the bare id.
+fn user_value(id: &Identity, qualified: bool) -> String {
+    if qualified {
+        format!("{}:{}", id.provider, id.user_id)
+    } else {
+        id.user_id.clone()
+    }
+}
+
+/// The groups, comma-separated. A group whose name holds a comma would read upstream as two
+/// groups (one of which it is not): it is left out, and the sign-in keeps its other groups.
+fn groups_value(id: &Identity) -> String {
+    let kept: Vec<&str> = id
+        .groups
+        .iter()
+        .map(String::as_str)
+        .filter(|g| !g.contains(','))
+        .collect();
+    if kept.len() < id.groups.len() {
+        tracing::warn!(
+            user = %id.user_id,
+            "a group name with a comma is not sent upstream (it would read as two groups)"
+        );
+    }
+    kept.join(",")
 }
 
 /// A claim as text: strings as they are, arrays joined with commas, other values as JSON.
@@ -92,11 +142,75 @@ pub fn each(opts: &UpstreamOptions, id: &Identity, mut f: impl FnMut(&HeaderName
             f(name, v);
         }
     };
-    set(&i.user, Some(id.user_id.clone()));
+    set(
+        &HeaderName::from_static(crate::config::PROVIDER_HEADER),
+        Some(id.provider.clone()),
+    );
+    set(&i.user, Some(user_value(id, i.qualified_user)));
     set(&i.email, id.email.clone());
     set(&i.name, id.name.clone());
-    set(&i.groups, Some(id.groups.join(",")));
+    set(&i.groups, Some(groups_value(id)));
     for (pointer, name) in &opts.mapping {
         set(name, claim_text(id.claims.pointer(pointer)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn id(provider: &str, user: &str, groups: &[&str]) -> Identity {
+        Identity {
+            provider: provider.into(),
+            user_id: user.into(),
+            email: None,
+            name: None,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            claims: json!({}),
+        }
+    }
+
+    #[test]
+    fn the_user_is_qualified_by_its_provider_when_several_sign_ins_are_on() {
+        let github_admin = id("github", "admin", &[]);
+        let password_admin = id("password", "admin", &[]);
+        assert_eq!(
+            Part::User.of(&github_admin, false).as_deref(),
+            Some("admin")
+        );
+        assert_ne!(
+            Part::User.of(&github_admin, true),
+            Part::User.of(&password_admin, true),
+            "two people, two users upstream"
+        );
+        assert_eq!(
+            Part::User.of(&github_admin, true).as_deref(),
+            Some("github:admin")
+        );
+        assert_eq!(
+            Part::Provider.of(&github_admin, false).as_deref(),
+            Some("github")
+        );
+        let env = IdentityEnv {
+            vars: vec![
+                (Part::User, "MCP_USER".into()),
+                (Part::Provider, "MCP_PROVIDER".into()),
+            ],
+            qualified_user: true,
+        };
+        assert_eq!(
+            env.values(&password_admin),
+            [
+                ("MCP_USER".to_string(), "password:admin".to_string()),
+                ("MCP_PROVIDER".to_string(), "password".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_group_with_a_comma_is_not_two_groups_upstream() {
+        let who = id("oidc", "ann", &["dev", "admins,ops", "qa"]);
+        assert_eq!(Part::Groups.of(&who, false).as_deref(), Some("dev,qa"));
     }
 }

@@ -828,6 +828,7 @@ async fn the_upstream_learns_who_signed_in_and_nothing_spoofed() {
         .post(p.url("/mcp"))
         .bearer_auth(access)
         .header("x-forwarded-user", "root@evil.example")
+        .header("x-forwarded-provider", "password")
         .header("X-Forwarded-Email", "root@evil.example")
         .header("x-forwarded-groups", "admins")
         .header("x-user-sub", "root")
@@ -840,7 +841,9 @@ async fn the_upstream_learns_who_signed_in_and_nothing_spoofed() {
         .await
         .unwrap();
     let h = &echoed["headers"];
+    // One sign-in method: the bare user, as sigbit sends it; the provider always.
     assert_eq!(h["x-forwarded-user"], "ann@example.com");
+    assert_eq!(h["x-forwarded-provider"], "oidc");
     assert_eq!(h["x-forwarded-email"], "ann@example.com");
     assert_eq!(h["x-forwarded-name"], "ann Name");
     assert_eq!(h["x-user-sub"], "ann", "mapped from the claims");

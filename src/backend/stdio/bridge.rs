@@ -57,7 +57,7 @@ pub struct StdioBackend {
     spare: Mutex<Option<Arc<Child>>>,
     shared: bool,
     /// `--stdio-identity-env`: the user's identity in their child's environment.
-    identity_env: Vec<(crate::backend::identity::Part, String)>,
+    identity_env: crate::backend::identity::IdentityEnv,
     next_child: std::sync::atomic::AtomicU64,
     next_session: std::sync::atomic::AtomicU64,
 }
@@ -78,7 +78,7 @@ impl StdioBackend {
         idle_timeout: std::time::Duration,
         warm_spare: bool,
         shared: bool,
-        identity_env: Vec<(crate::backend::identity::Part, String)>,
+        identity_env: crate::backend::identity::IdentityEnv,
         children: crate::metrics::ChildMetrics,
     ) -> Self {
         let backend = Self {
@@ -119,11 +119,9 @@ impl StdioBackend {
     fn spec_for(&self, caller: &Caller) -> ChildSpec {
         let mut spec = self.spec.clone();
         if let Some(id) = caller.identity() {
-            for (part, var) in &self.identity_env {
-                if let Some(v) = part.of(id) {
-                    spec.extra_env.retain(|(k, _)| k != var);
-                    spec.extra_env.push((var.clone(), v));
-                }
+            for (var, v) in self.identity_env.values(id) {
+                spec.extra_env.retain(|(k, _)| *k != var);
+                spec.extra_env.push((var, v));
             }
         }
         spec
@@ -133,7 +131,9 @@ impl StdioBackend {
     /// is crash-looping).
     fn refill_spare(&self) {
         // A child that must carry its user's identity cannot be started ahead of the user.
-        if !self.warm_spare || !self.identity_env.is_empty() || self.crashes.retry_after().is_some()
+        if !self.warm_spare
+            || !self.identity_env.vars.is_empty()
+            || self.crashes.retry_after().is_some()
         {
             return;
         }
@@ -540,7 +540,7 @@ impl StdioBackend {
             return Err(r);
         }
         let id = tokens::generate_id();
-        let started = if self.identity_env.is_empty() {
+        let started = if self.identity_env.vars.is_empty() {
             self.child_for_new_session()
         } else {
             self.start_child_with(&self.spec_for(caller))
