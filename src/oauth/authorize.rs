@@ -215,7 +215,7 @@ pub async fn authorize(
         let Some(session) = session else {
             return back.error(OAuthErrorCode::LoginRequired, "the user is not signed in");
         };
-        return match super::consent::remembered(&app, &session.identity, &record).await {
+        return match super::consent::remembered(&app, &session.identity, &record, &client).await {
             Ok(true) => match issue_code(&app, &record, session.identity).await {
                 Ok(code) => back.code(&code),
                 Err(e) => store_failure_page(&app, e),

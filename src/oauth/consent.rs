@@ -25,23 +25,35 @@ use crate::store::{
 /// Consent page path.
 pub const CONSENT_PATH: &str = "/.auth/consent";
 
-fn consent_key(subject: &str, client_id: &str) -> Vec<u8> {
+/// An approval is remembered for one user, one client and one exact redirect URI (port
+/// included): approving an app that answers at one address approves no other address its
+/// registration (or a changed metadata document) allows.
+fn consent_key(subject: &str, client_id: &str, redirect_uri: &str) -> Vec<u8> {
     let mut k = subject.as_bytes().to_vec();
     k.push(0);
     k.extend_from_slice(client_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(redirect_uri.as_bytes());
     k
 }
 
-/// Whether this user already approved this client for at least these scopes.
+/// Whether this user already approved this client, at this redirect URI, for at least these
+/// scopes. Never for a public client answering on loopback: its id is no secret and any
+/// local process can listen on a loopback port, so each sign-in shows the page.
 pub async fn remembered(
     app: &AppState,
     identity: &Identity,
     req: &AuthRequestRecord,
+    client: &ClientRecord,
 ) -> Result<bool, StoreError> {
     if req.force_consent {
         return Ok(false);
     }
-    let key = consent_key(&identity.subject(), &req.client_id);
+    let public = client.token_endpoint_auth_method == super::clients::NONE;
+    if public && super::redirect_uri::is_loopback_redirect(&req.redirect_uri) {
+        return Ok(false);
+    }
+    let key = consent_key(&identity.subject(), &req.client_id, &req.redirect_uri);
     Ok(app
         .repo
         .get::<ConsentRecord>(&key)
@@ -209,7 +221,7 @@ pub async fn consent_get(
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    match remembered(&app, &session.identity, &req).await {
+    match remembered(&app, &session.identity, &req, &client).await {
         Ok(true) => return finish(&app, &req_id, &req, session.identity, true).await,
         Ok(false) => {}
         Err(e) => {
@@ -315,7 +327,7 @@ async fn finish(
     let result = async {
         app.repo
             .put(
-                &consent_key(&consent.subject, &req.client_id),
+                &consent_key(&consent.subject, &req.client_id, &req.redirect_uri),
                 &consent,
                 Some(keep),
             )

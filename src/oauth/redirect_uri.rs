@@ -7,7 +7,18 @@
 
 use url::Url;
 
-use crate::config::is_loopback_host;
+/// Hosts a plain-http redirect URI may name: the loopback literals and `localhost` (RFC 8252
+/// §7.3, §8.3). Not `*.localhost`: such a name is only as loopback as its resolver says.
+pub fn is_loopback_redirect_host(host: &str) -> bool {
+    matches!(host, "127.0.0.1" | "[::1]" | "::1") || host.eq_ignore_ascii_case("localhost")
+}
+
+/// Whether `uri` answers to a program on the person's own machine (plain http on loopback):
+/// any local process can open that port.
+pub fn is_loopback_redirect(uri: &str) -> bool {
+    Url::parse(uri)
+        .is_ok_and(|u| u.scheme() == "http" && u.host_str().is_some_and(is_loopback_redirect_host))
+}
 
 /// Why a redirect URI is refused at registration.
 pub fn check_registrable(uri: &str, private_schemes: &[String]) -> Result<(), String> {
@@ -26,7 +37,7 @@ pub fn check_registrable(uri: &str, private_schemes: &[String]) -> Result<(), St
             Ok(())
         }
         "http" => {
-            if url.host_str().is_some_and(is_loopback_host) {
+            if url.host_str().is_some_and(is_loopback_redirect_host) {
                 Ok(())
             } else {
                 Err(format!(
@@ -54,7 +65,7 @@ pub fn matches(registered: &str, requested: &str) -> bool {
     };
     reg.scheme() == "http"
         && req.scheme() == "http"
-        && reg.host_str().is_some_and(is_loopback_host)
+        && reg.host_str().is_some_and(is_loopback_redirect_host)
         && reg.host_str() == req.host_str()
         && reg.path() == req.path()
         && reg.query() == req.query()
@@ -98,6 +109,9 @@ mod tests {
         let bad = [
             "http://example.com/cb",
             "http://127.0.0.1.nip.io/cb",
+            // A name under .localhost is loopback only if its resolver says so.
+            "http://evil.localhost/cb",
+            "http://app.LOCALHOST:8080/cb",
             "javascript:alert(1)",
             "data:text/html,hi",
             "file:///etc/passwd",

@@ -1042,18 +1042,55 @@ async fn consent_deny_remember_and_prompt() {
     assert_eq!(query(&denied, "state").as_deref(), Some("st-123"));
     assert_eq!(query(&denied, "iss").as_deref(), Some(t.origin.as_str()));
 
-    // Approve once; the next authorization of the same client skips the page.
+    // A public client answering on loopback: approved once, the page is shown again (any
+    // local process could start a flow with its id and listen on another port).
     b.authorize(&t, &oc.auth_url(&t, &[]), TEST_PASSWORD, "approve")
         .await;
-    let resp = b.http.get(oc.auth_url(&t, &[])).send().await.unwrap();
-    let consent = t.url(&location(&resp));
-    let resp = b.http.get(&consent).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
-    assert!(location(&resp).starts_with(REDIRECT));
-    // prompt=none works now too.
+    let other_port = "http://127.0.0.1:40001/callback";
+    for redirect in [REDIRECT, other_port] {
+        let resp = b
+            .http
+            .get(oc.auth_url(&t, &[("redirect_uri", redirect)]))
+            .send()
+            .await
+            .unwrap();
+        let resp = b.http.get(t.url(&location(&resp))).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{redirect}: the page again");
+    }
     let resp = b
         .http
         .get(oc.auth_url(&t, &[("prompt", "none")]))
+        .send()
+        .await
+        .unwrap();
+    let back = url::Url::parse(&location(&resp)).unwrap();
+    assert_eq!(query(&back, "error").as_deref(), Some("consent_required"));
+
+    // A client answering at https addresses: approved once at one address, the next
+    // authorization there skips the page; its other address still asks.
+    let web = OAuthClient::register(
+        &t,
+        json!({"client_name": "Web App", "redirect_uris": ["https://app.example/cb", "https://app.example/other"]}),
+    )
+    .await;
+    b.authorize(&t, &web.auth_url(&t, &[]), TEST_PASSWORD, "approve")
+        .await;
+    let resp = b.http.get(web.auth_url(&t, &[])).send().await.unwrap();
+    let resp = b.http.get(t.url(&location(&resp))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert!(location(&resp).starts_with("https://app.example/cb?"));
+    let other = web.auth_url(&t, &[("redirect_uri", "https://app.example/other")]);
+    let resp = b.http.get(other).send().await.unwrap();
+    let resp = b.http.get(t.url(&location(&resp))).send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "another address: asked again"
+    );
+    // prompt=none works now too.
+    let resp = b
+        .http
+        .get(web.auth_url(&t, &[("prompt", "none")]))
         .send()
         .await
         .unwrap();

@@ -424,9 +424,10 @@ async fn mcp_remote_asks_offline_access_with_prompt_consent() {
     let id = reg["client_id"].as_str().unwrap();
     for round in 0..2 {
         if round == 1 {
-            // Approved once and signed in: without prompt=consent the answer comes at once;
-            // with it, the consent page again.
-            for (prompt, asks_again) in [("", false), ("consent", true)] {
+            // Approved once and signed in: a public client answering on loopback is shown
+            // the consent page every time (any local process could use its id), with or
+            // without prompt=consent.
+            for (prompt, asks_again) in [("", true), ("consent", true)] {
                 let q = url::form_urlencoded::Serializer::new(String::new())
                     .extend_pairs([
                         ("response_type", "code"),
