@@ -264,11 +264,17 @@ pub async fn login_post(
     let req = params.get("req").map(str::to_string);
     let req = req.as_deref();
     let ip = client_ip(&app.site, peer.ip(), &headers);
-    let now = app.repo.clock().now();
-    if let Err(secs) = app.authn.lockout.check(ip, now) {
-        app.metrics.sign_in("password", "locked_out");
-        return locked_out(&app, &headers, req, secs).await;
+    if let Some(refused) = crate::server::ratelimit::refusal(&app, ip, LOGIN_PATH) {
+        return refused;
     }
+    let now = app.repo.clock().now();
+    let last_allowed = match app.authn.lockout.attempt(ip, now) {
+        Ok(last) => last,
+        Err(secs) => {
+            app.metrics.sign_in("password", "locked_out");
+            return locked_out(&app, &headers, req, secs).await;
+        }
+    };
     let Some(verifier) = &app.authn.password else {
         return login_form(
             &app,
@@ -284,7 +290,7 @@ pub async fn login_post(
     if !verifier.verify(candidate).await {
         tracing::info!(client_ip = %ip, "failed password sign-in");
         app.metrics.sign_in("password", "failure");
-        if let Some(secs) = app.authn.lockout.fail(ip, now) {
+        if let Some(secs) = last_allowed {
             tracing::warn!(client_ip = %ip, seconds = secs, "too many failed passwords: locked");
             return locked_out(&app, &headers, req, secs).await;
         }

@@ -35,6 +35,9 @@ pub fn unusable(password: &str) -> Option<String> {
 /// The accepted passwords, as bcrypt hashes.
 pub struct PasswordVerifier {
     hashes: Vec<Zeroizing<String>>,
+    /// bcrypt runs at most one per core at a time: a burst of sign-ins queues here instead
+    /// of filling the blocking pool (and every core) with hashing.
+    hashing: tokio::sync::Semaphore,
     user: String,
     epoch: String,
 }
@@ -81,7 +84,9 @@ impl PasswordVerifier {
         }
         let digest = mac.finalize().into_bytes();
         let epoch = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Some(Self {
+            hashing: tokio::sync::Semaphore::new(cores),
             hashes,
             user: cfg.password_user.clone(),
             epoch,
@@ -105,6 +110,9 @@ impl PasswordVerifier {
             // Every hash here is bcrypt ($2*$): it would compare only a prefix.
             return false;
         }
+        let Ok(_turn) = self.hashing.acquire().await else {
+            return false;
+        };
         let hashes = self.hashes.clone();
         tokio::task::spawn_blocking(move || {
             hashes
@@ -144,21 +152,15 @@ impl Lockout {
         }
     }
 
-    /// `Err(seconds)` while `ip` is locked.
-    pub fn check(&self, ip: IpAddr, now: UnixTime) -> Result<(), u64> {
-        let Ok(map) = self.map.lock() else {
-            return Err(self.lockout);
-        };
-        match map.get(&ip) {
-            Some(f) if f.locked_until > now => Err(f.locked_until - now),
-            _ => Ok(()),
-        }
-    }
-
-    /// Records a failure; returns `Some(seconds)` when it locked the IP.
-    pub fn fail(&self, ip: IpAddr, now: UnixTime) -> Option<u64> {
+    /// Counts an attempt of `ip` before its password is checked, in one step with the
+    /// lock check: parallel attempts cannot all pass the check before any failure counts,
+    /// so at most `--login-max-failures` guesses are verified per window. `Err(seconds)`
+    /// while locked; `Ok(Some(seconds))` when this attempt was the last one allowed (it
+    /// locks the client that long unless it succeeds); `Ok(None)` otherwise. Clients are
+    /// keyed as the rate limits key them (IPv6 by its /64).
+    pub fn attempt(&self, ip: IpAddr, now: UnixTime) -> Result<Option<u64>, u64> {
         let Ok(mut map) = self.map.lock() else {
-            return None;
+            return Err(self.lockout);
         };
         if map.len() >= MAX_TRACKED {
             let window = self.window;
@@ -166,7 +168,10 @@ impl Lockout {
                 f.locked_until > now || f.times.back().is_some_and(|t| t + window > now)
             });
         }
-        let f = map.entry(ip).or_default();
+        let f = map.entry(crate::server::guard::client_key(ip)).or_default();
+        if f.locked_until > now {
+            return Err(f.locked_until - now);
+        }
         while f.times.front().is_some_and(|t| t + self.window <= now) {
             f.times.pop_front();
         }
@@ -174,15 +179,16 @@ impl Lockout {
         if f.times.len() >= self.max_failures {
             f.times.clear();
             f.locked_until = now + self.lockout;
-            return Some(self.lockout);
+            return Ok(Some(self.lockout));
         }
-        None
+        Ok(None)
     }
 
-    /// Forgets the failures of an IP that signed in.
+    /// Forgets the attempts (and a lock this sign-in's own attempt set) of a client that
+    /// signed in.
     pub fn succeed(&self, ip: IpAddr) {
         if let Ok(mut map) = self.map.lock() {
-            map.remove(&ip);
+            map.remove(&crate::server::guard::client_key(ip));
         }
     }
 }
@@ -219,7 +225,7 @@ mod tests {
     }
 
     #[test]
-    fn locks_after_max_failures_within_the_window() {
+    fn locks_after_max_attempts_within_the_window() {
         let l = Lockout::new(&cfg(&[
             "--login-max-failures",
             "3",
@@ -229,19 +235,37 @@ mod tests {
             "120s",
         ]));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(l.fail(ip, 1000), None);
-        assert_eq!(l.fail(ip, 1070), None, "the first failure left the window");
-        assert_eq!(l.fail(ip, 1080), None);
-        assert_eq!(l.fail(ip, 1090), Some(120));
-        assert_eq!(l.check(ip, 1100), Err(110));
+        assert_eq!(l.attempt(ip, 1000), Ok(None));
+        assert_eq!(
+            l.attempt(ip, 1070),
+            Ok(None),
+            "the first one left the window"
+        );
+        assert_eq!(l.attempt(ip, 1080), Ok(None));
+        assert_eq!(l.attempt(ip, 1090), Ok(Some(120)), "the last one allowed");
+        assert_eq!(l.attempt(ip, 1100), Err(110));
         assert!(
-            l.check("192.0.2.2".parse().unwrap(), 1100).is_ok(),
+            l.attempt("192.0.2.2".parse().unwrap(), 1100).is_ok(),
             "other IPs unaffected"
         );
-        assert!(l.check(ip, 1210).is_ok(), "unlocked after the lockout");
-        l.fail(ip, 1300);
+        assert!(l.attempt(ip, 1210).is_ok(), "unlocked after the lockout");
         l.succeed(ip);
-        assert_eq!(l.fail(ip, 1301), None);
+        assert_eq!(l.attempt(ip, 1301), Ok(None));
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_client_and_a_burst_gets_max_attempts() {
+        let l = Lockout::new(&cfg(&["--login-max-failures", "3"]));
+        let verified = (0..100)
+            .filter(|i| {
+                let ip: IpAddr = format!("2001:db8:7:7::{i:x}").parse().unwrap();
+                l.attempt(ip, 1000).is_ok()
+            })
+            .count();
+        assert_eq!(
+            verified, 3,
+            "a fresh address in the same /64 is the same client"
+        );
     }
 
     #[tokio::test]

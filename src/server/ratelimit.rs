@@ -91,19 +91,23 @@ pub async fn limit(
     req: Request,
     next: Next,
 ) -> Response {
-    let Some(limiter) = &app.rate_limiter else {
-        return next.run(req).await;
-    };
     let ip = super::guard::client_ip(&app.site, peer.ip(), req.headers());
-    let Err(secs) = limiter.check(ip) else {
-        return next.run(req).await;
-    };
+    match refusal(&app, ip, req.uri().path()) {
+        Some(refused) => refused,
+        None => next.run(req).await,
+    }
+}
+
+/// The 429 for `ip` when it is over `--rate-limit` (this counts the request), else `None`.
+pub fn refusal(app: &AppState, ip: std::net::IpAddr, path: &str) -> Option<Response> {
+    let limiter = app.rate_limiter.as_ref()?;
+    let secs = limiter.check(ip).err()?;
     app.metrics.client("rate_limited");
-    tracing::info!(client_ip = %ip, path = req.uri().path(), retry_after = secs, "rate limited");
-    let page = req.uri().path().starts_with("/.auth/") || req.uri().path() == "/authorize";
+    tracing::info!(client_ip = %ip, path, retry_after = secs, "rate limited");
+    let page = path.starts_with("/.auth/") || path == "/authorize";
     let mut resp = if page {
         crate::login::pages::error_page(
-            &crate::login::site_name(&app),
+            &crate::login::site_name(app),
             StatusCode::TOO_MANY_REQUESTS,
             "Too many attempts",
             &format!("Please wait {secs} seconds and try again."),
@@ -119,7 +123,7 @@ pub async fn limit(
     };
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    resp
+    Some(resp)
 }
 
 #[cfg(test)]

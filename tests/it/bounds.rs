@@ -109,3 +109,66 @@ async fn registrations_are_bounded_field_by_field() {
     assert_eq!(body["contacts"], serde_json::json!(["a@example.com"]));
     assert_eq!(body["logo_uri"], "https://example.com/l.png");
 }
+
+#[tokio::test]
+async fn a_parallel_burst_of_guesses_gets_only_the_allowed_attempts() {
+    use crate::flow::{Browser, hidden};
+    let p = start_proxy(&["--login-max-failures", "3"]).await;
+    let t = p.target();
+    let b = Browser::new();
+    let page = b.http.get(t.url("/.auth/login")).send().await.unwrap();
+    let csrf = hidden(&page.text().await.unwrap(), "csrf").unwrap();
+    // 20 guesses at once: each attempt is counted before its password is checked, so three
+    // are checked (two answered 401, the third, which locks, 429) and the rest refused.
+    let mut guesses = Vec::new();
+    for i in 0..20 {
+        let form = [("password", format!("wrong {i}")), ("csrf", csrf.clone())];
+        let req = b.http.post(t.url("/.auth/login")).form(&form);
+        guesses.push(tokio::spawn(
+            async move { req.send().await.unwrap().status() },
+        ));
+    }
+    let mut statuses = Vec::new();
+    for g in guesses {
+        statuses.push(g.await.unwrap().as_u16());
+    }
+    let wrong = statuses.iter().filter(|s| **s == 401).count();
+    let locked = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((wrong, locked), (2, 18), "{statuses:?}");
+    // Locked now: even the right password is not checked.
+    let form = [
+        ("password", crate::helpers::TEST_PASSWORD.to_string()),
+        ("csrf", csrf.clone()),
+    ];
+    let resp = b
+        .http
+        .post(t.url("/.auth/login"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn the_login_form_is_rate_limited() {
+    use crate::flow::{Browser, hidden};
+    let p = start_proxy(&["--rate-limit", "2", "--login-max-failures", "100"]).await;
+    let t = p.target();
+    let b = Browser::new();
+    let page = b.http.get(t.url("/.auth/login")).send().await.unwrap();
+    let csrf = hidden(&page.text().await.unwrap(), "csrf").unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let form = [("password", "wrong".to_string()), ("csrf", csrf.clone())];
+        let resp = b
+            .http
+            .post(t.url("/.auth/login"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 429, 429]);
+}
