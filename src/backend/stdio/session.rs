@@ -11,7 +11,9 @@
 //! Where a message from the child goes:
 //!
 //! - a response → the stream of the request with that id;
-//! - `notifications/progress` → the stream of the request that set that `progressToken`;
+//! - `notifications/progress` → the stream of the request that set that `progressToken`
+//!   (none waiting: dropped, never broadcast; it belongs to one caller); likewise
+//!   `notifications/cancelled` → the session asked by the request it cancels;
 //! - list-changed and resource-updated notifications → the GET stream of every session;
 //! - server→client requests (sampling, elicitation, roots) and other notifications → the
 //!   stream of the newest request still waiting; with none, requests go to the GET stream of
@@ -809,7 +811,12 @@ impl Routes {
                         };
                         (Route::Stream(p.stream.clone(), raw, false), None)
                     }
-                    None => (self.for_sessions(self.live_sessions(), raw), None),
+                    // Its request was answered (a late event) or never ours: it belongs to
+                    // one caller, so it goes to nobody rather than to everybody.
+                    None => {
+                        tracing::debug!("a progress notification for no waiting request; dropped");
+                        (Route::Nowhere, None)
+                    }
                 }
             }
             Kind::Notification if m.method.as_deref() == Some("notifications/cancelled") => {
@@ -820,7 +827,10 @@ impl Routes {
                     .and_then(|(_, s)| s.upgrade());
                 match asked {
                     Some(s) => (self.for_sessions(vec![s], raw), None),
-                    None => (self.newest_waiting_or(raw, false), None),
+                    None => {
+                        tracing::debug!("a cancellation of no request we relayed; dropped");
+                        (Route::Nowhere, None)
+                    }
                 }
             }
             Kind::Request => {
@@ -1126,6 +1136,35 @@ mod tests {
             BACKLOG,
             "the next GET stream drains it all"
         );
+    }
+
+    #[tokio::test]
+    async fn shared_mode_drops_a_late_progress_event_instead_of_broadcasting_it() {
+        let (child, mut stdin) = pipe_child(true);
+        let s1 = Session::attach(child.clone(), "one".into(), "alice".into(), 1);
+        let s2 = Session::attach(child.clone(), "two".into(), "bob".into(), 2);
+        let (mut get1, mut get2) = (get_stream(&s1), get_stream(&s2));
+        let (a, mut a_rx) = stream(&s1);
+        let req = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"progressToken":"secret-progress"}}}"#;
+        s1.send(&msg(req), Some(a)).await.unwrap();
+        let m = received(&mut stdin);
+        let answer = format!(r#"{{"jsonrpc":"2.0","id":{},"result":{{}}}}"#, m["id"]);
+        child.route(msg(&answer)).await;
+        assert_eq!(drain(&mut a_rx).len(), 1);
+        // The child sends alice's progress after her answer (a race inside a real server),
+        // and cancels a request nobody relayed.
+        for late in [
+            format!(
+                r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":{},"message":"alice's file names"}}}}"#,
+                m["params"]["_meta"]["progressToken"]
+            ),
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"never"}}"#
+                .to_string(),
+        ] {
+            child.route(msg(&late)).await;
+        }
+        assert!(events(&mut get2).is_empty(), "bob read nothing of alice's");
+        assert!(events(&mut get1).is_empty(), "nor does anyone else get it");
     }
 
     #[tokio::test]
