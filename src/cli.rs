@@ -463,6 +463,11 @@ pub struct Cli {
     #[arg(long, env = "MAX_SESSIONS", default_value_t = 100)]
     pub max_sessions: usize,
 
+    /// Most live MCP sessions of one user, so one user cannot take every slot (0: half of
+    /// --max-sessions).
+    #[arg(long, env = "MAX_SESSIONS_PER_USER", default_value_t = 0)]
+    pub max_sessions_per_user: usize,
+
     /// Keep one started stdio server waiting, so a new session does not wait for it to start.
     #[arg(long, env = "STDIO_WARM_SPARE", value_parser = env_bool, default_value = "false",
           default_missing_value = "true", num_args = 0..=1, require_equals = true)]

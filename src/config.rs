@@ -193,13 +193,20 @@ pub enum Backend {
 }
 
 /// How stdio children are started and how many may run.
+/// How many MCP sessions may live at once, in all and per user.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionLimits {
+    pub total: usize,
+    pub per_user: usize,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct StdioOptions {
     pub cwd: Option<PathBuf>,
     pub env: Vec<(String, String)>,
     pub pass_env: Vec<String>,
     pub clean_env: bool,
-    pub max_sessions: usize,
+    pub max_sessions: SessionLimits,
     pub idle_timeout: Duration,
     pub warm_spare: bool,
     /// One child for every session (`--stdio-mode shared`) instead of one each.
@@ -810,7 +817,13 @@ fn stdio_options(cli: &Cli) -> Result<StdioOptions, ConfigError> {
             .filter(|s| !s.is_empty())
             .collect(),
         clean_env: cli.stdio_clean_env,
-        max_sessions: cli.max_sessions,
+        max_sessions: SessionLimits {
+            total: cli.max_sessions,
+            per_user: match cli.max_sessions_per_user {
+                0 => cli.max_sessions.div_ceil(2),
+                n => n.min(cli.max_sessions),
+            },
+        },
         idle_timeout: parse_duration("--session-idle-timeout", &cli.session_idle_timeout)?,
         warm_spare: cli.stdio_warm_spare,
         shared,

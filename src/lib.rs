@@ -265,7 +265,7 @@ pub async fn prepare(
             } else {
                 "one child per session"
             };
-            tracing::info!(command = %program, max_sessions = config.stdio.max_sessions, "bridging a stdio MCP server ({mode})");
+            tracing::info!(command = %program, max_sessions = config.stdio.max_sessions.total, "bridging a stdio MCP server ({mode})");
             if !withheld.is_empty() {
                 tracing::info!(withheld = ?withheld, "the stdio server does not see these variables of the proxy");
             }

@@ -499,6 +499,11 @@ impl Oidc {
         let data = jsonwebtoken::decode::<Value>(token, &key, &v)
             .map_err(|e| SignInError::IdToken(e.to_string()))?;
         let claims = data.claims;
+        if !authorized_party_ok(&claims, &self.cfg.client_id) {
+            return Err(SignInError::IdToken(
+                "the ID token was issued to another client (azp)".into(),
+            ));
+        }
         let got = claims
             .get("nonce")
             .and_then(Value::as_str)
@@ -507,6 +512,20 @@ impl Oidc {
             return Err(SignInError::IdToken("the nonce does not match".into()));
         }
         Ok(claims)
+    }
+}
+
+/// OpenID Connect Core §2 and §3.1.3.7: when the ID token has several audiences, or names
+/// an authorized party, that party (`azp`) must be us; a token whose `aud` lists us beside
+/// the client it was really issued to is that client's, not ours.
+fn authorized_party_ok(claims: &Value, client_id: &str) -> bool {
+    let several = claims
+        .get("aud")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.len() > 1);
+    match claims.get("azp") {
+        Some(azp) => azp.as_str() == Some(client_id),
+        None => !several,
     }
 }
 
@@ -913,6 +932,21 @@ mod tests {
             &who("x", json!({"org": {"role": "lead-ops"}}))
         ));
         assert!(!oidc_allows(&o, &who("x", json!({"org": {"role": "ops"}}))));
+    }
+
+    #[test]
+    fn the_authorized_party_must_be_us() {
+        let ok = |c: Value| authorized_party_ok(&c, "us");
+        assert!(ok(json!({"aud": "us"})));
+        assert!(ok(json!({"aud": ["us"]})));
+        assert!(ok(json!({"aud": ["us", "them"], "azp": "us"})));
+        assert!(ok(json!({"aud": "us", "azp": "us"})));
+        assert!(!ok(json!({"aud": ["us", "them"], "azp": "them"})));
+        assert!(
+            !ok(json!({"aud": ["us", "them"]})),
+            "several audiences need azp"
+        );
+        assert!(!ok(json!({"aud": "us", "azp": "them"})));
     }
 
     #[test]

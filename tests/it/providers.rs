@@ -31,6 +31,8 @@ pub enum Spoil {
     Audience,
     Expired,
     Nonce,
+    /// `aud` lists the proxy beside the client the token was issued to (`azp`).
+    OtherParty,
 }
 
 /// The account the fake signs in next, and what it says about it.
@@ -274,6 +276,10 @@ async fn token_endpoint(
         Spoil::Audience => claims["aud"] = json!("someone-else"),
         Spoil::Expired => claims["exp"] = json!(now - 3600),
         Spoil::Nonce => claims["nonce"] = json!("not-the-nonce"),
+        Spoil::OtherParty => {
+            claims["aud"] = json!([client_id, "another-client"]);
+            claims["azp"] = json!("another-client");
+        }
         _ => {}
     }
     let signer = if f.spoil == Spoil::Signature {
@@ -562,6 +568,7 @@ async fn oidc_sign_in_checks_the_id_token_and_the_allow_lists() {
         Spoil::Audience,
         Spoil::Expired,
         Spoil::Nonce,
+        Spoil::OtherParty,
     ] {
         idp.spoil(spoil);
         let (_, end) = flow(&p).await;

@@ -225,21 +225,37 @@ async fn sessions_are_checked_owned_and_limited() {
     let (status, _) = call(&p, &alice, &sid, 12, "echo").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    // --max-sessions 3: the fourth live session is refused.
-    let _s = [
-        initialize(&p, &alice).await,
-        initialize(&p, &alice).await,
-        initialize(&p, &alice).await,
-    ];
-    let resp = c
-        .post(p.url("/mcp"))
-        .bearer_auth(&alice)
-        .header(header::ACCEPT, "application/json, text/event-stream")
-        .body(init_body(99))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // --max-sessions 3, so at most 2 (half, rounded up) per user: alice's third is refused
+    // with her own count; bob takes the last slot; then everyone is refused.
+    let _s = [initialize(&p, &alice).await, initialize(&p, &alice).await];
+    let refused = |token: String| {
+        let url = p.url("/mcp");
+        let c = c.clone();
+        async move {
+            let resp = c
+                .post(url)
+                .bearer_auth(token)
+                .header(header::ACCEPT, "application/json, text/event-stream")
+                .body(init_body(99))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            resp.json::<Value>().await.unwrap()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let mine = refused(alice.clone()).await;
+    assert!(mine.contains("you already hold 2"), "{mine}");
+    let _b = initialize(&p, &bob).await;
+    let carol = token_for(&p, "password:carol").await;
+    let all = refused(carol).await;
+    assert!(
+        all.contains("all 3") && all.contains("2 by one user"),
+        "{all}"
+    );
 }
 
 #[tokio::test]

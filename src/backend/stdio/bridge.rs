@@ -46,7 +46,7 @@ const SHARED_INIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60)
 /// The stdio backend: a child per session, or one shared by all (`--stdio-mode shared`).
 pub struct StdioBackend {
     spec: ChildSpec,
-    max_sessions: usize,
+    max_sessions: crate::config::SessionLimits,
     idle_timeout: std::time::Duration,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     crashes: Arc<CrashTracker>,
@@ -74,7 +74,7 @@ impl StdioBackend {
     /// The backend; with `warm_spare`, the first (spare or shared) child starts now.
     pub fn new(
         spec: ChildSpec,
-        max_sessions: usize,
+        max_sessions: crate::config::SessionLimits,
         idle_timeout: std::time::Duration,
         warm_spare: bool,
         shared: bool,
@@ -516,10 +516,41 @@ impl StdioBackend {
             .lock()
             .map_err(|_| jsonrpc_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
         map.retain(|_, s| !s.is_closed());
-        if map.len() >= self.max_sessions {
+        let limits = self.max_sessions;
+        let mine = map
+            .values()
+            .filter(|s| s.owner() == caller.subject())
+            .count();
+        if mine >= limits.per_user {
+            tracing::warn!(user = %caller.subject(), sessions = mine, "a user is at --max-sessions-per-user");
             return Err(jsonrpc_error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "too many MCP sessions; try again later",
+                &format!(
+                    "you already hold {mine} MCP sessions, the most one user may; close one (or let it idle out) and try again"
+                ),
+            ));
+        }
+        if map.len() >= limits.total {
+            let mut by_user: HashMap<&str, usize> = HashMap::new();
+            for s in map.values() {
+                *by_user.entry(s.owner()).or_default() += 1;
+            }
+            let (top, held) = by_user
+                .into_iter()
+                .max_by_key(|(_, n)| *n)
+                .unwrap_or_default();
+            tracing::warn!(
+                top_user = top,
+                top_sessions = held,
+                total = map.len(),
+                "--max-sessions reached"
+            );
+            return Err(jsonrpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "all {} MCP sessions of this server are in use ({held} by one user); try again later",
+                    map.len()
+                ),
             ));
         }
         let shared_running = self.shared
