@@ -107,6 +107,25 @@ pub(crate) async fn pending(
 }
 
 /// Where a signed-in person goes next: the pending consent, or the signed-in page.
+/// After a sign-in made while `req` was pending: a `prompt=login` request is answered by it
+/// (its mark is cleared, so a sign-in in the same second as the request counts).
+pub(crate) async fn signed_in_for(
+    app: &AppState,
+    req: Option<&str>,
+) -> Result<(), crate::store::StoreError> {
+    let Some(req) = req else {
+        return Ok(());
+    };
+    let Some(mut rec) = app.repo.get::<AuthRequestRecord>(req.as_bytes()).await? else {
+        return Ok(());
+    };
+    if rec.fresh_sign_in_since.take().is_some() {
+        let expires = rec.created_at + crate::oauth::authorize::REQUEST_TTL;
+        app.repo.put(req.as_bytes(), &rec, Some(expires)).await?;
+    }
+    Ok(())
+}
+
 pub(crate) fn next_step(req: Option<&str>) -> String {
     match req {
         Some(r) => format!(
@@ -170,7 +189,12 @@ pub async fn login_get(
 ) -> Response {
     let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
     let req = params.get("req");
-    match session::current(&app.repo, &app.authn.cookies, &headers).await {
+    // A request made with `prompt=login` is answered only by a sign-in made after it.
+    let request = pending(&app, req).await.map(|(rec, _)| rec);
+    let current = session::current(&app.repo, &app.authn.cookies, &headers)
+        .await
+        .map(|s| s.filter(|s| request.as_ref().is_none_or(|r| r.accepts(s))));
+    match current {
         Ok(Some(s)) if app.authn.still_allowed(&s.identity) => {
             if req.is_some() {
                 return see_other(&next_step(req), FormTarget::SelfOnly);
@@ -313,6 +337,9 @@ pub async fn login_post(
         Err(e) => return store_failure_page(&app, e),
     };
     tracing::info!(client_ip = %ip, provider = "password", "signed in");
+    if let Err(e) = signed_in_for(&app, req).await {
+        return store_failure_page(&app, e);
+    }
     let mut resp = see_other(&next_step(req), FormTarget::SelfOnly);
     let cookie = app
         .authn

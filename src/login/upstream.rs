@@ -237,6 +237,9 @@ pub async fn callback(
         Ok(t) => t,
         Err(e) => return store_failure_page(&app, e),
     };
+    if let Err(e) = super::signed_in_for(&app, rec.req.as_deref()).await {
+        return store_failure_page(&app, e);
+    }
     let mut resp = see_other(&next_step(rec.req.as_deref()), FormTarget::SelfOnly);
     let h = resp.headers_mut();
     h.append(

@@ -204,6 +204,7 @@ pub async fn authorize(
         scopes: granted_scopes(params.get("scope")),
         resource: app.site.resource.clone(),
         force_consent: prompts.contains(&"consent"),
+        fresh_sign_in_since: prompts.contains(&"login").then(|| app.repo.clock().now()),
         created_at: app.repo.clock().now(),
     };
 

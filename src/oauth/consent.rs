@@ -200,7 +200,7 @@ async fn context(
     let session = crate::login::session::current(&app.repo, &app.authn.cookies, headers)
         .await
         .map_err(fail)?
-        .filter(|s| app.authn.still_allowed(&s.identity));
+        .filter(|s| app.authn.still_allowed(&s.identity) && req.accepts(s));
     let Some(session) = session else {
         return Err(see_other(
             &format!("{LOGIN_PATH}?req={}", urlencode(req_id)),

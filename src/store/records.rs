@@ -223,7 +223,19 @@ pub struct AuthRequestRecord {
     /// `prompt=consent` asks for the consent page even when consent is remembered.
     #[serde(default)]
     pub force_consent: bool,
+    /// `prompt=login`: a sign-in older than this may not answer the request; cleared by the
+    /// sign-in made for it.
+    #[serde(default)]
+    pub fresh_sign_in_since: Option<UnixTime>,
     pub created_at: UnixTime,
+}
+
+impl AuthRequestRecord {
+    /// Whether `session` may answer this request (`prompt=login` wants a new sign-in).
+    pub fn accepts(&self, session: &SessionRecord) -> bool {
+        self.fresh_sign_in_since
+            .is_none_or(|since| session.created_at > since)
+    }
 }
 
 impl Record for AuthRequestRecord {

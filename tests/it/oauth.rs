@@ -1375,3 +1375,42 @@ redirect_uris = ["http://127.0.0.1:33418/callback"]
     .await;
     assert_eq!(gone.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn prompt_login_asks_a_signed_in_person_to_sign_in_again() {
+    let p = start_proxy(&[]).await;
+    let t = p.target();
+    let oc = OAuthClient::public(&t).await;
+    let b = Browser::new();
+    b.authorize(&t, &oc.auth_url(&t, &[]), TEST_PASSWORD, "approve")
+        .await;
+    // Signed in; prompt=login: the password form, not the consent page.
+    let resp = b
+        .http
+        .get(oc.auth_url(&t, &[("prompt", "login")]))
+        .send()
+        .await
+        .unwrap();
+    let login = t.url(&location(&resp));
+    assert!(login.contains("/.auth/login?req="), "{login}");
+    let page = b.http.get(&login).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("name=\"password\""), "{html}");
+    // Going straight to the consent page with the old session is sent back to sign in.
+    let consent = login.replace("/.auth/login", "/.auth/consent");
+    let resp = b.http.get(&consent).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert!(
+        location(&resp).starts_with("/.auth/login"),
+        "{}",
+        location(&resp)
+    );
+    // A new sign-in answers it.
+    let resp = b
+        .post_form(&t, "/.auth/login", &html, &[("password", TEST_PASSWORD)])
+        .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let html = b.follow(&t, &resp).await;
+    assert!(html.contains("name=\"decision\""), "{html}");
+}
