@@ -160,27 +160,48 @@ pub fn bearer_value(value: &str) -> Result<&str, GateError> {
 }
 
 /// A bounded cache of access tokens by hash.
+///
+/// Revocation removes a token from the store, then from here. A request that missed the
+/// cache may have read the token from the store just before it was removed: it must not put
+/// it back after the eviction. Every eviction moves the revocation epoch on, and a token
+/// read from the store is cached only if no eviction happened since the read began.
 pub struct TokenCache {
-    entries: RwLock<HashMap<TokenHash, Arc<TokenRecord>>>,
+    entries: RwLock<Entries>,
     capacity: usize,
+}
+
+#[derive(Default)]
+struct Entries {
+    map: HashMap<TokenHash, Arc<TokenRecord>>,
+    /// Evictions so far.
+    epoch: u64,
 }
 
 impl TokenCache {
     pub fn new(capacity: usize) -> Self {
         Self {
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(Entries::default()),
             capacity,
         }
     }
 
-    fn get(&self, hash: &TokenHash) -> Option<Arc<TokenRecord>> {
-        self.entries.read().ok()?.get(hash).cloned()
+    /// The cached record, or the epoch to give [`Self::insert`] after reading the store.
+    fn get(&self, hash: &TokenHash) -> Result<Arc<TokenRecord>, u64> {
+        let Ok(e) = self.entries.read() else {
+            return Err(u64::MAX);
+        };
+        e.map.get(hash).cloned().ok_or(e.epoch)
     }
 
-    fn insert(&self, hash: TokenHash, record: Arc<TokenRecord>, now: u64) {
-        let Ok(mut map) = self.entries.write() else {
+    /// Caches a record read from the store, unless a revocation happened since `epoch`.
+    fn insert(&self, hash: TokenHash, record: Arc<TokenRecord>, now: u64, epoch: u64) {
+        let Ok(mut e) = self.entries.write() else {
             return;
         };
+        if e.epoch != epoch {
+            return;
+        }
+        let map = &mut e.map;
         if map.len() >= self.capacity {
             map.retain(|_, r| r.expires_at > now);
             if map.len() >= self.capacity {
@@ -194,17 +215,19 @@ impl TokenCache {
 
     /// Forgets the given tokens (revocation).
     pub fn evict(&self, hashes: &[TokenHash]) {
-        if let Ok(mut map) = self.entries.write() {
+        if let Ok(mut e) = self.entries.write() {
+            e.epoch += 1;
             for h in hashes {
-                map.remove(h);
+                e.map.remove(h);
             }
         }
     }
 
     /// Forgets every token of a grant.
     pub fn evict_grant(&self, grant_id: &str) {
-        if let Ok(mut map) = self.entries.write() {
-            map.retain(|_, r| r.grant_id != grant_id);
+        if let Ok(mut e) = self.entries.write() {
+            e.epoch += 1;
+            e.map.retain(|_, r| r.grant_id != grant_id);
         }
     }
 }
@@ -220,8 +243,8 @@ pub async fn check_token(
     let hash = TokenHash::of(token);
     let now = repo.clock().now();
     let record = match cache.get(&hash) {
-        Some(r) => r,
-        None => {
+        Ok(r) => r,
+        Err(epoch) => {
             let loaded = repo
                 .get::<TokenRecord>(&hash.0)
                 .await
@@ -231,7 +254,7 @@ pub async fn check_token(
                 })?;
             let record = Arc::new(loaded.ok_or(GateError::InvalidToken)?);
             if record.kind == TokenKind::Access {
-                cache.insert(hash, record.clone(), now);
+                cache.insert(hash, record.clone(), now, epoch);
             }
             record
         }
@@ -253,6 +276,43 @@ pub async fn check_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(grant: &str) -> Arc<TokenRecord> {
+        Arc::new(TokenRecord {
+            kind: TokenKind::Access,
+            grant_id: grant.into(),
+            client_id: "c".into(),
+            subject: "password:a".into(),
+            scopes: vec![MCP_SCOPE.into()],
+            resource: "r".into(),
+            issued_at: 0,
+            expires_at: 100,
+            rotation: None,
+            identity: None,
+        })
+    }
+
+    #[test]
+    fn a_token_read_before_a_revocation_is_not_cached_after_it() {
+        let cache = TokenCache::new(10);
+        let hash = TokenHash::of("t");
+        // A miss: the reader goes to the store (and finds the token still there)…
+        let Err(epoch) = cache.get(&hash) else {
+            panic!("not cached yet")
+        };
+        // …while the token is revoked: removed from the store, evicted here.
+        cache.evict(&[hash]);
+        cache.insert(hash, record("g"), 1, epoch);
+        assert!(cache.get(&hash).is_err(), "the revoked token came back");
+        // Without a revocation in between, a read is cached.
+        let Err(epoch) = cache.get(&hash) else {
+            panic!()
+        };
+        cache.insert(hash, record("g"), 1, epoch);
+        assert!(cache.get(&hash).is_ok());
+        cache.evict_grant("g");
+        assert!(cache.get(&hash).is_err());
+    }
 
     fn h(auth: &[&str]) -> HeaderMap {
         let mut m = HeaderMap::new();

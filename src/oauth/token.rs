@@ -223,19 +223,14 @@ async fn code_grant(
         }
     }
 
-    // Single use: mark the code redeemed before anything is issued from it. If another
-    // request won the race, this one is a replay.
+    // Single use. The grant and its tokens are stored first and handed out only once the
+    // code is marked redeemed with them: a replay that sees the mark finds everything it must
+    // revoke already there (marking first left a moment in which a replay revoked nothing
+    // and the tokens were stored after it). If another request marked the code first, this
+    // one is the replay: its own tokens and the winner's are revoked.
     let grant_id = tokens::generate_id();
     let mut redeemed = rec.clone();
     redeemed.redeemed_grant = Some(grant_id.clone());
-    if !app
-        .repo
-        .replace(&hash.0, &found.entry, &redeemed, found.entry.expires_at)
-        .await?
-    {
-        return Err(invalid_grant("the code was already used"));
-    }
-
     let grant = GrantRecord {
         grant_id,
         client_id: client.client_id.clone(),
@@ -249,6 +244,19 @@ async fn code_grant(
         .put(grant.grant_id.as_bytes(), &grant, Some(grant.expires_at))
         .await?;
     let (resp, _) = mint_pair(app, &grant, &grant.scopes).await?;
+    if !app
+        .repo
+        .replace(&hash.0, &found.entry, &redeemed, found.entry.expires_at)
+        .await?
+    {
+        revoke_family(app, &grant.grant_id).await?;
+        let winner = app.repo.get::<CodeRecord>(&hash.0).await?;
+        if let Some(other) = winner.and_then(|c| c.redeemed_grant) {
+            tracing::warn!(client_id = %client.client_id, "an authorization code was redeemed twice at once: revoking both");
+            revoke_family(app, &other).await?;
+        }
+        return Err(invalid_grant("the code was already used"));
+    }
     tracing::info!(client_id = %client.client_id, subject = %grant.identity.subject(), "issued tokens for a code");
     Ok(resp)
 }

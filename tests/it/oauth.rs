@@ -662,6 +662,50 @@ async fn a_replayed_code_revokes_what_it_issued() {
 }
 
 #[tokio::test]
+async fn a_code_redeemed_many_times_at_once_leaves_no_live_token() {
+    let up = start_upstream().await;
+    let p = start_proxy(&[&up.url("/mcp")]).await;
+    let t = p.target();
+    let oc = OAuthClient::public(&t).await;
+    let back = Browser::new()
+        .authorize(&t, &oc.auth_url(&t, &[]), TEST_PASSWORD, "approve")
+        .await;
+    let code = query(&back, "code").unwrap();
+    // Ten redemptions race: one may win, every other is a replay, and a replay revokes
+    // what the code issued, whenever it lands (even between the win and the tokens).
+    let mut racers = Vec::new();
+    for _ in 0..10 {
+        let (t, params) = (t.clone(), oc.code_params(&code, &[]));
+        racers.push(tokio::spawn(async move {
+            token(&t, &params).await.json::<Value>().await.unwrap()
+        }));
+    }
+    let mut issued = Vec::new();
+    for r in racers {
+        let answer = r.await.unwrap();
+        if let Some(a) = answer["access_token"].as_str() {
+            issued.push(a.to_string());
+        }
+    }
+    assert!(issued.len() <= 1, "{issued:?}");
+    for access in issued {
+        let status = client()
+            .post(t.url("/mcp"))
+            .bearer_auth(&access)
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "a replayed code's token still works"
+        );
+    }
+}
+
+#[tokio::test]
 async fn refresh_rotation_grace_and_family_revocation() {
     let up = start_upstream().await;
     let clock = Clock::manual(START);
