@@ -37,6 +37,14 @@ pub const DEFAULT_TTL: u64 = 600;
 pub const FAILURE_TTL: u64 = 30;
 /// Documents and failures kept at once.
 pub const CAPACITY: usize = 1024;
+/// Fetches under way at once. A stranger chooses the URL with an anonymous `GET
+/// /authorize`, and varying its path or query defeats the cache: without these bounds the
+/// proxy would send whatever flood it is sent.
+pub const MAX_CONCURRENT_FETCHES: usize = 8;
+/// Fetches per document host per minute.
+pub const PER_HOST_PER_MINUTE: usize = 20;
+/// Fetches per minute in all.
+pub const TOTAL_PER_MINUTE: usize = 120;
 
 /// Why a document cannot be used; shown to the person signing in and to the client.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -166,6 +174,42 @@ pub struct Documents {
     private_schemes: Vec<String>,
     clock: Clock,
     cache: Mutex<HashMap<String, Cached>>,
+    fetching: tokio::sync::Semaphore,
+    /// When fetches started in the last minute, per host and in all.
+    recent: Mutex<Recent>,
+}
+
+#[derive(Default)]
+struct Recent {
+    by_host: HashMap<String, std::collections::VecDeque<UnixTime>>,
+    all: std::collections::VecDeque<UnixTime>,
+}
+
+impl Recent {
+    /// Counts a fetch from `host` at `now` unless one of the per-minute limits is reached.
+    fn admit(&mut self, host: &str, now: UnixTime) -> bool {
+        let fresh = |q: &mut std::collections::VecDeque<UnixTime>| {
+            while q.front().is_some_and(|t| t + 60 <= now) {
+                q.pop_front();
+            }
+        };
+        fresh(&mut self.all);
+        if self.all.len() >= TOTAL_PER_MINUTE {
+            return false;
+        }
+        if self.by_host.len() >= CAPACITY {
+            self.by_host
+                .retain(|_, q| q.back().is_some_and(|t| t + 60 > now));
+        }
+        let mine = self.by_host.entry(host.to_string()).or_default();
+        fresh(mine);
+        if mine.len() >= PER_HOST_PER_MINUTE {
+            return false;
+        }
+        mine.push_back(now);
+        self.all.push_back(now);
+        true
+    }
 }
 
 impl Documents {
@@ -196,6 +240,8 @@ impl Documents {
             private_schemes,
             clock,
             cache: Mutex::new(HashMap::new()),
+            fetching: tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES),
+            recent: Mutex::new(Recent::default()),
         })
     }
 
@@ -207,6 +253,28 @@ impl Documents {
         {
             return c.entry.clone();
         }
+        // Refused for load, not for what the document is: not remembered as its failure.
+        let busy = |why: &str| DocumentError {
+            url: url.to_string(),
+            why: why.to_string(),
+        };
+        let host = Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+            .unwrap_or_default();
+        let admitted = self.recent.lock().is_ok_and(|mut r| r.admit(&host, now));
+        if !admitted {
+            tracing::warn!(host, "client metadata documents fetched too often; refused");
+            return Err(busy(
+                "too many documents were fetched lately; try again in a minute",
+            ));
+        }
+        let Ok(_turn) = self.fetching.try_acquire() else {
+            tracing::warn!("too many client metadata documents being fetched at once; refused");
+            return Err(busy(
+                "too many documents are being fetched; try again in a moment",
+            ));
+        };
         let (entry, ttl) = match self.fetch(url).await {
             Ok((client, ttl)) => (Ok(client), ttl),
             Err(why) => {
@@ -320,7 +388,9 @@ impl Documents {
     }
 }
 
-/// A fetch failure without the URL again (the error names it once), with its causes.
+/// A fetch failure as the person and the client see it: what went wrong, never why (the
+/// cause would tell a stranger whether an internal name exists or which addresses it has).
+/// The cause goes to the log.
 fn fetch_error(e: &reqwest::Error) -> String {
     let what = if e.is_timeout() {
         "it did not answer in time"
@@ -329,10 +399,10 @@ fn fetch_error(e: &reqwest::Error) -> String {
     } else {
         "the fetch failed"
     };
-    match std::error::Error::source(e) {
-        Some(cause) => format!("{what}: {}", crate::error::chain(cause)),
-        None => what.to_string(),
+    if let Some(cause) = std::error::Error::source(e) {
+        tracing::info!(cause = %crate::error::chain(cause), "{what}");
     }
+    what.to_string()
 }
 
 /// How long a document may be used, from its `Cache-Control`.
@@ -359,6 +429,24 @@ fn ttl(headers: &reqwest::header::HeaderMap) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fetches_are_bounded_per_host_and_in_all_per_minute() {
+        let mut r = Recent::default();
+        for _ in 0..PER_HOST_PER_MINUTE {
+            assert!(r.admit("a.example", 1000));
+        }
+        assert!(!r.admit("a.example", 1030), "that host is at its limit");
+        assert!(r.admit("a.example", 1060), "a minute later it may again");
+        let mut admitted = PER_HOST_PER_MINUTE + 1;
+        for i in 0.. {
+            if !r.admit(&format!("h{i}.example"), 1060) {
+                break;
+            }
+            admitted += 1;
+        }
+        assert_eq!(admitted, TOTAL_PER_MINUTE + PER_HOST_PER_MINUTE);
+    }
 
     #[test]
     fn document_ids() {
@@ -526,10 +614,13 @@ mod tests {
             "https://localhost:9/c.json",
         ] {
             let e = d.client(url).await.unwrap_err();
-            assert!(
-                e.why.contains("public"),
-                "{url}: {e} should be refused as non-public"
-            );
+            // A literal address is named in the URL; a name's addresses are not told.
+            let expected = if url.contains("localhost") {
+                "it could not be reached"
+            } else {
+                "is not a public address"
+            };
+            assert!(e.why.ends_with(expected), "{url}: {e}");
         }
     }
 }

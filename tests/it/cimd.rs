@@ -205,7 +205,10 @@ async fn loopback_documents_are_refused_unless_the_operator_allows_the_host() {
     let docs = DocServer::start().await;
     let p = docs.proxy(false).await;
     let page = refused(&p, &docs.id("/client.json")).await;
-    assert!(page.contains("no public address"), "{page}");
+    // What went wrong, not why: the cause would tell a stranger which names resolve to
+    // which internal addresses.
+    assert!(page.contains("could not be reached"), "{page}");
+    assert!(!page.contains("public address"), "{page}");
     let port = docs.origin.rsplit(':').next().unwrap();
     let page = refused(&p, &format!("https://127.0.0.1:{port}/client.json")).await;
     assert!(page.contains("not a public address"), "{page}");
@@ -325,4 +328,29 @@ async fn documents_that_do_not_describe_themselves_properly_are_refused() {
     let m: Value =
         crate::helpers::get_json(off.target().url("/.well-known/oauth-authorization-server")).await;
     assert!(m.get("client_id_metadata_document_supported").is_none());
+}
+
+#[tokio::test]
+async fn anonymous_authorize_requests_cannot_make_the_proxy_flood_a_host() {
+    let docs = DocServer::start().await;
+    let p = docs.proxy_with(true, &["--rate-limit", "0"]).await;
+    let t = p.target();
+    // Every request names another document (the failure cache does not help): the fetches
+    // stop at the per-host limit, and the rest are refused without a connection.
+    let mut refused_for_load = 0;
+    for i in 0..40 {
+        let id = docs.id(&format!("/client.json?v={i}"));
+        let resp = client()
+            .get(document_client(&id).auth_url(&t, &[]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        if resp.text().await.unwrap().contains("too many documents") {
+            refused_for_load += 1;
+        }
+    }
+    let limit = mcp_auth_proxy::oauth::cimd::PER_HOST_PER_MINUTE;
+    assert_eq!(docs.fetches.load(Ordering::SeqCst), limit);
+    assert_eq!(refused_for_load, 40 - limit);
 }
