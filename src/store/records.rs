@@ -41,9 +41,15 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The subject: unique across providers.
+    /// The subject: unique across providers, and for the life of the account. A GitHub
+    /// login can be renamed and then taken by someone else, so GitHub users are keyed on
+    /// their numeric id (`github:#<id>`); `user_id` stays the login, which the allow-list
+    /// matches and the upstream is told.
     pub fn subject(&self) -> String {
-        format!("{}:{}", self.provider, self.user_id)
+        match self.claims.get("id").and_then(serde_json::Value::as_u64) {
+            Some(id) if self.provider == "github" => format!("github:#{id}"),
+            _ => format!("{}:{}", self.provider, self.user_id),
+        }
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Account {
     pub hd: Option<String>,
     pub groups: Vec<String>,
     pub login: String,
+    /// GitHub's numeric user id (a login can be renamed and taken by another; this cannot).
+    pub github_id: u64,
     pub public_email: bool,
     pub orgs: Vec<String>,
     pub teams: Vec<(String, String)>,
@@ -58,6 +60,7 @@ impl Account {
             hd: None,
             groups: Vec::new(),
             login: sub.into(),
+            github_id: 42,
             public_email: true,
             orgs: Vec::new(),
             teams: Vec::new(),
@@ -327,7 +330,8 @@ async fn gh_user(State(s): State<Shared>, headers: HeaderMap) -> Response {
     } else {
         Value::Null
     };
-    Json(json!({"login": a.login, "id": 42, "name": "Octo Cat", "email": email})).into_response()
+    Json(json!({"login": a.login, "id": a.github_id, "name": "Octo Cat", "email": email}))
+        .into_response()
 }
 
 async fn gh_emails(State(s): State<Shared>, headers: HeaderMap) -> Response {
@@ -686,11 +690,36 @@ async fn github_teams_over_pages_and_the_hidden_primary_email() {
     let id = &grants[0].1.identity;
     assert_eq!(id.user_id, "octo");
     assert_eq!(
+        id.subject(),
+        "github:#42",
+        "keyed on the numeric id, not the login"
+    );
+    assert_eq!(
         id.email.as_deref(),
         Some("octo@example.com"),
         "the primary verified one"
     );
     assert!(id.groups.contains(&"late-org".to_string()));
+
+    // The login renamed and taken by another account: the allow-list still matches the
+    // login, but it is another user, with nothing of the first one's.
+    let mut taken = octo.clone();
+    taken.github_id = 4242;
+    idp.sign_in_as(taken);
+    let (_, end) = flow(&p).await;
+    assert!(matches!(end, End::Client(_)), "{end:?}");
+    let subjects: Vec<String> = p
+        .repo()
+        .scan::<mcp_auth_proxy::store::SessionRecord>(b"")
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, s)| s.identity.subject())
+        .collect();
+    assert!(
+        subjects.contains(&"github:#4242".to_string()),
+        "{subjects:?}"
+    );
 
     // A team rule admits a member of that team only.
     let mut dev = Account::new("dev", "dev@example.com");
