@@ -418,6 +418,22 @@ async fn authn(config: &Config, site: &config::Site, repo: &Repo) -> Result<Auth
         repo.flush().await?;
     }
     let providers = login::providers::Providers::new(&config.auth.providers, site).await?;
+    // Grants of people today's allow-lists no longer admit (a user removed from a list, a
+    // provider no longer configured) end now, not when their tokens expire.
+    let mut revoked = 0;
+    for (_, grant) in repo.scan::<store::GrantRecord>(b"").await? {
+        if grant.identity.provider != "password" && !providers.still_allowed(&grant.identity) {
+            repo.revoke_grant(&grant.grant_id).await?;
+            revoked += 1;
+        }
+    }
+    if revoked > 0 {
+        tracing::warn!(
+            revoked,
+            "grants of users the allow-lists no longer admit were revoked"
+        );
+        repo.flush().await?;
+    }
     let mut methods: Vec<&str> = Vec::new();
     if password.is_some() {
         methods.push("password");

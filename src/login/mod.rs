@@ -1,6 +1,7 @@
 //! Signing people in: the login page, password verification with lockout, browser
 //! sessions, logout. Paths are sigbit's: `/.auth/login`, `/.auth/logout`.
 
+pub mod membership;
 pub mod pages;
 pub mod password;
 pub mod provider_tokens;
@@ -64,6 +65,23 @@ impl Authn {
                     && identity.claims.get("pwd_epoch").and_then(|e| e.as_str()) == Some(p.epoch())
             }),
             _ => self.providers.still_allowed(identity),
+        }
+    }
+}
+
+/// Whether a browser session may still approve apps: today's configuration admits its
+/// identity and, when a provider membership admitted it, the provider says it still does.
+pub async fn session_admitted(app: &AppState, session: &crate::store::SessionRecord) -> bool {
+    use membership::Membership;
+    if !app.authn.still_allowed(&session.identity) {
+        return false;
+    }
+    match membership::recheck(app, &session.identity).await {
+        Membership::NotAsked | Membership::Current(_) => true,
+        Membership::Ended => false,
+        Membership::Unknown(why) => {
+            tracing::warn!(subject = %session.identity.subject(), why, "a session's membership could not be re-checked; signing in again");
+            false
         }
     }
 }

@@ -602,6 +602,67 @@ impl Provider {
         ))
     }
 
+    /// Whether `identity` is admitted only by a membership the provider reports (a GitHub
+    /// organisation or team, a Google Workspace, an OIDC group or other claim), which can
+    /// end at the provider without any change here, rather than by the operator's list of
+    /// users (or everyone being allowed).
+    pub fn admits_by_membership(&self, identity: &Identity) -> bool {
+        let user = normalize_user(&identity.user_id);
+        match &self.kind {
+            Kind::Google(g) => {
+                let email = identity.email.as_deref().and_then(normalize_user);
+                !g.allow_all && !email.is_some_and(|e| g.allowed_users.contains(&e))
+            }
+            Kind::GitHub(g) => {
+                !g.allow_all
+                    && !g
+                        .allowed_users
+                        .contains(&identity.user_id.to_ascii_lowercase())
+            }
+            Kind::Oidc(o) => {
+                let c = &o.cfg;
+                let listed = user.is_some_and(|u| {
+                    c.allowed_users.contains(&u)
+                        || c.allowed_globs
+                            .iter()
+                            .any(|g| wildmatch::WildMatch::new(g).matches(&u))
+                });
+                !c.allow_all && !listed
+            }
+        }
+    }
+
+    /// Who the provider says `identity` is today, asked with the user's stored provider
+    /// access token: GitHub's and Google's user APIs; an OIDC provider's userinfo over the
+    /// claims of the sign-in (without userinfo there is nothing to ask: an error).
+    pub async fn current_identity(
+        &self,
+        http: &reqwest::Client,
+        identity: &Identity,
+        access: &str,
+    ) -> Result<Identity, SignInError> {
+        match &self.kind {
+            Kind::Google(g) => google_identity(http, g.userinfo_url.as_str(), access).await,
+            Kind::GitHub(cfg) => github_identity(http, cfg, access).await,
+            Kind::Oidc(oidc) => {
+                let Some(userinfo) = &oidc.userinfo else {
+                    return Err(SignInError::Answer(
+                        "the provider has no userinfo endpoint to ask".into(),
+                    ));
+                };
+                let (info, _) = get_json(http, userinfo.as_str(), access).await?;
+                if info.get("sub") != identity.claims.get("sub") {
+                    return Err(SignInError::Answer("userinfo names another subject".into()));
+                }
+                let mut claims = identity.claims.clone();
+                if let (Some(c), Value::Object(i)) = (claims.as_object_mut(), info) {
+                    c.extend(i);
+                }
+                identity_of_claims(claims, &oidc.cfg.user_id_field)
+            }
+        }
+    }
+
     /// Whether today's allow-lists admit `identity`.
     pub fn allows(&self, identity: &Identity) -> bool {
         if identity.provider != self.id {

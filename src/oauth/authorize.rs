@@ -209,7 +209,8 @@ pub async fn authorize(
     };
 
     let session = match login::session::current(&app.repo, &app.authn.cookies, &headers).await {
-        Ok(s) => s.filter(|s| app.authn.still_allowed(&s.identity)),
+        Ok(Some(s)) if login::session_admitted(&app, &s).await => Some(s),
+        Ok(_) => None,
         Err(e) => return store_failure_page(&app, e),
     };
     if prompts.contains(&"none") {

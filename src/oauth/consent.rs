@@ -200,7 +200,11 @@ async fn context(
     let session = crate::login::session::current(&app.repo, &app.authn.cookies, headers)
         .await
         .map_err(fail)?
-        .filter(|s| app.authn.still_allowed(&s.identity) && req.accepts(s));
+        .filter(|s| req.accepts(s));
+    let session = match session {
+        Some(s) if crate::login::session_admitted(app, &s).await => Some(s),
+        _ => None,
+    };
     let Some(session) = session else {
         return Err(see_other(
             &format!("{LOGIN_PATH}?req={}", urlencode(req_id)),

@@ -342,6 +342,24 @@ async fn refresh_grant(
             revoke_family(app, &grant.grant_id).await?;
             return Err(invalid_grant("the user is no longer allowed to sign in"));
         }
+        use crate::login::membership::{Membership, recheck};
+        match recheck(app, &grant.identity).await {
+            Membership::NotAsked | Membership::Current(_) => {}
+            Membership::Ended => {
+                tracing::info!(subject = %grant.identity.subject(), "refresh refused: the membership that admitted the user ended");
+                revoke_family(app, &grant.grant_id).await?;
+                return Err(invalid_grant(
+                    "the user is no longer a member of what admitted them",
+                ));
+            }
+            Membership::Unknown(why) => {
+                // Fail closed, but keep the grant: the provider may answer next time.
+                tracing::warn!(subject = %grant.identity.subject(), why, "refresh refused: the membership could not be re-checked");
+                return Err(invalid_grant(
+                    "the user's membership could not be checked; sign in again",
+                ));
+            }
+        }
         let scopes = match params.get("scope") {
             None => grant.scopes.clone(),
             Some(s) => {

@@ -20,7 +20,7 @@ use reqwest::StatusCode as S;
 use serde_json::{Value, json};
 use url::Url;
 
-use crate::flow::{Browser, OAuthClient, REDIRECT, hidden, location, query, token};
+use crate::flow::{Browser, OAuthClient, REDIRECT, hidden, location, query, refresh, token};
 use crate::helpers::{TestProxy, start_proxy};
 
 /// How the fake's next ID token is spoiled.
@@ -111,6 +111,17 @@ impl FakeIdp {
         let mut f = self.state.lock().unwrap();
         f.key = key();
         f.kid = format!("k{}", f.kid.len() + 1);
+    }
+    /// Changes an account at the provider (as an organisation removing a member would):
+    /// every token already issued to it answers with the change.
+    pub fn change(&self, login: &str, f: impl Fn(&mut Account)) {
+        let mut s = self.state.lock().unwrap();
+        let s = &mut *s;
+        for a in s.tokens.values_mut().chain(s.refresh.values_mut()) {
+            if a.login == login {
+                f(a);
+            }
+        }
     }
     pub fn discovery(&self) -> String {
         format!("{}/.well-known/openid-configuration", self.base)
@@ -1070,4 +1081,111 @@ async fn the_provider_token_goes_upstream_sealed_at_rest_and_refreshed() {
             }
         }
     }
+}
+
+/// A proxy signing in with the fake's GitHub, with `extra` arguments.
+async fn github_proxy(idp: &FakeIdp, extra: &[&str], dir: tempfile::TempDir) -> TestProxy {
+    let (url, api) = (format!("{}/", idp.base), format!("{}/api/v3", idp.base));
+    let mut args = vec![
+        "--no-password",
+        "--github-client-id",
+        "gh-id",
+        "--github-client-secret",
+        "gh-secret",
+        "--github-url",
+        &url,
+        "--github-api-url",
+        &api,
+    ];
+    args.extend_from_slice(extra);
+    crate::helpers::start_proxy_with(&args, mcp_auth_proxy::clock::Clock::system(), dir).await
+}
+
+#[tokio::test]
+async fn a_membership_that_ends_at_the_provider_ends_refreshes_and_sessions() {
+    let idp = start_fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = github_proxy(&idp, &["--github-allowed-orgs", "acme"], dir).await;
+    let t = p.target();
+    let mut octo = Account::new("octo", "octo@example.com");
+    octo.orgs = vec!["acme".into()];
+    idp.sign_in_as(octo);
+    let client = OAuthClient::public(&t).await;
+    let browser = Browser::new();
+    let End::Client(back) = through(&p, &browser, &client.auth_url(&t, &[])).await else {
+        panic!("octo is in acme")
+    };
+    let code = query(&back, "code").unwrap();
+    let tokens: Value = token(&t, &client.code_params(&code, &[]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    // Still a member: the refresh works (the provider was asked).
+    let resp = refresh(&t, &client.id, tokens["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(resp.status(), S::OK);
+    let renewed: Value = resp.json().await.unwrap();
+
+    // Removed from the organisation at GitHub; nothing changed here.
+    idp.change("octo", |a| a.orgs.clear());
+    let resp = refresh(&t, &client.id, renewed["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(resp.status(), S::BAD_REQUEST);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("no longer a member"),
+        "{body}"
+    );
+    // The browser session no longer approves apps: /authorize goes to sign-in, not consent.
+    let resp = browser
+        .http
+        .get(client.auth_url(&t, &[]))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        location(&resp).starts_with("/.auth/login"),
+        "{}",
+        location(&resp)
+    );
+}
+
+#[tokio::test]
+async fn a_user_taken_off_the_list_loses_their_grants_at_the_next_start() {
+    let idp = start_fake().await;
+    let p = github_proxy(
+        &idp,
+        &["--github-allowed-users", "octo"],
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    let t = p.target();
+    idp.sign_in_as(Account::new("octo", "octo@example.com"));
+    let client = OAuthClient::public(&t).await;
+    let End::Client(back) = through(&p, &Browser::new(), &client.auth_url(&t, &[])).await else {
+        panic!("octo is listed")
+    };
+    let code = query(&back, "code").unwrap();
+    let tokens: Value = token(&t, &client.code_params(&code, &[]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let access = tokens["access_token"].as_str().unwrap().to_string();
+    let dir = p.stop().await;
+    let p = github_proxy(&idp, &["--github-allowed-users", "someone-else"], dir).await;
+    // Revoked at startup: the access token, not only the refresh, is dead at once.
+    let hash = mcp_auth_proxy::store::TokenHash::of(&access);
+    let left = p
+        .repo()
+        .get::<mcp_auth_proxy::store::TokenRecord>(&hash.0)
+        .await
+        .unwrap();
+    assert!(
+        left.is_none(),
+        "the access token outlived its user's removal"
+    );
 }
