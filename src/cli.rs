@@ -428,9 +428,16 @@ pub struct Cli {
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s")]
     pub shutdown_grace: String,
 
-    /// Working directory of the stdio MCP server (default: the proxy's).
+    /// Working directory of the stdio MCP server (default: a directory of its own,
+    /// <data-path>/stdio-cwd, or the --stdio-user's home; relative file arguments of the
+    /// command are resolved against the proxy's directory).
     #[arg(long, env = "STDIO_CWD")]
     pub stdio_cwd: Option<std::path::PathBuf>,
+
+    /// Run stdio MCP servers as this user (the proxy must start as root): the real boundary
+    /// between a server and the proxy's keys and store.
+    #[arg(long, env = "STDIO_USER")]
+    pub stdio_user: Option<String>,
 
     /// Extra environment for the stdio MCP server: KEY=VALUE (repeatable).
     #[arg(

@@ -203,6 +203,8 @@ pub struct SessionLimits {
 #[derive(Debug, Clone, Default)]
 pub struct StdioOptions {
     pub cwd: Option<PathBuf>,
+    /// `--stdio-user`: the account children run as.
+    pub run_as: Option<crate::backend::stdio::placement::RunAs>,
     pub env: Vec<(String, String)>,
     pub pass_env: Vec<String>,
     pub clean_env: bool,
@@ -809,6 +811,14 @@ fn stdio_options(cli: &Cli) -> Result<StdioOptions, ConfigError> {
     }
     Ok(StdioOptions {
         cwd: cli.stdio_cwd.clone(),
+        run_as: cli
+            .stdio_user
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(crate::backend::stdio::placement::RunAs::lookup)
+            .transpose()
+            .map_err(bad)?,
         env,
         pass_env: cli
             .stdio_pass_env

@@ -78,6 +78,8 @@ pub enum RunError {
     Tls(#[from] server::tls::TlsError),
     #[error("client metadata documents: the HTTP client could not be set up: {0}")]
     Documents(String),
+    #[error("the stdio servers' directory: {0}")]
+    StdioDir(std::io::Error),
 }
 
 /// Secrets given through the environment that are not flags of their own.
@@ -251,13 +253,48 @@ pub async fn prepare(
     tracing::info!(url = %site.resource, "MCP clients connect to {}", site.resource);
     let stdio_backend = match &config.backend {
         Backend::Stdio { program, args } => {
+            use backend::stdio::placement;
+            let run_as = config.stdio.run_as.as_ref();
+            if let Some(user) = run_as {
+                // Closed to the children's user whatever mode it was created with.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&config.data_path, std::fs::Permissions::from_mode(0o700))
+                    .map_err(RunError::StdioDir)?;
+                tracing::info!(user = %user.name, uid = user.uid, "stdio servers run as another user; the data directory is closed to them");
+            }
+            let mut extra_env = Vec::new();
+            if let Some(user) = run_as {
+                extra_env.push(("HOME".to_string(), user.home.display().to_string()));
+                extra_env.push(("USER".to_string(), user.name.clone()));
+                extra_env.push(("LOGNAME".to_string(), user.name.clone()));
+            }
+            extra_env.extend(config.stdio.env.iter().cloned());
+            let spec = match &config.stdio.cwd {
+                Some(cwd) => ChildSpec {
+                    program: program.clone(),
+                    args: args.clone(),
+                    cwd: Some(cwd.clone()),
+                    ..ChildSpec::default()
+                },
+                None => {
+                    let here = std::env::current_dir().map_err(RunError::StdioDir)?;
+                    let dir = placement::default_dir(&config.data_path, run_as)
+                        .map_err(RunError::StdioDir)?;
+                    tracing::info!(dir = %dir.display(), "stdio servers start in a directory of their own (--stdio-cwd to choose another)");
+                    ChildSpec {
+                        program: placement::anchored_program(program, &here),
+                        args: placement::anchored_args(args, &here),
+                        cwd: Some(dir),
+                        ..ChildSpec::default()
+                    }
+                }
+            };
             let spec = ChildSpec {
-                program: program.clone(),
-                args: args.clone(),
-                cwd: config.stdio.cwd.clone(),
-                extra_env: config.stdio.env.clone(),
+                run_as: run_as.map(|u| (u.uid, u.gid)),
+                extra_env,
                 clean_env: config.stdio.clean_env,
                 pass_env: config.stdio.pass_env.clone(),
+                ..spec
             };
             let (_, withheld) = environment(&spec, std::env::vars());
             let mode = if config.stdio.shared {

@@ -34,12 +34,15 @@ impl SledStore {
     /// Opens (creating if needed) the store under `data_dir`, refusing if another process
     /// holds it.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            io(format!(
-                "cannot create data directory {}: {e}",
-                data_dir.display()
-            ))
-        })?;
+        // Owner-only when created here: it holds the key files and the store.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(data_dir)
+            .map_err(|e| {
+                io(format!(
+                    "cannot create data directory {}: {e}",
+                    data_dir.display()
+                ))
+            })?;
         let lock = take_lock(&data_dir.join("LOCK"))?;
         let db = sled::Config::new()
             .path(data_dir.join("store"))

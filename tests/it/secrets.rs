@@ -106,3 +106,77 @@ async fn a_password_file_must_be_the_owners_alone() {
         .await;
     assert!(crate::flow::query(&back, "code").is_some(), "{back}");
 }
+
+/// Starts a proxy whose warm spare child runs `script` (sh) and waits for its `done` file.
+async fn child_report(
+    args: &[&str],
+    script: &str,
+    out: &std::path::Path,
+) -> crate::helpers::TestProxy {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--stdio-warm-spare", "--", "sh", "-c", script]);
+    let p = crate::helpers::start_proxy(&all).await;
+    written(&out.join("done")).await;
+    p
+}
+
+#[tokio::test]
+async fn stdio_children_start_in_a_directory_of_their_own() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().display().to_string();
+    let p = child_report(
+        &[],
+        &format!("pwd > {o}/pwd; ls -A > {o}/ls; echo ok > {o}/done; exec cat"),
+        out.path(),
+    )
+    .await;
+    let pwd = std::fs::read_to_string(out.path().join("pwd")).unwrap();
+    drop(p);
+    assert!(pwd.trim().ends_with("/stdio-cwd"), "{pwd}");
+    let listing = std::fs::read_to_string(out.path().join("ls")).unwrap();
+    assert_eq!(listing, "", "nothing of ours where the child starts");
+}
+
+#[tokio::test]
+async fn stdio_user_runs_children_as_that_user_away_from_the_keys() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: running children as another user needs root");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(out.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = out.path().display().to_string();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = data.path().display().to_string();
+    let p = crate::helpers::start_proxy_with(
+        &[
+            "--stdio-user",
+            "nobody",
+            "--stdio-warm-spare",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "id -u > {o}/uid; id -G > {o}/groups; ls {d} > {o}/ls 2> {o}/ls-err; echo ok > {o}/done; exec cat"
+            ),
+        ],
+        mcp_auth_proxy::clock::Clock::system(),
+        data,
+    )
+    .await;
+    written(&out.path().join("done")).await;
+    let read = |f: &str| std::fs::read_to_string(out.path().join(f)).unwrap();
+    assert_eq!(read("uid").trim(), "65534");
+    assert!(
+        !read("groups").split_whitespace().any(|g| g == "0"),
+        "root's groups dropped: {}",
+        read("groups")
+    );
+    assert!(
+        read("ls-err").contains("Permission denied"),
+        "the data directory is closed: {}",
+        read("ls")
+    );
+    drop(p);
+}

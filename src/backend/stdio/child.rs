@@ -47,6 +47,9 @@ pub struct ChildSpec {
     pub program: String,
     pub args: Vec<String>,
     pub cwd: Option<PathBuf>,
+    /// `--stdio-user`: the uid and gid the child runs as (std then drops every
+    /// supplementary group).
+    pub run_as: Option<(u32, u32)>,
     /// `--stdio-env KEY=VALUE`, applied last.
     pub extra_env: Vec<(String, String)>,
     /// `--stdio-clean-env`: start from an allow-list instead of our environment.
@@ -140,6 +143,9 @@ pub fn command(spec: &ChildSpec, env: &[(String, String)]) -> Command {
     cmd.process_group(0);
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
+    }
+    if let Some((uid, gid)) = spec.run_as {
+        cmd.uid(uid).gid(gid);
     }
     cmd
 }

@@ -15,5 +15,6 @@
 pub mod bridge;
 pub mod child;
 pub mod framing;
+pub mod placement;
 pub mod session;
 pub mod stream;
