@@ -3,7 +3,8 @@
 
 use reqwest::StatusCode;
 
-use crate::flow::OAuthClient;
+use crate::flow::{Browser, OAuthClient, hidden};
+use crate::helpers::Target;
 use crate::helpers::{client, start_proxy};
 
 #[tokio::test]
@@ -112,12 +113,9 @@ async fn registrations_are_bounded_field_by_field() {
 
 #[tokio::test]
 async fn a_parallel_burst_of_guesses_gets_only_the_allowed_attempts() {
-    use crate::flow::{Browser, hidden};
     let p = start_proxy(&["--login-max-failures", "3"]).await;
     let t = p.target();
-    let b = Browser::new();
-    let page = b.http.get(t.url("/.auth/login")).send().await.unwrap();
-    let csrf = hidden(&page.text().await.unwrap(), "csrf").unwrap();
+    let (b, csrf) = login_form(&t).await;
     // 20 guesses at once: each attempt is counted before its password is checked, so three
     // are checked (two answered 401, the third, which locks, 429) and the rest refused.
     let mut guesses = Vec::new();
@@ -152,12 +150,9 @@ async fn a_parallel_burst_of_guesses_gets_only_the_allowed_attempts() {
 
 #[tokio::test]
 async fn the_login_form_is_rate_limited() {
-    use crate::flow::{Browser, hidden};
     let p = start_proxy(&["--rate-limit", "2", "--login-max-failures", "100"]).await;
     let t = p.target();
-    let b = Browser::new();
-    let page = b.http.get(t.url("/.auth/login")).send().await.unwrap();
-    let csrf = hidden(&page.text().await.unwrap(), "csrf").unwrap();
+    let (b, csrf) = login_form(&t).await;
     let mut statuses = Vec::new();
     for _ in 0..4 {
         let form = [("password", "wrong".to_string()), ("csrf", csrf.clone())];
@@ -171,4 +166,12 @@ async fn the_login_form_is_rate_limited() {
         statuses.push(resp.status().as_u16());
     }
     assert_eq!(statuses, [401, 401, 429, 429]);
+}
+
+/// A browser that opened the login form, and the form's CSRF token.
+async fn login_form(t: &Target) -> (Browser, String) {
+    let b = Browser::new();
+    let page = b.http.get(t.url("/.auth/login")).send().await.unwrap();
+    let csrf = hidden(&page.text().await.unwrap(), "csrf").unwrap();
+    (b, csrf)
 }

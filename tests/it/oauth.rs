@@ -1187,14 +1187,20 @@ async fn consent_deny_remember_and_prompt() {
     );
 }
 
+/// A public client and a browser that signed in and approved it once.
+async fn approved_once(t: &crate::helpers::Target) -> (OAuthClient, Browser) {
+    let oc = OAuthClient::public(t).await;
+    let b = Browser::new();
+    b.authorize(t, &oc.auth_url(t, &[]), TEST_PASSWORD, "approve")
+        .await;
+    (oc, b)
+}
+
 #[tokio::test]
 async fn the_login_page_shows_who_is_signed_in_and_logs_out() {
     let p = start_proxy(&[]).await;
     let t = p.target();
-    let oc = OAuthClient::public(&t).await;
-    let b = Browser::new();
-    b.authorize(&t, &oc.auth_url(&t, &[]), TEST_PASSWORD, "approve")
-        .await;
+    let (oc, b) = approved_once(&t).await;
     let page = b
         .http
         .get(t.url("/.auth/login"))
@@ -1424,10 +1430,7 @@ redirect_uris = ["http://127.0.0.1:33418/callback"]
 async fn prompt_login_asks_a_signed_in_person_to_sign_in_again() {
     let p = start_proxy(&[]).await;
     let t = p.target();
-    let oc = OAuthClient::public(&t).await;
-    let b = Browser::new();
-    b.authorize(&t, &oc.auth_url(&t, &[]), TEST_PASSWORD, "approve")
-        .await;
+    let (oc, b) = approved_once(&t).await;
     // Signed in; prompt=login: the password form, not the consent page.
     let resp = b
         .http

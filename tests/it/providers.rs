@@ -459,17 +459,27 @@ async fn flow(p: &TestProxy) -> (OAuthClient, End) {
 
 /// Signs in through the provider and returns our access token.
 async fn signed_in_token(p: &TestProxy) -> String {
-    let (client, end) = flow(p).await;
+    let (_, _, tokens) = signed_in(p).await;
+    tokens["access_token"].as_str().unwrap().to_string()
+}
+
+/// Signs in through the provider (the account the fake signs in next); the client, its
+/// browser and our token answer.
+async fn signed_in(p: &TestProxy) -> (OAuthClient, Browser, Value) {
+    let t = p.target();
+    let client = OAuthClient::public(&t).await;
+    let browser = Browser::new();
+    let end = through(p, &browser, &client.auth_url(&t, &[])).await;
     let End::Client(back) = end else {
         panic!("{end:?}")
     };
     let code = query(&back, "code").unwrap();
-    let tokens: Value = token(&p.target(), &client.code_params(&code, &[]))
+    let tokens: Value = token(&t, &client.code_params(&code, &[]))
         .await
         .json()
         .await
         .unwrap();
-    tokens["access_token"].as_str().unwrap().to_string()
+    (client, browser, tokens)
 }
 
 fn oidc_args(idp: &FakeIdp) -> Vec<String> {
@@ -1110,17 +1120,7 @@ async fn a_membership_that_ends_at_the_provider_ends_refreshes_and_sessions() {
     let mut octo = Account::new("octo", "octo@example.com");
     octo.orgs = vec!["acme".into()];
     idp.sign_in_as(octo);
-    let client = OAuthClient::public(&t).await;
-    let browser = Browser::new();
-    let End::Client(back) = through(&p, &browser, &client.auth_url(&t, &[])).await else {
-        panic!("octo is in acme")
-    };
-    let code = query(&back, "code").unwrap();
-    let tokens: Value = token(&t, &client.code_params(&code, &[]))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let (client, browser, tokens) = signed_in(&p).await;
     // Still a member: the refresh works (the provider was asked).
     let resp = refresh(&t, &client.id, tokens["refresh_token"].as_str().unwrap()).await;
     assert_eq!(resp.status(), S::OK);
@@ -1162,18 +1162,8 @@ async fn a_user_taken_off_the_list_loses_their_grants_at_the_next_start() {
         tempfile::tempdir().unwrap(),
     )
     .await;
-    let t = p.target();
     idp.sign_in_as(Account::new("octo", "octo@example.com"));
-    let client = OAuthClient::public(&t).await;
-    let End::Client(back) = through(&p, &Browser::new(), &client.auth_url(&t, &[])).await else {
-        panic!("octo is listed")
-    };
-    let code = query(&back, "code").unwrap();
-    let tokens: Value = token(&t, &client.code_params(&code, &[]))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let (_, _, tokens) = signed_in(&p).await;
     let access = tokens["access_token"].as_str().unwrap().to_string();
     let dir = p.stop().await;
     let p = github_proxy(&idp, &["--github-allowed-users", "someone-else"], dir).await;
