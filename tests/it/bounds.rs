@@ -134,18 +134,8 @@ async fn a_parallel_burst_of_guesses_gets_only_the_allowed_attempts() {
     let locked = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!((wrong, locked), (2, 18), "{statuses:?}");
     // Locked now: even the right password is not checked.
-    let form = [
-        ("password", crate::helpers::TEST_PASSWORD.to_string()),
-        ("csrf", csrf.clone()),
-    ];
-    let resp = b
-        .http
-        .post(t.url("/.auth/login"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let right = sign_in(&b, &t, &csrf, crate::helpers::TEST_PASSWORD).await;
+    assert_eq!(right, StatusCode::TOO_MANY_REQUESTS);
 }
 
 #[tokio::test]
@@ -155,15 +145,7 @@ async fn the_login_form_is_rate_limited() {
     let (b, csrf) = login_form(&t).await;
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        let form = [("password", "wrong".to_string()), ("csrf", csrf.clone())];
-        let resp = b
-            .http
-            .post(t.url("/.auth/login"))
-            .form(&form)
-            .send()
-            .await
-            .unwrap();
-        statuses.push(resp.status().as_u16());
+        statuses.push(sign_in(&b, &t, &csrf, "wrong").await.as_u16());
     }
     assert_eq!(statuses, [401, 401, 429, 429]);
 }
@@ -174,4 +156,11 @@ async fn login_form(t: &Target) -> (Browser, String) {
     let page = b.http.get(t.url("/.auth/login")).send().await.unwrap();
     let csrf = hidden(&page.text().await.unwrap(), "csrf").unwrap();
     (b, csrf)
+}
+
+/// The status of a password sign-in with `password`.
+async fn sign_in(b: &Browser, t: &Target, csrf: &str, password: &str) -> StatusCode {
+    let form = [("password", password), ("csrf", csrf)];
+    let resp = b.http.post(t.url("/.auth/login")).form(&form).send().await;
+    resp.unwrap().status()
 }

@@ -613,50 +613,48 @@ async fn the_token_endpoint_refuses_every_mismatch() {
     assert_eq!(resp.status(), StatusCode::OK);
 }
 
+/// A public client and a code for it, after a sign-in and an approval.
+async fn code_for_a_new_client(t: &crate::helpers::Target) -> (OAuthClient, String) {
+    let oc = OAuthClient::public(t).await;
+    let back = Browser::new()
+        .authorize(t, &oc.auth_url(t, &[]), TEST_PASSWORD, "approve")
+        .await;
+    let code = query(&back, "code").unwrap();
+    (oc, code)
+}
+
+/// The status of an MCP post with `access`.
+async fn gate_status(t: &crate::helpers::Target, access: &str) -> StatusCode {
+    client()
+        .post(t.url("/mcp"))
+        .bearer_auth(access)
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 #[tokio::test]
 async fn a_replayed_code_revokes_what_it_issued() {
     let up = start_upstream().await;
     let p = start_proxy(&[&up.url("/mcp")]).await;
     let t = p.target();
-    let oc = OAuthClient::public(&t).await;
-    let back = Browser::new()
-        .authorize(&t, &oc.auth_url(&t, &[]), TEST_PASSWORD, "approve")
-        .await;
-    let code = query(&back, "code").unwrap();
+    let (oc, code) = code_for_a_new_client(&t).await;
     let first: Value = token(&t, &oc.code_params(&code, &[]))
         .await
         .json()
         .await
         .unwrap();
     let access = first["access_token"].as_str().unwrap();
-    assert_eq!(
-        client()
-            .post(t.url("/mcp"))
-            .bearer_auth(access)
-            .body("{}")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(gate_status(&t, access).await, StatusCode::OK);
 
     let replay = token(&t, &oc.code_params(&code, &[])).await;
     assert_eq!(
         json_error(replay).await,
         (StatusCode::BAD_REQUEST, "invalid_grant".into())
     );
-    assert_eq!(
-        client()
-            .post(t.url("/mcp"))
-            .bearer_auth(access)
-            .body("{}")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(gate_status(&t, access).await, StatusCode::UNAUTHORIZED);
     let resp = refresh(&t, &oc.id, first["refresh_token"].as_str().unwrap()).await;
     assert_eq!(json_error(resp).await.1, "invalid_grant");
 }
@@ -666,11 +664,7 @@ async fn a_code_redeemed_many_times_at_once_leaves_no_live_token() {
     let up = start_upstream().await;
     let p = start_proxy(&[&up.url("/mcp")]).await;
     let t = p.target();
-    let oc = OAuthClient::public(&t).await;
-    let back = Browser::new()
-        .authorize(&t, &oc.auth_url(&t, &[]), TEST_PASSWORD, "approve")
-        .await;
-    let code = query(&back, "code").unwrap();
+    let (oc, code) = code_for_a_new_client(&t).await;
     // Ten redemptions race: one may win, every other is a replay, and a replay revokes
     // what the code issued, whenever it lands (even between the win and the tokens).
     let mut racers = Vec::new();
@@ -689,14 +683,7 @@ async fn a_code_redeemed_many_times_at_once_leaves_no_live_token() {
     }
     assert!(issued.len() <= 1, "{issued:?}");
     for access in issued {
-        let status = client()
-            .post(t.url("/mcp"))
-            .bearer_auth(&access)
-            .body("{}")
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = gate_status(&t, &access).await;
         assert_eq!(
             status,
             StatusCode::UNAUTHORIZED,
