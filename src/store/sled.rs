@@ -24,6 +24,11 @@ pub struct SledStore {
     trees: Vec<sled::Tree>,
     /// Held for the life of the store: the exclusive lock on `<data>/LOCK`.
     _lock: File,
+    /// One flush at a time. sled 0.34 runs a flush on its own small thread pool, where it
+    /// waits for log writes queued on that same pool: enough flushes at once take every
+    /// thread and wait forever for writes that can no longer run (seen here: ten parallel
+    /// token requests hung the store, every `sled-io` thread parked in `make_stable`).
+    flushing: tokio::sync::Mutex<()>,
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -58,6 +63,7 @@ impl SledStore {
             db,
             trees,
             _lock: lock,
+            flushing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -197,6 +203,7 @@ impl Store for SledStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.flushing.lock().await;
         self.db.flush_async().await.map_err(io)?;
         Ok(())
     }

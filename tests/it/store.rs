@@ -351,3 +351,31 @@ async fn sigterm_with_an_open_sse_stream_exits_cleanly_within_the_grace_period()
     .await;
     assert!(rest.is_ok(), "the stream ended");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_writers_flushing_at_once_never_hang_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Arc::new(repo_at(dir.path()));
+    // Each answered write is flushed; many at once (a burst of token requests) must all
+    // finish. Unserialised, sled's flushes took every thread of its pool and waited there
+    // for log writes queued behind them.
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let mut writers = tokio::task::JoinSet::new();
+        for i in 0..200u32 {
+            let repo = repo.clone();
+            writers.spawn(async move {
+                let rec = McpSessionRecord {
+                    subject: format!("password:u{i}"),
+                    created_at: 0,
+                };
+                repo.put(format!("s{i}").as_bytes(), &rec, None)
+                    .await
+                    .unwrap();
+                repo.flush().await.unwrap();
+            });
+        }
+        while writers.join_next().await.is_some() {}
+    })
+    .await;
+    assert!(finished.is_ok(), "the store hung with concurrent flushes");
+}
