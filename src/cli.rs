@@ -8,9 +8,18 @@ use clap::Parser;
 
 /// Parses a boolean given on the command line or in the environment: only `true` and `1`
 /// (any case) are true, everything else is false.
-fn env_bool(s: &str) -> Result<bool, std::convert::Infallible> {
-    let s = s.trim();
-    Ok(s == "1" || s.eq_ignore_ascii_case("true"))
+/// One rule for every boolean, flag or environment variable: `true`/`1`/`yes`/`on` and
+/// `false`/`0`/`no`/`off`, any case; anything else is an error (clap names the flag or
+/// variable), never a silent `false`.
+fn env_bool(s: &str) -> Result<bool, String> {
+    let s = s.trim().to_ascii_lowercase();
+    match s.as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!(
+            "{s:?} is not a boolean: use true/false, 1/0, yes/no or on/off"
+        )),
+    }
 }
 
 /// OAuth 2.1 in front of any MCP server.
@@ -119,7 +128,8 @@ pub struct Cli {
     pub clients_file: Option<std::path::PathBuf>,
 
     /// Refuse client ID metadata documents (https URLs used as client_id).
-    #[arg(long, env = "NO_CIMD")]
+    #[arg(long, env = "NO_CIMD", value_parser = env_bool, default_value = "false",
+          default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub no_cimd: bool,
 
     /// Hosts whose client metadata documents may be fetched from private or loopback
@@ -421,7 +431,8 @@ pub struct Cli {
 
     /// Serve every request through the general HTTP stack, without the HTTP/1 fast lane for
     /// POST on the MCP endpoint (for diagnosis: the answers are the same).
-    #[arg(long, env = "NO_FAST_LANE")]
+    #[arg(long, env = "NO_FAST_LANE", value_parser = env_bool, default_value = "false",
+          default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub no_fast_lane: bool,
 
     /// After SIGTERM/SIGINT, how long open requests and streams may run before they are cut.
@@ -485,6 +496,9 @@ pub struct Cli {
     pub session_idle_timeout: String,
 
     /// The backend: an http(s) URL, or a stdio command and its arguments after `--`.
-    #[arg(env = "MCP_SERVER_URL", num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
+    // Not `allow_hyphen_values`: a mistyped `--flag` before the backend is an error naming it
+    // (with the closest flag), not the first word of a stdio command. After the first word,
+    // or after `--`, everything is the command's.
+    #[arg(env = "MCP_SERVER_URL", num_args = 0.., trailing_var_arg = true)]
     pub backend: Vec<String>,
 }

@@ -925,6 +925,21 @@ pub fn normalize_origin(s: &str) -> Option<String> {
     Some(url.origin().ascii_serialization())
 }
 
+/// `host:port` or `host:port/path` (a name, an IPv4 or a bracketed IPv6 address, then a
+/// port): an HTTP backend written without `http://`, never a command.
+fn looks_like_host_port(s: &str) -> bool {
+    let authority = s.split('/').next().unwrap_or_default();
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = (host.starts_with('[') && host.ends_with(']'))
+        || (!host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'));
+    host_ok && !port.is_empty() && port.chars().all(|c| c.is_ascii_digit())
+}
+
 fn parse_backend(args: &[String]) -> Result<Backend, ConfigError> {
     let Some(first) = args.first() else {
         return Ok(Backend::None);
@@ -951,6 +966,16 @@ fn parse_backend(args: &[String]) -> Result<Backend, ConfigError> {
     }
     if first.is_empty() {
         return Err(bad("the stdio command is empty"));
+    }
+    if let Some((scheme, _)) = first.split_once("://") {
+        return Err(bad(format!(
+            "backend {first:?}: the {scheme}:// scheme is not an MCP transport; give an http:// or https:// URL, or a stdio command after --"
+        )));
+    }
+    if looks_like_host_port(first) {
+        return Err(bad(format!(
+            "backend {first:?} looks like an address without its scheme; did you mean http://{first} ?"
+        )));
     }
     Ok(Backend::Stdio {
         program: first.clone(),

@@ -240,3 +240,80 @@ async fn help_names_every_environment_variable() {
     }
     assert!(help.contains("hash-password"));
 }
+
+/// Runs the binary with `args` (and a password); its exit code and stderr.
+async fn run_with(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let mut all = vec!["--data-path", data.as_str(), "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    run_binary(&all, envs).await
+}
+
+#[tokio::test]
+async fn what_the_command_line_does_not_understand_is_refused_not_run() {
+    // (arguments, environment, what stderr must say)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        // A mistyped flag is not the first word of a stdio command.
+        (
+            vec!["--no-such-flag", "http://127.0.0.1:3000/mcp"],
+            vec![],
+            "unexpected argument '--no-such-flag'",
+        ),
+        (
+            vec!["--pasword", "x", "http://127.0.0.1:3000/mcp"],
+            vec![],
+            "a similar argument exists: '--password'",
+        ),
+        // A backend that is an address without its scheme, or another scheme.
+        (
+            vec!["127.0.0.1:3000/mcp"],
+            vec![],
+            "did you mean http://127.0.0.1:3000/mcp",
+        ),
+        (
+            vec!["localhost:3000"],
+            vec![],
+            "did you mean http://localhost:3000",
+        ),
+        (
+            vec!["ftp://files.example/mcp"],
+            vec![],
+            "ftp:// scheme is not an MCP transport",
+        ),
+        // One boolean rule: words other than true/false, 1/0, yes/no, on/off are errors.
+        (vec!["--tls-accept-tos=maybe"], vec![], "is not a boolean"),
+        (vec![], vec![("NO_CIMD", "sometimes")], "is not a boolean"),
+        (vec![], vec![("NO_FAST_LANE", "maybe")], "is not a boolean"),
+    ];
+    for (args, envs, needle) in cases {
+        let (code, stderr) = run_with(&args, &envs).await;
+        assert_ne!(code, Some(0), "{args:?} {envs:?} started");
+        assert!(stderr.contains(needle), "{args:?} {envs:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn every_boolean_reads_yes_on_1_and_true_alike() {
+    use clap::Parser;
+    use mcp_auth_proxy::cli::Cli;
+    for word in ["true", "TRUE", "1", "yes", "On"] {
+        let flag = format!("--tls-accept-tos={word}");
+        let cli = Cli::try_parse_from(["x", flag.as_str(), "--no-cimd", "--no-fast-lane"]).unwrap();
+        assert!(
+            cli.tls_accept_tos && cli.no_cimd && cli.no_fast_lane,
+            "{word}"
+        );
+    }
+    for word in ["false", "0", "no", "OFF"] {
+        let flag = format!("--no-cimd={word}");
+        let cli = Cli::try_parse_from(["x", flag.as_str()]).unwrap();
+        assert!(!cli.no_cimd, "{word}");
+    }
+    // A stdio command keeps its own flags, with or without `--`.
+    let cli = Cli::try_parse_from(["x", "npx", "-y", "server", "--port", "1"]).unwrap();
+    assert_eq!(cli.backend, ["npx", "-y", "server", "--port", "1"]);
+    let cli = Cli::try_parse_from(["x", "--", "node", "--inspect", "s.js"]).unwrap();
+    assert_eq!(cli.backend, ["node", "--inspect", "s.js"]);
+}
