@@ -304,7 +304,7 @@ pub async fn prepare(
             };
             tracing::info!(command = %program, max_sessions = config.stdio.max_sessions.total, "bridging a stdio MCP server ({mode})");
             if !withheld.is_empty() {
-                tracing::info!(withheld = ?withheld, "the stdio server does not see these variables of the proxy");
+                tracing::info!(withheld = %withheld.join(","), "the stdio server does not see these variables of the proxy");
             }
             Some(StdioBackend::new(
                 spec,
@@ -481,7 +481,8 @@ async fn authn(config: &Config, site: &config::Site, repo: &Repo) -> Result<Auth
             "no sign-in method is configured: nobody can sign in (set --password or a provider)"
         );
     } else {
-        tracing::info!(methods = ?methods, "sign-in with {}", methods.join(", "));
+        let methods = methods.join(", ");
+        tracing::info!(methods, "sign-in with {methods}");
     }
     Ok(Authn {
         providers,

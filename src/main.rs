@@ -11,7 +11,16 @@ use mcp_auth_proxy::{EnvSecrets, run};
 /// flushes what is left when it is dropped.
 fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // sled's own records (page cache, flushes) drown everything at debug: at warn unless
+    // RUST_LOG names sled itself.
+    let asked = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let directives = if asked.contains("sled") {
+        asked
+    } else {
+        format!("{asked},sled=warn")
+    };
+    let filter =
+        EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info,sled=warn"));
     let human = std::env::var("MODE").is_ok_and(|m| m.eq_ignore_ascii_case("debug"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
@@ -23,7 +32,9 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
         .with_env_filter(filter)
         .with_writer(writer);
     if human {
-        builder.init();
+        // Colour codes only for a terminal, not for a file or a log collector.
+        use std::io::IsTerminal;
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
     } else {
         builder
             .json()

@@ -257,3 +257,8 @@ mod tests {
         assert!(text.contains("# EOF"));
     }
 }
+
+/// Milliseconds since `started`, to the hundredth: what a log line needs, not 0.0496739999…
+pub fn elapsed_ms(started: std::time::Instant) -> f64 {
+    (started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0
+}

@@ -354,7 +354,7 @@ pub async fn login_post(
         Ok(t) => t,
         Err(e) => return store_failure_page(&app, e),
     };
-    tracing::info!(client_ip = %ip, provider = "password", "signed in");
+    tracing::info!(client_ip = %ip, provider = "password", user = verifier.user(), "signed in");
     if let Err(e) = signed_in_for(&app, req).await {
         return store_failure_page(&app, e);
     }

@@ -243,7 +243,7 @@ pub async fn register(
         .put(client.client_id.as_bytes(), &client, Some(expires))
         .await?;
     app.repo.flush().await?;
-    tracing::info!(client_id = %client.client_id, client_name = ?client.client_name, "registered a client");
+    tracing::info!(client_id = %client.client_id, client_name = client.client_name.as_deref().unwrap_or_default(), "registered a client");
 
     let mut out = client_information(&app, &client);
     out.insert(

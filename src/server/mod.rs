@@ -208,7 +208,7 @@ async fn front(
             status,
         })
         .inc();
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let ms = crate::metrics::elapsed_ms(started);
     match (path, client) {
         (Some(path), Some(client)) => {
             tracing::info!(method, route, path, status, ms, %client, "request");

@@ -317,3 +317,55 @@ async fn every_boolean_reads_yes_on_1_and_true_alike() {
     let cli = Cli::try_parse_from(["x", "--", "node", "--inspect", "s.js"]).unwrap();
     assert_eq!(cli.backend, ["node", "--inspect", "s.js"]);
 }
+
+#[tokio::test]
+async fn the_log_has_plain_values_a_person_can_read() {
+    use crate::flow::{Browser, OAuthClient};
+    let site = crate::helpers::BinarySite::new().await;
+    let mut bin = site.start(&[]).await;
+    let t = bin.target(&site.origin);
+    let oc = OAuthClient::register(
+        &t,
+        serde_json::json!({"client_name": "Readable App", "redirect_uris": [crate::flow::REDIRECT]}),
+    )
+    .await;
+    Browser::new()
+        .authorize(
+            &t,
+            &oc.auth_url(&t, &[]),
+            crate::helpers::TEST_PASSWORD,
+            "approve",
+        )
+        .await;
+    // The lines arrive through a pipe: wait (bounded) for the sign-in's.
+    let mut lines: Vec<String> = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !lines.iter().any(|l| l.contains("signed in")) && tokio::time::Instant::now() < deadline {
+        if let Ok(Some(l)) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), bin.stderr.recv()).await
+        {
+            lines.push(l);
+        }
+    }
+    let text = lines.join("\n");
+    assert!(!text.contains("Some("), "{text}");
+    assert!(!text.contains("[\\\""), "no JSON inside strings: {text}");
+    let registered = lines
+        .iter()
+        .find(|l| l.contains("registered a client"))
+        .unwrap();
+    assert!(
+        registered.contains(r#""client_name":"Readable App""#),
+        "{registered}"
+    );
+    let signed_in = lines.iter().find(|l| l.contains("signed in")).unwrap();
+    assert!(signed_in.contains(r#""user":"admin""#), "{signed_in}");
+    for line in lines
+        .iter()
+        .filter(|l| l.contains(r#""message":"request""#))
+    {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ms = v["ms"].as_f64().unwrap();
+        assert_eq!((ms * 100.0).round() / 100.0, ms, "rounded: {line}");
+    }
+}

@@ -225,7 +225,7 @@ impl Child {
         crashes.metrics.started.inc();
         crashes.metrics.live.inc();
         if !withheld.is_empty() {
-            tracing::debug!(child = %tag, withheld = ?withheld, "the child does not see these variables of ours");
+            tracing::debug!(child = %tag, withheld = %withheld.join(","), "the child does not see these variables of ours");
         }
         let (stdin_tx, mut stdin_rx) = mpsc::channel::<Bytes>(64);
         let (kill_tx, mut kill_rx) = tokio::sync::oneshot::channel::<()>();

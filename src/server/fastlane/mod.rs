@@ -948,7 +948,7 @@ impl Lane {
             metrics.requests.get_or_create(&labels()).inc();
         }
         metrics.fast_lane.inc();
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let ms = crate::metrics::elapsed_ms(started);
         let (method, route) = ("POST", "mcp");
         // The front middleware's line, under its target (log filters treat both alike).
         match plan.client {
