@@ -219,6 +219,11 @@ impl Metrics {
     }
 }
 
+/// Milliseconds since `started`, to the hundredth: what a log line needs, not 0.0496739999…
+pub fn elapsed_ms(started: std::time::Instant) -> f64 {
+    (started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,9 +261,4 @@ mod tests {
         ));
         assert!(text.contains("# EOF"));
     }
-}
-
-/// Milliseconds since `started`, to the hundredth: what a log line needs, not 0.0496739999…
-pub fn elapsed_ms(started: std::time::Instant) -> f64 {
-    (started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0
 }
