@@ -33,6 +33,9 @@ fn env_bool(s: &str) -> Result<bool, String> {
     version,
     about,
     long_about = None,
+    // A flag given twice: the last one wins, as in sigbit's proxy (scripts that append an
+    // override keep working).
+    args_override_self = true,
     after_help = "Also: `mcp-auth-proxy hash-password` reads a password on standard input and prints its bcrypt hash, for --password-hash (PASSWORD_HASH)."
 )]
 pub struct Cli {

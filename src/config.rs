@@ -68,8 +68,18 @@ impl ListenAddr {
                 "--listen {s:?} is not HOST:PORT, [V6]:PORT or :PORT"
             ))
         };
+        // A number that is not a port (`:99999`) says so, not "not HOST:PORT".
+        let port_of = |p: &str| -> Result<u16, ConfigError> {
+            match p.parse::<u64>() {
+                Ok(n) if n > u64::from(u16::MAX) => Err(bad(format!(
+                    "--listen {s:?}: port {n} is out of range (1 to 65535; 0 picks a free one)"
+                ))),
+                Ok(n) => u16::try_from(n).map_err(|_| hint()),
+                Err(_) => Err(hint()),
+            }
+        };
         if let Some(port) = s.strip_prefix(':') {
-            return port.parse().map(Self::AllInterfaces).map_err(|_| hint());
+            return port_of(port).map(Self::AllInterfaces);
         }
         if let Ok(sa) = s.parse::<SocketAddr>() {
             return Ok(Self::Host(sa.ip().to_string(), sa.port()));
@@ -78,10 +88,7 @@ impl ListenAddr {
         if host.is_empty() || host.contains(':') || host.contains('[') {
             return Err(hint());
         }
-        Ok(Self::Host(
-            host.to_string(),
-            port.parse().map_err(|_| hint())?,
-        ))
+        Ok(Self::Host(host.to_string(), port_of(port)?))
     }
 
     pub fn port(&self) -> u16 {
@@ -534,7 +541,15 @@ impl Config {
             listen,
             tls,
             external_url,
-            data_path: cli.data_path,
+            data_path: match &cli.data_path {
+                d if d.exists() && !d.is_dir() => {
+                    return Err(bad(format!(
+                        "--data-path {} is a file, not a directory: name a directory (it is created if missing)",
+                        d.display()
+                    )));
+                }
+                d => d.clone(),
+            },
             trusted_proxies,
             mcp_path,
             allowed_origins,
@@ -640,7 +655,7 @@ fn auth_config(cli: &Cli) -> Result<AuthConfig, ConfigError> {
                 Ok(Secret::new(h))
             } else {
                 Err(bad(
-                    "--password-hash is not a bcrypt hash ($2b$…); create one with: htpasswd -bnBC 12 \"\" 'your password' | tr -d ':'",
+                    "--password-hash is not a bcrypt hash ($2b$…); make one with: mcp-auth-proxy hash-password",
                 ))
             }
         })
@@ -1285,7 +1300,62 @@ fn attribute_rules(flag: &str, v: Option<&str>) -> Result<Vec<AttributeRule>, Co
         .collect()
 }
 
+/// An allow-list given for a provider that is not configured would be silently ignored: the
+/// operator believes something is restricted or allowed that is not there at all.
+fn lists_without_provider(cli: &Cli) -> Result<(), ConfigError> {
+    let orphans = [
+        (
+            cli.google_client_id.is_none(),
+            "--google-client-id",
+            [
+                (
+                    "--google-allowed-users",
+                    !cli.google_allowed_users.is_empty(),
+                ),
+                (
+                    "--google-allowed-workspaces",
+                    !cli.google_allowed_workspaces.is_empty(),
+                ),
+                ("--google-allow-all-users", cli.google_allow_all_users),
+            ],
+        ),
+        (
+            cli.github_client_id.is_none(),
+            "--github-client-id",
+            [
+                (
+                    "--github-allowed-users",
+                    !cli.github_allowed_users.is_empty(),
+                ),
+                ("--github-allowed-orgs", !cli.github_allowed_orgs.is_empty()),
+                ("--github-allow-all-users", cli.github_allow_all_users),
+            ],
+        ),
+        (
+            cli.oidc_configuration_url.is_none(),
+            "--oidc-configuration-url",
+            [
+                ("--oidc-allowed-users", !cli.oidc_allowed_users.is_empty()),
+                (
+                    "--oidc-allowed-users-glob",
+                    cli.oidc_allowed_users_glob.is_some(),
+                ),
+                ("--oidc-allow-all-users", cli.oidc_allow_all_users),
+            ],
+        ),
+    ];
+    for (missing, needed, lists) in orphans {
+        if let Some((flag, _)) = lists.iter().find(|(_, given)| *given).filter(|_| missing) {
+            return Err(bad(format!(
+                "{flag} is set but that provider is not: add {needed} (and its other settings), or drop {flag}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn providers_config(cli: &Cli) -> Result<ProvidersConfig, ConfigError> {
+    lists_without_provider(cli)?;
     let google = match client_pair("google", &cli.google_client_id, &cli.google_client_secret)? {
         None => None,
         Some((client_id, client_secret)) => {
@@ -1499,6 +1569,13 @@ fn tls_config(
         .as_deref()
         .map(str::trim)
         .filter(|h| !h.is_empty());
+    if let Some(h) = explicit_host
+        && cli.no_auto_tls
+    {
+        return Err(bad(format!(
+            "--tls-host {h} asks for an ACME certificate and --no-auto-tls says not to: drop one of them"
+        )));
+    }
     let auto = external.filter(|o| {
         o.is_https() && !o.host().eq_ignore_ascii_case("localhost") && !cli.no_auto_tls
     });

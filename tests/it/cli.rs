@@ -39,6 +39,43 @@ async fn wrong_values_stop_startup_with_one_clear_line() {
         "--external-url",
     )
     .await;
+    // Messages that say what is wrong and what to do.
+    refuses(
+        &["--listen", "127.0.0.1:99999"],
+        &[],
+        "port 99999 is out of range",
+    )
+    .await;
+    refuses(
+        &["--data-path", "/etc/hostname"],
+        &[],
+        "is a file, not a directory",
+    )
+    .await;
+    refuses(
+        &["--password-hash", "nothash"],
+        &[],
+        "mcp-auth-proxy hash-password",
+    )
+    .await;
+    refuses(
+        &["-H", "mcp.example.com", "--no-auto-tls"],
+        &[],
+        "drop one of them",
+    )
+    .await;
+    refuses(
+        &["--google-allowed-users", "a@example.com"],
+        &[],
+        "add --google-client-id",
+    )
+    .await;
+    refuses(
+        &["--github-allowed-orgs", "acme"],
+        &[],
+        "add --github-client-id",
+    )
+    .await;
     // bcrypt checks only 72 bytes: a longer password would sign in with any tail.
     let long = "p".repeat(94);
     refuses(&["--password", &long], &[], "at most 72 bytes").await;
@@ -311,6 +348,11 @@ async fn every_boolean_reads_yes_on_1_and_true_alike() {
         let cli = Cli::try_parse_from(["x", flag.as_str()]).unwrap();
         assert!(!cli.no_cimd, "{word}");
     }
+    // A flag given twice: the last wins (as sigbit); repeatable ones keep every value.
+    let cli = Cli::try_parse_from(["x", "--listen", ":1", "--listen", ":2"]).unwrap();
+    assert_eq!(cli.listen, ":2");
+    let cli = Cli::try_parse_from(["x", "--stdio-env", "A=1", "--stdio-env", "B=2"]).unwrap();
+    assert_eq!(cli.stdio_env, ["A=1", "B=2"]);
     // A stdio command keeps its own flags, with or without `--`.
     let cli = Cli::try_parse_from(["x", "npx", "-y", "server", "--port", "1"]).unwrap();
     assert_eq!(cli.backend, ["npx", "-y", "server", "--port", "1"]);
