@@ -250,7 +250,14 @@ pub async fn prepare(
             tracing::info!(cert = %cert.display(), expires, "certificate: from files (reloaded when they change); http redirects to https");
         }
     }
-    tracing::info!(url = %site.resource, "MCP clients connect to {}", site.resource);
+    if matches!(config.backend, Backend::None) {
+        tracing::info!(
+            "no MCP server behind this proxy: give one last on the command line (an http(s) URL, or a stdio command after --) for clients to connect to {}",
+            site.resource
+        );
+    } else {
+        tracing::info!(url = %site.resource, "MCP clients connect to {}", site.resource);
+    }
     let stdio_backend = match &config.backend {
         Backend::Stdio { program, args } => {
             use backend::stdio::placement;
@@ -321,6 +328,18 @@ pub async fn prepare(
         }
         _ => None,
     };
+    // The same checks as /readyz, once at startup: a dead backend is said now, not found
+    // out after someone signed in.
+    if let Some(b) = &http_backend
+        && let Err(why) = b.reachable(server::health::UPSTREAM_PROBE).await
+    {
+        tracing::warn!(backend = %b.base(), why, "the HTTP MCP server does not answer yet; requests get 502 until it does");
+    }
+    if let Some(s) = &stdio_backend
+        && let Err(why) = s.startable()
+    {
+        tracing::warn!(why, "the stdio MCP server cannot be started as configured");
+    }
     match &http_backend {
         Some(b) => tracing::info!(backend = %b.base(), "proxying to an HTTP MCP server"),
         None if matches!(config.backend, Backend::Stdio { .. }) => {}
@@ -432,6 +451,13 @@ pub async fn prepare(
 /// every grant made with the old ones.
 async fn authn(config: &Config, site: &config::Site, repo: &Repo) -> Result<Authn, RunError> {
     let password = PasswordVerifier::new(&config.auth, repo.keys().hmac.as_ref()).await?;
+    if let Some(p) = &config.auth.password
+        && login::password::weak(p.expose())
+    {
+        tracing::warn!(
+            "the password is weak (under 12 characters, or one every guesser tries first): choose a long passphrase"
+        );
+    }
     let current = password
         .as_ref()
         .map(|p| p.epoch().to_string())

@@ -32,6 +32,27 @@ pub fn unusable(password: &str) -> Option<String> {
     })
 }
 
+/// Whether a password is too easy to guess for a login page on the Internet: shorter than
+/// 12 characters or one of the passwords every guesser tries first. (A warning at startup,
+/// not a refusal: a loopback-only personal proxy may not care.)
+pub fn weak(password: &str) -> bool {
+    const COMMON: [&str; 12] = [
+        "changeme",
+        "password",
+        "admin",
+        "secret",
+        "123456",
+        "12345678",
+        "qwerty",
+        "letmein",
+        "welcome",
+        "passw0rd",
+        "password123",
+        "changemeplease",
+    ];
+    password.chars().count() < 12 || COMMON.contains(&password.to_ascii_lowercase().as_str())
+}
+
 /// The accepted passwords, as bcrypt hashes.
 pub struct PasswordVerifier {
     hashes: Vec<Zeroizing<String>>,
@@ -251,6 +272,14 @@ mod tests {
         assert!(l.attempt(ip, 1210).is_ok(), "unlocked after the lockout");
         l.succeed(ip);
         assert_eq!(l.attempt(ip, 1301), Ok(None));
+    }
+
+    #[test]
+    fn weak_passwords_are_told_apart() {
+        assert!(weak("changeme"));
+        assert!(weak("ChangeMePlease"));
+        assert!(weak("short-pw"));
+        assert!(!weak("correct horse battery staple"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
 
 /// How long a readiness probe waits for the upstream's TCP connect.
-const UPSTREAM_PROBE: Duration = Duration::from_secs(2);
+pub const UPSTREAM_PROBE: Duration = Duration::from_secs(2);
 
 /// Whether the certificate is in place (always, without ACME).
 #[derive(Clone, Debug)]

@@ -411,3 +411,43 @@ async fn the_log_has_plain_values_a_person_can_read() {
         assert_eq!((ms * 100.0).round() / 100.0, ms, "rounded: {line}");
     }
 }
+
+/// The log lines of a start of the binary with `args`, up to the sign-in methods line.
+async fn startup_lines(args: &[&str]) -> String {
+    let site = crate::helpers::BinarySite::new().await;
+    let mut bin = site.start(args).await;
+    let mut lines = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !lines.iter().any(|l: &String| l.contains("sign-in with")) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no sign-in line: {lines:?}"
+        );
+        if let Ok(Some(l)) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), bin.stderr.recv()).await
+        {
+            lines.push(l);
+        }
+    }
+    lines.join("\n")
+}
+
+#[tokio::test]
+async fn startup_says_what_is_wrong_before_anyone_signs_in() {
+    let dead = format!("http://127.0.0.1:{}/mcp", crate::helpers::dead_port().await);
+    let log = startup_lines(&["--password", "changeme", &dead]).await;
+    assert!(log.contains("does not answer yet"), "{log}");
+    assert!(log.contains("the password is weak"), "{log}");
+
+    let log = startup_lines(&["--", "no-such-mcp-server-command"]).await;
+    assert!(log.contains("cannot be started"), "{log}");
+    assert!(log.contains("is not found"), "{log}");
+    assert!(
+        !log.contains("the password is weak"),
+        "the test password is long: {log}"
+    );
+
+    let log = startup_lines(&[]).await;
+    assert!(log.contains("no MCP server behind this proxy"), "{log}");
+    assert!(!log.contains("MCP clients connect to"), "{log}");
+}
