@@ -10,7 +10,8 @@ case "${1:-}" in
   hash-password|--help|-h|--version|-V) exec "$bin" "$@" ;;
 esac
 
-if ! mkdir -p "$data" 2>/dev/null || ! [ -w "$data" ]; then
+# "$data/files" is what the examples (Dockerfile header, README, docker-compose.yml) serve.
+if ! mkdir -p "$data/files" 2>/dev/null || ! [ -w "$data" ]; then
   echo "mcp-auth-proxy: the data directory $data is not writable by uid $(id -u)." >&2
   echo "  With a bind mount, give it to that user: chown -R $(id -u):$(id -g) <host directory>" >&2
   exit 1

@@ -300,3 +300,72 @@ fn walk(dir: &Path) -> usize {
         })
         .sum()
 }
+
+#[test]
+fn every_example_serves_a_directory_that_something_creates() {
+    let read = |p: &str| std::fs::read_to_string(Path::new(ROOT).join(p)).unwrap();
+    // The image's examples serve /data/files: the entrypoint creates it, run for real.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let st = std::process::Command::new("sh")
+        .arg(entrypoint())
+        .arg("--version")
+        .env("MCP_AUTH_PROXY", "true")
+        .env("DATA_PATH", &data)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = std::process::Command::new("sh")
+        .arg(entrypoint())
+        .args(["--", "npx", "srv", "/data/files"])
+        .env("MCP_AUTH_PROXY", "true")
+        .env("DATA_PATH", &data)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(
+        data.join("files").is_dir(),
+        "the entrypoint creates <data>/files"
+    );
+    for example in ["Dockerfile", "docker-compose.yml", "README.md"] {
+        let text = read(example);
+        for line in text.lines().filter(|l| l.contains("server-filesystem")) {
+            let dirs: Vec<&str> = line
+                .split(|c: char| c.is_whitespace() || c == '"' || c == ',' || c == ']')
+                .filter(|w| w.starts_with('/'))
+                .collect();
+            for d in dirs {
+                assert!(
+                    d == "/data/files" || d == "/srv" || d.starts_with("/home") || d == "/path",
+                    "{example}: serves {d}, which nothing creates: {line}"
+                );
+            }
+        }
+    }
+    // The systemd unit: the directory it serves is one of its StateDirectory entries.
+    let unit = read("docs/systemd/mcp-auth-proxy.service");
+    let states: Vec<String> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("StateDirectory="))
+        .flat_map(|v| v.split_whitespace().map(|d| format!("/var/lib/{d}")))
+        .collect();
+    let exec = unit.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
+    let served = exec.split_whitespace().last().unwrap();
+    assert!(
+        states.iter().any(|s| s == served),
+        "{served} is not in {states:?}"
+    );
+    // Compose: hash-password must run before any secret is set (no `:?` on the hash).
+    let compose = read("docker-compose.yml");
+    assert!(
+        !compose.contains("PASSWORD_HASH:?"),
+        "compose refuses every command without it"
+    );
+    // Every compose file can build the image it runs.
+    for f in [
+        "docker-compose.yml",
+        "docs/docker/docker-compose.github.yml",
+    ] {
+        assert!(read(f).contains("build:"), "{f} has no build:");
+    }
+}
