@@ -22,6 +22,32 @@ fn env_bool(s: &str) -> Result<bool, String> {
     }
 }
 
+/// The end of `--help`: what only the environment sets, the subcommand, and examples.
+const AFTER_HELP: &str = "\
+Set only in the environment:
+  ENCRYPTION_KEY     base64 of 32 bytes sealing secrets at rest (default: generated into the data directory)
+  AUTH_HMAC_SECRET   base64 of 32 bytes signing cookies (default: generated likewise)
+  JWT_PRIVATE_KEY    PKCS#8 PEM (P-256) signing identity assertions (default: generated into the store)
+  MODE               debug: a human-readable log (JSON lines otherwise)
+  RUST_LOG           log filter (default: info)
+
+Durations: 30s, 10m, 1h, 7d (a bare number is seconds). Booleans: true/false, 1/0, yes/no, on/off.
+
+`mcp-auth-proxy hash-password` reads a password on standard input and prints its bcrypt hash,
+for --password-hash (PASSWORD_HASH).
+
+Examples:
+  # A stdio MCP server, bridged to Streamable HTTP, on this machine:
+  mcp-auth-proxy --listen 127.0.0.1:8080 --password-file ./password \\
+      -- npx -y @modelcontextprotocol/server-everything
+  # An HTTP MCP server on a VPS, with a Let's Encrypt certificate:
+  mcp-auth-proxy --external-url https://mcp.example.com --tls-accept-tos \\
+      --password-hash \"$(mcp-auth-proxy hash-password < ./password)\" http://localhost:3000/mcp
+  # Members of a GitHub organisation:
+  mcp-auth-proxy --external-url https://mcp.example.com --tls-accept-tos \\
+      --github-client-id ID --github-client-secret SECRET --github-allowed-orgs my-org \\
+      http://localhost:3000/mcp";
+
 /// OAuth 2.1 in front of any MCP server.
 ///
 /// The backend comes last: an `http(s)://` URL proxies an HTTP MCP server; anything else
@@ -36,28 +62,44 @@ fn env_bool(s: &str) -> Result<bool, String> {
     // A flag given twice: the last one wins, as in sigbit's proxy (scripts that append an
     // override keep working).
     args_override_self = true,
-    after_help = "Also: `mcp-auth-proxy hash-password` reads a password on standard input and prints its bcrypt hash, for --password-hash (PASSWORD_HASH)."
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     /// Plain HTTP listen address: HOST:PORT, [V6]:PORT or :PORT (all interfaces).
-    #[arg(long, env = "LISTEN", default_value = ":80")]
+    #[arg(
+        help_heading = "Listening and TLS",
+        long,
+        env = "LISTEN",
+        default_value = ":80"
+    )]
     pub listen: String,
 
     /// HTTPS listen address (used when TLS is on: ACME or certificate files).
-    #[arg(long, env = "TLS_LISTEN", default_value = ":443")]
+    #[arg(
+        help_heading = "Listening and TLS",
+        long,
+        env = "TLS_LISTEN",
+        default_value = ":443"
+    )]
     pub tls_listen: String,
 
     /// Do not turn ACME on automatically for an https external URL.
-    #[arg(long, env = "NO_AUTO_TLS", value_parser = env_bool, default_value = "false",
+    #[arg(help_heading = "Listening and TLS", long, env = "NO_AUTO_TLS", value_parser = env_bool, default_value = "false",
           default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub no_auto_tls: bool,
 
     /// Host name of the ACME certificate (default: the external URL's host).
-    #[arg(long, short = 'H', env = "TLS_HOST")]
+    #[arg(
+        help_heading = "Listening and TLS",
+        long,
+        short = 'H',
+        env = "TLS_HOST"
+    )]
     pub tls_host: Option<String>,
 
-    /// ACME directory URL (default: Let's Encrypt production).
+    /// ACME directory URL (Let's Encrypt production by default).
     #[arg(
+        help_heading = "Listening and TLS",
         long,
         env = "TLS_DIRECTORY_URL",
         default_value = "https://acme-v02.api.letsencrypt.org/directory"
@@ -65,183 +107,324 @@ pub struct Cli {
     pub tls_directory_url: String,
 
     /// Accept the ACME CA's terms of service (required whenever ACME is used).
-    #[arg(long, env = "TLS_ACCEPT_TOS", value_parser = env_bool, default_value = "false",
+    #[arg(help_heading = "Listening and TLS", long, env = "TLS_ACCEPT_TOS", value_parser = env_bool, default_value = "false",
           default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub tls_accept_tos: bool,
 
     /// Contact email given to the ACME CA (expiry warnings).
-    #[arg(long, env = "TLS_CONTACT_EMAIL")]
+    #[arg(help_heading = "Listening and TLS", long, env = "TLS_CONTACT_EMAIL")]
     pub tls_contact_email: Option<String>,
 
     /// PEM file of a CA to trust for the ACME directory (a private CA, pebble).
-    #[arg(long, env = "TLS_DIRECTORY_CA_FILE")]
+    #[arg(
+        help_heading = "Listening and TLS",
+        long,
+        env = "TLS_DIRECTORY_CA_FILE"
+    )]
     pub tls_directory_ca_file: Option<std::path::PathBuf>,
 
     /// ACME challenge: tls-alpn-01 (on the TLS listener) or http-01 (on the plain listener).
-    #[arg(long, env = "TLS_CHALLENGE", default_value = "tls-alpn-01")]
+    #[arg(
+        help_heading = "Listening and TLS",
+        long,
+        env = "TLS_CHALLENGE",
+        default_value = "tls-alpn-01"
+    )]
     pub tls_challenge: String,
 
     /// PEM certificate chain (with --tls-key-file; reloaded when the files change).
-    #[arg(long, env = "TLS_CERT_FILE")]
+    #[arg(help_heading = "Listening and TLS", long, env = "TLS_CERT_FILE")]
     pub tls_cert_file: Option<std::path::PathBuf>,
 
     /// PEM private key of --tls-cert-file.
-    #[arg(long, env = "TLS_KEY_FILE")]
+    #[arg(help_heading = "Listening and TLS", long, env = "TLS_KEY_FILE")]
     pub tls_key_file: Option<std::path::PathBuf>,
 
     /// Public origin of this proxy (issuer, resource, callback base). No path.
     /// Default: http://localhost, plus the listen port when it is not 80.
-    #[arg(long, short = 'e', env = "EXTERNAL_URL")]
+    #[arg(
+        help_heading = "Listening and TLS",
+        long,
+        short = 'e',
+        env = "EXTERNAL_URL"
+    )]
     pub external_url: Option<String>,
 
     /// State directory (the embedded store, generated keys).
-    #[arg(long, short = 'd', env = "DATA_PATH", default_value = "./data")]
+    #[arg(
+        help_heading = "Store and operations",
+        long,
+        short = 'd',
+        env = "DATA_PATH",
+        default_value = "./data"
+    )]
     pub data_path: std::path::PathBuf,
 
     /// Store backend: `local` (embedded sled). `postgres`, `sqlite` and `mysql` are refused for now.
-    #[arg(long, env = "REPOSITORY_BACKEND", default_value = "local")]
+    #[arg(
+        help_heading = "Store and operations",
+        long,
+        env = "REPOSITORY_BACKEND",
+        default_value = "local"
+    )]
     pub repository_backend: String,
 
     /// Connection string of an external store (not supported yet).
-    #[arg(long, env = "REPOSITORY_DSN", hide_env_values = true)]
+    #[arg(
+        help_heading = "Store and operations",
+        long,
+        env = "REPOSITORY_DSN",
+        hide_env_values = true
+    )]
     pub repository_dsn: Option<String>,
 
     /// IPs or CIDRs of reverse proxies whose X-Forwarded-* headers are believed (comma-separated).
-    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    #[arg(
+        help_heading = "Listening and TLS",
+        long,
+        env = "TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
     pub trusted_proxies: Vec<String>,
 
     /// Public path of the MCP endpoint.
-    #[arg(long, env = "MCP_PATH", default_value = "/mcp")]
+    #[arg(
+        help_heading = "Listening and TLS",
+        long,
+        env = "MCP_PATH",
+        default_value = "/mcp"
+    )]
     pub mcp_path: String,
 
     /// Extra browser origins allowed on the MCP endpoint and metadata (comma-separated).
-    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        help_heading = "Listening and TLS",
+        long,
+        env = "ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
     pub allowed_origins: Vec<String>,
 
     /// Sends `Authorization: Bearer <token>` to the HTTP upstream.
-    #[arg(long, env = "PROXY_BEARER_TOKEN", hide_env_values = true)]
+    #[arg(
+        help_heading = "HTTP upstream and identity",
+        long,
+        env = "PROXY_BEARER_TOKEN",
+        hide_env_values = true
+    )]
     pub proxy_bearer_token: Option<String>,
 
     /// obot-compatible name for the PostgreSQL store's DSN (refused until that store exists).
-    #[arg(long, env = "DATABASE_DSN", hide = true, hide_env_values = true)]
+    #[arg(
+        help_heading = "Store and operations",
+        long,
+        env = "DATABASE_DSN",
+        hide = true,
+        hide_env_values = true
+    )]
     pub database_dsn: Option<String>,
 
     /// TOML file of clients declared by the operator (see the README).
-    #[arg(long, env = "CLIENTS_FILE")]
+    #[arg(help_heading = "Clients and tokens", long, env = "CLIENTS_FILE")]
     pub clients_file: Option<std::path::PathBuf>,
 
     /// Refuse client ID metadata documents (https URLs used as client_id).
-    #[arg(long, env = "NO_CIMD", value_parser = env_bool, default_value = "false",
+    #[arg(help_heading = "Clients and tokens", long, env = "NO_CIMD", value_parser = env_bool, default_value = "false",
           default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub no_cimd: bool,
 
     /// Hosts whose client metadata documents may be fetched from private or loopback
     /// addresses (testing, private deployments; comma-separated).
-    #[arg(long, env = "CIMD_ALLOW_HOSTS", value_delimiter = ',')]
+    #[arg(
+        help_heading = "Clients and tokens",
+        long,
+        env = "CIMD_ALLOW_HOSTS",
+        value_delimiter = ','
+    )]
     pub cimd_allow_hosts: Vec<String>,
 
     /// PEM file of CA certificates trusted, besides the system's, for client metadata
     /// documents (a private CA).
-    #[arg(long, env = "CIMD_CA_FILE")]
+    #[arg(help_heading = "Clients and tokens", long, env = "CIMD_CA_FILE")]
     pub cimd_ca_file: Option<std::path::PathBuf>,
 
     /// Forward-auth endpoint for nginx auth_request, Traefik ForwardAuth, Caddy forward_auth
     /// (empty: off).
-    #[arg(long, env = "FORWARD_AUTH_PATH", default_value = "/authenticate")]
+    #[arg(
+        help_heading = "HTTP upstream and identity",
+        long,
+        env = "FORWARD_AUTH_PATH",
+        default_value = "/authenticate"
+    )]
     pub forward_auth_path: String,
 
     /// User claims sent upstream as headers: `/pointer:Header-Name,…` (client copies stripped).
-    #[arg(long, env = "HEADER_MAPPING")]
+    #[arg(
+        help_heading = "HTTP upstream and identity",
+        long,
+        env = "HEADER_MAPPING"
+    )]
     pub header_mapping: Option<String>,
 
     /// Header naming the signed-in user's id to the HTTP upstream.
-    #[arg(long, env = "USER_HEADER", default_value = "X-Forwarded-User")]
+    #[arg(
+        help_heading = "HTTP upstream and identity",
+        long,
+        env = "USER_HEADER",
+        default_value = "X-Forwarded-User"
+    )]
     pub user_header: String,
 
     /// Header carrying the signed-in user's email.
-    #[arg(long, env = "EMAIL_HEADER", default_value = "X-Forwarded-Email")]
+    #[arg(
+        help_heading = "HTTP upstream and identity",
+        long,
+        env = "EMAIL_HEADER",
+        default_value = "X-Forwarded-Email"
+    )]
     pub email_header: String,
 
     /// Header carrying the signed-in user's name.
-    #[arg(long, env = "NAME_HEADER", default_value = "X-Forwarded-Name")]
+    #[arg(
+        help_heading = "HTTP upstream and identity",
+        long,
+        env = "NAME_HEADER",
+        default_value = "X-Forwarded-Name"
+    )]
     pub name_header: String,
 
     /// Header carrying the signed-in user's groups (comma-separated).
-    #[arg(long, env = "GROUPS_HEADER", default_value = "X-Forwarded-Groups")]
+    #[arg(
+        help_heading = "HTTP upstream and identity",
+        long,
+        env = "GROUPS_HEADER",
+        default_value = "X-Forwarded-Groups"
+    )]
     pub groups_header: String,
 
     /// Send the HTTP upstream a short-lived JWT signed by us about the caller (never the
     /// client's token); keys at /.well-known/jwks.json.
-    #[arg(long, env = "PROXY_FORWARD_AUTHORIZATION", value_parser = env_bool, default_value = "false",
+    #[arg(help_heading = "HTTP upstream and identity", long, env = "PROXY_FORWARD_AUTHORIZATION", value_parser = env_bool, default_value = "false",
           default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub proxy_forward_authorization: bool,
 
     /// Send the HTTP upstream the user's access token at their sign-in provider
     /// (X-Forwarded-Access-Token), refreshed before it expires.
-    #[arg(long, env = "PASS_ACCESS_TOKEN", value_parser = env_bool, default_value = "false",
+    #[arg(help_heading = "HTTP upstream and identity", long, env = "PASS_ACCESS_TOKEN", value_parser = env_bool, default_value = "false",
           default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub pass_access_token: bool,
 
     /// How long a generated assertion signing key signs before it is replaced.
-    #[arg(long, env = "JWT_KEY_ROTATION", default_value = "30d")]
+    #[arg(
+        help_heading = "HTTP upstream and identity",
+        long,
+        env = "JWT_KEY_ROTATION",
+        default_value = "30d"
+    )]
     pub jwt_key_rotation: String,
 
     /// Static headers sent to the HTTP upstream: `Name:Value,Name2:Value2`.
-    #[arg(long, env = "PROXY_HEADERS", hide_env_values = true)]
+    #[arg(
+        help_heading = "HTTP upstream and identity",
+        long,
+        env = "PROXY_HEADERS",
+        hide_env_values = true
+    )]
     pub proxy_headers: Option<String>,
 
-    /// Answer 405 to the GET SSE stream on the MCP path (default: false).
-    #[arg(long, env = "HTTP_STREAMING_ONLY", value_parser = env_bool, default_value = "false",
+    /// Answer 405 to the GET SSE stream on the MCP path.
+    #[arg(help_heading = "HTTP upstream and identity", long, env = "HTTP_STREAMING_ONLY", value_parser = env_bool, default_value = "false",
           default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub http_streaming_only: bool,
 
-    /// Time allowed to connect to the HTTP upstream (default: 10s).
-    #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT", default_value = "10s")]
+    /// Time allowed to connect to the HTTP upstream.
+    #[arg(
+        help_heading = "HTTP upstream and identity",
+        long,
+        env = "UPSTREAM_CONNECT_TIMEOUT",
+        default_value = "10s"
+    )]
     pub upstream_connect_timeout: String,
 
     /// Time allowed for the MCP server to start answering (headers; an open stream is not
     /// limited).
-    #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "60s")]
+    #[arg(
+        help_heading = "HTTP upstream and identity",
+        long,
+        env = "UPSTREAM_TIMEOUT",
+        default_value = "60s"
+    )]
     pub upstream_timeout: String,
 
     /// Prometheus metrics address (`/metrics`, plus `/healthz` and `/readyz`); off when unset.
-    #[arg(long, env = "METRICS_LISTEN")]
+    #[arg(help_heading = "Store and operations", long, env = "METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
 
     /// Requests per minute per client IP on registration, token, revocation and provider
     /// sign-in (0: no limit).
-    #[arg(long, env = "RATE_LIMIT", default_value_t = 120)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "RATE_LIMIT",
+        default_value_t = 120
+    )]
     pub rate_limit: u32,
 
     /// Largest request body accepted on the MCP endpoint and proxied paths.
-    #[arg(long, env = "MAX_BODY", default_value = "4MiB")]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "MAX_BODY",
+        default_value = "4MiB"
+    )]
     pub max_body: String,
 
     /// Most connections served at once; more wait in the kernel's queue.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "MAX_CONNECTIONS",
+        default_value_t = 4096
+    )]
     pub max_connections: usize,
 
     /// Time a client has to send a request's headers (slow clients are cut off).
-    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s")]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "HEADER_READ_TIMEOUT",
+        default_value = "10s"
+    )]
     pub header_read_timeout: String,
 
     /// Time a client has to send a request's whole body once its headers are in (a body
     /// that trickles in is cut off: 408, or the connection closed).
-    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "30s")]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "BODY_READ_TIMEOUT",
+        default_value = "30s"
+    )]
     pub body_read_timeout: String,
 
     /// Shared password for the login page (hashed with bcrypt at startup, never stored).
     /// On a command line it is visible to every local user (ps, /proc/*/cmdline): prefer
     /// --password-hash, --password-file or the PASSWORD variable.
-    #[arg(long, env = "PASSWORD", hide_env_values = true)]
+    #[arg(
+        help_heading = "Password sign-in",
+        long,
+        env = "PASSWORD",
+        hide_env_values = true
+    )]
     pub password: Option<String>,
 
     /// File holding the login password (its first line), readable by its owner only.
-    #[arg(long, env = "PASSWORD_FILE")]
+    #[arg(help_heading = "Password sign-in", long, env = "PASSWORD_FILE")]
     pub password_file: Option<std::path::PathBuf>,
 
     /// bcrypt hash(es) of accepted passwords (comma-separated); may be given with --password.
     #[arg(
+        help_heading = "Password sign-in",
         long,
         env = "PASSWORD_HASH",
         hide_env_values = true,
@@ -250,28 +433,44 @@ pub struct Cli {
     pub password_hash: Vec<String>,
 
     /// Google sign-in: OAuth client id.
-    #[arg(long, env = "GOOGLE_CLIENT_ID")]
+    #[arg(help_heading = "Google sign-in", long, env = "GOOGLE_CLIENT_ID")]
     pub google_client_id: Option<String>,
 
     /// Google sign-in: OAuth client secret.
-    #[arg(long, env = "GOOGLE_CLIENT_SECRET", hide_env_values = true)]
+    #[arg(
+        help_heading = "Google sign-in",
+        long,
+        env = "GOOGLE_CLIENT_SECRET",
+        hide_env_values = true
+    )]
     pub google_client_secret: Option<String>,
 
     /// Google accounts allowed to sign in (exact emails, comma-separated).
-    #[arg(long, env = "GOOGLE_ALLOWED_USERS", value_delimiter = ',')]
+    #[arg(
+        help_heading = "Google sign-in",
+        long,
+        env = "GOOGLE_ALLOWED_USERS",
+        value_delimiter = ','
+    )]
     pub google_allowed_users: Vec<String>,
 
     /// Google Workspace domains (`hd` claim) whose verified accounts may sign in.
-    #[arg(long, env = "GOOGLE_ALLOWED_WORKSPACES", value_delimiter = ',')]
+    #[arg(
+        help_heading = "Google sign-in",
+        long,
+        env = "GOOGLE_ALLOWED_WORKSPACES",
+        value_delimiter = ','
+    )]
     pub google_allowed_workspaces: Vec<String>,
 
     /// Let every Google account with a verified email sign in.
-    #[arg(long, env = "GOOGLE_ALLOW_ALL_USERS", value_parser = env_bool, default_value = "false",
+    #[arg(help_heading = "Google sign-in", long, env = "GOOGLE_ALLOW_ALL_USERS", value_parser = env_bool, default_value = "false",
           default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub google_allow_all_users: bool,
 
     /// Advanced: Google's authorization endpoint.
     #[arg(
+        help_heading = "Google sign-in",
         long,
         env = "GOOGLE_AUTH_URL",
         default_value = "https://accounts.google.com/o/oauth2/v2/auth"
@@ -280,6 +479,7 @@ pub struct Cli {
 
     /// Advanced: Google's token endpoint.
     #[arg(
+        help_heading = "Google sign-in",
         long,
         env = "GOOGLE_TOKEN_URL",
         default_value = "https://oauth2.googleapis.com/token"
@@ -288,6 +488,7 @@ pub struct Cli {
 
     /// Advanced: Google's userinfo endpoint.
     #[arg(
+        help_heading = "Google sign-in",
         long,
         env = "GOOGLE_USERINFO_URL",
         default_value = "https://openidconnect.googleapis.com/v1/userinfo"
@@ -295,48 +496,83 @@ pub struct Cli {
     pub google_userinfo_url: String,
 
     /// GitHub sign-in: OAuth app client id.
-    #[arg(long, env = "GITHUB_CLIENT_ID")]
+    #[arg(help_heading = "GitHub sign-in", long, env = "GITHUB_CLIENT_ID")]
     pub github_client_id: Option<String>,
 
     /// GitHub sign-in: OAuth app client secret.
-    #[arg(long, env = "GITHUB_CLIENT_SECRET", hide_env_values = true)]
+    #[arg(
+        help_heading = "GitHub sign-in",
+        long,
+        env = "GITHUB_CLIENT_SECRET",
+        hide_env_values = true
+    )]
     pub github_client_secret: Option<String>,
 
     /// GitHub logins allowed to sign in (comma-separated).
-    #[arg(long, env = "GITHUB_ALLOWED_USERS", value_delimiter = ',')]
+    #[arg(
+        help_heading = "GitHub sign-in",
+        long,
+        env = "GITHUB_ALLOWED_USERS",
+        value_delimiter = ','
+    )]
     pub github_allowed_users: Vec<String>,
 
     /// GitHub organisations (`org`) or teams (`org:team-slug`) whose members may sign in.
-    #[arg(long, env = "GITHUB_ALLOWED_ORGS", value_delimiter = ',')]
+    #[arg(
+        help_heading = "GitHub sign-in",
+        long,
+        env = "GITHUB_ALLOWED_ORGS",
+        value_delimiter = ','
+    )]
     pub github_allowed_orgs: Vec<String>,
 
     /// Let every GitHub account sign in.
-    #[arg(long, env = "GITHUB_ALLOW_ALL_USERS", value_parser = env_bool, default_value = "false",
+    #[arg(help_heading = "GitHub sign-in", long, env = "GITHUB_ALLOW_ALL_USERS", value_parser = env_bool, default_value = "false",
           default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub github_allow_all_users: bool,
 
     /// GitHub (Enterprise) web address, for the authorization pages.
-    #[arg(long, env = "GITHUB_URL", default_value = "https://github.com")]
+    #[arg(
+        help_heading = "GitHub sign-in",
+        long,
+        env = "GITHUB_URL",
+        default_value = "https://github.com"
+    )]
     pub github_url: String,
 
     /// GitHub (Enterprise) API address.
-    #[arg(long, env = "GITHUB_API_URL", default_value = "https://api.github.com")]
+    #[arg(
+        help_heading = "GitHub sign-in",
+        long,
+        env = "GITHUB_API_URL",
+        default_value = "https://api.github.com"
+    )]
     pub github_api_url: String,
 
     /// OpenID Connect sign-in: the provider's discovery document URL.
-    #[arg(long, env = "OIDC_CONFIGURATION_URL")]
+    #[arg(
+        help_heading = "OpenID Connect sign-in",
+        long,
+        env = "OIDC_CONFIGURATION_URL"
+    )]
     pub oidc_configuration_url: Option<String>,
 
     /// OpenID Connect client id.
-    #[arg(long, env = "OIDC_CLIENT_ID")]
+    #[arg(help_heading = "OpenID Connect sign-in", long, env = "OIDC_CLIENT_ID")]
     pub oidc_client_id: Option<String>,
 
     /// OpenID Connect client secret (leave out for a public client).
-    #[arg(long, env = "OIDC_CLIENT_SECRET", hide_env_values = true)]
+    #[arg(
+        help_heading = "OpenID Connect sign-in",
+        long,
+        env = "OIDC_CLIENT_SECRET",
+        hide_env_values = true
+    )]
     pub oidc_client_secret: Option<String>,
 
     /// OpenID Connect scopes (comma-separated).
     #[arg(
+        help_heading = "OpenID Connect sign-in",
         long,
         env = "OIDC_SCOPES",
         value_delimiter = ',',
@@ -345,82 +581,160 @@ pub struct Cli {
     pub oidc_scopes: Vec<String>,
 
     /// JSON Pointer to the user id in the claims (ID token merged with userinfo).
-    #[arg(long, env = "OIDC_USER_ID_FIELD", default_value = "/email")]
+    #[arg(
+        help_heading = "OpenID Connect sign-in",
+        long,
+        env = "OIDC_USER_ID_FIELD",
+        default_value = "/email"
+    )]
     pub oidc_user_id_field: String,
 
     /// Label of the OpenID Connect button.
-    #[arg(long, env = "OIDC_PROVIDER_NAME", default_value = "OIDC")]
+    #[arg(
+        help_heading = "OpenID Connect sign-in",
+        long,
+        env = "OIDC_PROVIDER_NAME",
+        default_value = "OIDC"
+    )]
     pub oidc_provider_name: String,
 
     /// OpenID Connect user ids allowed to sign in (exact, comma-separated).
-    #[arg(long, env = "OIDC_ALLOWED_USERS", value_delimiter = ',')]
+    #[arg(
+        help_heading = "OpenID Connect sign-in",
+        long,
+        env = "OIDC_ALLOWED_USERS",
+        value_delimiter = ','
+    )]
     pub oidc_allowed_users: Vec<String>,
 
     /// OpenID Connect user ids allowed by glob (`*@example.com`; `\,` escapes a comma).
-    #[arg(long, env = "OIDC_ALLOWED_USERS_GLOB")]
+    #[arg(
+        help_heading = "OpenID Connect sign-in",
+        long,
+        env = "OIDC_ALLOWED_USERS_GLOB"
+    )]
     pub oidc_allowed_users_glob: Option<String>,
 
     /// Claims that admit a user: `/pointer=value` (comma-separated; arrays match any element).
-    #[arg(long, env = "OIDC_ALLOWED_ATTRIBUTES")]
+    #[arg(
+        help_heading = "OpenID Connect sign-in",
+        long,
+        env = "OIDC_ALLOWED_ATTRIBUTES"
+    )]
     pub oidc_allowed_attributes: Option<String>,
 
     /// Like --oidc-allowed-attributes, with globs as values.
-    #[arg(long, env = "OIDC_ALLOWED_ATTRIBUTES_GLOB")]
+    #[arg(
+        help_heading = "OpenID Connect sign-in",
+        long,
+        env = "OIDC_ALLOWED_ATTRIBUTES_GLOB"
+    )]
     pub oidc_allowed_attributes_glob: Option<String>,
 
     /// Let every account at the OpenID Connect provider sign in.
-    #[arg(long, env = "OIDC_ALLOW_ALL_USERS", value_parser = env_bool, default_value = "false",
+    #[arg(help_heading = "OpenID Connect sign-in", long, env = "OIDC_ALLOW_ALL_USERS", value_parser = env_bool, default_value = "false",
           default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub oidc_allow_all_users: bool,
 
     /// With exactly one provider and no password, show the login page instead of going
     /// straight to the provider.
-    #[arg(long, env = "NO_PROVIDER_AUTO_SELECT", value_parser = env_bool, default_value = "false",
+    #[arg(help_heading = "Password sign-in", long, env = "NO_PROVIDER_AUTO_SELECT", value_parser = env_bool, default_value = "false",
           default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub no_provider_auto_select: bool,
 
     /// User name of the password sign-in (the subject is `password:<name>`).
-    #[arg(long, env = "PASSWORD_USER", default_value = "admin")]
+    #[arg(
+        help_heading = "Password sign-in",
+        long,
+        env = "PASSWORD_USER",
+        default_value = "admin"
+    )]
     pub password_user: String,
 
     /// Failed passwords from one IP within --login-failure-window that lock it.
-    #[arg(long, env = "LOGIN_MAX_FAILURES", default_value_t = 10)]
+    #[arg(
+        help_heading = "Password sign-in",
+        long,
+        env = "LOGIN_MAX_FAILURES",
+        default_value_t = 10
+    )]
     pub login_max_failures: u32,
 
     /// Window in which failed passwords are counted.
-    #[arg(long, env = "LOGIN_FAILURE_WINDOW", default_value = "5m")]
+    #[arg(
+        help_heading = "Password sign-in",
+        long,
+        env = "LOGIN_FAILURE_WINDOW",
+        default_value = "5m"
+    )]
     pub login_failure_window: String,
 
     /// How long an IP stays locked after too many failed passwords.
-    #[arg(long, env = "LOGIN_LOCKOUT", default_value = "2m")]
+    #[arg(
+        help_heading = "Password sign-in",
+        long,
+        env = "LOGIN_LOCKOUT",
+        default_value = "2m"
+    )]
     pub login_lockout: String,
 
     /// Lifetime of access tokens.
-    #[arg(long, env = "ACCESS_TOKEN_TTL", default_value = "1h")]
+    #[arg(
+        help_heading = "Clients and tokens",
+        long,
+        env = "ACCESS_TOKEN_TTL",
+        default_value = "1h"
+    )]
     pub access_token_ttl: String,
 
     /// Absolute lifetime of refresh tokens, from the first grant.
-    #[arg(long, env = "REFRESH_TOKEN_TTL", default_value = "30d")]
+    #[arg(
+        help_heading = "Clients and tokens",
+        long,
+        env = "REFRESH_TOKEN_TTL",
+        default_value = "30d"
+    )]
     pub refresh_token_ttl: String,
 
     /// How long a rotated refresh token still returns the same new pair.
-    #[arg(long, env = "REFRESH_GRACE", default_value = "30s")]
+    #[arg(
+        help_heading = "Clients and tokens",
+        long,
+        env = "REFRESH_GRACE",
+        default_value = "30s"
+    )]
     pub refresh_grace: String,
 
     /// Lifetime of authorization codes.
-    #[arg(long, env = "AUTH_CODE_TTL", default_value = "60s")]
+    #[arg(
+        help_heading = "Clients and tokens",
+        long,
+        env = "AUTH_CODE_TTL",
+        default_value = "60s"
+    )]
     pub auth_code_ttl: String,
 
     /// Registered clients that never complete a sign-in are deleted after this long.
-    #[arg(long, env = "CLIENT_TTL", default_value = "7d")]
+    #[arg(
+        help_heading = "Clients and tokens",
+        long,
+        env = "CLIENT_TTL",
+        default_value = "7d"
+    )]
     pub client_ttl: String,
 
     /// Lifetime of a browser sign-in on the login page.
-    #[arg(long, env = "LOGIN_SESSION_TTL", default_value = "12h")]
+    #[arg(
+        help_heading = "Password sign-in",
+        long,
+        env = "LOGIN_SESSION_TTL",
+        default_value = "12h"
+    )]
     pub login_session_ttl: String,
 
     /// Private-use URI schemes allowed in redirect URIs (comma-separated).
     #[arg(
+        help_heading = "Clients and tokens",
         long,
         env = "ALLOWED_REDIRECT_SCHEMES",
         value_delimiter = ',',
@@ -429,32 +743,43 @@ pub struct Cli {
     pub allowed_redirect_schemes: Vec<String>,
 
     /// Threads serving connections (0: one per CPU core).
-    #[arg(long, env = "WORKERS", default_value_t = 0)]
+    #[arg(
+        help_heading = "Listening and TLS",
+        long,
+        env = "WORKERS",
+        default_value_t = 0
+    )]
     pub workers: usize,
 
     /// Serve every request through the general HTTP stack, without the HTTP/1 fast lane for
     /// POST on the MCP endpoint (for diagnosis: the answers are the same).
-    #[arg(long, env = "NO_FAST_LANE", value_parser = env_bool, default_value = "false",
+    #[arg(help_heading = "Listening and TLS", long, env = "NO_FAST_LANE", value_parser = env_bool, default_value = "false",
           default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub no_fast_lane: bool,
 
     /// After SIGTERM/SIGINT, how long open requests and streams may run before they are cut.
-    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s")]
+    #[arg(
+        help_heading = "Listening and TLS",
+        long,
+        env = "SHUTDOWN_GRACE",
+        default_value = "10s"
+    )]
     pub shutdown_grace: String,
 
     /// Working directory of the stdio MCP server (default: a directory of its own,
     /// <data-path>/stdio-cwd, or the --stdio-user's home; relative file arguments of the
     /// command are resolved against the proxy's directory).
-    #[arg(long, env = "STDIO_CWD")]
+    #[arg(help_heading = "Stdio servers", long, env = "STDIO_CWD")]
     pub stdio_cwd: Option<std::path::PathBuf>,
 
     /// Run stdio MCP servers as this user (the proxy must start as root): the real boundary
     /// between a server and the proxy's keys and store.
-    #[arg(long, env = "STDIO_USER")]
+    #[arg(help_heading = "Stdio servers", long, env = "STDIO_USER")]
     pub stdio_user: Option<String>,
 
     /// Extra environment for the stdio MCP server: KEY=VALUE (repeatable).
     #[arg(
+        help_heading = "Stdio servers",
         long = "stdio-env",
         env = "STDIO_ENV",
         value_delimiter = ',',
@@ -463,39 +788,64 @@ pub struct Cli {
     pub stdio_env: Vec<String>,
 
     /// Variables passed to the stdio MCP server with --stdio-clean-env (comma-separated).
-    #[arg(long, env = "STDIO_PASS_ENV", value_delimiter = ',')]
+    #[arg(
+        help_heading = "Stdio servers",
+        long,
+        env = "STDIO_PASS_ENV",
+        value_delimiter = ','
+    )]
     pub stdio_pass_env: Vec<String>,
 
     /// Start the stdio MCP server with only PATH, HOME, locale and --stdio-pass-env variables.
-    #[arg(long, env = "STDIO_CLEAN_ENV", value_parser = env_bool, default_value = "false",
+    #[arg(help_heading = "Stdio servers", long, env = "STDIO_CLEAN_ENV", value_parser = env_bool, default_value = "false",
           default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub stdio_clean_env: bool,
 
     /// stdio children: one per MCP session (per-session), or one for all sessions (shared).
-    #[arg(long, env = "STDIO_MODE", default_value = "per-session")]
+    #[arg(
+        help_heading = "Stdio servers",
+        long,
+        env = "STDIO_MODE",
+        default_value = "per-session"
+    )]
     pub stdio_mode: String,
 
     /// The signed-in user in each session's stdio child: `user=VAR,email=VAR,name=VAR,
     /// groups=VAR,/claim=VAR` (per-session mode only).
-    #[arg(long, env = "STDIO_IDENTITY_ENV")]
+    #[arg(help_heading = "Stdio servers", long, env = "STDIO_IDENTITY_ENV")]
     pub stdio_identity_env: Option<String>,
 
     /// Most live MCP sessions (each runs its own stdio child).
-    #[arg(long, env = "MAX_SESSIONS", default_value_t = 100)]
+    #[arg(
+        help_heading = "Stdio servers",
+        long,
+        env = "MAX_SESSIONS",
+        default_value_t = 100
+    )]
     pub max_sessions: usize,
 
     /// Most live MCP sessions of one user, so one user cannot take every slot (0: half of
     /// --max-sessions).
-    #[arg(long, env = "MAX_SESSIONS_PER_USER", default_value_t = 0)]
+    #[arg(
+        help_heading = "Stdio servers",
+        long,
+        env = "MAX_SESSIONS_PER_USER",
+        default_value_t = 0
+    )]
     pub max_sessions_per_user: usize,
 
     /// Keep one started stdio server waiting, so a new session does not wait for it to start.
-    #[arg(long, env = "STDIO_WARM_SPARE", value_parser = env_bool, default_value = "false",
+    #[arg(help_heading = "Stdio servers", long, env = "STDIO_WARM_SPARE", value_parser = env_bool, default_value = "false",
           default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub stdio_warm_spare: bool,
 
     /// An MCP session nobody used for this long (and with no open stream) is ended.
-    #[arg(long, env = "SESSION_IDLE_TIMEOUT", default_value = "30m")]
+    #[arg(
+        help_heading = "Stdio servers",
+        long,
+        env = "SESSION_IDLE_TIMEOUT",
+        default_value = "30m"
+    )]
     pub session_idle_timeout: String,
 
     /// The backend: an http(s) URL, or a stdio command and its arguments after `--`.

@@ -276,6 +276,29 @@ async fn help_names_every_environment_variable() {
         }
     }
     assert!(help.contains("hash-password"));
+    // Grouped for people, with what only the environment sets and examples.
+    for heading in [
+        "Listening and TLS:",
+        "Password sign-in:",
+        "GitHub sign-in:",
+        "Stdio servers:",
+        "Limits:",
+        "Examples:",
+    ] {
+        assert!(help.contains(heading), "--help has no {heading}");
+    }
+    for var in [
+        "ENCRYPTION_KEY",
+        "AUTH_HMAC_SECRET",
+        "JWT_PRIVATE_KEY",
+        "MODE",
+        "RUST_LOG",
+    ] {
+        assert!(
+            help.contains(&format!("  {var} ")),
+            "--help does not name {var}"
+        );
+    }
 }
 
 /// Runs the binary with `args` (and a password); its exit code and stderr.
