@@ -418,3 +418,20 @@ pub async fn not_found(State(app): State<AppState>) -> Response {
         "There is no page at this address.",
     )
 }
+
+/// `GET /` for a person in a browser: what this address is, the URL to give an MCP client and
+/// how, and whether this browser is signed in.
+pub async fn home(app: &AppState, headers: &HeaderMap) -> Response {
+    let signed_in = session::current(&app.repo, &app.authn.cookies, headers)
+        .await
+        .ok()
+        .flatten()
+        .filter(|s| app.authn.still_allowed(&s.identity));
+    let name = site_name(app);
+    let tpl = pages::HomePage {
+        site_name: &name,
+        mcp_url: &app.site.resource,
+        user: signed_in.as_ref().map(|s| display_name(&s.identity)),
+    };
+    page(StatusCode::OK, &tpl, FormTarget::SelfOnly)
+}

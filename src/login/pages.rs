@@ -65,6 +65,15 @@ pub struct SignedInPage<'a> {
 }
 
 #[derive(Template)]
+#[template(path = "home.html")]
+pub struct HomePage<'a> {
+    pub site_name: &'a str,
+    pub mcp_url: &'a str,
+    /// Who is signed in in this browser, if anyone.
+    pub user: Option<&'a str>,
+}
+
+#[derive(Template)]
 #[template(path = "error.html")]
 pub struct ErrorPage<'a> {
     pub site_name: &'a str,

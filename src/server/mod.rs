@@ -113,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         guarded = guarded.route(crate::assertion::JWKS_PATH, get(jwks));
     }
     let guarded = guarded
+        .route("/", axum::routing::any(root))
         .route(RESOURCE_METADATA_PATH, get(protected_resource))
         .route(
             &format!("{RESOURCE_METADATA_PATH}{mcp_path}"),
@@ -263,6 +264,26 @@ async fn forward_auth(
         header::HeaderValue::from_static("no-store"),
     );
     resp
+}
+
+/// `/`: a page for a person whose browser opened the address (a navigation asking for HTML,
+/// with no credentials); for everything else, the same as any proxied path (MCP clients get
+/// their JSON 401, an upstream that serves `/` still does).
+async fn root(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let h = req.headers();
+    let wants_page = req.method() == Method::GET
+        && !h.contains_key(header::AUTHORIZATION)
+        && h.get(header::ACCEPT)
+            .and_then(|a| a.to_str().ok())
+            .is_some_and(|a| a.contains("text/html"));
+    if wants_page {
+        return login::home(&app, h).await;
+    }
+    proxy(State(app), ConnectInfo(peer), req).await
 }
 
 /// Every path that is not ours: authenticate, then hand to the backend.

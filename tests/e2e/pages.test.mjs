@@ -110,6 +110,13 @@ for (const [kind, options] of Object.entries(VIEWPORTS)) {
     assert.match(await page.locator('.alert.warn').first().innerText(), /calls itself “claude\.ai” but your authorization will be sent to evil\.example/);
     await shoot(page, kind, 'consent-warning');
 
+    // The address itself, opened in the browser: what it is and how to connect, signed in.
+    await page.goto(proxy.url('/'));
+    assert.equal(await page.inputValue('#mcp-url'), proxy.url('/mcp'));
+    assert.match(await page.locator('main').innerText(), /signed in as/);
+    assert.match(await page.locator('main').innerText(), /claude mcp add --transport http/);
+    await shoot(page, kind, 'home');
+
     await page.goto(proxy.url('/.auth/login'));
     assert.match(await page.locator('h1').innerText(), /signed in/);
     await shoot(page, kind, 'signed-in');

@@ -394,3 +394,41 @@ async fn http_streaming_only_refuses_the_get_stream() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_person_opening_the_address_gets_a_page_and_clients_their_401() {
+    let up = start_upstream().await;
+    let p = start_proxy(&[&up.url("/mcp")]).await;
+    let resource = p.state.site.resource.clone();
+    let page = client()
+        .get(p.url("/"))
+        .header(header::ACCEPT, "text/html,application/xhtml+xml,*/*;q=0.8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains(&format!("value=\"{resource}\"")), "{html}");
+    assert!(html.contains("claude mcp add --transport http"), "{html}");
+    assert!(html.contains("not signed in"), "{html}");
+    // A program (no HTML asked for) or anyone with credentials: the gate, as on any path.
+    let api = client().get(p.url("/")).send().await.unwrap();
+    assert_eq!(api.status(), StatusCode::UNAUTHORIZED);
+    assert!(api.headers().contains_key(header::WWW_AUTHENTICATE));
+    let t = token_for(&p, "password:alice").await;
+    let proxied = client()
+        .get(p.url("/"))
+        .header(header::ACCEPT, "text/html")
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    let echo: Value = proxied.json().await.unwrap();
+    assert_eq!(echo["path"], "/", "with a token, / is the upstream's");
+}
