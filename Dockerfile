@@ -44,5 +44,5 @@ ENV DATA_PATH=/data \
 VOLUME ["/data"]
 EXPOSE 80 443
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
-    CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.LISTEN || ':80').split(':').pop() + '/healthz').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+    CMD ["node", "-e", "const fs = require('fs'); let l = process.env.LISTEN || ':80'; try { l = fs.readFileSync('/tmp/mcp-auth-proxy.listen', 'utf8').trim() } catch {} fetch('http://127.0.0.1:' + l.split(':').pop() + '/healthz').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 ENTRYPOINT ["tini", "--", "docker-entrypoint"]

@@ -17,4 +17,18 @@ if ! mkdir -p "$data/files" 2>/dev/null || ! [ -w "$data" ]; then
   exit 1
 fi
 
+# The address the proxy will listen on (--listen wins over LISTEN, as in the proxy), for the
+# image's healthcheck, which runs apart from this process and sees only the environment.
+listen="${LISTEN:-:80}"
+prev=""
+for a in "$@"; do
+  [ "$a" = "--" ] && break
+  case "$a" in
+    --listen=*) listen="${a#--listen=}" ;;
+  esac
+  [ "$prev" = "--listen" ] && listen="$a"
+  prev="$a"
+done
+printf '%s\n' "$listen" > "${TMPDIR:-/tmp}/mcp-auth-proxy.listen" 2>/dev/null || true
+
 exec "$bin" "$@"

@@ -369,3 +369,41 @@ fn every_example_serves_a_directory_that_something_creates() {
         assert!(read(f).contains("build:"), "{f} has no build:");
     }
 }
+
+#[test]
+fn the_healthcheck_follows_the_listen_address_the_proxy_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen_file = dir.path().join("mcp-auth-proxy.listen");
+    let run = |args: &[&str], env_listen: Option<&str>| {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg(entrypoint())
+            .args(args)
+            .env("MCP_AUTH_PROXY", "true")
+            .env("DATA_PATH", dir.path().join("data"))
+            .env("TMPDIR", dir.path())
+            .env_remove("LISTEN");
+        if let Some(l) = env_listen {
+            cmd.env("LISTEN", l);
+        }
+        assert!(cmd.status().unwrap().success());
+        std::fs::read_to_string(&listen_file)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(run(&[], None), ":80");
+    assert_eq!(run(&[], Some(":8080")), ":8080");
+    assert_eq!(
+        run(&["--listen", ":9000"], Some(":8080")),
+        ":9000",
+        "the flag wins"
+    );
+    assert_eq!(run(&["--listen=127.0.0.1:7000"], None), "127.0.0.1:7000");
+    assert_eq!(
+        run(&["--", "srv", "--listen", ":1"], None),
+        ":80",
+        "a child's flag is not ours"
+    );
+    // The Dockerfile's healthcheck reads that file.
+    assert!(dockerfile().contains("/tmp/mcp-auth-proxy.listen"));
+}
