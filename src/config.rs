@@ -599,6 +599,23 @@ impl Config {
     }
 }
 
+/// bcrypt reads at most this many bytes of a password and ignores the rest. A longer
+/// password is refused where it is configured and never matches at sign-in: otherwise its
+/// first 72 bytes followed by anything would sign in.
+pub const BCRYPT_MAX_BYTES: usize = 72;
+
+/// Why a password cannot be used with bcrypt, if it cannot (checked where a password is
+/// configured; sign-in refuses longer attempts by the same constant).
+pub fn unusable_password(password: &str) -> Option<String> {
+    (password.len() > BCRYPT_MAX_BYTES).then(|| {
+        format!(
+            "the password is {} bytes long; bcrypt checks only the first {BCRYPT_MAX_BYTES}, so \
+             anything after them would be ignored: choose one of at most {BCRYPT_MAX_BYTES} bytes",
+            password.len()
+        )
+    })
+}
+
 /// `--password-file`: the first line of a file that only its owner may read (a secret others
 /// can read is no secret; a symlink is followed, and the file it names is what is checked).
 fn read_password_file(path: &std::path::Path) -> Result<zeroize::Zeroizing<String>, ConfigError> {
@@ -638,7 +655,7 @@ fn auth_config(cli: &Cli) -> Result<AuthConfig, ConfigError> {
     }
     let password = given
         .or(from_file.as_deref().map(|p| p.as_str()))
-        .map(|p| match crate::login::password::unusable(p) {
+        .map(|p| match unusable_password(p) {
             Some(why) => Err(bad(format!(
                 "--password (PASSWORD): {why}, or give its hash with --password-hash"
             ))),

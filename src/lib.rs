@@ -11,6 +11,7 @@
 pub mod assertion;
 pub mod backend;
 pub mod cli;
+pub mod client_addr;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -10,27 +10,11 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::clock::UnixTime;
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, BCRYPT_MAX_BYTES, unusable_password};
 
 /// Cost of the in-memory hash of `--password`. It never leaves the process, so the cost only
 /// has to make the comparison slow for a caller, not resist offline cracking.
 const IN_MEMORY_COST: u32 = 10;
-
-/// bcrypt reads at most this many bytes of a password and ignores the rest. A longer
-/// password is refused where it is configured and never matches at sign-in: otherwise its
-/// first 72 bytes followed by anything would sign in.
-pub const BCRYPT_MAX_BYTES: usize = 72;
-
-/// Why a password cannot be used with bcrypt, if it cannot.
-pub fn unusable(password: &str) -> Option<String> {
-    (password.len() > BCRYPT_MAX_BYTES).then(|| {
-        format!(
-            "the password is {} bytes long; bcrypt checks only the first {BCRYPT_MAX_BYTES}, so \
-             anything after them would be ignored: choose one of at most {BCRYPT_MAX_BYTES} bytes",
-            password.len()
-        )
-    })
-}
 
 /// Whether a password is too easy to guess for a login page on the Internet: shorter than
 /// 12 characters or one of the passwords every guesser tries first. (A warning at startup,
@@ -189,7 +173,7 @@ impl Lockout {
                 f.locked_until > now || f.times.back().is_some_and(|t| t + window > now)
             });
         }
-        let f = map.entry(crate::server::guard::client_key(ip)).or_default();
+        let f = map.entry(crate::client_addr::client_key(ip)).or_default();
         if f.locked_until > now {
             return Err(f.locked_until - now);
         }
@@ -209,7 +193,7 @@ impl Lockout {
     /// signed in.
     pub fn succeed(&self, ip: IpAddr) {
         if let Ok(mut map) = self.map.lock() {
-            map.remove(&crate::server::guard::client_key(ip));
+            map.remove(&crate::client_addr::client_key(ip));
         }
     }
 }
@@ -226,7 +210,7 @@ pub fn hash_for_config(line: &str) -> Result<String, String> {
     if password.is_empty() {
         return Err("the password is empty".into());
     }
-    if let Some(why) = unusable(password) {
+    if let Some(why) = unusable_password(password) {
         return Err(why);
     }
     bcrypt::hash(password, STORED_COST).map_err(|e| e.to_string())

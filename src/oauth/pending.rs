@@ -45,7 +45,7 @@ impl PendingBudget {
         while b.all.front().is_some_and(|t| *t <= now) {
             b.all.pop_front();
         }
-        let key = crate::server::guard::client_key(client);
+        let key = crate::client_addr::client_key(client);
         let mine = b.by_client.entry(key).or_default();
         while mine.front().is_some_and(|t| *t <= now) {
             mine.pop_front();

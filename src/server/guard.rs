@@ -8,6 +8,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::Response;
 
+use crate::client_addr::canonical_ip;
 use crate::config::{Site, is_loopback_host, normalize_origin};
 use crate::error::jsonrpc_error;
 
@@ -15,26 +16,6 @@ use crate::error::jsonrpc_error;
 pub fn is_trusted(site: &Site, ip: IpAddr) -> bool {
     let ip = canonical_ip(ip);
     site.trusted_proxies.iter().any(|net| net.contains(&ip))
-}
-
-/// IPv4-mapped IPv6 addresses (from a dual-stack listener) as plain IPv4.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
-
-/// What per-client limits count by: the IPv4 address, or the IPv6 /64 (one host usually
-/// holds a whole /64, so counting its addresses one by one would give it 2^64 budgets).
-pub fn client_key(ip: IpAddr) -> IpAddr {
-    match canonical_ip(ip) {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
-    }
 }
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the right-most

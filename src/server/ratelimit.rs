@@ -54,7 +54,7 @@ impl RateLimiter {
         let Ok(mut clients) = self.clients.lock() else {
             return Err(1);
         };
-        let k = super::guard::client_key(ip);
+        let k = crate::client_addr::client_key(ip);
         if !clients.contains_key(&k) && clients.len() >= CAPACITY {
             clients.retain(|_, tat| *tat > now);
             if clients.len() >= CAPACITY {
