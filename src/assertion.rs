@@ -87,7 +87,7 @@ fn generate(now: u64) -> Result<StoredKey, AssertionError> {
         EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
             .map_err(|e| AssertionError::Sign(e.to_string()))?;
     Ok(StoredKey {
-        kid: crate::oauth::tokens::generate_id(),
+        kid: crate::tokens::generate_id(),
         pkcs8: URL_SAFE_NO_PAD.encode(pkcs8.as_ref()),
         created_at: now,
         retired_at: None,
@@ -224,7 +224,7 @@ impl Signer {
             "iat": now,
             "nbf": now,
             "exp": now + ASSERTION_TTL,
-            "jti": crate::oauth::tokens::generate_id(),
+            "jti": crate::tokens::generate_id(),
         });
         let keys = self
             .keys

@@ -22,6 +22,7 @@ pub mod oauth;
 pub mod request_body;
 pub mod server;
 pub mod store;
+pub mod tokens;
 
 use std::future::Future;
 use std::net::SocketAddr;

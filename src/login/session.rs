@@ -15,8 +15,8 @@ use subtle::ConstantTimeEq;
 
 use crate::backend::http::COOKIE_PREFIX;
 use crate::config::{PublicOrigin, normalize_origin};
-use crate::oauth::tokens;
 use crate::store::{Identity, Repo, SessionRecord, StoreError, TokenHash};
+use crate::tokens;
 
 /// Cookie names and attributes for this deployment.
 #[derive(Debug, Clone)]

@@ -72,7 +72,7 @@ pub async fn start(State(app): State<AppState>, uri: Uri, RawQuery(query): RawQu
     let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
     let req = params.get("req");
     let req = pending(&app, req).await.and(req).map(str::to_string);
-    let state = crate::oauth::tokens::generate("");
+    let state = crate::tokens::generate("");
     let now = app.repo.clock().now();
     let rec = SignInRecord {
         provider: p.id.to_string(),

@@ -16,12 +16,13 @@ use super::clients::{LookupError, find};
 use super::form::Params;
 use super::pending::Refused;
 use super::redirect_uri::find_match;
-use super::{granted_scopes, pkce, resource, tokens};
+use super::{granted_scopes, pkce, resource};
 use crate::error::OAuthErrorCode;
 use crate::login::pages::{FormTarget, error_page, see_other};
 use crate::login::{self, LOGIN_PATH, site_name, store_failure_page, urlencode};
 use crate::server::AppState;
 use crate::store::{AuthRequestRecord, ClientRecord, CodeRecord, Identity, StoreError, TokenHash};
+use crate::tokens;
 
 /// How long a person has to sign in and consent.
 pub const REQUEST_TTL: u64 = 15 * 60;

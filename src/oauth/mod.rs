@@ -16,7 +16,6 @@ pub mod resource;
 pub mod revoke;
 pub mod static_clients;
 pub mod token;
-pub mod tokens;
 
 use crate::gate::MCP_SCOPE;
 

@@ -16,11 +16,11 @@ use subtle::ConstantTimeEq;
 
 use super::clients::{NONE, SECRET_BASIC, SECRET_POST};
 use super::redirect_uri::check_registrable;
-use super::tokens;
 use crate::error::{OAuthError, OAuthErrorCode, body_error};
 use crate::gate::bearer_token;
 use crate::server::{AppState, content_type_is};
 use crate::store::{ClientRecord, TokenHash};
+use crate::tokens;
 use axum::extract::rejection::BytesRejection;
 
 /// Largest registration document accepted.

@@ -16,13 +16,14 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::form::Params;
-use super::{clients, pkce, resource, tokens};
+use super::{clients, pkce, resource};
 use crate::error::{OAuthError, OAuthErrorCode, body_error};
 use crate::gate::MCP_SCOPE;
 use crate::server::{AppState, content_type_is};
 use crate::store::{
     ClientRecord, CodeRecord, GrantRecord, Rotation, TokenHash, TokenKind, TokenRecord,
 };
+use crate::tokens;
 use axum::extract::rejection::BytesRejection;
 
 /// RFC 6749 §5.1 success response.

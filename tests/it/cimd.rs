@@ -177,7 +177,7 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
 
 /// A client whose id is the document's URL (nothing registered).
 fn document_client(id: &str) -> OAuthClient {
-    let verifier = mcp_auth_proxy::oauth::tokens::generate("v").replace('_', "-");
+    let verifier = mcp_auth_proxy::tokens::generate("v").replace('_', "-");
     OAuthClient {
         id: id.to_string(),
         secret: None,

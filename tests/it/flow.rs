@@ -164,7 +164,7 @@ impl OAuthClient {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::CREATED);
         let reg: Value = resp.json().await.unwrap();
-        let verifier = mcp_auth_proxy::oauth::tokens::generate("v").replace('_', "-");
+        let verifier = mcp_auth_proxy::tokens::generate("v").replace('_', "-");
         OAuthClient {
             id: reg["client_id"].as_str().unwrap().to_string(),
             secret: reg["client_secret"].as_str().map(str::to_string),

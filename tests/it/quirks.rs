@@ -21,7 +21,7 @@ struct Replay {
 
 impl Replay {
     fn new(p: &TestProxy) -> Self {
-        let verifier = mcp_auth_proxy::oauth::tokens::generate("v").replace('_', "-");
+        let verifier = mcp_auth_proxy::tokens::generate("v").replace('_', "-");
         Self {
             t: p.target(),
             browser: Browser::new(),

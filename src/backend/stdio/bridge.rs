@@ -24,7 +24,7 @@ use super::stream::parse_event_id;
 use crate::backend::http::MCP_SESSION_ID;
 use crate::error::jsonrpc_error;
 use crate::gate::Caller;
-use crate::oauth::tokens;
+use crate::tokens;
 
 pub mod legacy;
 
