@@ -168,14 +168,27 @@ async fn login_form(
     error: Option<&str>,
     locked: bool,
 ) -> Response {
+    let pending = pending(app, req).await;
+    login_form_for(app, headers, status, req, pending.as_ref(), error, locked)
+}
+
+/// [`login_form`] for the pending request already read.
+fn login_form_for(
+    app: &AppState,
+    headers: &HeaderMap,
+    status: StatusCode,
+    req: Option<&str>,
+    pending: Option<&(AuthRequestRecord, ClientRecord)>,
+    error: Option<&str>,
+    locked: bool,
+) -> Response {
     let (cookie, set) = csrf_cookie(&app.authn.cookies, headers);
     let csrf = csrf_token(&app.repo.keys().hmac, &cookie);
     let name = site_name(app);
-    let pending = pending(app, req).await;
     let client_name = pending
         .as_ref()
         .map(|(_, c)| c.client_name.clone().unwrap_or_else(|| c.client_id.clone()));
-    let req = pending.as_ref().and(req);
+    let req = pending.and(req);
     let providers = app
         .authn
         .providers
@@ -207,11 +220,12 @@ pub async fn login_get(
 ) -> Response {
     let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
     let req = params.get("req");
-    // A request made with `prompt=login` is answered only by a sign-in made after it.
-    let request = pending(&app, req).await.map(|(rec, _)| rec);
+    // Read once: the form names its client, and a request made with `prompt=login` is
+    // answered only by a sign-in made after it.
+    let request = pending(&app, req).await;
     let current = session::current(&app.repo, &app.authn.cookies, &headers)
         .await
-        .map(|s| s.filter(|s| request.as_ref().is_none_or(|r| r.accepts(s))));
+        .map(|s| s.filter(|s| request.as_ref().is_none_or(|(r, _)| r.accepts(s))));
     match current {
         Ok(Some(s)) if app.authn.still_allowed(&s.identity) => {
             if req.is_some() {
@@ -236,10 +250,10 @@ pub async fn login_get(
                 _ => None,
             };
             if let Some(p) = only {
-                let req = pending(&app, req).await.and(req);
+                let req = request.as_ref().and(req);
                 return see_other(&upstream::start_path(p.id, req), FormTarget::SelfOnly);
             }
-            login_form(&app, &headers, StatusCode::OK, req, None, false).await
+            login_form_for(&app, &headers, StatusCode::OK, req, request.as_ref(), None, false)
         }
         Err(e) => store_failure_page(&app, e),
     }

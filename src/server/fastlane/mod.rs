@@ -348,8 +348,9 @@ impl Lane {
         let (mut host, mut forwarded_host, mut authorization) = (None, None, None);
         let (mut session_id, mut length, mut close) = (None, None, false);
         let mut forwarded_for: Vec<&str> = Vec::new();
-        // Which of the single-valued headers the lane only passes on were seen (a bit each).
-        let mut repeated = 0u8;
+        // Which of `guard::SINGLE_VALUED` were seen, a bit each (by their place in that list).
+        const _: () = assert!(guard::SINGLE_VALUED.len() <= 16);
+        let mut seen = 0u16;
         let mut headers = Vec::with_capacity(if proxied { head_len } else { 0 });
         let mut lower = [0u8; MAX_NAME];
         for h in req.headers.iter() {
@@ -390,25 +391,6 @@ impl Lane {
                         _ => proxied = false,
                     }
                 }
-                // Read upstream, not here; a second copy is the router's to refuse
-                // (`guard::SINGLE_VALUED`).
-                "mcp-protocol-version"
-                | "last-event-id"
-                | "content-type"
-                | "mcp-method"
-                | "mcp-name" => {
-                    let bit = match name {
-                        "mcp-protocol-version" => 1,
-                        "last-event-id" => 2,
-                        "content-type" => 4,
-                        "mcp-method" => 8,
-                        _ => 16,
-                    };
-                    if repeated & bit != 0 {
-                        proxied = false;
-                    }
-                    repeated |= bit;
-                }
                 "x-forwarded-host" | "x-forwarded-for" => match visible_ascii(h.value) {
                     Some(v) if name == "x-forwarded-for" => forwarded_for.push(v),
                     Some(v) => {
@@ -416,7 +398,15 @@ impl Lane {
                     }
                     None => proxied = false,
                 },
-                _ => {}
+                // The rest of the single-valued headers are read upstream, not here: a second
+                // copy is the router's to refuse, as the general path does.
+                _ => {
+                    if let Some(i) = guard::SINGLE_VALUED.iter().position(|n| *n == name) {
+                        let bit = 1u16 << i;
+                        proxied &= seen & bit == 0;
+                        seen |= bit;
+                    }
+                }
             }
             if !proxied
                 || backend.never_forwarded(name)
