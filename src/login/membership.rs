@@ -8,12 +8,12 @@ use crate::server::AppState;
 use crate::store::Identity;
 
 /// What the provider says today.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Membership {
     /// Admitted by the operator's own lists (users, or everyone): nothing to ask.
     NotAsked,
-    /// Still admitted; the identity as the provider describes it now.
-    Current(Identity),
+    /// Still admitted.
+    Current,
     /// No longer admitted.
     Ended,
     /// The provider could not be asked (no stored token, or it failed): not admitted now.
@@ -34,7 +34,7 @@ pub async fn recheck(app: &AppState, identity: &Identity) -> Membership {
     let http = app.authn.providers.http();
     match provider.current_identity(http, identity, &access).await {
         Ok(now) if now.subject() == identity.subject() && provider.allows(&now) => {
-            Membership::Current(now)
+            Membership::Current
         }
         Ok(_) => Membership::Ended,
         Err(e) => Membership::Unknown(e.to_string()),

@@ -77,7 +77,7 @@ pub async fn session_admitted(app: &AppState, session: &crate::store::SessionRec
         return false;
     }
     match membership::recheck(app, &session.identity).await {
-        Membership::NotAsked | Membership::Current(_) => true,
+        Membership::NotAsked | Membership::Current => true,
         Membership::Ended => false,
         Membership::Unknown(why) => {
             tracing::warn!(subject = %session.identity.subject(), why, "a session's membership could not be re-checked; signing in again");

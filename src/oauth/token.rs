@@ -345,7 +345,7 @@ async fn refresh_grant(
         }
         use crate::login::membership::{Membership, recheck};
         match recheck(app, &grant.identity).await {
-            Membership::NotAsked | Membership::Current(_) => {}
+            Membership::NotAsked | Membership::Current => {}
             Membership::Ended => {
                 tracing::info!(subject = %grant.identity.subject(), "refresh refused: the membership that admitted the user ended");
                 revoke_family(app, &grant.grant_id).await?;
