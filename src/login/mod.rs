@@ -253,7 +253,15 @@ pub async fn login_get(
                 let req = request.as_ref().and(req);
                 return see_other(&upstream::start_path(p.id, req), FormTarget::SelfOnly);
             }
-            login_form_for(&app, &headers, StatusCode::OK, req, request.as_ref(), None, false)
+            login_form_for(
+                &app,
+                &headers,
+                StatusCode::OK,
+                req,
+                request.as_ref(),
+                None,
+                false,
+            )
         }
         Err(e) => store_failure_page(&app, e),
     }

@@ -122,13 +122,27 @@ pub fn origin_allowed(site: &Site, origin: &str) -> bool {
         })
 }
 
-/// Paths of the authorization server and the sign-in pages. Browsers reach them by
-/// navigation and form posts, which carry their own checks (CSRF, Origin on POST); the
-/// browser-`Origin` rule below is for fetches of metadata and the MCP endpoint.
-fn own_endpoint(path: &str) -> bool {
-    matches!(path, "/authorize" | "/token" | "/register" | "/revoke")
-        || path.starts_with("/register/")
-        || path.starts_with("/.auth/")
+/// Who reads the answers of a path, and so the shape of an error there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// The authorization server's API (`/token`, `/register`, `/revoke`): OAuth JSON errors.
+    OAuthClient,
+    /// `/authorize` and the sign-in pages: a page for a person.
+    Person,
+    /// The MCP endpoint, metadata and every proxied path: JSON-RPC errors.
+    McpClient,
+}
+
+impl Audience {
+    pub fn of(path: &str) -> Self {
+        if matches!(path, "/token" | "/register" | "/revoke") || path.starts_with("/register/") {
+            Self::OAuthClient
+        } else if path == "/authorize" || path.starts_with("/.auth/") {
+            Self::Person
+        } else {
+            Self::McpClient
+        }
+    }
 }
 
 /// Headers whose meaning is one value: a request repeating one is refused (400), never read
@@ -163,17 +177,18 @@ pub fn malformed_head(headers: &HeaderMap) -> Option<String> {
     (!visible).then(|| "Mcp-Session-Id must be visible ASCII".to_string())
 }
 
-/// A refusal in the shape its audience reads: an OAuth JSON error on the authorization
-/// server's API, a page on the pages people open, a JSON-RPC error elsewhere.
+/// A refusal of a malformed request in the shape its [`Audience`] reads.
 fn refused(site: &Site, path: &str, status: StatusCode, message: &str) -> Response {
     use crate::error::{OAuthError, OAuthErrorCode};
     use axum::response::IntoResponse;
-    if matches!(path, "/token" | "/register" | "/revoke") || path.starts_with("/register/") {
-        OAuthError::new(status, OAuthErrorCode::InvalidRequest, message).into_response()
-    } else if path == "/authorize" || path.starts_with("/.auth/") {
-        crate::login::pages::error_page(&site.origin.host(), status, "Bad request", message)
-    } else {
-        jsonrpc_error(status, message)
+    match Audience::of(path) {
+        Audience::OAuthClient => {
+            OAuthError::new(status, OAuthErrorCode::InvalidRequest, message).into_response()
+        }
+        Audience::Person => {
+            crate::login::pages::error_page(&site.origin.host(), status, "Bad request", message)
+        }
+        Audience::McpClient => jsonrpc_error(status, message),
     }
 }
 
@@ -203,7 +218,9 @@ pub fn refusal(site: &Site, peer: IpAddr, req: &Request) -> Option<Response> {
         ));
     }
     if let Some(origin) = req.headers().get(header::ORIGIN)
-        && !own_endpoint(req.uri().path())
+        // Browsers reach our own endpoints by navigation and form posts, which carry their
+        // own checks (CSRF, Origin on POST); this rule is for fetches of metadata and MCP.
+        && Audience::of(req.uri().path()) == Audience::McpClient
         && !origin.to_str().is_ok_and(|o| origin_allowed(site, o))
     {
         return Some(jsonrpc_error(

@@ -104,8 +104,7 @@ pub fn refusal(app: &AppState, ip: std::net::IpAddr, path: &str) -> Option<Respo
     let secs = limiter.check(ip).err()?;
     app.metrics.client("rate_limited");
     tracing::info!(client_ip = %ip, path, retry_after = secs, "rate limited");
-    let page = path.starts_with("/.auth/") || path == "/authorize";
-    let mut resp = if page {
+    let mut resp = if super::guard::Audience::of(path) == super::guard::Audience::Person {
         crate::login::pages::error_page(
             &crate::login::site_name(app),
             StatusCode::TOO_MANY_REQUESTS,
