@@ -10,6 +10,7 @@
 
 pub mod assertion;
 pub mod backend;
+pub mod budget;
 pub mod cli;
 pub mod client_addr;
 pub mod clock;

@@ -234,7 +234,7 @@ pub async fn authorize(
     let id = tokens::generate("");
     let expires = record.created_at + REQUEST_TTL;
     let client_ip = crate::server::guard::client_ip(&app.site, peer.ip(), &headers);
-    if let Err(refused) = app.pending.admit(client_ip, record.created_at, expires) {
+    if let Err(refused) = app.pending.admit(client_ip, record.created_at) {
         return too_many_pending(&app, client_ip, refused);
     }
     if let Err(e) = app.repo.put(id.as_bytes(), &record, Some(expires)).await {
@@ -252,7 +252,7 @@ pub async fn authorize(
 fn too_many_pending(app: &AppState, client: std::net::IpAddr, refused: Refused) -> Response {
     app.metrics.client("authorize_pending_full");
     let (secs, message) = match refused {
-        Refused::ThisClient(s) => {
+        Refused::ThisKey(s) => {
             tracing::warn!(%client, "too many pending authorization requests from one client");
             (
                 s,

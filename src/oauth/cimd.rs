@@ -175,41 +175,8 @@ pub struct Documents {
     clock: Clock,
     cache: Mutex<HashMap<String, Cached>>,
     fetching: tokio::sync::Semaphore,
-    /// When fetches started in the last minute, per host and in all.
-    recent: Mutex<Recent>,
-}
-
-#[derive(Default)]
-struct Recent {
-    by_host: HashMap<String, std::collections::VecDeque<UnixTime>>,
-    all: std::collections::VecDeque<UnixTime>,
-}
-
-impl Recent {
-    /// Counts a fetch from `host` at `now` unless one of the per-minute limits is reached.
-    fn admit(&mut self, host: &str, now: UnixTime) -> bool {
-        let fresh = |q: &mut std::collections::VecDeque<UnixTime>| {
-            while q.front().is_some_and(|t| t + 60 <= now) {
-                q.pop_front();
-            }
-        };
-        fresh(&mut self.all);
-        if self.all.len() >= TOTAL_PER_MINUTE {
-            return false;
-        }
-        if self.by_host.len() >= CAPACITY {
-            self.by_host
-                .retain(|_, q| q.back().is_some_and(|t| t + 60 > now));
-        }
-        let mine = self.by_host.entry(host.to_string()).or_default();
-        fresh(mine);
-        if mine.len() >= PER_HOST_PER_MINUTE {
-            return false;
-        }
-        mine.push_back(now);
-        self.all.push_back(now);
-        true
-    }
+    /// Fetches started in the last minute, per host and in all.
+    recent: crate::budget::Budget<String>,
 }
 
 impl Documents {
@@ -241,7 +208,7 @@ impl Documents {
             clock,
             cache: Mutex::new(HashMap::new()),
             fetching: tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES),
-            recent: Mutex::new(Recent::default()),
+            recent: crate::budget::Budget::new(60, PER_HOST_PER_MINUTE, TOTAL_PER_MINUTE),
         })
     }
 
@@ -262,8 +229,7 @@ impl Documents {
             .ok()
             .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
             .unwrap_or_default();
-        let admitted = self.recent.lock().is_ok_and(|mut r| r.admit(&host, now));
-        if !admitted {
+        if self.recent.admit(&host, now).is_err() {
             tracing::warn!(host, "client metadata documents fetched too often; refused");
             return Err(busy(
                 "too many documents were fetched lately; try again in a minute",
@@ -432,15 +398,16 @@ mod tests {
 
     #[test]
     fn fetches_are_bounded_per_host_and_in_all_per_minute() {
-        let mut r = Recent::default();
+        let r = crate::budget::Budget::new(60, PER_HOST_PER_MINUTE, TOTAL_PER_MINUTE);
+        let host = "a.example".to_string();
         for _ in 0..PER_HOST_PER_MINUTE {
-            assert!(r.admit("a.example", 1000));
+            assert!(r.admit(&host, 1000).is_ok());
         }
-        assert!(!r.admit("a.example", 1030), "that host is at its limit");
-        assert!(r.admit("a.example", 1060), "a minute later it may again");
+        assert!(r.admit(&host, 1030).is_err(), "that host is at its limit");
+        assert!(r.admit(&host, 1060).is_ok(), "a minute later it may again");
         let mut admitted = PER_HOST_PER_MINUTE + 1;
         for i in 0.. {
-            if !r.admit(&format!("h{i}.example"), 1060) {
+            if r.admit(&format!("h{i}.example"), 1060).is_err() {
                 break;
             }
             admitted += 1;
