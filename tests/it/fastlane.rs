@@ -528,6 +528,7 @@ async fn requests_the_lane_does_not_serve_get_the_general_answers() {
             400,
         ),
         ("Mcp-Method: a\r\nMcp-Method: b\r\n", BODY, 400),
+        ("Mcp-Name: a\r\nMcp-Name: b\r\n", BODY, 400),
         ("Mcp-Session-Id: caf\u{e9}\r\n", BODY, 400),
         ("Cookie: a=1\r\nCookie: b=2\r\n", BODY, 200),
         ("X-Forwarded-For: 1.1.1.1\r\n", BODY, 200),

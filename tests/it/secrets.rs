@@ -112,10 +112,12 @@ async fn child_report(
     args: &[&str],
     script: &str,
     out: &std::path::Path,
+    data: tempfile::TempDir,
 ) -> crate::helpers::TestProxy {
     let mut all = args.to_vec();
     all.extend_from_slice(&["--stdio-warm-spare", "--", "sh", "-c", script]);
-    let p = crate::helpers::start_proxy(&all).await;
+    let clock = mcp_auth_proxy::clock::Clock::system();
+    let p = crate::helpers::start_proxy_with(&all, clock, data).await;
     written(&out.join("done")).await;
     p
 }
@@ -128,6 +130,7 @@ async fn stdio_children_start_in_a_directory_of_their_own() {
         &[],
         &format!("pwd > {o}/pwd; ls -A > {o}/ls; echo ok > {o}/done; exec cat"),
         out.path(),
+        tempfile::tempdir().unwrap(),
     )
     .await;
     let pwd = std::fs::read_to_string(out.path().join("pwd")).unwrap();
@@ -149,23 +152,10 @@ async fn stdio_user_runs_children_as_that_user_away_from_the_keys() {
     let data = tempfile::tempdir().unwrap();
     std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let d = data.path().display().to_string();
-    let p = crate::helpers::start_proxy_with(
-        &[
-            "--stdio-user",
-            "nobody",
-            "--stdio-warm-spare",
-            "--",
-            "sh",
-            "-c",
-            &format!(
-                "id -u > {o}/uid; id -G > {o}/groups; ls {d} > {o}/ls 2> {o}/ls-err; echo ok > {o}/done; exec cat"
-            ),
-        ],
-        mcp_auth_proxy::clock::Clock::system(),
-        data,
-    )
-    .await;
-    written(&out.path().join("done")).await;
+    let script = format!(
+        "id -u > {o}/uid; id -G > {o}/groups; ls {d} > {o}/ls 2> {o}/ls-err; echo ok > {o}/done; exec cat"
+    );
+    let p = child_report(&["--stdio-user", "nobody"], &script, out.path(), data).await;
     let read = |f: &str| std::fs::read_to_string(out.path().join(f)).unwrap();
     assert_eq!(read("uid").trim(), "65534");
     assert!(
