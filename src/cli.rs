@@ -27,7 +27,7 @@ const AFTER_HELP: &str = "\
 Set only in the environment:
   ENCRYPTION_KEY     base64 of 32 bytes sealing secrets at rest (default: generated into the data directory)
   AUTH_HMAC_SECRET   base64 of 32 bytes signing cookies (default: generated likewise)
-  JWT_PRIVATE_KEY    PKCS#8 PEM (P-256) signing identity assertions (default: generated into the store)
+  JWT_PRIVATE_KEY    PKCS#8 PEM (P-256, or RSA as sigbit makes) signing identity assertions (default: generated into the store)
   MODE               debug: a human-readable log (JSON lines otherwise)
   RUST_LOG           log filter (default: info)
 

@@ -213,6 +213,15 @@ pub async fn prepare(
     )?;
     let repo = Repo::new(Arc::new(store), keys, clock);
     let metrics = Arc::new(metrics::Metrics::new());
+    // A bad JWT_PRIVATE_KEY is said before anything listens, used or not.
+    if let Some(pem) = &secrets.jwt_private_key {
+        assertion::parse_private_key(pem.expose(), repo.clock().now())?;
+        if !config.upstream.forward_authorization {
+            tracing::warn!(
+                "JWT_PRIVATE_KEY is set but unused: it signs the identity assertion sent upstream, which --proxy-forward-authorization turns on (our access tokens are opaque, not JWTs)"
+            );
+        }
+    }
 
     let listener = bind(&config.listen).await?;
     let local_addr = listener.local_addr().map_err(RunError::Serve)?;

@@ -193,6 +193,23 @@ async fn wrong_values_stop_startup_with_one_clear_line() {
     )
     .await;
     refuses(&[], &[("ENCRYPTION_KEY", "dG9vIHNob3J0")], "ENCRYPTION_KEY").await;
+    // A signing key that cannot sign stops the start before anything listens (the one line
+    // is the error: no "listening on" before it), whether or not assertions are on.
+    refuses(&[], &[("JWT_PRIVATE_KEY", "not a pem")], "JWT_PRIVATE_KEY").await;
+    let p384 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+        &aws_lc_rs::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    let p384 = rcgen::KeyPair::try_from(p384.as_ref())
+        .unwrap()
+        .serialize_pem();
+    refuses(
+        &["--proxy-forward-authorization", "http://127.0.0.1:9/mcp"],
+        &[("JWT_PRIVATE_KEY", &p384)],
+        "neither a P-256 key nor an RSA key",
+    )
+    .await;
     refuses(&["--listen", "nonsense"], &[], "--listen").await;
     refuses(&["--password", ""], &[], "no way to sign in").await;
     refuses(&["--password-hash", "plain-text"], &[], "--password-hash").await;

@@ -335,7 +335,10 @@ async fn status(axum::extract::Path(code): axum::extract::Path<u16>) -> Response
     resp
 }
 
-async fn redirect_to(loc: &'static str) -> Response {
+/// Reads the request's body (as uvicorn, under Starlette, does with the rest of a request it
+/// has answered, so the connection stays usable) and redirects.
+async fn redirect_to(loc: &'static str, body: axum::body::Bytes) -> Response {
+    drop(body);
     Response::builder()
         .status(StatusCode::TEMPORARY_REDIRECT)
         .header(header::LOCATION, loc)
@@ -348,11 +351,14 @@ pub async fn start_upstream() -> Upstream {
         .route("/mcp", get(sse).post(echo).delete(echo))
         .route("/status/{code}", any(status))
         .route("/forever", get(forever))
-        .route("/starlette/mcp", any(|| redirect_to("/starlette/mcp/")))
+        .route(
+            "/starlette/mcp",
+            any(|body| redirect_to("/starlette/mcp/", body)),
+        )
         .route("/starlette/mcp/", any(echo))
         .route(
             "/elsewhere",
-            any(|| redirect_to("http://example.invalid/mcp")),
+            any(|body| redirect_to("http://example.invalid/mcp", body)),
         )
         .fallback(echo);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
