@@ -6,8 +6,9 @@
 
 use clap::Parser;
 
-/// Parses a boolean given on the command line or in the environment: only `true` and `1`
-/// (any case) are true, everything else is false.
+/// Let's Encrypt's production ACME directory: where certificates come from by default.
+pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
 /// One rule for every boolean, flag or environment variable: `true`/`1`/`yes`/`on` and
 /// `false`/`0`/`no`/`off`, any case; anything else is an error (clap names the flag or
 /// variable), never a silent `false`.
@@ -35,6 +36,8 @@ Durations: 30s, 10m, 1h, 7d (a bare number is seconds). Booleans: true/false, 1/
 
 `mcp-auth-proxy hash-password` reads a password on standard input and prints its bcrypt hash,
 for --password-hash (PASSWORD_HASH).
+`mcp-auth-proxy migrate --from sigbit:<dir>` brings sigbit/mcp-auth-proxy's signing key and
+certificate into the data directory (see `mcp-auth-proxy migrate --help`).
 
 Examples:
   # A stdio MCP server, bridged to Streamable HTTP, on this machine:
@@ -102,7 +105,7 @@ pub struct Cli {
         help_heading = "Listening and TLS",
         long,
         env = "TLS_DIRECTORY_URL",
-        default_value = "https://acme-v02.api.letsencrypt.org/directory"
+        default_value = LETS_ENCRYPT_DIRECTORY
     )]
     pub tls_directory_url: String,
 
@@ -854,4 +857,44 @@ pub struct Cli {
     // or after `--`, everything is the command's.
     #[arg(env = "MCP_SERVER_URL", num_args = 0.., trailing_var_arg = true)]
     pub backend: Vec<String>,
+}
+
+/// `mcp-auth-proxy migrate`: brings what can be reused into the data directory. Run it with
+/// the proxy stopped.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "mcp-auth-proxy migrate",
+    about,
+    long_about = None,
+    after_help = "\
+From sigbit/mcp-auth-proxy (--from sigbit:<its data directory>):
+  private_key.pem  becomes the identity-assertion signing key (RS256, sigbit's key id)
+  certs/<host>     becomes the cached certificate: served at once, no new ACME order
+  certs/acme_account+key, secret, db  stay: a new ACME account is made at renewal, people
+                   sign in again, MCP clients register again by themselves
+
+Example (sigbit's directory and ours may be the same one):
+  mcp-auth-proxy migrate --from sigbit:./data --data-path ./data \\
+      --external-url https://mcp.example.com"
+)]
+pub struct MigrateCli {
+    /// What to bring: sigbit:<directory> (sigbit/mcp-auth-proxy's data directory).
+    #[arg(long, value_parser = clap::value_parser!(crate::migrate::Source))]
+    pub from: crate::migrate::Source,
+
+    /// Our data directory, as the proxy will be given it.
+    #[arg(long, short = 'd', env = "DATA_PATH", default_value = "./data")]
+    pub data_path: std::path::PathBuf,
+
+    /// The proxy's public URL: only the certificate for its host is brought.
+    #[arg(long, short = 'e', env = "EXTERNAL_URL")]
+    pub external_url: Option<String>,
+
+    /// The ACME directory the proxy will renew from (as its --tls-directory-url).
+    #[arg(
+        long,
+        env = "TLS_DIRECTORY_URL",
+        default_value = LETS_ENCRYPT_DIRECTORY
+    )]
+    pub tls_directory_url: String,
 }

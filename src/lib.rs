@@ -19,6 +19,7 @@ pub mod error;
 pub mod gate;
 pub mod login;
 pub mod metrics;
+pub mod migrate;
 pub mod oauth;
 pub mod request_body;
 pub mod server;
@@ -83,6 +84,8 @@ pub enum RunError {
     Documents(String),
     #[error("the stdio servers' directory: {0}")]
     StdioDir(std::io::Error),
+    #[error(transparent)]
+    Migrate(#[from] migrate::MigrateError),
 }
 
 /// Secrets given through the environment that are not flags of their own.
@@ -199,19 +202,59 @@ pub struct Prepared {
     pub metrics_local_addr: Option<SocketAddr>,
 }
 
+/// The store in `data_path`, sealed with ENCRYPTION_KEY (or the key generated there).
+fn open_repo(
+    data_path: &std::path::Path,
+    secrets: &EnvSecrets,
+    clock: Clock,
+) -> Result<Repo, RunError> {
+    let store = SledStore::open(data_path)?;
+    let keys = Keys::load(
+        data_path,
+        secrets.encryption_key.as_ref().map(|s| s.expose()),
+        secrets.auth_hmac_secret.as_ref().map(|s| s.expose()),
+    )?;
+    Ok(Repo::new(Arc::new(store), keys, clock))
+}
+
+/// `mcp-auth-proxy migrate`: brings what can be reused into the store of `--data-path`.
+pub async fn migrate(
+    cli: cli::MigrateCli,
+    secrets: EnvSecrets,
+) -> Result<migrate::Report, RunError> {
+    let host = match &cli.external_url {
+        Some(u) => Some(
+            url::Url::parse(u)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .ok_or_else(|| {
+                    config::ConfigError(format!(
+                        "--external-url {u:?} is not an absolute URL such as https://mcp.example.com"
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    let repo = open_repo(&cli.data_path, &secrets, Clock::system())?;
+    match &cli.from {
+        migrate::Source::Sigbit(dir) => {
+            let plan = migrate::sigbit::Plan {
+                from: dir,
+                acme_directory: &cli.tls_directory_url,
+                host: host.as_deref(),
+            };
+            Ok(migrate::sigbit::migrate(&plan, &repo).await?)
+        }
+    }
+}
+
 /// Opens the store, loads keys, binds the listener and builds the state; logs the banner.
 pub async fn prepare(
     config: Config,
     secrets: EnvSecrets,
     clock: Clock,
 ) -> Result<Prepared, RunError> {
-    let store = SledStore::open(&config.data_path)?;
-    let keys = Keys::load(
-        &config.data_path,
-        secrets.encryption_key.as_ref().map(|s| s.expose()),
-        secrets.auth_hmac_secret.as_ref().map(|s| s.expose()),
-    )?;
-    let repo = Repo::new(Arc::new(store), keys, clock);
+    let repo = open_repo(&config.data_path, &secrets, clock)?;
     let metrics = Arc::new(metrics::Metrics::new());
     // A bad JWT_PRIVATE_KEY is said before anything listens, used or not.
     if let Some(pem) = &secrets.jwt_private_key {
@@ -367,6 +410,15 @@ pub async fn prepare(
         );
     }
 
+    if migrate::sigbit::looks_like_sigbit(&config.data_path)
+        && !migrate::sigbit::migrated(&repo).await?
+    {
+        tracing::warn!(
+            data = %config.data_path.display(),
+            "this data directory holds sigbit/mcp-auth-proxy's files, which are not read as they are: stop the proxy and run `mcp-auth-proxy migrate --from sigbit:{0} --data-path {0}` to keep its certificate (no new ACME order) and signing key",
+            config.data_path.display()
+        );
+    }
     let authn = authn(&config, &site, &repo).await?;
     let mut client_credentials = false;
     if let Some(path) = &config.clients_file {

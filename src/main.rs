@@ -114,11 +114,30 @@ fn hash_password(rest: &[std::ffi::OsString]) -> std::process::ExitCode {
     }
 }
 
+/// `mcp-auth-proxy migrate --from …`: what it brought and left on standard output.
+async fn migrate(rest: &[std::ffi::OsString]) -> std::process::ExitCode {
+    let name = std::ffi::OsString::from("mcp-auth-proxy migrate");
+    let cli = mcp_auth_proxy::cli::MigrateCli::parse_from(std::iter::once(&name).chain(rest));
+    match mcp_auth_proxy::migrate(cli, EnvSecrets::from_env()).await {
+        Ok(report) => {
+            print!("{report}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mcp-auth-proxy migrate: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "hash-password") {
         return hash_password(&args[2..]);
+    }
+    if args.get(1).is_some_and(|a| a == "migrate") {
+        return migrate(&args[2..]).await;
     }
     // Our /proc entries (environ, mem, fd) become unreadable to processes of the same user,
     // the stdio children among them: PASSWORD and the other secrets live in our environment

@@ -327,3 +327,104 @@ async fn a_certificate_by_http_01_on_the_plain_listener() {
     );
     drop(p);
 }
+
+/// Go's autocert file for a cached entry of ours: the key as SEC 1 (`EC PRIVATE KEY`), then
+/// the chain, as sigbit/mcp-auth-proxy leaves it in `certs/<host>`.
+fn autocert_file(cached: &[u8]) -> String {
+    use aws_lc_rs::encoding::{AsDer, EcPrivateKeyRfc5915Der};
+    use rustls::pki_types::pem::PemObject;
+    let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(cached).unwrap();
+    let pair = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        pkcs8.secret_pkcs8_der(),
+    )
+    .unwrap();
+    let sec1: EcPrivateKeyRfc5915Der = pair.private_key().as_der().unwrap();
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sec1.as_ref());
+    let mut out = format!("-----BEGIN EC PRIVATE KEY-----\n{b64}\n-----END EC PRIVATE KEY-----\n");
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(cached) {
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cert.unwrap());
+        out.push_str(&format!(
+            "-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n"
+        ));
+    }
+    out
+}
+
+#[tokio::test]
+async fn sigbits_certificate_is_migrated_and_served_without_a_new_order() {
+    use rustls_acme::CertCache;
+    if skip() {
+        return;
+    }
+    // A certificate pebble issued, left in a directory laid out as sigbit's.
+    let (pebble, http_port, tls_port, p) = issued(false).await;
+    let issued_leaf = fetch_metadata(&pebble, tls_port, 30).await;
+    let cached = mcp_auth_proxy::server::acme::StoreCache(p.repo().clone())
+        .load_cert(&[HOST.to_string()], &pebble.directory)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(p.stop().await);
+    let sigbit = tempfile::tempdir().unwrap();
+    std::fs::create_dir(sigbit.path().join("certs")).unwrap();
+    std::fs::write(
+        sigbit.path().join("certs").join(HOST),
+        autocert_file(&cached),
+    )
+    .unwrap();
+    std::fs::write(sigbit.path().join("certs/acme_account+key"), "not read").unwrap();
+    std::fs::write(sigbit.path().join("secret"), [7u8; 32]).unwrap();
+    std::fs::write(sigbit.path().join("db"), "bbolt").unwrap();
+    let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let rsa: aws_lc_rs::encoding::Pkcs8V1Der = aws_lc_rs::encoding::AsDer::as_der(&rsa).unwrap();
+    let rsa_pem = rcgen::KeyPair::try_from(rsa.as_ref())
+        .unwrap()
+        .serialize_pem();
+    std::fs::write(sigbit.path().join("private_key.pem"), rsa_pem).unwrap();
+
+    // Before: the proxy says the directory is sigbit's. The migration says what it brought.
+    let data = tempfile::tempdir().unwrap();
+    let from = format!("sigbit:{}", sigbit.path().display());
+    let external = format!("https://{HOST}:{tls_port}");
+    let dir = data.path().display().to_string();
+    let out = crate::helpers::binary_output(
+        &[
+            "migrate",
+            "--from",
+            &from,
+            "--data-path",
+            &dir,
+            "--external-url",
+            &external,
+            "--tls-directory-url",
+            &pebble.directory,
+        ],
+        &[],
+    )
+    .await;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        &format!("certs/{HOST}: the certificate for {HOST}") as &str,
+        "private_key.pem: the signing key (RS256",
+        "certs/acme_account+key",
+        "people signed in in a browser sign in again",
+        "MCP clients register again",
+    ] {
+        assert!(said.contains(expected), "{expected:?} not in:\n{said}");
+    }
+
+    // The proxy on the migrated directory serves that certificate at once: no new order.
+    let p = proxy(&pebble, http_port, tls_port, false, data).await;
+    let served = fetch_metadata(&pebble, tls_port, 10).await;
+    assert_eq!(
+        served, issued_leaf,
+        "the migrated certificate, not a new one"
+    );
+    drop(p);
+}

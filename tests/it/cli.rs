@@ -454,7 +454,11 @@ async fn the_log_has_plain_values_a_person_can_read() {
 
 /// The log lines of a start of the binary with `args`, up to the sign-in methods line.
 async fn startup_lines(args: &[&str]) -> String {
-    let site = crate::helpers::BinarySite::new().await;
+    startup_lines_at(&crate::helpers::BinarySite::new().await, args).await
+}
+
+/// The same, in `site`'s data directory.
+async fn startup_lines_at(site: &crate::helpers::BinarySite, args: &[&str]) -> String {
     let mut bin = site.start(args).await;
     let mut lines = Vec::new();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -490,4 +494,32 @@ async fn startup_says_what_is_wrong_before_anyone_signs_in() {
     let log = startup_lines(&[]).await;
     assert!(log.contains("no MCP server behind this proxy"), "{log}");
     assert!(!log.contains("MCP clients connect to"), "{log}");
+    assert!(!log.contains("sigbit"), "{log}");
+
+    // sigbit's files in the data directory (the same default, ./data) are not passed over
+    // in silence.
+    let site = crate::helpers::BinarySite::new().await;
+    std::fs::create_dir(site.dir.path().join("certs")).unwrap();
+    let log = startup_lines_at(&site, &[]).await;
+    assert!(
+        log.contains("mcp-auth-proxy migrate --from sigbit:"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn migrate_names_what_it_cannot_read() {
+    let data = tempfile::tempdir().unwrap();
+    let data = data.path().display().to_string();
+    for (from, expected) in [
+        ("elsewhere:/x", "expected sigbit:<directory>"),
+        ("sigbit:/no/such/dir", "not a data directory of sigbit"),
+    ] {
+        let out =
+            crate::helpers::binary_output(&["migrate", "--from", from, "--data-path", &data], &[])
+                .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{from}");
+        assert!(stderr.contains(expected), "{from}: {stderr}");
+    }
 }

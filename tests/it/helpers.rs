@@ -519,6 +519,15 @@ impl Binary {
 /// Runs the binary to completion (it is expected to exit by itself) and returns its exit
 /// code and stderr.
 pub async fn run_binary(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = binary_output(args, envs).await;
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Runs the binary to its end: exit status, standard output and error.
+pub async fn binary_output(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-auth-proxy"));
     cmd.args(args)
         .env("PASSWORD", TEST_PASSWORD)
@@ -527,12 +536,8 @@ pub async fn run_binary(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, S
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+    tokio::time::timeout(Duration::from_secs(20), cmd.output())
         .await
         .expect("the binary did not exit within 20 s")
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+        .unwrap()
 }
