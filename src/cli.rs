@@ -898,3 +898,75 @@ pub struct MigrateCli {
     )]
     pub tls_directory_url: String,
 }
+
+/// Flags given more than once before the backend, with how often. The last one wins (as in
+/// sigbit's proxy: a script that appends an override keeps working), but a person who typed
+/// one twice by mistake should hear of it. Flags that collect several values are not counted.
+pub fn repeated_flags(args: &[std::ffi::OsString]) -> Vec<(String, usize)> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    let mut words = args.iter().skip(1);
+    while let Some(word) = words.next().and_then(|w| w.to_str()) {
+        if word == "--" {
+            break;
+        }
+        let (arg, inline) = if let Some(long) = word.strip_prefix("--") {
+            let (name, value) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (long, None),
+            };
+            let arg = cmd.get_arguments().find(|a| {
+                a.get_long() == Some(name)
+                    || a.get_all_aliases()
+                        .is_some_and(|aliases| aliases.contains(&name))
+            });
+            (arg, value.is_some())
+        } else if let Some(short) = word.strip_prefix('-').filter(|s| s.len() == 1) {
+            let c = short.chars().next();
+            (cmd.get_arguments().find(|a| a.get_short() == c), false)
+        } else {
+            // The backend begins: everything after it is the command's.
+            break;
+        };
+        let Some(arg) = arg else {
+            continue;
+        };
+        let takes_value = arg.get_action().takes_values() && !arg.is_require_equals_set();
+        if takes_value && !inline {
+            words.next();
+        }
+        if matches!(
+            arg.get_action(),
+            clap::ArgAction::Set | clap::ArgAction::SetTrue
+        ) {
+            let name = arg.get_long().unwrap_or_else(|| arg.get_id().as_str());
+            *counts.entry(format!("--{name}")).or_default() += 1;
+        }
+    }
+    counts.into_iter().filter(|(_, n)| *n > 1).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<std::ffi::OsString> {
+        s.split(' ').map(Into::into).collect()
+    }
+
+    #[test]
+    fn a_flag_given_twice_is_found_but_not_the_commands_own() {
+        assert_eq!(
+            repeated_flags(&words(
+                "mcp-auth-proxy --listen :80 -e https://a.example --listen=:8080 --tls-accept-tos --external-url https://b.example -- server --listen x --listen y"
+            )),
+            vec![("--external-url".into(), 2), ("--listen".into(), 2)]
+        );
+        // A value that looks like a flag is a value; a stdio command's flags are its own.
+        assert!(
+            repeated_flags(&words("p --password --listen --listen :1 http://u/mcp")).is_empty()
+        );
+        assert!(repeated_flags(&words("p --listen :1 node s.js --listen :2")).is_empty());
+    }
+}

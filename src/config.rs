@@ -346,6 +346,8 @@ const FORBIDDEN_SCHEMES: [&str; 7] = [
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Things given that have no effect, said at startup as warnings.
+    pub notes: Vec<String>,
     pub listen: ListenAddr,
     /// HTTPS, when on.
     pub tls: Option<TlsConfig>,
@@ -446,10 +448,12 @@ impl Config {
                 )));
             }
         }
+        let mut notes = Vec::new();
         if cli.repository_dsn.as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err(bad(
-                "--repository-dsn is set but only the embedded store exists yet; unset it",
-            ));
+            // As sigbit's proxy does: the DSN means something only for an external store.
+            notes.push(
+                "--repository-dsn (REPOSITORY_DSN) is ignored: --repository-backend is local, the embedded store in --data-path".to_string(),
+            );
         }
 
         let trusted_proxies = cli
@@ -535,6 +539,7 @@ impl Config {
             None => Vec::new(),
         };
         Ok(Self {
+            notes,
             static_clients,
             clients_file: cli.clients_file.clone(),
             forward_auth_path,

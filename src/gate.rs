@@ -40,6 +40,10 @@ impl Caller {
     pub fn identity(&self) -> Option<&crate::store::Identity> {
         self.0.identity.as_ref()
     }
+    /// The whole token record (what introspection reports).
+    pub fn record(&self) -> &TokenRecord {
+        &self.0
+    }
 }
 
 /// Why the gate said no.

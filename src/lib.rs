@@ -410,6 +410,9 @@ pub async fn prepare(
         );
     }
 
+    for note in &config.notes {
+        tracing::warn!("{note}");
+    }
     if migrate::sigbit::looks_like_sigbit(&config.data_path)
         && !migrate::sigbit::migrated(&repo).await?
     {
@@ -420,7 +423,7 @@ pub async fn prepare(
         );
     }
     let authn = authn(&config, &site, &repo).await?;
-    let mut client_credentials = false;
+    let (mut client_credentials, mut introspection) = (false, false);
     if let Some(path) = &config.clients_file {
         let now = repo.clock().now();
         let clients: Vec<_> = config
@@ -436,6 +439,7 @@ pub async fn prepare(
         client_credentials = clients
             .iter()
             .any(|c| c.grant_types.iter().any(|g| g == "client_credentials"));
+        introspection = clients.iter().any(|c| c.secret_hash.is_some());
         tracing::info!(clients = clients.len(), file = %path.display(), "clients declared in the clients file");
     }
     let assertion = if config.upstream.forward_authorization {
@@ -478,6 +482,7 @@ pub async fn prepare(
         forward_auth_path: config.forward_auth_path.clone(),
         assertion,
         client_credentials,
+        introspection,
         documents,
         metrics,
         cert,

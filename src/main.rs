@@ -158,6 +158,13 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    for (flag, times) in mcp_auth_proxy::cli::repeated_flags(&args) {
+        tracing::warn!(
+            flag,
+            times,
+            "{flag} is given {times} times; the last one is used"
+        );
+    }
     let result = run(config, EnvSecrets::from_env(), shutdown_signal()).await;
     // Everything logged is out before the last word.
     drop(log);

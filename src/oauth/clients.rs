@@ -17,7 +17,8 @@ pub const NONE: &str = "none";
 pub const SECRET_POST: &str = "client_secret_post";
 pub const SECRET_BASIC: &str = "client_secret_basic";
 
-fn invalid_client(basic: bool, why: &str) -> OAuthError {
+/// A 401 `invalid_client` (RFC 6749 §5.2), with a Basic challenge when Basic was tried.
+pub fn invalid_client(basic: bool, why: &str) -> OAuthError {
     let mut e = OAuthError::new(StatusCode::UNAUTHORIZED, OAuthErrorCode::InvalidClient, why);
     if basic {
         e.challenge = Some("Basic realm=\"mcp-auth-proxy\", charset=\"UTF-8\"".into());

@@ -72,6 +72,12 @@ pub struct AuthorizationServerMetadata {
     pub code_challenge_methods_supported: [&'static str; 1],
     pub token_endpoint_auth_methods_supported: [&'static str; 3],
     pub revocation_endpoint_auth_methods_supported: [&'static str; 3],
+    /// RFC 7662, when a confidential client is declared in `--clients-file` (only those may
+    /// use it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub introspection_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub introspection_endpoint_auth_methods_supported: Option<[&'static str; 2]>,
     pub scopes_supported: [&'static str; 2],
     pub authorization_response_iss_parameter_supported: bool,
     pub service_documentation: &'static str,
@@ -99,6 +105,8 @@ impl AuthorizationServerMetadata {
             code_challenge_methods_supported: [crate::oauth::pkce::S256],
             token_endpoint_auth_methods_supported: auth_methods,
             revocation_endpoint_auth_methods_supported: auth_methods,
+            introspection_endpoint: None,
+            introspection_endpoint_auth_methods_supported: None,
             scopes_supported: [MCP_SCOPE, crate::oauth::OFFLINE_ACCESS],
             authorization_response_iss_parameter_supported: true,
             service_documentation: "https://modelcontextprotocol.io/specification/2025-11-25/basic/authorization",
@@ -117,6 +125,13 @@ pub async fn authorization_server(State(app): State<AppState>) -> Response {
     doc.client_id_metadata_document_supported = app.documents.is_some();
     if app.client_credentials {
         doc.grant_types_supported.push("client_credentials");
+    }
+    if app.introspection {
+        doc.introspection_endpoint = Some(app.site.origin.join("/introspect"));
+        doc.introspection_endpoint_auth_methods_supported = Some([
+            crate::oauth::clients::SECRET_BASIC,
+            crate::oauth::clients::SECRET_POST,
+        ]);
     }
     cacheable(Json(doc))
 }

@@ -7,6 +7,7 @@ pub mod cimd;
 pub mod clients;
 pub mod consent;
 pub mod form;
+pub mod introspect;
 pub mod metadata;
 pub mod pending;
 pub mod pkce;

@@ -125,7 +125,8 @@ pub fn origin_allowed(site: &Site, origin: &str) -> bool {
 /// Who reads the answers of a path, and so the shape of an error there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Audience {
-    /// The authorization server's API (`/token`, `/register`, `/revoke`): OAuth JSON errors.
+    /// The authorization server's API (`/token`, `/register`, `/revoke`, `/introspect`):
+    /// OAuth JSON errors.
     OAuthClient,
     /// `/authorize` and the sign-in pages: a page for a person.
     Person,
@@ -135,7 +136,15 @@ pub enum Audience {
 
 impl Audience {
     pub fn of(path: &str) -> Self {
-        if matches!(path, "/token" | "/register" | "/revoke") || path.starts_with("/register/") {
+        if matches!(
+            path,
+            "/token"
+                | "/register"
+                | "/revoke"
+                | "/introspect"
+                | crate::oauth::introspect::SIGBIT_PATH
+        ) || path.starts_with("/register/")
+        {
             Self::OAuthClient
         } else if path == "/authorize" || path.starts_with("/.auth/") {
             Self::Person

@@ -31,7 +31,7 @@ use crate::oauth::consent::{CONSENT_PATH, consent_get, consent_post};
 use crate::oauth::metadata::{
     AS_METADATA_PATH, RESOURCE_METADATA_PATH, authorization_server, protected_resource,
 };
-use crate::oauth::{authorize, register, revoke, token};
+use crate::oauth::{authorize, introspect, register, revoke, token};
 use crate::store::Repo;
 
 /// Largest body accepted by the authorization server's endpoints and forms.
@@ -70,6 +70,8 @@ pub struct App {
     pub assertion: Option<crate::assertion::Signer>,
     /// Whether a declared client may use `client_credentials` (advertised then).
     pub client_credentials: bool,
+    /// Whether a declared confidential client may introspect tokens (advertised then).
+    pub introspection: bool,
     /// Client ID metadata documents, unless `--no-cimd`.
     pub documents: Option<crate::oauth::cimd::Documents>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -139,6 +141,8 @@ pub fn router(state: AppState) -> Router {
             get(register::read).delete(register::delete),
         )
         .route("/revoke", post(revoke::revoke))
+        .route("/introspect", post(introspect::introspect))
+        .route(introspect::SIGBIT_PATH, post(introspect::introspect))
         .route_layer(limited());
     // Starting a sign-in (here, each stores a pending request; at a provider, each costs a
     // round trip there): rate-limited too.

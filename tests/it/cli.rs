@@ -460,7 +460,7 @@ async fn startup_lines(args: &[&str]) -> String {
 /// The same, in `site`'s data directory.
 async fn startup_lines_at(site: &crate::helpers::BinarySite, args: &[&str]) -> String {
     let mut bin = site.start(args).await;
-    let mut lines = Vec::new();
+    let mut lines = std::mem::take(&mut bin.before_listening);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while !lines.iter().any(|l: &String| l.contains("sign-in with")) {
         assert!(
@@ -495,6 +495,25 @@ async fn startup_says_what_is_wrong_before_anyone_signs_in() {
     assert!(log.contains("no MCP server behind this proxy"), "{log}");
     assert!(!log.contains("MCP clients connect to"), "{log}");
     assert!(!log.contains("sigbit"), "{log}");
+    assert!(!log.contains("is given"), "{log}");
+
+    // What has no effect is said: a flag given twice, a DSN for a store not in use.
+    let log = startup_lines(&[
+        "--mcp-path",
+        "/a",
+        "--mcp-path=/mcp",
+        "--repository-dsn",
+        "x",
+    ])
+    .await;
+    assert!(
+        log.contains("--mcp-path is given 2 times; the last one is used"),
+        "{log}"
+    );
+    assert!(
+        log.contains("--repository-dsn (REPOSITORY_DSN) is ignored"),
+        "{log}"
+    );
 
     // sigbit's files in the data directory (the same default, ./data) are not passed over
     // in silence.

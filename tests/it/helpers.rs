@@ -423,6 +423,8 @@ impl BinarySite {
 pub struct Binary {
     pub child: tokio::process::Child,
     pub base: String,
+    /// The binary's log lines before `listening on`.
+    pub before_listening: Vec<String>,
     /// The binary's log lines after `listening on`.
     pub stderr: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
@@ -452,15 +454,17 @@ impl Binary {
                 }
             }
         });
-        let base = tokio::time::timeout(Duration::from_secs(20), async {
+        let (before, base) = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut before = Vec::new();
             while let Some(line) = rx.recv().await {
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let url: String = rest
                         .chars()
                         .take_while(|c| !c.is_whitespace() && *c != '"')
                         .collect();
-                    return url;
+                    return (before, url);
                 }
+                before.push(line);
             }
             panic!("the binary exited before listening");
         })
@@ -469,6 +473,7 @@ impl Binary {
         Binary {
             child,
             base,
+            before_listening: before,
             stderr: rx,
         }
     }

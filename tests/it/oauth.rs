@@ -1448,3 +1448,134 @@ async fn prompt_login_asks_a_signed_in_person_to_sign_in_again() {
     let html = b.follow(&t, &resp).await;
     assert!(html.contains("name=\"decision\""), "{html}");
 }
+
+#[tokio::test]
+async fn introspection_answers_declared_confidential_clients_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clients.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[client]]
+id = "resource-server"
+secret = "a-long-random-resource-server-secret"
+grant_types = ["client_credentials"]
+
+[[client]]
+id = "desktop-app"
+redirect_uris = ["http://127.0.0.1:33418/callback"]
+"#,
+    )
+    .unwrap();
+    let path = file.display().to_string();
+    let p = start_proxy(&["--clients-file", &path]).await;
+    let t = p.target();
+    let meta: Value =
+        crate::helpers::get_json(t.url("/.well-known/oauth-authorization-server")).await;
+    assert_eq!(
+        meta["introspection_endpoint"],
+        p.state.site.origin.join("/introspect")
+    );
+
+    let live = crate::helpers::token_for(&p, "password:alice").await;
+    let expired = crate::helpers::mint(
+        p.repo(),
+        &p.state.site.resource,
+        crate::helpers::Mint {
+            subject: "password:alice",
+            ttl: -1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let ask = |path: &'static str, id: &'static str, secret: &'static str, token: String| {
+        let url = t.url(path);
+        async move {
+            client()
+                .post(url)
+                .basic_auth(id, Some(secret))
+                .form(&[("token", token)])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let secret = "a-long-random-resource-server-secret";
+    for path in ["/introspect", "/.idp/introspect"] {
+        let resp = ask(path, "resource-server", secret, live.clone()).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["active"], true, "{body}");
+        assert_eq!(body["sub"], "password:alice");
+        assert_eq!(body["client_id"], "client-1");
+        assert_eq!(body["aud"], p.state.site.resource.as_str());
+        assert_eq!(body["token_type"], "Bearer");
+        assert!(
+            body["scope"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .any(|s| s == "mcp")
+        );
+        assert!(body["exp"].as_u64().unwrap() > body["iat"].as_u64().unwrap());
+    }
+    // Expired or unknown: only `active: false`.
+    for token in [expired, "mcp_at_unknown".to_string()] {
+        let body: Value = ask("/introspect", "resource-server", secret, token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body, json!({"active": false}));
+    }
+
+    // Nobody else may ask: a wrong secret, a public declared client, a registered
+    // confidential client.
+    let wrong = ask(
+        "/introspect",
+        "resource-server",
+        "not-the-secret",
+        live.clone(),
+    )
+    .await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let public = client()
+        .post(t.url("/introspect"))
+        .form(&[("token", live.as_str()), ("client_id", "desktop-app")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), StatusCode::UNAUTHORIZED);
+    let registered: Value = client()
+        .post(t.url("/register"))
+        .json(&json!({
+            "redirect_uris": ["http://127.0.0.1:9/cb"],
+            "token_endpoint_auth_method": "client_secret_basic",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resp = client()
+        .post(t.url("/introspect"))
+        .basic_auth(
+            registered["client_id"].as_str().unwrap(),
+            registered["client_secret"].as_str(),
+        )
+        .form(&[("token", live.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_client");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("--clients-file")
+    );
+}

@@ -1,0 +1,79 @@
+//! Token introspection (RFC 7662) at `/introspect`, also answered at `/.idp/introspect` where
+//! sigbit/mcp-auth-proxy served it, so resource servers set up for it keep working.
+//!
+//! Only confidential clients declared in `--clients-file` may ask (a resource server is
+//! one such client): anyone else gets 401, so a token found lying around cannot be checked
+//! for liveness by a stranger. A token is `active` exactly when the MCP endpoint would accept
+//! it ([`crate::gate::check_token`]: one rule for both).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::clients::{self, SECRET_BASIC, invalid_client};
+use super::static_clients::is_static;
+use super::token::form_body;
+use crate::error::{OAuthError, OAuthErrorCode, body_error};
+use crate::gate::{self, GateError};
+use crate::server::AppState;
+
+/// Where sigbit/mcp-auth-proxy answered introspection.
+pub const SIGBIT_PATH: &str = "/.idp/introspect";
+
+/// `POST /introspect`.
+pub async fn introspect(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OAuthError> {
+    let body = body.map_err(body_error)?;
+    let params = form_body(&headers, &body)?;
+    let client =
+        clients::authenticate(&app.repo, app.documents.as_ref(), &headers, &params).await?;
+    if !is_static(&client) || client.secret_hash.is_none() {
+        return Err(invalid_client(
+            client.token_endpoint_auth_method == SECRET_BASIC,
+            "token introspection is open only to confidential clients declared in --clients-file",
+        ));
+    }
+    let token = params.get("token").ok_or_else(|| {
+        OAuthError::bad_request(OAuthErrorCode::InvalidRequest, "token is required")
+    })?;
+    let answer = match gate::check_token(&app.repo, &app.tokens, &app.site, token).await {
+        Ok(caller) => {
+            let record = caller.record();
+            let identity = record.identity.as_ref();
+            json!({
+                "active": true,
+                "scope": record.scopes.join(" "),
+                "client_id": record.client_id,
+                "username": identity.and_then(|i| i.email.clone().or_else(|| i.name.clone())),
+                "token_type": "Bearer",
+                "exp": record.expires_at,
+                "iat": record.issued_at,
+                "sub": record.subject,
+                "aud": record.resource,
+                "iss": app.site.origin.as_str(),
+            })
+        }
+        Err(GateError::Unavailable) => {
+            return Err(OAuthError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                OAuthErrorCode::TemporarilyUnavailable,
+                "temporarily unavailable",
+            ));
+        }
+        // RFC 7662 §2.2: whatever is not active (unknown, expired, revoked, a refresh token,
+        // another resource's) is only `active: false`, with nothing about why.
+        Err(_) => json!({ "active": false }),
+    };
+    tracing::info!(client_id = %client.client_id, active = answer["active"] == true, "token introspected");
+    let mut resp = Json(answer).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
