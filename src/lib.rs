@@ -10,6 +10,7 @@
 
 pub mod assertion;
 pub mod backend;
+pub mod banner;
 pub mod budget;
 pub mod cli;
 pub mod client_addr;
@@ -183,6 +184,8 @@ fn tls_setup(
 
 /// A proxy that is bound and ready to serve: what [`serve`] runs and tests inspect.
 pub struct Prepared {
+    /// What a person at a terminal is shown once it serves.
+    pub banner: banner::Banner,
     pub listener: TcpListener,
     pub local_addr: SocketAddr,
     /// The HTTPS listener, when TLS is on.
@@ -385,16 +388,23 @@ pub async fn prepare(
     };
     // The same checks as /readyz, once at startup: a dead backend is said now, not found
     // out after someone signed in.
-    if let Some(b) = &http_backend
-        && let Err(why) = b.reachable(server::health::UPSTREAM_PROBE).await
-    {
-        tracing::warn!(backend = %b.base(), why, "the HTTP MCP server does not answer yet; requests get 502 until it does");
-    }
-    if let Some(s) = &stdio_backend
-        && let Err(why) = s.startable()
-    {
-        tracing::warn!(why, "the stdio MCP server cannot be started as configured");
-    }
+    let backend_state = match (&http_backend, &stdio_backend) {
+        (Some(b), _) => match b.reachable(server::health::UPSTREAM_PROBE).await {
+            Ok(()) => banner::BackendState::Ready,
+            Err(why) => {
+                tracing::warn!(backend = %b.base(), why, "the HTTP MCP server does not answer yet; requests get 502 until it does");
+                banner::BackendState::NotReady(why)
+            }
+        },
+        (None, Some(s)) => match s.startable() {
+            Ok(()) => banner::BackendState::Ready,
+            Err(why) => {
+                tracing::warn!(why, "the stdio MCP server cannot be started as configured");
+                banner::BackendState::NotReady(why)
+            }
+        },
+        (None, None) => banner::BackendState::None,
+    };
     match &http_backend {
         Some(b) => tracing::info!(backend = %b.base(), "proxying to an HTTP MCP server"),
         None if matches!(config.backend, Backend::Stdio { .. }) => {}
@@ -500,7 +510,31 @@ pub async fn prepare(
     if let Some(a) = metrics_local_addr {
         tracing::info!("metrics on http://{a}/metrics");
     }
+    let banner = banner::Banner {
+        version: env!("CARGO_PKG_VERSION"),
+        mcp_url: state.site.resource.clone(),
+        login_url: state.site.origin.join(login::LOGIN_PATH),
+        backend: match &config.backend {
+            Backend::Http(url) => backend::http::redact(url),
+            Backend::Stdio { program, args } => format!("stdio: {program} {}", args.join(" "))
+                .trim()
+                .to_string(),
+            Backend::None => String::new(),
+        },
+        backend_state,
+        sign_in: state
+            .authn
+            .methods()
+            .iter()
+            .map(|m| m.to_string())
+            .collect(),
+        certificate: certificate_state(&config, &state.repo).await,
+        listening: std::iter::once(format!("http://{local_addr}"))
+            .chain(tls_local_addr.map(|a| format!("https://{a}")))
+            .collect(),
+    };
     Ok(Prepared {
+        banner,
         shutdown_grace: config.shutdown_grace,
         workers: config.workers,
         fast_lane: config.fast_lane,
@@ -566,11 +600,14 @@ async fn authn(config: &Config, site: &config::Site, repo: &Repo) -> Result<Auth
         );
         repo.flush().await?;
     }
-    let mut methods: Vec<&str> = Vec::new();
-    if password.is_some() {
-        methods.push("password");
-    }
-    methods.extend(providers.list.iter().map(|p| p.label.as_str()));
+    let authn = Authn {
+        providers,
+        lockout: Lockout::new(&config.auth),
+        cookies: Cookies::for_origin(&site.origin),
+        password,
+        cfg: config.auth.clone(),
+    };
+    let methods = authn.methods();
     if methods.is_empty() {
         tracing::warn!(
             "no sign-in method is configured: nobody can sign in (set --password or a provider)"
@@ -579,13 +616,38 @@ async fn authn(config: &Config, site: &config::Site, repo: &Repo) -> Result<Auth
         let methods = methods.join(", ");
         tracing::info!(methods, "sign-in with {methods}");
     }
-    Ok(Authn {
-        providers,
-        lockout: Lockout::new(&config.auth),
-        cookies: Cookies::for_origin(&site.origin),
-        password,
-        cfg: config.auth.clone(),
-    })
+    Ok(authn)
+}
+
+/// The banner's HTTPS line: who serves the certificate and in what state it is.
+async fn certificate_state(config: &Config, repo: &Repo) -> String {
+    use rustls_acme::CertCache;
+    let Some(tls) = &config.tls else {
+        return "off here (plain HTTP: terminate TLS in front of the proxy, or give an https --external-url)".into();
+    };
+    match &tls.source {
+        config::TlsSource::Files { cert, .. } => {
+            format!("from {} (reloaded when it changes)", cert.display())
+        }
+        config::TlsSource::Acme(acme) => {
+            let cached = server::acme::StoreCache(repo.clone())
+                .load_cert(std::slice::from_ref(&acme.host), &acme.directory_url)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|pem| server::tls::pem_not_after(&pem));
+            match cached {
+                Some(until) => format!(
+                    "ACME certificate for {}, cached, valid until {until}",
+                    acme.host
+                ),
+                None => format!(
+                    "ACME certificate for {}: being ordered now (see the log)",
+                    acme.host
+                ),
+            }
+        }
+    }
 }
 
 /// Store key of the fingerprint of the passwords grants were made under.
@@ -766,7 +828,11 @@ pub async fn run(
     secrets: EnvSecrets,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    serve(prepare(config, secrets, Clock::system()).await?, shutdown).await
+    let prepared = prepare(config, secrets, Clock::system()).await?;
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprint!("{}", prepared.banner);
+    }
+    serve(prepared, shutdown).await
 }
 
 /// Ends idle stdio sessions until told to stop.

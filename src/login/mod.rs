@@ -45,6 +45,16 @@ pub struct Authn {
 }
 
 impl Authn {
+    /// The ways to sign in, in the order the login page shows them.
+    pub fn methods(&self) -> Vec<&str> {
+        let mut methods = Vec::new();
+        if self.password.is_some() {
+            methods.push("password");
+        }
+        methods.extend(self.providers.list.iter().map(|p| p.label.as_str()));
+        methods
+    }
+
     /// The identity a password sign-in gets.
     pub fn password_identity(&self, verifier: &PasswordVerifier) -> Identity {
         Identity {

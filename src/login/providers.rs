@@ -413,11 +413,13 @@ async fn discover(http: &reqwest::Client, url: &Url) -> Result<Discovery, Provid
 
 /// GETs a public document (no credentials), bounded; any status but 2xx is an error.
 async fn get_document(http: &reqwest::Client, url: &Url) -> Result<Vec<u8>, String> {
+    // The whole chain: reqwest's own message ("error sending request") hides the cause
+    // (refused, no such host, certificate) in its sources.
     let resp = http
         .get(url.as_str())
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::error::chain(&e))?;
     let status = resp.status();
     let body = read_bounded(resp).await?;
     if !status.is_success() {
@@ -934,6 +936,22 @@ fn oidc_allows(o: &OidcConfig, identity: &Identity) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_provider_is_named_with_the_cause() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let url = Url::parse(&format!(
+            "http://127.0.0.1:{port}/.well-known/openid-configuration"
+        ))
+        .unwrap();
+        let why = get_document(&reqwest::Client::new(), &url)
+            .await
+            .unwrap_err();
+        assert!(why.contains("Connection refused"), "{why}");
+    }
 
     fn oidc_cfg() -> OidcConfig {
         OidcConfig {

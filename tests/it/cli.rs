@@ -542,3 +542,52 @@ async fn migrate_names_what_it_cannot_read() {
         assert!(stderr.contains(expected), "{from}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_person_at_a_terminal_sees_a_banner_a_log_collector_does_not() {
+    use tokio::io::AsyncBufReadExt;
+    // `script` (util-linux) gives the binary a terminal.
+    let data = tempfile::tempdir().unwrap();
+    let dead = format!("http://127.0.0.1:{}/mcp", crate::helpers::dead_port().await);
+    let command = format!(
+        "{} --data-path {} --listen 127.0.0.1:0 --password a-long-test-password {dead}",
+        env!("CARGO_BIN_EXE_mcp-auth-proxy"),
+        data.path().display()
+    );
+    let mut script = tokio::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("script (util-linux) runs");
+    let mut lines = tokio::io::BufReader::new(script.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if !line.starts_with('{') {
+                banner.push(line.clone());
+            }
+            if line.contains("Listening on") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("a banner within 20 s");
+    // The pseudo-terminal closes with `script`, and the proxy with it (SIGHUP).
+    script.kill().await.unwrap();
+    let banner = banner.join("\n");
+    for expected in [
+        "is running",
+        &format!("MCP server       {dead} (NOT READY: "),
+        "Give clients     http://localhost:",
+        "Sign-in page     http://localhost:",
+        "Sign-in with     password",
+        "HTTPS            off here",
+    ] {
+        assert!(banner.contains(expected), "{expected:?} not in:\n{banner}");
+    }
+    let log = startup_lines(&[]).await;
+    assert!(!log.contains("is running"), "{log}");
+}

@@ -407,3 +407,41 @@ fn the_healthcheck_follows_the_listen_address_the_proxy_uses() {
     // The Dockerfile's healthcheck reads that file.
     assert!(dockerfile().contains("/tmp/mcp-auth-proxy.listen"));
 }
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    if !installed("systemd-analyze") {
+        assert!(std::env::var("CI").is_err(), "CI must install systemd");
+        eprintln!("systemd-analyze is not installed (apt-get install systemd): skipped");
+        return;
+    }
+    // verify checks that ExecStart's program exists: the unit names the installed path, so
+    // the copy checked here names the binary under test.
+    let unit = std::fs::read_to_string(Path::new(ROOT).join("docs/systemd/mcp-auth-proxy.service"))
+        .unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/mcp-auth-proxy "));
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("mcp-auth-proxy.service");
+    std::fs::write(
+        &copy,
+        unit.replace(
+            "/usr/local/bin/mcp-auth-proxy",
+            env!("CARGO_BIN_EXE_mcp-auth-proxy"),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    // An unknown key or a bad value is only a warning to systemd: any is a failure here.
+    let about_the_unit: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("mcp-auth-proxy"))
+        .collect();
+    assert!(about_the_unit.is_empty(), "{said}");
+}
