@@ -605,7 +605,11 @@ async fn authn(config: &Config, site: &config::Site, repo: &Repo) -> Result<Auth
         lockout: Lockout::new(&config.auth),
         cookies: Cookies::for_origin(&site.origin),
         password,
-        cfg: config.auth.clone(),
+        // The plaintext password was hashed above; this copy lives as long as the process.
+        cfg: config::AuthConfig {
+            password: None,
+            ..config.auth.clone()
+        },
     };
     let methods = authn.methods();
     if methods.is_empty() {
