@@ -879,8 +879,8 @@ Example (sigbit's directory and ours may be the same one):
 )]
 pub struct MigrateCli {
     /// What to bring: sigbit:<directory> (sigbit/mcp-auth-proxy's data directory).
-    #[arg(long, value_parser = clap::value_parser!(crate::migrate::Source))]
-    pub from: crate::migrate::Source,
+    #[arg(long)]
+    pub from: String,
 
     /// Our data directory, as the proxy will be given it.
     #[arg(long, short = 'd', env = "DATA_PATH", default_value = "./data")]

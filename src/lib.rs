@@ -238,8 +238,9 @@ pub async fn migrate(
         ),
         None => None,
     };
+    let source: migrate::Source = cli.from.parse()?;
     let repo = open_repo(&cli.data_path, &secrets, Clock::system())?;
-    match &cli.from {
+    match &source {
         migrate::Source::Sigbit(dir) => {
             let plan = migrate::sigbit::Plan {
                 from: dir,

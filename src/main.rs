@@ -148,6 +148,10 @@ async fn main() -> std::process::ExitCode {
     {
         eprintln!("mcp-auth-proxy: warning: could not make the process non-dumpable: {e}");
     }
+    // The one process-wide TLS crypto provider, for the listeners, ACME and every client.
+    // (aws-lc-rs is the only one compiled in, so a library or test that builds a rustls
+    // config without this gets the same one.)
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let log = init_tracing();
     let config = match Config::from_cli(cli) {

@@ -136,9 +136,6 @@ impl HttpBackend {
         workers: usize,
     ) -> Result<Self, ClientError> {
         use rustls_platform_verifier::ConfigVerifierExt;
-        // One process-wide crypto provider (aws-lc-rs, shared with everything else using
-        // rustls); an error only means it was installed already.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let tls = rustls::ClientConfig::with_platform_verifier()
             .map_err(|e| ClientError(e.to_string()))?;
         let mut http = HttpConnector::new();

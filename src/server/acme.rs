@@ -139,7 +139,6 @@ pub struct Acme {
 fn client_config(opts: &AcmeOptions) -> Result<rustls::ClientConfig, TlsError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match &opts.directory_ca_file {
         Some(path) => {
             let mut roots = rustls::RootCertStore::empty();

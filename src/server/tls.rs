@@ -37,7 +37,6 @@ pub fn server_config(
     resolver: Arc<dyn ResolvesServerCert>,
     extra_alpn: &[&[u8]],
 ) -> rustls::ServerConfig {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_cert_resolver(resolver);

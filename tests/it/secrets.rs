@@ -176,5 +176,8 @@ async fn the_plaintext_password_is_not_kept_once_hashed() {
     let p = crate::helpers::start_proxy(&[]).await;
     let authn = &p.state.authn;
     assert!(authn.password.is_some(), "password sign-in is on");
-    assert!(authn.cfg.password.is_none(), "the plaintext stayed in memory");
+    assert!(
+        authn.cfg.password.is_none(),
+        "the plaintext stayed in memory"
+    );
 }
