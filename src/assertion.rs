@@ -130,10 +130,7 @@ fn rsa_key_id(pair: &RsaKeyPair) -> Result<String, AssertionError> {
         .as_der()
         .map_err(|_| AssertionError::BadKey("the RSA public key cannot be encoded".into()))?;
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki.as_ref());
-    Ok(digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex::encode(&digest.as_ref()[..8]))
 }
 
 fn key_from(stored: StoredKey) -> Result<Key, AssertionError> {

@@ -88,7 +88,7 @@ impl PasswordVerifier {
             mac.update(i.as_bytes());
         }
         let digest = mac.finalize().into_bytes();
-        let epoch = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        let epoch = hex::encode(&digest[..16]);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Some(Self {
             hashing: tokio::sync::Semaphore::new(cores),

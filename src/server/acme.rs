@@ -26,11 +26,7 @@ fn cache_key(kind: &str, parts: &[String], directory: &str) -> String {
         h.update([0]);
     }
     h.update(directory.as_bytes());
-    format!("acme_{kind}_{}", hex(&h.finalize()))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    format!("acme_{kind}_{}", hex::encode(h.finalize()))
 }
 
 impl StoreCache {
