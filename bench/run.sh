@@ -3,7 +3,7 @@
 # nginx as a plain reverse proxy, on two upstreams:
 #   fast: nginx answering a fixed JSON-RPC result (shows the proxy's own cost)
 #   everything: @modelcontextprotocol/server-everything (streamable HTTP), a real MCP server
-# Method (decisions.md): same run, interleaved A/B/C, ROUNDS rounds, wrk -t2 -c16, unique
+# Method (docs/design.md, "Benchmarks"): same run, interleaved A/B/C, ROUNDS rounds, wrk -t2 -c16, unique
 # JSON-RPC ids (tools-call.lua); median and spread reported. Loopback only; bounded runs.
 #
 # Usage: bash bench/run.sh [ROUNDS] [DURATION]      (needs: nginx, wrk, node, npm ci in tests/e2e)

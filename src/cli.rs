@@ -1,8 +1,8 @@
 //! The command line: every flag, its environment variable and its help.
 //!
-//! Names follow sigbit/mcp-auth-proxy so its users can swap binaries (see
-//! `shared/reference/cli-compat.md`); flags of our own follow `decisions.md`. This module only
-//! describes the shape; [`crate::config::Config::from_cli`] validates it.
+//! Names follow sigbit/mcp-auth-proxy so its users can swap binaries (docs/design.md,
+//! "Compatibility with sigbit/mcp-auth-proxy"); flags of our own are named in the same style.
+//! This module only describes the shape; [`crate::config::Config::from_cli`] validates it.
 
 use clap::Parser;
 

@@ -1565,7 +1565,7 @@ pub struct TlsConfig {
     pub source: TlsSource,
 }
 
-/// The TLS rule (cli-compat.md): certificate files win; otherwise ACME for an https external
+/// The TLS rule (docs/design.md, "Compatibility with sigbit/mcp-auth-proxy"): certificate files win; otherwise ACME for an https external
 /// URL whose host is not localhost (unless `--no-auto-tls`), or when `--tls-host` is given.
 fn tls_config(
     cli: &Cli,

@@ -2,7 +2,7 @@
 //!
 //! Request and response bodies stream through; SSE responses pass event by event (each chunk
 //! is written to the client as it arrives, never buffered or compressed). What goes upstream
-//! follows decisions.md "What goes upstream": the client's `Authorization`, our cookies,
+//! follows docs/design.md "What goes upstream": the client's `Authorization`, our cookies,
 //! `Origin` and client copies of identity headers are removed; `Host` is the upstream's;
 //! `X-Forwarded-*` are ours. An upstream 401/403 becomes a 502 so its challenge never sends
 //! the client to the upstream's own authorization server.

@@ -1,4 +1,4 @@
-//! Where a proxied request goes upstream (decisions.md, "URLs").
+//! Where a proxied request goes upstream (docs/design.md, "URLs").
 //!
 //! - Upstream URL with a path other than `/`: the MCP path maps to exactly that URL; every
 //!   other proxied path is joined onto the upstream's origin.

@@ -1,5 +1,5 @@
 //! Password sign-in: bcrypt verification off the async threads, and the per-IP lockout of
-//! decisions.md (10 failures within 5 minutes lock the IP for 2 minutes, all configurable).
+//! docs/design.md "People's side" (10 failures within 5 minutes lock the IP for 2 minutes, all configurable).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;

@@ -1,5 +1,5 @@
 //! Browser state: the sign-in session cookie, CSRF tokens, and the cookie rules of
-//! decisions.md (https: `__Host-` prefix and `Secure`; always `HttpOnly`, `SameSite=Lax`,
+//! docs/design.md "People's side" (https: `__Host-` prefix and `Secure`; always `HttpOnly`, `SameSite=Lax`,
 //! `Path=/`).
 //!
 //! CSRF uses a signed double submit: a random cookie, and in each form the HMAC of that

@@ -20,7 +20,7 @@ pub mod token;
 
 use crate::gate::MCP_SCOPE;
 
-/// The scope that asks for refresh tokens (issued anyway, see decisions.md).
+/// The scope that asks for refresh tokens (issued anyway, see docs/design.md, "Tokens").
 pub const OFFLINE_ACCESS: &str = "offline_access";
 
 /// The scopes granted for a requested `scope` parameter: `mcp` always, `offline_access` when

@@ -164,7 +164,7 @@ pub fn validate(
         client_name,
         redirect_uris,
         token_endpoint_auth_method: method,
-        // Refresh tokens are issued to every client (decisions.md), so every client may use them.
+        // Refresh tokens are issued to every client (docs/design.md, "Tokens"), so every client may use them.
         grant_types: vec!["authorization_code".into(), "refresh_token".into()],
         response_types: vec!["code".into()],
         secret_hash: None,

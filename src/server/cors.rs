@@ -1,4 +1,4 @@
-//! CORS for browser-based MCP clients (mcp-auth-profile.md) on the metadata, the OAuth API
+//! CORS for browser-based MCP clients (docs/design.md, "MCP clients we answer") on the metadata, the OAuth API
 //! (`/register`, `/token`, `/revoke`) and the MCP endpoint and proxied paths; never on the
 //! sign-in pages. Only the external origin and `--allowed-origins` are granted (the same rule
 //! as the `Origin` guard), never `*` and never credentials: these clients send bearer

@@ -1,4 +1,4 @@
-//! The quirk matrix of mcp-auth-profile.md: each popular MCP client's requests replayed as
+//! The client quirks of docs/design.md ("MCP clients we answer"): each popular MCP client's requests replayed as
 //! that client sends them (registration body, authorization parameters, token requests),
 //! through the real login and consent pages, ending with its token opening `/mcp`.
 //! Metadata documents are served from a local HTTPS server under the clients' real paths.

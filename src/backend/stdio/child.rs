@@ -1,6 +1,6 @@
 //! Starting a stdio MCP server: its command line, its environment, its stderr.
 //!
-//! decisions.md "Children": the child inherits the proxy's environment minus every variable
+//! docs/design.md "Stdio children": the child inherits the proxy's environment minus every variable
 //! the proxy reads for itself (so `-e API_KEY=…` set for the server still arrives, but our
 //! password, keys and client secrets never do), or with `--stdio-clean-env` only an
 //! allow-list. The list of our variables is taken from the command-line definition itself,
