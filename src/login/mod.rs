@@ -25,7 +25,6 @@ use self::password::{Lockout, PasswordVerifier};
 use self::session::{Cookies, csrf_cookie, csrf_token, csrf_valid, post_origin_ok, read_cookie};
 use crate::config::AuthConfig;
 use crate::oauth::form::Params;
-use crate::server::guard::client_ip;
 use crate::server::{AppState, content_type_is};
 use crate::store::{AuthRequestRecord, ClientRecord, Identity};
 
@@ -337,7 +336,7 @@ pub async fn login_post(
     };
     let req = params.get("req").map(str::to_string);
     let req = req.as_deref();
-    let ip = client_ip(&app.site, peer.ip(), &headers);
+    let ip = crate::client_addr::client_ip(&app.site.trusted_proxies, peer.ip(), &headers);
     if let Some(refused) = crate::server::ratelimit::refusal(&app, ip, LOGIN_PATH) {
         return refused;
     }

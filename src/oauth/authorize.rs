@@ -233,7 +233,7 @@ pub async fn authorize(
 
     let id = tokens::generate("");
     let expires = record.created_at + REQUEST_TTL;
-    let client_ip = crate::server::guard::client_ip(&app.site, peer.ip(), &headers);
+    let client_ip = crate::client_addr::client_ip(&app.site.trusted_proxies, peer.ip(), &headers);
     if let Err(refused) = app.pending.admit(client_ip, record.created_at) {
         return too_many_pending(&app, client_ip, refused);
     }

@@ -8,49 +8,9 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::Response;
 
-use crate::client_addr::canonical_ip;
+use crate::client_addr::is_trusted;
 use crate::config::{Site, is_loopback_host, normalize_origin};
 use crate::error::jsonrpc_error;
-
-/// Whether `ip` is one of the `--trusted-proxies`.
-pub fn is_trusted(site: &Site, ip: IpAddr) -> bool {
-    let ip = canonical_ip(ip);
-    site.trusted_proxies.iter().any(|net| net.contains(&ip))
-}
-
-/// The client's address: the peer, or, when the peer is a trusted proxy, the right-most
-/// address in `X-Forwarded-For` that is not itself a trusted proxy.
-pub fn client_ip(site: &Site, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-    client_ip_in(
-        site,
-        peer,
-        headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-    )
-}
-
-/// [`client_ip`] given the `X-Forwarded-For` values.
-pub fn client_ip_in<'a>(
-    site: &Site,
-    peer: IpAddr,
-    forwarded_for: impl Iterator<Item = &'a str>,
-) -> IpAddr {
-    let peer = canonical_ip(peer);
-    if !is_trusted(site, peer) {
-        return peer;
-    }
-    let hops: Vec<IpAddr> = forwarded_for
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-        .map(canonical_ip)
-        .collect();
-    hops.into_iter()
-        .rev()
-        .find(|ip| !is_trusted(site, *ip))
-        .unwrap_or(peer)
-}
 
 /// The authority the client addressed: `X-Forwarded-Host` from a trusted proxy, else `Host`,
 /// else the request URI's authority (HTTP/2).
@@ -217,7 +177,7 @@ pub fn refusal(site: &Site, peer: IpAddr, req: &Request) -> Option<Response> {
             &why,
         ));
     }
-    let trusted = is_trusted(site, peer);
+    let trusted = is_trusted(&site.trusted_proxies, peer);
     let host_ok = requested_authority(req.headers(), req.uri(), trusted)
         .is_some_and(|a| host_allowed(site, &a));
     if !host_ok {
@@ -306,15 +266,19 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "1.2.3.4, 10.0.0.7".parse().unwrap());
         assert_eq!(
-            client_ip(&s, "10.0.0.1".parse().unwrap(), &h),
+            crate::client_addr::client_ip(&s.trusted_proxies, "10.0.0.1".parse().unwrap(), &h),
             "1.2.3.4".parse::<IpAddr>().unwrap()
         );
         assert_eq!(
-            client_ip(&s, "5.6.7.8".parse().unwrap(), &h),
+            crate::client_addr::client_ip(&s.trusted_proxies, "5.6.7.8".parse().unwrap(), &h),
             "5.6.7.8".parse::<IpAddr>().unwrap()
         );
         assert_eq!(
-            client_ip(&s, "::ffff:10.0.0.1".parse().unwrap(), &h),
+            crate::client_addr::client_ip(
+                &s.trusted_proxies,
+                "::ffff:10.0.0.1".parse().unwrap(),
+                &h
+            ),
             "1.2.3.4".parse::<IpAddr>().unwrap()
         );
         let uri: Uri = "/x".parse().unwrap();

@@ -190,7 +190,9 @@ async fn front(
     let route = crate::metrics::route_label(req.uri().path(), &app.site.mcp_path);
     let logged = tracing::enabled!(tracing::Level::INFO) && route != "probe";
     let path = logged.then(|| req.uri().path().to_string());
-    let client = logged.then(|| guard::client_ip(&app.site, peer.ip(), req.headers()));
+    let client = logged.then(|| {
+        crate::client_addr::client_ip(&app.site.trusted_proxies, peer.ip(), req.headers())
+    });
     let req = req.map(|body| crate::request_body::with_deadline(body, app.body_read_timeout));
     let resp = if let Some(refused) = guard::refusal(&app.site, peer.ip(), &req) {
         refused
@@ -255,7 +257,7 @@ async fn forward_auth(
         Ok(c) => c,
         Err(e) => return e.into_response(&app.site),
     };
-    if guard::is_trusted(&app.site, peer.ip()) {
+    if crate::client_addr::is_trusted(&app.site.trusted_proxies, peer.ip()) {
         let uri = headers.get("x-forwarded-uri").and_then(|v| v.to_str().ok());
         tracing::debug!(uri = uri.unwrap_or_default(), "forward-auth: allowed");
     }
@@ -337,7 +339,7 @@ async fn proxy(
     }
     let client = ClientInfo {
         peer: peer.ip(),
-        peer_trusted: guard::is_trusted(&app.site, peer.ip()),
+        peer_trusted: crate::client_addr::is_trusted(&app.site.trusted_proxies, peer.ip()),
     };
     let provider_token = match caller.identity() {
         Some(id) if app.upstream.pass_access_token => {

@@ -91,7 +91,7 @@ pub async fn limit(
     req: Request,
     next: Next,
 ) -> Response {
-    let ip = super::guard::client_ip(&app.site, peer.ip(), req.headers());
+    let ip = crate::client_addr::client_ip(&app.site.trusted_proxies, peer.ip(), req.headers());
     match refusal(&app, ip, req.uri().path()) {
         Some(refused) => refused,
         None => next.run(req).await,

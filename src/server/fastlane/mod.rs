@@ -440,7 +440,7 @@ impl Lane {
         if !proxied || body_len > REPLAY_LIMIT.min(self.app.max_body) {
             return routed();
         }
-        let trusted = guard::is_trusted(site, peer);
+        let trusted = crate::client_addr::is_trusted(&site.trusted_proxies, peer);
         let addressed = guard::authority_of(forwarded_host, host, trusted)
             .is_some_and(|a| guard::host_allowed(site, a));
         let token = authorization.map(bearer_value);
@@ -457,8 +457,15 @@ impl Lane {
             session_id: session_id.map(str::to_string),
             headers,
             forwarded_for: proxy::forwarded_for(&client, forwarded_for.iter().copied()),
-            client: tracing::enabled!(target: "mcp_auth_proxy::server", tracing::Level::INFO)
-                .then(|| guard::client_ip_in(site, peer, forwarded_for.into_iter())),
+            client: tracing::enabled!(target: "mcp_auth_proxy::server", tracing::Level::INFO).then(
+                || {
+                    crate::client_addr::client_ip_in(
+                        &site.trusted_proxies,
+                        peer,
+                        forwarded_for.into_iter(),
+                    )
+                },
+            ),
         })
     }
 
