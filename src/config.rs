@@ -16,10 +16,78 @@ use zeroize::Zeroize;
 
 use crate::cli::Cli;
 
+/// What part of the identity a header or variable carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdentityPart {
+    User,
+    /// The sign-in method: `password`, `google`, `github`, `oidc`.
+    Provider,
+    Email,
+    Name,
+    /// Comma-separated.
+    Groups,
+    /// A claim, by JSON Pointer.
+    Claim(String),
+}
+
+impl IdentityPart {
+    /// `user`, `email`, `name`, `groups` or a `/pointer`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "user" => Some(IdentityPart::User),
+            "provider" => Some(IdentityPart::Provider),
+            "email" => Some(IdentityPart::Email),
+            "name" => Some(IdentityPart::Name),
+            "groups" => Some(IdentityPart::Groups),
+            p if jsonptr::Pointer::parse(p).is_ok() && p.starts_with('/') => {
+                Some(IdentityPart::Claim(p.to_string()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The account children run as (`--stdio-user`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+impl RunAs {
+    /// Looks `name` up in the system's user database; only root can switch to it.
+    pub fn lookup(name: &str) -> Result<Self, String> {
+        if !rustix::process::geteuid().is_root() {
+            return Err(format!(
+                "--stdio-user {name}: the proxy must start as root to run children as another user"
+            ));
+        }
+        let user = nix::unistd::User::from_name(name)
+            .map_err(|e| format!("--stdio-user {name}: {e}"))?
+            .ok_or_else(|| format!("--stdio-user {name}: no such user"))?;
+        if user.uid.is_root() {
+            return Err(format!(
+                "--stdio-user {name} is root: name an unprivileged user"
+            ));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            home: user.dir,
+        })
+    }
+}
+
 /// A configuration mistake, phrased as what the user should change.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
+
+/// Where the protected resource's metadata (RFC 9728) is served, before the MCP path.
+pub const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
 fn bad(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
@@ -211,7 +279,7 @@ pub struct SessionLimits {
 pub struct StdioOptions {
     pub cwd: Option<PathBuf>,
     /// `--stdio-user`: the account children run as.
-    pub run_as: Option<crate::backend::stdio::placement::RunAs>,
+    pub run_as: Option<RunAs>,
     pub env: Vec<(String, String)>,
     pub pass_env: Vec<String>,
     pub clean_env: bool,
@@ -221,7 +289,7 @@ pub struct StdioOptions {
     /// One child for every session (`--stdio-mode shared`) instead of one each.
     pub shared: bool,
     /// `--stdio-identity-env`: what of the user goes into which variable of their child.
-    pub identity_env: Vec<(crate::backend::identity::Part, String)>,
+    pub identity_env: Vec<(IdentityPart, String)>,
 }
 
 /// How requests are sent to an HTTP upstream.
@@ -364,7 +432,6 @@ pub struct Config {
     pub forward_auth_path: Option<String>,
     /// `--clients-file`, read and checked.
     pub clients_file: Option<PathBuf>,
-    pub static_clients: Vec<crate::store::ClientRecord>,
     pub auth: AuthConfig,
     /// How long connections may run after a shutdown signal.
     pub shutdown_grace: Duration,
@@ -533,14 +600,8 @@ impl Config {
             }
             p => Some(p.to_string()),
         };
-        let static_clients = match &cli.clients_file {
-            Some(path) => crate::oauth::static_clients::load(path, &auth.redirect_schemes, 0)
-                .map_err(|e| bad(e.to_string()))?,
-            None => Vec::new(),
-        };
         Ok(Self {
             notes,
-            static_clients,
             clients_file: cli.clients_file.clone(),
             forward_auth_path,
             listen,
@@ -596,7 +657,7 @@ impl Config {
             },
             fast_lane: !cli.no_fast_lane,
             workers: match cli.workers {
-                0 => crate::server::workers::default_count(),
+                0 => crate::worker::default_count(),
                 n => n,
             },
             stdio,
@@ -815,7 +876,7 @@ fn stdio_options(cli: &Cli) -> Result<StdioOptions, ConfigError> {
             let (part, var) = e
                 .split_once('=')
                 .ok_or_else(|| bad(format!("--stdio-identity-env: {e:?} is not part=VARIABLE")))?;
-            let part = crate::backend::identity::Part::parse(part).ok_or_else(|| {
+            let part = IdentityPart::parse(part).ok_or_else(|| {
                 bad(format!(
                     "--stdio-identity-env: {part:?} is not user, provider, email, name, groups or a /pointer"
                 ))
@@ -853,7 +914,7 @@ fn stdio_options(cli: &Cli) -> Result<StdioOptions, ConfigError> {
             .as_deref()
             .map(str::trim)
             .filter(|u| !u.is_empty())
-            .map(crate::backend::stdio::placement::RunAs::lookup)
+            .map(RunAs::lookup)
             .transpose()
             .map_err(bad)?,
         env,
@@ -913,11 +974,8 @@ impl Config {
         };
         Ok(Site {
             resource: origin.join(&self.mcp_path),
-            resource_metadata_url: origin.join(&format!(
-                "{}{}",
-                crate::oauth::metadata::RESOURCE_METADATA_PATH,
-                self.mcp_path
-            )),
+            resource_metadata_url: origin
+                .join(&format!("{}{}", RESOURCE_METADATA_PATH, self.mcp_path)),
             origin,
             mcp_path: self.mcp_path.clone(),
             allowed_origins: self.allowed_origins.clone(),

@@ -19,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod gate;
 pub mod login;
+pub mod media_type;
 pub mod metrics;
 pub mod migrate;
 pub mod oauth;
@@ -26,6 +27,7 @@ pub mod request_body;
 pub mod server;
 pub mod store;
 pub mod tokens;
+pub mod worker;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -260,6 +262,13 @@ pub async fn prepare(
 ) -> Result<Prepared, RunError> {
     let repo = open_repo(&config.data_path, &secrets, clock)?;
     let metrics = Arc::new(metrics::Metrics::new());
+    // The clients file is read before anything listens: a mistake in it stops the start.
+    let static_clients = match &config.clients_file {
+        Some(path) => {
+            oauth::static_clients::load(path, &config.auth.redirect_schemes, repo.clock().now())?
+        }
+        None => Vec::new(),
+    };
     // A bad JWT_PRIVATE_KEY is said before anything listens, used or not.
     if let Some(pem) = &secrets.jwt_private_key {
         assertion::parse_private_key(pem.expose(), repo.clock().now())?;
@@ -436,17 +445,8 @@ pub async fn prepare(
     let authn = authn(&config, &site, &repo).await?;
     let (mut client_credentials, mut introspection) = (false, false);
     if let Some(path) = &config.clients_file {
-        let now = repo.clock().now();
-        let clients: Vec<_> = config
-            .static_clients
-            .iter()
-            .cloned()
-            .map(|mut c| {
-                c.issued_at = now;
-                c
-            })
-            .collect();
-        oauth::static_clients::sync(&repo, &clients).await?;
+        let clients = &static_clients;
+        oauth::static_clients::sync(&repo, clients).await?;
         client_credentials = clients
             .iter()
             .any(|c| c.grant_types.iter().any(|g| g == "client_credentials"));

@@ -186,7 +186,7 @@ impl HttpBackend {
 
     /// The calling worker's connection pool.
     fn client(&self) -> &UpstreamClient {
-        let i = crate::server::workers::current() % self.clients.len();
+        let i = crate::worker::current() % self.clients.len();
         &self.clients[i]
     }
 
@@ -467,7 +467,7 @@ impl HttpBackend {
         {
             headers.insert(header::LOCATION, v);
         }
-        let is_sse = crate::server::content_type_is(&headers, SSE);
+        let is_sse = crate::media_type::content_type_is(&headers, SSE);
         if is_sse {
             headers.insert(
                 HeaderName::from_static("x-accel-buffering"),

@@ -4,7 +4,7 @@
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
-use crate::config::UpstreamOptions;
+use crate::config::{IdentityPart, UpstreamOptions};
 use crate::store::Identity;
 
 /// Whether `name` (lowercase) is one of the headers only we may set (the identity names and
@@ -21,7 +21,7 @@ pub fn is_ours(opts: &UpstreamOptions, name: &str) -> bool {
 /// their child, and whether the user is provider-qualified there too.
 #[derive(Debug, Clone, Default)]
 pub struct IdentityEnv {
-    pub vars: Vec<(Part, String)>,
+    pub vars: Vec<(IdentityPart, String)>,
     pub qualified_user: bool,
 }
 
@@ -35,46 +35,17 @@ impl IdentityEnv {
     }
 }
 
-/// What part of the identity a header or variable carries.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Part {
-    User,
-    /// The sign-in method: `password`, `google`, `github`, `oidc`.
-    Provider,
-    Email,
-    Name,
-    /// Comma-separated.
-    Groups,
-    /// A claim, by JSON Pointer.
-    Claim(String),
-}
-
-impl Part {
-    /// `user`, `email`, `name`, `groups` or a `/pointer`.
-    pub fn parse(s: &str) -> Option<Part> {
-        match s.trim() {
-            "user" => Some(Part::User),
-            "provider" => Some(Part::Provider),
-            "email" => Some(Part::Email),
-            "name" => Some(Part::Name),
-            "groups" => Some(Part::Groups),
-            p if jsonptr::Pointer::parse(p).is_ok() && p.starts_with('/') => {
-                Some(Part::Claim(p.to_string()))
-            }
-            _ => None,
-        }
-    }
-
+impl IdentityPart {
     /// The value in `id`, if known and not empty; the user qualified by its provider when
     /// `qualified` ([`crate::config::IdentityHeaders::qualified_user`]).
     pub fn of(&self, id: &Identity, qualified: bool) -> Option<String> {
         let v = match self {
-            Part::User => Some(user_value(id, qualified)),
-            Part::Provider => Some(id.provider.clone()),
-            Part::Email => id.email.clone(),
-            Part::Name => id.name.clone(),
-            Part::Groups => Some(groups_value(id)),
-            Part::Claim(p) => claim_text(id.claims.pointer(p)),
+            IdentityPart::User => Some(user_value(id, qualified)),
+            IdentityPart::Provider => Some(id.provider.clone()),
+            IdentityPart::Email => id.email.clone(),
+            IdentityPart::Name => id.name.clone(),
+            IdentityPart::Groups => Some(groups_value(id)),
+            IdentityPart::Claim(p) => claim_text(id.claims.pointer(p)),
         };
         v.filter(|v| !v.is_empty())
     }
@@ -171,26 +142,26 @@ mod tests {
         let github_admin = id("github", "admin", &[]);
         let password_admin = id("password", "admin", &[]);
         assert_eq!(
-            Part::User.of(&github_admin, false).as_deref(),
+            IdentityPart::User.of(&github_admin, false).as_deref(),
             Some("admin")
         );
         assert_ne!(
-            Part::User.of(&github_admin, true),
-            Part::User.of(&password_admin, true),
+            IdentityPart::User.of(&github_admin, true),
+            IdentityPart::User.of(&password_admin, true),
             "two people, two users upstream"
         );
         assert_eq!(
-            Part::User.of(&github_admin, true).as_deref(),
+            IdentityPart::User.of(&github_admin, true).as_deref(),
             Some("github:admin")
         );
         assert_eq!(
-            Part::Provider.of(&github_admin, false).as_deref(),
+            IdentityPart::Provider.of(&github_admin, false).as_deref(),
             Some("github")
         );
         let env = IdentityEnv {
             vars: vec![
-                (Part::User, "MCP_USER".into()),
-                (Part::Provider, "MCP_PROVIDER".into()),
+                (IdentityPart::User, "MCP_USER".into()),
+                (IdentityPart::Provider, "MCP_PROVIDER".into()),
             ],
             qualified_user: true,
         };
@@ -206,6 +177,9 @@ mod tests {
     #[test]
     fn a_group_with_a_comma_is_not_two_groups_upstream() {
         let who = id("oidc", "ann", &["dev", "admins,ops", "qa"]);
-        assert_eq!(Part::Groups.of(&who, false).as_deref(), Some("dev,qa"));
+        assert_eq!(
+            IdentityPart::Groups.of(&who, false).as_deref(),
+            Some("dev,qa")
+        );
     }
 }

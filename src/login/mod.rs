@@ -24,8 +24,9 @@ use self::pages::{
 use self::password::{Lockout, PasswordVerifier};
 use self::session::{Cookies, csrf_cookie, csrf_token, csrf_valid, post_origin_ok, read_cookie};
 use crate::config::AuthConfig;
+use crate::media_type::content_type_is;
 use crate::oauth::form::Params;
-use crate::server::{AppState, content_type_is};
+use crate::server::AppState;
 use crate::store::{AuthRequestRecord, ClientRecord, Identity};
 
 /// Login page path.

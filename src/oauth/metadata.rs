@@ -15,9 +15,6 @@ use crate::config::Site;
 use crate::gate::MCP_SCOPE;
 use crate::server::AppState;
 
-/// Root of the protected-resource metadata path (RFC 9728 §3).
-pub const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
-
 /// RFC 9728 §2 document.
 #[derive(Debug, Serialize)]
 pub struct ProtectedResourceMetadata {

@@ -19,7 +19,8 @@ use super::form::Params;
 use super::{clients, pkce, resource};
 use crate::error::{OAuthError, OAuthErrorCode, body_error};
 use crate::gate::MCP_SCOPE;
-use crate::server::{AppState, content_type_is};
+use crate::media_type::content_type_is;
+use crate::server::AppState;
 use crate::store::{
     ClientRecord, CodeRecord, GrantRecord, Rotation, TokenHash, TokenKind, TokenRecord,
 };

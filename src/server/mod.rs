@@ -23,35 +23,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::backend::http::{ClientInfo, HttpBackend, Upstream};
+use crate::config::RESOURCE_METADATA_PATH;
 use crate::config::Site;
 use crate::error::jsonrpc_error;
 use crate::gate::{TokenCache, bearer_token, check_token};
 use crate::login::{self, Authn, LOGIN_PATH, LOGOUT_PATH};
 use crate::oauth::consent::{CONSENT_PATH, consent_get, consent_post};
-use crate::oauth::metadata::{
-    AS_METADATA_PATH, RESOURCE_METADATA_PATH, authorization_server, protected_resource,
-};
+use crate::oauth::metadata::{AS_METADATA_PATH, authorization_server, protected_resource};
 use crate::oauth::{authorize, introspect, register, revoke, token};
 use crate::store::Repo;
 
 /// Largest body accepted by the authorization server's endpoints and forms.
 const MAX_FORM_BYTES: usize = 64 * 1024;
-
-/// Whether the request or response's `Content-Type` is `mime` (parameters ignored, any case).
-pub fn content_type_is(headers: &axum::http::HeaderMap, mime: &str) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| mime_is(ct, mime))
-}
-
-/// Whether a `Content-Type` value is `mime` (parameters ignored, any case).
-pub fn mime_is(content_type: &str, mime: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .is_some_and(|ct| ct.trim().eq_ignore_ascii_case(mime))
-}
 
 /// Everything a request handler may need.
 pub struct App {

@@ -10,7 +10,6 @@
 //! worker that spawned them, so worker runtimes are kept alive until the caller of
 //! [`Workers::finish`] has stopped everything that may still depend on them.
 
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,20 +24,6 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
-
-thread_local! {
-    static WORKER: Cell<usize> = const { Cell::new(0) };
-}
-
-/// The index of the worker thread running the caller (0 outside the workers).
-pub fn current() -> usize {
-    WORKER.with(Cell::get)
-}
-
-/// How many workers to run when the operator did not say: one per core.
-pub fn default_count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
 
 /// Which listener a connection came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +92,7 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("mcp-worker-{index}"))
                 .spawn(move || {
-                    WORKER.set(index);
+                    crate::worker::set_current(index);
                     runtime.block_on(job.run());
                 })?;
             workers.push(Worker {

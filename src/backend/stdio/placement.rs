@@ -15,44 +15,10 @@
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-/// The account children run as (`--stdio-user`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunAs {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
-    pub home: PathBuf,
-}
-
-impl RunAs {
-    /// Looks `name` up in the system's user database; only root can switch to it.
-    pub fn lookup(name: &str) -> Result<Self, String> {
-        if !rustix::process::geteuid().is_root() {
-            return Err(format!(
-                "--stdio-user {name}: the proxy must start as root to run children as another user"
-            ));
-        }
-        let user = nix::unistd::User::from_name(name)
-            .map_err(|e| format!("--stdio-user {name}: {e}"))?
-            .ok_or_else(|| format!("--stdio-user {name}: no such user"))?;
-        if user.uid.is_root() {
-            return Err(format!(
-                "--stdio-user {name} is root: name an unprivileged user"
-            ));
-        }
-        Ok(Self {
-            name: name.to_string(),
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
-            home: user.dir,
-        })
-    }
-}
-
 /// The children's directory when `--stdio-cwd` is not given: `<data>/stdio-cwd`, created
 /// empty and owner-only, or the `--stdio-user`'s home (the data directory is closed to it;
 /// `/` when that home does not exist).
-pub fn default_dir(data: &Path, run_as: Option<&RunAs>) -> std::io::Result<PathBuf> {
+pub fn default_dir(data: &Path, run_as: Option<&crate::config::RunAs>) -> std::io::Result<PathBuf> {
     if let Some(user) = run_as {
         // Service accounts often name a home that does not exist (`/nonexistent`).
         return Ok(if user.home.is_dir() {

@@ -76,7 +76,7 @@ impl Pools {
     }
 
     fn mine(&self) -> &Mutex<Vec<Conn>> {
-        &self.idle[crate::server::workers::current() % self.idle.len()]
+        &self.idle[crate::worker::current() % self.idle.len()]
     }
 
     /// A live idle connection of the calling worker, if any.
@@ -214,7 +214,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, BadResponse> {
                 location = text().map(str::to_string);
             }
             b"content-type" => {
-                sse = text().is_some_and(|t| crate::server::mime_is(t, crate::backend::http::SSE));
+                sse = text()
+                    .is_some_and(|t| crate::media_type::mime_is(t, crate::backend::http::SSE));
             }
             _ => {}
         }
