@@ -27,6 +27,7 @@ pub mod request_body;
 pub mod server;
 pub mod store;
 pub mod tokens;
+pub mod web;
 pub mod worker;
 
 use std::future::Future;
@@ -44,10 +45,10 @@ use crate::config::{Backend, Config, ListenAddr};
 use crate::gate::TokenCache;
 use crate::login::Authn;
 use crate::login::password::{Lockout, PasswordVerifier};
-use crate::login::session::Cookies;
 use crate::server::{App, AppState};
 use crate::store::sled::SledStore;
 use crate::store::{Keys, Repo};
+use crate::web::session::Cookies;
 
 /// How many access tokens the gate keeps in memory.
 const TOKEN_CACHE_CAPACITY: usize = 100_000;
@@ -514,7 +515,7 @@ pub async fn prepare(
     let banner = banner::Banner {
         version: env!("CARGO_PKG_VERSION"),
         mcp_url: state.site.resource.clone(),
-        login_url: state.site.origin.join(login::LOGIN_PATH),
+        login_url: state.site.origin.join(web::flow::LOGIN_PATH),
         backend: match &config.backend {
             Backend::Http(url) => backend::http::redact(url),
             Backend::Stdio { program, args } => format!("stdio: {program} {}", args.join(" "))

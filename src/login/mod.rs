@@ -2,11 +2,9 @@
 //! sessions, logout. Paths are sigbit's: `/.auth/login`, `/.auth/logout`.
 
 pub mod membership;
-pub mod pages;
 pub mod password;
 pub mod provider_tokens;
 pub mod providers;
-pub mod session;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -18,21 +16,19 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use self::pages::{
-    FormTarget, LoginPage, ProviderButton, SignedInPage, error_page, page, see_other,
-};
 use self::password::{Lockout, PasswordVerifier};
-use self::session::{Cookies, csrf_cookie, csrf_token, csrf_valid, post_origin_ok, read_cookie};
 use crate::config::AuthConfig;
 use crate::media_type::content_type_is;
-use crate::oauth::form::Params;
 use crate::server::AppState;
-use crate::store::{AuthRequestRecord, ClientRecord, Identity};
-
-/// Login page path.
-pub const LOGIN_PATH: &str = "/.auth/login";
-/// Logout path.
-pub const LOGOUT_PATH: &str = "/.auth/logout";
+use crate::store::{AuthRequestRecord, Identity};
+use crate::web::flow::{LOGIN_PATH, next_step};
+use crate::web::form::Params;
+use crate::web::pages::{
+    FormTarget, LoginPage, ProviderButton, SignedInPage, error_page, page, see_other,
+};
+use crate::web::session::{
+    Cookies, csrf_cookie, csrf_token, csrf_valid, post_origin_ok, read_cookie,
+};
 
 /// Everything about authenticating people.
 pub struct Authn {
@@ -117,21 +113,12 @@ pub(crate) fn with_cookie(mut resp: Response, cookie: Option<HeaderValue>) -> Re
     resp
 }
 
-/// The pending request and its client's name, when `req` names a live one.
-pub(crate) async fn pending(
-    app: &AppState,
-    req: Option<&str>,
-) -> Option<(AuthRequestRecord, ClientRecord)> {
-    let req = req?;
-    let rec = app
-        .repo
-        .get::<AuthRequestRecord>(req.as_bytes())
+/// The pending authorization request `req` names, when it is live.
+pub(crate) async fn pending(app: &AppState, req: Option<&str>) -> Option<AuthRequestRecord> {
+    app.repo
+        .get::<AuthRequestRecord>(req?.as_bytes())
         .await
-        .ok()??;
-    let client = crate::oauth::clients::find(&app.repo, app.documents.as_ref(), &rec.client_id)
-        .await
-        .ok()??;
-    Some((rec, client))
+        .ok()?
 }
 
 /// Where a signed-in person goes next: the pending consent, or the signed-in page.
@@ -148,25 +135,10 @@ pub(crate) async fn signed_in_for(
         return Ok(());
     };
     if rec.fresh_sign_in_since.take().is_some() {
-        let expires = rec.created_at + crate::oauth::authorize::REQUEST_TTL;
+        let expires = rec.created_at + crate::web::flow::REQUEST_TTL;
         app.repo.put(req.as_bytes(), &rec, Some(expires)).await?;
     }
     Ok(())
-}
-
-pub(crate) fn next_step(req: Option<&str>) -> String {
-    match req {
-        Some(r) => format!(
-            "{}?req={}",
-            crate::oauth::consent::CONSENT_PATH,
-            urlencode(r)
-        ),
-        None => LOGIN_PATH.to_string(),
-    }
-}
-
-pub fn urlencode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// Renders the login form.
@@ -188,16 +160,14 @@ fn login_form_for(
     headers: &HeaderMap,
     status: StatusCode,
     req: Option<&str>,
-    pending: Option<&(AuthRequestRecord, ClientRecord)>,
+    pending: Option<&AuthRequestRecord>,
     error: Option<&str>,
     locked: bool,
 ) -> Response {
     let (cookie, set) = csrf_cookie(&app.authn.cookies, headers);
     let csrf = csrf_token(&app.repo.keys().hmac, &cookie);
     let name = site_name(app);
-    let client_name = pending
-        .as_ref()
-        .map(|(_, c)| c.client_name.clone().unwrap_or_else(|| c.client_id.clone()));
+    let client_name = pending.as_ref().map(|r| r.client_label().to_string());
     let req = pending.and(req);
     let providers = app
         .authn
@@ -233,9 +203,9 @@ pub async fn login_get(
     // Read once: the form names its client, and a request made with `prompt=login` is
     // answered only by a sign-in made after it.
     let request = pending(&app, req).await;
-    let current = session::current(&app.repo, &app.authn.cookies, &headers)
+    let current = crate::web::session::current(&app.repo, &app.authn.cookies, &headers)
         .await
-        .map(|s| s.filter(|s| request.as_ref().is_none_or(|(r, _)| r.accepts(s))));
+        .map(|s| s.filter(|s| request.as_ref().is_none_or(|r| r.accepts(s))));
     match current {
         Ok(Some(s)) if app.authn.still_allowed(&s.identity) => {
             if req.is_some() {
@@ -382,7 +352,7 @@ pub async fn login_post(
     app.metrics.sign_in("password", "success");
     let identity = app.authn.password_identity(verifier);
     let ttl = app.authn.cfg.login_session_ttl.as_secs();
-    let token = match session::create(&app.repo, identity, ttl).await {
+    let token = match crate::web::session::create(&app.repo, identity, ttl).await {
         Ok(t) => t,
         Err(e) => return store_failure_page(&app, e),
     };
@@ -429,7 +399,7 @@ pub async fn logout_post(State(app): State<AppState>, headers: HeaderMap, body: 
     if let Err(resp) = form_post(&app, &headers, &body) {
         return resp;
     }
-    if let Err(e) = session::end(&app.repo, &app.authn.cookies, &headers).await {
+    if let Err(e) = crate::web::session::end(&app.repo, &app.authn.cookies, &headers).await {
         return store_failure_page(&app, e);
     }
     let mut resp = see_other(LOGIN_PATH, FormTarget::SelfOnly);
@@ -454,13 +424,13 @@ pub async fn not_found(State(app): State<AppState>) -> Response {
 /// `GET /` for a person in a browser: what this address is, the URL to give an MCP client and
 /// how, and whether this browser is signed in.
 pub async fn home(app: &AppState, headers: &HeaderMap) -> Response {
-    let signed_in = session::current(&app.repo, &app.authn.cookies, headers)
+    let signed_in = crate::web::session::current(&app.repo, &app.authn.cookies, headers)
         .await
         .ok()
         .flatten()
         .filter(|s| app.authn.still_allowed(&s.identity));
     let name = site_name(app);
-    let tpl = pages::HomePage {
+    let tpl = crate::web::pages::HomePage {
         site_name: &name,
         mcp_url: &app.site.resource,
         user: signed_in.as_ref().map(|s| display_name(&s.identity)),

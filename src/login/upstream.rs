@@ -16,17 +16,16 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use super::pages::{DeniedPage, FormTarget, error_page, page, see_other};
 use super::providers::SignInError;
-use super::session::{csrf_cookie, csrf_token, read_cookie};
-use super::{
-    display_name, next_step, pending, site_name, store_failure_page, urlencode, with_cookie,
-};
+use super::{display_name, pending, site_name, store_failure_page, with_cookie};
 use crate::error::OAuthErrorCode;
-use crate::oauth::authorize::ClientRedirect;
-use crate::oauth::form::Params;
 use crate::server::AppState;
 use crate::store::{AuthRequestRecord, SignInRecord, TokenHash};
+use crate::web::flow::{next_step, urlencode};
+use crate::web::form::Params;
+use crate::web::pages::{DeniedPage, FormTarget, error_page, page, see_other};
+use crate::web::redirect::ClientRedirect;
+use crate::web::session::{csrf_cookie, csrf_token, read_cookie};
 
 /// How long a sign-in at a provider may take.
 pub const SIGN_IN_TTL: u64 = 10 * 60;
@@ -233,7 +232,7 @@ pub async fn callback(
     let ttl = app.authn.cfg.login_session_ttl.as_secs();
     tracing::info!(provider = p.id, user = %identity.user_id, "signed in");
     app.metrics.sign_in(p.id, "success");
-    let token = match super::session::create(&app.repo, identity, ttl).await {
+    let token = match crate::web::session::create(&app.repo, identity, ttl).await {
         Ok(t) => t,
         Err(e) => return store_failure_page(&app, e),
     };
@@ -272,7 +271,7 @@ async fn denied(
         return store_failure_page(app, e);
     }
     let issuer = app.site.origin.as_str().to_string();
-    let return_url = waiting.as_ref().and_then(|(rec, _)| {
+    let return_url = waiting.as_ref().and_then(|rec| {
         ClientRedirect {
             uri: &rec.redirect_uri,
             state: rec.state.as_deref(),
@@ -285,7 +284,7 @@ async fn denied(
     });
     let client_name = waiting
         .as_ref()
-        .map(|(_, c)| c.client_name.clone().unwrap_or_else(|| c.client_id.clone()))
+        .map(|r| r.client_label().to_string())
         .unwrap_or_default();
     let (cookie, set) = csrf_cookie(&app.authn.cookies, headers);
     let csrf = csrf_token(&app.repo.keys().hmac, &cookie);

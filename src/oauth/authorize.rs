@@ -10,78 +10,23 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use url::Url;
 
 use super::clients::{LookupError, find};
-use super::form::Params;
 use super::pending::Refused;
 use super::redirect_uri::find_match;
 use super::{granted_scopes, pkce, resource};
 use crate::error::OAuthErrorCode;
-use crate::login::pages::{FormTarget, error_page, see_other};
-use crate::login::{self, LOGIN_PATH, site_name, store_failure_page, urlencode};
+use crate::login::{self, site_name, store_failure_page};
 use crate::server::AppState;
 use crate::store::{AuthRequestRecord, ClientRecord, CodeRecord, Identity, StoreError, TokenHash};
 use crate::tokens;
-
-/// How long a person has to sign in and consent.
-pub const REQUEST_TTL: u64 = 15 * 60;
+use crate::web::flow::{CONSENT_PATH, REQUEST_TTL, sign_in_for, urlencode};
+use crate::web::form::Params;
+use crate::web::pages::{FormTarget, error_page, see_other};
+use crate::web::redirect::ClientRedirect;
 
 /// How long a redeemed code is remembered beyond its lifetime, to catch replays.
 pub const CODE_REPLAY_WINDOW: u64 = 10 * 60;
-
-/// Where the client gets its answer.
-pub struct ClientRedirect<'a> {
-    pub uri: &'a str,
-    pub state: Option<&'a str>,
-    pub issuer: &'a str,
-}
-
-impl ClientRedirect<'_> {
-    fn build(&self, params: &[(&str, &str)]) -> Option<String> {
-        let mut url = Url::parse(self.uri).ok()?;
-        {
-            let mut q = url.query_pairs_mut();
-            for (k, v) in params {
-                q.append_pair(k, v);
-            }
-            if let Some(s) = self.state {
-                q.append_pair("state", s);
-            }
-            q.append_pair("iss", self.issuer);
-        }
-        Some(url.to_string())
-    }
-
-    /// 303 to the client with a code.
-    pub fn code(&self, code: &str) -> Response {
-        self.go(&[("code", code)])
-    }
-
-    /// The client's redirect address carrying an error (for a link on a page).
-    pub fn error_url(&self, code: OAuthErrorCode, description: &str) -> Option<String> {
-        self.build(&[("error", code.as_str()), ("error_description", description)])
-    }
-
-    /// 303 to the client with an error.
-    pub fn error(&self, code: OAuthErrorCode, description: &str) -> Response {
-        self.go(&[("error", code.as_str()), ("error_description", description)])
-    }
-
-    fn go(&self, params: &[(&str, &str)]) -> Response {
-        match self.build(params) {
-            Some(url) => see_other(&url, FormTarget::Client),
-            None => error_page(
-                self.issuer
-                    .split_once("://")
-                    .map_or(self.issuer, |(_, host)| host),
-                StatusCode::BAD_REQUEST,
-                "Bad redirect",
-                "The app's redirect address is not valid.",
-            ),
-        }
-    }
-}
 
 fn person_error(app: &AppState, title: &str, message: &str) -> Response {
     error_page(&site_name(app), StatusCode::BAD_REQUEST, title, message)
@@ -207,9 +152,11 @@ pub async fn authorize(
         force_consent: prompts.contains(&"consent"),
         fresh_sign_in_since: prompts.contains(&"login").then(|| app.repo.clock().now()),
         created_at: app.repo.clock().now(),
+        client_name: client.client_name.clone(),
     };
 
-    let session = match login::session::current(&app.repo, &app.authn.cookies, &headers).await {
+    let session = match crate::web::session::current(&app.repo, &app.authn.cookies, &headers).await
+    {
         Ok(Some(s)) if login::session_admitted(&app, &s).await => Some(s),
         Ok(_) => None,
         Err(e) => return store_failure_page(&app, e),
@@ -241,9 +188,9 @@ pub async fn authorize(
         return store_failure_page(&app, e);
     }
     let next = if session.is_some() && !prompts.contains(&"login") {
-        format!("{}?req={}", super::consent::CONSENT_PATH, urlencode(&id))
+        format!("{CONSENT_PATH}?req={}", urlencode(&id))
     } else {
-        format!("{LOGIN_PATH}?req={}", urlencode(&id))
+        sign_in_for(&id)
     };
     see_other(&next, FormTarget::SelfOnly)
 }

@@ -8,9 +8,9 @@ use base64::engine::general_purpose::STANDARD;
 use subtle::ConstantTimeEq;
 
 use super::cimd::{DocumentError, Documents, is_document_id};
-use super::form::Params;
 use crate::error::{OAuthError, OAuthErrorCode};
 use crate::store::{ClientRecord, Repo, StoreError, TokenHash};
+use crate::web::form::Params;
 
 /// Token endpoint authentication methods.
 pub const NONE: &str = "none";

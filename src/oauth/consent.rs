@@ -7,23 +7,22 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use url::Url;
 
-use super::authorize::{ClientRedirect, issue_code};
+use super::authorize::issue_code;
 use super::cimd::document_host;
 use super::clients::{LookupError, find};
 use super::describe_scope;
-use super::form::Params;
 use crate::config::is_loopback_host;
 use crate::error::OAuthErrorCode;
-use crate::login::pages::{ConsentPage, FormTarget, error_page, page, see_other};
-use crate::login::session::{csrf_cookie, csrf_token};
-use crate::login::{LOGIN_PATH, display_name, form_post, site_name, store_failure_page, urlencode};
+use crate::login::{display_name, form_post, site_name, store_failure_page};
 use crate::server::AppState;
 use crate::store::{
     AuthRequestRecord, ClientRecord, ConsentRecord, Identity, SessionRecord, StoreError,
 };
-
-/// Consent page path.
-pub const CONSENT_PATH: &str = "/.auth/consent";
+use crate::web::flow::sign_in_for;
+use crate::web::form::Params;
+use crate::web::pages::{ConsentPage, FormTarget, error_page, page, see_other};
+use crate::web::redirect::ClientRedirect;
+use crate::web::session::{csrf_cookie, csrf_token};
 
 /// An approval is remembered for one user, one client and one exact redirect URI (port
 /// included): approving an app that answers at one address approves no other address its
@@ -197,7 +196,7 @@ async fn context(
             ));
         }
     };
-    let session = crate::login::session::current(&app.repo, &app.authn.cookies, headers)
+    let session = crate::web::session::current(&app.repo, &app.authn.cookies, headers)
         .await
         .map_err(fail)?
         .filter(|s| req.accepts(s));
@@ -206,10 +205,7 @@ async fn context(
         _ => None,
     };
     let Some(session) = session else {
-        return Err(see_other(
-            &format!("{LOGIN_PATH}?req={}", urlencode(req_id)),
-            FormTarget::SelfOnly,
-        ));
+        return Err(see_other(&sign_in_for(req_id), FormTarget::SelfOnly));
     };
     Ok((req_id.to_string(), req, client, session))
 }

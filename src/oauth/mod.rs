@@ -6,7 +6,6 @@ pub mod authorize;
 pub mod cimd;
 pub mod clients;
 pub mod consent;
-pub mod form;
 pub mod introspect;
 pub mod metadata;
 pub mod pending;

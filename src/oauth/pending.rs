@@ -1,8 +1,8 @@
 //! A budget for pending authorization requests. Each valid `GET /authorize` stores a record
-//! for [`super::authorize::REQUEST_TTL`] before anyone has signed in, so strangers could fill
+//! for [`crate::web::flow::REQUEST_TTL`] before anyone has signed in, so strangers could fill
 //! the store with them. Each client (IPv4 address or IPv6 /64) may have
 //! [`PER_CLIENT`] requests pending, and all clients together [`TOTAL`]; with parameters
-//! capped at [`super::form::MAX_VALUE`] bytes that bounds what an anonymous flood can add
+//! capped at [`crate::web::form::MAX_VALUE`] bytes that bounds what an anonymous flood can add
 //! to the store to a few MiB. A request counts until it expires, used or not.
 
 use std::net::IpAddr;
@@ -23,7 +23,7 @@ pub struct PendingBudget(Budget<IpAddr>);
 impl Default for PendingBudget {
     fn default() -> Self {
         Self(Budget::new(
-            super::authorize::REQUEST_TTL,
+            crate::web::flow::REQUEST_TTL,
             PER_CLIENT,
             TOTAL,
         ))

@@ -46,7 +46,7 @@ pub const MAX_ITEMS: usize = 10;
 
 /// Longest metadata string (a URI, a contact, a version): what `/authorize` accepts as a
 /// parameter, so every registered redirect URI can be named there.
-pub const MAX_FIELD: usize = super::form::MAX_VALUE;
+pub const MAX_FIELD: usize = crate::web::form::MAX_VALUE;
 
 fn meta_err(msg: impl Into<String>) -> OAuthError {
     OAuthError::bad_request(OAuthErrorCode::InvalidClientMetadata, msg)

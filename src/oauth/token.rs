@@ -15,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::form::Params;
 use super::{clients, pkce, resource};
 use crate::error::{OAuthError, OAuthErrorCode, body_error};
 use crate::gate::MCP_SCOPE;
@@ -25,6 +24,7 @@ use crate::store::{
     ClientRecord, CodeRecord, GrantRecord, Rotation, TokenHash, TokenKind, TokenRecord,
 };
 use crate::tokens;
+use crate::web::form::Params;
 use axum::extract::rejection::BytesRejection;
 
 /// RFC 6749 §5.1 success response.

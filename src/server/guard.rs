@@ -155,7 +155,7 @@ fn refused(site: &Site, path: &str, status: StatusCode, message: &str) -> Respon
             OAuthError::new(status, OAuthErrorCode::InvalidRequest, message).into_response()
         }
         Audience::Person => {
-            crate::login::pages::error_page(&site.origin.host(), status, "Bad request", message)
+            crate::web::pages::error_page(&site.origin.host(), status, "Bad request", message)
         }
         Audience::McpClient => jsonrpc_error(status, message),
     }

@@ -27,11 +27,12 @@ use crate::config::RESOURCE_METADATA_PATH;
 use crate::config::Site;
 use crate::error::jsonrpc_error;
 use crate::gate::{TokenCache, bearer_token, check_token};
-use crate::login::{self, Authn, LOGIN_PATH, LOGOUT_PATH};
-use crate::oauth::consent::{CONSENT_PATH, consent_get, consent_post};
+use crate::login::{self, Authn};
+use crate::oauth::consent::{consent_get, consent_post};
 use crate::oauth::metadata::{AS_METADATA_PATH, authorization_server, protected_resource};
 use crate::oauth::{authorize, introspect, register, revoke, token};
 use crate::store::Repo;
+use crate::web::flow::{CONSENT_PATH, LOGIN_PATH, LOGOUT_PATH};
 
 /// Largest body accepted by the authorization server's endpoints and forms.
 const MAX_FORM_BYTES: usize = 64 * 1024;
@@ -139,7 +140,10 @@ pub fn router(state: AppState) -> Router {
         .route(LOGIN_PATH, get(login::login_get).post(login::login_post))
         .route(LOGOUT_PATH, get(login::logout_get).post(login::logout_post))
         .route(CONSENT_PATH, get(consent_get).post(consent_post))
-        .route("/.auth/static/style.css", get(login::pages::stylesheet))
+        .route(
+            "/.auth/static/style.css",
+            get(crate::web::pages::stylesheet),
+        )
         .route("/.auth/google/callback", get(login::upstream::callback))
         .route("/.auth/github/callback", get(login::upstream::callback))
         .route("/.auth/oidc/callback", get(login::upstream::callback))

@@ -105,7 +105,7 @@ pub fn refusal(app: &AppState, ip: std::net::IpAddr, path: &str) -> Option<Respo
     app.metrics.client("rate_limited");
     tracing::info!(client_ip = %ip, path, retry_after = secs, "rate limited");
     let mut resp = if super::guard::Audience::of(path) == super::guard::Audience::Person {
-        crate::login::pages::error_page(
+        crate::web::pages::error_page(
             &crate::login::site_name(app),
             StatusCode::TOO_MANY_REQUESTS,
             "Too many attempts",

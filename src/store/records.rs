@@ -234,6 +234,17 @@ pub struct AuthRequestRecord {
     #[serde(default)]
     pub fresh_sign_in_since: Option<UnixTime>,
     pub created_at: UnixTime,
+    /// The client's name when the request was made, for the sign-in page ("continue to …");
+    /// requests stored before it was kept show the client id.
+    #[serde(default)]
+    pub client_name: Option<String>,
+}
+
+impl AuthRequestRecord {
+    /// What the sign-in pages call the client.
+    pub fn client_label(&self) -> &str {
+        self.client_name.as_deref().unwrap_or(&self.client_id)
+    }
 }
 
 impl AuthRequestRecord {

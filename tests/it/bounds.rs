@@ -26,7 +26,7 @@ async fn an_anonymous_authorize_flood_cannot_fill_the_store() {
     assert!(resp.text().await.unwrap().contains("longer than"));
 
     // A flood of valid requests with the largest state: a bounded number is kept.
-    let big = "s".repeat(mcp_auth_proxy::oauth::form::MAX_VALUE);
+    let big = "s".repeat(mcp_auth_proxy::web::form::MAX_VALUE);
     let mut kept = 0;
     let mut refused = 0;
     for _ in 0..200 {
