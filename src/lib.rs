@@ -483,26 +483,39 @@ pub async fn prepare(
         ),
         None => None,
     };
+    let tokens = Arc::new(TokenCache::new(TOKEN_CACHE_CAPACITY));
+    let signin = login::SignIn::new(login::SignInParts {
+        site: site.clone(),
+        repo: repo.clone(),
+        authn,
+        metrics: metrics.clone(),
+    });
+    let oauth = oauth::AuthServer::new(oauth::AuthServerParts {
+        signin: signin.clone(),
+        tokens: tokens.clone(),
+        documents,
+        pending: Default::default(),
+        client_credentials,
+        introspection,
+        assertion: assertion.is_some(),
+    });
     let state = AppState::new(App {
         site,
         repo,
-        tokens: TokenCache::new(TOKEN_CACHE_CAPACITY),
-        authn,
+        tokens,
+        signin,
+        oauth,
         http_backend,
         stdio_backend,
         upstream: config.upstream.clone(),
         forward_auth_path: config.forward_auth_path.clone(),
         assertion,
-        client_credentials,
-        introspection,
-        documents,
         metrics,
         cert,
         rate_limiter: (config.limits.rate_limit > 0)
             .then(|| server::ratelimit::RateLimiter::new(config.limits.rate_limit)),
         max_body: config.limits.max_body,
         body_read_timeout: config.limits.body_read_timeout,
-        pending: Default::default(),
     });
     let metrics_listener = match &config.metrics_listen {
         Some(addr) => Some(bind(addr).await?),
@@ -525,6 +538,7 @@ pub async fn prepare(
         },
         backend_state,
         sign_in: state
+            .signin
             .authn
             .methods()
             .iter()

@@ -4,7 +4,7 @@
 //! the provider is asked again, with the user's stored provider token, whenever a refresh
 //! token is used or a browser session would approve a new app.
 
-use crate::server::AppState;
+use crate::login::SignIn;
 use crate::store::Identity;
 
 /// What the provider says today.
@@ -21,7 +21,7 @@ pub enum Membership {
 }
 
 /// Asks `identity`'s provider whether its membership still admits it.
-pub async fn recheck(app: &AppState, identity: &Identity) -> Membership {
+pub async fn recheck(app: &SignIn, identity: &Identity) -> Membership {
     let Some(provider) = app.authn.providers.get(&identity.provider) else {
         return Membership::NotAsked;
     };

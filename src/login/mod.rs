@@ -19,7 +19,6 @@ use zeroize::Zeroizing;
 use self::password::{Lockout, PasswordVerifier};
 use crate::config::AuthConfig;
 use crate::media_type::content_type_is;
-use crate::server::AppState;
 use crate::store::{AuthRequestRecord, Identity};
 use crate::web::flow::{LOGIN_PATH, next_step};
 use crate::web::form::Params;
@@ -29,6 +28,32 @@ use crate::web::pages::{
 use crate::web::session::{
     Cookies, csrf_cookie, csrf_token, csrf_valid, post_origin_ok, read_cookie,
 };
+
+/// What sign-in needs of the running proxy. Handlers receive it through axum's `FromRef`
+/// from the application's state, which sits above and is never named here; one pointer is
+/// cloned per request.
+#[derive(Clone)]
+pub struct SignIn(std::sync::Arc<SignInParts>);
+
+pub struct SignInParts {
+    pub site: crate::config::Site,
+    pub repo: crate::store::Repo,
+    pub authn: Authn,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl SignIn {
+    pub fn new(parts: SignInParts) -> Self {
+        Self(std::sync::Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for SignIn {
+    type Target = SignInParts;
+    fn deref(&self) -> &SignInParts {
+        &self.0
+    }
+}
 
 /// Everything about authenticating people.
 pub struct Authn {
@@ -77,7 +102,7 @@ impl Authn {
 
 /// Whether a browser session may still approve apps: today's configuration admits its
 /// identity and, when a provider membership admitted it, the provider says it still does.
-pub async fn session_admitted(app: &AppState, session: &crate::store::SessionRecord) -> bool {
+pub async fn session_admitted(app: &SignIn, session: &crate::store::SessionRecord) -> bool {
     use membership::Membership;
     if !app.authn.still_allowed(&session.identity) {
         return false;
@@ -102,7 +127,7 @@ pub fn display_name(identity: &Identity) -> &str {
 }
 
 /// The site name shown on pages: the external host.
-pub fn site_name(app: &AppState) -> String {
+pub fn site_name(app: &SignIn) -> String {
     app.site.origin.host()
 }
 
@@ -114,7 +139,7 @@ pub(crate) fn with_cookie(mut resp: Response, cookie: Option<HeaderValue>) -> Re
 }
 
 /// The pending authorization request `req` names, when it is live.
-pub(crate) async fn pending(app: &AppState, req: Option<&str>) -> Option<AuthRequestRecord> {
+pub(crate) async fn pending(app: &SignIn, req: Option<&str>) -> Option<AuthRequestRecord> {
     app.repo
         .get::<AuthRequestRecord>(req?.as_bytes())
         .await
@@ -125,7 +150,7 @@ pub(crate) async fn pending(app: &AppState, req: Option<&str>) -> Option<AuthReq
 /// After a sign-in made while `req` was pending: a `prompt=login` request is answered by it
 /// (its mark is cleared, so a sign-in in the same second as the request counts).
 pub(crate) async fn signed_in_for(
-    app: &AppState,
+    app: &SignIn,
     req: Option<&str>,
 ) -> Result<(), crate::store::StoreError> {
     let Some(req) = req else {
@@ -143,7 +168,7 @@ pub(crate) async fn signed_in_for(
 
 /// Renders the login form.
 async fn login_form(
-    app: &AppState,
+    app: &SignIn,
     headers: &HeaderMap,
     status: StatusCode,
     req: Option<&str>,
@@ -156,7 +181,7 @@ async fn login_form(
 
 /// [`login_form`] for the pending request already read.
 fn login_form_for(
-    app: &AppState,
+    app: &SignIn,
     headers: &HeaderMap,
     status: StatusCode,
     req: Option<&str>,
@@ -194,7 +219,7 @@ fn login_form_for(
 
 /// `GET /.auth/login`: the form, or where a signed-in person goes next.
 pub async fn login_get(
-    State(app): State<AppState>,
+    State(app): State<SignIn>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -248,7 +273,7 @@ pub async fn login_get(
 }
 
 /// The page for a store failure during sign-in, authorization or consent (fail closed).
-pub fn store_failure_page(app: &AppState, e: crate::store::StoreError) -> Response {
+pub fn store_failure_page(app: &SignIn, e: crate::store::StoreError) -> Response {
     tracing::error!(error = %e, "store failure on a sign-in page");
     error_page(
         &site_name(app),
@@ -260,7 +285,7 @@ pub fn store_failure_page(app: &AppState, e: crate::store::StoreError) -> Respon
 
 /// Checks what every form POST must carry: our Origin (or none), a form body, a valid CSRF
 /// token. Returns the parsed form or the page to answer.
-pub fn form_post(app: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Params, Response> {
+pub fn form_post(app: &SignIn, headers: &HeaderMap, body: &[u8]) -> Result<Params, Response> {
     let name = site_name(app);
     if !post_origin_ok(&app.site.origin, headers) {
         return Err(error_page(
@@ -296,7 +321,7 @@ pub fn form_post(app: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Par
 
 /// `POST /.auth/login`: checks the password, starts a session, continues the flow.
 pub async fn login_post(
-    State(app): State<AppState>,
+    State(app): State<SignIn>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
@@ -308,9 +333,6 @@ pub async fn login_post(
     let req = params.get("req").map(str::to_string);
     let req = req.as_deref();
     let ip = crate::client_addr::client_ip(&app.site.trusted_proxies, peer.ip(), &headers);
-    if let Some(refused) = crate::server::ratelimit::refusal(&app, ip, LOGIN_PATH) {
-        return refused;
-    }
     let now = app.repo.clock().now();
     let last_allowed = match app.authn.lockout.attempt(ip, now) {
         Ok(last) => last,
@@ -369,7 +391,7 @@ pub async fn login_post(
     resp
 }
 
-async fn locked_out(app: &AppState, headers: &HeaderMap, req: Option<&str>, secs: u64) -> Response {
+async fn locked_out(app: &SignIn, headers: &HeaderMap, req: Option<&str>, secs: u64) -> Response {
     let msg = format!(
         "Too many failed attempts from your network. Try again in {} minute{}.",
         secs.div_ceil(60),
@@ -390,12 +412,12 @@ async fn locked_out(app: &AppState, headers: &HeaderMap, req: Option<&str>, secs
 }
 
 /// `GET /.auth/logout`: a page with the sign-out button (sign-out itself is a POST).
-pub async fn logout_get(state: State<AppState>, headers: HeaderMap) -> Response {
+pub async fn logout_get(state: State<SignIn>, headers: HeaderMap) -> Response {
     login_get(state, headers, RawQuery(None)).await
 }
 
 /// `POST /.auth/logout`: ends the session.
-pub async fn logout_post(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn logout_post(State(app): State<SignIn>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(resp) = form_post(&app, &headers, &body) {
         return resp;
     }
@@ -412,7 +434,7 @@ pub async fn logout_post(State(app): State<AppState>, headers: HeaderMap, body: 
 }
 
 /// Any other `/.auth/` path: ours, and not there (never proxied).
-pub async fn not_found(State(app): State<AppState>) -> Response {
+pub async fn not_found(State(app): State<SignIn>) -> Response {
     error_page(
         &site_name(&app),
         StatusCode::NOT_FOUND,
@@ -423,7 +445,7 @@ pub async fn not_found(State(app): State<AppState>) -> Response {
 
 /// `GET /` for a person in a browser: what this address is, the URL to give an MCP client and
 /// how, and whether this browser is signed in.
-pub async fn home(app: &AppState, headers: &HeaderMap) -> Response {
+pub async fn home(app: &SignIn, headers: &HeaderMap) -> Response {
     let signed_in = crate::web::session::current(&app.repo, &app.authn.cookies, headers)
         .await
         .ok()

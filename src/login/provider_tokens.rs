@@ -5,7 +5,7 @@
 use zeroize::Zeroizing;
 
 use super::providers::ProviderTokens;
-use crate::server::AppState;
+use crate::login::SignIn;
 use crate::store::{Identity, Repo, StoreError};
 
 /// Refresh when less than this is left.
@@ -23,7 +23,7 @@ pub async fn save(repo: &Repo, subject: &str, tokens: &ProviderTokens) -> Result
 
 /// A usable access token of the user at their provider: refreshed first when it is about
 /// to expire; `None` when there is none (or it expired and cannot be refreshed).
-pub async fn current(app: &AppState, identity: &Identity) -> Option<String> {
+pub async fn current(app: &SignIn, identity: &Identity) -> Option<String> {
     let subject = identity.subject();
     let stored = app.repo.get_secret(&key(&subject)).await.ok()??;
     let tokens: ProviderTokens = serde_json::from_slice(&stored).ok()?;

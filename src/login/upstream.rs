@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use super::providers::SignInError;
 use super::{display_name, pending, site_name, store_failure_page, with_cookie};
 use crate::error::OAuthErrorCode;
-use crate::server::AppState;
+use crate::login::SignIn;
 use crate::store::{AuthRequestRecord, SignInRecord, TokenHash};
 use crate::web::flow::{next_step, urlencode};
 use crate::web::form::Params;
@@ -59,12 +59,12 @@ fn derived(key: &[u8; 32], state: &str) -> Option<(String, String)> {
     Some((mac(b"pkce\0")?, mac(b"nonce\0")?))
 }
 
-fn signin_cookie(app: &AppState) -> &str {
+fn signin_cookie(app: &SignIn) -> &str {
     &app.authn.cookies.signin
 }
 
 /// `GET /.auth/{provider}/login`: records the state and sends the browser to the provider.
-pub async fn start(State(app): State<AppState>, uri: Uri, RawQuery(query): RawQuery) -> Response {
+pub async fn start(State(app): State<SignIn>, uri: Uri, RawQuery(query): RawQuery) -> Response {
     let Some(p) = app.authn.providers.get(provider_of(&uri)) else {
         return super::not_found(State(app)).await;
     };
@@ -106,7 +106,7 @@ pub async fn start(State(app): State<AppState>, uri: Uri, RawQuery(query): RawQu
 /// `GET /.auth/{provider}/callback`: checks the state, trades the code, applies the
 /// allow-lists, starts a session and continues the pending authorization.
 pub async fn callback(
-    State(app): State<AppState>,
+    State(app): State<SignIn>,
     uri: Uri,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -257,7 +257,7 @@ pub async fn callback(
 /// The 403 page for a signed-in account the allow-lists refuse; a waiting client's request
 /// is ended, and the page links back to the client with `access_denied`.
 async fn denied(
-    app: &AppState,
+    app: &SignIn,
     headers: &HeaderMap,
     provider: &str,
     identity: &crate::store::Identity,

@@ -11,13 +11,13 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
+use super::AuthServer;
 use super::clients::{LookupError, find};
 use super::pending::Refused;
 use super::redirect_uri::find_match;
 use super::{granted_scopes, pkce, resource};
 use crate::error::OAuthErrorCode;
 use crate::login::{self, site_name, store_failure_page};
-use crate::server::AppState;
 use crate::store::{AuthRequestRecord, ClientRecord, CodeRecord, Identity, StoreError, TokenHash};
 use crate::tokens;
 use crate::web::flow::{CONSENT_PATH, REQUEST_TTL, sign_in_for, urlencode};
@@ -28,13 +28,13 @@ use crate::web::redirect::ClientRedirect;
 /// How long a redeemed code is remembered beyond its lifetime, to catch replays.
 pub const CODE_REPLAY_WINDOW: u64 = 10 * 60;
 
-fn person_error(app: &AppState, title: &str, message: &str) -> Response {
+fn person_error(app: &AuthServer, title: &str, message: &str) -> Response {
     error_page(&site_name(app), StatusCode::BAD_REQUEST, title, message)
 }
 
 /// `GET /authorize`.
 pub async fn authorize(
-    State(app): State<AppState>,
+    State(app): State<AuthServer>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -196,7 +196,7 @@ pub async fn authorize(
 }
 
 /// 429 with `Retry-After`: too many sign-ins are waiting, from this client or from all.
-fn too_many_pending(app: &AppState, client: std::net::IpAddr, refused: Refused) -> Response {
+fn too_many_pending(app: &AuthServer, client: std::net::IpAddr, refused: Refused) -> Response {
     app.metrics.client("authorize_pending_full");
     let (secs, message) = match refused {
         Refused::ThisKey(s) => {
@@ -229,7 +229,7 @@ fn too_many_pending(app: &AppState, client: std::net::IpAddr, refused: Refused) 
 /// Issues a code for an approved request; marks the client as used so it does not expire
 /// as an abandoned registration.
 pub async fn issue_code(
-    app: &AppState,
+    app: &AuthServer,
     req: &AuthRequestRecord,
     identity: Identity,
 ) -> Result<String, StoreError> {

@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use url::Url;
 
+use super::AuthServer;
 use super::authorize::issue_code;
 use super::cimd::document_host;
 use super::clients::{LookupError, find};
@@ -14,7 +15,6 @@ use super::describe_scope;
 use crate::config::is_loopback_host;
 use crate::error::OAuthErrorCode;
 use crate::login::{display_name, form_post, site_name, store_failure_page};
-use crate::server::AppState;
 use crate::store::{
     AuthRequestRecord, ClientRecord, ConsentRecord, Identity, SessionRecord, StoreError,
 };
@@ -40,7 +40,7 @@ fn consent_key(subject: &str, client_id: &str, redirect_uri: &str) -> Vec<u8> {
 /// scopes. Never for a public client answering on loopback: its id is no secret and any
 /// local process can listen on a loopback port, so each sign-in shows the page.
 pub async fn remembered(
-    app: &AppState,
+    app: &AuthServer,
     identity: &Identity,
     req: &AuthRequestRecord,
     client: &ClientRecord,
@@ -157,7 +157,7 @@ fn looks_like_host(t: &str) -> bool {
 
 /// The request, its client and the signed-in session, or the response to send instead.
 async fn context(
-    app: &AppState,
+    app: &AuthServer,
     headers: &HeaderMap,
     req_id: Option<&str>,
 ) -> Result<(String, AuthRequestRecord, ClientRecord, SessionRecord), Response> {
@@ -212,7 +212,7 @@ async fn context(
 
 /// `GET /.auth/consent?req=…`.
 pub async fn consent_get(
-    State(app): State<AppState>,
+    State(app): State<AuthServer>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -256,7 +256,7 @@ pub async fn consent_get(
 
 /// `POST /.auth/consent`: approve or deny.
 pub async fn consent_post(
-    State(app): State<AppState>,
+    State(app): State<AuthServer>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -282,7 +282,7 @@ pub async fn consent_post(
 
 /// Ends the pending request: remembers an approval and sends a code, or sends `access_denied`.
 async fn finish(
-    app: &AppState,
+    app: &AuthServer,
     req_id: &str,
     req: &AuthRequestRecord,
     identity: Identity,

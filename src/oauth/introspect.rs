@@ -14,19 +14,19 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::AuthServer;
 use super::clients::{self, SECRET_BASIC, invalid_client};
 use super::static_clients::is_static;
 use super::token::form_body;
 use crate::error::{OAuthError, OAuthErrorCode, body_error};
 use crate::gate::{self, GateError};
-use crate::server::AppState;
 
 /// Where sigbit/mcp-auth-proxy answered introspection.
 pub const SIGBIT_PATH: &str = "/.idp/introspect";
 
 /// `POST /introspect`.
 pub async fn introspect(
-    State(app): State<AppState>,
+    State(app): State<AuthServer>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OAuthError> {

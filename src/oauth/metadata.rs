@@ -11,9 +11,9 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::AuthServer;
 use crate::config::Site;
 use crate::gate::MCP_SCOPE;
-use crate::server::AppState;
 
 /// RFC 9728 §2 document.
 #[derive(Debug, Serialize)]
@@ -38,7 +38,7 @@ impl ProtectedResourceMetadata {
 }
 
 /// `GET /.well-known/oauth-protected-resource[<mcp-path>]`.
-pub async fn protected_resource(State(app): State<AppState>) -> Response {
+pub async fn protected_resource(State(app): State<AuthServer>) -> Response {
     cacheable(Json(ProtectedResourceMetadata::for_site(&app.site)))
 }
 
@@ -114,9 +114,9 @@ impl AuthorizationServerMetadata {
 }
 
 /// `GET /.well-known/oauth-authorization-server[/<anything>]`: one issuer, one document.
-pub async fn authorization_server(State(app): State<AppState>) -> Response {
+pub async fn authorization_server(State(app): State<AuthServer>) -> Response {
     let mut doc = AuthorizationServerMetadata::for_site(&app.site);
-    if app.assertion.is_some() {
+    if app.assertion {
         doc.jwks_uri = Some(app.site.origin.join(crate::assertion::JWKS_PATH));
     }
     doc.client_id_metadata_document_supported = app.documents.is_some();

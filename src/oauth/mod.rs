@@ -17,7 +17,50 @@ pub mod revoke;
 pub mod static_clients;
 pub mod token;
 
-use crate::gate::MCP_SCOPE;
+use crate::gate::{MCP_SCOPE, TokenCache};
+use crate::login::SignIn;
+
+/// What the authorization server needs of the running proxy, handed to its handlers through
+/// axum's `FromRef`. It builds on sign-in: its requests are answered by a person signed in
+/// there, so sign-in's state (site, store, sessions, metrics) is read through it.
+#[derive(Clone)]
+pub struct AuthServer(std::sync::Arc<AuthServerParts>);
+
+pub struct AuthServerParts {
+    pub signin: SignIn,
+    /// The gate's cache: a revoked token leaves it at once.
+    pub tokens: std::sync::Arc<TokenCache>,
+    /// Client ID metadata documents, unless `--no-cimd`.
+    pub documents: Option<cimd::Documents>,
+    /// Authorization requests waiting for a sign-in, per client and in all.
+    pub pending: pending::PendingBudget,
+    /// Whether a declared client may use `client_credentials` (advertised then).
+    pub client_credentials: bool,
+    /// Whether a declared confidential client may introspect tokens (advertised then).
+    pub introspection: bool,
+    /// Whether identity assertions are signed (their keys then advertised as `jwks_uri`).
+    pub assertion: bool,
+}
+
+impl AuthServer {
+    pub fn new(parts: AuthServerParts) -> Self {
+        Self(std::sync::Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AuthServer {
+    type Target = AuthServerParts;
+    fn deref(&self) -> &AuthServerParts {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for AuthServerParts {
+    type Target = SignIn;
+    fn deref(&self) -> &SignIn {
+        &self.signin
+    }
+}
 
 /// The scope that asks for refresh tokens (issued anyway, see docs/design.md, "Tokens").
 pub const OFFLINE_ACCESS: &str = "offline_access";

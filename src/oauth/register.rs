@@ -14,12 +14,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
 
+use super::AuthServer;
 use super::clients::{NONE, SECRET_BASIC, SECRET_POST};
 use super::redirect_uri::check_registrable;
 use crate::error::{OAuthError, OAuthErrorCode, body_error};
 use crate::gate::bearer_token;
 use crate::media_type::content_type_is;
-use crate::server::AppState;
 use crate::store::{ClientRecord, TokenHash};
 use crate::tokens;
 use axum::extract::rejection::BytesRejection;
@@ -178,7 +178,7 @@ pub fn validate(
 }
 
 /// The client's registration as RFC 7591 §3.2.1 shows it (without secrets).
-fn client_information(app: &AppState, c: &ClientRecord) -> Map<String, Value> {
+fn client_information(app: &AuthServer, c: &ClientRecord) -> Map<String, Value> {
     let mut out = Map::new();
     out.insert("client_id".into(), json!(c.client_id));
     out.insert("client_id_issued_at".into(), json!(c.issued_at));
@@ -218,7 +218,7 @@ fn no_store(mut resp: Response) -> Response {
 
 /// `POST /register`.
 pub async fn register(
-    State(app): State<AppState>,
+    State(app): State<AuthServer>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OAuthError> {
@@ -261,7 +261,7 @@ pub async fn register(
 
 /// The client a registration access token manages (RFC 7592 §2).
 async fn managed_client(
-    app: &AppState,
+    app: &AuthServer,
     headers: &HeaderMap,
     client_id: &str,
 ) -> Result<ClientRecord, OAuthError> {
@@ -289,7 +289,7 @@ async fn managed_client(
 
 /// `GET /register/{client_id}`.
 pub async fn read(
-    State(app): State<AppState>,
+    State(app): State<AuthServer>,
     Path(client_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, OAuthError> {
@@ -301,7 +301,7 @@ pub async fn read(
 
 /// `DELETE /register/{client_id}`: the client and its registration are gone.
 pub async fn delete(
-    State(app): State<AppState>,
+    State(app): State<AuthServer>,
     Path(client_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, OAuthError> {

@@ -6,16 +6,16 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::AuthServer;
 use super::clients;
 use super::token::{form_body, revoke_family};
 use crate::error::{OAuthError, OAuthErrorCode, body_error};
-use crate::server::AppState;
 use crate::store::{TokenHash, TokenKind, TokenRecord};
 use axum::extract::rejection::BytesRejection;
 
 /// `POST /revoke`.
 pub async fn revoke(
-    State(app): State<AppState>,
+    State(app): State<AuthServer>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OAuthError> {

@@ -15,11 +15,11 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::AuthServer;
 use super::{clients, pkce, resource};
 use crate::error::{OAuthError, OAuthErrorCode, body_error};
 use crate::gate::MCP_SCOPE;
 use crate::media_type::content_type_is;
-use crate::server::AppState;
 use crate::store::{
     ClientRecord, CodeRecord, GrantRecord, Rotation, TokenHash, TokenKind, TokenRecord,
 };
@@ -68,7 +68,7 @@ fn token_json(resp: &TokenResponse) -> Response {
 
 /// `POST /token`.
 pub async fn token(
-    State(app): State<AppState>,
+    State(app): State<AuthServer>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OAuthError> {
@@ -104,7 +104,7 @@ pub async fn token(
 /// The client credentials grant: a confidential client declared in the clients file for it
 /// gets an access token (no refresh token) for its own service identity `client:<id>`.
 async fn client_credentials(
-    app: &AppState,
+    app: &AuthServer,
     client: &ClientRecord,
 ) -> Result<TokenResponse, OAuthError> {
     let allowed = crate::oauth::static_clients::is_static(client)
@@ -163,7 +163,7 @@ async fn client_credentials(
 }
 
 /// Revokes a grant and drops its tokens from the gate's cache.
-pub async fn revoke_family(app: &AppState, grant_id: &str) -> Result<(), OAuthError> {
+pub async fn revoke_family(app: &AuthServer, grant_id: &str) -> Result<(), OAuthError> {
     let hashes = app.repo.revoke_grant(grant_id).await?;
     app.tokens.evict(&hashes);
     app.tokens.evict_grant(grant_id);
@@ -172,7 +172,7 @@ pub async fn revoke_family(app: &AppState, grant_id: &str) -> Result<(), OAuthEr
 }
 
 async fn code_grant(
-    app: &AppState,
+    app: &AuthServer,
     client: &ClientRecord,
     params: &Params,
 ) -> Result<TokenResponse, OAuthError> {
@@ -265,7 +265,7 @@ async fn code_grant(
 
 /// Mints and stores an access and a refresh token for `grant`.
 async fn mint_pair(
-    app: &AppState,
+    app: &AuthServer,
     grant: &GrantRecord,
     scopes: &[String],
 ) -> Result<(TokenResponse, TokenHash), OAuthError> {
@@ -306,7 +306,7 @@ async fn mint_pair(
 }
 
 async fn refresh_grant(
-    app: &AppState,
+    app: &AuthServer,
     client: &ClientRecord,
     params: &Params,
 ) -> Result<TokenResponse, OAuthError> {

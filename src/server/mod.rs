@@ -27,7 +27,7 @@ use crate::config::RESOURCE_METADATA_PATH;
 use crate::config::Site;
 use crate::error::jsonrpc_error;
 use crate::gate::{TokenCache, bearer_token, check_token};
-use crate::login::{self, Authn};
+use crate::login;
 use crate::oauth::consent::{consent_get, consent_post};
 use crate::oauth::metadata::{AS_METADATA_PATH, authorization_server, protected_resource};
 use crate::oauth::{authorize, introspect, register, revoke, token};
@@ -41,8 +41,11 @@ const MAX_FORM_BYTES: usize = 64 * 1024;
 pub struct App {
     pub site: Site,
     pub repo: Repo,
-    pub tokens: TokenCache,
-    pub authn: Authn,
+    pub tokens: Arc<TokenCache>,
+    /// Sign-in's share, handed to its handlers (`FromRef`).
+    pub signin: login::SignIn,
+    /// The authorization server's share, handed to its handlers (`FromRef`).
+    pub oauth: crate::oauth::AuthServer,
     /// Shared with the fast lane, which serves only when there is one.
     pub http_backend: Option<Arc<HttpBackend>>,
     pub stdio_backend: Option<crate::backend::stdio::bridge::StdioBackend>,
@@ -52,12 +55,6 @@ pub struct App {
     pub forward_auth_path: Option<String>,
     /// `--proxy-forward-authorization`: signs what the upstream receives.
     pub assertion: Option<crate::assertion::Signer>,
-    /// Whether a declared client may use `client_credentials` (advertised then).
-    pub client_credentials: bool,
-    /// Whether a declared confidential client may introspect tokens (advertised then).
-    pub introspection: bool,
-    /// Client ID metadata documents, unless `--no-cimd`.
-    pub documents: Option<crate::oauth::cimd::Documents>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Whether the certificate is in place, when TLS is on.
     pub cert: Option<health::CertReady>,
@@ -67,8 +64,6 @@ pub struct App {
     pub max_body: usize,
     /// `--body-read-timeout`: every request's body, on every path.
     pub body_read_timeout: std::time::Duration,
-    /// Authorization requests waiting for a sign-in, per client and in all.
-    pub pending: crate::oauth::pending::PendingBudget,
 }
 
 /// The shared [`App`], as handlers receive it: one pointer to clone per request.
@@ -78,6 +73,18 @@ pub struct AppState(Arc<App>);
 impl AppState {
     pub fn new(app: App) -> Self {
         Self(Arc::new(app))
+    }
+}
+
+impl axum::extract::FromRef<AppState> for login::SignIn {
+    fn from_ref(app: &AppState) -> Self {
+        app.signin.clone()
+    }
+}
+
+impl axum::extract::FromRef<AppState> for crate::oauth::AuthServer {
+    fn from_ref(app: &AppState) -> Self {
+        app.oauth.clone()
     }
 }
 
@@ -137,7 +144,11 @@ pub fn router(state: AppState) -> Router {
         .route("/.auth/oidc/login", get(login::upstream::start))
         .route_layer(limited());
     let pages = Router::new()
-        .route(LOGIN_PATH, get(login::login_get).post(login::login_post))
+        // Each password guess is a POST here: rate-limited like the API, on top of the lockout.
+        .route(
+            LOGIN_PATH,
+            get(login::login_get).post(axum::handler::Handler::layer(login::login_post, limited())),
+        )
         .route(LOGOUT_PATH, get(login::logout_get).post(login::logout_post))
         .route(CONSENT_PATH, get(consent_get).post(consent_post))
         .route(
@@ -274,7 +285,7 @@ async fn root(
             .and_then(|a| a.to_str().ok())
             .is_some_and(|a| a.contains("text/html"));
     if wants_page {
-        return login::home(&app, h).await;
+        return login::home(&app.signin, h).await;
     }
     proxy(State(app), ConnectInfo(peer), req).await
 }
@@ -330,7 +341,7 @@ async fn proxy(
     };
     let provider_token = match caller.identity() {
         Some(id) if app.upstream.pass_access_token => {
-            crate::login::provider_tokens::current(&app, id).await
+            crate::login::provider_tokens::current(&app.signin, id).await
         }
         _ => None,
     };

@@ -106,7 +106,7 @@ pub fn refusal(app: &AppState, ip: std::net::IpAddr, path: &str) -> Option<Respo
     tracing::info!(client_ip = %ip, path, retry_after = secs, "rate limited");
     let mut resp = if super::guard::Audience::of(path) == super::guard::Audience::Person {
         crate::web::pages::error_page(
-            &crate::login::site_name(app),
+            &app.site.origin.host(),
             StatusCode::TOO_MANY_REQUESTS,
             "Too many attempts",
             &format!("Please wait {secs} seconds and try again."),

@@ -10,6 +10,7 @@ mod fastlane;
 mod flow;
 mod gate;
 mod helpers;
+mod layers;
 mod oauth;
 mod packaging;
 mod production;

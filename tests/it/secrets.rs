@@ -174,7 +174,7 @@ async fn stdio_user_runs_children_as_that_user_away_from_the_keys() {
 #[tokio::test]
 async fn the_plaintext_password_is_not_kept_once_hashed() {
     let p = crate::helpers::start_proxy(&[]).await;
-    let authn = &p.state.authn;
+    let authn = &p.state.signin.authn;
     assert!(authn.password.is_some(), "password sign-in is on");
     assert!(
         authn.cfg.password.is_none(),
