@@ -326,3 +326,64 @@ fn the_checker_finds_an_upward_use_in_every_form_it_can_take() {
     let missing: &[&[&str]] = &[&["(root)"], &["high"]];
     assert!(violations(&files("pub fn f() {}"), missing)[0].contains("low is in no layer"));
 }
+
+/// The `` `…` `` spans of `text`.
+fn quoted(text: &str) -> Vec<&str> {
+    text.split('`').skip(1).step_by(2).collect()
+}
+
+#[test]
+fn architecture_md_names_what_exists_and_the_layers_checked_here() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    // Every file or directory the code map names exists.
+    let named: Vec<&str> = quoted(&text)
+        .into_iter()
+        .filter(|q| q.starts_with("src/"))
+        .collect();
+    for path in &named {
+        assert!(
+            root.join(path).exists(),
+            "ARCHITECTURE.md names {path}, which does not exist"
+        );
+    }
+    // Every top-level module is in the code map.
+    for entry in std::fs::read_dir(root.join("src")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let shown = if path.is_dir() {
+            format!("src/{name}/")
+        } else {
+            format!("src/{name}")
+        };
+        assert!(
+            named.iter().any(|n| n.starts_with(&shown)),
+            "ARCHITECTURE.md's code map does not name {shown}"
+        );
+    }
+    // Its list of layers is the one this test checks, in the same order.
+    let section = text
+        .split("## Layers")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap();
+    let listed: Vec<Vec<&str>> = section
+        .lines()
+        .filter(|l| {
+            l.split_once(". ")
+                .is_some_and(|(n, _)| n.parse::<usize>().is_ok())
+        })
+        .map(|l| {
+            let line = l.split(':').next().unwrap_or(l);
+            quoted(line)
+                .into_iter()
+                .filter(|q| !q.starts_with("src/"))
+                .collect()
+        })
+        .collect();
+    let checked: Vec<Vec<&str>> = LAYERS.iter().map(|l| l.to_vec()).collect();
+    assert_eq!(
+        listed, checked,
+        "ARCHITECTURE.md's layers differ from tests/it/layers.rs"
+    );
+}
