@@ -303,7 +303,13 @@ async fn idle_sessions_end_and_their_children_stop() {
         assert_eq!(status, StatusCode::OK, "in use, not idle (call {id})");
         tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     }
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Then silence: the reaper ends it (watched without touching it, which would keep it).
+    let stdio = p.state.stdio_backend.as_ref().unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stdio.live_sessions() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never reaped");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let (status, _) = call(&p, &t, &sid, 9, "echo").await;
     assert_eq!(
         status,
@@ -446,9 +452,21 @@ async fn a_child_that_dies_at_start_gets_502_then_a_backoff() {
     let second = post().await.unwrap();
     assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(second.headers().get(header::RETRY_AFTER).is_some());
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Refused (503) until the backoff has passed, then tried again (and failing again, 502).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let after = loop {
+        let status = post().await.unwrap().status();
+        if status != StatusCode::SERVICE_UNAVAILABLE {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backoff never ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(
-        post().await.unwrap().status(),
+        after,
         StatusCode::BAD_GATEWAY,
         "tried again after the backoff"
     );

@@ -90,8 +90,18 @@ async fn an_answered_write_survives_sigkill() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let log = bin.log_so_far().join("\n");
+    // Every request is logged in one line: wait for the one of this 401.
+    let mut lines = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !lines.iter().any(|l: &String| l.contains("\"status\":401")) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no log line for the 401: {lines:?}"
+        );
+        lines.extend(bin.log_so_far());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let log = lines.join("\n");
     for secret in [alice.as_str(), bob.as_str(), "mcpat_wrong"] {
         assert!(!log.contains(secret), "a token reached the log: {log}");
     }
