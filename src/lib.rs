@@ -43,12 +43,9 @@ use crate::backend::stdio::child::{ChildSpec, environment};
 use crate::clock::Clock;
 use crate::config::{Backend, Config, ListenAddr};
 use crate::gate::TokenCache;
-use crate::login::Authn;
-use crate::login::password::{Lockout, PasswordVerifier};
 use crate::server::{App, AppState};
 use crate::store::sled::SledStore;
 use crate::store::{Keys, Repo};
-use crate::web::session::Cookies;
 
 /// How many access tokens the gate keeps in memory.
 const TOKEN_CACHE_CAPACITY: usize = 100_000;
@@ -73,9 +70,7 @@ pub enum RunError {
     #[error(transparent)]
     Client(#[from] backend::http::ClientError),
     #[error(transparent)]
-    Password(#[from] login::password::PasswordError),
-    #[error(transparent)]
-    Provider(#[from] login::providers::ProviderError),
+    SignIn(#[from] login::start::StartError),
     #[error(transparent)]
     StaticClients(#[from] oauth::static_clients::StaticClientError),
     #[error("identity assertion: {0}")]
@@ -443,7 +438,7 @@ pub async fn prepare(
             config.data_path.display()
         );
     }
-    let authn = authn(&config, &site, &repo).await?;
+    let authn = login::start::authn(&config.auth, &site, &repo).await?;
     let (mut client_credentials, mut introspection) = (false, false);
     if let Some(path) = &config.clients_file {
         let clients = &static_clients;
@@ -566,79 +561,6 @@ pub async fn prepare(
     })
 }
 
-/// Sets up sign-in; when the configured passwords changed since the last start, revokes
-/// every grant made with the old ones.
-async fn authn(config: &Config, site: &config::Site, repo: &Repo) -> Result<Authn, RunError> {
-    let password = PasswordVerifier::new(&config.auth, repo.keys().hmac.as_ref()).await?;
-    if let Some(p) = &config.auth.password
-        && login::password::weak(p.expose())
-    {
-        tracing::warn!(
-            "the password is weak (under 12 characters, or one every guesser tries first): choose a long passphrase"
-        );
-    }
-    let current = password
-        .as_ref()
-        .map(|p| p.epoch().to_string())
-        .unwrap_or_default();
-    let previous = repo.get_secret(PASSWORD_EPOCH).await.ok().flatten();
-    if previous.as_deref().map(Vec::as_slice) != Some(current.as_bytes()) {
-        if previous.is_some() {
-            let mut revoked = 0;
-            for (_, grant) in repo.scan::<store::GrantRecord>(b"").await? {
-                if grant.identity.provider == "password" {
-                    repo.revoke_grant(&grant.grant_id).await?;
-                    revoked += 1;
-                }
-            }
-            tracing::warn!(
-                revoked,
-                "the password changed: sign-ins made with the old one are revoked"
-            );
-        }
-        repo.put_secret(PASSWORD_EPOCH, current.as_bytes()).await?;
-        repo.flush().await?;
-    }
-    let providers = login::providers::Providers::new(&config.auth.providers, site).await?;
-    // Grants of people today's allow-lists no longer admit (a user removed from a list, a
-    // provider no longer configured) end now, not when their tokens expire.
-    let mut revoked = 0;
-    for (_, grant) in repo.scan::<store::GrantRecord>(b"").await? {
-        if grant.identity.provider != "password" && !providers.still_allowed(&grant.identity) {
-            repo.revoke_grant(&grant.grant_id).await?;
-            revoked += 1;
-        }
-    }
-    if revoked > 0 {
-        tracing::warn!(
-            revoked,
-            "grants of users the allow-lists no longer admit were revoked"
-        );
-        repo.flush().await?;
-    }
-    let authn = Authn {
-        providers,
-        lockout: Lockout::new(&config.auth),
-        cookies: Cookies::for_origin(&site.origin),
-        password,
-        // The plaintext password was hashed above; this copy lives as long as the process.
-        cfg: config::AuthConfig {
-            password: None,
-            ..config.auth.clone()
-        },
-    };
-    let methods = authn.methods();
-    if methods.is_empty() {
-        tracing::warn!(
-            "no sign-in method is configured: nobody can sign in (set --password or a provider)"
-        );
-    } else {
-        let methods = methods.join(", ");
-        tracing::info!(methods, "sign-in with {methods}");
-    }
-    Ok(authn)
-}
-
 /// The banner's HTTPS line: who serves the certificate and in what state it is.
 async fn certificate_state(config: &Config, repo: &Repo) -> String {
     use rustls_acme::CertCache;
@@ -669,9 +591,6 @@ async fn certificate_state(config: &Config, repo: &Repo) -> String {
         }
     }
 }
-
-/// Store key of the fingerprint of the passwords grants were made under.
-const PASSWORD_EPOCH: &str = "password_epoch";
 
 /// Serves until `shutdown` resolves, then stops background tasks and flushes the store.
 pub async fn serve(

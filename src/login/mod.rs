@@ -5,6 +5,7 @@ pub mod membership;
 pub mod password;
 pub mod provider_tokens;
 pub mod providers;
+pub mod start;
 pub mod upstream;
 
 use std::net::SocketAddr;
