@@ -1,0 +1,587 @@
+//! The validated configuration.
+//!
+//! [`Config::from_cli`] turns the raw command line into typed values once, at startup. Every
+//! wrong value stops startup with one line that says what to fix; nothing downstream
+//! re-parses strings.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderValue;
+use ipnet::IpNet;
+use url::Url;
+use zeroize::Zeroize;
+
+use crate::cli::Cli;
+
+mod auth;
+mod origin;
+mod providers;
+mod stdio;
+mod tls;
+mod upstream;
+
+pub use auth::*;
+pub use origin::*;
+pub use providers::*;
+pub use stdio::*;
+pub use tls::*;
+pub use upstream::*;
+
+/// A configuration mistake, phrased as what the user should change.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Where the protected resource's metadata (RFC 9728) is served, before the MCP path.
+pub const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// A secret value: never printed, wiped from memory when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself; call sites are the only places it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// What the proxy puts in front of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// No backend: sign-in and the authorization server only.
+    None,
+    /// An HTTP MCP server.
+    Http(Url),
+    /// A stdio MCP server: program and arguments.
+    Stdio { program: String, args: Vec<String> },
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Things given that have no effect, said at startup as warnings.
+    pub notes: Vec<String>,
+    pub listen: ListenAddr,
+    /// HTTPS, when on.
+    pub tls: Option<TlsConfig>,
+    /// `None` means "the default for the port actually bound".
+    pub external_url: Option<PublicOrigin>,
+    pub data_path: PathBuf,
+    pub trusted_proxies: Vec<IpNet>,
+    pub mcp_path: String,
+    /// Normalised origins (`scheme://host[:port]`, lower-case) allowed besides our own.
+    pub allowed_origins: Vec<String>,
+    pub backend: Backend,
+    pub upstream: UpstreamOptions,
+    /// The forward-auth endpoint's path, if on.
+    pub forward_auth_path: Option<String>,
+    /// `--clients-file`, read and checked.
+    pub clients_file: Option<PathBuf>,
+    pub auth: AuthConfig,
+    /// How long connections may run after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// Threads serving connections (at least one).
+    pub workers: usize,
+    /// The HTTP/1 fast lane for POST on the MCP endpoint (off with `--no-fast-lane`).
+    pub fast_lane: bool,
+    pub stdio: StdioOptions,
+    pub limits: Limits,
+    /// `--metrics-listen`: Prometheus and the probes on a listener of their own.
+    pub metrics_listen: Option<ListenAddr>,
+}
+
+/// Protection against load and slow or oversized clients (defaults: the flags').
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Requests per minute per client IP on the rate-limited endpoints (0: off).
+    pub rate_limit: u32,
+    pub max_body: usize,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+}
+
+/// A size: `1048576`, `512KiB`, `4MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
+pub fn parse_size(flag: &str, s: &str) -> Result<usize, ConfigError> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: usize = n
+        .parse()
+        .map_err(|_| bad(format!("{flag} {s:?} is not a size like 4MiB")))?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return Err(bad(format!("{flag} {s:?} is not a size like 4MiB"))),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| bad(format!("{flag} {s:?} is out of range")))
+}
+
+impl Config {
+    /// Validates the command line.
+    pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        let listen = ListenAddr::parse(&cli.listen)?;
+        let auth = auth_config(&cli)?;
+        let stdio = stdio_options(&cli)?;
+        let external_url = cli
+            .external_url
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(PublicOrigin::parse)
+            .transpose()?;
+        let tls = tls_config(&cli, external_url.as_ref())?;
+
+        if cli
+            .database_dsn
+            .as_deref()
+            .is_some_and(|d| !d.trim().is_empty())
+        {
+            return Err(bad(
+                "DATABASE_DSN names a PostgreSQL store, which is not supported yet; unset it to use the embedded store",
+            ));
+        }
+        match cli.repository_backend.trim().to_ascii_lowercase().as_str() {
+            "local" | "" => {}
+            other @ ("postgres" | "sqlite" | "mysql") => {
+                return Err(bad(format!(
+                    "--repository-backend {other} is not supported yet; use --repository-backend local (the embedded store)"
+                )));
+            }
+            other => {
+                return Err(bad(format!(
+                    "--repository-backend {other:?} is unknown; use local"
+                )));
+            }
+        }
+        let mut notes = Vec::new();
+        if cli.repository_dsn.as_deref().is_some_and(|s| !s.is_empty()) {
+            // As sigbit's proxy does: the DSN means something only for an external store.
+            notes.push(
+                "--repository-dsn (REPOSITORY_DSN) is ignored: --repository-backend is local, the embedded store in --data-path".to_string(),
+            );
+        }
+
+        let trusted_proxies = cli
+            .trusted_proxies
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(parse_net)
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mcp_path = cli.mcp_path.trim().to_string();
+        if !mcp_path.starts_with('/')
+            || mcp_path.len() < 2
+            || mcp_path.ends_with('/')
+            || mcp_path.contains(['?', '#', ' '])
+        {
+            return Err(bad(format!(
+                "--mcp-path {mcp_path:?} must be an absolute path like /mcp, without a trailing slash"
+            )));
+        }
+        if reserved_path(&mcp_path) {
+            return Err(bad(format!(
+                "--mcp-path {mcp_path:?} collides with the proxy's own endpoints; choose another"
+            )));
+        }
+
+        let allowed_origins = cli
+            .allowed_origins
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                normalize_origin(s).ok_or_else(|| {
+                    bad(format!(
+                        "--allowed-origins entry {s:?} is not an origin like https://app.example.com"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let backend = parse_backend(&cli.backend)?;
+
+        let mut headers = parse_proxy_headers(cli.proxy_headers.as_deref().unwrap_or(""))?;
+        let proxy_bearer_token = cli
+            .proxy_bearer_token
+            .filter(|s| !s.is_empty())
+            .map(Secret::new);
+        if let Some(token) = &proxy_bearer_token {
+            headers.retain(|(name, _)| name != http::header::AUTHORIZATION);
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                    bad("--proxy-bearer-token contains characters not allowed in a header")
+                })?;
+            value.set_sensitive(true);
+            headers.push((http::header::AUTHORIZATION, value));
+        }
+
+        if cli.proxy_forward_authorization
+            && (proxy_bearer_token.is_some()
+                || headers
+                    .iter()
+                    .any(|(n, _)| n == axum::http::header::AUTHORIZATION))
+        {
+            return Err(bad(
+                "--proxy-forward-authorization sends the upstream our signed assertion as Authorization; drop --proxy-bearer-token (or the Authorization of --proxy-headers)",
+            ));
+        }
+        let connect_timeout =
+            parse_duration("--upstream-connect-timeout", &cli.upstream_connect_timeout)?;
+
+        let forward_auth_path = match cli.forward_auth_path.trim() {
+            "" => None,
+            p if !p.starts_with('/') || p.starts_with("/.auth/") || p == mcp_path => {
+                return Err(bad(format!(
+                    "--forward-auth-path {p:?} must be a path of its own, like /authenticate"
+                )));
+            }
+            p => Some(p.to_string()),
+        };
+        Ok(Self {
+            notes,
+            clients_file: cli.clients_file.clone(),
+            forward_auth_path,
+            listen,
+            tls,
+            external_url,
+            data_path: match &cli.data_path {
+                d if d.exists() && !d.is_dir() => {
+                    return Err(bad(format!(
+                        "--data-path {} is a file, not a directory: name a directory (it is created if missing)",
+                        d.display()
+                    )));
+                }
+                d => d.clone(),
+            },
+            trusted_proxies,
+            mcp_path,
+            allowed_origins,
+            backend,
+            upstream: UpstreamOptions {
+                headers,
+                connect_timeout,
+                response_timeout: parse_duration("--upstream-timeout", &cli.upstream_timeout)?,
+                streaming_only: cli.http_streaming_only,
+                identity: IdentityHeaders {
+                    user: header_name("--user-header", &cli.user_header)?,
+                    email: header_name("--email-header", &cli.email_header)?,
+                    name: header_name("--name-header", &cli.name_header)?,
+                    groups: header_name("--groups-header", &cli.groups_header)?,
+                    qualified_user: usize::from(auth.has_password()) + auth.providers.count() > 1,
+                },
+                mapping: parse_header_mapping(cli.header_mapping.as_deref().unwrap_or(""))?,
+                forward_authorization: cli.proxy_forward_authorization,
+                jwt_key_rotation: parse_duration("--jwt-key-rotation", &cli.jwt_key_rotation)?,
+                pass_access_token: cli.pass_access_token,
+            },
+            auth,
+            shutdown_grace: parse_duration("--shutdown-grace", &cli.shutdown_grace)?,
+            metrics_listen: cli
+                .metrics_listen
+                .as_deref()
+                .filter(|s| !s.trim().is_empty())
+                .map(ListenAddr::parse)
+                .transpose()?,
+            limits: Limits {
+                rate_limit: cli.rate_limit,
+                max_body: parse_size("--max-body", &cli.max_body)?,
+                max_connections: cli.max_connections.max(1),
+                header_read_timeout: parse_duration(
+                    "--header-read-timeout",
+                    &cli.header_read_timeout,
+                )?,
+                body_read_timeout: parse_duration("--body-read-timeout", &cli.body_read_timeout)?,
+            },
+            fast_lane: !cli.no_fast_lane,
+            workers: match cli.workers {
+                0 => crate::worker::default_count(),
+                n => n,
+            },
+            stdio,
+        })
+    }
+}
+
+/// The public face of a running proxy, fixed once the listener is bound.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub origin: PublicOrigin,
+    pub mcp_path: String,
+    /// The protected resource: `<origin><mcp_path>`.
+    pub resource: String,
+    /// Absolute URL of the protected-resource metadata (RFC 9728 §3.1 path form).
+    pub resource_metadata_url: String,
+    pub allowed_origins: Vec<String>,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Config {
+    /// The site as seen from outside, given the port the plain listener actually bound.
+    /// The site; `bound_port` is the port clients reach (the TLS listener's when TLS is on).
+    pub fn site(&self, bound_port: u16) -> Result<Site, ConfigError> {
+        let origin = match (&self.external_url, &self.tls) {
+            (Some(o), _) => o.clone(),
+            (None, Some(_)) if bound_port == 443 => PublicOrigin::parse("https://localhost")?,
+            (None, Some(_)) => PublicOrigin::parse(&format!("https://localhost:{bound_port}"))?,
+            (None, None) => PublicOrigin::default_for_port(bound_port)?,
+        };
+        Ok(Site {
+            resource: origin.join(&self.mcp_path),
+            resource_metadata_url: origin
+                .join(&format!("{}{}", RESOURCE_METADATA_PATH, self.mcp_path)),
+            origin,
+            mcp_path: self.mcp_path.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
+        })
+    }
+}
+
+/// Paths the proxy answers itself; the MCP path may not shadow them.
+pub fn reserved_path(path: &str) -> bool {
+    const OWN: [&str; 5] = [
+        "/authorize",
+        "/token",
+        "/register",
+        "/revoke",
+        "/.well-known",
+    ];
+    OWN.iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+        || path.starts_with("/.auth")
+}
+
+fn parse_net(s: &str) -> Result<IpNet, ConfigError> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            bad(format!(
+                "--trusted-proxies entry {s:?} is not an IP address or CIDR"
+            ))
+        })
+}
+
+/// `host:port` or `host:port/path` (a name, an IPv4 or a bracketed IPv6 address, then a
+/// port): an HTTP backend written without `http://`, never a command.
+fn looks_like_host_port(s: &str) -> bool {
+    let authority = s.split('/').next().unwrap_or_default();
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = (host.starts_with('[') && host.ends_with(']'))
+        || (!host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'));
+    host_ok && !port.is_empty() && port.chars().all(|c| c.is_ascii_digit())
+}
+
+fn parse_backend(args: &[String]) -> Result<Backend, ConfigError> {
+    let Some(first) = args.first() else {
+        return Ok(Backend::None);
+    };
+    let lower = first.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        if args.len() > 1 {
+            return Err(bad(format!(
+                "an HTTP backend takes no further arguments, but got {:?}",
+                &args[1..]
+            )));
+        }
+        let url = Url::parse(first)
+            .map_err(|e| bad(format!("backend URL {first:?} does not parse ({e})")))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad(format!("backend URL {first:?} has no host")));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(
+                "backend URL must not carry credentials; use --proxy-bearer-token or --proxy-headers",
+            ));
+        }
+        return Ok(Backend::Http(url));
+    }
+    if first.is_empty() {
+        return Err(bad("the stdio command is empty"));
+    }
+    if let Some((scheme, _)) = first.split_once("://") {
+        return Err(bad(format!(
+            "backend {first:?}: the {scheme}:// scheme is not an MCP transport; give an http:// or https:// URL, or a stdio command after --"
+        )));
+    }
+    if looks_like_host_port(first) {
+        return Err(bad(format!(
+            "backend {first:?} looks like an address without its scheme; did you mean http://{first} ?"
+        )));
+    }
+    Ok(Backend::Stdio {
+        program: first.clone(),
+        args: args[1..].to_vec(),
+    })
+}
+
+/// Parses durations like `90s`, `10m`, `1h`, `30d`, `500ms`.
+pub fn parse_duration(flag: &str, s: &str) -> Result<Duration, ConfigError> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        bad(format!(
+            "{flag} {s:?} is not a duration like 30s, 10m, 1h or 7d"
+        ))
+    })?;
+    let secs = |m: u64| n.checked_mul(m).map(Duration::from_secs);
+    let d = match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" | "" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => None,
+    };
+    d.ok_or_else(|| {
+        bad(format!(
+            "{flag} {s:?} is not a duration like 30s, 10m, 1h or 7d"
+        ))
+    })
+}
+
+fn url_flag(flag: &str, v: &str) -> Result<Url, ConfigError> {
+    let u = Url::parse(v.trim()).map_err(|e| bad(format!("{flag} {v:?} is not a URL: {e}")))?;
+    if !matches!(u.scheme(), "https" | "http") {
+        return Err(bad(format!("{flag} must be an http(s) URL")));
+    }
+    Ok(u)
+}
+
+fn list(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("--max-body", "4MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_size("--max-body", "512 KiB").unwrap(), 512 << 10);
+        assert_eq!(parse_size("--max-body", "1000").unwrap(), 1000);
+        assert_eq!(parse_size("--max-body", "2MB").unwrap(), 2_000_000);
+        for bad in [
+            "",
+            "0",
+            "4 parsecs",
+            "MiB",
+            "-1KiB",
+            "99999999999999999999GiB",
+        ] {
+            let e = parse_size("--max-body", bad).unwrap_err().to_string();
+            assert!(e.contains("--max-body"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(
+            ListenAddr::parse(":8080").ok(),
+            Some(ListenAddr::AllInterfaces(8080))
+        );
+        assert_eq!(
+            ListenAddr::parse("127.0.0.1:0").ok(),
+            Some(ListenAddr::Host("127.0.0.1".into(), 0))
+        );
+        assert_eq!(
+            ListenAddr::parse("[::1]:443").ok(),
+            Some(ListenAddr::Host("::1".into(), 443))
+        );
+        assert_eq!(
+            ListenAddr::parse("localhost:80").ok(),
+            Some(ListenAddr::Host("localhost".into(), 80))
+        );
+        assert!(ListenAddr::parse("8080").is_err());
+        assert!(ListenAddr::parse("::1:80").is_err());
+        assert!(ListenAddr::parse(":http").is_err());
+    }
+
+    #[test]
+    fn external_url_is_an_origin() {
+        let o = PublicOrigin::parse("https://MCP.example.com").ok();
+        assert_eq!(
+            o.as_ref().map(|o| o.as_str()),
+            Some("https://mcp.example.com")
+        );
+        assert_eq!(o.as_ref().map(|o| o.port()), Some(443));
+        assert!(PublicOrigin::parse("https://mcp.example.com/").is_ok());
+        assert!(PublicOrigin::parse("https://mcp.example.com/sub").is_err());
+        assert!(PublicOrigin::parse("ftp://x").is_err());
+        assert_eq!(
+            PublicOrigin::default_for_port(80).unwrap().as_str(),
+            "http://localhost"
+        );
+        assert_eq!(
+            PublicOrigin::default_for_port(8080).unwrap().as_str(),
+            "http://localhost:8080"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("f", "30d").ok(),
+            Some(Duration::from_secs(2_592_000))
+        );
+        assert_eq!(
+            parse_duration("f", "60s").ok(),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_duration("f", "250ms").ok(),
+            Some(Duration::from_millis(250))
+        );
+        assert!(parse_duration("f", "1y").is_err());
+        assert!(parse_duration("f", "").is_err());
+    }
+
+    #[test]
+    fn proxy_headers() {
+        let h = parse_proxy_headers("X-A: 1, X-B:two").unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[1].1, "two");
+        assert!(parse_proxy_headers("nocolon").is_err());
+    }
+}
