@@ -8,10 +8,12 @@
 //! email when the profile hides it; organisations and teams over every page). Allow-lists
 //! compare normalised values and fail closed.
 
-use std::time::Duration;
+mod fetch;
+mod github;
+mod google;
+mod oidc;
 
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
     BasicTokenType,
@@ -22,23 +24,18 @@ use oauth2::{
     RedirectUrl, Scope, StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
+use serde_json::Value;
 use url::Url;
 
-use crate::config::{
-    AttributeRule, GitHubConfig, GoogleConfig, OidcConfig, ProvidersConfig, Site, normalize_user,
-};
+use crate::config::{GitHubConfig, GoogleConfig, ProvidersConfig, Site, normalize_user};
 use crate::store::Identity;
 
-/// Longest answer read from a provider.
-const MAX_ANSWER: usize = 1024 * 1024;
-
-/// Pages of a GitHub membership list followed at most.
-const MAX_PAGES: usize = 50;
-
-/// How long and how often the OIDC discovery document is tried at startup.
-const DISCOVERY_ATTEMPTS: u32 = 6;
+use self::{
+    fetch::{get_document, get_json, http_client, send},
+    github::{github_allows, github_identity},
+    google::{google_allows, google_identity},
+    oidc::{Oidc, discover, identity_of_claims, oidc_allows, oidc_identity},
+};
 
 /// The token answer: OAuth 2.0's plus the OIDC `id_token`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -46,6 +43,7 @@ pub struct IdTokenField {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     id_token: Option<String>,
 }
+
 impl ExtraTokenFields for IdTokenField {}
 
 type TokenAnswer = StandardTokenResponse<IdTokenField, BasicTokenType>;
@@ -122,15 +120,6 @@ enum Kind {
     Oidc(Box<Oidc>),
 }
 
-struct Oidc {
-    cfg: OidcConfig,
-    issuer: String,
-    userinfo: Option<Url>,
-    jwks_uri: Url,
-    /// The provider's keys.
-    jwks: tokio::sync::RwLock<JwkSet>,
-}
-
 /// The configured providers and the HTTP client they use.
 pub struct Providers {
     pub list: Vec<Provider>,
@@ -139,118 +128,8 @@ pub struct Providers {
     pub auto_select: bool,
 }
 
-#[derive(Deserialize)]
-struct Discovery {
-    issuer: String,
-    authorization_endpoint: String,
-    token_endpoint: String,
-    #[serde(default)]
-    userinfo_endpoint: Option<String>,
-    jwks_uri: String,
-    #[serde(default)]
-    token_endpoint_auth_methods_supported: Vec<String>,
-}
-
 fn bad(msg: impl Into<String>) -> ProviderError {
     ProviderError(msg.into())
-}
-
-/// The client every provider call goes through: no redirects, bounded time.
-pub fn http_client() -> Result<reqwest::Client, ProviderError> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15))
-        .user_agent(concat!("mcp-auth-proxy/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| {
-            bad(format!(
-                "the HTTP client could not be set up: {}",
-                crate::error::chain(&e)
-            ))
-        })
-}
-
-/// oauth2's HTTP calls over our reqwest client.
-async fn send(
-    http: reqwest::Client,
-    req: oauth2::HttpRequest,
-) -> Result<oauth2::HttpResponse, HttpError> {
-    let (parts, body) = req.into_parts();
-    let resp = http
-        .request(parts.method, parts.uri.to_string())
-        .headers(parts.headers)
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| HttpError(e.to_string()))?;
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = read_bounded(resp).await.map_err(HttpError)?;
-    let mut out = http::Response::new(body);
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
-    Ok(out)
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct HttpError(String);
-
-async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
-        if body.len() + chunk.len() > MAX_ANSWER {
-            return Err("the answer is too large".into());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// GETs JSON with a bearer token; returns it and the `rel="next"` link, if any.
-async fn get_json(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-) -> Result<(Value, Option<String>), SignInError> {
-    let resp = http
-        .get(url)
-        .bearer_auth(token)
-        .header(reqwest::header::ACCEPT, "application/json")
-        .send()
-        .await
-        .map_err(|e| SignInError::Answer(format!("{url}: {e}")))?;
-    let status = resp.status();
-    let next = resp
-        .headers()
-        .get(reqwest::header::LINK)
-        .and_then(|l| l.to_str().ok())
-        .and_then(next_link);
-    let body = read_bounded(resp).await.map_err(SignInError::Answer)?;
-    if !status.is_success() {
-        return Err(SignInError::Answer(format!("{url} answered {status}")));
-    }
-    let v = serde_json::from_slice(&body)
-        .map_err(|e| SignInError::Answer(format!("{url}: not JSON: {e}")))?;
-    Ok((v, next))
-}
-
-/// The `rel="next"` target of a `Link` header.
-fn next_link(link: &str) -> Option<String> {
-    link.split(',').find_map(|part| {
-        let (target, params) = part.split_once(';')?;
-        params
-            .split(';')
-            .any(|p| p.trim().eq_ignore_ascii_case("rel=\"next\""))
-            .then(|| {
-                target
-                    .trim()
-                    .trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .to_string()
-            })
-    })
 }
 
 fn oauth_client(
@@ -387,147 +266,6 @@ impl Providers {
     pub fn still_allowed(&self, identity: &Identity) -> bool {
         self.get(&identity.provider)
             .is_some_and(|p| p.allows(identity))
-    }
-}
-
-async fn discover(http: &reqwest::Client, url: &Url) -> Result<Discovery, ProviderError> {
-    let mut wait = Duration::from_millis(500);
-    let mut last = String::new();
-    for attempt in 1..=DISCOVERY_ATTEMPTS {
-        match fetch_discovery(http, url).await {
-            Ok(d) => return Ok(d),
-            Err(e) => {
-                tracing::warn!(attempt, url = %url, error = %e, "the OIDC discovery document could not be fetched");
-                last = e;
-            }
-        }
-        if attempt < DISCOVERY_ATTEMPTS {
-            tokio::time::sleep(wait).await;
-            wait *= 2;
-        }
-    }
-    Err(bad(format!(
-        "the OIDC discovery document at {url} could not be fetched after {DISCOVERY_ATTEMPTS} attempts: {last}"
-    )))
-}
-
-/// GETs a public document (no credentials), bounded; any status but 2xx is an error.
-async fn get_document(http: &reqwest::Client, url: &Url) -> Result<Vec<u8>, String> {
-    // The whole chain: reqwest's own message ("error sending request") hides the cause
-    // (refused, no such host, certificate) in its sources.
-    let resp = http
-        .get(url.as_str())
-        .send()
-        .await
-        .map_err(|e| crate::error::chain(&e))?;
-    let status = resp.status();
-    let body = read_bounded(resp).await?;
-    if !status.is_success() {
-        return Err(format!("{url} answered {status}"));
-    }
-    Ok(body)
-}
-
-async fn fetch_discovery(http: &reqwest::Client, url: &Url) -> Result<Discovery, String> {
-    let body = get_document(http, url).await?;
-    serde_json::from_slice(&body).map_err(|e| format!("it is not a discovery document: {e}"))
-}
-
-impl Oidc {
-    async fn refresh_keys(&self, http: &reqwest::Client) -> Result<(), String> {
-        let body = get_document(http, &self.jwks_uri).await?;
-        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        *self.jwks.write().await = set;
-        Ok(())
-    }
-
-    /// The key for `kid` (or the only key), refetching the set once if it is not known:
-    /// providers rotate keys. (ID tokens arrive only in the provider's own answer to our
-    /// token request, so nobody else can make us refetch.)
-    async fn key(
-        &self,
-        http: &reqwest::Client,
-        kid: Option<&str>,
-    ) -> Result<jsonwebtoken::jwk::Jwk, SignInError> {
-        let find = |set: &JwkSet| match kid {
-            Some(k) => set.find(k).cloned(),
-            None if set.keys.len() == 1 => set.keys.first().cloned(),
-            None => None,
-        };
-        if let Some(k) = find(&*self.jwks.read().await) {
-            return Ok(k);
-        }
-        self.refresh_keys(http)
-            .await
-            .map_err(|e| SignInError::IdToken(format!("keys unavailable: {e}")))?;
-        find(&*self.jwks.read().await)
-            .ok_or_else(|| SignInError::IdToken("signed with an unknown key".into()))
-    }
-
-    /// Validates an ID token: signature (asymmetric algorithms only), `iss`, `aud`, `exp`,
-    /// `nonce`. Returns its claims.
-    async fn validate(
-        &self,
-        http: &reqwest::Client,
-        token: &str,
-        nonce: &str,
-    ) -> Result<Value, SignInError> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| SignInError::IdToken(e.to_string()))?;
-        let allowed = [
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-            Algorithm::ES256,
-            Algorithm::ES384,
-            Algorithm::EdDSA,
-        ];
-        if !allowed.contains(&header.alg) {
-            return Err(SignInError::IdToken(format!(
-                "algorithm {:?} is not accepted",
-                header.alg
-            )));
-        }
-        let jwk = self.key(http, header.kid.as_deref()).await?;
-        let key = DecodingKey::from_jwk(&jwk).map_err(|e| SignInError::IdToken(e.to_string()))?;
-        let mut v = Validation::new(header.alg);
-        v.set_issuer(&[&self.issuer]);
-        v.set_audience(&[&self.cfg.client_id]);
-        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        v.leeway = 60;
-        let data = jsonwebtoken::decode::<Value>(token, &key, &v)
-            .map_err(|e| SignInError::IdToken(e.to_string()))?;
-        let claims = data.claims;
-        if !authorized_party_ok(&claims, &self.cfg.client_id) {
-            return Err(SignInError::IdToken(
-                "the ID token was issued to another client (azp)".into(),
-            ));
-        }
-        let got = claims
-            .get("nonce")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if !bool::from(got.as_bytes().ct_eq(nonce.as_bytes())) {
-            return Err(SignInError::IdToken("the nonce does not match".into()));
-        }
-        Ok(claims)
-    }
-}
-
-/// OpenID Connect Core §2 and §3.1.3.7: when the ID token has several audiences, or names
-/// an authorized party, that party (`azp`) must be us; a token whose `aud` lists us beside
-/// the client it was really issued to is that client's, not ours.
-fn authorized_party_ok(claims: &Value, client_id: &str) -> bool {
-    let several = claims
-        .get("aud")
-        .and_then(Value::as_array)
-        .is_some_and(|a| a.len() > 1);
-    match claims.get("azp") {
-        Some(azp) => azp.as_str() == Some(client_id),
-        None => !several,
     }
 }
 
@@ -705,237 +443,13 @@ fn is_true(v: Option<&Value>) -> bool {
     }
 }
 
-async fn google_identity(
-    http: &reqwest::Client,
-    userinfo: &str,
-    access: &str,
-) -> Result<Identity, SignInError> {
-    let (info, _) = get_json(http, userinfo, access).await?;
-    if !is_true(info.get("email_verified")) {
-        return Err(SignInError::Unverified);
-    }
-    let email = string_at(&info, "/email")
-        .and_then(normalize_user)
-        .filter(|e| e.contains('@'))
-        .ok_or(SignInError::Unverified)?;
-    Ok(Identity {
-        provider: "google".into(),
-        user_id: email.clone(),
-        email: Some(email),
-        name: string_at(&info, "/name").map(str::to_string),
-        groups: Vec::new(),
-        claims: json!({
-            "sub": info.get("sub"),
-            "hd": info.get("hd"),
-            "email_verified": true,
-        }),
-    })
-}
-
-fn google_allows(g: &GoogleConfig, identity: &Identity) -> bool {
-    let Some(email) = identity.email.as_deref().and_then(normalize_user) else {
-        return false;
-    };
-    if !is_true(identity.claims.get("email_verified")) {
-        return false;
-    }
-    let hd = string_at(&identity.claims, "/hd").map(str::to_ascii_lowercase);
-    g.allow_all
-        || g.allowed_users.contains(&email)
-        || hd.is_some_and(|hd| g.allowed_workspaces.contains(&hd))
-}
-
-/// Every element of a paginated GitHub list (following `Link: rel="next"`).
-async fn github_all(
-    http: &reqwest::Client,
-    first: String,
-    token: &str,
-) -> Result<Vec<Value>, SignInError> {
-    let mut out = Vec::new();
-    let mut next = Some(first);
-    let mut pages = 0;
-    while let Some(url) = next.take() {
-        pages += 1;
-        if pages > MAX_PAGES {
-            return Err(SignInError::Answer("too many pages".into()));
-        }
-        let (v, n) = get_json(http, &url, token).await?;
-        match v {
-            Value::Array(items) => out.extend(items),
-            _ => return Err(SignInError::Answer(format!("{url}: not a list"))),
-        }
-        next = n;
-    }
-    Ok(out)
-}
-
-async fn github_identity(
-    http: &reqwest::Client,
-    cfg: &GitHubConfig,
-    access: &str,
-) -> Result<Identity, SignInError> {
-    let api = |path: &str| {
-        let base = cfg.api_url.as_str().trim_end_matches('/');
-        format!("{base}/{path}")
-    };
-    let (user, _) = get_json(http, &api("user"), access).await?;
-    let login = string_at(&user, "/login")
-        .ok_or_else(|| SignInError::Answer("no login in the profile".into()))?
-        .to_string();
-    let mut email = string_at(&user, "/email").map(str::to_string);
-    if email.is_none() {
-        // The profile hides it: the primary verified address.
-        let emails = github_all(http, api("user/emails?per_page=100"), access).await?;
-        email = emails
-            .iter()
-            .find(|e| is_true(e.get("primary")) && is_true(e.get("verified")))
-            .and_then(|e| string_at(e, "/email"))
-            .map(str::to_string);
-    }
-    let mut groups = Vec::new();
-    if !cfg.allowed_orgs.is_empty() {
-        for org in github_all(http, api("user/orgs?per_page=100"), access).await? {
-            if let Some(o) = string_at(&org, "/login") {
-                groups.push(o.to_ascii_lowercase());
-            }
-        }
-        if cfg.allowed_orgs.iter().any(|o| o.contains(':')) {
-            for team in github_all(http, api("user/teams?per_page=100"), access).await? {
-                if let (Some(o), Some(t)) = (
-                    string_at(&team, "/organization/login"),
-                    string_at(&team, "/slug"),
-                ) {
-                    groups.push(format!("{}:{}", o, t).to_ascii_lowercase());
-                }
-            }
-        }
-    }
-    Ok(Identity {
-        provider: "github".into(),
-        user_id: login.clone(),
-        email: email.and_then(|e| normalize_user(&e)),
-        name: string_at(&user, "/name").map(str::to_string),
-        groups,
-        claims: json!({ "id": user.get("id"), "login": login }),
-    })
-}
-
-fn github_allows(g: &GitHubConfig, identity: &Identity) -> bool {
-    let login = identity.user_id.to_ascii_lowercase();
-    g.allow_all
-        || g.allowed_users.contains(&login)
-        || g.allowed_orgs
-            .iter()
-            .any(|rule| identity.groups.iter().any(|m| m == rule))
-}
-
-async fn oidc_identity(
-    http: &reqwest::Client,
-    oidc: &Oidc,
-    id_token: &str,
-    nonce: &str,
-    access: &str,
-) -> Result<Identity, SignInError> {
-    let mut claims = oidc.validate(http, id_token, nonce).await?;
-    if let Some(userinfo) = &oidc.userinfo {
-        let (info, _) = get_json(http, userinfo.as_str(), access).await?;
-        if info.get("sub") != claims.get("sub") {
-            return Err(SignInError::Answer(
-                "userinfo names another subject than the ID token".into(),
-            ));
-        }
-        // Userinfo wins over the ID token.
-        if let (Some(c), Value::Object(i)) = (claims.as_object_mut(), info) {
-            c.extend(i);
-        }
-    }
-    identity_of_claims(claims, &oidc.cfg.user_id_field)
-}
-
-/// Who the OIDC claims name. An email counts only when the provider says it is verified
-/// (`email_verified` true; absent is not verified, OpenID Connect Core §5.1): otherwise it
-/// is removed from the claims, so it is neither the user id, nor matched by an allow-list
-/// or attribute rule, nor sent upstream.
-fn identity_of_claims(mut claims: Value, user_id_field: &str) -> Result<Identity, SignInError> {
-    if !is_true(claims.get("email_verified"))
-        && let Some(c) = claims.as_object_mut()
-    {
-        c.remove("email");
-    }
-    if user_id_field == "/email" && claims.get("email").is_none() {
-        return Err(SignInError::Unverified);
-    }
-    let user_id = match claims.pointer(user_id_field) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => {
-            return Err(SignInError::Answer(format!(
-                "no user id at {user_id_field} in the claims"
-            )));
-        }
-    };
-    let groups = match claims.get("groups") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect(),
-        _ => Vec::new(),
-    };
-    Ok(Identity {
-        provider: "oidc".into(),
-        user_id,
-        email: string_at(&claims, "/email").and_then(normalize_user),
-        name: string_at(&claims, "/name").map(str::to_string),
-        groups,
-        claims,
-    })
-}
-
-/// Whether the claim at `rule.pointer` is (or, for an array, contains) a value that
-/// `matches`.
-fn attribute_matches(claims: &Value, rule: &AttributeRule, matches: impl Fn(&str) -> bool) -> bool {
-    let text = |v: &Value| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    };
-    match claims.pointer(&rule.pointer) {
-        Some(Value::Array(items)) => items.iter().filter_map(text).any(|v| matches(&v)),
-        Some(v) => text(v).is_some_and(|v| matches(&v)),
-        None => false,
-    }
-}
-
-fn oidc_allows(o: &OidcConfig, identity: &Identity) -> bool {
-    if o.allow_all {
-        return true;
-    }
-    let user = normalize_user(&identity.user_id);
-    if let Some(user) = &user {
-        if o.allowed_users.contains(user) {
-            return true;
-        }
-        if o.allowed_globs
-            .iter()
-            .any(|g| wildmatch::WildMatch::new(g).matches(user))
-        {
-            return true;
-        }
-    }
-    o.attributes
-        .iter()
-        .any(|r| attribute_matches(&identity.claims, r, |v| v == r.value))
-        || o.attribute_globs.iter().any(|r| {
-            let pattern = wildmatch::WildMatch::new(&r.value);
-            attribute_matches(&identity.claims, r, |v| pattern.matches(v))
-        })
-}
-
 #[cfg(test)]
 mod tests {
+    use super::fetch::next_link;
+    use super::oidc::authorized_party_ok;
     use super::*;
+    use crate::config::{AttributeRule, OidcConfig};
+    use serde_json::json;
 
     #[tokio::test]
     async fn an_unreachable_provider_is_named_with_the_cause() {
