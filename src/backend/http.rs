@@ -19,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use url::Url;
 
+use super::exchange::{self, Next, UpstreamFailure};
 use super::mapping::{same_origin, upstream_url};
 use super::sessions;
 use crate::config::{Site, UpstreamOptions};
@@ -39,9 +40,6 @@ pub const REPLAY_LIMIT: usize = 256 * 1024;
 
 /// Upstream answers with a Content-Length up to this are sent on in one piece.
 pub const WHOLE_RESPONSE_LIMIT: u64 = 64 * 1024;
-
-/// At most this many same-origin 307/308 hops are followed.
-pub const MAX_REDIRECTS: usize = 3;
 
 /// Identity headers only the proxy may set; client copies are spoofing.
 pub const IDENTITY_HEADERS: [&str; 6] = [
@@ -260,7 +258,7 @@ impl HttpBackend {
         let resp = loop {
             let this_body = Body::from(body.clone());
             let Ok(uri) = url.as_str().parse::<http::Uri>() else {
-                return jsonrpc_error(StatusCode::BAD_GATEWAY, "no upstream route for this path");
+                return UpstreamFailure::NoRoute.response();
             };
             let mut upstream_req = http::Request::new(this_body);
             *upstream_req.method_mut() = parts.method.clone();
@@ -286,72 +284,45 @@ impl HttpBackend {
             let resp = match sent {
                 Ok(Ok(r)) => r,
                 Err(_) => {
-                    tracing::warn!(upstream = %redact(&url), "the MCP server did not answer in time");
-                    return jsonrpc_error(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the MCP server did not answer in time",
-                    );
+                    UpstreamFailure::TimedOut.log(&url, None, None);
+                    return UpstreamFailure::TimedOut.response();
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(upstream = %redact(&url), error = %e, "upstream request failed");
-                    let msg = if e.is_connect() {
-                        "the MCP server is unreachable"
+                    let failure = if e.is_connect() {
+                        UpstreamFailure::Unreachable
                     } else {
-                        "the MCP server connection failed"
+                        UpstreamFailure::ConnectionFailed
                     };
-                    return jsonrpc_error(StatusCode::BAD_GATEWAY, msg);
+                    failure.log(&url, None, Some(&crate::error::chain(&e)));
+                    return failure.response();
                 }
             };
-            let status = resp.status();
-            if status != StatusCode::TEMPORARY_REDIRECT && status != StatusCode::PERMANENT_REDIRECT
-            {
-                break resp;
-            }
-            // Starlette answers `/mcp` with a 307 to `/mcp/`: follow such same-origin hops
-            // here, since clients refuse cross-origin redirects and never see the upstream's.
-            let next = resp
+            let location = resp
                 .headers()
                 .get(header::LOCATION)
-                .and_then(|l| l.to_str().ok())
-                .and_then(|l| url.join(l).ok());
-            let Some(next) = next.filter(|n| same_origin(n, &self.base)) else {
-                tracing::warn!(upstream = %redact(&url), "upstream redirected to another origin; refusing");
-                return jsonrpc_error(
-                    StatusCode::BAD_GATEWAY,
-                    "the MCP server redirected elsewhere",
-                );
-            };
-            hops += 1;
-            if hops > MAX_REDIRECTS {
-                return jsonrpc_error(
-                    StatusCode::BAD_GATEWAY,
-                    "the MCP server redirected too many times",
-                );
+                .and_then(|l| l.to_str().ok());
+            match exchange::after_status(resp.status().as_u16(), location, &url, &self.base, hops) {
+                Next::Answer => break resp,
+                Next::Follow(next) => {
+                    tracing::debug!(from = %redact(&url), to = %redact(&next), "following upstream redirect");
+                    hops += 1;
+                    url = next;
+                }
+                Next::Fail(failure) => {
+                    failure.log(&url, Some(resp.status().as_u16()), None);
+                    return failure.response();
+                }
             }
-            tracing::debug!(from = %redact(&url), to = %redact(&next), "following upstream redirect");
-            url = next;
         };
 
         let status = resp.status();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            tracing::warn!(
-                upstream = %redact(&url),
-                status = status.as_u16(),
-                "the MCP server refused the proxy's request; check --proxy-bearer-token / --proxy-headers"
-            );
-            return jsonrpc_error(
-                StatusCode::BAD_GATEWAY,
-                "the MCP server refused the proxy's credentials",
-            );
-        }
-
         if status.is_success() {
             let issued = resp
                 .headers()
                 .get(MCP_SESSION_ID)
-                .and_then(|v| v.to_str().ok())
-                .filter(|id| session_id.as_deref() != Some(*id));
-            if let Some(id) = issued
+                .and_then(|v| v.to_str().ok());
+            if let Some(id) =
+                exchange::session_to_bind(status.as_u16(), issued, session_id.as_deref())
                 && let Err(e) = sessions::bind(repo, id, caller.subject()).await
             {
                 tracing::error!(error = %e, "store failure while recording a session");
@@ -491,10 +462,7 @@ impl HttpBackend {
                 Ok(b) => Body::from(b.to_bytes()),
                 Err(e) => {
                     tracing::warn!(error = %e, "upstream response body failed");
-                    return jsonrpc_error(
-                        StatusCode::BAD_GATEWAY,
-                        "the MCP server connection failed",
-                    );
+                    return UpstreamFailure::ConnectionFailed.response();
                 }
             }
         } else {

@@ -47,9 +47,9 @@ use self::prefixed::Prefixed;
 use self::upstream::{Conn, Framing, Head, Pools};
 use super::AppState;
 use super::guard;
+use crate::backend::exchange::{self, UpstreamFailure};
 use crate::backend::http::{
-    self as proxy, ClientInfo, HOP_BY_HOP, HttpBackend, MAX_REDIRECTS, REPLAY_LIMIT,
-    WHOLE_RESPONSE_LIMIT,
+    self as proxy, ClientInfo, HOP_BY_HOP, HttpBackend, REPLAY_LIMIT, WHOLE_RESPONSE_LIMIT,
 };
 use crate::backend::{identity, mapping, sessions};
 use crate::error::jsonrpc_error;
@@ -599,74 +599,44 @@ impl Lane {
             let (conn, head) = match sent {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(failure)) => {
-                    let msg = match failure {
-                        Failure::Connect(_) => "the MCP server is unreachable",
-                        _ => "the MCP server connection failed",
+                    let cause = failure.to_string();
+                    let failure = match failure {
+                        Failure::Connect(_) => UpstreamFailure::Unreachable,
+                        _ => UpstreamFailure::ConnectionFailed,
                     };
-                    tracing::warn!(upstream = %proxy::redact(&url), error = %failure, "upstream request failed");
-                    return self
-                        .answer(
-                            client,
-                            plan,
-                            jsonrpc_error(StatusCode::BAD_GATEWAY, msg),
-                            started,
-                        )
-                        .await;
+                    failure.log(&url, None, Some(&cause));
+                    return self.answer(client, plan, failure.response(), started).await;
                 }
                 Err(_) => {
-                    tracing::warn!(upstream = %proxy::redact(&url), "the MCP server did not answer in time");
-                    let resp = jsonrpc_error(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the MCP server did not answer in time",
-                    );
+                    UpstreamFailure::TimedOut.log(&url, None, None);
+                    let resp = UpstreamFailure::TimedOut.response();
                     return self.answer(client, plan, resp, started).await;
                 }
             };
-            if head.status != 307 && head.status != 308 {
-                break (conn, head);
+            let location = head.location.as_deref();
+            match exchange::after_status(head.status, location, &url, backend.base(), hops) {
+                exchange::Next::Answer => break (conn, head),
+                exchange::Next::Follow(next) => {
+                    tracing::debug!(from = %proxy::redact(&url), to = %proxy::redact(&next), "following upstream redirect");
+                    hops += 1;
+                    self.discard(conn, &head).await;
+                    let authority = &next[url::Position::BeforeHost..url::Position::AfterPort];
+                    let path = &next[url::Position::BeforePath..url::Position::AfterQuery];
+                    request = self.request(&request_line(path, authority), plan, caller, &body);
+                    url = next;
+                }
+                exchange::Next::Fail(failure) => {
+                    failure.log(&url, Some(head.status), None);
+                    return self.answer(client, plan, failure.response(), started).await;
+                }
             }
-            // The general path's rule: same-origin 307/308 hops are followed with the body.
-            let next = head.location.as_deref().and_then(|l| url.join(l).ok());
-            let Some(next) = next.filter(|n| mapping::same_origin(n, backend.base())) else {
-                tracing::warn!(upstream = %proxy::redact(&url), "upstream redirected to another origin; refusing");
-                let resp = jsonrpc_error(
-                    StatusCode::BAD_GATEWAY,
-                    "the MCP server redirected elsewhere",
-                );
-                return self.answer(client, plan, resp, started).await;
-            };
-            hops += 1;
-            if hops > MAX_REDIRECTS {
-                let resp = jsonrpc_error(
-                    StatusCode::BAD_GATEWAY,
-                    "the MCP server redirected too many times",
-                );
-                return self.answer(client, plan, resp, started).await;
-            }
-            tracing::debug!(from = %proxy::redact(&url), to = %proxy::redact(&next), "following upstream redirect");
-            self.discard(conn, &head).await;
-            let authority = &next[url::Position::BeforeHost..url::Position::AfterPort];
-            let path = &next[url::Position::BeforePath..url::Position::AfterQuery];
-            request = self.request(&request_line(path, authority), plan, caller, &body);
-            url = next;
         };
 
-        if head.status == 401 || head.status == 403 {
-            tracing::warn!(
-                upstream = %proxy::redact(&url),
-                status = head.status,
-                "the MCP server refused the proxy's request; check --proxy-bearer-token / --proxy-headers"
-            );
-            let resp = jsonrpc_error(
-                StatusCode::BAD_GATEWAY,
-                "the MCP server refused the proxy's credentials",
-            );
-            return self.answer(client, plan, resp, started).await;
-        }
-        if (200..300).contains(&head.status)
-            && let Some(id) = head.session_id.as_deref()
-            && plan.session_id.as_deref() != Some(id)
-            && let Err(e) = sessions::bind(&self.app.repo, id, caller.subject()).await
+        if let Some(id) = exchange::session_to_bind(
+            head.status,
+            head.session_id.as_deref(),
+            plan.session_id.as_deref(),
+        ) && let Err(e) = sessions::bind(&self.app.repo, id, caller.subject()).await
         {
             tracing::error!(error = %e, "store failure while recording a session");
             let resp = jsonrpc_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
@@ -686,8 +656,7 @@ impl Lane {
                 if let Err(e) = conn.fill_to(n).await {
                     // Nothing was sent yet: the client gets the general path's 502.
                     tracing::warn!(error = %e, "upstream response body failed");
-                    let resp =
-                        jsonrpc_error(StatusCode::BAD_GATEWAY, "the MCP server connection failed");
+                    let resp = UpstreamFailure::ConnectionFailed.response();
                     return self.answer(client, plan, resp, started).await;
                 }
                 out.extend_from_slice(&conn.buf.split_to(n));
