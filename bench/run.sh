@@ -7,6 +7,10 @@
 # JSON-RPC ids (tools-call.lua); median and spread reported. Loopback only; bounded runs.
 #
 # Usage: bash bench/run.sh [ROUNDS] [DURATION]      (needs: nginx, wrk, node, npm ci in tests/e2e)
+#   BENCH_BASELINE=path/to/mcp-auth-proxy adds that binary (say, the release build of an earlier
+#   commit) as one more path on the fast upstream, interleaved in the same rounds:
+#     git worktree add /tmp/base REV && (cd /tmp/base && cargo build --release --locked)
+#     BENCH_BASELINE=/tmp/base/target/release/mcp-auth-proxy bash bench/run.sh 3 10s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -96,8 +100,8 @@ pids+=($!)
 # The request log is off (RUST_LOG=warn), as nginx's access_log is; BENCH_RUST_LOG=info
 # measures with it.
 # Not in a command substitution: its subshell would keep the pid from `pids` (and cleanup).
-start_proxy() { # port upstream data [flags…]; sets STARTED
-  RUST_LOG="${BENCH_RUST_LOG:-warn}" "$BIN" --listen "127.0.0.1:$1" --external-url "http://127.0.0.1:$1" --data-path "$3" \
+start_proxy() { # port upstream data [flags…]; sets STARTED (the binary: $PROXY_BIN, else ours)
+  RUST_LOG="${BENCH_RUST_LOG:-warn}" "${PROXY_BIN:-$BIN}" --listen "127.0.0.1:$1" --external-url "http://127.0.0.1:$1" --data-path "$3" \
     --password "$PASSWORD" "${@:4}" "$2" >"$3.log" 2>&1 &
   STARTED=$!
   pids+=("$STARTED")
@@ -106,12 +110,19 @@ start_proxy "$PROXY_FAST" "http://127.0.0.1:$FAST/mcp" "$work/data-fast"; PROXY_
 start_proxy "$PROXY_EVERY" "http://127.0.0.1:$EVERY/mcp" "$work/data-every"; PROXY_EVERY_PID=$STARTED
 # The same proxy without its HTTP/1 fast lane: every request through hyper and the router.
 start_proxy "$PROXY_GENERAL" "http://127.0.0.1:$FAST/mcp" "$work/data-general" --no-fast-lane
+BASELINE=${BENCH_BASELINE:-}
+if [ -n "$BASELINE" ]; then
+  [ -x "$BASELINE" ] || { echo "BENCH_BASELINE=$BASELINE is not an executable" >&2; exit 1; }
+  PROXY_BASELINE=$(free_port)
+  PROXY_BIN=$BASELINE start_proxy "$PROXY_BASELINE" "http://127.0.0.1:$FAST/mcp" "$work/data-baseline"
+fi
 
-for p in $FAST $NGINX_FAST $NGINX_EVERY $EVERY $PROXY_FAST $PROXY_EVERY $PROXY_GENERAL; do wait_port "$p"; done
+for p in $FAST $NGINX_FAST $NGINX_EVERY $EVERY $PROXY_FAST $PROXY_EVERY $PROXY_GENERAL ${PROXY_BASELINE:-}; do wait_port "$p"; done
 
 TOKEN_FAST=$(node bench/token.mjs "http://127.0.0.1:$PROXY_FAST" "$PASSWORD")
 TOKEN_EVERY=$(node bench/token.mjs "http://127.0.0.1:$PROXY_EVERY" "$PASSWORD")
 TOKEN_GENERAL=$(node bench/token.mjs "http://127.0.0.1:$PROXY_GENERAL" "$PASSWORD")
+[ -z "$BASELINE" ] || TOKEN_BASELINE=$(node bench/token.mjs "http://127.0.0.1:$PROXY_BASELINE" "$PASSWORD")
 
 SID_DIRECT=$(init_session "http://127.0.0.1:$EVERY/mcp")
 SID_NGINX=$(init_session "http://127.0.0.1:$NGINX_EVERY/mcp")
@@ -144,6 +155,9 @@ targets=(
   "everything:nginx|http://127.0.0.1:$NGINX_EVERY/mcp||$SID_NGINX"
   "everything:mcp-auth-proxy|http://127.0.0.1:$PROXY_EVERY/mcp|Bearer $TOKEN_EVERY|$SID_PROXY"
 )
+if [ -n "$BASELINE" ]; then
+  targets=("${targets[@]:0:3}" "fast:baseline ($BASELINE)|http://127.0.0.1:$PROXY_BASELINE/mcp|Bearer $TOKEN_BASELINE|" "${targets[@]:3}")
+fi
 echo "rounds=$ROUNDS duration=$DURATION wrk -t2 -c16; $(nproc) cores; $(uname -r)" >&2
 for round in $(seq "$ROUNDS"); do
   for t in "${targets[@]}"; do
