@@ -238,6 +238,20 @@ async fn jwks(State(app): State<AppState>) -> Response {
     resp
 }
 
+/// The caller of a request to a guarded path: its one bearer token (`query` is checked for
+/// a token there, which is refused), valid for our resource; else the gate's answer, with the
+/// MCP challenge.
+async fn authenticated(
+    app: &App,
+    headers: &axum::http::HeaderMap,
+    query: Option<&str>,
+) -> Result<crate::gate::Caller, Response> {
+    let token = bearer_token(headers, query).map_err(|e| e.into_response(&app.site))?;
+    check_token(&app.repo, &app.tokens, &app.site, token)
+        .await
+        .map_err(|e| e.into_response(&app.site))
+}
+
 /// The forward-auth endpoint: `200` with the identity headers for a valid access token, the
 /// gate's `401` (with the MCP `WWW-Authenticate` challenge) or `403` otherwise. The front
 /// proxy passes the original request's `Authorization`; `X-Forwarded-Host` is believed only
@@ -247,13 +261,9 @@ async fn forward_auth(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let token = match bearer_token(&headers, None) {
-        Ok(t) => t,
-        Err(e) => return e.into_response(&app.site),
-    };
-    let caller = match check_token(&app.repo, &app.tokens, &app.site, token).await {
+    let caller = match authenticated(&app, &headers, None).await {
         Ok(c) => c,
-        Err(e) => return e.into_response(&app.site),
+        Err(refused) => return refused,
     };
     if crate::client_addr::is_trusted(&app.site.trusted_proxies, peer.ip()) {
         let uri = headers.get("x-forwarded-uri").and_then(|v| v.to_str().ok());
@@ -296,13 +306,9 @@ async fn proxy(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let token = match bearer_token(req.headers(), req.uri().query()) {
-        Ok(t) => t,
-        Err(e) => return e.into_response(&app.site),
-    };
-    let caller = match check_token(&app.repo, &app.tokens, &app.site, token).await {
+    let caller = match authenticated(&app, req.headers(), req.uri().query()).await {
         Ok(c) => c,
-        Err(e) => return e.into_response(&app.site),
+        Err(refused) => return refused,
     };
     let started = std::time::Instant::now();
     if let Some(stdio) = &app.stdio_backend {
