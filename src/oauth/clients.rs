@@ -162,6 +162,33 @@ pub async fn authenticate(
     Ok(client)
 }
 
+/// A request to the token, revocation or introspection endpoint: its form parameters and the
+/// client they authenticate (RFC 6749 section 2.3). Extracting it answers every malformed or
+/// unauthenticated request with the OAuth error, so handlers start from a known client.
+pub struct ClientRequest {
+    pub client: ClientRecord,
+    pub params: Params,
+}
+
+impl<S> axum::extract::FromRequest<S> for ClientRequest
+where
+    super::AuthServer: axum::extract::FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = OAuthError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, OAuthError> {
+        let app = <super::AuthServer as axum::extract::FromRef<S>>::from_ref(state);
+        let headers = req.headers().clone();
+        let body = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(crate::error::body_error)?;
+        let params = super::token::form_body(&headers, &body)?;
+        let client = authenticate(&app.repo, app.documents.as_ref(), &headers, &params).await?;
+        Ok(Self { client, params })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,18 +7,15 @@
 //! it ([`crate::gate::check_token`]: one rule for both).
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AuthServer;
-use super::clients::{self, SECRET_BASIC, invalid_client};
+use super::clients::{ClientRequest, SECRET_BASIC, invalid_client};
 use super::static_clients::is_static;
-use super::token::form_body;
-use crate::error::{OAuthError, OAuthErrorCode, body_error};
+use crate::error::{OAuthError, OAuthErrorCode};
 use crate::gate::{self, GateError};
 
 /// Where sigbit/mcp-auth-proxy answered introspection.
@@ -27,13 +24,8 @@ pub const SIGBIT_PATH: &str = "/.idp/introspect";
 /// `POST /introspect`.
 pub async fn introspect(
     State(app): State<AuthServer>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    ClientRequest { client, params }: ClientRequest,
 ) -> Result<Response, OAuthError> {
-    let body = body.map_err(body_error)?;
-    let params = form_body(&headers, &body)?;
-    let client =
-        clients::authenticate(&app.repo, app.documents.as_ref(), &headers, &params).await?;
     if !is_static(&client) || client.secret_hash.is_none() {
         return Err(invalid_client(
             client.token_endpoint_auth_method == SECRET_BASIC,

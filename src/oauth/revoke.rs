@@ -1,28 +1,21 @@
 //! Token revocation (RFC 7009). An access token dies alone; a refresh token takes its whole
 //! family (the grant and every token of it). The gate's cache forgets them at once.
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AuthServer;
-use super::clients;
-use super::token::{form_body, revoke_family};
-use crate::error::{OAuthError, OAuthErrorCode, body_error};
+use super::clients::ClientRequest;
+use super::token::revoke_family;
+use crate::error::{OAuthError, OAuthErrorCode};
 use crate::store::{TokenHash, TokenKind, TokenRecord};
-use axum::extract::rejection::BytesRejection;
 
 /// `POST /revoke`.
 pub async fn revoke(
     State(app): State<AuthServer>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    ClientRequest { client, params }: ClientRequest,
 ) -> Result<Response, OAuthError> {
-    let body = body.map_err(body_error)?;
-    let params = form_body(&headers, &body)?;
-    let client =
-        clients::authenticate(&app.repo, app.documents.as_ref(), &headers, &params).await?;
     let token = params.get("token").ok_or_else(|| {
         OAuthError::bad_request(OAuthErrorCode::InvalidRequest, "token is required")
     })?;

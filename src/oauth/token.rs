@@ -8,7 +8,6 @@
 //!   refresh re-checks the user against today's configuration.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -16,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::AuthServer;
-use super::{clients, pkce, resource};
-use crate::error::{OAuthError, OAuthErrorCode, body_error};
+use super::clients::ClientRequest;
+use super::{pkce, resource};
+use crate::error::{OAuthError, OAuthErrorCode};
 use crate::gate::MCP_SCOPE;
 use crate::media_type::content_type_is;
 use crate::store::{
@@ -25,7 +25,6 @@ use crate::store::{
 };
 use crate::tokens;
 use crate::web::form::Params;
-use axum::extract::rejection::BytesRejection;
 
 /// RFC 6749 §5.1 success response.
 #[derive(Debug, Serialize, Deserialize)]
@@ -69,13 +68,8 @@ fn token_json(resp: &TokenResponse) -> Response {
 /// `POST /token`.
 pub async fn token(
     State(app): State<AuthServer>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    ClientRequest { client, params }: ClientRequest,
 ) -> Result<Response, OAuthError> {
-    let body = body.map_err(body_error)?;
-    let params = form_body(&headers, &body)?;
-    let client =
-        clients::authenticate(&app.repo, app.documents.as_ref(), &headers, &params).await?;
     if let Some(r) = params.get("resource")
         && !resource::matches(&app.site.resource, r)
     {
