@@ -1310,10 +1310,7 @@ async fn tokens_survive_sigkill_and_restart() {
 #[tokio::test]
 async fn declared_clients_and_the_client_credentials_grant() {
     let up = crate::helpers::start_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("clients.toml");
-    std::fs::write(
-        &file,
+    let (dir, path) = clients_file(
         r#"
 [[client]]
 id = "ci-agent"
@@ -1327,9 +1324,8 @@ id = "desktop-app"
 name = "Desktop App"
 redirect_uris = ["http://127.0.0.1:33418/callback"]
 "#,
-    )
-    .unwrap();
-    let path = file.display().to_string();
+    );
+    let file = dir.path().join("clients.toml");
     let p = start_proxy(&["--clients-file", &path, &up.url("/mcp")]).await;
     let t = p.target();
     let meta: Value =
@@ -1451,10 +1447,7 @@ async fn prompt_login_asks_a_signed_in_person_to_sign_in_again() {
 
 #[tokio::test]
 async fn introspection_answers_declared_confidential_clients_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("clients.toml");
-    std::fs::write(
-        &file,
+    let (_dir, path) = clients_file(
         r#"
 [[client]]
 id = "resource-server"
@@ -1465,9 +1458,7 @@ grant_types = ["client_credentials"]
 id = "desktop-app"
 redirect_uris = ["http://127.0.0.1:33418/callback"]
 "#,
-    )
-    .unwrap();
-    let path = file.display().to_string();
+    );
     let p = start_proxy(&["--clients-file", &path]).await;
     let t = p.target();
     let meta: Value =
@@ -1578,4 +1569,12 @@ redirect_uris = ["http://127.0.0.1:33418/callback"]
             .unwrap()
             .contains("--clients-file")
     );
+}
+
+/// A `--clients-file` holding `toml`, in a directory of its own: the directory and the path.
+fn clients_file(toml: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clients.toml");
+    std::fs::write(&file, toml).unwrap();
+    (dir, file.display().to_string())
 }
