@@ -4,10 +4,6 @@
 //! token) → [`backend`] (the MCP server). The authorization server that issues the tokens
 //! lives in [`oauth`]; state lives in [`store`]. [`run`] wires them together.
 
-// Handlers return `Result<_, Response>` to short-circuit with a ready answer; boxing every
-// such response would buy nothing on this path.
-#![allow(clippy::result_large_err)]
-
 pub mod assertion;
 pub mod backend;
 pub mod banner;

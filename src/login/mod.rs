@@ -284,38 +284,64 @@ pub fn store_failure_page(app: &SignIn, e: crate::store::StoreError) -> Response
     )
 }
 
+/// Why a form POST was refused, answered with a page that says so.
+#[derive(Debug)]
+pub struct FormRefusal {
+    site_name: String,
+    problem: FormProblem,
+}
+
+#[derive(Debug)]
+enum FormProblem {
+    /// Sent from another site (its `Origin` is not ours).
+    ForeignOrigin,
+    /// Not a form, or not one we can read.
+    Unreadable,
+    /// The CSRF token does not match the cookie (an old page, or a forgery).
+    Expired,
+}
+
+impl IntoResponse for FormRefusal {
+    fn into_response(self) -> Response {
+        let (status, title, message) = match self.problem {
+            FormProblem::ForeignOrigin => (
+                StatusCode::FORBIDDEN,
+                "Request refused",
+                "This form was sent from another site.",
+            ),
+            FormProblem::Unreadable => (
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "The form could not be read.",
+            ),
+            FormProblem::Expired => (
+                StatusCode::FORBIDDEN,
+                "This form expired",
+                "Go back, reload the page and try again.",
+            ),
+        };
+        error_page(&self.site_name, status, title, message)
+    }
+}
+
 /// Checks what every form POST must carry: our Origin (or none), a form body, a valid CSRF
-/// token. Returns the parsed form or the page to answer.
-pub fn form_post(app: &SignIn, headers: &HeaderMap, body: &[u8]) -> Result<Params, Response> {
-    let name = site_name(app);
+/// token. Returns the parsed form.
+pub fn form_post(app: &SignIn, headers: &HeaderMap, body: &[u8]) -> Result<Params, FormRefusal> {
+    let refused = |problem| FormRefusal {
+        site_name: site_name(app),
+        problem,
+    };
     if !post_origin_ok(&app.site.origin, headers) {
-        return Err(error_page(
-            &name,
-            StatusCode::FORBIDDEN,
-            "Request refused",
-            "This form was sent from another site.",
-        ));
+        return Err(refused(FormProblem::ForeignOrigin));
     }
     let is_form = content_type_is(headers, "application/x-www-form-urlencoded");
     let params = match (is_form, Params::parse(body)) {
         (true, Ok(p)) => p,
-        _ => {
-            return Err(error_page(
-                &name,
-                StatusCode::BAD_REQUEST,
-                "Bad request",
-                "The form could not be read.",
-            ));
-        }
+        _ => return Err(refused(FormProblem::Unreadable)),
     };
     let cookie = read_cookie(headers, &app.authn.cookies.csrf);
     if !csrf_valid(&app.repo.keys().hmac, cookie.as_deref(), params.get("csrf")) {
-        return Err(error_page(
-            &name,
-            StatusCode::FORBIDDEN,
-            "This form expired",
-            "Go back, reload the page and try again.",
-        ));
+        return Err(refused(FormProblem::Expired));
     }
     Ok(params)
 }
@@ -329,7 +355,7 @@ pub async fn login_post(
 ) -> Response {
     let params = match form_post(&app, &headers, &body) {
         Ok(p) => p,
-        Err(resp) => return resp,
+        Err(refused) => return refused.into_response(),
     };
     let req = params.get("req").map(str::to_string);
     let req = req.as_deref();
@@ -419,8 +445,8 @@ pub async fn logout_get(state: State<SignIn>, headers: HeaderMap) -> Response {
 
 /// `POST /.auth/logout`: ends the session.
 pub async fn logout_post(State(app): State<SignIn>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(resp) = form_post(&app, &headers, &body) {
-        return resp;
+    if let Err(refused) = form_post(&app, &headers, &body) {
+        return refused.into_response();
     }
     if let Err(e) = crate::web::session::end(&app.repo, &app.authn.cookies, &headers).await {
         return store_failure_page(&app, e);

@@ -262,7 +262,7 @@ pub async fn consent_post(
 ) -> Response {
     let params = match form_post(&app, &headers, &body) {
         Ok(p) => p,
-        Err(resp) => return resp,
+        Err(refused) => return axum::response::IntoResponse::into_response(refused),
     };
     let (req_id, req, _client, session) = match context(&app, &headers, params.get("req")).await {
         Ok(c) => c,

@@ -70,6 +70,66 @@ fn accepts_sse(headers: &HeaderMap) -> bool {
         .any(|v| v.to_ascii_lowercase().contains("text/event-stream"))
 }
 
+/// Why a request gets no session: none named, none of the caller's by that name, or none
+/// can start. Each answers as a JSON-RPC error.
+#[derive(Debug)]
+enum SessionRefusal {
+    /// A request other than `initialize` without `Mcp-Session-Id`.
+    Unnamed,
+    NotFound,
+    /// The caller holds `--max-sessions-per-user` already.
+    UserFull {
+        held: usize,
+    },
+    /// `--max-sessions` are in use, `top` of them by one user.
+    ServerFull {
+        total: usize,
+        top: usize,
+    },
+    /// The child keeps exiting at start: the next try waits this long.
+    BackingOff(std::time::Duration),
+    NotStarted,
+    Internal,
+}
+
+impl IntoResponse for SessionRefusal {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            Self::Unnamed => (StatusCode::BAD_REQUEST, "Mcp-Session-Id is required".into()),
+            Self::NotFound => (StatusCode::NOT_FOUND, "session not found".into()),
+            Self::UserFull { held } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "you already hold {held} MCP sessions, the most one user may; close one (or let it idle out) and try again"
+                ),
+            ),
+            Self::ServerFull { total, top } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "all {total} MCP sessions of this server are in use ({top} by one user); try again later"
+                ),
+            ),
+            Self::BackingOff(wait) => {
+                let mut r = jsonrpc_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the MCP server keeps exiting right after it starts; retrying later",
+                );
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(wait.as_secs().max(1)),
+                );
+                return r;
+            }
+            Self::NotStarted => (
+                StatusCode::BAD_GATEWAY,
+                "the MCP server could not be started".to_string(),
+            ),
+            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal error".into()),
+        };
+        jsonrpc_error(status, &message)
+    }
+}
+
 impl StdioBackend {
     /// The backend; with `warm_spare`, the first (spare or shared) child starts now.
     pub fn new(
@@ -251,16 +311,16 @@ impl StdioBackend {
         }
     }
 
-    /// The caller's live session named by the request, or the error response.
-    fn session(&self, caller: &Caller, headers: &HeaderMap) -> Result<Arc<Session>, Response> {
+    /// The caller's live session named by the request.
+    fn session(
+        &self,
+        caller: &Caller,
+        headers: &HeaderMap,
+    ) -> Result<Arc<Session>, SessionRefusal> {
         let Some(id) = headers.get(MCP_SESSION_ID).and_then(|v| v.to_str().ok()) else {
-            return Err(jsonrpc_error(
-                StatusCode::BAD_REQUEST,
-                "Mcp-Session-Id is required",
-            ));
+            return Err(SessionRefusal::Unnamed);
         };
-        self.find(caller, id)
-            .ok_or_else(|| jsonrpc_error(StatusCode::NOT_FOUND, "session not found"))
+        self.find(caller, id).ok_or(SessionRefusal::NotFound)
     }
 
     /// The caller's live session `id` (touched), if there is one.
@@ -285,12 +345,12 @@ impl StdioBackend {
         let (session, created) = if headers.contains_key(MCP_SESSION_ID) {
             match self.session(caller, &headers) {
                 Ok(s) => (s, false),
-                Err(r) => return r,
+                Err(r) => return r.into_response(),
             }
         } else if msg.kind == Kind::Request && msg.method.as_deref() == Some("initialize") {
             match self.create(caller) {
                 Ok(s) => (s, true),
-                Err(r) => return r,
+                Err(r) => return r.into_response(),
             }
         } else {
             return jsonrpc_error(
@@ -417,7 +477,7 @@ impl StdioBackend {
     ) -> Response {
         let session = match self.session(caller, headers) {
             Ok(s) => s,
-            Err(r) => return r,
+            Err(r) => return r.into_response(),
         };
         let version = headers
             .get("mcp-protocol-version")
@@ -510,11 +570,8 @@ impl StdioBackend {
         r
     }
 
-    fn create(&self, caller: &Caller) -> Result<Arc<Session>, Response> {
-        let mut map = self
-            .sessions
-            .lock()
-            .map_err(|_| jsonrpc_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
+    fn create(&self, caller: &Caller) -> Result<Arc<Session>, SessionRefusal> {
+        let mut map = self.sessions.lock().map_err(|_| SessionRefusal::Internal)?;
         map.retain(|_, s| !s.is_closed());
         let limits = self.max_sessions;
         let mine = map
@@ -523,12 +580,7 @@ impl StdioBackend {
             .count();
         if mine >= limits.per_user {
             tracing::warn!(user = %caller.subject(), sessions = mine, "a user is at --max-sessions-per-user");
-            return Err(jsonrpc_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!(
-                    "you already hold {mine} MCP sessions, the most one user may; close one (or let it idle out) and try again"
-                ),
-            ));
+            return Err(SessionRefusal::UserFull { held: mine });
         }
         if map.len() >= limits.total {
             let mut by_user: HashMap<&str, usize> = HashMap::new();
@@ -545,13 +597,10 @@ impl StdioBackend {
                 total = map.len(),
                 "--max-sessions reached"
             );
-            return Err(jsonrpc_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!(
-                    "all {} MCP sessions of this server are in use ({held} by one user); try again later",
-                    map.len()
-                ),
-            ));
+            return Err(SessionRefusal::ServerFull {
+                total: map.len(),
+                top: held,
+            });
         }
         let shared_running = self.shared
             && self
@@ -560,15 +609,7 @@ impl StdioBackend {
                 .ok()
                 .is_some_and(|c| c.as_ref().is_some_and(|c| !c.is_closed()));
         if !shared_running && let Some(wait) = self.crashes.retry_after() {
-            let mut r = jsonrpc_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the MCP server keeps exiting right after it starts; retrying later",
-            );
-            r.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(wait.as_secs().max(1)),
-            );
-            return Err(r);
+            return Err(SessionRefusal::BackingOff(wait));
         }
         let id = tokens::generate_id();
         let started = if self.identity_env.vars.is_empty() {
@@ -578,7 +619,7 @@ impl StdioBackend {
         };
         let child = started.map_err(|e| {
             tracing::error!(error = %e, program = %self.spec.program, "the MCP server could not be started");
-            jsonrpc_error(StatusCode::BAD_GATEWAY, "the MCP server could not be started")
+            SessionRefusal::NotStarted
         })?;
         let no = self
             .next_session
@@ -666,7 +707,7 @@ impl StdioBackend {
         }
         let session = match self.session(caller, headers) {
             Ok(s) => s,
-            Err(r) => return r,
+            Err(r) => return r.into_response(),
         };
         let (tx, rx) = mpsc::channel::<Bytes>(GET_STREAM_QUEUE);
         // Resumption: `Last-Event-ID` names a stream of this session and the last event
@@ -685,7 +726,7 @@ impl StdioBackend {
     fn delete(&self, caller: &Caller, headers: &HeaderMap) -> Response {
         let session = match self.session(caller, headers) {
             Ok(s) => s,
-            Err(r) => return r,
+            Err(r) => return r.into_response(),
         };
         session.close("the session was ended by the client");
         if let Ok(mut m) = self.sessions.lock() {

@@ -53,7 +53,7 @@ impl StdioBackend {
         }
         let session = match self.create(caller) {
             Ok(s) => s,
-            Err(r) => return r,
+            Err(r) => return axum::response::IntoResponse::into_response(r),
         };
         let (tx, rx) = mpsc::channel::<Bytes>(GET_STREAM_QUEUE);
         let endpoint = format!(
