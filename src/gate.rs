@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use crate::config::Site;
 use crate::error::jsonrpc_error;
@@ -63,11 +63,8 @@ pub enum GateError {
 
 /// Builds the `WWW-Authenticate` challenge of RFC 6750 §3 with RFC 9728's
 /// `resource_metadata` (MCP clients ignore relative URLs: it is absolute).
-pub fn challenge(site: &Site, error: Option<(&str, &str)>, scope: &str) -> String {
-    let mut c = format!(
-        "Bearer resource_metadata=\"{}\", scope=\"{}\"",
-        site.resource_metadata_url, scope
-    );
+fn challenge(resource_metadata_url: &str, error: Option<(&str, &str)>, scope: &str) -> String {
+    let mut c = format!("Bearer resource_metadata=\"{resource_metadata_url}\", scope=\"{scope}\"");
     if let Some((code, description)) = error {
         c.push_str(&format!(
             ", error=\"{code}\", error_description=\"{description}\""
@@ -77,9 +74,26 @@ pub fn challenge(site: &Site, error: Option<(&str, &str)>, scope: &str) -> Strin
 }
 
 impl GateError {
-    /// The HTTP answer: JSON-RPC body, challenge header.
-    pub fn into_response(self, site: &Site) -> Response {
-        let (status, err, message, scope) = match &self {
+    /// The refusal as answered on `site` (its challenge names the site's resource metadata).
+    pub fn at(self, site: &Site) -> GateRefusal {
+        GateRefusal {
+            error: self,
+            resource_metadata_url: site.resource_metadata_url.clone(),
+        }
+    }
+}
+
+/// The gate's answer: a JSON-RPC body and the RFC 6750 challenge with RFC 9728's
+/// `resource_metadata`.
+#[derive(Debug)]
+pub struct GateRefusal {
+    error: GateError,
+    resource_metadata_url: String,
+}
+
+impl IntoResponse for GateRefusal {
+    fn into_response(self) -> Response {
+        let (status, err, message, scope) = match &self.error {
             GateError::Missing => (
                 StatusCode::UNAUTHORIZED,
                 None,
@@ -115,7 +129,7 @@ impl GateError {
             }
         };
         let mut resp = jsonrpc_error(status, message);
-        if let Ok(v) = HeaderValue::from_str(&challenge(site, err, &scope)) {
+        if let Ok(v) = HeaderValue::from_str(&challenge(&self.resource_metadata_url, err, &scope)) {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
         }
         resp

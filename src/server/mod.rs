@@ -246,10 +246,10 @@ async fn authenticated(
     headers: &axum::http::HeaderMap,
     query: Option<&str>,
 ) -> Result<crate::gate::Caller, Response> {
-    let token = bearer_token(headers, query).map_err(|e| e.into_response(&app.site))?;
+    let token = bearer_token(headers, query).map_err(|e| e.at(&app.site).into_response())?;
     check_token(&app.repo, &app.tokens, &app.site, token)
         .await
-        .map_err(|e| e.into_response(&app.site))
+        .map_err(|e| e.at(&app.site).into_response())
 }
 
 /// The forward-auth endpoint: `200` with the identity headers for a valid access token, the
