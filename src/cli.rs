@@ -947,6 +947,35 @@ pub fn repeated_flags(args: &[std::ffi::OsString]) -> Vec<(String, usize)> {
     counts.into_iter().filter(|(_, n)| *n > 1).collect()
 }
 
+/// Variables we read without a flag of their own.
+const OWN_EXTRA: [&str; 7] = [
+    "ENCRYPTION_KEY",
+    "AUTH_HMAC_SECRET",
+    "JWT_PRIVATE_KEY",
+    "DATABASE_DSN",
+    "REPOSITORY_DSN",
+    "MODE",
+    "RUST_LOG",
+];
+
+/// Every environment variable the proxy reads for itself (each flag's, and the ones above),
+/// taken from the command line's definition once, so a new flag cannot be forgotten where
+/// a stdio child's environment is cleaned of them.
+pub fn own_variables() -> &'static std::collections::BTreeSet<String> {
+    static OWN: std::sync::LazyLock<std::collections::BTreeSet<String>> =
+        std::sync::LazyLock::new(|| {
+            use clap::CommandFactory;
+            let mut names: std::collections::BTreeSet<String> = Cli::command()
+                .get_arguments()
+                .filter_map(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+                .collect();
+            names.extend(OWN_EXTRA.iter().map(|s| s.to_string()));
+            names
+        });
+    &OWN
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,24 +11,11 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use clap::CommandFactory;
 use futures_util::StreamExt;
 use tokio::process::{Child, ChildStderr, Command};
 use tokio_util::codec::FramedRead;
 
 use super::framing::{BoundedLines, RawLine, shown};
-use crate::cli::Cli;
-
-/// Variables we read without a flag of their own, and names we withhold by pattern.
-const OWN_EXTRA: [&str; 7] = [
-    "ENCRYPTION_KEY",
-    "AUTH_HMAC_SECRET",
-    "JWT_PRIVATE_KEY",
-    "DATABASE_DSN",
-    "REPOSITORY_DSN",
-    "MODE",
-    "RUST_LOG",
-];
 
 /// Passed even with `--stdio-clean-env`: what a program needs to find its tools and files.
 const CLEAN_BASE: [&str; 8] = [
@@ -83,17 +70,6 @@ pub fn findable(spec: &ChildSpec) -> bool {
     std::env::split_paths(&path).any(|dir| executable(&dir.join(&spec.program)))
 }
 
-/// Every environment variable the proxy reads for itself.
-pub fn own_variables() -> BTreeSet<String> {
-    let mut names: BTreeSet<String> = Cli::command()
-        .get_arguments()
-        .filter_map(|a| a.get_env())
-        .map(|e| e.to_string_lossy().into_owned())
-        .collect();
-    names.extend(OWN_EXTRA.iter().map(|s| s.to_string()));
-    names
-}
-
 fn is_own(name: &str, own: &BTreeSet<String>) -> bool {
     own.contains(name) || name.ends_with("_CLIENT_SECRET")
 }
@@ -103,18 +79,18 @@ pub fn environment(
     spec: &ChildSpec,
     parent: impl IntoIterator<Item = (String, String)>,
 ) -> (Vec<(String, String)>, Vec<String>) {
-    let own = own_variables();
+    let own = crate::cli::own_variables();
     let mut env = Vec::new();
     let mut withheld = Vec::new();
     for (k, v) in parent {
         if spec.clean_env {
             let allowed = CLEAN_BASE.contains(&k.as_str()) || spec.pass_env.contains(&k);
-            if allowed && !is_own(&k, &own) {
+            if allowed && !is_own(&k, own) {
                 env.push((k, v));
-            } else if is_own(&k, &own) {
+            } else if is_own(&k, own) {
                 withheld.push(k);
             }
-        } else if is_own(&k, &own) {
+        } else if is_own(&k, own) {
             withheld.push(k);
         } else {
             env.push((k, v));
@@ -262,7 +238,7 @@ mod tests {
 
     #[test]
     fn every_flag_variable_is_ours() {
-        let own = own_variables();
+        let own = crate::cli::own_variables();
         for name in [
             "LISTEN",
             "PASSWORD",
