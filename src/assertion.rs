@@ -164,10 +164,7 @@ fn key_from(stored: StoredKey) -> Result<Key, AssertionError> {
                 "e": URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero()),
             });
             // jsonwebtoken takes RSA keys as PKCS#1; from a PEM it finds that inside PKCS#8.
-            let pem = Zeroizing::new(format!(
-                "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-                base64::engine::general_purpose::STANDARD.encode(der.as_slice())
-            ));
+            let pem = Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", der.to_vec())));
             let encoding = EncodingKey::from_rsa_pem(pem.as_bytes())
                 .map_err(|e| AssertionError::BadKey(format!("the RSA key: {e}")))?;
             (encoding, jwk)
@@ -393,8 +390,7 @@ mod tests {
         let pkcs8 =
             EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
                 .unwrap();
-        let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
-        let pem = format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n");
+        let pem = pem_of(pkcs8.as_ref());
         let signer = Signer::load(
             repo(dir.path()),
             "https://mcp.example.com".into(),
@@ -428,8 +424,7 @@ mod tests {
     }
 
     fn pem_of(pkcs8: &[u8]) -> String {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8);
-        format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n")
+        pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8))
     }
 
     fn alice() -> Identity {

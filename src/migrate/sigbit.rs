@@ -13,7 +13,6 @@
 use std::path::Path;
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
-use base64::Engine;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls_acme::CertCache;
@@ -201,16 +200,9 @@ fn cache_entry(autocert: &[u8]) -> Result<(Vec<u8>, String), String> {
     Ok((pem, expires))
 }
 
-/// One PEM block (RFC 7468): base64 in lines of 64.
+/// One PEM block (RFC 7468).
 fn pem_block(label: &str, der: &[u8]) -> Vec<u8> {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out.into_bytes()
+    pem::encode(&pem::Pem::new(label, der)).into_bytes()
 }
 
 #[cfg(test)]

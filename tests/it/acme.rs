@@ -340,13 +340,12 @@ fn autocert_file(cached: &[u8]) -> String {
     )
     .unwrap();
     let sec1: EcPrivateKeyRfc5915Der = pair.private_key().as_der().unwrap();
-    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sec1.as_ref());
-    let mut out = format!("-----BEGIN EC PRIVATE KEY-----\n{b64}\n-----END EC PRIVATE KEY-----\n");
+    let mut out = pem::encode(&pem::Pem::new("EC PRIVATE KEY", sec1.as_ref()));
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(cached) {
-        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cert.unwrap());
-        out.push_str(&format!(
-            "-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n"
-        ));
+        out.push_str(&pem::encode(&pem::Pem::new(
+            "CERTIFICATE",
+            cert.unwrap().to_vec(),
+        )));
     }
     out
 }
