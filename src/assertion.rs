@@ -202,16 +202,17 @@ pub struct Signer {
 }
 
 impl Signer {
-    /// Loads the key from `JWT_PRIVATE_KEY`, or the stored ones (generating the first).
+    /// Signs with `given` (`JWT_PRIVATE_KEY`, parsed by [`parse_private_key`]), or the stored
+    /// keys (generating the first).
     pub async fn load(
         repo: Repo,
         issuer: String,
-        env_key: Option<&str>,
+        given: Option<StoredKey>,
         rotation: Duration,
     ) -> Result<Self, AssertionError> {
         let now = repo.clock().now();
-        let (keys, fixed) = match env_key {
-            Some(pem) => (vec![key_from(parse_private_key(pem, now)?)?], true),
+        let (keys, fixed) = match given {
+            Some(key) => (vec![key_from(key)?], true),
             None => {
                 let mut keys = load_stored(&repo)
                     .await?
@@ -394,7 +395,7 @@ mod tests {
         let signer = Signer::load(
             repo(dir.path()),
             "https://mcp.example.com".into(),
-            Some(&pem),
+            Some(parse_private_key(&pem, 0).unwrap()),
             Duration::from_secs(3600),
         )
         .await
@@ -412,14 +413,10 @@ mod tests {
         let jwt = signer.sign(&id, "http://up.example").await.unwrap();
         let header = jsonwebtoken::decode_header(&jwt).unwrap();
         assert_eq!(header.kid.as_deref(), jwks["keys"][0]["kid"].as_str());
-        let other = tempfile::tempdir().unwrap();
-        let bad = Signer::load(
-            repo(other.path()),
-            "https://mcp.example.com".into(),
-            Some("-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n"),
-            Duration::from_secs(3600),
-        )
-        .await;
+        let bad = parse_private_key(
+            "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+            0,
+        );
         assert!(matches!(bad, Err(AssertionError::BadKey(_))));
     }
 
@@ -447,7 +444,7 @@ mod tests {
         let signer = Signer::load(
             repo(dir.path()),
             "https://mcp.example.com".into(),
-            Some(&pem_of(pkcs8.as_ref())),
+            Some(parse_private_key(&pem_of(pkcs8.as_ref()), 0).unwrap()),
             Duration::from_secs(3600),
         )
         .await

@@ -262,13 +262,17 @@ pub async fn prepare(
         None => Vec::new(),
     };
     // A bad JWT_PRIVATE_KEY is said before anything listens, used or not.
-    if let Some(pem) = &secrets.jwt_private_key {
-        assertion::parse_private_key(pem.expose(), repo.clock().now())?;
-        if !config.upstream.forward_authorization {
-            tracing::warn!(
-                "JWT_PRIVATE_KEY is set but unused: it signs the identity assertion sent upstream, which --proxy-forward-authorization turns on (our access tokens are opaque, not JWTs)"
-            );
-        }
+    let given_signing_key = match &secrets.jwt_private_key {
+        Some(pem) => Some(assertion::parse_private_key(
+            pem.expose(),
+            repo.clock().now(),
+        )?),
+        None => None,
+    };
+    if given_signing_key.is_some() && !config.upstream.forward_authorization {
+        tracing::warn!(
+            "JWT_PRIVATE_KEY is set but unused: it signs the identity assertion sent upstream, which --proxy-forward-authorization turns on (our access tokens are opaque, not JWTs)"
+        );
     }
 
     let listener = bind(&config.listen).await?;
@@ -449,7 +453,7 @@ pub async fn prepare(
         let signer = assertion::Signer::load(
             repo.clone(),
             site.origin.as_str().to_string(),
-            secrets.jwt_private_key.as_ref().map(|s| s.expose()),
+            given_signing_key,
             config.upstream.jwt_key_rotation,
         )
         .await?;
