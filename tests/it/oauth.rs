@@ -1479,8 +1479,8 @@ redirect_uris = ["http://127.0.0.1:33418/callback"]
         },
     )
     .await;
-    let ask = |path: &'static str, id: &'static str, secret: &'static str, token: String| {
-        let url = t.url(path);
+    let ask = |path: &str, id: &str, secret: &str, token: String| {
+        let (url, id, secret) = (t.url(path), id.to_string(), secret.to_string());
         async move {
             client()
                 .post(url)
@@ -1550,16 +1550,13 @@ redirect_uris = ["http://127.0.0.1:33418/callback"]
         .json()
         .await
         .unwrap();
-    let resp = client()
-        .post(t.url("/introspect"))
-        .basic_auth(
-            registered["client_id"].as_str().unwrap(),
-            registered["client_secret"].as_str(),
-        )
-        .form(&[("token", live.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let resp = ask(
+        "/introspect",
+        registered["client_id"].as_str().unwrap(),
+        registered["client_secret"].as_str().unwrap(),
+        live.clone(),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "invalid_client");
