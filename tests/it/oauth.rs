@@ -1538,25 +1538,16 @@ redirect_uris = ["http://127.0.0.1:33418/callback"]
         .await
         .unwrap();
     assert_eq!(public.status(), StatusCode::UNAUTHORIZED);
-    let registered: Value = client()
-        .post(t.url("/register"))
-        .json(&json!({
+    let registered = OAuthClient::register(
+        &t,
+        json!({
             "redirect_uris": ["http://127.0.0.1:9/cb"],
             "token_endpoint_auth_method": "client_secret_basic",
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let resp = ask(
-        "/introspect",
-        registered["client_id"].as_str().unwrap(),
-        registered["client_secret"].as_str().unwrap(),
-        live.clone(),
+        }),
     )
     .await;
+    let secret = registered.secret.as_deref().unwrap();
+    let resp = ask("/introspect", &registered.id, secret, live.clone()).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "invalid_client");
