@@ -12,16 +12,18 @@ pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/d
 /// One rule for every boolean, flag or environment variable: `true`/`1`/`yes`/`on` and
 /// `false`/`0`/`no`/`off`, any case; anything else is an error (clap names the flag or
 /// variable), never a silent `false`.
-fn env_bool(s: &str) -> Result<bool, String> {
+fn env_bool(s: &str) -> Result<bool, NotABoolean> {
     let s = s.trim().to_ascii_lowercase();
     match s.as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(format!(
-            "{s:?} is not a boolean: use true/false, 1/0, yes/no or on/off"
-        )),
+        _ => Err(NotABoolean(s)),
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a boolean: use true/false, 1/0, yes/no or on/off")]
+struct NotABoolean(String);
 
 /// The end of `--help`: what only the environment sets, the subcommand, and examples.
 const AFTER_HELP: &str = "\

@@ -4,7 +4,6 @@
 //! Tokens are opaque; the store keeps only their SHA-256. A bounded in-memory cache in front
 //! of the store keeps the hot path off the disk; revocation removes entries from it at once.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -13,6 +12,37 @@ use axum::response::{IntoResponse, Response};
 use crate::config::Site;
 use crate::error::jsonrpc_error;
 use crate::store::{Repo, StoreError, TokenHash, TokenKind, TokenRecord};
+
+/// What the gate reads, lent by the application's state (which sits above and is never
+/// named here).
+pub struct GateParts<'a> {
+    pub site: &'a Site,
+    pub repo: &'a Repo,
+    pub tokens: &'a TokenCache,
+}
+
+/// A state a [`Caller`] can be extracted from.
+pub trait Guarded {
+    fn gate(&self) -> GateParts<'_>;
+}
+
+/// A handler that takes a [`Caller`] runs only for a request with one valid bearer token for
+/// our resource (a token in the query is refused); any other request gets the gate's answer,
+/// with the MCP challenge. Take `Result<Caller, GateRefusal>` to decide yourself.
+impl<S: Guarded + Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = GateRefusal;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, GateRefusal> {
+        let gate = state.gate();
+        let token = bearer_token(&parts.headers, parts.uri.query()).map_err(|e| e.at(gate.site))?;
+        check_token(gate.repo, gate.tokens, gate.site, token)
+            .await
+            .map_err(|e| e.at(gate.site))
+    }
+}
 
 /// The scope every access token carries; the proxied resource requires it.
 pub const MCP_SCOPE: &str = "mcp";
@@ -177,75 +207,61 @@ pub fn bearer_value(value: &str) -> Result<&str, GateError> {
     Ok(token)
 }
 
-/// A bounded cache of access tokens by hash.
+/// A bounded cache of access tokens by hash (quick_cache's CLOCK-Pro eviction: what is used
+/// often stays; a miss only costs a store read).
 ///
 /// Revocation removes a token from the store, then from here. A request that missed the
 /// cache may have read the token from the store just before it was removed: it must not put
 /// it back after the eviction. Every eviction moves the revocation epoch on, and a token
-/// read from the store is cached only if no eviction happened since the read began.
+/// read from the store is cached only if no eviction happened since the read began: an
+/// insert holds the epoch shared, an eviction holds it alone.
 pub struct TokenCache {
-    entries: RwLock<Entries>,
-    capacity: usize,
-}
-
-#[derive(Default)]
-struct Entries {
-    map: HashMap<TokenHash, Arc<TokenRecord>>,
+    entries: quick_cache::sync::Cache<TokenHash, Arc<TokenRecord>>,
     /// Evictions so far.
-    epoch: u64,
+    epoch: RwLock<u64>,
 }
 
 impl TokenCache {
     pub fn new(capacity: usize) -> Self {
         Self {
-            entries: RwLock::new(Entries::default()),
-            capacity,
+            entries: quick_cache::sync::Cache::new(capacity),
+            epoch: RwLock::new(0),
         }
     }
 
     /// The cached record, or the epoch to give [`Self::insert`] after reading the store.
     fn get(&self, hash: &TokenHash) -> Result<Arc<TokenRecord>, u64> {
-        let Ok(e) = self.entries.read() else {
-            return Err(u64::MAX);
-        };
-        e.map.get(hash).cloned().ok_or(e.epoch)
+        if let Some(record) = self.entries.get(hash) {
+            return Ok(record);
+        }
+        Err(self.epoch.read().map(|e| *e).unwrap_or(u64::MAX))
     }
 
     /// Caches a record read from the store, unless a revocation happened since `epoch`.
-    fn insert(&self, hash: TokenHash, record: Arc<TokenRecord>, now: u64, epoch: u64) {
-        let Ok(mut e) = self.entries.write() else {
+    fn insert(&self, hash: TokenHash, record: Arc<TokenRecord>, epoch: u64) {
+        let Ok(now) = self.epoch.read() else {
             return;
         };
-        if e.epoch != epoch {
-            return;
+        if *now == epoch {
+            self.entries.insert(hash, record);
         }
-        let map = &mut e.map;
-        if map.len() >= self.capacity {
-            map.retain(|_, r| r.expires_at > now);
-            if map.len() >= self.capacity {
-                // Still full of live tokens: start over rather than track recency on the hot
-                // path; the store answers the misses.
-                map.clear();
-            }
-        }
-        map.insert(hash, record);
     }
 
     /// Forgets the given tokens (revocation).
     pub fn evict(&self, hashes: &[TokenHash]) {
-        if let Ok(mut e) = self.entries.write() {
-            e.epoch += 1;
+        if let Ok(mut epoch) = self.epoch.write() {
+            *epoch += 1;
             for h in hashes {
-                e.map.remove(h);
+                self.entries.remove(h);
             }
         }
     }
 
     /// Forgets every token of a grant.
     pub fn evict_grant(&self, grant_id: &str) {
-        if let Ok(mut e) = self.entries.write() {
-            e.epoch += 1;
-            e.map.retain(|_, r| r.grant_id != grant_id);
+        if let Ok(mut epoch) = self.epoch.write() {
+            *epoch += 1;
+            self.entries.retain(|_, r| r.grant_id != grant_id);
         }
     }
 }
@@ -272,7 +288,7 @@ pub async fn check_token(
                 })?;
             let record = Arc::new(loaded.ok_or(GateError::InvalidToken)?);
             if record.kind == TokenKind::Access {
-                cache.insert(hash, record.clone(), now, epoch);
+                cache.insert(hash, record.clone(), epoch);
             }
             record
         }
@@ -311,6 +327,23 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_stays_within_its_capacity() {
+        let cache = TokenCache::new(100);
+        for i in 0..10_000u32 {
+            let hash = TokenHash::of(&i.to_string());
+            let Err(epoch) = cache.get(&hash) else {
+                panic!("not cached yet")
+            };
+            cache.insert(hash, record("g"), epoch);
+        }
+        let held = cache.entries.len();
+        assert!(
+            (50..=150).contains(&held),
+            "{held} held for a capacity of 100"
+        );
+    }
+
+    #[test]
     fn a_token_read_before_a_revocation_is_not_cached_after_it() {
         let cache = TokenCache::new(10);
         let hash = TokenHash::of("t");
@@ -320,13 +353,13 @@ mod tests {
         };
         // …while the token is revoked: removed from the store, evicted here.
         cache.evict(&[hash]);
-        cache.insert(hash, record("g"), 1, epoch);
+        cache.insert(hash, record("g"), epoch);
         assert!(cache.get(&hash).is_err(), "the revoked token came back");
         // Without a revocation in between, a read is cached.
         let Err(epoch) = cache.get(&hash) else {
             panic!()
         };
-        cache.insert(hash, record("g"), 1, epoch);
+        cache.insert(hash, record("g"), epoch);
         assert!(cache.get(&hash).is_ok());
         cache.evict_grant("g");
         assert!(cache.get(&hash).is_err());

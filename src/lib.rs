@@ -75,8 +75,8 @@ pub enum RunError {
     Serve(std::io::Error),
     #[error("TLS: {0}")]
     Tls(#[from] server::tls::TlsError),
-    #[error("client metadata documents: the HTTP client could not be set up: {0}")]
-    Documents(String),
+    #[error("client metadata documents: the HTTP client could not be set up: {}", error::chain(.0))]
+    Documents(reqwest::Error),
     #[error("the stdio servers' directory: {0}")]
     StdioDir(std::io::Error),
     #[error(transparent)]
@@ -398,15 +398,15 @@ pub async fn prepare(
         (Some(b), _) => match b.reachable(server::health::UPSTREAM_PROBE).await {
             Ok(()) => banner::BackendState::Ready,
             Err(why) => {
-                tracing::warn!(backend = %b.base(), why, "the HTTP MCP server does not answer yet; requests get 502 until it does");
-                banner::BackendState::NotReady(why)
+                tracing::warn!(backend = %b.base(), why = %why, "the HTTP MCP server does not answer yet; requests get 502 until it does");
+                banner::BackendState::NotReady(why.to_string())
             }
         },
         (None, Some(s)) => match s.startable() {
             Ok(()) => banner::BackendState::Ready,
             Err(why) => {
-                tracing::warn!(why, "the stdio MCP server cannot be started as configured");
-                banner::BackendState::NotReady(why)
+                tracing::warn!(why = %why, "the stdio MCP server cannot be started as configured");
+                banner::BackendState::NotReady(why.to_string())
             }
         },
         (None, None) => banner::BackendState::None,
@@ -474,7 +474,7 @@ pub async fn prepare(
                 config.auth.redirect_schemes.clone(),
                 repo.clock().clone(),
             )
-            .map_err(|e| RunError::Documents(error::chain(&e)))?,
+            .map_err(RunError::Documents)?,
         ),
         None => None,
     };
@@ -495,9 +495,6 @@ pub async fn prepare(
         assertion: assertion.is_some(),
     });
     let state = AppState::new(App {
-        site,
-        repo,
-        tokens,
         signin,
         oauth,
         http_backend,
@@ -505,7 +502,6 @@ pub async fn prepare(
         upstream: config.upstream.clone(),
         forward_auth_path: config.forward_auth_path.clone(),
         assertion,
-        metrics,
         cert,
         rate_limiter: (config.limits.rate_limit > 0)
             .then(|| server::ratelimit::RateLimiter::new(config.limits.rate_limit)),
@@ -522,8 +518,8 @@ pub async fn prepare(
     }
     let banner = banner::Banner {
         version: env!("CARGO_PKG_VERSION"),
-        mcp_url: state.site.resource.clone(),
-        login_url: state.site.origin.join(web::flow::LOGIN_PATH),
+        mcp_url: state.site().resource.clone(),
+        login_url: state.site().origin.join(web::flow::LOGIN_PATH),
         backend: match &config.backend {
             Backend::Http(url) => backend::http::redact(url),
             Backend::Stdio { program, args } => format!("stdio: {program} {}", args.join(" "))
@@ -539,7 +535,7 @@ pub async fn prepare(
             .iter()
             .map(|m| m.to_string())
             .collect(),
-        certificate: certificate_state(&config, &state.repo).await,
+        certificate: certificate_state(&config, state.repo()).await,
         listening: std::iter::once(format!("http://{local_addr}"))
             .chain(tls_local_addr.map(|a| format!("https://{a}")))
             .collect(),
@@ -611,7 +607,7 @@ pub async fn serve(
     } = prepared;
     let (header_read_timeout, max_connections) =
         (limits.header_read_timeout, limits.max_connections);
-    let repo = state.repo.clone();
+    let repo = state.repo().clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(sweep_loop(state.clone(), stop_rx.clone()));
     let reaper = state
@@ -643,7 +639,7 @@ pub async fn serve(
         .map(|(cert, c, k)| {
             tokio::spawn(server::tls::watch_files(cert, c, k, stop_tx.subscribe()))
         });
-    let origin = state.site.origin.clone();
+    let origin = state.site().origin.clone();
     let hsts = tls.is_some().then_some(server::tls::HSTS);
     let lane = fast_lane
         .then(|| server::fastlane::Lane::new(state.clone(), hsts, workers))
@@ -790,7 +786,7 @@ async fn reap_loop(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>
 
 /// Deletes expired records every [`SWEEP_INTERVAL`] until told to stop.
 async fn sweep_loop(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let repo = state.repo.clone();
+    let repo = state.repo().clone();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(SWEEP_INTERVAL) => {}

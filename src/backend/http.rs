@@ -73,8 +73,25 @@ type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
 /// The upstream client could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("the upstream HTTP client could not be set up: {0}")]
-pub struct ClientError(String);
+pub enum ClientError {
+    #[error("the upstream HTTP client could not be set up: the system's CA roots: {0}")]
+    PlatformRoots(rustls::Error),
+    #[error("the public origin cannot be sent in a header: {0}")]
+    Header(#[from] http::header::InvalidHeaderValue),
+}
+
+/// Why the upstream is not ready (readiness).
+#[derive(Debug, thiserror::Error)]
+pub enum Unreachable {
+    #[error("the MCP server at {host}:{port} refuses connections: {source}")]
+    Refused {
+        host: String,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("the MCP server at {host}:{port} did not accept a connection in time")]
+    Slow { host: String, port: u16 },
+}
 
 /// A configured HTTP upstream.
 pub struct HttpBackend {
@@ -109,21 +126,20 @@ impl HttpBackend {
     /// a reverse proxy talks to its backend directly, whatever `HTTP_PROXY` says.
     /// Whether the upstream accepts a TCP connection within `limit` (readiness; no request
     /// is sent).
-    pub async fn reachable(&self, limit: std::time::Duration) -> Result<(), String> {
+    pub async fn reachable(&self, limit: std::time::Duration) -> Result<(), Unreachable> {
         let host = self
             .base
             .host_str()
             .unwrap_or_default()
-            .trim_matches(['[', ']']);
+            .trim_matches(['[', ']'])
+            .to_string();
         let port = self.base.port_or_known_default().unwrap_or(80);
-        match tokio::time::timeout(limit, tokio::net::TcpStream::connect((host, port))).await {
+        match tokio::time::timeout(limit, tokio::net::TcpStream::connect((host.as_str(), port)))
+            .await
+        {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!(
-                "the MCP server at {host}:{port} refuses connections: {e}"
-            )),
-            Err(_) => Err(format!(
-                "the MCP server at {host}:{port} did not accept a connection in time"
-            )),
+            Ok(Err(source)) => Err(Unreachable::Refused { host, port, source }),
+            Err(_) => Err(Unreachable::Slow { host, port }),
         }
     }
 
@@ -134,8 +150,8 @@ impl HttpBackend {
         workers: usize,
     ) -> Result<Self, ClientError> {
         use rustls_platform_verifier::ConfigVerifierExt;
-        let tls = rustls::ClientConfig::with_platform_verifier()
-            .map_err(|e| ClientError(e.to_string()))?;
+        let tls =
+            rustls::ClientConfig::with_platform_verifier().map_err(ClientError::PlatformRoots)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -158,7 +174,7 @@ impl HttpBackend {
             .split_once("://")
             .map(|(_, h)| h)
             .unwrap_or_default();
-        let header = |v: &str| HeaderValue::from_str(v).map_err(|e| ClientError(e.to_string()));
+        let header = HeaderValue::from_str;
         Ok(Self {
             audience: base.origin().ascii_serialization(),
             clients,

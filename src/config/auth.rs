@@ -64,14 +64,21 @@ pub const BCRYPT_MAX_BYTES: usize = 72;
 
 /// Why a password cannot be used with bcrypt, if it cannot (checked where a password is
 /// configured; sign-in refuses longer attempts by the same constant).
-pub fn unusable_password(password: &str) -> Option<String> {
-    (password.len() > BCRYPT_MAX_BYTES).then(|| {
-        format!(
-            "the password is {} bytes long; bcrypt checks only the first {BCRYPT_MAX_BYTES}, so \
-             anything after them would be ignored: choose one of at most {BCRYPT_MAX_BYTES} bytes",
-            password.len()
-        )
-    })
+pub fn check_password_length(password: &str) -> Result<(), PasswordTooLong> {
+    match password.len() {
+        bytes if bytes > BCRYPT_MAX_BYTES => Err(PasswordTooLong { bytes }),
+        _ => Ok(()),
+    }
+}
+
+/// A password longer than bcrypt reads.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the password is {bytes} bytes long; bcrypt checks only the first {BCRYPT_MAX_BYTES}, so \
+     anything after them would be ignored: choose one of at most {BCRYPT_MAX_BYTES} bytes"
+)]
+pub struct PasswordTooLong {
+    pub bytes: usize,
 }
 
 /// `--password-file`: the first line of a file that only its owner may read (a secret others
@@ -115,11 +122,11 @@ pub(super) fn auth_config(cli: &Cli) -> Result<AuthConfig, ConfigError> {
     }
     let password = given
         .or(from_file.as_deref().map(|p| p.as_str()))
-        .map(|p| match unusable_password(p) {
-            Some(why) => Err(bad(format!(
+        .map(|p| match check_password_length(p) {
+            Err(why) => Err(bad(format!(
                 "--password (PASSWORD): {why}, or give its hash with --password-hash"
             ))),
-            None => Ok(Secret::new(p)),
+            Ok(()) => Ok(Secret::new(p)),
         })
         .transpose()?;
     let password_hashes = cli

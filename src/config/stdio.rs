@@ -17,19 +17,19 @@ pub struct RunAs {
 
 impl RunAs {
     /// Looks `name` up in the system's user database; only root can switch to it.
-    pub fn lookup(name: &str) -> Result<Self, String> {
+    pub fn lookup(name: &str) -> Result<Self, ConfigError> {
         if !rustix::process::geteuid().is_root() {
-            return Err(format!(
+            return Err(bad(format!(
                 "--stdio-user {name}: the proxy must start as root to run children as another user"
-            ));
+            )));
         }
         let user = nix::unistd::User::from_name(name)
-            .map_err(|e| format!("--stdio-user {name}: {e}"))?
-            .ok_or_else(|| format!("--stdio-user {name}: no such user"))?;
+            .map_err(|e| bad(format!("--stdio-user {name}: {e}")))?
+            .ok_or_else(|| bad(format!("--stdio-user {name}: no such user")))?;
         if user.uid.is_root() {
-            return Err(format!(
+            return Err(bad(format!(
                 "--stdio-user {name} is root: name an unprivileged user"
-            ));
+            )));
         }
         Ok(Self {
             name: name.to_string(),
@@ -137,8 +137,7 @@ pub(super) fn stdio_options(cli: &Cli) -> Result<StdioOptions, ConfigError> {
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .map(RunAs::lookup)
-            .transpose()
-            .map_err(bad)?,
+            .transpose()?,
         env,
         pass_env: cli
             .stdio_pass_env

@@ -10,7 +10,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::clock::UnixTime;
-use crate::config::{AuthConfig, BCRYPT_MAX_BYTES, unusable_password};
+use crate::config::{AuthConfig, BCRYPT_MAX_BYTES, PasswordTooLong, check_password_length};
 
 /// Cost of the in-memory hash of `--password`. It never leaves the process, so the cost only
 /// has to make the comparison slow for a caller, not resist offline cracking.
@@ -49,8 +49,19 @@ pub struct PasswordVerifier {
 
 /// The password could not be prepared at startup.
 #[derive(Debug, thiserror::Error)]
-#[error("the password could not be hashed: {0}")]
-pub struct PasswordError(String);
+pub enum PasswordError {
+    #[error("the password could not be hashed: {0}")]
+    Hash(#[from] bcrypt::BcryptError),
+    #[error("the password could not be hashed: the hashing task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("the password fingerprint key is unusable: {0}")]
+    Key(#[from] hmac::digest::InvalidLength),
+    /// `hash-password` was given nothing.
+    #[error("the password is empty")]
+    Empty,
+    #[error(transparent)]
+    TooLong(#[from] PasswordTooLong),
+}
 
 impl PasswordVerifier {
     /// Hashes `--password` (if given) and collects `--password-hash` values. `epoch_key` keys
@@ -74,14 +85,11 @@ impl PasswordVerifier {
             fingerprint_inputs.push(Zeroizing::new(format!("plain:{}", plain.as_str())));
             let hash =
                 tokio::task::spawn_blocking(move || bcrypt::hash(plain.as_bytes(), IN_MEMORY_COST))
-                    .await
-                    .map_err(|e| PasswordError(e.to_string()))?
-                    .map_err(|e| PasswordError(e.to_string()))?;
+                    .await??;
             hashes.push(Zeroizing::new(hash));
         }
         fingerprint_inputs.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(epoch_key)
-            .map_err(|e| PasswordError(e.to_string()))?;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(epoch_key)?;
         mac.update(cfg.password_user.as_bytes());
         for i in &fingerprint_inputs {
             mac.update(b"\0");
@@ -204,16 +212,14 @@ pub const STORED_COST: u32 = bcrypt::DEFAULT_COST;
 
 /// The `hash-password` subcommand's work: the bcrypt hash of a password given as one line
 /// (its line ending removed, nothing else).
-pub fn hash_for_config(line: &str) -> Result<String, String> {
+pub fn hash_for_config(line: &str) -> Result<String, PasswordError> {
     let password = line.strip_suffix('\n').unwrap_or(line);
     let password = password.strip_suffix('\r').unwrap_or(password);
     if password.is_empty() {
-        return Err("the password is empty".into());
+        return Err(PasswordError::Empty);
     }
-    if let Some(why) = unusable_password(password) {
-        return Err(why);
-    }
-    bcrypt::hash(password, STORED_COST).map_err(|e| e.to_string())
+    check_password_length(password)?;
+    Ok(bcrypt::hash(password, STORED_COST)?)
 }
 
 #[cfg(test)]

@@ -18,13 +18,52 @@ pub enum MigrateError {
     )]
     UnknownSource(String),
     #[error("{}: {why}", path.display())]
-    Source { path: PathBuf, why: String },
+    Source { path: PathBuf, why: Unusable },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Keys(#[from] KeyError),
     #[error(transparent)]
     Assertion(#[from] AssertionError),
+}
+
+/// What is wrong with a file or directory we were asked to bring over.
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    #[error("no private_key.pem and no certs/ here: not a data directory of sigbit/mcp-auth-proxy")]
+    NotSigbit,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("larger than {0} bytes; not a file we know")]
+    TooLarge(u64),
+    #[error("not a PEM text")]
+    NotPem,
+    #[error("no private key in the file: {0}")]
+    NoKey(rustls::pki_types::pem::Error),
+    #[error("the key is not an ECDSA P-256 key")]
+    KeyKind,
+    #[error("the key is not an ECDSA P-256 key: {0}")]
+    KeyRejected(aws_lc_rs::error::KeyRejected),
+    #[error("the key cannot be re-encoded")]
+    KeyEncoding,
+    #[error("a certificate in the file cannot be read: {0}")]
+    CertificatePem(rustls::pki_types::pem::Error),
+    #[error("the file holds no certificate")]
+    NoCertificate,
+    #[error("the certificate cannot be read: {0}")]
+    Certificate(x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error(
+        "the certificate is not valid now (valid {from} to {until}); leave it, one is ordered at the first start"
+    )]
+    NotValidNow { from: String, until: String },
+}
+
+impl MigrateError {
+    /// `why` as the problem of the file at `path`.
+    fn source(path: &std::path::Path) -> impl FnOnce(Unusable) -> Self {
+        let path = path.to_path_buf();
+        move |why| Self::Source { path, why }
+    }
 }
 
 /// What a migration brought over and what it left, one sentence each, for a person.
@@ -74,19 +113,15 @@ impl std::str::FromStr for Source {
 /// not what we expect).
 fn read_bounded(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, MigrateError> {
     use std::io::Read;
-    let source = |why: String| MigrateError::Source {
-        path: path.to_path_buf(),
-        why,
+    let read = || {
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)?
+            .take(limit + 1)
+            .read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > limit {
+            return Err(Unusable::TooLarge(limit));
+        }
+        Ok(bytes)
     };
-    let file = std::fs::File::open(path).map_err(|e| source(e.to_string()))?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| source(e.to_string()))?;
-    if bytes.len() as u64 > limit {
-        return Err(source(format!(
-            "larger than {limit} bytes; not a file we know"
-        )));
-    }
-    Ok(bytes)
+    read().map_err(MigrateError::source(path))
 }

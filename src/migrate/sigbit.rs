@@ -17,7 +17,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls_acme::CertCache;
 
-use super::{MigrateError, Report, read_bounded};
+use super::{MigrateError, Report, Unusable, read_bounded};
 use crate::server::acme::StoreCache;
 use crate::store::Repo;
 
@@ -53,10 +53,7 @@ pub struct Plan<'a> {
 
 pub async fn migrate(plan: &Plan<'_>, repo: &Repo) -> Result<Report, MigrateError> {
     if !looks_like_sigbit(plan.from) {
-        return Err(MigrateError::Source {
-            path: plan.from.to_path_buf(),
-            why: "no private_key.pem and no certs/ here: not a data directory of sigbit/mcp-auth-proxy".into(),
-        });
+        return Err(MigrateError::source(plan.from)(Unusable::NotSigbit));
     }
     let mut report = Report::default();
     signing_key(plan.from, repo, &mut report).await?;
@@ -83,10 +80,8 @@ async fn signing_key(dir: &Path, repo: &Repo, report: &mut Report) -> Result<(),
         return Ok(());
     }
     let pem = zeroize::Zeroizing::new(read_bounded(&path, FILE_LIMIT)?);
-    let text = std::str::from_utf8(&pem).map_err(|_| MigrateError::Source {
-        path: path.clone(),
-        why: "not a PEM text".into(),
-    })?;
+    let text =
+        std::str::from_utf8(&pem).map_err(|_| MigrateError::source(&path)(Unusable::NotPem))?;
     let key = crate::assertion::parse_private_key(text, repo.clock().now())?;
     let line = format!(
         "private_key.pem: the signing key ({:?}, key id {}); with --proxy-forward-authorization it signs the identity assertion sent upstream, published at /.well-known/jwks.json",
@@ -138,10 +133,7 @@ async fn certificates(
             continue;
         }
         let bytes = read_bounded(&path, FILE_LIMIT)?;
-        let (pem, expires) = cache_entry(&bytes).map_err(|why| MigrateError::Source {
-            path: path.clone(),
-            why,
-        })?;
+        let (pem, expires) = cache_entry(&bytes).map_err(MigrateError::source(&path))?;
         cache
             .store_cert(std::slice::from_ref(&name), plan.acme_directory, &pem)
             .await?;
@@ -162,9 +154,8 @@ async fn certificates(
 /// autocert's file (a SEC 1 or PKCS#8 P-256 key, then the chain) as our cache's entry (the key
 /// as PKCS#8, then the chain), with the leaf's expiry. An expired certificate is refused: it
 /// would only be ordered again.
-fn cache_entry(autocert: &[u8]) -> Result<(Vec<u8>, String), String> {
-    let key = PrivateKeyDer::from_pem_slice(autocert)
-        .map_err(|e| format!("no private key in the file: {e}"))?;
+fn cache_entry(autocert: &[u8]) -> Result<(Vec<u8>, String), Unusable> {
+    let key = PrivateKeyDer::from_pem_slice(autocert).map_err(Unusable::NoKey)?;
     let pair = match &key {
         PrivateKeyDer::Sec1(k) => EcdsaKeyPair::from_private_key_der(
             &ECDSA_P256_SHA256_FIXED_SIGNING,
@@ -173,24 +164,20 @@ fn cache_entry(autocert: &[u8]) -> Result<(Vec<u8>, String), String> {
         PrivateKeyDer::Pkcs8(k) => {
             EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, k.secret_pkcs8_der())
         }
-        _ => return Err("the key is not an ECDSA P-256 key".into()),
+        _ => return Err(Unusable::KeyKind),
     }
-    .map_err(|e| format!("the key is not an ECDSA P-256 key: {e}"))?;
-    let pkcs8 = pair
-        .to_pkcs8v1()
-        .map_err(|_| "the key cannot be re-encoded".to_string())?;
+    .map_err(Unusable::KeyRejected)?;
+    let pkcs8 = pair.to_pkcs8v1().map_err(|_| Unusable::KeyEncoding)?;
     let chain = CertificateDer::pem_slice_iter(autocert)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("a certificate in the file cannot be read: {e}"))?;
-    let leaf = chain.first().ok_or("the file holds no certificate")?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| format!("the certificate cannot be read: {e}"))?;
+        .map_err(Unusable::CertificatePem)?;
+    let leaf = chain.first().ok_or(Unusable::NoCertificate)?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).map_err(Unusable::Certificate)?;
     if !parsed.validity().is_valid() {
-        return Err(format!(
-            "the certificate is not valid now (valid {} to {}); leave it, one is ordered at the first start",
-            parsed.validity().not_before,
-            parsed.validity().not_after
-        ));
+        return Err(Unusable::NotValidNow {
+            from: parsed.validity().not_before.to_string(),
+            until: parsed.validity().not_after.to_string(),
+        });
     }
     let expires = parsed.validity().not_after.to_string();
     let mut pem = pem_block("PRIVATE KEY", pkcs8.as_ref());
@@ -240,11 +227,17 @@ mod tests {
 
     #[test]
     fn files_that_are_not_a_key_and_a_chain_are_refused_with_the_reason() {
-        assert!(cache_entry(b"").unwrap_err().contains("no private key"));
+        assert!(
+            cache_entry(b"")
+                .unwrap_err()
+                .to_string()
+                .contains("no private key")
+        );
         let only_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
         assert!(
             cache_entry(only_key.as_bytes())
                 .unwrap_err()
+                .to_string()
                 .contains("no certificate")
         );
     }

@@ -24,6 +24,7 @@ use url::{Host, Url};
 use super::clients::NONE;
 use crate::clock::{Clock, UnixTime};
 use crate::config::CimdOptions;
+use crate::error::OAuthError;
 use crate::store::ClientRecord;
 
 /// Largest document read.
@@ -51,7 +52,47 @@ pub const TOTAL_PER_MINUTE: usize = 120;
 #[error("the client metadata document {url} cannot be used: {why}")]
 pub struct DocumentError {
     pub url: String,
-    pub why: String,
+    pub why: Refusal,
+}
+
+/// What is wrong with a document, or with fetching it. Never why a fetch failed: the cause
+/// would tell a stranger whether an internal name exists or which addresses it has (the
+/// cause goes to the log).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    #[error("too many documents were fetched lately; try again in a minute")]
+    TooOften,
+    #[error("too many documents are being fetched; try again in a moment")]
+    TooMany,
+    #[error("{0}")]
+    NotUrl(#[from] url::ParseError),
+    #[error("{0} is not a public address")]
+    NotPublic(IpAddr),
+    #[error("it did not answer in time")]
+    Timeout,
+    #[error("it could not be reached")]
+    Unreachable,
+    #[error("the fetch failed")]
+    Failed,
+    #[error("it answered {0}; redirects are not followed")]
+    Redirected(reqwest::StatusCode),
+    #[error("it answered {0}")]
+    Status(reqwest::StatusCode),
+    #[error("it is larger than {MAX_DOCUMENT_BYTES} bytes")]
+    TooLarge,
+    #[error("it is not a JSON object: {0}")]
+    NotJson(Arc<serde_json::Error>),
+    #[error("its client_id is not its own URL")]
+    NotItsOwnId,
+    #[error("it has no client_name")]
+    NoName,
+    #[error("a metadata document cannot carry a client secret")]
+    Secret,
+    #[error("token_endpoint_auth_method {0} is not supported here (only none)")]
+    AuthMethod(String),
+    /// What registration would refuse in the same metadata.
+    #[error("{}", .0.description)]
+    Metadata(Arc<OAuthError>),
 }
 
 /// Whether `client_id` names a metadata document: an https URL with a path, in canonical
@@ -221,9 +262,9 @@ impl Documents {
             return c.entry.clone();
         }
         // Refused for load, not for what the document is: not remembered as its failure.
-        let busy = |why: &str| DocumentError {
+        let busy = |why: Refusal| DocumentError {
             url: url.to_string(),
-            why: why.to_string(),
+            why,
         };
         let host = Url::parse(url)
             .ok()
@@ -231,15 +272,11 @@ impl Documents {
             .unwrap_or_default();
         if self.recent.admit(&host, now).is_err() {
             tracing::warn!(host, "client metadata documents fetched too often; refused");
-            return Err(busy(
-                "too many documents were fetched lately; try again in a minute",
-            ));
+            return Err(busy(Refusal::TooOften));
         }
         let Ok(_turn) = self.fetching.try_acquire() else {
             tracing::warn!("too many client metadata documents being fetched at once; refused");
-            return Err(busy(
-                "too many documents are being fetched; try again in a moment",
-            ));
+            return Err(busy(Refusal::TooMany));
         };
         let (entry, ttl) = match self.fetch(url).await {
             Ok((client, ttl)) => (Ok(client), ttl),
@@ -277,8 +314,8 @@ impl Documents {
         out
     }
 
-    async fn fetch(&self, id: &str) -> Result<(ClientRecord, u64), String> {
-        let url = Url::parse(id).map_err(|e| e.to_string())?;
+    async fn fetch(&self, id: &str) -> Result<(ClientRecord, u64), Refusal> {
+        let url = Url::parse(id)?;
         // An address literal is never resolved, so the resolver's rule is applied here.
         let literal = match url.host() {
             Some(Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
@@ -290,7 +327,7 @@ impl Documents {
             && !is_public(ip)
             && !self.allowed.contains(&host)
         {
-            return Err(format!("{ip} is not a public address"));
+            return Err(Refusal::NotPublic(ip));
         }
         let mut resp = self
             .http
@@ -301,39 +338,39 @@ impl Documents {
             .map_err(|e| fetch_error(&e))?;
         let status = resp.status();
         if status.is_redirection() {
-            return Err(format!("it answered {status}; redirects are not followed"));
+            return Err(Refusal::Redirected(status));
         }
         if status != reqwest::StatusCode::OK {
-            return Err(format!("it answered {status}"));
+            return Err(Refusal::Status(status));
         }
         let ttl = ttl(resp.headers());
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| fetch_error(&e))? {
             if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-                return Err(format!("it is larger than {MAX_DOCUMENT_BYTES} bytes"));
+                return Err(Refusal::TooLarge);
             }
             body.extend_from_slice(&chunk);
         }
         let doc: Map<String, Value> =
-            serde_json::from_slice(&body).map_err(|e| format!("it is not a JSON object: {e}"))?;
+            serde_json::from_slice(&body).map_err(|e| Refusal::NotJson(Arc::new(e)))?;
         let client = self.check(id, &doc)?;
         Ok((client, ttl))
     }
 
     /// The document's rules on top of registration's.
-    fn check(&self, id: &str, doc: &Map<String, Value>) -> Result<ClientRecord, String> {
+    fn check(&self, id: &str, doc: &Map<String, Value>) -> Result<ClientRecord, Refusal> {
         if doc.get("client_id").and_then(Value::as_str) != Some(id) {
-            return Err("its client_id is not its own URL".into());
+            return Err(Refusal::NotItsOwnId);
         }
         if doc
             .get("client_name")
             .and_then(Value::as_str)
             .is_none_or(|n| n.trim().is_empty())
         {
-            return Err("it has no client_name".into());
+            return Err(Refusal::NoName);
         }
         if doc.contains_key("client_secret") || doc.contains_key("client_secret_expires_at") {
-            return Err("a metadata document cannot carry a client secret".into());
+            return Err(Refusal::Secret);
         }
         match doc
             .get("token_endpoint_auth_method")
@@ -341,34 +378,31 @@ impl Documents {
         {
             None | Some(NONE) => {}
             Some(other) => {
-                return Err(format!(
-                    "token_endpoint_auth_method {other} is not supported here (only none)"
-                ));
+                return Err(Refusal::AuthMethod(other.to_string()));
             }
         }
-        let mut client =
-            super::register::validate(doc, &self.private_schemes).map_err(|e| e.description)?;
+        let mut client = super::register::validate(doc, &self.private_schemes)
+            .map_err(|e| Refusal::Metadata(Arc::new(e)))?;
         client.client_id = id.to_string();
         client.issued_at = self.clock.now();
         Ok(client)
     }
 }
 
-/// A fetch failure as the person and the client see it: what went wrong, never why (the
-/// cause would tell a stranger whether an internal name exists or which addresses it has).
-/// The cause goes to the log.
-fn fetch_error(e: &reqwest::Error) -> String {
+/// A fetch failure as the person and the client see it (see [`Refusal`]); the cause goes
+/// to the log.
+fn fetch_error(e: &reqwest::Error) -> Refusal {
     let what = if e.is_timeout() {
-        "it did not answer in time"
+        Refusal::Timeout
     } else if e.is_connect() {
-        "it could not be reached"
+        Refusal::Unreachable
     } else {
-        "the fetch failed"
+        Refusal::Failed
     };
     if let Some(cause) = std::error::Error::source(e) {
         tracing::info!(cause = %crate::error::chain(cause), "{what}");
     }
-    what.to_string()
+    what
 }
 
 /// How long a document may be used, from its `Cache-Control`.
@@ -566,7 +600,7 @@ mod tests {
                 "only none",
             ),
         ] {
-            let e = d.check(id, &doc(bad)).unwrap_err();
+            let e = d.check(id, &doc(bad)).unwrap_err().to_string();
             assert!(e.contains(why), "{e} should mention {why}");
         }
     }
@@ -587,7 +621,7 @@ mod tests {
             } else {
                 "is not a public address"
             };
-            assert!(e.why.ends_with(expected), "{url}: {e}");
+            assert!(e.why.to_string().ends_with(expected), "{url}: {e}");
         }
     }
 }

@@ -20,38 +20,52 @@ pub fn is_loopback_redirect(uri: &str) -> bool {
         .is_ok_and(|u| u.scheme() == "http" && u.host_str().is_some_and(is_loopback_redirect_host))
 }
 
-/// Why a redirect URI is refused at registration.
-pub fn check_registrable(uri: &str, private_schemes: &[String]) -> Result<(), String> {
-    let url = Url::parse(uri).map_err(|_| format!("{uri:?} is not an absolute URI"))?;
+/// Why a redirect URI is refused at registration; each names the URI.
+#[derive(Debug, thiserror::Error)]
+pub enum Unregistrable {
+    #[error("{0:?} is not an absolute URI")]
+    NotAbsolute(String),
+    #[error("{0:?} has a fragment")]
+    Fragment(String),
+    #[error("{0:?} carries credentials")]
+    Credentials(String),
+    #[error("{0:?} has no host")]
+    NoHost(String),
+    #[error("{0:?}: plain http is allowed only for loopback (127.0.0.1, [::1], localhost)")]
+    PlainHttp(String),
+    #[error("{0:?}: this scheme is never allowed")]
+    NeverAllowed(String),
+    #[error(
+        "{uri:?}: the scheme {scheme:?} is not allowed (the operator can allow it with --allowed-redirect-schemes)"
+    )]
+    Scheme { uri: String, scheme: String },
+}
+
+/// Whether `uri` may be registered as a redirect URI.
+pub fn check_registrable(uri: &str, private_schemes: &[String]) -> Result<(), Unregistrable> {
+    let uri_owned = || uri.to_string();
+    let url = Url::parse(uri).map_err(|_| Unregistrable::NotAbsolute(uri_owned()))?;
     if url.fragment().is_some() {
-        return Err(format!("{uri:?} has a fragment"));
+        return Err(Unregistrable::Fragment(uri_owned()));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("{uri:?} carries credentials"));
+        return Err(Unregistrable::Credentials(uri_owned()));
     }
     match url.scheme() {
-        "https" => {
-            if url.host_str().is_none_or(str::is_empty) {
-                return Err(format!("{uri:?} has no host"));
-            }
-            Ok(())
+        "https" if url.host_str().is_none_or(str::is_empty) => {
+            Err(Unregistrable::NoHost(uri_owned()))
         }
-        "http" => {
-            if url.host_str().is_some_and(is_loopback_redirect_host) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{uri:?}: plain http is allowed only for loopback (127.0.0.1, [::1], localhost)"
-                ))
-            }
-        }
+        "https" => Ok(()),
+        "http" if url.host_str().is_some_and(is_loopback_redirect_host) => Ok(()),
+        "http" => Err(Unregistrable::PlainHttp(uri_owned())),
         "javascript" | "data" | "file" | "vbscript" | "blob" => {
-            Err(format!("{uri:?}: this scheme is never allowed"))
+            Err(Unregistrable::NeverAllowed(uri_owned()))
         }
         scheme if private_schemes.iter().any(|s| s == scheme) => Ok(()),
-        scheme => Err(format!(
-            "{uri:?}: the scheme {scheme:?} is not allowed (the operator can allow it with --allowed-redirect-schemes)"
-        )),
+        scheme => Err(Unregistrable::Scheme {
+            uri: uri_owned(),
+            scheme: scheme.to_string(),
+        }),
     }
 }
 

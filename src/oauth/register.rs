@@ -103,8 +103,9 @@ pub fn validate(
         ));
     }
     for uri in &redirect_uris {
-        check_registrable(uri, private_schemes)
-            .map_err(|why| OAuthError::bad_request(OAuthErrorCode::InvalidRedirectUri, why))?;
+        check_registrable(uri, private_schemes).map_err(|why| {
+            OAuthError::bad_request(OAuthErrorCode::InvalidRedirectUri, why.to_string())
+        })?;
     }
 
     let method = match doc.get("token_endpoint_auth_method") {

@@ -103,7 +103,7 @@ pub fn load(
         }
         for uri in &e.redirect_uris {
             check_registrable(uri, private_schemes)
-                .map_err(|why| bad(format!("client {id:?}: redirect URI {uri:?}: {why}")))?;
+                .map_err(|why| bad(format!("client {id:?}: redirect URI {why}")))?;
         }
         let secret = e.secret.filter(|s| !s.is_empty());
         if grant_types.iter().any(|g| g == "client_credentials") && secret.is_none() {

@@ -138,13 +138,10 @@ fn client_config(opts: &AcmeOptions) -> Result<rustls::ClientConfig, TlsError> {
     match &opts.directory_ca_file {
         Some(path) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(path)
-                .map_err(|e| TlsError(format!("{}: {e}", path.display())))?
-            {
-                let c = c.map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
+            for c in CertificateDer::pem_file_iter(path).map_err(TlsError::pem(path))? {
                 roots
-                    .add(c)
-                    .map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
+                    .add(c.map_err(TlsError::pem(path))?)
+                    .map_err(TlsError::rustls(path))?;
             }
             Ok(rustls::ClientConfig::builder()
                 .with_root_certificates(roots)
@@ -152,8 +149,7 @@ fn client_config(opts: &AcmeOptions) -> Result<rustls::ClientConfig, TlsError> {
         }
         None => {
             use rustls_platform_verifier::ConfigVerifierExt;
-            rustls::ClientConfig::with_platform_verifier()
-                .map_err(|e| TlsError(format!("the system's CA roots: {e}")))
+            rustls::ClientConfig::with_platform_verifier().map_err(TlsError::PlatformRoots)
         }
     }
 }

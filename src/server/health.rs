@@ -60,37 +60,38 @@ pub async fn healthz() -> Response {
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let mut checks = serde_json::Map::new();
     let mut ready = true;
-    let mut check = |name: &str, result: Result<(), String>| {
-        let v = match result {
-            Ok(()) => Value::from("ok"),
-            Err(why) => {
-                ready = false;
-                Value::from(why)
-            }
-        };
-        checks.insert(name.to_string(), v);
+    // Each check: "ok", or why not, as a person would read it.
+    let mut check = |name: &str, why_not: Option<String>| {
+        ready &= why_not.is_none();
+        checks.insert(
+            name.to_string(),
+            Value::from(why_not.unwrap_or_else(|| "ok".into())),
+        );
     };
     check(
         "store",
-        app.repo
+        app.repo()
             .probe()
             .await
-            .map_err(|e| format!("the store cannot be read: {e}")),
+            .err()
+            .map(|e| format!("the store cannot be read: {e}")),
     );
     if let Some(http) = &app.http_backend {
-        check("backend", http.reachable(UPSTREAM_PROBE).await);
+        check(
+            "backend",
+            http.reachable(UPSTREAM_PROBE)
+                .await
+                .err()
+                .map(|e| e.to_string()),
+        );
     }
     if let Some(stdio) = &app.stdio_backend {
-        check("backend", stdio.startable());
+        check("backend", stdio.startable().err().map(|e| e.to_string()));
     }
     if let Some(cert) = &app.cert {
         check(
             "certificate",
-            if cert.is_ready() {
-                Ok(())
-            } else {
-                Err("no certificate yet (ACME order in progress)".into())
-            },
+            (!cert.is_ready()).then(|| "no certificate yet (ACME order in progress)".into()),
         );
     }
     let status = if ready {

@@ -26,7 +26,7 @@ use crate::backend::http::{ClientInfo, HttpBackend, Upstream};
 use crate::config::RESOURCE_METADATA_PATH;
 use crate::config::Site;
 use crate::error::jsonrpc_error;
-use crate::gate::{TokenCache, bearer_token, check_token};
+use crate::gate::{Caller, GateRefusal, TokenCache};
 use crate::login;
 use crate::oauth::consent::{consent_get, consent_post};
 use crate::oauth::metadata::{AS_METADATA_PATH, authorization_server, protected_resource};
@@ -39,9 +39,6 @@ const MAX_FORM_BYTES: usize = 64 * 1024;
 
 /// Everything a request handler may need.
 pub struct App {
-    pub site: Site,
-    pub repo: Repo,
-    pub tokens: Arc<TokenCache>,
     /// Sign-in's share, handed to its handlers (`FromRef`).
     pub signin: login::SignIn,
     /// The authorization server's share, handed to its handlers (`FromRef`).
@@ -55,7 +52,6 @@ pub struct App {
     pub forward_auth_path: Option<String>,
     /// `--proxy-forward-authorization`: signs what the upstream receives.
     pub assertion: Option<crate::assertion::Signer>,
-    pub metrics: Arc<crate::metrics::Metrics>,
     /// Whether the certificate is in place, when TLS is on.
     pub cert: Option<health::CertReady>,
     /// `--rate-limit` (none when 0).
@@ -73,6 +69,33 @@ pub struct AppState(Arc<App>);
 impl AppState {
     pub fn new(app: App) -> Self {
         Self(Arc::new(app))
+    }
+}
+
+/// What every part shares is kept once, in the narrow state of the layer lowest down that
+/// needs it, and read from there.
+impl App {
+    pub fn site(&self) -> &Site {
+        &self.signin.site
+    }
+    pub fn repo(&self) -> &Repo {
+        &self.signin.repo
+    }
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.signin.metrics
+    }
+    pub fn tokens(&self) -> &TokenCache {
+        &self.oauth.tokens
+    }
+}
+
+impl crate::gate::Guarded for AppState {
+    fn gate(&self) -> crate::gate::GateParts<'_> {
+        crate::gate::GateParts {
+            site: self.site(),
+            repo: self.repo(),
+            tokens: self.tokens(),
+        }
     }
 }
 
@@ -97,7 +120,7 @@ impl std::ops::Deref for AppState {
 
 /// The application: our own endpoints, then every other path proxied behind the gate.
 pub fn router(state: AppState) -> Router {
-    let mcp_path = state.site.mcp_path.clone();
+    let mcp_path = state.site().mcp_path.clone();
     let mut guarded = Router::new();
     if let Some(path) = &state.forward_auth_path {
         guarded = guarded.route(path, axum::routing::any(forward_auth));
@@ -185,27 +208,27 @@ async fn front(
 ) -> Response {
     let started = std::time::Instant::now();
     let method = crate::metrics::method_label(req.method());
-    let route = crate::metrics::route_label(req.uri().path(), &app.site.mcp_path);
+    let route = crate::metrics::route_label(req.uri().path(), &app.site().mcp_path);
     let logged = tracing::enabled!(tracing::Level::INFO) && route != "probe";
     let path = logged.then(|| req.uri().path().to_string());
     let client = logged.then(|| {
-        crate::client_addr::client_ip(&app.site.trusted_proxies, peer.ip(), req.headers())
+        crate::client_addr::client_ip(&app.site().trusted_proxies, peer.ip(), req.headers())
     });
     let req = req.map(|body| crate::request_body::with_deadline(body, app.body_read_timeout));
-    let resp = if let Some(refused) = guard::refusal(&app.site, peer.ip(), &req) {
+    let resp = if let Some(refused) = guard::refusal(app.site(), peer.ip(), &req) {
         refused
     } else if !cors::eligible(req.uri().path()) {
         next.run(req).await
-    } else if let Some(answer) = cors::preflight(&app.site, req.method(), req.headers()) {
+    } else if let Some(answer) = cors::preflight(app.site(), req.method(), req.headers()) {
         answer
     } else {
-        let origin = cors::granted(&app.site, req.headers());
+        let origin = cors::granted(app.site(), req.headers());
         let mut resp = next.run(req).await;
         cors::decorate(&mut resp, origin);
         resp
     };
     let status = resp.status().as_u16();
-    app.metrics
+    app.metrics()
         .requests
         .get_or_create(&crate::metrics::RequestLabels {
             route,
@@ -238,20 +261,6 @@ async fn jwks(State(app): State<AppState>) -> Response {
     resp
 }
 
-/// The caller of a request to a guarded path: its one bearer token (`query` is checked for
-/// a token there, which is refused), valid for our resource; else the gate's answer, with the
-/// MCP challenge.
-async fn authenticated(
-    app: &App,
-    headers: &axum::http::HeaderMap,
-    query: Option<&str>,
-) -> Result<crate::gate::Caller, Response> {
-    let token = bearer_token(headers, query).map_err(|e| e.at(&app.site).into_response())?;
-    check_token(&app.repo, &app.tokens, &app.site, token)
-        .await
-        .map_err(|e| e.at(&app.site).into_response())
-}
-
 /// The forward-auth endpoint: `200` with the identity headers for a valid access token, the
 /// gate's `401` (with the MCP `WWW-Authenticate` challenge) or `403` otherwise. The front
 /// proxy passes the original request's `Authorization`; `X-Forwarded-Host` is believed only
@@ -259,13 +268,10 @@ async fn authenticated(
 async fn forward_auth(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let caller = match authenticated(&app, &headers, None).await {
-        Ok(c) => c,
-        Err(refused) => return refused,
-    };
-    if crate::client_addr::is_trusted(&app.site.trusted_proxies, peer.ip()) {
+    if crate::client_addr::is_trusted(&app.site().trusted_proxies, peer.ip()) {
         let uri = headers.get("x-forwarded-uri").and_then(|v| v.to_str().ok());
         tracing::debug!(uri = uri.unwrap_or_default(), "forward-auth: allowed");
     }
@@ -286,6 +292,7 @@ async fn forward_auth(
 async fn root(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Result<Caller, GateRefusal>,
     req: Request,
 ) -> Response {
     let h = req.headers();
@@ -297,26 +304,28 @@ async fn root(
     if wants_page {
         return login::home(&app.signin, h).await;
     }
-    proxy(State(app), ConnectInfo(peer), req).await
+    match caller {
+        Ok(caller) => proxy(State(app), ConnectInfo(peer), caller, req).await,
+        Err(refused) => refused.into_response(),
+    }
 }
 
 /// Every path that is not ours: authenticate, then hand to the backend.
 async fn proxy(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
     req: Request,
 ) -> Response {
-    let caller = match authenticated(&app, req.headers(), req.uri().query()).await {
-        Ok(c) => c,
-        Err(refused) => return refused,
-    };
     let started = std::time::Instant::now();
     if let Some(stdio) = &app.stdio_backend {
         use crate::backend::stdio::bridge::legacy::{MESSAGES_PATH, SSE_PATH};
         let resp = match req.uri().path() {
-            p if p == app.site.mcp_path => stdio.handle(&caller, req).await,
-            SSE_PATH => stdio.legacy_sse(&caller, req.method(), req.headers()),
-            MESSAGES_PATH => stdio.legacy_message(&caller, req).await,
+            p if p == app.site().mcp_path => stdio.handle(&caller, req).await,
+            SSE_PATH => stdio
+                .legacy_sse(&caller, req.method(), req.headers())
+                .into_response(),
+            MESSAGES_PATH => stdio.legacy_message(&caller, req).await.into_response(),
             _ => return jsonrpc_error(StatusCode::NOT_FOUND, "not found"),
         };
         return timed(&app, "stdio", started, resp);
@@ -329,7 +338,7 @@ async fn proxy(
     };
     if backend.streaming_only()
         && req.method() == Method::GET
-        && req.uri().path() == app.site.mcp_path
+        && req.uri().path() == app.site().mcp_path
     {
         let mut resp = jsonrpc_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -343,7 +352,7 @@ async fn proxy(
     }
     let client = ClientInfo {
         peer: peer.ip(),
-        peer_trusted: crate::client_addr::is_trusted(&app.site.trusted_proxies, peer.ip()),
+        peer_trusted: crate::client_addr::is_trusted(&app.site().trusted_proxies, peer.ip()),
     };
     let provider_token = match caller.identity() {
         Some(id) if app.upstream.pass_access_token => {
@@ -353,8 +362,8 @@ async fn proxy(
     };
     let resp = backend
         .forward(
-            &app.repo,
-            &app.site,
+            app.repo(),
+            app.site(),
             &caller,
             client,
             Upstream {
@@ -377,9 +386,9 @@ pub fn metrics_router(state: AppState) -> Router {
 
 async fn metrics_text(State(app): State<AppState>) -> Response {
     if let Some(stdio) = &app.stdio_backend {
-        app.metrics.sessions.set(stdio.live_sessions() as i64);
+        app.metrics().sessions.set(stdio.live_sessions() as i64);
     }
-    let mut resp = app.metrics.render().into_response();
+    let mut resp = app.metrics().render().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(
@@ -396,7 +405,7 @@ fn timed(
     started: std::time::Instant,
     resp: Response,
 ) -> Response {
-    app.metrics
+    app.metrics()
         .upstream_seconds
         .get_or_create(&crate::metrics::BackendLabels { backend })
         .observe(started.elapsed().as_secs_f64());

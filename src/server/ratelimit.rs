@@ -91,7 +91,7 @@ pub async fn limit(
     req: Request,
     next: Next,
 ) -> Response {
-    let ip = crate::client_addr::client_ip(&app.site.trusted_proxies, peer.ip(), req.headers());
+    let ip = crate::client_addr::client_ip(&app.site().trusted_proxies, peer.ip(), req.headers());
     match refusal(&app, ip, req.uri().path()) {
         Some(refused) => refused,
         None => next.run(req).await,
@@ -102,11 +102,11 @@ pub async fn limit(
 pub fn refusal(app: &AppState, ip: std::net::IpAddr, path: &str) -> Option<Response> {
     let limiter = app.rate_limiter.as_ref()?;
     let secs = limiter.check(ip).err()?;
-    app.metrics.client("rate_limited");
+    app.metrics().client("rate_limited");
     tracing::info!(client_ip = %ip, path, retry_after = secs, "rate limited");
     let mut resp = if super::guard::Audience::of(path) == super::guard::Audience::Person {
         crate::web::pages::error_page(
-            &app.site.origin.host(),
+            &app.site().origin.host(),
             StatusCode::TOO_MANY_REQUESTS,
             "Too many attempts",
             &format!("Please wait {secs} seconds and try again."),

@@ -22,10 +22,43 @@ const RELOAD_EVERY: Duration = Duration::from_secs(2);
 /// HSTS on every https answer: a year, as browsers expect for a site that is https only.
 pub const HSTS: &str = "max-age=31536000";
 
-/// The certificate could not be loaded.
+/// A certificate, key or CA file that could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TlsError(pub String);
+pub enum TlsError {
+    #[error("{}: {source}", path.display())]
+    Pem {
+        path: std::path::PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: no certificate in it", path.display())]
+    NoCertificate { path: std::path::PathBuf },
+    #[error("{}: {source}", path.display())]
+    Rustls {
+        path: std::path::PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{} and {} do not belong together: {source}", cert.display(), key.display())]
+    Mismatch {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+        source: rustls::Error,
+    },
+    #[error("the system's CA roots: {0}")]
+    PlatformRoots(rustls::Error),
+}
+
+impl TlsError {
+    /// `source` as the error of the file at `path`.
+    pub fn pem(path: &Path) -> impl FnOnce(rustls::pki_types::pem::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| Self::Pem { path, source }
+    }
+
+    pub fn rustls(path: &Path) -> impl FnOnce(rustls::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| Self::Rustls { path, source }
+    }
+}
 
 /// The ALPN protocols offered to clients (MCP clients use both).
 pub fn alpn() -> Vec<Vec<u8>> {
@@ -49,29 +82,25 @@ pub fn server_config(
 /// Loads a PEM certificate chain and its key, checking that they belong together.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| TlsError(format!("{}: {e}", cert.display())))?
+        .map_err(TlsError::pem(cert))?
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError(format!("{}: {e}", cert.display())))?;
+        .map_err(TlsError::pem(cert))?;
     if chain.is_empty() {
-        return Err(TlsError(format!(
-            "{}: no certificate in it",
-            cert.display()
-        )));
+        return Err(TlsError::NoCertificate {
+            path: cert.to_path_buf(),
+        });
     }
-    let der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| TlsError(format!("{}: {e}", key.display())))?;
+    let der = PrivateKeyDer::from_pem_file(key).map_err(TlsError::pem(key))?;
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let signing = provider
         .key_provider
         .load_private_key(der)
-        .map_err(|e| TlsError(format!("{}: {e}", key.display())))?;
+        .map_err(TlsError::rustls(key))?;
     let pair = CertifiedKey::new(chain, signing);
-    pair.keys_match().map_err(|e| {
-        TlsError(format!(
-            "{} and {} do not belong together: {e}",
-            cert.display(),
-            key.display()
-        ))
+    pair.keys_match().map_err(|source| TlsError::Mismatch {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        source,
     })?;
     Ok(pair)
 }

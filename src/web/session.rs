@@ -13,6 +13,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use cookie::{Cookie, SameSite};
+
 use crate::backend::http::COOKIE_PREFIX;
 use crate::config::{PublicOrigin, normalize_origin};
 use crate::store::{Identity, Repo, SessionRecord, StoreError, TokenHash};
@@ -42,27 +44,38 @@ impl Cookies {
     /// A `Set-Cookie` value; `max_age` of 0 deletes the cookie, `None` makes it last for the
     /// browser session.
     pub fn set(&self, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
-        let mut s = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
-        if self.secure {
-            s.push_str("; Secure");
-        }
+        let mut cookie = Cookie::build((name, value))
+            .path("/")
+            .http_only(true)
+            .same_site(SameSite::Lax)
+            .secure(self.secure);
         if let Some(age) = max_age {
-            s.push_str(&format!("; Max-Age={age}"));
+            let secs = i64::try_from(age).unwrap_or(i64::MAX);
+            cookie = cookie.max_age(cookie::time::Duration::seconds(secs));
         }
-        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+        HeaderValue::from_str(&cookie.build().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 }
 
-/// The value of cookie `name`, if sent.
+/// The value of cookie `name`, if sent once. Sent twice (in one `Cookie` header or across
+/// several), neither is believed: a cookie set for another path, or by a sibling host over
+/// plain http, must not stand in for ours.
 pub fn read_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
+    let mut found = None;
+    let sent = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
+        .flat_map(Cookie::split_parse)
+        .flatten();
+    for cookie in sent.filter(|c| c.name() == name) {
+        if found.is_some() {
+            return None;
+        }
+        found = Some(cookie.value().to_string());
+    }
+    found
 }
 
 /// The CSRF token for a form, given the CSRF cookie.
@@ -164,16 +177,44 @@ mod tests {
         let https = Cookies::for_origin(&PublicOrigin::parse("https://mcp.example.com").unwrap());
         assert_eq!(https.session, "__Host-mcp_proxy_session");
         let v = https.set(&https.session, "v", Some(60));
-        assert_eq!(
-            v,
-            "__Host-mcp_proxy_session=v; Path=/; HttpOnly; SameSite=Lax; Secure; Max-Age=60"
-        );
+        let c = Cookie::parse(v.to_str().unwrap()).unwrap();
+        assert_eq!((c.name(), c.value()), ("__Host-mcp_proxy_session", "v"));
+        assert_eq!(c.path(), Some("/"));
+        assert_eq!(c.http_only(), Some(true));
+        assert_eq!(c.same_site(), Some(SameSite::Lax));
+        assert_eq!(c.secure(), Some(true));
+        assert_eq!(c.max_age(), Some(cookie::time::Duration::seconds(60)));
+        assert_eq!(c.domain(), None, "__Host- cookies name no domain");
+
         let http = Cookies::for_origin(&PublicOrigin::parse("http://localhost:8080").unwrap());
         assert_eq!(http.csrf, "mcp_proxy_csrf");
+        let v = http.set(&http.csrf, "c", None);
+        assert!(!v.to_str().unwrap().contains("Secure"), "{v:?}");
+        let c = Cookie::parse(v.to_str().unwrap()).unwrap();
+        assert_eq!(c.max_age(), None, "lasts for the browser session");
+        assert_eq!(c.same_site(), Some(SameSite::Lax));
+    }
+
+    #[test]
+    fn a_cookie_sent_twice_is_not_believed() {
+        let headers = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::COOKIE, HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        let read = |values: &[&str]| read_cookie(&headers(values), "s");
+        assert_eq!(read(&["a=1; s=ok; b=2"]).as_deref(), Some("ok"));
         assert_eq!(
-            http.set(&http.csrf, "c", None),
-            "mcp_proxy_csrf=c; Path=/; HttpOnly; SameSite=Lax"
+            read(&["a=1", "s=ok"]).as_deref(),
+            Some("ok"),
+            "HTTP/2 splits"
         );
+        assert_eq!(read(&["s=one; s=two"]), None);
+        assert_eq!(read(&["s=one", "s=two"]), None);
+        assert_eq!(read(&["ss=x; s2=y"]), None, "names match whole");
+        assert_eq!(read(&[]), None);
     }
 
     #[test]

@@ -344,7 +344,7 @@ impl Side {
     }
 
     fn served_by_lane(&self) -> u64 {
-        self.proxy.state.metrics.fast_lane.get()
+        self.proxy.state.metrics().fast_lane.get()
     }
 }
 
@@ -380,7 +380,7 @@ async fn pair(up: &RawUpstream, extra_args: &[&str]) -> (Side, Side) {
         };
         let token = mint(
             proxy.repo(),
-            &proxy.state.site.resource,
+            &proxy.state.site().resource,
             Mint {
                 identity: Some(identity),
                 ..Mint::default()
@@ -484,7 +484,7 @@ async fn the_lane_answers_exactly_as_the_general_stack() {
         h("x-forwarded-host"),
         lane.proxy
             .state
-            .site
+            .site()
             .origin
             .as_str()
             .trim_start_matches("http://")

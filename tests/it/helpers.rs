@@ -65,13 +65,13 @@ impl TestProxy {
     pub fn target(&self) -> Target {
         Target {
             base: self.base.clone(),
-            origin: self.state.site.origin.as_str().to_string(),
-            resource: self.state.site.resource.clone(),
+            origin: self.state.site().origin.as_str().to_string(),
+            resource: self.state.site().resource.clone(),
         }
     }
 
     pub fn repo(&self) -> &Repo {
-        &self.state.repo
+        self.state.repo()
     }
 
     /// Stops the proxy, waits until the store is closed, and hands back its data directory.
@@ -198,7 +198,7 @@ pub async fn mint(repo: &Repo, resource: &str, m: Mint<'_>) -> String {
 pub async fn token_for(p: &TestProxy, subject: &str) -> String {
     mint(
         p.repo(),
-        &p.state.site.resource,
+        &p.state.site().resource,
         Mint {
             subject,
             ..Mint::default()

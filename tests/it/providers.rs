@@ -1010,7 +1010,7 @@ async fn the_upstream_gets_a_signed_assertion_that_survives_key_rotation() {
             .await
             .unwrap()
     };
-    let issuer = p.state.site.origin.as_str().to_string();
+    let issuer = p.state.site().origin.as_str().to_string();
     let audience = format!("http://{}", up.addr);
     let first = upstream_auth(access.clone()).await;
     let claims = verify(&first, &jwks().await, &issuer, &audience);

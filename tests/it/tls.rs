@@ -106,7 +106,7 @@ async fn mcp_posts_over_tls_in_both_protocols() {
         let echo: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
         assert_eq!(echo["body"], r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
-        assert_eq!(p.state.metrics.fast_lane.get(), lane_total);
+        assert_eq!(p.state.metrics().fast_lane.get(), lane_total);
     }
 }
 
@@ -127,7 +127,7 @@ async fn https_from_files_with_h2_hsts_redirects_and_reload() {
     let addr = p.tls_addr.unwrap();
     let origin = format!("https://localhost:{}", addr.port());
     assert_eq!(
-        p.state.site.origin.as_str(),
+        p.state.site().origin.as_str(),
         origin,
         "the TLS listener's origin"
     );

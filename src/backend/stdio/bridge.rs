@@ -27,6 +27,9 @@ use crate::gate::Caller;
 use crate::tokens;
 
 pub mod legacy;
+pub mod refusal;
+
+use self::refusal::{Refusal, SessionRefusal};
 
 /// Protocol versions a client may name in `MCP-Protocol-Version`.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
@@ -42,6 +45,15 @@ pub const GET_STREAM_QUEUE: usize = super::session::BACKLOG + STREAM_QUEUE;
 
 /// How long a new session of a shared child waits for the first session's `initialize`.
 const SHARED_INIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why no child could be started now (readiness).
+#[derive(Debug, thiserror::Error)]
+pub enum NotStartable {
+    #[error("the MCP server keeps exiting right after it starts; next try in {retry_in_secs} s")]
+    CrashLooping { retry_in_secs: u64 },
+    #[error("the command {0:?} is not found")]
+    NotFound(String),
+}
 
 /// The stdio backend: a child per session, or one shared by all (`--stdio-mode shared`).
 pub struct StdioBackend {
@@ -68,66 +80,6 @@ fn accepts_sse(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.to_ascii_lowercase().contains("text/event-stream"))
-}
-
-/// Why a request gets no session: none named, none of the caller's by that name, or none
-/// can start. Each answers as a JSON-RPC error.
-#[derive(Debug)]
-enum SessionRefusal {
-    /// A request other than `initialize` without `Mcp-Session-Id`.
-    Unnamed,
-    NotFound,
-    /// The caller holds `--max-sessions-per-user` already.
-    UserFull {
-        held: usize,
-    },
-    /// `--max-sessions` are in use, `top` of them by one user.
-    ServerFull {
-        total: usize,
-        top: usize,
-    },
-    /// The child keeps exiting at start: the next try waits this long.
-    BackingOff(std::time::Duration),
-    NotStarted,
-    Internal,
-}
-
-impl IntoResponse for SessionRefusal {
-    fn into_response(self) -> Response {
-        let (status, message) = match self {
-            Self::Unnamed => (StatusCode::BAD_REQUEST, "Mcp-Session-Id is required".into()),
-            Self::NotFound => (StatusCode::NOT_FOUND, "session not found".into()),
-            Self::UserFull { held } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "you already hold {held} MCP sessions, the most one user may; close one (or let it idle out) and try again"
-                ),
-            ),
-            Self::ServerFull { total, top } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "all {total} MCP sessions of this server are in use ({top} by one user); try again later"
-                ),
-            ),
-            Self::BackingOff(wait) => {
-                let mut r = jsonrpc_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the MCP server keeps exiting right after it starts; retrying later",
-                );
-                r.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(wait.as_secs().max(1)),
-                );
-                return r;
-            }
-            Self::NotStarted => (
-                StatusCode::BAD_GATEWAY,
-                "the MCP server could not be started".to_string(),
-            ),
-            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal error".into()),
-        };
-        jsonrpc_error(status, &message)
-    }
 }
 
 impl StdioBackend {
@@ -211,15 +163,14 @@ impl StdioBackend {
 
     /// Whether a session could get a child now (readiness): the command is found and the
     /// server is not crash-looping.
-    pub fn startable(&self) -> Result<(), String> {
+    pub fn startable(&self) -> Result<(), NotStartable> {
         if let Some(wait) = self.crashes.retry_after() {
-            return Err(format!(
-                "the MCP server keeps exiting right after it starts; next try in {} s",
-                wait.as_secs().max(1)
-            ));
+            return Err(NotStartable::CrashLooping {
+                retry_in_secs: wait.as_secs().max(1),
+            });
         }
         if !super::child::findable(&self.spec) {
-            return Err(format!("the command {:?} is not found", self.spec.program));
+            return Err(NotStartable::NotFound(self.spec.program.clone()));
         }
         Ok(())
     }
@@ -298,9 +249,17 @@ impl StdioBackend {
             }
         }
         match *req.method() {
-            Method::POST => self.post(caller, req).await,
-            Method::GET => self.get(caller, req.headers()),
-            Method::DELETE => self.delete(caller, req.headers()),
+            // Each answers, or refuses with an answer of its own.
+            Method::POST => self
+                .post(caller, req)
+                .await
+                .unwrap_or_else(IntoResponse::into_response),
+            Method::GET => self
+                .get(caller, req.headers())
+                .unwrap_or_else(IntoResponse::into_response),
+            Method::DELETE => self
+                .delete(caller, req.headers())
+                .unwrap_or_else(IntoResponse::into_response),
             _ => {
                 let mut r =
                     jsonrpc_error(StatusCode::METHOD_NOT_ALLOWED, "use POST, GET or DELETE");
@@ -331,49 +290,40 @@ impl StdioBackend {
             .inspect(|s| s.touch())
     }
 
-    async fn post(&self, caller: &Caller, req: Request) -> Response {
+    async fn post(&self, caller: &Caller, req: Request) -> Result<Response, Refusal> {
         let wants_sse = accepts_sse(req.headers());
         let headers = req.headers().clone();
-        let msg = match read_message(req).await {
-            Ok(m) => m,
-            Err(r) => return r,
-        };
+        let msg = read_message(req).await?;
         if msg.kind == Kind::Batch {
             return self.batch(caller, &headers, msg, wants_sse).await;
         }
 
         let (session, created) = if headers.contains_key(MCP_SESSION_ID) {
-            match self.session(caller, &headers) {
-                Ok(s) => (s, false),
-                Err(r) => return r.into_response(),
-            }
+            (self.session(caller, &headers)?, false)
         } else if msg.kind == Kind::Request && msg.method.as_deref() == Some("initialize") {
-            match self.create(caller) {
-                Ok(s) => (s, true),
-                Err(r) => return r.into_response(),
-            }
+            (self.create(caller)?, true)
         } else {
-            return jsonrpc_error(
+            return Err(Refusal::Rpc(
                 StatusCode::BAD_REQUEST,
                 "no session: send initialize first, then use its Mcp-Session-Id",
-            );
+            ));
         };
 
         if msg.kind != Kind::Request {
             return match session.send(&msg, None).await {
-                Ok(()) => StatusCode::ACCEPTED.into_response(),
-                Err(why) => jsonrpc_error(StatusCode::NOT_FOUND, why),
+                Ok(()) => Ok(StatusCode::ACCEPTED.into_response()),
+                Err(why) => Err(Refusal::Rpc(StatusCode::NOT_FOUND, why)),
             };
         }
 
         let id = msg.id.clone().unwrap_or_default();
-        if created && let Some(r) = self.shared_initialize(&session, &id).await {
-            return r;
+        if created && let Some(answer) = self.shared_initialize(&session, &id).await {
+            return answer;
         }
         let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
         let stream = session.new_stream(wants_sse && !created, tx);
         if let Err(why) = session.send(&msg, Some(stream)).await {
-            return jsonrpc_error(StatusCode::BAD_GATEWAY, why);
+            return Err(Refusal::Rpc(StatusCode::BAD_GATEWAY, why));
         }
         let mut resp = if wants_sse && !created {
             self.sse(rx)
@@ -385,25 +335,29 @@ impl StdioBackend {
         if created {
             if session.is_closed() {
                 // The child died before answering initialize: no session to hand out.
-                return jsonrpc_error(
+                return Err(Refusal::Rpc(
                     StatusCode::BAD_GATEWAY,
                     "the MCP server exited while starting",
-                );
+                ));
             }
             if let Ok(v) = HeaderValue::from_str(session.mcp_id()) {
                 resp.headers_mut().insert(MCP_SESSION_ID, v);
             }
         }
-        resp
+        Ok(resp)
     }
 
     /// Shared mode: a new session's `initialize` is answered with the result the child gave
     /// the first session (`None`: this one goes to the child). The answer carries the new
     /// session's id header.
-    async fn shared_initialize(&self, session: &Arc<Session>, id: &str) -> Option<Response> {
+    async fn shared_initialize(
+        &self,
+        session: &Arc<Session>,
+        id: &str,
+    ) -> Option<Result<Response, Refusal>> {
         let body = match self.shared_init_answer(session, id).await? {
             Ok(body) => body,
-            Err(r) => return Some(r),
+            Err(refused) => return Some(Err(refused)),
         };
         let mut r = Response::new(Body::from(body));
         r.headers_mut().insert(
@@ -413,7 +367,7 @@ impl StdioBackend {
         if let Ok(v) = HeaderValue::from_str(session.mcp_id()) {
             r.headers_mut().insert(MCP_SESSION_ID, v);
         }
-        Some(r)
+        Some(Ok(r))
     }
 
     /// The JSON-RPC answer to a shared-mode session's `initialize` from the cached result
@@ -422,7 +376,7 @@ impl StdioBackend {
         &self,
         session: &Arc<Session>,
         id: &str,
-    ) -> Option<Result<Bytes, Response>> {
+    ) -> Option<Result<Bytes, Refusal>> {
         let result = loop {
             match session.child().begin_initialize() {
                 InitTurn::Send => return None,
@@ -433,7 +387,7 @@ impl StdioBackend {
                             .await;
                     if !matches!(waited, Ok(Ok(_))) || session.is_closed() {
                         self.forget(session, "the MCP server did not finish starting");
-                        return Some(Err(jsonrpc_error(
+                        return Some(Err(Refusal::Rpc(
                             StatusCode::GATEWAY_TIMEOUT,
                             "the MCP server did not finish starting",
                         )));
@@ -474,11 +428,8 @@ impl StdioBackend {
         headers: &HeaderMap,
         batch: Message,
         wants_sse: bool,
-    ) -> Response {
-        let session = match self.session(caller, headers) {
-            Ok(s) => s,
-            Err(r) => return r.into_response(),
-        };
+    ) -> Result<Response, Refusal> {
+        let session = self.session(caller, headers)?;
         let version = headers
             .get("mcp-protocol-version")
             .and_then(|v| v.to_str().ok())
@@ -486,33 +437,33 @@ impl StdioBackend {
             .or_else(|| session.protocol_version.lock().ok().and_then(|v| v.clone()))
             .unwrap_or_else(|| "2025-03-26".to_string());
         if version != "2025-03-26" {
-            return jsonrpc_error(
+            return Err(Refusal::Rpc(
                 StatusCode::BAD_REQUEST,
                 "JSON-RPC batches are not allowed after protocol 2025-03-26",
-            );
+            ));
         }
         let Ok(items) = serde_json::from_slice::<Vec<Box<serde_json::value::RawValue>>>(&batch.raw)
         else {
-            return parse_error();
+            return Err(Refusal::Parse);
         };
         let Some(messages) = items
             .iter()
             .map(|i| Message::parse(Bytes::copy_from_slice(i.get().as_bytes())))
             .collect::<Option<Vec<_>>>()
         else {
-            return jsonrpc_error(
+            return Err(Refusal::Rpc(
                 StatusCode::BAD_REQUEST,
                 "every batch element must be a JSON-RPC message",
-            );
+            ));
         };
         if messages
             .iter()
             .any(|m| m.kind == Kind::Batch || m.method.as_deref() == Some("initialize"))
         {
-            return jsonrpc_error(
+            return Err(Refusal::Rpc(
                 StatusCode::BAD_REQUEST,
                 "initialize and nested batches cannot be batched",
-            );
+            ));
         }
         let ids: Vec<String> = messages
             .iter()
@@ -524,17 +475,17 @@ impl StdioBackend {
         for m in &messages {
             let stream = (m.kind == Kind::Request).then(|| shared.clone());
             if let Err(why) = session.send(m, stream).await {
-                return jsonrpc_error(StatusCode::BAD_GATEWAY, why);
+                return Err(Refusal::Rpc(StatusCode::BAD_GATEWAY, why));
             }
         }
         drop(shared);
         if ids.is_empty() {
-            return StatusCode::ACCEPTED.into_response();
+            return Ok(StatusCode::ACCEPTED.into_response());
         }
         if wants_sse {
-            return self.sse(rx);
+            return Ok(self.sse(rx));
         }
-        self.json_batch_answer(&session, ids, rx).await
+        Ok(self.json_batch_answer(&session, ids, rx).await)
     }
 
     /// Collects the responses to a batch's requests into one JSON array.
@@ -698,17 +649,14 @@ impl StdioBackend {
         sse_response(rx, ())
     }
 
-    fn get(&self, caller: &Caller, headers: &HeaderMap) -> Response {
+    fn get(&self, caller: &Caller, headers: &HeaderMap) -> Result<Response, Refusal> {
         if !accepts_sse(headers) {
-            return jsonrpc_error(
+            return Err(Refusal::Rpc(
                 StatusCode::NOT_ACCEPTABLE,
                 "GET needs Accept: text/event-stream",
-            );
+            ));
         }
-        let session = match self.session(caller, headers) {
-            Ok(s) => s,
-            Err(r) => return r.into_response(),
-        };
+        let session = self.session(caller, headers)?;
         let (tx, rx) = mpsc::channel::<Bytes>(GET_STREAM_QUEUE);
         // Resumption: `Last-Event-ID` names a stream of this session and the last event
         // the client saw; an unknown id just opens the GET stream.
@@ -720,19 +668,16 @@ impl StdioBackend {
             Some((no, after)) if session.resume(no, after, tx.clone()) => {}
             _ => session.open_get_stream(tx),
         }
-        self.sse(rx)
+        Ok(self.sse(rx))
     }
 
-    fn delete(&self, caller: &Caller, headers: &HeaderMap) -> Response {
-        let session = match self.session(caller, headers) {
-            Ok(s) => s,
-            Err(r) => return r.into_response(),
-        };
+    fn delete(&self, caller: &Caller, headers: &HeaderMap) -> Result<Response, Refusal> {
+        let session = self.session(caller, headers)?;
         session.close("the session was ended by the client");
         if let Ok(mut m) = self.sessions.lock() {
             m.remove(session.mcp_id());
         }
-        StatusCode::NO_CONTENT.into_response()
+        Ok(StatusCode::NO_CONTENT.into_response())
     }
 }
 
@@ -757,10 +702,10 @@ fn sse_response<K: Send + 'static>(rx: mpsc::Receiver<Bytes>, keep: K) -> Respon
 
 /// The one client message of a POST body, on one line (a client's pretty-printed JSON is
 /// re-encoded: the child reads a message per line).
-async fn read_message(req: Request) -> Result<Message, Response> {
+async fn read_message(req: Request) -> Result<Message, Refusal> {
     let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
         .await
-        .map_err(|e| crate::request_body::Unread::of(&e).jsonrpc())?;
+        .map_err(|e| crate::request_body::Unread::of(&e))?;
     let body = if body.contains(&b'\n') {
         match serde_json::from_slice::<Value>(&body).and_then(|v| serde_json::to_vec(&v)) {
             Ok(v) => Bytes::from(v),
@@ -769,15 +714,5 @@ async fn read_message(req: Request) -> Result<Message, Response> {
     } else {
         body
     };
-    Message::parse(body).ok_or_else(parse_error)
-}
-
-fn parse_error() -> Response {
-    let body = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error: the body is not a JSON-RPC 2.0 message"}}"#;
-    let mut r = (StatusCode::BAD_REQUEST, body).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
+    Message::parse(body).ok_or(Refusal::Parse)
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 use url::Url;
 
-use super::{ProviderError, SignInError, bad};
+use super::{ProviderError, SignInError};
 
 /// Longest answer read from a provider.
 pub(super) const MAX_ANSWER: usize = 1024 * 1024;
@@ -19,45 +19,71 @@ pub fn http_client() -> Result<reqwest::Client, ProviderError> {
         .timeout(Duration::from_secs(15))
         .user_agent(concat!("mcp-auth-proxy/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| {
-            bad(format!(
-                "the HTTP client could not be set up: {}",
-                crate::error::chain(&e)
-            ))
-        })
+        .map_err(ProviderError::Client)
+}
+
+/// A call to a provider that did not give a usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No answer: refused, no such host, a certificate, a timeout. The whole chain is kept in
+    /// the message: reqwest's own ("error sending request") hides the cause in its sources.
+    #[error("{url}: {}", crate::error::chain(source))]
+    Send { url: String, source: reqwest::Error },
+    #[error("{url}: the answer broke off: {}", crate::error::chain(source))]
+    Read { url: String, source: reqwest::Error },
+    #[error("{url}: the answer is larger than {MAX_ANSWER} bytes")]
+    TooLarge { url: String },
+    #[error("{url} answered {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("{url}: not {what}: {source}")]
+    Parse {
+        url: String,
+        what: &'static str,
+        source: serde_json::Error,
+    },
 }
 
 /// oauth2's HTTP calls over our reqwest client.
 pub(super) async fn send(
     http: reqwest::Client,
     req: oauth2::HttpRequest,
-) -> Result<oauth2::HttpResponse, HttpError> {
+) -> Result<oauth2::HttpResponse, FetchError> {
     let (parts, body) = req.into_parts();
+    let url = parts.uri.to_string();
     let resp = http
-        .request(parts.method, parts.uri.to_string())
+        .request(parts.method, &url)
         .headers(parts.headers)
         .body(body)
         .send()
         .await
-        .map_err(|e| HttpError(e.to_string()))?;
+        .map_err(|source| FetchError::Send {
+            url: url.clone(),
+            source,
+        })?;
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = read_bounded(resp).await.map_err(HttpError)?;
+    let body = read_bounded(resp, &url).await?;
     let mut out = http::Response::new(body);
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     Ok(out)
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(super) struct HttpError(String);
-
-pub(super) async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+/// The body of `resp` (from `url`), refused past [`MAX_ANSWER`].
+pub(super) async fn read_bounded(
+    mut resp: reqwest::Response,
+    url: &str,
+) -> Result<Vec<u8>, FetchError> {
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+    while let Some(chunk) = resp.chunk().await.map_err(|source| FetchError::Read {
+        url: url.to_string(),
+        source,
+    })? {
         if body.len() + chunk.len() > MAX_ANSWER {
-            return Err("the answer is too large".into());
+            return Err(FetchError::TooLarge { url: url.into() });
         }
         body.extend_from_slice(&chunk);
     }
@@ -76,19 +102,25 @@ pub(super) async fn get_json(
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|e| SignInError::Answer(format!("{url}: {e}")))?;
+        .map_err(|source| FetchError::Send {
+            url: url.into(),
+            source,
+        })?;
     let status = resp.status();
     let next = resp
         .headers()
         .get(reqwest::header::LINK)
         .and_then(|l| l.to_str().ok())
         .and_then(next_link);
-    let body = read_bounded(resp).await.map_err(SignInError::Answer)?;
+    let body = read_bounded(resp, url).await?;
     if !status.is_success() {
-        return Err(SignInError::Answer(format!("{url} answered {status}")));
+        return Err(FetchError::Status {
+            url: url.into(),
+            status,
+        }
+        .into());
     }
-    let v = serde_json::from_slice(&body)
-        .map_err(|e| SignInError::Answer(format!("{url}: not JSON: {e}")))?;
+    let v = parse(url, "JSON", &body)?;
     Ok((v, next))
 }
 
@@ -110,18 +142,39 @@ pub(super) fn next_link(link: &str) -> Option<String> {
 }
 
 /// GETs a public document (no credentials), bounded; any status but 2xx is an error.
-pub(super) async fn get_document(http: &reqwest::Client, url: &Url) -> Result<Vec<u8>, String> {
-    // The whole chain: reqwest's own message ("error sending request") hides the cause
-    // (refused, no such host, certificate) in its sources.
+pub(super) async fn get_document<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &Url,
+    what: &'static str,
+) -> Result<T, FetchError> {
     let resp = http
         .get(url.as_str())
         .send()
         .await
-        .map_err(|e| crate::error::chain(&e))?;
+        .map_err(|source| FetchError::Send {
+            url: url.to_string(),
+            source,
+        })?;
     let status = resp.status();
-    let body = read_bounded(resp).await?;
+    let body = read_bounded(resp, url.as_str()).await?;
     if !status.is_success() {
-        return Err(format!("{url} answered {status}"));
+        return Err(FetchError::Status {
+            url: url.to_string(),
+            status,
+        });
     }
-    Ok(body)
+    parse(url.as_str(), what, &body)
+}
+
+/// `body` (from `url`) as `what`.
+fn parse<T: serde::de::DeserializeOwned>(
+    url: &str,
+    what: &'static str,
+    body: &[u8],
+) -> Result<T, FetchError> {
+    serde_json::from_slice(body).map_err(|source| FetchError::Parse {
+        url: url.into(),
+        what,
+        source,
+    })
 }

@@ -31,7 +31,7 @@ use crate::config::{GitHubConfig, GoogleConfig, ProvidersConfig, Site, normalize
 use crate::store::Identity;
 
 use self::{
-    fetch::{get_document, get_json, http_client, send},
+    fetch::{FetchError, get_document, get_json, http_client, send},
     github::{github_allows, github_identity},
     google::{google_allows, google_identity},
     oidc::{Oidc, discover, identity_of_claims, oidc_allows, oidc_identity},
@@ -63,8 +63,30 @@ type OAuthClient = Client<
 
 /// The providers could not be set up at startup.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ProviderError(String);
+pub enum ProviderError {
+    #[error("the HTTP client could not be set up: {}", crate::error::chain(.0))]
+    Client(reqwest::Error),
+    #[error("{what}: {source}")]
+    Url {
+        what: String,
+        source: url::ParseError,
+    },
+    #[error(
+        "the OIDC discovery document at {url} could not be fetched after {attempts} attempts: {last}"
+    )]
+    Discovery {
+        url: Url,
+        attempts: u32,
+        last: Box<FetchError>,
+    },
+}
+
+impl ProviderError {
+    fn url(what: impl Into<String>) -> impl FnOnce(url::ParseError) -> Self {
+        let what = what.into();
+        move |source| Self::Url { what, source }
+    }
+}
 
 /// Why a sign-in at a provider failed (logged; people see a short page).
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +97,8 @@ pub enum SignInError {
     IdToken(String),
     #[error("the provider's answer could not be read: {0}")]
     Answer(String),
+    #[error("the provider's answer could not be read: {0}")]
+    Fetch(#[from] FetchError),
     #[error("the account has no verified email")]
     Unverified,
 }
@@ -128,10 +152,6 @@ pub struct Providers {
     pub auto_select: bool,
 }
 
-fn bad(msg: impl Into<String>) -> ProviderError {
-    ProviderError(msg.into())
-}
-
 fn oauth_client(
     client_id: &str,
     secret: Option<&str>,
@@ -158,7 +178,7 @@ impl Providers {
         let http = http_client()?;
         let callback = |id: &str| {
             Url::parse(&format!("{}/.auth/{id}/callback", site.origin.as_str()))
-                .map_err(|e| bad(e.to_string()))
+                .map_err(ProviderError::url("the callback URL"))
         };
         let mut list = Vec::new();
         if let Some(g) = &cfg.google {
@@ -181,7 +201,7 @@ impl Providers {
             let join = |path: &str| {
                 g.web_url
                     .join(path)
-                    .map_err(|e| bad(format!("--github-url: {e}")))
+                    .map_err(ProviderError::url("--github-url"))
             };
             let mut scopes = vec!["read:user".to_string(), "user:email".to_string()];
             if !g.allowed_orgs.is_empty() {
@@ -205,7 +225,9 @@ impl Providers {
         if let Some(o) = &cfg.oidc {
             let d = discover(&http, &o.configuration_url).await?;
             let url = |what: &str, v: &str| {
-                Url::parse(v).map_err(|e| bad(format!("the discovery document's {what}: {e}")))
+                Url::parse(v).map_err(ProviderError::url(format!(
+                    "the discovery document's {what}"
+                )))
             };
             let auth_type = if o.client_secret.is_some()
                 && !d.token_endpoint_auth_methods_supported.is_empty()
@@ -461,9 +483,10 @@ mod tests {
             "http://127.0.0.1:{port}/.well-known/openid-configuration"
         ))
         .unwrap();
-        let why = get_document(&reqwest::Client::new(), &url)
+        let why = get_document::<Value>(&reqwest::Client::new(), &url, "a document")
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(why.contains("Connection refused"), "{why}");
     }
 

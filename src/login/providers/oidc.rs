@@ -10,7 +10,7 @@ use serde_json::Value;
 use subtle::ConstantTimeEq;
 use url::Url;
 
-use super::{ProviderError, SignInError, bad, get_document, get_json, is_true, string_at};
+use super::{FetchError, ProviderError, SignInError, get_document, get_json, is_true, string_at};
 use crate::config::{AttributeRule, OidcConfig, normalize_user};
 use crate::store::Identity;
 
@@ -43,37 +43,30 @@ pub(super) async fn discover(
     url: &Url,
 ) -> Result<Discovery, ProviderError> {
     let mut wait = Duration::from_millis(500);
-    let mut last = String::new();
-    for attempt in 1..=DISCOVERY_ATTEMPTS {
-        match fetch_discovery(http, url).await {
+    let mut attempt = 1;
+    loop {
+        match get_document(http, url, "a discovery document").await {
             Ok(d) => return Ok(d),
-            Err(e) => {
+            Err(e) if attempt < DISCOVERY_ATTEMPTS => {
                 tracing::warn!(attempt, url = %url, error = %e, "the OIDC discovery document could not be fetched");
-                last = e;
+            }
+            Err(last) => {
+                return Err(ProviderError::Discovery {
+                    url: url.clone(),
+                    attempts: DISCOVERY_ATTEMPTS,
+                    last: Box::new(last),
+                });
             }
         }
-        if attempt < DISCOVERY_ATTEMPTS {
-            tokio::time::sleep(wait).await;
-            wait *= 2;
-        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+        attempt += 1;
     }
-    Err(bad(format!(
-        "the OIDC discovery document at {url} could not be fetched after {DISCOVERY_ATTEMPTS} attempts: {last}"
-    )))
-}
-
-pub(super) async fn fetch_discovery(
-    http: &reqwest::Client,
-    url: &Url,
-) -> Result<Discovery, String> {
-    let body = get_document(http, url).await?;
-    serde_json::from_slice(&body).map_err(|e| format!("it is not a discovery document: {e}"))
 }
 
 impl Oidc {
-    pub(super) async fn refresh_keys(&self, http: &reqwest::Client) -> Result<(), String> {
-        let body = get_document(http, &self.jwks_uri).await?;
-        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    pub(super) async fn refresh_keys(&self, http: &reqwest::Client) -> Result<(), FetchError> {
+        let set: JwkSet = get_document(http, &self.jwks_uri, "a JWK set").await?;
         *self.jwks.write().await = set;
         Ok(())
     }

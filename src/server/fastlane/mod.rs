@@ -165,7 +165,7 @@ impl Lane {
         if opts.pass_access_token {
             return None;
         }
-        let mcp_path = app.site.mcp_path.as_str();
+        let mcp_path = app.site().mcp_path.as_str();
         let target = mapping::upstream_url(backend.base(), mcp_path, mcp_path, None);
         if target.scheme() != "http" {
             return None;
@@ -309,10 +309,10 @@ impl Lane {
     /// cannot be given to the router.
     async fn authorized(&self, plan: Plan, head: &[u8]) -> Option<Next> {
         let app = &self.app;
-        if let Ok(caller) = check_token(&app.repo, &app.tokens, &app.site, &plan.token).await {
+        if let Ok(caller) = check_token(app.repo(), app.tokens(), app.site(), &plan.token).await {
             let owned = match &plan.session_id {
                 Some(id) => matches!(
-                    sessions::owned_by(&app.repo, id, caller.subject()).await,
+                    sessions::owned_by(app.repo(), id, caller.subject()).await,
                     Ok(true)
                 ),
                 None => true,
@@ -332,7 +332,7 @@ impl Lane {
     /// the general stack.
     fn parse(&self, buf: &[u8], peer: IpAddr) -> Parsed {
         let backend = &self.backend;
-        let site = &self.app.site;
+        let site = self.app.site();
         let mut fields = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
         let mut req = httparse::Request::new(&mut fields);
         let head_len = match req.parse(buf) {
@@ -636,7 +636,7 @@ impl Lane {
             head.status,
             head.session_id.as_deref(),
             plan.session_id.as_deref(),
-        ) && let Err(e) = sessions::bind(&self.app.repo, id, caller.subject()).await
+        ) && let Err(e) = sessions::bind(self.app.repo(), id, caller.subject()).await
         {
             tracing::error!(error = %e, "store failure while recording a session");
             let resp = jsonrpc_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
@@ -805,7 +805,7 @@ impl Lane {
             if is("location")
                 && let Some(rewritten) = std::str::from_utf8(h.value)
                     .ok()
-                    .and_then(|l| self.backend.public_location(l, &self.app.site))
+                    .and_then(|l| self.backend.public_location(l, self.app.site()))
                 && axum::http::HeaderValue::from_str(&rewritten).is_ok()
             {
                 line(&mut out, h.name, rewritten.as_bytes());
@@ -829,7 +829,7 @@ impl Lane {
 
     /// The `Date` header's value now (on the proxy's clock).
     fn date(&self) -> String {
-        http_date(self.app.repo.clock().now())
+        http_date(self.app.repo().clock().now())
     }
 
     /// What every answer on the MCP endpoint carries beyond its own headers.
@@ -892,7 +892,7 @@ impl Lane {
     /// Counts and logs an answered request as the front middleware does.
     fn record(&self, plan: &Plan, status: u16, started: Instant) {
         // As the general path's: until the answer (or the proxy's error) was ready.
-        let metrics = &self.app.metrics;
+        let metrics = self.app.metrics();
         self.upstream_seconds
             .get_or_init(|| {
                 metrics
@@ -919,7 +919,7 @@ impl Lane {
         // The front middleware's line, under its target (log filters treat both alike).
         match plan.client {
             Some(client) => {
-                let path = self.app.site.mcp_path.as_str();
+                let path = self.app.site().mcp_path.as_str();
                 tracing::info!(target: "mcp_auth_proxy::server", method, route, path, status, ms, %client, "request");
             }
             None => {

@@ -7,15 +7,14 @@
 use std::sync::Arc;
 
 use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{GET_STREAM_QUEUE, StdioBackend, accepts_sse, read_message, sse_response};
+use super::{GET_STREAM_QUEUE, Refusal, StdioBackend, accepts_sse, read_message, sse_response};
 use crate::backend::stdio::framing::Kind;
 use crate::backend::stdio::session::Session;
-use crate::error::jsonrpc_error;
 use crate::gate::Caller;
 
 /// Where legacy clients open their stream.
@@ -32,29 +31,24 @@ impl Drop for EndsSession {
     }
 }
 
-fn only(method: &'static str) -> Response {
-    let mut r = jsonrpc_error(StatusCode::METHOD_NOT_ALLOWED, &format!("use {method}"));
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(method));
-    r
-}
-
 impl StdioBackend {
     /// `GET /sse`: a new session whose messages all arrive on this stream.
-    pub fn legacy_sse(&self, caller: &Caller, method: &Method, headers: &HeaderMap) -> Response {
+    pub fn legacy_sse(
+        &self,
+        caller: &Caller,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<Response, Refusal> {
         if method != Method::GET {
-            return only("GET");
+            return Err(Refusal::Method("GET"));
         }
         if !accepts_sse(headers) {
-            return jsonrpc_error(
+            return Err(Refusal::Rpc(
                 StatusCode::NOT_ACCEPTABLE,
                 "GET needs Accept: text/event-stream",
-            );
+            ));
         }
-        let session = match self.create(caller) {
-            Ok(s) => s,
-            Err(r) => return axum::response::IntoResponse::into_response(r),
-        };
+        let session = self.create(caller)?;
         let (tx, rx) = mpsc::channel::<Bytes>(GET_STREAM_QUEUE);
         let endpoint = format!(
             "event: endpoint\ndata: {MESSAGES_PATH}?sessionId={}\n\n",
@@ -64,37 +58,37 @@ impl StdioBackend {
         let _ = tx.try_send(Bytes::from(endpoint));
         let _ = session.legacy.set(tx.clone());
         session.open_get_stream(tx);
-        sse_response(rx, EndsSession(session))
+        Ok(sse_response(rx, EndsSession(session)))
     }
 
     /// `POST /messages?sessionId=…`: one message of a legacy session; its answer goes to
     /// the session's stream.
-    pub async fn legacy_message(&self, caller: &Caller, req: Request) -> Response {
+    pub async fn legacy_message(&self, caller: &Caller, req: Request) -> Result<Response, Refusal> {
         if req.method() != Method::POST {
-            return only("POST");
+            return Err(Refusal::Method("POST"));
         }
         let id = url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
             .find(|(k, _)| k == "sessionId")
             .map(|(_, v)| v.into_owned());
         let Some(id) = id else {
-            return jsonrpc_error(StatusCode::BAD_REQUEST, "sessionId is required");
+            return Err(Refusal::Rpc(
+                StatusCode::BAD_REQUEST,
+                "sessionId is required",
+            ));
         };
         let Some((session, tx)) = self
             .find(caller, &id)
             .and_then(|s| s.legacy.get().cloned().map(|tx| (s, tx)))
         else {
-            return jsonrpc_error(StatusCode::NOT_FOUND, "session not found");
+            return Err(Refusal::Rpc(StatusCode::NOT_FOUND, "session not found"));
         };
-        let msg = match read_message(req).await {
-            Ok(m) => m,
-            Err(r) => return r,
-        };
+        let msg = read_message(req).await?;
         match msg.kind {
             Kind::Batch => {
-                return jsonrpc_error(
+                return Err(Refusal::Rpc(
                     StatusCode::BAD_REQUEST,
                     "this transport takes one message per request",
-                );
+                ));
             }
             Kind::Request => {
                 let stream = session.new_stream(true, tx);
@@ -104,23 +98,23 @@ impl StdioBackend {
                         Some(Ok(answer)) => {
                             stream.deliver(answer).await;
                             stream.finish();
-                            return accepted();
+                            return Ok(accepted());
                         }
-                        Some(Err(r)) => return r,
+                        Some(Err(refused)) => return Err(refused),
                         None => {}
                     }
                 }
                 if let Err(why) = session.send(&msg, Some(stream)).await {
-                    return jsonrpc_error(StatusCode::BAD_GATEWAY, why);
+                    return Err(Refusal::Rpc(StatusCode::BAD_GATEWAY, why));
                 }
             }
             _ => {
                 if let Err(why) = session.send(&msg, None).await {
-                    return jsonrpc_error(StatusCode::NOT_FOUND, why);
+                    return Err(Refusal::Rpc(StatusCode::NOT_FOUND, why));
                 }
             }
         }
-        accepted()
+        Ok(accepted())
     }
 }
 
