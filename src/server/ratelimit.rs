@@ -1,22 +1,24 @@
 //! Per-client rate limits on the endpoints a stranger can call in a loop: registration, token,
 //! revocation, and starting a sign-in at a provider (each start makes a provider round trip).
 //!
-//! GCRA (a token bucket kept as one instant per client): `--rate-limit` requests per minute
-//! on average with bursts of as many. Clients are keyed by IP (`X-Forwarded-For` only from
-//! `--trusted-proxies`), IPv6 by its /64 (one host usually holds a whole /64). Memory is
-//! bounded: entries whose bucket is full again are dropped, and when [`CAPACITY`] clients are
-//! tracked at once, new ones are refused until some recover (fail closed under a flood).
+//! GCRA (governor's keyed limiter): `--rate-limit` requests per minute on average with
+//! bursts of as many. Clients are keyed by IP (`X-Forwarded-For` only from
+//! `--trusted-proxies`, never by governor's own extractors), IPv6 by its /64 (one host
+//! usually holds a whole /64). Memory is bounded: clients whose bucket is full again are
+//! forgotten, and when [`CAPACITY`] clients are tracked at once and none can be forgotten,
+//! requests are refused until some recover (fail closed under a flood).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::num::NonZeroU32;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use tokio::time::Instant;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter as Gcra};
 
 use super::AppState;
 use crate::error::{OAuthError, OAuthErrorCode};
@@ -25,61 +27,50 @@ use crate::error::{OAuthError, OAuthErrorCode};
 pub const CAPACITY: usize = 100_000;
 
 /// A per-client limiter.
-pub struct RateLimiter {
-    /// Time between requests at the steady rate.
-    interval: Duration,
-    /// How far ahead of now a client's schedule may run (the burst).
-    tolerance: Duration,
-    clients: Mutex<HashMap<IpAddr, Instant>>,
+pub struct RateLimiter<C: Clock = DefaultClock> {
+    clients: Gcra<IpAddr, DashMapStateStore<IpAddr>, C, NoOpMiddleware<C::Instant>>,
+    clock: C,
 }
 
 impl RateLimiter {
     /// `per_minute` requests per minute (at least 1).
     pub fn new(per_minute: u32) -> Self {
-        let per_minute = per_minute.max(1);
-        let interval = Duration::from_secs(60) / per_minute;
+        Self::with_clock(per_minute, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> RateLimiter<C> {
+    fn with_clock(per_minute: u32, clock: C) -> Self {
+        let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
         Self {
-            interval,
-            tolerance: interval * (per_minute - 1),
-            clients: Mutex::new(HashMap::new()),
+            clients: Gcra::dashmap_with_clock(Quota::per_minute(per_minute), clock.clone()),
+            clock,
         }
     }
 
     /// Counts a request of `ip`: `Err(seconds to wait)` when over the limit.
     pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
-        self.check_at(ip, Instant::now())
-    }
-
-    fn check_at(&self, ip: IpAddr, now: Instant) -> Result<(), u64> {
-        let Ok(mut clients) = self.clients.lock() else {
-            return Err(1);
-        };
-        let k = crate::client_addr::client_key(ip);
-        if !clients.contains_key(&k) && clients.len() >= CAPACITY {
-            clients.retain(|_, tat| *tat > now);
-            if clients.len() >= CAPACITY {
+        if self.clients.len() >= CAPACITY {
+            self.clients.retain_recent();
+            if self.clients.len() >= CAPACITY {
                 return Err(1);
             }
         }
-        let tat = clients.get(&k).copied().unwrap_or(now).max(now);
-        if tat > now + self.tolerance {
-            let wait = tat - (now + self.tolerance);
-            return Err(wait.as_secs_f64().ceil().max(1.0) as u64);
-        }
-        clients.insert(k, tat + self.interval);
-        Ok(())
+        self.clients
+            .check_key(&crate::client_addr::client_key(ip))
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(self.clock.now());
+                wait.as_secs_f64().ceil().max(1.0) as u64
+            })
     }
 
     /// Forgets clients whose bucket is full again.
     pub fn prune(&self) {
-        let now = Instant::now();
-        if let Ok(mut c) = self.clients.lock() {
-            c.retain(|_, tat| *tat > now);
-        }
+        self.clients.retain_recent();
     }
 
     pub fn tracked(&self) -> usize {
-        self.clients.lock().map(|c| c.len()).unwrap_or(0)
+        self.clients.len()
     }
 }
 
@@ -127,66 +118,83 @@ pub fn refusal(app: &AppState, ip: std::net::IpAddr, path: &str) -> Option<Respo
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use governor::clock::FakeRelativeClock;
+
     use super::*;
+
+    fn limiter(per_minute: u32) -> (RateLimiter<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        (RateLimiter::with_clock(per_minute, clock.clone()), clock)
+    }
 
     #[test]
     fn bursts_then_the_steady_rate() {
-        let l = RateLimiter::new(60);
+        let (l, clock) = limiter(60);
         let ip: IpAddr = "203.0.113.9".parse().unwrap();
-        let t0 = Instant::now();
         for _ in 0..60 {
-            assert!(l.check_at(ip, t0).is_ok());
+            assert!(l.check(ip).is_ok());
         }
-        assert_eq!(l.check_at(ip, t0), Err(1), "the burst is spent");
+        assert_eq!(l.check(ip), Err(1), "the burst is spent");
         assert!(
-            l.check_at("203.0.113.10".parse().unwrap(), t0).is_ok(),
+            l.check("203.0.113.10".parse().unwrap()).is_ok(),
             "others are not affected"
         );
         // One more per second afterwards.
-        assert!(l.check_at(ip, t0 + Duration::from_millis(1000)).is_ok());
-        assert!(l.check_at(ip, t0 + Duration::from_millis(1000)).is_err());
-        // Pruned once the bucket is full again.
+        clock.advance(Duration::from_millis(1000));
+        assert!(l.check(ip).is_ok());
+        assert!(l.check(ip).is_err());
         assert_eq!(l.tracked(), 2);
+        // Forgotten once the bucket is full again.
+        clock.advance(Duration::from_secs(61));
+        l.prune();
+        assert_eq!(l.tracked(), 0);
+    }
+
+    #[test]
+    fn the_wait_is_said_in_whole_seconds() {
+        let (l, clock) = limiter(2);
+        let ip: IpAddr = "203.0.113.9".parse().unwrap();
+        assert!(l.check(ip).is_ok());
+        assert!(l.check(ip).is_ok());
+        assert_eq!(l.check(ip), Err(30), "one request every 30 s");
+        clock.advance(Duration::from_secs(29));
+        assert_eq!(l.check(ip), Err(1));
     }
 
     #[test]
     fn ipv6_clients_are_keyed_by_their_64() {
-        let l = RateLimiter::new(2);
-        let t0 = Instant::now();
-        assert!(l.check_at("2001:db8:1:2::1".parse().unwrap(), t0).is_ok());
+        let (l, _clock) = limiter(2);
+        assert!(l.check("2001:db8:1:2::1".parse().unwrap()).is_ok());
+        assert!(l.check("2001:db8:1:2::ffff".parse().unwrap()).is_ok());
         assert!(
-            l.check_at("2001:db8:1:2::ffff".parse().unwrap(), t0)
-                .is_ok()
-        );
-        assert!(
-            l.check_at("2001:db8:1:2:3::9".parse().unwrap(), t0)
-                .is_err(),
+            l.check("2001:db8:1:2:3::9".parse().unwrap()).is_err(),
             "the same /64"
         );
-        assert!(l.check_at("2001:db8:1:3::1".parse().unwrap(), t0).is_ok());
+        assert!(l.check("2001:db8:1:3::1".parse().unwrap()).is_ok());
         assert!(
-            l.check_at("::ffff:192.0.2.1".parse().unwrap(), t0).is_ok(),
+            l.check("::ffff:192.0.2.1".parse().unwrap()).is_ok(),
             "mapped IPv4 is IPv4"
         );
     }
 
     #[test]
     fn memory_is_bounded() {
-        let l = RateLimiter::new(1000);
-        let t0 = Instant::now();
+        let (l, clock) = limiter(1000);
         for i in 0..CAPACITY as u32 {
             let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-            assert!(l.check_at(ip, t0).is_ok());
+            assert!(l.check(ip).is_ok());
         }
         assert_eq!(l.tracked(), CAPACITY);
         assert_eq!(
-            l.check_at("198.51.100.1".parse().unwrap(), t0),
+            l.check("198.51.100.1".parse().unwrap()),
             Err(1),
             "full of live clients: a new one waits"
         );
         // Once they recovered, there is room again.
-        let later = t0 + Duration::from_secs(61);
-        assert!(l.check_at("198.51.100.1".parse().unwrap(), later).is_ok());
+        clock.advance(Duration::from_secs(61));
+        assert!(l.check("198.51.100.1".parse().unwrap()).is_ok());
         assert_eq!(l.tracked(), 1);
     }
 }
