@@ -1,0 +1,188 @@
+//! Reading a request in the lane: its head parsed with `httparse`, checked by the same
+//! guard and bearer functions as the general path, and turned into a [`super::Plan`] (proxy
+//! it), a request for the router, or a hand-off to the general stack.
+
+use super::{
+    ClientInfo, IpAddr, Lane, MAX_NAME, MAX_REQUEST_HEADERS, Message, Method, Parsed, Plan,
+    REPLAY_LIMIT, ROUTED_BODY_LIMIT, Routed, bearer_value, guard, line, proxy,
+};
+
+impl Lane {
+    /// Reads a request head: one to proxy, one for the router, not yet complete, or one for
+    /// the general stack.
+    pub(super) fn parse(&self, buf: &[u8], peer: IpAddr) -> Parsed {
+        let backend = &self.backend;
+        let site = self.app.site();
+        let mut fields = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
+        let mut req = httparse::Request::new(&mut fields);
+        let head_len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::Other,
+        };
+        if req.version != Some(1) {
+            return Parsed::Other;
+        }
+        // Whether the lane may proxy it itself; else the router answers it here.
+        let mut proxied = req.method == Some("POST") && req.path == Some(site.mcp_path.as_str());
+        let (mut host, mut forwarded_host, mut authorization) = (None, None, None);
+        let (mut session_id, mut length, mut close) = (None, None, false);
+        let mut forwarded_for: Vec<&str> = Vec::new();
+        // Which of `guard::SINGLE_VALUED` were seen, a bit each (by their place in that list).
+        const _: () = assert!(guard::SINGLE_VALUED.len() <= 16);
+        let mut seen = 0u16;
+        let mut headers = Vec::with_capacity(if proxied { head_len } else { 0 });
+        let mut lower = [0u8; MAX_NAME];
+        for h in req.headers.iter() {
+            // Names are tokens (ASCII); one lowercase copy serves every comparison.
+            let Some(name) = lowercase(h.name, &mut lower) else {
+                return Parsed::Other;
+            };
+            match name {
+                // The general stack's: interim answers, protocol switches, chunked bodies.
+                "expect" | "upgrade" | "transfer-encoding" => return Parsed::Other,
+                "content-length" => match visible_ascii(h.value) {
+                    Some(v) if length.is_none() => length = Some(v),
+                    _ => return Parsed::Other,
+                },
+                "connection" => {
+                    for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                            // It names other headers as hop-by-hop: the general path's
+                            // rules.
+                            proxied = false;
+                        }
+                    }
+                }
+                // The router's: CORS, our cookies.
+                "origin" | "cookie" => proxied = false,
+                "host" | "authorization" | "mcp-session-id" => {
+                    let slot = match name {
+                        "host" => &mut host,
+                        "authorization" => &mut authorization,
+                        _ => &mut session_id,
+                    };
+                    // Read as the general path reads them (`HeaderValue::to_str`), and only
+                    // once: a second copy is the router's to refuse or choose from.
+                    match visible_ascii(h.value) {
+                        Some(v) if slot.is_none() => *slot = Some(v),
+                        _ => proxied = false,
+                    }
+                }
+                "x-forwarded-host" | "x-forwarded-for" => match visible_ascii(h.value) {
+                    Some(v) if name == "x-forwarded-for" => forwarded_for.push(v),
+                    Some(v) => {
+                        forwarded_host.get_or_insert(v);
+                    }
+                    None => proxied = false,
+                },
+                // The rest of the single-valued headers are read upstream, not here: a second
+                // copy is the router's to refuse, as the general path does.
+                _ => {
+                    if let Some(i) = guard::SINGLE_VALUED.iter().position(|n| *n == name) {
+                        let bit = 1u16 << i;
+                        proxied &= seen & bit == 0;
+                        seen |= bit;
+                    }
+                }
+            }
+            if !proxied
+                || backend.never_forwarded(name)
+                || self.static_names.iter().any(|n| n == name)
+            {
+                continue;
+            }
+            line(&mut headers, h.name, h.value);
+        }
+        // Digits only (no sign, list or space: the header goes upstream as it came, and
+        // the upstream must read the same length the lane did).
+        let body_len = match length.map(|v| (v, v.parse::<usize>())) {
+            None => 0,
+            Some((v, Ok(n))) if v.bytes().all(|b| b.is_ascii_digit()) => n,
+            Some(_) => return Parsed::Other,
+        };
+        let message = Message {
+            head_len,
+            body_len,
+            close,
+        };
+        let routed = || {
+            if body_len > ROUTED_BODY_LIMIT {
+                return Parsed::Other;
+            }
+            match parts_of(&req) {
+                Some(parts) => Parsed::Route(Routed { message, parts }),
+                None => Parsed::Other,
+            }
+        };
+        if !proxied || body_len > REPLAY_LIMIT.min(self.app.max_body) {
+            return routed();
+        }
+        let trusted = crate::client_addr::is_trusted(&site.trusted_proxies, peer);
+        let addressed = guard::authority_of(forwarded_host, host, trusted)
+            .is_some_and(|a| guard::host_allowed(site, a));
+        let token = authorization.map(bearer_value);
+        let (true, Some(Ok(token))) = (addressed, token) else {
+            return routed();
+        };
+        let client = ClientInfo {
+            peer,
+            peer_trusted: trusted,
+        };
+        Parsed::Ready(Plan {
+            message,
+            token: token.to_string(),
+            session_id: session_id.map(str::to_string),
+            headers,
+            forwarded_for: proxy::forwarded_for(&client, forwarded_for.iter().copied()),
+            client: tracing::enabled!(target: "mcp_auth_proxy::server", tracing::Level::INFO).then(
+                || {
+                    crate::client_addr::client_ip_in(
+                        &site.trusted_proxies,
+                        peer,
+                        forwarded_for.into_iter(),
+                    )
+                },
+            ),
+        })
+    }
+}
+
+/// A request head as `http` parts, as hyper would give it to the router (`None` when the
+/// `http` crate refuses a part; the general stack then answers).
+pub(super) fn parts_of_head(head: &[u8]) -> Option<http::request::Parts> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    req.parse(head).ok()?;
+    parts_of(&req)
+}
+
+/// [`parts_of_head`] for a head already parsed.
+pub(super) fn parts_of(req: &httparse::Request) -> Option<http::request::Parts> {
+    let mut builder = http::Request::builder()
+        .method(Method::from_bytes(req.method?.as_bytes()).ok()?)
+        .uri(req.path?)
+        .version(http::Version::HTTP_11);
+    for h in req.headers.iter() {
+        builder = builder.header(h.name, h.value);
+    }
+    Some(builder.body(()).ok()?.into_parts().0)
+}
+
+/// `name` in lowercase, in `buf`; `None` when longer than it.
+pub(super) fn lowercase<'a>(name: &str, buf: &'a mut [u8; MAX_NAME]) -> Option<&'a str> {
+    let out = buf.get_mut(..name.len())?;
+    out.copy_from_slice(name.as_bytes());
+    out.make_ascii_lowercase();
+    std::str::from_utf8(out).ok()
+}
+
+/// A header value as `HeaderValue::to_str` accepts it: visible ASCII, spaces and tabs.
+pub(super) fn visible_ascii(v: &[u8]) -> Option<&str> {
+    v.iter()
+        .all(|&b| b == b'\t' || (32..127).contains(&b))
+        .then(|| std::str::from_utf8(v).ok())
+        .flatten()
+}
