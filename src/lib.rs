@@ -637,7 +637,13 @@ pub async fn serve(
         .as_ref()
         .and_then(|t| t.files.clone())
         .map(|(cert, c, k)| {
-            tokio::spawn(server::tls::watch_files(cert, c, k, stop_tx.subscribe()))
+            tokio::spawn(server::tls::watch_files(
+                cert,
+                c,
+                k,
+                state.metrics().certificate_files.clone(),
+                stop_tx.subscribe(),
+            ))
         });
     let origin = state.site().origin.clone();
     let hsts = tls.is_some().then_some(server::tls::HSTS);

@@ -99,6 +99,8 @@ pub struct Metrics {
     pub sign_ins: Family<SignInLabels, Counter>,
     /// `ordered`, `issued`, `cached`, `error`.
     pub acme: Family<EventLabels, Counter>,
+    /// Certificate files changed on disk: `reloaded`, or `refused` (the current one kept).
+    pub certificate_files: Family<EventLabels, Counter>,
     /// `registered`, `rate_limited`.
     pub clients: Family<EventLabels, Counter>,
     pub sessions: Gauge,
@@ -145,6 +147,12 @@ impl Metrics {
         );
         let acme = Family::<EventLabels, Counter>::default();
         registry.register("acme_events", "ACME certificate events", acme.clone());
+        let certificate_files = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "certificate_file_reloads",
+            "Certificate files changed on disk: reloaded, or refused and the current one kept",
+            certificate_files.clone(),
+        );
         let clients = Family::<EventLabels, Counter>::default();
         registry.register(
             "clients",
@@ -183,6 +191,7 @@ impl Metrics {
             tokens,
             sign_ins,
             acme,
+            certificate_files,
             clients,
             sessions,
             children,

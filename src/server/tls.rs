@@ -15,6 +15,9 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::config::PublicOrigin;
+use crate::metrics::EventLabels;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// How often certificate files are looked at for changes.
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
@@ -143,8 +146,16 @@ pub async fn watch_files(
     cert: Arc<Swappable>,
     cert_file: PathBuf,
     key_file: PathBuf,
+    events: Family<EventLabels, Counter>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let count = |event: &str| {
+        events
+            .get_or_create(&EventLabels {
+                event: event.into(),
+            })
+            .inc();
+    };
     let mut seen = (stamp(&cert_file), stamp(&key_file));
     loop {
         tokio::select! {
@@ -165,9 +176,11 @@ pub async fn watch_files(
                     .unwrap_or_default();
                 cert.swap(pair);
                 tracing::info!(cert = %cert_file.display(), expires, "certificate files changed: reloaded");
+                count("reloaded");
             }
             Err(e) => {
-                tracing::warn!(error = %e, "certificate files changed but cannot be used; keeping the current certificate")
+                tracing::warn!(error = %e, "certificate files changed but cannot be used; keeping the current certificate");
+                count("refused");
             }
         }
     }

@@ -191,8 +191,25 @@ async fn https_from_files_with_h2_hsts_redirects_and_reload() {
     assert_eq!(served, second, "reloaded");
 
     // A broken replacement is refused and the current certificate kept.
+    let refused = || {
+        p.state
+            .metrics()
+            .certificate_files
+            .get_or_create(&mcp_auth_proxy::metrics::EventLabels {
+                event: "refused".into(),
+            })
+            .get()
+    };
+    assert_eq!(refused(), 0);
     std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while refused() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change was never looked at"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let r = https_client(&ca, true, addr)
         .get(&url)
         .send()
