@@ -9,6 +9,8 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -16,8 +18,6 @@ use rustls::sign::CertifiedKey;
 
 use crate::config::PublicOrigin;
 use crate::metrics::EventLabels;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 
 /// How often certificate files are looked at for changes.
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
@@ -149,13 +149,6 @@ pub async fn watch_files(
     events: Family<EventLabels, Counter>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let count = |event: &str| {
-        events
-            .get_or_create(&EventLabels {
-                event: event.into(),
-            })
-            .inc();
-    };
     let mut seen = (stamp(&cert_file), stamp(&key_file));
     loop {
         tokio::select! {
@@ -176,11 +169,11 @@ pub async fn watch_files(
                     .unwrap_or_default();
                 cert.swap(pair);
                 tracing::info!(cert = %cert_file.display(), expires, "certificate files changed: reloaded");
-                count("reloaded");
+                crate::metrics::count(&events, "reloaded");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "certificate files changed but cannot be used; keeping the current certificate");
-                count("refused");
+                crate::metrics::count(&events, "refused");
             }
         }
     }
