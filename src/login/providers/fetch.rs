@@ -53,33 +53,26 @@ pub(super) async fn send(
 ) -> Result<oauth2::HttpResponse, FetchError> {
     let (parts, body) = req.into_parts();
     let url = parts.uri.to_string();
-    let resp = http
+    let req = http
         .request(parts.method, &url)
         .headers(parts.headers)
-        .body(body)
-        .send()
-        .await
-        .map_err(|source| FetchError::Send {
-            url: url.clone(),
-            source,
-        })?;
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = read_bounded(resp, &url).await?;
-    let mut out = http::Response::new(body);
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
-    Ok(out)
+        .body(body);
+    exchange(req, &url).await
 }
 
-/// The body of `resp` (from `url`), refused past [`MAX_ANSWER`].
-pub(super) async fn read_bounded(
-    mut resp: reqwest::Response,
+/// Sends `req` (to `url`) and reads the whole answer, refused past [`MAX_ANSWER`]: every
+/// call to a provider goes through here.
+async fn exchange(
+    req: reqwest::RequestBuilder,
     url: &str,
-) -> Result<Vec<u8>, FetchError> {
+) -> Result<http::Response<Vec<u8>>, FetchError> {
+    let mut resp = req.send().await.map_err(|source| FetchError::Send {
+        url: url.into(),
+        source,
+    })?;
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|source| FetchError::Read {
-        url: url.to_string(),
+        url: url.into(),
         source,
     })? {
         if body.len() + chunk.len() > MAX_ANSWER {
@@ -87,7 +80,32 @@ pub(super) async fn read_bounded(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+    let mut out = http::Response::new(body);
+    *out.status_mut() = resp.status();
+    *out.headers_mut() = std::mem::take(resp.headers_mut());
+    Ok(out)
+}
+
+/// A 2xx answer's JSON body as `what`, with the answer's headers; any other status is an
+/// error.
+async fn fetch_json<T: serde::de::DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+    url: &str,
+    what: &'static str,
+) -> Result<(T, reqwest::header::HeaderMap), FetchError> {
+    let (parts, body) = exchange(req, url).await?.into_parts();
+    if !parts.status.is_success() {
+        return Err(FetchError::Status {
+            url: url.into(),
+            status: parts.status,
+        });
+    }
+    let value = serde_json::from_slice(&body).map_err(|source| FetchError::Parse {
+        url: url.into(),
+        what,
+        source,
+    })?;
+    Ok((value, parts.headers))
 }
 
 /// GETs JSON with a bearer token; returns it and the `rel="next"` link, if any.
@@ -96,32 +114,16 @@ pub(super) async fn get_json(
     url: &str,
     token: &str,
 ) -> Result<(Value, Option<String>), SignInError> {
-    let resp = http
+    let req = http
         .get(url)
         .bearer_auth(token)
-        .header(reqwest::header::ACCEPT, "application/json")
-        .send()
-        .await
-        .map_err(|source| FetchError::Send {
-            url: url.into(),
-            source,
-        })?;
-    let status = resp.status();
-    let next = resp
-        .headers()
+        .header(reqwest::header::ACCEPT, "application/json");
+    let (value, headers) = fetch_json(req, url, "JSON").await?;
+    let next = headers
         .get(reqwest::header::LINK)
         .and_then(|l| l.to_str().ok())
         .and_then(next_link);
-    let body = read_bounded(resp, url).await?;
-    if !status.is_success() {
-        return Err(FetchError::Status {
-            url: url.into(),
-            status,
-        }
-        .into());
-    }
-    let v = parse(url, "JSON", &body)?;
-    Ok((v, next))
+    Ok((value, next))
 }
 
 /// The `rel="next"` target of a `Link` header.
@@ -141,40 +143,13 @@ pub(super) fn next_link(link: &str) -> Option<String> {
     })
 }
 
-/// GETs a public document (no credentials), bounded; any status but 2xx is an error.
+/// GETs a public document (no credentials) as `what`, bounded; any status but 2xx is an
+/// error.
 pub(super) async fn get_document<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     url: &Url,
     what: &'static str,
 ) -> Result<T, FetchError> {
-    let resp = http
-        .get(url.as_str())
-        .send()
-        .await
-        .map_err(|source| FetchError::Send {
-            url: url.to_string(),
-            source,
-        })?;
-    let status = resp.status();
-    let body = read_bounded(resp, url.as_str()).await?;
-    if !status.is_success() {
-        return Err(FetchError::Status {
-            url: url.to_string(),
-            status,
-        });
-    }
-    parse(url.as_str(), what, &body)
-}
-
-/// `body` (from `url`) as `what`.
-fn parse<T: serde::de::DeserializeOwned>(
-    url: &str,
-    what: &'static str,
-    body: &[u8],
-) -> Result<T, FetchError> {
-    serde_json::from_slice(body).map_err(|source| FetchError::Parse {
-        url: url.into(),
-        what,
-        source,
-    })
+    let (value, _) = fetch_json(http.get(url.as_str()), url.as_str(), what).await?;
+    Ok(value)
 }
