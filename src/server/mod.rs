@@ -321,7 +321,7 @@ async fn proxy(
     if let Some(stdio) = &app.stdio_backend {
         use crate::backend::stdio::bridge::legacy::{MESSAGES_PATH, SSE_PATH};
         let resp = match req.uri().path() {
-            p if p == app.site().mcp_path => stdio.handle(&caller, req).await,
+            p if p == app.site().mcp_path => stdio.handle(&caller, req).await.into_response(),
             SSE_PATH => stdio
                 .legacy_sse(&caller, req.method(), req.headers())
                 .into_response(),

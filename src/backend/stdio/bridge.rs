@@ -239,34 +239,23 @@ impl StdioBackend {
     }
 
     /// Handles a request to the MCP path.
-    pub async fn handle(&self, caller: &Caller, req: Request) -> Response {
+    pub async fn handle(&self, caller: &Caller, req: Request) -> Result<Response, Refusal> {
         if let Some(v) = req.headers().get("mcp-protocol-version") {
             let ok = v
                 .to_str()
                 .is_ok_and(|v| SUPPORTED_VERSIONS.contains(&v.trim()));
             if !ok {
-                return jsonrpc_error(StatusCode::BAD_REQUEST, "unsupported MCP-Protocol-Version");
+                return Err(Refusal::Rpc(
+                    StatusCode::BAD_REQUEST,
+                    "unsupported MCP-Protocol-Version",
+                ));
             }
         }
         match *req.method() {
-            // Each answers, or refuses with an answer of its own.
-            Method::POST => self
-                .post(caller, req)
-                .await
-                .unwrap_or_else(IntoResponse::into_response),
-            Method::GET => self
-                .get(caller, req.headers())
-                .unwrap_or_else(IntoResponse::into_response),
-            Method::DELETE => self
-                .delete(caller, req.headers())
-                .unwrap_or_else(IntoResponse::into_response),
-            _ => {
-                let mut r =
-                    jsonrpc_error(StatusCode::METHOD_NOT_ALLOWED, "use POST, GET or DELETE");
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
-                r
-            }
+            Method::POST => self.post(caller, req).await,
+            Method::GET => self.get(caller, req.headers()),
+            Method::DELETE => self.delete(caller, req.headers()),
+            _ => Err(Refusal::Method("GET, POST, DELETE")),
         }
     }
 

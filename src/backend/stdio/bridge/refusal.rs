@@ -17,7 +17,7 @@ pub enum Refusal {
     Body(Unread),
     /// The body is not a JSON-RPC 2.0 message (JSON-RPC's parse error, -32700).
     Parse,
-    /// A method this path does not take; the one it takes.
+    /// A method this path does not take; the ones it takes (the `Allow` header).
     Method(&'static str),
 }
 
@@ -48,10 +48,10 @@ impl IntoResponse for Refusal {
                 );
                 r
             }
-            Self::Method(method) => {
-                let mut r = jsonrpc_error(StatusCode::METHOD_NOT_ALLOWED, &format!("use {method}"));
+            Self::Method(allow) => {
+                let mut r = jsonrpc_error(StatusCode::METHOD_NOT_ALLOWED, &format!("use {allow}"));
                 r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static(method));
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
                 r
             }
         }
