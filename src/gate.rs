@@ -26,9 +26,23 @@ pub trait Guarded {
     fn gate(&self) -> GateParts<'_>;
 }
 
-/// A handler that takes a [`Caller`] runs only for a request with one valid bearer token for
-/// our resource (a token in the query is refused); any other request gets the gate's answer,
-/// with the MCP challenge. Take `Result<Caller, GateRefusal>` to decide yourself.
+/// The caller named by the one bearer token in `headers`, valid for our resource; else the
+/// gate's answer, with the MCP challenge. `query` is the client's own query, where a token is
+/// refused (RFC 6750 §2.3); forward-auth passes none, as its query is the front proxy's.
+pub async fn authenticate(
+    gate: GateParts<'_>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Caller, GateRefusal> {
+    let token = bearer_token(headers, query).map_err(|e| e.at(gate.site))?;
+    check_token(gate.repo, gate.tokens, gate.site, token)
+        .await
+        .map_err(|e| e.at(gate.site))
+}
+
+/// A handler that takes a [`Caller`] runs only for a request that [`authenticate`] admits,
+/// the request's query included; any other request gets the gate's answer. Take
+/// `Result<Caller, GateRefusal>` to decide yourself.
 impl<S: Guarded + Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     type Rejection = GateRefusal;
 
@@ -36,11 +50,7 @@ impl<S: Guarded + Send + Sync> axum::extract::FromRequestParts<S> for Caller {
         parts: &mut axum::http::request::Parts,
         state: &S,
     ) -> Result<Self, GateRefusal> {
-        let gate = state.gate();
-        let token = bearer_token(&parts.headers, parts.uri.query()).map_err(|e| e.at(gate.site))?;
-        check_token(gate.repo, gate.tokens, gate.site, token)
-            .await
-            .map_err(|e| e.at(gate.site))
+        authenticate(state.gate(), &parts.headers, parts.uri.query()).await
     }
 }
 

@@ -26,7 +26,7 @@ use crate::backend::http::{ClientInfo, HttpBackend, Upstream};
 use crate::config::RESOURCE_METADATA_PATH;
 use crate::config::Site;
 use crate::error::jsonrpc_error;
-use crate::gate::{Caller, GateRefusal, TokenCache};
+use crate::gate::{Caller, GateRefusal, Guarded, TokenCache};
 use crate::login;
 use crate::oauth::consent::{consent_get, consent_post};
 use crate::oauth::metadata::{AS_METADATA_PATH, authorization_server, protected_resource};
@@ -89,7 +89,7 @@ impl App {
     }
 }
 
-impl crate::gate::Guarded for AppState {
+impl Guarded for AppState {
     fn gate(&self) -> crate::gate::GateParts<'_> {
         crate::gate::GateParts {
             site: self.site(),
@@ -264,13 +264,14 @@ async fn jwks(State(app): State<AppState>) -> Response {
 /// The forward-auth endpoint: `200` with the identity headers for a valid access token, the
 /// gate's `401` (with the MCP `WWW-Authenticate` challenge) or `403` otherwise. The front
 /// proxy passes the original request's `Authorization`; `X-Forwarded-Host` is believed only
-/// from `--trusted-proxies` (by the Host guard), `X-Forwarded-Uri` is only logged.
+/// from `--trusted-proxies` (by the Host guard), `X-Forwarded-Uri` is only logged. The
+/// request's own query is the front proxy's configuration, not the client's: not looked at.
 async fn forward_auth(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    caller: Caller,
     headers: axum::http::HeaderMap,
-) -> Response {
+) -> Result<Response, GateRefusal> {
+    let caller = crate::gate::authenticate(app.gate(), &headers, None).await?;
     if crate::client_addr::is_trusted(&app.site().trusted_proxies, peer.ip()) {
         let uri = headers.get("x-forwarded-uri").and_then(|v| v.to_str().ok());
         tracing::debug!(uri = uri.unwrap_or_default(), "forward-auth: allowed");
@@ -283,7 +284,7 @@ async fn forward_auth(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
-    resp
+    Ok(resp)
 }
 
 /// `/`: a page for a person whose browser opened the address (a navigation asking for HTML,

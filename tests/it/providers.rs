@@ -926,6 +926,15 @@ async fn the_upstream_learns_who_signed_in_and_nothing_spoofed() {
     assert_eq!(ok.status(), S::OK);
     assert_eq!(ok.headers()["x-forwarded-user"], "ann@example.com");
     assert_eq!(ok.headers()["x-user-sub"], "ann");
+    // Its query is the front proxy's (Caddy's `uri`, nginx's `auth_request` location), not
+    // the client's: a token-looking parameter there is not the client's doing.
+    let with_query = crate::helpers::client()
+        .get(p.url("/authenticate?access_token=from-the-front-proxy-config"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_query.status(), S::OK);
     for bad in [None, Some("not-a-token")] {
         let mut req = crate::helpers::client().get(p.url("/authenticate"));
         if let Some(b) = bad {
