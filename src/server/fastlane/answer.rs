@@ -2,11 +2,15 @@
 //! header rules as the general path, the body whole or chunk by chunk, and the request
 //! recorded in the metrics and the log.
 
+use std::time::Instant;
+
+use axum::http::{StatusCode, header};
+use axum::response::Response;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::{
-    Framing, HOP_BY_HOP, Head, Instant, Lane, Plan, Response, StatusCode, header, upstream,
-};
+use super::upstream::{self, Framing, Head};
+use super::{Lane, Plan};
+use crate::backend::http::HOP_BY_HOP;
 
 impl Lane {
     /// Our response head for the upstream's: end-to-end headers kept, `Location` pointed at

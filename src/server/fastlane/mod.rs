@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderName, Method, StatusCode, header};
+use axum::http::{HeaderName, Method, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -46,20 +46,14 @@ use tower::ServiceExt;
 use url::Url;
 
 use self::answer::{LAST_CHUNK, chunk, emit, line, status_line};
-use self::chunked::Chunked;
 use self::prefixed::Prefixed;
 use self::relay::{connect_to, request_line};
 use self::request::parts_of_head;
-use self::upstream::{Conn, Framing, Head, Pools};
+use self::upstream::Pools;
 use super::AppState;
-use super::guard;
-use crate::backend::exchange::UpstreamFailure;
-use crate::backend::http::{
-    self as proxy, ClientInfo, HOP_BY_HOP, HttpBackend, REPLAY_LIMIT, WHOLE_RESPONSE_LIMIT,
-};
+use crate::backend::http::{HOP_BY_HOP, HttpBackend, WHOLE_RESPONSE_LIMIT};
 use crate::backend::{mapping, sessions};
-use crate::error::jsonrpc_error;
-use crate::gate::{Caller, bearer_value, check_token};
+use crate::gate::{Caller, check_token};
 
 /// Longest request head the lane reads before handing the connection on.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;

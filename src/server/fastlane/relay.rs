@@ -2,16 +2,22 @@
 //! of this worker, its answer's head read, and redirects and failures decided by
 //! [`crate::backend::exchange`] as on the general path.
 
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use url::Url;
 
-use crate::backend::http as proxy;
-use crate::backend::{exchange, identity, sessions};
-
-use super::{
-    Bytes, Caller, Chunked, Conn, Deadline, Failure, Framing, Head, Instant, LAST_CHUNK, Lane,
-    Plan, StatusCode, UpstreamFailure, Url, WHOLE_RESPONSE_LIMIT, chunk, chunked, emit,
-    jsonrpc_error, line, upstream,
-};
+use super::answer::{LAST_CHUNK, chunk, emit, line};
+use super::chunked::{self, Chunked};
+use super::upstream::{self, Conn, Framing, Head};
+use super::{Deadline, Failure, Lane, Plan};
+use crate::backend::exchange::{self, UpstreamFailure};
+use crate::backend::http::{self as proxy, WHOLE_RESPONSE_LIMIT};
+use crate::backend::{identity, sessions};
+use crate::error::jsonrpc_error;
+use crate::gate::Caller;
 
 impl Lane {
     /// Proxies one request and writes the answer; `Ok(false)` when the client connection

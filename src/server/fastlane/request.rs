@@ -2,10 +2,17 @@
 //! guard and bearer functions as the general path, and turned into a [`super::Plan`] (proxy
 //! it), a request for the router, or a hand-off to the general stack.
 
+use std::net::IpAddr;
+
+use axum::http::Method;
+
+use super::answer::line;
 use super::{
-    ClientInfo, IpAddr, Lane, MAX_NAME, MAX_REQUEST_HEADERS, Message, Method, Parsed, Plan,
-    REPLAY_LIMIT, ROUTED_BODY_LIMIT, Routed, bearer_value, guard, line, proxy,
+    Lane, MAX_NAME, MAX_REQUEST_HEADERS, Message, Parsed, Plan, ROUTED_BODY_LIMIT, Routed,
 };
+use crate::backend::http::{self as proxy, ClientInfo, REPLAY_LIMIT};
+use crate::gate::bearer_value;
+use crate::server::guard;
 
 impl Lane {
     /// Reads a request head: one to proxy, one for the router, not yet complete, or one for
