@@ -13,9 +13,8 @@
 //! [`MAX_TTL`] ([`DEFAULT_TTL`] without one); a failure is remembered for [`FAILURE_TTL`] so
 //! the authorization endpoint cannot be used to hammer a host. At most [`CAPACITY`] entries.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -202,10 +201,10 @@ impl reqwest::dns::Resolve for PublicOnly {
     }
 }
 
+#[derive(Clone)]
 struct Cached {
     entry: Result<ClientRecord, DocumentError>,
     until: UnixTime,
-    stored: UnixTime,
 }
 
 /// Fetches, checks and caches client metadata documents.
@@ -214,7 +213,9 @@ pub struct Documents {
     allowed: Arc<[String]>,
     private_schemes: Vec<String>,
     clock: Clock,
-    cache: Mutex<HashMap<String, Cached>>,
+    /// Bounded by [`CAPACITY`]; quick_cache evicts what is used least (an entry past its
+    /// `until` is never served, and goes as space is needed).
+    cache: quick_cache::sync::Cache<String, Cached>,
     fetching: tokio::sync::Semaphore,
     /// Fetches started in the last minute, per host and in all.
     recent: crate::budget::Budget<String>,
@@ -247,7 +248,7 @@ impl Documents {
             allowed,
             private_schemes,
             clock,
-            cache: Mutex::new(HashMap::new()),
+            cache: quick_cache::sync::Cache::new(CAPACITY),
             fetching: tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES),
             recent: crate::budget::Budget::new(60, PER_HOST_PER_MINUTE, TOTAL_PER_MINUTE),
         })
@@ -256,10 +257,8 @@ impl Documents {
     /// The client the document at `url` describes (from the cache while it is fresh).
     pub async fn client(&self, url: &str) -> Result<ClientRecord, DocumentError> {
         let now = self.clock.now();
-        if let Ok(cache) = self.cache.lock()
-            && let Some(c) = cache.get(url).filter(|c| c.until > now)
-        {
-            return c.entry.clone();
+        if let Some(c) = self.cache.get(url).filter(|c| c.until > now) {
+            return c.entry;
         }
         // Refused for load, not for what the document is: not remembered as its failure.
         let busy = |why: Refusal| DocumentError {
@@ -289,29 +288,14 @@ impl Documents {
                 (Err(e), FAILURE_TTL)
             }
         };
-        let out = entry.clone();
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CAPACITY {
-                cache.retain(|_, c| c.until > now);
-            }
-            if cache.len() >= CAPACITY
-                && let Some(oldest) = cache
-                    .iter()
-                    .min_by_key(|(_, c)| c.stored)
-                    .map(|(k, _)| k.clone())
-            {
-                cache.remove(&oldest);
-            }
-            cache.insert(
-                url.to_string(),
-                Cached {
-                    entry,
-                    until: now + ttl,
-                    stored: now,
-                },
-            );
-        }
-        out
+        self.cache.insert(
+            url.to_string(),
+            Cached {
+                entry: entry.clone(),
+                until: now + ttl,
+            },
+        );
+        entry
     }
 
     async fn fetch(&self, id: &str) -> Result<(ClientRecord, u64), Refusal> {
