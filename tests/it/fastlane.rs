@@ -29,6 +29,8 @@ struct Seen {
 struct RawUpstream {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Connections the upstream has closed (its side dropped).
+    closed: Arc<std::sync::atomic::AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -44,13 +46,28 @@ impl RawUpstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = closed.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((s, _)) = listener.accept().await {
-                conns.spawn(upstream_conn(s, addr, log.clone()));
+                let (log, count) = (log.clone(), count.clone());
+                conns.spawn(async move {
+                    upstream_conn(s, addr, log).await;
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                });
             }
         });
-        Self { addr, seen, task }
+        Self {
+            addr,
+            seen,
+            closed,
+            task,
+        }
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn take(&self) -> Vec<Seen> {
@@ -680,8 +697,16 @@ async fn a_connection_keeps_its_lane_pipelines_in_order_and_moves_on_only_when_i
     assert!(read_answer(&mut s, &mut buf).await.is_none());
 
     // A pooled upstream connection the upstream closed while idle is not used.
+    let closed = up.closed();
     exchange(addr, &lane.post("close-later", "", BODY), 1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while up.closed() == closed {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let a = exchange(addr, &lane.post("json", "", BODY), 1).await;
     assert_eq!(a[0].status, 200);
     assert_eq!(

@@ -474,7 +474,18 @@ async fn a_child_that_dies_at_start_gets_502_then_a_backoff() {
 
 #[tokio::test]
 async fn a_dropped_stream_resumes_with_last_event_id() {
-    let p = bridge().await;
+    let marks = tempfile::tempdir().unwrap();
+    let env = format!("MISBEHAVE_MARK_DIR={}", marks.path().display());
+    let p = start_proxy(&[
+        "--max-sessions",
+        "3",
+        "--stdio-env",
+        &env,
+        "--",
+        "node",
+        FIXTURE,
+    ])
+    .await;
     let t = token_for(&p, "password:alice").await;
     let sid = initialize(&p, &t).await;
     let body = json!({"jsonrpc":"2.0","id":21,"method":"tools/call","params":{"name":"staged"}});
@@ -497,7 +508,16 @@ async fn a_dropped_stream_resumes_with_last_event_id() {
         .to_string();
     drop(stream); // the connection is lost before the answer
 
-    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    // The rest is sent while no one listens.
+    let done = marks.path().join("staged-done");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the answer was never sent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let resumed = client()
         .get(p.url("/mcp"))
         .bearer_auth(&t)
