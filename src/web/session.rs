@@ -9,11 +9,10 @@
 use axum::http::{HeaderMap, HeaderValue, header};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use cookie::{Cookie, SameSite};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-
-use cookie::{Cookie, SameSite};
 
 use crate::backend::http::COOKIE_PREFIX;
 use crate::config::{PublicOrigin, normalize_origin};
