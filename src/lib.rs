@@ -479,15 +479,17 @@ pub async fn prepare(
         None => None,
     };
     let tokens = Arc::new(TokenCache::new(TOKEN_CACHE_CAPACITY));
+    // Each shared part moves into the narrow state of the lowest layer that needs it; the
+    // application's state reads it from there.
     let signin = login::SignIn::new(login::SignInParts {
-        site: site.clone(),
-        repo: repo.clone(),
+        site,
+        repo,
         authn,
-        metrics: metrics.clone(),
+        metrics,
     });
     let oauth = oauth::AuthServer::new(oauth::AuthServerParts {
         signin: signin.clone(),
-        tokens: tokens.clone(),
+        tokens,
         documents,
         pending: Default::default(),
         client_credentials,
