@@ -53,7 +53,10 @@ pub struct Plan<'a> {
 
 pub async fn migrate(plan: &Plan<'_>, repo: &Repo) -> Result<Report, MigrateError> {
     if !looks_like_sigbit(plan.from) {
-        return Err(MigrateError::source(plan.from)(Unusable::NotSigbit));
+        return Err(MigrateError::Source {
+            path: plan.from.to_path_buf(),
+            why: Unusable::NotSigbit,
+        });
     }
     let mut report = Report::default();
     signing_key(plan.from, repo, &mut report).await?;
@@ -80,8 +83,10 @@ async fn signing_key(dir: &Path, repo: &Repo, report: &mut Report) -> Result<(),
         return Ok(());
     }
     let pem = zeroize::Zeroizing::new(read_bounded(&path, FILE_LIMIT)?);
-    let text =
-        std::str::from_utf8(&pem).map_err(|_| MigrateError::source(&path)(Unusable::NotPem))?;
+    let text = std::str::from_utf8(&pem).map_err(|_| MigrateError::Source {
+        path: path.clone(),
+        why: Unusable::NotPem,
+    })?;
     let key = crate::assertion::parse_private_key(text, repo.clock().now())?;
     let line = format!(
         "private_key.pem: the signing key ({:?}, key id {}); with --proxy-forward-authorization it signs the identity assertion sent upstream, published at /.well-known/jwks.json",
