@@ -29,7 +29,6 @@ pub const CAPACITY: usize = 100_000;
 /// A per-client limiter.
 pub struct RateLimiter<C: Clock = DefaultClock> {
     clients: Gcra<IpAddr, DashMapStateStore<IpAddr>, C, NoOpMiddleware<C::Instant>>,
-    clock: C,
 }
 
 impl RateLimiter {
@@ -39,12 +38,11 @@ impl RateLimiter {
     }
 }
 
-impl<C: Clock + Clone> RateLimiter<C> {
+impl<C: Clock> RateLimiter<C> {
     fn with_clock(per_minute: u32, clock: C) -> Self {
         let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
         Self {
-            clients: Gcra::dashmap_with_clock(Quota::per_minute(per_minute), clock.clone()),
-            clock,
+            clients: Gcra::dashmap_with_clock(Quota::per_minute(per_minute), clock),
         }
     }
 
@@ -59,7 +57,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
         self.clients
             .check_key(&crate::client_addr::client_key(ip))
             .map_err(|not_until| {
-                let wait = not_until.wait_time_from(self.clock.now());
+                let wait = not_until.wait_time_from(self.clients.clock().now());
                 wait.as_secs_f64().ceil().max(1.0) as u64
             })
     }
