@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod oauth;
 pub mod request_body;
+pub mod request_head;
 pub mod server;
 pub mod store;
 pub mod tokens;
@@ -649,9 +650,22 @@ pub async fn serve(
         });
     let origin = state.site().origin.clone();
     let hsts = tls.is_some().then_some(server::tls::HSTS);
-    let lane = fast_lane
-        .then(|| server::fastlane::Lane::new(state.clone(), hsts, workers))
-        .flatten()
+    let lane = state
+        .http_backend
+        .clone()
+        .filter(|_| fast_lane)
+        .and_then(|backend| {
+            let shared = backend::http::lane::Shared {
+                site: state.site().clone(),
+                repo: state.repo().clone(),
+                tokens: state.oauth.tokens.clone(),
+                metrics: state.signin.metrics.clone(),
+                max_body: state.max_body,
+                body_read_timeout: state.body_read_timeout,
+            };
+            let signs = state.assertion.is_some();
+            backend::http::lane::Lane::new(backend, shared, signs, hsts, workers)
+        })
         .map(Arc::new);
     let mut acme_task = None;
     let apps = match tls {

@@ -7,6 +7,8 @@
 //! `X-Forwarded-*` are ours. An upstream 401/403 becomes a 502 so its challenge never sends
 //! the client to the upstream's own authorization server.
 
+pub mod lane;
+
 use std::net::IpAddr;
 
 use axum::body::Body;
@@ -28,8 +30,9 @@ use crate::gate::Caller;
 use crate::store::Identity;
 use crate::store::Repo;
 
-/// The MCP session header (Streamable HTTP transport).
-pub const MCP_SESSION_ID: &str = "mcp-session-id";
+/// The MCP session header (Streamable HTTP transport), defined with the rules of a request's
+/// head: it must not repeat.
+pub use crate::request_head::MCP_SESSION_ID;
 
 /// The media type of Server-Sent Events.
 pub const SSE: &str = "text/event-stream";

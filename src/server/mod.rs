@@ -5,7 +5,6 @@
 
 pub mod acme;
 pub mod cors;
-pub mod fastlane;
 pub mod guard;
 pub mod health;
 pub mod ratelimit;

@@ -41,7 +41,7 @@ pub struct Apps {
     pub plain: Option<Router>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// The HTTP/1 fast lane of the main application, when its configuration allows one.
-    pub lane: Option<Arc<super::fastlane::Lane>>,
+    pub lane: Option<Arc<crate::backend::http::lane::Lane>>,
     /// How long a client may take to send a request's headers (`--header-read-timeout`).
     pub header_read_timeout: std::time::Duration,
 }
@@ -284,7 +284,7 @@ async fn serve_connection<I>(
     stream: I,
     peer: SocketAddr,
     app: Router,
-    lane: Option<Arc<super::fastlane::Lane>>,
+    lane: Option<Arc<crate::backend::http::lane::Lane>>,
     mut stop: watch::Receiver<bool>,
     _load: LoadGuard,
     header_read_timeout: std::time::Duration,

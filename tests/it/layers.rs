@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["login"],
     &["web"],
     &["backend"],
-    &["gate", "assertion"],
+    &["gate", "request_head", "assertion"],
     &["config"],
     &["cli"],
     &["metrics", "request_body"],

@@ -12,14 +12,14 @@ use super::{
 };
 use crate::backend::http::{self as proxy, ClientInfo, REPLAY_LIMIT};
 use crate::gate::bearer_value;
-use crate::server::guard;
+use crate::request_head;
 
 impl Lane {
     /// Reads a request head: one to proxy, one for the router, not yet complete, or one for
     /// the general stack.
     pub(super) fn parse(&self, buf: &[u8], peer: IpAddr) -> Parsed {
         let backend = &self.backend;
-        let site = self.app.site();
+        let site = &self.shared.site;
         let mut fields = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
         let mut req = httparse::Request::new(&mut fields);
         let head_len = match req.parse(buf) {
@@ -35,8 +35,8 @@ impl Lane {
         let (mut host, mut forwarded_host, mut authorization) = (None, None, None);
         let (mut session_id, mut length, mut close) = (None, None, false);
         let mut forwarded_for: Vec<&str> = Vec::new();
-        // Which of `guard::SINGLE_VALUED` were seen, a bit each (by their place in that list).
-        const _: () = assert!(guard::SINGLE_VALUED.len() <= 16);
+        // Which of `request_head::SINGLE_VALUED` were seen, a bit each (by their place in that list).
+        const _: () = assert!(request_head::SINGLE_VALUED.len() <= 16);
         let mut seen = 0u16;
         let mut headers = Vec::with_capacity(if proxied { head_len } else { 0 });
         let mut lower = [0u8; MAX_NAME];
@@ -88,7 +88,7 @@ impl Lane {
                 // The rest of the single-valued headers are read upstream, not here: a second
                 // copy is the router's to refuse, as the general path does.
                 _ => {
-                    if let Some(i) = guard::SINGLE_VALUED.iter().position(|n| *n == name) {
+                    if let Some(i) = request_head::SINGLE_VALUED.iter().position(|n| *n == name) {
                         let bit = 1u16 << i;
                         proxied &= seen & bit == 0;
                         seen |= bit;
@@ -124,12 +124,12 @@ impl Lane {
                 None => Parsed::Other,
             }
         };
-        if !proxied || body_len > REPLAY_LIMIT.min(self.app.max_body) {
+        if !proxied || body_len > REPLAY_LIMIT.min(self.shared.max_body) {
             return routed();
         }
         let trusted = crate::client_addr::is_trusted(&site.trusted_proxies, peer);
-        let addressed = guard::authority_of(forwarded_host, host, trusted)
-            .is_some_and(|a| guard::host_allowed(site, a));
+        let addressed = request_head::authority_of(forwarded_host, host, trusted)
+            .is_some_and(|a| request_head::host_allowed(site, a));
         let token = authorization.map(bearer_value);
         let (true, Some(Ok(token))) = (addressed, token) else {
             return routed();

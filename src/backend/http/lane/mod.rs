@@ -18,6 +18,9 @@
 //! not fully understand — hands the connection, with the bytes already read, to the general
 //! stack, which serves it to the end. The client cannot tell which served it: the
 //! differential test in `tests/it/fastlane.rs` checks this header by header.
+//!
+//! The lane lives with the HTTP backend it serves and knows nothing of the server above it:
+//! the server hands it the router and what it reads ([`Shared`]), and gives it connections.
 
 mod answer;
 pub mod chunked;
@@ -50,10 +53,12 @@ use self::prefixed::Prefixed;
 use self::relay::{connect_to, request_line};
 use self::request::parts_of_head;
 use self::upstream::Pools;
-use super::AppState;
 use crate::backend::http::{HOP_BY_HOP, HttpBackend, WHOLE_RESPONSE_LIMIT};
 use crate::backend::{mapping, sessions};
-use crate::gate::{Caller, check_token};
+use crate::config::Site;
+use crate::gate::{Caller, TokenCache, check_token};
+use crate::metrics::Metrics;
+use crate::store::Repo;
 
 /// Longest request head the lane reads before handing the connection on.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
@@ -79,9 +84,22 @@ const LANE_WRITES: [&str; 6] = [
     "x-forwarded-host",
 ];
 
+/// What the lane reads of the running proxy, handed down by the server.
+pub struct Shared {
+    pub site: Site,
+    pub repo: Repo,
+    /// The gate's cache: the same one the general path and revocation use.
+    pub tokens: Arc<TokenCache>,
+    pub metrics: Arc<Metrics>,
+    /// `--max-body`.
+    pub max_body: usize,
+    /// `--body-read-timeout`.
+    pub body_read_timeout: Duration,
+}
+
 /// The lane, set up for one proxy.
 pub struct Lane {
-    app: AppState,
+    shared: Shared,
     backend: Arc<HttpBackend>,
     /// `POST <target> HTTP/1.1` and `host:` for the MCP path's upstream URL.
     request_line: Vec<u8>,
@@ -152,20 +170,25 @@ enum Failure {
 }
 
 impl Lane {
-    /// The lane for `app`, when its configuration is one the lane serves exactly as the
-    /// general path does: an `http://` upstream, no signed identity assertion, no provider
-    /// token passed on, and header options without overlaps. `hsts` is the header value the
-    /// https side adds.
-    pub fn new(app: AppState, hsts: Option<&'static str>, workers: usize) -> Option<Self> {
-        let backend = app.http_backend.clone()?;
-        if app.stdio_backend.is_some() || app.assertion.is_some() {
+    /// The lane for `backend`, when its configuration is one the lane serves exactly as the
+    /// general path does: an `http://` upstream, no signed identity assertion
+    /// (`signs_assertions`), no provider token passed on, and header options without
+    /// overlaps. `hsts` is the header value the https side adds.
+    pub fn new(
+        backend: Arc<HttpBackend>,
+        shared: Shared,
+        signs_assertions: bool,
+        hsts: Option<&'static str>,
+        workers: usize,
+    ) -> Option<Self> {
+        if signs_assertions {
             return None;
         }
         let opts = backend.options();
         if opts.pass_access_token {
             return None;
         }
-        let mcp_path = app.site().mcp_path.as_str();
+        let mcp_path = shared.site.mcp_path.as_str();
         let target = mapping::upstream_url(backend.base(), mcp_path, mcp_path, None);
         if target.scheme() != "http" {
             return None;
@@ -206,7 +229,7 @@ impl Lane {
             target,
             fixed_headers,
             hsts,
-            app,
+            shared,
             backend,
             ok_count: OnceLock::new(),
             upstream_seconds: OnceLock::new(),
@@ -229,7 +252,7 @@ impl Lane {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut head_timer = Deadline::new(header_read_timeout);
         let mut upstream_timer = Deadline::new(self.backend.options().response_timeout);
-        let mut body_timer = Deadline::new(self.app.body_read_timeout);
+        let mut body_timer = Deadline::new(self.shared.body_read_timeout);
         loop {
             head_timer.restart();
             let (next, started) = loop {
@@ -308,11 +331,13 @@ impl Lane {
     /// router's answer (the gate's or the session check's refusal), or `None` when `head`
     /// cannot be given to the router.
     async fn authorized(&self, plan: Plan, head: &[u8]) -> Option<Next> {
-        let app = &self.app;
-        if let Ok(caller) = check_token(app.repo(), app.tokens(), app.site(), &plan.token).await {
+        let shared = &self.shared;
+        if let Ok(caller) =
+            check_token(&shared.repo, &shared.tokens, &shared.site, &plan.token).await
+        {
             let owned = match &plan.session_id {
                 Some(id) => matches!(
-                    sessions::owned_by(app.repo(), id, caller.subject()).await,
+                    sessions::owned_by(&shared.repo, id, caller.subject()).await,
                     Ok(true)
                 ),
                 None => true,

@@ -39,7 +39,7 @@ impl Lane {
             if is("location")
                 && let Some(rewritten) = std::str::from_utf8(h.value)
                     .ok()
-                    .and_then(|l| self.backend.public_location(l, self.app.site()))
+                    .and_then(|l| self.backend.public_location(l, &self.shared.site))
                 && axum::http::HeaderValue::from_str(&rewritten).is_ok()
             {
                 line(&mut out, h.name, rewritten.as_bytes());
@@ -63,7 +63,7 @@ impl Lane {
 
     /// The `Date` header's value now (on the proxy's clock).
     pub(super) fn date(&self) -> String {
-        http_date(self.app.repo().clock().now())
+        http_date(self.shared.repo.clock().now())
     }
 
     /// What every answer on the MCP endpoint carries beyond its own headers.
@@ -132,7 +132,7 @@ impl Lane {
     /// Counts and logs an answered request as the front middleware does.
     pub(super) fn record(&self, plan: &Plan, status: u16, started: Instant) {
         // As the general path's: until the answer (or the proxy's error) was ready.
-        let metrics = self.app.metrics();
+        let metrics = &self.shared.metrics;
         self.upstream_seconds
             .get_or_init(|| {
                 metrics
@@ -159,7 +159,7 @@ impl Lane {
         // The front middleware's line, under its target (log filters treat both alike).
         match plan.client {
             Some(client) => {
-                let path = self.app.site().mcp_path.as_str();
+                let path = self.shared.site.mcp_path.as_str();
                 tracing::info!(target: "mcp_auth_proxy::server", method, route, path, status, ms, %client, "request");
             }
             None => {

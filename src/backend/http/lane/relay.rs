@@ -84,7 +84,7 @@ impl Lane {
             head.status,
             head.session_id.as_deref(),
             plan.session_id.as_deref(),
-        ) && let Err(e) = sessions::bind(self.app.repo(), id, caller.subject()).await
+        ) && let Err(e) = sessions::bind(&self.shared.repo, id, caller.subject()).await
         {
             tracing::error!(error = %e, "store failure while recording a session");
             let resp = jsonrpc_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
