@@ -549,8 +549,12 @@ async fn a_person_at_a_terminal_sees_a_banner_a_log_collector_does_not() {
     // `script` (util-linux) gives the binary a terminal.
     let data = tempfile::tempdir().unwrap();
     let dead = format!("http://127.0.0.1:{}/mcp", crate::helpers::dead_port().await);
+    // The shell writes its pid, then becomes the proxy (`exec`): the test stops that pid
+    // itself rather than trust a hangup to reach it.
+    let pid_file = data.path().join("proxy.pid");
     let command = format!(
-        "{} --data-path {} --listen 127.0.0.1:0 --password a-long-test-password {dead}",
+        "echo $$ > {}; exec {} --data-path {} --listen 127.0.0.1:0 --password a-long-test-password {dead}",
+        pid_file.display(),
         env!("CARGO_BIN_EXE_mcp-auth-proxy"),
         data.path().display()
     );
@@ -575,8 +579,24 @@ async fn a_person_at_a_terminal_sees_a_banner_a_log_collector_does_not() {
     })
     .await
     .expect("a banner within 20 s");
-    // The pseudo-terminal closes with `script`, and the proxy with it (SIGHUP).
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(stopped.success(), "the proxy ({pid}) was running");
     script.kill().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy ({pid}) did not stop"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let banner = banner.join("\n");
     for expected in [
         "is running",
