@@ -395,24 +395,27 @@ pub async fn prepare(
     };
     // The same checks as /readyz, once at startup: a dead backend is said now, not found
     // out after someone signed in.
-    let backend_state = match (&http_backend, &stdio_backend) {
-        (Some(b), _) => match b.reachable(server::health::UPSTREAM_PROBE).await {
-            Ok(()) => banner::BackendState::Ready,
-            Err(why) => {
-                tracing::warn!(backend = %b.base(), why = %why, "the HTTP MCP server does not answer yet; requests get 502 until it does");
-                banner::BackendState::NotReady(why.to_string())
+    let backend = http_backend
+        .map(backend::Backend::Http)
+        .or(stdio_backend.map(|s| backend::Backend::Stdio(Box::new(s))));
+    let backend_state = match &backend {
+        None => banner::BackendState::None,
+        Some(b) => match b.not_ready(server::health::UPSTREAM_PROBE).await {
+            None => banner::BackendState::Ready,
+            Some(why) => {
+                match b {
+                    backend::Backend::Http(h) => {
+                        tracing::warn!(backend = %h.base(), why, "the HTTP MCP server does not answer yet; requests get 502 until it does")
+                    }
+                    backend::Backend::Stdio(_) => {
+                        tracing::warn!(why, "the stdio MCP server cannot be started as configured")
+                    }
+                }
+                banner::BackendState::NotReady(why)
             }
         },
-        (None, Some(s)) => match s.startable() {
-            Ok(()) => banner::BackendState::Ready,
-            Err(why) => {
-                tracing::warn!(why = %why, "the stdio MCP server cannot be started as configured");
-                banner::BackendState::NotReady(why.to_string())
-            }
-        },
-        (None, None) => banner::BackendState::None,
     };
-    match &http_backend {
+    match backend.as_ref().and_then(backend::Backend::http) {
         Some(b) => tracing::info!(backend = %b.base(), "proxying to an HTTP MCP server"),
         None if matches!(config.backend, Backend::Stdio { .. }) => {}
         None => tracing::info!(
@@ -500,8 +503,7 @@ pub async fn prepare(
     let state = AppState::new(App {
         signin,
         oauth,
-        http_backend,
-        stdio_backend,
+        backend,
         upstream: config.upstream.clone(),
         forward_auth_path: config.forward_auth_path.clone(),
         assertion,
@@ -614,8 +616,9 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(sweep_loop(state.clone(), stop_rx.clone()));
     let reaper = state
-        .stdio_backend
-        .is_some()
+        .backend
+        .as_ref()
+        .is_some_and(|b| b.stdio().is_some())
         .then(|| tokio::spawn(reap_loop(state.clone(), stop_rx)));
 
     let metrics_task = metrics_listener.map(|l| {
@@ -651,8 +654,10 @@ pub async fn serve(
     let origin = state.site().origin.clone();
     let hsts = tls.is_some().then_some(server::tls::HSTS);
     let lane = state
-        .http_backend
-        .clone()
+        .backend
+        .as_ref()
+        .and_then(backend::Backend::http)
+        .cloned()
         .filter(|_| fast_lane)
         .and_then(|backend| {
             let shared = backend::http::lane::Shared {
@@ -737,7 +742,11 @@ pub async fn serve(
             "connections still open after the grace period: closing them"
         );
     }
-    if let Some(stdio) = &state_for_shutdown.stdio_backend {
+    if let Some(stdio) = state_for_shutdown
+        .backend
+        .as_ref()
+        .and_then(backend::Backend::stdio)
+    {
         stdio.shutdown().await;
     }
     let _ = stop_tx.send(true);
@@ -794,7 +803,7 @@ pub async fn run(
 
 /// Ends idle stdio sessions until told to stop.
 async fn reap_loop(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let Some(stdio) = &state.stdio_backend else {
+    let Some(stdio) = state.backend.as_ref().and_then(backend::Backend::stdio) else {
         return;
     };
     loop {

@@ -76,17 +76,8 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
             .err()
             .map(|e| format!("the store cannot be read: {e}")),
     );
-    if let Some(http) = &app.http_backend {
-        check(
-            "backend",
-            http.reachable(UPSTREAM_PROBE)
-                .await
-                .err()
-                .map(|e| e.to_string()),
-        );
-    }
-    if let Some(stdio) = &app.stdio_backend {
-        check("backend", stdio.startable().err().map(|e| e.to_string()));
+    if let Some(backend) = &app.backend {
+        check("backend", backend.not_ready(UPSTREAM_PROBE).await);
     }
     if let Some(cert) = &app.cert {
         check(

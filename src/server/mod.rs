@@ -21,7 +21,8 @@ use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::backend::http::{ClientInfo, HttpBackend, Upstream};
+use crate::backend::Backend;
+use crate::backend::http::{ClientInfo, Upstream};
 use crate::config::RESOURCE_METADATA_PATH;
 use crate::config::Site;
 use crate::error::jsonrpc_error;
@@ -43,8 +44,7 @@ pub struct App {
     /// The authorization server's share, handed to its handlers (`FromRef`).
     pub oauth: crate::oauth::AuthServer,
     /// Shared with the fast lane, which serves only when there is one.
-    pub http_backend: Option<Arc<HttpBackend>>,
-    pub stdio_backend: Option<crate::backend::stdio::bridge::StdioBackend>,
+    pub backend: Option<Backend>,
     /// How identity reaches upstreams (headers, mapping), also for forward-auth answers.
     pub upstream: crate::config::UpstreamOptions,
     /// `--forward-auth-path`, when on.
@@ -318,7 +318,7 @@ async fn proxy(
     req: Request,
 ) -> Response {
     let started = std::time::Instant::now();
-    if let Some(stdio) = &app.stdio_backend {
+    if let Some(stdio) = app.backend.as_ref().and_then(Backend::stdio) {
         use crate::backend::stdio::bridge::legacy::{MESSAGES_PATH, SSE_PATH};
         let resp = match req.uri().path() {
             p if p == app.site().mcp_path => stdio.handle(&caller, req).await.into_response(),
@@ -330,7 +330,7 @@ async fn proxy(
         };
         return timed(&app, "stdio", started, resp);
     }
-    let Some(backend) = &app.http_backend else {
+    let Some(backend) = app.backend.as_ref().and_then(Backend::http) else {
         return jsonrpc_error(
             StatusCode::NOT_FOUND,
             "no MCP server is configured behind this proxy",
@@ -385,7 +385,7 @@ pub fn metrics_router(state: AppState) -> Router {
 }
 
 async fn metrics_text(State(app): State<AppState>) -> Response {
-    if let Some(stdio) = &app.stdio_backend {
+    if let Some(stdio) = app.backend.as_ref().and_then(Backend::stdio) {
         app.metrics().sessions.set(stdio.live_sessions() as i64);
     }
     let mut resp = app.metrics().render().into_response();
