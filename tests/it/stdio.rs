@@ -13,7 +13,14 @@ const FIXTURE: &str = concat!(
 );
 
 async fn bridge() -> TestProxy {
-    start_proxy(&["--max-sessions", "3", "--", "node", FIXTURE]).await
+    bridge_with(&["--max-sessions", "3"]).await
+}
+
+/// The proxy bridging the misbehaving fixture, with `flags`.
+async fn bridge_with(flags: &[&str]) -> TestProxy {
+    let mut args = flags.to_vec();
+    args.extend(["--", "node", FIXTURE]);
+    start_proxy(&args).await
 }
 
 fn init_body(id: u64) -> String {
@@ -476,16 +483,7 @@ async fn a_child_that_dies_at_start_gets_502_then_a_backoff() {
 async fn a_dropped_stream_resumes_with_last_event_id() {
     let marks = tempfile::tempdir().unwrap();
     let env = format!("MISBEHAVE_MARK_DIR={}", marks.path().display());
-    let p = start_proxy(&[
-        "--max-sessions",
-        "3",
-        "--stdio-env",
-        &env,
-        "--",
-        "node",
-        FIXTURE,
-    ])
-    .await;
+    let p = bridge_with(&["--max-sessions", "3", "--stdio-env", &env]).await;
     let t = token_for(&p, "password:alice").await;
     let sid = initialize(&p, &t).await;
     let body = json!({"jsonrpc":"2.0","id":21,"method":"tools/call","params":{"name":"staged"}});
@@ -544,15 +542,7 @@ async fn a_dropped_stream_resumes_with_last_event_id() {
 async fn a_warm_spare_child_is_started_ahead_and_replaced_when_taken() {
     let pids = tempfile::tempdir().unwrap();
     let env = format!("MISBEHAVE_PID_DIR={}", pids.path().display());
-    let p = start_proxy(&[
-        "--stdio-warm-spare",
-        "--stdio-env",
-        &env,
-        "--",
-        "node",
-        FIXTURE,
-    ])
-    .await;
+    let p = bridge_with(&["--stdio-warm-spare", "--stdio-env", &env]).await;
     let started = || std::fs::read_dir(pids.path()).unwrap().count();
     let wait_for = |n: usize| async move {
         for _ in 0..100 {
