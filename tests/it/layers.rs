@@ -14,6 +14,7 @@ use syn::visit::Visit;
 /// sees the library only from outside.
 const LAYERS: &[&[&str]] = &[
     &["(root)"],
+    &["app"],
     &["migrate", "banner"],
     &["server"],
     &["oauth"],

@@ -24,12 +24,12 @@ use super::stream::parse_event_id;
 use crate::backend::http::MCP_SESSION_ID;
 use crate::error::jsonrpc_error;
 use crate::gate::Caller;
-use crate::tokens;
 
 pub mod legacy;
 pub mod refusal;
+mod sessions;
 
-use self::refusal::{Refusal, SessionRefusal};
+use self::refusal::Refusal;
 
 /// Protocol versions a client may name in `MCP-Protocol-Version`.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
@@ -110,134 +110,6 @@ impl StdioBackend {
         backend
     }
 
-    fn start_child(&self) -> std::io::Result<Arc<Child>> {
-        self.start_child_with(&self.spec)
-    }
-
-    fn start_child_with(&self, spec: &ChildSpec) -> std::io::Result<Arc<Child>> {
-        let no = self
-            .next_child
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Child::start(
-            format!("child-{no}"),
-            spec,
-            self.crashes.clone(),
-            self.shared,
-        )
-    }
-
-    /// The child's command for `caller`: ours plus their identity in the variables named
-    /// by `--stdio-identity-env` (a variable with no value is left out).
-    fn spec_for(&self, caller: &Caller) -> ChildSpec {
-        let mut spec = self.spec.clone();
-        if let Some(id) = caller.identity() {
-            for (var, v) in self.identity_env.values(id) {
-                spec.extra_env.retain(|(k, _)| *k != var);
-                spec.extra_env.push((var, v));
-            }
-        }
-        spec
-    }
-
-    /// Starts a spare child if spares are on and none is waiting (and not while the server
-    /// is crash-looping).
-    fn refill_spare(&self) {
-        // A child that must carry its user's identity cannot be started ahead of the user.
-        if !self.warm_spare
-            || !self.identity_env.vars.is_empty()
-            || self.crashes.retry_after().is_some()
-        {
-            return;
-        }
-        let Ok(mut spare) = self.spare.lock() else {
-            return;
-        };
-        if spare.as_ref().is_some_and(|s| !s.is_closed()) {
-            return;
-        }
-        match self.start_child() {
-            Ok(s) => *spare = Some(s),
-            Err(e) => tracing::warn!(error = %e, "the spare MCP server could not be started"),
-        }
-    }
-
-    /// Whether a session could get a child now (readiness): the command is found and the
-    /// server is not crash-looping.
-    pub fn startable(&self) -> Result<(), NotStartable> {
-        if let Some(wait) = self.crashes.retry_after() {
-            return Err(NotStartable::CrashLooping {
-                retry_in_secs: wait.as_secs().max(1),
-            });
-        }
-        if !super::child::findable(&self.spec) {
-            return Err(NotStartable::NotFound(self.spec.program.clone()));
-        }
-        Ok(())
-    }
-
-    /// Live sessions (for the metrics).
-    pub fn live_sessions(&self) -> usize {
-        self.sessions
-            .lock()
-            .map(|m| m.values().filter(|s| !s.is_closed()).count())
-            .unwrap_or(0)
-    }
-
-    /// Ends sessions nobody used for the idle timeout; returns how many.
-    pub fn reap_idle(&self) -> usize {
-        let Ok(mut m) = self.sessions.lock() else {
-            return 0;
-        };
-        let before = m.len();
-        m.retain(|_, s| {
-            if s.is_closed() {
-                return false;
-            }
-            if s.is_idle(self.idle_timeout) {
-                tracing::info!(session = %s.mcp_id(), child = %s.child().tag, "ending an idle MCP session");
-                s.close("the session was idle too long");
-                return false;
-            }
-            true
-        });
-        before - m.len()
-    }
-
-    /// How often idle sessions are looked for.
-    pub fn reap_interval(&self) -> std::time::Duration {
-        (self.idle_timeout / 4).clamp(
-            std::time::Duration::from_secs(1),
-            std::time::Duration::from_secs(60),
-        )
-    }
-
-    /// Ends every session and waits until the children are stopped (shutdown).
-    pub async fn shutdown(&self) {
-        const WHY: &str = "the proxy is shutting down";
-        let sessions: Vec<Arc<Session>> = match self.sessions.lock() {
-            Ok(mut m) => m.drain().map(|(_, s)| s).collect(),
-            Err(_) => return,
-        };
-        let mut children: Vec<Arc<Child>> = Vec::new();
-        for s in &sessions {
-            s.close(WHY);
-            if !children.iter().any(|c| Arc::ptr_eq(c, s.child())) {
-                children.push(s.child().clone());
-            }
-        }
-        if let Some(spare) = self.spare.lock().ok().and_then(|mut s| s.take())
-            && !children.iter().any(|c| Arc::ptr_eq(c, &spare))
-        {
-            children.push(spare);
-        }
-        for c in &children {
-            c.close(WHY);
-        }
-        for c in &children {
-            c.wait_stopped().await;
-        }
-    }
-
     /// Handles a request to the MCP path.
     pub async fn handle(&self, caller: &Caller, req: Request) -> Result<Response, Refusal> {
         if let Some(v) = req.headers().get("mcp-protocol-version") {
@@ -257,26 +129,6 @@ impl StdioBackend {
             Method::DELETE => self.delete(caller, req.headers()),
             _ => Err(Refusal::Method("GET, POST, DELETE")),
         }
-    }
-
-    /// The caller's live session named by the request.
-    fn session(
-        &self,
-        caller: &Caller,
-        headers: &HeaderMap,
-    ) -> Result<Arc<Session>, SessionRefusal> {
-        let Some(id) = headers.get(MCP_SESSION_ID).and_then(|v| v.to_str().ok()) else {
-            return Err(SessionRefusal::Unnamed);
-        };
-        self.find(caller, id).ok_or(SessionRefusal::NotFound)
-    }
-
-    /// The caller's live session `id` (touched), if there is one.
-    fn find(&self, caller: &Caller, id: &str) -> Option<Arc<Session>> {
-        let found = self.sessions.lock().ok().and_then(|m| m.get(id).cloned());
-        found
-            .filter(|s| !s.is_closed() && s.owner() == caller.subject())
-            .inspect(|s| s.touch())
     }
 
     async fn post(&self, caller: &Caller, req: Request) -> Result<Response, Refusal> {
@@ -401,14 +253,6 @@ impl StdioBackend {
         Some(Ok(Bytes::from(body)))
     }
 
-    /// Ends a session and forgets it.
-    fn forget(&self, session: &Session, why: &str) {
-        session.close(why);
-        if let Ok(mut m) = self.sessions.lock() {
-            m.remove(session.mcp_id());
-        }
-    }
-
     /// A JSON-RPC batch: only clients of protocol 2025-03-26 may send one (later revisions
     /// removed batching), and never with `initialize`.
     async fn batch(
@@ -508,90 +352,6 @@ impl StdioBackend {
             HeaderValue::from_static("application/json"),
         );
         r
-    }
-
-    fn create(&self, caller: &Caller) -> Result<Arc<Session>, SessionRefusal> {
-        let mut map = self.sessions.lock().map_err(|_| SessionRefusal::Internal)?;
-        map.retain(|_, s| !s.is_closed());
-        let limits = self.max_sessions;
-        let mine = map
-            .values()
-            .filter(|s| s.owner() == caller.subject())
-            .count();
-        if mine >= limits.per_user {
-            tracing::warn!(user = %caller.subject(), sessions = mine, "a user is at --max-sessions-per-user");
-            return Err(SessionRefusal::UserFull { held: mine });
-        }
-        if map.len() >= limits.total {
-            let mut by_user: HashMap<&str, usize> = HashMap::new();
-            for s in map.values() {
-                *by_user.entry(s.owner()).or_default() += 1;
-            }
-            let (top, held) = by_user
-                .into_iter()
-                .max_by_key(|(_, n)| *n)
-                .unwrap_or_default();
-            tracing::warn!(
-                top_user = top,
-                top_sessions = held,
-                total = map.len(),
-                "--max-sessions reached"
-            );
-            return Err(SessionRefusal::ServerFull {
-                total: map.len(),
-                top: held,
-            });
-        }
-        let shared_running = self.shared
-            && self
-                .spare
-                .lock()
-                .ok()
-                .is_some_and(|c| c.as_ref().is_some_and(|c| !c.is_closed()));
-        if !shared_running && let Some(wait) = self.crashes.retry_after() {
-            return Err(SessionRefusal::BackingOff(wait));
-        }
-        let id = tokens::generate_id();
-        let started = if self.identity_env.vars.is_empty() {
-            self.child_for_new_session()
-        } else {
-            self.start_child_with(&self.spec_for(caller))
-        };
-        let child = started.map_err(|e| {
-            tracing::error!(error = %e, program = %self.spec.program, "the MCP server could not be started");
-            SessionRefusal::NotStarted
-        })?;
-        let no = self
-            .next_session
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let session = Session::attach(child, id.clone(), caller.subject().to_string(), no);
-        tracing::debug!(child = %session.child().tag, "a new MCP session");
-        map.insert(id, session.clone());
-        drop(map);
-        self.refill_spare();
-        Ok(session)
-    }
-
-    /// Per-session mode: the warm spare or a new child. Shared mode: the shared child,
-    /// started if it is not running.
-    fn child_for_new_session(&self) -> std::io::Result<Arc<Child>> {
-        let mut spare = self
-            .spare
-            .lock()
-            .map_err(|_| std::io::Error::other("lock poisoned"))?;
-        let live = if self.shared {
-            spare.clone()
-        } else {
-            spare.take()
-        };
-        if let Some(c) = live.filter(|c| !c.is_closed()) {
-            return Ok(c);
-        }
-        let child = self.start_child()?;
-        if self.shared {
-            *spare = Some(child.clone());
-        }
-        Ok(child)
     }
 
     /// Waits for the response; anything else the child says meanwhile goes to the GET stream.

@@ -1,0 +1,242 @@
+//! Running: the listeners and their workers, the background tasks (sweeping the store,
+//! ending idle stdio sessions, the metrics listener, certificate files and ACME), and an
+//! orderly stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use super::{Prepared, RunError, SWEEP_INTERVAL};
+use crate::server::AppState;
+use crate::{backend, server};
+
+/// Serves until `shutdown` resolves, then stops background tasks and flushes the store.
+pub async fn serve(
+    prepared: Prepared,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let Prepared {
+        listener,
+        state,
+        shutdown_grace,
+        workers,
+        fast_lane,
+        tls_listener,
+        tls,
+        limits,
+        metrics_listener,
+        ..
+    } = prepared;
+    let (header_read_timeout, max_connections) =
+        (limits.header_read_timeout, limits.max_connections);
+    let repo = state.repo().clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sweeper = tokio::spawn(sweep_loop(state.clone(), stop_rx.clone()));
+    let reaper = state
+        .backend
+        .as_ref()
+        .is_some_and(|b| b.stdio().is_some())
+        .then(|| tokio::spawn(reap_loop(state.clone(), stop_rx)));
+
+    let metrics_task = metrics_listener.map(|l| {
+        let app = server::metrics_router(state.clone());
+        let mut stop = stop_tx.subscribe();
+        tokio::spawn(async move {
+            let served = axum::serve(
+                l,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "the metrics listener failed");
+            }
+        })
+    });
+    let state_for_shutdown = state.clone();
+    let files = tls
+        .as_ref()
+        .and_then(|t| t.files.clone())
+        .map(|(cert, c, k)| {
+            tokio::spawn(server::tls::watch_files(
+                cert,
+                c,
+                k,
+                state.metrics().certificate_files.clone(),
+                stop_tx.subscribe(),
+            ))
+        });
+    let origin = state.site().origin.clone();
+    let hsts = tls.is_some().then_some(server::tls::HSTS);
+    let lane = state
+        .backend
+        .as_ref()
+        .and_then(backend::Backend::http)
+        .cloned()
+        .filter(|_| fast_lane)
+        .and_then(|backend| {
+            let shared = backend::http::lane::Shared {
+                site: state.site().clone(),
+                repo: state.repo().clone(),
+                tokens: state.oauth.tokens.clone(),
+                metrics: state.signin.metrics.clone(),
+                max_body: state.max_body,
+                body_read_timeout: state.body_read_timeout,
+            };
+            let signs = state.assertion.is_some();
+            backend::http::lane::Lane::new(backend, shared, signs, hsts, workers)
+        })
+        .map(Arc::new);
+    let mut acme_task = None;
+    let apps = match tls {
+        Some(mut t) => {
+            let http01 = t.acme.as_mut().and_then(|a| a.http01.take()).map(|svc| {
+                axum::Router::new().route_service("/.well-known/acme-challenge/{token}", svc)
+            });
+            if let Some(acme) = t.acme.take() {
+                acme_task = Some(tokio::spawn(acme.run(stop_tx.subscribe())));
+            }
+            let plain_routes = http01
+                .unwrap_or_default()
+                .merge(server::health::routes(state.clone()));
+            server::workers::Apps {
+                main: server::tls::with_hsts(server::router(state)),
+                plain: Some(server::tls::redirect_router(origin, Some(plain_routes))),
+                tls: Some(t.acceptor),
+                lane,
+                header_read_timeout,
+            }
+        }
+        None => server::workers::Apps {
+            main: server::router(state),
+            plain: None,
+            tls: None,
+            lane,
+            header_read_timeout,
+        },
+    };
+    let mut workers = server::workers::Workers::start(workers, apps).map_err(RunError::Serve)?;
+    // Accept until the shutdown signal, then let requests finish; an open SSE stream never
+    // finishes by itself, so after `--shutdown-grace` the remaining connections are dropped
+    // and the process still exits cleanly.
+    tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        // At --max-connections, accepting waits (new clients queue in the kernel's backlog).
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = accept_either(&listener, tls_listener.as_ref()) => match accepted {
+                Ok((stream, peer, from)) => match stream.into_std() {
+                    Ok(stream) => workers.dispatch(stream, peer, from, slot),
+                    Err(e) => tracing::debug!(error = %e, "could not hand over a connection"),
+                },
+                // Out of file descriptors and the like: back off instead of spinning.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    drop(tls_listener);
+    workers.stop();
+    if tokio::time::timeout(shutdown_grace, workers.drained())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            grace_secs = shutdown_grace.as_secs(),
+            "connections still open after the grace period: closing them"
+        );
+    }
+    if let Some(stdio) = state_for_shutdown
+        .backend
+        .as_ref()
+        .and_then(backend::Backend::stdio)
+    {
+        stdio.shutdown().await;
+    }
+    let _ = stop_tx.send(true);
+    let _ = sweeper.await;
+    if let Some(f) = files {
+        let _ = f.await;
+    }
+    if let Some(a) = acme_task {
+        let _ = a.await;
+    }
+    if let Some(m) = metrics_task {
+        let _ = m.await;
+    }
+    if let Some(r) = reaper {
+        let _ = r.await;
+    }
+    if let Err(e) = repo.flush().await {
+        tracing::error!(error = %e, "final store flush failed");
+    }
+    workers.finish().await;
+    Ok(())
+}
+
+/// The next connection on the plain listener or the TLS one.
+async fn accept_either(
+    plain: &TcpListener,
+    tls: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr, server::workers::Listener)> {
+    use server::workers::Listener;
+    let secure = async {
+        match tls {
+            Some(l) => l.accept().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = plain.accept() => r.map(|(s, a)| (s, a, Listener::Plain)),
+        r = secure => r.map(|(s, a)| (s, a, Listener::Tls)),
+    }
+}
+
+/// Ends idle stdio sessions until told to stop.
+async fn reap_loop(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Some(stdio) = state.backend.as_ref().and_then(backend::Backend::stdio) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(stdio.reap_interval()) => {}
+            _ = stop.changed() => return,
+        }
+        stdio.reap_idle();
+    }
+}
+
+/// Deletes expired records every [`SWEEP_INTERVAL`] until told to stop.
+async fn sweep_loop(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let repo = state.repo().clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+        if let Some(l) = &state.rate_limiter {
+            l.prune();
+        }
+        match repo.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "swept expired records"),
+            Err(e) => tracing::warn!(error = %e, "store sweep failed"),
+        }
+    }
+}
