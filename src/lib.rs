@@ -28,4 +28,4 @@ pub mod tokens;
 pub mod web;
 pub mod worker;
 
-pub use crate::app::{EnvSecrets, Prepared, RunError, bind, migrate, prepare, run, serve};
+pub use crate::app::{EnvSecrets, Prepared, RunError, migrate, prepare, run, serve};
