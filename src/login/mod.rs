@@ -13,19 +13,20 @@ use std::net::SocketAddr;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::json;
 use zeroize::Zeroizing;
 
 use self::password::{Lockout, PasswordVerifier};
 use crate::config::AuthConfig;
 use crate::media_type::content_type_is;
-use crate::store::{AuthRequestRecord, Identity};
+use crate::store::{AuthRequestRecord, Identity, StoreError};
 use crate::web::flow::{LOGIN_PATH, next_step};
 use crate::web::form::Params;
 use crate::web::pages::{
     FormTarget, LoginPage, ProviderButton, SignedInPage, error_page, page, see_other,
 };
+use crate::web::refusal::PageRefusal;
 use crate::web::session::{
     Cookies, csrf_cookie, csrf_token, csrf_valid, post_origin_ok, read_cookie,
 };
@@ -223,7 +224,7 @@ pub async fn login_get(
     State(app): State<SignIn>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Response {
+) -> Result<Response, PageRefusal> {
     let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
     let req = params.get("req");
     // Read once: the form names its client, and a request made with `prompt=login` is
@@ -231,11 +232,12 @@ pub async fn login_get(
     let request = pending(&app, req).await;
     let current = crate::web::session::current(&app.repo, &app.authn.cookies, &headers)
         .await
-        .map(|s| s.filter(|s| request.as_ref().is_none_or(|r| r.accepts(s))));
-    match current {
-        Ok(Some(s)) if app.authn.still_allowed(&s.identity) => {
+        .map_err(unavailable(&app))?
+        .filter(|s| request.as_ref().is_none_or(|r| r.accepts(s)));
+    Ok(match current {
+        Some(s) if app.authn.still_allowed(&s.identity) => {
             if req.is_some() {
-                return see_other(&next_step(req), FormTarget::SelfOnly);
+                return Ok(see_other(&next_step(req), FormTarget::SelfOnly));
             }
             let (cookie, set) = csrf_cookie(&app.authn.cookies, &headers);
             let csrf = csrf_token(&app.repo.keys().hmac, &cookie);
@@ -247,7 +249,7 @@ pub async fn login_get(
             };
             with_cookie(page(StatusCode::OK, &tpl, FormTarget::SelfOnly), set)
         }
-        Ok(_) => {
+        _ => {
             // With one provider and no password there is nothing to choose.
             let only = match app.authn.providers.list.as_slice() {
                 [only] if app.authn.password.is_none() && app.authn.providers.auto_select => {
@@ -257,7 +259,10 @@ pub async fn login_get(
             };
             if let Some(p) = only {
                 let req = request.as_ref().and(req);
-                return see_other(&upstream::start_path(p.id, req), FormTarget::SelfOnly);
+                return Ok(see_other(
+                    &upstream::start_path(p.id, req),
+                    FormTarget::SelfOnly,
+                ));
             }
             login_form_for(
                 &app,
@@ -269,79 +274,29 @@ pub async fn login_get(
                 false,
             )
         }
-        Err(e) => store_failure_page(&app, e),
-    }
+    })
 }
 
-/// The page for a store failure during sign-in, authorization or consent (fail closed).
-pub fn store_failure_page(app: &SignIn, e: crate::store::StoreError) -> Response {
-    tracing::error!(error = %e, "store failure on a sign-in page");
-    error_page(
-        &site_name(app),
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Temporarily unavailable",
-        "Something went wrong on our side. Please try again in a moment.",
-    )
-}
-
-/// Why a form POST was refused, answered with a page that says so.
-#[derive(Debug)]
-pub struct FormRefusal {
-    site_name: String,
-    problem: FormProblem,
-}
-
-#[derive(Debug)]
-enum FormProblem {
-    /// Sent from another site (its `Origin` is not ours).
-    ForeignOrigin,
-    /// Not a form, or not one we can read.
-    Unreadable,
-    /// The CSRF token does not match the cookie (an old page, or a forgery).
-    Expired,
-}
-
-impl IntoResponse for FormRefusal {
-    fn into_response(self) -> Response {
-        let (status, title, message) = match self.problem {
-            FormProblem::ForeignOrigin => (
-                StatusCode::FORBIDDEN,
-                "Request refused",
-                "This form was sent from another site.",
-            ),
-            FormProblem::Unreadable => (
-                StatusCode::BAD_REQUEST,
-                "Bad request",
-                "The form could not be read.",
-            ),
-            FormProblem::Expired => (
-                StatusCode::FORBIDDEN,
-                "This form expired",
-                "Go back, reload the page and try again.",
-            ),
-        };
-        error_page(&self.site_name, status, title, message)
-    }
+/// Turns a store failure on a page into its refusal (503, fail closed):
+/// `.map_err(unavailable(&app))?`.
+pub fn unavailable(app: &SignIn) -> impl Fn(StoreError) -> PageRefusal + '_ {
+    |e| PageRefusal::unavailable(site_name(app), e)
 }
 
 /// Checks what every form POST must carry: our Origin (or none), a form body, a valid CSRF
 /// token. Returns the parsed form.
-pub fn form_post(app: &SignIn, headers: &HeaderMap, body: &[u8]) -> Result<Params, FormRefusal> {
-    let refused = |problem| FormRefusal {
-        site_name: site_name(app),
-        problem,
-    };
+pub fn form_post(app: &SignIn, headers: &HeaderMap, body: &[u8]) -> Result<Params, PageRefusal> {
     if !post_origin_ok(&app.site.origin, headers) {
-        return Err(refused(FormProblem::ForeignOrigin));
+        return Err(PageRefusal::foreign_origin(site_name(app)));
     }
     let is_form = content_type_is(headers, "application/x-www-form-urlencoded");
     let params = match (is_form, Params::parse(body)) {
         (true, Ok(p)) => p,
-        _ => return Err(refused(FormProblem::Unreadable)),
+        _ => return Err(PageRefusal::unreadable(site_name(app))),
     };
     let cookie = read_cookie(headers, &app.authn.cookies.csrf);
     if !csrf_valid(&app.repo.keys().hmac, cookie.as_deref(), params.get("csrf")) {
-        return Err(refused(FormProblem::Expired));
+        return Err(PageRefusal::expired_form(site_name(app)));
     }
     Ok(params)
 }
@@ -352,11 +307,8 @@ pub async fn login_post(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let params = match form_post(&app, &headers, &body) {
-        Ok(p) => p,
-        Err(refused) => return refused.into_response(),
-    };
+) -> Result<Response, PageRefusal> {
+    let params = form_post(&app, &headers, &body)?;
     let req = params.get("req").map(str::to_string);
     let req = req.as_deref();
     let ip = crate::client_addr::client_ip(&app.site.trusted_proxies, peer.ip(), &headers);
@@ -365,19 +317,19 @@ pub async fn login_post(
         Ok(last) => last,
         Err(secs) => {
             app.metrics.sign_in("password", "locked_out");
-            return locked_out(&app, &headers, req, secs).await;
+            return Ok(locked_out(&app, &headers, req, secs).await);
         }
     };
     let Some(verifier) = &app.authn.password else {
-        return login_form(
+        let form = login_form(
             &app,
             &headers,
             StatusCode::BAD_REQUEST,
             req,
             Some("Password sign-in is not enabled."),
             false,
-        )
-        .await;
+        );
+        return Ok(form.await);
     };
     let candidate = Zeroizing::new(params.get("password").unwrap_or_default().to_string());
     if !verifier.verify(candidate).await {
@@ -385,37 +337,34 @@ pub async fn login_post(
         app.metrics.sign_in("password", "failure");
         if let Some(secs) = last_allowed {
             tracing::warn!(client_ip = %ip, seconds = secs, "too many failed passwords: locked");
-            return locked_out(&app, &headers, req, secs).await;
+            return Ok(locked_out(&app, &headers, req, secs).await);
         }
-        return login_form(
+        let form = login_form(
             &app,
             &headers,
             StatusCode::UNAUTHORIZED,
             req,
             Some("That password is not right."),
             false,
-        )
-        .await;
+        );
+        return Ok(form.await);
     }
     app.authn.lockout.succeed(ip);
     app.metrics.sign_in("password", "success");
     let identity = app.authn.password_identity(verifier);
     let ttl = app.authn.cfg.login_session_ttl.as_secs();
-    let token = match crate::web::session::create(&app.repo, identity, ttl).await {
-        Ok(t) => t,
-        Err(e) => return store_failure_page(&app, e),
-    };
+    let token = crate::web::session::create(&app.repo, identity, ttl)
+        .await
+        .map_err(unavailable(&app))?;
     tracing::info!(client_ip = %ip, provider = "password", user = verifier.user(), "signed in");
-    if let Err(e) = signed_in_for(&app, req).await {
-        return store_failure_page(&app, e);
-    }
+    signed_in_for(&app, req).await.map_err(unavailable(&app))?;
     let mut resp = see_other(&next_step(req), FormTarget::SelfOnly);
     let cookie = app
         .authn
         .cookies
         .set(&app.authn.cookies.session, &token, Some(ttl));
     resp.headers_mut().append(header::SET_COOKIE, cookie);
-    resp
+    Ok(resp)
 }
 
 async fn locked_out(app: &SignIn, headers: &HeaderMap, req: Option<&str>, secs: u64) -> Response {
@@ -439,25 +388,27 @@ async fn locked_out(app: &SignIn, headers: &HeaderMap, req: Option<&str>, secs: 
 }
 
 /// `GET /.auth/logout`: a page with the sign-out button (sign-out itself is a POST).
-pub async fn logout_get(state: State<SignIn>, headers: HeaderMap) -> Response {
+pub async fn logout_get(state: State<SignIn>, headers: HeaderMap) -> Result<Response, PageRefusal> {
     login_get(state, headers, RawQuery(None)).await
 }
 
 /// `POST /.auth/logout`: ends the session.
-pub async fn logout_post(State(app): State<SignIn>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refused) = form_post(&app, &headers, &body) {
-        return refused.into_response();
-    }
-    if let Err(e) = crate::web::session::end(&app.repo, &app.authn.cookies, &headers).await {
-        return store_failure_page(&app, e);
-    }
+pub async fn logout_post(
+    State(app): State<SignIn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PageRefusal> {
+    form_post(&app, &headers, &body)?;
+    crate::web::session::end(&app.repo, &app.authn.cookies, &headers)
+        .await
+        .map_err(unavailable(&app))?;
     let mut resp = see_other(LOGIN_PATH, FormTarget::SelfOnly);
     let clear = app
         .authn
         .cookies
         .set(&app.authn.cookies.session, "", Some(0));
     resp.headers_mut().append(header::SET_COOKIE, clear);
-    resp.into_response()
+    Ok(resp)
 }
 
 /// Any other `/.auth/` path: ours, and not there (never proxied).

@@ -9,22 +9,24 @@
 use axum::extract::{RawQuery, State};
 use axum::http::Uri;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use super::providers::Provider;
 use super::providers::SignInError;
-use super::{display_name, pending, site_name, store_failure_page, with_cookie};
+use super::{display_name, pending, site_name, unavailable, with_cookie};
 use crate::error::OAuthErrorCode;
 use crate::login::SignIn;
 use crate::store::{AuthRequestRecord, SignInRecord, TokenHash};
 use crate::web::flow::{next_step, urlencode};
 use crate::web::form::Params;
-use crate::web::pages::{DeniedPage, FormTarget, error_page, page, see_other};
+use crate::web::pages::{DeniedPage, FormTarget, page, see_other};
 use crate::web::redirect::ClientRedirect;
+use crate::web::refusal::PageRefusal;
 use crate::web::session::{csrf_cookie, csrf_token, read_cookie};
 
 /// How long a sign-in at a provider may take.
@@ -64,9 +66,13 @@ fn signin_cookie(app: &SignIn) -> &str {
 }
 
 /// `GET /.auth/{provider}/login`: records the state and sends the browser to the provider.
-pub async fn start(State(app): State<SignIn>, uri: Uri, RawQuery(query): RawQuery) -> Response {
+pub async fn start(
+    State(app): State<SignIn>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+) -> Result<Response, PageRefusal> {
     let Some(p) = app.authn.providers.get(provider_of(&uri)) else {
-        return super::not_found(State(app)).await;
+        return Ok(super::not_found(State(app)).await);
     };
     let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
     let req = params.get("req");
@@ -78,20 +84,17 @@ pub async fn start(State(app): State<SignIn>, uri: Uri, RawQuery(query): RawQuer
         req,
         expires_at: now + SIGN_IN_TTL,
     };
-    if let Err(e) = app
-        .repo
+    app.repo
         .put(&TokenHash::of(&state).0, &rec, Some(rec.expires_at))
         .await
-    {
-        return store_failure_page(&app, e);
-    }
+        .map_err(unavailable(&app))?;
     let Some((verifier, nonce)) = derived(&app.repo.keys().hmac, &state) else {
-        return error_page(
-            &site_name(&app),
+        return Err(PageRefusal::stated(
+            site_name(&app),
             StatusCode::INTERNAL_SERVER_ERROR,
             "Sign-in failed",
             "Please try again.",
-        );
+        ));
     };
     let url = p.authorize_url(&state, &verifier, &nonce);
     let mut resp = see_other(url.as_str(), FormTarget::SelfOnly);
@@ -100,7 +103,7 @@ pub async fn start(State(app): State<SignIn>, uri: Uri, RawQuery(query): RawQuer
         .cookies
         .set(signin_cookie(&app), &state, Some(SIGN_IN_TTL));
     resp.headers_mut().append(header::SET_COOKIE, cookie);
-    resp
+    Ok(resp)
 }
 
 /// `GET /.auth/{provider}/callback`: checks the state, trades the code, applies the
@@ -111,35 +114,50 @@ pub async fn callback(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let name = site_name(&app);
     let Some(p) = app.authn.providers.get(provider_of(&uri)) else {
         return super::not_found(State(app)).await;
     };
-    let fail = |status, title: &str, message: &str| {
-        let mut r = error_page(&name, status, title, message);
-        let clear = app.authn.cookies.set(signin_cookie(&app), "", Some(0));
-        r.headers_mut().append(header::SET_COOKIE, clear);
-        r
-    };
+    match come_back(&app, p, query, &headers).await {
+        Ok(resp) => resp,
+        Err(refused) => {
+            // A sign-in that failed is over: its cookie goes with it.
+            let mut resp = refused.into_response();
+            let clear = app.authn.cookies.set(signin_cookie(&app), "", Some(0));
+            resp.headers_mut().append(header::SET_COOKIE, clear);
+            resp
+        }
+    }
+}
+
+/// The callback once its provider is known; every refusal ends the sign-in.
+async fn come_back(
+    app: &SignIn,
+    p: &Provider,
+    query: Option<String>,
+    headers: &HeaderMap,
+) -> Result<Response, PageRefusal> {
+    let name = site_name(app);
+    let fail =
+        |status, title, message: &str| PageRefusal::stated(name.clone(), status, title, message);
     let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
     let Some(state) = params.get("state").filter(|s| !s.is_empty()) else {
-        return fail(
+        return Err(fail(
             StatusCode::BAD_REQUEST,
             "Sign-in incomplete",
             "The provider sent you back without the sign-in's details.",
-        );
+        ));
     };
-    let cookie = read_cookie(&headers, signin_cookie(&app)).unwrap_or_default();
+    let cookie = read_cookie(headers, signin_cookie(app)).unwrap_or_default();
     if !bool::from(cookie.as_bytes().ct_eq(state.as_bytes())) {
         tracing::warn!(
             provider = p.id,
             "a sign-in came back to a browser that did not start it"
         );
-        return fail(
+        return Err(fail(
             StatusCode::BAD_REQUEST,
             "Sign-in not started here",
             "This sign-in was started in another browser or has expired. Start again from your app.",
-        );
+        ));
     }
     // Single use: the record goes whatever happens next.
     let rec = match app
@@ -149,13 +167,13 @@ pub async fn callback(
     {
         Ok(Some(r)) if r.provider == p.id && r.expires_at > app.repo.clock().now() => r,
         Ok(_) => {
-            return fail(
+            return Err(fail(
                 StatusCode::BAD_REQUEST,
                 "Sign-in expired",
                 "This sign-in expired or was already used. Start again from your app.",
-            );
+            ));
         }
-        Err(e) => return store_failure_page(&app, e),
+        Err(e) => return Err(unavailable(app)(e)),
     };
     if let Some(error) = params.get("error") {
         tracing::info!(
@@ -164,25 +182,25 @@ pub async fn callback(
             "the provider did not sign the user in"
         );
         app.metrics.sign_in(p.id, "cancelled");
-        return fail(
+        return Err(fail(
             StatusCode::FORBIDDEN,
             "Sign-in cancelled",
             &format!("{} did not sign you in ({error}).", p.label),
-        );
+        ));
     }
     let Some(code) = params.get("code") else {
-        return fail(
+        return Err(fail(
             StatusCode::BAD_REQUEST,
             "Sign-in incomplete",
             "The provider sent you back without a code.",
-        );
+        ));
     };
     let Some((verifier, nonce)) = derived(&app.repo.keys().hmac, state) else {
-        return fail(
+        return Err(fail(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Sign-in failed",
             "Please try again.",
-        );
+        ));
     };
     let now = app.repo.clock().now();
     let (identity, provider_tokens) = match p
@@ -193,52 +211,43 @@ pub async fn callback(
         Err(SignInError::Unverified) => {
             tracing::info!(provider = p.id, "sign-in refused: no verified email");
             app.metrics.sign_in(p.id, "denied");
-            return fail(
+            return Err(fail(
                 StatusCode::FORBIDDEN,
                 "Email not verified",
                 &format!("Your {} account has no verified email address.", p.label),
-            );
+            ));
         }
         Err(e) => {
             tracing::warn!(provider = p.id, error = %e, "sign-in at the provider failed");
             app.metrics.sign_in(p.id, "error");
-            return fail(
+            return Err(fail(
                 StatusCode::BAD_GATEWAY,
                 "Sign-in failed",
                 &format!(
                     "Signing you in at {} did not work. Please try again.",
                     p.label
                 ),
-            );
+            ));
         }
     };
     if !p.allows(&identity) {
         tracing::info!(provider = p.id, user = %identity.user_id, "sign-in refused: not on the allow-list");
         app.metrics.sign_in(p.id, "denied");
-        return denied(
-            &app,
-            &headers,
-            p.label.as_str(),
-            &identity,
-            rec.req.as_deref(),
-        )
-        .await;
+        let label = p.label.as_str();
+        return denied(app, headers, label, &identity, rec.req.as_deref()).await;
     }
-    if let Err(e) =
-        super::provider_tokens::save(&app.repo, &identity.subject(), &provider_tokens).await
-    {
-        return store_failure_page(&app, e);
-    }
+    super::provider_tokens::save(&app.repo, &identity.subject(), &provider_tokens)
+        .await
+        .map_err(unavailable(app))?;
     let ttl = app.authn.cfg.login_session_ttl.as_secs();
     tracing::info!(provider = p.id, user = %identity.user_id, "signed in");
     app.metrics.sign_in(p.id, "success");
-    let token = match crate::web::session::create(&app.repo, identity, ttl).await {
-        Ok(t) => t,
-        Err(e) => return store_failure_page(&app, e),
-    };
-    if let Err(e) = super::signed_in_for(&app, rec.req.as_deref()).await {
-        return store_failure_page(&app, e);
-    }
+    let token = crate::web::session::create(&app.repo, identity, ttl)
+        .await
+        .map_err(unavailable(app))?;
+    super::signed_in_for(app, rec.req.as_deref())
+        .await
+        .map_err(unavailable(app))?;
     let mut resp = see_other(&next_step(rec.req.as_deref()), FormTarget::SelfOnly);
     let h = resp.headers_mut();
     h.append(
@@ -249,9 +258,9 @@ pub async fn callback(
     );
     h.append(
         header::SET_COOKIE,
-        app.authn.cookies.set(signin_cookie(&app), "", Some(0)),
+        app.authn.cookies.set(signin_cookie(app), "", Some(0)),
     );
-    resp
+    Ok(resp)
 }
 
 /// The 403 page for a signed-in account the allow-lists refuse; a waiting client's request
@@ -262,13 +271,12 @@ async fn denied(
     provider: &str,
     identity: &crate::store::Identity,
     req: Option<&str>,
-) -> Response {
+) -> Result<Response, PageRefusal> {
     let name = site_name(app);
     let waiting = pending(app, req).await;
-    if let Some(r) = req
-        && let Err(e) = app.repo.remove::<AuthRequestRecord>(r.as_bytes()).await
-    {
-        return store_failure_page(app, e);
+    if let Some(r) = req {
+        let removed = app.repo.remove::<AuthRequestRecord>(r.as_bytes()).await;
+        removed.map_err(unavailable(app))?;
     }
     let issuer = app.site.origin.as_str().to_string();
     let return_url = waiting.as_ref().and_then(|rec| {
@@ -301,5 +309,5 @@ async fn denied(
         header::SET_COOKIE,
         app.authn.cookies.set(signin_cookie(app), "", Some(0)),
     );
-    resp
+    Ok(resp)
 }

@@ -17,19 +17,20 @@ use super::pending::Refused;
 use super::redirect_uri::find_match;
 use super::{granted_scopes, pkce, resource};
 use crate::error::OAuthErrorCode;
-use crate::login::{self, site_name, store_failure_page};
+use crate::login::{self, site_name, unavailable};
 use crate::store::{AuthRequestRecord, ClientRecord, CodeRecord, Identity, StoreError, TokenHash};
 use crate::tokens;
 use crate::web::flow::{CONSENT_PATH, REQUEST_TTL, sign_in_for, urlencode};
 use crate::web::form::Params;
 use crate::web::pages::{FormTarget, error_page, see_other};
 use crate::web::redirect::ClientRedirect;
+use crate::web::refusal::PageRefusal;
 
 /// How long a redeemed code is remembered beyond its lifetime, to catch replays.
 pub const CODE_REPLAY_WINDOW: u64 = 10 * 60;
 
-fn person_error(app: &AuthServer, title: &str, message: &str) -> Response {
-    error_page(&site_name(app), StatusCode::BAD_REQUEST, title, message)
+fn person_error(app: &AuthServer, title: &'static str, message: &str) -> PageRefusal {
+    PageRefusal::stated(site_name(app), StatusCode::BAD_REQUEST, title, message)
 }
 
 /// `GET /authorize`.
@@ -38,64 +39,58 @@ pub async fn authorize(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Response {
-    let params = match Params::parse(query.unwrap_or_default().as_bytes()) {
-        Ok(p) => p,
-        Err(e) => {
-            return person_error(
-                &app,
-                "Invalid request",
-                &format!("The app's request cannot be used: {e}."),
-            );
-        }
-    };
+) -> Result<Response, PageRefusal> {
+    let params = Params::parse(query.unwrap_or_default().as_bytes()).map_err(|e| {
+        let why = format!("The app's request cannot be used: {e}.");
+        person_error(&app, "Invalid request", &why)
+    })?;
     let Some(client_id) = params.get("client_id") else {
-        return person_error(
+        return Err(person_error(
             &app,
             "Invalid request",
             "The app did not say who it is (client_id is missing).",
-        );
+        ));
     };
     let client = match find(&app.repo, app.documents.as_ref(), client_id).await {
         Ok(Some(c)) => c,
         Ok(None) => {
-            return person_error(
+            return Err(person_error(
                 &app,
                 "Unknown app",
                 "This app is not registered here, or its registration expired. Reconnect it from the app.",
-            );
+            ));
         }
         Err(LookupError::Document(e)) => {
-            return person_error(
+            return Err(person_error(
                 &app,
                 "This app cannot be used",
                 &format!(
                     "The app describes itself at {}, and that description cannot be used: {}. Nothing was sent to the app.",
                     e.url, e.why
                 ),
-            );
+            ));
         }
-        Err(LookupError::Store(e)) => return store_failure_page(&app, e),
+        Err(LookupError::Store(e)) => return Err(unavailable(&app)(e)),
     };
     let given_redirect = params.get("redirect_uri");
     let redirect_uri = match given_redirect {
         Some(r) => match find_match(&client.redirect_uris, r) {
             Some(_) => r.to_string(),
             None => {
-                return person_error(
+                return Err(person_error(
                     &app,
                     "Invalid redirect",
                     "The app asked to send you to an address it did not register. Nothing was sent.",
-                );
+                ));
             }
         },
         None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
         None => {
-            return person_error(
+            return Err(person_error(
                 &app,
                 "Invalid request",
                 "The app did not say where to send you back (redirect_uri).",
-            );
+            ));
         }
     };
 
@@ -107,36 +102,36 @@ pub async fn authorize(
         issuer: &issuer,
     };
     if params.get("response_type") != Some("code") {
-        return back.error(
+        return Ok(back.error(
             OAuthErrorCode::UnsupportedResponseType,
             "response_type must be code",
-        );
+        ));
     }
     let Some(challenge) = params.get("code_challenge") else {
-        return back.error(
+        return Ok(back.error(
             OAuthErrorCode::InvalidRequest,
             "code_challenge is required (PKCE with S256)",
-        );
+        ));
     };
     if params.get("code_challenge_method") != Some(pkce::S256) {
-        return back.error(
+        return Ok(back.error(
             OAuthErrorCode::InvalidRequest,
             "code_challenge_method must be S256",
-        );
+        ));
     }
     if !pkce::valid_challenge(challenge) {
-        return back.error(
+        return Ok(back.error(
             OAuthErrorCode::InvalidRequest,
             "code_challenge is not a valid S256 challenge",
-        );
+        ));
     }
     if let Some(r) = params.get("resource")
         && !resource::matches(&app.site.resource, r)
     {
-        return back.error(
+        return Ok(back.error(
             OAuthErrorCode::InvalidTarget,
             "this server only issues tokens for its MCP endpoint",
-        );
+        ));
     }
     let prompt = params.get("prompt").unwrap_or_default();
     let prompts: Vec<&str> = prompt.split(' ').collect();
@@ -155,44 +150,44 @@ pub async fn authorize(
         client_name: client.client_name.clone(),
     };
 
-    let session = match crate::web::session::current(&app.repo, &app.authn.cookies, &headers).await
-    {
-        Ok(Some(s)) if login::session_admitted(&app, &s).await => Some(s),
-        Ok(_) => None,
-        Err(e) => return store_failure_page(&app, e),
+    let session = crate::web::session::current(&app.repo, &app.authn.cookies, &headers)
+        .await
+        .map_err(unavailable(&app))?;
+    let session = match session {
+        Some(s) if login::session_admitted(&app, &s).await => Some(s),
+        _ => None,
     };
     if prompts.contains(&"none") {
         let Some(session) = session else {
-            return back.error(OAuthErrorCode::LoginRequired, "the user is not signed in");
+            return Ok(back.error(OAuthErrorCode::LoginRequired, "the user is not signed in"));
         };
-        return match super::consent::remembered(&app, &session.identity, &record, &client).await {
-            Ok(true) => match issue_code(&app, &record, session.identity).await {
-                Ok(code) => back.code(&code),
-                Err(e) => store_failure_page(&app, e),
-            },
-            Ok(false) => back.error(
+        let remembered = super::consent::remembered(&app, &session.identity, &record, &client);
+        if !remembered.await.map_err(unavailable(&app))? {
+            return Ok(back.error(
                 OAuthErrorCode::ConsentRequired,
                 "the user has not approved this app",
-            ),
-            Err(e) => store_failure_page(&app, e),
-        };
+            ));
+        }
+        let code = issue_code(&app, &record, session.identity).await;
+        return Ok(back.code(&code.map_err(unavailable(&app))?));
     }
 
     let id = tokens::generate("");
     let expires = record.created_at + REQUEST_TTL;
     let client_ip = crate::client_addr::client_ip(&app.site.trusted_proxies, peer.ip(), &headers);
     if let Err(refused) = app.pending.admit(client_ip, record.created_at) {
-        return too_many_pending(&app, client_ip, refused);
+        return Ok(too_many_pending(&app, client_ip, refused));
     }
-    if let Err(e) = app.repo.put(id.as_bytes(), &record, Some(expires)).await {
-        return store_failure_page(&app, e);
-    }
+    app.repo
+        .put(id.as_bytes(), &record, Some(expires))
+        .await
+        .map_err(unavailable(&app))?;
     let next = if session.is_some() && !prompts.contains(&"login") {
         format!("{CONSENT_PATH}?req={}", urlencode(&id))
     } else {
         sign_in_for(&id)
     };
-    see_other(&next, FormTarget::SelfOnly)
+    Ok(see_other(&next, FormTarget::SelfOnly))
 }
 
 /// 429 with `Retry-After`: too many sign-ins are waiting, from this client or from all.

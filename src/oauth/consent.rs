@@ -14,14 +14,14 @@ use super::clients::{LookupError, find};
 use super::describe_scope;
 use crate::config::is_loopback_host;
 use crate::error::OAuthErrorCode;
-use crate::login::{display_name, form_post, site_name, store_failure_page};
+use crate::login::{display_name, form_post, site_name, unavailable};
 use crate::store::{
     AuthRequestRecord, ClientRecord, ConsentRecord, Identity, SessionRecord, StoreError,
 };
-use crate::web::flow::sign_in_for;
 use crate::web::form::Params;
-use crate::web::pages::{ConsentPage, FormTarget, error_page, page, see_other};
+use crate::web::pages::{ConsentPage, FormTarget, page};
 use crate::web::redirect::ClientRedirect;
+use crate::web::refusal::PageRefusal;
 use crate::web::session::{csrf_cookie, csrf_token};
 
 /// An approval is remembered for one user, one client and one exact redirect URI (port
@@ -155,41 +155,38 @@ fn looks_like_host(t: &str) -> bool {
             .is_some_and(|tld| tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic()))
 }
 
-/// The request, its client and the signed-in session, or the response to send instead.
+/// The request, its client and the signed-in session, or why the consent page cannot go on.
 async fn context(
     app: &AuthServer,
     headers: &HeaderMap,
     req_id: Option<&str>,
-) -> Result<(String, AuthRequestRecord, ClientRecord, SessionRecord), Response> {
+) -> Result<(String, AuthRequestRecord, ClientRecord, SessionRecord), PageRefusal> {
     let name = site_name(app);
     let expired = || {
-        error_page(
-            &name,
+        PageRefusal::stated(
+            name.clone(),
             StatusCode::BAD_REQUEST,
             "This sign-in request expired",
             "Go back to your app and connect again.",
         )
     };
-    let Some(req_id) = req_id else {
-        return Err(expired());
-    };
-    let fail = |e: StoreError| store_failure_page(app, e);
+    let req_id = req_id.ok_or_else(expired)?;
     let req = app
         .repo
         .get::<AuthRequestRecord>(req_id.as_bytes())
         .await
-        .map_err(fail)?
+        .map_err(unavailable(app))?
         .ok_or_else(expired)?;
     let client = match find(&app.repo, app.documents.as_ref(), &req.client_id).await {
         Ok(Some(c)) => c,
         Ok(None) => return Err(expired()),
-        Err(LookupError::Store(e)) => return Err(fail(e)),
+        Err(LookupError::Store(e)) => return Err(unavailable(app)(e)),
         Err(LookupError::Document(e)) => {
-            return Err(error_page(
-                &name,
+            return Err(PageRefusal::stated(
+                name,
                 StatusCode::BAD_GATEWAY,
                 "This app cannot be used",
-                &format!(
+                format!(
                     "Its description at {} cannot be used now: {}.",
                     e.url, e.why
                 ),
@@ -198,14 +195,14 @@ async fn context(
     };
     let session = crate::web::session::current(&app.repo, &app.authn.cookies, headers)
         .await
-        .map_err(fail)?
+        .map_err(unavailable(app))?
         .filter(|s| req.accepts(s));
     let session = match session {
         Some(s) if crate::login::session_admitted(app, &s).await => Some(s),
         _ => None,
     };
     let Some(session) = session else {
-        return Err(see_other(&sign_in_for(req_id), FormTarget::SelfOnly));
+        return Err(PageRefusal::sign_in_first(name, req_id));
     };
     Ok((req_id.to_string(), req, client, session))
 }
@@ -215,12 +212,9 @@ pub async fn consent_get(
     State(app): State<AuthServer>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Response {
+) -> Result<Response, PageRefusal> {
     let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
-    let (req_id, req, client, session) = match context(&app, &headers, params.get("req")).await {
-        Ok(c) => c,
-        Err(resp) => return resp,
-    };
+    let (req_id, req, client, session) = context(&app, &headers, params.get("req")).await?;
     match remembered(&app, &session.identity, &req, &client).await {
         Ok(true) => return finish(&app, &req_id, &req, session.identity, true).await,
         Ok(false) => {}
@@ -251,7 +245,7 @@ pub async fn consent_get(
     if let Some(c) = set {
         resp.headers_mut().append(axum::http::header::SET_COOKIE, c);
     }
-    resp
+    Ok(resp)
 }
 
 /// `POST /.auth/consent`: approve or deny.
@@ -259,24 +253,18 @@ pub async fn consent_post(
     State(app): State<AuthServer>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let params = match form_post(&app, &headers, &body) {
-        Ok(p) => p,
-        Err(refused) => return axum::response::IntoResponse::into_response(refused),
-    };
-    let (req_id, req, _client, session) = match context(&app, &headers, params.get("req")).await {
-        Ok(c) => c,
-        Err(resp) => return resp,
-    };
+) -> Result<Response, PageRefusal> {
+    let params = form_post(&app, &headers, &body)?;
+    let (req_id, req, _client, session) = context(&app, &headers, params.get("req")).await?;
     match params.get("decision") {
         Some("approve") => finish(&app, &req_id, &req, session.identity, true).await,
         Some("deny") => finish(&app, &req_id, &req, session.identity, false).await,
-        _ => error_page(
-            &site_name(&app),
+        _ => Err(PageRefusal::stated(
+            site_name(&app),
             StatusCode::BAD_REQUEST,
             "Bad request",
             "Choose Allow or Deny.",
-        ),
+        )),
     }
 }
 
@@ -287,7 +275,7 @@ async fn finish(
     req: &AuthRequestRecord,
     identity: Identity,
     approve: bool,
-) -> Response {
+) -> Result<Response, PageRefusal> {
     let issuer = app.site.origin.as_str().to_string();
     let back = ClientRedirect {
         uri: &req.redirect_uri,
@@ -295,26 +283,19 @@ async fn finish(
         issuer: &issuer,
     };
     // The request is single use, approved or not.
-    match app
-        .repo
-        .remove::<AuthRequestRecord>(req_id.as_bytes())
-        .await
-    {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            return error_page(
-                &site_name(app),
-                StatusCode::BAD_REQUEST,
-                "Already answered",
-                "Go back to your app.",
-            );
-        }
-        // Fail closed: a request that could not be marked answered is not answered.
-        Err(e) => return store_failure_page(app, e),
+    // Fail closed: a request that could not be marked answered is not answered.
+    let removed = app.repo.remove::<AuthRequestRecord>(req_id.as_bytes());
+    if removed.await.map_err(unavailable(app))?.is_none() {
+        return Err(PageRefusal::stated(
+            site_name(app),
+            StatusCode::BAD_REQUEST,
+            "Already answered",
+            "Go back to your app.",
+        ));
     }
     if !approve {
         tracing::info!(client_id = %req.client_id, "consent denied");
-        return back.error(OAuthErrorCode::AccessDenied, "the user denied access");
+        return Ok(back.error(OAuthErrorCode::AccessDenied, "the user denied access"));
     }
     let now = app.repo.clock().now();
     let consent = ConsentRecord {
@@ -335,7 +316,7 @@ async fn finish(
         issue_code(app, req, identity).await
     }
     .await;
-    match result {
+    Ok(match result {
         Ok(code) => back.code(&code),
         Err(e) => {
             tracing::error!(error = %e, "store failure issuing a code");
@@ -344,7 +325,7 @@ async fn finish(
                 "the authorization could not be stored",
             )
         }
-    }
+    })
 }
 
 #[cfg(test)]

@@ -7,4 +7,5 @@ pub mod flow;
 pub mod form;
 pub mod pages;
 pub mod redirect;
+pub mod refusal;
 pub mod session;

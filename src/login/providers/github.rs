@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{SignInError, get_json, is_true, string_at};
+use super::{AnswerError, SignInError, get_json, is_true, string_at};
 use crate::config::{GitHubConfig, normalize_user};
 use crate::store::Identity;
 
@@ -22,12 +22,12 @@ pub(super) async fn github_all(
     while let Some(url) = next.take() {
         pages += 1;
         if pages > MAX_PAGES {
-            return Err(SignInError::Answer("too many pages".into()));
+            return Err(AnswerError::TooManyPages(MAX_PAGES).into());
         }
         let (v, n) = get_json(http, &url, token).await?;
         match v {
             Value::Array(items) => out.extend(items),
-            _ => return Err(SignInError::Answer(format!("{url}: not a list"))),
+            _ => return Err(AnswerError::NotAList { url }.into()),
         }
         next = n;
     }
@@ -45,7 +45,7 @@ pub(super) async fn github_identity(
     };
     let (user, _) = get_json(http, &api("user"), access).await?;
     let login = string_at(&user, "/login")
-        .ok_or_else(|| SignInError::Answer("no login in the profile".into()))?
+        .ok_or(AnswerError::NoLogin)?
         .to_string();
     let mut email = string_at(&user, "/email").map(str::to_string);
     if email.is_none() {

@@ -92,15 +92,51 @@ impl ProviderError {
 #[derive(Debug, thiserror::Error)]
 pub enum SignInError {
     #[error("the provider refused the code: {0}")]
-    Token(String),
+    Token(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the ID token is not valid: {0}")]
-    IdToken(String),
+    IdToken(#[from] IdTokenError),
     #[error("the provider's answer could not be read: {0}")]
-    Answer(String),
+    Answer(#[from] AnswerError),
     #[error("the provider's answer could not be read: {0}")]
     Fetch(#[from] FetchError),
     #[error("the account has no verified email")]
     Unverified,
+}
+
+/// Why an OpenID Connect ID token was not believed.
+#[derive(Debug, thiserror::Error)]
+pub enum IdTokenError {
+    #[error("the provider sent none")]
+    Missing,
+    #[error("the provider's keys are unavailable: {0}")]
+    Keys(#[source] FetchError),
+    #[error("signed with an unknown key")]
+    UnknownKey,
+    #[error("algorithm {0:?} is not accepted")]
+    Algorithm(jsonwebtoken::Algorithm),
+    #[error(transparent)]
+    Jwt(#[from] jsonwebtoken::errors::Error),
+    #[error("the ID token was issued to another client (azp)")]
+    OtherClient,
+    #[error("the nonce does not match")]
+    Nonce,
+}
+
+/// Why a provider's answer (profile, userinfo, membership lists) could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    #[error("more than {0} pages")]
+    TooManyPages(usize),
+    #[error("{url}: not a list")]
+    NotAList { url: String },
+    #[error("no login in the profile")]
+    NoLogin,
+    #[error("userinfo names another subject than the ID token")]
+    OtherSubject,
+    #[error("the provider has no userinfo endpoint to ask")]
+    NoUserinfo,
+    #[error("no user id at {0} in the claims")]
+    NoUserId(String),
 }
 
 /// The user's tokens at the provider (sent upstream with `--pass-access-token`).
@@ -325,7 +361,7 @@ impl Provider {
             .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_string()))
             .request_async(&send_fn)
             .await
-            .map_err(|e| SignInError::Token(describe_token_error(&e)))?;
+            .map_err(|e| SignInError::Token(e.into()))?;
         let access = answer.access_token().secret().clone();
         let identity = match &self.kind {
             Kind::Google(g) => google_identity(http, g.userinfo_url.as_str(), &access).await,
@@ -335,7 +371,7 @@ impl Provider {
                     .extra_fields()
                     .id_token
                     .as_deref()
-                    .ok_or_else(|| SignInError::IdToken("the provider sent none".into()))?;
+                    .ok_or(IdTokenError::Missing)?;
                 oidc_identity(http, oidc, id_token, nonce, &access).await
             }
         }?;
@@ -356,7 +392,7 @@ impl Provider {
             .exchange_refresh_token(&oauth2::RefreshToken::new(refresh.to_string()))
             .request_async(&send_fn)
             .await
-            .map_err(|e| SignInError::Token(describe_token_error(&e)))?;
+            .map_err(|e| SignInError::Token(e.into()))?;
         Ok(ProviderTokens::from_answer(
             &answer,
             now,
@@ -408,13 +444,11 @@ impl Provider {
             Kind::GitHub(cfg) => github_identity(http, cfg, access).await,
             Kind::Oidc(oidc) => {
                 let Some(userinfo) = &oidc.userinfo else {
-                    return Err(SignInError::Answer(
-                        "the provider has no userinfo endpoint to ask".into(),
-                    ));
+                    return Err(AnswerError::NoUserinfo.into());
                 };
                 let (info, _) = get_json(http, userinfo.as_str(), access).await?;
                 if info.get("sub") != identity.claims.get("sub") {
-                    return Err(SignInError::Answer("userinfo names another subject".into()));
+                    return Err(AnswerError::OtherSubject.into());
                 }
                 let mut claims = identity.claims.clone();
                 if let (Some(c), Value::Object(i)) = (claims.as_object_mut(), info) {
@@ -435,21 +469,6 @@ impl Provider {
             Kind::GitHub(g) => github_allows(g, identity),
             Kind::Oidc(o) => oidc_allows(&o.cfg, identity),
         }
-    }
-}
-
-fn describe_token_error<RE: std::error::Error + 'static>(
-    e: &oauth2::RequestTokenError<RE, BasicErrorResponse>,
-) -> String {
-    match e {
-        oauth2::RequestTokenError::ServerResponse(r) => format!(
-            "{}{}",
-            r.error(),
-            r.error_description()
-                .map(|d| format!(": {d}"))
-                .unwrap_or_default()
-        ),
-        other => other.to_string(),
     }
 }
 

@@ -10,7 +10,10 @@ use serde_json::Value;
 use subtle::ConstantTimeEq;
 use url::Url;
 
-use super::{FetchError, ProviderError, SignInError, get_document, get_json, is_true, string_at};
+use super::{
+    AnswerError, FetchError, IdTokenError, ProviderError, SignInError, get_document, get_json,
+    is_true, string_at,
+};
 use crate::config::{AttributeRule, OidcConfig, normalize_user};
 use crate::store::Identity;
 
@@ -87,11 +90,8 @@ impl Oidc {
         if let Some(k) = find(&*self.jwks.read().await) {
             return Ok(k);
         }
-        self.refresh_keys(http)
-            .await
-            .map_err(|e| SignInError::IdToken(format!("keys unavailable: {e}")))?;
-        find(&*self.jwks.read().await)
-            .ok_or_else(|| SignInError::IdToken("signed with an unknown key".into()))
+        self.refresh_keys(http).await.map_err(IdTokenError::Keys)?;
+        Ok(find(&*self.jwks.read().await).ok_or(IdTokenError::UnknownKey)?)
     }
 
     /// Validates an ID token: signature (asymmetric algorithms only), `iss`, `aud`, `exp`,
@@ -102,8 +102,7 @@ impl Oidc {
         token: &str,
         nonce: &str,
     ) -> Result<Value, SignInError> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| SignInError::IdToken(e.to_string()))?;
+        let header = jsonwebtoken::decode_header(token).map_err(IdTokenError::Jwt)?;
         let allowed = [
             Algorithm::RS256,
             Algorithm::RS384,
@@ -116,32 +115,26 @@ impl Oidc {
             Algorithm::EdDSA,
         ];
         if !allowed.contains(&header.alg) {
-            return Err(SignInError::IdToken(format!(
-                "algorithm {:?} is not accepted",
-                header.alg
-            )));
+            return Err(IdTokenError::Algorithm(header.alg).into());
         }
         let jwk = self.key(http, header.kid.as_deref()).await?;
-        let key = DecodingKey::from_jwk(&jwk).map_err(|e| SignInError::IdToken(e.to_string()))?;
+        let key = DecodingKey::from_jwk(&jwk).map_err(IdTokenError::Jwt)?;
         let mut v = Validation::new(header.alg);
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[&self.cfg.client_id]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         v.leeway = 60;
-        let data = jsonwebtoken::decode::<Value>(token, &key, &v)
-            .map_err(|e| SignInError::IdToken(e.to_string()))?;
+        let data = jsonwebtoken::decode::<Value>(token, &key, &v).map_err(IdTokenError::Jwt)?;
         let claims = data.claims;
         if !authorized_party_ok(&claims, &self.cfg.client_id) {
-            return Err(SignInError::IdToken(
-                "the ID token was issued to another client (azp)".into(),
-            ));
+            return Err(IdTokenError::OtherClient.into());
         }
         let got = claims
             .get("nonce")
             .and_then(Value::as_str)
             .unwrap_or_default();
         if !bool::from(got.as_bytes().ct_eq(nonce.as_bytes())) {
-            return Err(SignInError::IdToken("the nonce does not match".into()));
+            return Err(IdTokenError::Nonce.into());
         }
         Ok(claims)
     }
@@ -172,9 +165,7 @@ pub(super) async fn oidc_identity(
     if let Some(userinfo) = &oidc.userinfo {
         let (info, _) = get_json(http, userinfo.as_str(), access).await?;
         if info.get("sub") != claims.get("sub") {
-            return Err(SignInError::Answer(
-                "userinfo names another subject than the ID token".into(),
-            ));
+            return Err(AnswerError::OtherSubject.into());
         }
         // Userinfo wins over the ID token.
         if let (Some(c), Value::Object(i)) = (claims.as_object_mut(), info) {
@@ -204,9 +195,7 @@ pub(super) fn identity_of_claims(
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         _ => {
-            return Err(SignInError::Answer(format!(
-                "no user id at {user_id_field} in the claims"
-            )));
+            return Err(AnswerError::NoUserId(user_id_field.to_string()).into());
         }
     };
     let groups = match claims.get("groups") {
