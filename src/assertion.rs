@@ -39,8 +39,16 @@ pub enum AssertionError {
     BadKey(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("a signing key could not be generated")]
+    Generate(aws_lc_rs::error::Unspecified),
+    #[error("the signing keys' lock was poisoned by a panic")]
+    Poisoned,
+    #[error("there is no signing key")]
+    NoKey,
     #[error("signing failed: {0}")]
-    Sign(String),
+    Sign(#[from] jsonwebtoken::errors::Error),
+    #[error("the signing keys could not be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// The JWS algorithm a key signs with.
@@ -180,7 +188,7 @@ fn key_from(stored: StoredKey) -> Result<Key, AssertionError> {
 fn generate(now: u64) -> Result<StoredKey, AssertionError> {
     let pkcs8 =
         EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-            .map_err(|e| AssertionError::Sign(e.to_string()))?;
+            .map_err(AssertionError::Generate)?;
     Ok(StoredKey {
         kid: crate::tokens::generate_id(),
         pkcs8: URL_SAFE_NO_PAD.encode(pkcs8.as_ref()),
@@ -303,20 +311,14 @@ impl Signer {
             "exp": now + ASSERTION_TTL,
             "jti": crate::tokens::generate_id(),
         });
-        let keys = self
-            .keys
-            .read()
-            .map_err(|_| AssertionError::Sign("key lock poisoned".into()))?;
-        let key = keys
-            .last()
-            .ok_or_else(|| AssertionError::Sign("no signing key".into()))?;
+        let keys = self.keys.read().map_err(|_| AssertionError::Poisoned)?;
+        let key = keys.last().ok_or(AssertionError::NoKey)?;
         let mut header = Header::new(match key.stored.alg {
             KeyAlg::ES256 => Algorithm::ES256,
             KeyAlg::RS256 => Algorithm::RS256,
         });
         header.kid = Some(key.stored.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &key.encoding)
-            .map_err(|e| AssertionError::Sign(e.to_string()))
+        Ok(jsonwebtoken::encode(&header, &claims, &key.encoding)?)
     }
 
     /// The JWKS: every key whose assertions may still be valid.
@@ -361,9 +363,7 @@ async fn save(repo: &Repo, keys: &[Key]) -> Result<(), AssertionError> {
 }
 
 async fn save_stored(repo: &Repo, stored: &[StoredKey]) -> Result<(), AssertionError> {
-    let json = Zeroizing::new(
-        serde_json::to_vec(stored).map_err(|e| AssertionError::Sign(e.to_string()))?,
-    );
+    let json = Zeroizing::new(serde_json::to_vec(stored)?);
     repo.put_secret(KEYS_SECRET, &json).await?;
     repo.flush().await?;
     Ok(())

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::oauth::redirect_uri::check_registrable;
+use crate::oauth::redirect_uri::{Unregistrable, check_registrable};
 use crate::store::{ClientRecord, Repo, StoreError, TokenHash};
 
 /// Marks a client record as coming from the file.
@@ -27,10 +27,37 @@ pub const STATIC_MARK: &str = "static_client";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StaticClientError {
-    #[error("--clients-file {path}: {why}")]
-    Invalid { path: String, why: String },
+    #[error("--clients-file {path}: {problem}")]
+    Invalid { path: String, problem: Problem },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What is wrong with the clients file (the client named where it is one client's fault).
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error("{0}")]
+    Unreadable(#[from] std::io::Error),
+    #[error("{0}")]
+    NotToml(#[from] toml::de::Error),
+    #[error("client id {0:?} is not usable")]
+    UnusableId(String),
+    #[error("client {0:?} is declared twice")]
+    Twice(String),
+    #[error("client {id:?}: grant type {grant:?} is not supported")]
+    Grant { id: String, grant: String },
+    #[error("client {0:?}: the code flow needs redirect_uris")]
+    NoRedirectUris(String),
+    #[error("client {id:?}: redirect URI {why}")]
+    RedirectUri { id: String, why: Unregistrable },
+    #[error("client {0:?}: client_credentials needs a secret")]
+    CredentialsWithoutSecret(String),
+    #[error("client {0:?}: the secret is too short (16 characters at least)")]
+    ShortSecret(String),
+    #[error("client {id:?}: {method} needs a secret")]
+    MethodWithoutSecret { id: String, method: String },
+    #[error("client {id:?}: auth method {method:?} is not supported")]
+    Method { id: String, method: String },
 }
 
 #[derive(Deserialize)]
@@ -67,20 +94,20 @@ pub fn load(
     private_schemes: &[String],
     now: u64,
 ) -> Result<Vec<ClientRecord>, StaticClientError> {
-    let bad = |why: String| StaticClientError::Invalid {
+    let bad = |problem: Problem| StaticClientError::Invalid {
         path: path.display().to_string(),
-        why,
+        problem,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let file: File = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.into()))?;
+    let file: File = toml::from_str(&text).map_err(|e| bad(e.into()))?;
     let mut out: Vec<ClientRecord> = Vec::new();
     for e in file.client {
         let id = e.id.trim().to_string();
         if id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_control() || c == ' ') {
-            return Err(bad(format!("client id {id:?} is not usable")));
+            return Err(bad(Problem::UnusableId(id)));
         }
         if out.iter().any(|c| c.client_id == id) {
-            return Err(bad(format!("client {id:?} is declared twice")));
+            return Err(bad(Problem::Twice(id)));
         }
         let grant_types = e
             .grant_types
@@ -90,41 +117,38 @@ pub fn load(
                 g.as_str(),
                 "authorization_code" | "refresh_token" | "client_credentials"
             ) {
-                return Err(bad(format!(
-                    "client {id:?}: grant type {g:?} is not supported"
-                )));
+                let grant = g.clone();
+                return Err(bad(Problem::Grant { id, grant }));
             }
         }
         let code_flow = grant_types.iter().any(|g| g == "authorization_code");
         if code_flow && e.redirect_uris.is_empty() {
-            return Err(bad(format!(
-                "client {id:?}: the code flow needs redirect_uris"
-            )));
+            return Err(bad(Problem::NoRedirectUris(id)));
         }
         for uri in &e.redirect_uris {
-            check_registrable(uri, private_schemes)
-                .map_err(|why| bad(format!("client {id:?}: redirect URI {why}")))?;
+            check_registrable(uri, private_schemes).map_err(|why| {
+                let id = id.clone();
+                bad(Problem::RedirectUri { id, why })
+            })?;
         }
         let secret = e.secret.filter(|s| !s.is_empty());
         if grant_types.iter().any(|g| g == "client_credentials") && secret.is_none() {
-            return Err(bad(format!(
-                "client {id:?}: client_credentials needs a secret"
-            )));
+            return Err(bad(Problem::CredentialsWithoutSecret(id)));
         }
         if secret.as_ref().is_some_and(|s| s.len() < 16) {
-            return Err(bad(format!(
-                "client {id:?}: the secret is too short (16 characters at least)"
-            )));
+            return Err(bad(Problem::ShortSecret(id)));
         }
         let method = match (&secret, e.token_endpoint_auth_method.as_deref()) {
             (None, None | Some("none")) => "none",
-            (None, Some(m)) => return Err(bad(format!("client {id:?}: {m} needs a secret"))),
+            (None, Some(m)) => {
+                let method = m.to_string();
+                return Err(bad(Problem::MethodWithoutSecret { id, method }));
+            }
             (Some(_), None | Some("client_secret_basic")) => "client_secret_basic",
             (Some(_), Some("client_secret_post")) => "client_secret_post",
             (Some(_), Some(m)) => {
-                return Err(bad(format!(
-                    "client {id:?}: auth method {m:?} is not supported"
-                )));
+                let method = m.to_string();
+                return Err(bad(Problem::Method { id, method }));
             }
         };
         let mut extra = serde_json::Map::new();

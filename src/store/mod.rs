@@ -93,14 +93,23 @@ pub struct Entry {
 /// A failure of the storage itself (I/O, corruption), never "not found".
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The store's files could not be created or opened.
+    #[error("cannot {doing} {}: {source}", path.display())]
+    Open {
+        doing: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The embedded store failed (I/O, corruption).
     #[error("store I/O: {0}")]
-    Io(String),
+    Sled(#[from] ::sled::Error),
     #[error(
         "the data directory {path} is in use by another mcp-auth-proxy{pid}; stop it or choose another --data-path"
     )]
     Locked { path: String, pid: String },
     #[error("store record could not be encoded: {0}")]
-    Encode(String),
+    Encode(#[from] serde_json::Error),
     #[error(transparent)]
     Key(#[from] KeyError),
 }

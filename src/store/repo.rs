@@ -60,8 +60,7 @@ impl Repo {
         let value = serde_json::to_vec(&EnvelopeOut {
             v: R::VERSION,
             d: record,
-        })
-        .map_err(|e| StoreError::Encode(e.to_string()))?;
+        })?;
         Ok(Entry { expires_at, value })
     }
 

@@ -31,8 +31,13 @@ pub struct SledStore {
     flushing: tokio::sync::Mutex<()>,
 }
 
-fn io(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Io(e.to_string())
+fn cannot(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Open {
+        doing,
+        path,
+        source,
+    }
 }
 
 impl SledStore {
@@ -42,23 +47,20 @@ impl SledStore {
         // Owner-only when created here: it holds the key files and the store.
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
             .create(data_dir)
-            .map_err(|e| {
-                io(format!(
-                    "cannot create data directory {}: {e}",
-                    data_dir.display()
-                ))
-            })?;
+            .map_err(cannot("create data directory", data_dir))?;
         let lock = take_lock(&data_dir.join("LOCK"))?;
         let db = sled::Config::new()
             .path(data_dir.join("store"))
             .mode(sled::Mode::HighThroughput)
             .open()
-            .map_err(|e| io(format!("cannot open store in {}: {e}", data_dir.display())))?;
+            .map_err(|e| match e {
+                sled::Error::Io(source) => cannot("open the store in", data_dir)(source),
+                other => StoreError::Sled(other),
+            })?;
         let trees = Table::ALL
             .iter()
             .map(|t| db.open_tree(t.name()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(io)?;
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             db,
             trees,
@@ -81,7 +83,7 @@ fn take_lock(path: &PathBuf) -> Result<File, StoreError> {
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|e| io(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(cannot("open", path))?;
     if file.try_lock_exclusive().is_err() {
         let mut pid = String::new();
         let _ = file.read_to_string(&mut pid);
@@ -132,24 +134,16 @@ fn expired(raw: &[u8], now: UnixTime) -> bool {
 #[async_trait]
 impl Store for SledStore {
     async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Entry>, StoreError> {
-        Ok(self
-            .tree(table)
-            .get(key)
-            .map_err(io)?
-            .and_then(|v| decode(&v)))
+        Ok(self.tree(table).get(key)?.and_then(|v| decode(&v)))
     }
 
     async fn put(&self, table: Table, key: &[u8], entry: Entry) -> Result<(), StoreError> {
-        self.tree(table).insert(key, encode(&entry)).map_err(io)?;
+        self.tree(table).insert(key, encode(&entry))?;
         Ok(())
     }
 
     async fn take(&self, table: Table, key: &[u8]) -> Result<Option<Entry>, StoreError> {
-        Ok(self
-            .tree(table)
-            .remove(key)
-            .map_err(io)?
-            .and_then(|v| decode(&v)))
+        Ok(self.tree(table).remove(key)?.and_then(|v| decode(&v)))
     }
 
     async fn compare_and_swap(
@@ -161,11 +155,7 @@ impl Store for SledStore {
     ) -> Result<bool, StoreError> {
         let old = expected.map(encode);
         let new = new.as_ref().map(encode);
-        let swapped = self
-            .tree(table)
-            .compare_and_swap(key, old, new)
-            .map_err(io)?
-            .is_ok();
+        let swapped = self.tree(table).compare_and_swap(key, old, new)?.is_ok();
         Ok(swapped)
     }
 
@@ -176,7 +166,7 @@ impl Store for SledStore {
     ) -> Result<Vec<(Vec<u8>, Entry)>, StoreError> {
         let mut out = Vec::new();
         for item in self.tree(table).scan_prefix(prefix) {
-            let (k, v) = item.map_err(io)?;
+            let (k, v) = item?;
             if let Some(e) = decode(&v) {
                 out.push((k.to_vec(), e));
             }
@@ -188,11 +178,10 @@ impl Store for SledStore {
         let mut removed = 0;
         for tree in &self.trees {
             for item in tree.iter() {
-                let (k, v) = item.map_err(io)?;
+                let (k, v) = item?;
                 if expired(&v, now)
                     && tree
-                        .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)
-                        .map_err(io)?
+                        .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?
                         .is_ok()
                 {
                     removed += 1;
@@ -204,7 +193,7 @@ impl Store for SledStore {
 
     async fn flush(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.flushing.lock().await;
-        self.db.flush_async().await.map_err(io)?;
+        self.db.flush_async().await?;
         Ok(())
     }
 }
