@@ -197,19 +197,21 @@ pub async fn prepare(
     };
     // The same checks as /readyz, once at startup: a dead backend is said now, not found
     // out after someone signed in.
-    let backend = http_backend
-        .map(backend::Backend::Http)
-        .or(stdio_backend.map(|s| backend::Backend::Stdio(Box::new(s))));
+    let backend: Option<Arc<dyn backend::Backend>> = match (&http_backend, stdio_backend) {
+        (Some(h), _) => Some(h.clone()),
+        (None, Some(s)) => Some(Arc::new(s)),
+        (None, None) => None,
+    };
     let backend_state = match &backend {
         None => banner::BackendState::None,
         Some(b) => match b.not_ready(server::health::UPSTREAM_PROBE).await {
             None => banner::BackendState::Ready,
             Some(why) => {
-                match b {
-                    backend::Backend::Http(h) => {
+                match &http_backend {
+                    Some(h) => {
                         tracing::warn!(backend = %h.base(), why, "the HTTP MCP server does not answer yet; requests get 502 until it does")
                     }
-                    backend::Backend::Stdio(_) => {
+                    None => {
                         tracing::warn!(why, "the stdio MCP server cannot be started as configured")
                     }
                 }
@@ -217,7 +219,7 @@ pub async fn prepare(
             }
         },
     };
-    match backend.as_ref().and_then(backend::Backend::http) {
+    match &http_backend {
         Some(b) => tracing::info!(backend = %b.base(), "proxying to an HTTP MCP server"),
         None if matches!(config.backend, Backend::Stdio { .. }) => {}
         None => tracing::info!(
@@ -306,6 +308,7 @@ pub async fn prepare(
         signin,
         oauth,
         backend,
+        http_backend,
         upstream: config.upstream.clone(),
         forward_auth_path: config.forward_auth_path.clone(),
         assertion,

@@ -35,11 +35,11 @@ pub async fn serve(
     let repo = state.repo().clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(sweep_loop(state.clone(), stop_rx.clone()));
-    let reaper = state
+    let housekeeper = state
         .backend
-        .as_ref()
-        .is_some_and(|b| b.stdio().is_some())
-        .then(|| tokio::spawn(reap_loop(state.clone(), stop_rx)));
+        .clone()
+        .and_then(|b| Some((b.housekeeping_interval()?, b)))
+        .map(|(every, b)| tokio::spawn(housekeeping_loop(b, every, stop_rx)));
 
     let metrics_task = metrics_listener.map(|l| {
         let app = server::metrics_router(state.clone());
@@ -74,10 +74,8 @@ pub async fn serve(
     let origin = state.site().origin.clone();
     let hsts = tls.is_some().then_some(server::tls::HSTS);
     let lane = state
-        .backend
-        .as_ref()
-        .and_then(backend::Backend::http)
-        .cloned()
+        .http_backend
+        .clone()
         .filter(|_| fast_lane)
         .and_then(|backend| {
             let shared = backend::http::lane::Shared {
@@ -162,12 +160,8 @@ pub async fn serve(
             "connections still open after the grace period: closing them"
         );
     }
-    if let Some(stdio) = state_for_shutdown
-        .backend
-        .as_ref()
-        .and_then(backend::Backend::stdio)
-    {
-        stdio.shutdown().await;
+    if let Some(backend) = &state_for_shutdown.backend {
+        backend.shutdown().await;
     }
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
@@ -180,7 +174,7 @@ pub async fn serve(
     if let Some(m) = metrics_task {
         let _ = m.await;
     }
-    if let Some(r) = reaper {
+    if let Some(r) = housekeeper {
         let _ = r.await;
     }
     if let Err(e) = repo.flush().await {
@@ -208,17 +202,18 @@ async fn accept_either(
     }
 }
 
-/// Ends idle stdio sessions until told to stop.
-async fn reap_loop(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let Some(stdio) = state.backend.as_ref().and_then(backend::Backend::stdio) else {
-        return;
-    };
+/// The backend's upkeep (idle stdio sessions ended) until told to stop.
+async fn housekeeping_loop(
+    backend: Arc<dyn backend::Backend>,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(stdio.reap_interval()) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
-        stdio.reap_idle();
+        backend.housekeep();
     }
 }
 

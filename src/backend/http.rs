@@ -124,6 +124,45 @@ pub struct ClientInfo {
     pub peer_trusted: bool,
 }
 
+#[async_trait::async_trait]
+impl super::Backend for HttpBackend {
+    fn kind(&self) -> &'static str {
+        "http"
+    }
+
+    async fn not_ready(&self, limit: std::time::Duration) -> Option<String> {
+        self.reachable(limit).await.err().map(|e| e.to_string())
+    }
+
+    async fn serve(&self, handoff: super::Handoff<'_>, req: Request) -> Response {
+        if self.streaming_only()
+            && req.method() == Method::GET
+            && req.uri().path() == handoff.site.mcp_path
+        {
+            let mut resp = jsonrpc_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this server offers no GET stream",
+            );
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+            return resp;
+        }
+        let super::Handoff {
+            caller,
+            site,
+            repo,
+            client,
+            upstream,
+        } = handoff;
+        self.forward(repo, site, caller, client, upstream, req)
+            .await
+    }
+
+    fn sends_provider_token(&self) -> bool {
+        true
+    }
+}
+
 impl HttpBackend {
     /// A client for `base`. Redirects are never followed by the client (see `forward`), and
     /// a reverse proxy talks to its backend directly, whatever `HTTP_PROXY` says.

@@ -1,4 +1,5 @@
-//! What the proxy puts in front of: an HTTP MCP server ([`http`]).
+//! What the proxy puts in front of: an HTTP MCP server ([`http`]) or a stdio one ([`stdio`]),
+//! behind one [`Backend`] trait.
 
 pub mod exchange;
 pub mod http;
@@ -7,37 +8,63 @@ pub mod mapping;
 pub mod sessions;
 pub mod stdio;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-/// The MCP server behind the proxy: an HTTP one, or a stdio one bridged.
-pub enum Backend {
-    Http(Arc<http::HttpBackend>),
-    Stdio(Box<stdio::bridge::StdioBackend>),
+use async_trait::async_trait;
+use axum::extract::Request;
+use axum::response::Response;
+
+use self::http::{ClientInfo, Upstream};
+use crate::config::Site;
+use crate::gate::Caller;
+use crate::store::Repo;
+
+/// One authenticated request handed to the MCP server, with what the proxy knows about it.
+pub struct Handoff<'a> {
+    pub caller: &'a Caller,
+    pub site: &'a Site,
+    pub repo: &'a Repo,
+    /// Who sent it, for `X-Forwarded-For`.
+    pub client: ClientInfo,
+    /// What goes upstream beside the request (HTTP only).
+    pub upstream: Upstream<'a>,
 }
 
-impl Backend {
-    pub fn http(&self) -> Option<&Arc<http::HttpBackend>> {
-        match self {
-            Self::Http(b) => Some(b),
-            Self::Stdio(_) => None,
-        }
-    }
-
-    pub fn stdio(&self) -> Option<&stdio::bridge::StdioBackend> {
-        match self {
-            Self::Stdio(b) => Some(b),
-            Self::Http(_) => None,
-        }
-    }
+/// The MCP server behind the proxy: an HTTP one ([`http::HttpBackend`]) or a stdio one
+/// bridged ([`stdio::bridge::StdioBackend`]). The router, the probes, the metrics and the
+/// shutdown talk to it only through this.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// `http` or `stdio`: the metrics label and the word in logs.
+    fn kind(&self) -> &'static str;
 
     /// Why it cannot serve now, as a person reads it, or `None` when it can: an HTTP server
     /// accepts a connection within `limit`; a stdio command is found and not crash-looping.
     /// One check for readiness (`/readyz`) and for the startup banner.
-    pub async fn not_ready(&self, limit: Duration) -> Option<String> {
-        match self {
-            Self::Http(b) => b.reachable(limit).await.err().map(|e| e.to_string()),
-            Self::Stdio(b) => b.startable().err().map(|e| e.to_string()),
-        }
+    async fn not_ready(&self, limit: Duration) -> Option<String>;
+
+    /// Answers one authenticated request for a path the proxy does not serve itself.
+    async fn serve(&self, handoff: Handoff<'_>, req: Request) -> Response;
+
+    /// Whether the user's provider token goes upstream with `--pass-access-token` (it is
+    /// fetched, and refreshed if needed, only for a backend that sends it).
+    fn sends_provider_token(&self) -> bool {
+        false
     }
+
+    /// The live MCP sessions that hold a process (the `mcp_sessions` gauge).
+    fn live_sessions(&self) -> usize {
+        0
+    }
+
+    /// How often [`Backend::housekeep`] runs, or `None` when there is nothing to keep.
+    fn housekeeping_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Periodic upkeep (idle stdio sessions reaped).
+    fn housekeep(&self) {}
+
+    /// Ends what it started, at shutdown (stdio children are stopped).
+    async fn shutdown(&self) {}
 }

@@ -21,8 +21,8 @@ use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::backend::Backend;
 use crate::backend::http::{ClientInfo, Upstream};
+use crate::backend::{Backend, Handoff};
 use crate::config::RESOURCE_METADATA_PATH;
 use crate::config::Site;
 use crate::error::jsonrpc_error;
@@ -43,8 +43,10 @@ pub struct App {
     pub signin: login::SignIn,
     /// The authorization server's share, handed to its handlers (`FromRef`).
     pub oauth: crate::oauth::AuthServer,
-    /// Shared with the fast lane, which serves only when there is one.
-    pub backend: Option<Backend>,
+    /// The MCP server behind the proxy (none: forward-auth only).
+    pub backend: Option<Arc<dyn Backend>>,
+    /// The same server when it is an HTTP one: the fast lane serves it directly.
+    pub http_backend: Option<Arc<crate::backend::http::HttpBackend>>,
     /// How identity reaches upstreams (headers, mapping), also for forward-auth answers.
     pub upstream: crate::config::UpstreamOptions,
     /// `--forward-auth-path`, when on.
@@ -318,62 +320,34 @@ async fn proxy(
     req: Request,
 ) -> Response {
     let started = std::time::Instant::now();
-    if let Some(stdio) = app.backend.as_ref().and_then(Backend::stdio) {
-        use crate::backend::stdio::bridge::legacy::{MESSAGES_PATH, SSE_PATH};
-        let resp = match req.uri().path() {
-            p if p == app.site().mcp_path => stdio.handle(&caller, req).await.into_response(),
-            SSE_PATH => stdio
-                .legacy_sse(&caller, req.method(), req.headers())
-                .into_response(),
-            MESSAGES_PATH => stdio.legacy_message(&caller, req).await.into_response(),
-            _ => return jsonrpc_error(StatusCode::NOT_FOUND, "not found"),
-        };
-        return timed(&app, "stdio", started, resp);
-    }
-    let Some(backend) = app.backend.as_ref().and_then(Backend::http) else {
+    let Some(backend) = &app.backend else {
         return jsonrpc_error(
             StatusCode::NOT_FOUND,
             "no MCP server is configured behind this proxy",
         );
     };
-    if backend.streaming_only()
-        && req.method() == Method::GET
-        && req.uri().path() == app.site().mcp_path
-    {
-        let mut resp = jsonrpc_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "this server offers no GET stream",
-        );
-        resp.headers_mut().insert(
-            header::ALLOW,
-            header::HeaderValue::from_static("POST, DELETE"),
-        );
-        return resp.into_response();
-    }
     let client = ClientInfo {
         peer: peer.ip(),
         peer_trusted: crate::client_addr::is_trusted(&app.site().trusted_proxies, peer.ip()),
     };
     let provider_token = match caller.identity() {
-        Some(id) if app.upstream.pass_access_token => {
+        Some(id) if app.upstream.pass_access_token && backend.sends_provider_token() => {
             crate::login::provider_tokens::current(&app.signin, id).await
         }
         _ => None,
     };
-    let resp = backend
-        .forward(
-            app.repo(),
-            app.site(),
-            &caller,
-            client,
-            Upstream {
-                assertion: app.assertion.as_ref(),
-                provider_token,
-            },
-            req,
-        )
-        .await;
-    timed(&app, "http", started, resp)
+    let handoff = Handoff {
+        caller: &caller,
+        site: app.site(),
+        repo: app.repo(),
+        client,
+        upstream: Upstream {
+            assertion: app.assertion.as_ref(),
+            provider_token,
+        },
+    };
+    let resp = backend.serve(handoff, req).await;
+    timed(&app, backend.kind(), started, resp)
 }
 
 /// The `--metrics-listen` application: `/metrics` and the probes.
@@ -385,8 +359,8 @@ pub fn metrics_router(state: AppState) -> Router {
 }
 
 async fn metrics_text(State(app): State<AppState>) -> Response {
-    if let Some(stdio) = app.backend.as_ref().and_then(Backend::stdio) {
-        app.metrics().sessions.set(stdio.live_sessions() as i64);
+    if let Some(backend) = &app.backend {
+        app.metrics().sessions.set(backend.live_sessions() as i64);
     }
     let mut resp = app.metrics().render().into_response();
     resp.headers_mut().insert(

@@ -311,7 +311,7 @@ async fn idle_sessions_end_and_their_children_stop() {
         tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     }
     // Then silence: the reaper ends it (watched without touching it, which would keep it).
-    let stdio = p.state.backend.as_ref().unwrap().stdio().unwrap();
+    let stdio = p.state.backend.as_ref().unwrap();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while stdio.live_sessions() > 0 {
         assert!(tokio::time::Instant::now() < deadline, "never reaped");

@@ -465,3 +465,44 @@ async fn read_message(req: Request) -> Result<Message, Refusal> {
     };
     Message::parse(body).ok_or(Refusal::Parse)
 }
+
+/// The bridge as the proxy's backend: the MCP path speaks Streamable HTTP; `/sse` and
+/// `/message` speak the older HTTP+SSE transport.
+#[async_trait::async_trait]
+impl crate::backend::Backend for StdioBackend {
+    fn kind(&self) -> &'static str {
+        "stdio"
+    }
+
+    async fn not_ready(&self, _limit: std::time::Duration) -> Option<String> {
+        self.startable().err().map(|e| e.to_string())
+    }
+
+    async fn serve(&self, handoff: crate::backend::Handoff<'_>, req: Request) -> Response {
+        let caller = handoff.caller;
+        match req.uri().path() {
+            p if p == handoff.site.mcp_path => self.handle(caller, req).await.into_response(),
+            legacy::SSE_PATH => self
+                .legacy_sse(caller, req.method(), req.headers())
+                .into_response(),
+            legacy::MESSAGES_PATH => self.legacy_message(caller, req).await.into_response(),
+            _ => jsonrpc_error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+
+    fn live_sessions(&self) -> usize {
+        StdioBackend::live_sessions(self)
+    }
+
+    fn housekeeping_interval(&self) -> Option<std::time::Duration> {
+        Some(self.reap_interval())
+    }
+
+    fn housekeep(&self) {
+        self.reap_idle();
+    }
+
+    async fn shutdown(&self) {
+        StdioBackend::shutdown(self).await;
+    }
+}
