@@ -165,7 +165,8 @@ pub struct Cli {
     )]
     pub data_path: std::path::PathBuf,
 
-    /// Store backend: `local` (embedded sled). `postgres`, `sqlite` and `mysql` are refused for now.
+    /// Store backend: `local` (the embedded sled store in --data-path) or `postgres` (a
+    /// database several proxies share; needs --repository-dsn and ENCRYPTION_KEY).
     #[arg(
         help_heading = "Store and operations",
         long,
@@ -174,7 +175,9 @@ pub struct Cli {
     )]
     pub repository_backend: String,
 
-    /// Connection string of an external store (not supported yet).
+    /// PostgreSQL connection string, such as
+    /// postgres://user:password@host:5432/database?sslmode=verify-full. On a command line it
+    /// is visible to every local user: prefer the REPOSITORY_DSN variable.
     #[arg(
         help_heading = "Store and operations",
         long,
@@ -182,6 +185,15 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub repository_dsn: Option<String>,
+
+    /// How long startup waits for PostgreSQL to answer before it gives up (exit 1).
+    #[arg(
+        help_heading = "Store and operations",
+        long,
+        env = "REPOSITORY_CONNECT_TIMEOUT",
+        default_value = "60s"
+    )]
+    pub repository_connect_timeout: String,
 
     /// IPs or CIDRs of reverse proxies whose X-Forwarded-* headers are believed (comma-separated).
     #[arg(
@@ -219,7 +231,8 @@ pub struct Cli {
     )]
     pub proxy_bearer_token: Option<String>,
 
-    /// obot-compatible name for the PostgreSQL store's DSN (refused until that store exists).
+    /// obot-compatible name for the PostgreSQL store's connection string (alone, it chooses
+    /// that store).
     #[arg(
         help_heading = "Store and operations",
         long,

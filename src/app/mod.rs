@@ -60,6 +60,8 @@ pub enum RunError {
     StdioDir(std::io::Error),
     #[error(transparent)]
     Migrate(#[from] crate::migrate::MigrateError),
+    #[error(transparent)]
+    Postgres(#[from] store::postgres::ConnectError),
 }
 
 /// Secrets given through the environment that are not flags of their own.
@@ -143,20 +145,49 @@ pub struct Prepared {
     pub metrics_local_addr: Option<SocketAddr>,
 }
 
-/// The store in `data_path`, sealed with ENCRYPTION_KEY (or the key generated there).
-fn open_repo(
+/// The store chosen: sled in `data_path` (keys from the environment or generated there), or
+/// PostgreSQL (ENCRYPTION_KEY required; the cookie key from the environment or generated
+/// once into the database).
+async fn open_repo(
+    choice: &config::StoreChoice,
     data_path: &std::path::Path,
     secrets: &EnvSecrets,
     clock: Clock,
 ) -> Result<Repo, RunError> {
-    let store = SledStore::open(data_path)?;
-    let keys = Keys::load(
-        data_path,
-        secrets.encryption_key.as_ref().map(|s| s.expose()),
-        secrets.auth_hmac_secret.as_ref().map(|s| s.expose()),
-    )?;
-    Ok(Repo::new(Arc::new(store), keys, clock))
+    let encryption_key = secrets.encryption_key.as_ref().map(|s| s.expose());
+    let hmac_secret = secrets.auth_hmac_secret.as_ref().map(|s| s.expose());
+    match choice {
+        config::StoreChoice::Local => {
+            let store = SledStore::open(data_path)?;
+            let keys = Keys::load(data_path, encryption_key, hmac_secret)?;
+            Ok(Repo::new(Arc::new(store), keys, clock))
+        }
+        config::StoreChoice::Postgres {
+            dsn,
+            connect_timeout,
+        } => {
+            // Checked before connecting: a missing key is said at once.
+            let (keys, hmac_given) = Keys::given(encryption_key, hmac_secret)?;
+            let store =
+                store::postgres::PostgresStore::connect(dsn.expose(), *connect_timeout).await?;
+            let repo = Repo::new(Arc::new(store), keys.clone(), clock);
+            if hmac_given {
+                return Ok(repo);
+            }
+            // Generated once into the database, sealed: every process on it signs cookies
+            // with the same key.
+            let hmac = repo
+                .secret_once(COOKIE_KEY_SECRET, || {
+                    zeroize::Zeroizing::new(Keys::random_key().to_vec())
+                })
+                .await?;
+            Ok(repo.with_keys(keys.with_hmac(&hmac)?))
+        }
+    }
 }
+
+/// The stored name of the cookie key when a shared store generates it.
+const COOKIE_KEY_SECRET: &str = "cookie_hmac_key";
 
 /// `mcp-auth-proxy migrate`: brings what can be reused into the store of `--data-path`.
 pub async fn migrate(
@@ -177,7 +208,13 @@ pub async fn migrate(
         None => None,
     };
     let source: crate::migrate::Source = cli.from.parse()?;
-    let repo = open_repo(&cli.data_path, &secrets, Clock::system())?;
+    let repo = open_repo(
+        &config::StoreChoice::Local,
+        &cli.data_path,
+        &secrets,
+        Clock::system(),
+    )
+    .await?;
     match &source {
         crate::migrate::Source::Sigbit(dir) => {
             let plan = crate::migrate::sigbit::Plan {

@@ -55,7 +55,7 @@ pub async fn prepare(
     secrets: EnvSecrets,
     clock: Clock,
 ) -> Result<Prepared, RunError> {
-    let repo = open_repo(&config.data_path, &secrets, clock)?;
+    let repo = open_repo(&config.store, &config.data_path, &secrets, clock).await?;
     let metrics = Arc::new(metrics::Metrics::new());
     // The clients file is read before anything listens: a mistake in it stops the start.
     let static_clients = match &config.clients_file {

@@ -35,6 +35,86 @@ pub use upstream::*;
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+/// Where the proxy keeps its state.
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    /// The embedded sled store in `--data-path` (one process).
+    Local,
+    /// A PostgreSQL database that several proxies may share.
+    Postgres {
+        /// The connection string (it may hold a password).
+        dsn: Secret,
+        /// How long startup waits for the database to answer.
+        connect_timeout: Duration,
+    },
+}
+
+/// `--repository-backend` with `--repository-dsn` / `REPOSITORY_DSN` (sigbit's names), or
+/// obot's `DATABASE_DSN`, which alone means PostgreSQL.
+fn store_choice(cli: &Cli, notes: &mut Vec<String>) -> Result<StoreChoice, ConfigError> {
+    let given = |s: &Option<String>| {
+        s.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let repository_dsn = given(&cli.repository_dsn);
+    let database_dsn = given(&cli.database_dsn);
+    let dsn = match (repository_dsn, database_dsn) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(bad(
+                "REPOSITORY_DSN and DATABASE_DSN name different databases; give one",
+            ));
+        }
+        (a, b) => a.or(b),
+    };
+    let backend = cli.repository_backend.trim().to_ascii_lowercase();
+    let postgres = match backend.as_str() {
+        "postgres" | "postgresql" => true,
+        // obot's variable alone chooses PostgreSQL.
+        "local" | "" => cli
+            .database_dsn
+            .as_deref()
+            .is_some_and(|d| !d.trim().is_empty()),
+        other @ ("sqlite" | "mysql") => {
+            return Err(bad(format!(
+                "--repository-backend {other} is not supported; use local (the embedded store) or postgres"
+            )));
+        }
+        other => {
+            return Err(bad(format!(
+                "--repository-backend {other:?} is unknown; use local or postgres"
+            )));
+        }
+    };
+    if !postgres {
+        if dsn.is_some() {
+            // As sigbit's proxy does: the DSN means something only for an external store.
+            notes.push(
+                "--repository-dsn (REPOSITORY_DSN) is ignored: --repository-backend is local, the embedded store in --data-path".to_string(),
+            );
+        }
+        return Ok(StoreChoice::Local);
+    }
+    let Some(dsn) = dsn else {
+        return Err(bad(
+            "--repository-backend postgres needs a connection string: --repository-dsn or REPOSITORY_DSN (or DATABASE_DSN), such as postgres://user:password@host:5432/database",
+        ));
+    };
+    if !(dsn.starts_with("postgres://") || dsn.starts_with("postgresql://")) {
+        return Err(bad(
+            "the PostgreSQL connection string must start with postgres:// or postgresql://",
+        ));
+    }
+    Ok(StoreChoice::Postgres {
+        dsn: Secret::new(dsn),
+        connect_timeout: parse_duration(
+            "--repository-connect-timeout",
+            &cli.repository_connect_timeout,
+        )?,
+    })
+}
+
 /// Where the protected resource's metadata (RFC 9728) is served, before the MCP path.
 pub const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
@@ -90,6 +170,8 @@ pub struct Config {
     /// `None` means "the default for the port actually bound".
     pub external_url: Option<PublicOrigin>,
     pub data_path: PathBuf,
+    /// Where the state lives.
+    pub store: StoreChoice,
     pub trusted_proxies: Vec<IpNet>,
     pub mcp_path: String,
     /// Normalised origins (`scheme://host[:port]`, lower-case) allowed besides our own.
@@ -161,35 +243,8 @@ impl Config {
             .transpose()?;
         let tls = tls_config(&cli, external_url.as_ref())?;
 
-        if cli
-            .database_dsn
-            .as_deref()
-            .is_some_and(|d| !d.trim().is_empty())
-        {
-            return Err(bad(
-                "DATABASE_DSN names a PostgreSQL store, which is not supported yet; unset it to use the embedded store",
-            ));
-        }
-        match cli.repository_backend.trim().to_ascii_lowercase().as_str() {
-            "local" | "" => {}
-            other @ ("postgres" | "sqlite" | "mysql") => {
-                return Err(bad(format!(
-                    "--repository-backend {other} is not supported yet; use --repository-backend local (the embedded store)"
-                )));
-            }
-            other => {
-                return Err(bad(format!(
-                    "--repository-backend {other:?} is unknown; use local"
-                )));
-            }
-        }
         let mut notes = Vec::new();
-        if cli.repository_dsn.as_deref().is_some_and(|s| !s.is_empty()) {
-            // As sigbit's proxy does: the DSN means something only for an external store.
-            notes.push(
-                "--repository-dsn (REPOSITORY_DSN) is ignored: --repository-backend is local, the embedded store in --data-path".to_string(),
-            );
-        }
+        let store = store_choice(&cli, &mut notes)?;
 
         let trusted_proxies = cli
             .trusted_proxies
@@ -275,6 +330,7 @@ impl Config {
             listen,
             tls,
             external_url,
+            store,
             data_path: match &cli.data_path {
                 d if d.exists() && !d.is_dir() => {
                     return Err(bad(format!(

@@ -20,6 +20,10 @@ use zeroize::Zeroizing;
 pub enum KeyError {
     #[error("{0} must be base64 of exactly 32 bytes (generate one with: openssl rand -base64 32)")]
     BadEnvKey(&'static str),
+    #[error(
+        "{0} is required with a shared store: base64 of 32 bytes, the same for every proxy on the database (generate one with: openssl rand -base64 32)"
+    )]
+    MissingEnvKey(&'static str),
     #[error("key file {path}: {reason}")]
     File { path: String, reason: String },
     #[error("a sealed secret could not be opened (wrong ENCRYPTION_KEY, or the data was altered)")]
@@ -107,6 +111,45 @@ impl Keys {
             sealer: SecretBox::new(&enc),
             hmac,
         })
+    }
+
+    /// The keys for a store several processes share: the sealing key must be given (every
+    /// process needs the same one, and the database must not hold it); the cookie key is the
+    /// given one, or a placeholder until [`Keys::with_hmac`] sets the one kept in the store.
+    pub fn given(
+        encryption_key: Option<&str>,
+        hmac_secret: Option<&str>,
+    ) -> Result<(Self, bool), KeyError> {
+        let enc = encryption_key
+            .filter(|s| !s.trim().is_empty())
+            .ok_or(KeyError::MissingEnvKey("ENCRYPTION_KEY"))?;
+        let enc = decode_key(enc).ok_or(KeyError::BadEnvKey("ENCRYPTION_KEY"))?;
+        let hmac = match hmac_secret.filter(|s| !s.trim().is_empty()) {
+            Some(h) => Some(decode_key(h).ok_or(KeyError::BadEnvKey("AUTH_HMAC_SECRET"))?),
+            None => None,
+        };
+        let given_hmac = hmac.is_some();
+        let keys = Self {
+            sealer: SecretBox::new(&enc),
+            hmac: hmac.unwrap_or_else(|| Zeroizing::new([0u8; 32])),
+        };
+        Ok((keys, given_hmac))
+    }
+
+    /// These keys with `hmac` as the cookie key.
+    pub fn with_hmac(self, hmac: &[u8]) -> Result<Self, KeyError> {
+        let hmac: [u8; 32] = hmac.try_into().map_err(|_| KeyError::Open)?;
+        Ok(Self {
+            hmac: Zeroizing::new(hmac),
+            ..self
+        })
+    }
+
+    /// 32 random bytes, for a key generated once.
+    pub fn random_key() -> Zeroizing<[u8; 32]> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        rand::rng().fill_bytes(key.as_mut());
+        key
     }
 
     /// Fresh random keys, for tests.

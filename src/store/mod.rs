@@ -3,14 +3,15 @@
 //! Two layers:
 //! - [`Store`] is the backend contract: named tables of byte records, each with an optional
 //!   expiry, plus compare-and-swap, an expiry sweep and a durability barrier. [`sled::SledStore`]
-//!   implements it on the embedded sled database; a PostgreSQL backend will implement the same
-//!   few methods.
+//!   implements it on the embedded sled database, [`postgres::PostgresStore`] on a PostgreSQL
+//!   database that several proxies share.
 //! - [`Repo`] is what the rest of the proxy uses: typed, versioned records (clients, codes,
 //!   grants, tokens, consents, sessions, secrets). It owns the rules that must not differ
 //!   between backends: tokens and codes keyed by their hash only, secrets sealed with the
 //!   store's key, records of a newer schema skipped rather than misread.
 
 mod keys;
+pub mod postgres;
 mod records;
 mod repo;
 pub mod sled;
@@ -108,6 +109,12 @@ pub enum StoreError {
         "the data directory {path} is in use by another mcp-auth-proxy{pid}; stop it or choose another --data-path"
     )]
     Locked { path: String, pid: String },
+    /// PostgreSQL failed or is away.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] sqlx::Error),
+    /// A store operation took longer than its bound (the database is slow or away).
+    #[error("the store did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
     #[error("store record could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),
     #[error(transparent)]

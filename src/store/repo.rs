@@ -213,6 +213,38 @@ impl Repo {
             .await
     }
 
+    /// The secret under `name`, made by `make` and stored first if there is none. Safe when
+    /// several processes start at once: the first write wins, and every process reads it.
+    pub async fn secret_once(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Zeroizing<Vec<u8>>,
+    ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        if let Some(s) = self.get_secret(name).await? {
+            return Ok(s);
+        }
+        let sealed = self.keys.sealer.seal(name.as_bytes(), &make())?;
+        let entry = Self::encode(&SecretRecord { sealed }, None)?;
+        self.store
+            .compare_and_swap(Table::Secrets, name.as_bytes(), None, Some(entry))
+            .await?;
+        self.flush().await?;
+        match self.get_secret(name).await? {
+            Some(s) => Ok(s),
+            // Written, or written by another process, then gone: nothing removes secrets.
+            None => Err(StoreError::Key(super::KeyError::Open)),
+        }
+    }
+
+    /// The same store and clock with other keys.
+    pub fn with_keys(&self, keys: Keys) -> Self {
+        Self {
+            store: self.store.clone(),
+            keys,
+            clock: self.clock.clone(),
+        }
+    }
+
     /// Opens the secret stored under `name`.
     pub async fn get_secret(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
         match self.get::<SecretRecord>(name.as_bytes()).await? {

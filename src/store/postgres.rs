@@ -1,0 +1,359 @@
+//! The [`Store`] contract on PostgreSQL, for several proxies that share one database.
+//!
+//! One table holds every record: `(tbl, key)` is the primary key, `value` the bytes the
+//! [`Repo`](super::Repo) wrote, `expires_at` the expiry (NULL: never). Each method is one
+//! statement, so each is atomic on its own as the contract asks: `take` is `DELETE …
+//! RETURNING`, compare-and-swap a conditional `INSERT`, `UPDATE` or `DELETE` whose row count
+//! says whether it swapped. A commit is durable when it returns (PostgreSQL's default
+//! `synchronous_commit`), so [`Store::flush`] has nothing left to wait for.
+//!
+//! The schema comes from the versioned migrations in `migrations/postgres/`, embedded in the
+//! binary and applied at startup under PostgreSQL's advisory lock (sqlx's migrator), so two
+//! processes starting at once apply each migration once. Migrations only add: a binary older
+//! than the database's schema still runs on it (rolling upgrades), and says so in its log.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Row, SqlSafeStr};
+
+use super::{Entry, Store, StoreError, Table};
+use crate::clock::UnixTime;
+
+/// The migrations, in order. A version once released never changes (sqlx checks a checksum).
+const MIGRATIONS: [(i64, &str, &str); 1] = [(
+    1,
+    "entries",
+    include_str!("../../migrations/postgres/0001_entries.sql"),
+)];
+
+/// Where sqlx records the applied migrations: a name of our own, so a database shared with
+/// another sqlx application keeps both histories apart.
+const MIGRATIONS_TABLE: &str = "mcp_auth_proxy_migrations";
+
+/// How long one store operation may take, waiting for a connection included: beyond it the
+/// request gets a 503 rather than hanging while the database is away.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections per process. The proxy's store work is short statements; a handful of
+/// connections serve thousands of requests a second, and several replicas stay well under
+/// PostgreSQL's default `max_connections` (100).
+const MAX_CONNECTIONS: u32 = 16;
+
+/// Expired records deleted per statement by the sweep.
+const SWEEP_BATCH: i64 = 5_000;
+
+/// The database could not be used at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "the PostgreSQL connection string cannot be read: {0} (expected postgres://user:password@host:5432/database?sslmode=require)"
+    )]
+    Dsn(#[source] sqlx::Error),
+    #[error("PostgreSQL at {target} did not answer within {waited:?}: {last}")]
+    Unreachable {
+        target: String,
+        waited: Duration,
+        #[source]
+        last: sqlx::Error,
+    },
+    #[error("the store's schema could not be brought up to date: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The PostgreSQL store: a pool of connections, reconnecting by itself after an outage.
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `dsn` (retrying for up to `patience` while the database is not reachable,
+    /// with a log line each time), then brings the schema up to date.
+    pub async fn connect(dsn: &str, patience: Duration) -> Result<Self, ConnectError> {
+        let options = PgConnectOptions::from_str(dsn)
+            .map_err(ConnectError::Dsn)?
+            .application_name("mcp-auth-proxy");
+        let target = format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        );
+        // Each attempt is one connection, bounded, so the log says at once what is wrong.
+        let started = tokio::time::Instant::now();
+        let mut wait = Duration::from_millis(250);
+        loop {
+            let attempt = tokio::time::timeout(
+                OPERATION_TIMEOUT.min(patience),
+                PgConnection::connect_with(&options),
+            )
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+            match attempt {
+                Ok(c) => {
+                    // Closed politely; the pool opens its own.
+                    let _ = c.close().await;
+                    break;
+                }
+                Err(last) if started.elapsed() + wait <= patience => {
+                    tracing::warn!(database = %target, error = %last, retry_in_ms = wait.as_millis() as u64, "PostgreSQL is not reachable yet; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(last) => {
+                    return Err(ConnectError::Unreachable {
+                        target,
+                        waited: started.elapsed(),
+                        last,
+                    });
+                }
+            }
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(OPERATION_TIMEOUT)
+            .connect_lazy_with(options);
+        migrator().run(&pool).await?;
+        tracing::info!(database = %target, "store: PostgreSQL");
+        Ok(Self { pool })
+    }
+
+    /// Runs `op` within [`OPERATION_TIMEOUT`].
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(OPERATION_TIMEOUT, op).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::TimedOut(OPERATION_TIMEOUT)),
+        }
+    }
+}
+
+fn migrator() -> Migrator {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|(version, description, sql)| {
+            Migration::new(
+                *version,
+                Cow::Borrowed(*description),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
+        })
+        .collect();
+    let mut m = Migrator::with_migrations(migrations);
+    m.dangerous_set_table_name(MIGRATIONS_TABLE);
+    // Applied by a newer release: kept, since migrations only add.
+    m.set_ignore_missing(true);
+    m
+}
+
+/// `expires_at` as PostgreSQL's BIGINT: times beyond its range never expire.
+fn expiry(entry: &Entry) -> Option<i64> {
+    entry
+        .expires_at
+        .map(|t| i64::try_from(t).unwrap_or(i64::MAX))
+}
+
+fn entry_of(row: &PgRow) -> Result<Entry, sqlx::Error> {
+    let expires_at: Option<i64> = row.try_get("expires_at")?;
+    Ok(Entry {
+        expires_at: expires_at.map(|t| u64::try_from(t).unwrap_or(0)),
+        value: row.try_get("value")?,
+    })
+}
+
+/// The smallest key greater than every key starting with `prefix`, or `None` when there is
+/// none (an empty prefix, or one of only 0xFF bytes): the upper bound of a prefix scan, so
+/// the scan uses the primary key's order.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+        let row = self
+            .bounded(
+                sqlx::query(
+                    "SELECT value, expires_at FROM mcp_auth_proxy_entries WHERE tbl = $1 AND key = $2",
+                )
+                .bind(table.name())
+                .bind(key)
+                .fetch_optional(&self.pool),
+            )
+            .await?;
+        Ok(row.as_ref().map(entry_of).transpose()?)
+    }
+
+    async fn put(&self, table: Table, key: &[u8], entry: Entry) -> Result<(), StoreError> {
+        self.bounded(
+            sqlx::query(
+                "INSERT INTO mcp_auth_proxy_entries (tbl, key, value, expires_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (tbl, key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at",
+            )
+            .bind(table.name())
+            .bind(key)
+            .bind(&entry.value)
+            .bind(expiry(&entry))
+            .execute(&self.pool),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn take(&self, table: Table, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+        let row = self
+            .bounded(
+                sqlx::query(
+                    "DELETE FROM mcp_auth_proxy_entries WHERE tbl = $1 AND key = $2 RETURNING value, expires_at",
+                )
+                .bind(table.name())
+                .bind(key)
+                .fetch_optional(&self.pool),
+            )
+            .await?;
+        Ok(row.as_ref().map(entry_of).transpose()?)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        table: Table,
+        key: &[u8],
+        expected: Option<&Entry>,
+        new: Option<Entry>,
+    ) -> Result<bool, StoreError> {
+        let name = table.name();
+        let done = match (expected, new) {
+            (None, Some(new)) => self.bounded(
+                sqlx::query(
+                    "INSERT INTO mcp_auth_proxy_entries (tbl, key, value, expires_at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (tbl, key) DO NOTHING",
+                )
+                .bind(name)
+                .bind(key)
+                .bind(&new.value)
+                .bind(expiry(&new))
+                .execute(&self.pool),
+            ),
+            (Some(old), Some(new)) => self.bounded(
+                sqlx::query(
+                    "UPDATE mcp_auth_proxy_entries SET value = $3, expires_at = $4
+                     WHERE tbl = $1 AND key = $2 AND value = $5 AND expires_at IS NOT DISTINCT FROM $6",
+                )
+                .bind(name)
+                .bind(key)
+                .bind(&new.value)
+                .bind(expiry(&new))
+                .bind(&old.value)
+                .bind(expiry(old))
+                .execute(&self.pool),
+            ),
+            (Some(old), None) => self.bounded(
+                sqlx::query(
+                    "DELETE FROM mcp_auth_proxy_entries
+                     WHERE tbl = $1 AND key = $2 AND value = $3 AND expires_at IS NOT DISTINCT FROM $4",
+                )
+                .bind(name)
+                .bind(key)
+                .bind(&old.value)
+                .bind(expiry(old))
+                .execute(&self.pool),
+            ),
+            // Absent stays absent: it "swaps" when nothing is there.
+            (None, None) => return Ok(self.get(table, key).await?.is_none()),
+        }
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Entry)>, StoreError> {
+        let rows = self
+            .bounded(
+                sqlx::query(
+                    "SELECT key, value, expires_at FROM mcp_auth_proxy_entries
+                     WHERE tbl = $1 AND key >= $2 AND ($3::bytea IS NULL OR key < $3)
+                     ORDER BY key",
+                )
+                .bind(table.name())
+                .bind(prefix)
+                .bind(prefix_end(prefix))
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push((row.try_get("key")?, entry_of(row)?));
+        }
+        Ok(out)
+    }
+
+    async fn sweep(&self, now: UnixTime) -> Result<usize, StoreError> {
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        let mut removed = 0usize;
+        // In batches, so each statement stays short however much expired at once.
+        loop {
+            let done = self
+                .bounded(
+                    sqlx::query(
+                        "DELETE FROM mcp_auth_proxy_entries WHERE ctid IN (
+                           SELECT ctid FROM mcp_auth_proxy_entries WHERE expires_at < $1 LIMIT $2)",
+                    )
+                    .bind(now)
+                    .bind(SWEEP_BATCH)
+                    .execute(&self.pool),
+                )
+                .await?;
+            let n = usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
+            removed = removed.saturating_add(n);
+            if n < SWEEP_BATCH as usize {
+                return Ok(removed);
+            }
+        }
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Every statement above committed durably before it returned.
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_scan_ends_before_the_next_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
+    #[test]
+    fn the_embedded_migrations_are_in_order() {
+        let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.0).collect();
+        let mut sorted = versions.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(versions, sorted);
+        assert!(migrator().iter().all(|m| !m.sql.as_str().is_empty()));
+    }
+}
