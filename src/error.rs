@@ -128,12 +128,23 @@ impl IntoResponse for OAuthError {
     }
 }
 
+/// A store failure is the store being away (a database outage) far more often than a bug:
+/// 503 with `Retry-After`, so clients try again rather than give up.
 impl From<crate::store::StoreError> for OAuthError {
     fn from(e: crate::store::StoreError) -> Self {
         tracing::error!(error = %e, "store failure");
-        Self::server_error()
+        let mut err = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            OAuthErrorCode::TemporarilyUnavailable,
+            "the proxy's store is unavailable; try again shortly",
+        );
+        err.retry_after = Some(STORE_RETRY_AFTER);
+        err
     }
 }
+
+/// Seconds a client is asked to wait after a store failure.
+pub const STORE_RETRY_AFTER: u64 = 5;
 
 impl From<crate::store::KeyError> for OAuthError {
     fn from(e: crate::store::KeyError) -> Self {

@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::clock::UnixTime;
 use crate::config::Site;
 use crate::error::jsonrpc_error;
 use crate::store::{Repo, StoreError, TokenHash, TokenKind, TokenRecord};
@@ -225,10 +226,24 @@ pub fn bearer_value(value: &str) -> Result<&str, GateError> {
 /// it back after the eviction. Every eviction moves the revocation epoch on, and a token
 /// read from the store is cached only if no eviction happened since the read began: an
 /// insert holds the epoch shared, an eviction holds it alone.
+///
+/// A cached check is believed for at most [`TOKEN_CACHE_TTL`]: that bounds how long tokens
+/// keep passing while the store is away (fail closed after), and how long a revocation made
+/// by another process on a shared store can go unseen here.
 pub struct TokenCache {
-    entries: quick_cache::sync::Cache<TokenHash, Arc<TokenRecord>>,
+    entries: quick_cache::sync::Cache<TokenHash, Cached>,
     /// Evictions so far.
     epoch: RwLock<u64>,
+}
+
+/// Seconds a token read from the store is believed from memory.
+pub const TOKEN_CACHE_TTL: UnixTime = 30;
+
+#[derive(Clone)]
+struct Cached {
+    record: Arc<TokenRecord>,
+    /// Read again from the store from this time on.
+    until: UnixTime,
 }
 
 impl TokenCache {
@@ -240,20 +255,21 @@ impl TokenCache {
     }
 
     /// The cached record, or the epoch to give [`Self::insert`] after reading the store.
-    fn get(&self, hash: &TokenHash) -> Result<Arc<TokenRecord>, u64> {
-        if let Some(record) = self.entries.get(hash) {
-            return Ok(record);
+    fn get(&self, hash: &TokenHash, now: UnixTime) -> Result<Arc<TokenRecord>, u64> {
+        if let Some(c) = self.entries.get(hash).filter(|c| c.until > now) {
+            return Ok(c.record);
         }
         Err(self.epoch.read().map(|e| *e).unwrap_or(u64::MAX))
     }
 
     /// Caches a record read from the store, unless a revocation happened since `epoch`.
-    fn insert(&self, hash: TokenHash, record: Arc<TokenRecord>, epoch: u64) {
-        let Ok(now) = self.epoch.read() else {
+    fn insert(&self, hash: TokenHash, record: Arc<TokenRecord>, epoch: u64, now: UnixTime) {
+        let Ok(current) = self.epoch.read() else {
             return;
         };
-        if *now == epoch {
-            self.entries.insert(hash, record);
+        if *current == epoch {
+            let until = now.saturating_add(TOKEN_CACHE_TTL);
+            self.entries.insert(hash, Cached { record, until });
         }
     }
 
@@ -271,7 +287,7 @@ impl TokenCache {
     pub fn evict_grant(&self, grant_id: &str) {
         if let Ok(mut epoch) = self.epoch.write() {
             *epoch += 1;
-            self.entries.retain(|_, r| r.grant_id != grant_id);
+            self.entries.retain(|_, c| c.record.grant_id != grant_id);
         }
     }
 }
@@ -286,7 +302,7 @@ pub async fn check_token(
 ) -> Result<Caller, GateError> {
     let hash = TokenHash::of(token);
     let now = repo.clock().now();
-    let record = match cache.get(&hash) {
+    let record = match cache.get(&hash, now) {
         Ok(r) => r,
         Err(epoch) => {
             let loaded = repo
@@ -298,7 +314,7 @@ pub async fn check_token(
                 })?;
             let record = Arc::new(loaded.ok_or(GateError::InvalidToken)?);
             if record.kind == TokenKind::Access {
-                cache.insert(hash, record.clone(), epoch);
+                cache.insert(hash, record.clone(), epoch, now);
             }
             record
         }
@@ -341,10 +357,10 @@ mod tests {
         let cache = TokenCache::new(100);
         for i in 0..10_000u32 {
             let hash = TokenHash::of(&i.to_string());
-            let Err(epoch) = cache.get(&hash) else {
+            let Err(epoch) = cache.get(&hash, 0) else {
                 panic!("not cached yet")
             };
-            cache.insert(hash, record("g"), epoch);
+            cache.insert(hash, record("g"), epoch, 0);
         }
         let held = cache.entries.len();
         assert!(
@@ -358,21 +374,36 @@ mod tests {
         let cache = TokenCache::new(10);
         let hash = TokenHash::of("t");
         // A miss: the reader goes to the store (and finds the token still there)…
-        let Err(epoch) = cache.get(&hash) else {
+        let Err(epoch) = cache.get(&hash, 0) else {
             panic!("not cached yet")
         };
         // …while the token is revoked: removed from the store, evicted here.
         cache.evict(&[hash]);
-        cache.insert(hash, record("g"), epoch);
-        assert!(cache.get(&hash).is_err(), "the revoked token came back");
+        cache.insert(hash, record("g"), epoch, 0);
+        assert!(cache.get(&hash, 0).is_err(), "the revoked token came back");
         // Without a revocation in between, a read is cached.
-        let Err(epoch) = cache.get(&hash) else {
+        let Err(epoch) = cache.get(&hash, 0) else {
             panic!()
         };
-        cache.insert(hash, record("g"), epoch);
-        assert!(cache.get(&hash).is_ok());
+        cache.insert(hash, record("g"), epoch, 0);
+        assert!(cache.get(&hash, 0).is_ok());
         cache.evict_grant("g");
-        assert!(cache.get(&hash).is_err());
+        assert!(cache.get(&hash, 0).is_err());
+    }
+
+    #[test]
+    fn a_cached_check_is_believed_for_its_ttl_only() {
+        let cache = TokenCache::new(10);
+        let hash = TokenHash::of("t");
+        let Err(epoch) = cache.get(&hash, 1_000) else {
+            panic!("not cached yet")
+        };
+        cache.insert(hash, record("g"), epoch, 1_000);
+        assert!(cache.get(&hash, 1_000 + TOKEN_CACHE_TTL - 1).is_ok());
+        assert!(
+            cache.get(&hash, 1_000 + TOKEN_CACHE_TTL).is_err(),
+            "read from the store again"
+        );
     }
 
     fn h(auth: &[&str]) -> HeaderMap {
