@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use mcp_auth_proxy::clock::Clock;
 use mcp_auth_proxy::store::sled::SledStore;
-use mcp_auth_proxy::store::{Entry, Keys, McpSessionRecord, Repo, Store, Table, TokenHash};
+use mcp_auth_proxy::store::{Keys, McpSessionRecord, Repo, TokenHash};
 use reqwest::StatusCode;
 
 use crate::helpers::{Binary, BinarySite, Mint, client, mint, run_binary, start_upstream};
@@ -158,50 +158,6 @@ async fn a_second_process_on_the_same_data_dir_refuses_to_start() {
     )
     .await;
     again.kill9().await;
-}
-
-#[tokio::test]
-async fn records_of_unknown_versions_or_garbage_are_skipped() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(dir.path()).unwrap());
-    let repo = Repo::new(store.clone(), Keys::ephemeral(), Clock::system());
-    let key = TokenHash::of("sid").0;
-    let good = McpSessionRecord {
-        subject: "s".into(),
-        created_at: 1,
-    };
-    repo.put(&key, &good, None).await.unwrap();
-    assert_eq!(
-        repo.get::<McpSessionRecord>(&key).await.unwrap(),
-        Some(good)
-    );
-
-    let future = br#"{"v":99,"d":{"subject":"s","created_at":1,"new_field":true}}"#.to_vec();
-    store
-        .put(
-            Table::McpSessions,
-            &key,
-            Entry {
-                expires_at: None,
-                value: future,
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(repo.get::<McpSessionRecord>(&key).await.unwrap(), None);
-
-    store
-        .put(
-            Table::McpSessions,
-            &key,
-            Entry {
-                expires_at: None,
-                value: b"\xff not json".to_vec(),
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(repo.get::<McpSessionRecord>(&key).await.unwrap(), None);
 }
 
 #[tokio::test]

@@ -1,0 +1,163 @@
+//! A throwaway PostgreSQL cluster for one test: Debian's `postgresql` binaries, `initdb` in a
+//! temporary directory (as the `postgres` user when the tests run as root, since PostgreSQL
+//! refuses to run as root), a free loopback port, trust authentication on loopback only,
+//! stopped when dropped.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use sqlx::Connection;
+
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+/// The newest installed server's binaries (`/usr/lib/postgresql/<version>/bin`).
+fn server_bin() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is not installed (apt-get install postgresql)")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let v = e.file_name().to_str()?.parse().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().expect("no PostgreSQL server version").1
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+impl PgCluster {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        if is_root() {
+            let pg = nix::unistd::User::from_name("postgres")
+                .unwrap()
+                .expect("no postgres user (apt-get install postgresql)");
+            std::os::unix::fs::chown(dir.path(), Some(pg.uid.as_raw()), Some(pg.gid.as_raw()))
+                .unwrap();
+        }
+        let port = crate::helpers::dead_port().await;
+        let cluster = Self {
+            dir,
+            bin: server_bin(),
+            port,
+        };
+        let data = cluster.data();
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+        );
+        cluster.resume();
+        cluster
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs one of the server's programs, as `postgres` when we are root.
+    fn run(&self, program: &str, args: &[&str]) {
+        let path = self.bin.join(program);
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{program} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let data = self.data();
+        let mut all = vec!["-D", data.to_str().unwrap(), "-w", "-t", "60"];
+        all.extend_from_slice(args);
+        self.run("pg_ctl", &all);
+    }
+
+    /// Starts the server (again, after [`PgCluster::pause`]) on the same port.
+    pub fn resume(&self) {
+        let log = self.dir.path().join("server.log");
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        );
+        self.pg_ctl(&["-l", log.to_str().unwrap(), "-o", &options, "start"]);
+    }
+
+    /// Stops the server at once (clients see their connections drop).
+    pub fn pause(&self) {
+        self.pg_ctl(&["-m", "immediate", "stop"]);
+    }
+
+    /// The connection string of `database`.
+    pub fn dsn(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// A new, empty database; its connection string.
+    pub async fn database(&self, name: &str) -> String {
+        let mut c = sqlx::PgConnection::connect(&self.dsn("postgres"))
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+        self.dsn(name)
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        if data.join("postmaster.pid").exists() {
+            let path = self.bin.join("pg_ctl");
+            let mut cmd = if is_root() {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(&path);
+                c
+            } else {
+                Command::new(&path)
+            };
+            let _ = cmd
+                .args([
+                    "-D",
+                    data.to_str().unwrap_or_default(),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ])
+                .output();
+        }
+    }
+}
