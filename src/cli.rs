@@ -893,11 +893,18 @@ Example (sigbit's directory and ours may be the same one):
       --external-url https://mcp.example.com"
 )]
 pub struct MigrateCli {
-    /// What to bring: sigbit:<directory> (sigbit/mcp-auth-proxy's data directory).
+    /// What to bring: a data directory of ours (with --to), or sigbit:<directory>
+    /// (sigbit/mcp-auth-proxy's data directory).
     #[arg(long)]
     pub from: String,
 
-    /// Our data directory, as the proxy will be given it.
+    /// Where to bring it: a PostgreSQL connection string, or `postgres` to take it from
+    /// REPOSITORY_DSN (or DATABASE_DSN). Without it: the embedded store in --data-path.
+    /// Needs ENCRYPTION_KEY, as the proxy on that database does.
+    #[arg(long)]
+    pub to: Option<String>,
+
+    /// Our data directory, as the proxy will be given it (without --to).
     #[arg(long, short = 'd', env = "DATA_PATH", default_value = "./data")]
     pub data_path: std::path::PathBuf,
 

@@ -177,7 +177,7 @@ async fn open_repo(
             // Generated once into the database, sealed: every process on it signs cookies
             // with the same key.
             let hmac = repo
-                .secret_once(COOKIE_KEY_SECRET, || {
+                .secret_once(store::COOKIE_KEY_SECRET, || {
                     zeroize::Zeroizing::new(Keys::random_key().to_vec())
                 })
                 .await?;
@@ -185,9 +185,6 @@ async fn open_repo(
         }
     }
 }
-
-/// The stored name of the cookie key when a shared store generates it.
-const COOKIE_KEY_SECRET: &str = "cookie_hmac_key";
 
 /// `mcp-auth-proxy migrate`: brings what can be reused into the store of `--data-path`.
 pub async fn migrate(
@@ -208,21 +205,57 @@ pub async fn migrate(
         None => None,
     };
     let source: crate::migrate::Source = cli.from.parse()?;
-    let repo = open_repo(
-        &config::StoreChoice::Local,
-        &cli.data_path,
-        &secrets,
-        Clock::system(),
-    )
-    .await?;
+    let destination = match cli.to.as_deref().map(str::trim) {
+        None | Some("") => config::StoreChoice::Local,
+        Some(to) => {
+            let dsn = match to {
+                "postgres" | "postgresql" => ["REPOSITORY_DSN", "DATABASE_DSN"]
+                    .iter()
+                    .find_map(|v| std::env::var(v).ok().filter(|d| !d.trim().is_empty()))
+                    .ok_or_else(|| {
+                        config::ConfigError(
+                            "--to postgres: REPOSITORY_DSN (or DATABASE_DSN) is not set".into(),
+                        )
+                    })?,
+                dsn if dsn.starts_with("postgres://") || dsn.starts_with("postgresql://") => {
+                    dsn.to_string()
+                }
+                _ => {
+                    return Err(config::ConfigError(
+                        "--to must be a PostgreSQL connection string (postgres://…) or postgres"
+                            .into(),
+                    )
+                    .into());
+                }
+            };
+            config::StoreChoice::Postgres {
+                dsn: config::Secret::new(dsn),
+                connect_timeout: Duration::from_secs(60),
+            }
+        }
+    };
+    let repo = || open_repo(&destination, &cli.data_path, &secrets, Clock::system());
     match &source {
+        crate::migrate::Source::DataDir(dir) => {
+            if matches!(destination, config::StoreChoice::Local) {
+                let from = dir.display().to_string();
+                return Err(crate::migrate::MigrateError::NoDestination(from).into());
+            }
+            let keys = crate::migrate::data_dir::SourceKeys {
+                encryption_key: secrets.encryption_key.as_ref().map(|s| s.expose()),
+                hmac_secret: secrets.auth_hmac_secret.as_ref().map(|s| s.expose()),
+            };
+            let carry_cookie_key = secrets.auth_hmac_secret.is_none();
+            let to = repo().await?;
+            Ok(crate::migrate::data_dir::copy(dir, keys, &to, carry_cookie_key).await?)
+        }
         crate::migrate::Source::Sigbit(dir) => {
             let plan = crate::migrate::sigbit::Plan {
                 from: dir,
                 acme_directory: &cli.tls_directory_url,
                 host: host.as_deref(),
             };
-            Ok(crate::migrate::sigbit::migrate(&plan, &repo).await?)
+            Ok(crate::migrate::sigbit::migrate(&plan, &repo().await?).await?)
         }
     }
 }

@@ -2,8 +2,10 @@
 //! store, and says plainly what cannot. The proxy must not be running on the same data
 //! directory (the store's lock refuses a second opener).
 //!
-//! Sources: `sigbit:<dir>`, the data directory of sigbit/mcp-auth-proxy ([`sigbit`]).
+//! Sources: `sigbit:<dir>`, the data directory of sigbit/mcp-auth-proxy ([`sigbit`]); or a
+//! data directory of ours, copied into PostgreSQL with `--to` ([`data_dir`]).
 
+pub mod data_dir;
 pub mod sigbit;
 
 use std::path::PathBuf;
@@ -14,9 +16,13 @@ use crate::store::{KeyError, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error(
-        "--from {0:?}: expected sigbit:<directory> (the data directory of sigbit/mcp-auth-proxy)"
+        "--from {0:?}: expected a data directory of ours (with --to postgres://…) or sigbit:<directory> (the data directory of sigbit/mcp-auth-proxy)"
     )]
     UnknownSource(String),
+    #[error(
+        "--from {0}: copying a data directory of ours needs --to postgres://… (or --to postgres with REPOSITORY_DSN set)"
+    )]
+    NoDestination(String),
     #[error("{}: {why}", path.display())]
     Source { path: PathBuf, why: Unusable },
     #[error(transparent)]
@@ -32,6 +38,8 @@ pub enum MigrateError {
 pub enum Unusable {
     #[error("no private_key.pem and no certs/ here: not a data directory of sigbit/mcp-auth-proxy")]
     NotSigbit,
+    #[error("no store/ here: not a data directory of mcp-auth-proxy")]
+    NotOurs,
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("larger than {0} bytes; not a file we know")]
@@ -60,7 +68,7 @@ pub enum Unusable {
 
 impl MigrateError {
     /// `why` as the problem of the file at `path`.
-    fn source(path: &std::path::Path) -> impl FnOnce(Unusable) -> Self {
+    pub(crate) fn source(path: &std::path::Path) -> impl FnOnce(Unusable) -> Self {
         let path = path.to_path_buf();
         move |why| Self::Source { path, why }
     }
@@ -97,6 +105,8 @@ impl std::fmt::Display for Report {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     Sigbit(PathBuf),
+    /// A data directory of ours (its embedded store).
+    DataDir(PathBuf),
 }
 
 impl std::str::FromStr for Source {
@@ -104,6 +114,7 @@ impl std::str::FromStr for Source {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
             Some(("sigbit", dir)) if !dir.is_empty() => Ok(Source::Sigbit(PathBuf::from(dir))),
+            _ if !s.trim().is_empty() => Ok(Source::DataDir(PathBuf::from(s))),
             _ => Err(MigrateError::UnknownSource(s.to_string())),
         }
     }

@@ -32,6 +32,10 @@ pub enum KeyError {
     Seal,
 }
 
+/// The stored name of the cookie key when a shared store generates it (sealed like every
+/// secret).
+pub const COOKIE_KEY_SECRET: &str = "cookie_hmac_key";
+
 /// Authenticated encryption for secrets at rest (XChaCha20-Poly1305, random 192-bit nonces).
 /// The associated data binds each ciphertext to where it is stored, so a sealed value moved to
 /// another record does not open.
@@ -134,6 +138,34 @@ impl Keys {
             hmac: hmac.unwrap_or_else(|| Zeroizing::new([0u8; 32])),
         };
         Ok((keys, given_hmac))
+    }
+
+    /// The keys a data directory was used with, never generating one: each from its file in
+    /// `data_dir`, else from the given value (a proxy started with the variable writes no
+    /// file). For reading a store that already exists (`migrate`).
+    pub fn existing(
+        data_dir: &Path,
+        encryption_key: Option<&str>,
+        hmac_secret: Option<&str>,
+    ) -> Result<Self, KeyError> {
+        let read = |file: &str, env_name: &'static str, given: Option<&str>| {
+            let path = data_dir.join(file);
+            match std::fs::read_to_string(&path) {
+                Ok(s) => decode_key(&s).ok_or_else(|| KeyError::File {
+                    path: path.display().to_string(),
+                    reason: "not base64 of 32 bytes".into(),
+                }),
+                Err(_) => given
+                    .filter(|s| !s.trim().is_empty())
+                    .ok_or(KeyError::MissingEnvKey(env_name))
+                    .and_then(|b64| decode_key(b64).ok_or(KeyError::BadEnvKey(env_name))),
+            }
+        };
+        let enc = read("encryption.key", "ENCRYPTION_KEY", encryption_key)?;
+        Ok(Self {
+            sealer: SecretBox::new(&enc),
+            hmac: read("hmac.key", "AUTH_HMAC_SECRET", hmac_secret)?,
+        })
     }
 
     /// These keys with `hmac` as the cookie key.

@@ -16,7 +16,7 @@ mod records;
 mod repo;
 pub mod sled;
 
-pub use keys::{KeyError, Keys, SecretBox};
+pub use keys::{COOKIE_KEY_SECRET, KeyError, Keys, SecretBox};
 pub use records::*;
 pub use repo::Repo;
 

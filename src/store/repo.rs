@@ -253,6 +253,34 @@ impl Repo {
         }
     }
 
+    /// Copies every live record into `to`, table by table; returns how many per table.
+    /// Secrets are opened with this store's key and sealed again with `to`'s, so the two may
+    /// differ. Idempotent: a second copy writes the same records again.
+    pub async fn copy_into(&self, to: &Repo) -> Result<Vec<(Table, usize)>, StoreError> {
+        let now = self.clock.now();
+        let mut counts = Vec::new();
+        for table in Table::ALL {
+            let mut n = 0;
+            for (key, entry) in self.store.scan_prefix(table, b"").await? {
+                if entry.expires_at.is_some_and(|exp| exp <= now) {
+                    continue;
+                }
+                if table == Table::Secrets {
+                    let name = String::from_utf8_lossy(&key).into_owned();
+                    if let Some(secret) = self.get_secret(&name).await? {
+                        to.put_secret(&name, &secret).await?;
+                    }
+                } else {
+                    to.store.put(table, &key, entry).await?;
+                }
+                n += 1;
+            }
+            counts.push((table, n));
+        }
+        to.flush().await?;
+        Ok(counts)
+    }
+
     /// Deletes expired records.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
         self.store.sweep(self.clock.now()).await

@@ -251,3 +251,82 @@ async fn startup_on_postgres_needs_the_key_and_gives_up_on_a_database_that_never
         assert!(err.contains(word), "{backend}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_moves_a_data_directory_into_postgres_and_its_tokens_work_there() {
+    let pg = PgCluster::start().await;
+    let dsn = pg.database("moved").await;
+    let up = start_upstream().await;
+    let upstream = up.url("/mcp");
+    let site = BinarySite::new().await;
+    let dir = site.dir.path().to_str().unwrap().to_string();
+
+    // Filled through the real flow on the embedded store.
+    let bin = site.start(&[&upstream]).await;
+    let t = bin.target(&site.origin);
+    let oc = OAuthClient::public(&t).await;
+    let browser = Browser::new();
+    let tokens = oc.sign_in(&t, &browser).await;
+    assert_eq!(
+        mcp_status(&t, str_of(&tokens, "access_token")).await,
+        StatusCode::OK
+    );
+
+    // Refused while the proxy runs on the directory.
+    let key = encryption_key();
+    let envs = [
+        ("REPOSITORY_DSN", dsn.as_str()),
+        ("ENCRYPTION_KEY", key.as_str()),
+    ];
+    let migrate = ["migrate", "--from", &dir, "--to", "postgres"];
+    let out = crate::helpers::binary_output(&migrate, &envs).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("in use by another mcp-auth-proxy"), "{err}");
+    assert_eq!(bin.terminate(Duration::from_secs(20)).await, Some(0));
+
+    // Copied (under another ENCRYPTION_KEY than the directory's generated one), twice.
+    let mut reports = Vec::new();
+    for _ in 0..2 {
+        let out = crate::helpers::binary_output(&migrate, &envs).await;
+        let report = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{report}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for what in [
+            "1 clients",
+            "tokens",
+            "grants",
+            "browser sessions",
+            "the cookie key",
+        ] {
+            assert!(report.contains(what), "{what}: {report}");
+        }
+        reports.push(report);
+    }
+    assert_eq!(reports[0], reports[1], "the same again");
+
+    // The migrated tokens, client and browser session work against the proxy on PostgreSQL.
+    let bin = start_on(&site, &dsn, &key, &upstream).await;
+    let t = bin.target(&site.origin);
+    assert_eq!(
+        mcp_status(&t, str_of(&tokens, "access_token")).await,
+        StatusCode::OK
+    );
+    let renewed = refresh(&t, &oc.id, str_of(&tokens, "refresh_token")).await;
+    assert_eq!(renewed.status(), StatusCode::OK);
+    let again = oc.sign_in(&t, &browser).await;
+    assert_eq!(
+        mcp_status(&t, str_of(&again, "access_token")).await,
+        StatusCode::OK
+    );
+    assert_eq!(bin.terminate(Duration::from_secs(20)).await, Some(0));
+
+    // Our own directory needs a destination.
+    let out = crate::helpers::binary_output(&["migrate", "--from", &dir], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --to"));
+}
