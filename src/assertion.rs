@@ -228,8 +228,17 @@ impl Signer {
                     .map(key_from)
                     .collect::<Result<Vec<_>, _>>()?;
                 if keys.is_empty() {
-                    keys.push(key_from(generate(now)?)?);
-                    save(&repo, &keys).await?;
+                    // Generated once: when several processes start at once on a shared
+                    // store, the first write wins and every process signs with it.
+                    let first = Zeroizing::new(serde_json::to_vec(&[generate(now)?])?);
+                    let stored = repo.secret_once(KEYS_SECRET, || first).await?;
+                    keys = serde_json::from_slice::<Vec<StoredKey>>(&stored)
+                        .map_err(|e| {
+                            AssertionError::BadKey(format!("the stored signing keys: {e}"))
+                        })?
+                        .into_iter()
+                        .map(key_from)
+                        .collect::<Result<Vec<_>, _>>()?;
                 }
                 (keys, false)
             }
@@ -355,11 +364,6 @@ async fn load_stored(repo: &Repo) -> Result<Vec<StoredKey>, AssertionError> {
             .map_err(|e| AssertionError::BadKey(format!("the stored signing keys: {e}"))),
         None => Ok(Vec::new()),
     }
-}
-
-async fn save(repo: &Repo, keys: &[Key]) -> Result<(), AssertionError> {
-    let stored: Vec<StoredKey> = keys.iter().map(|k| k.stored.clone()).collect();
-    save_stored(repo, &stored).await
 }
 
 async fn save_stored(repo: &Repo, stored: &[StoredKey]) -> Result<(), AssertionError> {
