@@ -12,6 +12,8 @@ pub struct PgCluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    /// Server options beyond the port and addresses (TLS).
+    extra: String,
 }
 
 /// The newest installed server's binaries (`/usr/lib/postgresql/<version>/bin`).
@@ -34,6 +36,56 @@ fn is_root() -> bool {
 
 impl PgCluster {
     pub async fn start() -> Self {
+        let cluster = Self::init().await;
+        cluster.resume();
+        cluster
+    }
+
+    /// A cluster that takes TCP connections over TLS only (`hostssl`), with a certificate
+    /// for 127.0.0.1 and localhost from a throwaway CA; returns it and the CA's PEM file.
+    pub async fn start_tls() -> (Self, PathBuf) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let mut cluster = Self::init().await;
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut leaf =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
+        leaf.is_ca = IsCa::ExplicitNoCa;
+        let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+        let data = cluster.data();
+        let write = |name: &str, text: String, mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            let path = data.join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            cluster.own(&path);
+        };
+        write("server.crt", leaf.pem(), 0o644);
+        write("server.key", key.serialize_pem(), 0o600);
+        write(
+            "pg_hba.conf",
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n".into(),
+            0o600,
+        );
+        let ca_file = cluster.dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        cluster.extra = "-c ssl=on".into();
+        cluster.resume();
+        (cluster, ca_file)
+    }
+
+    /// Gives `path` to the `postgres` user when we are root.
+    fn own(&self, path: &std::path::Path) {
+        if is_root() {
+            let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+            std::os::unix::fs::chown(path, Some(pg.uid.as_raw()), Some(pg.gid.as_raw())).unwrap();
+        }
+    }
+
+    async fn init() -> Self {
         let dir = tempfile::tempdir().unwrap();
         if is_root() {
             let pg = nix::unistd::User::from_name("postgres")
@@ -47,6 +99,7 @@ impl PgCluster {
             dir,
             bin: server_bin(),
             port,
+            extra: String::new(),
         };
         let data = cluster.data();
         cluster.run(
@@ -63,7 +116,6 @@ impl PgCluster {
                 "--no-instructions",
             ],
         );
-        cluster.resume();
         cluster
     }
 
@@ -105,9 +157,10 @@ impl PgCluster {
     pub fn resume(&self) {
         let log = self.dir.path().join("server.log");
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c max_connections=200",
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c max_connections=200 {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.extra
         );
         self.pg_ctl(&["-l", log.to_str().unwrap(), "-o", &options, "start"]);
     }

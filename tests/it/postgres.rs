@@ -330,3 +330,27 @@ async fn migrate_moves_a_data_directory_into_postgres_and_its_tokens_work_there(
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs --to"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_in_the_connection_string_is_honoured() {
+    use mcp_auth_proxy::store::postgres::PostgresStore;
+    // The server takes TCP connections over TLS only.
+    let (pg, ca) = PgCluster::start_tls().await;
+    let dsn = pg.database("tls").await;
+    let with = |query: &str| format!("{dsn}?{query}");
+    let patience = Duration::from_secs(1);
+    let refused = PostgresStore::connect(&with("sslmode=disable"), patience).await;
+    assert!(refused.is_err(), "without TLS the server refuses");
+    PostgresStore::connect(&with("sslmode=require"), patience)
+        .await
+        .expect("require: encrypted");
+    let ours = format!("sslmode=verify-full&sslrootcert={}", ca.display());
+    PostgresStore::connect(&with(&ours), patience)
+        .await
+        .expect("verify-full with the server's CA");
+    let unknown = PostgresStore::connect(&with("sslmode=verify-full"), patience).await;
+    assert!(
+        unknown.is_err(),
+        "verify-full refuses a CA it was not given"
+    );
+}
