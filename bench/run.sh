@@ -11,6 +11,9 @@
 #   commit) as one more path on the fast upstream, interleaved in the same rounds:
 #     git worktree add /tmp/base REV && (cd /tmp/base && cargo build --release --locked)
 #     BENCH_BASELINE=/tmp/base/target/release/mcp-auth-proxy bash bench/run.sh 3 10s
+#   With Debian's postgresql installed (BENCH_POSTGRES=0 to leave it out), the same proxy on a
+#   throwaway PostgreSQL cluster is one more path on the fast upstream, and bench/store.mjs
+#   then times the sign-in flow and cold and warm token checks on both stores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -28,8 +31,10 @@ BIN=target/release/mcp-auth-proxy
 
 work=$(mktemp -d)
 pids=()
+pg_stop=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ ${#pg_stop[@]} -gt 0 ]; then "${pg_stop[@]}" >/dev/null 2>&1 || true; rm -rf "$pgdir"; fi
   for f in "$work"/upstream.pid "$work"/front.pid; do
     if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi
   done
@@ -106,7 +111,9 @@ start_proxy() { # port upstream data [flags…]; sets STARTED (the binary: $PROX
   STARTED=$!
   pids+=("$STARTED")
 }
-start_proxy "$PROXY_FAST" "http://127.0.0.1:$FAST/mcp" "$work/data-fast"; PROXY_FAST_PID=$STARTED
+# (--rate-limit 0: bench/store.mjs signs in hundreds of times; the MCP endpoint is never
+# rate limited, so the paths under wrk are the same either way.)
+start_proxy "$PROXY_FAST" "http://127.0.0.1:$FAST/mcp" "$work/data-fast" --rate-limit 0; PROXY_FAST_PID=$STARTED
 start_proxy "$PROXY_EVERY" "http://127.0.0.1:$EVERY/mcp" "$work/data-every"; PROXY_EVERY_PID=$STARTED
 # The same proxy without its HTTP/1 fast lane: every request through hyper and the router.
 start_proxy "$PROXY_GENERAL" "http://127.0.0.1:$FAST/mcp" "$work/data-general" --no-fast-lane
@@ -117,12 +124,30 @@ if [ -n "$BASELINE" ]; then
   PROXY_BIN=$BASELINE start_proxy "$PROXY_BASELINE" "http://127.0.0.1:$FAST/mcp" "$work/data-baseline"
 fi
 
-for p in $FAST $NGINX_FAST $NGINX_EVERY $EVERY $PROXY_FAST $PROXY_EVERY $PROXY_GENERAL ${PROXY_BASELINE:-}; do wait_port "$p"; done
+# The PostgreSQL store: a throwaway cluster of Debian's server (as the postgres user when
+# root; fsync left on, as in production), the same proxy on the fast upstream.
+PG_BIN=$(find /usr/lib/postgresql -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -1)
+if [ -n "$PG_BIN" ] && [ "${BENCH_POSTGRES:-1}" = 1 ]; then
+  pgdir=$(mktemp -d); as_pg=()
+  if [ "$(id -u)" = 0 ]; then chown postgres "$pgdir"; as_pg=(runuser -u postgres --); fi
+  PG_PORT=$(free_port)
+  "${as_pg[@]}" "$PG_BIN/initdb" -D "$pgdir/data" -U postgres --auth=trust -E UTF8 --no-instructions >/dev/null
+  "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$pgdir/data" -w -l "$pgdir/log" \
+    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pgdir" start >/dev/null
+  pg_stop=("${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$pgdir/data" -w -m fast stop)
+  "${as_pg[@]}" "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres bench
+  PROXY_PG=$(free_port)
+  REPOSITORY_DSN="postgres://postgres@127.0.0.1:$PG_PORT/bench" ENCRYPTION_KEY=$(openssl rand -base64 32) \
+    start_proxy "$PROXY_PG" "http://127.0.0.1:$FAST/mcp" "$work/data-pg" --repository-backend postgres --rate-limit 0
+fi
+
+for p in $FAST $NGINX_FAST $NGINX_EVERY $EVERY $PROXY_FAST $PROXY_EVERY $PROXY_GENERAL ${PROXY_BASELINE:-} ${PROXY_PG:-}; do wait_port "$p"; done
 
 TOKEN_FAST=$(node bench/token.mjs "http://127.0.0.1:$PROXY_FAST" "$PASSWORD")
 TOKEN_EVERY=$(node bench/token.mjs "http://127.0.0.1:$PROXY_EVERY" "$PASSWORD")
 TOKEN_GENERAL=$(node bench/token.mjs "http://127.0.0.1:$PROXY_GENERAL" "$PASSWORD")
 [ -z "$BASELINE" ] || TOKEN_BASELINE=$(node bench/token.mjs "http://127.0.0.1:$PROXY_BASELINE" "$PASSWORD")
+[ -z "${PROXY_PG:-}" ] || TOKEN_PG=$(node bench/token.mjs "http://127.0.0.1:$PROXY_PG" "$PASSWORD")
 
 SID_DIRECT=$(init_session "http://127.0.0.1:$EVERY/mcp")
 SID_NGINX=$(init_session "http://127.0.0.1:$NGINX_EVERY/mcp")
@@ -158,6 +183,9 @@ targets=(
 if [ -n "$BASELINE" ]; then
   targets=("${targets[@]:0:3}" "fast:baseline ($BASELINE)|http://127.0.0.1:$PROXY_BASELINE/mcp|Bearer $TOKEN_BASELINE|" "${targets[@]:3}")
 fi
+if [ -n "${PROXY_PG:-}" ]; then
+  targets=("${targets[@]:0:3}" "fast:mcp-auth-proxy on PostgreSQL|http://127.0.0.1:$PROXY_PG/mcp|Bearer $TOKEN_PG|" "${targets[@]:3}")
+fi
 echo "rounds=$ROUNDS duration=$DURATION wrk -t2 -c16; $(nproc) cores; $(uname -r)" >&2
 for round in $(seq "$ROUNDS"); do
   for t in "${targets[@]}"; do
@@ -185,3 +213,9 @@ for t in "${targets[@]}"; do
 done
 echo
 echo "RSS after the runs: mcp-auth-proxy (fast) $(rss_kb "$PROXY_FAST_PID") KiB, mcp-auth-proxy (everything) $(rss_kb "$PROXY_EVERY_PID") KiB, nginx front worker $(rss_kb "$(pgrep -P "$(cat "$work/front.pid")" | head -1)") KiB"
+if [ -n "${PROXY_PG:-}" ]; then
+  echo
+  echo "The store's share (bench/store.mjs, $ROUNDS rounds, interleaved):"
+  echo
+  PASSWORD=$PASSWORD node bench/store.mjs "$ROUNDS" "sled=http://127.0.0.1:$PROXY_FAST" "PostgreSQL=http://127.0.0.1:$PROXY_PG"
+fi
