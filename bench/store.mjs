@@ -6,41 +6,15 @@
 //         token from the store), against warm: the same token's next request (from memory).
 // Sequential requests, one at a time, timed with performance.now(): latencies, not
 // throughput. Usage: node bench/store.mjs ROUNDS NAME=ORIGIN… (PASSWORD in the environment).
-import { createHash, randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { Browser } from '../tests/e2e/harness.mjs';
+import { signIn } from './sign-in.mjs';
 
 const [rounds, ...targets] = process.argv.slice(2);
 const password = process.env.PASSWORD;
-const redirect = 'http://127.0.0.1:9/callback';
 const FLOWS = 20;
 const TOKENS = 100;
 const call = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'echo', arguments: { message: 'bench' } } });
-
-async function signIn(origin, browser) {
-  const reg = await (await fetch(`${origin}/register`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ client_name: 'bench', redirect_uris: [redirect] }),
-  })).json();
-  const verifier = randomBytes(32).toString('base64url');
-  const challenge = createHash('sha256').update(verifier).digest('base64url');
-  const q = new URLSearchParams({
-    response_type: 'code', client_id: reg.client_id, redirect_uri: redirect,
-    code_challenge: challenge, code_challenge_method: 'S256', state: 's',
-  });
-  const back = new URL(await browser.authorize(`${origin}/authorize?${q}`, { password }));
-  const res = await fetch(`${origin}/token`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/x-www-form-urlencoded' },
-    body: new URLSearchParams({
-      grant_type: 'authorization_code', code: back.searchParams.get('code'), redirect_uri: redirect,
-      code_verifier: verifier, client_id: reg.client_id,
-    }),
-  });
-  if (res.status !== 200) throw new Error(`token: ${res.status} ${await res.text()}`);
-  return (await res.json()).access_token;
-}
 
 async function timedCall(origin, token) {
   const started = performance.now();
@@ -63,11 +37,11 @@ for (let round = 1; round <= Number(rounds); round++) {
     const s = samples[name];
     for (let i = 0; i < FLOWS; i++) {
       const started = performance.now();
-      await signIn(origin, browsers[name]);
+      await signIn(origin, browsers[name], password);
       s.flow.push(performance.now() - started);
     }
     const tokens = [];
-    for (let i = 0; i < TOKENS; i++) tokens.push(await signIn(origin, browsers[name]));
+    for (let i = 0; i < TOKENS; i++) tokens.push(await signIn(origin, browsers[name], password));
     for (const token of tokens) {
       s.cold.push(await timedCall(origin, token));
       s.warm.push(await timedCall(origin, token));

@@ -6,7 +6,6 @@
 use std::path::Path;
 use std::process::Stdio;
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use reqwest::StatusCode;
 use tokio::process::{Child, Command};
 
@@ -64,19 +63,11 @@ fn skip() -> bool {
 
 /// pebble's own listener certificate: a leaf (CA:FALSE) for 127.0.0.1 from a throwaway CA.
 fn listener_cert(dir: &Path) -> String {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut leaf =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
-    leaf.is_ca = IsCa::ExplicitNoCa;
-    let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
-    std::fs::write(dir.join("pebble-cert.pem"), leaf.pem()).unwrap();
-    std::fs::write(dir.join("pebble-key.pem"), key.serialize_pem()).unwrap();
-    std::fs::write(dir.join("pebble-ca.pem"), ca.pem()).unwrap();
-    ca.pem()
+    let cert = crate::helpers::loopback_cert();
+    std::fs::write(dir.join("pebble-cert.pem"), &cert.leaf).unwrap();
+    std::fs::write(dir.join("pebble-key.pem"), &cert.key).unwrap();
+    std::fs::write(dir.join("pebble-ca.pem"), &cert.ca).unwrap();
+    cert.ca
 }
 
 /// Starts pebble and its DNS server, retrying on fresh ports when either exits early (a port

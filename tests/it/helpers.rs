@@ -369,6 +369,32 @@ pub async fn start_upstream() -> Upstream {
     Upstream { addr, task }
 }
 
+/// A throwaway CA and a leaf (CA:FALSE) it signed for 127.0.0.1 and localhost: the PEM of
+/// the CA, the leaf and the leaf's key.
+pub struct LoopbackCert {
+    pub ca: String,
+    pub leaf: String,
+    pub key: String,
+}
+
+pub fn loopback_cert() -> LoopbackCert {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut leaf =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    LoopbackCert {
+        ca: ca.pem(),
+        leaf: leaf.pem(),
+        key: key.serialize_pem(),
+    }
+}
+
 /// A port nothing listens on (bound, then released).
 pub async fn dead_port() -> u16 {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -44,17 +44,8 @@ impl PgCluster {
     /// A cluster that takes TCP connections over TLS only (`hostssl`), with a certificate
     /// for 127.0.0.1 and localhost from a throwaway CA; returns it and the CA's PEM file.
     pub async fn start_tls() -> (Self, PathBuf) {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
         let mut cluster = Self::init().await;
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = ca.self_signed(&ca_key).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let mut leaf =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
-        leaf.is_ca = IsCa::ExplicitNoCa;
-        let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+        let cert = crate::helpers::loopback_cert();
         let data = cluster.data();
         let write = |name: &str, text: String, mode: u32| {
             use std::os::unix::fs::PermissionsExt;
@@ -63,15 +54,15 @@ impl PgCluster {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             cluster.own(&path);
         };
-        write("server.crt", leaf.pem(), 0o644);
-        write("server.key", key.serialize_pem(), 0o600);
+        write("server.crt", cert.leaf, 0o644);
+        write("server.key", cert.key, 0o600);
         write(
             "pg_hba.conf",
             "local all all trust\nhostssl all all 127.0.0.1/32 trust\n".into(),
             0o600,
         );
         let ca_file = cluster.dir.path().join("ca.pem");
-        std::fs::write(&ca_file, ca.pem()).unwrap();
+        std::fs::write(&ca_file, cert.ca).unwrap();
         cluster.extra = "-c ssl=on".into();
         cluster.resume();
         (cluster, ca_file)
@@ -123,17 +114,22 @@ impl PgCluster {
         self.dir.path().join("data")
     }
 
-    /// Runs one of the server's programs, as `postgres` when we are root.
-    fn run(&self, program: &str, args: &[&str]) {
+    /// One of the server's programs, to run as `postgres` when we are root.
+    fn command(&self, program: &str) -> Command {
         let path = self.bin.join(program);
-        let mut cmd = if is_root() {
+        if is_root() {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(&path);
             c
         } else {
             Command::new(&path)
-        };
-        let out = cmd
+        }
+    }
+
+    /// Runs one of the server's programs; fails the test if it fails.
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self
+            .command(program)
             .args(args)
             .current_dir(self.dir.path())
             .output()
@@ -193,15 +189,8 @@ impl Drop for PgCluster {
     fn drop(&mut self) {
         let data = self.data();
         if data.join("postmaster.pid").exists() {
-            let path = self.bin.join("pg_ctl");
-            let mut cmd = if is_root() {
-                let mut c = Command::new("runuser");
-                c.args(["-u", "postgres", "--"]).arg(&path);
-                c
-            } else {
-                Command::new(&path)
-            };
-            let _ = cmd
+            let _ = self
+                .command("pg_ctl")
                 .args([
                     "-D",
                     data.to_str().unwrap_or_default(),
