@@ -246,8 +246,9 @@ pub async fn migrate(
                 hmac_secret: secrets.auth_hmac_secret.as_ref().map(|s| s.expose()),
             };
             let carry_cookie_key = secrets.auth_hmac_secret.is_none();
+            let from = crate::migrate::data_dir::open(dir, keys)?;
             let to = repo().await?;
-            Ok(crate::migrate::data_dir::copy(dir, keys, &to, carry_cookie_key).await?)
+            Ok(crate::migrate::data_dir::copy(&from, &to, carry_cookie_key).await?)
         }
         crate::migrate::Source::Sigbit(dir) => {
             let plan = crate::migrate::sigbit::Plan {

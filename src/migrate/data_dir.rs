@@ -18,22 +18,22 @@ pub struct SourceKeys<'a> {
     pub hmac_secret: Option<&'a str>,
 }
 
-/// Copies the store in `dir` into `to`. `carry_cookie_key`: the database keeps no cookie key
-/// of its own (`AUTH_HMAC_SECRET` is not given), so the directory's is stored there, and
-/// browser sessions and open forms stay valid.
-pub async fn copy(
-    dir: &Path,
-    keys: SourceKeys<'_>,
-    to: &Repo,
-    carry_cookie_key: bool,
-) -> Result<Report, MigrateError> {
+/// Opens the store in `dir` with the keys it was used with (refused while a proxy holds it),
+/// before anything is written anywhere.
+pub fn open(dir: &Path, keys: SourceKeys<'_>) -> Result<Repo, MigrateError> {
     if !dir.join("store").is_dir() {
         return Err(MigrateError::source(dir)(Unusable::NotOurs));
     }
     let store = SledStore::open(dir)?;
     let keys = Keys::existing(dir, keys.encryption_key, keys.hmac_secret)?;
-    let hmac = keys.hmac.to_vec();
-    let from = Repo::new(std::sync::Arc::new(store), keys, Clock::system());
+    Ok(Repo::new(std::sync::Arc::new(store), keys, Clock::system()))
+}
+
+/// Copies the store opened by [`open`] into `to`. `carry_cookie_key`: the database keeps no
+/// cookie key of its own (`AUTH_HMAC_SECRET` is not given), so the directory's is stored
+/// there, and browser sessions and open forms stay valid.
+pub async fn copy(from: &Repo, to: &Repo, carry_cookie_key: bool) -> Result<Report, MigrateError> {
+    let hmac = from.keys().hmac.to_vec();
     let counts = from.copy_into(to).await?;
     let mut report = Report::default();
     for (table, n) in counts {

@@ -83,13 +83,33 @@ async fn wrong_values_stop_startup_with_one_clear_line() {
     refuses(
         &["--repository-backend", "postgres"],
         &[],
-        "not supported yet",
+        "needs a connection string",
     )
     .await;
     refuses(
         &["--repository-backend", "sqlite"],
         &[],
-        "use --repository-backend local",
+        "use local (the embedded store) or postgres",
+    )
+    .await;
+    refuses(
+        &[
+            "--repository-backend",
+            "postgres",
+            "--repository-dsn",
+            "mysql://db/x",
+        ],
+        &[],
+        "must start with postgres://",
+    )
+    .await;
+    refuses(
+        &[],
+        &[
+            ("REPOSITORY_DSN", "postgres://u@db/a"),
+            ("DATABASE_DSN", "postgres://u@db/b"),
+        ],
+        "name different databases",
     )
     .await;
     refuses(
@@ -124,10 +144,11 @@ async fn wrong_values_stop_startup_with_one_clear_line() {
         "--tls-challenge",
     )
     .await;
+    // obot's variable alone chooses PostgreSQL, which needs the key.
     refuses(
         &[],
         &[("DATABASE_DSN", "postgres://u@db/mcp")],
-        "not supported yet",
+        "ENCRYPTION_KEY is required",
     )
     .await;
     refuses(&["--header-mapping", "sub:X-Sub"], &[], "--header-mapping").await;
@@ -530,13 +551,25 @@ async fn startup_says_what_is_wrong_before_anyone_signs_in() {
 async fn migrate_names_what_it_cannot_read() {
     let data = tempfile::tempdir().unwrap();
     let data = data.path().display().to_string();
-    for (from, expected) in [
-        ("elsewhere:/x", "expected sigbit:<directory>"),
-        ("sigbit:/no/such/dir", "not a data directory of sigbit"),
+    // (The database named is never reached: the source is read first.)
+    let to = format!(
+        "postgres://u@127.0.0.1:{}/x",
+        crate::helpers::dead_port().await
+    );
+    for (from, to, expected) in [
+        ("elsewhere:/x", "", "needs --to postgres://"),
+        (
+            "/no/such/dir",
+            &*to,
+            "not a data directory of mcp-auth-proxy",
+        ),
+        ("sigbit:/no/such/dir", "", "not a data directory of sigbit"),
     ] {
-        let out =
-            crate::helpers::binary_output(&["migrate", "--from", from, "--data-path", &data], &[])
-                .await;
+        let mut args = vec!["migrate", "--from", from, "--data-path", &data];
+        if !to.is_empty() {
+            args.extend(["--to", to]);
+        }
+        let out = crate::helpers::binary_output(&args, &[("ENCRYPTION_KEY", "")]).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{from}");
         assert!(stderr.contains(expected), "{from}: {stderr}");
