@@ -14,11 +14,7 @@ use crate::helpers::{TestProxy, start_proxy_with};
 const HOST: &str = "acme-test.example";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    crate::helpers::unused_port()
 }
 
 fn udp_free_port() -> u16 {

@@ -397,8 +397,26 @@ pub fn loopback_cert() -> LoopbackCert {
 
 /// A port nothing listens on (bound, then released).
 pub async fn dead_port() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
+    unused_port()
+}
+
+/// A loopback port free now, below the kernel's ephemeral range: a port chosen for a server
+/// that starts later (a restart on the same origin, pebble's validation port, a database)
+/// must not be taken meanwhile as the source port of one of the many outgoing connections
+/// the other tests make, which the kernel draws from that range.
+pub fn unused_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (low.saturating_sub(16_000).max(1024), low);
+    for _ in 0..1000 {
+        let port = rand::random_range(from..to);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {from}..{to}");
 }
 
 /// A data directory and a fixed loopback address for runs of the real binary, so a restart
