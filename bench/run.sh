@@ -111,9 +111,7 @@ start_proxy() { # port upstream data [flags…]; sets STARTED (the binary: $PROX
   STARTED=$!
   pids+=("$STARTED")
 }
-# (--rate-limit 0: bench/store.mjs signs in hundreds of times; the MCP endpoint is never
-# rate limited, so the paths under wrk are the same either way.)
-start_proxy "$PROXY_FAST" "http://127.0.0.1:$FAST/mcp" "$work/data-fast" --rate-limit 0; PROXY_FAST_PID=$STARTED
+start_proxy "$PROXY_FAST" "http://127.0.0.1:$FAST/mcp" "$work/data-fast"; PROXY_FAST_PID=$STARTED
 start_proxy "$PROXY_EVERY" "http://127.0.0.1:$EVERY/mcp" "$work/data-every"; PROXY_EVERY_PID=$STARTED
 # The same proxy without its HTTP/1 fast lane: every request through hyper and the router.
 start_proxy "$PROXY_GENERAL" "http://127.0.0.1:$FAST/mcp" "$work/data-general" --no-fast-lane
@@ -137,11 +135,22 @@ if [ -n "$PG_BIN" ] && [ "${BENCH_POSTGRES:-1}" = 1 ]; then
   pg_stop=("${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$pgdir/data" -w -m fast stop)
   "${as_pg[@]}" "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres bench
   PROXY_PG=$(free_port)
-  REPOSITORY_DSN="postgres://postgres@127.0.0.1:$PG_PORT/bench" ENCRYPTION_KEY=$(openssl rand -base64 32) \
-    start_proxy "$PROXY_PG" "http://127.0.0.1:$FAST/mcp" "$work/data-pg" --repository-backend postgres --rate-limit 0
+  export REPOSITORY_DSN="postgres://postgres@127.0.0.1:$PG_PORT/bench"
+  ENCRYPTION_KEY=$(openssl rand -base64 32)
+  export ENCRYPTION_KEY
+  start_proxy "$PROXY_PG" "http://127.0.0.1:$FAST/mcp" "$work/data-pg" --repository-backend postgres
+  # For bench/store.mjs, which signs in hundreds of times from one machine: a proxy on each
+  # store that takes the client's address from X-Forwarded-For (one per sign-in), so the
+  # per-client bounds on pending sign-ins and the rate limit do not stop it. (A second
+  # process on the same database, too.)
+  STORE_SLED=$(free_port); STORE_PG=$(free_port)
+  start_proxy "$STORE_SLED" "http://127.0.0.1:$FAST/mcp" "$work/data-store-sled" --trusted-proxies 127.0.0.1
+  start_proxy "$STORE_PG" "http://127.0.0.1:$FAST/mcp" "$work/data-store-pg" --trusted-proxies 127.0.0.1 \
+    --repository-backend postgres
+  unset REPOSITORY_DSN ENCRYPTION_KEY
 fi
 
-for p in $FAST $NGINX_FAST $NGINX_EVERY $EVERY $PROXY_FAST $PROXY_EVERY $PROXY_GENERAL ${PROXY_BASELINE:-} ${PROXY_PG:-}; do wait_port "$p"; done
+for p in $FAST $NGINX_FAST $NGINX_EVERY $EVERY $PROXY_FAST $PROXY_EVERY $PROXY_GENERAL ${PROXY_BASELINE:-} ${PROXY_PG:-} ${STORE_SLED:-} ${STORE_PG:-}; do wait_port "$p"; done
 
 TOKEN_FAST=$(node bench/token.mjs "http://127.0.0.1:$PROXY_FAST" "$PASSWORD")
 TOKEN_EVERY=$(node bench/token.mjs "http://127.0.0.1:$PROXY_EVERY" "$PASSWORD")
@@ -217,5 +226,5 @@ if [ -n "${PROXY_PG:-}" ]; then
   echo
   echo "The store's share (bench/store.mjs, $ROUNDS rounds, interleaved):"
   echo
-  PASSWORD=$PASSWORD node bench/store.mjs "$ROUNDS" "sled=http://127.0.0.1:$PROXY_FAST" "PostgreSQL=http://127.0.0.1:$PROXY_PG"
+  PASSWORD=$PASSWORD node bench/store.mjs "$ROUNDS" "sled=http://127.0.0.1:$STORE_SLED" "PostgreSQL=http://127.0.0.1:$STORE_PG"
 fi
