@@ -283,6 +283,24 @@ impl TokenCache {
         }
     }
 
+    /// Forgets every cached check (revocations elsewhere may have been missed).
+    pub fn evict_all(&self) {
+        if let Ok(mut epoch) = self.epoch.write() {
+            *epoch += 1;
+            self.entries.clear();
+        }
+    }
+
+    /// Applies a revocation another process announced.
+    pub fn apply(&self, revocation: &crate::store::Revocation) {
+        use crate::store::Revocation;
+        match revocation {
+            Revocation::Grant(id) => self.evict_grant(id),
+            Revocation::Tokens(hashes) => self.evict(hashes),
+            Revocation::Missed => self.evict_all(),
+        }
+    }
+
     /// Forgets every token of a grant.
     pub fn evict_grant(&self, grant_id: &str) {
         if let Ok(mut epoch) = self.epoch.write() {

@@ -35,6 +35,13 @@ pub async fn serve(
     let repo = state.repo().clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(sweep_loop(state.clone(), stop_rx.clone()));
+    let revocations = repo.revocations().map(|rx| {
+        tokio::spawn(forget_revoked(
+            state.oauth.tokens.clone(),
+            rx,
+            stop_rx.clone(),
+        ))
+    });
     let housekeeper = state
         .backend
         .clone()
@@ -165,6 +172,9 @@ pub async fn serve(
     }
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
+    if let Some(r) = revocations {
+        let _ = r.await;
+    }
     if let Some(f) = files {
         let _ = f.await;
     }
@@ -214,6 +224,26 @@ async fn housekeeping_loop(
             _ = stop.changed() => return,
         }
         backend.housekeep();
+    }
+}
+
+/// Makes the gate's cache forget what other processes on the store revoke, until told to
+/// stop. A receiver that fell behind lost some: it forgets everything.
+async fn forget_revoked(
+    tokens: Arc<crate::gate::TokenCache>,
+    mut revocations: tokio::sync::broadcast::Receiver<crate::store::Revocation>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        tokio::select! {
+            r = revocations.recv() => match r {
+                Ok(r) => tokens.apply(&r),
+                Err(RecvError::Lagged(_)) => tokens.apply(&crate::store::Revocation::Missed),
+                Err(RecvError::Closed) => return,
+            },
+            _ = stop.changed() => return,
+        }
     }
 }
 

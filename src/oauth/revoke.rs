@@ -30,7 +30,7 @@ pub async fn revoke(
         }
         match rec.kind {
             TokenKind::Access => {
-                app.repo.remove::<TokenRecord>(&hash.0).await?;
+                app.repo.revoke_token(&hash).await?;
                 app.tokens.evict(&[hash]);
                 app.repo.flush().await?;
             }

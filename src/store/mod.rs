@@ -121,6 +121,19 @@ pub enum StoreError {
     Key(#[from] KeyError),
 }
 
+/// Tokens revoked by one process, told to the others that share its store, so that their
+/// caches of checked tokens forget them at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// Every token of this grant.
+    Grant(String),
+    /// These tokens.
+    Tokens(Vec<TokenHash>),
+    /// Announcements may have been missed (the connection that listens was lost): forget
+    /// every cached check.
+    Missed,
+}
+
 /// The backend contract. Every method is atomic on its own.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -149,4 +162,14 @@ pub trait Store: Send + Sync + 'static {
     async fn sweep(&self, now: UnixTime) -> Result<usize, StoreError>;
     /// Returns once every write before it is on disk (survives `kill -9`).
     async fn flush(&self) -> Result<(), StoreError>;
+    /// Tells every other process on this store of a revocation. The embedded store has one
+    /// process: there is nobody to tell.
+    async fn announce(&self, _revocation: &Revocation) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The revocations other processes on this store announce, or `None` when no other
+    /// process can share it.
+    fn revocations(&self) -> Option<tokio::sync::broadcast::Receiver<Revocation>> {
+        None
+    }
 }

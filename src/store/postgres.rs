@@ -18,10 +18,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row, SqlSafeStr};
+use tokio::sync::broadcast;
 
-use super::{Entry, Store, StoreError, Table};
+use super::{Entry, Revocation, Store, StoreError, Table, TokenHash};
 use crate::clock::UnixTime;
 
 /// The migrations, in order. A version once released never changes (sqlx checks a checksum).
@@ -65,9 +66,104 @@ pub enum ConnectError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-/// The PostgreSQL store: a pool of connections, reconnecting by itself after an outage.
+/// The channel on which processes sharing the database tell each other of revocations.
+const REVOCATIONS: &str = "mcp_auth_proxy_revocations";
+
+/// Token hashes per notification: PostgreSQL's payload limit is 8000 bytes, and each hash
+/// is 64 hex digits and a comma.
+const HASHES_PER_NOTIFICATION: usize = 100;
+
+/// The PostgreSQL store: a pool of connections, reconnecting by itself after an outage, and
+/// one more connection listening for the revocations other processes announce.
 pub struct PostgresStore {
     pool: PgPool,
+    revocations: broadcast::Sender<Revocation>,
+    listening: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listening.abort();
+    }
+}
+
+/// Listens for revocations and hands them on; after the connection was lost (announcements
+/// in between are gone), says [`Revocation::Missed`].
+async fn listen(pool: PgPool, to: broadcast::Sender<Revocation>) {
+    let mut listener: Option<PgListener> = None;
+    loop {
+        let l = match &mut listener {
+            Some(l) => l,
+            None => match PgListener::connect_with(&pool).await {
+                Ok(mut l) => match l.listen(REVOCATIONS).await {
+                    Ok(()) => {
+                        // Whatever was announced while nobody listened is unknown.
+                        let _ = to.send(Revocation::Missed);
+                        listener.insert(l)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for revocations yet");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot listen for revocations yet");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        match l.try_recv().await {
+            Ok(Some(n)) => {
+                // One we cannot read (a newer release's) is treated as missed: fail closed.
+                let r = parse_revocation(n.payload()).unwrap_or(Revocation::Missed);
+                let _ = to.send(r);
+            }
+            // The connection was lost; the next try reconnects.
+            Ok(None) => {
+                let _ = to.send(Revocation::Missed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "listening for revocations failed; reconnecting");
+                listener = None;
+                let _ = to.send(Revocation::Missed);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// `g <grant id>` or `t <hex>,<hex>,…`.
+fn payloads(r: &Revocation) -> Vec<String> {
+    match r {
+        Revocation::Grant(id) => vec![format!("g {id}")],
+        Revocation::Tokens(hashes) => hashes
+            .chunks(HASHES_PER_NOTIFICATION)
+            .map(|c| {
+                let hex: Vec<String> = c.iter().map(|h| hex::encode(h.0)).collect();
+                format!("t {}", hex.join(","))
+            })
+            .collect(),
+        Revocation::Missed => Vec::new(),
+    }
+}
+
+fn parse_revocation(payload: &str) -> Option<Revocation> {
+    match payload.split_once(' ')? {
+        ("g", id) if !id.is_empty() => Some(Revocation::Grant(id.to_string())),
+        ("t", list) => {
+            let hashes = list
+                .split(',')
+                .map(|h| {
+                    let bytes = hex::decode(h).ok()?;
+                    Some(TokenHash(bytes.try_into().ok()?))
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some(Revocation::Tokens(hashes))
+        }
+        _ => None,
+    }
 }
 
 impl PostgresStore {
@@ -119,7 +215,13 @@ impl PostgresStore {
             .connect_lazy_with(options);
         migrator().run(&pool).await?;
         tracing::info!(database = %target, "store: PostgreSQL");
-        Ok(Self { pool })
+        let (revocations, _) = broadcast::channel(1024);
+        let listening = tokio::spawn(listen(pool.clone(), revocations.clone()));
+        Ok(Self {
+            pool,
+            revocations,
+            listening,
+        })
     }
 
     /// Runs `op` within [`OPERATION_TIMEOUT`].
@@ -333,6 +435,23 @@ impl Store for PostgresStore {
         // Every statement above committed durably before it returned.
         Ok(())
     }
+
+    async fn announce(&self, revocation: &Revocation) -> Result<(), StoreError> {
+        for payload in payloads(revocation) {
+            self.bounded(
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(REVOCATIONS)
+                    .bind(payload)
+                    .execute(&self.pool),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn revocations(&self) -> Option<broadcast::Receiver<Revocation>> {
+        Some(self.revocations.subscribe())
+    }
 }
 
 #[cfg(test)]
@@ -345,6 +464,28 @@ mod tests {
         assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
         assert_eq!(prefix_end(b"\xff\xff"), None);
         assert_eq!(prefix_end(b""), None);
+    }
+
+    #[test]
+    fn revocations_travel_as_short_payloads() {
+        let grant = Revocation::Grant("g_123".into());
+        assert_eq!(payloads(&grant), vec!["g g_123".to_string()]);
+        assert_eq!(parse_revocation("g g_123"), Some(grant));
+        let hashes: Vec<TokenHash> = (0..250u8).map(|i| TokenHash([i; 32])).collect();
+        let sent = payloads(&Revocation::Tokens(hashes.clone()));
+        assert_eq!(sent.len(), 3, "chunked");
+        assert!(sent.iter().all(|p| p.len() < 8000));
+        let back: Vec<TokenHash> = sent
+            .iter()
+            .flat_map(|p| match parse_revocation(p) {
+                Some(Revocation::Tokens(t)) => t,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(back == hashes);
+        for garbage in ["", "x y", "t zz", "g ", "t 00"] {
+            assert_eq!(parse_revocation(garbage), None, "{garbage:?}");
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{Entry, Keys, Record, SecretRecord, Store, StoreError, Table, TokenHash, TokenRecord};
+use super::{
+    Entry, Keys, Record, Revocation, SecretRecord, Store, StoreError, Table, TokenHash, TokenRecord,
+};
 use crate::clock::{Clock, UnixTime};
 
 /// The proxy's handle on its state. Cheap to clone.
@@ -203,7 +205,28 @@ impl Repo {
             hashes.push(TokenHash(hash));
         }
         self.store.take(Table::Grants, grant_id.as_bytes()).await?;
+        self.announce(Revocation::Grant(grant_id.to_string())).await;
         Ok(hashes)
+    }
+
+    /// Deletes one token; returns whether it was there.
+    pub async fn revoke_token(&self, hash: &TokenHash) -> Result<bool, StoreError> {
+        let was = self.store.take(Table::Tokens, &hash.0).await?.is_some();
+        self.announce(Revocation::Tokens(vec![*hash])).await;
+        Ok(was)
+    }
+
+    /// Tells the other processes on the store. The revocation itself is done and stays
+    /// done: when the telling fails, their caches forget within their TTL.
+    async fn announce(&self, revocation: Revocation) {
+        if let Err(e) = self.store.announce(&revocation).await {
+            tracing::warn!(error = %e, "a revocation could not be announced to the other processes on the store; their cached checks end within their TTL");
+        }
+    }
+
+    /// Revocations announced by other processes on a shared store.
+    pub fn revocations(&self) -> Option<tokio::sync::broadcast::Receiver<Revocation>> {
+        self.store.revocations()
     }
 
     /// Seals `plaintext` with the store key and stores it under `name`.

@@ -19,6 +19,7 @@ mod production;
 mod providers;
 mod proxy;
 mod quirks;
+mod replicas;
 mod secrets;
 mod stdio;
 mod store;

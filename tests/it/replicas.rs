@@ -1,0 +1,140 @@
+//! Two proxies on one PostgreSQL database behind one public URL act as one server: what one
+//! issues the other honours, a code is redeemed once across both, and a revocation at one
+//! reaches the other's cache of checked tokens within a second.
+
+use std::time::Duration;
+
+use base64::Engine;
+use reqwest::{StatusCode, header};
+use serde_json::Value;
+
+use crate::flow::{Browser, OAuthClient, query};
+use crate::helpers::{Binary, BinarySite, TEST_PASSWORD, client, start_upstream, unused_port};
+use crate::pg::PgCluster;
+
+/// A replica: its own listener and data directory, the site's public URL and database.
+struct Replica {
+    bin: Binary,
+    authority: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Replica {
+    async fn start(site: &BinarySite, dsn: &str, key: &str, upstream: &str) -> Replica {
+        let dir = tempfile::tempdir().unwrap();
+        let listen = format!("127.0.0.1:{}", unused_port());
+        let data = dir.path().to_str().unwrap().to_string();
+        let args = [
+            "--listen",
+            &listen,
+            "--external-url",
+            &site.origin,
+            "--data-path",
+            &data,
+            "--repository-backend",
+            "postgres",
+            upstream,
+        ];
+        let bin = Binary::start(&args, &[("REPOSITORY_DSN", dsn), ("ENCRYPTION_KEY", key)]).await;
+        Replica {
+            bin,
+            authority: site.origin.trim_start_matches("http://").to_string(),
+            _dir: dir,
+        }
+    }
+
+    /// A request to this replica as the public URL names it (the load balancer's `Host`).
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        client()
+            .post(self.bin.url(path))
+            .header(header::HOST, &self.authority)
+    }
+
+    async fn mcp(&self, access: &str) -> StatusCode {
+        self.post("/mcp")
+            .bearer_auth(access)
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_database_act_as_one_server() {
+    let pg = PgCluster::start().await;
+    let dsn = pg.database("replicas").await;
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+    let up = start_upstream().await;
+    let upstream = up.url("/mcp");
+    let site = BinarySite::new().await;
+    // Replica A answers on the public URL itself; B beside it.
+    let a_args = site.args(&["--repository-backend", "postgres", &upstream]);
+    let envs = [
+        ("REPOSITORY_DSN", dsn.as_str()),
+        ("ENCRYPTION_KEY", key.as_str()),
+    ];
+    let a_bin = Binary::start(&a_args, &envs).await;
+    let b = Replica::start(&site, &dsn, &key, &upstream).await;
+    let t = a_bin.target(&site.origin);
+
+    // A client registered and signed in through A; its token passes B's gate.
+    let oc = OAuthClient::public(&t).await;
+    let browser = Browser::new();
+    let tokens = oc.sign_in(&t, &browser).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(b.mcp(access).await, StatusCode::OK, "B honours A's token");
+
+    // A revocation at A reaches B's cache of checked tokens within a second (B checked the
+    // token just now, so without being told it would believe it for 30 s).
+    let revoked = client()
+        .post(t.url("/revoke"))
+        .form(&[
+            ("token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", oc.id.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
+    let started = tokio::time::Instant::now();
+    while b.mcp(access).await != StatusCode::UNAUTHORIZED {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "B still honours a token revoked at A"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "revocation reached the other replica in {:?}",
+        started.elapsed()
+    );
+
+    // A code issued by A is redeemed at B, once; a replay at either is refused, and revokes
+    // what the code issued, on both.
+    let back = browser
+        .authorize(&t, &oc.auth_url(&t, &[]), TEST_PASSWORD, "approve")
+        .await;
+    let code = query(&back, "code").unwrap();
+    let redeem = |at: reqwest::RequestBuilder| at.form(&oc.code_params(&code, &[])).send();
+    let first = redeem(b.post("/token")).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let issued: Value = first.json().await.unwrap();
+    let issued_access = issued["access_token"].as_str().unwrap();
+    assert_eq!(b.mcp(issued_access).await, StatusCode::OK);
+    let again_a = redeem(client().post(t.url("/token"))).await.unwrap();
+    assert_eq!(again_a.status(), StatusCode::BAD_REQUEST);
+    let again_b = redeem(b.post("/token")).await.unwrap();
+    assert_eq!(again_b.status(), StatusCode::BAD_REQUEST);
+    let started = tokio::time::Instant::now();
+    while b.mcp(issued_access).await != StatusCode::UNAUTHORIZED {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the replay at A did not reach B"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(b);
+    drop(a_bin);
+}
