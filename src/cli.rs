@@ -186,6 +186,12 @@ pub struct Cli {
     )]
     pub repository_dsn: Option<String>,
 
+    /// This process's name among several on one PostgreSQL store: logged at startup and
+    /// carried by every metric as `replica="…"` (default with PostgreSQL: <hostname>-<pid>;
+    /// the embedded store has one process and no label). Letters, digits, `.`, `_`, `-`.
+    #[arg(help_heading = "Store and operations", long, env = "REPLICA_ID")]
+    pub replica_id: Option<String>,
+
     /// How long startup waits for PostgreSQL to answer before it gives up (exit 1).
     #[arg(
         help_heading = "Store and operations",

@@ -117,7 +117,23 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("mcp_auth_proxy");
+        Self::for_replica(None)
+    }
+
+    /// The metrics of one process; with `replica`, every series carries `replica="<id>"`, so
+    /// several processes behind one name can be told apart (and summed).
+    pub fn for_replica(replica: Option<&str>) -> Self {
+        let mut registry = match replica {
+            Some(id) => Registry::with_prefix_and_labels(
+                "mcp_auth_proxy",
+                [(
+                    std::borrow::Cow::Borrowed("replica"),
+                    std::borrow::Cow::Owned(id.to_string()),
+                )]
+                .into_iter(),
+            ),
+            None => Registry::with_prefix("mcp_auth_proxy"),
+        };
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -240,6 +256,13 @@ mod tests {
     #[test]
     fn renders_what_moved() {
         let m = Metrics::new();
+        let labelled = Metrics::for_replica(Some("r1"));
+        labelled.sign_in("password", "success");
+        assert!(
+            labelled.render().contains(r#"replica="r1""#),
+            "{}",
+            labelled.render()
+        );
         m.token("issued");
         m.sign_in("password", "failure");
         m.requests

@@ -56,7 +56,10 @@ pub async fn prepare(
     clock: Clock,
 ) -> Result<Prepared, RunError> {
     let repo = open_repo(&config.store, &config.data_path, &secrets, clock).await?;
-    let metrics = Arc::new(metrics::Metrics::new());
+    let metrics = Arc::new(metrics::Metrics::for_replica(config.replica_id.as_deref()));
+    if let Some(id) = &config.replica_id {
+        tracing::info!(replica = %id, "replica id (the `replica` label of every metric)");
+    }
     // The clients file is read before anything listens: a mistake in it stops the start.
     let static_clients = match &config.clients_file {
         Some(path) => {

@@ -49,6 +49,39 @@ pub enum StoreChoice {
     },
 }
 
+/// `--replica-id`, or with PostgreSQL `<hostname>-<pid>` (unique on a host, and a pod's or
+/// container's name where those are the host name).
+fn replica_id(given: Option<&str>, store: &StoreChoice) -> Result<Option<String>, ConfigError> {
+    let fits = |id: &str| {
+        (1..=64).contains(&id.len())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    };
+    match given.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(id) if fits(id) => Ok(Some(id.to_string())),
+        Some(_) => Err(bad(
+            "--replica-id must be 1 to 64 letters, digits, '.', '_' or '-'",
+        )),
+        None if matches!(store, StoreChoice::Postgres { .. }) => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let host: String = host
+                .trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                .take(48)
+                .collect();
+            let host = if host.is_empty() {
+                "proxy".into()
+            } else {
+                host
+            };
+            Ok(Some(format!("{host}-{}", std::process::id())))
+        }
+        None => Ok(None),
+    }
+}
+
 /// `--repository-backend` with `--repository-dsn` / `REPOSITORY_DSN` (sigbit's names), or
 /// obot's `DATABASE_DSN`, which alone means PostgreSQL.
 fn store_choice(cli: &Cli, notes: &mut Vec<String>) -> Result<StoreChoice, ConfigError> {
@@ -172,6 +205,9 @@ pub struct Config {
     pub data_path: PathBuf,
     /// Where the state lives.
     pub store: StoreChoice,
+    /// This process's name among replicas (metrics label, startup log); `None` for one
+    /// process on the embedded store.
+    pub replica_id: Option<String>,
     pub trusted_proxies: Vec<IpNet>,
     pub mcp_path: String,
     /// Normalised origins (`scheme://host[:port]`, lower-case) allowed besides our own.
@@ -245,6 +281,7 @@ impl Config {
 
         let mut notes = Vec::new();
         let store = store_choice(&cli, &mut notes)?;
+        let replica_id = replica_id(cli.replica_id.as_deref(), &store)?;
 
         let trusted_proxies = cli
             .trusted_proxies
@@ -331,6 +368,7 @@ impl Config {
             tls,
             external_url,
             store,
+            replica_id,
             data_path: match &cli.data_path {
                 d if d.exists() && !d.is_dir() => {
                     return Err(bad(format!(

@@ -33,6 +33,8 @@ impl Replica {
             &data,
             "--repository-backend",
             "postgres",
+            "--replica-id",
+            "replica-b",
             upstream,
         ];
         let bin = Binary::start(&args, &[("REPOSITORY_DSN", dsn), ("ENCRYPTION_KEY", key)]).await;
@@ -78,6 +80,13 @@ async fn two_replicas_on_one_database_act_as_one_server() {
     let a_bin = Binary::start(&a_args, &envs).await;
     let b = Replica::start(&site, &dsn, &key, &upstream).await;
     let t = a_bin.target(&site.origin);
+    let said = |bin: &Binary, what: &str| bin.before_listening.iter().any(|l| l.contains(what));
+    assert!(said(&b.bin, "replica-b"), "{:?}", b.bin.before_listening);
+    assert!(
+        said(&a_bin, "replica id"),
+        "a default id: {:?}",
+        a_bin.before_listening
+    );
 
     // A client registered and signed in through A; its token passes B's gate.
     let oc = OAuthClient::public(&t).await;
