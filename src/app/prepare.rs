@@ -183,18 +183,21 @@ pub async fn prepare(
             if !withheld.is_empty() {
                 tracing::info!(withheld = %withheld.join(","), "the stdio server does not see these variables of the proxy");
             }
-            Some(StdioBackend::new(
-                spec,
-                config.stdio.max_sessions,
-                config.stdio.idle_timeout,
-                config.stdio.warm_spare,
-                config.stdio.shared,
-                backend::identity::IdentityEnv {
-                    vars: config.stdio.identity_env.clone(),
-                    qualified_user: config.upstream.identity.qualified_user,
-                },
-                metrics.children.clone(),
-            ))
+            Some(
+                StdioBackend::new(
+                    spec,
+                    config.stdio.max_sessions,
+                    config.stdio.idle_timeout,
+                    config.stdio.warm_spare,
+                    config.stdio.shared,
+                    backend::identity::IdentityEnv {
+                        vars: config.stdio.identity_env.clone(),
+                        qualified_user: config.upstream.identity.qualified_user,
+                    },
+                    metrics.children.clone(),
+                )
+                .naming_replica(config.replica_id.as_deref()),
+            )
         }
         _ => None,
     };

@@ -72,6 +72,10 @@ pub struct StdioBackend {
     identity_env: crate::backend::identity::IdentityEnv,
     next_child: std::sync::atomic::AtomicU64,
     next_session: std::sync::atomic::AtomicU64,
+    /// With replicas: `<replica id>.` before every session id, so a load balancer can send a
+    /// session's requests to the replica that holds its child (README, "Running several
+    /// replicas").
+    session_prefix: String,
 }
 
 fn accepts_sse(headers: &HeaderMap) -> bool {
@@ -105,9 +109,16 @@ impl StdioBackend {
             identity_env,
             next_child: std::sync::atomic::AtomicU64::new(1),
             next_session: std::sync::atomic::AtomicU64::new(1),
+            session_prefix: String::new(),
         };
         backend.refill_spare();
         backend
+    }
+
+    /// Names the replica in every session id from now on.
+    pub fn naming_replica(mut self, replica: Option<&str>) -> Self {
+        self.session_prefix = replica.map(|r| format!("{r}.")).unwrap_or_default();
+        self
     }
 
     /// Handles a request to the MCP path.

@@ -213,7 +213,7 @@ impl StdioBackend {
         if !shared_running && let Some(wait) = self.crashes.retry_after() {
             return Err(SessionRefusal::BackingOff(wait));
         }
-        let id = tokens::generate_id();
+        let id = format!("{}{}", self.session_prefix, tokens::generate_id());
         let started = if self.identity_env.vars.is_empty() {
             self.child_for_new_session()
         } else {

@@ -1,0 +1,146 @@
+// Two replicas on one PostgreSQL database behind a real nginx, configured as the README's
+// "Running several replicas" says (requests without a session spread over both; a session's
+// requests go to the replica its id names): the official SDK client signs in through the
+// pair and calls tools, on an HTTP upstream and on a stdio server (whose sessions live in
+// one replica).
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+
+import { Browser, everythingStdio, freePorts, startEverything, startProxy, stopChild } from './harness.mjs';
+import { startPostgres } from './postgres.mjs';
+import { TestProvider, connect } from './sdk-client.mjs';
+
+let pg;
+let upstream;
+let nginx;
+let nginxDir;
+const replicas = { http: [], stdio: [] };
+const fronts = {};
+
+function nginxConf(dir, servers) {
+  const routes = Object.values(servers)
+    .flatMap(({ ids, ports }) => ids.map((id, i) => `    ${id} 127.0.0.1:${ports[i]};`))
+    .join('\n');
+  const blocks = Object.entries(servers).map(([name, { listen, ports }]) => `
+  upstream ${name} {
+    ${ports.map((p) => `server 127.0.0.1:${p};`).join('\n    ')}
+  }
+  server {
+    listen 127.0.0.1:${listen};
+    location / {
+      set $to ${name};
+      if ($mcp_replica_address) { set $to $mcp_replica_address; }
+      proxy_pass http://$to;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_buffering off;
+      proxy_read_timeout 1h;
+    }
+  }`).join('\n');
+  return `daemon off;
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  map $http_mcp_session_id $mcp_replica {
+    "~^(?<replica>.+)\\.[^.]+$" $replica;
+    default "";
+  }
+  map $mcp_replica $mcp_replica_address {
+${routes}
+    default "";
+  }
+${blocks}
+}
+`;
+}
+
+async function startNginx(conf) {
+  const child = spawn(process.env.NGINX ?? 'nginx', ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
+  return child;
+}
+
+/** Waits until `url` answers at all (nginx has no ready line). */
+async function answering(url) {
+  for (let i = 0; i < 200; i++) {
+    try {
+      await fetch(url);
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+  throw new Error(`${url} never answered`);
+}
+
+before(async () => {
+  pg = await startPostgres();
+  upstream = await startEverything();
+  const [httpFront, stdioFront, ...ports] = await freePorts(6);
+  fronts.http = `http://127.0.0.1:${httpFront}`;
+  fronts.stdio = `http://127.0.0.1:${stdioFront}`;
+  const env = { REPOSITORY_DSN: pg.dsn, ENCRYPTION_KEY: randomBytes(32).toString('base64') };
+  const args = ['--repository-backend', 'postgres', '--trusted-proxies', '127.0.0.1'];
+  for (const [i, port] of ports.slice(0, 2).entries()) {
+    replicas.http.push(await startProxy({ backend: upstream.url, port, externalUrl: fronts.http, args: [...args, '--replica-id', `http-${i}`], env }));
+  }
+  for (const [i, port] of ports.slice(2).entries()) {
+    replicas.stdio.push(await startProxy({ command: everythingStdio(), port, externalUrl: fronts.stdio, args: [...args, '--replica-id', `stdio-${i}`], env }));
+  }
+  nginxDir = mkdtempSync(path.join(os.tmpdir(), 'mcp-auth-proxy-nginx-'));
+  const conf = path.join(nginxDir, 'nginx.conf');
+  writeFileSync(conf, nginxConf(nginxDir, {
+    http_replicas: { listen: httpFront, ports: ports.slice(0, 2), ids: ['http-0', 'http-1'] },
+    stdio_replicas: { listen: stdioFront, ports: ports.slice(2), ids: ['stdio-0', 'stdio-1'] },
+  }));
+  nginx = await startNginx(conf);
+  await answering(`${fronts.http}/healthz`);
+  await answering(`${fronts.stdio}/healthz`);
+});
+
+after(async () => {
+  if (nginx) await stopChild(nginx);
+  for (const r of [...replicas.http, ...replicas.stdio]) await r.stop();
+  await upstream?.stop();
+  pg?.stop();
+  if (nginxDir) rmSync(nginxDir, { recursive: true, force: true });
+});
+
+/** How many requests each replica logged (its request log line names the route). */
+const served = (rs) => rs.map((r) => r.logs.filter((l) => l.includes('"route"')).length);
+
+for (const kind of ['http', 'stdio']) {
+  test(`the SDK client signs in through two replicas and calls tools (${kind} backend)`, async () => {
+    const before = served(replicas[kind]);
+    const provider = new TestProvider(new Browser());
+    const client = await connect(`${fronts[kind]}/mcp`, provider);
+    for (let i = 0; i < 10; i++) {
+      const res = await client.callTool({ name: 'echo', arguments: { message: `call ${i}` } });
+      assert.match(res.content[0].text, new RegExp(`call ${i}`));
+    }
+    await client.close();
+    // A second client: its own sign-in, its own session, maybe on the other replica.
+    const other = await connect(`${fronts[kind]}/mcp`, new TestProvider(new Browser()));
+    const { tools } = await other.listTools();
+    assert.ok(tools.some((t) => t.name === 'echo'));
+    await other.close();
+    const after = served(replicas[kind]);
+    const each = after.map((n, i) => n - before[i]);
+    assert.ok(each.every((n) => n > 0), `both replicas served requests: ${each}`);
+  });
+}
