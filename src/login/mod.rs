@@ -313,9 +313,11 @@ pub async fn login_post(
     let req = req.as_deref();
     let ip = crate::client_addr::client_ip(&app.site.trusted_proxies, peer.ip(), &headers);
     let now = app.repo.clock().now();
-    let last_allowed = match app.authn.lockout.attempt(ip, now) {
-        Ok(last) => last,
-        Err(secs) => {
+    let attempt = app.authn.lockout.attempt(ip, now).await;
+    let last_allowed = match attempt.map_err(unavailable(&app))? {
+        password::Attempt::Allowed => None,
+        password::Attempt::LastAllowed(secs) => Some(secs),
+        password::Attempt::Locked(secs) => {
             app.metrics.sign_in("password", "locked_out");
             return Ok(locked_out(&app, &headers, req, secs).await);
         }
@@ -349,7 +351,7 @@ pub async fn login_post(
         );
         return Ok(form.await);
     }
-    app.authn.lockout.succeed(ip);
+    app.authn.lockout.succeed(ip).await;
     app.metrics.sign_in("password", "success");
     let identity = app.authn.password_identity(verifier);
     let ttl = app.authn.cfg.login_session_ttl.as_secs();

@@ -1,7 +1,7 @@
 //! Password sign-in: bcrypt verification off the async threads, and the per-IP lockout of
 //! docs/design.md "People's side" (10 failures within 5 minutes lock the IP for 2 minutes, all configurable).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::clock::UnixTime;
 use crate::config::{AuthConfig, BCRYPT_MAX_BYTES, PasswordTooLong, check_password_length};
+use crate::store::{LockoutRecord, Repo, StoreError};
 
 /// Cost of the in-memory hash of `--password`. It never leaves the process, so the cost only
 /// has to make the comparison slow for a caller, not resist offline cracking.
@@ -138,52 +139,52 @@ impl PasswordVerifier {
     }
 }
 
-#[derive(Default)]
-struct Failures {
-    times: VecDeque<UnixTime>,
-    locked_until: UnixTime,
+/// What a password attempt may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Checked.
+    Allowed,
+    /// Checked, and the last one allowed: a failure locks the client this many seconds.
+    LastAllowed(u64),
+    /// Not checked: the client is locked for this many more seconds.
+    Locked(u64),
 }
 
-/// Failed sign-ins per client IP.
+/// Failed sign-ins per client IP (IPv6 by its /64, as the rate limits key them). One rule
+/// ([`Lockout::count`]); its state lives in memory for one process, or in the store when
+/// several processes share it, so that an attacker cannot multiply the attempts by the
+/// number of replicas.
 pub struct Lockout {
-    map: Mutex<HashMap<IpAddr, Failures>>,
+    local: Mutex<HashMap<IpAddr, LockoutRecord>>,
+    /// The shared store, when there is one.
+    shared: Option<Repo>,
     max_failures: usize,
     window: u64,
     lockout: u64,
 }
 
-/// How many IPs are tracked at most before old entries are dropped.
+/// How many IPs are tracked in memory at most before old entries are dropped.
 const MAX_TRACKED: usize = 100_000;
 
+/// Compare-and-swap rounds before a shared attempt counts as contended (and is refused).
+const SHARED_TRIES: usize = 16;
+
 impl Lockout {
-    pub fn new(cfg: &AuthConfig) -> Self {
+    pub fn new(cfg: &AuthConfig, repo: &Repo) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            local: Mutex::new(HashMap::new()),
+            shared: repo.is_shared().then(|| repo.clone()),
             max_failures: cfg.login_max_failures as usize,
             window: cfg.login_failure_window.as_secs().max(1),
             lockout: cfg.login_lockout.as_secs().max(1),
         }
     }
 
-    /// Counts an attempt of `ip` before its password is checked, in one step with the
-    /// lock check: parallel attempts cannot all pass the check before any failure counts,
-    /// so at most `--login-max-failures` guesses are verified per window. `Err(seconds)`
-    /// while locked; `Ok(Some(seconds))` when this attempt was the last one allowed (it
-    /// locks the client that long unless it succeeds); `Ok(None)` otherwise. Clients are
-    /// keyed as the rate limits key them (IPv6 by its /64).
-    pub fn attempt(&self, ip: IpAddr, now: UnixTime) -> Result<Option<u64>, u64> {
-        let Ok(mut map) = self.map.lock() else {
-            return Err(self.lockout);
-        };
-        if map.len() >= MAX_TRACKED {
-            let window = self.window;
-            map.retain(|_, f| {
-                f.locked_until > now || f.times.back().is_some_and(|t| t + window > now)
-            });
-        }
-        let f = map.entry(crate::client_addr::client_key(ip)).or_default();
+    /// The rule: counts an attempt at `now` into the client's state, in one step with the
+    /// lock check.
+    fn count(&self, f: &mut LockoutRecord, now: UnixTime) -> Attempt {
         if f.locked_until > now {
-            return Err(f.locked_until - now);
+            return Attempt::Locked(f.locked_until - now);
         }
         while f.times.front().is_some_and(|t| t + self.window <= now) {
             f.times.pop_front();
@@ -192,16 +193,71 @@ impl Lockout {
         if f.times.len() >= self.max_failures {
             f.times.clear();
             f.locked_until = now + self.lockout;
-            return Ok(Some(self.lockout));
+            return Attempt::LastAllowed(self.lockout);
         }
-        Ok(None)
+        Attempt::Allowed
+    }
+
+    /// Counts an attempt of `ip` before its password is checked, in one step with the lock
+    /// check: parallel attempts (on any replica) cannot all pass the check before any failure
+    /// counts, so at most `--login-max-failures` guesses are verified per window.
+    pub async fn attempt(&self, ip: IpAddr, now: UnixTime) -> Result<Attempt, StoreError> {
+        let key = crate::client_addr::client_key(ip);
+        let Some(repo) = &self.shared else {
+            let Ok(mut map) = self.local.lock() else {
+                return Ok(Attempt::Locked(self.lockout));
+            };
+            if map.len() >= MAX_TRACKED {
+                let window = self.window;
+                map.retain(|_, f| {
+                    f.locked_until > now || f.times.back().is_some_and(|t| t + window > now)
+                });
+            }
+            return Ok(self.count(map.entry(key).or_default(), now));
+        };
+        let id = key.to_string();
+        for _ in 0..SHARED_TRIES {
+            let current = repo.get_versioned::<LockoutRecord>(id.as_bytes()).await?;
+            let mut f = current
+                .as_ref()
+                .map(|v| v.record.clone())
+                .unwrap_or_default();
+            let verdict = self.count(&mut f, now);
+            if let Attempt::Locked(_) = verdict {
+                return Ok(verdict);
+            }
+            let last = f.times.back().map_or(0, |t| t + self.window);
+            let keep = Some(f.locked_until.max(last).max(now + 1));
+            let written = match &current {
+                Some(v) => repo.replace(id.as_bytes(), &v.entry, &f, keep).await?,
+                None => repo.create(id.as_bytes(), &f, keep).await?,
+            };
+            if written {
+                return Ok(verdict);
+            }
+        }
+        // Contended this much, it is a burst of guesses: not checked.
+        Ok(Attempt::Locked(1))
     }
 
     /// Forgets the attempts (and a lock this sign-in's own attempt set) of a client that
     /// signed in.
-    pub fn succeed(&self, ip: IpAddr) {
-        if let Ok(mut map) = self.map.lock() {
-            map.remove(&crate::client_addr::client_key(ip));
+    pub async fn succeed(&self, ip: IpAddr) {
+        let key = crate::client_addr::client_key(ip);
+        match &self.shared {
+            Some(repo) => {
+                if let Err(e) = repo
+                    .remove::<LockoutRecord>(key.to_string().as_bytes())
+                    .await
+                {
+                    tracing::warn!(error = %e, "a signed-in client's attempts could not be forgotten");
+                }
+            }
+            None => {
+                if let Ok(mut map) = self.local.lock() {
+                    map.remove(&key);
+                }
+            }
         }
     }
 }
@@ -235,33 +291,61 @@ mod tests {
             .auth
     }
 
-    #[test]
-    fn locks_after_max_attempts_within_the_window() {
-        let l = Lockout::new(&cfg(&[
-            "--login-max-failures",
-            "3",
-            "--login-failure-window",
-            "60s",
-            "--login-lockout",
-            "120s",
-        ]));
+    /// The embedded store: the lockout counts in memory.
+    fn repo() -> (Repo, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sled::SledStore::open(dir.path()).unwrap();
+        let keys = crate::store::Keys::ephemeral();
+        let repo = Repo::new(
+            std::sync::Arc::new(store),
+            keys,
+            crate::clock::Clock::system(),
+        );
+        (repo, dir)
+    }
+
+    #[tokio::test]
+    async fn locks_after_max_attempts_within_the_window() {
+        let l = Lockout::new(
+            &cfg(&[
+                "--login-max-failures",
+                "3",
+                "--login-failure-window",
+                "60s",
+                "--login-lockout",
+                "120s",
+            ]),
+            &repo().0,
+        );
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(l.attempt(ip, 1000), Ok(None));
+        let at = |ip: IpAddr, now| {
+            let l = &l;
+            async move { l.attempt(ip, now).await.unwrap() }
+        };
+        assert_eq!(at(ip, 1000).await, Attempt::Allowed);
         assert_eq!(
-            l.attempt(ip, 1070),
-            Ok(None),
+            at(ip, 1070).await,
+            Attempt::Allowed,
             "the first one left the window"
         );
-        assert_eq!(l.attempt(ip, 1080), Ok(None));
-        assert_eq!(l.attempt(ip, 1090), Ok(Some(120)), "the last one allowed");
-        assert_eq!(l.attempt(ip, 1100), Err(110));
-        assert!(
-            l.attempt("192.0.2.2".parse().unwrap(), 1100).is_ok(),
+        assert_eq!(at(ip, 1080).await, Attempt::Allowed);
+        assert_eq!(
+            at(ip, 1090).await,
+            Attempt::LastAllowed(120),
+            "the last one allowed"
+        );
+        assert_eq!(at(ip, 1100).await, Attempt::Locked(110));
+        assert_eq!(
+            at("192.0.2.2".parse().unwrap(), 1100).await,
+            Attempt::Allowed,
             "other IPs unaffected"
         );
-        assert!(l.attempt(ip, 1210).is_ok(), "unlocked after the lockout");
-        l.succeed(ip);
-        assert_eq!(l.attempt(ip, 1301), Ok(None));
+        assert!(
+            !matches!(at(ip, 1210).await, Attempt::Locked(_)),
+            "unlocked after the lockout"
+        );
+        l.succeed(ip).await;
+        assert_eq!(at(ip, 1301).await, Attempt::Allowed);
     }
 
     #[test]
@@ -272,15 +356,16 @@ mod tests {
         assert!(!weak("correct horse battery staple"));
     }
 
-    #[test]
-    fn an_ipv6_64_is_one_client_and_a_burst_gets_max_attempts() {
-        let l = Lockout::new(&cfg(&["--login-max-failures", "3"]));
-        let verified = (0..100)
-            .filter(|i| {
-                let ip: IpAddr = format!("2001:db8:7:7::{i:x}").parse().unwrap();
-                l.attempt(ip, 1000).is_ok()
-            })
-            .count();
+    #[tokio::test]
+    async fn an_ipv6_64_is_one_client_and_a_burst_gets_max_attempts() {
+        let l = Lockout::new(&cfg(&["--login-max-failures", "3"]), &repo().0);
+        let mut verified = 0;
+        for i in 0..100 {
+            let ip: IpAddr = format!("2001:db8:7:7::{i:x}").parse().unwrap();
+            if !matches!(l.attempt(ip, 1000).await.unwrap(), Attempt::Locked(_)) {
+                verified += 1;
+            }
+        }
         assert_eq!(
             verified, 3,
             "a fresh address in the same /64 is the same client"

@@ -76,7 +76,7 @@ pub async fn authn(auth: &AuthConfig, site: &Site, repo: &Repo) -> Result<Authn,
     }
     let authn = Authn {
         providers,
-        lockout: Lockout::new(auth),
+        lockout: Lockout::new(auth, repo),
         cookies: Cookies::for_origin(&site.origin),
         password,
         // The plaintext password was hashed above; this copy lives as long as the process.

@@ -68,5 +68,6 @@ fn describe(table: Table) -> &'static str {
         Table::Secrets => "sealed secrets (signing keys, ACME account and certificate)",
         Table::Requests => "pending authorization requests",
         Table::SignIns => "sign-ins in progress",
+        Table::Lockouts => "password attempt counts",
     }
 }

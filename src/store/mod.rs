@@ -49,10 +49,12 @@ pub enum Table {
     Requests,
     /// Sign-ins in progress at an upstream provider, by hash of their `state`.
     SignIns,
+    /// Password sign-in attempts per client, when several processes share the store.
+    Lockouts,
 }
 
 impl Table {
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 12] = [
         Table::Clients,
         Table::Codes,
         Table::Grants,
@@ -64,6 +66,7 @@ impl Table {
         Table::Secrets,
         Table::Requests,
         Table::SignIns,
+        Table::Lockouts,
     ];
 
     /// Stable name, used as the backend's table name.
@@ -80,6 +83,7 @@ impl Table {
             Table::Secrets => "secrets",
             Table::Requests => "requests",
             Table::SignIns => "sign_ins",
+            Table::Lockouts => "lockouts",
         }
     }
 }
@@ -171,5 +175,10 @@ pub trait Store: Send + Sync + 'static {
     /// process can share it.
     fn revocations(&self) -> Option<tokio::sync::broadcast::Receiver<Revocation>> {
         None
+    }
+    /// Whether other processes may use this store at the same time (so that what one
+    /// process counts in memory, such as failed sign-ins, must be counted here instead).
+    fn shared(&self) -> bool {
+        false
     }
 }

@@ -452,6 +452,10 @@ impl Store for PostgresStore {
     fn revocations(&self) -> Option<broadcast::Receiver<Revocation>> {
         Some(self.revocations.subscribe())
     }
+
+    fn shared(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -277,6 +277,20 @@ impl Record for SignInRecord {
     const VERSION: u32 = 1;
 }
 
+/// A client's recent password attempts and its lock, on a shared store (see
+/// `login::password::Lockout`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LockoutRecord {
+    /// When the attempts in the window were made, oldest first.
+    pub times: std::collections::VecDeque<UnixTime>,
+    pub locked_until: UnixTime,
+}
+
+impl Record for LockoutRecord {
+    const TABLE: Table = Table::Lockouts;
+    const VERSION: u32 = 1;
+}
+
 /// A sealed secret (key material, provider tokens).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SecretRecord {

@@ -125,6 +125,24 @@ impl Repo {
             .await
     }
 
+    /// Writes `record` at `key` only if nothing is there; returns whether it did.
+    pub async fn create<R: Record>(
+        &self,
+        key: &[u8],
+        record: &R,
+        expires_at: Option<UnixTime>,
+    ) -> Result<bool, StoreError> {
+        let entry = Self::encode(record, expires_at)?;
+        self.store
+            .compare_and_swap(R::TABLE, key, None, Some(entry))
+            .await
+    }
+
+    /// Whether other processes may share the store.
+    pub fn is_shared(&self) -> bool {
+        self.store.shared()
+    }
+
     /// Replaces the entry read by [`Repo::get_versioned`] only if nobody changed it since.
     pub async fn replace<R: Record>(
         &self,

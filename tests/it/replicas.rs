@@ -35,6 +35,8 @@ impl Replica {
             "postgres",
             "--replica-id",
             "replica-b",
+            "--login-max-failures",
+            "3",
             upstream,
         ];
         let bin = Binary::start(&args, &[("REPOSITORY_DSN", dsn), ("ENCRYPTION_KEY", key)]).await;
@@ -72,7 +74,13 @@ async fn two_replicas_on_one_database_act_as_one_server() {
     let upstream = up.url("/mcp");
     let site = BinarySite::new().await;
     // Replica A answers on the public URL itself; B beside it.
-    let a_args = site.args(&["--repository-backend", "postgres", &upstream]);
+    let a_args = site.args(&[
+        "--repository-backend",
+        "postgres",
+        "--login-max-failures",
+        "3",
+        &upstream,
+    ]);
     let envs = [
         ("REPOSITORY_DSN", dsn.as_str()),
         ("ENCRYPTION_KEY", key.as_str()),
@@ -144,6 +152,41 @@ async fn two_replicas_on_one_database_act_as_one_server() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+
+    // The password lockout counts across replicas: 20 guesses at once, spread over both,
+    // get three checks in all (two wrong, the third locks), not three per replica.
+    let guesser = Browser::new();
+    let page = guesser
+        .http
+        .get(t.url("/.auth/login"))
+        .send()
+        .await
+        .unwrap();
+    let csrf = crate::flow::hidden(&page.text().await.unwrap(), "csrf").unwrap();
+    let mut guesses = Vec::new();
+    for i in 0..20 {
+        let form = [("password", format!("wrong {i}")), ("csrf", csrf.clone())];
+        let to = if i % 2 == 0 {
+            t.url("/.auth/login")
+        } else {
+            b.bin.url("/.auth/login")
+        };
+        let req = guesser
+            .http
+            .post(to)
+            .header(header::HOST, &b.authority)
+            .form(&form);
+        guesses.push(tokio::spawn(
+            async move { req.send().await.unwrap().status() },
+        ));
+    }
+    let mut statuses = Vec::new();
+    for g in guesses {
+        statuses.push(g.await.unwrap().as_u16());
+    }
+    let wrong = statuses.iter().filter(|s| **s == 401).count();
+    let locked = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((wrong, locked), (2, 18), "{statuses:?}");
     drop(b);
     drop(a_bin);
 }
