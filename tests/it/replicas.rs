@@ -190,3 +190,78 @@ async fn two_replicas_on_one_database_act_as_one_server() {
     drop(b);
     drop(a_bin);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_under_load_loses_nothing_and_the_other_keeps_serving() {
+    let pg = PgCluster::start().await;
+    let dsn = pg.database("killed").await;
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+    let up = start_upstream().await;
+    let upstream = up.url("/mcp");
+    let site = BinarySite::new().await;
+    let a_args = site.args(&["--repository-backend", "postgres", &upstream]);
+    let envs = [
+        ("REPOSITORY_DSN", dsn.as_str()),
+        ("ENCRYPTION_KEY", key.as_str()),
+    ];
+    let a = Binary::start(&a_args, &envs).await;
+    let b = Replica::start(&site, &dsn, &key, &upstream).await;
+    let t = a.target(&site.origin);
+
+    // Clients and tokens issued by A.
+    let mut issued = Vec::new();
+    for _ in 0..3 {
+        let oc = OAuthClient::public(&t).await;
+        let tokens = oc.sign_in(&t, &Browser::new()).await;
+        issued.push((oc, tokens));
+    }
+    // Load on B while A is killed.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let b = Arc::new(b);
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for (_, tokens) in &issued {
+        let (b, stop, answered) = (b.clone(), stop.clone(), answered.clone());
+        let access = tokens["access_token"].as_str().unwrap().to_string();
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(b.mcp(&access).await, StatusCode::OK, "B kept serving");
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let until = |n: usize| {
+        let answered = answered.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while answered.load(Ordering::Relaxed) < n {
+                assert!(tokio::time::Instant::now() < deadline, "the load stalled");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    until(30).await;
+    a.kill9().await;
+    let at_kill = answered.load(Ordering::Relaxed);
+    until(at_kill + 60).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    // Nothing A issued is lost: every client refreshes at B.
+    for (oc, tokens) in &issued {
+        let resp = b
+            .post("/token")
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+                ("client_id", oc.id.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{:?}", resp.text().await);
+    }
+}
