@@ -87,8 +87,11 @@ impl Drop for PostgresStore {
     }
 }
 
-/// Listens for revocations and hands them on; after the connection was lost (announcements
-/// in between are gone), says [`Revocation::Missed`].
+/// Listens for revocations and hands them on. Each time it (re)starts listening it says
+/// [`Revocation::Missed`]: what was announced while nobody listened is unknown. While the
+/// connection is down it says nothing, so that checks cached just before an outage keep
+/// working for their TTL (no revocation can be stored while the database is away; if only
+/// this connection dropped, the TTL bounds what was missed).
 async fn listen(pool: PgPool, to: broadcast::Sender<Revocation>) {
     let mut listener: Option<PgListener> = None;
     loop {
@@ -97,12 +100,11 @@ async fn listen(pool: PgPool, to: broadcast::Sender<Revocation>) {
             None => match PgListener::connect_with(&pool).await {
                 Ok(mut l) => match l.listen(REVOCATIONS).await {
                     Ok(()) => {
-                        // Whatever was announced while nobody listened is unknown.
                         let _ = to.send(Revocation::Missed);
                         listener.insert(l)
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot listen for revocations yet");
+                        tracing::debug!(error = %e, "cannot listen for revocations yet");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
@@ -120,14 +122,11 @@ async fn listen(pool: PgPool, to: broadcast::Sender<Revocation>) {
                 let r = parse_revocation(n.payload()).unwrap_or(Revocation::Missed);
                 let _ = to.send(r);
             }
-            // The connection was lost; the next try reconnects.
-            Ok(None) => {
-                let _ = to.send(Revocation::Missed);
-            }
+            // The connection was lost: listen anew (and say so once listening again).
+            Ok(None) => listener = None,
             Err(e) => {
                 tracing::warn!(error = %e, "listening for revocations failed; reconnecting");
                 listener = None;
-                let _ = to.send(Revocation::Missed);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

@@ -369,6 +369,18 @@ pub async fn start_upstream() -> Upstream {
     Upstream { addr, task }
 }
 
+/// The status of an MCP post with `access` (the gate's verdict, or the upstream's answer).
+pub async fn gate_status(t: &Target, access: &str) -> StatusCode {
+    client()
+        .post(t.url("/mcp"))
+        .bearer_auth(access)
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 /// A throwaway CA and a leaf (CA:FALSE) it signed for 127.0.0.1 and localhost: the PEM of
 /// the CA, the leaf and the leaf's key.
 pub struct LoopbackCert {

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::flow::{Browser, OAuthClient, REDIRECT, hidden, location, query, refresh, token};
 use crate::helpers::{
-    BinarySite, TEST_PASSWORD, client, start_proxy, start_proxy_with, start_upstream,
+    BinarySite, TEST_PASSWORD, client, gate_status, start_proxy, start_proxy_with, start_upstream,
 };
 
 const START: u64 = 1_900_000_000;
@@ -621,18 +621,6 @@ async fn code_for_a_new_client(t: &crate::helpers::Target) -> (OAuthClient, Stri
         .await;
     let code = query(&back, "code").unwrap();
     (oc, code)
-}
-
-/// The status of an MCP post with `access`.
-async fn gate_status(t: &crate::helpers::Target, access: &str) -> StatusCode {
-    client()
-        .post(t.url("/mcp"))
-        .bearer_auth(access)
-        .body("{}")
-        .send()
-        .await
-        .unwrap()
-        .status()
 }
 
 #[tokio::test]

@@ -9,7 +9,9 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::flow::{Browser, OAuthClient, refresh};
-use crate::helpers::{Binary, BinarySite, Target, client, dead_port, run_binary, start_upstream};
+use crate::helpers::{
+    Binary, BinarySite, client, dead_port, gate_status, run_binary, start_upstream,
+};
 use crate::pg::PgCluster;
 
 fn encryption_key() -> String {
@@ -21,17 +23,6 @@ fn encryption_key() -> String {
 async fn start_on(site: &BinarySite, dsn: &str, key: &str, upstream: &str) -> Binary {
     let args = site.args(&["--repository-backend", "postgres", upstream]);
     Binary::start(&args, &[("REPOSITORY_DSN", dsn), ("ENCRYPTION_KEY", key)]).await
-}
-
-async fn mcp_status(t: &Target, access: &str) -> StatusCode {
-    client()
-        .post(t.url("/mcp"))
-        .bearer_auth(access)
-        .body("{}")
-        .send()
-        .await
-        .unwrap()
-        .status()
 }
 
 async fn error_of(resp: reqwest::Response) -> (StatusCode, String) {
@@ -60,7 +51,7 @@ async fn the_whole_flow_on_postgres_survives_restarts_and_sigkill() {
     let browser = Browser::new();
     let first = oc.sign_in(&t, &browser).await;
     assert_eq!(
-        mcp_status(&t, str_of(&first, "access_token")).await,
+        gate_status(&t, str_of(&first, "access_token")).await,
         StatusCode::OK
     );
 
@@ -74,14 +65,14 @@ async fn the_whole_flow_on_postgres_survives_restarts_and_sigkill() {
         .await
         .unwrap();
     let a3 = str_of(&third, "access_token");
-    assert_eq!(mcp_status(&t, a3).await, StatusCode::OK);
+    assert_eq!(gate_status(&t, a3).await, StatusCode::OK);
     let (status, error) = error_of(refresh(&t, &oc.id, r1).await).await;
     assert_eq!(
         (status, error.as_str()),
         (StatusCode::BAD_REQUEST, "invalid_grant")
     );
     assert_eq!(
-        mcp_status(&t, a3).await,
+        gate_status(&t, a3).await,
         StatusCode::UNAUTHORIZED,
         "family revoked"
     );
@@ -99,7 +90,7 @@ async fn the_whole_flow_on_postgres_survives_restarts_and_sigkill() {
         .unwrap();
     assert_eq!(revoked.status(), StatusCode::OK);
     assert_eq!(
-        mcp_status(&t, str_of(&other, "access_token")).await,
+        gate_status(&t, str_of(&other, "access_token")).await,
         StatusCode::UNAUTHORIZED
     );
 
@@ -109,7 +100,7 @@ async fn the_whole_flow_on_postgres_survives_restarts_and_sigkill() {
     let bin = start_on(&site, &dsn, &key, &upstream).await;
     let t = bin.target(&site.origin);
     assert_eq!(
-        mcp_status(&t, str_of(&kept, "access_token")).await,
+        gate_status(&t, str_of(&kept, "access_token")).await,
         StatusCode::OK
     );
     let (status, _) = error_of(refresh(&t, &oc.id, r1).await).await;
@@ -121,7 +112,7 @@ async fn the_whole_flow_on_postgres_survives_restarts_and_sigkill() {
     // The browser session and the client registration too: a new sign-in needs no password.
     let again = oc.sign_in(&t, &browser).await;
     assert_eq!(
-        mcp_status(&t, str_of(&again, "access_token")).await,
+        gate_status(&t, str_of(&again, "access_token")).await,
         StatusCode::OK
     );
     let renewed = refresh(&t, &oc.id, str_of(&kept, "refresh_token")).await;
@@ -145,7 +136,7 @@ async fn the_database_going_away_gives_503_and_the_proxy_recovers_without_a_rest
     let oc = OAuthClient::public(&t).await;
     let tokens = oc.sign_in(&t, &Browser::new()).await;
     let access = str_of(&tokens, "access_token");
-    assert_eq!(mcp_status(&t, access).await, StatusCode::OK, "now cached");
+    assert_eq!(gate_status(&t, access).await, StatusCode::OK, "now cached");
     let ready = || async {
         client()
             .get(t.url("/readyz"))
@@ -171,9 +162,9 @@ async fn the_database_going_away_gives_503_and_the_proxy_recovers_without_a_rest
     );
     // A token checked just before keeps working from memory (for at most the cache's TTL);
     // one never seen cannot be checked: refused as unavailable, never let through.
-    assert_eq!(mcp_status(&t, access).await, StatusCode::OK);
+    assert_eq!(gate_status(&t, access).await, StatusCode::OK);
     assert_eq!(
-        mcp_status(&t, "mcpat_never_seen").await,
+        gate_status(&t, "mcpat_never_seen").await,
         StatusCode::SERVICE_UNAVAILABLE
     );
     // A person gets a readable page.
@@ -207,7 +198,7 @@ async fn the_database_going_away_gives_503_and_the_proxy_recovers_without_a_rest
     );
     let next: Value = resp.json().await.unwrap();
     assert_eq!(
-        mcp_status(&t, str_of(&next, "access_token")).await,
+        gate_status(&t, str_of(&next, "access_token")).await,
         StatusCode::OK
     );
     drop(bin);
@@ -268,7 +259,7 @@ async fn migrate_moves_a_data_directory_into_postgres_and_its_tokens_work_there(
     let browser = Browser::new();
     let tokens = oc.sign_in(&t, &browser).await;
     assert_eq!(
-        mcp_status(&t, str_of(&tokens, "access_token")).await,
+        gate_status(&t, str_of(&tokens, "access_token")).await,
         StatusCode::OK
     );
 
@@ -313,14 +304,14 @@ async fn migrate_moves_a_data_directory_into_postgres_and_its_tokens_work_there(
     let bin = start_on(&site, &dsn, &key, &upstream).await;
     let t = bin.target(&site.origin);
     assert_eq!(
-        mcp_status(&t, str_of(&tokens, "access_token")).await,
+        gate_status(&t, str_of(&tokens, "access_token")).await,
         StatusCode::OK
     );
     let renewed = refresh(&t, &oc.id, str_of(&tokens, "refresh_token")).await;
     assert_eq!(renewed.status(), StatusCode::OK);
     let again = oc.sign_in(&t, &browser).await;
     assert_eq!(
-        mcp_status(&t, str_of(&again, "access_token")).await,
+        gate_status(&t, str_of(&again, "access_token")).await,
         StatusCode::OK
     );
     assert_eq!(bin.terminate(Duration::from_secs(20)).await, Some(0));
