@@ -1,11 +1,16 @@
 // One client's whole sign-in through the proxy at `origin`: registration, PKCE, the login
-// and consent pages (filled by the e2e harness's browser), the code, the token. Returns
-// the access token.
+// and consent pages (filled by the e2e harness's browser), the code, the token.
 import { createHash, randomBytes } from 'node:crypto';
 
 const redirect = 'http://127.0.0.1:9/callback';
 
+/** The access token. */
 export async function signIn(origin, browser, password) {
+  return (await signInClient(origin, browser, password)).access;
+}
+
+/** The access token and the client it was issued to. */
+export async function signInClient(origin, browser, password) {
   const reg = await (await fetch(`${origin}/register`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
@@ -27,5 +32,5 @@ export async function signIn(origin, browser, password) {
     }),
   });
   if (res.status !== 200) throw new Error(`token: ${res.status} ${await res.text()}`);
-  return (await res.json()).access_token;
+  return { access: (await res.json()).access_token, clientId: reg.client_id };
 }

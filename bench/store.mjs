@@ -11,6 +11,7 @@
 // stop hundreds of them.
 import { performance } from 'node:perf_hooks';
 import { Browser } from '../tests/e2e/harness.mjs';
+import { nextClient } from './forwarded.mjs';
 import { signIn } from './sign-in.mjs';
 
 const [rounds, ...targets] = process.argv.slice(2);
@@ -30,13 +31,6 @@ async function timedCall(origin, token) {
   if (res.status !== 200) throw new Error(`mcp: ${res.status}`);
   return performance.now() - started;
 }
-
-// Every request of one sign-in carries the same forwarded address; the next one another.
-const directFetch = globalThis.fetch;
-let client = 0;
-globalThis.fetch = (url, init = {}) =>
-  directFetch(url, { ...init, headers: { ...(init.headers ?? {}), 'x-forwarded-for': `10.0.${client >> 8 & 255}.${client & 255}` } });
-const nextClient = () => { client += 1; };
 
 const samples = Object.fromEntries(targets.map((t) => [t.split('=')[0], { flow: [], cold: [], warm: [] }]));
 const browsers = {};
