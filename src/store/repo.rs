@@ -307,10 +307,14 @@ impl Repo {
                     continue;
                 }
                 if table == Table::Secrets {
-                    let name = String::from_utf8_lossy(&key).into_owned();
-                    if let Some(secret) = self.get_secret(&name).await? {
-                        to.put_secret(&name, &secret).await?;
-                    }
+                    // Opened from the entry just read, sealed again under `to`'s key (the
+                    // name, the key of the entry, is the associated data on both sides).
+                    let Some(rec) = self.decode::<SecretRecord>(&entry) else {
+                        continue;
+                    };
+                    let plain = self.keys.sealer.open(&key, &rec.sealed)?;
+                    let sealed = to.keys.sealer.seal(&key, &plain)?;
+                    to.put(&key, &SecretRecord { sealed }, None).await?;
                 } else {
                     to.store.put(table, &key, entry).await?;
                 }

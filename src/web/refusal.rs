@@ -80,7 +80,7 @@ impl PageRefusal {
     }
 
     /// The status the page is answered with.
-    pub fn status(&self) -> StatusCode {
+    fn status(&self) -> StatusCode {
         match &self.problem {
             Problem::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Problem::ForeignOrigin | Problem::Expired => StatusCode::FORBIDDEN,
