@@ -77,6 +77,8 @@ const HASHES_PER_NOTIFICATION: usize = 100;
 /// one more connection listening for the revocations other processes announce.
 pub struct PostgresStore {
     pool: PgPool,
+    /// This process's name in its announcements, so its listener can skip its own.
+    me: String,
     revocations: broadcast::Sender<Revocation>,
     listening: tokio::task::JoinHandle<()>,
 }
@@ -87,28 +89,27 @@ impl Drop for PostgresStore {
     }
 }
 
-/// Listens for revocations and hands them on. Each time it (re)starts listening it says
+/// Listens for revocations and hands on those of other processes (this one's own come back
+/// too, and were applied when made). Each time it (re)starts listening it says
 /// [`Revocation::Missed`]: what was announced while nobody listened is unknown. While the
 /// connection is down it says nothing, so that checks cached just before an outage keep
 /// working for their TTL (no revocation can be stored while the database is away; if only
 /// this connection dropped, the TTL bounds what was missed).
-async fn listen(pool: PgPool, to: broadcast::Sender<Revocation>) {
+async fn listen(pool: PgPool, me: String, to: broadcast::Sender<Revocation>) {
+    let subscribe = || async {
+        let mut l = PgListener::connect_with(&pool).await?;
+        l.listen(REVOCATIONS).await?;
+        Ok::<_, sqlx::Error>(l)
+    };
     let mut listener: Option<PgListener> = None;
     loop {
         let l = match &mut listener {
             Some(l) => l,
-            None => match PgListener::connect_with(&pool).await {
-                Ok(mut l) => match l.listen(REVOCATIONS).await {
-                    Ok(()) => {
-                        let _ = to.send(Revocation::Missed);
-                        listener.insert(l)
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "cannot listen for revocations yet");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                },
+            None => match subscribe().await {
+                Ok(l) => {
+                    let _ = to.send(Revocation::Missed);
+                    listener.insert(l)
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot listen for revocations yet");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -117,11 +118,16 @@ async fn listen(pool: PgPool, to: broadcast::Sender<Revocation>) {
             },
         };
         match l.try_recv().await {
-            Ok(Some(n)) => {
+            Ok(Some(n)) => match parse_revocation(n.payload()) {
+                Some((from, _)) if from == me => {}
+                Some((_, r)) => {
+                    let _ = to.send(r);
+                }
                 // One we cannot read (a newer release's) is treated as missed: fail closed.
-                let r = parse_revocation(n.payload()).unwrap_or(Revocation::Missed);
-                let _ = to.send(r);
-            }
+                None => {
+                    let _ = to.send(Revocation::Missed);
+                }
+            },
             // The connection was lost: listen anew (and say so once listening again).
             Ok(None) => listener = None,
             Err(e) => {
@@ -133,24 +139,26 @@ async fn listen(pool: PgPool, to: broadcast::Sender<Revocation>) {
     }
 }
 
-/// `g <grant id>` or `t <hex>,<hex>,…`.
-fn payloads(r: &Revocation) -> Vec<String> {
+/// `<sender> g <grant id>` or `<sender> t <hex>,<hex>,…`.
+fn payloads(me: &str, r: &Revocation) -> Vec<String> {
     match r {
-        Revocation::Grant(id) => vec![format!("g {id}")],
+        Revocation::Grant(id) => vec![format!("{me} g {id}")],
         Revocation::Tokens(hashes) => hashes
             .chunks(HASHES_PER_NOTIFICATION)
             .map(|c| {
                 let hex: Vec<String> = c.iter().map(|h| hex::encode(h.0)).collect();
-                format!("t {}", hex.join(","))
+                format!("{me} t {}", hex.join(","))
             })
             .collect(),
         Revocation::Missed => Vec::new(),
     }
 }
 
-fn parse_revocation(payload: &str) -> Option<Revocation> {
-    match payload.split_once(' ')? {
-        ("g", id) if !id.is_empty() => Some(Revocation::Grant(id.to_string())),
+/// The sender and the revocation of a payload.
+fn parse_revocation(payload: &str) -> Option<(&str, Revocation)> {
+    let (from, payload) = payload.split_once(' ')?;
+    let revocation = match payload.split_once(' ')? {
+        ("g", id) if !id.is_empty() => Revocation::Grant(id.to_string()),
         ("t", list) => {
             let hashes = list
                 .split(',')
@@ -159,10 +167,11 @@ fn parse_revocation(payload: &str) -> Option<Revocation> {
                     Some(TokenHash(bytes.try_into().ok()?))
                 })
                 .collect::<Option<Vec<_>>>()?;
-            Some(Revocation::Tokens(hashes))
+            Revocation::Tokens(hashes)
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some((from, revocation))
 }
 
 impl PostgresStore {
@@ -215,9 +224,11 @@ impl PostgresStore {
         migrator().run(&pool).await?;
         tracing::info!(database = %target, "store: PostgreSQL");
         let (revocations, _) = broadcast::channel(1024);
-        let listening = tokio::spawn(listen(pool.clone(), revocations.clone()));
+        let me = crate::tokens::generate_id();
+        let listening = tokio::spawn(listen(pool.clone(), me.clone(), revocations.clone()));
         Ok(Self {
             pool,
+            me,
             revocations,
             listening,
         })
@@ -436,7 +447,7 @@ impl Store for PostgresStore {
     }
 
     async fn announce(&self, revocation: &Revocation) -> Result<(), StoreError> {
-        for payload in payloads(revocation) {
+        for payload in payloads(&self.me, revocation) {
             self.bounded(
                 sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(REVOCATIONS)
@@ -471,22 +482,26 @@ mod tests {
 
     #[test]
     fn revocations_travel_as_short_payloads() {
+        let me = crate::tokens::generate_id();
         let grant = Revocation::Grant("g_123".into());
-        assert_eq!(payloads(&grant), vec!["g g_123".to_string()]);
-        assert_eq!(parse_revocation("g g_123"), Some(grant));
+        assert_eq!(payloads(&me, &grant), vec![format!("{me} g g_123")]);
+        assert_eq!(
+            parse_revocation(&format!("{me} g g_123")),
+            Some((me.as_str(), grant))
+        );
         let hashes: Vec<TokenHash> = (0..250u8).map(|i| TokenHash([i; 32])).collect();
-        let sent = payloads(&Revocation::Tokens(hashes.clone()));
+        let sent = payloads(&me, &Revocation::Tokens(hashes.clone()));
         assert_eq!(sent.len(), 3, "chunked");
         assert!(sent.iter().all(|p| p.len() < 8000));
         let back: Vec<TokenHash> = sent
             .iter()
             .flat_map(|p| match parse_revocation(p) {
-                Some(Revocation::Tokens(t)) => t,
+                Some((_, Revocation::Tokens(t))) => t,
                 other => panic!("{other:?}"),
             })
             .collect();
         assert!(back == hashes);
-        for garbage in ["", "x y", "t zz", "g ", "t 00"] {
+        for garbage in ["", "x y", "me t zz", "me g ", "me t 00", "g g_1"] {
             assert_eq!(parse_revocation(garbage), None, "{garbage:?}");
         }
     }
