@@ -232,10 +232,7 @@ impl Signer {
                     // store, the first write wins and every process signs with it.
                     let first = Zeroizing::new(serde_json::to_vec(&[generate(now)?])?);
                     let stored = repo.secret_once(KEYS_SECRET, || first).await?;
-                    keys = serde_json::from_slice::<Vec<StoredKey>>(&stored)
-                        .map_err(|e| {
-                            AssertionError::BadKey(format!("the stored signing keys: {e}"))
-                        })?
+                    keys = decode_stored(&stored)?
                         .into_iter()
                         .map(key_from)
                         .collect::<Result<Vec<_>, _>>()?;
@@ -360,10 +357,14 @@ pub async fn adopt(repo: &Repo, key: StoredKey) -> Result<(), AssertionError> {
 
 async fn load_stored(repo: &Repo) -> Result<Vec<StoredKey>, AssertionError> {
     match repo.get_secret(KEYS_SECRET).await? {
-        Some(b) => serde_json::from_slice(&b)
-            .map_err(|e| AssertionError::BadKey(format!("the stored signing keys: {e}"))),
+        Some(b) => decode_stored(&b),
         None => Ok(Vec::new()),
     }
+}
+
+fn decode_stored(bytes: &[u8]) -> Result<Vec<StoredKey>, AssertionError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| AssertionError::BadKey(format!("the stored signing keys: {e}")))
 }
 
 async fn save_stored(repo: &Repo, stored: &[StoredKey]) -> Result<(), AssertionError> {

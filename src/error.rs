@@ -128,11 +128,14 @@ impl IntoResponse for OAuthError {
     }
 }
 
-/// A store failure is the store being away (a database outage) far more often than a bug:
-/// 503 with `Retry-After`, so clients try again rather than give up.
+/// The store being away (a database outage) is 503 with `Retry-After`, so clients try again
+/// rather than give up; a record or key we cannot use is our fault: 500.
 impl From<crate::store::StoreError> for OAuthError {
     fn from(e: crate::store::StoreError) -> Self {
         tracing::error!(error = %e, "store failure");
+        if !e.is_outage() {
+            return Self::server_error();
+        }
         let mut err = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             OAuthErrorCode::TemporarilyUnavailable,

@@ -119,7 +119,8 @@ impl Keys {
 
     /// The keys for a store several processes share: the sealing key must be given (every
     /// process needs the same one, and the database must not hold it); the cookie key is the
-    /// given one, or a placeholder until [`Keys::with_hmac`] sets the one kept in the store.
+    /// given one, or a random placeholder until [`Keys::with_hmac`] sets the one kept in the
+    /// store (random, so that a cookie signed with it by mistake could never be forged).
     pub fn given(
         encryption_key: Option<&str>,
         hmac_secret: Option<&str>,
@@ -135,7 +136,7 @@ impl Keys {
         let given_hmac = hmac.is_some();
         let keys = Self {
             sealer: SecretBox::new(&enc),
-            hmac: hmac.unwrap_or_else(|| Zeroizing::new([0u8; 32])),
+            hmac: hmac.unwrap_or_else(Self::random_key),
         };
         Ok((keys, given_hmac))
     }

@@ -138,6 +138,17 @@ pub enum Revocation {
     Missed,
 }
 
+impl StoreError {
+    /// Whether the storage is away or failing (a database outage, I/O), as opposed to a
+    /// record or key we cannot use: what a request hears as "try again shortly".
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            Self::Open { .. } | Self::Sled(_) | Self::Postgres(_) | Self::TimedOut(_)
+        )
+    }
+}
+
 /// The backend contract. Every method is atomic on its own.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
