@@ -5,20 +5,17 @@
 // docs/forward-auth/nginx.conf with test ports and no TLS.
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { Browser, ROOT, freePort, startEverything, startProxy, stopChild } from './harness.mjs';
+import { Browser, ROOT, freePort, startEverything, startProxy } from './harness.mjs';
+import { startNginx } from './nginx.mjs';
 import { TestProvider, connect } from './sdk-client.mjs';
 
-const NGINX = ['/usr/sbin/nginx', '/usr/bin/nginx'].find((p) => existsSync(p)) ?? 'nginx';
 let everything;
 let proxy;
 let nginx;
-let dir;
 let origin;
 
 before(async () => {
@@ -27,8 +24,6 @@ before(async () => {
   origin = `http://127.0.0.1:${nginxPort}`;
   proxy = await startProxy({ externalUrl: origin, args: ['--trusted-proxies', '127.0.0.1'] });
   const proxyPort = new URL(proxy.origin).port;
-  dir = mkdtempSync(path.join(os.tmpdir(), 'mcp-nginx-'));
-  for (const d of ['body', 'proxy', 'fastcgi', 'uwsgi', 'scgi']) mkdirSync(path.join(dir, d));
   // The documented configuration, adapted: plain http on a test port, our ports.
   const site = readFileSync(path.join(ROOT, 'docs/forward-auth/nginx.conf'), 'utf8')
     .replace('server 127.0.0.1:8080;', `server 127.0.0.1:${proxyPort};`)
@@ -36,38 +31,13 @@ before(async () => {
     .replace('listen 443 ssl;', `listen 127.0.0.1:${nginxPort};`)
     .replace('http2 on;', '');
   assert.ok(site.includes(`127.0.0.1:${proxyPort}`) && site.includes(`listen 127.0.0.1:${nginxPort}`));
-  writeFileSync(
-    path.join(dir, 'nginx.conf'),
-    `daemon off;
-worker_processes 1;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log warn;
-events { worker_connections 256; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy; fastcgi_temp_path ${dir}/fastcgi;
-  uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
-${site}
-}
-`,
-  );
-  nginx = spawn(NGINX, ['-c', path.join(dir, 'nginx.conf'), '-e', path.join(dir, 'error.log')], { stdio: ['ignore', 'ignore', 'pipe'] });
-  for (let i = 0; i < 100; i++) {
-    try {
-      await fetch(`${origin}/.well-known/oauth-authorization-server`);
-      return;
-    } catch {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  throw new Error(`nginx did not start: ${existsSync(path.join(dir, 'error.log')) ? readFileSync(path.join(dir, 'error.log'), 'utf8') : ''}`);
+  nginx = await startNginx(site, `${origin}/.well-known/oauth-authorization-server`);
 });
 
 after(async () => {
-  if (nginx) await stopChild(nginx);
+  await nginx?.stop();
   await proxy?.stop();
   await everything?.stop();
-  if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
 test('an SDK client signs in and calls a tool through nginx auth_request', async () => {

@@ -5,25 +5,23 @@
 // one replica).
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { Browser, everythingStdio, freePorts, startEverything, startProxy, stopChild } from './harness.mjs';
+import { Browser, everythingStdio, freePorts, startEverything, startProxy } from './harness.mjs';
+import { startNginx } from './nginx.mjs';
 import { startPostgres } from './postgres.mjs';
 import { TestProvider, connect } from './sdk-client.mjs';
 
 let pg;
 let upstream;
 let nginx;
-let nginxDir;
 const replicas = { http: [], stdio: [] };
 const fronts = {};
 
-function nginxConf(dir, servers) {
+/** The http block: each front spreads requests over its replicas, except that a request of
+ * a session goes to the replica its id names (as the README's configuration does). */
+function nginxHttp(servers) {
   const routes = Object.values(servers)
     .flatMap(({ ids, ports }) => ids.map((id, i) => `    ${id} 127.0.0.1:${ports[i]};`))
     .join('\n');
@@ -45,19 +43,7 @@ function nginxConf(dir, servers) {
       proxy_read_timeout 1h;
     }
   }`).join('\n');
-  return `daemon off;
-worker_processes 1;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log warn;
-events { worker_connections 256; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/body;
-  proxy_temp_path ${dir}/proxy;
-  fastcgi_temp_path ${dir}/fastcgi;
-  uwsgi_temp_path ${dir}/uwsgi;
-  scgi_temp_path ${dir}/scgi;
-  map $http_mcp_session_id $mcp_replica {
+  return `  map $http_mcp_session_id $mcp_replica {
     "~^(?<replica>.+)\\.[^.]+$" $replica;
     default "";
   }
@@ -65,27 +51,7 @@ http {
 ${routes}
     default "";
   }
-${blocks}
-}
-`;
-}
-
-async function startNginx(conf) {
-  const child = spawn(process.env.NGINX ?? 'nginx', ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
-  return child;
-}
-
-/** Waits until `url` answers at all (nginx has no ready line). */
-async function answering(url) {
-  for (let i = 0; i < 200; i++) {
-    try {
-      await fetch(url);
-      return;
-    } catch {
-      await new Promise((r) => setTimeout(r, 25));
-    }
-  }
-  throw new Error(`${url} never answered`);
+${blocks}`;
 }
 
 before(async () => {
@@ -102,23 +68,17 @@ before(async () => {
   for (const [i, port] of ports.slice(2).entries()) {
     replicas.stdio.push(await startProxy({ command: everythingStdio(), port, externalUrl: fronts.stdio, args: [...args, '--replica-id', `stdio-${i}`], env }));
   }
-  nginxDir = mkdtempSync(path.join(os.tmpdir(), 'mcp-auth-proxy-nginx-'));
-  const conf = path.join(nginxDir, 'nginx.conf');
-  writeFileSync(conf, nginxConf(nginxDir, {
+  nginx = await startNginx(nginxHttp({
     http_replicas: { listen: httpFront, ports: ports.slice(0, 2), ids: ['http-0', 'http-1'] },
     stdio_replicas: { listen: stdioFront, ports: ports.slice(2), ids: ['stdio-0', 'stdio-1'] },
-  }));
-  nginx = await startNginx(conf);
-  await answering(`${fronts.http}/healthz`);
-  await answering(`${fronts.stdio}/healthz`);
+  }), `${fronts.stdio}/healthz`);
 });
 
 after(async () => {
-  if (nginx) await stopChild(nginx);
+  await nginx?.stop();
   for (const r of [...replicas.http, ...replicas.stdio]) await r.stop();
   await upstream?.stop();
   pg?.stop();
-  if (nginxDir) rmSync(nginxDir, { recursive: true, force: true });
 });
 
 /** How many requests each replica logged (its request log line names the route). */
