@@ -118,18 +118,13 @@ async fn a_parallel_burst_of_guesses_gets_only_the_allowed_attempts() {
     let (b, csrf) = login_form(&t).await;
     // 20 guesses at once: each attempt is counted before its password is checked, so three
     // are checked (two answered 401, the third, which locks, 429) and the rest refused.
-    let mut guesses = Vec::new();
-    for i in 0..20 {
-        let form = [("password", format!("wrong {i}")), ("csrf", csrf.clone())];
-        let req = b.http.post(t.url("/.auth/login")).form(&form);
-        guesses.push(tokio::spawn(
-            async move { req.send().await.unwrap().status() },
-        ));
-    }
-    let mut statuses = Vec::new();
-    for g in guesses {
-        statuses.push(g.await.unwrap().as_u16());
-    }
+    let guesses = (0..20)
+        .map(|i| {
+            let form = [("password", format!("wrong {i}")), ("csrf", csrf.clone())];
+            b.http.post(t.url("/.auth/login")).form(&form)
+        })
+        .collect();
+    let statuses = crate::helpers::all_at_once(guesses).await;
     let wrong = statuses.iter().filter(|s| **s == 401).count();
     let locked = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!((wrong, locked), (2, 18), "{statuses:?}");

@@ -381,6 +381,19 @@ pub async fn gate_status(t: &Target, access: &str) -> StatusCode {
         .status()
 }
 
+/// Sends every request at once; their statuses, in order.
+pub async fn all_at_once(requests: Vec<reqwest::RequestBuilder>) -> Vec<u16> {
+    let sent: Vec<_> = requests
+        .into_iter()
+        .map(|r| tokio::spawn(async move { r.send().await.unwrap().status().as_u16() }))
+        .collect();
+    let mut statuses = Vec::new();
+    for s in sent {
+        statuses.push(s.await.unwrap());
+    }
+    statuses
+}
+
 /// A throwaway CA and a leaf (CA:FALSE) it signed for 127.0.0.1 and localhost: the PEM of
 /// the CA, the leaf and the leaf's key.
 pub struct LoopbackCert {

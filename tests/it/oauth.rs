@@ -727,31 +727,14 @@ async fn refresh_rotation_grace_and_family_revocation() {
     let third: Value = token(&t, &params("mcp")).await.json().await.unwrap();
     assert_eq!(third["scope"], "mcp");
     let a3 = third["access_token"].as_str().unwrap();
-    assert_eq!(
-        client()
-            .post(t.url("/mcp"))
-            .bearer_auth(a3)
-            .body("{}")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(gate_status(&t, a3).await, StatusCode::OK);
     let reuse = refresh(&t, &oc.id, r1).await;
     assert_eq!(
         json_error(reuse).await,
         (StatusCode::BAD_REQUEST, "invalid_grant".into())
     );
     assert_eq!(
-        client()
-            .post(t.url("/mcp"))
-            .bearer_auth(a3)
-            .body("{}")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gate_status(&t, a3).await,
         StatusCode::UNAUTHORIZED,
         "the whole family is revoked"
     );
@@ -782,17 +765,7 @@ async fn refresh_rotation_grace_and_family_revocation() {
     let later = oc.sign_in(&t, &b).await;
     clock.advance(3601);
     let a = later["access_token"].as_str().unwrap();
-    assert_eq!(
-        client()
-            .post(t.url("/mcp"))
-            .bearer_auth(a)
-            .body("{}")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(gate_status(&t, a).await, StatusCode::UNAUTHORIZED);
     clock.advance(30 * 86_400);
     assert_eq!(
         json_error(refresh(&t, &oc.id, later["refresh_token"].as_str().unwrap()).await)

@@ -163,27 +163,22 @@ async fn two_replicas_on_one_database_act_as_one_server() {
         .await
         .unwrap();
     let csrf = crate::flow::hidden(&page.text().await.unwrap(), "csrf").unwrap();
-    let mut guesses = Vec::new();
-    for i in 0..20 {
-        let form = [("password", format!("wrong {i}")), ("csrf", csrf.clone())];
-        let to = if i % 2 == 0 {
-            t.url("/.auth/login")
-        } else {
-            b.bin.url("/.auth/login")
-        };
-        let req = guesser
-            .http
-            .post(to)
-            .header(header::HOST, &b.authority)
-            .form(&form);
-        guesses.push(tokio::spawn(
-            async move { req.send().await.unwrap().status() },
-        ));
-    }
-    let mut statuses = Vec::new();
-    for g in guesses {
-        statuses.push(g.await.unwrap().as_u16());
-    }
+    let guesses = (0..20)
+        .map(|i| {
+            let form = [("password", format!("wrong {i}")), ("csrf", csrf.clone())];
+            let to = if i % 2 == 0 {
+                t.url("/.auth/login")
+            } else {
+                b.bin.url("/.auth/login")
+            };
+            guesser
+                .http
+                .post(to)
+                .header(header::HOST, &b.authority)
+                .form(&form)
+        })
+        .collect();
+    let statuses = crate::helpers::all_at_once(guesses).await;
     let wrong = statuses.iter().filter(|s| **s == 401).count();
     let locked = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!((wrong, locked), (2, 18), "{statuses:?}");

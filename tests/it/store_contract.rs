@@ -152,7 +152,11 @@ async fn contract(store: Arc<dyn Store>) {
     store.put(w, b"new", entry(b"x", Some(101))).await.unwrap();
     store.put(w, b"never", entry(b"x", None)).await.unwrap();
     let removed = store.sweep(100).await.unwrap();
-    assert!(removed >= 1, "the expired one at least (t:{removed})");
+    assert_eq!(
+        removed, 2,
+        "the sign-in at 99 and the client at 0, in every table"
+    );
+    assert_eq!(store.get(t, b"\x00\xff").await.unwrap(), None);
     assert_eq!(store.get(w, b"old").await.unwrap(), None);
     for k in [&b"now"[..], b"new", b"never"] {
         assert!(store.get(w, k).await.unwrap().is_some(), "{k:?} kept");
