@@ -227,11 +227,11 @@ impl Repo {
         Ok(hashes)
     }
 
-    /// Deletes one token; returns whether it was there.
-    pub async fn revoke_token(&self, hash: &TokenHash) -> Result<bool, StoreError> {
-        let was = self.store.take(Table::Tokens, &hash.0).await?.is_some();
+    /// Deletes one token and tells the other processes on the store.
+    pub async fn revoke_token(&self, hash: &TokenHash) -> Result<(), StoreError> {
+        self.store.take(Table::Tokens, &hash.0).await?;
         self.announce(Revocation::Tokens(vec![*hash])).await;
-        Ok(was)
+        Ok(())
     }
 
     /// Tells the other processes on the store. The revocation itself is done and stays
