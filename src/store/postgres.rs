@@ -224,7 +224,7 @@ impl PostgresStore {
         migrator().run(&pool).await?;
         tracing::info!(database = %target, "store: PostgreSQL");
         let (revocations, _) = broadcast::channel(1024);
-        let me = crate::tokens::generate_id();
+        let me = format!("{:016x}", rand::random::<u64>());
         let listening = tokio::spawn(listen(pool.clone(), me.clone(), revocations.clone()));
         Ok(Self {
             pool,
@@ -482,7 +482,7 @@ mod tests {
 
     #[test]
     fn revocations_travel_as_short_payloads() {
-        let me = crate::tokens::generate_id();
+        let me = format!("{:016x}", rand::random::<u64>());
         let grant = Revocation::Grant("g_123".into());
         assert_eq!(payloads(&me, &grant), vec![format!("{me} g g_123")]);
         assert_eq!(
