@@ -111,7 +111,7 @@ pub async fn bind(listen: &ListenAddr) -> Result<TcpListener, RunError> {
 
 /// What serves HTTPS.
 struct TlsSetup {
-    acceptor: tokio_rustls::TlsAcceptor,
+    accept: server::tls::TlsAccept,
     /// Certificate files to watch.
     files: Option<(
         Arc<server::tls::Swappable>,

@@ -26,7 +26,7 @@ fn tls_setup(
             let swappable = server::tls::Swappable::new(pair);
             let cfg = server::tls::server_config(swappable.clone(), &[]);
             Ok(TlsSetup {
-                acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+                accept: server::tls::TlsAccept::new(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
                 files: Some((swappable, cert.clone(), key.clone())),
                 acme: None,
             })
@@ -34,14 +34,19 @@ fn tls_setup(
         config::TlsSource::Acme(opts) => {
             let mut acme = server::acme::Acme::new(opts, repo.clone())?;
             acme.events = Some(metrics.acme.clone());
-            let extra: &[&[u8]] = if opts.http01 {
+            // rustls-acme answers TLS-ALPN-01 in the handshake; shared answers are read
+            // before it (server::tls::TlsAccept), so the main configuration never offers it.
+            let extra: &[&[u8]] = if opts.http01 || acme.tls_alpn01.is_some() {
                 &[]
             } else {
-                &[server::workers::ACME_TLS_ALPN]
+                &[server::tls::ACME_TLS_ALPN]
             };
             let cfg = server::tls::server_config(acme.resolver.clone(), extra);
+            let mut accept =
+                server::tls::TlsAccept::new(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)));
+            accept.shared_alpn_answers = acme.tls_alpn01.clone();
             Ok(TlsSetup {
-                acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+                accept,
                 files: None,
                 acme: Some(acme),
             })

@@ -100,9 +100,7 @@ pub async fn serve(
     let mut acme_task = None;
     let apps = match tls {
         Some(mut t) => {
-            let http01 = t.acme.as_mut().and_then(|a| a.http01.take()).map(|svc| {
-                axum::Router::new().route_service("/.well-known/acme-challenge/{token}", svc)
-            });
+            let http01 = t.acme.as_mut().and_then(|a| a.http01.take());
             if let Some(acme) = t.acme.take() {
                 acme_task = Some(tokio::spawn(acme.run(stop_tx.subscribe())));
             }
@@ -112,7 +110,7 @@ pub async fn serve(
             server::workers::Apps {
                 main: server::tls::with_hsts(server::router(state)),
                 plain: Some(server::tls::redirect_router(origin, Some(plain_routes))),
-                tls: Some(t.acceptor),
+                tls: Some(t.accept),
                 lane,
                 header_read_timeout,
             }

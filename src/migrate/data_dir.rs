@@ -69,5 +69,6 @@ fn describe(table: Table) -> &'static str {
         Table::Requests => "pending authorization requests",
         Table::SignIns => "sign-ins in progress",
         Table::Lockouts => "password attempt counts",
+        Table::Acme => "certificate orders in progress",
     }
 }

@@ -82,6 +82,57 @@ pub fn server_config(
     cfg
 }
 
+/// How the TLS listener completes handshakes.
+#[derive(Clone)]
+pub struct TlsAccept {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// TLS-ALPN-01 answers kept in a store other processes share: a validation's handshake is
+    /// read first and answered from there, since another replica may have placed the order.
+    pub shared_alpn_answers: Option<Arc<crate::server::acme::answers::Answers>>,
+}
+
+impl TlsAccept {
+    pub fn new(acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        Self {
+            acceptor,
+            shared_alpn_answers: None,
+        }
+    }
+
+    /// Completes the handshake. `None` when the connection was an ACME validation answered
+    /// here, or a handshake that failed: nothing more to serve on it.
+    pub async fn handshake<IO>(&self, stream: IO) -> Option<tokio_rustls::server::TlsStream<IO>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let Some(answers) = &self.shared_alpn_answers else {
+            let stream = self.acceptor.accept(stream).await.ok()?;
+            // A TLS-ALPN-01 validation answered by rustls-acme: the handshake was the point.
+            let validation = stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN);
+            return (!validation).then_some(stream);
+        };
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+                .await
+                .ok()?;
+        let hello = start.client_hello();
+        let validation = hello
+            .alpn()
+            .is_some_and(|mut p| p.next() == Some(ACME_TLS_ALPN) && p.next().is_none());
+        if !validation {
+            return start.into_stream(self.acceptor.config().clone()).await.ok();
+        }
+        let name = hello.server_name().map(str::to_string);
+        let config = answers.tls_alpn01_config(name.as_deref()).await?;
+        // The CA reads the certificate in the handshake and closes.
+        let _ = start.into_stream(config).await;
+        None
+    }
+}
+
+/// The ALPN protocol of ACME TLS-ALPN-01 validations (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// Loads a PEM certificate chain and its key, checking that they belong together.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -108,30 +159,34 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     Ok(pair)
 }
 
-/// A certificate that can be replaced while the server runs.
-#[derive(Debug)]
-pub struct Swappable(RwLock<Arc<CertifiedKey>>);
+/// A certificate that can be replaced while the server runs (none yet: handshakes fail).
+#[derive(Debug, Default)]
+pub struct Swappable(RwLock<Option<Arc<CertifiedKey>>>);
 
 impl Swappable {
     pub fn new(pair: CertifiedKey) -> Arc<Self> {
-        Arc::new(Self(RwLock::new(Arc::new(pair))))
+        Arc::new(Self(RwLock::new(Some(Arc::new(pair)))))
     }
 
-    fn swap(&self, pair: CertifiedKey) {
+    /// Serves `pair` from the next handshake on.
+    pub fn swap(&self, pair: CertifiedKey) {
         if let Ok(mut c) = self.0.write() {
-            *c = Arc::new(pair);
+            *c = Some(Arc::new(pair));
         }
     }
 
     /// The end-entity certificate now served.
     pub fn current_leaf(&self) -> Option<CertificateDer<'static>> {
-        self.0.read().ok().and_then(|c| c.cert.first().cloned())
+        self.0
+            .read()
+            .ok()
+            .and_then(|c| c.as_ref().and_then(|c| c.cert.first().cloned()))
     }
 }
 
 impl ResolvesServerCert for Swappable {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.read().ok().map(|c| c.clone())
+        self.0.read().ok().and_then(|c| c.clone())
     }
 }
 

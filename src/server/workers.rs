@@ -39,7 +39,7 @@ pub struct Apps {
     pub main: Router,
     /// The plain listener's application when TLS is on (redirects, ACME HTTP-01).
     pub plain: Option<Router>,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tls: Option<crate::server::tls::TlsAccept>,
     /// The HTTP/1 fast lane of the main application, when its configuration allows one.
     pub lane: Option<Arc<crate::backend::http::lane::Lane>>,
     /// How long a client may take to send a request's headers (`--header-read-timeout`).
@@ -207,16 +207,12 @@ impl WorkerJob {
                     let (tls, app) = (tls.clone(), self.apps.main.clone());
                     let lane = self.apps.lane.clone();
                     tracker.spawn(async move {
-                        let Ok(Ok(stream)) =
-                            tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await
+                        let Ok(Some(stream)) =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.handshake(stream)).await
                         else {
                             return;
                         };
-                        // A TLS-ALPN-01 validation: the handshake was the whole point.
                         let alpn = stream.get_ref().1.alpn_protocol();
-                        if alpn == Some(ACME_TLS_ALPN) {
-                            return;
-                        }
                         // HTTP/2 is the general stack's.
                         let lane = lane.filter(|_| alpn != Some(b"h2"));
                         serve_connection(stream, peer, app, lane, stop, guard, read_timeout).await;
@@ -274,9 +270,6 @@ const H2_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The ALPN protocol of ACME TLS-ALPN-01 validations (RFC 8737).
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// Serves a connection: in the fast lane while its requests are the lane's, then (or else)
 /// with the general stack.

@@ -51,10 +51,13 @@ pub enum Table {
     SignIns,
     /// Password sign-in attempts per client, when several processes share the store.
     Lockouts,
+    /// Certificate orders of processes that share the store: the challenge answers any of
+    /// them may be asked for, and the pause after a failed order.
+    Acme,
 }
 
 impl Table {
-    pub const ALL: [Table; 12] = [
+    pub const ALL: [Table; 13] = [
         Table::Clients,
         Table::Codes,
         Table::Grants,
@@ -67,6 +70,7 @@ impl Table {
         Table::Requests,
         Table::SignIns,
         Table::Lockouts,
+        Table::Acme,
     ];
 
     /// Stable name, used as the backend's table name.
@@ -84,6 +88,7 @@ impl Table {
             Table::Requests => "requests",
             Table::SignIns => "sign_ins",
             Table::Lockouts => "lockouts",
+            Table::Acme => "acme",
         }
     }
 }
@@ -149,6 +154,26 @@ impl StoreError {
     }
 }
 
+/// A lock held across the processes that share a store, released when dropped.
+pub struct Exclusive {
+    /// What keeps the lock (a database session), if anything must.
+    _held: Option<Box<dyn Send>>,
+}
+
+impl Exclusive {
+    /// A lock nobody else can contend for (a store of one process).
+    pub fn alone() -> Self {
+        Self { _held: None }
+    }
+
+    /// A lock that lasts as long as `holder`.
+    pub fn kept_by(holder: impl Send + 'static) -> Self {
+        Self {
+            _held: Some(Box::new(holder)),
+        }
+    }
+}
+
 /// The backend contract. Every method is atomic on its own.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -186,6 +211,13 @@ pub trait Store: Send + Sync + 'static {
     /// process can share it.
     fn revocations(&self) -> Option<tokio::sync::broadcast::Receiver<Revocation>> {
         None
+    }
+    /// Waits until this process holds the lock called `name` among every process on this
+    /// store, and holds it until the returned value is dropped (or the process dies). The
+    /// wait has no bound: the holder may work for minutes (a certificate order). The
+    /// embedded store has one process, and its callers within it take turns themselves.
+    async fn exclusive(&self, _name: &str) -> Result<Exclusive, StoreError> {
+        Ok(Exclusive::alone())
     }
     /// Whether other processes may use this store at the same time (so that what one
     /// process counts in memory, such as failed sign-ins, must be counted here instead).

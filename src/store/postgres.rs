@@ -22,7 +22,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolO
 use sqlx::{Connection, Row, SqlSafeStr};
 use tokio::sync::broadcast;
 
-use super::{Entry, Revocation, Store, StoreError, Table, TokenHash};
+use super::{Entry, Exclusive, Revocation, Store, StoreError, Table, TokenHash};
 use crate::clock::UnixTime;
 
 /// The migrations, in order. A version once released never changes (sqlx checks a checksum).
@@ -68,6 +68,11 @@ pub enum ConnectError {
 
 /// The channel on which processes sharing the database tell each other of revocations.
 const REVOCATIONS: &str = "mcp_auth_proxy_revocations";
+
+/// Takes the advisory lock named by `$1` (waiting for it). PostgreSQL's advisory locks are
+/// numbered; the name's 64-bit hash is the number, and the wait queue is first come, first
+/// served.
+pub const ADVISORY_LOCK: &str = "SELECT pg_advisory_lock(hashtextextended($1, 0))";
 
 /// Token hashes per notification: PostgreSQL's payload limit is 8000 bytes, and each hash
 /// is 64 hex digits and a comma.
@@ -461,6 +466,19 @@ impl Store for PostgresStore {
 
     fn revocations(&self) -> Option<broadcast::Receiver<Revocation>> {
         Some(self.revocations.subscribe())
+    }
+
+    /// A session-level advisory lock on a connection of its own (outside the pool, so a
+    /// long wait takes no request's connection): the lock lasts as long as that session, so
+    /// a holder that dies, or whose connection drops, releases it.
+    async fn exclusive(&self, name: &str) -> Result<Exclusive, StoreError> {
+        let options = self.pool.connect_options();
+        let mut session = self.bounded(PgConnection::connect_with(&options)).await?;
+        sqlx::query(ADVISORY_LOCK)
+            .bind(name)
+            .execute(&mut session)
+            .await?;
+        Ok(Exclusive::kept_by(session))
     }
 
     fn shared(&self) -> bool {

@@ -291,6 +291,34 @@ impl Record for LockoutRecord {
     const VERSION: u32 = 1;
 }
 
+/// The answer to an ACME challenge of an order in progress, for whichever process the CA's
+/// validation reaches: keyed `http-01/<token>` or `tls-alpn-01/<name>`. Not sealed: the CA
+/// fetches it from anyone who asks, by design (RFC 8555 section 8).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AcmeAnswerRecord {
+    /// The key authorization (RFC 8555 section 8.1).
+    pub key_authorization: String,
+}
+
+impl Record for AcmeAnswerRecord {
+    const TABLE: Table = Table::Acme;
+    const VERSION: u32 = 1;
+}
+
+/// After a failed certificate order: when any process may order again, so that replicas
+/// taking turns do not each try at once (the CA limits failed validations per hour).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AcmePauseRecord {
+    /// Failed orders in a row.
+    pub failures: u32,
+    pub retry_at: UnixTime,
+}
+
+impl Record for AcmePauseRecord {
+    const TABLE: Table = Table::Acme;
+    const VERSION: u32 = 1;
+}
+
 /// A sealed secret (key material, provider tokens).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SecretRecord {

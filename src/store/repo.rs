@@ -143,6 +143,11 @@ impl Repo {
         self.store.shared()
     }
 
+    /// Waits for the lock `name` among the processes sharing the store ([`Store::exclusive`]).
+    pub async fn exclusive(&self, name: &str) -> Result<super::Exclusive, StoreError> {
+        self.store.exclusive(name).await
+    }
+
     /// Replaces the entry read by [`Repo::get_versioned`] only if nobody changed it since.
     pub async fn replace<R: Record>(
         &self,

@@ -70,9 +70,14 @@ fn listener_cert(dir: &Path) -> String {
 /// taken between choosing and binding it). pebble makes its keys at startup, which is slow on
 /// a busy machine: it gets a minute; its log is in the panic message if it never answers.
 async fn start_pebble(http_port: u16, tls_port: u16) -> Pebble {
+    start_pebble_resolving_to(http_port, tls_port, "127.0.0.1").await
+}
+
+/// pebble whose DNS answers every name with `address`.
+async fn start_pebble_resolving_to(http_port: u16, tls_port: u16, address: &str) -> Pebble {
     let mut log = String::new();
     for _ in 0..3 {
-        match try_start_pebble(http_port, tls_port).await {
+        match try_start_pebble(http_port, tls_port, address).await {
             Ok(p) => return p,
             Err(e) => log = e,
         }
@@ -80,7 +85,7 @@ async fn start_pebble(http_port: u16, tls_port: u16) -> Pebble {
     panic!("pebble did not start:\n{log}");
 }
 
-async fn try_start_pebble(http_port: u16, tls_port: u16) -> Result<Pebble, String> {
+async fn try_start_pebble(http_port: u16, tls_port: u16, address: &str) -> Result<Pebble, String> {
     let dir = tempfile::tempdir().unwrap();
     let ca_pem = listener_cert(dir.path());
     let (api, mgmt, dns, dns_mgmt) = (free_port(), free_port(), udp_free_port(), free_port());
@@ -99,7 +104,7 @@ async fn try_start_pebble(http_port: u16, tls_port: u16) -> Result<Pebble, Strin
     let mut dns_server = Command::new("pebble-challtestsrv")
         .args([
             "-defaultIPv4",
-            "127.0.0.1",
+            address,
             "-defaultIPv6",
             "",
             "-dns01",
@@ -232,12 +237,22 @@ async fn proxy(
 
 /// Fetches our metadata over HTTPS trusting only pebble's root; returns the leaf served.
 async fn fetch_metadata(pebble: &Pebble, tls_port: u16, wait_secs: u64) -> Vec<u8> {
+    fetch_metadata_at(pebble, [127, 0, 0, 1], tls_port, wait_secs).await
+}
+
+/// [`fetch_metadata`] from the listener at `address`.
+async fn fetch_metadata_at(
+    pebble: &Pebble,
+    address: [u8; 4],
+    tls_port: u16,
+    wait_secs: u64,
+) -> Vec<u8> {
     let root = pebble.issuing_root().await;
     let client = reqwest::Client::builder()
         .no_proxy()
         .tls_certs_only([root])
         .tls_info(true)
-        .resolve(HOST, ([127, 0, 0, 1], tls_port).into())
+        .resolve(HOST, (address, tls_port).into())
         .build()
         .unwrap();
     let url = format!("https://{HOST}:{tls_port}/.well-known/oauth-authorization-server");
@@ -413,4 +428,148 @@ async fn sigbits_certificate_is_migrated_and_served_without_a_new_order() {
         "the migrated certificate, not a new one"
     );
     drop(p);
+}
+
+/// Two replicas on one database, on different loopback addresses with the same ports, and
+/// pebble's DNS pointing the name at B. The test holds the certificate lock while both start,
+/// so both queue behind it, A first: PostgreSQL grants a lock to its waiters in turn, so A
+/// orders, and the CA's validation reaches B, which never placed an order and answers from
+/// the database. Then both serve the one certificate, and B ordered nothing.
+async fn one_order_validated_at_the_replica_that_did_not_place_it(http01: bool) {
+    use sqlx::{Connection, Row};
+    let pg = crate::pg::PgCluster::start().await;
+    let dsn = pg.database("acme_replicas").await;
+    let key = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        rand::random::<[u8; 32]>(),
+    );
+    let (http_port, tls_port) = (free_port(), free_port());
+    let pebble = start_pebble_resolving_to(http_port, tls_port, "127.0.0.3").await;
+
+    let mut holder = sqlx::PgConnection::connect(&dsn).await.unwrap();
+    sqlx::query(mcp_auth_proxy::store::postgres::ADVISORY_LOCK)
+        .bind(mcp_auth_proxy::server::acme::lock_name(HOST))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let mut watcher = sqlx::PgConnection::connect(&dsn).await.unwrap();
+    let mut waiting_for_the_lock = async |n: i64| {
+        for _ in 0..300 {
+            let row = sqlx::query(
+                "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap();
+            if row.get::<i64, _>("n") == n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{n} replicas never queued for the certificate lock");
+    };
+
+    let ca = pebble
+        .dir
+        .path()
+        .join("pebble-ca.pem")
+        .display()
+        .to_string();
+    let external = format!("https://{HOST}:{tls_port}");
+    let start = async |address: &str, id: &str| {
+        let listen = format!("{address}:{http_port}");
+        let tls_listen = format!("{address}:{tls_port}");
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().display().to_string();
+        let mut args = vec![
+            "--listen",
+            &listen,
+            "--tls-listen",
+            &tls_listen,
+            "--external-url",
+            &external,
+            "--data-path",
+            &dir,
+            "--tls-accept-tos",
+            "--tls-directory-url",
+            &pebble.directory,
+            "--tls-directory-ca-file",
+            &ca,
+            "--replica-id",
+            id,
+        ];
+        if http01 {
+            args.extend(["--tls-challenge", "http-01"]);
+        }
+        let envs = [
+            ("DATABASE_DSN", dsn.as_str()),
+            ("ENCRYPTION_KEY", key.as_str()),
+        ];
+        (crate::helpers::Binary::start(&args, &envs).await, data)
+    };
+    let (mut a, _a_data) = start("127.0.0.2", "replica-a").await;
+    waiting_for_the_lock(1).await;
+    let (mut b, _b_data) = start("127.0.0.3", "replica-b").await;
+    waiting_for_the_lock(2).await;
+
+    // Without a certificate neither is ready, and each says why.
+    for address in ["127.0.0.2", "127.0.0.3"] {
+        let ready = crate::helpers::client()
+            .get(format!("http://{address}:{http_port}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let ready: serde_json::Value = ready.json().await.unwrap();
+        assert_ne!(ready["checks"]["certificate"], "ok", "{ready}");
+        assert_eq!(ready["checks"]["store"], "ok", "{ready}");
+    }
+
+    holder.close().await.unwrap();
+    let at_a = fetch_metadata_at(&pebble, [127, 0, 0, 2], tls_port, 60).await;
+    let at_b = fetch_metadata_at(&pebble, [127, 0, 0, 3], tls_port, 30).await;
+    assert_eq!(at_a, at_b, "both replicas serve the one certificate");
+    for address in ["127.0.0.2", "127.0.0.3"] {
+        let ready: serde_json::Value =
+            crate::helpers::get_json(format!("http://{address}:{http_port}/readyz")).await;
+        assert_eq!(ready["checks"]["certificate"], "ok", "{ready}");
+    }
+
+    let said = |lines: &[String], what: &str| lines.iter().filter(|l| l.contains(what)).count();
+    let (a_log, b_log) = (a.log_so_far(), b.log_so_far());
+    assert_eq!(
+        said(&a_log, "certificate: ordering"),
+        1,
+        "A placed one order: {a_log:#?}"
+    );
+    assert_eq!(said(&a_log, "newly issued"), 1, "{a_log:#?}");
+    assert_eq!(
+        said(&b_log, "certificate: ordering"),
+        0,
+        "B placed none: {b_log:#?}"
+    );
+    assert_eq!(said(&b_log, "the stored one in use"), 1, "{b_log:#?}");
+    // The CA's validation reached B (the only address pebble's DNS gives), not A.
+    assert!(
+        said(&b_log, "answered the CA's validation") >= 1,
+        "{b_log:#?}"
+    );
+    assert_eq!(said(&a_log, "answered the CA's validation"), 0);
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_certificate_validated_by_tls_alpn_01_at_the_other_replica() {
+    if skip() {
+        return;
+    }
+    one_order_validated_at_the_replica_that_did_not_place_it(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_certificate_validated_by_http_01_at_the_other_replica() {
+    if skip() {
+        return;
+    }
+    one_order_validated_at_the_replica_that_did_not_place_it(true).await;
 }

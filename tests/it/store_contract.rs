@@ -294,6 +294,35 @@ async fn the_store_contract_holds_on_postgres() {
         b.get(Table::Consents, b"shared").await.unwrap(),
         Some(entry(b"x", None))
     );
+    one_holder_at_a_time(a, b).await;
+}
+
+/// The lock of `Store::exclusive` across two processes: the second waits for the first to
+/// let go, and other names do not wait.
+async fn one_holder_at_a_time(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    let held = a.exclusive("contract lock").await.unwrap();
+    let (got_tx, mut got) = tokio::sync::oneshot::channel();
+    let waiter = tokio::spawn(async move {
+        let lock = b.exclusive("contract lock").await.unwrap();
+        let _ = got_tx.send(());
+        lock
+    });
+    // Another name is free meanwhile.
+    let other = tokio::time::timeout(Duration::from_secs(5), a.exclusive("another lock"))
+        .await
+        .expect("another name does not wait")
+        .unwrap();
+    drop(other);
+    assert!(
+        got.try_recv().is_err(),
+        "the second holder got the lock while the first held it"
+    );
+    drop(held);
+    let lock = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the lock was not handed on when its holder let go")
+        .unwrap();
+    drop(lock);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
