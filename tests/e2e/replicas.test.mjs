@@ -20,21 +20,23 @@ const replicas = { http: [], stdio: [] };
 const fronts = {};
 
 /** The http block: each front spreads requests over its replicas, except that a request of
- * a session goes to the replica its id names (as the README's configuration does). */
+ * a session goes to the replica its id names, as the README's configuration (and
+ * docs/docker/nginx-replicas.conf) does: one upstream per replica id, one for the rest. */
 function nginxHttp(servers) {
-  const routes = Object.values(servers)
-    .flatMap(({ ids, ports }) => ids.map((id, i) => `    ${id} 127.0.0.1:${ports[i]};`))
-    .join('\n');
-  const blocks = Object.entries(servers).map(([name, { listen, ports }]) => `
+  const upstreamOf = (id) => `replica_${id.replace(/[^A-Za-z0-9]/g, '_')}`;
+  const blocks = Object.entries(servers).map(([name, { listen, ids, ports }]) => `
+  map $mcp_replica $route_${name} {
+${ids.map((id) => `    ${id} ${upstreamOf(id)};`).join('\n')}
+    default ${name};
+  }
   upstream ${name} {
     ${ports.map((p) => `server 127.0.0.1:${p};`).join('\n    ')}
   }
+${ids.map((id, i) => `  upstream ${upstreamOf(id)} { server 127.0.0.1:${ports[i]}; }`).join('\n')}
   server {
     listen 127.0.0.1:${listen};
     location / {
-      set $to ${name};
-      if ($mcp_replica_address) { set $to $mcp_replica_address; }
-      proxy_pass http://$to;
+      proxy_pass http://$route_${name};
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host $http_host;
@@ -45,10 +47,6 @@ function nginxHttp(servers) {
   }`).join('\n');
   return `  map $http_mcp_session_id $mcp_replica {
     "~^(?<replica>.+)\\.[^.]+$" $replica;
-    default "";
-  }
-  map $mcp_replica $mcp_replica_address {
-${routes}
     default "";
   }
 ${blocks}`;

@@ -11,6 +11,7 @@ mod flow;
 mod gate;
 mod helpers;
 mod layers;
+mod nginx_example;
 mod oauth;
 mod packaging;
 mod pg;

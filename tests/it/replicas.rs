@@ -153,6 +153,76 @@ async fn two_replicas_on_one_database_act_as_one_server() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    // Two replicas racing on one refresh token: one rotation happens, and every racer gets
+    // its result (the previous token answers with the same successor until that is used or
+    // `--refresh-grace` passes: README, "Signing in"), so the family never forks.
+    let fresh = oc.sign_in(&t, &browser).await;
+    let old_refresh = fresh["refresh_token"].as_str().unwrap();
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", old_refresh),
+        ("client_id", oc.id.as_str()),
+    ];
+    let racers: Vec<_> = (0..10)
+        .map(|i| {
+            let to = if i % 2 == 0 {
+                client().post(t.url("/token"))
+            } else {
+                b.post("/token")
+            };
+            let sent = to.form(&form).send();
+            tokio::spawn(async move {
+                let r = sent.await.unwrap();
+                (r.status(), r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut successors = std::collections::BTreeSet::new();
+    for racer in racers {
+        let (status, body) = racer.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        successors.insert((
+            body["access_token"].as_str().unwrap().to_string(),
+            body["refresh_token"].as_str().unwrap().to_string(),
+        ));
+    }
+    assert_eq!(successors.len(), 1, "one rotation, not {successors:?}");
+    let (successor_access, successor_refresh) = successors.pop_first().unwrap();
+    // The successor used at B; the old token again at A is now reuse: refused, and the
+    // whole family revoked, on both replicas.
+    let next = b
+        .post("/token")
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", successor_refresh.as_str()),
+            ("client_id", oc.id.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(next.status(), StatusCode::OK);
+    let next: Value = next.json().await.unwrap();
+    let reuse = client()
+        .post(t.url("/token"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reuse.status(), StatusCode::BAD_REQUEST);
+    let reuse: Value = reuse.json().await.unwrap();
+    assert_eq!(reuse["error"], "invalid_grant", "{reuse}");
+    let newest_access = next["access_token"].as_str().unwrap();
+    let started = tokio::time::Instant::now();
+    while b.mcp(newest_access).await != StatusCode::UNAUTHORIZED
+        || b.mcp(&successor_access).await != StatusCode::UNAUTHORIZED
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the family revoked at A is still honoured at B"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
     // The password lockout counts across replicas: 20 guesses at once, spread over both,
     // get three checks in all (two wrong, the third locks), not three per replica.
     let guesser = Browser::new();
