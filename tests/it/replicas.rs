@@ -330,3 +330,42 @@ async fn a_replica_killed_under_load_loses_nothing_and_the_other_keeps_serving()
         assert_eq!(resp.status(), StatusCode::OK, "{:?}", resp.text().await);
     }
 }
+
+/// A changed password, rolled out by restarting one replica with it, ends the old password's
+/// sign-ins on the other replica too, within a second, though that one checked the token just
+/// before and would otherwise believe it from memory for 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_changed_at_one_replica_ends_old_sign_ins_at_the_other() {
+    let pg = PgCluster::start().await;
+    let dsn = pg.database("password_roll").await;
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+    let up = start_upstream().await;
+    let upstream = up.url("/mcp");
+    let site = BinarySite::new().await;
+    let a_args = site.args(&["--repository-backend", "postgres", &upstream]);
+    let envs = [
+        ("REPOSITORY_DSN", dsn.as_str()),
+        ("ENCRYPTION_KEY", key.as_str()),
+    ];
+    let a = Binary::start(&a_args, &envs).await;
+    let b = Replica::start(&site, &dsn, &key, &upstream).await;
+    let t = a.target(&site.origin);
+    let oc = OAuthClient::public(&t).await;
+    let tokens = oc.sign_in(&t, &Browser::new()).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(b.mcp(access).await, StatusCode::OK);
+
+    assert_eq!(a.terminate(Duration::from_secs(10)).await, Some(0));
+    let mut changed = envs.to_vec();
+    changed.push(("PASSWORD", "a new passphrase for the roll"));
+    let a = Binary::start(&a_args, &changed).await;
+    let started = tokio::time::Instant::now();
+    while b.mcp(access).await != StatusCode::UNAUTHORIZED {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "B still honours a sign-in made with the old password"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop((a, b));
+}
