@@ -102,3 +102,34 @@ for (const kind of ['http', 'stdio']) {
     assert.ok(each.every((n) => n > 0), `both replicas served requests: ${each}`);
   });
 }
+
+test('a stdio session sent to the replica that does not hold it gets 404, and the client starts anew', async () => {
+  const provider = new TestProvider(new Browser());
+  const client = await connect(`${fronts.stdio}/mcp`, provider);
+  const sessionId = client.transport.sessionId;
+  const owner = replicas.stdio.findIndex((_, i) => sessionId.startsWith(`stdio-${i}.`));
+  assert.ok(owner >= 0, `the session id names its replica: ${sessionId}`);
+  const other = replicas.stdio[1 - owner];
+  // Straight to the other replica, as a load balancer without the rule would send it; the
+  // public name travels as nginx would forward it (127.0.0.1 is a trusted proxy).
+  const res = await fetch(other.url('/mcp'), {
+    method: 'POST',
+    headers: {
+      authorization: `Bearer ${provider.tokens().access_token}`,
+      'content-type': 'application/json',
+      accept: 'application/json, text/event-stream',
+      'mcp-session-id': sessionId,
+      'mcp-protocol-version': '2025-11-25',
+      'x-forwarded-host': new URL(fronts.stdio).host,
+      'x-forwarded-proto': 'http',
+    },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/list' }),
+  });
+  assert.equal(res.status, 404, await res.text());
+  await client.close();
+  // A new session through the front works (the client's answer to a 404).
+  const again = await connect(`${fronts.stdio}/mcp`, provider);
+  const { tools } = await again.listTools();
+  assert.ok(tools.some((t) => t.name === 'echo'));
+  await again.close();
+});
