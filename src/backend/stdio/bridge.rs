@@ -26,8 +26,10 @@ use crate::error::jsonrpc_error;
 use crate::gate::Caller;
 
 pub mod legacy;
+pub mod modern;
 pub mod refusal;
 mod sessions;
+mod stateless;
 
 use self::refusal::Refusal;
 
@@ -76,6 +78,8 @@ pub struct StdioBackend {
     /// session's requests to the replica that holds its child (README, "Running several
     /// replicas").
     session_prefix: String,
+    /// The caching hints on modern results.
+    cache_hints: modern::CacheHints,
 }
 
 fn accepts_sse(headers: &HeaderMap) -> bool {
@@ -110,6 +114,7 @@ impl StdioBackend {
             next_child: std::sync::atomic::AtomicU64::new(1),
             next_session: std::sync::atomic::AtomicU64::new(1),
             session_prefix: String::new(),
+            cache_hints: modern::CacheHints::default(),
         };
         backend.refill_spare();
         backend
@@ -121,23 +126,27 @@ impl StdioBackend {
         self
     }
 
+    /// `ttl_ms` in the caching hints of modern results (`--stdio-cache-ttl`).
+    pub fn with_cache_ttl(mut self, ttl_ms: u64) -> Self {
+        self.cache_hints = modern::CacheHints { ttl_ms };
+        self
+    }
+
     /// Handles a request to the MCP path.
     pub async fn handle(&self, caller: &Caller, req: Request) -> Result<Response, Refusal> {
-        if let Some(v) = req.headers().get("mcp-protocol-version") {
-            let ok = v
-                .to_str()
-                .is_ok_and(|v| SUPPORTED_VERSIONS.contains(&v.trim()));
-            if !ok {
-                return Err(Refusal::Rpc(
-                    StatusCode::BAD_REQUEST,
-                    "unsupported MCP-Protocol-Version",
-                ));
-            }
-        }
+        let session = req.headers().contains_key(MCP_SESSION_ID);
         match *req.method() {
             Method::POST => self.post(caller, req).await,
-            Method::GET => self.get(caller, req.headers()),
-            Method::DELETE => self.delete(caller, req.headers()),
+            // Without a session, GET and DELETE are of no era: 2026-07-28 has neither.
+            Method::GET | Method::DELETE if !session => Err(Refusal::Method("POST")),
+            Method::GET => {
+                legacy_version(req.headers())?;
+                self.get(caller, req.headers())
+            }
+            Method::DELETE => {
+                legacy_version(req.headers())?;
+                self.delete(caller, req.headers())
+            }
             _ => Err(Refusal::Method("GET, POST, DELETE")),
         }
     }
@@ -146,6 +155,14 @@ impl StdioBackend {
         let wants_sse = accepts_sse(req.headers());
         let headers = req.headers().clone();
         let msg = read_message(req).await?;
+        if !headers.contains_key(MCP_SESSION_ID)
+            && msg.kind != Kind::Batch
+            && let Ok(body) = serde_json::from_slice::<Value>(&msg.raw)
+            && modern::is_modern(&headers, &body)
+        {
+            return self.modern(caller, &headers, &msg, &body, wants_sse).await;
+        }
+        legacy_version(&headers)?;
         if msg.kind == Kind::Batch {
             return self.batch(caller, &headers, msg, wants_sse).await;
         }
@@ -441,6 +458,23 @@ impl StdioBackend {
     }
 }
 
+/// A legacy request's `MCP-Protocol-Version`, when it gives one, must be a legacy version.
+fn legacy_version(headers: &HeaderMap) -> Result<(), Refusal> {
+    match headers.get("mcp-protocol-version") {
+        Some(v)
+            if !v
+                .to_str()
+                .is_ok_and(|v| SUPPORTED_VERSIONS.contains(&v.trim())) =>
+        {
+            Err(Refusal::Rpc(
+                StatusCode::BAD_REQUEST,
+                "unsupported MCP-Protocol-Version",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// An SSE response of the events arriving on `rx`; `keep` lives as long as the response
 /// body (the legacy transport ends its session when it is dropped).
 fn sse_response<K: Send + 'static>(rx: mpsc::Receiver<Bytes>, keep: K) -> Response {
@@ -449,7 +483,12 @@ fn sse_response<K: Send + 'static>(rx: mpsc::Receiver<Bytes>, keep: K) -> Respon
             .await
             .map(|ev| (Ok::<_, std::convert::Infallible>(ev), (rx, keep)))
     });
-    let mut r = Response::new(Body::from_stream(events));
+    event_stream(Body::from_stream(events))
+}
+
+/// `body` as an SSE response, unbuffered by proxies in front.
+fn event_stream(body: Body) -> Response {
+    let mut r = Response::new(body);
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -19,6 +19,14 @@ pub enum Refusal {
     Parse,
     /// A method this path does not take; the ones it takes (the `Allow` header).
     Method(&'static str),
+    /// A 2026-07-28 request that breaks that revision's rules.
+    Modern(super::modern::ModernRefusal),
+}
+
+impl From<super::modern::ModernRefusal> for Refusal {
+    fn from(refused: super::modern::ModernRefusal) -> Self {
+        Self::Modern(refused)
+    }
 }
 
 impl From<SessionRefusal> for Refusal {
@@ -48,6 +56,7 @@ impl IntoResponse for Refusal {
                 );
                 r
             }
+            Self::Modern(refused) => refused.into_response(),
             Self::Method(allow) => {
                 let mut r = jsonrpc_error(StatusCode::METHOD_NOT_ALLOWED, &format!("use {allow}"));
                 r.headers_mut()

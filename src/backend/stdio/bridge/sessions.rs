@@ -21,6 +21,12 @@ impl StdioBackend {
     }
 
     pub(super) fn start_child_with(&self, spec: &ChildSpec) -> std::io::Result<Arc<Child>> {
+        self.start_child_as(spec, self.shared)
+    }
+
+    /// `multiplexed`: several sessions on the child, their ids rewritten (shared mode, and
+    /// the children that serve modern requests).
+    fn start_child_as(&self, spec: &ChildSpec, multiplexed: bool) -> std::io::Result<Arc<Child>> {
         let no = self
             .next_child
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -28,7 +34,7 @@ impl StdioBackend {
             format!("child-{no}"),
             spec,
             self.crashes.clone(),
-            self.shared,
+            multiplexed,
         )
     }
 
@@ -95,13 +101,18 @@ impl StdioBackend {
             return 0;
         };
         let before = m.len();
-        m.retain(|_, s| {
+        m.retain(|key, s| {
             if s.is_closed() {
                 return false;
             }
-            if s.is_idle(self.idle_timeout) {
+            let modern = is_modern_key(key);
+            // A modern child's requests are sessions of their own: busy, it is not idle.
+            if s.is_idle(self.idle_timeout) && !(modern && s.child().busy()) {
                 tracing::info!(session = %s.mcp_id(), child = %s.child().tag, "ending an idle MCP session");
                 s.close("the session was idle too long");
+                if modern && !self.shared {
+                    s.child().close("the session was idle too long");
+                }
                 return false;
             }
             true
@@ -173,7 +184,32 @@ impl StdioBackend {
     }
 
     pub(super) fn create(&self, caller: &Caller) -> Result<Arc<Session>, SessionRefusal> {
+        self.create_as(caller, None)
+    }
+
+    /// The caller's child for modern requests, initialized by the bridge (see
+    /// [`super::modern`]): kept as a session of theirs under a key no header can name, so
+    /// it counts against the limits, idles out and stops at shutdown like one.
+    pub(super) fn modern_anchor(&self, caller: &Caller) -> Result<Arc<Session>, SessionRefusal> {
+        let key = modern_key(caller);
+        match self.find(caller, &key) {
+            Some(anchor) => Ok(anchor),
+            None => self.create_as(caller, Some(key)),
+        }
+    }
+
+    fn create_as(
+        &self,
+        caller: &Caller,
+        modern: Option<String>,
+    ) -> Result<Arc<Session>, SessionRefusal> {
         let mut map = self.sessions.lock().map_err(|_| SessionRefusal::Internal)?;
+        // Two first modern requests at once: the second finds the first's child.
+        if let Some(key) = &modern
+            && let Some(anchor) = map.get(key).filter(|s| !s.is_closed())
+        {
+            return Ok(anchor.clone());
+        }
         map.retain(|_, s| !s.is_closed());
         let limits = self.max_sessions;
         let mine = map
@@ -213,11 +249,13 @@ impl StdioBackend {
         if !shared_running && let Some(wait) = self.crashes.retry_after() {
             return Err(SessionRefusal::BackingOff(wait));
         }
-        let id = format!("{}{}", self.session_prefix, tokens::generate_id());
-        let started = if self.identity_env.vars.is_empty() {
-            self.child_for_new_session()
-        } else {
-            self.start_child_with(&self.spec_for(caller))
+        let id = modern
+            .clone()
+            .unwrap_or_else(|| format!("{}{}", self.session_prefix, tokens::generate_id()));
+        let started = match (&modern, self.shared) {
+            (Some(_), false) => self.start_child_as(&self.spec_for(caller), true),
+            _ if self.identity_env.vars.is_empty() => self.child_for_new_session(),
+            _ => self.start_child_with(&self.spec_for(caller)),
         };
         let child = started.map_err(|e| {
             tracing::error!(error = %e, program = %self.spec.program, "the MCP server could not be started");
@@ -230,7 +268,9 @@ impl StdioBackend {
         tracing::debug!(child = %session.child().tag, "a new MCP session");
         map.insert(id, session.clone());
         drop(map);
-        self.refill_spare();
+        if modern.is_none() {
+            self.refill_spare();
+        }
         Ok(session)
     }
 
@@ -255,4 +295,14 @@ impl StdioBackend {
         }
         Ok(child)
     }
+}
+
+/// The session key of a user's modern child: a line break, which no header value can carry,
+/// so no client can name it as `Mcp-Session-Id`.
+fn modern_key(caller: &Caller) -> String {
+    format!("modern\n{}", caller.subject())
+}
+
+fn is_modern_key(key: &str) -> bool {
+    key.starts_with("modern\n")
 }

@@ -229,6 +229,14 @@ impl Child {
             .unwrap_or(0)
     }
 
+    /// Whether a request is waiting for the child with someone listening for the answer.
+    pub fn busy(&self) -> bool {
+        self.routes
+            .lock()
+            .map(|r| r.pending.iter().any(|p| p.stream.has_live()))
+            .unwrap_or(false)
+    }
+
     /// Waits until the child has been stopped and reaped.
     pub async fn wait_stopped(&self) {
         let mut rx = self.stopped.clone();
@@ -338,7 +346,7 @@ impl Child {
                 tracing::warn!(
                     session = %self.tag,
                     method = m.method.as_deref().unwrap_or_default(),
-                    "the shared MCP server asked the client something while several sessions were busy; refused, as it cannot tell whose it is"
+                    "the MCP server asked its client something the proxy cannot deliver (several sessions of a shared server were busy, or the client is a stateless 2026-07-28 one); refused"
                 );
                 if let Err(e) = self.send_raw(&answer).await {
                     tracing::debug!(session = %self.tag, error = e, "could not refuse a server request");

@@ -70,6 +70,9 @@ pub struct Session {
     get: Mutex<GetStream>,
     /// The 2024-11-05 SSE connection every message of a legacy session goes to.
     pub legacy: std::sync::OnceLock<mpsc::Sender<Bytes>>,
+    /// One modern (2026-07-28) request: the child may not ask its client anything (those
+    /// clients are asked through multi round-trip results, not relayed yet).
+    stateless: bool,
 }
 
 #[derive(Default)]
@@ -89,6 +92,21 @@ impl Session {
     /// A new session `mcp_id` of `owner` on `child`; the first session of a warm spare
     /// receives what the child said before it came.
     pub fn attach(child: Arc<Child>, mcp_id: String, owner: String, no: u64) -> Arc<Session> {
+        Self::attach_as(child, mcp_id, owner, no, false)
+    }
+
+    /// A session for one modern request of `owner` on a multiplexed child.
+    pub fn attach_stateless(child: Arc<Child>, owner: String, no: u64) -> Arc<Session> {
+        Self::attach_as(child, String::new(), owner, no, true)
+    }
+
+    fn attach_as(
+        child: Arc<Child>,
+        mcp_id: String,
+        owner: String,
+        no: u64,
+        stateless: bool,
+    ) -> Arc<Session> {
         let session = Arc::new(Session {
             mcp_id,
             owner,
@@ -101,6 +119,7 @@ impl Session {
             recent: Mutex::new(VecDeque::new()),
             get: Mutex::new(GetStream::default()),
             legacy: std::sync::OnceLock::new(),
+            stateless,
         });
         if let Ok(mut r) = child.routes.lock() {
             r.sessions.retain(|s| s.strong_count() > 0);

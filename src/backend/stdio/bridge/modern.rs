@@ -1,0 +1,449 @@
+//! MCP 2026-07-28 ("modern": stateless) in front of stdio servers that speak the 2025
+//! revisions ("legacy"), on the same endpoint as the legacy transport.
+//!
+//! The era is decided per request, as the specification's versioning page says: a POST
+//! without `Mcp-Session-Id` that names a modern protocol version (in `_meta`, or in
+//! `MCP-Protocol-Version`) is modern; `initialize` and session traffic are legacy and work
+//! exactly as before.
+//!
+//! A modern request is checked against the transport's header rules (streamable-http,
+//! "Request Metadata" and "Server Validation"), then served from a child the bridge has
+//! initialized itself: one per user, kept like a session (it counts against the session
+//! limits, idles out, carries the user's identity variables), or the one child of
+//! `--stdio-mode shared`. Each request is a short-lived session of that child, so its id and
+//! progress token are the child's own and concurrent requests never mix; closing the
+//! response stream ends that session, which cancels the request at the child.
+//! `server/discover` is answered from the child's `initialize` result.
+//!
+//! Not relayed yet (so not advertised): server→client requests (sampling, elicitation,
+//! roots: the child gets an error, and the bridge declares none of those capabilities when
+//! it initializes the child), and list-changed or resource subscriptions
+//! (`subscriptions/listen`).
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+/// The modern revisions the bridge speaks.
+pub const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
+
+const VERSION_KEY: &str = "io.modelcontextprotocol/protocolVersion";
+const SERVER_INFO_KEY: &str = "io.modelcontextprotocol/serverInfo";
+
+/// Results that carry caching hints (specification, server/utilities/caching).
+const CACHEABLE: [&str; 6] = [
+    "server/discover",
+    "tools/list",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+];
+
+/// The caching hints the bridge puts on cacheable results: `ttlMs` from `--stdio-cache-ttl`
+/// (0 by default: immediately stale, so clients refetch), and always `private`, since each
+/// user's child may answer differently (identity variables).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheHints {
+    pub ttl_ms: u64,
+}
+
+/// A modern request that passed the header rules.
+pub(super) struct Modern {
+    /// The request's id as JSON (`null` for a notification).
+    pub id: Value,
+    pub method: String,
+    pub is_request: bool,
+}
+
+/// Why a modern request is answered by the bridge with an error before any child sees it.
+#[derive(Debug)]
+pub enum ModernRefusal {
+    /// `-32020`: a required header is missing, repeated or unreadable, or does not match the
+    /// body.
+    HeaderMismatch { id: Value, why: String },
+    /// `-32022`: a version the bridge does not speak.
+    UnsupportedVersion { id: Value, requested: String },
+}
+
+impl IntoResponse for ModernRefusal {
+    fn into_response(self) -> Response {
+        let body = match self {
+            Self::HeaderMismatch { id, why } => json!({
+                "jsonrpc": "2.0", "id": id,
+                "error": {"code": -32020, "message": format!("Header mismatch: {why}")},
+            }),
+            Self::UnsupportedVersion { id, requested } => json!({
+                "jsonrpc": "2.0", "id": id,
+                "error": {
+                    "code": -32022,
+                    "message": "Unsupported protocol version",
+                    "data": {"supported": supported_versions(), "requested": requested},
+                },
+            }),
+        };
+        json_response(StatusCode::BAD_REQUEST, body.to_string())
+    }
+}
+
+/// Every version this endpoint speaks, newest first.
+pub fn supported_versions() -> Vec<&'static str> {
+    MODERN_VERSIONS
+        .iter()
+        .chain(super::SUPPORTED_VERSIONS.iter())
+        .copied()
+        .collect()
+}
+
+pub(super) fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
+    let mut r = (status, body.into()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The protocol version a message names in `params._meta`.
+fn meta_version(body: &Value) -> Option<&str> {
+    body.pointer("/params/_meta")?.get(VERSION_KEY)?.as_str()
+}
+
+/// Whether a POST without a session is of the modern era.
+pub(super) fn is_modern(headers: &HeaderMap, body: &Value) -> bool {
+    let header_modern = headers.get_all("mcp-protocol-version").iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| !super::SUPPORTED_VERSIONS.contains(&v.trim()))
+    });
+    let initialize = body.get("method").and_then(Value::as_str) == Some("initialize");
+    !initialize && (meta_version(body).is_some() || header_modern)
+}
+
+/// The one value of `name`, if present; a repeated or unreadable one is refused (a load
+/// balancer and the bridge must not read different values).
+fn single<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+    id: &Value,
+) -> Result<Option<&'h str>, ModernRefusal> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    let mismatch = |why: String| ModernRefusal::HeaderMismatch {
+        id: id.clone(),
+        why,
+    };
+    if values.next().is_some() {
+        return Err(mismatch(format!("{name} is repeated")));
+    }
+    first
+        .to_str()
+        .map(|v| Some(v.trim()))
+        .map_err(|_| mismatch(format!("{name} has characters a header may not carry")))
+}
+
+/// `=?base64?…?=` (streamable-http, "Value Encoding") decoded; other values as they are.
+fn decoded(value: &str) -> Option<String> {
+    match value
+        .strip_prefix("=?base64?")
+        .and_then(|v| v.strip_suffix("?="))
+    {
+        Some(encoded) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok()),
+        None => Some(value.to_string()),
+    }
+}
+
+/// Checks a modern request's headers against its body.
+pub(super) fn check(headers: &HeaderMap, body: &Value) -> Result<Modern, ModernRefusal> {
+    let id = body.get("id").cloned().unwrap_or(Value::Null);
+    let mismatch = |why: String| ModernRefusal::HeaderMismatch {
+        id: id.clone(),
+        why,
+    };
+    let method = body
+        .get("method")
+        .and_then(Value::as_str)
+        .ok_or_else(|| mismatch("the body is not a request or notification".into()))?;
+    let header_version = single(headers, "mcp-protocol-version", &id)?
+        .ok_or_else(|| mismatch("MCP-Protocol-Version is missing".into()))?;
+    let Some(version) = meta_version(body) else {
+        return Err(mismatch(format!(
+            "MCP-Protocol-Version is {header_version} but the body's _meta names no protocol version"
+        )));
+    };
+    if header_version != version {
+        return Err(mismatch(format!(
+            "MCP-Protocol-Version header value '{header_version}' does not match body value '{version}'"
+        )));
+    }
+    if !MODERN_VERSIONS.contains(&version) {
+        return Err(ModernRefusal::UnsupportedVersion {
+            id,
+            requested: version.to_string(),
+        });
+    }
+    let is_request = body.get("id").is_some();
+    if is_request {
+        match single(headers, "mcp-method", &id)? {
+            Some(m) if m == method => {}
+            Some(m) => {
+                return Err(mismatch(format!(
+                    "Mcp-Method header value '{m}' does not match body value '{method}'"
+                )));
+            }
+            None => return Err(mismatch("Mcp-Method is missing".into())),
+        }
+        let named = match method {
+            "tools/call" | "prompts/get" => body.pointer("/params/name"),
+            "resources/read" => body.pointer("/params/uri"),
+            _ => None,
+        };
+        if let Some(named) = named {
+            let named = named.as_str().unwrap_or_default();
+            let header = single(headers, "mcp-name", &id)?
+                .ok_or_else(|| mismatch("Mcp-Name is missing".into()))?;
+            if decoded(header).as_deref() != Some(named) {
+                return Err(mismatch(format!(
+                    "Mcp-Name header value '{header}' does not match body value '{named}'"
+                )));
+            }
+        }
+    }
+    Ok(Modern {
+        id,
+        method: method.to_string(),
+        is_request,
+    })
+}
+
+/// The `server/discover` answer (specification, server/discover) from the child's
+/// `initialize` result: what the child offers, less what the bridge cannot relay yet
+/// (list-changed and resource subscriptions).
+pub(super) fn discover(id: &Value, init: &Value, hints: CacheHints) -> Bytes {
+    let mut capabilities = init
+        .get("capabilities")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if let Some(caps) = capabilities.as_object_mut() {
+        for (_, cap) in caps.iter_mut() {
+            if let Some(cap) = cap.as_object_mut() {
+                cap.remove("listChanged");
+                cap.remove("subscribe");
+            }
+        }
+    }
+    let mut result = Map::new();
+    result.insert("resultType".into(), json!("complete"));
+    result.insert("supportedVersions".into(), json!(supported_versions()));
+    result.insert("capabilities".into(), capabilities);
+    if let Some(info) = init.get("serverInfo") {
+        result.insert("_meta".into(), json!({ SERVER_INFO_KEY: info }));
+    }
+    if let Some(instructions) = init.get("instructions") {
+        result.insert("instructions".into(), instructions.clone());
+    }
+    add_hints(&mut result, "server/discover", hints);
+    Bytes::from(json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string())
+}
+
+fn add_hints(result: &mut Map<String, Value>, method: &str, hints: CacheHints) {
+    if CACHEABLE.contains(&method) {
+        result.entry("ttlMs").or_insert_with(|| json!(hints.ttl_ms));
+        result
+            .entry("cacheScope")
+            .or_insert_with(|| json!("private"));
+    }
+}
+
+/// A legacy child's answer as a modern result: `resultType` (absent in the 2025 revisions)
+/// and the caching hints of cacheable methods. Errors and anything unreadable pass as they
+/// are.
+pub(super) fn modernized(raw: Bytes, method: &str, hints: CacheHints) -> Bytes {
+    let Ok(mut answer) = serde_json::from_slice::<Value>(&raw) else {
+        return raw;
+    };
+    let Some(result) = answer.get_mut("result").and_then(Value::as_object_mut) else {
+        return raw;
+    };
+    result
+        .entry("resultType")
+        .or_insert_with(|| json!("complete"));
+    add_hints(result, method, hints);
+    serde_json::to_vec(&answer).map(Bytes::from).unwrap_or(raw)
+}
+
+/// One SSE event of a modern response stream (not resumable: no id).
+pub(super) fn sse_event(raw: &[u8]) -> Bytes {
+    let mut ev = Vec::with_capacity(raw.len() + 24);
+    ev.extend_from_slice(b"event: message\ndata: ");
+    ev.extend_from_slice(raw);
+    ev.extend_from_slice(b"\n\n");
+    Bytes::from(ev)
+}
+
+/// The `initialize` the bridge sends a child it serves modern requests from: the newest
+/// legacy version, and no client capabilities (the child must not ask what the bridge
+/// cannot relay yet).
+pub(super) fn initialize_request() -> Bytes {
+    Bytes::from(
+        json!({
+            "jsonrpc": "2.0",
+            "id": "mcp-auth-proxy-initialize",
+            "method": "initialize",
+            "params": {
+                "protocolVersion": super::SUPPORTED_VERSIONS[0],
+                "capabilities": {},
+                "clientInfo": {"name": "mcp-auth-proxy", "version": env!("CARGO_PKG_VERSION")},
+            },
+        })
+        .to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn call(name: &str) -> Value {
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": name, "arguments": {},
+            "_meta": {VERSION_KEY: "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}},
+        }})
+    }
+
+    fn code(r: Result<Modern, ModernRefusal>) -> i64 {
+        match r {
+            Ok(_) => 0,
+            Err(ModernRefusal::HeaderMismatch { .. }) => -32020,
+            Err(ModernRefusal::UnsupportedVersion { .. }) => -32022,
+        }
+    }
+
+    #[test]
+    fn headers_must_mirror_the_body() {
+        let good = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ];
+        assert_eq!(code(check(&headers(&good), &call("echo"))), 0);
+        // Each rule, broken once.
+        for broken in [
+            vec![("mcp-method", "tools/call"), ("mcp-name", "echo")],
+            vec![("mcp-protocol-version", "2026-07-28"), ("mcp-name", "echo")],
+            vec![
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/list"),
+                ("mcp-name", "echo"),
+            ],
+            vec![
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "other"),
+            ],
+            vec![
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+            ],
+            vec![
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "echo"),
+            ],
+            vec![
+                ("mcp-protocol-version", "2025-11-25"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "echo"),
+            ],
+        ] {
+            assert_eq!(
+                code(check(&headers(&broken), &call("echo"))),
+                -32020,
+                "{broken:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_name_outside_the_header_set_travels_base64() {
+        let name = "héllo wörld";
+        let encoded = format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(name)
+        );
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", &encoded),
+        ]);
+        assert_eq!(code(check(&h, &call(name))), 0);
+        assert_eq!(code(check(&h, &call("hello world"))), -32020);
+    }
+
+    #[test]
+    fn an_unknown_version_gets_the_supported_list() {
+        let mut body = call("echo");
+        body["params"]["_meta"][VERSION_KEY] = json!("2099-01-01");
+        let h = headers(&[
+            ("mcp-protocol-version", "2099-01-01"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ]);
+        assert_eq!(code(check(&h, &body)), -32022);
+    }
+
+    #[test]
+    fn a_legacy_answer_becomes_a_modern_result() {
+        let raw = Bytes::from(r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#);
+        let out: Value =
+            serde_json::from_slice(&modernized(raw, "tools/list", CacheHints { ttl_ms: 5 }))
+                .unwrap();
+        assert_eq!(out["result"]["resultType"], "complete");
+        assert_eq!(out["result"]["ttlMs"], 5);
+        assert_eq!(out["result"]["cacheScope"], "private");
+        let err = Bytes::from(r#"{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"x"}}"#);
+        assert_eq!(
+            modernized(err.clone(), "tools/call", CacheHints::default()),
+            err
+        );
+    }
+
+    #[test]
+    fn discover_offers_what_the_child_offers_less_subscriptions() {
+        let init = json!({
+            "protocolVersion": "2025-11-25",
+            "capabilities": {"tools": {"listChanged": true}, "resources": {"subscribe": true}, "logging": {}},
+            "serverInfo": {"name": "everything", "version": "1"},
+            "instructions": "hi",
+        });
+        let out: Value =
+            serde_json::from_slice(&discover(&json!("d"), &init, CacheHints::default())).unwrap();
+        let r = &out["result"];
+        assert_eq!(r["supportedVersions"][0], "2026-07-28");
+        assert_eq!(
+            r["capabilities"],
+            json!({"tools": {}, "resources": {}, "logging": {}})
+        );
+        assert_eq!(r["_meta"][SERVER_INFO_KEY]["name"], "everything");
+        assert_eq!(r["instructions"], "hi");
+        assert_eq!(r["ttlMs"], 0);
+    }
+}

@@ -1,0 +1,165 @@
+// MCP 2026-07-28 on the stdio bridge: the TypeScript SDK v2 client (@modelcontextprotocol/
+// client), signed in through our OAuth flow, pinned to 2026-07-28, against
+// @modelcontextprotocol/server-everything (a stdio server of the 2025 revisions) behind the
+// bridge; the same client in `auto` and `legacy` modes; and the revision's HTTP rules.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import {
+  Client as ModernClient,
+  StreamableHTTPClientTransport as ModernTransport,
+  UnauthorizedError as ModernUnauthorized,
+} from '@modelcontextprotocol/client';
+
+import { Browser, canonical, everythingStdio, startProxy } from './harness.mjs';
+import { TestProvider, connect } from './sdk-client.mjs';
+
+let proxy;
+
+before(async () => {
+  proxy = await startProxy({ command: everythingStdio() });
+});
+
+after(async () => {
+  await proxy?.stop();
+});
+
+/** The v2 client in negotiation `mode`, signed in (through the browser) when needed. */
+async function connectModern(provider, mode) {
+  const make = () => new ModernClient({ name: 'e2e-v2', version: '1.0.0' }, { versionNegotiation: { mode } });
+  const transport = () => new ModernTransport(new URL(proxy.resource), { authProvider: provider });
+  try {
+    const client = make();
+    await client.connect(transport());
+    return client;
+  } catch (e) {
+    if (!(e instanceof ModernUnauthorized)) throw e;
+  }
+  assert.ok(provider.code, `the sign-in produced a code (error: ${provider.error})`);
+  await transport().finishAuth(provider.code, provider.iss);
+  const client = make();
+  await client.connect(transport());
+  return client;
+}
+
+/** What the same server lists to a 2025 client through the bridge. */
+async function legacyTools() {
+  const client = await connect(proxy.resource, new TestProvider(new Browser()));
+  const tools = await client.listTools();
+  await client.close();
+  return tools.tools;
+}
+
+test('a client pinned to 2026-07-28 discovers, lists and calls tools of a 2025 stdio server', async () => {
+  const provider = new TestProvider(new Browser());
+  const client = await connectModern(provider, { pin: '2026-07-28' });
+  assert.equal(client.getProtocolEra(), 'modern');
+  const { tools } = await client.listTools();
+  // The v2 client drops `execution` (tasks are an extension in 2026-07-28); all else is
+  // the same as what the legacy path lists.
+  const legacy = (await legacyTools()).map(({ execution, ...rest }) => rest);
+  assert.ok(tools.length > 5, `tools: ${tools.length}`);
+  assert.deepEqual(canonical(tools), canonical(legacy), 'the same tools as the legacy path');
+  const r = await client.callTool({ name: 'echo', arguments: { message: 'stateless hello' } });
+  assert.match(r.content[0].text, /stateless hello/);
+
+  // Progress rides on the request's own response stream.
+  const progress = [];
+  const long = await client.callTool(
+    { name: 'trigger-long-running-operation', arguments: { duration: 1, steps: 3 } },
+    { onprogress: (p) => progress.push(p) },
+  );
+  assert.ok(progress.length >= 2, `progress: ${JSON.stringify(progress)}`);
+  assert.match(JSON.stringify(long.content), /completed/i);
+  await client.close();
+});
+
+test('the same client in auto mode speaks 2026-07-28, and in legacy mode 2025', async () => {
+  const provider = new TestProvider(new Browser());
+  for (const [mode, era] of [['auto', 'modern'], ['legacy', 'legacy']]) {
+    const client = await connectModern(provider, mode);
+    assert.equal(client.getProtocolEra(), era, mode);
+    const r = await client.callTool({ name: 'echo', arguments: { message: `in ${mode} mode` } });
+    assert.match(r.content[0].text, new RegExp(`in ${mode} mode`));
+    await client.close();
+  }
+});
+
+test('the 2026-07-28 HTTP rules: mirrored headers, versions, no GET or DELETE', async () => {
+  const provider = new TestProvider(new Browser());
+  await (await connectModern(provider, { pin: '2026-07-28' })).close();
+  const token = provider.tokens().access_token;
+  const meta = (version) => ({
+    'io.modelcontextprotocol/protocolVersion': version,
+    'io.modelcontextprotocol/clientInfo': { name: 'raw', version: '1' },
+    'io.modelcontextprotocol/clientCapabilities': {},
+  });
+  const post = (headers, body) =>
+    fetch(proxy.resource, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${token}`,
+        'content-type': 'application/json',
+        accept: 'application/json, text/event-stream',
+        ...headers,
+      },
+      body: JSON.stringify(body),
+    });
+  const call = (name, version = '2026-07-28') => ({
+    jsonrpc: '2.0',
+    id: 9,
+    method: 'tools/call',
+    params: { name, arguments: { message: 'x' }, _meta: meta(version) },
+  });
+  const good = { 'mcp-protocol-version': '2026-07-28', 'mcp-method': 'tools/call', 'mcp-name': 'echo' };
+
+  const ok = await post(good, call('echo'));
+  assert.equal(ok.status, 200);
+  assert.equal(ok.headers.get('mcp-session-id'), null, 'no session is minted');
+  assert.match(await ok.text(), /x/);
+
+  for (const [headers, why] of [
+    [{ ...good, 'mcp-name': 'other' }, 'Mcp-Name differs from the body'],
+    [{ ...good, 'mcp-method': 'tools/list' }, 'Mcp-Method differs from the body'],
+    [{ 'mcp-protocol-version': '2026-07-28', 'mcp-method': 'tools/call' }, 'Mcp-Name is missing'],
+  ]) {
+    const r = await post(headers, call('echo'));
+    assert.equal(r.status, 400, why);
+    const body = await r.json();
+    assert.equal(body.error.code, -32020, why);
+    assert.equal(body.id, 9, why);
+  }
+  // A name outside the header set travels in the Base64 sentinel form.
+  const encoded = `=?base64?${Buffer.from('echo').toString('base64')}?=`;
+  assert.equal((await post({ ...good, 'mcp-name': encoded }, call('echo'))).status, 200);
+
+  const unsupported = await post({ ...good, 'mcp-protocol-version': '2099-01-01' }, call('echo', '2099-01-01'));
+  assert.equal(unsupported.status, 400);
+  const u = await unsupported.json();
+  assert.equal(u.error.code, -32022);
+  assert.ok(u.error.data.supported.includes('2026-07-28'));
+  assert.equal(u.error.data.requested, '2099-01-01');
+
+  // server/discover: the child's identity and capabilities, with caching hints.
+  const discover = await post(
+    { 'mcp-protocol-version': '2026-07-28', 'mcp-method': 'server/discover' },
+    { jsonrpc: '2.0', id: 'd', method: 'server/discover', params: { _meta: meta('2026-07-28') } },
+  );
+  assert.equal(discover.status, 200);
+  const d = (await discover.json()).result;
+  assert.equal(d.resultType, 'complete');
+  assert.equal(d.supportedVersions[0], '2026-07-28');
+  assert.ok(d.capabilities.tools, JSON.stringify(d));
+  assert.ok(d._meta['io.modelcontextprotocol/serverInfo'].name, JSON.stringify(d));
+  assert.equal(d.ttlMs, 0);
+  assert.equal(d.cacheScope, 'private');
+
+  for (const method of ['GET', 'DELETE']) {
+    const r = await fetch(proxy.resource, {
+      method,
+      headers: { authorization: `Bearer ${token}`, accept: 'text/event-stream' },
+    });
+    assert.equal(r.status, 405, method);
+  }
+});
