@@ -201,7 +201,8 @@ pub async fn prepare(
                     },
                     metrics.children.clone(),
                 )
-                .naming_replica(config.replica_id.as_deref()),
+                .naming_replica(config.replica_id.as_deref())
+                .holding_calls(repo.keys().sealer.clone()),
             )
         }
         _ => None,

@@ -26,8 +26,8 @@ after(async () => {
 });
 
 /** The v2 client in negotiation `mode`, signed in (through the browser) when needed. */
-async function connectModern(provider, mode) {
-  const make = () => new ModernClient({ name: 'e2e-v2', version: '1.0.0' }, { versionNegotiation: { mode } });
+async function connectModern(provider, mode, capabilities = {}) {
+  const make = () => new ModernClient({ name: 'e2e-v2', version: '1.0.0' }, { capabilities, versionNegotiation: { mode } });
   const transport = () => new ModernTransport(new URL(proxy.resource), { authProvider: provider });
   try {
     const client = make();
@@ -43,9 +43,10 @@ async function connectModern(provider, mode) {
   return client;
 }
 
-/** What the same server lists to a 2025 client through the bridge. */
+/** What the same server lists to a 2025 client through the bridge (one that can answer
+ * what the bridge can relay, as the bridge declares when it initializes a modern child). */
 async function legacyTools() {
-  const client = await connect(proxy.resource, new TestProvider(new Browser()));
+  const client = await connect(proxy.resource, new TestProvider(new Browser()), { sampling: {}, elicitation: {}, roots: {} });
   const tools = await client.listTools();
   await client.close();
   return tools.tools;
@@ -72,6 +73,27 @@ test('a client pinned to 2026-07-28 discovers, lists and calls tools of a 2025 s
   );
   assert.ok(progress.length >= 2, `progress: ${JSON.stringify(progress)}`);
   assert.match(JSON.stringify(long.content), /completed/i);
+  await client.close();
+});
+
+test('sampling and elicitation of a 2025 child reach a 2026-07-28 client as multi round-trip results', async () => {
+  const provider = new TestProvider(new Browser());
+  const client = await connectModern(provider, { pin: '2026-07-28' }, { sampling: {}, elicitation: {} });
+  const asked = [];
+  client.setRequestHandler('sampling/createMessage', async () => {
+    asked.push('sampling');
+    return { model: 'test-model', role: 'assistant', content: { type: 'text', text: 'sampled answer' } };
+  });
+  client.setRequestHandler('elicitation/create', async (req) => {
+    asked.push('elicitation');
+    assert.ok(req.params.requestedSchema.properties.name);
+    return { action: 'decline' };
+  });
+  const sampled = await client.callTool({ name: 'trigger-sampling-request', arguments: { prompt: 'hi', maxTokens: 10 } });
+  assert.match(JSON.stringify(sampled.content), /sampled answer/);
+  const elicited = await client.callTool({ name: 'trigger-elicitation-request', arguments: {} });
+  assert.match(JSON.stringify(elicited.content), /decline/i);
+  assert.deepEqual(asked, ['sampling', 'elicitation']);
   await client.close();
 });
 
@@ -162,4 +184,70 @@ test('the 2026-07-28 HTTP rules: mirrored headers, versions, no GET or DELETE', 
     });
     assert.equal(r.status, 405, method);
   }
+});
+
+test('a requestState altered or used twice is refused; a capability not declared is not asked', async () => {
+  const provider = new TestProvider(new Browser());
+  await (await connectModern(provider, { pin: '2026-07-28' })).close();
+  const token = provider.tokens().access_token;
+  const call = (id, capabilities, extra = {}) => ({
+    jsonrpc: '2.0',
+    id,
+    method: 'tools/call',
+    params: {
+      name: 'trigger-elicitation-request',
+      arguments: {},
+      ...extra,
+      _meta: {
+        'io.modelcontextprotocol/protocolVersion': '2026-07-28',
+        'io.modelcontextprotocol/clientCapabilities': capabilities,
+      },
+    },
+  });
+  const post = async (body) => {
+    const r = await fetch(proxy.resource, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${token}`,
+        'content-type': 'application/json',
+        accept: 'application/json',
+        'mcp-protocol-version': '2026-07-28',
+        'mcp-method': 'tools/call',
+        'mcp-name': 'trigger-elicitation-request',
+      },
+      body: JSON.stringify(body),
+    });
+    return { status: r.status, body: await r.json() };
+  };
+
+  const first = await post(call(1, { elicitation: {} }));
+  assert.equal(first.status, 200);
+  assert.equal(first.body.result.resultType, 'input_required', JSON.stringify(first.body));
+  const { inputRequests, requestState } = first.body.result;
+  const [key] = Object.keys(inputRequests);
+  assert.equal(inputRequests[key].method, 'elicitation/create');
+
+  // Altered: one character of the sealed state changed.
+  const i = Math.floor(requestState.length / 2);
+  const altered = requestState.slice(0, i) + (requestState[i] === 'A' ? 'B' : 'A') + requestState.slice(i + 1);
+  const answer = { inputResponses: { [key]: { action: 'decline' } } };
+  const bad = await post(call(2, { elicitation: {} }, { ...answer, requestState: altered }));
+  assert.equal(bad.status, 400);
+  assert.equal(bad.body.error.code, -32602);
+  assert.match(bad.body.error.message, /altered/);
+
+  // The real retry completes the call; the same state again is refused.
+  const done = await post(call(3, { elicitation: {} }, { ...answer, requestState }));
+  assert.equal(done.status, 200, JSON.stringify(done.body));
+  assert.equal(done.body.id, 3);
+  assert.equal(done.body.result.resultType, 'complete');
+  assert.match(JSON.stringify(done.body.result.content), /decline/i);
+  const replayed = await post(call(4, { elicitation: {} }, { ...answer, requestState }));
+  assert.equal(replayed.status, 400);
+  assert.match(replayed.body.error.message, /already used/);
+
+  // A client that declared no elicitation is never asked: the child hears an error.
+  const undeclared = await post(call(5, {}));
+  assert.equal(undeclared.status, 200);
+  assert.notEqual(undeclared.body.result?.resultType, 'input_required', JSON.stringify(undeclared.body));
 });

@@ -27,6 +27,7 @@ use crate::gate::Caller;
 
 pub mod legacy;
 pub mod modern;
+mod mrtr;
 pub mod refusal;
 mod sessions;
 mod stateless;
@@ -80,6 +81,10 @@ pub struct StdioBackend {
     session_prefix: String,
     /// The caching hints on modern results.
     cache_hints: modern::CacheHints,
+    /// This replica's id ("" alone), sealed into the state of held calls.
+    replica: String,
+    /// Modern calls waiting for their clients' answers (none without a key to seal with).
+    held: Option<Arc<mrtr::HeldCalls>>,
 }
 
 fn accepts_sse(headers: &HeaderMap) -> bool {
@@ -115,6 +120,8 @@ impl StdioBackend {
             next_session: std::sync::atomic::AtomicU64::new(1),
             session_prefix: String::new(),
             cache_hints: modern::CacheHints::default(),
+            replica: String::new(),
+            held: None,
         };
         backend.refill_spare();
         backend
@@ -123,6 +130,14 @@ impl StdioBackend {
     /// Names the replica in every session id from now on.
     pub fn naming_replica(mut self, replica: Option<&str>) -> Self {
         self.session_prefix = replica.map(|r| format!("{r}.")).unwrap_or_default();
+        self.replica = replica.unwrap_or_default().to_string();
+        self
+    }
+
+    /// Relays the questions of children to modern clients (multi round-trip requests), with
+    /// their state sealed by `sealer`. After [`Self::naming_replica`].
+    pub fn holding_calls(mut self, sealer: crate::store::SecretBox) -> Self {
+        self.held = Some(Arc::new(mrtr::HeldCalls::new(sealer, self.replica.clone())));
         self
     }
 
@@ -550,6 +565,9 @@ impl crate::backend::Backend for StdioBackend {
 
     fn housekeep(&self) {
         self.reap_idle();
+        if let Some(held) = &self.held {
+            held.sweep();
+        }
     }
 
     async fn shutdown(&self) {

@@ -15,10 +15,9 @@
 //! response stream ends that session, which cancels the request at the child.
 //! `server/discover` is answered from the child's `initialize` result.
 //!
-//! Not relayed yet (so not advertised): server→client requests (sampling, elicitation,
-//! roots: the child gets an error, and the bridge declares none of those capabilities when
-//! it initializes the child), and list-changed or resource subscriptions
-//! (`subscriptions/listen`).
+//! The child's questions to its client (sampling, elicitation, roots) reach modern clients
+//! as multi round-trip results ([`super::mrtr`]). Not relayed yet (so not advertised):
+//! list-changed and resource subscriptions (`subscriptions/listen`).
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -31,6 +30,7 @@ pub const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
 
 const VERSION_KEY: &str = "io.modelcontextprotocol/protocolVersion";
 const SERVER_INFO_KEY: &str = "io.modelcontextprotocol/serverInfo";
+const CAPABILITIES_KEY: &str = "io.modelcontextprotocol/clientCapabilities";
 
 /// Results that carry caching hints (specification, server/utilities/caching).
 const CACHEABLE: [&str; 6] = [
@@ -56,6 +56,22 @@ pub(super) struct Modern {
     pub id: Value,
     pub method: String,
     pub is_request: bool,
+    /// `_meta`'s client capabilities: what the child may ask this request's client.
+    pub capabilities: Value,
+    /// The method and parameters a retry must repeat (see [`super::mrtr`]).
+    pub digest: String,
+    /// A retry's `requestState` and `inputResponses`.
+    pub request_state: Option<String>,
+    pub input_responses: Option<Value>,
+}
+
+impl Modern {
+    /// Whether the client declared `capability`.
+    pub fn declared(&self, capability: &str) -> bool {
+        self.capabilities
+            .get(capability)
+            .is_some_and(|c| !c.is_null())
+    }
 }
 
 /// Why a modern request is answered by the bridge with an error before any child sees it.
@@ -66,6 +82,8 @@ pub enum ModernRefusal {
     HeaderMismatch { id: Value, why: String },
     /// `-32022`: a version the bridge does not speak.
     UnsupportedVersion { id: Value, requested: String },
+    /// `-32602`: a retry's `requestState` cannot be used.
+    InvalidParams { id: Value, why: String },
 }
 
 impl IntoResponse for ModernRefusal {
@@ -74,6 +92,10 @@ impl IntoResponse for ModernRefusal {
             Self::HeaderMismatch { id, why } => json!({
                 "jsonrpc": "2.0", "id": id,
                 "error": {"code": -32020, "message": format!("Header mismatch: {why}")},
+            }),
+            Self::InvalidParams { id, why } => json!({
+                "jsonrpc": "2.0", "id": id,
+                "error": {"code": -32602, "message": format!("Invalid params: {why}")},
             }),
             Self::UnsupportedVersion { id, requested } => json!({
                 "jsonrpc": "2.0", "id": id,
@@ -215,7 +237,19 @@ pub(super) fn check(headers: &HeaderMap, body: &Value) -> Result<Modern, ModernR
             }
         }
     }
+    let params = body.get("params");
     Ok(Modern {
+        digest: super::mrtr::call_digest(method, params),
+        capabilities: params
+            .and_then(|p| p.pointer("/_meta"))
+            .and_then(|m| m.get(CAPABILITIES_KEY))
+            .cloned()
+            .unwrap_or(Value::Null),
+        request_state: params
+            .and_then(|p| p.get("requestState"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        input_responses: params.and_then(|p| p.get("inputResponses")).cloned(),
         id,
         method: method.to_string(),
         is_request,
@@ -261,15 +295,16 @@ fn add_hints(result: &mut Map<String, Value>, method: &str, hints: CacheHints) {
     }
 }
 
-/// A legacy child's answer as a modern result: `resultType` (absent in the 2025 revisions)
-/// and the caching hints of cacheable methods. Errors and anything unreadable pass as they
-/// are.
-pub(super) fn modernized(raw: Bytes, method: &str, hints: CacheHints) -> Bytes {
+/// A legacy child's answer as a modern result to request `id` (a retry's id differs from
+/// the call the child answers): `resultType` (absent in the 2025 revisions) and the caching
+/// hints of cacheable methods. Errors keep their content; anything unreadable passes as it is.
+pub(super) fn modernized(raw: Bytes, id: &Value, method: &str, hints: CacheHints) -> Bytes {
     let Ok(mut answer) = serde_json::from_slice::<Value>(&raw) else {
         return raw;
     };
+    answer["id"] = id.clone();
     let Some(result) = answer.get_mut("result").and_then(Value::as_object_mut) else {
-        return raw;
+        return serde_json::to_vec(&answer).map(Bytes::from).unwrap_or(raw);
     };
     result
         .entry("resultType")
@@ -288,9 +323,15 @@ pub(super) fn sse_event(raw: &[u8]) -> Bytes {
 }
 
 /// The `initialize` the bridge sends a child it serves modern requests from: the newest
-/// legacy version, and no client capabilities (the child must not ask what the bridge
-/// cannot relay yet).
-pub(super) fn initialize_request() -> Bytes {
+/// legacy version, and the client capabilities the bridge can relay (as multi round-trip
+/// requests, when it `relays` them; each request's own client must still have declared the
+/// capability, or the child's question gets an error).
+pub(super) fn initialize_request(relays: bool) -> Bytes {
+    let capabilities = if relays {
+        json!({"sampling": {}, "elicitation": {}, "roots": {}})
+    } else {
+        json!({})
+    };
     Bytes::from(
         json!({
             "jsonrpc": "2.0",
@@ -298,7 +339,7 @@ pub(super) fn initialize_request() -> Bytes {
             "method": "initialize",
             "params": {
                 "protocolVersion": super::SUPPORTED_VERSIONS[0],
-                "capabilities": {},
+                "capabilities": capabilities,
                 "clientInfo": {"name": "mcp-auth-proxy", "version": env!("CARGO_PKG_VERSION")},
             },
         })
@@ -333,6 +374,7 @@ mod tests {
             Ok(_) => 0,
             Err(ModernRefusal::HeaderMismatch { .. }) => -32020,
             Err(ModernRefusal::UnsupportedVersion { .. }) => -32022,
+            Err(ModernRefusal::InvalidParams { .. }) => -32602,
         }
     }
 
@@ -413,17 +455,27 @@ mod tests {
     #[test]
     fn a_legacy_answer_becomes_a_modern_result() {
         let raw = Bytes::from(r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#);
-        let out: Value =
-            serde_json::from_slice(&modernized(raw, "tools/list", CacheHints { ttl_ms: 5 }))
-                .unwrap();
+        let out: Value = serde_json::from_slice(&modernized(
+            raw,
+            &json!(1),
+            "tools/list",
+            CacheHints { ttl_ms: 5 },
+        ))
+        .unwrap();
         assert_eq!(out["result"]["resultType"], "complete");
         assert_eq!(out["result"]["ttlMs"], 5);
         assert_eq!(out["result"]["cacheScope"], "private");
+        // A retry's answer carries the retry's id; an error keeps its content.
         let err = Bytes::from(r#"{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"x"}}"#);
-        assert_eq!(
-            modernized(err.clone(), "tools/call", CacheHints::default()),
-            err
-        );
+        let out: Value = serde_json::from_slice(&modernized(
+            err,
+            &json!("retry"),
+            "tools/call",
+            CacheHints::default(),
+        ))
+        .unwrap();
+        assert_eq!(out["id"], "retry");
+        assert_eq!(out["error"]["message"], "x");
     }
 
     #[test]

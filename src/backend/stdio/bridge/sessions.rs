@@ -264,7 +264,11 @@ impl StdioBackend {
         let no = self
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let session = Session::attach(child, id.clone(), caller.subject().to_string(), no);
+        let owner = caller.subject().to_string();
+        let session = match modern {
+            Some(_) => Session::attach_stateless(child, id.clone(), owner, no),
+            None => Session::attach(child, id.clone(), owner, no),
+        };
         tracing::debug!(child = %session.child().tag, "a new MCP session");
         map.insert(id, session.clone());
         drop(map);

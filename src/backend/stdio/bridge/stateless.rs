@@ -12,20 +12,140 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::modern::{self, CacheHints, Modern};
+use super::mrtr::{self, HeldCalls};
 use super::refusal::Refusal;
 use super::{SHARED_INIT_WAIT, STREAM_QUEUE, StdioBackend};
 use crate::backend::stdio::framing::{Kind, Message};
-use crate::backend::stdio::session::{Init, InitTurn, Session};
+use crate::backend::stdio::session::{Init, InitTurn, Session, StreamTx};
 use crate::gate::Caller;
 
 /// Ends a modern request's session when its response is dropped: after the answer that is
 /// all; before it, the child is told the request is cancelled (closing the response stream
-/// is the cancellation of 2026-07-28, specification basic/patterns/cancellation).
-struct EndsWithResponse(Arc<Session>);
+/// is the cancellation of 2026-07-28, specification basic/patterns/cancellation). A call
+/// held for its client's answers (see [`super::mrtr`]) is disarmed instead.
+struct EndsWithResponse(Option<Arc<Session>>);
+
+impl EndsWithResponse {
+    fn session(&self) -> Option<&Arc<Session>> {
+        self.0.as_ref()
+    }
+}
 
 impl Drop for EndsWithResponse {
     fn drop(&mut self) {
-        self.0.close("the client closed the response stream");
+        if let Some(session) = self.0.take() {
+            session.close("the client closed the response stream");
+        }
+    }
+}
+
+/// One modern request's conversation with the child: what the child says about the call,
+/// until its answer (or a question for the client, which ends this response).
+struct Exchange {
+    rx: mpsc::Receiver<Bytes>,
+    ends: EndsWithResponse,
+    stream: StreamTx,
+    request: Modern,
+    hints: CacheHints,
+    held: Option<Arc<HeldCalls>>,
+    now_unix: u64,
+}
+
+/// What a retry leads to.
+enum Retry {
+    /// The held call, given the client's answer: its rest is the retry's response.
+    Continue(mrtr::Held),
+    /// The retry did not answer: the same question again.
+    AskAgain(Bytes),
+}
+
+/// What the response says next.
+enum Said {
+    /// A notification about the call.
+    Event(Bytes),
+    /// The last message: the answer, or the question for the client.
+    Last(Bytes),
+    End,
+}
+
+impl Exchange {
+    async fn next(&mut self) -> Said {
+        while let Some(raw) = self.rx.recv().await {
+            let Some(m) = Message::parse(raw.clone()) else {
+                continue;
+            };
+            match m.kind {
+                Kind::Response => {
+                    return Said::Last(modern::modernized(
+                        raw,
+                        &self.request.id,
+                        &self.request.method,
+                        self.hints,
+                    ));
+                }
+                Kind::Request => {
+                    if let Some(question) = self.ask(&raw, m.id.as_deref()).await {
+                        return Said::Last(question);
+                    }
+                }
+                _ => return Said::Event(raw),
+            }
+        }
+        Said::End
+    }
+
+    /// The child asked its client something: the `InputRequiredResult` that asks it, when
+    /// the client can answer (else the child gets an error, and `None`).
+    async fn ask(&mut self, raw: &Bytes, asked_id: Option<&str>) -> Option<Bytes> {
+        let asked_id = asked_id?.to_string();
+        let asked: Value = serde_json::from_slice(raw).ok()?;
+        let method = asked
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let refusal = match (mrtr::capability_for(method), &self.held) {
+            (None, _) => Some(format!("{method} is not something a client answers")),
+            (Some(_), None) => Some("this proxy cannot relay questions to its client".to_string()),
+            (Some(_), _) if !mrtr::may_ask(&self.request.method) => Some(format!(
+                "a {} request cannot carry questions to the client",
+                self.request.method
+            )),
+            (Some(cap), _) if !self.request.declared(cap) => {
+                Some(format!("the client did not declare the {cap} capability"))
+            }
+            _ => None,
+        };
+        let held = self.held.clone()?;
+        let session = self.ends.session()?.clone();
+        if let Some(why) = refusal {
+            let _ = session
+                .send_raw_answer(&mrtr::answer_for_child(&asked_id, Err(&why)))
+                .await;
+            return None;
+        }
+        let question = mrtr::question_of(&asked);
+        match held.hold(
+            session,
+            self.stream.clone(),
+            asked_id.clone(),
+            question.clone(),
+            self.request.digest.clone(),
+            self.now_unix,
+        ) {
+            Ok(state) => {
+                // Held: the call outlives this response.
+                self.ends.0 = None;
+                Some(mrtr::input_required(&self.request.id, &question, &state))
+            }
+            Err(why) => {
+                let _ = self
+                    .ends
+                    .session()?
+                    .send_raw_answer(&mrtr::answer_for_child(&asked_id, Err(&why.to_string())))
+                    .await;
+                None
+            }
+        }
     }
 }
 
@@ -44,33 +164,119 @@ impl StdioBackend {
             // This revision defines no client notifications over HTTP: taken and dropped.
             return Ok(StatusCode::ACCEPTED.into_response());
         }
-        let anchor = self.modern_anchor(caller)?;
-        anchor.touch();
-        let init = self.initialized(&anchor).await?;
-        let hints = self.cache_hints;
-        if request.method == "server/discover" {
-            let answer = modern::discover(&request.id, &init, hints);
-            return Ok(modern::json_response(StatusCode::OK, answer));
-        }
-        let no = self
-            .next_session
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let session =
-            Session::attach_stateless(anchor.child().clone(), caller.subject().to_string(), no);
+        let now_unix = crate::clock::Clock::system().now();
         let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
-        let stream = session.new_stream(false, tx);
-        session
-            .send(msg, Some(stream))
+        let (session, stream, anchor) = match &request.request_state {
+            Some(state) => match self
+                .continue_held(caller, &request, state, now_unix)
+                .await?
+            {
+                Retry::Continue(held) => {
+                    held.stream.attach(tx, None);
+                    (held.session, held.stream, None)
+                }
+                Retry::AskAgain(answer) => {
+                    return Ok(modern::json_response(StatusCode::OK, answer));
+                }
+            },
+            None => {
+                let anchor = self.modern_anchor(caller)?;
+                anchor.touch();
+                let init = self.initialized(&anchor).await?;
+                if request.method == "server/discover" {
+                    let answer = modern::discover(&request.id, &init, self.cache_hints);
+                    return Ok(modern::json_response(StatusCode::OK, answer));
+                }
+                let no = self
+                    .next_session
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let session = Session::attach_stateless(
+                    anchor.child().clone(),
+                    String::new(),
+                    caller.subject().to_string(),
+                    no,
+                );
+                let stream = session.new_stream(false, tx);
+                session
+                    .send(msg, Some(stream.clone()))
+                    .await
+                    .map_err(|why| Refusal::Rpc(StatusCode::BAD_GATEWAY, why))?;
+                (session, stream, Some(anchor))
+            }
+        };
+        let exchange = Exchange {
+            rx,
+            ends: EndsWithResponse(Some(session)),
+            stream,
+            request,
+            hints: self.cache_hints,
+            held: self.held.clone(),
+            now_unix,
+        };
+        let answer = if wants_sse {
+            modern_sse(exchange)
+        } else {
+            modern_json(exchange).await
+        };
+        if let Some(anchor) = anchor {
+            anchor.touch();
+        }
+        Ok(answer)
+    }
+
+    /// A retry: the held call its `requestState` names, given the client's answer.
+    async fn continue_held(
+        &self,
+        caller: &Caller,
+        request: &Modern,
+        state: &str,
+        now_unix: u64,
+    ) -> Result<Retry, Refusal> {
+        let refused = |why: String| {
+            Refusal::Modern(modern::ModernRefusal::InvalidParams {
+                id: request.id.clone(),
+                why,
+            })
+        };
+        let held = self
+            .held
+            .as_ref()
+            .ok_or_else(|| refused("requestState was not made by this server".into()))?
+            .take(state, caller.subject(), &request.digest, now_unix)
+            .map_err(|e| refused(e.to_string()))?;
+        let answer = request
+            .input_responses
+            .as_ref()
+            .and_then(|r| r.get(mrtr::INPUT_KEY));
+        let Some(result) = answer else {
+            // Retried without the answer: asked again (the specification's advice), under a
+            // new state.
+            let holding = self
+                .held
+                .as_ref()
+                .ok_or_else(|| refused("requestState was not made by this server".into()))?;
+            let question = held.question.clone();
+            let state = holding
+                .hold(
+                    held.session,
+                    held.stream,
+                    held.asked_id,
+                    question.clone(),
+                    request.digest.clone(),
+                    now_unix,
+                )
+                .map_err(|e| refused(e.to_string()))?;
+            return Ok(Retry::AskAgain(mrtr::input_required(
+                &request.id,
+                &question,
+                &state,
+            )));
+        };
+        held.session
+            .send_raw_answer(&mrtr::answer_for_child(&held.asked_id, Ok(result)))
             .await
             .map_err(|why| Refusal::Rpc(StatusCode::BAD_GATEWAY, why))?;
-        let ends = EndsWithResponse(session);
-        let answer = if wants_sse {
-            modern_sse(rx, request, hints, ends)
-        } else {
-            modern_json(rx, &request, hints, ends).await
-        };
-        anchor.touch();
-        Ok(answer)
+        Ok(Retry::Continue(held))
     }
 
     /// The child's `initialize` result, sending the bridge's own `initialize` first when
@@ -109,7 +315,7 @@ impl StdioBackend {
     /// Runs the child's `initialize` and `notifications/initialized`.
     async fn initialize(&self, anchor: &Arc<Session>) -> Result<(), Refusal> {
         let failed = |why| Refusal::Rpc(StatusCode::BAD_GATEWAY, why);
-        let init = Message::parse(modern::initialize_request())
+        let init = Message::parse(modern::initialize_request(self.held.is_some()))
             .ok_or(failed("the initialize request could not be made"))?;
         let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
         let stream = anchor.new_stream(false, tx);
@@ -134,47 +340,37 @@ impl StdioBackend {
     }
 }
 
-/// The request's messages as SSE events: notifications about it, then its answer as a
-/// modern result, then the end of the stream.
-fn modern_sse(
-    rx: mpsc::Receiver<Bytes>,
-    request: Modern,
-    hints: CacheHints,
-    ends: EndsWithResponse,
-) -> Response {
-    let events = futures_util::stream::unfold(
-        (rx, request.method, ends),
-        move |(mut rx, method, ends)| async move {
-            let raw = rx.recv().await?;
-            let raw = match Message::parse(raw.clone()) {
-                Some(m) if m.kind == Kind::Response => modern::modernized(raw, &method, hints),
-                _ => raw,
-            };
-            Some((
-                Ok::<_, std::convert::Infallible>(modern::sse_event(&raw)),
-                (rx, method, ends),
-            ))
-        },
-    );
+/// The request's messages as SSE events: notifications about it, then its answer (or a
+/// question for the client), then the end of the stream.
+fn modern_sse(exchange: Exchange) -> Response {
+    let events = futures_util::stream::unfold(Some(exchange), |exchange| async move {
+        let mut exchange = exchange?;
+        let (event, rest) = match exchange.next().await {
+            Said::Event(raw) => (raw, Some(exchange)),
+            Said::Last(raw) => (raw, None),
+            Said::End => return None,
+        };
+        Some((
+            Ok::<_, std::convert::Infallible>(modern::sse_event(&event)),
+            rest,
+        ))
+    });
     super::event_stream(axum::body::Body::from_stream(events))
 }
 
-/// The request's answer as one JSON object (what else the child says about it is dropped:
-/// a JSON answer has no room for it).
-async fn modern_json(
-    mut rx: mpsc::Receiver<Bytes>,
-    request: &Modern,
-    hints: CacheHints,
-    _ends: EndsWithResponse,
-) -> Response {
-    while let Some(raw) = rx.recv().await {
-        if Message::parse(raw.clone()).is_some_and(|m| m.kind == Kind::Response) {
-            let answer = modern::modernized(raw, &request.method, hints);
-            return modern::json_response(StatusCode::OK, answer);
+/// The request's answer (or question) as one JSON object; notifications about the call are
+/// dropped (a JSON answer has no room for them).
+async fn modern_json(mut exchange: Exchange) -> Response {
+    loop {
+        match exchange.next().await {
+            Said::Event(_) => {}
+            Said::Last(raw) => return modern::json_response(StatusCode::OK, raw),
+            Said::End => {
+                return crate::error::jsonrpc_error(
+                    StatusCode::BAD_GATEWAY,
+                    "the MCP server ended without answering",
+                );
+            }
         }
     }
-    crate::error::jsonrpc_error(
-        StatusCode::BAD_GATEWAY,
-        "the MCP server ended without answering",
-    )
 }

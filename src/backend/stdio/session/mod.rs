@@ -95,9 +95,15 @@ impl Session {
         Self::attach_as(child, mcp_id, owner, no, false)
     }
 
-    /// A session for one modern request of `owner` on a multiplexed child.
-    pub fn attach_stateless(child: Arc<Child>, owner: String, no: u64) -> Arc<Session> {
-        Self::attach_as(child, String::new(), owner, no, true)
+    /// A session of modern requests of `owner` on a multiplexed child: one request's, or
+    /// (with an id) the one that keeps a user's modern child.
+    pub fn attach_stateless(
+        child: Arc<Child>,
+        mcp_id: String,
+        owner: String,
+        no: u64,
+    ) -> Arc<Session> {
+        Self::attach_as(child, mcp_id, owner, no, true)
     }
 
     fn attach_as(
@@ -253,6 +259,12 @@ impl Session {
             return Ok(());
         };
         self.child.send_raw(&raw).await
+    }
+
+    /// Sends this session's answer to a request the child asked it (built by the bridge).
+    pub async fn send_raw_answer(self: &Arc<Self>, raw: &Bytes) -> Result<(), &'static str> {
+        let msg = Message::parse(raw.clone()).ok_or("unreadable answer")?;
+        self.send(&msg, None).await
     }
 
     /// What goes to the child for `msg` (`None`: nothing), with its answers' routes set.

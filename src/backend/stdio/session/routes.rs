@@ -193,10 +193,9 @@ impl Routes {
         });
         if let Some(p) = one_busy {
             let (stream, session) = (p.stream.clone(), p.session.clone());
+            // A modern request's stream takes the question too: the bridge turns it into a
+            // multi round-trip result, or answers the child with an error.
             if let Some(id) = request_id {
-                if session.upgrade().is_some_and(|s| s.stateless) {
-                    return Route::Refuse(cannot_ask(&id));
-                }
                 self.remember_asked(id, session);
             }
             return Route::Stream(stream, raw, false);
@@ -205,9 +204,11 @@ impl Routes {
         let Some(id) = request_id else {
             return self.for_sessions(sessions, raw);
         };
-        if let ([], [only]) = (busy.as_slice(), sessions.as_slice())
-            && !only.stateless
-        {
+        if let ([], [only]) = (busy.as_slice(), sessions.as_slice()) {
+            // Modern clients are asked only while their request waits (above).
+            if only.stateless {
+                return Route::Refuse(cannot_ask(&id));
+            }
             self.remember_asked(id, Arc::downgrade(only));
             return self.for_sessions(sessions, raw);
         }
