@@ -872,6 +872,16 @@ pub struct Cli {
     )]
     pub session_idle_timeout: String,
 
+    /// How long a 2026-07-28 client may treat a stdio server's lists and reads as fresh
+    /// (`ttlMs` on tools/list, resources/read, server/discover…; 0: refetch every time).
+    #[arg(
+        help_heading = "Stdio servers",
+        long,
+        env = "STDIO_CACHE_TTL",
+        default_value = "0s"
+    )]
+    pub stdio_cache_ttl: String,
+
     /// The backend: an http(s) URL, or a stdio command and its arguments after `--`.
     // Not `allow_hyphen_values`: a mistyped `--flag` before the backend is an error naming it
     // (with the closest flag), not the first word of a stdio command. After the first word,

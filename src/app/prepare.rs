@@ -202,7 +202,10 @@ pub async fn prepare(
                     metrics.children.clone(),
                 )
                 .naming_replica(config.replica_id.as_deref())
-                .holding_calls(repo.keys().sealer.clone()),
+                .holding_calls(repo.keys().sealer.clone())
+                .with_cache_ttl(
+                    u64::try_from(config.stdio.cache_ttl.as_millis()).unwrap_or(u64::MAX),
+                ),
             )
         }
         _ => None,

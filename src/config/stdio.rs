@@ -58,6 +58,8 @@ pub struct StdioOptions {
     pub clean_env: bool,
     pub max_sessions: SessionLimits,
     pub idle_timeout: Duration,
+    /// `--stdio-cache-ttl`: the freshness modern clients are told of lists and reads.
+    pub cache_ttl: Duration,
     pub warm_spare: bool,
     /// One child for every session (`--stdio-mode shared`) instead of one each.
     pub shared: bool,
@@ -154,6 +156,7 @@ pub(super) fn stdio_options(cli: &Cli) -> Result<StdioOptions, ConfigError> {
             },
         },
         idle_timeout: parse_duration("--session-idle-timeout", &cli.session_idle_timeout)?,
+        cache_ttl: parse_duration("--stdio-cache-ttl", &cli.stdio_cache_ttl)?,
         warm_spare: cli.stdio_warm_spare,
         shared,
         identity_env,

@@ -18,7 +18,7 @@ import { TestProvider, connect } from './sdk-client.mjs';
 let proxy;
 
 before(async () => {
-  proxy = await startProxy({ command: everythingStdio() });
+  proxy = await startProxy({ command: everythingStdio(), args: ['--stdio-cache-ttl', '90s'] });
 });
 
 after(async () => {
@@ -73,6 +73,25 @@ test('a client pinned to 2026-07-28 discovers, lists and calls tools of a 2025 s
   );
   assert.ok(progress.length >= 2, `progress: ${JSON.stringify(progress)}`);
   assert.match(JSON.stringify(long.content), /completed/i);
+
+  // Closing the response stream is the cancellation: the child hears it at once.
+  const cancelled = () => proxy.logs.filter((l) => l.includes('requests cancelled at the MCP server')).length;
+  const before = cancelled();
+  const abort = new AbortController();
+  const started = new Promise((resolve) => {
+    client
+      .callTool(
+        { name: 'trigger-long-running-operation', arguments: { duration: 30, steps: 30 } },
+        { signal: abort.signal, onprogress: () => resolve() },
+      )
+      .catch(() => {});
+  });
+  await started;
+  abort.abort();
+  for (let i = 0; cancelled() === before; i++) {
+    assert.ok(i < 100, 'the child was not told of the cancellation');
+    await new Promise((r) => setTimeout(r, 50));
+  }
   await client.close();
 });
 
@@ -174,7 +193,7 @@ test('the 2026-07-28 HTTP rules: mirrored headers, versions, no GET or DELETE', 
   assert.equal(d.supportedVersions[0], '2026-07-28');
   assert.ok(d.capabilities.tools, JSON.stringify(d));
   assert.ok(d._meta['io.modelcontextprotocol/serverInfo'].name, JSON.stringify(d));
-  assert.equal(d.ttlMs, 0);
+  assert.equal(d.ttlMs, 90_000, '--stdio-cache-ttl');
   assert.equal(d.cacheScope, 'private');
 
   for (const method of ['GET', 'DELETE']) {

@@ -231,6 +231,9 @@ impl Session {
             // The session that was initializing the shared child left: the next one will.
             self.child.release_init();
         }
+        if !mine.is_empty() {
+            tracing::info!(child = %self.child.tag, requests = mine.len(), why, "requests cancelled at the MCP server");
+        }
         for p in mine {
             p.stream.try_deliver(exited_error(p.client_id(), why));
             p.stream.finish();
