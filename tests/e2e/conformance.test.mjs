@@ -202,6 +202,39 @@ test('server scenarios against /mcp with a stdio server behind the proxy', async
   }
 });
 
+/** The 2026-07-28 scenarios that need none of the conformance project's own fixture tools. */
+const MODERN_SCENARIOS = [
+  'server-stateless',
+  'tools-list',
+  'http-header-validation',
+  'dns-rebinding-protection',
+  'server-sse-multiple-streams',
+  'caching',
+];
+
+/** Checks of those scenarios that call the conformance project's diagnostic tools, which a
+ * real server does not have (our own tests cover the behaviour: tests/e2e/modern.test.mjs). */
+const NEEDS_FIXTURE_TOOLS = new Set([
+  'sep-2575-server-rejects-undeclared-capability',
+  'sep-2575-missing-capability-http-400',
+]);
+
+test('2026-07-28 server scenarios through the bridge', async () => {
+  const provider = new TestProvider(new Browser(), { password: SECRET });
+  const client = await connect(proxy.resource, provider);
+  await client.close();
+  const fwd = await tokenForwarder(provider.tokens().access_token);
+  try {
+    for (const scenario of MODERN_SCENARIOS) {
+      const r = await conformance(['server', '--url', fwd.url, '--scenario', scenario, '--spec-version', '2026-07-28']);
+      const checks = r.checks.filter((c) => !NEEDS_FIXTURE_TOOLS.has(c.id));
+      allPassed(`2026-07-28 ${scenario}`, { ...r, checks });
+    }
+  } finally {
+    await fwd.close();
+  }
+});
+
 test('without the forwarder the suite gets our 401, not the server', async () => {
   const r = await conformance(['server', '--url', proxy.resource, '--scenario', 'ping']);
   const failed = r.checks.filter((c) => c.status === 'FAILURE');

@@ -205,7 +205,7 @@ test('the 2026-07-28 HTTP rules: mirrored headers, versions, no GET or DELETE', 
   }
 });
 
-test('a requestState altered or used twice is refused; a capability not declared is not asked', async () => {
+test('a requestState altered or used twice is refused; a capability not declared is -32021', async () => {
   const provider = new TestProvider(new Browser());
   await (await connectModern(provider, { pin: '2026-07-28' })).close();
   const token = provider.tokens().access_token;
@@ -265,8 +265,10 @@ test('a requestState altered or used twice is refused; a capability not declared
   assert.equal(replayed.status, 400);
   assert.match(replayed.body.error.message, /already used/);
 
-  // A client that declared no elicitation is never asked: the child hears an error.
+  // A client that declared no elicitation is never asked: the call ends, and the client
+  // learns what it lacked.
   const undeclared = await post(call(5, {}));
-  assert.equal(undeclared.status, 200);
-  assert.notEqual(undeclared.body.result?.resultType, 'input_required', JSON.stringify(undeclared.body));
+  assert.equal(undeclared.status, 400, JSON.stringify(undeclared.body));
+  assert.equal(undeclared.body.error.code, -32021);
+  assert.deepEqual(undeclared.body.error.data.requiredCapabilities, { elicitation: {} });
 });

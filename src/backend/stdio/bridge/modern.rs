@@ -32,6 +32,16 @@ const VERSION_KEY: &str = "io.modelcontextprotocol/protocolVersion";
 const SERVER_INFO_KEY: &str = "io.modelcontextprotocol/serverInfo";
 const CAPABILITIES_KEY: &str = "io.modelcontextprotocol/clientCapabilities";
 
+/// Methods of the 2025 revisions that 2026-07-28 removed (sessions, the ping handshake,
+/// per-session log levels and subscriptions): a modern request for one is not found.
+const REMOVED: [&str; 5] = [
+    "initialize",
+    "ping",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+];
+
 /// Results that carry caching hints (specification, server/utilities/caching).
 const CACHEABLE: [&str; 6] = [
     "server/discover",
@@ -82,8 +92,11 @@ pub enum ModernRefusal {
     HeaderMismatch { id: Value, why: String },
     /// `-32022`: a version the bridge does not speak.
     UnsupportedVersion { id: Value, requested: String },
-    /// `-32602`: a retry's `requestState` cannot be used.
+    /// `-32602`: the request's `_meta` lacks what every request carries, or a retry's
+    /// `requestState` cannot be used.
     InvalidParams { id: Value, why: String },
+    /// `-32601` (HTTP 404): a method this revision removed.
+    MethodNotFound { id: Value, method: String },
 }
 
 impl IntoResponse for ModernRefusal {
@@ -97,6 +110,13 @@ impl IntoResponse for ModernRefusal {
                 "jsonrpc": "2.0", "id": id,
                 "error": {"code": -32602, "message": format!("Invalid params: {why}")},
             }),
+            Self::MethodNotFound { id, method } => {
+                let body = json!({
+                    "jsonrpc": "2.0", "id": id,
+                    "error": {"code": -32601, "message": format!("Method not found: {method} is not part of protocol 2026-07-28")},
+                });
+                return json_response(StatusCode::NOT_FOUND, body.to_string());
+            }
             Self::UnsupportedVersion { id, requested } => json!({
                 "jsonrpc": "2.0", "id": id,
                 "error": {
@@ -139,8 +159,9 @@ pub(super) fn is_modern(headers: &HeaderMap, body: &Value) -> bool {
         v.to_str()
             .is_ok_and(|v| !super::SUPPORTED_VERSIONS.contains(&v.trim()))
     });
+    // A legacy `initialize` names its version in `params.protocolVersion`, never in `_meta`.
     let initialize = body.get("method").and_then(Value::as_str) == Some("initialize");
-    !initialize && (meta_version(body).is_some() || header_modern)
+    header_modern || (!initialize && meta_version(body).is_some())
 }
 
 /// The one value of `name`, if present; a repeated or unreadable one is refused (a load
@@ -194,11 +215,22 @@ pub(super) fn check(headers: &HeaderMap, body: &Value) -> Result<Modern, ModernR
         .ok_or_else(|| mismatch("the body is not a request or notification".into()))?;
     let header_version = single(headers, "mcp-protocol-version", &id)?
         .ok_or_else(|| mismatch("MCP-Protocol-Version is missing".into()))?;
-    let Some(version) = meta_version(body) else {
-        return Err(mismatch(format!(
-            "MCP-Protocol-Version is {header_version} but the body's _meta names no protocol version"
-        )));
+    let invalid = |why: &str| ModernRefusal::InvalidParams {
+        id: id.clone(),
+        why: why.to_string(),
     };
+    let is_request = body.get("id").is_some();
+    let meta = body.pointer("/params/_meta");
+    let Some(version) = meta_version(body) else {
+        return Err(invalid(
+            "params._meta must name io.modelcontextprotocol/protocolVersion",
+        ));
+    };
+    if is_request && meta.and_then(|m| m.get(CAPABILITIES_KEY)).is_none() {
+        return Err(invalid(
+            "params._meta must carry io.modelcontextprotocol/clientCapabilities",
+        ));
+    }
     if header_version != version {
         return Err(mismatch(format!(
             "MCP-Protocol-Version header value '{header_version}' does not match body value '{version}'"
@@ -210,7 +242,12 @@ pub(super) fn check(headers: &HeaderMap, body: &Value) -> Result<Modern, ModernR
             requested: version.to_string(),
         });
     }
-    let is_request = body.get("id").is_some();
+    if REMOVED.contains(&method) {
+        return Err(ModernRefusal::MethodNotFound {
+            id,
+            method: method.to_string(),
+        });
+    }
     if is_request {
         match single(headers, "mcp-method", &id)? {
             Some(m) if m == method => {}
@@ -375,6 +412,7 @@ mod tests {
             Err(ModernRefusal::HeaderMismatch { .. }) => -32020,
             Err(ModernRefusal::UnsupportedVersion { .. }) => -32022,
             Err(ModernRefusal::InvalidParams { .. }) => -32602,
+            Err(ModernRefusal::MethodNotFound { .. }) => -32601,
         }
     }
 

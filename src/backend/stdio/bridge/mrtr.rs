@@ -278,6 +278,26 @@ pub(super) fn input_required(id: &Value, question: &Value, request_state: &str) 
     )
 }
 
+/// `MissingRequiredClientCapability` (specification basic/index, "Error Codes").
+pub(super) const MISSING_CAPABILITY: i64 = -32021;
+
+/// The error answering request `id` whose call needs `capability`, which its client did not
+/// declare.
+pub(super) fn missing_capability(id: &Value, capability: &str) -> Bytes {
+    Bytes::from(
+        json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {
+                "code": MISSING_CAPABILITY,
+                "message": format!("Missing required client capability: {capability}"),
+                "data": { "requiredCapabilities": { capability: {} } },
+            },
+        })
+        .to_string(),
+    )
+}
+
 /// The child's question as an input request: its method and parameters, nothing else.
 pub(super) fn question_of(asked: &Value) -> Value {
     let mut q = json!({ "method": asked.get("method").cloned().unwrap_or(Value::Null) });

@@ -103,6 +103,7 @@ impl Exchange {
             .get("method")
             .and_then(Value::as_str)
             .unwrap_or_default();
+        let session = self.ends.session()?.clone();
         let refusal = match (mrtr::capability_for(method), &self.held) {
             (None, _) => Some(format!("{method} is not something a client answers")),
             (Some(_), None) => Some("this proxy cannot relay questions to its client".to_string()),
@@ -111,18 +112,23 @@ impl Exchange {
                 self.request.method
             )),
             (Some(cap), _) if !self.request.declared(cap) => {
-                Some(format!("the client did not declare the {cap} capability"))
+                // The call needs what the client lacks: it ends here (the child hears the
+                // refusal, then the cancellation), and the client learns what was missing.
+                let why = format!("the client did not declare the {cap} capability");
+                let _ = session
+                    .send_raw_answer(&mrtr::answer_for_child(&asked_id, Err(&why)))
+                    .await;
+                return Some(mrtr::missing_capability(&self.request.id, cap));
             }
             _ => None,
         };
-        let held = self.held.clone()?;
-        let session = self.ends.session()?.clone();
         if let Some(why) = refusal {
             let _ = session
                 .send_raw_answer(&mrtr::answer_for_child(&asked_id, Err(&why)))
                 .await;
             return None;
         }
+        let held = self.held.clone()?;
         let question = mrtr::question_of(&asked);
         match held.hold(
             session,
@@ -213,11 +219,7 @@ impl StdioBackend {
             held: self.held.clone(),
             now_unix,
         };
-        let answer = if wants_sse {
-            modern_sse(exchange)
-        } else {
-            modern_json(exchange).await
-        };
+        let answer = respond(exchange, wants_sse).await;
         if let Some(anchor) = anchor {
             anchor.touch();
         }
@@ -340,10 +342,30 @@ impl StdioBackend {
     }
 }
 
-/// The request's messages as SSE events: notifications about it, then its answer (or a
-/// question for the client), then the end of the stream.
-fn modern_sse(exchange: Exchange) -> Response {
-    let events = futures_util::stream::unfold(Some(exchange), |exchange| async move {
+/// The response to a modern request. An answer that comes before anything else is one JSON
+/// object (its HTTP status from its error: 404 for a method the server does not have, 400
+/// for a capability the client did not declare); a call that reports progress first
+/// streams, when the client accepts a stream.
+async fn respond(mut exchange: Exchange, wants_sse: bool) -> Response {
+    let first = match exchange.next().await {
+        Said::Last(raw) => return json_answer(raw),
+        Said::End => return ended(),
+        Said::Event(raw) => raw,
+    };
+    if !wants_sse {
+        // A JSON answer has no room for notifications: only the answer counts.
+        loop {
+            match exchange.next().await {
+                Said::Event(_) => {}
+                Said::Last(raw) => return json_answer(raw),
+                Said::End => return ended(),
+            }
+        }
+    }
+    let first = futures_util::stream::once(async move {
+        Ok::<_, std::convert::Infallible>(modern::sse_event(&first))
+    });
+    let rest = futures_util::stream::unfold(Some(exchange), |exchange| async move {
         let mut exchange = exchange?;
         let (event, rest) = match exchange.next().await {
             Said::Event(raw) => (raw, Some(exchange)),
@@ -355,22 +377,26 @@ fn modern_sse(exchange: Exchange) -> Response {
             rest,
         ))
     });
-    super::event_stream(axum::body::Body::from_stream(events))
+    super::event_stream(axum::body::Body::from_stream(
+        futures_util::StreamExt::chain(first, rest),
+    ))
 }
 
-/// The request's answer (or question) as one JSON object; notifications about the call are
-/// dropped (a JSON answer has no room for them).
-async fn modern_json(mut exchange: Exchange) -> Response {
-    loop {
-        match exchange.next().await {
-            Said::Event(_) => {}
-            Said::Last(raw) => return modern::json_response(StatusCode::OK, raw),
-            Said::End => {
-                return crate::error::jsonrpc_error(
-                    StatusCode::BAD_GATEWAY,
-                    "the MCP server ended without answering",
-                );
-            }
-        }
-    }
+fn json_answer(raw: Bytes) -> Response {
+    let code = serde_json::from_slice::<Value>(&raw)
+        .ok()
+        .and_then(|v| v.pointer("/error/code").and_then(Value::as_i64));
+    let status = match code {
+        Some(-32601) => StatusCode::NOT_FOUND,
+        Some(mrtr::MISSING_CAPABILITY) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::OK,
+    };
+    modern::json_response(status, raw)
+}
+
+fn ended() -> Response {
+    crate::error::jsonrpc_error(
+        StatusCode::BAD_GATEWAY,
+        "the MCP server ended without answering",
+    )
 }
