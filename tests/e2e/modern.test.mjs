@@ -116,6 +116,29 @@ test('sampling and elicitation of a 2025 child reach a 2026-07-28 client as mult
   await client.close();
 });
 
+test('subscriptions/listen carries the list changes of a 2025 child, tagged with the subscription', async () => {
+  const provider = new TestProvider(new Browser());
+  const client = await connectModern(provider, { pin: '2026-07-28' });
+  const changed = new Promise((resolve) =>
+    client.setNotificationHandler('notifications/resources/list_changed', (n) => resolve(n)),
+  );
+  const sub = await client.listen({ resourcesListChanged: true, promptsListChanged: true });
+  assert.deepEqual(sub.honoredFilter, { resourcesListChanged: true, promptsListChanged: true });
+  // A new resource at the child (server-everything registers one per gzip call).
+  await client.callTool({
+    name: 'gzip-file-as-resource',
+    arguments: { name: 'hello.txt.gz', data: 'data:text/plain;base64,aGVsbG8=', outputType: 'resourceLink' },
+  });
+  const n = await Promise.race([
+    changed,
+    new Promise((_, reject) => setTimeout(() => reject(new Error('no list change within 10 s')), 10_000)),
+  ]);
+  assert.equal(n.method, 'notifications/resources/list_changed');
+  await sub.close();
+  assert.equal(await sub.closed, 'local');
+  await client.close();
+});
+
 test('the same client in auto mode speaks 2026-07-28, and in legacy mode 2025', async () => {
   const provider = new TestProvider(new Browser());
   for (const [mode, era] of [['auto', 'modern'], ['legacy', 'legacy']]) {

@@ -26,6 +26,7 @@ use crate::error::jsonrpc_error;
 use crate::gate::Caller;
 
 pub mod legacy;
+mod listen;
 pub mod modern;
 mod mrtr;
 pub mod refusal;
@@ -85,6 +86,8 @@ pub struct StdioBackend {
     replica: String,
     /// Modern calls waiting for their clients' answers (none without a key to seal with).
     held: Option<Arc<mrtr::HeldCalls>>,
+    /// Open `subscriptions/listen` streams.
+    listeners: listen::Listeners,
 }
 
 fn accepts_sse(headers: &HeaderMap) -> bool {
@@ -122,6 +125,7 @@ impl StdioBackend {
             cache_hints: modern::CacheHints::default(),
             replica: String::new(),
             held: None,
+            listeners: listen::Listeners::default(),
         };
         backend.refill_spare();
         backend

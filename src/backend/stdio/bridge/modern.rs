@@ -16,8 +16,8 @@
 //! `server/discover` is answered from the child's `initialize` result.
 //!
 //! The child's questions to its client (sampling, elicitation, roots) reach modern clients
-//! as multi round-trip results ([`super::mrtr`]). Not relayed yet (so not advertised):
-//! list-changed and resource subscriptions (`subscriptions/listen`).
+//! as multi round-trip results ([`super::mrtr`]); its list changes and resource updates
+//! through `subscriptions/listen` ([`super::listen`]).
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -294,21 +294,13 @@ pub(super) fn check(headers: &HeaderMap, body: &Value) -> Result<Modern, ModernR
 }
 
 /// The `server/discover` answer (specification, server/discover) from the child's
-/// `initialize` result: what the child offers, less what the bridge cannot relay yet
-/// (list-changed and resource subscriptions).
+/// `initialize` result: what the child offers (its list changes and resource updates reach
+/// modern clients through `subscriptions/listen`).
 pub(super) fn discover(id: &Value, init: &Value, hints: CacheHints) -> Bytes {
-    let mut capabilities = init
+    let capabilities = init
         .get("capabilities")
         .cloned()
         .unwrap_or_else(|| json!({}));
-    if let Some(caps) = capabilities.as_object_mut() {
-        for (_, cap) in caps.iter_mut() {
-            if let Some(cap) = cap.as_object_mut() {
-                cap.remove("listChanged");
-                cap.remove("subscribe");
-            }
-        }
-    }
     let mut result = Map::new();
     result.insert("resultType".into(), json!("complete"));
     result.insert("supportedVersions".into(), json!(supported_versions()));
@@ -517,7 +509,7 @@ mod tests {
     }
 
     #[test]
-    fn discover_offers_what_the_child_offers_less_subscriptions() {
+    fn discover_offers_what_the_child_offers() {
         let init = json!({
             "protocolVersion": "2025-11-25",
             "capabilities": {"tools": {"listChanged": true}, "resources": {"subscribe": true}, "logging": {}},
@@ -528,10 +520,7 @@ mod tests {
             serde_json::from_slice(&discover(&json!("d"), &init, CacheHints::default())).unwrap();
         let r = &out["result"];
         assert_eq!(r["supportedVersions"][0], "2026-07-28");
-        assert_eq!(
-            r["capabilities"],
-            json!({"tools": {}, "resources": {}, "logging": {}})
-        );
+        assert_eq!(r["capabilities"], init["capabilities"]);
         assert_eq!(r["_meta"][SERVER_INFO_KEY]["name"], "everything");
         assert_eq!(r["instructions"], "hi");
         assert_eq!(r["ttlMs"], 0);

@@ -193,6 +193,9 @@ impl StdioBackend {
                     let answer = modern::discover(&request.id, &init, self.cache_hints);
                     return Ok(modern::json_response(StatusCode::OK, answer));
                 }
+                if request.method == "subscriptions/listen" {
+                    return self.listen(&anchor, &request, body, &init, wants_sse).await;
+                }
                 let no = self
                     .next_session
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -229,12 +229,15 @@ impl Child {
             .unwrap_or(0)
     }
 
-    /// Whether a request is waiting for the child with someone listening for the answer.
+    /// Whether someone is listening: a request waits for the child with its client still
+    /// there, or a session's stream of the child's notifications is open.
     pub fn busy(&self) -> bool {
-        self.routes
-            .lock()
-            .map(|r| r.pending.iter().any(|p| p.stream.has_live()))
-            .unwrap_or(false)
+        let sessions = match self.routes.lock() {
+            Ok(r) if r.pending.iter().any(|p| p.stream.has_live()) => return true,
+            Ok(r) => r.live_sessions(),
+            Err(_) => return false,
+        };
+        sessions.iter().any(|s| s.has_live_get_stream())
     }
 
     /// Waits until the child has been stopped and reaped.

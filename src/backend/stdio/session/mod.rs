@@ -185,6 +185,14 @@ impl Session {
         quiet && !get_live && !waiting_live
     }
 
+    /// Whether a client reads this session's stream of the child's notifications.
+    pub fn has_live_get_stream(&self) -> bool {
+        self.get
+            .lock()
+            .map(|g| g.stream.as_ref().is_some_and(|s| s.has_live()))
+            .unwrap_or(false)
+    }
+
     fn owns(&self, p: &Pending) -> bool {
         std::ptr::eq(p.session.as_ptr(), self)
     }
@@ -392,7 +400,16 @@ impl Session {
     /// Opens a new GET stream feeding `tx`; the backlog comes first. A previous GET stream
     /// of the session ends.
     pub fn open_get_stream(&self, tx: mpsc::Sender<Bytes>) {
-        let stream = self.new_stream(true, tx);
+        self.open_get_stream_as(true, tx);
+    }
+
+    /// [`Self::open_get_stream`] of raw messages (a modern subscription frames its own).
+    pub fn open_raw_get_stream(&self, tx: mpsc::Sender<Bytes>) {
+        self.open_get_stream_as(false, tx);
+    }
+
+    fn open_get_stream_as(&self, sse: bool, tx: mpsc::Sender<Bytes>) {
+        let stream = self.new_stream(sse, tx);
         if let Ok(mut g) = self.get.lock() {
             while let Some(m) = g.backlog.pop_front() {
                 stream.try_deliver(m);
