@@ -12,6 +12,11 @@ import { Browser, everythingStdio, freePorts, startEverything, startProxy } from
 import { startNginx } from './nginx.mjs';
 import { startPostgres } from './postgres.mjs';
 import { TestProvider, connect } from './sdk-client.mjs';
+import {
+  Client as ModernClient,
+  StreamableHTTPClientTransport as ModernTransport,
+  UnauthorizedError as ModernUnauthorized,
+} from '@modelcontextprotocol/client';
 
 let pg;
 let upstream;
@@ -30,6 +35,7 @@ ${ids.map((id) => `    ${id} ${upstreamOf(id)};`).join('\n')}
     default ${name};
   }
   upstream ${name} {
+    hash $http_authorization consistent;
     ${ports.map((p) => `server 127.0.0.1:${p};`).join('\n    ')}
   }
 ${ids.map((id, i) => `  upstream ${upstreamOf(id)} { server 127.0.0.1:${ports[i]}; }`).join('\n')}
@@ -132,4 +138,63 @@ test('a stdio session sent to the replica that does not hold it gets 404, and th
   const { tools } = await again.listTools();
   assert.ok(tools.some((t) => t.name === 'echo'));
   await again.close();
+});
+
+test('2026-07-28 through the pair: a question and its retry stay on one replica; a retry elsewhere is told where', async () => {
+  const provider = new TestProvider(new Browser());
+  const resource = `${fronts.stdio}/mcp`;
+  const make = () => new ModernClient({ name: 'e2e-v2', version: '1.0.0' }, { capabilities: { elicitation: {} }, versionNegotiation: { mode: { pin: '2026-07-28' } } });
+  const transport = () => new ModernTransport(new URL(resource), { authProvider: provider });
+  let client = make();
+  try {
+    await client.connect(transport());
+  } catch (e) {
+    if (!(e instanceof ModernUnauthorized)) throw e;
+    await transport().finishAuth(provider.code, provider.iss);
+    client = make();
+    await client.connect(transport());
+  }
+  client.setRequestHandler('elicitation/create', async () => ({ action: 'decline' }));
+  for (let i = 0; i < 3; i++) {
+    const r = await client.callTool({ name: 'trigger-elicitation-request', arguments: {} });
+    assert.match(JSON.stringify(r.content), /decline/i);
+  }
+  await client.close();
+
+  // Straight to the replicas: the question from one, the retry at the other.
+  const call = (id, extra = {}) => ({
+    jsonrpc: '2.0', id, method: 'tools/call',
+    params: {
+      name: 'trigger-elicitation-request', arguments: {}, ...extra,
+      _meta: { 'io.modelcontextprotocol/protocolVersion': '2026-07-28', 'io.modelcontextprotocol/clientCapabilities': { elicitation: {} } },
+    },
+  });
+  const post = async (replica, body) => {
+    const r = await fetch(replica.url('/mcp'), {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${provider.tokens().access_token}`,
+        'content-type': 'application/json',
+        accept: 'application/json',
+        'mcp-protocol-version': '2026-07-28',
+        'mcp-method': 'tools/call',
+        'mcp-name': 'trigger-elicitation-request',
+        'x-forwarded-host': new URL(fronts.stdio).host,
+        'x-forwarded-proto': 'http',
+      },
+      body: JSON.stringify(body),
+    });
+    return { status: r.status, body: await r.json() };
+  };
+  const [a, b] = replicas.stdio;
+  const asked = await post(a, call(1));
+  assert.equal(asked.body.result?.resultType, 'input_required', JSON.stringify(asked.body));
+  const { requestState, inputRequests } = asked.body.result;
+  const answer = { requestState, inputResponses: { [Object.keys(inputRequests)[0]]: { action: 'decline' } } };
+  const elsewhere = await post(b, call(2, answer));
+  assert.equal(elsewhere.status, 400);
+  assert.equal(elsewhere.body.error.code, -32602);
+  assert.match(elsewhere.body.error.message, /held by replica stdio-0/);
+  const done = await post(a, call(3, answer));
+  assert.equal(done.body.result?.resultType, 'complete', JSON.stringify(done.body));
 });

@@ -1,7 +1,8 @@
 //! The replicas' compose example: `docs/docker/nginx-replicas.conf` run by Debian's nginx, as
 //! written but for the addresses (the compose service names become two local servers that
 //! say who they are, the certificate a throwaway one for 127.0.0.1). A stdio session's
-//! requests must reach the replica its id names; everything else may reach either.
+//! requests must reach the replica its id names; a client's other requests stay on one
+//! replica, chosen by its token, and clients spread over both.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -136,8 +137,11 @@ async fn the_documented_nginx_configuration_keeps_a_stdio_session_on_its_replica
         .build()
         .unwrap();
     let url = format!("https://127.0.0.1:{port}/mcp");
-    let ask = async |session: Option<&str>| -> Value {
+    let ask = async |session: Option<&str>, token: &str| -> Value {
         let mut r = client.post(&url).body("{}");
+        if !token.is_empty() {
+            r = r.bearer_auth(token);
+        }
         if let Some(s) = session {
             r = r.header("mcp-session-id", s);
         }
@@ -158,28 +162,50 @@ async fn the_documented_nginx_configuration_keeps_a_stdio_session_on_its_replica
     }
     assert!(started, "nginx did not answer");
 
-    let mut reached = BTreeMap::<String, usize>::new();
-    for _ in 0..10 {
-        let said = ask(Some("proxy-b.0123456789abcdef")).await;
+    for n in 0..10 {
+        let token = format!("token-{n}");
+        let said = ask(Some("proxy-b.0123456789abcdef"), &token).await;
         assert_eq!(said["replica"], "proxy-b", "a session of proxy-b: {said}");
-        let said = ask(Some("proxy-a.fedcba9876543210")).await;
+        let said = ask(Some("proxy-a.fedcba9876543210"), &token).await;
         assert_eq!(said["replica"], "proxy-a", "a session of proxy-a: {said}");
     }
-    // Without a session, or with one no replica's id names, requests spread over both.
-    for session in [None, Some("unknown-replica.0123"), Some("no-prefix")] {
-        for _ in 0..8 {
-            let said = ask(session).await;
-            *reached
-                .entry(said["replica"].as_str().unwrap().to_string())
-                .or_default() += 1;
+    // Without a session (or with one no replica's id names) a client stays on one replica,
+    // chosen by its token, and clients spread over both.
+    let mut reached = BTreeMap::<String, usize>::new();
+    for n in 0..16 {
+        let token = format!("client-{n}");
+        let mut own = None;
+        for session in [None, Some("unknown-replica.0123"), Some("no-prefix")] {
+            let said = ask(session, &token).await;
             assert_eq!(said["forwarded_proto"], "https");
             assert_eq!(said["forwarded_for"], "127.0.0.1");
+            let replica = said["replica"].as_str().unwrap().to_string();
+            assert_eq!(
+                own.get_or_insert_with(|| replica.clone()),
+                &replica,
+                "{token} moved"
+            );
         }
+        *reached.entry(own.unwrap()).or_default() += 1;
     }
     assert_eq!(
         reached.keys().collect::<Vec<_>>(),
         ["proxy-a", "proxy-b"],
-        "round robin over both: {reached:?}"
+        "clients spread over both: {reached:?}"
+    );
+    // Requests without a token (sign-in pages, registration, the token endpoint) go round
+    // robin: nginx's hash falls back to it for an empty key.
+    let mut anonymous = BTreeMap::<String, usize>::new();
+    for _ in 0..8 {
+        let said = ask(None, "").await;
+        *anonymous
+            .entry(said["replica"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        anonymous.values().copied().collect::<Vec<_>>(),
+        [4, 4],
+        "{anonymous:?}"
     );
     front.stop().await;
 }
