@@ -2,8 +2,10 @@
 # Benchmark of the stdio bridge: tools/call (echo) on server-everything (stdio),
 # 16 connections sharing one MCP session (wrk -t2 -c16, unique JSON-RPC ids), through
 # mcp-auth-proxy vs through supergateway --stateful (streamable HTTP), vs the same server
-# driven straight over stdio with 16 requests in flight (the ceiling). Interleaved rounds;
-# median and spread. Then the proxy's memory per idle session (children excluded).
+# driven straight over stdio with 16 requests in flight (the ceiling); and the same call as
+# a stateless MCP 2026-07-28 request (no session, 16 connections) through the proxy.
+# Interleaved rounds; median and spread. Then the proxy's memory per idle session (children
+# excluded) and the children the proxy runs.
 #
 # Usage: bash bench/stdio.sh [ROUNDS] [SECONDS]
 set -euo pipefail
@@ -44,14 +46,15 @@ SID_OURS=$(init_session "http://127.0.0.1:$OURS/mcp" "$TOKEN")
 SID_SHARED=$(init_session "http://127.0.0.1:$SHARED/mcp" "$TOKEN_SHARED")
 SID_SGW=$(init_session "http://127.0.0.1:$SGW/mcp")
 
-wrk_rps() { # url auth session
-  BENCH_AUTH="$2" BENCH_SESSION="$3" wrk -t2 -c16 -d"${SECS}s" --latency -s bench/tools-call.lua "$1" \
+wrk_rps() { # url auth session [script]
+  BENCH_AUTH="$2" BENCH_SESSION="$3" wrk -t2 -c16 -d"${SECS}s" --latency -s "${4:-bench/tools-call.lua}" "$1" \
     | awk '/Requests\/sec/{rps=$2} /Non-2xx/{bad=$NF} $1=="50%"{p50=$2} $1=="99%"{p99=$2} END{print rps, p50, p99, (bad?bad" non-2xx":"ok")}'
 }
 declare -A R
 for round in $(seq "$ROUNDS"); do
   r=$(node bench/node/stdio-ceiling.mjs "$SECS" 16); echo "round $round straight-stdio: $r" >&2; R[stdio]+="$r "
   r=$(wrk_rps "http://127.0.0.1:$OURS/mcp" "Bearer $TOKEN" "$SID_OURS"); echo "round $round mcp-auth-proxy: $r" >&2; R[ours]+="${r%% *} "; R[ours_lat]+="${r#* };"
+  r=$(wrk_rps "http://127.0.0.1:$OURS/mcp" "Bearer $TOKEN" "" bench/tools-call-modern.lua); echo "round $round mcp-auth-proxy-2026: $r" >&2; R[modern]+="${r%% *} "; R[modern_lat]+="${r#* };"
   r=$(wrk_rps "http://127.0.0.1:$SHARED/mcp" "Bearer $TOKEN_SHARED" "$SID_SHARED"); echo "round $round mcp-auth-proxy-shared: $r" >&2; R[shared]+="${r%% *} "; R[shared_lat]+="${r#* };"
   r=$(wrk_rps "http://127.0.0.1:$SGW/mcp" "" "$SID_SGW"); echo "round $round supergateway: $r" >&2; R[sgw]+="${r%% *} "; R[sgw_lat]+="${r#* };"
 done
@@ -61,8 +64,14 @@ echo "| path | req/s (median, min–max) | p50 / p99 per round |"
 echo "|---|---|---|"
 echo "| straight stdio (ceiling) | $(median "${R[stdio]}") | — |"
 echo "| mcp-auth-proxy | $(median "${R[ours]}") | ${R[ours_lat]} |"
+echo "| mcp-auth-proxy, 2026-07-28 stateless | $(median "${R[modern]}") | ${R[modern_lat]} |"
 echo "| mcp-auth-proxy --stdio-mode shared | $(median "${R[shared]}") | ${R[shared_lat]} |"
 echo "| supergateway --stateful | $(median "${R[sgw]}") | ${R[sgw_lat]} |"
+
+# The children the proxy runs after all that: one for the legacy session, one for the user's
+# stateless requests (every one of them), however many requests were made.
+echo
+echo "children of the proxy: $(pgrep -P "$OURS_PID" | wc -l) (one legacy session, one user's 2026-07-28 requests)"
 
 # Memory per idle session: RSS growth of the proxy for N more sessions (children excluded).
 N=50

@@ -295,3 +295,43 @@ test('a requestState altered or used twice is refused; a capability not declared
   assert.equal(undeclared.body.error.code, -32021);
   assert.deepEqual(undeclared.body.error.data.requiredCapabilities, { elicitation: {} });
 });
+
+test('a stdio server that speaks 2026-07-28 itself is relayed as it is, and 2025 clients still reach it', async () => {
+  const fixture = ['node', new URL('./fixtures/v2-stdio-server.mjs', import.meta.url).pathname];
+  const v2 = await startProxy({ command: fixture });
+  try {
+    const provider = new TestProvider(new Browser());
+    const make = () => new ModernClient({ name: 'e2e-v2', version: '1.0.0' }, { versionNegotiation: { mode: { pin: '2026-07-28' } } });
+    const transport = () => new ModernTransport(new URL(v2.resource), { authProvider: provider });
+    let client = make();
+    try {
+      await client.connect(transport());
+    } catch (e) {
+      if (!(e instanceof ModernUnauthorized)) throw e;
+      await transport().finishAuth(provider.code, provider.iss);
+      client = make();
+      await client.connect(transport());
+    }
+    assert.equal(client.getProtocolEra(), 'modern');
+    const r = await client.callTool({ name: 'whoami', arguments: { message: 'modern' } });
+    assert.match(r.content[0].text, /v2 fixture: modern/);
+    // Its subscription stream comes back through the bridge: the server's own
+    // acknowledgement, tagged with the client's request id.
+    const sub = await client.listen({ toolsListChanged: true });
+    assert.deepEqual(sub.honoredFilter, { toolsListChanged: true });
+    await sub.close();
+    await client.close();
+    // The proxy did not initialize that child: it answered server/discover itself.
+    assert.ok(
+      v2.logs.some((l) => l.includes('speaks 2026-07-28')),
+      'the proxy logs that the server is modern',
+    );
+
+    const legacy = await connect(v2.resource, new TestProvider(new Browser()));
+    const l = await legacy.callTool({ name: 'whoami', arguments: { message: 'legacy' } });
+    assert.match(l.content[0].text, /v2 fixture: legacy/);
+    await legacy.close();
+  } finally {
+    await v2.stop();
+  }
+});

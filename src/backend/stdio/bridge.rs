@@ -88,6 +88,8 @@ pub struct StdioBackend {
     held: Option<Arc<mrtr::HeldCalls>>,
     /// Open `subscriptions/listen` streams.
     listeners: listen::Listeners,
+    /// Whether the stdio server speaks 2026-07-28 itself, once known.
+    child_era: std::sync::OnceLock<stateless::ChildEra>,
 }
 
 fn accepts_sse(headers: &HeaderMap) -> bool {
@@ -126,6 +128,7 @@ impl StdioBackend {
             replica: String::new(),
             held: None,
             listeners: listen::Listeners::default(),
+            child_era: std::sync::OnceLock::new(),
         };
         backend.refill_spare();
         backend

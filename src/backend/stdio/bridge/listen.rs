@@ -186,7 +186,6 @@ impl StdioBackend {
         &self,
         anchor: &Arc<Session>,
         request: &Modern,
-        body: &Value,
         init: &Value,
         wants_sse: bool,
     ) -> Result<Response, Refusal> {
@@ -201,7 +200,7 @@ impl StdioBackend {
             "too many subscriptions are open: close one first",
         ))?;
         let filter = Filter::honoured(
-            body.pointer("/params/notifications"),
+            request.params.as_ref().and_then(|p| p.get("notifications")),
             init.get("capabilities"),
         );
         let no = self

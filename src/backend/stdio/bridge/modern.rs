@@ -68,14 +68,19 @@ pub(super) struct Modern {
     pub is_request: bool,
     /// `_meta`'s client capabilities: what the child may ask this request's client.
     pub capabilities: Value,
-    /// The method and parameters a retry must repeat (see [`super::mrtr`]).
-    pub digest: String,
+    /// The request's parameters (what a retry must repeat, see [`super::mrtr`]).
+    pub params: Option<Value>,
     /// A retry's `requestState` and `inputResponses`.
     pub request_state: Option<String>,
     pub input_responses: Option<Value>,
 }
 
 impl Modern {
+    /// The method and parameters, as a retry must repeat them.
+    pub fn digest(&self) -> String {
+        super::mrtr::call_digest(&self.method, self.params.as_ref())
+    }
+
     /// Whether the client declared `capability`.
     pub fn declared(&self, capability: &str) -> bool {
         self.capabilities
@@ -276,7 +281,6 @@ pub(super) fn check(headers: &HeaderMap, body: &Value) -> Result<Modern, ModernR
     }
     let params = body.get("params");
     Ok(Modern {
-        digest: super::mrtr::call_digest(method, params),
         capabilities: params
             .and_then(|p| p.pointer("/_meta"))
             .and_then(|m| m.get(CAPABILITIES_KEY))
@@ -287,6 +291,7 @@ pub(super) fn check(headers: &HeaderMap, body: &Value) -> Result<Modern, ModernR
             .and_then(Value::as_str)
             .map(str::to_string),
         input_responses: params.and_then(|p| p.get("inputResponses")).cloned(),
+        params: params.cloned(),
         id,
         method: method.to_string(),
         is_request,
@@ -316,7 +321,11 @@ pub(super) fn discover(id: &Value, init: &Value, hints: CacheHints) -> Bytes {
 }
 
 fn add_hints(result: &mut Map<String, Value>, method: &str, hints: CacheHints) {
-    if CACHEABLE.contains(&method) {
+    // Interim (`input_required`) results are not cacheable (the caching page).
+    let complete = result
+        .get("resultType")
+        .is_none_or(|t| t.as_str() == Some("complete"));
+    if complete && CACHEABLE.contains(&method) {
         result.entry("ttlMs").or_insert_with(|| json!(hints.ttl_ms));
         result
             .entry("cacheScope")
@@ -328,6 +337,16 @@ fn add_hints(result: &mut Map<String, Value>, method: &str, hints: CacheHints) {
 /// the call the child answers): `resultType` (absent in the 2025 revisions) and the caching
 /// hints of cacheable methods. Errors keep their content; anything unreadable passes as it is.
 pub(super) fn modernized(raw: Bytes, id: &Value, method: &str, hints: CacheHints) -> Bytes {
+    let answered_id = super::super::framing::value_text(&raw, &["id"]);
+    let same_id =
+        answered_id.is_some_and(|a| serde_json::from_str::<Value>(a).ok().as_ref() == Some(id));
+    if same_id && !CACHEABLE.contains(&method) {
+        // The common case (a call answered): only `resultType` to add, spliced in without
+        // re-encoding the answer.
+        if let Some(spliced) = with_result_type(&raw) {
+            return spliced;
+        }
+    }
     let Ok(mut answer) = serde_json::from_slice::<Value>(&raw) else {
         return raw;
     };
@@ -342,6 +361,30 @@ pub(super) fn modernized(raw: Bytes, id: &Value, method: &str, hints: CacheHints
     serde_json::to_vec(&answer).map(Bytes::from).unwrap_or(raw)
 }
 
+/// `raw` with `"resultType":"complete"` first in its `result` object, when that object has
+/// none (`None`: no result object, or it has one already).
+fn with_result_type(raw: &Bytes) -> Option<Bytes> {
+    use super::super::framing::{splice, value_span};
+    let span = value_span(raw, &["result"])?;
+    if raw.get(span.start) != Some(&b'{') {
+        return None;
+    }
+    if value_span(raw, &["result", "resultType"]).is_some() {
+        return Some(raw.clone());
+    }
+    let empty = raw
+        .get(span.start + 1..span.end)?
+        .iter()
+        .all(|b| b.is_ascii_whitespace() || *b == b'}');
+    let field: &[u8] = if empty {
+        br#""resultType":"complete""#
+    } else {
+        br#""resultType":"complete","#
+    };
+    let at = span.start + 1;
+    splice(raw, at..at, field)
+}
+
 /// One SSE event of a modern response stream (not resumable: no id).
 pub(super) fn sse_event(raw: &[u8]) -> Bytes {
     let mut ev = Vec::with_capacity(raw.len() + 24);
@@ -349,6 +392,24 @@ pub(super) fn sse_event(raw: &[u8]) -> Bytes {
     ev.extend_from_slice(raw);
     ev.extend_from_slice(b"\n\n");
     Bytes::from(ev)
+}
+
+/// The `server/discover` the bridge asks a new child first, to learn whether it speaks
+/// 2026-07-28 itself.
+pub(super) fn discover_request() -> Bytes {
+    Bytes::from(
+        json!({
+            "jsonrpc": "2.0",
+            "id": "mcp-auth-proxy-discover",
+            "method": "server/discover",
+            "params": {"_meta": {
+                VERSION_KEY: MODERN_VERSIONS[0],
+                "io.modelcontextprotocol/clientInfo": {"name": "mcp-auth-proxy", "version": env!("CARGO_PKG_VERSION")},
+                CAPABILITIES_KEY: {},
+            }},
+        })
+        .to_string(),
+    )
 }
 
 /// The `initialize` the bridge sends a child it serves modern requests from: the newest
@@ -506,6 +567,32 @@ mod tests {
         .unwrap();
         assert_eq!(out["id"], "retry");
         assert_eq!(out["error"]["message"], "x");
+    }
+
+    #[test]
+    fn a_call_answer_gets_its_result_type_spliced_in() {
+        for (raw, expected) in [
+            (
+                r#"{"jsonrpc":"2.0","id":3,"result":{"content":[]}}"#,
+                r#"{"jsonrpc":"2.0","id":3,"result":{"resultType":"complete","content":[]}}"#,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":3,"result":{}}"#,
+                r#"{"jsonrpc":"2.0","id":3,"result":{"resultType":"complete"}}"#,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":3,"result":{"resultType":"input_required"}}"#,
+                r#"{"jsonrpc":"2.0","id":3,"result":{"resultType":"input_required"}}"#,
+            ),
+        ] {
+            let out = modernized(
+                Bytes::from(raw),
+                &json!(3),
+                "tools/call",
+                CacheHints::default(),
+            );
+            assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
+        }
     }
 
     #[test]

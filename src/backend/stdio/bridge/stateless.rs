@@ -51,6 +51,13 @@ struct Exchange {
     now_unix: u64,
 }
 
+/// Whether a stdio server speaks 2026-07-28 itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ChildEra {
+    Modern,
+    Legacy,
+}
+
 /// What a retry leads to.
 enum Retry {
     /// The held call, given the client's answer: its rest is the retry's response.
@@ -135,7 +142,7 @@ impl Exchange {
             self.stream.clone(),
             asked_id.clone(),
             question.clone(),
-            self.request.digest.clone(),
+            self.request.digest(),
             self.now_unix,
         ) {
             Ok(state) => {
@@ -172,8 +179,18 @@ impl StdioBackend {
         }
         let now_unix = crate::clock::Clock::system().now();
         let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+        let modern_child = match (&request.request_state, self.child_era.get()) {
+            (Some(_), Some(ChildEra::Modern)) => true,
+            (Some(_), _) => false,
+            (None, _) => {
+                // Probed (or initialized) before anything is sent for this request.
+                let anchor = self.modern_anchor(caller)?;
+                anchor.touch();
+                self.prepare(&anchor).await? == ChildEra::Modern
+            }
+        };
         let (session, stream, anchor) = match &request.request_state {
-            Some(state) => match self
+            Some(state) if !modern_child => match self
                 .continue_held(caller, &request, state, now_unix)
                 .await?
             {
@@ -185,16 +202,18 @@ impl StdioBackend {
                     return Ok(modern::json_response(StatusCode::OK, answer));
                 }
             },
-            None => {
+            _ => {
                 let anchor = self.modern_anchor(caller)?;
                 anchor.touch();
-                let init = self.initialized(&anchor).await?;
-                if request.method == "server/discover" {
-                    let answer = modern::discover(&request.id, &init, self.cache_hints);
-                    return Ok(modern::json_response(StatusCode::OK, answer));
-                }
-                if request.method == "subscriptions/listen" {
-                    return self.listen(&anchor, &request, body, &init, wants_sse).await;
+                if !modern_child {
+                    let init = self.initialized(&anchor).await?;
+                    if request.method == "server/discover" {
+                        let answer = modern::discover(&request.id, &init, self.cache_hints);
+                        return Ok(modern::json_response(StatusCode::OK, answer));
+                    }
+                    if request.method == "subscriptions/listen" {
+                        return self.listen(&anchor, &request, &init, wants_sse).await;
+                    }
                 }
                 let no = self
                     .next_session
@@ -219,7 +238,8 @@ impl StdioBackend {
             stream,
             request,
             hints: self.cache_hints,
-            held: self.held.clone(),
+            // A modern server asks its client through its own results: nothing to hold.
+            held: (!modern_child).then(|| self.held.clone()).flatten(),
             now_unix,
         };
         let answer = respond(exchange, wants_sse).await;
@@ -247,7 +267,7 @@ impl StdioBackend {
             .held
             .as_ref()
             .ok_or_else(|| refused("requestState was not made by this server".into()))?
-            .take(state, caller.subject(), &request.digest, now_unix)
+            .take(state, caller.subject(), &request.digest(), now_unix)
             .map_err(|e| refused(e.to_string()))?;
         let answer = request
             .input_responses
@@ -267,7 +287,7 @@ impl StdioBackend {
                     held.stream,
                     held.asked_id,
                     question.clone(),
-                    request.digest.clone(),
+                    request.digest(),
                     now_unix,
                 )
                 .map_err(|e| refused(e.to_string()))?;
@@ -282,6 +302,72 @@ impl StdioBackend {
             .await
             .map_err(|why| Refusal::Rpc(StatusCode::BAD_GATEWAY, why))?;
         Ok(Retry::Continue(held))
+    }
+
+    /// How the anchor's child serves modern requests: as they are, when the server speaks
+    /// 2026-07-28 itself (asked once per backend, with `server/discover` on the first child
+    /// before anything else; a server of the 2025 revisions answers it with an error); else
+    /// through the `initialize` the bridge runs. Shared mode's child is initialized by
+    /// whichever session comes first, so it is always treated as a 2025 server.
+    async fn prepare(&self, anchor: &Arc<Session>) -> Result<ChildEra, Refusal> {
+        let era = match self.child_era.get() {
+            Some(era) => *era,
+            None if self.shared => ChildEra::Legacy,
+            None => {
+                let era = self.probe(anchor).await?;
+                *self.child_era.get_or_init(|| era)
+            }
+        };
+        if era == ChildEra::Legacy {
+            self.initialized(anchor).await?;
+        }
+        Ok(era)
+    }
+
+    /// Asks a child that has been told nothing yet whether it speaks 2026-07-28.
+    async fn probe(&self, anchor: &Arc<Session>) -> Result<ChildEra, Refusal> {
+        let failed = |why| Refusal::Rpc(StatusCode::BAD_GATEWAY, why);
+        let discover = Message::parse(modern::discover_request())
+            .ok_or(failed("the server/discover request could not be made"))?;
+        let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+        let stream = anchor.new_stream(false, tx);
+        anchor.send(&discover, Some(stream)).await.map_err(failed)?;
+        let answer = tokio::time::timeout(SHARED_INIT_WAIT, async {
+            while let Some(raw) = rx.recv().await {
+                if Message::parse(raw.clone()).is_some_and(|m| m.kind == Kind::Response) {
+                    return Some(raw);
+                }
+            }
+            None
+        })
+        .await;
+        let Ok(Some(answer)) = answer else {
+            // It exited or kept silent: a server of the 2025 revisions that takes nothing
+            // before `initialize`. This child is gone; the next request starts another.
+            self.child_era.get_or_init(|| ChildEra::Legacy);
+            anchor.close("the MCP server did not answer server/discover");
+            return Err(failed(
+                "the MCP server stopped when asked server/discover; try again",
+            ));
+        };
+        let versions = serde_json::from_slice::<Value>(&answer)
+            .ok()
+            .and_then(|v| v.pointer("/result/supportedVersions").cloned());
+        let speaks = |v: &Value| {
+            v.as_str()
+                .is_some_and(|v| modern::MODERN_VERSIONS.contains(&v))
+        };
+        if versions
+            .as_ref()
+            .and_then(Value::as_array)
+            .is_some_and(|vs| vs.iter().any(speaks))
+        {
+            tracing::info!(child = %anchor.child().tag, "the MCP server speaks 2026-07-28: modern requests go to it as they are");
+            Ok(ChildEra::Modern)
+        } else {
+            tracing::info!(child = %anchor.child().tag, "the MCP server speaks the 2025 revisions: the proxy initializes it for modern requests");
+            Ok(ChildEra::Legacy)
+        }
     }
 
     /// The child's `initialize` result, sending the bridge's own `initialize` first when

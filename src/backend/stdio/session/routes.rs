@@ -14,6 +14,9 @@ use crate::backend::stdio::framing::{Kind, Message, replace_value, value_text};
 
 pub(super) const PROGRESS_TOKEN: [&str; 3] = ["params", "_meta", "progressToken"];
 
+/// Where a 2026-07-28 subscription's messages name it.
+const SUBSCRIPTION_ID: [&str; 3] = ["params", "_meta", "io.modelcontextprotocol/subscriptionId"];
+
 /// A client request the child has not answered yet.
 pub(super) struct Pending {
     /// The id as the child sees it (exact JSON text).
@@ -99,6 +102,21 @@ impl Routes {
                     .iter()
                     .any(|q| Arc::ptr_eq(&q.stream, &p.stream));
                 (Route::Stream(p.stream, raw, last), init)
+            }
+            // A 2026-07-28 server's subscription stream: every message of it names the
+            // `subscriptions/listen` request that opened it.
+            Kind::Notification if value_text(&raw, &SUBSCRIPTION_ID).is_some() => {
+                let id = value_text(&raw, &SUBSCRIPTION_ID).unwrap_or_default();
+                match self.pending.iter().find(|p| p.id == id) {
+                    Some(p) => {
+                        let raw = match &p.client_id {
+                            Some(cid) => replace_value(&raw, &SUBSCRIPTION_ID, cid).unwrap_or(raw),
+                            None => raw,
+                        };
+                        (Route::Stream(p.stream.clone(), raw, false), None)
+                    }
+                    None => (Route::Nowhere, None),
+                }
             }
             Kind::Notification if is_broadcast(m.method.as_deref()) => {
                 (self.for_sessions(self.live_sessions(), raw), None)
