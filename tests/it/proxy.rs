@@ -37,6 +37,9 @@ async fn forwards_body_and_exactly_the_right_headers() {
         .header("x-forwarded-for", "6.6.6.6")
         .header("mcp-protocol-version", "2025-06-18")
         .header("last-event-id", "42")
+        // 2026-07-28's mirrored headers, a tool's own Mcp-Param-* among them, pass as sent.
+        .header("mcp-method", "tools/list")
+        .header("mcp-param-region", "=?base64?ZXU=?=")
         .body(body)
         .send()
         .await
@@ -52,6 +55,8 @@ async fn forwards_body_and_exactly_the_right_headers() {
         "the client's token never goes upstream"
     );
     assert_eq!(h["x-static"], "one");
+    assert_eq!(h["mcp-method"], "tools/list");
+    assert_eq!(h["mcp-param-region"], "=?base64?ZXU=?=");
     assert_eq!(h["x-api-key"], "k2");
     assert_eq!(
         h["cookie"], "theirs=1",

@@ -1,4 +1,5 @@
-//! Streamable HTTP (MCP transports, 2025-06-18 / 2025-11-25) in front of stdio children.
+//! Streamable HTTP (MCP transports, 2025-06-18 / 2025-11-25) in front of stdio children;
+//! a POST of MCP 2026-07-28 (stateless, no session) goes to [`modern`] instead.
 //!
 //! `POST` carries one client message: requests are answered as an SSE stream (when the client
 //! accepts it) that ends with the response, or as JSON; notifications and responses get 202.
@@ -90,6 +91,8 @@ pub struct StdioBackend {
     listeners: listen::Listeners,
     /// Whether the stdio server speaks 2026-07-28 itself, once known.
     child_era: std::sync::OnceLock<stateless::ChildEra>,
+    /// Held while the first child is asked that.
+    probing: tokio::sync::Mutex<()>,
 }
 
 fn accepts_sse(headers: &HeaderMap) -> bool {
@@ -129,6 +132,7 @@ impl StdioBackend {
             held: None,
             listeners: listen::Listeners::default(),
             child_era: std::sync::OnceLock::new(),
+            probing: tokio::sync::Mutex::new(()),
         };
         backend.refill_spare();
         backend

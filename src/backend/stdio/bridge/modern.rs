@@ -31,6 +31,23 @@ pub const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
 const VERSION_KEY: &str = "io.modelcontextprotocol/protocolVersion";
 const SERVER_INFO_KEY: &str = "io.modelcontextprotocol/serverInfo";
 const CAPABILITIES_KEY: &str = "io.modelcontextprotocol/clientCapabilities";
+const LOG_LEVEL_KEY: &str = "io.modelcontextprotocol/logLevel";
+
+/// The log levels (RFC 5424 severities), least severe first.
+const LOG_LEVELS: [&str; 8] = [
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+];
+
+fn log_rank(level: &str) -> Option<usize> {
+    LOG_LEVELS.iter().position(|l| *l == level)
+}
 
 /// Methods of the 2025 revisions that 2026-07-28 removed (sessions, the ping handshake,
 /// per-session log levels and subscriptions): a modern request for one is not found.
@@ -70,6 +87,9 @@ pub(super) struct Modern {
     pub capabilities: Value,
     /// The request's parameters (what a retry must repeat, see [`super::mrtr`]).
     pub params: Option<Value>,
+    /// `_meta`'s log level: the lowest severity of the child's `notifications/message` this
+    /// request's stream carries (none without it: logging is asked for per request).
+    pub log_level: Option<usize>,
     /// A retry's `requestState` and `inputResponses`.
     pub request_state: Option<String>,
     pub input_responses: Option<Value>,
@@ -79,6 +99,15 @@ impl Modern {
     /// The method and parameters, as a retry must repeat them.
     pub fn digest(&self) -> String {
         super::mrtr::call_digest(&self.method, self.params.as_ref())
+    }
+
+    /// Whether a `notifications/message` of the child's belongs on this request's stream.
+    pub fn wants_log(&self, notification: &Value) -> bool {
+        let level = notification
+            .pointer("/params/level")
+            .and_then(Value::as_str)
+            .and_then(log_rank);
+        matches!((self.log_level, level), (Some(wanted), Some(level)) if level >= wanted)
     }
 
     /// Whether the client declared `capability`.
@@ -280,7 +309,17 @@ pub(super) fn check(headers: &HeaderMap, body: &Value) -> Result<Modern, ModernR
         }
     }
     let params = body.get("params");
+    let log_level = match meta.and_then(|m| m.get(LOG_LEVEL_KEY)) {
+        None => None,
+        Some(level) => Some(
+            level
+                .as_str()
+                .and_then(log_rank)
+                .ok_or_else(|| invalid("io.modelcontextprotocol/logLevel is not a log level"))?,
+        ),
+    };
     Ok(Modern {
+        log_level,
         capabilities: params
             .and_then(|p| p.pointer("/_meta"))
             .and_then(|m| m.get(CAPABILITIES_KEY))
@@ -567,6 +606,27 @@ mod tests {
         .unwrap();
         assert_eq!(out["id"], "retry");
         assert_eq!(out["error"]["message"], "x");
+    }
+
+    #[test]
+    fn log_messages_reach_only_a_request_that_asked_for_them_at_their_level() {
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ]);
+        let log =
+            |level: &str| json!({"method": "notifications/message", "params": {"level": level}});
+        let plain = check(&h, &call("echo")).ok().unwrap();
+        assert!(!plain.wants_log(&log("emergency")), "not asked: none");
+        let mut body = call("echo");
+        body["params"]["_meta"][LOG_LEVEL_KEY] = json!("warning");
+        let asked = check(&h, &body).ok().unwrap();
+        assert!(asked.wants_log(&log("error")));
+        assert!(asked.wants_log(&log("warning")));
+        assert!(!asked.wants_log(&log("info")));
+        body["params"]["_meta"][LOG_LEVEL_KEY] = json!("loud");
+        assert_eq!(code(check(&h, &body)), -32602);
     }
 
     #[test]

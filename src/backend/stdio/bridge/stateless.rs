@@ -95,6 +95,15 @@ impl Exchange {
                         return Said::Last(question);
                     }
                 }
+                // Logging is asked for per request, at a level (specification,
+                // server/utilities/logging).
+                _ if m.method.as_deref() == Some("notifications/message") => {
+                    let wanted = serde_json::from_slice::<Value>(&raw)
+                        .is_ok_and(|n| self.request.wants_log(&n));
+                    if wanted {
+                        return Said::Event(raw);
+                    }
+                }
                 _ => return Said::Event(raw),
             }
         }
@@ -205,8 +214,19 @@ impl StdioBackend {
             _ => {
                 let anchor = self.modern_anchor(caller)?;
                 anchor.touch();
-                if !modern_child {
-                    let init = self.initialized(&anchor).await?;
+                let answered_here = matches!(
+                    request.method.as_str(),
+                    "server/discover" | "subscriptions/listen"
+                );
+                if !modern_child && answered_here {
+                    // Initialized by `prepare`: its result read only when it is needed.
+                    let init = serde_json::from_slice::<Value>(&self.initialized(&anchor).await?)
+                        .map_err(|_| {
+                        Refusal::Rpc(
+                            StatusCode::BAD_GATEWAY,
+                            "the MCP server's initialize result is not JSON",
+                        )
+                    })?;
                     if request.method == "server/discover" {
                         let answer = modern::discover(&request.id, &init, self.cache_hints);
                         return Ok(modern::json_response(StatusCode::OK, answer));
@@ -314,8 +334,15 @@ impl StdioBackend {
             Some(era) => *era,
             None if self.shared => ChildEra::Legacy,
             None => {
-                let era = self.probe(anchor).await?;
-                *self.child_era.get_or_init(|| era)
+                // One probe, however many first requests arrive at once.
+                let _one = self.probing.lock().await;
+                match self.child_era.get() {
+                    Some(era) => *era,
+                    None => {
+                        let era = self.probe(anchor).await?;
+                        *self.child_era.get_or_init(|| era)
+                    }
+                }
             }
         };
         if era == ChildEra::Legacy {
@@ -372,7 +399,7 @@ impl StdioBackend {
 
     /// The child's `initialize` result, sending the bridge's own `initialize` first when
     /// nobody has.
-    async fn initialized(&self, anchor: &Arc<Session>) -> Result<Value, Refusal> {
+    async fn initialized(&self, anchor: &Arc<Session>) -> Result<Bytes, Refusal> {
         let not_started = || {
             Refusal::Rpc(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -381,14 +408,7 @@ impl StdioBackend {
         };
         for _ in 0..3 {
             match anchor.child().begin_initialize() {
-                InitTurn::Cached(result) => {
-                    return serde_json::from_slice(&result).map_err(|_| {
-                        Refusal::Rpc(
-                            StatusCode::BAD_GATEWAY,
-                            "the MCP server's initialize result is not JSON",
-                        )
-                    });
-                }
+                InitTurn::Cached(result) => return Ok(result),
                 InitTurn::Wait(mut rx) => {
                     let waited =
                         tokio::time::timeout(SHARED_INIT_WAIT, rx.wait_for(|i| *i != Init::Sent))
