@@ -45,6 +45,12 @@ TOKEN_SHARED=$(node bench/token.mjs "http://127.0.0.1:$SHARED" "$PASSWORD")
 SID_OURS=$(init_session "http://127.0.0.1:$OURS/mcp" "$TOKEN")
 SID_SHARED=$(init_session "http://127.0.0.1:$SHARED/mcp" "$TOKEN_SHARED")
 SID_SGW=$(init_session "http://127.0.0.1:$SGW/mcp")
+# The user's child for stateless requests starts (and is initialized) at their first one:
+# made here, as the sessions above are, so no round measures a child's start.
+curl -sf -o /dev/null "http://127.0.0.1:$OURS/mcp" -H "Authorization: Bearer $TOKEN" \
+  -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+  -H 'MCP-Protocol-Version: 2026-07-28' -H 'Mcp-Method: tools/call' -H 'Mcp-Name: echo' \
+  -d '{"jsonrpc":"2.0","id":0,"method":"tools/call","params":{"name":"echo","arguments":{"message":"warm"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}'
 
 wrk_rps() { # url auth session [script]
   BENCH_AUTH="$2" BENCH_SESSION="$3" wrk -t2 -c16 -d"${SECS}s" --latency -s "${4:-bench/tools-call.lua}" "$1" \

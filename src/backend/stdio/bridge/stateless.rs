@@ -200,13 +200,10 @@ impl StdioBackend {
         };
         let (session, stream, anchor) = match &request.request_state {
             Some(state) if !modern_child => match self
-                .continue_held(caller, &request, state, now_unix)
+                .continue_held(caller, &request, state, now_unix, tx)
                 .await?
             {
-                Retry::Continue(held) => {
-                    held.stream.attach(tx, None);
-                    (held.session, held.stream, None)
-                }
+                Retry::Continue(held) => (held.session, held.stream, None),
                 Retry::AskAgain(answer) => {
                     return Ok(modern::json_response(StatusCode::OK, answer));
                 }
@@ -276,6 +273,7 @@ impl StdioBackend {
         request: &Modern,
         state: &str,
         now_unix: u64,
+        tx: mpsc::Sender<Bytes>,
     ) -> Result<Retry, Refusal> {
         let refused = |why: String| {
             Refusal::Modern(modern::ModernRefusal::InvalidParams {
@@ -317,6 +315,9 @@ impl StdioBackend {
                 &state,
             )));
         };
+        // The retry's response takes the rest of the call before the child hears the answer,
+        // so that nothing it says next is lost.
+        held.stream.attach(tx, None);
         held.session
             .send_raw_answer(&mrtr::answer_for_child(&held.asked_id, Ok(result)))
             .await
