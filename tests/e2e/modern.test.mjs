@@ -6,14 +6,8 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import {
-  Client as ModernClient,
-  StreamableHTTPClientTransport as ModernTransport,
-  UnauthorizedError as ModernUnauthorized,
-} from '@modelcontextprotocol/client';
-
 import { Browser, canonical, everythingStdio, startProxy } from './harness.mjs';
-import { TestProvider, connect } from './sdk-client.mjs';
+import { TestProvider, connect, connectModern as connectTo } from './sdk-client.mjs';
 
 let proxy;
 
@@ -25,23 +19,8 @@ after(async () => {
   await proxy?.stop();
 });
 
-/** The v2 client in negotiation `mode`, signed in (through the browser) when needed. */
-async function connectModern(provider, mode, capabilities = {}) {
-  const make = () => new ModernClient({ name: 'e2e-v2', version: '1.0.0' }, { capabilities, versionNegotiation: { mode } });
-  const transport = () => new ModernTransport(new URL(proxy.resource), { authProvider: provider });
-  try {
-    const client = make();
-    await client.connect(transport());
-    return client;
-  } catch (e) {
-    if (!(e instanceof ModernUnauthorized)) throw e;
-  }
-  assert.ok(provider.code, `the sign-in produced a code (error: ${provider.error})`);
-  await transport().finishAuth(provider.code, provider.iss);
-  const client = make();
-  await client.connect(transport());
-  return client;
-}
+/** The v2 client in negotiation `mode` on the proxy of these tests. */
+const connectModern = (provider, mode, capabilities = {}) => connectTo(proxy.resource, provider, mode, capabilities);
 
 /** What the same server lists to a 2025 client through the bridge (one that can answer
  * what the bridge can relay, as the bridge declares when it initializes a modern child). */
@@ -301,17 +280,7 @@ test('a stdio server that speaks 2026-07-28 itself is relayed as it is, and 2025
   const v2 = await startProxy({ command: fixture });
   try {
     const provider = new TestProvider(new Browser());
-    const make = () => new ModernClient({ name: 'e2e-v2', version: '1.0.0' }, { versionNegotiation: { mode: { pin: '2026-07-28' } } });
-    const transport = () => new ModernTransport(new URL(v2.resource), { authProvider: provider });
-    let client = make();
-    try {
-      await client.connect(transport());
-    } catch (e) {
-      if (!(e instanceof ModernUnauthorized)) throw e;
-      await transport().finishAuth(provider.code, provider.iss);
-      client = make();
-      await client.connect(transport());
-    }
+    const client = await connectTo(v2.resource, provider, { pin: '2026-07-28' });
     assert.equal(client.getProtocolEra(), 'modern');
     const r = await client.callTool({ name: 'whoami', arguments: { message: 'modern' } });
     assert.match(r.content[0].text, /v2 fixture: modern/);

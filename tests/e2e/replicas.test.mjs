@@ -11,12 +11,7 @@ import { after, before, test } from 'node:test';
 import { Browser, everythingStdio, freePorts, startEverything, startProxy } from './harness.mjs';
 import { startNginx } from './nginx.mjs';
 import { startPostgres } from './postgres.mjs';
-import { TestProvider, connect } from './sdk-client.mjs';
-import {
-  Client as ModernClient,
-  StreamableHTTPClientTransport as ModernTransport,
-  UnauthorizedError as ModernUnauthorized,
-} from '@modelcontextprotocol/client';
+import { TestProvider, connect, connectModern } from './sdk-client.mjs';
 
 let pg;
 let upstream;
@@ -143,17 +138,7 @@ test('a stdio session sent to the replica that does not hold it gets 404, and th
 test('2026-07-28 through the pair: a question and its retry stay on one replica; a retry elsewhere is told where', async () => {
   const provider = new TestProvider(new Browser());
   const resource = `${fronts.stdio}/mcp`;
-  const make = () => new ModernClient({ name: 'e2e-v2', version: '1.0.0' }, { capabilities: { elicitation: {} }, versionNegotiation: { mode: { pin: '2026-07-28' } } });
-  const transport = () => new ModernTransport(new URL(resource), { authProvider: provider });
-  let client = make();
-  try {
-    await client.connect(transport());
-  } catch (e) {
-    if (!(e instanceof ModernUnauthorized)) throw e;
-    await transport().finishAuth(provider.code, provider.iss);
-    client = make();
-    await client.connect(transport());
-  }
+  const client = await connectModern(resource, provider, { pin: '2026-07-28' }, { elicitation: {} });
   client.setRequestHandler('elicitation/create', async () => ({ action: 'decline' }));
   for (let i = 0; i < 3; i++) {
     const r = await client.callTool({ name: 'trigger-elicitation-request', arguments: {} });

@@ -5,6 +5,11 @@ import assert from 'node:assert/strict';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
+import {
+  Client as ModernClient,
+  StreamableHTTPClientTransport as ModernTransport,
+  UnauthorizedError as ModernUnauthorized,
+} from '@modelcontextprotocol/client';
 
 /** An in-memory OAuthClientProvider whose "browser" is the harness. */
 export class TestProvider {
@@ -78,3 +83,22 @@ export async function connect(resource, provider, capabilities = {}) {
   return fresh;
 }
 
+
+/** The SDK v2 client (@modelcontextprotocol/client) in negotiation `mode` ('legacy', 'auto'
+ * or { pin: '2026-07-28' }), signed in through the browser when needed. */
+export async function connectModern(resource, provider, mode, capabilities = {}) {
+  const make = () => new ModernClient({ name: 'e2e-v2', version: '1.0.0' }, { capabilities, versionNegotiation: { mode } });
+  const transport = () => new ModernTransport(new URL(resource), { authProvider: provider });
+  try {
+    const client = make();
+    await client.connect(transport());
+    return client;
+  } catch (e) {
+    if (!(e instanceof ModernUnauthorized)) throw e;
+  }
+  assert.ok(provider.code, `the sign-in produced a code (error: ${provider.error})`);
+  await transport().finishAuth(provider.code, provider.iss);
+  const client = make();
+  await client.connect(transport());
+  return client;
+}

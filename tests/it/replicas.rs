@@ -256,22 +256,54 @@ async fn two_replicas_on_one_database_act_as_one_server() {
     drop(a_bin);
 }
 
+/// Two replicas on a new database of a throwaway cluster, in front of one HTTP upstream: A
+/// on the site's public address, B beside it. What they share lives here; `start` hands out
+/// A, B and A's target.
+struct Pair {
+    site: BinarySite,
+    dsn: String,
+    key: String,
+    upstream: String,
+    _up: crate::helpers::Upstream,
+    _pg: PgCluster,
+}
+
+impl Pair {
+    async fn start(database: &str) -> (Pair, Binary, Replica, crate::helpers::Target) {
+        let pg = PgCluster::start().await;
+        let dsn = pg.database(database).await;
+        let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+        let up = start_upstream().await;
+        let pair = Pair {
+            site: BinarySite::new().await,
+            upstream: up.url("/mcp"),
+            dsn,
+            key,
+            _up: up,
+            _pg: pg,
+        };
+        let a = Binary::start(&pair.a_args(), &pair.envs()).await;
+        let b = Replica::start(&pair.site, &pair.dsn, &pair.key, &pair.upstream).await;
+        let t = a.target(&pair.site.origin);
+        (pair, a, b, t)
+    }
+
+    fn a_args(&self) -> Vec<&str> {
+        self.site
+            .args(&["--repository-backend", "postgres", &self.upstream])
+    }
+
+    fn envs(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("REPOSITORY_DSN", self.dsn.as_str()),
+            ("ENCRYPTION_KEY", self.key.as_str()),
+        ]
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_under_load_loses_nothing_and_the_other_keeps_serving() {
-    let pg = PgCluster::start().await;
-    let dsn = pg.database("killed").await;
-    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
-    let up = start_upstream().await;
-    let upstream = up.url("/mcp");
-    let site = BinarySite::new().await;
-    let a_args = site.args(&["--repository-backend", "postgres", &upstream]);
-    let envs = [
-        ("REPOSITORY_DSN", dsn.as_str()),
-        ("ENCRYPTION_KEY", key.as_str()),
-    ];
-    let a = Binary::start(&a_args, &envs).await;
-    let b = Replica::start(&site, &dsn, &key, &upstream).await;
-    let t = a.target(&site.origin);
+    let (_pair, a, b, t) = Pair::start("killed").await;
 
     // Clients and tokens issued by A.
     let mut issued = Vec::new();
@@ -336,29 +368,16 @@ async fn a_replica_killed_under_load_loses_nothing_and_the_other_keeps_serving()
 /// before and would otherwise believe it from memory for 30 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_changed_at_one_replica_ends_old_sign_ins_at_the_other() {
-    let pg = PgCluster::start().await;
-    let dsn = pg.database("password_roll").await;
-    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
-    let up = start_upstream().await;
-    let upstream = up.url("/mcp");
-    let site = BinarySite::new().await;
-    let a_args = site.args(&["--repository-backend", "postgres", &upstream]);
-    let envs = [
-        ("REPOSITORY_DSN", dsn.as_str()),
-        ("ENCRYPTION_KEY", key.as_str()),
-    ];
-    let a = Binary::start(&a_args, &envs).await;
-    let b = Replica::start(&site, &dsn, &key, &upstream).await;
-    let t = a.target(&site.origin);
+    let (pair, a, b, t) = Pair::start("password_roll").await;
     let oc = OAuthClient::public(&t).await;
     let tokens = oc.sign_in(&t, &Browser::new()).await;
     let access = tokens["access_token"].as_str().unwrap();
     assert_eq!(b.mcp(access).await, StatusCode::OK);
 
     assert_eq!(a.terminate(Duration::from_secs(10)).await, Some(0));
-    let mut changed = envs.to_vec();
+    let mut changed = pair.envs();
     changed.push(("PASSWORD", "a new passphrase for the roll"));
-    let a = Binary::start(&a_args, &changed).await;
+    let a = Binary::start(&pair.a_args(), &changed).await;
     let started = tokio::time::Instant::now();
     while b.mcp(access).await != StatusCode::UNAUTHORIZED {
         assert!(

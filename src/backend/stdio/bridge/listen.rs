@@ -203,15 +203,7 @@ impl StdioBackend {
             request.params.as_ref().and_then(|p| p.get("notifications")),
             init.get("capabilities"),
         );
-        let no = self
-            .next_session
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let session = Session::attach_stateless(
-            anchor.child().clone(),
-            String::new(),
-            anchor.owner().to_string(),
-            no,
-        );
+        let session = self.request_session(anchor);
         let (tx, rx) = mpsc::channel::<Bytes>(GET_STREAM_QUEUE);
         session.open_raw_get_stream(tx);
         for (n, uri) in filter.uris.iter().enumerate() {

@@ -232,15 +232,7 @@ impl StdioBackend {
                         return self.listen(&anchor, &request, &init, wants_sse).await;
                     }
                 }
-                let no = self
-                    .next_session
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let session = Session::attach_stateless(
-                    anchor.child().clone(),
-                    String::new(),
-                    caller.subject().to_string(),
-                    no,
-                );
+                let session = self.request_session(&anchor);
                 let stream = session.new_stream(false, tx);
                 session
                     .send(msg, Some(stream.clone()))
@@ -264,6 +256,19 @@ impl StdioBackend {
             anchor.touch();
         }
         Ok(answer)
+    }
+
+    /// A session of its own on `anchor`'s child, for one request or subscription.
+    pub(super) fn request_session(&self, anchor: &Session) -> Arc<Session> {
+        let no = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Session::attach_stateless(
+            anchor.child().clone(),
+            String::new(),
+            anchor.owner().to_string(),
+            no,
+        )
     }
 
     /// A retry: the held call its `requestState` names, given the client's answer.
