@@ -186,7 +186,7 @@ impl StdioBackend {
             && let Ok(body) = serde_json::from_slice::<Value>(&msg.raw)
             && modern::is_modern(&headers, &body)
         {
-            return self.modern(caller, &headers, &msg, &body, wants_sse).await;
+            return self.modern(caller, &headers, &msg, body, wants_sse).await;
         }
         legacy_version(&headers)?;
         if msg.kind == Kind::Batch {

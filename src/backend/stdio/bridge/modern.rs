@@ -237,7 +237,7 @@ fn decoded(value: &str) -> Option<String> {
 }
 
 /// Checks a modern request's headers against its body.
-pub(super) fn check(headers: &HeaderMap, body: &Value) -> Result<Modern, ModernRefusal> {
+pub(super) fn check(headers: &HeaderMap, mut body: Value) -> Result<Modern, ModernRefusal> {
     let id = body.get("id").cloned().unwrap_or(Value::Null);
     let mismatch = |why: String| ModernRefusal::HeaderMismatch {
         id: id.clone(),
@@ -255,7 +255,7 @@ pub(super) fn check(headers: &HeaderMap, body: &Value) -> Result<Modern, ModernR
     };
     let is_request = body.get("id").is_some();
     let meta = body.pointer("/params/_meta");
-    let Some(version) = meta_version(body) else {
+    let Some(version) = meta_version(&body) else {
         return Err(invalid(
             "params._meta must name io.modelcontextprotocol/protocolVersion",
         ));
@@ -308,7 +308,6 @@ pub(super) fn check(headers: &HeaderMap, body: &Value) -> Result<Modern, ModernR
             }
         }
     }
-    let params = body.get("params");
     let log_level = match meta.and_then(|m| m.get(LOG_LEVEL_KEY)) {
         None => None,
         Some(level) => Some(
@@ -318,21 +317,29 @@ pub(super) fn check(headers: &HeaderMap, body: &Value) -> Result<Modern, ModernR
                 .ok_or_else(|| invalid("io.modelcontextprotocol/logLevel is not a log level"))?,
         ),
     };
+    let capabilities = meta
+        .and_then(|m| m.get(CAPABILITIES_KEY))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let method = method.to_string();
+    // The parameters are the request's own from here on: moved, not copied.
+    let mut params = body.get_mut("params").map(Value::take);
+    let mut added = |name: &str| {
+        params
+            .as_mut()
+            .and_then(Value::as_object_mut)
+            .and_then(|p| p.remove(name))
+    };
+    let request_state = added("requestState").and_then(|s| s.as_str().map(str::to_string));
+    let input_responses = added("inputResponses");
     Ok(Modern {
         log_level,
-        capabilities: params
-            .and_then(|p| p.pointer("/_meta"))
-            .and_then(|m| m.get(CAPABILITIES_KEY))
-            .cloned()
-            .unwrap_or(Value::Null),
-        request_state: params
-            .and_then(|p| p.get("requestState"))
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        input_responses: params.and_then(|p| p.get("inputResponses")).cloned(),
-        params: params.cloned(),
+        capabilities,
+        request_state,
+        input_responses,
+        params,
         id,
-        method: method.to_string(),
+        method,
         is_request,
     })
 }
@@ -375,11 +382,10 @@ fn add_hints(result: &mut Map<String, Value>, method: &str, hints: CacheHints) {
 /// A legacy child's answer as a modern result to request `id` (a retry's id differs from
 /// the call the child answers): `resultType` (absent in the 2025 revisions) and the caching
 /// hints of cacheable methods. Errors keep their content; anything unreadable passes as it is.
-pub(super) fn modernized(raw: Bytes, id: &Value, method: &str, hints: CacheHints) -> Bytes {
-    let answered_id = super::super::framing::value_text(&raw, &["id"]);
-    let same_id =
-        answered_id.is_some_and(|a| serde_json::from_str::<Value>(a).ok().as_ref() == Some(id));
-    if same_id && !CACHEABLE.contains(&method) {
+/// `id` is `None` when the answer already carries the request's id (the child's routes
+/// restored it), as every answer but a retry's does.
+pub(super) fn modernized(raw: Bytes, id: Option<&Value>, method: &str, hints: CacheHints) -> Bytes {
+    if id.is_none() && !CACHEABLE.contains(&method) {
         // The common case (a call answered): only `resultType` to add, spliced in without
         // re-encoding the answer.
         if let Some(spliced) = with_result_type(&raw) {
@@ -389,7 +395,9 @@ pub(super) fn modernized(raw: Bytes, id: &Value, method: &str, hints: CacheHints
     let Ok(mut answer) = serde_json::from_slice::<Value>(&raw) else {
         return raw;
     };
-    answer["id"] = id.clone();
+    if let Some(id) = id {
+        answer["id"] = id.clone();
+    }
     let Some(result) = answer.get_mut("result").and_then(Value::as_object_mut) else {
         return serde_json::to_vec(&answer).map(Bytes::from).unwrap_or(raw);
     };
@@ -515,7 +523,7 @@ mod tests {
             ("mcp-method", "tools/call"),
             ("mcp-name", "echo"),
         ];
-        assert_eq!(code(check(&headers(&good), &call("echo"))), 0);
+        assert_eq!(code(check(&headers(&good), call("echo"))), 0);
         // Each rule, broken once.
         for broken in [
             vec![("mcp-method", "tools/call"), ("mcp-name", "echo")],
@@ -547,7 +555,7 @@ mod tests {
             ],
         ] {
             assert_eq!(
-                code(check(&headers(&broken), &call("echo"))),
+                code(check(&headers(&broken), call("echo"))),
                 -32020,
                 "{broken:?}"
             );
@@ -566,8 +574,8 @@ mod tests {
             ("mcp-method", "tools/call"),
             ("mcp-name", &encoded),
         ]);
-        assert_eq!(code(check(&h, &call(name))), 0);
-        assert_eq!(code(check(&h, &call("hello world"))), -32020);
+        assert_eq!(code(check(&h, call(name))), 0);
+        assert_eq!(code(check(&h, call("hello world"))), -32020);
     }
 
     #[test]
@@ -579,7 +587,7 @@ mod tests {
             ("mcp-method", "tools/call"),
             ("mcp-name", "echo"),
         ]);
-        assert_eq!(code(check(&h, &body)), -32022);
+        assert_eq!(code(check(&h, body.clone())), -32022);
     }
 
     #[test]
@@ -587,7 +595,7 @@ mod tests {
         let raw = Bytes::from(r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#);
         let out: Value = serde_json::from_slice(&modernized(
             raw,
-            &json!(1),
+            None,
             "tools/list",
             CacheHints { ttl_ms: 5 },
         ))
@@ -599,7 +607,7 @@ mod tests {
         let err = Bytes::from(r#"{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"x"}}"#);
         let out: Value = serde_json::from_slice(&modernized(
             err,
-            &json!("retry"),
+            Some(&json!("retry")),
             "tools/call",
             CacheHints::default(),
         ))
@@ -617,16 +625,16 @@ mod tests {
         ]);
         let log =
             |level: &str| json!({"method": "notifications/message", "params": {"level": level}});
-        let plain = check(&h, &call("echo")).ok().unwrap();
+        let plain = check(&h, call("echo")).ok().unwrap();
         assert!(!plain.wants_log(&log("emergency")), "not asked: none");
         let mut body = call("echo");
         body["params"]["_meta"][LOG_LEVEL_KEY] = json!("warning");
-        let asked = check(&h, &body).ok().unwrap();
+        let asked = check(&h, body.clone()).ok().unwrap();
         assert!(asked.wants_log(&log("error")));
         assert!(asked.wants_log(&log("warning")));
         assert!(!asked.wants_log(&log("info")));
         body["params"]["_meta"][LOG_LEVEL_KEY] = json!("loud");
-        assert_eq!(code(check(&h, &body)), -32602);
+        assert_eq!(code(check(&h, body.clone())), -32602);
     }
 
     #[test]
@@ -645,12 +653,7 @@ mod tests {
                 r#"{"jsonrpc":"2.0","id":3,"result":{"resultType":"input_required"}}"#,
             ),
         ] {
-            let out = modernized(
-                Bytes::from(raw),
-                &json!(3),
-                "tools/call",
-                CacheHints::default(),
-            );
+            let out = modernized(Bytes::from(raw), None, "tools/call", CacheHints::default());
             assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
         }
     }

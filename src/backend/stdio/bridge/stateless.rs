@@ -83,9 +83,11 @@ impl Exchange {
             };
             match m.kind {
                 Kind::Response => {
+                    // A retry's answer is the held call's: it carries the first id.
+                    let retry = self.request.request_state.is_some();
                     return Said::Last(modern::modernized(
                         raw,
-                        &self.request.id,
+                        retry.then_some(&self.request.id),
                         &self.request.method,
                         self.hints,
                     ));
@@ -178,7 +180,7 @@ impl StdioBackend {
         caller: &Caller,
         headers: &axum::http::HeaderMap,
         msg: &Message,
-        body: &Value,
+        body: Value,
         wants_sse: bool,
     ) -> Result<Response, Refusal> {
         let request = modern::check(headers, body)?;
@@ -498,9 +500,12 @@ async fn respond(mut exchange: Exchange, wants_sse: bool) -> Response {
 }
 
 fn json_answer(raw: Bytes) -> Response {
-    let code = serde_json::from_slice::<Value>(&raw)
-        .ok()
-        .and_then(|v| v.pointer("/error/code").and_then(Value::as_i64));
+    // Most answers are results: the error code is read only where there may be one.
+    let may_be_error = raw.windows(8).any(|w| w == b"\"error\":");
+    let code = may_be_error
+        .then(|| crate::backend::stdio::framing::value_text(&raw, &["error", "code"]))
+        .flatten()
+        .and_then(|c| c.parse::<i64>().ok());
     let status = match code {
         Some(-32601) => StatusCode::NOT_FOUND,
         Some(mrtr::MISSING_CAPABILITY) => StatusCode::BAD_REQUEST,
