@@ -190,29 +190,37 @@ impl StdioBackend {
         }
         let now_unix = crate::clock::Clock::system().now();
         let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
-        let modern_child = match (&request.request_state, self.child_era.get()) {
-            (Some(_), Some(ChildEra::Modern)) => true,
-            (Some(_), _) => false,
-            (None, _) => {
-                // Probed (or initialized) before anything is sent for this request.
+        // The user's child: for a new call, and for the retry of a call a modern server
+        // holds itself (a call the bridge holds knows its own session).
+        let anchor = match (&request.request_state, self.child_era.get()) {
+            (None, _) | (Some(_), Some(ChildEra::Modern)) => {
                 let anchor = self.modern_anchor(caller)?;
                 anchor.touch();
-                self.prepare(&anchor).await? == ChildEra::Modern
+                Some(anchor)
             }
+            (Some(_), _) => None,
         };
-        let (session, stream, anchor) = match &request.request_state {
-            Some(state) if !modern_child => match self
-                .continue_held(caller, &request, state, now_unix, tx)
-                .await?
-            {
-                Retry::Continue(held) => (held.session, held.stream, None),
-                Retry::AskAgain(answer) => {
-                    return Ok(modern::json_response(StatusCode::OK, answer));
+        let modern_child = match &anchor {
+            // Probed (or initialized) before anything is sent for this request.
+            Some(anchor) if request.request_state.is_none() => {
+                self.prepare(anchor).await? == ChildEra::Modern
+            }
+            other => other.is_some(),
+        };
+        let (session, stream, anchor) = match anchor {
+            None => {
+                let state = request.request_state.as_deref().unwrap_or_default();
+                match self
+                    .continue_held(caller, &request, state, now_unix, tx)
+                    .await?
+                {
+                    Retry::Continue(held) => (held.session, held.stream, None),
+                    Retry::AskAgain(answer) => {
+                        return Ok(modern::json_response(StatusCode::OK, answer));
+                    }
                 }
-            },
-            _ => {
-                let anchor = self.modern_anchor(caller)?;
-                anchor.touch();
+            }
+            Some(anchor) => {
                 let answered_here = matches!(
                     request.method.as_str(),
                     "server/discover" | "subscriptions/listen"
