@@ -240,14 +240,13 @@ pub fn shown(line: &Bytes) -> String {
 
 /// Where the value at `path` (object keys from the top level) sits in the JSON text `raw`:
 /// a byte range of `raw`, found by a borrowed parse. Rewriting a message by splicing a new
-/// value into this range leaves every other byte as it was.
+/// value into this range leaves every other byte as it was. A key that appears twice on the
+/// path finds nothing: which of the two a reader takes is not ours to guess.
 pub fn value_span(raw: &[u8], path: &[&str]) -> Option<std::ops::Range<usize>> {
     let mut range = 0..raw.len();
     for key in path {
         let text = raw.get(range.clone())?;
-        let members: std::collections::HashMap<std::borrow::Cow<'_, str>, &RawValue> =
-            serde_json::from_slice(text).ok()?;
-        let value = members.get(*key)?.get().as_bytes();
+        let value = member(text, key)?;
         // The value borrows from `text`: its offset there is the pointers' difference.
         let start = (value.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
         let end = start.checked_add(value.len())?;
@@ -257,6 +256,42 @@ pub fn value_span(raw: &[u8], path: &[&str]) -> Option<std::ops::Range<usize>> {
         range = range.start + start..range.start + end;
     }
     Some(range)
+}
+
+/// The exact text of member `key` of the JSON object `text`. The other members are skipped
+/// as they are read (no map of them is built: this runs several times per message).
+fn member<'a>(text: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    use serde::de::{IgnoredAny, MapAccess, Visitor};
+
+    struct Find<'k>(&'k str);
+
+    impl<'de> Visitor<'de> for Find<'_> {
+        /// The member's text; `Err(())` when the key appears twice.
+        type Value = Result<Option<&'de RawValue>, ()>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            let mut twice = false;
+            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if k == self.0 {
+                    twice |= found.is_some();
+                    found = Some(map.next_value::<&'de RawValue>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(if twice { Err(()) } else { Ok(found) })
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let found = serde::Deserializer::deserialize_map(&mut de, Find(key)).ok()?;
+    de.end().ok()?;
+    found.ok()?.map(|v| v.get().as_bytes())
 }
 
 /// `raw` with the bytes in `span` replaced by `value`.
@@ -316,6 +351,13 @@ mod tests {
         assert_eq!(value_span(b"[1]", &["id"]), None);
         // A key written with an escape still matches.
         assert_eq!(value_text(br#"{"\u0069d":3}"#, &["id"]), Some("3"));
+        // A key given twice is read by nobody: JSON readers disagree on which one counts.
+        assert_eq!(value_text(br#"{"id":1,"id":2}"#, &["id"]), None);
+        assert_eq!(
+            value_text(br#"{"id":1,"params":{"a":1,"a":2}}"#, &["params", "a"]),
+            None
+        );
+        assert_eq!(value_text(br#"{"id":1,"x":{"id":2}}"#, &["id"]), Some("1"));
     }
 
     fn decode_all(input: &[u8], max: usize) -> Vec<Line> {
