@@ -105,7 +105,8 @@ impl Filter {
             Some("notifications/prompts/list_changed") => self.prompts,
             Some("notifications/resources/list_changed") => self.resources,
             Some("notifications/resources/updated") => notification
-                .pointer("/params/uri")
+                .get("params")
+                .and_then(|p| p.get("uri"))
                 .and_then(Value::as_str)
                 .is_some_and(|u| self.uris.iter().any(|s| s == u)),
             _ => false,

@@ -104,7 +104,8 @@ impl Modern {
     /// Whether a `notifications/message` of the child's belongs on this request's stream.
     pub fn wants_log(&self, notification: &Value) -> bool {
         let level = notification
-            .pointer("/params/level")
+            .get("params")
+            .and_then(|p| p.get("level"))
             .and_then(Value::as_str)
             .and_then(log_rank);
         matches!((self.log_level, level), (Some(wanted), Some(level)) if level >= wanted)
@@ -182,9 +183,15 @@ pub(super) fn json_response(status: StatusCode, body: impl Into<axum::body::Body
     r
 }
 
+/// `params.<name>` of a message (not `Value::pointer`, which copies every path segment:
+/// this runs several times per request).
+fn param<'v>(body: &'v Value, name: &str) -> Option<&'v Value> {
+    body.get("params")?.get(name)
+}
+
 /// The protocol version a message names in `params._meta`.
 fn meta_version(body: &Value) -> Option<&str> {
-    body.pointer("/params/_meta")?.get(VERSION_KEY)?.as_str()
+    param(body, "_meta")?.get(VERSION_KEY)?.as_str()
 }
 
 /// Whether a POST without a session is of the modern era.
@@ -254,7 +261,7 @@ pub(super) fn check(headers: &HeaderMap, mut body: Value) -> Result<Modern, Mode
         why: why.to_string(),
     };
     let is_request = body.get("id").is_some();
-    let meta = body.pointer("/params/_meta");
+    let meta = param(&body, "_meta");
     let Some(version) = meta_version(&body) else {
         return Err(invalid(
             "params._meta must name io.modelcontextprotocol/protocolVersion",
@@ -293,8 +300,8 @@ pub(super) fn check(headers: &HeaderMap, mut body: Value) -> Result<Modern, Mode
             None => return Err(mismatch("Mcp-Method is missing".into())),
         }
         let named = match method {
-            "tools/call" | "prompts/get" => body.pointer("/params/name"),
-            "resources/read" => body.pointer("/params/uri"),
+            "tools/call" | "prompts/get" => param(&body, "name"),
+            "resources/read" => param(&body, "uri"),
             _ => None,
         };
         if let Some(named) = named {
@@ -416,7 +423,8 @@ fn with_result_type(raw: &Bytes) -> Option<Bytes> {
     if raw.get(span.start) != Some(&b'{') {
         return None;
     }
-    if value_span(raw, &["result", "resultType"]).is_some() {
+    // Looked for in the result alone, not from the top again.
+    if value_span(raw.get(span.clone())?, &["resultType"]).is_some() {
         return Some(raw.clone());
     }
     let empty = raw
