@@ -2,7 +2,7 @@
 # Instructions the proxy executes per `tools/call` (echo, server-everything over stdio): a
 # legacy session's call against a stateless MCP 2026-07-28 call, counted by valgrind's
 # callgrind in the proxy alone (the child and the client are not counted). Unlike req/s,
-# the counts do not move with the machine's load.
+# the counts barely move with the machine's load (under 1% between runs).
 #
 # Usage: bash bench/instructions.sh [CALLS]
 set -euo pipefail
