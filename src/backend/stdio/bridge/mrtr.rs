@@ -162,7 +162,6 @@ impl HeldCalls {
     }
 
     /// Holds a call; returns its sealed `requestState`.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn hold(
         &self,
         session: Arc<Session>,
@@ -174,8 +173,8 @@ impl HeldCalls {
     ) -> Result<String, StateRefusal> {
         let owner = session.owner().to_string();
         let mut calls = self.calls.lock().map_err(|_| StateRefusal::Full)?;
+        end_expired(&mut calls);
         let now = tokio::time::Instant::now();
-        calls.retain(|_, h| h.until > now || close(h));
         let mine = calls.values().filter(|h| h.owner == owner).count();
         if mine >= MAX_HELD_PER_USER || calls.len() >= MAX_HELD {
             return Err(StateRefusal::Full);
@@ -248,18 +247,24 @@ impl HeldCalls {
 
     /// Ends the calls whose clients did not come back in time.
     pub(super) fn sweep(&self) {
-        let now = tokio::time::Instant::now();
         if let Ok(mut calls) = self.calls.lock() {
-            calls.retain(|_, h| h.until > now || close(h));
+            end_expired(&mut calls);
         }
     }
 }
 
-/// Ends a held call (cancelled at the child); false, so `retain` drops it.
-fn close(h: &Held) -> bool {
-    h.session
-        .close("the client did not answer the server's question in time");
-    false
+/// Ends (cancels at the child) and forgets the calls whose clients did not come back in
+/// time.
+fn end_expired(calls: &mut HashMap<String, Held>) {
+    let now = tokio::time::Instant::now();
+    calls.retain(|_, h| {
+        let live = h.until > now;
+        if !live {
+            h.session
+                .close("the client did not answer the server's question in time");
+        }
+        live
+    });
 }
 
 /// The `InputRequiredResult` answering request `id` with the child's question.

@@ -113,63 +113,71 @@ impl Exchange {
     }
 
     /// The child asked its client something: the `InputRequiredResult` that asks it, when
-    /// the client can answer (else the child gets an error, and `None`).
+    /// the client can answer. Otherwise the child hears why not, and the client hears
+    /// nothing, or `-32021` when its call needs the capability it did not declare.
     async fn ask(&mut self, raw: &Bytes, asked_id: Option<&str>) -> Option<Bytes> {
         let asked_id = asked_id?.to_string();
         let asked: Value = serde_json::from_slice(raw).ok()?;
+        let session = self.ends.session()?.clone();
+        let (why, to_client) = match self.holder_for(&asked) {
+            Ok(held) => {
+                let question = mrtr::question_of(&asked);
+                let digest = self.request.digest();
+                match held.hold(
+                    session.clone(),
+                    self.stream.clone(),
+                    asked_id.clone(),
+                    question.clone(),
+                    digest,
+                    self.now_unix,
+                ) {
+                    Ok(state) => {
+                        // Held: the call outlives this response.
+                        self.ends.0 = None;
+                        return Some(mrtr::input_required(&self.request.id, &question, &state));
+                    }
+                    Err(full) => (full.to_string(), None),
+                }
+            }
+            Err(refused) => refused,
+        };
+        let _ = session
+            .send_raw_answer(&mrtr::answer_for_child(&asked_id, Err(&why)))
+            .await;
+        to_client
+    }
+
+    /// Who may hold this call while its client answers `asked`; else why not (for the
+    /// child) and what the client is told, if anything.
+    fn holder_for(&self, asked: &Value) -> Result<Arc<HeldCalls>, (String, Option<Bytes>)> {
         let method = asked
             .get("method")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let session = self.ends.session()?.clone();
-        let refusal = match (mrtr::capability_for(method), &self.held) {
-            (None, _) => Some(format!("{method} is not something a client answers")),
-            (Some(_), None) => Some("this proxy cannot relay questions to its client".to_string()),
-            (Some(_), _) if !mrtr::may_ask(&self.request.method) => Some(format!(
+        let Some(capability) = mrtr::capability_for(method) else {
+            return Err((format!("{method} is not something a client answers"), None));
+        };
+        let Some(held) = self.held.clone() else {
+            return Err((
+                "this proxy cannot relay questions to its client".into(),
+                None,
+            ));
+        };
+        if !mrtr::may_ask(&self.request.method) {
+            let why = format!(
                 "a {} request cannot carry questions to the client",
                 self.request.method
-            )),
-            (Some(cap), _) if !self.request.declared(cap) => {
-                // The call needs what the client lacks: it ends here (the child hears the
-                // refusal, then the cancellation), and the client learns what was missing.
-                let why = format!("the client did not declare the {cap} capability");
-                let _ = session
-                    .send_raw_answer(&mrtr::answer_for_child(&asked_id, Err(&why)))
-                    .await;
-                return Some(mrtr::missing_capability(&self.request.id, cap));
-            }
-            _ => None,
-        };
-        if let Some(why) = refusal {
-            let _ = session
-                .send_raw_answer(&mrtr::answer_for_child(&asked_id, Err(&why)))
-                .await;
-            return None;
+            );
+            return Err((why, None));
         }
-        let held = self.held.clone()?;
-        let question = mrtr::question_of(&asked);
-        match held.hold(
-            session,
-            self.stream.clone(),
-            asked_id.clone(),
-            question.clone(),
-            self.request.digest(),
-            self.now_unix,
-        ) {
-            Ok(state) => {
-                // Held: the call outlives this response.
-                self.ends.0 = None;
-                Some(mrtr::input_required(&self.request.id, &question, &state))
-            }
-            Err(why) => {
-                let _ = self
-                    .ends
-                    .session()?
-                    .send_raw_answer(&mrtr::answer_for_child(&asked_id, Err(&why.to_string())))
-                    .await;
-                None
-            }
+        if !self.request.declared(capability) {
+            // The call needs what the client lacks: it ends here (the child hears the
+            // refusal, then the cancellation), and the client learns what was missing.
+            let why = format!("the client did not declare the {capability} capability");
+            let to_client = mrtr::missing_capability(&self.request.id, capability);
+            return Err((why, Some(to_client)));
         }
+        Ok(held)
     }
 }
 
@@ -296,10 +304,11 @@ impl StdioBackend {
                 why,
             })
         };
-        let held = self
+        let holding = self
             .held
             .as_ref()
-            .ok_or_else(|| refused("requestState was not made by this server".into()))?
+            .ok_or_else(|| refused("requestState was not made by this server".into()))?;
+        let held = holding
             .take(state, caller.subject(), &request.digest(), now_unix)
             .map_err(|e| refused(e.to_string()))?;
         let answer = request
@@ -309,10 +318,6 @@ impl StdioBackend {
         let Some(result) = answer else {
             // Retried without the answer: asked again (the specification's advice), under a
             // new state.
-            let holding = self
-                .held
-                .as_ref()
-                .ok_or_else(|| refused("requestState was not made by this server".into()))?;
             let question = held.question.clone();
             let state = holding
                 .hold(
@@ -369,27 +374,17 @@ impl StdioBackend {
 
     /// Asks a child that has been told nothing yet whether it speaks 2026-07-28.
     async fn probe(&self, anchor: &Arc<Session>) -> Result<ChildEra, Refusal> {
-        let failed = |why| Refusal::Rpc(StatusCode::BAD_GATEWAY, why);
-        let discover = Message::parse(modern::discover_request())
-            .ok_or(failed("the server/discover request could not be made"))?;
-        let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
-        let stream = anchor.new_stream(false, tx);
-        anchor.send(&discover, Some(stream)).await.map_err(failed)?;
-        let answer = tokio::time::timeout(SHARED_INIT_WAIT, async {
-            while let Some(raw) = rx.recv().await {
-                if Message::parse(raw.clone()).is_some_and(|m| m.kind == Kind::Response) {
-                    return Some(raw);
-                }
-            }
-            None
-        })
-        .await;
-        let Ok(Some(answer)) = answer else {
+        let answer = self.first_answer(anchor, modern::discover_request()).await;
+        let Some(answer) = answer? else {
             // It exited or kept silent: a server of the 2025 revisions that takes nothing
-            // before `initialize`. This child is gone; the next request starts another.
+            // before `initialize`. Its child (this user's alone: no probe in shared mode) is
+            // stopped; the next request starts another.
             self.child_era.get_or_init(|| ChildEra::Legacy);
-            anchor.close("the MCP server did not answer server/discover");
-            return Err(failed(
+            anchor
+                .child()
+                .close("the MCP server did not answer server/discover");
+            return Err(Refusal::Rpc(
+                StatusCode::BAD_GATEWAY,
                 "the MCP server stopped when asked server/discover; try again",
             ));
         };
@@ -439,24 +434,35 @@ impl StdioBackend {
         Err(not_started())
     }
 
+    /// Sends `request` (one the bridge makes) to `anchor`'s child; its answer, or `None`
+    /// when the child ends or stays silent for [`SHARED_INIT_WAIT`].
+    async fn first_answer(
+        &self,
+        anchor: &Arc<Session>,
+        request: Bytes,
+    ) -> Result<Option<Bytes>, Refusal> {
+        let failed = |why| Refusal::Rpc(StatusCode::BAD_GATEWAY, why);
+        let request = Message::parse(request).ok_or(failed("a request could not be made"))?;
+        let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+        let stream = anchor.new_stream(false, tx);
+        anchor.send(&request, Some(stream)).await.map_err(failed)?;
+        let answer = tokio::time::timeout(SHARED_INIT_WAIT, async {
+            while let Some(raw) = rx.recv().await {
+                if Message::parse(raw.clone()).is_some_and(|m| m.kind == Kind::Response) {
+                    return Some(raw);
+                }
+            }
+            None
+        })
+        .await;
+        Ok(answer.ok().flatten())
+    }
+
     /// Runs the child's `initialize` and `notifications/initialized`.
     async fn initialize(&self, anchor: &Arc<Session>) -> Result<(), Refusal> {
         let failed = |why| Refusal::Rpc(StatusCode::BAD_GATEWAY, why);
-        let init = Message::parse(modern::initialize_request(self.held.is_some()))
-            .ok_or(failed("the initialize request could not be made"))?;
-        let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
-        let stream = anchor.new_stream(false, tx);
-        anchor.send(&init, Some(stream)).await.map_err(failed)?;
-        let answered = tokio::time::timeout(SHARED_INIT_WAIT, async {
-            while let Some(raw) = rx.recv().await {
-                if Message::parse(raw).is_some_and(|m| m.kind == Kind::Response) {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        if answered != Ok(true) {
+        let request = modern::initialize_request(self.held.is_some());
+        if self.first_answer(anchor, request).await?.is_none() {
             return Err(failed("the MCP server did not answer initialize"));
         }
         let initialized = Message::parse(Bytes::from_static(
