@@ -254,11 +254,7 @@ impl StdioBackend {
             Ok(body) => body,
             Err(refused) => return Some(Err(refused)),
         };
-        let mut r = Response::new(Body::from(body));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        let mut r = json_response(StatusCode::OK, body);
         if let Ok(v) = HeaderValue::from_str(session.mcp_id()) {
             r.headers_mut().insert(MCP_SESSION_ID, v);
         }
@@ -400,12 +396,7 @@ impl StdioBackend {
             }
         }
         out.push(b']');
-        let mut r = Response::new(Body::from(out));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        r
+        json_response(StatusCode::OK, out)
     }
 
     /// Waits for the response; anything else the child says meanwhile goes to the GET stream.
@@ -431,12 +422,7 @@ impl StdioBackend {
                         *pv = version;
                     }
                 }
-                let mut r = Response::new(Body::from(raw));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                return r;
+                return json_response(StatusCode::OK, raw);
             }
             session.to_get_stream(raw);
         }
@@ -482,6 +468,16 @@ impl StdioBackend {
         }
         Ok(StatusCode::NO_CONTENT.into_response())
     }
+}
+
+/// A JSON answer (a JSON-RPC message the bridge already holds as bytes).
+pub(super) fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut r = (status, body.into()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// A legacy request's `MCP-Protocol-Version`, when it gives one, must be a legacy version.

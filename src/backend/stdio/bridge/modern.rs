@@ -19,7 +19,7 @@
 //! as multi round-trip results ([`super::mrtr`]); its list changes and resource updates
 //! through `subscriptions/listen` ([`super::listen`]).
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
@@ -150,7 +150,7 @@ impl IntoResponse for ModernRefusal {
                     "jsonrpc": "2.0", "id": id,
                     "error": {"code": -32601, "message": format!("Method not found: {method} is not part of protocol 2026-07-28")},
                 });
-                return json_response(StatusCode::NOT_FOUND, body.to_string());
+                return super::json_response(StatusCode::NOT_FOUND, body.to_string());
             }
             Self::UnsupportedVersion { id, requested } => json!({
                 "jsonrpc": "2.0", "id": id,
@@ -161,7 +161,7 @@ impl IntoResponse for ModernRefusal {
                 },
             }),
         };
-        json_response(StatusCode::BAD_REQUEST, body.to_string())
+        super::json_response(StatusCode::BAD_REQUEST, body.to_string())
     }
 }
 
@@ -172,15 +172,6 @@ pub fn supported_versions() -> Vec<&'static str> {
         .chain(super::SUPPORTED_VERSIONS.iter())
         .copied()
         .collect()
-}
-
-pub(super) fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
-    let mut r = (status, body.into()).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
 }
 
 /// `params.<name>` of a message (not `Value::pointer`, which copies every path segment:
@@ -501,7 +492,7 @@ mod tests {
         for (k, v) in pairs {
             h.append(
                 axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
+                axum::http::HeaderValue::from_str(v).unwrap(),
             );
         }
         h

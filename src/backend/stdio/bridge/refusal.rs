@@ -49,12 +49,7 @@ impl IntoResponse for Refusal {
             Self::Body(unread) => unread.jsonrpc(),
             Self::Parse => {
                 let body = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error: the body is not a JSON-RPC 2.0 message"}}"#;
-                let mut r = (StatusCode::BAD_REQUEST, body).into_response();
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                r
+                super::json_response(StatusCode::BAD_REQUEST, body)
             }
             Self::Modern(refused) => refused.into_response(),
             Self::Method(allow) => {

@@ -224,7 +224,7 @@ impl StdioBackend {
                 {
                     Retry::Continue(held) => (held.session, held.stream, None),
                     Retry::AskAgain(answer) => {
-                        return Ok(modern::json_response(StatusCode::OK, answer));
+                        return Ok(super::json_response(StatusCode::OK, answer));
                     }
                 }
             }
@@ -244,7 +244,7 @@ impl StdioBackend {
                     })?;
                     if request.method == "server/discover" {
                         let answer = modern::discover(&request.id, &init, self.cache_hints);
-                        return Ok(modern::json_response(StatusCode::OK, answer));
+                        return Ok(super::json_response(StatusCode::OK, answer));
                     }
                     if request.method == "subscriptions/listen" {
                         return self.listen(&anchor, &request, &init, wants_sse).await;
@@ -525,7 +525,7 @@ fn json_answer(raw: Bytes) -> Response {
         Some(mrtr::MISSING_CAPABILITY) => StatusCode::BAD_REQUEST,
         _ => StatusCode::OK,
     };
-    modern::json_response(status, raw)
+    super::json_response(status, raw)
 }
 
 fn ended() -> Response {
