@@ -52,15 +52,15 @@ curl -sf -o /dev/null "http://127.0.0.1:$OURS/mcp" -H "Authorization: Bearer $TO
   -H 'MCP-Protocol-Version: 2026-07-28' -H 'Mcp-Method: tools/call' -H 'Mcp-Name: echo' \
   -d '{"jsonrpc":"2.0","id":0,"method":"tools/call","params":{"name":"echo","arguments":{"message":"warm"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}'
 
-wrk_rps() { # url auth session [script]
-  BENCH_AUTH="$2" BENCH_SESSION="$3" wrk -t2 -c16 -d"${SECS}s" --latency -s "${4:-bench/tools-call.lua}" "$1" \
+wrk_rps() { # url auth session [protocol]
+  BENCH_AUTH="$2" BENCH_SESSION="$3" BENCH_PROTOCOL="${4:-}" wrk -t2 -c16 -d"${SECS}s" --latency -s bench/tools-call.lua "$1" \
     | awk '/Requests\/sec/{rps=$2} /Non-2xx/{bad=$NF} $1=="50%"{p50=$2} $1=="99%"{p99=$2} END{print rps, p50, p99, (bad?bad" non-2xx":"ok")}'
 }
 declare -A R
 for round in $(seq "$ROUNDS"); do
   r=$(node bench/node/stdio-ceiling.mjs "$SECS" 16); echo "round $round straight-stdio: $r" >&2; R[stdio]+="$r "
   r=$(wrk_rps "http://127.0.0.1:$OURS/mcp" "Bearer $TOKEN" "$SID_OURS"); echo "round $round mcp-auth-proxy: $r" >&2; R[ours]+="${r%% *} "; R[ours_lat]+="${r#* };"
-  r=$(wrk_rps "http://127.0.0.1:$OURS/mcp" "Bearer $TOKEN" "" bench/tools-call-modern.lua); echo "round $round mcp-auth-proxy-2026: $r" >&2; R[modern]+="${r%% *} "; R[modern_lat]+="${r#* };"
+  r=$(wrk_rps "http://127.0.0.1:$OURS/mcp" "Bearer $TOKEN" "" 2026-07-28); echo "round $round mcp-auth-proxy-2026: $r" >&2; R[modern]+="${r%% *} "; R[modern_lat]+="${r#* };"
   r=$(wrk_rps "http://127.0.0.1:$SHARED/mcp" "Bearer $TOKEN_SHARED" "$SID_SHARED"); echo "round $round mcp-auth-proxy-shared: $r" >&2; R[shared]+="${r%% *} "; R[shared_lat]+="${r#* };"
   r=$(wrk_rps "http://127.0.0.1:$SGW/mcp" "" "$SID_SGW"); echo "round $round supergateway: $r" >&2; R[sgw]+="${r%% *} "; R[sgw_lat]+="${r#* };"
 done

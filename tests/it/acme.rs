@@ -198,6 +198,37 @@ impl Pebble {
     }
 }
 
+impl Pebble {
+    /// The flags of a proxy listening on `address` that gets its certificate for [`HOST`]
+    /// from this pebble (by HTTP-01 or TLS-ALPN-01).
+    fn proxy_args(
+        &self,
+        address: &str,
+        http_port: u16,
+        tls_port: u16,
+        http01: bool,
+    ) -> Vec<String> {
+        let ca = self.dir.path().join("pebble-ca.pem").display().to_string();
+        let mut args = vec![
+            "--listen".to_string(),
+            format!("{address}:{http_port}"),
+            "--tls-listen".into(),
+            format!("{address}:{tls_port}"),
+            "--external-url".into(),
+            format!("https://{HOST}:{tls_port}"),
+            "--tls-accept-tos".into(),
+            "--tls-directory-url".into(),
+            self.directory.clone(),
+            "--tls-directory-ca-file".into(),
+            ca,
+        ];
+        if http01 {
+            args.extend(["--tls-challenge".into(), "http-01".into()]);
+        }
+        args
+    }
+}
+
 async fn proxy(
     pebble: &Pebble,
     http_port: u16,
@@ -205,33 +236,9 @@ async fn proxy(
     http01: bool,
     data: tempfile::TempDir,
 ) -> TestProxy {
-    let listen = format!("127.0.0.1:{http_port}");
-    let tls_listen = format!("127.0.0.1:{tls_port}");
-    let external = format!("https://{HOST}:{tls_port}");
-    let ca = pebble
-        .dir
-        .path()
-        .join("pebble-ca.pem")
-        .display()
-        .to_string();
-    let mut args = vec![
-        "--listen",
-        &listen,
-        "--tls-listen",
-        &tls_listen,
-        "--external-url",
-        &external,
-        "--tls-accept-tos",
-        "--tls-directory-url",
-        &pebble.directory,
-        "--tls-directory-ca-file",
-        &ca,
-        "--tls-contact-email",
-        "ops@example.com",
-    ];
-    if http01 {
-        args.extend(["--tls-challenge", "http-01"]);
-    }
+    let mut args = pebble.proxy_args("127.0.0.1", http_port, tls_port, http01);
+    args.extend(["--tls-contact-email".into(), "ops@example.com".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     start_proxy_with(&args, mcp_auth_proxy::clock::Clock::system(), data).await
 }
 
@@ -469,38 +476,16 @@ async fn one_order_validated_at_the_replica_that_did_not_place_it(http01: bool) 
         panic!("{n} replicas never queued for the certificate lock");
     };
 
-    let ca = pebble
-        .dir
-        .path()
-        .join("pebble-ca.pem")
-        .display()
-        .to_string();
-    let external = format!("https://{HOST}:{tls_port}");
     let start = async |address: &str, id: &str| {
-        let listen = format!("{address}:{http_port}");
-        let tls_listen = format!("{address}:{tls_port}");
         let data = tempfile::tempdir().unwrap();
-        let dir = data.path().display().to_string();
-        let mut args = vec![
-            "--listen",
-            &listen,
-            "--tls-listen",
-            &tls_listen,
-            "--external-url",
-            &external,
-            "--data-path",
-            &dir,
-            "--tls-accept-tos",
-            "--tls-directory-url",
-            &pebble.directory,
-            "--tls-directory-ca-file",
-            &ca,
-            "--replica-id",
-            id,
-        ];
-        if http01 {
-            args.extend(["--tls-challenge", "http-01"]);
-        }
+        let mut args = pebble.proxy_args(address, http_port, tls_port, http01);
+        args.extend([
+            "--data-path".into(),
+            data.path().display().to_string(),
+            "--replica-id".into(),
+            id.to_string(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let envs = [
             ("DATABASE_DSN", dsn.as_str()),
             ("ENCRYPTION_KEY", key.as_str()),
