@@ -54,6 +54,19 @@ impl Replica {
             .header(header::HOST, &self.authority)
     }
 
+    /// Waits until every token in `tokens` gets 401 here, failing with `why` after a second
+    /// (the revocation's bound across replicas); how long it took.
+    async fn refuses_within_a_second(&self, tokens: &[&str], why: &str) -> Duration {
+        let started = tokio::time::Instant::now();
+        for token in tokens {
+            while self.mcp(token).await != StatusCode::UNAUTHORIZED {
+                assert!(started.elapsed() < Duration::from_secs(1), "{why}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        started.elapsed()
+    }
+
     async fn mcp(&self, access: &str) -> StatusCode {
         self.post("/mcp")
             .bearer_auth(access)
@@ -115,18 +128,10 @@ async fn two_replicas_on_one_database_act_as_one_server() {
         .await
         .unwrap();
     assert_eq!(revoked.status(), StatusCode::OK);
-    let started = tokio::time::Instant::now();
-    while b.mcp(access).await != StatusCode::UNAUTHORIZED {
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "B still honours a token revoked at A"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    eprintln!(
-        "revocation reached the other replica in {:?}",
-        started.elapsed()
-    );
+    let took = b
+        .refuses_within_a_second(&[access], "B still honours a token revoked at A")
+        .await;
+    eprintln!("revocation reached the other replica in {took:?}");
 
     // A code issued by A is redeemed at B, once; a replay at either is refused, and revokes
     // what the code issued, on both.
@@ -144,14 +149,8 @@ async fn two_replicas_on_one_database_act_as_one_server() {
     assert_eq!(again_a.status(), StatusCode::BAD_REQUEST);
     let again_b = redeem(b.post("/token")).await.unwrap();
     assert_eq!(again_b.status(), StatusCode::BAD_REQUEST);
-    let started = tokio::time::Instant::now();
-    while b.mcp(issued_access).await != StatusCode::UNAUTHORIZED {
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "the replay at A did not reach B"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    b.refuses_within_a_second(&[issued_access], "the replay at A did not reach B")
+        .await;
 
     // Two replicas racing on one refresh token: one rotation happens, and every racer gets
     // its result (the previous token answers with the same successor until that is used or
@@ -212,16 +211,11 @@ async fn two_replicas_on_one_database_act_as_one_server() {
     let reuse: Value = reuse.json().await.unwrap();
     assert_eq!(reuse["error"], "invalid_grant", "{reuse}");
     let newest_access = next["access_token"].as_str().unwrap();
-    let started = tokio::time::Instant::now();
-    while b.mcp(newest_access).await != StatusCode::UNAUTHORIZED
-        || b.mcp(&successor_access).await != StatusCode::UNAUTHORIZED
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "the family revoked at A is still honoured at B"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    b.refuses_within_a_second(
+        &[newest_access, &successor_access],
+        "the family revoked at A is still honoured at B",
+    )
+    .await;
 
     // The password lockout counts across replicas: 20 guesses at once, spread over both,
     // get three checks in all (two wrong, the third locks), not three per replica.
@@ -378,13 +372,10 @@ async fn a_password_changed_at_one_replica_ends_old_sign_ins_at_the_other() {
     let mut changed = pair.envs();
     changed.push(("PASSWORD", "a new passphrase for the roll"));
     let a = Binary::start(&pair.a_args(), &changed).await;
-    let started = tokio::time::Instant::now();
-    while b.mcp(access).await != StatusCode::UNAUTHORIZED {
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "B still honours a sign-in made with the old password"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    b.refuses_within_a_second(
+        &[access],
+        "B still honours a sign-in made with the old password",
+    )
+    .await;
     drop((a, b));
 }
