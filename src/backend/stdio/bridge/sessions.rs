@@ -101,12 +101,13 @@ impl StdioBackend {
             return 0;
         };
         let before = m.len();
-        m.retain(|key, s| {
+        m.retain(|_, s| {
             if s.is_closed() {
                 return false;
             }
-            let modern = is_modern_key(key);
-            // A modern child's requests are sessions of their own: busy, it is not idle.
+            // A user's modern child: its requests are sessions of their own, so busy, it is
+            // not idle; and in per-session mode the child is this session's alone.
+            let modern = s.is_stateless();
             if s.is_idle(self.idle_timeout) && !(modern && s.child().busy()) {
                 tracing::info!(session = %s.mcp_id(), child = %s.child().tag, "ending an idle MCP session");
                 s.close("the session was idle too long");
@@ -305,8 +306,4 @@ impl StdioBackend {
 /// so no client can name it as `Mcp-Session-Id`.
 fn modern_key(caller: &Caller) -> String {
     format!("modern\n{}", caller.subject())
-}
-
-fn is_modern_key(key: &str) -> bool {
-    key.starts_with("modern\n")
 }

@@ -137,6 +137,11 @@ impl Session {
         session
     }
 
+    /// Whether the session carries modern (2026-07-28) requests (see [`Session::attach_stateless`]).
+    pub fn is_stateless(&self) -> bool {
+        self.stateless
+    }
+
     pub fn mcp_id(&self) -> &str {
         &self.mcp_id
     }
