@@ -976,3 +976,55 @@ async fn the_2024_11_05_sse_transport_is_gated_owned_and_ends_with_its_stream() 
     }
     assert!(gone, "the session ended with its stream");
 }
+
+/// A user's child for 2026-07-28 requests counts as one of their sessions while in use, and
+/// idles out like one: the session ends and the child process stops.
+#[tokio::test]
+async fn a_users_modern_child_ends_when_idle() {
+    let p = start_proxy(&["--session-idle-timeout", "1s", "--", "node", FIXTURE]).await;
+    let t = token_for(&p, "password:alice").await;
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{
+        "name":"pid","arguments":{},
+        "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",
+                 "io.modelcontextprotocol/clientCapabilities":{}}}});
+    let resp = client()
+        .post(p.url("/mcp"))
+        .bearer_auth(&t)
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "pid")
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["result"]["resultType"], "complete", "{answer}");
+    let pid: i32 = answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let stdio = p.state.backend.as_ref().unwrap();
+    assert_eq!(
+        stdio.live_sessions(),
+        1,
+        "the user's modern child is one session"
+    );
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    let alive = || {
+        std::process::Command::new("kill")
+            .args(["-0", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    while stdio.live_sessions() > 0 || alive() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle modern child was not stopped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
