@@ -5,6 +5,8 @@
 //! skipped to its end and reported once as [`Line::TooLong`]. Messages keep the child's exact
 //! bytes (the relay forwards them untouched); [`Message::parse`] reads only what routing needs.
 
+use std::ops::Range;
+
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -242,65 +244,239 @@ pub fn shown(line: &Bytes) -> String {
 /// a byte range of `raw`, found by a borrowed parse. Rewriting a message by splicing a new
 /// value into this range leaves every other byte as it was. A key that appears twice on the
 /// path finds nothing: which of the two a reader takes is not ours to guess.
-pub fn value_span(raw: &[u8], path: &[&str]) -> Option<std::ops::Range<usize>> {
-    let mut range = 0..raw.len();
-    for key in path {
-        let text = raw.get(range.clone())?;
-        let value = member(text, key)?;
-        // The value borrows from `text`: its offset there is the pointers' difference.
-        let start = (value.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
-        let end = start.checked_add(value.len())?;
-        if text.get(start..end)? != value {
-            return None;
-        }
-        range = range.start + start..range.start + end;
-    }
-    Some(range)
+pub fn value_span(raw: &[u8], path: &[&str]) -> Option<Range<usize>> {
+    let [span] = value_spans(raw, [path]);
+    span
 }
 
-/// The exact text of member `key` of the JSON object `text`. The other members are skipped
-/// as they are read (no map of them is built: this runs several times per message).
-fn member<'a>(text: &'a [u8], key: &str) -> Option<&'a [u8]> {
-    use serde::de::{IgnoredAny, MapAccess, Visitor};
+/// [`value_span`] for several paths, found in one pass over `raw` (a message is read once
+/// however many of its members routing needs). Nothing is found in text that is not JSON.
+pub fn value_spans<const N: usize>(raw: &[u8], paths: [&[&str]; N]) -> [Option<Range<usize>>; N] {
+    let mut spans = [const { None }; N];
+    let mut found = [Found::Nothing; N];
+    let followed = paths
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.is_empty())
+        .fold(0u64, |mask, (i, _)| mask | 1 << i);
+    if N > 64 || walk(raw, &paths, 0, followed, &mut found).is_none() {
+        return spans;
+    }
+    for ((span, found), path) in spans.iter_mut().zip(found).zip(paths) {
+        *span = match found {
+            _ if path.is_empty() => Some(0..raw.len()),
+            Found::Once(value) => offset_in(raw, value.get().as_bytes()),
+            Found::Nothing | Found::Twice => None,
+        };
+    }
+    spans
+}
 
-    struct Find<'k>(&'k str);
+/// Where `part` (borrowed from `raw`) sits in `raw`.
+fn offset_in(raw: &[u8], part: &[u8]) -> Option<Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (raw.get(start..end)? == part).then_some(start..end)
+}
 
-    impl<'de> Visitor<'de> for Find<'_> {
-        /// The member's text; `Err(())` when the key appears twice.
-        type Value = Result<Option<&'de RawValue>, ()>;
+/// What one pass found at a path.
+#[derive(Debug, Clone, Copy)]
+enum Found<'de> {
+    Nothing,
+    Once(&'de RawValue),
+    Twice,
+}
 
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
+/// Reads `text` once, following the paths in `followed` (a bit per path) from `depth` on.
+/// `None` when `text` is not JSON.
+fn walk<'de>(
+    text: &'de [u8],
+    paths: &[&[&str]],
+    depth: usize,
+    followed: u64,
+    found: &mut [Found<'de>],
+) -> Option<()> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(text);
+    Walk {
+        paths,
+        depth,
+        followed,
+        found,
+    }
+    .deserialize(&mut de)
+    .ok()?;
+    de.end().ok()
+}
 
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut found = None;
-            let mut twice = false;
-            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                if k == self.0 {
-                    twice |= found.is_some();
-                    found = Some(map.next_value::<&'de RawValue>()?);
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(if twice { Err(()) } else { Ok(found) })
-        }
+/// One level of [`walk`]: the members of an object whose keys lead along a followed path
+/// are read (the others skipped as they are read, no map of them built); any other value
+/// is skipped.
+struct Walk<'w, 'p, 'de> {
+    paths: &'p [&'p [&'p str]],
+    depth: usize,
+    followed: u64,
+    found: &'w mut [Found<'de>],
+}
+
+/// The paths (a bit per path) whose key at `depth` a member's key is: compared where it is
+/// read, never copied.
+struct KeyOf<'p> {
+    paths: &'p [&'p [&'p str]],
+    depth: usize,
+    followed: u64,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyOf<'_> {
+    type Value = u64;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for KeyOf<'_> {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a member name")
     }
 
-    let mut de = serde_json::Deserializer::from_slice(text);
-    let found = serde::Deserializer::deserialize_map(&mut de, Find(key)).ok()?;
-    de.end().ok()?;
-    found.ok()?.map(|v| v.get().as_bytes())
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<u64, E> {
+        Ok(self
+            .paths
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| self.followed & 1 << i != 0 && p.get(self.depth) == Some(&key))
+            .fold(0, |mask, (i, _)| mask | 1 << i))
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_, '_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Walk<'_, '_, 'de> {
+    /// The paths (a bit per path) that end at this depth.
+    fn ending_here(&self) -> u64 {
+        self.paths
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.len() == self.depth + 1)
+            .fold(0, |mask, (i, _)| mask | 1 << i)
+    }
+
+    fn mark(&mut self, paths: u64, as_found: Found<'de>) {
+        for (i, found) in self.found.iter_mut().enumerate() {
+            if paths & 1 << i != 0 {
+                *found = as_found;
+            }
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walk<'_, '_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::IgnoredAny;
+        let ending_here = self.ending_here();
+        let mut seen = 0u64;
+        while let Some(along) = map.next_key_seed(KeyOf {
+            paths: self.paths,
+            depth: self.depth,
+            followed: self.followed,
+        })? {
+            let repeated = along & seen != 0;
+            seen |= along;
+            let (ending, deeper) = (along & ending_here, along & !ending_here);
+            if along == 0 {
+                map.next_value::<IgnoredAny>()?;
+            } else if repeated {
+                self.mark(along, Found::Twice);
+                map.next_value::<IgnoredAny>()?;
+            } else if ending != 0 {
+                let value: &'de RawValue = map.next_value()?;
+                self.mark(ending, Found::Once(value));
+                // A path that goes on through a value another path ends at: read it again.
+                if deeper != 0 {
+                    let text = value.get().as_bytes();
+                    if walk(text, self.paths, self.depth + 1, deeper, self.found).is_none() {
+                        self.mark(deeper, Found::Nothing);
+                    }
+                }
+            } else {
+                map.next_value_seed(Walk {
+                    paths: self.paths,
+                    depth: self.depth + 1,
+                    followed: deeper,
+                    found: &mut *self.found,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
 }
 
 /// `raw` with the bytes in `span` replaced by `value`.
-pub fn splice(raw: &[u8], span: std::ops::Range<usize>, value: &[u8]) -> Option<Bytes> {
+pub fn splice(raw: &[u8], span: Range<usize>, value: &[u8]) -> Option<Bytes> {
     let (head, tail) = (raw.get(..span.start)?, raw.get(span.end..)?);
     let mut out = BytesMut::with_capacity(head.len() + value.len() + tail.len());
     out.extend_from_slice(head);
     out.extend_from_slice(value);
     out.extend_from_slice(tail);
+    Some(out.freeze())
+}
+
+/// `raw` with each span replaced by its text (spans that do not overlap, in any order).
+pub fn splice_all(raw: &[u8], mut rewrites: Vec<(Range<usize>, String)>) -> Option<Bytes> {
+    rewrites.sort_by_key(|(span, _)| span.start);
+    let added: usize = rewrites.iter().map(|(_, text)| text.len()).sum();
+    let mut out = BytesMut::with_capacity(raw.len() + added);
+    let mut at = 0;
+    for (span, text) in rewrites {
+        out.extend_from_slice(raw.get(at..span.start)?);
+        out.extend_from_slice(text.as_bytes());
+        at = span.end;
+    }
+    out.extend_from_slice(raw.get(at..)?);
     Some(out.freeze())
 }
 
@@ -442,6 +618,63 @@ mod tests {
         assert!(frame(b"{\n}").is_none());
     }
 
+    #[test]
+    fn several_members_are_found_in_one_pass() {
+        let raw =
+            br#"{"id":"a","params":{"_meta":{"progressToken":7},"name":"x"},"tail":[1,{"id":2}]}"#;
+        let text = |span: Option<Range<usize>>| span.map(|r| &raw[r]);
+        let [id, token, name, params] = value_spans(
+            raw,
+            [
+                &["id"],
+                &["params", "_meta", "progressToken"],
+                &["params", "name"],
+                &["params"],
+            ],
+        );
+        assert_eq!(text(id), Some(&br#""a""#[..]));
+        assert_eq!(text(token), Some(&b"7"[..]));
+        assert_eq!(text(name), Some(&br#""x""#[..]));
+        assert_eq!(
+            text(params),
+            Some(&br#"{"_meta":{"progressToken":7},"name":"x"}"#[..])
+        );
+        // Positional parameters, a missing member, a value that is not an object.
+        let raw = br#"{"id":1,"params":[1,2],"x":null}"#;
+        let [id, token, x] = value_spans(raw, [&["id"], &["params", "_meta"], &["x", "y"]]);
+        assert_eq!((text_of(raw, id), token, x), (Some("1"), None, None));
+        // Named twice anywhere on its path: nothing, for that path only.
+        let raw = br#"{"id":1,"params":{"a":1},"params":{"a":2}}"#;
+        let [id, a] = value_spans(raw, [&["id"], &["params", "a"]]);
+        assert_eq!((text_of(raw, id), a), (Some("1"), None));
+        let raw = br#"{"id":1,"id":2}"#;
+        assert_eq!(value_span(raw, &["id"]), None);
+        // Not JSON, or JSON with something after it: nothing.
+        assert_eq!(value_span(br#"{"id":1"#, &["id"]), None);
+        assert_eq!(value_span(br#"{"id":1} x"#, &["id"]), None);
+    }
+
+    fn text_of(raw: &[u8], span: Option<Range<usize>>) -> Option<&str> {
+        std::str::from_utf8(&raw[span?]).ok()
+    }
+
+    /// Arbitrary JSON, with keys from a small set so that paths hit.
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i32>().prop_map(serde_json::Value::from),
+            "[a-z\\\"é]{0,6}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[abc]", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest! {
         #[test]
         fn never_panics_and_never_grows_past_the_limit(data in proptest::collection::vec(any::<u8>(), 0..4000)) {
@@ -453,6 +686,22 @@ mod tests {
                 prop_assert!(buf.len() <= 256 + 13);
             }
             while codec.decode_eof(&mut buf).unwrap().is_some() {}
+        }
+
+        #[test]
+        fn one_pass_finds_what_navigating_the_value_finds(
+            value in json(),
+            paths in proptest::collection::vec(proptest::collection::vec("[abc]", 1..4), 3),
+        ) {
+            let raw = serde_json::to_vec_pretty(&value).unwrap();
+            let path = |i: usize| paths[i].iter().map(String::as_str).collect::<Vec<_>>();
+            let (p0, p1, p2) = (path(0), path(1), path(2));
+            let spans = value_spans(&raw, [&p0[..], &p1[..], &p2[..]]);
+            for (span, p) in spans.into_iter().zip([&p0, &p1, &p2]) {
+                let expected = p.iter().try_fold(&value, |v, k| v.get(k));
+                let found = span.map(|r| serde_json::from_slice::<serde_json::Value>(&raw[r]).unwrap());
+                prop_assert_eq!(found.as_ref(), expected, "{:?}", p);
+            }
         }
 
         #[test]

@@ -33,7 +33,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::framing::{Kind, Message, frame, replace_value, value_text};
+use super::framing::{Kind, Message, frame, replace_value, splice_all, value_spans, value_text};
 use super::stream::StreamLog;
 
 pub use self::child::*;
@@ -296,7 +296,13 @@ impl Session {
             .map_err(|_| "the session is unavailable")?;
         match (msg.kind, &msg.id, stream) {
             (Kind::Request, Some(id), Some(stream)) => {
-                let token = value_text(&msg.raw, &PROGRESS_TOKEN).map(str::to_string);
+                // The id and the progress token, read in one pass.
+                let [id_span, token_span] = value_spans(&msg.raw, [&["id"], &PROGRESS_TOKEN]);
+                let text = |span: &Option<std::ops::Range<usize>>| {
+                    let bytes = msg.raw.get(span.clone()?)?;
+                    std::str::from_utf8(bytes).ok().map(str::to_string)
+                };
+                let token = text(&token_span);
                 let mut pending = Pending {
                     id: id.clone(),
                     stream,
@@ -311,14 +317,15 @@ impl Session {
                     pending.id = child.fresh_id(self.no, "");
                     pending.client_id = Some(id.clone());
                     pending.initialize = msg.method.as_deref() == Some("initialize");
-                    raw = replace_value(&raw, &["id"], &pending.id).ok_or("unreadable request")?;
-                    if let Some(t) = &token {
+                    let id_span = id_span.ok_or("unreadable request")?;
+                    let mut rewrites = vec![(id_span, pending.id.clone())];
+                    if let (Some(t), Some(span)) = (&token, token_span) {
                         let fresh = child.fresh_id(self.no, "-progress");
-                        raw = replace_value(&raw, &PROGRESS_TOKEN, &fresh)
-                            .ok_or("unreadable request")?;
+                        rewrites.push((span, fresh.clone()));
                         pending.client_token = Some(t.clone());
                         child_token = Some(fresh);
                     }
+                    raw = splice_all(&raw, rewrites).ok_or("unreadable request")?;
                 }
                 if let Some(t) = child_token.as_deref().and_then(normalized) {
                     r.progress.insert(t, pending.id.clone());
