@@ -983,30 +983,7 @@ async fn the_2024_11_05_sse_transport_is_gated_owned_and_ends_with_its_stream() 
 async fn a_users_modern_child_ends_when_idle() {
     let p = start_proxy(&["--session-idle-timeout", "1s", "--", "node", FIXTURE]).await;
     let t = token_for(&p, "password:alice").await;
-    let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{
-        "name":"pid","arguments":{},
-        "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",
-                 "io.modelcontextprotocol/clientCapabilities":{}}}});
-    let resp = client()
-        .post(p.url("/mcp"))
-        .bearer_auth(&t)
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", "pid")
-        .header(header::ACCEPT, "application/json, text/event-stream")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let answer: Value = resp.json().await.unwrap();
-    assert_eq!(answer["result"]["resultType"], "complete", "{answer}");
-    let pid: i32 = answer["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: i32 = modern_tool(&p, &t, "pid").await.trim().parse().unwrap();
     let stdio = p.state.backend.as_ref().unwrap();
     assert_eq!(
         stdio.live_sessions(),
@@ -1024,6 +1001,86 @@ async fn a_users_modern_child_ends_when_idle() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the idle modern child was not stopped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A stateless (2026-07-28) request: `method` with `params` and the `_meta` every such
+/// request carries, the headers mirroring it.
+async fn modern_request(
+    p: &TestProxy,
+    token: &str,
+    method: &str,
+    name: Option<&str>,
+    mut params: Value,
+) -> reqwest::Response {
+    params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28",
+                             "io.modelcontextprotocol/clientCapabilities":{}});
+    let body = json!({"jsonrpc":"2.0","id":1,"method":method,"params":params});
+    let mut req = client()
+        .post(p.url("/mcp"))
+        .bearer_auth(token)
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method)
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .json(&body);
+    if let Some(name) = name {
+        req = req.header("mcp-name", name);
+    }
+    req.send().await.unwrap()
+}
+
+/// The text a tool of the fixture answers a stateless call with.
+async fn modern_tool(p: &TestProxy, token: &str, tool: &str) -> String {
+    let params = json!({"name": tool, "arguments": {}});
+    let resp = modern_request(p, token, "tools/call", Some(tool), params).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["result"]["resultType"], "complete", "{answer}");
+    answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Opens a `subscriptions/listen` stream for `uris`; returns it once acknowledged.
+async fn listen(p: &TestProxy, token: &str, uris: &[&str]) -> reqwest::Response {
+    let params = json!({"notifications": {"resourceSubscriptions": uris}});
+    let mut resp = modern_request(p, token, "subscriptions/listen", None, params).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let first = resp.chunk().await.unwrap().unwrap();
+    let first = String::from_utf8_lossy(&first);
+    assert!(first.contains("acknowledged"), "{first}");
+    resp
+}
+
+/// The child is subscribed to a resource (`resources/subscribe`) for the first listener that
+/// names it, and unsubscribed after the last one closes, once per resource.
+#[tokio::test]
+async fn a_childs_subscriptions_follow_its_listeners() {
+    let p = bridge_with(&[]).await;
+    let t = token_for(&p, "password:alice").await;
+    let a = listen(&p, &t, &["test://r/0"]).await;
+    assert_eq!(modern_tool(&p, &t, "subscriptions").await, "test://r/0;1,0");
+    let b = listen(&p, &t, &["test://r/0", "test://r/1"]).await;
+    assert_eq!(
+        modern_tool(&p, &t, "subscriptions").await,
+        "test://r/0 test://r/1;2,0",
+        "test://r/0 is subscribed once"
+    );
+    drop(a);
+    drop(b);
+    // Both closed: each resource unsubscribed once (test://r/0 after its second listener).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let now = modern_tool(&p, &t, "subscriptions").await;
+        if now == ";2,2" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still subscribed after both listeners closed: {now}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

@@ -183,10 +183,9 @@ impl StdioBackend {
         let msg = read_message(req).await?;
         if !headers.contains_key(MCP_SESSION_ID)
             && msg.kind != Kind::Batch
-            && let Ok(body) = serde_json::from_slice::<Value>(&msg.raw)
-            && modern::is_modern(&headers, &body)
+            && let Some(request) = modern::read(&headers, &msg)
         {
-            return self.modern(caller, &headers, &msg, body, wants_sse).await;
+            return self.modern(caller, &msg, request?, wants_sse).await;
         }
         legacy_version(&headers)?;
         if msg.kind == Kind::Batch {

@@ -169,16 +169,93 @@ impl Drop for Place {
 }
 
 /// Ends the listener's session (and so its place among the child's sessions) with the
-/// stream.
+/// stream, after unsubscribing the child from the URIs no other listener still wants.
 struct Listening {
     session: Arc<Session>,
+    /// The URIs this listener counts in the child's subscriptions.
+    uris: Vec<String>,
     _place: Place,
 }
 
 impl Drop for Listening {
     fn drop(&mut self) {
-        self.session.close("the subscription ended");
+        let session = self.session.clone();
+        let uris = std::mem::take(&mut self.uris);
+        let runtime = tokio::runtime::Handle::try_current();
+        match runtime {
+            Ok(runtime) if !uris.is_empty() => {
+                runtime.spawn(async move {
+                    let answers = unsubscribe(&session, &uris).await;
+                    // The session ends once the child answered: ending it sooner would
+                    // cancel the unsubscribes.
+                    for mut answer in answers {
+                        let _ = tokio::time::timeout(UNSUBSCRIBE_WAIT, answer.recv()).await;
+                    }
+                    session.close("the subscription ended");
+                });
+            }
+            _ => session.close("the subscription ended"),
+        }
     }
+}
+
+/// How long a closing listener waits for the child to answer its unsubscribes.
+const UNSUBSCRIBE_WAIT: Duration = Duration::from_secs(10);
+
+/// Sends `resources/subscribe` or `resources/unsubscribe` for `uri` from `session`; the
+/// answer arrives on the receiver.
+async fn ask_child(
+    session: &Arc<Session>,
+    method: &str,
+    uri: &str,
+) -> Result<mpsc::Receiver<Bytes>, &'static str> {
+    // The id is the child's own once sent: a modern child is shared by its requests' sessions,
+    // whose ids the bridge makes unique.
+    let request = json!({
+        "jsonrpc": "2.0", "id": "mcp-auth-proxy-subscription",
+        "method": method, "params": {"uri": uri},
+    });
+    let request = Message::parse(Bytes::from(request.to_string())).ok_or("unreadable request")?;
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let stream = session.new_stream(false, tx);
+    session.send(&request, Some(stream)).await?;
+    Ok(rx)
+}
+
+/// Counts `listening`'s URIs in its child's subscriptions, subscribing the child to those
+/// no other listener had asked for.
+async fn subscribe(listening: &mut Listening, uris: &[String]) -> Result<(), &'static str> {
+    let session = listening.session.clone();
+    let mut subscribed = session.child().subscribed.lock().await;
+    for uri in uris {
+        let listeners = subscribed.entry(uri.clone()).or_default();
+        *listeners += 1;
+        listening.uris.push(uri.clone());
+        if *listeners == 1 {
+            ask_child(&session, "resources/subscribe", uri).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes `uris` out of the child's subscriptions, unsubscribing the child from those no
+/// listener wants any more; the answers to come.
+async fn unsubscribe(session: &Arc<Session>, uris: &[String]) -> Vec<mpsc::Receiver<Bytes>> {
+    let mut subscribed = session.child().subscribed.lock().await;
+    let mut answers = Vec::new();
+    for uri in uris {
+        let Some(listeners) = subscribed.get_mut(uri) else {
+            continue;
+        };
+        *listeners = listeners.saturating_sub(1);
+        if *listeners == 0 {
+            subscribed.remove(uri);
+            if let Ok(answer) = ask_child(session, "resources/unsubscribe", uri).await {
+                answers.push(answer);
+            }
+        }
+    }
+    answers
 }
 
 impl StdioBackend {
@@ -201,26 +278,20 @@ impl StdioBackend {
             "too many subscriptions are open: close one first",
         ))?;
         let filter = Filter::honoured(
-            request.params.as_ref().and_then(|p| p.get("notifications")),
+            request.param("notifications").as_ref(),
             init.get("capabilities"),
         );
         let session = self.request_session(anchor);
         let (tx, rx) = mpsc::channel::<Bytes>(GET_STREAM_QUEUE);
         session.open_raw_get_stream(tx);
-        for (n, uri) in filter.uris.iter().enumerate() {
-            let subscribe = json!({
-                "jsonrpc": "2.0", "id": format!("subscribe-{n}"),
-                "method": "resources/subscribe", "params": {"uri": uri},
-            });
-            let (answer_tx, _) = mpsc::channel::<Bytes>(1);
-            let stream = session.new_stream(false, answer_tx);
-            if let Some(m) = Message::parse(Bytes::from(subscribe.to_string())) {
-                session
-                    .send(&m, Some(stream))
-                    .await
-                    .map_err(|why| Refusal::Rpc(StatusCode::BAD_GATEWAY, why))?;
-            }
-        }
+        let mut listening = Listening {
+            session,
+            uris: Vec::new(),
+            _place: place,
+        };
+        subscribe(&mut listening, &filter.uris)
+            .await
+            .map_err(|why| Refusal::Rpc(StatusCode::BAD_GATEWAY, why))?;
         let id = request.id.clone();
         let ack = json!({
             "jsonrpc": "2.0",
@@ -233,10 +304,6 @@ impl StdioBackend {
         let first = futures_util::stream::once(async move {
             Ok::<_, std::convert::Infallible>(modern::sse_event(ack.to_string().as_bytes()))
         });
-        let listening = Listening {
-            session,
-            _place: place,
-        };
         let mut beat = tokio::time::interval(KEEP_ALIVE);
         beat.reset();
         let rest = futures_util::stream::unfold(

@@ -23,7 +23,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
+use std::borrow::Cow;
+
+use super::super::framing::{Kind, Message, value_span};
 
 /// The modern revisions the bridge speaks.
 pub const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
@@ -31,7 +36,6 @@ pub const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
 const VERSION_KEY: &str = "io.modelcontextprotocol/protocolVersion";
 const SERVER_INFO_KEY: &str = "io.modelcontextprotocol/serverInfo";
 const CAPABILITIES_KEY: &str = "io.modelcontextprotocol/clientCapabilities";
-const LOG_LEVEL_KEY: &str = "io.modelcontextprotocol/logLevel";
 
 /// The log levels (RFC 5424 severities), least severe first.
 const LOG_LEVELS: [&str; 8] = [
@@ -77,28 +81,110 @@ pub struct CacheHints {
     pub ttl_ms: u64,
 }
 
-/// A modern request that passed the header rules.
+/// A modern request that passed the header rules. The parts only some requests need are kept
+/// as the request's own JSON text (slices of its body, not copies) and read when needed.
 pub(super) struct Modern {
     /// The request's id as JSON (`null` for a notification).
     pub id: Value,
     pub method: String,
     pub is_request: bool,
     /// `_meta`'s client capabilities: what the child may ask this request's client.
-    pub capabilities: Value,
-    /// The request's parameters (what a retry must repeat, see [`super::mrtr`]).
-    pub params: Option<Value>,
+    capabilities: Option<Bytes>,
+    /// The request as sent: its parameters are what a retry must repeat (see
+    /// [`super::mrtr`]).
+    body: Bytes,
     /// `_meta`'s log level: the lowest severity of the child's `notifications/message` this
     /// request's stream carries (none without it: logging is asked for per request).
     pub log_level: Option<usize>,
     /// A retry's `requestState` and `inputResponses`.
     pub request_state: Option<String>,
-    pub input_responses: Option<Value>,
+    input_responses: Option<Bytes>,
+}
+
+/// The members of a request's `params` that the era and the header rules read, borrowed
+/// from its body in one pass (other members skipped, not built). A member named twice fails
+/// the parse: which of the two a reader takes is not ours to guess.
+#[derive(Deserialize, Default)]
+struct Params<'a> {
+    #[serde(rename = "_meta", borrow, default)]
+    meta: Option<Meta<'a>>,
+    #[serde(borrow, default)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    uri: Option<&'a RawValue>,
+    #[serde(rename = "requestState", borrow, default)]
+    request_state: Option<&'a RawValue>,
+    #[serde(rename = "inputResponses", borrow, default)]
+    input_responses: Option<&'a RawValue>,
+}
+
+/// The members of `params._meta` every modern request carries (specification,
+/// basic/versioning).
+#[derive(Deserialize, Default)]
+struct Meta<'a> {
+    #[serde(rename = "io.modelcontextprotocol/protocolVersion", borrow, default)]
+    version: Option<&'a RawValue>,
+    #[serde(rename = "io.modelcontextprotocol/clientCapabilities", borrow, default)]
+    capabilities: Option<&'a RawValue>,
+    #[serde(rename = "io.modelcontextprotocol/logLevel", borrow, default)]
+    log_level: Option<&'a RawValue>,
+}
+
+/// The top level of a request: only `params` is read here (`id` and `method` were read by
+/// [`Message::parse`]).
+#[derive(Deserialize)]
+struct Top<'a> {
+    #[serde(borrow, default)]
+    params: Option<Params<'a>>,
+}
+
+/// A request body's `params` as read; `None` when the body cannot be read that way (a
+/// member named twice, `params` or `_meta` not an object).
+fn read_params(raw: &[u8]) -> Option<Params<'_>> {
+    let top: Top<'_> = serde_json::from_slice(raw).ok()?;
+    Some(top.params.unwrap_or_default())
+}
+
+/// A JSON string's text (`None` for any other JSON value); borrowed unless it has escapes.
+fn text(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    let raw = raw?.get();
+    serde_json::from_str::<&str>(raw)
+        .map(Cow::Borrowed)
+        .or_else(|_| serde_json::from_str::<String>(raw).map(Cow::Owned))
+        .ok()
+}
+
+/// The part of `body` that `part` (borrowed from it) is, without copying.
+fn part_of(body: &Bytes, part: Option<&RawValue>) -> Option<Bytes> {
+    let part = part?.get().as_bytes();
+    let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= body.len()).then(|| body.slice(start..end))
+}
+
+/// The JSON value at member `name` of the JSON object `text`.
+fn member_value(text: Option<&Bytes>, name: &str) -> Option<Value> {
+    let text = text?;
+    serde_json::from_slice(text.get(value_span(text, &[name])?)?).ok()
 }
 
 impl Modern {
     /// The method and parameters, as a retry must repeat them.
     pub fn digest(&self) -> String {
-        super::mrtr::call_digest(&self.method, self.params.as_ref())
+        let params = value_span(&self.body, &["params"])
+            .and_then(|span| serde_json::from_slice::<Value>(self.body.get(span)?).ok());
+        super::mrtr::call_digest(&self.method, params.as_ref())
+    }
+
+    /// The request's parameter `name`.
+    pub fn param(&self, name: &str) -> Option<Value> {
+        let span = value_span(&self.body, &["params", name])?;
+        serde_json::from_slice(self.body.get(span)?).ok()
+    }
+
+    /// A retry's answer under `key` of its `inputResponses`.
+    pub fn input_response(&self, key: &str) -> Option<Value> {
+        member_value(self.input_responses.as_ref(), key)
     }
 
     /// Whether a `notifications/message` of the child's belongs on this request's stream.
@@ -113,9 +199,7 @@ impl Modern {
 
     /// Whether the client declared `capability`.
     pub fn declared(&self, capability: &str) -> bool {
-        self.capabilities
-            .get(capability)
-            .is_some_and(|c| !c.is_null())
+        member_value(self.capabilities.as_ref(), capability).is_some_and(|c| !c.is_null())
     }
 }
 
@@ -174,26 +258,43 @@ pub fn supported_versions() -> Vec<&'static str> {
         .collect()
 }
 
-/// `params.<name>` of a message (not `Value::pointer`, which copies every path segment:
-/// this runs several times per request).
-fn param<'v>(body: &'v Value, name: &str) -> Option<&'v Value> {
-    body.get("params")?.get(name)
-}
-
-/// The protocol version a message names in `params._meta`.
-fn meta_version(body: &Value) -> Option<&str> {
-    param(body, "_meta")?.get(VERSION_KEY)?.as_str()
-}
-
-/// Whether a POST without a session is of the modern era.
-pub(super) fn is_modern(headers: &HeaderMap, body: &Value) -> bool {
-    let header_modern = headers.get_all("mcp-protocol-version").iter().any(|v| {
+/// Whether `headers` name a protocol version that only the modern era has.
+fn header_modern(headers: &HeaderMap) -> bool {
+    headers.get_all("mcp-protocol-version").iter().any(|v| {
         v.to_str()
             .is_ok_and(|v| !super::SUPPORTED_VERSIONS.contains(&v.trim()))
-    });
-    // A legacy `initialize` names its version in `params.protocolVersion`, never in `_meta`.
-    let initialize = body.get("method").and_then(Value::as_str) == Some("initialize");
-    header_modern || (!initialize && meta_version(body).is_some())
+    })
+}
+
+/// What a POST without a session is: `None` for the legacy era, else the modern request
+/// checked against the header rules. A request is modern when it names a modern version in
+/// `MCP-Protocol-Version` or in `_meta` (a legacy `initialize` names its version in
+/// `params.protocolVersion`, never in `_meta`).
+pub(super) fn read(headers: &HeaderMap, msg: &Message) -> Option<Result<Modern, ModernRefusal>> {
+    let header_modern = header_modern(headers);
+    let Some(fields) = read_params(&msg.raw) else {
+        let id = message_id(msg);
+        let why =
+            "params could not be read (a member named twice, or params or _meta not an object)";
+        return header_modern.then(|| {
+            Err(ModernRefusal::InvalidParams {
+                id,
+                why: why.into(),
+            })
+        });
+    };
+    let meta = fields.meta.as_ref();
+    let named_modern =
+        msg.method.as_deref() != Some("initialize") && text(meta.and_then(|m| m.version)).is_some();
+    (header_modern || named_modern).then(|| check(headers, msg, &fields))
+}
+
+/// The id of `msg` as JSON (`null` for a notification).
+fn message_id(msg: &Message) -> Value {
+    msg.id
+        .as_deref()
+        .and_then(|id| serde_json::from_str(id).ok())
+        .unwrap_or(Value::Null)
 }
 
 /// The one value of `name`, if present; a repeated or unreadable one is refused (a load
@@ -235,15 +336,15 @@ fn decoded(value: &str) -> Option<String> {
 }
 
 /// Checks a modern request's headers against its body.
-pub(super) fn check(headers: &HeaderMap, mut body: Value) -> Result<Modern, ModernRefusal> {
-    let id = body.get("id").cloned().unwrap_or(Value::Null);
+fn check(headers: &HeaderMap, msg: &Message, fields: &Params<'_>) -> Result<Modern, ModernRefusal> {
+    let id = message_id(msg);
     let mismatch = |why: String| ModernRefusal::HeaderMismatch {
         id: id.clone(),
         why,
     };
-    let method = body
-        .get("method")
-        .and_then(Value::as_str)
+    let method = msg
+        .method
+        .as_deref()
         .ok_or_else(|| mismatch("the body is not a request or notification".into()))?;
     let header_version = single(headers, "mcp-protocol-version", &id)?
         .ok_or_else(|| mismatch("MCP-Protocol-Version is missing".into()))?;
@@ -251,14 +352,15 @@ pub(super) fn check(headers: &HeaderMap, mut body: Value) -> Result<Modern, Mode
         id: id.clone(),
         why: why.to_string(),
     };
-    let is_request = body.get("id").is_some();
-    let meta = param(&body, "_meta");
-    let Some(version) = meta_version(&body) else {
+    let is_request = msg.kind == Kind::Request;
+    let meta = fields.meta.as_ref();
+    let Some(version) = text(meta.and_then(|m| m.version)) else {
         return Err(invalid(
             "params._meta must name io.modelcontextprotocol/protocolVersion",
         ));
     };
-    if is_request && meta.and_then(|m| m.get(CAPABILITIES_KEY)).is_none() {
+    let capabilities = meta.and_then(|m| m.capabilities);
+    if is_request && capabilities.is_none() {
         return Err(invalid(
             "params._meta must carry io.modelcontextprotocol/clientCapabilities",
         ));
@@ -268,10 +370,10 @@ pub(super) fn check(headers: &HeaderMap, mut body: Value) -> Result<Modern, Mode
             "MCP-Protocol-Version header value '{header_version}' does not match body value '{version}'"
         )));
     }
-    if !MODERN_VERSIONS.contains(&version) {
+    if !MODERN_VERSIONS.contains(&version.as_ref()) {
         return Err(ModernRefusal::UnsupportedVersion {
             id,
-            requested: version.to_string(),
+            requested: version.into_owned(),
         });
     }
     if REMOVED.contains(&method) {
@@ -291,60 +393,42 @@ pub(super) fn check(headers: &HeaderMap, mut body: Value) -> Result<Modern, Mode
             None => return Err(mismatch("Mcp-Method is missing".into())),
         }
         let named = match method {
-            "tools/call" | "prompts/get" => param(&body, "name"),
-            "resources/read" => param(&body, "uri"),
+            "tools/call" | "prompts/get" => Some(fields.name),
+            "resources/read" => Some(fields.uri),
             _ => None,
         };
-        if let Some(named) = named {
-            let named = named.as_str().unwrap_or_default();
+        if let Some(named) = named.flatten() {
+            let named = text(Some(named)).unwrap_or_default();
             let header = single(headers, "mcp-name", &id)?
                 .ok_or_else(|| mismatch("Mcp-Name is missing".into()))?;
-            if decoded(header).as_deref() != Some(named) {
+            if decoded(header).as_deref() != Some(named.as_ref()) {
                 return Err(mismatch(format!(
                     "Mcp-Name header value '{header}' does not match body value '{named}'"
                 )));
             }
         }
     }
-    let log_level = match meta.and_then(|m| m.get(LOG_LEVEL_KEY)) {
+    let log_level = match meta.and_then(|m| m.log_level) {
         None => None,
         Some(level) => Some(
-            level
-                .as_str()
+            text(Some(level))
+                .as_deref()
                 .and_then(log_rank)
                 .ok_or_else(|| invalid("io.modelcontextprotocol/logLevel is not a log level"))?,
         ),
     };
-    let capabilities = meta
-        .and_then(|m| m.get(CAPABILITIES_KEY))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let method = method.to_string();
-    // The parameters are the request's own from here on: moved, not copied.
-    let mut params = body.get_mut("params").map(Value::take);
-    let mut added = |name: &str| {
-        params
-            .as_mut()
-            .and_then(Value::as_object_mut)
-            .and_then(|p| p.remove(name))
-    };
-    let request_state = added("requestState").and_then(|s| s.as_str().map(str::to_string));
-    let input_responses = added("inputResponses");
     Ok(Modern {
         log_level,
-        capabilities,
-        request_state,
-        input_responses,
-        params,
+        capabilities: part_of(&msg.raw, capabilities),
+        request_state: text(fields.request_state).map(Cow::into_owned),
+        input_responses: part_of(&msg.raw, fields.input_responses),
+        body: msg.raw.clone(),
         id,
-        method,
+        method: method.to_string(),
         is_request,
     })
 }
 
-/// The `server/discover` answer (specification, server/discover) from the child's
-/// `initialize` result: what the child offers (its list changes and resource updates reach
-/// modern clients through `subscriptions/listen`).
 pub(super) fn discover(id: &Value, init: &Value, hints: CacheHints) -> Bytes {
     let capabilities = init
         .get("capabilities")
@@ -409,7 +493,7 @@ pub(super) fn modernized(raw: Bytes, id: Option<&Value>, method: &str, hints: Ca
 /// `raw` with `"resultType":"complete"` first in its `result` object, when that object has
 /// none (`None`: no result object, or it has one already).
 fn with_result_type(raw: &Bytes) -> Option<Bytes> {
-    use super::super::framing::{splice, value_span};
+    use super::super::framing::splice;
     let span = value_span(raw, &["result"])?;
     if raw.get(span.start) != Some(&b'{') {
         return None;
@@ -487,6 +571,8 @@ pub(super) fn initialize_request(relays: bool) -> Bytes {
 mod tests {
     use super::*;
 
+    const LOG_LEVEL_KEY: &str = "io.modelcontextprotocol/logLevel";
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -503,6 +589,11 @@ mod tests {
             "name": name, "arguments": {},
             "_meta": {VERSION_KEY: "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}},
         }})
+    }
+
+    fn checked(h: &HeaderMap, body: Value) -> Result<Modern, ModernRefusal> {
+        let msg = Message::parse(Bytes::from(body.to_string())).unwrap();
+        read(h, &msg).expect("a modern request")
     }
 
     fn code(r: Result<Modern, ModernRefusal>) -> i64 {
@@ -522,7 +613,7 @@ mod tests {
             ("mcp-method", "tools/call"),
             ("mcp-name", "echo"),
         ];
-        assert_eq!(code(check(&headers(&good), call("echo"))), 0);
+        assert_eq!(code(checked(&headers(&good), call("echo"))), 0);
         // Each rule, broken once.
         for broken in [
             vec![("mcp-method", "tools/call"), ("mcp-name", "echo")],
@@ -554,7 +645,7 @@ mod tests {
             ],
         ] {
             assert_eq!(
-                code(check(&headers(&broken), call("echo"))),
+                code(checked(&headers(&broken), call("echo"))),
                 -32020,
                 "{broken:?}"
             );
@@ -573,8 +664,25 @@ mod tests {
             ("mcp-method", "tools/call"),
             ("mcp-name", &encoded),
         ]);
-        assert_eq!(code(check(&h, call(name))), 0);
-        assert_eq!(code(check(&h, call("hello world"))), -32020);
+        assert_eq!(code(checked(&h, call(name))), 0);
+        assert_eq!(code(checked(&h, call("hello world"))), -32020);
+    }
+
+    #[test]
+    fn a_parameter_named_twice_is_refused_not_guessed() {
+        let twice = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","name":"rm","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+        let msg = Message::parse(Bytes::from(twice)).unwrap();
+        let modern = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ]);
+        assert_eq!(
+            code(read(&modern, &msg).expect("modern by its header")),
+            -32602
+        );
+        // Without the header nothing says it is modern: the legacy rules refuse it (no session).
+        assert!(read(&HeaderMap::new(), &msg).is_none());
     }
 
     #[test]
@@ -586,7 +694,7 @@ mod tests {
             ("mcp-method", "tools/call"),
             ("mcp-name", "echo"),
         ]);
-        assert_eq!(code(check(&h, body.clone())), -32022);
+        assert_eq!(code(checked(&h, body.clone())), -32022);
     }
 
     #[test]
@@ -624,16 +732,16 @@ mod tests {
         ]);
         let log =
             |level: &str| json!({"method": "notifications/message", "params": {"level": level}});
-        let plain = check(&h, call("echo")).ok().unwrap();
+        let plain = checked(&h, call("echo")).ok().unwrap();
         assert!(!plain.wants_log(&log("emergency")), "not asked: none");
         let mut body = call("echo");
         body["params"]["_meta"][LOG_LEVEL_KEY] = json!("warning");
-        let asked = check(&h, body.clone()).ok().unwrap();
+        let asked = checked(&h, body.clone()).ok().unwrap();
         assert!(asked.wants_log(&log("error")));
         assert!(asked.wants_log(&log("warning")));
         assert!(!asked.wants_log(&log("info")));
         body["params"]["_meta"][LOG_LEVEL_KEY] = json!("loud");
-        assert_eq!(code(check(&h, body.clone())), -32602);
+        assert_eq!(code(checked(&h, body.clone())), -32602);
     }
 
     #[test]

@@ -182,16 +182,14 @@ impl Exchange {
 }
 
 impl StdioBackend {
-    /// Answers a modern request (`body` is `msg` parsed).
+    /// Answers a modern request (`request` is `msg` as read by [`modern::read`]).
     pub(super) async fn modern(
         &self,
         caller: &Caller,
-        headers: &axum::http::HeaderMap,
         msg: &Message,
-        body: Value,
+        request: Modern,
         wants_sse: bool,
     ) -> Result<Response, Refusal> {
-        let request = modern::check(headers, body)?;
         if !request.is_request {
             // This revision defines no client notifications over HTTP: taken and dropped.
             return Ok(StatusCode::ACCEPTED.into_response());
@@ -311,11 +309,7 @@ impl StdioBackend {
         let held = holding
             .take(state, caller.subject(), &request.digest(), now_unix)
             .map_err(|e| refused(e.to_string()))?;
-        let answer = request
-            .input_responses
-            .as_ref()
-            .and_then(|r| r.get(mrtr::INPUT_KEY));
-        let Some(result) = answer else {
+        let Some(result) = request.input_response(mrtr::INPUT_KEY) else {
             // Retried without the answer: asked again (the specification's advice), under a
             // new state.
             let question = held.question.clone();
@@ -339,7 +333,7 @@ impl StdioBackend {
         // so that nothing it says next is lost.
         held.stream.attach(tx, None);
         held.session
-            .send_raw_answer(&mrtr::answer_for_child(&held.asked_id, Ok(result)))
+            .send_raw_answer(&mrtr::answer_for_child(&held.asked_id, Ok(&result)))
             .await
             .map_err(|why| Refusal::Rpc(StatusCode::BAD_GATEWAY, why))?;
         Ok(Retry::Continue(held))

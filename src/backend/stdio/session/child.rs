@@ -49,6 +49,11 @@ pub struct Child {
     pub(super) init: watch::Sender<Init>,
     pub(super) initialized_sent: AtomicBool,
     pub(super) next_id: AtomicU64,
+    /// The resource URIs this child was subscribed to (`resources/subscribe`) for
+    /// 2026-07-28 listeners, and for how many of them: subscribed for the first, unsubscribed
+    /// after the last. Held while a subscribe or unsubscribe is written, so that the child
+    /// receives them in the order they were decided.
+    pub subscribed: tokio::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 /// Children that keep exiting by themselves soon after starting delay the next start: after
@@ -126,6 +131,7 @@ impl Child {
             init: watch::Sender::new(Init::Idle),
             initialized_sent: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
+            subscribed: tokio::sync::Mutex::default(),
         })
     }
 
