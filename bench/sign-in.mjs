@@ -9,8 +9,11 @@ export async function signIn(origin, browser, password) {
   return (await signInClient(origin, browser, password)).access;
 }
 
-/** The access token and the client it was issued to. */
-export async function signInClient(origin, browser, password) {
+/**
+ * The access token and the client it was issued to. With `idp` ({ origin, login }), the
+ * person signs in at that OpenID provider instead of with the password.
+ */
+export async function signInClient(origin, browser, password, idp) {
   const reg = await (await fetch(`${origin}/register`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
@@ -22,7 +25,7 @@ export async function signInClient(origin, browser, password) {
     response_type: 'code', client_id: reg.client_id, redirect_uri: redirect,
     code_challenge: challenge, code_challenge_method: 'S256', state: 's',
   });
-  const back = new URL(await browser.authorize(`${origin}/authorize?${q}`, { password }));
+  const back = new URL(await browser.authorize(`${origin}/authorize?${q}`, { password, idp }));
   const res = await fetch(`${origin}/token`, {
     method: 'POST',
     headers: { 'content-type': 'application/x-www-form-urlencoded' },
