@@ -28,7 +28,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use std::borrow::Cow;
 
-use super::super::framing::{Kind, Message, value_span};
+use super::super::framing::{Kind, Message, splice, value_span};
 
 /// The modern revisions the bridge speaks.
 pub const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
@@ -429,6 +429,31 @@ fn check(headers: &HeaderMap, msg: &Message, fields: &Params<'_>) -> Result<Mode
     })
 }
 
+/// The prefix of the `_meta` keys MCP reserves for itself (basic, "General fields").
+const RESERVED_PREFIX: &str = "io.modelcontextprotocol/";
+
+/// `msg` as a server of the 2025 revisions is sent it: `params._meta` without this revision's
+/// envelope (the `io.modelcontextprotocol/…` keys), which such a server does not read (the
+/// bridge's `initialize` told it what the bridge relays) yet still parses: measured, they
+/// cost server-everything a sixth of its throughput (BENCHMARKS.md). Other members of
+/// `_meta` (a progress token) stay. `None`: nothing to take out.
+pub(super) fn for_legacy_child(msg: &Message) -> Option<Message> {
+    let span = value_span(&msg.raw, &["params", "_meta"])?;
+    let mut meta: Map<String, Value> = serde_json::from_slice(msg.raw.get(span.clone())?).ok()?;
+    let before = meta.len();
+    meta.retain(|key, _| !key.starts_with(RESERVED_PREFIX));
+    if meta.len() == before {
+        return None;
+    }
+    let meta = serde_json::to_vec(&meta).ok()?;
+    Some(Message {
+        raw: splice(&msg.raw, span, &meta)?,
+        kind: msg.kind,
+        id: msg.id.clone(),
+        method: msg.method.clone(),
+    })
+}
+
 pub(super) fn discover(id: &Value, init: &Value, hints: CacheHints) -> Bytes {
     let capabilities = init
         .get("capabilities")
@@ -493,7 +518,6 @@ pub(super) fn modernized(raw: Bytes, id: Option<&Value>, method: &str, hints: Ca
 /// `raw` with `"resultType":"complete"` first in its `result` object, when that object has
 /// none (`None`: no result object, or it has one already).
 fn with_result_type(raw: &Bytes) -> Option<Bytes> {
-    use super::super::framing::splice;
     let span = value_span(raw, &["result"])?;
     if raw.get(span.start) != Some(&b'{') {
         return None;
@@ -763,6 +787,24 @@ mod tests {
             let out = modernized(Bytes::from(raw), None, "tools/call", CacheHints::default());
             assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
         }
+    }
+
+    #[test]
+    fn a_2025_server_is_sent_the_request_without_the_envelope() {
+        let raw = r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","_meta":{"progressToken":"p","io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"sampling":{}}},"arguments":{"a":1}}}"#;
+        let msg = Message::parse(Bytes::from(raw)).unwrap();
+        let out = for_legacy_child(&msg).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out.raw).unwrap(),
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","_meta":{"progressToken":"p"},"arguments":{"a":1}}}"#
+        );
+        assert_eq!((out.kind, out.id.as_deref()), (Kind::Request, Some("4")));
+        // Nothing of the envelope: sent as it is.
+        let plain = Message::parse(Bytes::from(
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/list","params":{"_meta":{"x":1}}}"#,
+        ))
+        .unwrap();
+        assert!(for_legacy_child(&plain).is_none());
     }
 
     #[test]

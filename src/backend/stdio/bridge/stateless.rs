@@ -250,8 +250,12 @@ impl StdioBackend {
                 }
                 let session = self.request_session(&anchor);
                 let stream = session.new_stream(false, tx);
+                let stripped = (!modern_child).then(|| modern::for_legacy_child(msg));
                 session
-                    .send(msg, Some(stream.clone()))
+                    .send(
+                        stripped.flatten().as_ref().unwrap_or(msg),
+                        Some(stream.clone()),
+                    )
                     .await
                     .map_err(|why| Refusal::Rpc(StatusCode::BAD_GATEWAY, why))?;
                 (session, stream, Some(anchor))
