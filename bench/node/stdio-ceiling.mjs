@@ -1,6 +1,8 @@
 // The ceiling for the stdio benchmark: server-everything driven straight over its stdio by
 // one client keeping CONCURRENCY tools/call (echo) requests in flight for DURATION seconds.
-// Prints requests per second.
+// Prints requests per second. With a third argument `envelope`, each call's `_meta` carries
+// what a 2026-07-28 request carries (protocol version, client info and capabilities): what
+// a 2025 server would be sent if the bridge relayed that envelope.
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import readline from 'node:readline';
@@ -8,6 +10,12 @@ import readline from 'node:readline';
 const require = createRequire(import.meta.url);
 const DURATION = Number(process.argv[2] ?? 10);
 const CONCURRENCY = Number(process.argv[3] ?? 16);
+const ENVELOPE = process.argv[4] === 'envelope';
+const meta = {
+  'io.modelcontextprotocol/protocolVersion': '2026-07-28',
+  'io.modelcontextprotocol/clientInfo': { name: 'wrk', version: '1' },
+  'io.modelcontextprotocol/clientCapabilities': {},
+};
 const child = spawn(process.execPath, [require.resolve('@modelcontextprotocol/server-everything/dist/index.js'), 'stdio'], {
   stdio: ['pipe', 'pipe', 'ignore'],
 });
@@ -38,7 +46,8 @@ let count = 0;
 const end = Date.now() + DURATION * 1000;
 async function worker() {
   while (Date.now() < end) {
-    await request('tools/call', { name: 'echo', arguments: { message: 'bench' } });
+    const params = { name: 'echo', arguments: { message: 'bench' } };
+    await request('tools/call', ENVELOPE ? { ...params, _meta: meta } : params);
     count += 1;
   }
 }

@@ -36,6 +36,7 @@ pub const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
 const VERSION_KEY: &str = "io.modelcontextprotocol/protocolVersion";
 const SERVER_INFO_KEY: &str = "io.modelcontextprotocol/serverInfo";
 const CAPABILITIES_KEY: &str = "io.modelcontextprotocol/clientCapabilities";
+const LOG_LEVEL_KEY: &str = "io.modelcontextprotocol/logLevel";
 
 /// The log levels (RFC 5424 severities), least severe first.
 const LOG_LEVELS: [&str; 8] = [
@@ -99,6 +100,9 @@ pub(super) struct Modern {
     /// A retry's `requestState` and `inputResponses`.
     pub request_state: Option<String>,
     input_responses: Option<Bytes>,
+    /// Where `_meta` sits in the body, and what a 2025 server is sent in its place (see
+    /// [`Modern::for_legacy_child`]); `None` when it is sent as it is.
+    legacy_meta: Option<(std::ops::Range<usize>, Vec<u8>)>,
 }
 
 /// The members of a request's `params` that the era and the header rules read, borrowed
@@ -107,7 +111,7 @@ pub(super) struct Modern {
 #[derive(Deserialize, Default)]
 struct Params<'a> {
     #[serde(rename = "_meta", borrow, default)]
-    meta: Option<Meta<'a>>,
+    meta: Option<&'a RawValue>,
     #[serde(borrow, default)]
     name: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -118,16 +122,49 @@ struct Params<'a> {
     input_responses: Option<&'a RawValue>,
 }
 
-/// The members of `params._meta` every modern request carries (specification,
-/// basic/versioning).
-#[derive(Deserialize, Default)]
+/// `params._meta` as written: its members in order, their values only delimited (one pass;
+/// the envelope every modern request carries is read from it, specification
+/// basic/versioning, and a 2025 server is sent it without that envelope).
 struct Meta<'a> {
-    #[serde(rename = "io.modelcontextprotocol/protocolVersion", borrow, default)]
-    version: Option<&'a RawValue>,
-    #[serde(rename = "io.modelcontextprotocol/clientCapabilities", borrow, default)]
-    capabilities: Option<&'a RawValue>,
-    #[serde(rename = "io.modelcontextprotocol/logLevel", borrow, default)]
-    log_level: Option<&'a RawValue>,
+    text: &'a RawValue,
+    members: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> Meta<'a> {
+    /// `None` when `text` is not an object or names a member twice.
+    fn read(text: &'a RawValue) -> Option<Meta<'a>> {
+        let members = meta_members(text.get().as_bytes())?;
+        Some(Meta { text, members })
+    }
+
+    /// The member `key` (a `null` one counts as absent).
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.members
+            .iter()
+            .find(|(k, v)| k == key && v.get() != "null")
+            .map(|(_, v)| *v)
+    }
+
+    /// `_meta` without this revision's envelope (the `io.modelcontextprotocol/…` members),
+    /// when it has any; the other members as written.
+    fn without_envelope(&self) -> Option<Vec<u8>> {
+        let envelope = |key: &str| key.starts_with(RESERVED_PREFIX);
+        if !self.members.iter().any(|(key, _)| envelope(key)) {
+            return None;
+        }
+        let mut meta = Vec::with_capacity(self.text.get().len());
+        meta.push(b'{');
+        for (key, value) in self.members.iter().filter(|(k, _)| !envelope(k)) {
+            if meta.len() > 1 {
+                meta.push(b',');
+            }
+            meta.extend_from_slice(Value::from(key.as_ref()).to_string().as_bytes());
+            meta.push(b':');
+            meta.extend_from_slice(value.get().as_bytes());
+        }
+        meta.push(b'}');
+        Some(meta)
+    }
 }
 
 /// The top level of a request: only `params` is read here (`id` and `method` were read by
@@ -138,11 +175,16 @@ struct Top<'a> {
     params: Option<Params<'a>>,
 }
 
-/// A request body's `params` as read; `None` when the body cannot be read that way (a
-/// member named twice, `params` or `_meta` not an object).
-fn read_params(raw: &[u8]) -> Option<Params<'_>> {
+/// A request body's `params` and `_meta` as read; `None` when the body cannot be read that
+/// way (a member named twice, `params` or `_meta` not an object).
+fn read_params(raw: &[u8]) -> Option<(Params<'_>, Option<Meta<'_>>)> {
     let top: Top<'_> = serde_json::from_slice(raw).ok()?;
-    Some(top.params.unwrap_or_default())
+    let params = top.params.unwrap_or_default();
+    let meta = match params.meta {
+        Some(text) => Some(Meta::read(text)?),
+        None => None,
+    };
+    Some((params, meta))
 }
 
 /// A JSON string's text (`None` for any other JSON value); borrowed unless it has escapes.
@@ -154,12 +196,17 @@ fn text(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
         .ok()
 }
 
-/// The part of `body` that `part` (borrowed from it) is, without copying.
-fn part_of(body: &Bytes, part: Option<&RawValue>) -> Option<Bytes> {
-    let part = part?.get().as_bytes();
+/// Where `part` (borrowed from `body`) sits in it.
+fn span_of(body: &[u8], part: &RawValue) -> Option<std::ops::Range<usize>> {
+    let part = part.get().as_bytes();
     let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
     let end = start.checked_add(part.len())?;
-    (end <= body.len()).then(|| body.slice(start..end))
+    (end <= body.len()).then_some(start..end)
+}
+
+/// The part of `body` that `part` (borrowed from it) is, without copying.
+fn part_of(body: &Bytes, part: Option<&RawValue>) -> Option<Bytes> {
+    Some(body.slice(span_of(body, part?)?))
 }
 
 /// The JSON value at member `name` of the JSON object `text`.
@@ -195,6 +242,21 @@ impl Modern {
             .and_then(Value::as_str)
             .and_then(log_rank);
         matches!((self.log_level, level), (Some(wanted), Some(level)) if level >= wanted)
+    }
+
+    /// The request as a server of the 2025 revisions is sent it: `params._meta` without this
+    /// revision's envelope (the `io.modelcontextprotocol/…` members), which such a server does
+    /// not read (the bridge's `initialize` told it what the bridge relays) yet still parses:
+    /// measured, they cost server-everything a sixth of its throughput (BENCHMARKS.md). Other
+    /// members of `_meta` (a progress token) stay as written. `None`: sent as it is.
+    pub fn for_legacy_child(&self, msg: &Message) -> Option<Message> {
+        let (span, meta) = self.legacy_meta.as_ref()?;
+        Some(Message {
+            raw: splice(&self.body, span.clone(), meta)?,
+            kind: msg.kind,
+            id: msg.id.clone(),
+            method: msg.method.clone(),
+        })
     }
 
     /// Whether the client declared `capability`.
@@ -272,7 +334,7 @@ fn header_modern(headers: &HeaderMap) -> bool {
 /// `params.protocolVersion`, never in `_meta`).
 pub(super) fn read(headers: &HeaderMap, msg: &Message) -> Option<Result<Modern, ModernRefusal>> {
     let header_modern = header_modern(headers);
-    let Some(fields) = read_params(&msg.raw) else {
+    let Some((fields, meta)) = read_params(&msg.raw) else {
         let id = message_id(msg);
         let why =
             "params could not be read (a member named twice, or params or _meta not an object)";
@@ -283,10 +345,9 @@ pub(super) fn read(headers: &HeaderMap, msg: &Message) -> Option<Result<Modern, 
             })
         });
     };
-    let meta = fields.meta.as_ref();
-    let named_modern =
-        msg.method.as_deref() != Some("initialize") && text(meta.and_then(|m| m.version)).is_some();
-    (header_modern || named_modern).then(|| check(headers, msg, &fields))
+    let named_modern = msg.method.as_deref() != Some("initialize")
+        && text(meta.as_ref().and_then(|m| m.get(VERSION_KEY))).is_some();
+    (header_modern || named_modern).then(|| check(headers, msg, &fields, meta.as_ref()))
 }
 
 /// The id of `msg` as JSON (`null` for a notification).
@@ -336,7 +397,12 @@ fn decoded(value: &str) -> Option<String> {
 }
 
 /// Checks a modern request's headers against its body.
-fn check(headers: &HeaderMap, msg: &Message, fields: &Params<'_>) -> Result<Modern, ModernRefusal> {
+fn check(
+    headers: &HeaderMap,
+    msg: &Message,
+    fields: &Params<'_>,
+    meta: Option<&Meta<'_>>,
+) -> Result<Modern, ModernRefusal> {
     let id = message_id(msg);
     let mismatch = |why: String| ModernRefusal::HeaderMismatch {
         id: id.clone(),
@@ -353,13 +419,12 @@ fn check(headers: &HeaderMap, msg: &Message, fields: &Params<'_>) -> Result<Mode
         why: why.to_string(),
     };
     let is_request = msg.kind == Kind::Request;
-    let meta = fields.meta.as_ref();
-    let Some(version) = text(meta.and_then(|m| m.version)) else {
+    let Some(version) = text(meta.and_then(|m| m.get(VERSION_KEY))) else {
         return Err(invalid(
             "params._meta must name io.modelcontextprotocol/protocolVersion",
         ));
     };
-    let capabilities = meta.and_then(|m| m.capabilities);
+    let capabilities = meta.and_then(|m| m.get(CAPABILITIES_KEY));
     if is_request && capabilities.is_none() {
         return Err(invalid(
             "params._meta must carry io.modelcontextprotocol/clientCapabilities",
@@ -408,7 +473,7 @@ fn check(headers: &HeaderMap, msg: &Message, fields: &Params<'_>) -> Result<Mode
             }
         }
     }
-    let log_level = match meta.and_then(|m| m.log_level) {
+    let log_level = match meta.and_then(|m| m.get(LOG_LEVEL_KEY)) {
         None => None,
         Some(level) => Some(
             text(Some(level))
@@ -423,6 +488,7 @@ fn check(headers: &HeaderMap, msg: &Message, fields: &Params<'_>) -> Result<Mode
         request_state: text(fields.request_state).map(Cow::into_owned),
         input_responses: part_of(&msg.raw, fields.input_responses),
         body: msg.raw.clone(),
+        legacy_meta: meta.and_then(|m| Some((span_of(&msg.raw, m.text)?, m.without_envelope()?))),
         id,
         method: method.to_string(),
         is_request,
@@ -432,26 +498,39 @@ fn check(headers: &HeaderMap, msg: &Message, fields: &Params<'_>) -> Result<Mode
 /// The prefix of the `_meta` keys MCP reserves for itself (basic, "General fields").
 const RESERVED_PREFIX: &str = "io.modelcontextprotocol/";
 
-/// `msg` as a server of the 2025 revisions is sent it: `params._meta` without this revision's
-/// envelope (the `io.modelcontextprotocol/…` keys), which such a server does not read (the
-/// bridge's `initialize` told it what the bridge relays) yet still parses: measured, they
-/// cost server-everything a sixth of its throughput (BENCHMARKS.md). Other members of
-/// `_meta` (a progress token) stay. `None`: nothing to take out.
-pub(super) fn for_legacy_child(msg: &Message) -> Option<Message> {
-    let span = value_span(&msg.raw, &["params", "_meta"])?;
-    let mut meta: Map<String, Value> = serde_json::from_slice(msg.raw.get(span.clone())?).ok()?;
-    let before = meta.len();
-    meta.retain(|key, _| !key.starts_with(RESERVED_PREFIX));
-    if meta.len() == before {
-        return None;
+/// The members of the JSON object `text` as written (values not read, only delimited);
+/// `None` when it is not an object or names a member twice.
+fn meta_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
+    use serde::de::{MapAccess, Visitor};
+
+    struct Members;
+
+    impl<'de> Visitor<'de> for Members {
+        /// `None`: a member named twice.
+        type Value = Option<Vec<(Cow<'de, str>, &'de RawValue)>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut members = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                let value: &'de RawValue = map.next_value()?;
+                if !seen.insert(key.clone()) {
+                    return Ok(None);
+                }
+                members.push((key, value));
+            }
+            Ok(Some(members))
+        }
     }
-    let meta = serde_json::to_vec(&meta).ok()?;
-    Some(Message {
-        raw: splice(&msg.raw, span, &meta)?,
-        kind: msg.kind,
-        id: msg.id.clone(),
-        method: msg.method.clone(),
-    })
+
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let members = serde::Deserializer::deserialize_map(&mut de, Members).ok()?;
+    de.end().ok()?;
+    members
 }
 
 pub(super) fn discover(id: &Value, init: &Value, hints: CacheHints) -> Bytes {
@@ -594,8 +673,6 @@ pub(super) fn initialize_request(relays: bool) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const LOG_LEVEL_KEY: &str = "io.modelcontextprotocol/logLevel";
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -791,20 +868,28 @@ mod tests {
 
     #[test]
     fn a_2025_server_is_sent_the_request_without_the_envelope() {
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ]);
         let raw = r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","_meta":{"progressToken":"p","io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"sampling":{}}},"arguments":{"a":1}}}"#;
         let msg = Message::parse(Bytes::from(raw)).unwrap();
-        let out = for_legacy_child(&msg).unwrap();
+        let request = read(&h, &msg).unwrap().ok().unwrap();
+        let out = request.for_legacy_child(&msg).unwrap();
         assert_eq!(
             std::str::from_utf8(&out.raw).unwrap(),
             r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","_meta":{"progressToken":"p"},"arguments":{"a":1}}}"#
         );
         assert_eq!((out.kind, out.id.as_deref()), (Kind::Request, Some("4")));
-        // Nothing of the envelope: sent as it is.
-        let plain = Message::parse(Bytes::from(
-            r#"{"jsonrpc":"2.0","id":4,"method":"tools/list","params":{"_meta":{"x":1}}}"#,
-        ))
-        .unwrap();
-        assert!(for_legacy_child(&plain).is_none());
+        assert!(request.declared("sampling"));
+        // A member of _meta named twice: refused, not guessed.
+        let twice = raw.replace(
+            r#""progressToken":"p""#,
+            r#""progressToken":"p","progressToken":"q""#,
+        );
+        let twice = Message::parse(Bytes::from(twice)).unwrap();
+        assert_eq!(code(read(&h, &twice).unwrap()), -32602);
     }
 
     #[test]

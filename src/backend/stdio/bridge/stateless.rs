@@ -248,14 +248,13 @@ impl StdioBackend {
                         return self.listen(&anchor, &request, &init, wants_sse).await;
                     }
                 }
+                let stripped = (!modern_child)
+                    .then(|| request.for_legacy_child(msg))
+                    .flatten();
                 let session = self.request_session(&anchor);
                 let stream = session.new_stream(false, tx);
-                let stripped = (!modern_child).then(|| modern::for_legacy_child(msg));
                 session
-                    .send(
-                        stripped.flatten().as_ref().unwrap_or(msg),
-                        Some(stream.clone()),
-                    )
+                    .send(stripped.as_ref().unwrap_or(msg), Some(stream.clone()))
                     .await
                     .map_err(|why| Refusal::Rpc(StatusCode::BAD_GATEWAY, why))?;
                 (session, stream, Some(anchor))
