@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client_addr;
 pub mod clock;
 pub mod config;
+pub mod dpop;
 pub mod error;
 pub mod gate;
 pub mod login;

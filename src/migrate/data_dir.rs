@@ -70,5 +70,6 @@ fn describe(table: Table) -> &'static str {
         Table::SignIns => "sign-ins in progress",
         Table::Lockouts => "password attempt counts",
         Table::Acme => "certificate orders in progress",
+        Table::DpopProofs => "DPoP proofs seen",
     }
 }

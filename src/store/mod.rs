@@ -54,10 +54,12 @@ pub enum Table {
     /// Certificate orders of processes that share the store: the challenge answers any of
     /// them may be asked for, and the pause after a failed order.
     Acme,
+    /// DPoP proofs already used, by hash of key thumbprint and `jti`, until they expire.
+    DpopProofs,
 }
 
 impl Table {
-    pub const ALL: [Table; 13] = [
+    pub const ALL: [Table; 14] = [
         Table::Clients,
         Table::Codes,
         Table::Grants,
@@ -71,6 +73,7 @@ impl Table {
         Table::SignIns,
         Table::Lockouts,
         Table::Acme,
+        Table::DpopProofs,
     ];
 
     /// Stable name, used as the backend's table name.
@@ -89,6 +92,7 @@ impl Table {
             Table::SignIns => "sign_ins",
             Table::Lockouts => "lockouts",
             Table::Acme => "acme",
+            Table::DpopProofs => "dpop_proofs",
         }
     }
 }

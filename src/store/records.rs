@@ -319,6 +319,18 @@ impl Record for AcmePauseRecord {
     const VERSION: u32 = 1;
 }
 
+/// A DPoP proof's first use (see `crate::dpop`): its `jti` is taken once within the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DpopProofRecord {
+    /// The proof's `iat`.
+    pub seen_at: UnixTime,
+}
+
+impl Record for DpopProofRecord {
+    const TABLE: Table = Table::DpopProofs;
+    const VERSION: u32 = 1;
+}
+
 /// A sealed secret (key material, provider tokens).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SecretRecord {

@@ -28,6 +28,7 @@ const LAYERS: &[&[&str]] = &[
     &[
         "error",
         "tokens",
+        "dpop",
         "budget",
         "client_addr",
         "media_type",
