@@ -32,6 +32,14 @@ pub const ALGORITHMS: [Algorithm; 8] = [
     Algorithm::PS512,
 ];
 
+/// [`ALGORITHMS`] by their JWA names (RFC 7518), as metadata names them.
+pub fn algorithm_names() -> Vec<String> {
+    ALGORITHMS
+        .iter()
+        .filter_map(|a| serde_json::to_value(a).ok()?.as_str().map(str::to_string))
+        .collect()
+}
+
 /// The longest proof read (a proof with a 4096-bit RSA key is about 1.5 KB).
 pub const MAX_PROOF: usize = 8 * 1024;
 

@@ -48,6 +48,8 @@ pub enum OAuthErrorCode {
     InsufficientScope,
     LoginRequired,
     ConsentRequired,
+    /// RFC 9449 §5: the DPoP proof is missing, invalid, or for another key.
+    InvalidDpopProof,
 }
 
 impl OAuthErrorCode {
@@ -70,6 +72,7 @@ impl OAuthErrorCode {
             Self::InvalidToken => "invalid_token",
             Self::InsufficientScope => "insufficient_scope",
             Self::LoginRequired => "login_required",
+            Self::InvalidDpopProof => "invalid_dpop_proof",
             Self::ConsentRequired => "consent_required",
         }
     }

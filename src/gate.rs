@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::clock::UnixTime;
 use crate::config::Site;
+use crate::dpop;
 use crate::error::jsonrpc_error;
 use crate::store::{Repo, StoreError, TokenHash, TokenKind, TokenRecord};
 
@@ -27,18 +28,89 @@ pub trait Guarded {
     fn gate(&self) -> GateParts<'_>;
 }
 
-/// The caller named by the one bearer token in `headers`, valid for our resource; else the
+/// The request credentials came with, as a DPoP proof must name it (RFC 9449 §4.3).
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub method: &'a str,
+    /// The path the client asked for (on our public origin; the query is not compared).
+    pub path: &'a str,
+}
+
+/// The caller named by the one access token in `headers`, valid for our resource; else the
 /// gate's answer, with the MCP challenge. `query` is the client's own query, where a token is
 /// refused (RFC 6750 §2.3); forward-auth passes none, as its query is the front proxy's.
+///
+/// A bearer token comes as `Authorization: Bearer`. A token bound to a DPoP key comes as
+/// `Authorization: DPoP` with a proof for `target` made with that key (RFC 9449 §7); as a
+/// bearer token it is refused, and so is an unbound token sent as `DPoP`. Without a
+/// `target` (forward-auth that does not say what it checks) a DPoP token is refused.
 pub async fn authenticate(
     gate: GateParts<'_>,
     headers: &HeaderMap,
     query: Option<&str>,
+    target: Option<Target<'_>>,
 ) -> Result<Caller, GateRefusal> {
-    let token = bearer_token(headers, query).map_err(|e| e.at(gate.site))?;
-    check_token(gate.repo, gate.tokens, gate.site, token)
+    let refused = |e: GateError| e.at(gate.site);
+    let (scheme, token) = credentials(headers, query).map_err(refused)?;
+    let caller = check_token(gate.repo, gate.tokens, gate.site, token)
         .await
-        .map_err(|e| e.at(gate.site))
+        .map_err(refused)?;
+    match (scheme, caller.record().jkt.as_deref()) {
+        (Scheme::Bearer, None) => Ok(caller),
+        (Scheme::Bearer, Some(_)) => Err(refused(GateError::DpopBound)),
+        (Scheme::Dpop, None) => Err(refused(GateError::InvalidToken)),
+        (Scheme::Dpop, Some(jkt)) => {
+            let target = target.ok_or(GateError::InvalidProof(dpop::ProofError::Url));
+            let proof = dpop::proof_header(headers)
+                .and_then(|p| p.ok_or(dpop::ProofError::NotAProof))
+                .map_err(GateError::InvalidProof);
+            let (target, proof) = (target.map_err(refused)?, proof.map_err(refused)?);
+            let expected = dpop::Expected {
+                method: target.method,
+                url: &gate.site.origin.join(target.path),
+                access_token: Some(token),
+                now: gate.repo.clock().now(),
+            };
+            let proof =
+                dpop::check(proof, &expected).map_err(|e| refused(GateError::InvalidProof(e)))?;
+            if proof.jkt != jkt {
+                return Err(refused(GateError::InvalidProof(dpop::ProofError::WrongKey)));
+            }
+            dpop::accept_once(gate.repo, &proof).await.map_err(|e| {
+                refused(match e {
+                    dpop::AcceptError::Proof(e) => GateError::InvalidProof(e),
+                    dpop::AcceptError::Store(e) => {
+                        tracing::error!(error = %e, "store failure while checking a DPoP proof");
+                        GateError::Unavailable
+                    }
+                })
+            })?;
+            Ok(caller)
+        }
+    }
+}
+
+/// How an access token is presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Bearer,
+    /// RFC 9449 §7.1.
+    Dpop,
+}
+
+/// The scheme and token of the one `Authorization` header (`Bearer` or `DPoP`), with the
+/// rules of [`bearer_token`].
+pub fn credentials<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&str>,
+) -> Result<(Scheme, &'a str), GateError> {
+    let value = authorization(headers, query)?;
+    if let Some((scheme, token)) = value.split_once(' ')
+        && scheme.eq_ignore_ascii_case("dpop")
+    {
+        return Ok((Scheme::Dpop, token_of(token)?));
+    }
+    Ok((Scheme::Bearer, bearer_value(value)?))
 }
 
 /// A handler that takes a [`Caller`] runs only for a request that [`authenticate`] admits,
@@ -51,7 +123,17 @@ impl<S: Guarded + Send + Sync> axum::extract::FromRequestParts<S> for Caller {
         parts: &mut axum::http::request::Parts,
         state: &S,
     ) -> Result<Self, GateRefusal> {
-        authenticate(state.gate(), &parts.headers, parts.uri.query()).await
+        let target = Target {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+        };
+        authenticate(
+            state.gate(),
+            &parts.headers,
+            parts.uri.query(),
+            Some(target),
+        )
+        .await
     }
 }
 
@@ -100,6 +182,10 @@ pub enum GateError {
     InsufficientScope(Vec<String>),
     /// The store failed: 503, fail closed.
     Unavailable,
+    /// A token bound to a DPoP key sent as a bearer token: 401 `invalid_token`.
+    DpopBound,
+    /// A DPoP proof that is missing or does not hold: 401 `invalid_dpop_proof`.
+    InvalidProof(dpop::ProofError),
 }
 
 /// Builds the `WWW-Authenticate` challenge of RFC 6750 §3 with RFC 9728's
@@ -168,6 +254,14 @@ impl IntoResponse for GateRefusal {
                     "authorization temporarily unavailable",
                 );
             }
+            GateError::DpopBound => {
+                let why = "the access token is bound to a DPoP key: send it as DPoP, with a proof";
+                return dpop_challenge(StatusCode::UNAUTHORIZED, "invalid_token", why);
+            }
+            GateError::InvalidProof(why) => {
+                let why = why.to_string();
+                return dpop_challenge(StatusCode::UNAUTHORIZED, "invalid_dpop_proof", &why);
+            }
         };
         let mut resp = jsonrpc_error(status, message);
         if let Ok(v) = HeaderValue::from_str(&challenge(&self.resource_metadata_url, err, &scope)) {
@@ -177,9 +271,26 @@ impl IntoResponse for GateRefusal {
     }
 }
 
+/// The answer to a DPoP request the gate refuses: RFC 9449 §7.1's challenge, naming the
+/// algorithms we verify.
+fn dpop_challenge(status: StatusCode, code: &str, why: &str) -> Response {
+    let mut resp = jsonrpc_error(status, why);
+    let algs = dpop::algorithm_names().join(" ");
+    let challenge = format!("DPoP algs=\"{algs}\", error=\"{code}\", error_description=\"{why}\"");
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
 /// Extracts the bearer token from the request: exactly one `Authorization: Bearer` header,
 /// and no `access_token` in the query (RFC 6750 §2.3 is refused: URLs end up in logs).
 pub fn bearer_token<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<&'a str, GateError> {
+    bearer_value(authorization(headers, query)?)
+}
+
+/// The one `Authorization` header's value, when the query carries no token.
+fn authorization<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<&'a str, GateError> {
     if query.is_some_and(|q| {
         url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token")
     }) {
@@ -196,10 +307,9 @@ pub fn bearer_token<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<&
             "more than one Authorization header",
         ));
     }
-    let value = value
+    value
         .to_str()
-        .map_err(|_| GateError::InvalidRequest("malformed Authorization header"))?;
-    bearer_value(value)
+        .map_err(|_| GateError::InvalidRequest("malformed Authorization header"))
 }
 
 /// The token in one `Authorization` header value (`Bearer <token>`).
@@ -211,6 +321,11 @@ pub fn bearer_value(value: &str) -> Result<&str, GateError> {
         // Another scheme is "no bearer credentials" (RFC 6750 §3.1).
         return Err(GateError::Missing);
     }
+    token_of(token)
+}
+
+/// The token of a credentials string: one word.
+fn token_of(token: &str) -> Result<&str, GateError> {
     let token = token.trim();
     if token.is_empty() || token.contains(char::is_whitespace) {
         return Err(GateError::InvalidRequest("malformed Authorization header"));
@@ -367,6 +482,7 @@ mod tests {
             expires_at: 100,
             rotation: None,
             identity: None,
+            jkt: None,
         })
     }
 

@@ -133,6 +133,19 @@ pub async fn authorize(
             "this server only issues tokens for its MCP endpoint",
         ));
     }
+    // RFC 9449 §10: the code is bound to this key. A thumbprint is 43 base64url characters.
+    let dpop_jkt = params.get("dpop_jkt").map(str::to_string);
+    if dpop_jkt.as_deref().is_some_and(|j| {
+        j.len() != 43
+            || !j
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }) {
+        return Ok(back.error(
+            OAuthErrorCode::InvalidRequest,
+            "dpop_jkt is not a JWK SHA-256 thumbprint",
+        ));
+    }
     let prompt = params.get("prompt").unwrap_or_default();
     let prompts: Vec<&str> = prompt.split(' ').collect();
 
@@ -148,6 +161,7 @@ pub async fn authorize(
         fresh_sign_in_since: prompts.contains(&"login").then(|| app.repo.clock().now()),
         created_at: app.repo.clock().now(),
         client_name: client.client_name.clone(),
+        dpop_jkt,
     };
 
     let session = crate::web::session::current(&app.repo, &app.authn.cookies, &headers)
@@ -242,6 +256,7 @@ pub async fn issue_code(
         issued_at: now,
         expires_at: now + ttl,
         redeemed_grant: None,
+        dpop_jkt: req.dpop_jkt.clone(),
     };
     app.repo
         .put(

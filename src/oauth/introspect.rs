@@ -39,18 +39,23 @@ pub async fn introspect(
         Ok(caller) => {
             let record = caller.record();
             let identity = record.identity.as_ref();
-            json!({
+            let mut answer = json!({
                 "active": true,
                 "scope": record.scopes.join(" "),
                 "client_id": record.client_id,
                 "username": identity.and_then(|i| i.email.clone().or_else(|| i.name.clone())),
-                "token_type": "Bearer",
+                "token_type": if record.jkt.is_some() { "DPoP" } else { "Bearer" },
                 "exp": record.expires_at,
                 "iat": record.issued_at,
                 "sub": record.subject,
                 "aud": record.resource,
                 "iss": app.site.origin.as_str(),
-            })
+            });
+            // RFC 9449 §6.2: the key a DPoP-bound token is bound to.
+            if let Some(jkt) = &record.jkt {
+                answer["cnf"] = json!({ "jkt": jkt });
+            }
+            answer
         }
         Err(GateError::Unavailable) => {
             return Err(OAuthError::new(

@@ -81,6 +81,8 @@ pub struct AuthorizationServerMetadata {
     /// The keys of our identity assertions, when they are sent upstream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
+    /// The algorithms of the DPoP proofs this server verifies (RFC 9449 §5.1).
+    pub dpop_signing_alg_values_supported: Vec<String>,
     /// Client ID metadata documents are accepted (unless `--no-cimd`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub client_id_metadata_document_supported: bool,
@@ -108,6 +110,7 @@ impl AuthorizationServerMetadata {
             authorization_response_iss_parameter_supported: true,
             service_documentation: "https://modelcontextprotocol.io/specification/2025-11-25/basic/authorization",
             jwks_uri: None,
+            dpop_signing_alg_values_supported: crate::dpop::algorithm_names(),
             client_id_metadata_document_supported: false,
         }
     }

@@ -6,6 +6,9 @@
 //!   same new pair until that pair's refresh token is used or `--refresh-grace` passes (so
 //!   two tabs refreshing at once both succeed); any later use revokes the whole family. Each
 //!   refresh re-checks the user against today's configuration.
+//! - DPoP (RFC 9449): a token request with a valid proof gets tokens bound to the proof's
+//!   key (`token_type: DPoP`), and the grant stays bound to it: its refreshes need a proof
+//!   made with the same key. A code asked for with `dpop_jkt` is redeemed only with that key.
 
 use axum::Json;
 use axum::extract::State;
@@ -65,9 +68,41 @@ fn token_json(resp: &TokenResponse) -> Response {
     r
 }
 
+fn invalid_proof(why: impl std::fmt::Display) -> OAuthError {
+    OAuthError::bad_request(OAuthErrorCode::InvalidDpopProof, why.to_string())
+}
+
+/// The token request's DPoP proof, checked and its `jti` taken; `None` without one.
+async fn dpop_proof(
+    app: &AuthServer,
+    headers: &HeaderMap,
+) -> Result<Option<crate::dpop::Proof>, OAuthError> {
+    let Some(proof) = crate::dpop::proof_header(headers).map_err(invalid_proof)? else {
+        return Ok(None);
+    };
+    let expected = crate::dpop::Expected {
+        method: "POST",
+        url: &app.site.origin.join("/token"),
+        access_token: None,
+        now: app.repo.clock().now(),
+    };
+    let proof = crate::dpop::check(proof, &expected).map_err(invalid_proof)?;
+    match crate::dpop::accept_once(&app.repo, &proof).await {
+        Ok(()) => Ok(Some(proof)),
+        Err(crate::dpop::AcceptError::Proof(e)) => Err(invalid_proof(e)),
+        Err(crate::dpop::AcceptError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// What a grant's tokens are: bound to a DPoP key, or bearer tokens.
+fn token_type(jkt: Option<&str>) -> String {
+    if jkt.is_some() { "DPoP" } else { "Bearer" }.into()
+}
+
 /// `POST /token`.
 pub async fn token(
     State(app): State<AuthServer>,
+    headers: HeaderMap,
     ClientRequest { client, params }: ClientRequest,
 ) -> Result<Response, OAuthError> {
     if let Some(r) = params.get("resource")
@@ -78,10 +113,16 @@ pub async fn token(
             "this server only issues tokens for its MCP endpoint",
         ));
     }
+    let proof = dpop_proof(&app, &headers).await?;
+    let jkt = proof.map(|p| p.jkt);
+    let jkt = jkt.as_deref();
     let (resp, event) = match params.get("grant_type") {
-        Some("authorization_code") => (code_grant(&app, &client, &params).await?, "issued"),
-        Some("refresh_token") => (refresh_grant(&app, &client, &params).await?, "refreshed"),
-        Some("client_credentials") => (client_credentials(&app, &client).await?, "issued"),
+        Some("authorization_code") => (code_grant(&app, &client, &params, jkt).await?, "issued"),
+        Some("refresh_token") => (
+            refresh_grant(&app, &client, &params, jkt).await?,
+            "refreshed",
+        ),
+        Some("client_credentials") => (client_credentials(&app, &client, jkt).await?, "issued"),
         Some(_) => {
             return Err(OAuthError::bad_request(
                 OAuthErrorCode::UnsupportedGrantType,
@@ -100,6 +141,7 @@ pub async fn token(
 async fn client_credentials(
     app: &AuthServer,
     client: &ClientRecord,
+    jkt: Option<&str>,
 ) -> Result<TokenResponse, OAuthError> {
     let allowed = crate::oauth::static_clients::is_static(client)
         && client.secret_hash.is_some()
@@ -128,6 +170,7 @@ async fn client_credentials(
         resource: app.site.resource.clone(),
         created_at: now,
         expires_at: now + access_ttl,
+        jkt: jkt.map(str::to_string),
     };
     app.repo
         .put(grant.grant_id.as_bytes(), &grant, Some(grant.expires_at))
@@ -144,12 +187,13 @@ async fn client_credentials(
         expires_at: grant.expires_at,
         rotation: None,
         identity: Some(grant.identity.clone()),
+        jkt: grant.jkt.clone(),
     };
     app.repo.put_token(&TokenHash::of(&access), &record).await?;
     tracing::info!(client_id = %client.client_id, "issued a client_credentials token");
     Ok(TokenResponse {
         access_token: access,
-        token_type: "Bearer".into(),
+        token_type: token_type(jkt),
         expires_in: access_ttl,
         refresh_token: None,
         scope: grant.scopes.join(" "),
@@ -169,6 +213,7 @@ async fn code_grant(
     app: &AuthServer,
     client: &ClientRecord,
     params: &Params,
+    jkt: Option<&str>,
 ) -> Result<TokenResponse, OAuthError> {
     let code = params
         .get("code")
@@ -219,6 +264,14 @@ async fn code_grant(
         }
     }
 
+    if let Some(bound) = &rec.dpop_jkt
+        && jkt != Some(bound.as_str())
+    {
+        return Err(invalid_proof(
+            "the authorization request named dpop_jkt: a DPoP proof made with that key is required",
+        ));
+    }
+
     // Single use. The grant and its tokens are stored first and handed out only once the
     // code is marked redeemed with them: a replay that sees the mark finds everything it must
     // revoke already there (marking first left a moment in which a replay revoked nothing
@@ -235,6 +288,7 @@ async fn code_grant(
         resource: rec.resource,
         created_at: now,
         expires_at: now + app.authn.cfg.refresh_token_ttl.as_secs(),
+        jkt: jkt.map(str::to_string),
     };
     app.repo
         .put(grant.grant_id.as_bytes(), &grant, Some(grant.expires_at))
@@ -278,6 +332,7 @@ async fn mint_pair(
         expires_at: (now + access_ttl).min(grant.expires_at.max(now + 1)),
         rotation: None,
         identity: Some(grant.identity.clone()),
+        jkt: grant.jkt.clone(),
     };
     let refresh_rec = TokenRecord {
         kind: TokenKind::Refresh,
@@ -291,7 +346,7 @@ async fn mint_pair(
         TokenResponse {
             expires_in: base.expires_at.saturating_sub(now),
             access_token: access,
-            token_type: "Bearer".into(),
+            token_type: token_type(grant.jkt.as_deref()),
             refresh_token: Some(refresh),
             scope: scopes.join(" "),
         },
@@ -303,6 +358,7 @@ async fn refresh_grant(
     app: &AuthServer,
     client: &ClientRecord,
     params: &Params,
+    jkt: Option<&str>,
 ) -> Result<TokenResponse, OAuthError> {
     let presented = params
         .get("refresh_token")
@@ -325,6 +381,15 @@ async fn refresh_grant(
         if rec.client_id != client.client_id {
             return Err(invalid_grant(
                 "the refresh token was issued to another client",
+            ));
+        }
+        // A bound refresh token is refreshed only with a proof made with its key (RFC 9449
+        // §5); an unbound grant stays a grant of bearer tokens.
+        if let Some(bound) = &rec.jkt
+            && jkt != Some(bound.as_str())
+        {
+            return Err(invalid_proof(
+                "this refresh token is bound to a DPoP key: send a proof made with it",
             ));
         }
         let now = app.repo.clock().now();

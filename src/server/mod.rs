@@ -267,14 +267,32 @@ async fn jwks(State(app): State<AppState>) -> Response {
 /// proxy passes the original request's `Authorization`; `X-Forwarded-Host` is believed only
 /// from `--trusted-proxies` (by the Host guard), `X-Forwarded-Uri` is only logged. The
 /// request's own query is the front proxy's configuration, not the client's: not looked at.
+/// A DPoP proof is checked against the request the front proxy names in
+/// `X-Forwarded-Method` and `X-Forwarded-Uri`, believed only from `--trusted-proxies` (one
+/// of each); without them a DPoP-bound token is refused.
 async fn forward_auth(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, GateRefusal> {
-    let caller = crate::gate::authenticate(app.gate(), &headers, None).await?;
-    if crate::client_addr::is_trusted(&app.site().trusted_proxies, peer.ip()) {
-        let uri = headers.get("x-forwarded-uri").and_then(|v| v.to_str().ok());
+    let trusted = crate::client_addr::is_trusted(&app.site().trusted_proxies, peer.ip());
+    let one = |name: &str| {
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => v.to_str().ok(),
+            _ => None,
+        }
+    };
+    let (method, uri) = (one("x-forwarded-method"), one("x-forwarded-uri"));
+    let target = match (trusted, method, uri) {
+        (true, Some(method), Some(uri)) => Some(crate::gate::Target {
+            method,
+            path: uri.split(['?', '#']).next().unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    let caller = crate::gate::authenticate(app.gate(), &headers, None, target).await?;
+    if trusted {
         tracing::debug!(uri = uri.unwrap_or_default(), "forward-auth: allowed");
     }
     let mut resp = StatusCode::OK.into_response();

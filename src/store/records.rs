@@ -107,6 +107,10 @@ pub struct CodeRecord {
     /// Set when the code was redeemed: the grant it created.
     #[serde(default)]
     pub redeemed_grant: Option<String>,
+    /// `dpop_jkt` of the authorization request: the key the token request's DPoP proof must
+    /// be made with (RFC 9449 §10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 impl Record for CodeRecord {
@@ -125,6 +129,9 @@ pub struct GrantRecord {
     pub created_at: UnixTime,
     /// Refresh tokens of this grant stop working here (absolute lifetime).
     pub expires_at: UnixTime,
+    /// The DPoP key (its RFC 7638 thumbprint) every token of the grant is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
 }
 
 impl Record for GrantRecord {
@@ -167,6 +174,10 @@ pub struct TokenRecord {
     /// Who signed in (kept with the token so the proxied path needs no second lookup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
+    /// The DPoP key (RFC 7638 thumbprint) the token is bound to: it is accepted only with a
+    /// proof made with that key (RFC 9449).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
 }
 
 impl Record for TokenRecord {
@@ -238,6 +249,9 @@ pub struct AuthRequestRecord {
     /// requests stored before it was kept show the client id.
     #[serde(default)]
     pub client_name: Option<String>,
+    /// `dpop_jkt`: the DPoP key the code may be redeemed with (RFC 9449 §10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 impl AuthRequestRecord {

@@ -158,6 +158,8 @@ pub struct Mint<'a> {
     pub ttl: i64,
     pub grant_id: &'a str,
     pub identity: Option<mcp_auth_proxy::store::Identity>,
+    /// The DPoP key thumbprint the token is bound to.
+    pub jkt: Option<&'a str>,
 }
 
 impl Default for Mint<'_> {
@@ -170,6 +172,7 @@ impl Default for Mint<'_> {
             ttl: 3600,
             grant_id: "grant-1",
             identity: None,
+            jkt: None,
         }
     }
 }
@@ -189,6 +192,7 @@ pub async fn mint(repo: &Repo, resource: &str, m: Mint<'_>) -> String {
         expires_at: (now + m.ttl).max(0) as u64,
         rotation: None,
         identity: m.identity,
+        jkt: m.jkt.map(str::to_string),
     };
     repo.put_token(&TokenHash::of(&token), &rec).await.unwrap();
     token

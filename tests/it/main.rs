@@ -6,6 +6,7 @@ mod acme;
 mod bounds;
 mod cimd;
 mod cli;
+mod dpop;
 mod fastlane;
 mod flow;
 mod gate;

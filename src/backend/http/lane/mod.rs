@@ -332,8 +332,11 @@ impl Lane {
     /// cannot be given to the router.
     async fn authorized(&self, plan: Plan, head: &[u8]) -> Option<Next> {
         let shared = &self.shared;
+        // A token bound to a DPoP key never passes as a bearer token: the router's gate
+        // answers it.
         if let Ok(caller) =
             check_token(&shared.repo, &shared.tokens, &shared.site, &plan.token).await
+            && caller.record().jkt.is_none()
         {
             let owned = match &plan.session_id {
                 Some(id) => matches!(
