@@ -25,16 +25,11 @@ impl Key {
         }
     }
 
-    /// A proof for `method` `url`, made now (shifted by `age` seconds into the past), with the
-    /// hash of `token` when given.
-    fn proof(&self, method: &str, url: &str, token: Option<&str>, age: u64) -> String {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+    /// A proof for `method` `url`, made at `iat`, with the hash of `token` when given.
+    fn proof(&self, method: &str, url: &str, token: Option<&str>, iat: u64) -> String {
         let mut claims = json!({
             "jti": mcp_auth_proxy::tokens::generate_id(),
-            "htm": method, "htu": url, "iat": now - age,
+            "htm": method, "htu": url, "iat": iat,
         });
         if let Some(t) = token {
             claims["ath"] = json!(mcp_auth_proxy::dpop::token_hash(t));
@@ -99,6 +94,7 @@ async fn a_dpop_token_works_only_with_fresh_proofs_of_its_key() {
     let up = start_upstream().await;
     let p = start_proxy(&[&up.url("/mcp")]).await;
     let t = p.target();
+    let now = p.repo().clock().now();
     let meta: Value =
         crate::helpers::get_json(t.url("/.well-known/oauth-authorization-server")).await;
     assert!(
@@ -123,7 +119,7 @@ async fn a_dpop_token_works_only_with_fresh_proofs_of_its_key() {
     let resp = token_with(
         &t,
         &oc.code_params(&code, &[]),
-        Some(key.proof("POST", &token_url, None, 0)),
+        Some(key.proof("POST", &token_url, None, now)),
     )
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -133,7 +129,7 @@ async fn a_dpop_token_works_only_with_fresh_proofs_of_its_key() {
     let mcp = format!("{}/mcp", t.origin);
 
     // With a fresh proof of its key for this request: through.
-    let proof = key.proof("POST", &mcp, Some(access), 0);
+    let proof = key.proof("POST", &mcp, Some(access), now);
     let resp = call(&t, &format!("DPoP {access}"), Some(&proof)).await;
     assert_eq!(resp.status(), StatusCode::OK);
     // The same proof again: a replay.
@@ -146,17 +142,17 @@ async fn a_dpop_token_works_only_with_fresh_proofs_of_its_key() {
     assert_eq!(dpop_error(&resp), "invalid_token");
     // Proofs that do not hold.
     for (why, proof) in [
-        ("another key", other.proof("POST", &mcp, Some(access), 0)),
-        ("another method", key.proof("GET", &mcp, Some(access), 0)),
+        ("another key", other.proof("POST", &mcp, Some(access), now)),
+        ("another method", key.proof("GET", &mcp, Some(access), now)),
         (
             "another URL",
-            key.proof("POST", &format!("{}/other", t.origin), Some(access), 0),
+            key.proof("POST", &format!("{}/other", t.origin), Some(access), now),
         ),
-        ("stale", key.proof("POST", &mcp, Some(access), 300)),
-        ("no ath", key.proof("POST", &mcp, None, 0)),
+        ("stale", key.proof("POST", &mcp, Some(access), now - 300)),
+        ("no ath", key.proof("POST", &mcp, None, now)),
         (
             "another token's ath",
-            key.proof("POST", &mcp, Some("other"), 0),
+            key.proof("POST", &mcp, Some("other"), now),
         ),
     ] {
         let resp = call(&t, &format!("DPoP {access}"), Some(&proof)).await;
@@ -173,13 +169,13 @@ async fn a_dpop_token_works_only_with_fresh_proofs_of_its_key() {
         ("refresh_token".to_string(), refresh.to_string()),
         ("client_id".to_string(), oc.id.clone()),
     ];
-    for proof in [None, Some(other.proof("POST", &token_url, None, 0))] {
+    for proof in [None, Some(other.proof("POST", &token_url, None, now))] {
         let resp = token_with(&t, &params, proof).await;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
         let err: Value = resp.json().await.unwrap();
         assert_eq!(err["error"], "invalid_dpop_proof");
     }
-    let resp = token_with(&t, &params, Some(key.proof("POST", &token_url, None, 0))).await;
+    let resp = token_with(&t, &params, Some(key.proof("POST", &token_url, None, now))).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let refreshed: Value = resp.json().await.unwrap();
     assert_eq!(refreshed["token_type"], "DPoP");
@@ -190,6 +186,7 @@ async fn a_client_without_dpop_gets_bearer_tokens_and_dpop_jkt_binds_the_code() 
     let up = start_upstream().await;
     let p = start_proxy(&[&up.url("/mcp")]).await;
     let t = p.target();
+    let now = p.repo().clock().now();
     let oc = OAuthClient::public(&t).await;
     let issued = oc.sign_in(&t, &Browser::new()).await;
     assert_eq!(issued["token_type"], "Bearer");
@@ -200,7 +197,7 @@ async fn a_client_without_dpop_gets_bearer_tokens_and_dpop_jkt_binds_the_code() 
     );
     // An unbound token sent as DPoP is refused.
     let key = Key::new();
-    let proof = key.proof("POST", &format!("{}/mcp", t.origin), Some(access), 0);
+    let proof = key.proof("POST", &format!("{}/mcp", t.origin), Some(access), now);
     let resp = call(&t, &format!("DPoP {access}"), Some(&proof)).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 
@@ -220,7 +217,7 @@ async fn a_client_without_dpop_gets_bearer_tokens_and_dpop_jkt_binds_the_code() 
     let resp = token_with(
         &t,
         &oc.code_params(&code, &[]),
-        Some(other.proof("POST", &token_url, None, 0)),
+        Some(other.proof("POST", &token_url, None, now)),
     )
     .await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "another key");
@@ -228,7 +225,7 @@ async fn a_client_without_dpop_gets_bearer_tokens_and_dpop_jkt_binds_the_code() 
     let resp = token_with(
         &t,
         &oc.code_params(&code, &[]),
-        Some(key.proof("POST", &token_url, None, 0)),
+        Some(key.proof("POST", &token_url, None, now)),
     )
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
