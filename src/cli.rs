@@ -711,6 +711,12 @@ pub struct Cli {
     )]
     pub access_token_ttl: String,
 
+    /// Issue and accept only DPoP-bound tokens (RFC 9449): a token request without a DPoP
+    /// proof and a bearer token at the MCP endpoint are refused. Off by default, since most
+    /// MCP clients do not send proofs yet.
+    #[arg(help_heading = "Clients and tokens", long, env = "REQUIRE_DPOP")]
+    pub require_dpop: bool,
+
     /// Absolute lifetime of refresh tokens, from the first grant.
     #[arg(
         help_heading = "Clients and tokens",

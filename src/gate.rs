@@ -56,6 +56,7 @@ pub async fn authenticate(
         .await
         .map_err(refused)?;
     match (scheme, caller.record().jkt.as_deref()) {
+        (Scheme::Bearer, None) if gate.site.require_dpop => Err(refused(GateError::DpopRequired)),
         (Scheme::Bearer, None) => Ok(caller),
         (Scheme::Bearer, Some(_)) => Err(refused(GateError::DpopBound)),
         (Scheme::Dpop, None) => Err(refused(GateError::InvalidToken)),
@@ -184,6 +185,8 @@ pub enum GateError {
     Unavailable,
     /// A token bound to a DPoP key sent as a bearer token: 401 `invalid_token`.
     DpopBound,
+    /// `--require-dpop`: a bearer token: 401 `invalid_token`.
+    DpopRequired,
     /// A DPoP proof that is missing or does not hold: 401 `invalid_dpop_proof`.
     InvalidProof(dpop::ProofError),
 }
@@ -256,6 +259,10 @@ impl IntoResponse for GateRefusal {
             }
             GateError::DpopBound => {
                 let why = "the access token is bound to a DPoP key: send it as DPoP, with a proof";
+                return dpop_challenge(StatusCode::UNAUTHORIZED, "invalid_token", why);
+            }
+            GateError::DpopRequired => {
+                let why = "this server accepts only DPoP-bound tokens: sign in again with DPoP";
                 return dpop_challenge(StatusCode::UNAUTHORIZED, "invalid_token", why);
             }
             GateError::InvalidProof(why) => {

@@ -132,6 +132,7 @@ mod tests {
                 .map(|s| normalize_origin(s).unwrap())
                 .collect(),
             trusted_proxies: trusted.iter().map(|s| s.parse().unwrap()).collect(),
+            require_dpop: false,
         }
     }
 

@@ -209,6 +209,8 @@ pub struct Config {
     /// process on the embedded store.
     pub replica_id: Option<String>,
     pub trusted_proxies: Vec<IpNet>,
+    /// `--require-dpop`: only DPoP-bound tokens are issued and accepted.
+    pub require_dpop: bool,
     pub mcp_path: String,
     /// Normalised origins (`scheme://host[:port]`, lower-case) allowed besides our own.
     pub allowed_origins: Vec<String>,
@@ -379,6 +381,7 @@ impl Config {
                 d => d.clone(),
             },
             trusted_proxies,
+            require_dpop: cli.require_dpop,
             mcp_path,
             allowed_origins,
             backend,
@@ -438,6 +441,8 @@ pub struct Site {
     pub resource_metadata_url: String,
     pub allowed_origins: Vec<String>,
     pub trusted_proxies: Vec<IpNet>,
+    /// `--require-dpop`.
+    pub require_dpop: bool,
 }
 
 impl Config {
@@ -458,6 +463,7 @@ impl Config {
             mcp_path: self.mcp_path.clone(),
             allowed_origins: self.allowed_origins.clone(),
             trusted_proxies: self.trusted_proxies.clone(),
+            require_dpop: self.require_dpop,
         })
     }
 }

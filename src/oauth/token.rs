@@ -114,6 +114,11 @@ pub async fn token(
         ));
     }
     let proof = dpop_proof(&app, &headers).await?;
+    if app.site.require_dpop && proof.is_none() {
+        return Err(invalid_proof(
+            "this server issues only DPoP-bound tokens: send a DPoP proof",
+        ));
+    }
     let jkt = proof.map(|p| p.jkt);
     let jkt = jkt.as_deref();
     let (resp, event) = match params.get("grant_type") {

@@ -83,6 +83,7 @@ mod tests {
             resource_metadata_url: String::new(),
             allowed_origins: vec!["https://app.example.org".into()],
             trusted_proxies: Vec::new(),
+            require_dpop: false,
         }
     }
 

@@ -10,13 +10,13 @@ use crate::flow::{Browser, OAuthClient, query, token};
 use crate::helpers::{Target, client, start_proxy, start_upstream};
 
 /// A client's P-256 key.
-struct Key {
+pub struct Key {
     signing: EncodingKey,
     jwk: Value,
 }
 
 impl Key {
-    fn new() -> Key {
+    pub fn new() -> Key {
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let raw = pair.public_key_raw();
         Key {
@@ -26,7 +26,7 @@ impl Key {
     }
 
     /// A proof for `method` `url`, made at `iat`, with the hash of `token` when given.
-    fn proof(&self, method: &str, url: &str, token: Option<&str>, iat: u64) -> String {
+    pub fn proof(&self, method: &str, url: &str, token: Option<&str>, iat: u64) -> String {
         let mut claims = json!({
             "jti": mcp_auth_proxy::tokens::generate_id(),
             "htm": method, "htu": url, "iat": iat,
@@ -52,7 +52,7 @@ fn b64(b: &[u8]) -> String {
 }
 
 /// `POST /token` with `params` and, when given, a DPoP proof.
-async fn token_with(
+pub async fn token_with(
     t: &Target,
     params: &[(String, String)],
     proof: Option<String>,
@@ -232,9 +232,59 @@ async fn a_client_without_dpop_gets_bearer_tokens_and_dpop_jkt_binds_the_code() 
 }
 
 /// The code an authorization URL ends with.
-async fn code_for(t: &Target, browser: &Browser, url: &str) -> String {
+pub async fn code_for(t: &Target, browser: &Browser, url: &str) -> String {
     let back = browser
         .authorize(t, url, crate::helpers::TEST_PASSWORD, "approve")
         .await;
     query(&back, "code").unwrap()
+}
+
+/// `--require-dpop`: a token request without a proof and a bearer token are refused; a
+/// client with DPoP works as before.
+#[tokio::test]
+async fn require_dpop_refuses_bearer_tokens() {
+    let up = start_upstream().await;
+    let p = start_proxy(&["--require-dpop", &up.url("/mcp")]).await;
+    let t = p.target();
+    let now = p.repo().clock().now();
+    let oc = OAuthClient::public(&t).await;
+    let browser = Browser::new();
+    let url = oc.auth_url(&t, &[]);
+    let code = code_for(&t, &browser, &url).await;
+    let resp = token(&t, &oc.code_params(&code, &[])).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"], "invalid_dpop_proof");
+    // A bearer token issued before the flag was set (minted here): refused at the gate.
+    let bearer = crate::helpers::token_for(&p, "password:admin").await;
+    let resp = call(&t, &format!("Bearer {bearer}"), None).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(dpop_error(&resp), "invalid_token");
+    // With DPoP: through.
+    let key = Key::new();
+    let code = code_for(&t, &browser, &url).await;
+    let token_url = format!("{}/token", t.origin);
+    let resp = token_with(
+        &t,
+        &oc.code_params(&code, &[]),
+        Some(key.proof("POST", &token_url, None, now)),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let issued: Value = resp.json().await.unwrap();
+    let access = issued["access_token"].as_str().unwrap();
+    let proof = key.proof("POST", &format!("{}/mcp", t.origin), Some(access), now);
+    let resp = call(&t, &format!("DPoP {access}"), Some(&proof)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Revoked: refused at once, as a bearer token would be.
+    let resp = client()
+        .post(t.url("/revoke"))
+        .form(&[("token", access), ("client_id", oc.id.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let proof = key.proof("POST", &format!("{}/mcp", t.origin), Some(access), now);
+    let resp = call(&t, &format!("DPoP {access}"), Some(&proof)).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }

@@ -337,6 +337,7 @@ impl Lane {
         if let Ok(caller) =
             check_token(&shared.repo, &shared.tokens, &shared.site, &plan.token).await
             && caller.record().jkt.is_none()
+            && !shared.site.require_dpop
         {
             let owned = match &plan.session_id {
                 Some(id) => matches!(
