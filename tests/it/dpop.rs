@@ -106,25 +106,9 @@ async fn a_dpop_token_works_only_with_fresh_proofs_of_its_key() {
 
     let (key, other) = (Key::new(), Key::new());
     let oc = OAuthClient::public(&t).await;
-    let back = Browser::new()
-        .authorize(
-            &t,
-            &oc.auth_url(&t, &[]),
-            crate::helpers::TEST_PASSWORD,
-            "approve",
-        )
-        .await;
-    let code = query(&back, "code").unwrap();
+    let code = code_for(&t, &Browser::new(), &oc.auth_url(&t, &[])).await;
     let token_url = format!("{}/token", t.origin);
-    let resp = token_with(
-        &t,
-        &oc.code_params(&code, &[]),
-        Some(key.proof("POST", &token_url, None, now)),
-    )
-    .await;
-    assert_eq!(resp.status(), StatusCode::OK);
-    let issued: Value = resp.json().await.unwrap();
-    assert_eq!(issued["token_type"], "DPoP");
+    let issued = bound_tokens(&t, &oc, &code, &key, now).await;
     let access = issued["access_token"].as_str().unwrap();
     let mcp = format!("{}/mcp", t.origin);
 
@@ -222,13 +206,7 @@ async fn a_client_without_dpop_gets_bearer_tokens_and_dpop_jkt_binds_the_code() 
     .await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "another key");
     let code = code_for(&t, &browser, &url).await;
-    let resp = token_with(
-        &t,
-        &oc.code_params(&code, &[]),
-        Some(key.proof("POST", &token_url, None, now)),
-    )
-    .await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    bound_tokens(&t, &oc, &code, &key, now).await;
 }
 
 /// The code an authorization URL ends with.
@@ -263,15 +241,7 @@ async fn require_dpop_refuses_bearer_tokens() {
     // With DPoP: through.
     let key = Key::new();
     let code = code_for(&t, &browser, &url).await;
-    let token_url = format!("{}/token", t.origin);
-    let resp = token_with(
-        &t,
-        &oc.code_params(&code, &[]),
-        Some(key.proof("POST", &token_url, None, now)),
-    )
-    .await;
-    assert_eq!(resp.status(), StatusCode::OK);
-    let issued: Value = resp.json().await.unwrap();
+    let issued = bound_tokens(&t, &oc, &code, &key, now).await;
     let access = issued["access_token"].as_str().unwrap();
     let proof = key.proof("POST", &format!("{}/mcp", t.origin), Some(access), now);
     let resp = call(&t, &format!("DPoP {access}"), Some(&proof)).await;
@@ -287,4 +257,15 @@ async fn require_dpop_refuses_bearer_tokens() {
     let proof = key.proof("POST", &format!("{}/mcp", t.origin), Some(access), now);
     let resp = call(&t, &format!("DPoP {access}"), Some(&proof)).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Redeems `code` with a proof of `key`: the token response (asserted 200, DPoP).
+pub async fn bound_tokens(t: &Target, oc: &OAuthClient, code: &str, key: &Key, now: u64) -> Value {
+    let token_url = format!("{}/token", t.origin);
+    let proof = key.proof("POST", &token_url, None, now);
+    let resp = token_with(t, &oc.code_params(code, &[]), Some(proof)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let issued: Value = resp.json().await.unwrap();
+    assert_eq!(issued["token_type"], "DPoP");
+    issued
 }

@@ -383,18 +383,13 @@ async fn a_password_changed_at_one_replica_ends_old_sign_ins_at_the_other() {
 /// A DPoP proof is taken once across replicas: the one A accepted is a replay at B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dpop_proof_used_at_one_replica_is_a_replay_at_the_other() {
-    use crate::dpop::{Key, code_for, token_with};
+    use crate::dpop::{Key, bound_tokens, code_for};
     let (_pair, a, b, t) = Pair::start("dpop_replay").await;
     let now = mcp_auth_proxy::clock::Clock::system().now();
     let key = Key::new();
     let oc = OAuthClient::public(&t).await;
     let code = code_for(&t, &Browser::new(), &oc.auth_url(&t, &[])).await;
-    let token_url = format!("{}/token", t.origin);
-    let proof = key.proof("POST", &token_url, None, now);
-    let resp = token_with(&t, &oc.code_params(&code, &[]), Some(proof)).await;
-    assert_eq!(resp.status(), StatusCode::OK);
-    let issued: Value = resp.json().await.unwrap();
-    assert_eq!(issued["token_type"], "DPoP");
+    let issued = bound_tokens(&t, &oc, &code, &key, now).await;
     let access = issued["access_token"].as_str().unwrap();
     let proof = key.proof("POST", &format!("{}/mcp", t.origin), Some(access), now);
     let at = |r: reqwest::RequestBuilder| {
