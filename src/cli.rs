@@ -717,6 +717,12 @@ pub struct Cli {
     #[arg(help_heading = "Clients and tokens", long, env = "REQUIRE_DPOP")]
     pub require_dpop: bool,
 
+    /// Require DPoP proofs to carry a nonce this server issued within 5 minutes (RFC 9449
+    /// §8-9: clients get one with a `use_dpop_nonce` answer and retry). Any replica sharing
+    /// the store's key can check them.
+    #[arg(help_heading = "Clients and tokens", long, env = "DPOP_NONCES")]
+    pub dpop_nonces: bool,
+
     /// Absolute lifetime of refresh tokens, from the first grant.
     #[arg(
         help_heading = "Clients and tokens",

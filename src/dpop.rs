@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::clock::UnixTime;
-use crate::store::{DpopProofRecord, Repo, StoreError};
+use crate::store::{DpopProofRecord, Repo, SecretBox, StoreError};
 
 /// The signing algorithms of the proofs we verify (all asymmetric: RFC 9449 §11.6), as the
 /// metadata's `dpop_signing_alg_values_supported` names them.
@@ -81,6 +81,55 @@ pub enum ProofError {
     Replayed,
     #[error("the DPoP proof's key is not the one the token is bound to")]
     WrongKey,
+    /// `use_dpop_nonce` (RFC 9449 §8, §9): a proof needs a fresh nonce of ours.
+    #[error("the DPoP proof must carry a fresh nonce from this server (DPoP-Nonce)")]
+    UseNonce,
+}
+
+impl ProofError {
+    /// The OAuth error code (RFC 9449 §5, §7.1).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProofError::UseNonce => "use_dpop_nonce",
+            _ => "invalid_dpop_proof",
+        }
+    }
+}
+
+/// How long a nonce this server issued is accepted (`--dpop-nonces`).
+pub const NONCE_TTL: UnixTime = 300;
+
+/// What the store's key seals a nonce's time under.
+const NONCE_AAD: &[u8] = b"mcp-auth-proxy dpop-nonce";
+
+/// A fresh server nonce (RFC 9449 §8): the time, sealed with the store's key, so that every
+/// process that shares the key can check it and nobody else can make one.
+pub fn issue_nonce(key: &SecretBox, now: UnixTime) -> Option<String> {
+    let sealed = key.seal(NONCE_AAD, &now.to_be_bytes()).ok()?;
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed))
+}
+
+/// Whether `nonce` is one of ours, issued at most [`NONCE_TTL`] ago.
+pub fn nonce_is_fresh(key: &SecretBox, nonce: &str, now: UnixTime) -> bool {
+    let Ok(sealed) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(nonce) else {
+        return false;
+    };
+    let Ok(opened) = key.open(NONCE_AAD, &sealed) else {
+        return false;
+    };
+    let Ok(time) = <[u8; 8]>::try_from(opened.as_slice()) else {
+        return false;
+    };
+    let issued = UnixTime::from_be_bytes(time);
+    issued <= now.saturating_add(MAX_AHEAD) && now.saturating_sub(issued) <= NONCE_TTL
+}
+
+/// With `--dpop-nonces`: `proof` carries a fresh nonce of ours, or the fresh one to send.
+pub fn require_nonce(key: &SecretBox, proof: &Proof, now: UnixTime) -> Result<(), Option<String>> {
+    match &proof.nonce {
+        Some(n) if nonce_is_fresh(key, n, now) => Ok(()),
+        _ => Err(issue_nonce(key, now)),
+    }
 }
 
 /// What a verified proof says.
@@ -90,6 +139,8 @@ pub struct Proof {
     pub jkt: String,
     pub jti: String,
     pub iat: UnixTime,
+    /// The server nonce it carries (RFC 9449 §8).
+    pub nonce: Option<String>,
 }
 
 /// The request a proof must be for.
@@ -112,6 +163,8 @@ struct Claims {
     iat: UnixTime,
     #[serde(default)]
     ath: Option<String>,
+    #[serde(default)]
+    nonce: Option<String>,
 }
 
 /// The one `DPoP` header's value; `None` without one. Two are refused: which one a reader
@@ -189,6 +242,7 @@ pub fn check(proof: &str, expected: &Expected<'_>) -> Result<Proof, ProofError> 
         jkt: thumbprint(jwk)?,
         jti: claims.jti,
         iat: claims.iat,
+        nonce: claims.nonce,
     })
 }
 
@@ -489,6 +543,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_nonce_is_ours_for_five_minutes() {
+        let key = crate::store::Keys::ephemeral().sealer;
+        let nonce = issue_nonce(&key, NOW).unwrap();
+        assert!(nonce_is_fresh(&key, &nonce, NOW));
+        assert!(nonce_is_fresh(&key, &nonce, NOW + NONCE_TTL));
+        assert!(!nonce_is_fresh(&key, &nonce, NOW + NONCE_TTL + 1));
+        assert!(!nonce_is_fresh(&key, &nonce, NOW - MAX_AHEAD - 1));
+        let other = crate::store::Keys::ephemeral().sealer;
+        assert!(!nonce_is_fresh(&other, &nonce, NOW), "another store's key");
+        assert!(!nonce_is_fresh(&key, "made-up", NOW));
+    }
+
     #[tokio::test]
     async fn a_proof_is_accepted_once_per_key() {
         use crate::clock::Clock;
@@ -504,6 +571,7 @@ mod tests {
             jkt: "key-a".into(),
             jti: "j1".into(),
             iat: NOW,
+            nonce: None,
         };
         assert!(accept_once(&repo, &proof).await.is_ok());
         assert!(matches!(

@@ -50,6 +50,8 @@ pub enum OAuthErrorCode {
     ConsentRequired,
     /// RFC 9449 §5: the DPoP proof is missing, invalid, or for another key.
     InvalidDpopProof,
+    /// RFC 9449 §8: the DPoP proof must carry the server's nonce.
+    UseDpopNonce,
 }
 
 impl OAuthErrorCode {
@@ -73,6 +75,7 @@ impl OAuthErrorCode {
             Self::InsufficientScope => "insufficient_scope",
             Self::LoginRequired => "login_required",
             Self::InvalidDpopProof => "invalid_dpop_proof",
+            Self::UseDpopNonce => "use_dpop_nonce",
             Self::ConsentRequired => "consent_required",
         }
     }

@@ -77,6 +77,11 @@ pub async fn authenticate(
             if proof.jkt != jkt {
                 return Err(refused(GateError::InvalidProof(dpop::ProofError::WrongKey)));
             }
+            if gate.site.dpop_nonces {
+                let key = &gate.repo.keys().sealer;
+                dpop::require_nonce(key, &proof, expected.now)
+                    .map_err(|fresh| refused(GateError::UseNonce(fresh)))?;
+            }
             dpop::accept_once(gate.repo, &proof).await.map_err(|e| {
                 refused(match e {
                     dpop::AcceptError::Proof(e) => GateError::InvalidProof(e),
@@ -189,6 +194,9 @@ pub enum GateError {
     DpopRequired,
     /// A DPoP proof that is missing or does not hold: 401 `invalid_dpop_proof`.
     InvalidProof(dpop::ProofError),
+    /// `--dpop-nonces`: a proof without a fresh nonce of ours: 401 `use_dpop_nonce`, with
+    /// the nonce to use.
+    UseNonce(Option<String>),
 }
 
 /// Builds the `WWW-Authenticate` challenge of RFC 6750 §3 with RFC 9728's
@@ -268,6 +276,15 @@ impl IntoResponse for GateRefusal {
             GateError::InvalidProof(why) => {
                 let why = why.to_string();
                 return dpop_challenge(StatusCode::UNAUTHORIZED, "invalid_dpop_proof", &why);
+            }
+            GateError::UseNonce(nonce) => {
+                let why = dpop::ProofError::UseNonce;
+                let mut resp =
+                    dpop_challenge(StatusCode::UNAUTHORIZED, why.code(), &why.to_string());
+                if let Some(v) = nonce.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
+                    resp.headers_mut().insert("dpop-nonce", v);
+                }
+                return resp;
             }
         };
         let mut resp = jsonrpc_error(status, message);

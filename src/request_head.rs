@@ -133,6 +133,7 @@ mod tests {
                 .collect(),
             trusted_proxies: trusted.iter().map(|s| s.parse().unwrap()).collect(),
             require_dpop: false,
+            dpop_nonces: false,
         }
     }
 

@@ -211,6 +211,8 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// `--require-dpop`: only DPoP-bound tokens are issued and accepted.
     pub require_dpop: bool,
+    /// `--dpop-nonces`: proofs carry a nonce of ours.
+    pub dpop_nonces: bool,
     pub mcp_path: String,
     /// Normalised origins (`scheme://host[:port]`, lower-case) allowed besides our own.
     pub allowed_origins: Vec<String>,
@@ -382,6 +384,7 @@ impl Config {
             },
             trusted_proxies,
             require_dpop: cli.require_dpop,
+            dpop_nonces: cli.dpop_nonces,
             mcp_path,
             allowed_origins,
             backend,
@@ -443,6 +446,8 @@ pub struct Site {
     pub trusted_proxies: Vec<IpNet>,
     /// `--require-dpop`.
     pub require_dpop: bool,
+    /// `--dpop-nonces`.
+    pub dpop_nonces: bool,
 }
 
 impl Config {
@@ -464,6 +469,7 @@ impl Config {
             allowed_origins: self.allowed_origins.clone(),
             trusted_proxies: self.trusted_proxies.clone(),
             require_dpop: self.require_dpop,
+            dpop_nonces: self.dpop_nonces,
         })
     }
 }

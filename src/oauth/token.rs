@@ -72,11 +72,23 @@ fn invalid_proof(why: impl std::fmt::Display) -> OAuthError {
     OAuthError::bad_request(OAuthErrorCode::InvalidDpopProof, why.to_string())
 }
 
+/// Why a token request's proof was not taken: an error, or the nonce to retry with.
+enum ProofRefusal {
+    Error(OAuthError),
+    UseNonce(Option<String>),
+}
+
+impl From<OAuthError> for ProofRefusal {
+    fn from(e: OAuthError) -> Self {
+        ProofRefusal::Error(e)
+    }
+}
+
 /// The token request's DPoP proof, checked and its `jti` taken; `None` without one.
 async fn dpop_proof(
     app: &AuthServer,
     headers: &HeaderMap,
-) -> Result<Option<crate::dpop::Proof>, OAuthError> {
+) -> Result<Option<crate::dpop::Proof>, ProofRefusal> {
     let Some(proof) = crate::dpop::proof_header(headers).map_err(invalid_proof)? else {
         return Ok(None);
     };
@@ -87,10 +99,14 @@ async fn dpop_proof(
         now: app.repo.clock().now(),
     };
     let proof = crate::dpop::check(proof, &expected).map_err(invalid_proof)?;
+    if app.site.dpop_nonces {
+        let key = &app.repo.keys().sealer;
+        crate::dpop::require_nonce(key, &proof, expected.now).map_err(ProofRefusal::UseNonce)?;
+    }
     match crate::dpop::accept_once(&app.repo, &proof).await {
         Ok(()) => Ok(Some(proof)),
-        Err(crate::dpop::AcceptError::Proof(e)) => Err(invalid_proof(e)),
-        Err(crate::dpop::AcceptError::Store(e)) => Err(e.into()),
+        Err(crate::dpop::AcceptError::Proof(e)) => Err(invalid_proof(e).into()),
+        Err(crate::dpop::AcceptError::Store(e)) => Err(OAuthError::from(e).into()),
     }
 }
 
@@ -113,7 +129,20 @@ pub async fn token(
             "this server only issues tokens for its MCP endpoint",
         ));
     }
-    let proof = dpop_proof(&app, &headers).await?;
+    let proof = match dpop_proof(&app, &headers).await {
+        Ok(proof) => proof,
+        Err(ProofRefusal::Error(e)) => return Err(e),
+        // RFC 9449 §8: 400 `use_dpop_nonce` with the nonce to use.
+        Err(ProofRefusal::UseNonce(nonce)) => {
+            let why = crate::dpop::ProofError::UseNonce;
+            let code = OAuthErrorCode::UseDpopNonce;
+            let mut resp = OAuthError::bad_request(code, why.to_string()).into_response();
+            if let Some(v) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+                resp.headers_mut().insert("dpop-nonce", v);
+            }
+            return Ok(resp);
+        }
+    };
     if app.site.require_dpop && proof.is_none() {
         return Err(invalid_proof(
             "this server issues only DPoP-bound tokens: send a DPoP proof",

@@ -84,6 +84,7 @@ mod tests {
             allowed_origins: vec!["https://app.example.org".into()],
             trusted_proxies: Vec::new(),
             require_dpop: false,
+            dpop_nonces: false,
         }
     }
 

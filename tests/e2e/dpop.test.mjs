@@ -13,13 +13,17 @@ import { Browser, everythingStdio, startProxy } from './harness.mjs';
 import { TestProvider, connectModern } from './sdk-client.mjs';
 
 let proxy;
+// The same with --dpop-nonces: every proof must carry a nonce of ours.
+let noncing;
 
 before(async () => {
   proxy = await startProxy({ command: everythingStdio() });
+  noncing = await startProxy({ command: everythingStdio(), args: ['--dpop-nonces'] });
 });
 
 after(async () => {
   await proxy?.stop();
+  await noncing?.stop();
 });
 
 /** The harness's provider, with a DPoP key for its registration. */
@@ -69,6 +73,15 @@ for (const mode of [{ pin: '2026-07-28' }, 'legacy']) {
     assert.match(noProof.headers.get('www-authenticate'), /error="invalid_dpop_proof"/);
   });
 }
+
+test('with --dpop-nonces the v2 client takes the nonce it is given and retries', async () => {
+  const provider = new DpopProvider(new Browser());
+  const client = await connectModern(noncing.resource, provider, { pin: '2026-07-28' });
+  assert.equal(provider.tokens().token_type.toLowerCase(), 'dpop');
+  const r = await client.callTool({ name: 'echo', arguments: { message: 'nonce hello' } });
+  assert.match(r.content[0].text, /nonce hello/);
+  await client.close();
+});
 
 test('a client without DPoP gets bearer tokens that work', async () => {
   const provider = new TestProvider(new Browser());

@@ -27,12 +27,27 @@ impl Key {
 
     /// A proof for `method` `url`, made at `iat`, with the hash of `token` when given.
     pub fn proof(&self, method: &str, url: &str, token: Option<&str>, iat: u64) -> String {
+        self.proof_with_nonce(method, url, token, iat, None)
+    }
+
+    /// [`Key::proof`] carrying a server nonce.
+    pub fn proof_with_nonce(
+        &self,
+        method: &str,
+        url: &str,
+        token: Option<&str>,
+        iat: u64,
+        nonce: Option<&str>,
+    ) -> String {
         let mut claims = json!({
             "jti": mcp_auth_proxy::tokens::generate_id(),
             "htm": method, "htu": url, "iat": iat,
         });
         if let Some(t) = token {
             claims["ath"] = json!(mcp_auth_proxy::dpop::token_hash(t));
+        }
+        if let Some(n) = nonce {
+            claims["nonce"] = json!(n);
         }
         let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk});
         let message = format!(
@@ -268,4 +283,50 @@ pub async fn bound_tokens(t: &Target, oc: &OAuthClient, code: &str, key: &Key, n
     let issued: Value = resp.json().await.unwrap();
     assert_eq!(issued["token_type"], "DPoP");
     issued
+}
+
+/// `--dpop-nonces`: a proof without a fresh nonce of ours gets `use_dpop_nonce` and the nonce
+/// to use, at the token endpoint (400) and at the MCP endpoint (401).
+#[tokio::test]
+async fn with_nonces_a_proof_carries_the_servers_nonce() {
+    let up = start_upstream().await;
+    let p = start_proxy(&["--dpop-nonces", &up.url("/mcp")]).await;
+    let t = p.target();
+    let now = p.repo().clock().now();
+    let key = Key::new();
+    let oc = OAuthClient::public(&t).await;
+    let code = code_for(&t, &Browser::new(), &oc.auth_url(&t, &[])).await;
+    let token_url = format!("{}/token", t.origin);
+    let params = oc.code_params(&code, &[]);
+    let resp = token_with(&t, &params, Some(key.proof("POST", &token_url, None, now))).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let nonce = resp.headers()["dpop-nonce"].to_str().unwrap().to_string();
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"], "use_dpop_nonce");
+    let made_up = key.proof_with_nonce("POST", &token_url, None, now, Some("made-up"));
+    let resp = token_with(&t, &params, Some(made_up)).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::BAD_REQUEST,
+        "a nonce that is not ours"
+    );
+    let proof = key.proof_with_nonce("POST", &token_url, None, now, Some(&nonce));
+    let resp = token_with(&t, &params, Some(proof)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let issued: Value = resp.json().await.unwrap();
+    let access = issued["access_token"].as_str().unwrap();
+
+    let mcp = format!("{}/mcp", t.origin);
+    let resp = call(
+        &t,
+        &format!("DPoP {access}"),
+        Some(&key.proof("POST", &mcp, Some(access), now)),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(dpop_error(&resp), "use_dpop_nonce");
+    let fresh = resp.headers()["dpop-nonce"].to_str().unwrap().to_string();
+    let proof = key.proof_with_nonce("POST", &mcp, Some(access), now, Some(&fresh));
+    let resp = call(&t, &format!("DPoP {access}"), Some(&proof)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
 }
