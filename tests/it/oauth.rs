@@ -1472,6 +1472,24 @@ redirect_uris = ["http://127.0.0.1:33418/callback"]
         );
         assert!(body["exp"].as_u64().unwrap() > body["iat"].as_u64().unwrap());
     }
+    // A DPoP-bound token: its kind and key (RFC 9449 §6.2).
+    let bound = crate::helpers::mint(
+        p.repo(),
+        &p.state.site().resource,
+        crate::helpers::Mint {
+            jkt: Some("a-key-thumbprint"),
+            ..Default::default()
+        },
+    )
+    .await;
+    let body: Value = ask("/introspect", "resource-server", secret, bound)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["active"], true, "{body}");
+    assert_eq!(body["token_type"], "DPoP");
+    assert_eq!(body["cnf"]["jkt"], "a-key-thumbprint");
     // Expired or unknown: only `active: false`.
     for token in [expired, "mcp_at_unknown".to_string()] {
         let body: Value = ask("/introspect", "resource-server", secret, token)
