@@ -892,6 +892,63 @@ mod tests {
         assert_eq!(code(read(&h, &twice).unwrap()), -32602);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever a client sends, reading it never panics; what is read as a valid
+        /// request has headers that mirror its body, and a 2025 server is sent a body
+        /// without the envelope and otherwise as it was.
+        #[test]
+        fn what_is_read_is_what_the_headers_and_body_agree_on(
+            method in proptest::sample::select(vec!["tools/call", "tools/list", "prompts/get", "resources/read", "initialize"]),
+            header_method in proptest::sample::select(vec!["tools/call", "tools/list", "prompts/get", "resources/read", ""]),
+            name in "[a-zé ]{0,6}",
+            header_name in "[a-z]{0,6}",
+            version in proptest::sample::select(vec!["2026-07-28", "2025-11-25", "2099-01-01", ""]),
+            extra_meta in proptest::collection::vec(("[a-z/.]{1,12}", 0i32..3), 0..4),
+            twice in proptest::bool::ANY,
+        ) {
+            let mut meta = serde_json::Map::new();
+            if !version.is_empty() {
+                meta.insert(VERSION_KEY.into(), json!(version));
+            }
+            meta.insert(CAPABILITIES_KEY.into(), json!({}));
+            for (k, v) in &extra_meta {
+                meta.insert(k.clone(), json!(v));
+            }
+            let mut body = json!({"jsonrpc": "2.0", "id": 1, "method": method,
+                "params": {"name": name, "uri": name, "_meta": meta}}).to_string();
+            if twice {
+                body = body.replacen("\"name\":", "\"name\":\"x\",\"name\":", 1);
+            }
+            let mut pairs = vec![("mcp-protocol-version", version)];
+            if !header_method.is_empty() {
+                pairs.push(("mcp-method", header_method));
+            }
+            if !header_name.is_empty() {
+                pairs.push(("mcp-name", header_name.as_str()));
+            }
+            let pairs: Vec<_> = pairs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+            let Some(msg) = Message::parse(Bytes::from(body)) else {
+                return Ok(());
+            };
+            if let Some(Ok(request)) = read(&headers(&pairs), &msg) {
+                proptest::prop_assert!(!twice, "a member named twice was read");
+                proptest::prop_assert_eq!(request.method.as_str(), header_method);
+                proptest::prop_assert_eq!(version, "2026-07-28");
+                if matches!(method, "tools/call" | "prompts/get" | "resources/read") {
+                    proptest::prop_assert_eq!(name.as_str(), header_name.as_str());
+                }
+                if let Some(out) = request.for_legacy_child(&msg) {
+                    let sent: Value = serde_json::from_slice(&out.raw).unwrap();
+                    let meta = sent["params"]["_meta"].as_object().unwrap();
+                    proptest::prop_assert!(meta.keys().all(|k| !k.starts_with(RESERVED_PREFIX)));
+                    proptest::prop_assert_eq!(&sent["params"]["name"], &json!(name));
+                }
+            }
+        }
+    }
+
     #[test]
     fn discover_offers_what_the_child_offers() {
         let init = json!({
