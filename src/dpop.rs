@@ -55,6 +55,12 @@ const MAX_JTI: usize = 256;
 /// Why a proof is refused: the `error_description` of `invalid_dpop_proof`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProofError {
+    #[error("a DPoP-bound token needs a DPoP proof")]
+    Missing,
+    #[error(
+        "the front proxy did not say which request the DPoP proof is for (X-Forwarded-Method, X-Forwarded-Uri)"
+    )]
+    NoTarget,
     #[error("more than one DPoP header")]
     Repeated,
     #[error("the DPoP proof is longer than {MAX_PROOF} bytes")]
@@ -104,13 +110,13 @@ const NONCE_AAD: &[u8] = b"mcp-auth-proxy dpop-nonce";
 
 /// A fresh server nonce (RFC 9449 §8): the time, sealed with the store's key, so that every
 /// process that shares the key can check it and nobody else can make one.
-pub fn issue_nonce(key: &SecretBox, now: UnixTime) -> Option<String> {
+fn issue_nonce(key: &SecretBox, now: UnixTime) -> Option<String> {
     let sealed = key.seal(NONCE_AAD, &now.to_be_bytes()).ok()?;
     Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed))
 }
 
 /// Whether `nonce` is one of ours, issued at most [`NONCE_TTL`] ago.
-pub fn nonce_is_fresh(key: &SecretBox, nonce: &str, now: UnixTime) -> bool {
+fn nonce_is_fresh(key: &SecretBox, nonce: &str, now: UnixTime) -> bool {
     let Ok(sealed) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(nonce) else {
         return false;
     };
@@ -125,7 +131,7 @@ pub fn nonce_is_fresh(key: &SecretBox, nonce: &str, now: UnixTime) -> bool {
 }
 
 /// With `--dpop-nonces`: `proof` carries a fresh nonce of ours, or the fresh one to send.
-pub fn require_nonce(key: &SecretBox, proof: &Proof, now: UnixTime) -> Result<(), Option<String>> {
+fn require_nonce(key: &SecretBox, proof: &Proof, now: UnixTime) -> Result<(), Option<String>> {
     match &proof.nonce {
         Some(n) if nonce_is_fresh(key, n, now) => Ok(()),
         _ => Err(issue_nonce(key, now)),
@@ -152,6 +158,8 @@ pub struct Expected<'a> {
     pub url: &'a str,
     /// The access token sent with the proof, whose hash the proof must carry (`ath`).
     pub access_token: Option<&'a str>,
+    /// The key (thumbprint) that token is bound to, which must have made the proof.
+    pub key: Option<&'a str>,
     pub now: UnixTime,
 }
 
@@ -238,17 +246,38 @@ pub fn check(proof: &str, expected: &Expected<'_>) -> Result<Proof, ProofError> 
             return Err(ProofError::TokenHash);
         }
     }
+    let jkt = thumbprint(jwk)?;
+    if expected.key.is_some_and(|bound| bound != jkt) {
+        return Err(ProofError::WrongKey);
+    }
     Ok(Proof {
-        jkt: thumbprint(jwk)?,
+        jkt,
         jti: claims.jti,
         iat: claims.iat,
         nonce: claims.nonce,
     })
 }
 
+/// The whole check of one proof, as every endpoint makes it: [`check`], then (with
+/// `--dpop-nonces`) a fresh nonce of ours, then the `jti`'s first use on every process that
+/// shares the store.
+pub async fn verify(
+    repo: &Repo,
+    proof: &str,
+    expected: &Expected<'_>,
+    nonces: bool,
+) -> Result<Proof, Refusal> {
+    let proof = check(proof, expected).map_err(Refusal::Proof)?;
+    if nonces {
+        require_nonce(&repo.keys().sealer, &proof, expected.now).map_err(Refusal::UseNonce)?;
+    }
+    accept_once(repo, &proof).await?;
+    Ok(proof)
+}
+
 /// Accepts `proof`'s `jti` for its key once within the proofs' window, on every process that
 /// shares the store.
-pub async fn accept_once(repo: &Repo, proof: &Proof) -> Result<(), AcceptError> {
+async fn accept_once(repo: &Repo, proof: &Proof) -> Result<(), Refusal> {
     let mut h = Sha256::new();
     h.update(proof.jkt.as_bytes());
     h.update([0]);
@@ -259,22 +288,28 @@ pub async fn accept_once(repo: &Repo, proof: &Proof) -> Result<(), AcceptError> 
     let first = repo
         .create(&key, &DpopProofRecord { seen_at: proof.iat }, Some(until))
         .await
-        .map_err(AcceptError::Store)?;
+        .map_err(Refusal::Store)?;
     if first {
         Ok(())
     } else {
-        Err(AcceptError::Proof(ProofError::Replayed))
+        Err(Refusal::Proof(ProofError::Replayed))
     }
 }
 
-/// Why a proof's `jti` was not accepted.
-#[derive(Debug, thiserror::Error)]
-pub enum AcceptError {
-    #[error("{0}")]
+/// Why a proof was not taken.
+#[derive(Debug)]
+pub enum Refusal {
     Proof(ProofError),
+    /// `--dpop-nonces` and no fresh nonce of ours: the one to retry with.
+    UseNonce(Option<String>),
     /// The store failed: fail closed.
-    #[error("store: {0}")]
     Store(StoreError),
+}
+
+/// `DPoP` for a token bound to a key, `Bearer` otherwise (the `token_type` of RFC 9449 §5
+/// and of introspection).
+pub fn token_type(bound: bool) -> &'static str {
+    if bound { "DPoP" } else { "Bearer" }
 }
 
 /// `ath`: the base64url SHA-256 of an access token (RFC 9449 §4.2).
@@ -366,6 +401,7 @@ mod tests {
             method: "POST",
             url: URL,
             access_token: token,
+            key: None,
             now: NOW,
         }
     }
@@ -576,7 +612,7 @@ mod tests {
         assert!(accept_once(&repo, &proof).await.is_ok());
         assert!(matches!(
             accept_once(&repo, &proof).await,
-            Err(AcceptError::Proof(ProofError::Replayed))
+            Err(Refusal::Proof(ProofError::Replayed))
         ));
         // The same jti from another key is another proof.
         let other = Proof {

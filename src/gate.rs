@@ -61,37 +61,35 @@ pub async fn authenticate(
         (Scheme::Bearer, Some(_)) => Err(refused(GateError::DpopBound)),
         (Scheme::Dpop, None) => Err(refused(GateError::InvalidToken)),
         (Scheme::Dpop, Some(jkt)) => {
-            let target = target.ok_or(GateError::InvalidProof(dpop::ProofError::Url));
+            let target = target.ok_or(GateError::InvalidProof(dpop::ProofError::NoTarget));
             let proof = dpop::proof_header(headers)
-                .and_then(|p| p.ok_or(dpop::ProofError::NotAProof))
+                .and_then(|p| p.ok_or(dpop::ProofError::Missing))
                 .map_err(GateError::InvalidProof);
             let (target, proof) = (target.map_err(refused)?, proof.map_err(refused)?);
             let expected = dpop::Expected {
                 method: target.method,
                 url: &gate.site.origin.join(target.path),
                 access_token: Some(token),
+                key: Some(jkt),
                 now: gate.repo.clock().now(),
             };
-            let proof =
-                dpop::check(proof, &expected).map_err(|e| refused(GateError::InvalidProof(e)))?;
-            if proof.jkt != jkt {
-                return Err(refused(GateError::InvalidProof(dpop::ProofError::WrongKey)));
-            }
-            if gate.site.dpop_nonces {
-                let key = &gate.repo.keys().sealer;
-                dpop::require_nonce(key, &proof, expected.now)
-                    .map_err(|fresh| refused(GateError::UseNonce(fresh)))?;
-            }
-            dpop::accept_once(gate.repo, &proof).await.map_err(|e| {
-                refused(match e {
-                    dpop::AcceptError::Proof(e) => GateError::InvalidProof(e),
-                    dpop::AcceptError::Store(e) => {
-                        tracing::error!(error = %e, "store failure while checking a DPoP proof");
-                        GateError::Unavailable
-                    }
-                })
-            })?;
+            dpop::verify(gate.repo, proof, &expected, gate.site.dpop_nonces)
+                .await
+                .map_err(|r| refused(r.into()))?;
             Ok(caller)
+        }
+    }
+}
+
+impl From<dpop::Refusal> for GateError {
+    fn from(refusal: dpop::Refusal) -> Self {
+        match refusal {
+            dpop::Refusal::Proof(why) => GateError::InvalidProof(why),
+            dpop::Refusal::UseNonce(fresh) => GateError::UseNonce(fresh),
+            dpop::Refusal::Store(e) => {
+                tracing::error!(error = %e, "store failure while checking a DPoP proof");
+                GateError::Unavailable
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
         method: "POST",
         url: "https://mcp.example.com/mcp",
         access_token: Some("token"),
+        key: None,
         now: 1_800_000_000,
     };
     assert!(check(proof, &expected).is_err());

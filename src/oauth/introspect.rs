@@ -44,7 +44,7 @@ pub async fn introspect(
                 "scope": record.scopes.join(" "),
                 "client_id": record.client_id,
                 "username": identity.and_then(|i| i.email.clone().or_else(|| i.name.clone())),
-                "token_type": if record.jkt.is_some() { "DPoP" } else { "Bearer" },
+                "token_type": crate::dpop::token_type(record.jkt.is_some()),
                 "exp": record.expires_at,
                 "iat": record.issued_at,
                 "sub": record.subject,

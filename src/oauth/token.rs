@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 use super::AuthServer;
 use super::clients::ClientRequest;
 use super::{pkce, resource};
+use crate::dpop;
 use crate::error::{OAuthError, OAuthErrorCode};
 use crate::gate::MCP_SCOPE;
 use crate::media_type::content_type_is;
@@ -72,47 +73,25 @@ fn invalid_proof(why: impl std::fmt::Display) -> OAuthError {
     OAuthError::bad_request(OAuthErrorCode::InvalidDpopProof, why.to_string())
 }
 
-/// Why a token request's proof was not taken: an error, or the nonce to retry with.
-enum ProofRefusal {
-    Error(OAuthError),
-    UseNonce(Option<String>),
-}
-
-impl From<OAuthError> for ProofRefusal {
-    fn from(e: OAuthError) -> Self {
-        ProofRefusal::Error(e)
-    }
-}
-
 /// The token request's DPoP proof, checked and its `jti` taken; `None` without one.
 async fn dpop_proof(
     app: &AuthServer,
     headers: &HeaderMap,
-) -> Result<Option<crate::dpop::Proof>, ProofRefusal> {
-    let Some(proof) = crate::dpop::proof_header(headers).map_err(invalid_proof)? else {
+) -> Result<Option<dpop::Proof>, dpop::Refusal> {
+    let Some(proof) = dpop::proof_header(headers).map_err(dpop::Refusal::Proof)? else {
         return Ok(None);
     };
-    let expected = crate::dpop::Expected {
+    let expected = dpop::Expected {
         method: "POST",
         url: &app.site.origin.join("/token"),
         access_token: None,
+        key: None,
         now: app.repo.clock().now(),
     };
-    let proof = crate::dpop::check(proof, &expected).map_err(invalid_proof)?;
-    if app.site.dpop_nonces {
-        let key = &app.repo.keys().sealer;
-        crate::dpop::require_nonce(key, &proof, expected.now).map_err(ProofRefusal::UseNonce)?;
-    }
-    match crate::dpop::accept_once(&app.repo, &proof).await {
-        Ok(()) => Ok(Some(proof)),
-        Err(crate::dpop::AcceptError::Proof(e)) => Err(invalid_proof(e).into()),
-        Err(crate::dpop::AcceptError::Store(e)) => Err(OAuthError::from(e).into()),
-    }
-}
-
-/// What a grant's tokens are: bound to a DPoP key, or bearer tokens.
-fn token_type(jkt: Option<&str>) -> String {
-    if jkt.is_some() { "DPoP" } else { "Bearer" }.into()
+    let nonces = app.site.dpop_nonces;
+    dpop::verify(&app.repo, proof, &expected, nonces)
+        .await
+        .map(Some)
 }
 
 /// `POST /token`.
@@ -131,10 +110,11 @@ pub async fn token(
     }
     let proof = match dpop_proof(&app, &headers).await {
         Ok(proof) => proof,
-        Err(ProofRefusal::Error(e)) => return Err(e),
+        Err(dpop::Refusal::Proof(why)) => return Err(invalid_proof(why)),
+        Err(dpop::Refusal::Store(e)) => return Err(e.into()),
         // RFC 9449 §8: 400 `use_dpop_nonce` with the nonce to use.
-        Err(ProofRefusal::UseNonce(nonce)) => {
-            let why = crate::dpop::ProofError::UseNonce;
+        Err(dpop::Refusal::UseNonce(nonce)) => {
+            let why = dpop::ProofError::UseNonce;
             let code = OAuthErrorCode::UseDpopNonce;
             let mut resp = OAuthError::bad_request(code, why.to_string()).into_response();
             if let Some(v) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
@@ -227,7 +207,7 @@ async fn client_credentials(
     tracing::info!(client_id = %client.client_id, "issued a client_credentials token");
     Ok(TokenResponse {
         access_token: access,
-        token_type: token_type(jkt),
+        token_type: dpop::token_type(jkt.is_some()).into(),
         expires_in: access_ttl,
         refresh_token: None,
         scope: grant.scopes.join(" "),
@@ -380,7 +360,7 @@ async fn mint_pair(
         TokenResponse {
             expires_in: base.expires_at.saturating_sub(now),
             access_token: access,
-            token_type: token_type(grant.jkt.as_deref()),
+            token_type: dpop::token_type(grant.jkt.is_some()).into(),
             refresh_token: Some(refresh),
             scope: scopes.join(" "),
         },
