@@ -42,20 +42,11 @@ pub fn host_allowed(site: &Site, authority: &str) -> bool {
     let Ok(auth) = authority.parse::<http::uri::Authority>() else {
         return false;
     };
-    let host = auth
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    let host = host.trim_end_matches('.');
+    let host = auth.host().trim_start_matches('[').trim_end_matches(']');
     let port = auth
         .port_u16()
         .unwrap_or(if site.origin.is_https() { 443 } else { 80 });
-    if port != site.origin.port() {
-        return false;
-    }
-    let ours = site.origin.host();
-    host == ours || (site.origin.is_loopback() && is_loopback_host(host))
+    port == site.origin.port() && site.origin.names_host(host)
 }
 
 /// Whether a browser `Origin` may call: ours, or listed in `--allowed-origins`. A loopback

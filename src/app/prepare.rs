@@ -17,6 +17,7 @@ use crate::{assertion, backend, banner, config, login, metrics, migrate, oauth, 
 /// Loads the certificate files and builds the acceptor.
 fn tls_setup(
     tls: &config::TlsConfig,
+    origin: &config::PublicOrigin,
     repo: &Repo,
     metrics: &metrics::Metrics,
 ) -> Result<TlsSetup, RunError> {
@@ -24,7 +25,7 @@ fn tls_setup(
         config::TlsSource::Files { cert, key } => {
             let pair = server::tls::load_pair(cert, key)?;
             let swappable = server::tls::Swappable::new(pair);
-            let cfg = server::tls::server_config(swappable.clone(), &[]);
+            let cfg = server::tls::server_config(swappable.clone(), origin, &[]);
             Ok(TlsSetup {
                 accept: server::tls::TlsAccept::new(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
                 files: Some((swappable, cert.clone(), key.clone())),
@@ -41,7 +42,7 @@ fn tls_setup(
             } else {
                 &[server::tls::ACME_TLS_ALPN]
             };
-            let cfg = server::tls::server_config(acme.resolver.clone(), extra);
+            let cfg = server::tls::server_config(acme.resolver.clone(), origin, extra);
             let mut accept =
                 server::tls::TlsAccept::new(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)));
             accept.shared_alpn_answers = acme.tls_alpn01.clone();
@@ -88,16 +89,20 @@ pub async fn prepare(
 
     let listener = bind(&config.listen).await?;
     let local_addr = listener.local_addr().map_err(RunError::Serve)?;
-    let (tls_listener, tls_local_addr, tls) = match &config.tls {
+    let (tls_listener, tls_local_addr) = match &config.tls {
         Some(t) => {
-            let setup = tls_setup(t, &repo, &metrics)?;
             let l = bind(&t.listen).await?;
             let addr = l.local_addr().map_err(RunError::Serve)?;
-            (Some(l), Some(addr), Some(setup))
+            (Some(l), Some(addr))
         }
-        None => (None, None, None),
+        None => (None, None),
     };
     let site = config.site(tls_local_addr.unwrap_or(local_addr).port())?;
+    // The certificate is for the site's host: handshakes naming another are refused.
+    let tls = match &config.tls {
+        Some(t) => Some(tls_setup(t, &site.origin, &repo, &metrics)?),
+        None => None,
+    };
     let http_backend = match &config.backend {
         Backend::Http(url) => Some(Arc::new(HttpBackend::new(
             url.clone(),

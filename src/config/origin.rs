@@ -134,6 +134,15 @@ impl PublicOrigin {
     pub fn is_loopback(&self) -> bool {
         is_loopback_host(&self.host())
     }
+
+    /// Whether `host` (from `Host` or a TLS server name, without port or brackets) names
+    /// this origin's host: compared without case or a trailing dot. A loopback origin also
+    /// answers to any loopback name, since DNS rebinding needs a name that is not one.
+    pub fn names_host(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        let host = host.trim_end_matches('.');
+        host == self.host() || (self.is_loopback() && is_loopback_host(host))
+    }
 }
 
 /// `localhost`, `*.localhost`, 127.0.0.0/8 or ::1.

@@ -68,11 +68,17 @@ pub fn alpn() -> Vec<Vec<u8>> {
     vec![b"h2".to_vec(), b"http/1.1".to_vec()]
 }
 
-/// A server configuration answering with `resolver`'s certificate.
+/// A server configuration answering with `resolver`'s certificate, for handshakes that name
+/// `origin`'s host or no host at all ([`OnlyOurName`]).
 pub fn server_config(
     resolver: Arc<dyn ResolvesServerCert>,
+    origin: &PublicOrigin,
     extra_alpn: &[&[u8]],
 ) -> rustls::ServerConfig {
+    let resolver = Arc::new(OnlyOurName {
+        inner: resolver,
+        origin: origin.clone(),
+    });
     let mut cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_cert_resolver(resolver);
@@ -80,6 +86,29 @@ pub fn server_config(
     cfg.alpn_protocols
         .extend(extra_alpn.iter().map(|p| p.to_vec()));
     cfg
+}
+
+/// Refuses a handshake whose server name (SNI) is another host's: no certificate, so rustls
+/// ends it with an alert. We serve one host, so a client naming another one is lost or is
+/// probing (domain fronting, certificate harvesting); neither is helped by our certificate.
+/// A client that names no host (one dialling an IP address) is served as before, and the
+/// `Host` check (`request_head::host_allowed`) still decides each request.
+#[derive(Debug)]
+struct OnlyOurName {
+    inner: Arc<dyn ResolvesServerCert>,
+    origin: PublicOrigin,
+}
+
+impl ResolvesServerCert for OnlyOurName {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = hello.server_name()
+            && !self.origin.names_host(name)
+        {
+            tracing::debug!(server_name = name, "TLS handshake for another host refused");
+            return None;
+        }
+        self.inner.resolve(hello)
+    }
 }
 
 /// How the TLS listener completes handshakes.
