@@ -175,6 +175,19 @@ async fn come_back(
         }
         Err(e) => return Err(unavailable(app)(e)),
     };
+    // Before anything else the answer says, errors included (RFC 9207 §2.4).
+    if let Err(e) = p.check_response_issuer(params.get("iss")) {
+        tracing::warn!(provider = p.id, error = %e, "a sign-in answer from another provider was refused");
+        app.metrics.sign_in(p.id, "error");
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            "Sign-in refused",
+            &format!(
+                "The answer did not come from {}. Start again from your app.",
+                p.label
+            ),
+        ));
+    }
     if let Some(error) = params.get("error") {
         tracing::info!(
             provider = p.id,

@@ -33,6 +33,10 @@ pub enum Spoil {
     Nonce,
     /// `aud` lists the proxy beside the client the token was issued to (`azp`).
     OtherParty,
+    /// The authorization response names another issuer (`iss`, RFC 9207): a mix-up.
+    ResponseIssuer,
+    /// The authorization response names no issuer, though the discovery document promises.
+    NoResponseIssuer,
 }
 
 /// The account the fake signs in next, and what it says about it.
@@ -194,6 +198,7 @@ async fn discovery(State(s): State<Shared>) -> Json<Value> {
         "jwks_uri": format!("{base}/jwks"),
         "response_types_supported": ["code"],
         "id_token_signing_alg_values_supported": ["ES256"],
+        "authorization_response_iss_parameter_supported": true,
     }))
 }
 
@@ -223,6 +228,17 @@ async fn authorize(State(s): State<Shared>, Query(q): Query<HashMap<String, Stri
     back.query_pairs_mut()
         .append_pair("code", &code)
         .append_pair("state", &q["state"]);
+    match f.spoil {
+        Spoil::ResponseIssuer => {
+            back.query_pairs_mut()
+                .append_pair("iss", "https://attacker.example");
+        }
+        Spoil::NoResponseIssuer => {}
+        _ => {
+            let base = f.base.clone();
+            back.query_pairs_mut().append_pair("iss", &base);
+        }
+    }
     (
         StatusCode::SEE_OTHER,
         [(header::LOCATION, back.to_string())],
@@ -631,6 +647,69 @@ async fn a_callback_must_come_back_to_the_browser_that_started_once() {
     assert!(location(&first).starts_with("/.auth/consent"));
     let replay = browser.http.get(&callback).send().await.unwrap();
     assert_eq!(replay.status(), S::BAD_REQUEST);
+}
+
+/// Mix-up (RFC 9700 §4.4): an answer meant for one provider's sign-in is refused when it
+/// names another issuer, names none though its provider always does, or arrives at another
+/// provider's callback; each refusal uses up the sign-in.
+#[tokio::test]
+async fn a_sign_in_answer_from_another_provider_is_refused() {
+    let idp = start_fake().await;
+    let p = proxy_with(&oidc_args(&idp)).await;
+    // The honest answer names the provider's issuer and signs in.
+    assert!(matches!(flow(&p).await.1, End::Client(_)));
+
+    for spoil in [Spoil::ResponseIssuer, Spoil::NoResponseIssuer] {
+        idp.spoil(spoil);
+        let (_, end) = flow(&p).await;
+        let End::Page(status, html) = end else {
+            panic!("{spoil:?}: {end:?}")
+        };
+        assert_eq!(status, S::BAD_REQUEST, "{spoil:?}");
+        assert!(html.contains("did not come from Example SSO"), "{html}");
+    }
+    idp.spoil(Spoil::None);
+
+    // Two providers: a sign-in sent to the OpenID provider, whose answer is brought to
+    // Google's callback.
+    let mut args = oidc_args(&idp);
+    args.extend(google_args(&idp));
+    let p = proxy_with(&args).await;
+    let t = p.target();
+    let browser = Browser::new();
+    let mut url = t.url("/.auth/oidc/login");
+    let callback = loop {
+        let resp = browser.http.get(&url).send().await.unwrap();
+        let loc = location(&resp);
+        if loc.contains("/.auth/oidc/callback") {
+            break loc;
+        }
+        url = ours(&t, &loc);
+    };
+    let swapped = ours(&t, &callback).replace("/.auth/oidc/callback", "/.auth/google/callback");
+    let refused = browser.http.get(&swapped).send().await.unwrap();
+    assert_eq!(refused.status(), S::BAD_REQUEST);
+    // And the sign-in is used up: its own callback no longer works either.
+    let late = browser.http.get(ours(&t, &callback)).send().await.unwrap();
+    assert_eq!(late.status(), S::BAD_REQUEST);
+}
+
+/// The flags that point Google's sign-in at the fake.
+fn google_args(idp: &FakeIdp) -> Vec<String> {
+    vec![
+        "--google-client-id".into(),
+        "g-id".into(),
+        "--google-client-secret".into(),
+        "g-secret".into(),
+        "--google-allowed-users".into(),
+        "ann@example.com".into(),
+        "--google-auth-url".into(),
+        format!("{}/authorize", idp.base),
+        "--google-token-url".into(),
+        format!("{}/token", idp.base),
+        "--google-userinfo-url".into(),
+        format!("{}/userinfo", idp.base),
+    ]
 }
 
 #[tokio::test]

@@ -122,6 +122,15 @@ pub enum IdTokenError {
     Nonce,
 }
 
+/// An authorization response that may come from another provider than ours (RFC 9207).
+#[derive(Debug, thiserror::Error)]
+pub enum MixUp {
+    #[error("the answer names another issuer ({0})")]
+    OtherIssuer(String),
+    #[error("the answer names no issuer, though the provider always names itself")]
+    NoIssuer,
+}
+
 /// Why a provider's answer (profile, userinfo, membership lists) could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AnswerError {
@@ -279,6 +288,7 @@ impl Providers {
             let oidc = Oidc {
                 cfg: o.clone(),
                 issuer: d.issuer.clone(),
+                iss_in_responses: d.authorization_response_iss_parameter_supported,
                 userinfo: d
                     .userinfo_endpoint
                     .as_deref()
@@ -342,6 +352,22 @@ impl Provider {
             req = req.add_extra_param("nonce", nonce.to_string());
         }
         req.url().0
+    }
+
+    /// The mix-up defence of RFC 9207 for an authorization response naming `iss`: an OpenID
+    /// provider's answer must name its issuer when it names one, and must name one when the
+    /// provider says it always does. (Each provider also has its own callback address and
+    /// its state records which provider it was sent to: RFC 9700 §4.4.2.) Google and GitHub
+    /// promise no `iss`, so theirs is not read.
+    pub fn check_response_issuer(&self, iss: Option<&str>) -> Result<(), MixUp> {
+        let Kind::Oidc(o) = &self.kind else {
+            return Ok(());
+        };
+        match iss {
+            Some(iss) if iss != o.issuer => Err(MixUp::OtherIssuer(iss.to_string())),
+            None if o.iss_in_responses => Err(MixUp::NoIssuer),
+            _ => Ok(()),
+        }
     }
 
     /// Trades the code for tokens and finds out who signed in.

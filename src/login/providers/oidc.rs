@@ -23,6 +23,8 @@ pub(super) const DISCOVERY_ATTEMPTS: u32 = 6;
 pub(super) struct Oidc {
     pub(super) cfg: OidcConfig,
     pub(super) issuer: String,
+    /// The provider names itself in every authorization response (`iss`, RFC 9207).
+    pub(super) iss_in_responses: bool,
     pub(super) userinfo: Option<Url>,
     pub(super) jwks_uri: Url,
     /// The provider's keys.
@@ -39,6 +41,8 @@ pub(super) struct Discovery {
     pub(super) jwks_uri: String,
     #[serde(default)]
     pub(super) token_endpoint_auth_methods_supported: Vec<String>,
+    #[serde(default)]
+    pub(super) authorization_response_iss_parameter_supported: bool,
 }
 
 pub(super) async fn discover(
