@@ -21,6 +21,8 @@ use crate::tls::{ca, leaf};
 pub struct DocServer {
     pub origin: String,
     fetches: Arc<AtomicUsize>,
+    /// What `/changing.json` serves now (with `max-age=60`); `Null` serves 404.
+    changing: Arc<std::sync::Mutex<Value>>,
     ca_file: std::path::PathBuf,
     _dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
@@ -66,6 +68,12 @@ impl DocServer {
             })
         };
         let counted = fetches.clone();
+        let changing = Arc::new(std::sync::Mutex::new(doc(
+            &origin,
+            "/changing.json",
+            json!([crate::flow::REDIRECT]),
+        )));
+        let now_served = changing.clone();
         let good = doc(&origin, "/client.json", json!([crate::flow::REDIRECT]));
         let web = doc(&origin, "/web.json", json!(["https://app.example/cb"]));
         let other = doc("https://elsewhere.example", "/client.json", json!([]));
@@ -108,7 +116,32 @@ impl DocServer {
                 "/big.json",
                 get(|| async { format!("{{\"pad\":\"{}\"}}", "x".repeat(20_000)) }),
             )
-            .route("/gone.json", get(|| async { AxStatus::NOT_FOUND }));
+            .route("/gone.json", get(|| async { AxStatus::NOT_FOUND }))
+            .route(
+                "/changing.json",
+                get(move || {
+                    let body = now_served.lock().unwrap().clone();
+                    async move {
+                        if body.is_null() {
+                            return AxStatus::NOT_FOUND.into_response();
+                        }
+                        ([(header::CACHE_CONTROL, "max-age=60")], body.to_string()).into_response()
+                    }
+                }),
+            )
+            // Never answers.
+            .route("/hang.json", get(std::future::pending::<String>))
+            // Answers at once, then sends its body a byte every 100 ms, for ever.
+            .route(
+                "/trickle.json",
+                get(|| async {
+                    let bytes = futures_util::stream::unfold((), |()| async {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(b" ")), ()))
+                    });
+                    axum::body::Body::from_stream(bytes)
+                }),
+            );
 
         let cert = std::fs::read(dir.path().join("cert.pem")).unwrap();
         let key = std::fs::read(dir.path().join("key.pem")).unwrap();
@@ -146,6 +179,7 @@ impl DocServer {
         DocServer {
             origin,
             fetches,
+            changing,
             ca_file,
             _dir: dir,
             task,
@@ -165,6 +199,18 @@ impl DocServer {
         }
         args.extend(rest);
         start_proxy(&args).await
+    }
+
+    /// A proxy allowing this server's host, on `clock`.
+    async fn proxy_on(&self, clock: &mcp_auth_proxy::clock::Clock) -> TestProxy {
+        let ca = self.ca_file.display().to_string();
+        let args = [
+            "--cimd-ca-file",
+            ca.as_str(),
+            "--cimd-allow-hosts",
+            "localhost",
+        ];
+        crate::helpers::start_proxy_with(&args, clock.clone(), tempfile::tempdir().unwrap()).await
     }
 }
 
@@ -328,6 +374,112 @@ async fn documents_that_do_not_describe_themselves_properly_are_refused() {
     let m: Value =
         crate::helpers::get_json(off.target().url("/.well-known/oauth-authorization-server")).await;
     assert!(m.get("client_id_metadata_document_supported").is_none());
+}
+
+/// The status `/authorize` answers for a document client asking to return to `redirect`
+/// (303 to the login page when the request is accepted, 400 when refused).
+async fn authorize_status(p: &TestProxy, id: &str, redirect: &str) -> StatusCode {
+    let t = p.target();
+    let c = OAuthClient {
+        redirect_uri: redirect.to_string(),
+        ..document_client(id)
+    };
+    client()
+        .get(c.auth_url(&t, &[]))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// A document host that never answers, or sends its body a byte at a time, costs one
+/// bounded wait (5 s) and a refusal that says so; the proxy serves others meanwhile.
+#[tokio::test]
+async fn slow_document_hosts_are_given_up_on() {
+    let docs = DocServer::start().await;
+    let p = docs.proxy(true).await;
+    let (hang_id, trickle_id) = (docs.id("/hang.json"), docs.id("/trickle.json"));
+    let started = std::time::Instant::now();
+    let (hang, trickle, meanwhile) =
+        tokio::join!(refused(&p, &hang_id), refused(&p, &trickle_id), async {
+            // While both fetches wait, the proxy answers.
+            let m =
+                crate::helpers::get_json(p.target().url("/.well-known/oauth-authorization-server"))
+                    .await;
+            (m["issuer"].is_string(), started.elapsed())
+        });
+    for page in [hang, trickle] {
+        assert!(page.contains("did not answer in time"), "{page}");
+    }
+    let (answered, after) = meanwhile;
+    assert!(answered);
+    assert!(after < std::time::Duration::from_secs(4), "{after:?}");
+    // The bound: the 5 s fetch limit, with room for a loaded machine.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+/// A document that changes is believed as it is now once its cache lifetime (bounded by
+/// `max-age`) has passed: redirect URIs it drops are refused, one that names another
+/// client or disappears stops the client, and nothing older than the lifetime is used.
+#[tokio::test]
+async fn a_changed_document_is_used_as_it_is_now() {
+    let docs = DocServer::start().await;
+    let clock = mcp_auth_proxy::clock::Clock::manual(1_900_000_000);
+    let p = docs.proxy_on(&clock).await;
+    let id = docs.id("/changing.json");
+    let moved = "http://127.0.0.1/moved-callback";
+    assert_eq!(
+        authorize_status(&p, &id, crate::flow::REDIRECT).await,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        authorize_status(&p, &id, moved).await,
+        StatusCode::BAD_REQUEST
+    );
+
+    // The document now lists only another redirect URI: within max-age the cached copy
+    // stands; after it, only the new one.
+    let mut now = docs.changing.lock().unwrap().clone();
+    now["redirect_uris"] = json!([moved]);
+    *docs.changing.lock().unwrap() = now.clone();
+    assert_eq!(
+        authorize_status(&p, &id, crate::flow::REDIRECT).await,
+        StatusCode::SEE_OTHER
+    );
+    clock.advance(61);
+    assert_eq!(
+        authorize_status(&p, &id, crate::flow::REDIRECT).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        authorize_status(&p, &id, moved).await,
+        StatusCode::SEE_OTHER
+    );
+
+    // It now claims to be another client: refused.
+    now["client_id"] = json!(docs.id("/client.json"));
+    *docs.changing.lock().unwrap() = now;
+    clock.advance(61);
+    let page = refused_for(&p, &id, moved).await;
+    assert!(page.contains("client_id is not its own URL"), "{page}");
+
+    // Gone: refused, with the cause.
+    *docs.changing.lock().unwrap() = Value::Null;
+    clock.advance(61);
+    let page = refused_for(&p, &id, moved).await;
+    assert!(page.contains("404"), "{page}");
+}
+
+/// The error page `/authorize` shows for a document client returning to `redirect`.
+async fn refused_for(p: &TestProxy, id: &str, redirect: &str) -> String {
+    let t = p.target();
+    let c = OAuthClient {
+        redirect_uri: redirect.to_string(),
+        ..document_client(id)
+    };
+    let resp = client().get(c.auth_url(&t, &[])).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{id}");
+    resp.text().await.unwrap()
 }
 
 #[tokio::test]
