@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestProxy, client, start_proxy, token_for};
 
-const FIXTURE: &str = concat!(
+pub const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/misbehaving-server.mjs"
 );
@@ -17,18 +17,18 @@ async fn bridge() -> TestProxy {
 }
 
 /// The proxy bridging the misbehaving fixture, with `flags`.
-async fn bridge_with(flags: &[&str]) -> TestProxy {
+pub async fn bridge_with(flags: &[&str]) -> TestProxy {
     let mut args = flags.to_vec();
     args.extend(["--", "node", FIXTURE]);
     start_proxy(&args).await
 }
 
-fn init_body(id: u64) -> String {
+pub fn init_body(id: u64) -> String {
     json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}).to_string()
 }
 
 /// Creates a session; returns its id.
-async fn initialize(p: &TestProxy, token: &str) -> String {
+pub async fn initialize(p: &TestProxy, token: &str) -> String {
     let resp = client()
         .post(p.url("/mcp"))
         .bearer_auth(token)
@@ -52,7 +52,7 @@ async fn initialize(p: &TestProxy, token: &str) -> String {
 }
 
 /// POSTs a tools/call and returns the SSE events' data.
-async fn call(
+pub async fn call(
     p: &TestProxy,
     token: &str,
     sid: &str,
@@ -610,7 +610,7 @@ async fn list_changed_goes_to_the_get_stream_not_the_request() {
 }
 
 /// POSTs a client notification; returns the status.
-async fn notify(p: &TestProxy, token: &str, sid: &str, body: Value) -> StatusCode {
+pub async fn notify(p: &TestProxy, token: &str, sid: &str, body: Value) -> StatusCode {
     client()
         .post(p.url("/mcp"))
         .bearer_auth(token)
@@ -624,7 +624,7 @@ async fn notify(p: &TestProxy, token: &str, sid: &str, body: Value) -> StatusCod
         .status()
 }
 
-fn text(events: &[Value]) -> &str {
+pub fn text(events: &[Value]) -> &str {
     events.last().unwrap()["result"]["content"][0]["text"]
         .as_str()
         .unwrap()

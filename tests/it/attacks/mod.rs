@@ -6,4 +6,5 @@
 //! |---|---|---|
 //! | TLS listener: SNI, ALPN, HTTP/2 floods | `tls` | `tls::https_from_files_…` |
 
+mod sessions;
 mod tls;
