@@ -6,5 +6,6 @@
 //! |---|---|---|
 //! | TLS listener: SNI, ALPN, HTTP/2 floods | `tls` | `tls::https_from_files_…` |
 
+mod metrics;
 mod sessions;
 mod tls;
