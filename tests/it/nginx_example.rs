@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn nginx() -> Option<&'static str> {
+pub fn nginx() -> Option<&'static str> {
     ["/usr/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -43,7 +43,7 @@ async fn replica(name: &'static str) -> (u16, tokio::task::JoinHandle<()>) {
     (port, task)
 }
 
-struct Nginx {
+pub struct Nginx {
     child: tokio::process::Child,
     _dir: tempfile::TempDir,
 }
@@ -51,7 +51,7 @@ struct Nginx {
 impl Nginx {
     /// SIGTERM to the master, which stops its workers first (SIGKILL would leave them
     /// running), and waits for it.
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         terminate(&self.child);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
     }
@@ -62,6 +62,58 @@ fn terminate(child: &tokio::process::Child) {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status();
+    }
+}
+
+impl Nginx {
+    /// Runs Debian's nginx (`binary`) with `site` inside its `http` block, writing its
+    /// files to `dir`; returns once `probe` answers through it.
+    pub async fn start(
+        binary: &str,
+        site: &str,
+        dir: tempfile::TempDir,
+        client: &reqwest::Client,
+        probe: &str,
+    ) -> Nginx {
+        let d = dir.path().display();
+        for temp in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+            std::fs::create_dir(dir.path().join(temp)).unwrap();
+        }
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 64; }}\nhttp {{\naccess_log off;\n\
+             client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;\n\
+             uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n{site}\n}}\n"
+        );
+        let conf_file = dir.path().join("nginx.conf");
+        std::fs::write(&conf_file, conf).unwrap();
+        let child = tokio::process::Command::new(binary)
+            .arg("-c")
+            .arg(&conf_file)
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut front = Nginx { child, _dir: dir };
+
+        // nginx is up once it answers.
+        let mut started = false;
+        for _ in 0..100 {
+            if client.get(probe).send().await.is_ok() {
+                started = true;
+                break;
+            }
+            if let Ok(Some(status)) = front.child.try_wait() {
+                let log = std::fs::read_to_string(front._dir.path().join("error.log"));
+                panic!("nginx exited ({status}): {log:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(started, "nginx did not answer");
+        front
     }
 }
 
@@ -107,30 +159,6 @@ async fn the_documented_nginx_configuration_keeps_a_stdio_session_on_its_replica
         assert!(site.contains(from), "the example no longer has {from:?}");
         site = site.replace(from, &to);
     }
-    let d = dir.path().display();
-    for temp in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
-        std::fs::create_dir(dir.path().join(temp)).unwrap();
-    }
-    let conf = format!(
-        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-         events {{ worker_connections 64; }}\nhttp {{\naccess_log off;\n\
-         client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;\n\
-         uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n{site}\n}}\n"
-    );
-    let conf_file = dir.path().join("nginx.conf");
-    std::fs::write(&conf_file, conf).unwrap();
-    let child = tokio::process::Command::new(nginx)
-        .arg("-c")
-        .arg(&conf_file)
-        .arg("-e")
-        .arg(dir.path().join("error.log"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut front = Nginx { child, _dir: dir };
-
     let client = reqwest::Client::builder()
         .no_proxy()
         .tls_certs_only([reqwest::Certificate::from_pem(cert.ca.as_bytes()).unwrap()])
@@ -147,20 +175,7 @@ async fn the_documented_nginx_configuration_keeps_a_stdio_session_on_its_replica
         }
         r.send().await.unwrap().json().await.unwrap()
     };
-    // nginx is up once it answers.
-    let mut started = false;
-    for _ in 0..100 {
-        if client.get(&url).send().await.is_ok() {
-            started = true;
-            break;
-        }
-        if let Ok(Some(status)) = front.child.try_wait() {
-            let log = std::fs::read_to_string(front._dir.path().join("error.log"));
-            panic!("nginx exited ({status}): {log:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(started, "nginx did not answer");
+    let front = Nginx::start(nginx, &site, dir, &client, &url).await;
 
     for n in 0..10 {
         let token = format!("token-{n}");
