@@ -80,6 +80,12 @@ impl StoredKey {
         &self.kid
     }
 
+    /// Whether an assertion it signed may still be valid at `now` (a minute's grace for
+    /// clocks): it signs now, or it retired less than an assertion's lifetime ago.
+    fn may_verify(&self, now: u64) -> bool {
+        self.retired_at.is_none_or(|r| now < r + ASSERTION_TTL + 60)
+    }
+
     pub fn alg(&self) -> KeyAlg {
         self.alg
     }
@@ -283,11 +289,7 @@ impl Signer {
             for k in keys.iter_mut() {
                 k.stored.retired_at.get_or_insert(now);
             }
-            keys.retain(|k| {
-                k.stored
-                    .retired_at
-                    .is_none_or(|r| now < r + ASSERTION_TTL + 60)
-            });
+            keys.retain(|k| k.stored.may_verify(now));
             keys.push(fresh);
             keys.iter().map(|k| k.stored.clone()).collect::<Vec<_>>()
         };
@@ -327,12 +329,20 @@ impl Signer {
         Ok(jsonwebtoken::encode(&header, &claims, &key.encoding)?)
     }
 
-    /// The JWKS: every key whose assertions may still be valid.
+    /// The JWKS: every key whose assertions may still be valid. A retired key leaves it as
+    /// soon as its last assertion has expired, not at the next rotation (which may be weeks
+    /// away); the store forgets it then.
     pub fn jwks(&self) -> Value {
+        let now = self.repo.clock().now();
         let keys: Vec<Value> = self
             .keys
             .read()
-            .map(|k| k.iter().map(|k| k.jwk.clone()).collect())
+            .map(|k| {
+                k.iter()
+                    .filter(|k| k.stored.may_verify(now))
+                    .map(|k| k.jwk.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         json!({ "keys": keys })
     }

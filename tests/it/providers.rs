@@ -1120,6 +1120,100 @@ async fn the_upstream_gets_a_signed_assertion_that_survives_key_rotation() {
     verify(&second, &set, &issuer, &audience);
 }
 
+/// What an upstream checking our identity assertion must refuse, and does with a stock JWT
+/// library: another audience, a key we no longer publish (its assertions have expired), and
+/// our own gate refuses the assertion as an access token (no token confusion). The published
+/// keys hold no private part.
+#[tokio::test]
+async fn an_identity_assertion_is_good_for_one_audience_and_while_its_key_is_published() {
+    let idp = start_fake().await;
+    let up = crate::helpers::start_upstream().await;
+    let clock = mcp_auth_proxy::clock::Clock::manual(mcp_auth_proxy::clock::Clock::system().now());
+    let upstream = up.url("/mcp");
+    let p = oidc_proxy_on(
+        &idp,
+        &clock,
+        &[
+            "--proxy-forward-authorization",
+            "--jwt-key-rotation",
+            "1h",
+            "--access-token-ttl",
+            "1d",
+            &upstream,
+        ],
+    )
+    .await;
+    let access = signed_in_token(&p).await;
+    let assertion = || async {
+        let echoed: Value = crate::helpers::client()
+            .post(p.url("/mcp"))
+            .bearer_auth(&access)
+            .json(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let auth = echoed["headers"]["authorization"].as_str().unwrap();
+        auth.strip_prefix("Bearer ").unwrap().to_string()
+    };
+    let jwks = || crate::helpers::get_json(p.url("/.well-known/jwks.json"));
+    let issuer = p.state.site().origin.as_str().to_string();
+    let audience = format!("http://{}", up.addr);
+    let checked = |jwt: &str, set: &Value, aud: &str| {
+        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(set.clone()).unwrap();
+        let kid = jsonwebtoken::decode_header(jwt).unwrap().kid.unwrap();
+        let Some(jwk) = set.find(&kid) else {
+            return Err("its key is not published".to_string());
+        };
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+        v.set_issuer(&[&issuer]);
+        v.set_audience(&[aud]);
+        jsonwebtoken::decode::<Value>(jwt, &key, &v)
+            .map(|d| d.claims)
+            .map_err(|e| format!("{:?}", e.kind()))
+    };
+
+    let first = assertion().await;
+    let set = jwks().await;
+    for key in set["keys"].as_array().unwrap() {
+        for private in ["d", "p", "q", "dp", "dq", "qi"] {
+            assert!(key.get(private).is_none(), "{key}");
+        }
+    }
+    assert!(checked(&first, &set, &audience).is_ok());
+    assert_eq!(
+        checked(&first, &set, "https://other-upstream.example").unwrap_err(),
+        "InvalidAudience"
+    );
+    // Our gate knows it for what it is: not one of our access tokens.
+    let confused = crate::helpers::client()
+        .post(p.url("/mcp"))
+        .bearer_auth(&first)
+        .json(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confused.status(), S::UNAUTHORIZED);
+
+    // Rotated: the old key stays published while its assertions may live (5 minutes and a
+    // minute's grace), and is gone after, long before the next rotation.
+    clock.advance(2 * 3600);
+    let second = assertion().await;
+    assert!(checked(&first, &jwks().await, &audience).is_ok());
+    clock.advance(6 * 60 + 1);
+    let third = assertion().await;
+    let set = jwks().await;
+    assert_eq!(
+        checked(&first, &set, &audience).unwrap_err(),
+        "its key is not published"
+    );
+    assert!(checked(&second, &set, &audience).is_ok());
+    assert!(checked(&third, &set, &audience).is_ok());
+}
+
 #[tokio::test]
 async fn the_provider_token_goes_upstream_sealed_at_rest_and_refreshed() {
     let idp = start_fake().await;
