@@ -7,6 +7,7 @@
 //! | TLS listener: SNI, ALPN, HTTP/2 floods | `tls` | `tls::https_from_files_…` |
 
 mod behind_nginx;
+mod enumeration;
 mod metrics;
 mod sessions;
 mod tls;
