@@ -33,6 +33,10 @@ pub enum Spoil {
     Nonce,
     /// `aud` lists the proxy beside the client the token was issued to (`azp`).
     OtherParty,
+    /// The ID token names another issuer.
+    Issuer,
+    /// The ID token of the previous sign-in is sent again (its nonce is another sign-in's).
+    Replayed,
     /// The authorization response names another issuer (`iss`, RFC 9207): a mix-up.
     ResponseIssuer,
     /// The authorization response names no issuer, though the discovery document promises.
@@ -87,6 +91,8 @@ struct Fake {
     refresh: HashMap<String, Account>,
     /// Lifetime of the access tokens issued.
     expires_in: u64,
+    /// The last ID token issued (for [`Spoil::Replayed`]).
+    last_id_token: Option<String>,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -168,6 +174,7 @@ pub async fn start_fake() -> FakeIdp {
         tokens: HashMap::new(),
         refresh: HashMap::new(),
         expires_in: 300,
+        last_id_token: None,
     }));
     let app = Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
@@ -306,6 +313,7 @@ async fn token_endpoint(
         Spoil::Audience => claims["aud"] = json!("someone-else"),
         Spoil::Expired => claims["exp"] = json!(now - 3600),
         Spoil::Nonce => claims["nonce"] = json!("not-the-nonce"),
+        Spoil::Issuer => claims["iss"] = json!("https://attacker.example"),
         Spoil::OtherParty => {
             claims["aud"] = json!([client_id, "another-client"]);
             claims["azp"] = json!("another-client");
@@ -317,7 +325,14 @@ async fn token_endpoint(
     } else {
         &f.key
     };
-    let id_token = jwt(signer, &f.kid, &claims);
+    let fresh = jwt(signer, &f.kid, &claims);
+    let id_token = match (&f.spoil, &f.last_id_token) {
+        (Spoil::Replayed, Some(last)) => last.clone(),
+        _ => fresh.clone(),
+    };
+    if f.spoil == Spoil::None {
+        f.last_id_token = Some(fresh);
+    }
     let access = format!("at-{}-{}", account.sub, f.tokens.len());
     let refresh = format!("rt-{}-{}", account.sub, f.refresh.len());
     f.tokens.insert(access.clone(), account.clone());
@@ -610,6 +625,7 @@ async fn oidc_sign_in_checks_the_id_token_and_the_allow_lists() {
         Spoil::Expired,
         Spoil::Nonce,
         Spoil::OtherParty,
+        Spoil::Issuer,
     ] {
         idp.spoil(spoil);
         let (_, end) = flow(&p).await;
@@ -618,6 +634,15 @@ async fn oidc_sign_in_checks_the_id_token_and_the_allow_lists() {
         };
         assert_eq!(status, S::BAD_GATEWAY, "{spoil:?}");
     }
+    // ann's own, valid ID token from her last sign-in, replayed into a new one: its nonce
+    // belongs to the old sign-in.
+    idp.spoil(Spoil::None);
+    assert!(matches!(flow(&p).await.1, End::Client(_)));
+    idp.spoil(Spoil::Replayed);
+    let End::Page(status, _) = flow(&p).await.1 else {
+        panic!("a replayed ID token signed someone in")
+    };
+    assert_eq!(status, S::BAD_GATEWAY);
 }
 
 #[tokio::test]
