@@ -142,6 +142,7 @@ pub fn hidden(html: &str, name: &str) -> Option<String> {
 }
 
 /// A registered client and its PKCE pair.
+#[derive(Clone)]
 pub struct OAuthClient {
     pub id: String,
     pub secret: Option<String>,

@@ -5,6 +5,7 @@
 mod acme;
 mod attacks;
 mod bounds;
+mod chaos;
 mod cimd;
 mod cli;
 mod dpop;

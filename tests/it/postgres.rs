@@ -14,13 +14,13 @@ use crate::helpers::{
 };
 use crate::pg::PgCluster;
 
-fn encryption_key() -> String {
+pub fn encryption_key() -> String {
     let key: [u8; 32] = rand::random();
     base64::engine::general_purpose::STANDARD.encode(key)
 }
 
 /// The binary on `site`, storing in the database at `dsn`.
-async fn start_on(site: &BinarySite, dsn: &str, key: &str, upstream: &str) -> Binary {
+pub async fn start_on(site: &BinarySite, dsn: &str, key: &str, upstream: &str) -> Binary {
     let args = site.args(&["--repository-backend", "postgres", upstream]);
     Binary::start(&args, &[("REPOSITORY_DSN", dsn), ("ENCRYPTION_KEY", key)]).await
 }

@@ -1008,7 +1008,7 @@ async fn a_users_modern_child_ends_when_idle() {
 
 /// A stateless (2026-07-28) request: `method` with `params` and the `_meta` every such
 /// request carries, the headers mirroring it.
-async fn modern_request(
+pub async fn modern_request(
     p: &TestProxy,
     token: &str,
     method: &str,
@@ -1032,7 +1032,7 @@ async fn modern_request(
 }
 
 /// The text a tool of the fixture answers a stateless call with.
-async fn modern_tool(p: &TestProxy, token: &str, tool: &str) -> String {
+pub async fn modern_tool(p: &TestProxy, token: &str, tool: &str) -> String {
     let params = json!({"name": tool, "arguments": {}});
     let resp = modern_request(p, token, "tools/call", Some(tool), params).await;
     assert_eq!(resp.status(), StatusCode::OK);
