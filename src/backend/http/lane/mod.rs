@@ -27,7 +27,7 @@ pub mod chunked;
 pub mod prefixed;
 mod relay;
 mod request;
-mod upstream;
+pub mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};

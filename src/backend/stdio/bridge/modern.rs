@@ -84,7 +84,7 @@ pub struct CacheHints {
 
 /// A modern request that passed the header rules. The parts only some requests need are kept
 /// as the request's own JSON text (slices of its body, not copies) and read when needed.
-pub(super) struct Modern {
+pub struct Modern {
     /// The request's id as JSON (`null` for a notification).
     pub id: Value,
     pub method: String,
@@ -331,8 +331,8 @@ fn header_modern(headers: &HeaderMap) -> bool {
 /// What a POST without a session is: `None` for the legacy era, else the modern request
 /// checked against the header rules. A request is modern when it names a modern version in
 /// `MCP-Protocol-Version` or in `_meta` (a legacy `initialize` names its version in
-/// `params.protocolVersion`, never in `_meta`).
-pub(super) fn read(headers: &HeaderMap, msg: &Message) -> Option<Result<Modern, ModernRefusal>> {
+/// `params.protocolVersion`, never in `_meta`). Public for the fuzz target.
+pub fn read(headers: &HeaderMap, msg: &Message) -> Option<Result<Modern, ModernRefusal>> {
     let header_modern = header_modern(headers);
     let Some((fields, meta)) = read_params(&msg.raw) else {
         let id = message_id(msg);
