@@ -439,9 +439,15 @@ pub fn unused_port() -> u16 {
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
     let (from, to) = (low.saturating_sub(16_000).max(1024), low);
+    // Never the same port twice in this process: a port handed out is free until its test
+    // binds it, and free again while its server restarts on it; another test must not be
+    // given it meanwhile.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
     for _ in 0..1000 {
         let port = rand::random_range(from..to);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
