@@ -10,6 +10,7 @@ export const forwardedFor = () => `10.0.${(client >> 8) & 255}.${client & 255}`;
 globalThis.fetch = (url, init = {}) =>
   direct(url, { ...init, headers: { ...(init.headers ?? {}), 'x-forwarded-for': forwardedFor() } });
 
-export function nextClient() {
-  client += 1;
+/** The next address; with `pool`, addresses repeat after that many (people come back). */
+export function nextClient(pool) {
+  client = pool ? (client + 1) % pool : client + 1;
 }

@@ -46,6 +46,7 @@ trap cleanup EXIT
 
 FAST=$(free_port); NGINX_FAST=$(free_port); NGINX_EVERY=$(free_port); EVERY=$(free_port)
 PROXY_FAST=$(free_port); PROXY_EVERY=$(free_port); PROXY_GENERAL=$(free_port)
+NGINX_LOGGED=$(free_port); PROXY_DEFAULT=$(free_port)
 
 # --- upstreams and nginx -------------------------------------------------------------
 # Two nginx instances, one worker each: the fast upstream, and nginx as the reverse proxy
@@ -90,6 +91,15 @@ nginx_conf front "
       proxy_buffering off;
     }
   }
+  # As installed: an access log line per request, written at once (Debian's default).
+  server {
+    listen 127.0.0.1:$NGINX_LOGGED;
+    access_log $work/front/access.log;
+    location / {
+      proxy_pass http://fast; proxy_http_version 1.1; proxy_set_header Connection \"\";
+      proxy_buffering off;
+    }
+  }
   server {
     listen 127.0.0.1:$NGINX_EVERY;
     location / {
@@ -105,14 +115,19 @@ pids+=($!)
 # The request log is off (RUST_LOG=warn), as nginx's access_log is; BENCH_RUST_LOG=info
 # measures with it.
 # Not in a command substitution: its subshell would keep the pid from `pids` (and cleanup).
+# DEFAULT_LOG=1 starts it as installed (no RUST_LOG: the request log on).
 start_proxy() { # port upstream data [flags…]; sets STARTED (the binary: $PROXY_BIN, else ours)
-  RUST_LOG="${BENCH_RUST_LOG:-warn}" "${PROXY_BIN:-$BIN}" --listen "127.0.0.1:$1" --external-url "http://127.0.0.1:$1" --data-path "$3" \
+  local log=(env RUST_LOG="${BENCH_RUST_LOG:-warn}")
+  [ "${DEFAULT_LOG:-0}" = 1 ] && log=(env -u RUST_LOG)
+  "${log[@]}" "${PROXY_BIN:-$BIN}" --listen "127.0.0.1:$1" --external-url "http://127.0.0.1:$1" --data-path "$3" \
     --password "$PASSWORD" "${@:4}" "$2" >"$3.log" 2>&1 &
   STARTED=$!
   pids+=("$STARTED")
 }
 start_proxy "$PROXY_FAST" "http://127.0.0.1:$FAST/mcp" "$work/data-fast"; PROXY_FAST_PID=$STARTED
 start_proxy "$PROXY_EVERY" "http://127.0.0.1:$EVERY/mcp" "$work/data-every"; PROXY_EVERY_PID=$STARTED
+# The same proxy as installed: the request log on, written to a file as nginx's access log is.
+DEFAULT_LOG=1 start_proxy "$PROXY_DEFAULT" "http://127.0.0.1:$FAST/mcp" "$work/data-default"
 # The same proxy without its HTTP/1 fast lane: every request through hyper and the router.
 start_proxy "$PROXY_GENERAL" "http://127.0.0.1:$FAST/mcp" "$work/data-general" --no-fast-lane
 BASELINE=${BENCH_BASELINE:-}
@@ -150,11 +165,12 @@ if [ -n "$PG_BIN" ] && [ "${BENCH_POSTGRES:-1}" = 1 ]; then
   unset REPOSITORY_DSN ENCRYPTION_KEY
 fi
 
-for p in $FAST $NGINX_FAST $NGINX_EVERY $EVERY $PROXY_FAST $PROXY_EVERY $PROXY_GENERAL ${PROXY_BASELINE:-} ${PROXY_PG:-} ${STORE_SLED:-} ${STORE_PG:-}; do wait_port "$p"; done
+for p in $FAST $NGINX_FAST $NGINX_LOGGED $NGINX_EVERY $EVERY $PROXY_FAST $PROXY_DEFAULT $PROXY_EVERY $PROXY_GENERAL ${PROXY_BASELINE:-} ${PROXY_PG:-} ${STORE_SLED:-} ${STORE_PG:-}; do wait_port "$p"; done
 
 TOKEN_FAST=$(node bench/token.mjs "http://127.0.0.1:$PROXY_FAST" "$PASSWORD")
 TOKEN_EVERY=$(node bench/token.mjs "http://127.0.0.1:$PROXY_EVERY" "$PASSWORD")
 TOKEN_GENERAL=$(node bench/token.mjs "http://127.0.0.1:$PROXY_GENERAL" "$PASSWORD")
+TOKEN_DEFAULT=$(node bench/token.mjs "http://127.0.0.1:$PROXY_DEFAULT" "$PASSWORD")
 [ -z "$BASELINE" ] || TOKEN_BASELINE=$(node bench/token.mjs "http://127.0.0.1:$PROXY_BASELINE" "$PASSWORD")
 [ -z "${PROXY_PG:-}" ] || TOKEN_PG=$(node bench/token.mjs "http://127.0.0.1:$PROXY_PG" "$PASSWORD")
 
@@ -184,6 +200,8 @@ targets=(
   "fast:direct|http://127.0.0.1:$FAST/mcp||"
   "fast:nginx|http://127.0.0.1:$NGINX_FAST/mcp||"
   "fast:mcp-auth-proxy|http://127.0.0.1:$PROXY_FAST/mcp|Bearer $TOKEN_FAST|"
+  "fast:nginx, access log on|http://127.0.0.1:$NGINX_LOGGED/mcp||"
+  "fast:mcp-auth-proxy as installed (request log on)|http://127.0.0.1:$PROXY_DEFAULT/mcp|Bearer $TOKEN_DEFAULT|"
   "fast:mcp-auth-proxy --no-fast-lane|http://127.0.0.1:$PROXY_GENERAL/mcp|Bearer $TOKEN_GENERAL|"
   "everything:direct|http://127.0.0.1:$EVERY/mcp||$SID_DIRECT"
   "everything:nginx|http://127.0.0.1:$NGINX_EVERY/mcp||$SID_NGINX"

@@ -35,5 +35,6 @@ export async function signInClient(origin, browser, password, idp) {
     }),
   });
   if (res.status !== 200) throw new Error(`token: ${res.status} ${await res.text()}`);
-  return { access: (await res.json()).access_token, clientId: reg.client_id };
+  const tokens = await res.json();
+  return { access: tokens.access_token, refresh: tokens.refresh_token, clientId: reg.client_id };
 }

@@ -7,8 +7,11 @@ use mcp_auth_proxy::config::Config;
 use mcp_auth_proxy::{EnvSecrets, run};
 
 /// Logging to stderr through a writer thread, so a request never waits for the terminal or
-/// the log collector; nothing is dropped (a full buffer applies backpressure). The guard
-/// flushes what is left when it is dropped.
+/// the log collector; nothing is dropped (a full buffer applies backpressure). The thread
+/// writes what has queued up in one write and flushes whenever the queue is empty, so a
+/// line is out as soon as the thread is idle and a burst costs one syscall, not one per
+/// line (measured against nginx's access log in bench/run.sh). The guard flushes what is
+/// left when it is dropped.
 fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     // sled's own records (page cache, flushes) drown everything at debug: at warn unless
@@ -27,7 +30,10 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
         // 16k lines of slack (the default 128k preallocates several MB).
         .buffered_lines_limit(16 * 1024)
         .thread_name("mcp-log")
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

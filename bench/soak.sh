@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Soak: SECONDS (default 600) of mixed load on one proxy bridging server-everything (stdio):
+# sign-ins with a refresh each, tool calls on sessions that are closed and reopened, SSE
+# streams opened and dropped, stateless 2026-07-28 calls (bench/soak.mjs says exactly what).
+# Reports every count and error, and the proxy's RSS over time with its slope after warm-up
+# (children excluded); then the proxy's RSS once the load has stopped and idle sessions
+# have ended.
+#
+# Usage: bash bench/soak.sh [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+SECONDS_=${1:-600}
+PASSWORD=bench-password
+for tool in node curl python3; do command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }; done
+(cd bench/node && npm ci --no-audit --no-fund --loglevel=error)
+[ -d tests/e2e/node_modules ] || (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+cargo build --release --locked -q
+BIN=target/release/mcp-auth-proxy
+EVERYTHING="$(pwd)/bench/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; rm -rf "$work"; }
+trap cleanup EXIT
+PORT=$(free_port)
+"$BIN" --listen "127.0.0.1:$PORT" --external-url "http://127.0.0.1:$PORT" --data-path "$work/data" \
+  --password "$PASSWORD" --rate-limit 0 --trusted-proxies 127.0.0.1 --max-sessions 100 --session-idle-timeout 30s \
+  -- node "$EVERYTHING" stdio >"$work/proxy.log" 2>&1 &
+PID=$!; pids+=("$PID")
+wait_port "$PORT"
+node bench/soak.mjs "http://127.0.0.1:$PORT" "$PASSWORD" "$PID" "$SECONDS_"
+echo "children of the proxy after the load: $(pgrep -P "$PID" | wc -l)"
+sleep 40
+echo "after 40 s idle (sessions idle out after 30 s): proxy RSS $(awk '/VmRSS/{print $2}' "/proc/$PID/status") KiB, $(pgrep -P "$PID" | wc -l) children"
+grep -c ' ERROR ' "$work/proxy.log" | sed 's/^/proxy log ERROR lines: /' || true
