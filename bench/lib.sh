@@ -18,3 +18,25 @@ init_session() { # url [token]
     -d '{"jsonrpc":"2.0","method":"notifications/initialized"}'
   echo "$sid"
 }
+
+# The stdio benchmarks' start: the peers (bench/node) and the e2e harness installed, the
+# release build made; sets BIN, EVERYTHING (server-everything's entry point), `work` (a
+# temporary directory) and `pids` (processes the exit trap kills).
+# shellcheck disable=SC2034 # BIN and EVERYTHING are for the scripts that source this file.
+stdio_bench_setup() {
+  (cd bench/node && npm ci --no-audit --no-fund --loglevel=error)
+  [ -d tests/e2e/node_modules ] || (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+  cargo build --release --locked -q
+  BIN=target/release/mcp-auth-proxy
+  EVERYTHING="$(pwd)/bench/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+  work=$(mktemp -d)
+  pids=()
+  trap stdio_bench_cleanup EXIT
+}
+
+stdio_bench_cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 1
+  rm -rf "$work"
+}

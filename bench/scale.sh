@@ -29,16 +29,7 @@ if [ $((STREAMS * 2 + 500)) -gt "$(ulimit -n)" ]; then
   STREAMS=$(( ($(ulimit -n) - 500) / 2 ))
 fi
 echo "open files allowed: $(ulimit -n)" >&2
-(cd bench/node && npm ci --no-audit --no-fund --loglevel=error)
-[ -d tests/e2e/node_modules ] || (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
-cargo build --release --locked -q
-BIN=target/release/mcp-auth-proxy
-EVERYTHING="$(pwd)/bench/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; rm -rf "$work"; }
-trap cleanup EXIT
+stdio_bench_setup
 rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 children_rss() { ps -o rss= --ppid "$1" | awk '{s+=$1} END{print s+0}'; }
 # Starts the proxy on a free port with the given arguments; sets PORT and PID.

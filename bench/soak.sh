@@ -14,16 +14,7 @@ source bench/lib.sh
 SECONDS_=${1:-600}
 PASSWORD=bench-password
 for tool in node curl python3; do command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }; done
-(cd bench/node && npm ci --no-audit --no-fund --loglevel=error)
-[ -d tests/e2e/node_modules ] || (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
-cargo build --release --locked -q
-BIN=target/release/mcp-auth-proxy
-EVERYTHING="$(pwd)/bench/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; rm -rf "$work"; }
-trap cleanup EXIT
+stdio_bench_setup
 PORT=$(free_port)
 "$BIN" --listen "127.0.0.1:$PORT" --external-url "http://127.0.0.1:$PORT" --data-path "$work/data" \
   --password "$PASSWORD" --rate-limit 0 --trusted-proxies 127.0.0.1 --max-sessions 100 --session-idle-timeout 30s \

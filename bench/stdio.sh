@@ -16,16 +16,7 @@ ROUNDS=${1:-3}
 SECS=${2:-10}
 PASSWORD=bench-password
 for tool in wrk node curl python3; do command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }; done
-(cd bench/node && npm ci --no-audit --no-fund --loglevel=error)
-[ -d tests/e2e/node_modules ] || (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
-cargo build --release --locked -q
-BIN=target/release/mcp-auth-proxy
-EVERYTHING="$(pwd)/bench/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$work"; }
-trap cleanup EXIT
+stdio_bench_setup
 
 OURS=$(free_port); SHARED=$(free_port); SGW=$(free_port)
 "$BIN" --listen "127.0.0.1:$OURS" --external-url "http://127.0.0.1:$OURS" --data-path "$work/data" \

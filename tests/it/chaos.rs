@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::flow::{Browser, OAuthClient, refresh};
 use crate::helpers::{BinarySite, Target, client, gate_status, start_upstream, token_for};
-use crate::stdio::{bridge_with, call, initialize, modern_request, modern_tool};
+use crate::stdio::{bridge_with, call, initialize, modern_request, modern_tool, session_post};
 
 /// Waits until `counter` reaches `n` (the load is moving), failing after 30 s.
 async fn until(counter: &AtomicUsize, n: usize) {
@@ -123,19 +123,7 @@ async fn a_child_killed_during_calls_fails_them_and_the_next_call_works() {
             tokio::spawn(async move {
                 let body =
                     json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"hang"}});
-                let resp = client()
-                    .post(p_url)
-                    .bearer_auth(&t)
-                    .header("mcp-session-id", &sid)
-                    .header("mcp-protocol-version", "2025-06-18")
-                    .header(
-                        reqwest::header::ACCEPT,
-                        "application/json, text/event-stream",
-                    )
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap();
+                let resp = session_post(&p_url, &t, &sid, &body).send().await.unwrap();
                 (resp.status(), resp.text().await.unwrap())
             })
         })
@@ -157,19 +145,7 @@ async fn a_child_killed_during_calls_fails_them_and_the_next_call_works() {
                 id += 1;
                 let body =
                     json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"echo"}});
-                let resp = client()
-                    .post(&p_url)
-                    .bearer_auth(&t)
-                    .header("mcp-session-id", &sid)
-                    .header("mcp-protocol-version", "2025-06-18")
-                    .header(
-                        reqwest::header::ACCEPT,
-                        "application/json, text/event-stream",
-                    )
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap();
+                let resp = session_post(&p_url, &t, &sid, &body).send().await.unwrap();
                 let status = resp.status();
                 let text = resp.text().await.unwrap();
                 echoed.fetch_add(1, Ordering::Relaxed);

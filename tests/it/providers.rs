@@ -1054,92 +1054,121 @@ async fn the_upstream_learns_who_signed_in_and_nothing_spoofed() {
     }
 }
 
-/// Verifies an assertion with jsonwebtoken against a JWKS; returns its claims.
-fn verify(jwt: &str, jwks: &Value, issuer: &str, audience: &str) -> Value {
+/// Checks an assertion with jsonwebtoken against a JWKS: its claims, or why not (the error
+/// kind, or that its key is not published).
+fn checked(jwt: &str, jwks: &Value, issuer: &str, audience: &str) -> Result<Value, String> {
     let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks.clone()).unwrap();
-    let header = jsonwebtoken::decode_header(jwt).unwrap();
-    let jwk = set
-        .find(header.kid.as_deref().unwrap())
-        .expect("its key is published");
+    let kid = jsonwebtoken::decode_header(jwt).unwrap().kid.unwrap();
+    let Some(jwk) = set.find(&kid) else {
+        return Err("its key is not published".to_string());
+    };
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
     v.set_issuer(&[issuer]);
     v.set_audience(&[audience]);
-    jsonwebtoken::decode::<Value>(jwt, &key, &v).unwrap().claims
+    jsonwebtoken::decode::<Value>(jwt, &key, &v)
+        .map(|d| d.claims)
+        .map_err(|e| format!("{:?}", e.kind()))
+}
+
+/// Verifies an assertion with jsonwebtoken against a JWKS; returns its claims.
+fn verify(jwt: &str, jwks: &Value, issuer: &str, audience: &str) -> Value {
+    checked(jwt, jwks, issuer, audience).unwrap()
+}
+
+/// A proxy signing identity assertions for its upstream (keys rotating hourly) on a manual
+/// clock, and a signed-in user's access token.
+struct Asserting {
+    _idp: FakeIdp,
+    up: crate::helpers::Upstream,
+    clock: mcp_auth_proxy::clock::Clock,
+    p: TestProxy,
+    access: String,
+}
+
+impl Asserting {
+    async fn start() -> Self {
+        let idp = start_fake().await;
+        let up = crate::helpers::start_upstream().await;
+        let clock =
+            mcp_auth_proxy::clock::Clock::manual(mcp_auth_proxy::clock::Clock::system().now());
+        let upstream = up.url("/mcp");
+        let p = oidc_proxy_on(
+            &idp,
+            &clock,
+            &[
+                "--proxy-forward-authorization",
+                "--jwt-key-rotation",
+                "1h",
+                "--access-token-ttl",
+                "1d",
+                &upstream,
+            ],
+        )
+        .await;
+        let access = signed_in_token(&p).await;
+        Self {
+            _idp: idp,
+            up,
+            clock,
+            p,
+            access,
+        }
+    }
+
+    /// The assertion the upstream gets with a call made with `access`.
+    async fn assertion(&self, access: &str) -> String {
+        let echoed: Value = crate::helpers::client()
+            .post(self.p.url("/mcp"))
+            .bearer_auth(access)
+            .json(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let auth = echoed["headers"]["authorization"].as_str().unwrap();
+        assert!(!auth.contains(access), "never the client's token");
+        auth.strip_prefix("Bearer ").unwrap().to_string()
+    }
+
+    async fn jwks(&self) -> Value {
+        crate::helpers::get_json(self.p.url("/.well-known/jwks.json")).await
+    }
+
+    fn issuer(&self) -> String {
+        self.p.state.site().origin.as_str().to_string()
+    }
+
+    fn audience(&self) -> String {
+        format!("http://{}", self.up.addr)
+    }
 }
 
 #[tokio::test]
 async fn the_upstream_gets_a_signed_assertion_that_survives_key_rotation() {
-    let idp = start_fake().await;
-    let up = crate::helpers::start_upstream().await;
-    let clock = mcp_auth_proxy::clock::Clock::manual(mcp_auth_proxy::clock::Clock::system().now());
-    let upstream = up.url("/mcp");
-    let p = oidc_proxy_on(
-        &idp,
-        &clock,
-        &[
-            "--proxy-forward-authorization",
-            "--jwt-key-rotation",
-            "1h",
-            "--access-token-ttl",
-            "1d",
-            &upstream,
-        ],
-    )
-    .await;
-    let access = signed_in_token(&p).await;
+    let a = Asserting::start().await;
     let meta: Value =
-        crate::helpers::get_json(p.url("/.well-known/oauth-authorization-server")).await;
+        crate::helpers::get_json(a.p.url("/.well-known/oauth-authorization-server")).await;
     let jwks_uri = meta["jwks_uri"].as_str().unwrap().to_string();
     assert!(jwks_uri.ends_with("/.well-known/jwks.json"));
-    let upstream_auth = |access: String| {
-        let url = p.url("/mcp");
-        async move {
-            let echoed: Value = crate::helpers::client()
-                .post(url)
-                .bearer_auth(&access)
-                .json(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let auth = echoed["headers"]["authorization"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            assert!(!auth.contains(&access), "never the client's token");
-            auth.strip_prefix("Bearer ").unwrap().to_string()
-        }
-    };
-    let jwks = || async {
-        crate::helpers::client()
-            .get(p.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    };
-    let issuer = p.state.site().origin.as_str().to_string();
-    let audience = format!("http://{}", up.addr);
-    let first = upstream_auth(access.clone()).await;
-    let claims = verify(&first, &jwks().await, &issuer, &audience);
+    let (issuer, audience) = (a.issuer(), a.audience());
+    let first = a.assertion(&a.access).await;
+    let claims = verify(&first, &a.jwks().await, &issuer, &audience);
     assert_eq!(claims["sub"], "oidc:ann@example.com");
     assert_eq!(claims["email"], "ann@example.com");
     assert!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap() <= 300);
 
     // Two hours on: a new key signs; the old one is still published, both verify.
-    clock.advance(2 * 3600);
-    let second = upstream_auth(access).await;
+    a.clock.advance(2 * 3600);
+    let second = a.assertion(&a.access).await;
     let (h1, h2) = (
         jsonwebtoken::decode_header(&first).unwrap(),
         jsonwebtoken::decode_header(&second).unwrap(),
     );
     assert_ne!(h1.kid, h2.kid, "rotated");
-    let set = jwks().await;
+    let set = a.jwks().await;
     assert_eq!(set["keys"].as_array().unwrap().len(), 2);
     verify(&first, &set, &issuer, &audience);
     verify(&second, &set, &issuer, &audience);
@@ -1151,56 +1180,12 @@ async fn the_upstream_gets_a_signed_assertion_that_survives_key_rotation() {
 /// keys hold no private part.
 #[tokio::test]
 async fn an_identity_assertion_is_good_for_one_audience_and_while_its_key_is_published() {
-    let idp = start_fake().await;
-    let up = crate::helpers::start_upstream().await;
-    let clock = mcp_auth_proxy::clock::Clock::manual(mcp_auth_proxy::clock::Clock::system().now());
-    let upstream = up.url("/mcp");
-    let p = oidc_proxy_on(
-        &idp,
-        &clock,
-        &[
-            "--proxy-forward-authorization",
-            "--jwt-key-rotation",
-            "1h",
-            "--access-token-ttl",
-            "1d",
-            &upstream,
-        ],
-    )
-    .await;
-    let access = signed_in_token(&p).await;
-    let assertion = || async {
-        let echoed: Value = crate::helpers::client()
-            .post(p.url("/mcp"))
-            .bearer_auth(&access)
-            .json(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let auth = echoed["headers"]["authorization"].as_str().unwrap();
-        auth.strip_prefix("Bearer ").unwrap().to_string()
-    };
-    let jwks = || crate::helpers::get_json(p.url("/.well-known/jwks.json"));
-    let issuer = p.state.site().origin.as_str().to_string();
-    let audience = format!("http://{}", up.addr);
-    let checked = |jwt: &str, set: &Value, aud: &str| {
-        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(set.clone()).unwrap();
-        let kid = jsonwebtoken::decode_header(jwt).unwrap().kid.unwrap();
-        let Some(jwk) = set.find(&kid) else {
-            return Err("its key is not published".to_string());
-        };
-        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
-        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
-        v.set_issuer(&[&issuer]);
-        v.set_audience(&[aud]);
-        jsonwebtoken::decode::<Value>(jwt, &key, &v)
-            .map(|d| d.claims)
-            .map_err(|e| format!("{:?}", e.kind()))
-    };
-
+    let a = Asserting::start().await;
+    let (issuer, audience) = (a.issuer(), a.audience());
+    let checked = |jwt: &str, set: &Value, aud: &str| checked(jwt, set, &issuer, aud);
+    let (p, clock) = (&a.p, &a.clock);
+    let assertion = || a.assertion(&a.access);
+    let jwks = || a.jwks();
     let first = assertion().await;
     let set = jwks().await;
     for key in set["keys"].as_array().unwrap() {

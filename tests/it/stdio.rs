@@ -51,6 +51,18 @@ pub async fn initialize(p: &TestProxy, token: &str) -> String {
     sid
 }
 
+/// A POST of `body` on session `sid` of the MCP endpoint at `url`, as a 2025-06-18 client
+/// sends it.
+pub fn session_post(url: &str, token: &str, sid: &str, body: &Value) -> reqwest::RequestBuilder {
+    client()
+        .post(url)
+        .bearer_auth(token)
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-06-18")
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .json(body)
+}
+
 /// POSTs a tools/call and returns the SSE events' data.
 pub async fn call(
     p: &TestProxy,
@@ -60,13 +72,7 @@ pub async fn call(
     tool: &str,
 ) -> (StatusCode, Vec<Value>) {
     let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":{"n":id},"_meta":{"progressToken":format!("p{id}")}}});
-    let resp = client()
-        .post(p.url("/mcp"))
-        .bearer_auth(token)
-        .header("mcp-session-id", sid)
-        .header("mcp-protocol-version", "2025-06-18")
-        .header(header::ACCEPT, "application/json, text/event-stream")
-        .json(&body)
+    let resp = session_post(&p.url("/mcp"), token, sid, &body)
         .send()
         .await
         .unwrap();
@@ -611,13 +617,7 @@ async fn list_changed_goes_to_the_get_stream_not_the_request() {
 
 /// POSTs a client notification; returns the status.
 pub async fn notify(p: &TestProxy, token: &str, sid: &str, body: Value) -> StatusCode {
-    client()
-        .post(p.url("/mcp"))
-        .bearer_auth(token)
-        .header("mcp-session-id", sid)
-        .header("mcp-protocol-version", "2025-06-18")
-        .header(header::ACCEPT, "application/json, text/event-stream")
-        .json(&body)
+    session_post(&p.url("/mcp"), token, sid, &body)
         .send()
         .await
         .unwrap()

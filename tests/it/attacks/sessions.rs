@@ -7,7 +7,7 @@ use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestProxy, client, start_proxy, token_for};
-use crate::stdio::{FIXTURE, bridge_with, call, initialize, notify, text};
+use crate::stdio::{FIXTURE, bridge_with, call, initialize, notify, session_post, text};
 
 /// A session of `token`'s user, initialized.
 async fn ready(p: &TestProxy, token: &str) -> String {
@@ -29,13 +29,7 @@ async fn staged_in_flight(
     id: u64,
 ) -> (String, reqwest::Response) {
     let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"staged"}});
-    let resp = client()
-        .post(p.url("/mcp"))
-        .bearer_auth(token)
-        .header("mcp-session-id", sid)
-        .header("mcp-protocol-version", "2025-06-18")
-        .header(header::ACCEPT, "application/json, text/event-stream")
-        .json(&body)
+    let resp = session_post(&p.url("/mcp"), token, sid, &body)
         .send()
         .await
         .unwrap();
