@@ -356,12 +356,14 @@ async fn http2_continuation_floods_and_huge_header_lists_are_refused() {
     }
     let mut bytes = frame(HEADERS, END_STREAM, 1, &block[..16_000]);
     bytes.extend(frame(CONTINUATION, END_HEADERS, 1, &block[16_000..]));
-    w.write_all(&bytes).await.unwrap();
+    // The server may stop reading (and close) before all of it is written: that is a refusal
+    // too, and what it sent says which.
+    let _ = w.write_all(&bytes).await;
     let seen = reader.await.unwrap();
     eprintln!("huge header list: server: {seen:?}");
     assert_eq!(seen.ok_answers, 0, "{seen:?}");
     assert!(
-        seen.resets > 0 || seen.goaway.is_some() || seen.headers == 1,
+        seen.resets > 0 || seen.goaway.is_some() || seen.headers == 1 || seen.closed,
         "{seen:?}"
     );
     still_serving(&ca, addr).await;
