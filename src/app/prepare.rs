@@ -25,7 +25,7 @@ fn tls_setup(
         config::TlsSource::Files { cert, key } => {
             let pair = server::tls::load_pair(cert, key)?;
             let swappable = server::tls::Swappable::new(pair);
-            let cfg = server::tls::server_config(swappable.clone(), origin, &[]);
+            let cfg = server::tls::server_config(swappable.clone(), origin, None, &[]);
             Ok(TlsSetup {
                 accept: server::tls::TlsAccept::new(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
                 files: Some((swappable, cert.clone(), key.clone())),
@@ -42,7 +42,8 @@ fn tls_setup(
             } else {
                 &[server::tls::ACME_TLS_ALPN]
             };
-            let cfg = server::tls::server_config(acme.resolver.clone(), origin, extra);
+            let cfg =
+                server::tls::server_config(acme.resolver.clone(), origin, Some(&opts.host), extra);
             let mut accept =
                 server::tls::TlsAccept::new(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)));
             accept.shared_alpn_answers = acme.tls_alpn01.clone();

@@ -69,15 +69,19 @@ pub fn alpn() -> Vec<Vec<u8>> {
 }
 
 /// A server configuration answering with `resolver`'s certificate, for handshakes that name
-/// `origin`'s host or no host at all ([`OnlyOurName`]).
+/// `origin`'s host, `certificate_host` (an ACME certificate's `--tls-host`, which may be
+/// another name and must pass its own validation handshakes) or no host at all
+/// ([`OnlyOurName`]).
 pub fn server_config(
     resolver: Arc<dyn ResolvesServerCert>,
     origin: &PublicOrigin,
+    certificate_host: Option<&str>,
     extra_alpn: &[&[u8]],
 ) -> rustls::ServerConfig {
     let resolver = Arc::new(OnlyOurName {
         inner: resolver,
         origin: origin.clone(),
+        certificate_host: certificate_host.map(str::to_ascii_lowercase),
     });
     let mut cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
@@ -97,12 +101,17 @@ pub fn server_config(
 struct OnlyOurName {
     inner: Arc<dyn ResolvesServerCert>,
     origin: PublicOrigin,
+    certificate_host: Option<String>,
 }
 
 impl ResolvesServerCert for OnlyOurName {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         if let Some(name) = hello.server_name()
             && !self.origin.names_host(name)
+            && !self
+                .certificate_host
+                .as_deref()
+                .is_some_and(|h| name.trim_end_matches('.').eq_ignore_ascii_case(h))
         {
             tracing::debug!(server_name = name, "TLS handshake for another host refused");
             return None;
