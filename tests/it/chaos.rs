@@ -11,7 +11,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::flow::{Browser, OAuthClient, refresh};
-use crate::helpers::{BinarySite, Target, client, gate_status, start_upstream, token_for};
+use crate::helpers::{
+    BinarySite, Target, client, gate_status, kill9_pid, start_upstream, token_for, wait_for_file,
+};
 use crate::stdio::{bridge_with, call, initialize, modern_request, modern_tool, session_post};
 
 /// Waits until `counter` reaches `n` (the load is moving), failing after 30 s.
@@ -158,13 +160,7 @@ async fn a_child_killed_during_calls_fails_them_and_the_next_call_works() {
     };
     until(&echoed, 20).await;
     let killed = std::time::Instant::now();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-9", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    kill9_pid(&pid);
     for h in hanging {
         let (status, text) = h.await.unwrap();
         assert_eq!(status, StatusCode::OK);
@@ -214,21 +210,12 @@ async fn a_child_killed_during_calls_fails_them_and_the_next_call_works() {
     };
     let kill = async {
         // Killed once the child has the call.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !marks.path().join("hanging").exists() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the call never reached the child"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-9", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        wait_for_file(
+            &marks.path().join("hanging"),
+            "the call never reached the child",
+        )
+        .await;
+        kill9_pid(&pid);
     };
     let ((status, text), ()) = tokio::join!(in_flight, kill);
     assert!(text.contains("\"error\""), "{status}: {text}");

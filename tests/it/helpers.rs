@@ -625,3 +625,20 @@ pub async fn binary_output(args: &[&str], envs: &[(&str, &str)]) -> std::process
         .expect("the binary did not exit within 20 s")
         .unwrap()
 }
+
+/// Waits (polling, at most 10 s) until the fixture has written `mark`; fails with `what`.
+pub async fn wait_for_file(mark: &std::path::Path, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !mark.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// SIGKILL to process `pid` (a child of a child, which the test does not own).
+pub fn kill9_pid(pid: &str) {
+    let killed = std::process::Command::new("kill")
+        .args(["-9", pid])
+        .status();
+    assert!(killed.unwrap().success(), "kill -9 {pid}");
+}

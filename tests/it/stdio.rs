@@ -63,6 +63,17 @@ pub fn session_post(url: &str, token: &str, sid: &str, body: &Value) -> reqwest:
         .json(body)
 }
 
+/// A session of `token`'s user, initialized (`notifications/initialized` accepted).
+pub async fn ready(p: &TestProxy, token: &str) -> String {
+    let sid = initialize(p, token).await;
+    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    assert_eq!(
+        notify(p, token, &sid, initialized).await,
+        StatusCode::ACCEPTED
+    );
+    sid
+}
+
 /// POSTs a tools/call and returns the SSE events' data.
 pub async fn call(
     p: &TestProxy,
@@ -514,14 +525,7 @@ async fn a_dropped_stream_resumes_with_last_event_id() {
 
     // The rest is sent while no one listens.
     let done = marks.path().join("staged-done");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !done.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the answer was never sent"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    crate::helpers::wait_for_file(&done, "the answer was never sent").await;
     let resumed = client()
         .get(p.url("/mcp"))
         .bearer_auth(&t)
@@ -635,18 +639,9 @@ async fn shared_mode_one_child_serves_every_session_with_its_own_ids() {
     let p = start_proxy(&["--stdio-mode", "shared", "--", "node", FIXTURE]).await;
     let alice = token_for(&p, "password:alice").await;
     let bob = token_for(&p, "password:bob").await;
-    let sa = initialize(&p, &alice).await;
-    let sb = initialize(&p, &bob).await;
+    let sa = ready(&p, &alice).await;
+    let sb = ready(&p, &bob).await;
     assert_ne!(sa, sb);
-    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
-    assert_eq!(
-        notify(&p, &alice, &sa, initialized.clone()).await,
-        StatusCode::ACCEPTED
-    );
-    assert_eq!(
-        notify(&p, &bob, &sb, initialized).await,
-        StatusCode::ACCEPTED
-    );
 
     // The same request id and progress token on both sessions, at the same time.
     let ((st_a, ev_a), (st_b, ev_b)) = tokio::join!(

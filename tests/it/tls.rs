@@ -57,7 +57,7 @@ async fn tls_proxy(dir: &Path) -> TestProxy {
     tls_proxy_for(dir, &[]).await
 }
 
-async fn tls_proxy_for(dir: &Path, rest: &[&str]) -> TestProxy {
+pub async fn tls_proxy_for(dir: &Path, rest: &[&str]) -> TestProxy {
     let cert = dir.join("cert.pem").display().to_string();
     let key = dir.join("key.pem").display().to_string();
     let mut args = vec![

@@ -7,18 +7,7 @@ use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestProxy, client, start_proxy, token_for};
-use crate::stdio::{FIXTURE, bridge_with, call, initialize, notify, session_post, text};
-
-/// A session of `token`'s user, initialized.
-async fn ready(p: &TestProxy, token: &str) -> String {
-    let sid = initialize(p, token).await;
-    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
-    assert_eq!(
-        notify(p, token, &sid, initialized).await,
-        StatusCode::ACCEPTED
-    );
-    sid
-}
+use crate::stdio::{FIXTURE, bridge_with, call, initialize, notify, ready, session_post, text};
 
 /// Starts the fixture's "staged" tool (a log event now, the answer 700 ms later) and
 /// returns its response once the first event has arrived (the request is in flight).
@@ -104,14 +93,7 @@ async fn last_event_id_resumes_only_the_users_own_stream() {
         .to_string();
     drop(rest);
     let done = marks.path().join("staged-done");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !done.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the answer was never sent"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    crate::helpers::wait_for_file(&done, "the answer was never sent").await;
 
     let resume = |token: String, sid: String| {
         let url = p.url("/mcp");

@@ -21,17 +21,7 @@ async fn https_proxy() -> (Ca, tempfile::TempDir, TestProxy) {
     let ca = ca();
     let dir = tempfile::tempdir().unwrap();
     leaf(&ca, dir.path(), "attacks");
-    let cert = dir.path().join("cert.pem").display().to_string();
-    let key = dir.path().join("key.pem").display().to_string();
-    let p = crate::helpers::start_proxy(&[
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--tls-cert-file",
-        &cert,
-        "--tls-key-file",
-        &key,
-    ])
-    .await;
+    let p = crate::tls::tls_proxy_for(dir.path(), &[]).await;
     (ca, dir, p)
 }
 
@@ -215,6 +205,23 @@ async fn h2(ca: &Ca, addr: SocketAddr) -> TlsStream<TcpStream> {
     s
 }
 
+/// An HTTP/2 connection's writing half, and a task that reads what the server sends on it
+/// (until it closes or is quiet for `quiet`).
+async fn h2_watched(
+    ca: &Ca,
+    addr: SocketAddr,
+    quiet: Duration,
+) -> (
+    tokio::io::WriteHalf<TlsStream<TcpStream>>,
+    tokio::task::JoinHandle<Seen>,
+) {
+    let (mut r, w) = tokio::io::split(h2(ca, addr).await);
+    (
+        w,
+        tokio::spawn(async move { read_frames(&mut r, quiet).await }),
+    )
+}
+
 /// What the server sent on a connection: frames by type, its GOAWAY error code if any, and
 /// whether it closed.
 #[derive(Debug, Default)]
@@ -283,9 +290,7 @@ async fn http2_rapid_reset_ends_the_connection() {
     let (ca, _dir, p) = https_proxy().await;
     let addr = p.tls_addr.unwrap();
     let authority = format!("localhost:{}", addr.port());
-    let s = h2(&ca, addr).await;
-    let (mut r, mut w) = tokio::io::split(s);
-    let reader = tokio::spawn(async move { read_frames(&mut r, Duration::from_secs(10)).await });
+    let (mut w, reader) = h2_watched(&ca, addr, Duration::from_secs(10)).await;
     // Streams opened and cancelled at once, in batches, as fast as the socket takes them.
     let block = get_block(&authority, "/.well-known/oauth-protected-resource");
     let mut sent = 0u32;
@@ -317,9 +322,7 @@ async fn http2_continuation_floods_and_huge_header_lists_are_refused() {
 
     // CONTINUATION frames without end: the header list grows past the limit, and the server
     // stops reading long before 64 MB have been sent.
-    let s = h2(&ca, addr).await;
-    let (mut r, mut w) = tokio::io::split(s);
-    let reader = tokio::spawn(async move { read_frames(&mut r, Duration::from_secs(10)).await });
+    let (mut w, reader) = h2_watched(&ca, addr, Duration::from_secs(10)).await;
     w.write_all(&frame(
         HEADERS,
         END_STREAM,
@@ -344,9 +347,7 @@ async fn http2_continuation_floods_and_huge_header_lists_are_refused() {
     still_serving(&ca, addr).await;
 
     // One header block over the advertised limit, ended properly: refused, not answered 200.
-    let s = h2(&ca, addr).await;
-    let (mut r, mut w) = tokio::io::split(s);
-    let reader = tokio::spawn(async move { read_frames(&mut r, Duration::from_secs(5)).await });
+    let (mut w, reader) = h2_watched(&ca, addr, Duration::from_secs(5)).await;
     let mut block = get_block(&authority, "/healthz");
     for i in 0..5 {
         block.extend(literal(
