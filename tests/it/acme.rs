@@ -558,3 +558,57 @@ async fn replicas_share_one_certificate_validated_by_http_01_at_the_other_replic
     }
     one_order_validated_at_the_replica_that_did_not_place_it(true).await;
 }
+
+/// `--tls-host` names the certificate's host when it is not the external URL's. pebble's
+/// TLS-ALPN-01 validation handshakes name that host, and the SNI check of the listener must
+/// answer them (it once refused every name but the external URL's): the certificate is
+/// issued, served for that name, and a third name still gets no certificate.
+#[tokio::test]
+async fn a_certificate_for_the_tls_host_named_apart_from_the_external_url() {
+    if skip() {
+        return;
+    }
+    const TLS_HOST: &str = "certificate-host.example";
+    let (http_port, tls_port) = (free_port(), free_port());
+    let pebble = start_pebble(http_port, tls_port).await;
+    let mut args = pebble.proxy_args("127.0.0.1", http_port, tls_port, false);
+    args.extend(["--tls-host".into(), TLS_HOST.into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = start_proxy_with(
+        &args,
+        mcp_auth_proxy::clock::Clock::system(),
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    let root = pebble.issuing_root().await;
+    let client = |name: &str| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .tls_certs_only([root.clone()])
+            .resolve(name, ([127, 0, 0, 1], tls_port).into())
+            .build()
+            .unwrap()
+    };
+    let probe = |name: &str| format!("https://{name}:{tls_port}/healthz");
+    let mut last = String::new();
+    let mut issued = false;
+    for _ in 0..150 {
+        match client(TLS_HOST).get(probe(TLS_HOST)).send().await {
+            Ok(r) => {
+                assert_eq!(r.status(), StatusCode::OK);
+                issued = true;
+                break;
+            }
+            Err(e) => last = format!("{e:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        issued,
+        "no trusted certificate for {TLS_HOST} within 30 s: {last}"
+    );
+    let other = "someone-else.example";
+    let refused = client(other).get(probe(other)).send().await;
+    assert!(refused.is_err(), "a third name is served: {refused:?}");
+    drop(p);
+}

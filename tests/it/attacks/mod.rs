@@ -5,7 +5,7 @@
 //!
 //! | surface | attacks | where |
 //! |---|---|---|
-//! | TLS listener | SNI for another host, ALPN we do not speak, HTTP/2 rapid reset, CONTINUATION flood, oversized header list | `attacks::tls` |
+//! | TLS listener | SNI for another host, ALPN we do not speak, HTTP/2 rapid reset, CONTINUATION flood, oversized header list | `attacks::tls`; an ACME `--tls-host` apart from the external host still validates and is served, a third name is not: `acme::a_certificate_for_the_tls_host_named_apart_from_the_external_url` |
 //! | provider sign-ins | state replay and another browser | `providers::a_callback_must_come_back_to_the_browser_that_started_once` |
 //! | | mix-up: another issuer in the answer, none when promised, another provider's callback | `providers::a_sign_in_answer_from_another_provider_is_refused` |
 //! | | ID token: signature, audience, issuer, expiry, nonce, another party, replayed | `providers::oidc_sign_in_checks_the_id_token_and_the_allow_lists` |
