@@ -860,6 +860,48 @@ pub struct Cli {
     )]
     pub max_sessions: usize,
 
+    /// Who may call which tools, prompts and resources: a TOML policy file (rules in order,
+    /// first match decides; see docs/policy.md). Reloaded when it changes; a file that does
+    /// not parse keeps the last good one. Without it every signed-in user may call
+    /// everything.
+    #[arg(help_heading = "Policy and audit", long, env = "POLICY_FILE")]
+    pub policy_file: Option<std::path::PathBuf>,
+
+    /// Write one JSON line per tools/call, resources/read, prompts/get and refused attempt
+    /// to this file (`-`: standard output).
+    #[arg(help_heading = "Policy and audit", long, env = "AUDIT_LOG")]
+    pub audit_log: Option<String>,
+
+    /// How the audit log records a call's arguments: `digest` (SHA-256 of their JSON),
+    /// `redact` (argument names only) or `full`. The policy file may say otherwise per tool.
+    #[arg(
+        help_heading = "Policy and audit",
+        long,
+        env = "AUDIT_ARGUMENTS",
+        value_enum,
+        default_value = "digest"
+    )]
+    pub audit_arguments: AuditArguments,
+
+    /// Refuse calls (JSON-RPC error) while the audit log cannot be written, rather than
+    /// serve them unrecorded.
+    #[arg(help_heading = "Policy and audit", long, env = "AUDIT_FAIL_CLOSED", value_parser = env_bool, default_value = "false",
+          default_missing_value = "true", num_args = 0..=1, require_equals = true)]
+    pub audit_fail_closed: bool,
+
+    /// Size at which the audit log file is rotated (`<file>.1`, `<file>.2`, …).
+    #[arg(help_heading = "Policy and audit", long, env = "AUDIT_MAX_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub audit_max_bytes: u64,
+
+    /// Rotated audit log files kept.
+    #[arg(
+        help_heading = "Policy and audit",
+        long,
+        env = "AUDIT_KEEP",
+        default_value_t = 5
+    )]
+    pub audit_keep: usize,
+
     /// Most live MCP sessions of one user, so one user cannot take every slot (0: half of
     /// --max-sessions).
     #[arg(
@@ -1048,4 +1090,17 @@ mod tests {
         );
         assert!(repeated_flags(&words("p --listen :1 node s.js --listen :2")).is_empty());
     }
+}
+
+/// How a call's arguments are written to the audit log (`--audit-arguments`, and per tool in
+/// the policy file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditArguments {
+    /// A SHA-256 digest of the arguments' JSON: equal arguments can be matched, none read.
+    Digest,
+    /// Only the argument names.
+    Redact,
+    /// The arguments as sent.
+    Full,
 }

@@ -141,8 +141,7 @@ impl<S: Guarded + Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     }
 }
 
-/// The scope every access token carries; the proxied resource requires it.
-pub const MCP_SCOPE: &str = "mcp";
+pub use crate::tokens::MCP_SCOPE;
 
 /// The authenticated caller of a proxied request: the access token's record, shared with
 /// the cache (no copies on the hot path).

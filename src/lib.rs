@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod assertion;
+pub mod audit;
 pub mod backend;
 pub mod banner;
 pub mod budget;
@@ -21,6 +22,8 @@ pub mod media_type;
 pub mod metrics;
 pub mod migrate;
 pub mod oauth;
+pub mod policy;
+pub mod relay;
 pub mod request_body;
 pub mod request_head;
 pub mod server;

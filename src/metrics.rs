@@ -107,6 +107,11 @@ pub struct Metrics {
     pub children: ChildMetrics,
     /// Requests the HTTP/1 fast lane served (also counted in `requests`).
     pub fast_lane: Counter,
+    /// Policy decisions on calls and reads: `allow`, `deny`, `step_up`.
+    pub policy: Family<EventLabels, Counter>,
+    /// Audit records: `written`, `dropped` (the queue was full), `failed` (the file could not
+    /// be written), `refused` (a call refused because the log could not take its record).
+    pub audit: Family<EventLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -199,8 +204,22 @@ impl Metrics {
             "MCP requests served by the HTTP/1 fast lane (also counted in http_requests)",
             fast_lane.clone(),
         );
+        let policy = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "policy_decisions",
+            "Policy decisions on tool calls, prompt gets and resource reads",
+            policy.clone(),
+        );
+        let audit = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "audit_records",
+            "Audit log records written, dropped, failed, and calls refused for want of one",
+            audit.clone(),
+        );
         Self {
             fast_lane,
+            policy,
+            audit,
             registry,
             requests,
             upstream_seconds,

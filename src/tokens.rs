@@ -8,6 +8,12 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 
+/// The scope every access token carries; the proxied resource requires it.
+pub const MCP_SCOPE: &str = "mcp";
+
+/// The scope that asks for refresh tokens (issued anyway, see docs/design.md, "Tokens").
+pub const OFFLINE_ACCESS: &str = "offline_access";
+
 /// Prefix of access tokens.
 pub const ACCESS_PREFIX: &str = "mcpat_";
 /// Prefix of refresh tokens.

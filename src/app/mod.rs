@@ -62,6 +62,10 @@ pub enum RunError {
     Migrate(#[from] crate::migrate::MigrateError),
     #[error(transparent)]
     Postgres(#[from] store::postgres::ConnectError),
+    #[error("--policy-file: {0}")]
+    Policy(String),
+    #[error("--audit-log: {0}")]
+    Audit(std::io::Error),
 }
 
 /// Secrets given through the environment that are not flags of their own.

@@ -307,6 +307,7 @@ pub async fn prepare(
         ),
         None => None,
     };
+    let relay = relay_setup(&config.governance, &metrics, repo.clock().clone())?;
     let tokens = Arc::new(TokenCache::new(TOKEN_CACHE_CAPACITY));
     // Each shared part moves into the narrow state of the lowest layer that needs it; the
     // application's state reads it from there.
@@ -338,6 +339,7 @@ pub async fn prepare(
             .then(|| server::ratelimit::RateLimiter::new(config.limits.rate_limit)),
         max_body: config.limits.max_body,
         body_read_timeout: config.limits.body_read_timeout,
+        relay,
     });
     let metrics_listener = match &config.metrics_listen {
         Some(addr) => Some(bind(addr).await?),
@@ -417,4 +419,49 @@ async fn certificate_state(config: &Config, repo: &Repo) -> String {
             }
         }
     }
+}
+
+/// The policy (read now: a file that does not parse stops the start) and the audit log
+/// (opened now), behind the relay; `None` when neither is configured.
+fn relay_setup(
+    g: &config::Governance,
+    metrics: &metrics::Metrics,
+    clock: crate::clock::Clock,
+) -> Result<Option<Arc<crate::relay::Relay>>, RunError> {
+    let policy = g
+        .policy_file
+        .as_deref()
+        .map(crate::policy::PolicyFile::load)
+        .transpose()
+        .map_err(RunError::Policy)?;
+    let audit = match g.audit_log.as_deref() {
+        None => None,
+        Some(target) => {
+            let sink = match target {
+                "-" => crate::audit::Sink::Stdout,
+                path => crate::audit::Sink::File {
+                    path: path.into(),
+                    max_bytes: g.audit_max_bytes,
+                    keep: g.audit_keep,
+                },
+            };
+            let log = crate::audit::AuditLog::start(
+                sink,
+                g.audit_arguments,
+                g.audit_fail_closed,
+                metrics.audit.clone(),
+            )
+            .map_err(RunError::Audit)?;
+            Some(log)
+        }
+    };
+    if let Some(p) = &g.policy_file {
+        tracing::info!(file = %p.display(), "tool policy in force");
+    }
+    Ok(crate::relay::Relay::new(
+        policy,
+        audit,
+        clock,
+        metrics.policy.clone(),
+    ))
 }

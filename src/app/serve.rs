@@ -83,7 +83,9 @@ pub async fn serve(
     let lane = state
         .http_backend
         .clone()
-        .filter(|_| fast_lane)
+        // The policy and the audit log read every request and answer: with either on, the
+        // router serves every request (the lane would pass them by).
+        .filter(|_| fast_lane && state.relay.is_none())
         .and_then(|backend| {
             let shared = backend::http::lane::Shared {
                 site: state.site().clone(),

@@ -233,6 +233,20 @@ pub struct Config {
     pub limits: Limits,
     /// `--metrics-listen`: Prometheus and the probes on a listener of their own.
     pub metrics_listen: Option<ListenAddr>,
+    /// `--policy-file` and the audit log.
+    pub governance: Governance,
+}
+
+/// Who may call what, and the record of calls.
+#[derive(Debug, Clone)]
+pub struct Governance {
+    pub policy_file: Option<PathBuf>,
+    /// `--audit-log`: a file, or `-` for standard output.
+    pub audit_log: Option<String>,
+    pub audit_arguments: crate::cli::AuditArguments,
+    pub audit_fail_closed: bool,
+    pub audit_max_bytes: u64,
+    pub audit_keep: usize,
 }
 
 /// Protection against load and slow or oversized clients (defaults: the flags').
@@ -407,6 +421,14 @@ impl Config {
             },
             auth,
             shutdown_grace: parse_duration("--shutdown-grace", &cli.shutdown_grace)?,
+            governance: Governance {
+                policy_file: cli.policy_file.clone(),
+                audit_log: cli.audit_log.clone().filter(|s| !s.trim().is_empty()),
+                audit_arguments: cli.audit_arguments,
+                audit_fail_closed: cli.audit_fail_closed,
+                audit_max_bytes: cli.audit_max_bytes.max(4096),
+                audit_keep: cli.audit_keep,
+            },
             metrics_listen: cli
                 .metrics_listen
                 .as_deref()

@@ -62,8 +62,7 @@ impl std::ops::Deref for AuthServerParts {
     }
 }
 
-/// The scope that asks for refresh tokens (issued anyway, see docs/design.md, "Tokens").
-pub const OFFLINE_ACCESS: &str = "offline_access";
+pub use crate::tokens::OFFLINE_ACCESS;
 
 /// The scopes granted for a requested `scope` parameter: `mcp` always, `offline_access` when
 /// asked; anything else is dropped, not refused.

@@ -61,6 +61,8 @@ pub struct App {
     pub max_body: usize,
     /// `--body-read-timeout`: every request's body, on every path.
     pub body_read_timeout: std::time::Duration,
+    /// The policy and the audit log between the router and the backend, when configured.
+    pub relay: Option<Arc<crate::relay::Relay>>,
 }
 
 /// The shared [`App`], as handlers receive it: one pointer to clone per request.
@@ -364,7 +366,15 @@ async fn proxy(
             provider_token,
         },
     };
-    let resp = backend.serve(handoff, req).await;
+    let resp = match &app.relay {
+        Some(relay) => {
+            let (site, repo) = (app.site(), app.repo());
+            relay
+                .serve(&caller, site, repo, req, |req| backend.serve(handoff, req))
+                .await
+        }
+        None => backend.serve(handoff, req).await,
+    };
     timed(&app, backend.kind(), started, resp)
 }
 

@@ -1,0 +1,348 @@
+//! The server's answers, watched on their way to the client: list results lose what the
+//! caller may not use, and each call's answer closes its audit record. JSON answers are read
+//! whole (at most [`MAX_ANSWER`]); SSE answers are read event by event, each at most
+//! [`MAX_ANSWER`], and passed on as they come.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use super::{Context, Op, Read, Relay};
+use crate::policy::{Decision, Kind, Policy, Who};
+
+/// Largest answer (JSON) or event (SSE) the relay reads.
+pub const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
+/// What is still awaited in one exchange's answer.
+pub(super) struct Watcher {
+    relay: Arc<Relay>,
+    who: Who,
+    context: Context,
+    policy: Option<Arc<Policy>>,
+    pending: Vec<Op>,
+    lists: Vec<(Value, Kind)>,
+    /// A GET stream: list results are known by their shape, not their id.
+    by_shape: bool,
+    started: Instant,
+}
+
+impl Watcher {
+    /// Nothing left to look for.
+    fn idle(&self) -> bool {
+        !self.by_shape
+            && self.pending.is_empty()
+            && (self.lists.is_empty() || self.policy.is_none())
+    }
+
+    /// Looks at one message of the answer; `true` when it was changed.
+    fn message(&mut self, m: &mut Value) -> bool {
+        let Some(id) = m.get("id").cloned() else {
+            return false;
+        };
+        if m.get("method").is_some() {
+            return false;
+        }
+        if let Some(at) = self.pending.iter().position(|op| op.id == id) {
+            let op = self.pending.swap_remove(at);
+            let outcome = match (m.get("error"), m.get("result")) {
+                (Some(e), _) => format!(
+                    "error {}",
+                    e.get("code").and_then(Value::as_i64).unwrap_or_default()
+                ),
+                (None, Some(r)) if r.get("isError").and_then(Value::as_bool) == Some(true) => {
+                    "tool_error".into()
+                }
+                _ => "ok".into(),
+            };
+            let ms = self.started.elapsed().as_millis() as u64;
+            self.relay.record(&self.context, &op, ms, &outcome, None);
+            return false;
+        }
+        let kind = match self.lists.iter().position(|(l, _)| *l == id) {
+            Some(at) => Some(self.lists.swap_remove(at).1),
+            None if self.by_shape => m.get("result").and_then(shape),
+            None => None,
+        };
+        match (kind, m.get_mut("result")) {
+            (Some(kind), Some(result)) => self.filter(kind, result),
+            _ => false,
+        }
+    }
+
+    /// Drops from a list result what the caller may not use; `true` when something went.
+    fn filter(&self, kind: Kind, result: &mut Value) -> bool {
+        let Some(policy) = &self.policy else {
+            return false;
+        };
+        let (member, key) = match kind {
+            Kind::Tool => ("tools", "name"),
+            Kind::Prompt => ("prompts", "name"),
+            Kind::Resource => ("resources", "uri"),
+        };
+        let Some(items) = result.get_mut(member).and_then(Value::as_array_mut) else {
+            return false;
+        };
+        if kind == Kind::Tool {
+            self.relay.remember(&self.context.key, items);
+        }
+        let before = items.len();
+        items.retain(|item| {
+            let name = item.get(key).and_then(Value::as_str).unwrap_or_default();
+            let annotations = item
+                .get("annotations")
+                .cloned()
+                .unwrap_or(Value::Object(Default::default()));
+            let annotations = (kind == Kind::Tool).then_some(&annotations);
+            !matches!(
+                policy.decide(&self.who, kind, name, annotations),
+                Decision::Deny(_)
+            )
+        });
+        items.len() != before
+    }
+
+    /// Looks at a JSON-RPC payload (one message or a batch of them); `true` when changed.
+    fn payload(&mut self, v: &mut Value) -> bool {
+        match v {
+            Value::Array(items) => items.iter_mut().fold(false, |c, m| self.message(m) | c),
+            m => self.message(m),
+        }
+    }
+}
+
+impl Drop for Watcher {
+    /// Calls the answer never answered (the stream ended or the client left) are recorded.
+    fn drop(&mut self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        for op in std::mem::take(&mut self.pending) {
+            self.relay.record(&self.context, &op, ms, "no_answer", None);
+        }
+    }
+}
+
+/// What a list result lists, by its shape (for results replayed without their request).
+fn shape(result: &Value) -> Option<Kind> {
+    if result.get("content").is_some() || result.get("contents").is_some() {
+        return None;
+    }
+    [
+        ("tools", Kind::Tool),
+        ("prompts", Kind::Prompt),
+        ("resources", Kind::Resource),
+    ]
+    .into_iter()
+    .find(|(m, _)| result.get(*m).is_some_and(Value::is_array))
+    .map(|(_, k)| k)
+}
+
+/// Watches `resp` (the backend's answer to the request `read`).
+pub(super) async fn watch(
+    relay: Arc<Relay>,
+    who: Who,
+    context: Context,
+    read: Read,
+    by_shape: bool,
+    started: Instant,
+    resp: Response,
+) -> Response {
+    let policy = relay.policy.as_ref().map(|f| f.current());
+    let mut watcher = Watcher {
+        relay,
+        who,
+        context,
+        policy,
+        pending: read.ops,
+        lists: read.lists,
+        by_shape,
+        started,
+    };
+    let media = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if !resp.status().is_success() || !(media == "application/json" || media == "text/event-stream")
+    {
+        // No JSON-RPC answer in it (202 for a notification, an HTTP error): the calls'
+        // records say what HTTP said.
+        let outcome = format!("http {}", resp.status().as_u16());
+        let ms = watcher.started.elapsed().as_millis() as u64;
+        for op in std::mem::take(&mut watcher.pending) {
+            watcher
+                .relay
+                .record(&watcher.context, &op, ms, &outcome, None);
+        }
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    if media == "application/json" {
+        let Ok(bytes) = axum::body::to_bytes(body, MAX_ANSWER).await else {
+            return crate::error::jsonrpc_error(
+                StatusCode::BAD_GATEWAY,
+                "the MCP server's answer could not be read whole (at most 16 MiB) to check it",
+            );
+        };
+        let rewritten = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|mut v| watcher.payload(&mut v).then(|| Bytes::from(v.to_string())));
+        let bytes = match rewritten {
+            Some(b) => {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                b
+            }
+            None => bytes,
+        };
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from_stream(events(body, watcher)))
+}
+
+/// The SSE body, event by event through the watcher.
+fn events(
+    body: Body,
+    watcher: Watcher,
+) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> + Send {
+    struct State {
+        inner: axum::body::BodyDataStream,
+        buf: Vec<u8>,
+        watcher: Watcher,
+        done: bool,
+    }
+    let state = State {
+        inner: body.into_data_stream(),
+        buf: Vec::new(),
+        watcher,
+        done: false,
+    };
+    futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if st.watcher.idle() && !st.buf.is_empty() {
+                // Nothing more to look for: the rest goes as it comes.
+                return Some((Ok(Bytes::from(std::mem::take(&mut st.buf))), st));
+            }
+            if let Some(end) = event_end(&st.buf) {
+                let event: Vec<u8> = st.buf.drain(..end).collect();
+                let out = rewrite(&event, &mut st.watcher).unwrap_or(event);
+                return Some((Ok(Bytes::from(out)), st));
+            }
+            if st.done {
+                if st.buf.is_empty() {
+                    return None;
+                }
+                return Some((Ok(Bytes::from(std::mem::take(&mut st.buf))), st));
+            }
+            if st.buf.len() > MAX_ANSWER {
+                st.done = true;
+                st.buf.clear();
+                return Some((
+                    Err(axum::Error::new(
+                        "an event of the MCP server is over 16 MiB",
+                    )),
+                    st,
+                ));
+            }
+            match st.inner.next().await {
+                Some(Ok(chunk)) if st.watcher.idle() && st.buf.is_empty() => {
+                    return Some((Ok(chunk), st));
+                }
+                Some(Ok(chunk)) => st.buf.extend_from_slice(&chunk),
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
+                None => st.done = true,
+            }
+        }
+    })
+}
+
+/// Where the first complete event of `buf` ends (after its blank line).
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The event as it goes on, when the watcher changed its data (`None`: as it came).
+fn rewrite(event: &[u8], watcher: &mut Watcher) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(event).ok()?;
+    let mut data = String::new();
+    let mut other = Vec::new();
+    let mut has_data = false;
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        match line.strip_prefix("data") {
+            Some(rest) if rest.is_empty() || rest.starts_with(':') => {
+                let value = rest.strip_prefix(':').unwrap_or(rest);
+                if has_data {
+                    data.push('\n');
+                }
+                data.push_str(value.strip_prefix(' ').unwrap_or(value));
+                has_data = true;
+            }
+            _ => other.push(line),
+        }
+    }
+    let mut v: Value = serde_json::from_str(&data).ok()?;
+    if !watcher.payload(&mut v) {
+        return None;
+    }
+    let mut out = String::with_capacity(event.len());
+    for line in other {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("data: ");
+    out.push_str(&v.to_string());
+    out.push_str("\n\n");
+    Some(out.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_end_at_a_blank_line() {
+        assert_eq!(event_end(b"data: 1\n\ndata: 2"), Some(9));
+        assert_eq!(event_end(b"id: 3\r\ndata: 1\r\n\r\n"), Some(18));
+        assert_eq!(event_end(b"data: 1\n"), None);
+    }
+
+    #[test]
+    fn list_results_are_known_by_shape() {
+        use serde_json::json;
+        assert_eq!(shape(&json!({"tools": []})), Some(Kind::Tool));
+        assert_eq!(
+            shape(&json!({"prompts": [], "nextCursor": "x"})),
+            Some(Kind::Prompt)
+        );
+        assert_eq!(shape(&json!({"resources": []})), Some(Kind::Resource));
+        assert_eq!(
+            shape(&json!({"content": [], "tools": []})),
+            None,
+            "a call's result"
+        );
+        assert_eq!(shape(&json!({"tools": "x"})), None);
+    }
+}
