@@ -325,6 +325,7 @@ pub async fn prepare(
         client_credentials,
         introspection,
         assertion: assertion.is_some(),
+        policy: relay.as_ref().and_then(|r| r.policy().cloned()),
     });
     let state = AppState::new(App {
         signin,

@@ -53,11 +53,11 @@ pub async fn remembered(
         return Ok(false);
     }
     let key = consent_key(&identity.subject(), &req.client_id, &req.redirect_uri);
-    Ok(app
-        .repo
-        .get::<ConsentRecord>(&key)
-        .await?
-        .is_some_and(|c| req.scopes.iter().all(|s| c.scopes.contains(s))))
+    Ok(app.repo.get::<ConsentRecord>(&key).await?.is_some_and(|c| {
+        super::scopes_for(app, identity, &req.scopes)
+            .iter()
+            .all(|s| c.scopes.contains(s))
+    }))
 }
 
 /// Where the answer goes, as a person should read it.
@@ -235,7 +235,10 @@ pub async fn consent_get(
         client_id: &client.client_id,
         redirect_host: &redirect_host(&req.redirect_uri),
         user: display_name(&session.identity),
-        scopes: req.scopes.iter().map(|s| describe_scope(s)).collect(),
+        scopes: super::scopes_for(&app, &session.identity, &req.scopes)
+            .iter()
+            .map(|s| describe_scope(&app, s))
+            .collect(),
         document_host: document_host(&client.client_id),
         warnings: all_warnings(&client, &req.redirect_uri),
         csrf: &csrf,
@@ -301,7 +304,7 @@ async fn finish(
     let consent = ConsentRecord {
         subject: identity.subject(),
         client_id: req.client_id.clone(),
-        scopes: req.scopes.clone(),
+        scopes: super::scopes_for(app, &identity, &req.scopes),
         granted_at: now,
     };
     let keep = now + app.authn.cfg.refresh_token_ttl.as_secs();

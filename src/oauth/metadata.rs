@@ -20,7 +20,7 @@ use crate::gate::MCP_SCOPE;
 pub struct ProtectedResourceMetadata {
     pub resource: String,
     pub authorization_servers: Vec<String>,
-    pub scopes_supported: Vec<&'static str>,
+    pub scopes_supported: Vec<String>,
     pub bearer_methods_supported: Vec<&'static str>,
     pub resource_name: &'static str,
 }
@@ -30,7 +30,7 @@ impl ProtectedResourceMetadata {
         Self {
             resource: site.resource.clone(),
             authorization_servers: vec![site.origin.as_str().to_string()],
-            scopes_supported: vec![MCP_SCOPE],
+            scopes_supported: vec![MCP_SCOPE.to_string()],
             bearer_methods_supported: vec!["header"],
             resource_name: "MCP server",
         }
@@ -39,7 +39,10 @@ impl ProtectedResourceMetadata {
 
 /// `GET /.well-known/oauth-protected-resource[<mcp-path>]`.
 pub async fn protected_resource(State(app): State<AuthServer>) -> Response {
-    cacheable(Json(ProtectedResourceMetadata::for_site(&app.site)))
+    let mut doc = ProtectedResourceMetadata::for_site(&app.site);
+    doc.scopes_supported
+        .extend(crate::oauth::policy_scopes(&app));
+    cacheable(Json(doc))
 }
 
 /// Metadata may be cached briefly by clients and intermediaries.
@@ -75,7 +78,7 @@ pub struct AuthorizationServerMetadata {
     pub introspection_endpoint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub introspection_endpoint_auth_methods_supported: Option<[&'static str; 2]>,
-    pub scopes_supported: [&'static str; 2],
+    pub scopes_supported: Vec<String>,
     pub authorization_response_iss_parameter_supported: bool,
     pub service_documentation: &'static str,
     /// The keys of our identity assertions, when they are sent upstream.
@@ -106,7 +109,7 @@ impl AuthorizationServerMetadata {
             revocation_endpoint_auth_methods_supported: auth_methods,
             introspection_endpoint: None,
             introspection_endpoint_auth_methods_supported: None,
-            scopes_supported: [MCP_SCOPE, crate::oauth::OFFLINE_ACCESS],
+            scopes_supported: vec![MCP_SCOPE.into(), crate::oauth::OFFLINE_ACCESS.into()],
             authorization_response_iss_parameter_supported: true,
             service_documentation: "https://modelcontextprotocol.io/specification/2025-11-25/basic/authorization",
             jwks_uri: None,
@@ -119,6 +122,8 @@ impl AuthorizationServerMetadata {
 /// `GET /.well-known/oauth-authorization-server[/<anything>]`: one issuer, one document.
 pub async fn authorization_server(State(app): State<AuthServer>) -> Response {
     let mut doc = AuthorizationServerMetadata::for_site(&app.site);
+    doc.scopes_supported
+        .extend(crate::oauth::policy_scopes(&app));
     if app.assertion {
         doc.jwks_uri = Some(app.site.origin.join(crate::assertion::JWKS_PATH));
     }

@@ -40,6 +40,8 @@ pub struct AuthServerParts {
     pub introspection: bool,
     /// Whether identity assertions are signed (their keys then advertised as `jwks_uri`).
     pub assertion: bool,
+    /// `--policy-file`: the scopes it names are known scopes, granted to whom it allows.
+    pub policy: Option<std::sync::Arc<crate::policy::PolicyFile>>,
 }
 
 impl AuthServer {
@@ -64,21 +66,67 @@ impl std::ops::Deref for AuthServerParts {
 
 pub use crate::tokens::OFFLINE_ACCESS;
 
-/// The scopes granted for a requested `scope` parameter: `mcp` always, `offline_access` when
-/// asked; anything else is dropped, not refused.
-pub fn granted_scopes(requested: Option<&str>) -> Vec<String> {
+/// The scopes kept of a requested `scope` parameter: `mcp` always, `offline_access` and the
+/// policy's scopes when asked; anything else is dropped, not refused. Whether the user may
+/// hold a policy scope is known only once they have signed in ([`scopes_for`]).
+pub fn granted_scopes(requested: Option<&str>, known: &[String]) -> Vec<String> {
     let mut out = vec![MCP_SCOPE.to_string()];
-    if requested.is_some_and(|s| s.split(' ').any(|s| s == OFFLINE_ACCESS)) {
+    let asked: Vec<&str> = requested.unwrap_or_default().split(' ').collect();
+    if asked.contains(&OFFLINE_ACCESS) {
         out.push(OFFLINE_ACCESS.to_string());
+    }
+    for scope in known {
+        if asked.contains(&scope.as_str()) && !out.contains(scope) {
+            out.push(scope.clone());
+        }
     }
     out
 }
 
+/// The scopes the policy file names (none without one).
+pub fn policy_scopes(app: &AuthServer) -> Vec<String> {
+    app.policy
+        .as_ref()
+        .map(|p| p.current().scopes())
+        .unwrap_or_default()
+}
+
+/// Of the scopes a request kept, those `identity` may hold: a policy scope only for users
+/// the policy allows to hold it (checked against the policy in force now).
+pub fn scopes_for(
+    app: &AuthServer,
+    identity: &crate::store::Identity,
+    scopes: &[String],
+) -> Vec<String> {
+    let policy = app.policy.as_ref().map(|p| p.current());
+    let who = crate::policy::Who::from_identity(identity, &[]);
+    scopes
+        .iter()
+        .filter(|s| {
+            *s == MCP_SCOPE
+                || *s == OFFLINE_ACCESS
+                || policy.as_ref().is_some_and(|p| p.may_hold(&who, s))
+        })
+        .cloned()
+        .collect()
+}
+
 /// A human description of a scope, for the consent page.
-pub fn describe_scope(scope: &str) -> &'static str {
+pub fn describe_scope(app: &AuthServer, scope: &str) -> String {
     match scope {
-        MCP_SCOPE => "Use the tools, resources and prompts of this MCP server as you",
-        OFFLINE_ACCESS => "Stay connected when you are not here (refresh tokens)",
-        _ => "An unknown permission",
+        MCP_SCOPE => "Use the tools, resources and prompts of this MCP server as you".into(),
+        OFFLINE_ACCESS => "Stay connected when you are not here (refresh tokens)".into(),
+        other => {
+            let said = app
+                .policy
+                .as_ref()
+                .and_then(|p| p.current().describe(other));
+            match said {
+                Some(words) => format!("{words} (permission “{other}”)"),
+                None => {
+                    format!("Use what this server's policy reserves for the permission “{other}”")
+                }
+            }
+        }
     }
 }

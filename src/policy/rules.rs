@@ -97,6 +97,15 @@ pub struct File {
     rules: Vec<RuleSpec>,
     #[serde(default)]
     audit: Vec<AuditSpec>,
+    /// Words for the consent page, per scope.
+    #[serde(default)]
+    scopes: BTreeMap<String, ScopeSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScopeSpec {
+    description: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +234,21 @@ pub struct Policy {
     rules: Vec<Rule>,
     default: Effect,
     audit: Vec<(Vec<WildMatch>, Arguments)>,
+    descriptions: BTreeMap<String, String>,
+}
+
+impl Who {
+    /// A signed-in person as the policy sees them, with the scopes of their token.
+    pub fn from_identity(id: &crate::store::Identity, scopes: &[String]) -> Self {
+        Who {
+            provider: id.provider.clone(),
+            user_id: id.user_id.clone(),
+            subject: id.subject(),
+            email: id.email.clone(),
+            groups: id.groups.clone(),
+            scopes: scopes.to_vec(),
+        }
+    }
 }
 
 impl Policy {
@@ -295,10 +319,24 @@ impl Policy {
                 )
             })
             .collect();
+        let descriptions: BTreeMap<String, String> = file
+            .scopes
+            .into_iter()
+            .map(|(scope, spec)| (scope, spec.description))
+            .collect();
+        if let Some(unused) = descriptions
+            .keys()
+            .find(|s| !rules.iter().any(|r| r.scope.as_ref() == Some(*s)))
+        {
+            return Err(format!(
+                "[scopes.{unused:?}] describes a scope no rule requires"
+            ));
+        }
         Ok(Policy {
             rules,
             default: file.default.unwrap_or(Effect::Deny),
             audit,
+            descriptions,
         })
     }
 
@@ -354,6 +392,11 @@ impl Policy {
         self.rules
             .iter()
             .any(|r| r.scope.as_deref() == Some(scope) && r.users.iter().any(|u| u.matches(who)))
+    }
+
+    /// The words the file gives a scope, for the consent page.
+    pub fn describe(&self, scope: &str) -> Option<String> {
+        self.descriptions.get(scope).cloned()
     }
 
     /// How a tool's arguments are logged when the file overrides `fallback` for it.

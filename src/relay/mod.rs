@@ -309,24 +309,18 @@ impl Relay {
 
 /// The caller as the policy sees them.
 fn who(caller: &Caller) -> Who {
+    if let Some(id) = caller.identity() {
+        return Who::from_identity(id, caller.scopes());
+    }
+    // A token minted without the identity record: the subject names provider and user.
     let subject = caller.subject().to_string();
-    let (provider, user_id) = match caller.identity() {
-        Some(id) => (id.provider.clone(), id.user_id.clone()),
-        None => match subject.split_once(':') {
-            Some((p, u)) => (p.to_string(), u.to_string()),
-            None => (String::new(), subject.clone()),
-        },
-    };
+    let (provider, user_id) = subject.split_once(':').unwrap_or(("", &subject));
     Who {
-        provider,
-        user_id,
-        email: caller.identity().and_then(|i| i.email.clone()),
-        groups: caller
-            .identity()
-            .map(|i| i.groups.clone())
-            .unwrap_or_default(),
+        provider: provider.to_string(),
+        user_id: user_id.to_string(),
         scopes: caller.scopes().to_vec(),
-        subject,
+        subject: subject.clone(),
+        ..Who::default()
     }
 }
 

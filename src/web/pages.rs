@@ -50,7 +50,7 @@ pub struct ConsentPage<'a> {
     pub document_host: Option<String>,
     pub redirect_host: &'a str,
     pub user: &'a str,
-    pub scopes: Vec<&'static str>,
+    pub scopes: Vec<String>,
     pub warnings: Vec<String>,
     pub csrf: &'a str,
     pub req: &'a str,
