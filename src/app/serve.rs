@@ -48,6 +48,13 @@ pub async fn serve(
         .and_then(|b| Some((b.housekeeping_interval()?, b)))
         .map(|(every, b)| tokio::spawn(housekeeping_loop(b, every, stop_rx)));
 
+    // The policy file, looked at for changes until the stop.
+    let _policy_watch = state
+        .relay
+        .as_ref()
+        .and_then(|r| r.policy().cloned())
+        .map(|file| tokio::spawn(file.watch(stop_tx.subscribe())));
+
     let metrics_task = metrics_listener.map(|l| {
         let app = server::metrics_router(state.clone());
         let mut stop = stop_tx.subscribe();

@@ -251,6 +251,11 @@ impl Drop for Upstream {
 }
 
 impl Upstream {
+    /// An upstream of a test's own, served by `task` at `addr` (stopped when dropped).
+    pub fn from_parts(addr: SocketAddr, task: JoinHandle<()>) -> Self {
+        Upstream { addr, task }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

@@ -18,6 +18,7 @@ mod nginx_example;
 mod oauth;
 mod packaging;
 mod pg;
+mod policy;
 mod postgres;
 mod production;
 mod providers;

@@ -1,0 +1,559 @@
+//! Tool policy, step-up scopes and the audit log (`--policy-file`, `--audit-log`), end to
+//! end: `@modelcontextprotocol/server-everything` over stdio (2025 sessions and a stateless
+//! 2026-07-28 request), and an HTTP MCP server of our own that records every message that
+//! reaches it. Two users of an OpenID provider in different groups hold tokens minted the way
+//! the authorization server stores them.
+
+use std::sync::{Arc, Mutex};
+
+use axum::response::IntoResponse;
+use reqwest::{StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::helpers::{Mint, TestProxy, client, mint, start_proxy};
+
+const EVERYTHING: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/e2e/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+);
+
+const POLICY: &str = r#"
+[[rule]]
+name = "nobody reads the environment"
+users = ["*"]
+tools = ["get-env"]
+effect = "deny"
+
+[[rule]]
+name = "writers change things"
+users = ["group:writers"]
+tools = ["*"]
+annotations = { readOnlyHint = false }
+effect = "allow"
+scope = "mcp:write"
+
+[[rule]]
+name = "everyone reads"
+users = ["*"]
+tools = ["*"]
+annotations = { readOnlyHint = true }
+effect = "allow"
+
+[[rule]]
+users = ["*"]
+prompts = ["*"]
+resources = ["*"]
+effect = "allow"
+
+[scopes."mcp:write"]
+description = "Change things on the server"
+"#;
+
+/// A planted secret that must never reach the audit log in `digest` mode.
+const SECRET: &str = "s3cret-planted-in-arguments";
+
+struct Users {
+    alice: String,
+    /// Alice with the step-up scope.
+    alice_write: String,
+    bob: String,
+}
+
+fn identity(user: &str, groups: &[&str]) -> mcp_auth_proxy::store::Identity {
+    mcp_auth_proxy::store::Identity {
+        provider: "oidc".into(),
+        user_id: user.into(),
+        email: Some(format!("{user}@example.com")),
+        name: None,
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        claims: json!({ "sub": user }),
+    }
+}
+
+async fn users(p: &TestProxy) -> Users {
+    let resource = p.state.site().resource.clone();
+    let token =
+        |user: &'static str, groups: &'static [&'static str], scopes: &'static [&'static str]| {
+            let repo = p.repo().clone();
+            let resource = resource.clone();
+            async move {
+                let subject = format!("oidc:{user}");
+                mint(
+                    &repo,
+                    &resource,
+                    Mint {
+                        subject: &subject,
+                        scopes,
+                        identity: Some(identity(user, groups)),
+                        ..Mint::default()
+                    },
+                )
+                .await
+            }
+        };
+    Users {
+        alice: token("alice", &["writers"], &["mcp"]).await,
+        alice_write: token("alice", &["writers"], &["mcp", "mcp:write"]).await,
+        bob: token("bob", &["readers"], &["mcp"]).await,
+    }
+}
+
+/// A proxy with the policy above and an audit log, in front of `backend`.
+async fn proxy(dir: &std::path::Path, backend: &[&str]) -> TestProxy {
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let audit = dir.join("audit.jsonl");
+    let mut args = vec![
+        "--policy-file".to_string(),
+        policy.display().to_string(),
+        "--audit-log".into(),
+        audit.display().to_string(),
+    ];
+    args.extend(backend.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    start_proxy(&args).await
+}
+
+/// Posts `body`; returns the status, the headers and the JSON-RPC answer with `body`'s id
+/// (from a JSON or an SSE answer; `Null` without one).
+async fn post(
+    p: &TestProxy,
+    token: &str,
+    sid: Option<&str>,
+    extra: &[(&str, &str)],
+    body: &Value,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let mut req = client()
+        .post(p.url("/mcp"))
+        .bearer_auth(token)
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .json(body);
+    if let Some(sid) = sid {
+        req = req
+            .header("mcp-session-id", sid)
+            .header("mcp-protocol-version", "2025-06-18");
+    }
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let sse = headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.to_str()
+            .unwrap_or_default()
+            .starts_with("text/event-stream")
+    });
+    let text = resp.text().await.unwrap();
+    let answer = if sse {
+        text.split("\n\n")
+            .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .find(|m| m.get("id") == body.get("id"))
+            .unwrap_or(Value::Null)
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    };
+    (status, headers, answer)
+}
+
+/// Opens an initialized 2025-06-18 session; returns its id.
+async fn session(p: &TestProxy, token: &str) -> String {
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"policy-test","version":"1"}}});
+    let resp = client()
+        .post(p.url("/mcp"))
+        .bearer_auth(token)
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    let (status, _, _) = post(p, token, Some(&sid), &[], &initialized).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    sid
+}
+
+async fn tool_names(p: &TestProxy, token: &str, sid: Option<&str>, id: u64) -> Vec<String> {
+    let list = json!({"jsonrpc":"2.0","id":id,"method":"tools/list"});
+    let (status, _, answer) = post(p, token, sid, &[], &list).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn call(id: u64, tool: &str, arguments: Value) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":arguments}})
+}
+
+/// The audit log's records once it holds `n` of them.
+async fn audit_records(dir: &std::path::Path, n: usize) -> Vec<Value> {
+    let path = dir.join("audit.jsonl");
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() >= n {
+            assert!(
+                !text.contains(SECRET),
+                "a planted secret reached the audit log"
+            );
+            return text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the audit log never held {n} records: {}",
+        std::fs::read_to_string(&path).unwrap_or_default()
+    );
+}
+
+fn assert_denied(answer: &Value, rule: &str) {
+    assert_eq!(answer["error"]["code"], -32001, "{answer}");
+    assert_eq!(answer["error"]["data"]["decision"], "denied", "{answer}");
+    assert!(
+        answer["error"]["data"]["rule"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(rule),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn users_see_and_call_only_what_the_policy_allows_on_the_stdio_bridge() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(dir.path(), &["--", "node", EVERYTHING, "stdio"]).await;
+    let u = users(&p).await;
+    let alice = session(&p, &u.alice).await;
+    let bob = session(&p, &u.bob).await;
+
+    // Different lists from the same server, by group and annotation.
+    let seen_by_alice = tool_names(&p, &u.alice, Some(&alice), 1).await;
+    let seen_by_bob = tool_names(&p, &u.bob, Some(&bob), 1).await;
+    for name in [
+        "echo",
+        "get-sum",
+        "toggle-simulated-logging",
+        "gzip-file-as-resource",
+    ] {
+        assert!(
+            seen_by_alice.contains(&name.to_string()),
+            "{name}: {seen_by_alice:?}"
+        );
+    }
+    assert!(seen_by_bob.contains(&"echo".to_string()), "{seen_by_bob:?}");
+    for name in [
+        "toggle-simulated-logging",
+        "gzip-file-as-resource",
+        "get-env",
+    ] {
+        assert!(
+            !seen_by_bob.contains(&name.to_string()),
+            "{name}: {seen_by_bob:?}"
+        );
+    }
+    assert!(!seen_by_alice.contains(&"get-env".to_string()));
+
+    // A denied call gets a JSON-RPC error naming the decision.
+    let toggle = || call(2, "toggle-simulated-logging", json!({}));
+    let (status, _, answer) = post(&p, &u.bob, Some(&bob), &[], &toggle()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_denied(&answer, "the policy's default");
+
+    // Step-up: allowed to alice only with mcp:write; the challenge names every scope needed.
+    let (status, headers, _) = post(&p, &u.alice, Some(&alice), &[], &toggle()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let challenge = headers[header::WWW_AUTHENTICATE].to_str().unwrap();
+    assert!(
+        challenge.contains("error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+    assert!(challenge.contains("scope=\"mcp mcp:write\""), "{challenge}");
+    assert!(challenge.contains("resource_metadata=\""), "{challenge}");
+    let (status, _, answer) = post(&p, &u.alice_write, Some(&alice), &[], &toggle()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(answer["result"]["content"].is_array(), "{answer}");
+
+    // Allowed calls reach the server; a planted secret stays out of the audit log.
+    let echo = call(3, "echo", json!({"message": SECRET}));
+    let (_, _, answer) = post(&p, &u.bob, Some(&bob), &[], &echo).await;
+    assert_eq!(
+        answer["result"]["content"][0]["text"],
+        format!("Echo: {SECRET}")
+    );
+    let (_, _, answer) = post(
+        &p,
+        &u.alice_write,
+        Some(&alice),
+        &[],
+        &call(4, "get-env", json!({})),
+    )
+    .await;
+    assert_denied(&answer, "nobody reads the environment");
+
+    // A stateless 2026-07-28 request is judged the same way (bob's annotations were never
+    // listed in that era: the rule that needs them refuses).
+    let modern = json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"toggle-simulated-logging","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}});
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "toggle-simulated-logging"),
+    ];
+    let (status, _, answer) = post(&p, &u.bob, None, &headers, &modern).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["error"]["code"], -32001, "{answer}");
+
+    // The audit log, line for line.
+    let records = audit_records(dir.path(), 6).await;
+    let summary: Vec<(String, String, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["user"].as_str().unwrap().to_string(),
+                r["name"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expect = |u: &str, n: &str, o: &str| (u.to_string(), n.to_string(), o.to_string());
+    assert_eq!(
+        summary,
+        vec![
+            expect("oidc:bob", "toggle-simulated-logging", "denied"),
+            expect("oidc:alice", "toggle-simulated-logging", "step_up"),
+            expect("oidc:alice", "toggle-simulated-logging", "ok"),
+            expect("oidc:bob", "echo", "ok"),
+            expect("oidc:alice", "get-env", "denied"),
+            expect("oidc:bob", "toggle-simulated-logging", "denied"),
+        ]
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r["method"] == "tools/call" && r["client_id"] == "client-1")
+    );
+    assert_eq!(records[3]["session"], bob.as_str());
+    assert_eq!(records[3]["era"], "2025");
+    assert_eq!(records[5]["era"], "2026-07-28");
+    assert!(
+        records[3]["arguments"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert_eq!(records[1]["rule"], "mcp:write");
+}
+
+/// An HTTP MCP server that records every JSON-RPC message it receives: `tools/list`
+/// answered as SSE, calls as JSON.
+async fn recording_upstream() -> (crate::helpers::Upstream, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let log = log.clone();
+            async move {
+                let m = body.0;
+                let name = m["params"]["name"].as_str().unwrap_or_default();
+                log.lock().unwrap().push(format!("{} {name}", m["method"].as_str().unwrap_or_default()));
+                let tools = json!([
+                    {"name": "read_file", "annotations": {"readOnlyHint": true}},
+                    {"name": "write_file", "annotations": {"readOnlyHint": false, "destructiveHint": true}},
+                    {"name": "get-env", "annotations": {"readOnlyHint": true}},
+                ]);
+                match m["method"].as_str() {
+                    Some("tools/list") => {
+                        let answer = json!({"jsonrpc":"2.0","id":m["id"],"result":{"tools":tools}});
+                        (
+                            [(header::CONTENT_TYPE.as_str(), "text/event-stream")],
+                            format!("event: message\ndata: {answer}\n\n"),
+                        )
+                            .into_response()
+                    }
+                    _ => axum::Json(json!({"jsonrpc":"2.0","id":m["id"],"result":{"content":[{"type":"text","text":format!("did {name}")}]}})).into_response(),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (crate::helpers::Upstream::from_parts(addr, task), seen)
+}
+
+#[tokio::test]
+async fn a_denied_call_never_reaches_an_http_upstream() {
+    let (upstream, seen) = recording_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = upstream.url("/mcp");
+    let p = proxy(dir.path(), &[&url]).await;
+    let u = users(&p).await;
+    // Lists answered as SSE are filtered too.
+    assert_eq!(tool_names(&p, &u.bob, None, 1).await, ["read_file"]);
+    assert_eq!(
+        tool_names(&p, &u.alice, None, 1).await,
+        ["read_file", "write_file"]
+    );
+
+    let (_, _, answer) = post(&p, &u.bob, None, &[], &call(2, "write_file", json!({}))).await;
+    assert_denied(&answer, "the policy's default");
+    let (status, _, _) = post(&p, &u.alice, None, &[], &call(3, "write_file", json!({}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, _, answer) = post(
+        &p,
+        &u.alice_write,
+        None,
+        &[],
+        &call(4, "write_file", json!({})),
+    )
+    .await;
+    assert_eq!(answer["result"]["content"][0]["text"], "did write_file");
+    let (_, _, answer) = post(&p, &u.bob, None, &[], &call(5, "read_file", json!({}))).await;
+    assert_eq!(answer["result"]["content"][0]["text"], "did read_file");
+
+    // The upstream's own record: the lists, and only the two calls allowed.
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "tools/list ",
+            "tools/list ",
+            "tools/call write_file",
+            "tools/call read_file"
+        ]
+    );
+    let records = audit_records(dir.path(), 4).await;
+    let outcomes: Vec<&str> = records
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["denied", "step_up", "ok", "ok"]);
+}
+
+#[tokio::test]
+async fn the_policy_is_reloaded_while_calls_are_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(dir.path(), &["--", "node", EVERYTHING, "stdio"]).await;
+    let u = users(&p).await;
+    let bob = session(&p, &u.bob).await;
+    tool_names(&p, &u.bob, Some(&bob), 1).await;
+
+    // A call that takes a while (5 steps of 0.4 s), in flight during the reload.
+    let long = call(
+        2,
+        "trigger-long-running-operation",
+        json!({"duration": 2, "steps": 5}),
+    );
+    let in_flight = {
+        let (url, token, sid) = (p.url("/mcp"), u.bob.clone(), bob.clone());
+        tokio::spawn(async move {
+            crate::stdio::session_post(&url, &token, &sid, &long)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    let denied_echo = POLICY.replacen(
+        "[[rule]]\nname = \"nobody reads the environment\"\nusers = [\"*\"]\ntools = [\"get-env\"]",
+        "[[rule]]\nname = \"nobody reads the environment\"\nusers = [\"*\"]\ntools = [\"get-env\", \"echo\"]",
+        1,
+    );
+    assert_ne!(denied_echo, POLICY);
+    std::fs::write(dir.path().join("policy.toml"), denied_echo).unwrap();
+    let mut id = 10;
+    loop {
+        id += 1;
+        let (_, _, answer) = post(
+            &p,
+            &u.bob,
+            Some(&bob),
+            &[],
+            &call(id, "echo", json!({"message": "x"})),
+        )
+        .await;
+        if answer["error"]["code"] == -32001 {
+            assert_denied(&answer, "nobody reads the environment");
+            break;
+        }
+        assert!(id < 200, "the new policy never took effect: {answer}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let text = in_flight.await.unwrap();
+    assert!(text.contains("Long running operation completed"), "{text}");
+
+    // A file that no longer parses keeps the last good policy.
+    std::fs::write(dir.path().join("policy.toml"), "[[rule]]\nusers = 3\n").unwrap();
+    let (_, _, answer) = post(
+        &p,
+        &u.bob,
+        Some(&bob),
+        &[],
+        &call(300, "echo", json!({"message": "x"})),
+    )
+    .await;
+    assert_denied(&answer, "nobody reads the environment");
+}
+
+#[tokio::test]
+async fn with_audit_fail_closed_calls_stop_while_the_log_cannot_be_written() {
+    // /dev/full takes the open and refuses every write (ENOSPC).
+    let p = start_proxy(&[
+        "--audit-log",
+        "/dev/full",
+        "--audit-fail-closed",
+        "--",
+        "node",
+        EVERYTHING,
+        "stdio",
+    ])
+    .await;
+    let u = users(&p).await;
+    let bob = session(&p, &u.bob).await;
+    let mut id = 0;
+    let answer = loop {
+        id += 1;
+        let (status, _, answer) = post(
+            &p,
+            &u.bob,
+            Some(&bob),
+            &[],
+            &call(id, "echo", json!({"message": "x"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        if answer.get("error").is_some() {
+            break answer;
+        }
+        assert!(id < 100, "calls were never refused");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(answer["error"]["code"], -32002, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("audit log"),
+        "{answer}"
+    );
+    // Without a policy, lists are not touched.
+    assert!(
+        tool_names(&p, &u.bob, Some(&bob), 500)
+            .await
+            .contains(&"get-env".to_string())
+    );
+}
