@@ -47,6 +47,7 @@ trap cleanup EXIT
 FAST=$(free_port); NGINX_FAST=$(free_port); NGINX_EVERY=$(free_port); EVERY=$(free_port)
 PROXY_FAST=$(free_port); PROXY_EVERY=$(free_port); PROXY_GENERAL=$(free_port)
 NGINX_LOGGED=$(free_port); PROXY_DEFAULT=$(free_port)
+PROXY_POLICY=$(free_port); PROXY_AUDIT=$(free_port)
 
 # --- upstreams and nginx -------------------------------------------------------------
 # Two nginx instances, one worker each: the fast upstream, and nginx as the reverse proxy
@@ -130,6 +131,8 @@ start_proxy "$PROXY_EVERY" "http://127.0.0.1:$EVERY/mcp" "$work/data-every"; PRO
 DEFAULT_LOG=1 start_proxy "$PROXY_DEFAULT" "http://127.0.0.1:$FAST/mcp" "$work/data-default"
 # The same proxy without its HTTP/1 fast lane: every request through hyper and the router.
 start_proxy "$PROXY_GENERAL" "http://127.0.0.1:$FAST/mcp" "$work/data-general" --no-fast-lane
+start_proxy "$PROXY_POLICY" "http://127.0.0.1:$FAST/mcp" "$work/data-policy" --policy-file bench/policy-20.toml
+start_proxy "$PROXY_AUDIT" "http://127.0.0.1:$FAST/mcp" "$work/data-audit" --audit-log "$work/audit.jsonl"
 BASELINE=${BENCH_BASELINE:-}
 if [ -n "$BASELINE" ]; then
   [ -x "$BASELINE" ] || { echo "BENCH_BASELINE=$BASELINE is not an executable" >&2; exit 1; }
@@ -165,12 +168,14 @@ if [ -n "$PG_BIN" ] && [ "${BENCH_POSTGRES:-1}" = 1 ]; then
   unset REPOSITORY_DSN ENCRYPTION_KEY
 fi
 
-for p in $FAST $NGINX_FAST $NGINX_LOGGED $NGINX_EVERY $EVERY $PROXY_FAST $PROXY_DEFAULT $PROXY_EVERY $PROXY_GENERAL ${PROXY_BASELINE:-} ${PROXY_PG:-} ${STORE_SLED:-} ${STORE_PG:-}; do wait_port "$p"; done
+for p in $FAST $NGINX_FAST $NGINX_LOGGED $NGINX_EVERY $EVERY $PROXY_FAST $PROXY_DEFAULT $PROXY_EVERY $PROXY_GENERAL $PROXY_POLICY $PROXY_AUDIT ${PROXY_BASELINE:-} ${PROXY_PG:-} ${STORE_SLED:-} ${STORE_PG:-}; do wait_port "$p"; done
 
 TOKEN_FAST=$(node bench/token.mjs "http://127.0.0.1:$PROXY_FAST" "$PASSWORD")
 TOKEN_EVERY=$(node bench/token.mjs "http://127.0.0.1:$PROXY_EVERY" "$PASSWORD")
 TOKEN_GENERAL=$(node bench/token.mjs "http://127.0.0.1:$PROXY_GENERAL" "$PASSWORD")
 TOKEN_DEFAULT=$(node bench/token.mjs "http://127.0.0.1:$PROXY_DEFAULT" "$PASSWORD")
+TOKEN_POLICY=$(node bench/token.mjs "http://127.0.0.1:$PROXY_POLICY" "$PASSWORD")
+TOKEN_AUDIT=$(node bench/token.mjs "http://127.0.0.1:$PROXY_AUDIT" "$PASSWORD")
 [ -z "$BASELINE" ] || TOKEN_BASELINE=$(node bench/token.mjs "http://127.0.0.1:$PROXY_BASELINE" "$PASSWORD")
 [ -z "${PROXY_PG:-}" ] || TOKEN_PG=$(node bench/token.mjs "http://127.0.0.1:$PROXY_PG" "$PASSWORD")
 
@@ -203,6 +208,8 @@ targets=(
   "fast:nginx, access log on|http://127.0.0.1:$NGINX_LOGGED/mcp||"
   "fast:mcp-auth-proxy as installed (request log on)|http://127.0.0.1:$PROXY_DEFAULT/mcp|Bearer $TOKEN_DEFAULT|"
   "fast:mcp-auth-proxy --no-fast-lane|http://127.0.0.1:$PROXY_GENERAL/mcp|Bearer $TOKEN_GENERAL|"
+  "fast:mcp-auth-proxy, 20-rule policy|http://127.0.0.1:$PROXY_POLICY/mcp|Bearer $TOKEN_POLICY|"
+  "fast:mcp-auth-proxy, audit log on|http://127.0.0.1:$PROXY_AUDIT/mcp|Bearer $TOKEN_AUDIT|"
   "everything:direct|http://127.0.0.1:$EVERY/mcp||$SID_DIRECT"
   "everything:nginx|http://127.0.0.1:$NGINX_EVERY/mcp||$SID_NGINX"
   "everything:mcp-auth-proxy|http://127.0.0.1:$PROXY_EVERY/mcp|Bearer $TOKEN_EVERY|$SID_PROXY"

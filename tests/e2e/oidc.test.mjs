@@ -8,10 +8,10 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import Provider from 'oidc-provider';
 import { chromium } from 'playwright-core';
 
 import { Browser, ROOT, freePorts, startEverything, startProxy } from './harness.mjs';
+import { startIdp } from './idp.mjs';
 import { TestProvider, connect } from './sdk-client.mjs';
 
 const ACCOUNTS = {
@@ -21,7 +21,6 @@ const ACCOUNTS = {
 };
 
 let idp;
-let idpServer;
 let everything;
 let proxy;
 // A second proxy with every sign-in method, for the pages in Chromium.
@@ -30,41 +29,9 @@ let pagesProxy;
 before(async () => {
   everything = await startEverything();
   const [idpPort, proxyPort, pagesPort] = await freePorts(3);
-  const issuer = `http://127.0.0.1:${idpPort}`;
-  idp = new Provider(issuer, {
-    clients: [
-      {
-        client_id: 'mcp-auth-proxy',
-        client_secret: 'a-secret-shared-with-the-proxy',
-        redirect_uris: [proxyPort, pagesPort].map((p) => `http://127.0.0.1:${p}/.auth/oidc/callback`),
-        token_endpoint_auth_method: 'client_secret_basic',
-      },
-    ],
-    async findAccount(_ctx, id) {
-      const a = ACCOUNTS[id];
-      if (!a) return undefined;
-      return {
-        accountId: id,
-        async claims() {
-          return { sub: id, email: a.email, email_verified: true, name: `${id} (test)`, groups: a.groups };
-        },
-      };
-    },
-    claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'], groups: ['groups'] },
-    scopes: ['openid', 'email', 'profile', 'groups'],
-    cookies: { keys: ['e2e-cookie-key'] },
-    features: { devInteractions: { enabled: true } },
-  });
-  idp.proxy = false;
-  await new Promise((resolve) => {
-    idpServer = idp.listen(idpPort, '127.0.0.1', resolve);
-  });
-  idp.issuerOrigin = issuer;
+  idp = await startIdp(idpPort, ACCOUNTS, [proxyPort, pagesPort]);
   const oidcArgs = [
-    '--oidc-configuration-url', `${issuer}/.well-known/openid-configuration`,
-    '--oidc-client-id', 'mcp-auth-proxy',
-    '--oidc-client-secret', 'a-secret-shared-with-the-proxy',
-    '--oidc-scopes', 'openid,email,profile,groups',
+    ...idp.args,
     '--oidc-allowed-users', 'ann@example.com',
     '--oidc-allowed-attributes', '/groups=admins',
     '--oidc-provider-name', 'Example SSO',
@@ -86,12 +53,12 @@ before(async () => {
 after(async () => {
   await pagesProxy?.stop();
   await proxy?.stop();
-  await new Promise((resolve) => (idpServer ? idpServer.close(resolve) : resolve()));
+  await idp?.stop();
   await everything?.stop();
 });
 
 function signInAs(login) {
-  return new TestProvider(new Browser(), { idp: { origin: idp.issuerOrigin, login } });
+  return new TestProvider(new Browser(), { idp: { origin: idp.issuer, login } });
 }
 
 test('an allowed user signs in at the OpenID provider and calls a tool', async () => {
@@ -120,7 +87,7 @@ test('a member of an allowed group is admitted by the attribute rule', async () 
 
 /** Submits the provider's remaining pages (its consent) until the browser is back with us. */
 async function leaveProvider(page) {
-  for (let i = 0; i < 3 && page.url().startsWith(idp.issuerOrigin); i++) {
+  for (let i = 0; i < 3 && page.url().startsWith(idp.issuer); i++) {
     await page.locator('button[type=submit]').first().click();
   }
 }
