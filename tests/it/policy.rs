@@ -557,3 +557,78 @@ async fn with_audit_fail_closed_calls_stop_while_the_log_cannot_be_written() {
             .contains(&"get-env".to_string())
     );
 }
+
+/// The authorization server's side of step-up: a scope the policy names is advertised,
+/// described on the consent page in the file's words, and granted to those the policy names;
+/// for anyone else it is dropped (no description, not in the token).
+#[tokio::test]
+async fn a_step_up_scope_is_consented_in_words_and_granted_only_to_those_named() {
+    use crate::flow::{Browser, OAuthClient, query, token};
+    for (holder, granted) in [("provider:password", true), ("oidc:bob", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(
+            &policy,
+            format!(
+                "[[rule]]\nusers = [\"{holder}\"]\ntools = [\"*\"]\neffect = \"allow\"\nscope = \"mcp:write\"\n\n[scopes.\"mcp:write\"]\ndescription = \"Change things on the server\"\n"
+            ),
+        )
+        .unwrap();
+        let p = start_proxy(&[
+            "--policy-file",
+            policy.to_str().unwrap(),
+            "--",
+            "node",
+            EVERYTHING,
+            "stdio",
+        ])
+        .await;
+        let t = p.target();
+        for doc in [
+            "/.well-known/oauth-authorization-server",
+            "/.well-known/oauth-protected-resource/mcp",
+        ] {
+            let meta = crate::helpers::get_json(p.url(doc)).await;
+            assert!(
+                meta["scopes_supported"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("mcp:write")),
+                "{doc}: {meta}"
+            );
+        }
+        let oauth = OAuthClient::public(&t).await;
+        let browser = Browser::new();
+        let url = oauth.auth_url(&t, &[("scope", "mcp mcp:write")]);
+        // Sign in, then look at the consent page before approving it.
+        let login = browser.http.get(&url).send().await.unwrap();
+        let login = browser.follow(&t, &login).await;
+        let consent = browser
+            .post_form(
+                &t,
+                "/.auth/login",
+                &login,
+                &[("password", crate::helpers::TEST_PASSWORD)],
+            )
+            .await;
+        let page = browser.follow(&t, &consent).await;
+        assert!(page.contains("name=\"decision\""), "{page}");
+        assert_eq!(
+            page.contains("Change things on the server (permission “mcp:write”)"),
+            granted,
+            "{page}"
+        );
+        let back = browser
+            .authorize(&t, &url, crate::helpers::TEST_PASSWORD, "approve")
+            .await;
+        let code = query(&back, "code").expect("a code");
+        let answer: Value = token(&t, &oauth.code_params(&code, &[]))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let scopes: Vec<&str> = answer["scope"].as_str().unwrap().split(' ').collect();
+        assert_eq!(scopes.contains(&"mcp:write"), granted, "{answer}");
+        assert!(scopes.contains(&"mcp"), "{answer}");
+    }
+}
