@@ -219,12 +219,16 @@ fn events(
     struct State {
         inner: axum::body::BodyDataStream,
         buf: Vec<u8>,
+        /// How much of `buf` is known to hold no event's end (so a long event arriving in
+        /// many chunks is scanned once, not once per chunk).
+        scanned: usize,
         watcher: Watcher,
         done: bool,
     }
     let state = State {
         inner: body.into_data_stream(),
         buf: Vec::new(),
+        scanned: 0,
         watcher,
         done: false,
     };
@@ -232,9 +236,13 @@ fn events(
         loop {
             if st.watcher.idle() && !st.buf.is_empty() {
                 // Nothing more to look for: the rest goes as it comes.
+                st.scanned = 0;
                 return Some((Ok(Bytes::from(std::mem::take(&mut st.buf))), st));
             }
-            if let Some(end) = event_end(&st.buf) {
+            // An end straddling the last scan starts at most 3 bytes before its end.
+            let from = st.scanned.saturating_sub(3).min(st.buf.len());
+            if let Some(end) = event_end(&st.buf[from..]).map(|e| e + from) {
+                st.scanned = 0;
                 let event: Vec<u8> = st.buf.drain(..end).collect();
                 let out = rewrite(&event, &mut st.watcher).unwrap_or(event);
                 return Some((Ok(Bytes::from(out)), st));
@@ -243,6 +251,7 @@ fn events(
                 if st.buf.is_empty() {
                     return None;
                 }
+                st.scanned = 0;
                 return Some((Ok(Bytes::from(std::mem::take(&mut st.buf))), st));
             }
             if st.buf.len() > MAX_ANSWER {
@@ -259,7 +268,10 @@ fn events(
                 Some(Ok(chunk)) if st.watcher.idle() && st.buf.is_empty() => {
                     return Some((Ok(chunk), st));
                 }
-                Some(Ok(chunk)) => st.buf.extend_from_slice(&chunk),
+                Some(Ok(chunk)) => {
+                    st.scanned = st.buf.len();
+                    st.buf.extend_from_slice(&chunk);
+                }
                 Some(Err(e)) => {
                     st.done = true;
                     return Some((Err(e), st));
@@ -327,6 +339,66 @@ mod tests {
         assert_eq!(event_end(b"data: 1\n\ndata: 2"), Some(9));
         assert_eq!(event_end(b"id: 3\r\ndata: 1\r\n\r\n"), Some(18));
         assert_eq!(event_end(b"data: 1\n"), None);
+    }
+
+    /// An SSE answer cut into one-byte chunks: the list event is found across them, filtered,
+    /// and everything around it passes unchanged.
+    #[tokio::test]
+    async fn an_sse_list_answer_is_filtered_however_it_is_cut() {
+        use serde_json::json;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        std::fs::write(
+            &path,
+            "[[rule]]\nusers = [\"*\"]\ntools = [\"secret_*\"]\neffect = \"deny\"\n[[rule]]\nusers = [\"*\"]\neffect = \"allow\"\n",
+        )
+        .unwrap();
+        let policy = crate::policy::PolicyFile::load(&path).unwrap();
+        let relay = Relay::new(
+            Some(policy.clone()),
+            None,
+            crate::clock::Clock::system(),
+            Default::default(),
+        )
+        .unwrap();
+        let list = json!({"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"echo"},{"name":"secret_sauce"}]}});
+        let body = format!(
+            ": comment\n\nevent: message\r\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}}\r\n\r\nid: 3\nevent: message\ndata: {list}\n\ndata: after\n\n"
+        );
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            body.bytes().map(|b| Ok(Bytes::from(vec![b]))).collect();
+        let watcher = Watcher {
+            relay,
+            who: Who::default(),
+            context: Context {
+                who: "password:admin".into(),
+                client_id: "c".into(),
+                client_name: None,
+                session: None,
+                era: "2025",
+                key: "k".into(),
+            },
+            policy: Some(policy.current()),
+            pending: Vec::new(),
+            lists: vec![(json!(7), Kind::Tool)],
+            by_shape: false,
+            started: Instant::now(),
+        };
+        let out: Vec<Bytes> = events(
+            Body::from_stream(futures_util::stream::iter(chunks)),
+            watcher,
+        )
+        .map(|c| c.unwrap())
+        .collect()
+        .await;
+        let out = String::from_utf8(out.concat()).unwrap();
+        let filtered = json!({"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"echo"}]}});
+        assert_eq!(
+            out,
+            format!(
+                ": comment\n\nevent: message\r\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}}\r\n\r\nid: 3\nevent: message\ndata: {filtered}\n\ndata: after\n\n"
+            )
+        );
     }
 
     #[test]
