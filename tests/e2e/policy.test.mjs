@@ -6,56 +6,33 @@
 // answers such a 403 with a refresh, which cannot widen a grant: it then gives up.)
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
 import { UnauthorizedError as ModernUnauthorized } from '@modelcontextprotocol/client';
 import { auth } from '@modelcontextprotocol/sdk/client/auth.js';
 
-import { Browser, everythingStdio, freePorts, startEverything, startProxy } from './harness.mjs';
+import { Browser, ROOT, everythingStdio, freePorts, startEverything, startProxy } from './harness.mjs';
 import { startIdp } from './idp.mjs';
 import { TestProvider, connect, connectModern } from './sdk-client.mjs';
 
 const ACCOUNTS = {
   ann: { email: 'ann@example.com', groups: ['staff'] },
-  bob: { email: 'bob@example.com', groups: ['staff', 'admins'] },
+  bob: { email: 'bob@example.com', groups: ['staff', 'writers'] },
 };
 
-const POLICY = `
-[[rule]]
-name = "admins change things"
-users = ["group:admins"]
-tools = ["*"]
-annotations = { readOnlyHint = false }
-effect = "allow"
-scope = "mcp:write"
+// The same policy as the Rust suite's: writers may change things with mcp:write.
+const POLICY = path.join(ROOT, 'tests/fixtures/policy.toml');
 
-[[rule]]
-name = "everyone reads"
-users = ["*"]
-tools = ["*"]
-annotations = { readOnlyHint = true }
-effect = "allow"
-
-[scopes."mcp:write"]
-description = "Change things on the MCP server"
-`;
-
-let dir;
 let idp;
 let everything;
 const proxies = {};
 
 before(async () => {
-  dir = mkdtempSync(path.join(os.tmpdir(), 'policy-e2e-'));
-  const policy = path.join(dir, 'policy.toml');
-  writeFileSync(policy, POLICY);
   everything = await startEverything();
   const [idpPort, stdioPort, httpPort] = await freePorts(3);
   idp = await startIdp(idpPort, ACCOUNTS, [stdioPort, httpPort]);
-  const args = [...idp.args, '--oidc-allowed-attributes', '/groups=staff', '--policy-file', policy];
+  const args = [...idp.args, '--oidc-allowed-attributes', '/groups=staff', '--policy-file', POLICY];
   proxies.stdio = await startProxy({ command: everythingStdio(), password: null, port: stdioPort, args });
   proxies.http = await startProxy({ backend: everything.url, password: null, port: httpPort, args });
 });
@@ -64,7 +41,6 @@ after(async () => {
   for (const p of Object.values(proxies)) await p.stop();
   await idp?.stop();
   await everything?.stop();
-  rmSync(dir, { recursive: true, force: true });
 });
 
 const signInAs = (login) => new TestProvider(new Browser(), { idp: { origin: idp.issuer, login } });

@@ -17,37 +17,8 @@ const EVERYTHING: &str = concat!(
     "/tests/e2e/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 );
 
-const POLICY: &str = r#"
-[[rule]]
-name = "nobody reads the environment"
-users = ["*"]
-tools = ["get-env"]
-effect = "deny"
-
-[[rule]]
-name = "writers change things"
-users = ["group:writers"]
-tools = ["*"]
-annotations = { readOnlyHint = false }
-effect = "allow"
-scope = "mcp:write"
-
-[[rule]]
-name = "everyone reads"
-users = ["*"]
-tools = ["*"]
-annotations = { readOnlyHint = true }
-effect = "allow"
-
-[[rule]]
-users = ["*"]
-prompts = ["*"]
-resources = ["*"]
-effect = "allow"
-
-[scopes."mcp:write"]
-description = "Change things on the server"
-"#;
+/// The policy of these tests and of the e2e suite's (`tests/e2e/policy.test.mjs`).
+const POLICY: &str = include_str!("../fixtures/policy.toml");
 
 /// A planted secret that must never reach the audit log in `digest` mode.
 const SECRET: &str = "s3cret-planted-in-arguments";
@@ -158,22 +129,9 @@ async fn post(
 
 /// Opens an initialized 2025-06-18 session; returns its id.
 async fn session(p: &TestProxy, token: &str) -> String {
-    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"policy-test","version":"1"}}});
-    let resp = client()
-        .post(p.url("/mcp"))
-        .bearer_auth(token)
-        .header(header::ACCEPT, "application/json, text/event-stream")
-        .json(&init)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let sid = resp.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let (sid, _) = crate::stdio::open_session(p, token).await;
     let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
-    let (status, _, _) = post(p, token, Some(&sid), &[], &initialized).await;
+    let status = crate::stdio::notify(p, token, &sid, initialized).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     sid
 }
@@ -192,6 +150,19 @@ async fn tool_names(p: &TestProxy, token: &str, sid: Option<&str>, id: u64) -> V
 
 fn call(id: u64, tool: &str, arguments: Value) -> Value {
     json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":arguments}})
+}
+
+/// `echo` called in session `sid`; returns the status and the answer.
+async fn echo(p: &TestProxy, token: &str, sid: &str, id: u64) -> (StatusCode, Value) {
+    let (status, _, answer) = post(
+        p,
+        token,
+        Some(sid),
+        &[],
+        &call(id, "echo", json!({"message": "x"})),
+    )
+    .await;
+    (status, answer)
 }
 
 /// The audit log's records once it holds `n` of them.
@@ -478,14 +449,7 @@ async fn the_policy_is_reloaded_while_calls_are_in_flight() {
     let mut id = 10;
     loop {
         id += 1;
-        let (_, _, answer) = post(
-            &p,
-            &u.bob,
-            Some(&bob),
-            &[],
-            &call(id, "echo", json!({"message": "x"})),
-        )
-        .await;
+        let (_, answer) = echo(&p, &u.bob, &bob, id).await;
         if answer["error"]["code"] == -32001 {
             assert_denied(&answer, "nobody reads the environment");
             break;
@@ -498,14 +462,7 @@ async fn the_policy_is_reloaded_while_calls_are_in_flight() {
 
     // A file that no longer parses keeps the last good policy.
     std::fs::write(dir.path().join("policy.toml"), "[[rule]]\nusers = 3\n").unwrap();
-    let (_, _, answer) = post(
-        &p,
-        &u.bob,
-        Some(&bob),
-        &[],
-        &call(300, "echo", json!({"message": "x"})),
-    )
-    .await;
+    let (_, answer) = echo(&p, &u.bob, &bob, 300).await;
     assert_denied(&answer, "nobody reads the environment");
 }
 
@@ -527,14 +484,7 @@ async fn with_audit_fail_closed_calls_stop_while_the_log_cannot_be_written() {
     let mut id = 0;
     let answer = loop {
         id += 1;
-        let (status, _, answer) = post(
-            &p,
-            &u.bob,
-            Some(&bob),
-            &[],
-            &call(id, "echo", json!({"message": "x"})),
-        )
-        .await;
+        let (status, answer) = echo(&p, &u.bob, &bob, id).await;
         assert_eq!(status, StatusCode::OK);
         if answer.get("error").is_some() {
             break answer;

@@ -27,8 +27,18 @@ pub fn init_body(id: u64) -> String {
     json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}).to_string()
 }
 
-/// Creates a session; returns its id.
+/// Creates a session of the fixture; returns its id.
 pub async fn initialize(p: &TestProxy, token: &str) -> String {
+    let (sid, body) = open_session(p, token).await;
+    assert_eq!(
+        body["result"]["serverInfo"]["name"], "misbehaving",
+        "answered despite the garbage before it"
+    );
+    sid
+}
+
+/// Sends `initialize` without a session; returns the new session's id and the answer.
+pub async fn open_session(p: &TestProxy, token: &str) -> (String, Value) {
     let resp = client()
         .post(p.url("/mcp"))
         .bearer_auth(token)
@@ -44,11 +54,7 @@ pub async fn initialize(p: &TestProxy, token: &str) -> String {
         .unwrap()
         .to_string();
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(
-        body["result"]["serverInfo"]["name"], "misbehaving",
-        "answered despite the garbage before it"
-    );
-    sid
+    (sid, body)
 }
 
 /// A POST of `body` on session `sid` of the MCP endpoint at `url`, as a 2025-06-18 client
