@@ -582,3 +582,117 @@ async fn a_step_up_scope_is_consented_in_words_and_granted_only_to_those_named()
         assert!(scopes.contains(&"mcp"), "{answer}");
     }
 }
+
+/// Prompts and resources are judged and listed like tools, and every decision is counted.
+#[tokio::test]
+async fn prompts_and_resources_are_judged_and_listed_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    let refused = "demo://resource/static/document/instructions.md";
+    std::fs::write(
+        &policy,
+        format!(
+            "default = \"allow\"\n[[rule]]\nname = \"no argued prompts\"\nusers = [\"*\"]\nprompts = [\"args-*\"]\neffect = \"deny\"\n\n[[rule]]\nname = \"no instructions\"\nusers = [\"*\"]\nresources = [\"{refused}\"]\neffect = \"deny\"\n"
+        ),
+    )
+    .unwrap();
+    let p = start_proxy(&[
+        "--policy-file",
+        policy.to_str().unwrap(),
+        "--",
+        "node",
+        EVERYTHING,
+        "stdio",
+    ])
+    .await;
+    let u = users(&p).await;
+    let sid = session(&p, &u.bob).await;
+    let listed = |answer: &Value, member: &str, key: &str| -> Vec<String> {
+        answer["result"][member]
+            .as_array()
+            .unwrap_or_else(|| panic!("{answer}"))
+            .iter()
+            .map(|i| i[key].as_str().unwrap().to_string())
+            .collect()
+    };
+    let rpc = |id: u64, method: &str, params: Value| json!({"jsonrpc":"2.0","id":id,"method":method,"params":params});
+
+    let (_, _, prompts) = post(
+        &p,
+        &u.bob,
+        Some(&sid),
+        &[],
+        &rpc(1, "prompts/list", json!({})),
+    )
+    .await;
+    let prompts = listed(&prompts, "prompts", "name");
+    assert!(
+        prompts.contains(&"simple-prompt".to_string()),
+        "{prompts:?}"
+    );
+    assert!(!prompts.contains(&"args-prompt".to_string()), "{prompts:?}");
+    let (_, _, answer) = post(
+        &p,
+        &u.bob,
+        Some(&sid),
+        &[],
+        &rpc(
+            2,
+            "prompts/get",
+            json!({"name": "args-prompt", "arguments": {"city": "x"}}),
+        ),
+    )
+    .await;
+    assert_denied(&answer, "no argued prompts");
+    let (_, _, answer) = post(
+        &p,
+        &u.bob,
+        Some(&sid),
+        &[],
+        &rpc(3, "prompts/get", json!({"name": "simple-prompt"})),
+    )
+    .await;
+    assert!(answer["result"]["messages"].is_array(), "{answer}");
+
+    let (_, _, resources) = post(
+        &p,
+        &u.bob,
+        Some(&sid),
+        &[],
+        &rpc(4, "resources/list", json!({})),
+    )
+    .await;
+    let resources = listed(&resources, "resources", "uri");
+    assert!(
+        !resources.is_empty() && !resources.contains(&refused.to_string()),
+        "{resources:?}"
+    );
+    let (_, _, answer) = post(
+        &p,
+        &u.bob,
+        Some(&sid),
+        &[],
+        &rpc(5, "resources/read", json!({"uri": refused})),
+    )
+    .await;
+    assert_denied(&answer, "no instructions");
+    let (_, _, answer) = post(
+        &p,
+        &u.bob,
+        Some(&sid),
+        &[],
+        &rpc(6, "resources/read", json!({"uri": resources[0]})),
+    )
+    .await;
+    assert!(answer["result"]["contents"].is_array(), "{answer}");
+
+    let metrics = p.state.metrics().render();
+    assert!(
+        metrics.contains("policy_decisions_total{event=\"deny\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("policy_decisions_total{event=\"allow\"} 2"),
+        "{metrics}"
+    );
+}
