@@ -2,6 +2,7 @@
 //! (RFC 8414, RFC 9728), dynamic registration (RFC 7591/7592), the authorization endpoint
 //! with PKCE and consent, client ID metadata documents, the token endpoint, revocation (RFC 7009).
 
+pub mod apps;
 pub mod authorize;
 pub mod cimd;
 pub mod clients;

@@ -178,6 +178,18 @@ pub fn router(state: AppState) -> Router {
         .route(LOGOUT_PATH, get(login::logout_get).post(login::logout_post))
         .route(CONSENT_PATH, get(consent_get).post(consent_post))
         .route(
+            crate::web::flow::APPS_PATH,
+            get(crate::oauth::apps::apps_get),
+        )
+        .route(
+            crate::oauth::apps::REVOKE_PATH,
+            get(crate::oauth::apps::revoke_get).post(crate::oauth::apps::revoke_post),
+        )
+        .route(
+            crate::oauth::apps::SIGN_OUT_EVERYWHERE_PATH,
+            post(crate::oauth::apps::sign_out_everywhere),
+        )
+        .route(
             "/.auth/static/style.css",
             get(crate::web::pages::stylesheet),
         )

@@ -232,6 +232,22 @@ impl Repo {
         Ok(hashes)
     }
 
+    /// When the newest live token of a grant was issued (`None`: it has none left).
+    pub async fn grant_last_issued(&self, grant_id: &str) -> Result<Option<UnixTime>, StoreError> {
+        let mut prefix = grant_id.as_bytes().to_vec();
+        prefix.push(0);
+        let mut newest = None;
+        for (key, _) in self.store.scan_prefix(Table::GrantTokens, &prefix).await? {
+            let Some(hash) = key.get(prefix.len()..) else {
+                continue;
+            };
+            if let Some(token) = self.get::<TokenRecord>(hash).await? {
+                newest = newest.max(Some(token.issued_at));
+            }
+        }
+        Ok(newest)
+    }
+
     /// Deletes one token and tells the other processes on the store.
     pub async fn revoke_token(&self, hash: &TokenHash) -> Result<(), StoreError> {
         self.store.take(Table::Tokens, &hash.0).await?;

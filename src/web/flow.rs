@@ -11,6 +11,9 @@ pub const LOGOUT_PATH: &str = "/.auth/logout";
 /// The consent page.
 pub const CONSENT_PATH: &str = "/.auth/consent";
 
+/// A signed-in person's connected apps.
+pub const APPS_PATH: &str = "/.auth/apps";
+
 /// How long a person has to sign in and consent.
 pub const REQUEST_TTL: u64 = 15 * 60;
 

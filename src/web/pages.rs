@@ -64,6 +64,37 @@ pub struct SignedInPage<'a> {
     pub csrf: &'a str,
 }
 
+/// One app on the connected-apps page.
+pub struct ConnectedApp {
+    pub grant_id: String,
+    pub client_id: String,
+    pub client_name: String,
+    pub granted: String,
+    pub last_active: String,
+    pub redirect_hosts: Vec<String>,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "apps.html")]
+pub struct AppsPage<'a> {
+    pub site_name: &'a str,
+    pub user: &'a str,
+    pub apps: Vec<ConnectedApp>,
+    pub notice: Option<&'a str>,
+    pub csrf: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "apps_revoke.html")]
+pub struct RevokeAppPage<'a> {
+    pub site_name: &'a str,
+    pub user: &'a str,
+    pub client_name: &'a str,
+    pub grant_id: &'a str,
+    pub csrf: &'a str,
+}
+
 #[derive(Template)]
 #[template(path = "home.html")]
 pub struct HomePage<'a> {

@@ -32,8 +32,9 @@ enum Problem {
         title: &'static str,
         message: String,
     },
-    /// The pending authorization request `req` needs a signed-in person first.
-    SignInFirst { req: String },
+    /// The pending authorization request `req` (or a page of the person's own, `None`)
+    /// needs a signed-in person first.
+    SignInFirst { req: Option<String> },
 }
 
 impl PageRefusal {
@@ -71,8 +72,14 @@ impl PageRefusal {
     }
 
     pub fn sign_in_first(site_name: String, req: &str) -> Self {
-        let req = req.to_string();
+        let req = Some(req.to_string());
         Self::new(site_name, Problem::SignInFirst { req })
+    }
+
+    /// A page of the person's own (their connected apps) asked for before signing in: the
+    /// sign-in page, which links back once they are in.
+    pub fn sign_in_to_see(site_name: String) -> Self {
+        Self::new(site_name, Problem::SignInFirst { req: None })
     }
 
     fn new(site_name: String, problem: Problem) -> Self {
@@ -110,7 +117,10 @@ impl IntoResponse for PageRefusal {
             ),
             Problem::Stated { title, message, .. } => (title, message),
             Problem::SignInFirst { req } => {
-                return see_other(&sign_in_for(req), FormTarget::SelfOnly);
+                let to = req
+                    .as_deref()
+                    .map_or_else(|| super::flow::LOGIN_PATH.to_string(), sign_in_for);
+                return see_other(&to, FormTarget::SelfOnly);
             }
         };
         error_page(&self.site_name, status, title, message)

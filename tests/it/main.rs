@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod acme;
+mod apps;
 mod attacks;
 mod bounds;
 mod chaos;

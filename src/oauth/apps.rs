@@ -1,0 +1,285 @@
+//! "Your connected apps" (`/.auth/apps`): every app a signed-in person allowed to use the MCP
+//! server as them — when, with which scopes, when it last got a token, where it sends them
+//! back — with a way to take access back (after a confirmation: the grant, its access and
+//! refresh tokens, and the remembered consent, so the app must ask again) and to sign out of
+//! every browser at once. Every form carries the CSRF token; only the grant's own person may
+//! revoke it.
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::AuthServer;
+use super::consent::redirect_host;
+use super::describe_scope;
+use crate::clock::UnixTime;
+use crate::login::{display_name, form_post, site_name, unavailable};
+use crate::store::{ClientRecord, ConsentRecord, GrantRecord, SessionRecord};
+use crate::web::flow::{APPS_PATH, LOGIN_PATH};
+use crate::web::form::Params;
+use crate::web::pages::{AppsPage, ConnectedApp, FormTarget, RevokeAppPage, page, see_other};
+use crate::web::refusal::PageRefusal;
+use crate::web::session::{csrf_cookie, csrf_token};
+
+/// The confirmation page and the revocation.
+pub const REVOKE_PATH: &str = "/.auth/apps/revoke";
+/// Ending every browser session of the person.
+pub const SIGN_OUT_EVERYWHERE_PATH: &str = "/.auth/apps/sign-out-everywhere";
+
+/// The signed-in person of this browser (still admitted by today's configuration), or the
+/// sign-in page.
+async fn signed_in(app: &AuthServer, headers: &HeaderMap) -> Result<SessionRecord, PageRefusal> {
+    let session = crate::web::session::current(&app.repo, &app.authn.cookies, headers)
+        .await
+        .map_err(unavailable(app))?;
+    match session {
+        Some(s) if crate::login::session_admitted(app, &s).await => Ok(s),
+        _ => Err(PageRefusal::sign_in_to_see(site_name(app))),
+    }
+}
+
+/// A time as people read it (UTC), or a dash.
+fn when(t: Option<UnixTime>) -> String {
+    match t {
+        Some(secs) => {
+            httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        }
+        None => "—".into(),
+    }
+}
+
+/// The grants of `subject`, newest first.
+async fn grants_of(app: &AuthServer, subject: &str) -> Result<Vec<GrantRecord>, PageRefusal> {
+    let mut grants: Vec<GrantRecord> = app
+        .repo
+        .scan::<GrantRecord>(b"")
+        .await
+        .map_err(unavailable(app))?
+        .into_iter()
+        .map(|(_, g)| g)
+        .filter(|g| g.identity.subject() == subject)
+        .collect();
+    grants.sort_by_key(|g| std::cmp::Reverse(g.created_at));
+    Ok(grants)
+}
+
+/// A client's name as the consent page showed it.
+async fn client_name(app: &AuthServer, client_id: &str) -> String {
+    match app.repo.get::<ClientRecord>(client_id.as_bytes()).await {
+        Ok(Some(c)) => c.client_name.unwrap_or(c.client_id),
+        _ => client_id.to_string(),
+    }
+}
+
+/// The remembered consents of `subject`: (key, client id, redirect URI).
+async fn consents_of(
+    app: &AuthServer,
+    subject: &str,
+) -> Result<Vec<(Vec<u8>, String, String)>, PageRefusal> {
+    let mut prefix = subject.as_bytes().to_vec();
+    prefix.push(0);
+    let found = app
+        .repo
+        .scan::<ConsentRecord>(&prefix)
+        .await
+        .map_err(unavailable(app))?;
+    Ok(found
+        .into_iter()
+        .map(|(key, c)| {
+            let uri = key
+                .get(prefix.len() + c.client_id.len() + 1..)
+                .map(|u| String::from_utf8_lossy(u).into_owned())
+                .unwrap_or_default();
+            (key, c.client_id, uri)
+        })
+        .collect())
+}
+
+/// `GET /.auth/apps`.
+pub async fn apps_get(
+    State(app): State<AuthServer>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, PageRefusal> {
+    let session = signed_in(&app, &headers).await?;
+    let subject = session.identity.subject();
+    let consents = consents_of(&app, &subject).await?;
+    let mut apps = Vec::new();
+    for grant in grants_of(&app, &subject).await? {
+        let last = app
+            .repo
+            .grant_last_issued(&grant.grant_id)
+            .await
+            .map_err(unavailable(&app))?;
+        let mut redirect_hosts: Vec<String> = consents
+            .iter()
+            .filter(|(_, client, _)| *client == grant.client_id)
+            .map(|(_, _, uri)| redirect_host(uri))
+            .collect();
+        redirect_hosts.sort();
+        redirect_hosts.dedup();
+        apps.push(ConnectedApp {
+            client_name: client_name(&app, &grant.client_id).await,
+            granted: when(Some(grant.created_at)),
+            last_active: when(last),
+            scopes: grant
+                .scopes
+                .iter()
+                .map(|s| describe_scope(&app, s))
+                .collect(),
+            redirect_hosts,
+            client_id: grant.client_id,
+            grant_id: grant.grant_id,
+        });
+    }
+    let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
+    let notice = match params.get("done") {
+        Some("revoked") => Some("Access revoked. The app must ask you again to connect."),
+        _ => None,
+    };
+    let (cookie, set) = csrf_cookie(&app.authn.cookies, &headers);
+    let csrf = csrf_token(&app.repo.keys().hmac, &cookie);
+    let name = site_name(&app);
+    let tpl = AppsPage {
+        site_name: &name,
+        user: display_name(&session.identity),
+        apps,
+        notice,
+        csrf: &csrf,
+    };
+    let mut resp = page(StatusCode::OK, &tpl, FormTarget::SelfOnly);
+    if let Some(c) = set {
+        resp.headers_mut().append(axum::http::header::SET_COOKIE, c);
+    }
+    Ok(resp)
+}
+
+/// The grant `grant_id` if it is `subject`'s; any other answer reads the same.
+async fn own_grant(
+    app: &AuthServer,
+    subject: &str,
+    grant_id: Option<&str>,
+) -> Result<GrantRecord, PageRefusal> {
+    let not_found = || {
+        PageRefusal::stated(
+            site_name(app),
+            StatusCode::NOT_FOUND,
+            "No such app",
+            "This app is not connected to your account (it may have been revoked already).",
+        )
+    };
+    let grant_id = grant_id
+        .filter(|g| !g.is_empty() && g.len() <= 128)
+        .ok_or_else(not_found)?;
+    let grant = app
+        .repo
+        .get::<GrantRecord>(grant_id.as_bytes())
+        .await
+        .map_err(unavailable(app))?;
+    grant
+        .filter(|g| g.identity.subject() == subject)
+        .ok_or_else(not_found)
+}
+
+/// `GET /.auth/apps/revoke?grant=…`: the confirmation.
+pub async fn revoke_get(
+    State(app): State<AuthServer>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, PageRefusal> {
+    let session = signed_in(&app, &headers).await?;
+    let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
+    let grant = own_grant(&app, &session.identity.subject(), params.get("grant")).await?;
+    let (cookie, set) = csrf_cookie(&app.authn.cookies, &headers);
+    let csrf = csrf_token(&app.repo.keys().hmac, &cookie);
+    let name = site_name(&app);
+    let client = client_name(&app, &grant.client_id).await;
+    let tpl = RevokeAppPage {
+        site_name: &name,
+        user: display_name(&session.identity),
+        client_name: &client,
+        grant_id: &grant.grant_id,
+        csrf: &csrf,
+    };
+    let mut resp = page(StatusCode::OK, &tpl, FormTarget::SelfOnly);
+    if let Some(c) = set {
+        resp.headers_mut().append(axum::http::header::SET_COOKIE, c);
+    }
+    Ok(resp)
+}
+
+/// `POST /.auth/apps/revoke`: ends the grant, its tokens (at once, in the gate's cache too)
+/// and the remembered consent of that app.
+pub async fn revoke_post(
+    State(app): State<AuthServer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PageRefusal> {
+    let params = form_post(&app, &headers, &body)?;
+    let session = signed_in(&app, &headers).await?;
+    let subject = session.identity.subject();
+    let grant = own_grant(&app, &subject, params.get("grant")).await?;
+    let store_failed = |_| {
+        PageRefusal::stated(
+            site_name(&app),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Temporarily unavailable",
+            "The app's access could not be revoked. Please try again in a moment.",
+        )
+    };
+    super::token::revoke_family(&app, &grant.grant_id)
+        .await
+        .map_err(store_failed)?;
+    for (key, client, _) in consents_of(&app, &subject).await? {
+        if client == grant.client_id {
+            app.repo
+                .remove::<ConsentRecord>(&key)
+                .await
+                .map_err(unavailable(&app))?;
+        }
+    }
+    app.repo.flush().await.map_err(unavailable(&app))?;
+    app.metrics.token("revoked");
+    tracing::info!(subject = %subject, client_id = %grant.client_id, "a person revoked an app's access on the connected-apps page");
+    Ok(see_other(
+        &format!("{APPS_PATH}?done=revoked"),
+        FormTarget::SelfOnly,
+    ))
+}
+
+/// `POST /.auth/apps/sign-out-everywhere`: ends every browser session of the person.
+pub async fn sign_out_everywhere(
+    State(app): State<AuthServer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, PageRefusal> {
+    form_post(&app, &headers, &body)?;
+    let session = signed_in(&app, &headers).await?;
+    let subject = session.identity.subject();
+    let sessions = app
+        .repo
+        .scan::<SessionRecord>(b"")
+        .await
+        .map_err(unavailable(&app))?;
+    let mut ended = 0;
+    for (key, s) in sessions {
+        if s.identity.subject() == subject {
+            app.repo
+                .remove::<SessionRecord>(&key)
+                .await
+                .map_err(unavailable(&app))?;
+            ended += 1;
+        }
+    }
+    app.repo.flush().await.map_err(unavailable(&app))?;
+    tracing::info!(subject = %subject, sessions = ended, "a person signed out everywhere");
+    let mut resp = see_other(LOGIN_PATH, FormTarget::SelfOnly);
+    let cleared = app
+        .authn
+        .cookies
+        .set(&app.authn.cookies.session, "", Some(0));
+    resp.headers_mut()
+        .append(axum::http::header::SET_COOKIE, cleared);
+    Ok(resp.into_response())
+}
