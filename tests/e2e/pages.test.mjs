@@ -3,6 +3,7 @@
 // target/e2e-screenshots/ for a person to look at.
 
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -127,6 +128,62 @@ for (const [kind, options] of Object.entries(VIEWPORTS)) {
     await page.goto(authUrl('no-such-client'));
     assert.match(await page.locator('h1').innerText(), /Unknown app/);
     await shoot(page, kind, 'error');
+    await context.close();
+  });
+}
+
+/** Signs `page` through an authorization for `clientId` (signed in already, or with the
+ * password) and exchanges the code; returns the token response. */
+async function connectApp(page, clientId) {
+  const verifier = crypto.randomBytes(32).toString('base64url');
+  const challenge = crypto.createHash('sha256').update(verifier).digest('base64url');
+  const url = new URL(authUrl(clientId));
+  url.searchParams.set('code_challenge', challenge);
+  await page.goto(url.href);
+  if (await page.locator('#password').count()) {
+    await page.fill('#password', PASSWORD);
+    await page.click('button[type=submit]');
+  }
+  await Promise.all([page.waitForURL((u) => u.href.startsWith(REDIRECT)), page.click('button[value=approve]')]);
+  const code = new URL(page.url()).searchParams.get('code');
+  const res = await fetch(proxy.url('/token'), {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: REDIRECT, code_verifier: verifier, client_id: clientId }),
+  });
+  assert.equal(res.status, 200);
+  return res.json();
+}
+
+const gateStatus = async (token) =>
+  (await fetch(proxy.url('/mcp'), { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: '{}' })).status;
+
+for (const [kind, options] of Object.entries(VIEWPORTS)) {
+  test(`the connected-apps pages on a ${kind}`, async () => {
+    const context = await browser.newContext({ ...options, javaScriptEnabled: false });
+    const page = await context.newPage();
+    await connectApp(page, await register('Claude Desktop'));
+    const cursor = await connectApp(page, await register('Cursor'));
+    assert.notEqual(await gateStatus(cursor.access_token), 401);
+
+    await page.goto(proxy.url('/.auth/apps'));
+    assert.equal(await page.locator('h1').innerText(), 'Your connected apps');
+    assert.ok((await page.locator('.apps > li').count()) >= 2);
+    await shoot(page, kind, 'apps');
+
+    await page.getByRole('link', { name: 'Revoke Cursor' }).first().click();
+    assert.match(await page.locator('h1').innerText(), /Revoke Cursor\?/);
+    await shoot(page, kind, 'apps-revoke');
+    await page.getByRole('button', { name: 'Revoke access' }).click();
+    assert.match(page.url(), /\/\.auth\/apps\?done=revoked$/);
+    assert.match(await page.locator('.alert.ok').innerText(), /Access revoked/);
+    await shoot(page, kind, 'apps-revoked');
+    assert.equal(await gateStatus(cursor.access_token), 401, 'the revoked token is refused at once');
+
+    await page.getByRole('button', { name: 'Sign out everywhere' }).click();
+    assert.match(page.url(), /\/\.auth\/login$/);
+    await page.goto(proxy.url('/.auth/apps'));
+    assert.match(page.url(), /\/\.auth\/login$/, 'signed out');
     await context.close();
   });
 }
