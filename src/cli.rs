@@ -893,6 +893,17 @@ pub struct Cli {
     #[arg(help_heading = "Policy and audit", long, env = "AUDIT_MAX_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub audit_max_bytes: u64,
 
+    /// The operators: users who may open the console at /.auth/admin, named as the proxy
+    /// names them (`password:admin`, `github:<login>`, `google:<email>`, `oidc:<id>`),
+    /// comma-separated.
+    #[arg(
+        help_heading = "Policy and audit",
+        long,
+        env = "ADMIN_USERS",
+        value_delimiter = ','
+    )]
+    pub admin_users: Vec<String>,
+
     /// Rotated audit log files kept.
     #[arg(
         help_heading = "Policy and audit",

@@ -326,6 +326,9 @@ pub async fn prepare(
         introspection,
         assertion: assertion.is_some(),
         policy: relay.as_ref().and_then(|r| r.policy().cloned()),
+        admin_users: config.governance.admin_users.clone(),
+        backend: backend.clone(),
+        audit: relay.as_ref().and_then(|r| r.audit().cloned()),
     });
     let state = AppState::new(App {
         signin,

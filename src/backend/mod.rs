@@ -19,6 +19,24 @@ use crate::config::Site;
 use crate::gate::Caller;
 use crate::store::Repo;
 
+/// A live session as the operator console shows it.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub id: String,
+    /// The subject of its user.
+    pub user: String,
+    /// Its child's process id.
+    pub pid: Option<u32>,
+    pub age: Duration,
+    pub idle: Duration,
+    /// The child's resident memory, read from `/proc` (Linux).
+    pub rss_kib: Option<u64>,
+    /// A 2026-07-28 user's session (stateless requests) rather than a 2025 one.
+    pub stateless: bool,
+    /// Its child serves every session (`--stdio-mode shared`).
+    pub shared_child: bool,
+}
+
 /// One authenticated request handed to the MCP server, with what the proxy knows about it.
 pub struct Handoff<'a> {
     pub caller: &'a Caller,
@@ -55,6 +73,18 @@ pub trait Backend: Send + Sync + 'static {
     /// The live MCP sessions that hold a process (the `mcp_sessions` gauge).
     fn live_sessions(&self) -> usize {
         0
+    }
+
+    /// The live sessions and their processes, for the operator console (none for an HTTP
+    /// server: its sessions are the upstream's).
+    fn sessions(&self) -> Vec<SessionView> {
+        Vec::new()
+    }
+
+    /// Ends the session `id` and stops its process (a shared child keeps serving the
+    /// others); whether there was one.
+    fn end_session(&self, _id: &str) -> bool {
+        false
     }
 
     /// How often [`Backend::housekeep`] runs, or `None` when there is nothing to keep.

@@ -247,6 +247,8 @@ pub struct Governance {
     pub audit_fail_closed: bool,
     pub audit_max_bytes: u64,
     pub audit_keep: usize,
+    /// `--admin-users`: who may use the operator console.
+    pub admin_users: Vec<String>,
 }
 
 /// Protection against load and slow or oversized clients (defaults: the flags').
@@ -428,6 +430,12 @@ impl Config {
                 audit_fail_closed: cli.audit_fail_closed,
                 audit_max_bytes: cli.audit_max_bytes.max(4096),
                 audit_keep: cli.audit_keep,
+                admin_users: cli
+                    .admin_users
+                    .iter()
+                    .map(|u| u.trim().to_string())
+                    .filter(|u| !u.is_empty())
+                    .collect(),
             },
             metrics_listen: cli
                 .metrics_listen

@@ -240,6 +240,42 @@ impl Lockout {
         Ok(Attempt::Locked(1))
     }
 
+    /// The clients with attempts in the window or a lock, for the operator console: address
+    /// (IPv6 by its /64), attempts counted, locked until (0: not locked). Most recent first,
+    /// at most `limit`.
+    pub async fn recent(
+        &self,
+        now: UnixTime,
+        limit: usize,
+    ) -> Result<Vec<(IpAddr, usize, UnixTime)>, StoreError> {
+        let live = |f: &LockoutRecord| {
+            f.locked_until > now || f.times.back().is_some_and(|t| t + self.window > now)
+        };
+        let mut out: Vec<(IpAddr, usize, UnixTime)> = match &self.shared {
+            None => match self.local.lock() {
+                Ok(map) => map
+                    .iter()
+                    .filter(|(_, f)| live(f))
+                    .map(|(ip, f)| (*ip, f.times.len(), f.locked_until))
+                    .collect(),
+                Err(_) => Vec::new(),
+            },
+            Some(repo) => repo
+                .scan::<LockoutRecord>(b"")
+                .await?
+                .into_iter()
+                .filter(|(_, f)| live(f))
+                .filter_map(|(k, f)| {
+                    let ip = std::str::from_utf8(&k).ok()?.parse().ok()?;
+                    Some((ip, f.times.len(), f.locked_until))
+                })
+                .collect(),
+        };
+        out.sort_by_key(|(_, n, until)| std::cmp::Reverse((*until, *n)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
     /// Forgets the attempts (and a lock this sign-in's own attempt set) of a client that
     /// signed in.
     pub async fn succeed(&self, ip: IpAddr) {

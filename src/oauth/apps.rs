@@ -29,7 +29,10 @@ pub const SIGN_OUT_EVERYWHERE_PATH: &str = "/.auth/apps/sign-out-everywhere";
 
 /// The signed-in person of this browser (still admitted by today's configuration), or the
 /// sign-in page.
-async fn signed_in(app: &AuthServer, headers: &HeaderMap) -> Result<SessionRecord, PageRefusal> {
+pub(super) async fn signed_in(
+    app: &AuthServer,
+    headers: &HeaderMap,
+) -> Result<SessionRecord, PageRefusal> {
     let session = crate::web::session::current(&app.repo, &app.authn.cookies, headers)
         .await
         .map_err(unavailable(app))?;
@@ -40,7 +43,7 @@ async fn signed_in(app: &AuthServer, headers: &HeaderMap) -> Result<SessionRecor
 }
 
 /// A time as people read it (UTC), or a dash.
-fn when(t: Option<UnixTime>) -> String {
+pub(super) fn when(t: Option<UnixTime>) -> String {
     match t {
         Some(secs) => {
             httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))

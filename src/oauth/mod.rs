@@ -7,6 +7,7 @@ pub mod authorize;
 pub mod cimd;
 pub mod clients;
 pub mod consent;
+pub mod console;
 pub mod introspect;
 pub mod metadata;
 pub mod pending;
@@ -43,6 +44,12 @@ pub struct AuthServerParts {
     pub assertion: bool,
     /// `--policy-file`: the scopes it names are known scopes, granted to whom it allows.
     pub policy: Option<std::sync::Arc<crate::policy::PolicyFile>>,
+    /// `--admin-users`: who may use the operator console.
+    pub admin_users: Vec<String>,
+    /// The MCP server, whose sessions the console shows and ends.
+    pub backend: Option<std::sync::Arc<dyn crate::backend::Backend>>,
+    /// `--audit-log`, where the console's actions are recorded too.
+    pub audit: Option<std::sync::Arc<crate::audit::AuditLog>>,
 }
 
 impl AuthServer {

@@ -116,6 +116,11 @@ impl Relay {
         self.policy.as_ref()
     }
 
+    /// The audit log, for the operator console's actions.
+    pub fn audit(&self) -> Option<&Arc<AuditLog>> {
+        self.audit.as_ref()
+    }
+
     /// Serves one request: judged, recorded, and handed to `next` (the backend) if allowed.
     pub async fn serve<F, Fut>(
         self: &Arc<Self>,

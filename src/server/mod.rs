@@ -190,6 +190,10 @@ pub fn router(state: AppState) -> Router {
             post(crate::oauth::apps::sign_out_everywhere),
         )
         .route(
+            crate::oauth::console::ADMIN_PATH,
+            get(crate::oauth::console::admin_get).post(crate::oauth::console::admin_post),
+        )
+        .route(
             "/.auth/static/style.css",
             get(crate::web::pages::stylesheet),
         )

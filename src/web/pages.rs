@@ -95,6 +95,54 @@ pub struct RevokeAppPage<'a> {
     pub csrf: &'a str,
 }
 
+/// A live session on the operator console.
+pub struct SessionRow {
+    pub id: String,
+    pub user: String,
+    pub process: String,
+    pub age: String,
+    pub idle: String,
+    pub memory: String,
+}
+
+/// A grant on the operator console.
+pub struct GrantRow {
+    pub id: String,
+    pub user: String,
+    pub client: String,
+    pub granted: String,
+    pub scopes: String,
+}
+
+/// A client on the operator console.
+pub struct ClientRow {
+    pub id: String,
+    pub name: String,
+    pub kind: &'static str,
+    pub issued: String,
+    pub redirects: String,
+}
+
+/// A client address with recent sign-in attempts on the operator console.
+pub struct LockoutRow {
+    pub address: String,
+    pub attempts: usize,
+    pub locked_until: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin.html")]
+pub struct AdminPage<'a> {
+    pub site_name: &'a str,
+    pub user: &'a str,
+    pub notice: Option<&'a str>,
+    pub csrf: &'a str,
+    pub sessions: Vec<SessionRow>,
+    pub grants: Vec<GrantRow>,
+    pub clients: Vec<ClientRow>,
+    pub lockouts: Vec<LockoutRow>,
+}
+
 #[derive(Template)]
 #[template(path = "home.html")]
 pub struct HomePage<'a> {

@@ -35,7 +35,7 @@ before(async () => {
   });
   await new Promise((resolve) => callbackServer.listen(0, '127.0.0.1', resolve));
   REDIRECT = `http://127.0.0.1:${callbackServer.address().port}/callback`;
-  proxy = await startProxy({ args: ['--login-max-failures', '3'] });
+  proxy = await startProxy({ args: ['--login-max-failures', '3', '--admin-users', 'password:admin'] });
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
@@ -180,6 +180,15 @@ for (const [kind, options] of Object.entries(VIEWPORTS)) {
     await shoot(page, kind, 'apps-revoked');
     assert.equal(await gateStatus(cursor.access_token), 401, 'the revoked token is refused at once');
 
+    // The operator console (the password user is the operator here).
+    await page.goto(proxy.url('/.auth/admin'));
+    assert.equal(await page.locator('h1').innerText(), 'Operator console');
+    assert.match(await page.locator('main').innerText(), /Claude Desktop/);
+    await shoot(page, kind, 'admin');
+    await page.getByRole('button', { name: /^Revoke the grant of password:admin to Claude Desktop/ }).first().click();
+    assert.match(await page.locator('.alert.ok').innerText(), /grant was revoked/);
+
+    await page.goto(proxy.url('/.auth/apps'));
     await page.getByRole('button', { name: 'Sign out everywhere' }).click();
     assert.match(page.url(), /\/\.auth\/login$/);
     await page.goto(proxy.url('/.auth/apps'));

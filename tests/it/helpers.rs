@@ -633,9 +633,17 @@ pub async fn binary_output(args: &[&str], envs: &[(&str, &str)]) -> std::process
 
 /// Waits (polling, at most 10 s) until the fixture has written `mark`; fails with `what`.
 pub async fn wait_for_file(mark: &std::path::Path, what: &str) {
+    wait_until(|| mark.exists(), what).await;
+}
+
+/// Waits (polling, at most 10 s) until `done` holds; fails naming `what` it waited for.
+pub async fn wait_until(done: impl Fn() -> bool, what: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !mark.exists() {
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited 10 s for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

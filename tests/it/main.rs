@@ -9,6 +9,7 @@ mod bounds;
 mod chaos;
 mod cimd;
 mod cli;
+mod console;
 mod dpop;
 mod fastlane;
 mod flow;

@@ -561,6 +561,14 @@ impl crate::backend::Backend for StdioBackend {
         }
     }
 
+    fn sessions(&self) -> Vec<crate::backend::SessionView> {
+        self.overview()
+    }
+
+    fn end_session(&self, id: &str) -> bool {
+        self.end(id)
+    }
+
     fn live_sessions(&self) -> usize {
         StdioBackend::live_sessions(self)
     }

@@ -88,6 +88,45 @@ impl StdioBackend {
     }
 
     /// Live sessions (for the metrics).
+    /// The live sessions with their children, newest first.
+    pub fn overview(&self) -> Vec<crate::backend::SessionView> {
+        let sessions: Vec<Arc<Session>> = match self.sessions.lock() {
+            Ok(m) => m.values().filter(|s| !s.is_closed()).cloned().collect(),
+            Err(_) => return Vec::new(),
+        };
+        let mut out: Vec<crate::backend::SessionView> = sessions
+            .iter()
+            .map(|s| {
+                let pid = s.child().pid.get().copied();
+                crate::backend::SessionView {
+                    id: s.mcp_id().to_string(),
+                    user: s.owner().to_string(),
+                    pid,
+                    age: s.created.elapsed(),
+                    idle: s.idle_for(),
+                    rss_kib: pid.and_then(resident_kib),
+                    stateless: s.is_stateless(),
+                    shared_child: self.shared,
+                }
+            })
+            .collect();
+        out.sort_by_key(|v| v.age);
+        out
+    }
+
+    /// Ends a session at the operator's word: closed, and its child stopped unless shared.
+    pub fn end(&self, id: &str) -> bool {
+        let Some(session) = self.sessions.lock().ok().and_then(|mut m| m.remove(id)) else {
+            return false;
+        };
+        tracing::warn!(session = %id, child = %session.child().tag, "an operator ended an MCP session");
+        session.close("an operator ended the session");
+        if !self.shared {
+            session.child().close("an operator ended the session");
+        }
+        true
+    }
+
     pub fn live_sessions(&self) -> usize {
         self.sessions
             .lock()
@@ -306,4 +345,13 @@ impl StdioBackend {
 /// so no client can name it as `Mcp-Session-Id`.
 fn modern_key(caller: &Caller) -> String {
     format!("modern\n{}", caller.subject())
+}
+
+/// A process's resident memory in KiB (`VmRSS` of `/proc/<pid>/status`).
+fn resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }

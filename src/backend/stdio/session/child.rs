@@ -54,6 +54,10 @@ pub struct Child {
     /// after the last. Held while a subscribe or unsubscribe is written, so that the child
     /// receives them in the order they were decided.
     pub subscribed: tokio::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// The process id, for the operator console (`None` for pipes in tests).
+    pub pid: std::sync::OnceLock<u32>,
+    /// When the child was started.
+    pub started: tokio::time::Instant,
 }
 
 /// Children that keep exiting by themselves soon after starting delay the next start: after
@@ -132,6 +136,8 @@ impl Child {
             initialized_sent: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             subscribed: tokio::sync::Mutex::default(),
+            pid: std::sync::OnceLock::new(),
+            started: tokio::time::Instant::now(),
         })
     }
 
@@ -153,6 +159,9 @@ impl Child {
         let (kill_tx, mut kill_rx) = tokio::sync::oneshot::channel::<()>();
         let (stopped_tx, stopped_rx) = watch::channel(false);
         let child = Child::new(tag, shared, stdin_tx, kill_tx, stopped_rx);
+        if let Some(pid) = process.id() {
+            let _ = child.pid.set(pid);
+        }
         let (Some(mut stdin), Some(stdout), Some(stderr)) = (
             process.stdin.take(),
             process.stdout.take(),

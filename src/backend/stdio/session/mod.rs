@@ -64,6 +64,8 @@ pub struct Session {
     pub protocol_version: Mutex<Option<String>>,
     /// When a client last sent something.
     last_used: Mutex<tokio::time::Instant>,
+    /// When the session began.
+    pub created: tokio::time::Instant,
     next_stream: AtomicU64,
     /// The latest streams, for resumption.
     recent: Mutex<VecDeque<StreamTx>>,
@@ -121,6 +123,7 @@ impl Session {
             closed: AtomicBool::new(false),
             protocol_version: Mutex::new(None),
             last_used: Mutex::new(tokio::time::Instant::now()),
+            created: tokio::time::Instant::now(),
             next_stream: AtomicU64::new(1),
             recent: Mutex::new(VecDeque::new()),
             get: Mutex::new(GetStream::default()),
@@ -160,6 +163,11 @@ impl Session {
         if let Ok(mut t) = self.last_used.lock() {
             *t = tokio::time::Instant::now();
         }
+    }
+
+    /// How long since a client last used the session.
+    pub fn idle_for(&self) -> std::time::Duration {
+        self.last_used().elapsed()
     }
 
     fn last_used(&self) -> tokio::time::Instant {
