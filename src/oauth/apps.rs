@@ -18,7 +18,9 @@ use crate::login::{display_name, form_post, site_name, unavailable};
 use crate::store::{ClientRecord, ConsentRecord, GrantRecord, SessionRecord};
 use crate::web::flow::{APPS_PATH, LOGIN_PATH};
 use crate::web::form::Params;
-use crate::web::pages::{AppsPage, ConnectedApp, FormTarget, RevokeAppPage, page, see_other};
+use crate::web::pages::{
+    AppsPage, ConnectedApp, FormTarget, RevokeAppPage, page_with_cookie, see_other,
+};
 use crate::web::refusal::PageRefusal;
 use crate::web::session::{csrf_cookie, csrf_token};
 
@@ -151,11 +153,12 @@ pub async fn apps_get(
         notice,
         csrf: &csrf,
     };
-    let mut resp = page(StatusCode::OK, &tpl, FormTarget::SelfOnly);
-    if let Some(c) = set {
-        resp.headers_mut().append(axum::http::header::SET_COOKIE, c);
-    }
-    Ok(resp)
+    Ok(page_with_cookie(
+        StatusCode::OK,
+        &tpl,
+        FormTarget::SelfOnly,
+        set,
+    ))
 }
 
 /// The grant `grant_id` if it is `subject`'s; any other answer reads the same.
@@ -205,11 +208,12 @@ pub async fn revoke_get(
         grant_id: &grant.grant_id,
         csrf: &csrf,
     };
-    let mut resp = page(StatusCode::OK, &tpl, FormTarget::SelfOnly);
-    if let Some(c) = set {
-        resp.headers_mut().append(axum::http::header::SET_COOKIE, c);
-    }
-    Ok(resp)
+    Ok(page_with_cookie(
+        StatusCode::OK,
+        &tpl,
+        FormTarget::SelfOnly,
+        set,
+    ))
 }
 
 /// `POST /.auth/apps/revoke`: ends the grant, its tokens (at once, in the gate's cache too)

@@ -19,7 +19,7 @@ use crate::store::{
     AuthRequestRecord, ClientRecord, ConsentRecord, Identity, SessionRecord, StoreError,
 };
 use crate::web::form::Params;
-use crate::web::pages::{ConsentPage, FormTarget, page};
+use crate::web::pages::{ConsentPage, FormTarget, page_with_cookie};
 use crate::web::redirect::ClientRedirect;
 use crate::web::refusal::PageRefusal;
 use crate::web::session::{csrf_cookie, csrf_token};
@@ -244,11 +244,12 @@ pub async fn consent_get(
         csrf: &csrf,
         req: &req_id,
     };
-    let mut resp = page(StatusCode::OK, &tpl, FormTarget::Client);
-    if let Some(c) = set {
-        resp.headers_mut().append(axum::http::header::SET_COOKIE, c);
-    }
-    Ok(resp)
+    Ok(page_with_cookie(
+        StatusCode::OK,
+        &tpl,
+        FormTarget::Client,
+        set,
+    ))
 }
 
 /// `POST /.auth/consent`: approve or deny.

@@ -21,7 +21,7 @@ use crate::login::{display_name, form_post, site_name, unavailable};
 use crate::store::{ClientRecord, GrantRecord, Identity, SessionRecord};
 use crate::web::form::Params;
 use crate::web::pages::{
-    AdminPage, ClientRow, FormTarget, GrantRow, LockoutRow, SessionRow, page, see_other,
+    AdminPage, ClientRow, FormTarget, GrantRow, LockoutRow, SessionRow, page_with_cookie, see_other,
 };
 use crate::web::refusal::PageRefusal;
 use crate::web::session::{csrf_cookie, csrf_token};
@@ -188,11 +188,12 @@ pub async fn admin_get(
         clients,
         lockouts,
     };
-    let mut resp = page(StatusCode::OK, &tpl, FormTarget::SelfOnly);
-    if let Some(c) = set {
-        resp.headers_mut().append(axum::http::header::SET_COOKIE, c);
-    }
-    Ok(resp)
+    Ok(page_with_cookie(
+        StatusCode::OK,
+        &tpl,
+        FormTarget::SelfOnly,
+        set,
+    ))
 }
 
 /// `POST /.auth/admin`: one action (`action`, `target`).

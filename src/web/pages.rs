@@ -184,6 +184,20 @@ pub fn page(status: StatusCode, template: &impl Template, target: FormTarget) ->
     resp
 }
 
+/// [`page`], also setting the CSRF cookie when the form on it needed a new one.
+pub fn page_with_cookie(
+    status: StatusCode,
+    template: &impl Template,
+    target: FormTarget,
+    set_cookie: Option<HeaderValue>,
+) -> Response {
+    let mut resp = page(status, template, target);
+    if let Some(c) = set_cookie {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    resp
+}
+
 /// Headers for every page and redirect of the sign-in flow.
 pub fn secure_headers(h: &mut HeaderMap, target: FormTarget) {
     let csp = match target {

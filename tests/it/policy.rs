@@ -69,6 +69,17 @@ async fn users(p: &TestProxy) -> Users {
     }
 }
 
+/// server-everything over stdio behind a proxy with the policy `text` (its file in the
+/// directory returned, which must outlive the proxy).
+async fn everything_with_policy(text: &str) -> (tempfile::TempDir, TestProxy) {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, text).unwrap();
+    let path = policy.to_str().unwrap();
+    let p = start_proxy(&["--policy-file", path, "--", "node", EVERYTHING, "stdio"]).await;
+    (dir, p)
+}
+
 /// A proxy with the policy above and an audit log, in front of `backend`.
 async fn proxy(dir: &std::path::Path, backend: &[&str]) -> TestProxy {
     let policy = dir.join("policy.toml");
@@ -515,24 +526,9 @@ async fn with_audit_fail_closed_calls_stop_while_the_log_cannot_be_written() {
 async fn a_step_up_scope_is_consented_in_words_and_granted_only_to_those_named() {
     use crate::flow::{Browser, OAuthClient, query, token};
     for (holder, granted) in [("provider:password", true), ("oidc:bob", false)] {
-        let dir = tempfile::tempdir().unwrap();
-        let policy = dir.path().join("policy.toml");
-        std::fs::write(
-            &policy,
-            format!(
+        let (_dir, p) = everything_with_policy(&format!(
                 "[[rule]]\nusers = [\"{holder}\"]\ntools = [\"*\"]\neffect = \"allow\"\nscope = \"mcp:write\"\n\n[scopes.\"mcp:write\"]\ndescription = \"Change things on the server\"\n"
-            ),
-        )
-        .unwrap();
-        let p = start_proxy(&[
-            "--policy-file",
-            policy.to_str().unwrap(),
-            "--",
-            "node",
-            EVERYTHING,
-            "stdio",
-        ])
-        .await;
+            )).await;
         let t = p.target();
         for doc in [
             "/.well-known/oauth-authorization-server",
@@ -586,25 +582,10 @@ async fn a_step_up_scope_is_consented_in_words_and_granted_only_to_those_named()
 /// Prompts and resources are judged and listed like tools, and every decision is counted.
 #[tokio::test]
 async fn prompts_and_resources_are_judged_and_listed_too() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
     let refused = "demo://resource/static/document/instructions.md";
-    std::fs::write(
-        &policy,
-        format!(
+    let (_dir, p) = everything_with_policy(&format!(
             "default = \"allow\"\n[[rule]]\nname = \"no argued prompts\"\nusers = [\"*\"]\nprompts = [\"args-*\"]\neffect = \"deny\"\n\n[[rule]]\nname = \"no instructions\"\nusers = [\"*\"]\nresources = [\"{refused}\"]\neffect = \"deny\"\n"
-        ),
-    )
-    .unwrap();
-    let p = start_proxy(&[
-        "--policy-file",
-        policy.to_str().unwrap(),
-        "--",
-        "node",
-        EVERYTHING,
-        "stdio",
-    ])
-    .await;
+        )).await;
     let u = users(&p).await;
     let sid = session(&p, &u.bob).await;
     let listed = |answer: &Value, member: &str, key: &str| -> Vec<String> {
