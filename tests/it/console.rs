@@ -54,15 +54,7 @@ async fn mcp_status(p: &TestProxy, token: &str, sid: &str) -> StatusCode {
 async fn fail_twice(p: &TestProxy) {
     let b = Browser::new();
     for _ in 0..2 {
-        let login = b
-            .http
-            .get(p.url("/.auth/login"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let login = b.text(&p.url("/.auth/login")).await;
         b.post_form(
             &p.target(),
             "/.auth/login",
@@ -187,15 +179,7 @@ async fn everyone_else_gets_403_on_the_console_and_every_action() {
         "{page}"
     );
     // The CSRF token of another page of ours, so only the operator check can refuse.
-    let apps = browser
-        .http
-        .get(p.url("/.auth/apps"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let apps = browser.text(&p.url("/.auth/apps")).await;
     for (action, target) in [
         ("end-session", sid.as_str()),
         ("revoke-grant", "any"),

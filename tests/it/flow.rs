@@ -72,6 +72,18 @@ impl Browser {
         panic!("the flow did not end");
     }
 
+    /// The text of `url`, fetched with this browser's cookies.
+    pub async fn text(&self, url: &str) -> String {
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// The page a `303` answer sends the browser to, on the proxy.
     pub async fn follow(&self, p: &Target, resp: &reqwest::Response) -> String {
         self.http
