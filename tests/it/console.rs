@@ -67,7 +67,15 @@ async fn fail_twice(p: &TestProxy) {
 
 #[tokio::test]
 async fn an_operator_sees_sessions_grants_clients_and_failures_and_acts_on_them() {
-    let p = bridge_with(&["--admin-users", "password:admin"]).await;
+    let logs = tempfile::tempdir().unwrap();
+    let audit = logs.path().join("audit.jsonl");
+    let p = bridge_with(&[
+        "--admin-users",
+        "password:admin",
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ])
+    .await;
     let t = p.target();
     let browser = Browser::new();
     let app = OAuthClient::public(&t).await;
@@ -152,6 +160,38 @@ async fn an_operator_sees_sessions_grants_clients_and_failures_and_acts_on_them(
             .unwrap()
             .is_none()
     );
+
+    // Every action is in the audit log, as its operator's.
+    crate::helpers::wait_until(
+        || {
+            std::fs::read_to_string(&audit)
+                .unwrap_or_default()
+                .lines()
+                .count()
+                >= 4
+        },
+        "four audit records",
+    )
+    .await;
+    let records: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<&str> = records
+        .iter()
+        .map(|r| r["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "admin/end-session",
+            "admin/unlock-ip",
+            "admin/revoke-grant",
+            "admin/delete-client"
+        ]
+    );
+    assert!(records.iter().all(|r| r["user"] == "password:admin"));
 
     // A target that is gone: a readable 404, nothing else.
     let gone = act(&p, &browser, &page, "end-session", &sid).await;

@@ -170,6 +170,18 @@ enum Failure {
 }
 
 impl Lane {
+    /// What the lane makes of a request head `buf` from `peer`: `partial`, `other` (the
+    /// general stack's), `route` (answered by the router within the lane) or `proxy`. For
+    /// the fuzz target, which drives [`Lane::parse`] with hostile heads.
+    pub fn parse_kind(&self, buf: &[u8], peer: IpAddr) -> &'static str {
+        match self.parse(buf, peer) {
+            Parsed::Partial => "partial",
+            Parsed::Other => "other",
+            Parsed::Route(_) => "route",
+            Parsed::Ready(_) => "proxy",
+        }
+    }
+
     /// The lane for `backend`, when its configuration is one the lane serves exactly as the
     /// general path does: an `http://` upstream, no signed identity assertion
     /// (`signs_assertions`), no provider token passed on, and header options without
