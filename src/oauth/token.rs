@@ -455,6 +455,9 @@ async fn refresh_grant(
                 asked
             }
         };
+        // A policy scope the policy in force no longer lets this user hold is not carried
+        // into the new tokens (the grant keeps it, should the policy name them again).
+        let scopes = super::scopes_for(app, &grant.identity, &scopes);
 
         if let Some(rotation) = &rec.rotation {
             let successor_used = app

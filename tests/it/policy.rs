@@ -526,7 +526,7 @@ async fn with_audit_fail_closed_calls_stop_while_the_log_cannot_be_written() {
 async fn a_step_up_scope_is_consented_in_words_and_granted_only_to_those_named() {
     use crate::flow::{Browser, OAuthClient, query, token};
     for (holder, granted) in [("provider:password", true), ("oidc:bob", false)] {
-        let (_dir, p) = everything_with_policy(&format!(
+        let (dir, p) = everything_with_policy(&format!(
                 "[[rule]]\nusers = [\"{holder}\"]\ntools = [\"*\"]\neffect = \"allow\"\nscope = \"mcp:write\"\n\n[scopes.\"mcp:write\"]\ndescription = \"Change things on the server\"\n"
             )).await;
         let t = p.target();
@@ -576,6 +576,33 @@ async fn a_step_up_scope_is_consented_in_words_and_granted_only_to_those_named()
         let scopes: Vec<&str> = answer["scope"].as_str().unwrap().split(' ').collect();
         assert_eq!(scopes.contains(&"mcp:write"), granted, "{answer}");
         assert!(scopes.contains(&"mcp"), "{answer}");
+        if !granted {
+            continue;
+        }
+        // The policy stops naming the user: the next refresh leaves the scope out.
+        std::fs::write(
+            dir.path().join("policy.toml"),
+            "[[rule]]\nusers = [\"oidc:bob\"]\ntools = [\"*\"]\neffect = \"allow\"\nscope = \"mcp:write\"\n",
+        )
+        .unwrap();
+        let mut refresh_token = answer["refresh_token"].as_str().unwrap().to_string();
+        for round in 0.. {
+            let resp = crate::flow::refresh(&t, &oauth.id, &refresh_token).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            let refreshed: Value = resp.json().await.unwrap();
+            let scope = refreshed["scope"].as_str().unwrap().to_string();
+            if !scope.split(' ').any(|s| s == "mcp:write") {
+                assert!(scope.split(' ').any(|s| s == "mcp"), "{scope}");
+                break;
+            }
+            assert!(
+                round < 200,
+                "the scope stayed after the policy changed: {scope}"
+            );
+            refresh_token = refreshed["refresh_token"].as_str().unwrap().to_string();
+            // Under the refresh rate limit (120 a minute) while the file is reloaded.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 }
 
