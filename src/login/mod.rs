@@ -191,8 +191,7 @@ fn login_form_for(
     error: Option<&str>,
     locked: bool,
 ) -> Response {
-    let (cookie, set) = csrf_cookie(&app.authn.cookies, headers);
-    let csrf = csrf_token(&app.repo.keys().hmac, &cookie);
+    let (csrf, set) = form_csrf(app, headers);
     let name = site_name(app);
     let client_name = pending.as_ref().map(|r| r.client_label().to_string());
     let req = pending.and(req);
@@ -239,8 +238,7 @@ pub async fn login_get(
             if req.is_some() {
                 return Ok(see_other(&next_step(req), FormTarget::SelfOnly));
             }
-            let (cookie, set) = csrf_cookie(&app.authn.cookies, &headers);
-            let csrf = csrf_token(&app.repo.keys().hmac, &cookie);
+            let (csrf, set) = form_csrf(&app, &headers);
             let name = site_name(&app);
             let tpl = SignedInPage {
                 site_name: &name,
@@ -281,6 +279,13 @@ pub async fn login_get(
 /// `.map_err(unavailable(&app))?`.
 pub fn unavailable(app: &SignIn) -> impl Fn(StoreError) -> PageRefusal + '_ {
     |e| PageRefusal::unavailable(site_name(app), e)
+}
+
+/// The CSRF token a page's form carries, and the cookie to set when this browser has none
+/// yet ([`form_post`] checks the two against each other).
+pub fn form_csrf(app: &SignIn, headers: &HeaderMap) -> (String, Option<HeaderValue>) {
+    let (cookie, set) = csrf_cookie(&app.authn.cookies, headers);
+    (csrf_token(&app.repo.keys().hmac, &cookie), set)
 }
 
 /// Checks what every form POST must carry: our Origin (or none), a form body, a valid CSRF

@@ -27,7 +27,7 @@ use crate::web::form::Params;
 use crate::web::pages::{DeniedPage, FormTarget, page, see_other};
 use crate::web::redirect::ClientRedirect;
 use crate::web::refusal::PageRefusal;
-use crate::web::session::{csrf_cookie, csrf_token, read_cookie};
+use crate::web::session::read_cookie;
 
 /// How long a sign-in at a provider may take.
 pub const SIGN_IN_TTL: u64 = 10 * 60;
@@ -307,8 +307,7 @@ async fn denied(
         .as_ref()
         .map(|r| r.client_label().to_string())
         .unwrap_or_default();
-    let (cookie, set) = csrf_cookie(&app.authn.cookies, headers);
-    let csrf = csrf_token(&app.repo.keys().hmac, &cookie);
+    let (csrf, set) = super::form_csrf(app, headers);
     let tpl = DeniedPage {
         site_name: &name,
         provider,

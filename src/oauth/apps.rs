@@ -14,7 +14,7 @@ use super::AuthServer;
 use super::consent::redirect_host;
 use super::describe_scope;
 use crate::clock::UnixTime;
-use crate::login::{display_name, form_post, site_name, unavailable};
+use crate::login::{display_name, form_csrf, form_post, site_name, unavailable};
 use crate::store::{ClientRecord, ConsentRecord, GrantRecord, SessionRecord};
 use crate::web::flow::{APPS_PATH, LOGIN_PATH};
 use crate::web::form::Params;
@@ -22,7 +22,6 @@ use crate::web::pages::{
     AppsPage, ConnectedApp, FormTarget, RevokeAppPage, page_with_cookie, see_other,
 };
 use crate::web::refusal::PageRefusal;
-use crate::web::session::{csrf_cookie, csrf_token};
 
 /// The confirmation page and the revocation.
 pub const REVOKE_PATH: &str = "/.auth/apps/revoke";
@@ -143,8 +142,7 @@ pub async fn apps_get(
         Some("revoked") => Some("Access revoked. The app must ask you again to connect."),
         _ => None,
     };
-    let (cookie, set) = csrf_cookie(&app.authn.cookies, &headers);
-    let csrf = csrf_token(&app.repo.keys().hmac, &cookie);
+    let (csrf, set) = form_csrf(&app, &headers);
     let name = site_name(&app);
     let tpl = AppsPage {
         site_name: &name,
@@ -197,8 +195,7 @@ pub async fn revoke_get(
     let session = signed_in(&app, &headers).await?;
     let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
     let grant = own_grant(&app, &session.identity.subject(), params.get("grant")).await?;
-    let (cookie, set) = csrf_cookie(&app.authn.cookies, &headers);
-    let csrf = csrf_token(&app.repo.keys().hmac, &cookie);
+    let (csrf, set) = form_csrf(&app, &headers);
     let name = site_name(&app);
     let client = client_name(&app, &grant.client_id).await;
     let tpl = RevokeAppPage {

@@ -14,7 +14,7 @@ use super::clients::{LookupError, find};
 use super::describe_scope;
 use crate::config::is_loopback_host;
 use crate::error::OAuthErrorCode;
-use crate::login::{display_name, form_post, site_name, unavailable};
+use crate::login::{display_name, form_csrf, form_post, site_name, unavailable};
 use crate::store::{
     AuthRequestRecord, ClientRecord, ConsentRecord, Identity, SessionRecord, StoreError,
 };
@@ -22,7 +22,6 @@ use crate::web::form::Params;
 use crate::web::pages::{ConsentPage, FormTarget, page_with_cookie};
 use crate::web::redirect::ClientRedirect;
 use crate::web::refusal::PageRefusal;
-use crate::web::session::{csrf_cookie, csrf_token};
 
 /// An approval is remembered for one user, one client and one exact redirect URI (port
 /// included): approving an app that answers at one address approves no other address its
@@ -222,8 +221,7 @@ pub async fn consent_get(
             tracing::error!(error = %e, "store failure reading consent");
         }
     }
-    let (cookie, set) = csrf_cookie(&app.authn.cookies, &headers);
-    let csrf = csrf_token(&app.repo.keys().hmac, &cookie);
+    let (csrf, set) = form_csrf(&app, &headers);
     let name = site_name(&app);
     let client_name = client
         .client_name
