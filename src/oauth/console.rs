@@ -17,14 +17,13 @@ use super::AuthServer;
 use super::apps::{signed_in, when};
 use super::static_clients::is_static;
 use crate::audit::Record;
-use crate::login::{display_name, form_post, site_name, unavailable};
+use crate::login::{display_name, form_csrf, form_post, site_name, unavailable};
 use crate::store::{ClientRecord, GrantRecord, Identity, SessionRecord};
 use crate::web::form::Params;
 use crate::web::pages::{
     AdminPage, ClientRow, FormTarget, GrantRow, LockoutRow, SessionRow, page_with_cookie, see_other,
 };
 use crate::web::refusal::PageRefusal;
-use crate::web::session::{csrf_cookie, csrf_token};
 
 /// The console.
 pub const ADMIN_PATH: &str = "/.auth/admin";
@@ -32,12 +31,10 @@ pub const ADMIN_PATH: &str = "/.auth/admin";
 /// Most rows of a kind shown.
 const MAX_ROWS: usize = 500;
 
-/// Whether `identity` is one of the `--admin-users`: named by its subject or as
-/// `provider:user id` (a GitHub user by login or `#id`).
+/// Whether `identity` is one of the `--admin-users` (named as a policy names users).
 fn is_admin(app: &AuthServer, identity: &Identity) -> bool {
-    let subject = identity.subject();
-    let named = format!("{}:{}", identity.provider, identity.user_id);
-    app.admin_users.iter().any(|a| *a == subject || *a == named)
+    let who = crate::policy::Who::from_identity(identity, &[]);
+    app.admin_users.iter().any(|a| who.is_named(a))
 }
 
 /// The signed-in operator, or the sign-in page (nobody signed in) or a 403 page.
@@ -104,9 +101,7 @@ pub async fn admin_get(
         .into_iter()
         .map(|(_, g)| g)
         .collect();
-    grants.sort_by(|a, b| {
-        (a.identity.subject(), b.created_at).cmp(&(b.identity.subject(), a.created_at))
-    });
+    grants.sort_by_cached_key(|g| (g.identity.subject(), std::cmp::Reverse(g.created_at)));
     let mut clients: Vec<ClientRecord> = app
         .repo
         .scan::<ClientRecord>(b"")
@@ -175,8 +170,7 @@ pub async fn admin_get(
         Some("unlock-ip") => Some("The address may sign in again."),
         _ => None,
     };
-    let (cookie, set) = csrf_cookie(&app.authn.cookies, &headers);
-    let csrf = csrf_token(&app.repo.keys().hmac, &cookie);
+    let (csrf, set) = form_csrf(&app, &headers);
     let name = site_name(&app);
     let tpl = AdminPage {
         site_name: &name,

@@ -168,11 +168,7 @@ impl User {
                 .as_deref()
                 .is_some_and(|e| glob.matches(&e.to_ascii_lowercase())),
             User::Provider(p) => who.provider == *p,
-            User::Named(n) => {
-                *n == who.subject
-                    || n.split_once(':')
-                        .is_some_and(|(p, id)| p == who.provider && id == who.user_id)
-            }
+            User::Named(n) => who.is_named(n),
         }
     }
 }
@@ -238,6 +234,16 @@ pub struct Policy {
 }
 
 impl Who {
+    /// Whether `name` names this person as the proxy names people: their subject, or
+    /// `provider:user id` (a GitHub user by login as well as by `#id`). The one rule for
+    /// the policy's users and the operators of `--admin-users`.
+    pub fn is_named(&self, name: &str) -> bool {
+        name == self.subject
+            || name
+                .split_once(':')
+                .is_some_and(|(p, id)| p == self.provider && id == self.user_id)
+    }
+
     /// A signed-in person as the policy sees them, with the scopes of their token.
     pub fn from_identity(id: &crate::store::Identity, scopes: &[String]) -> Self {
         Who {
