@@ -244,33 +244,38 @@ impl Writer {
         pending: Arc<AtomicU64>,
         metrics: Family<EventLabels, Counter>,
     ) {
+        let counter = |event: &str| {
+            metrics
+                .get_or_create(&EventLabels {
+                    event: event.into(),
+                })
+                .clone()
+        };
+        let (written, failed) = (counter("written"), counter("failed"));
+        // A write or a flush that fails: the file is opened again for the next record.
+        let lost = |this: &mut Self, e: std::io::Error| {
+            this.out = None;
+            failed.inc();
+            if healthy.swap(false, Ordering::AcqRel) {
+                tracing::error!(error = %e, "the audit log cannot be written; records are being lost");
+            }
+        };
         while let Ok(first) = rx.recv() {
             let mut next = Some(first);
             // Everything queued goes out before one flush.
             while let Some(line) = next {
                 pending.fetch_sub(1, Ordering::AcqRel);
                 match self.write_line(&line) {
-                    Ok(()) => count(&metrics, "written"),
-                    Err(e) => {
-                        self.out = None;
-                        count(&metrics, "failed");
-                        if healthy.swap(false, Ordering::AcqRel) {
-                            tracing::error!(error = %e, "the audit log cannot be written; records are being lost");
-                        }
+                    Ok(()) => {
+                        written.inc();
                     }
+                    Err(e) => lost(&mut self, e),
                 }
                 next = rx.try_recv().ok();
             }
-            let flushed = self.out.as_mut().map(|o| o.flush());
-            match flushed {
+            match self.out.as_mut().map(|o| o.flush()) {
                 Some(Ok(())) => written_again(&healthy),
-                Some(Err(e)) => {
-                    self.out = None;
-                    count(&metrics, "failed");
-                    if healthy.swap(false, Ordering::AcqRel) {
-                        tracing::error!(error = %e, "the audit log cannot be written; records are being lost");
-                    }
-                }
+                Some(Err(e)) => lost(&mut self, e),
                 None => {}
             }
         }
