@@ -135,20 +135,18 @@ impl Relay {
         Fut: std::future::Future<Output = Response>,
     {
         let who = who(caller);
+        let session = header_value(req.headers(), "mcp-session-id");
+        let modern =
+            header_value(req.headers(), "mcp-protocol-version").as_deref() == Some("2026-07-28");
         let mut context = Context {
             who: caller.subject().to_string(),
             client_id: caller.client_id().to_string(),
             client_name: None,
-            session: header_value(req.headers(), "mcp-session-id"),
-            era: if header_value(req.headers(), "mcp-protocol-version").as_deref()
-                == Some("2026-07-28")
-            {
-                "2026-07-28"
-            } else {
-                "2025"
-            },
-            key: header_value(req.headers(), "mcp-session-id")
+            era: if modern { "2026-07-28" } else { "2025" },
+            key: session
+                .clone()
                 .unwrap_or_else(|| format!("user {}", caller.subject())),
+            session,
         };
         let started = std::time::Instant::now();
         if req.method() != Method::POST {

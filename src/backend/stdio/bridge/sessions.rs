@@ -97,7 +97,7 @@ impl StdioBackend {
         let mut out: Vec<crate::backend::SessionView> = sessions
             .iter()
             .map(|s| {
-                let pid = s.child().pid.get().copied();
+                let pid = s.child().pid;
                 crate::backend::SessionView {
                     id: s.mcp_id().to_string(),
                     user: s.owner().to_string(),

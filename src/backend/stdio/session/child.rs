@@ -55,7 +55,7 @@ pub struct Child {
     /// receives them in the order they were decided.
     pub subscribed: tokio::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// The process id, for the operator console (`None` for pipes in tests).
-    pub pid: std::sync::OnceLock<u32>,
+    pub pid: Option<u32>,
     /// When the child was started.
     pub started: tokio::time::Instant,
 }
@@ -120,6 +120,7 @@ impl Child {
         stdin: mpsc::Sender<Bytes>,
         kill: tokio::sync::oneshot::Sender<()>,
         stopped: watch::Receiver<bool>,
+        pid: Option<u32>,
     ) -> Arc<Child> {
         Arc::new(Child {
             tag,
@@ -136,7 +137,7 @@ impl Child {
             initialized_sent: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             subscribed: tokio::sync::Mutex::default(),
-            pid: std::sync::OnceLock::new(),
+            pid,
             started: tokio::time::Instant::now(),
         })
     }
@@ -158,10 +159,7 @@ impl Child {
         let (stdin_tx, mut stdin_rx) = mpsc::channel::<Bytes>(64);
         let (kill_tx, mut kill_rx) = tokio::sync::oneshot::channel::<()>();
         let (stopped_tx, stopped_rx) = watch::channel(false);
-        let child = Child::new(tag, shared, stdin_tx, kill_tx, stopped_rx);
-        if let Some(pid) = process.id() {
-            let _ = child.pid.set(pid);
-        }
+        let child = Child::new(tag, shared, stdin_tx, kill_tx, stopped_rx, process.id());
         let (Some(mut stdin), Some(stdout), Some(stderr)) = (
             process.stdin.take(),
             process.stdout.take(),

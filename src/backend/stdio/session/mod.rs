@@ -464,7 +464,7 @@ mod tests {
         let (kill, _) = tokio::sync::oneshot::channel();
         let (_, stopped) = watch::channel(false);
         (
-            Child::new("child-t".into(), shared, stdin, kill, stopped),
+            Child::new("child-t".into(), shared, stdin, kill, stopped, None),
             rx,
         )
     }
