@@ -27,7 +27,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(text.iter().any(|t| t.contains(NAME)), "{value}");
     let key = [7u8; 32];
     let field = csrf_token(&key, &value);
-    assert_eq!(csrf_valid(&key, Some(&value), Some(&field)), !value.is_empty());
+    assert_eq!(
+        csrf_valid(&key, Some(&value), Some(&field)),
+        !value.is_empty()
+    );
     assert!(!csrf_valid(&key, Some(&format!("{value}x")), Some(&field)));
     assert!(!csrf_valid(&[8u8; 32], Some(&value), Some(&field)));
 });

@@ -4,16 +4,15 @@
 //! one `Authorization`.
 #![no_main]
 
+mod common;
+
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
-use clap::Parser;
 use libfuzzer_sys::fuzz_target;
 use mcp_auth_proxy::backend::http::HttpBackend;
 use mcp_auth_proxy::backend::http::lane::{Lane, Shared};
-use mcp_auth_proxy::cli::Cli;
 use mcp_auth_proxy::clock::Clock;
-use mcp_auth_proxy::config::Config;
 use mcp_auth_proxy::gate::TokenCache;
 use mcp_auth_proxy::metrics::Metrics;
 use mcp_auth_proxy::store::sled::SledStore;
@@ -22,17 +21,7 @@ use mcp_auth_proxy::store::{Keys, Repo};
 fn lane() -> &'static Lane {
     static LANE: OnceLock<Lane> = OnceLock::new();
     LANE.get_or_init(|| {
-        let cli = Cli::try_parse_from([
-            "mcp-auth-proxy",
-            "--external-url",
-            "https://mcp.example.com",
-            "--no-auto-tls",
-            "--password",
-            "a password for the fuzz target",
-            "http://127.0.0.1:9/mcp",
-        ])
-        .expect("flags");
-        let config = Config::from_cli(cli).expect("config");
+        let config = common::config();
         let site = config.site(443).expect("site");
         let dir = std::env::temp_dir().join(format!("lane-fuzz-{}", std::process::id()));
         let store = SledStore::open(&dir).expect("a store");
@@ -40,7 +29,8 @@ fn lane() -> &'static Lane {
         let mcp_auth_proxy::config::Backend::Http(base) = &config.backend else {
             panic!("an HTTP backend");
         };
-        let backend = HttpBackend::new(base.clone(), config.upstream.clone(), &site, 1).expect("backend");
+        let backend =
+            HttpBackend::new(base.clone(), config.upstream.clone(), &site, 1).expect("backend");
         let shared = Shared {
             site,
             repo,
@@ -49,7 +39,8 @@ fn lane() -> &'static Lane {
             max_body: 1 << 20,
             body_read_timeout: std::time::Duration::from_secs(30),
         };
-        Lane::new(Arc::new(backend), shared, false, None, 1).expect("a lane for a plain HTTP upstream")
+        Lane::new(Arc::new(backend), shared, false, None, 1)
+            .expect("a lane for a plain HTTP upstream")
     })
 }
 
@@ -58,23 +49,35 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // No --trusted-proxies: both addresses are plain clients, X-Forwarded-Host not believed.
-    let peer: IpAddr = if from & 1 == 0 { [127, 0, 0, 1].into() } else { [10, 0, 0, 1].into() };
+    let peer: IpAddr = if from & 1 == 0 {
+        [127, 0, 0, 1].into()
+    } else {
+        [10, 0, 0, 1].into()
+    };
     if lane().parse_kind(head, peer) != "proxy" {
         return;
     }
     let mut fields = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut fields);
-    assert!(matches!(req.parse(head), Ok(httparse::Status::Complete(_))), "a proxied head is complete");
+    assert!(
+        matches!(req.parse(head), Ok(httparse::Status::Complete(_))),
+        "a proxied head is complete"
+    );
     assert_eq!(req.method, Some("POST"));
     assert_eq!(req.path, Some("/mcp"));
-    let named = |n: &str| req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(n)).collect::<Vec<_>>();
+    let named = |n: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(n))
+            .collect::<Vec<_>>()
+    };
     let hosts = named("host");
     assert_eq!(hosts.len(), 1, "one Host");
     let host = std::str::from_utf8(hosts[0].value).expect("a visible Host");
     let authority: http::uri::Authority = host.parse().expect("a Host that parses");
     assert_eq!(
         authority.host().trim_end_matches('.').to_ascii_lowercase(),
-        "mcp.example.com",
+        common::HOST,
         "{host}"
     );
     assert!(authority.port_u16().is_none_or(|p| p == 443), "{host}");

@@ -3,31 +3,19 @@
 //! is let through names our origin.
 #![no_main]
 
+mod common;
+
 use std::sync::OnceLock;
 
-use clap::Parser;
 use libfuzzer_sys::fuzz_target;
-use mcp_auth_proxy::cli::Cli;
-use mcp_auth_proxy::config::{Config, Site};
+use mcp_auth_proxy::config::Site;
 use mcp_auth_proxy::request_head::{
     host_allowed, malformed_head, origin_allowed, requested_authority,
 };
 
 fn site() -> &'static Site {
     static SITE: OnceLock<Site> = OnceLock::new();
-    SITE.get_or_init(|| {
-        let cli = Cli::try_parse_from([
-            "mcp-auth-proxy",
-            "--external-url",
-            "https://mcp.example.com",
-            "--no-auto-tls",
-            "--password",
-            "a password for the fuzz target",
-            "http://127.0.0.1:9/mcp",
-        ])
-        .expect("flags");
-        Config::from_cli(cli).expect("config").site(443).expect("site")
-    })
+    SITE.get_or_init(|| common::config().site(443).expect("site"))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -59,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
         let a: http::uri::Authority = authority.parse().expect("an allowed authority parses");
         assert_eq!(
             a.host().trim_end_matches('.').to_ascii_lowercase(),
-            "mcp.example.com",
+            common::HOST,
             "{authority}"
         );
         assert!(a.port_u16().is_none_or(|p| p == 443), "{authority}");
@@ -69,7 +57,9 @@ fuzz_target!(|data: &[u8]| {
             && origin_allowed(site, o)
         {
             assert!(
-                o.trim().to_ascii_lowercase().starts_with("https://mcp.example.com"),
+                o.trim()
+                    .to_ascii_lowercase()
+                    .starts_with("https://mcp.example.com"),
                 "{o}"
             );
         }
