@@ -50,6 +50,18 @@ async fn mcp_status(p: &TestProxy, token: &str, sid: &str) -> StatusCode {
     .status()
 }
 
+/// The password user signed in through a client of its own (the browser, the client, its
+/// access token) with an initialized MCP session (its id).
+async fn signed_in_with_session(p: &TestProxy) -> (Browser, OAuthClient, String, String) {
+    let t = p.target();
+    let browser = Browser::new();
+    let app = OAuthClient::public(&t).await;
+    let token: Value = app.sign_in(&t, &browser).await;
+    let token = token["access_token"].as_str().unwrap().to_string();
+    let sid = ready(p, &token).await;
+    (browser, app, token, sid)
+}
+
 /// Two wrong passwords from this address.
 async fn fail_twice(p: &TestProxy) {
     let b = Browser::new();
@@ -76,12 +88,7 @@ async fn an_operator_sees_sessions_grants_clients_and_failures_and_acts_on_them(
         audit.to_str().unwrap(),
     ])
     .await;
-    let t = p.target();
-    let browser = Browser::new();
-    let app = OAuthClient::public(&t).await;
-    let token: Value = app.sign_in(&t, &browser).await;
-    let token = token["access_token"].as_str().unwrap().to_string();
-    let sid = ready(&p, &token).await;
+    let (browser, app, token, sid) = signed_in_with_session(&p).await;
     fail_twice(&p).await;
 
     let (status, page) = console(&p, &browser).await;
@@ -201,12 +208,7 @@ async fn an_operator_sees_sessions_grants_clients_and_failures_and_acts_on_them(
 #[tokio::test]
 async fn everyone_else_gets_403_on_the_console_and_every_action() {
     let p = bridge_with(&["--admin-users", "oidc:the-operator"]).await;
-    let t = p.target();
-    let browser = Browser::new();
-    let app = OAuthClient::public(&t).await;
-    let token: Value = app.sign_in(&t, &browser).await;
-    let token = token["access_token"].as_str().unwrap().to_string();
-    let sid = ready(&p, &token).await;
+    let (browser, app, token, sid) = signed_in_with_session(&p).await;
 
     // Nobody signed in: the sign-in page.
     let anonymous = client().get(p.url("/.auth/admin")).send().await.unwrap();

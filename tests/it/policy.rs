@@ -704,3 +704,72 @@ async fn prompts_and_resources_are_judged_and_listed_too() {
         "{metrics}"
     );
 }
+
+/// A list answer that reaches the client on an event stream rather than in its POST's answer
+/// (the 2024-11-05 transport's `/sse`, as a `Last-Event-ID` replay does) is filtered by its
+/// shape.
+#[tokio::test]
+async fn a_list_on_an_event_stream_is_filtered_by_its_shape() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(dir.path(), &["--", "node", EVERYTHING, "stdio"]).await;
+    let u = users(&p).await;
+    let stream = client()
+        .get(p.url("/sse"))
+        .bearer_auth(&u.bob)
+        .header(header::ACCEPT, "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut stream = stream.bytes_stream();
+    let mut text = String::new();
+    // The events' data lines so far, after the stream has said `until`.
+    let mut read_until = async |until: &str| {
+        while !text.contains(until) {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(20), stream.next())
+                .await
+                .expect("an event within 20 s")
+                .expect("the stream is open")
+                .unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        text.clone()
+    };
+    let events = read_until("event: endpoint").await;
+    let endpoint = events
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap()
+        .to_string();
+    let send = async |body: Value| {
+        let resp = client()
+            .post(p.url(&endpoint))
+            .bearer_auth(&u.bob)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    };
+    send(json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2024-11-05","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})).await;
+    send(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).await;
+    send(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"})).await;
+    let events = read_until("\"id\":2").await;
+    let list: Value = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|m| m["id"] == 2)
+        .unwrap();
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"echo"), "{names:?}");
+    for hidden in ["get-env", "toggle-simulated-logging"] {
+        assert!(!names.contains(&hidden), "{hidden}: {names:?}");
+    }
+}
