@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::AuthServer;
-use super::consent::redirect_host;
+use super::consent::{consents_of, redirect_host};
 use super::describe_scope;
 use crate::clock::UnixTime;
 use crate::login::{display_name, form_csrf, form_post, site_name, unavailable};
@@ -74,30 +74,6 @@ async fn client_name(app: &AuthServer, client_id: &str) -> String {
         Ok(Some(c)) => c.client_name.unwrap_or(c.client_id),
         _ => client_id.to_string(),
     }
-}
-
-/// The remembered consents of `subject`: (key, client id, redirect URI).
-async fn consents_of(
-    app: &AuthServer,
-    subject: &str,
-) -> Result<Vec<(Vec<u8>, String, String)>, PageRefusal> {
-    let mut prefix = subject.as_bytes().to_vec();
-    prefix.push(0);
-    let found = app
-        .repo
-        .scan::<ConsentRecord>(&prefix)
-        .await
-        .map_err(unavailable(app))?;
-    Ok(found
-        .into_iter()
-        .map(|(key, c)| {
-            let uri = key
-                .get(prefix.len() + c.client_id.len() + 1..)
-                .map(|u| String::from_utf8_lossy(u).into_owned())
-                .unwrap_or_default();
-            (key, c.client_id, uri)
-        })
-        .collect())
 }
 
 /// `GET /.auth/apps`.

@@ -59,6 +59,31 @@ pub async fn remembered(
     }))
 }
 
+/// The remembered consents of `subject`: (key, client id, redirect URI), read back from
+/// the keys [`consent_key`] makes.
+pub(super) async fn consents_of(
+    app: &AuthServer,
+    subject: &str,
+) -> Result<Vec<(Vec<u8>, String, String)>, PageRefusal> {
+    let mut prefix = subject.as_bytes().to_vec();
+    prefix.push(0);
+    let found = app
+        .repo
+        .scan::<ConsentRecord>(&prefix)
+        .await
+        .map_err(unavailable(app))?;
+    Ok(found
+        .into_iter()
+        .map(|(key, c)| {
+            let uri = key
+                .get(prefix.len() + c.client_id.len() + 1..)
+                .map(|u| String::from_utf8_lossy(u).into_owned())
+                .unwrap_or_default();
+            (key, c.client_id, uri)
+        })
+        .collect())
+}
+
 /// Where the answer goes, as a person should read it.
 pub fn redirect_host(uri: &str) -> String {
     match Url::parse(uri) {
