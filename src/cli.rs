@@ -666,6 +666,12 @@ pub struct Cli {
           default_missing_value = "true", num_args = 0..=1, require_equals = true)]
     pub no_provider_auto_select: bool,
 
+    /// Once the password account has a passkey, sign in with it only: the password then
+    /// signs in by itself just to add the account's first passkey (docs/passkeys.md).
+    #[arg(help_heading = "Password sign-in", long, env = "REQUIRE_PASSKEY", value_parser = env_bool, default_value = "false",
+          default_missing_value = "true", num_args = 0..=1, require_equals = true)]
+    pub require_passkey: bool,
+
     /// User name of the password sign-in (the subject is `password:<name>`).
     #[arg(
         help_heading = "Password sign-in",

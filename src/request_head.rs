@@ -76,7 +76,7 @@ pub fn origin_allowed(site: &Site, origin: &str) -> bool {
 /// as "the first wins". Two `Mcp-Session-Id` lines would have the proxy check one session's
 /// owner and the upstream act in the other's; two `Host` lines are a 400 by RFC 9112 §3.2.
 /// `Cookie` (HTTP/2 splits it, RFC 9113 §8.2.3) and `X-Forwarded-For` (a list) may repeat.
-pub const SINGLE_VALUED: [&str; 9] = [
+pub const SINGLE_VALUED: [&str; 10] = [
     "host",
     "authorization",
     MCP_SESSION_ID,
@@ -86,6 +86,7 @@ pub const SINGLE_VALUED: [&str; 9] = [
     "content-type",
     "mcp-method",
     "mcp-name",
+    "x-csrf-token",
 ];
 
 /// Why a request's head is refused before anything reads it: a repeated single-valued

@@ -14,6 +14,8 @@ pub struct AuthConfig {
     /// `--password-hash` values (bcrypt).
     pub password_hashes: Vec<Secret>,
     pub password_user: String,
+    /// `--require-passkey`.
+    pub require_passkey: bool,
     pub login_max_failures: u32,
     pub login_failure_window: Duration,
     pub login_lockout: Duration,
@@ -189,6 +191,7 @@ pub(super) fn auth_config(cli: &Cli) -> Result<AuthConfig, ConfigError> {
         password,
         password_hashes,
         password_user,
+        require_passkey: cli.require_passkey,
         login_max_failures: cli.login_max_failures,
         login_failure_window: d("--login-failure-window", &cli.login_failure_window)?,
         login_lockout: d("--login-lockout", &cli.login_lockout)?,

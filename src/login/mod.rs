@@ -2,6 +2,7 @@
 //! sessions, logout. Paths are sigbit's: `/.auth/login`, `/.auth/logout`.
 
 pub mod membership;
+pub mod passkey;
 pub mod password;
 pub mod provider_tokens;
 pub mod providers;
@@ -65,6 +66,8 @@ pub struct Authn {
     pub providers: providers::Providers,
     pub lockout: Lockout,
     pub cookies: Cookies,
+    /// Passkeys for the password account, where this deployment's origin allows them.
+    pub passkeys: Option<passkey::Passkeys>,
 }
 
 impl Authn {
@@ -90,15 +93,26 @@ impl Authn {
         }
     }
 
-    /// Whether an identity signed in earlier is still allowed by today's configuration.
+    /// Whether an identity signed in earlier is still allowed by today's configuration. With
+    /// `--require-passkey`, a password-account sign-in counts only when a passkey made it.
     pub fn still_allowed(&self, identity: &Identity) -> bool {
         match identity.provider.as_str() {
-            "password" => self.password.as_ref().is_some_and(|p| {
-                identity.user_id == p.user()
-                    && identity.claims.get("pwd_epoch").and_then(|e| e.as_str()) == Some(p.epoch())
-            }),
+            "password" => {
+                let required = self.passkeys.as_ref().is_some_and(|p| p.required);
+                self.password_current(identity)
+                    && (!required || passkey::signed_in_with_passkey(identity))
+            }
             _ => self.providers.still_allowed(identity),
         }
+    }
+
+    /// Whether a password-account identity was signed in under today's password.
+    pub fn password_current(&self, identity: &Identity) -> bool {
+        identity.provider == "password"
+            && self.password.as_ref().is_some_and(|p| {
+                identity.user_id == p.user()
+                    && identity.claims.get("pwd_epoch").and_then(|e| e.as_str()) == Some(p.epoch())
+            })
     }
 }
 
@@ -178,19 +192,54 @@ async fn login_form(
     locked: bool,
 ) -> Response {
     let pending = pending(app, req).await;
-    login_form_for(app, headers, status, req, pending.as_ref(), error, locked)
+    let form = LoginForm {
+        status,
+        error,
+        notice: None,
+        locked,
+    };
+    login_form_for(app, headers, req, pending.as_ref(), form).await
+}
+
+/// What the login form says besides its fields.
+struct LoginForm<'a> {
+    status: StatusCode,
+    error: Option<&'a str>,
+    notice: Option<&'a str>,
+    locked: bool,
+}
+
+/// Whether the password account has a passkey (a store failure reads as none: the password
+/// form is then shown, and a required passkey is still enforced when it is used).
+async fn has_passkey(app: &SignIn) -> bool {
+    if app.authn.passkeys.is_none() {
+        return false;
+    }
+    match passkey::of_password_account(app).await {
+        Ok(keys) => !keys.is_empty(),
+        Err(e) => {
+            tracing::warn!(error = %e, "the account's passkeys could not be read for the login page");
+            false
+        }
+    }
 }
 
 /// [`login_form`] for the pending request already read.
-fn login_form_for(
+async fn login_form_for(
     app: &SignIn,
     headers: &HeaderMap,
-    status: StatusCode,
     req: Option<&str>,
     pending: Option<&AuthRequestRecord>,
-    error: Option<&str>,
-    locked: bool,
+    form: LoginForm<'_>,
 ) -> Response {
+    let LoginForm {
+        status,
+        error,
+        notice,
+        locked,
+    } = form;
+    let passkey = has_passkey(app).await;
+    let passkey_required = app.authn.passkeys.as_ref().is_some_and(|p| p.required);
     let (csrf, set) = form_csrf(app, headers);
     let name = site_name(app);
     let client_name = pending.as_ref().map(|r| r.client_label().to_string());
@@ -212,10 +261,19 @@ fn login_form_for(
         csrf: &csrf,
         req,
         locked,
-        password: app.authn.password.is_some(),
+        // Once a required passkey exists, the password no longer signs in.
+        password: app.authn.password.is_some() && !(passkey_required && passkey),
         providers,
+        passkey,
+        notice,
+        script: crate::web::pages::PASSKEY_JS,
     };
-    with_cookie(page(status, &tpl, FormTarget::SelfOnly), set)
+    let resp = with_cookie(page(status, &tpl, FormTarget::SelfOnly), set);
+    if passkey && !locked {
+        crate::web::pages::allow_passkey_script(resp)
+    } else {
+        resp
+    }
 }
 
 /// `GET /.auth/login`: the form, or where a signed-in person goes next.
@@ -262,15 +320,17 @@ pub async fn login_get(
                     FormTarget::SelfOnly,
                 ));
             }
-            login_form_for(
-                &app,
-                &headers,
-                StatusCode::OK,
-                req,
-                request.as_ref(),
-                None,
-                false,
-            )
+            let notice = match params.get("done") {
+                Some("passkey-added") => Some("Passkey added. Sign in with it now."),
+                _ => None,
+            };
+            let form = LoginForm {
+                status: StatusCode::OK,
+                error: None,
+                notice,
+                locked: false,
+            };
+            login_form_for(&app, &headers, req, request.as_ref(), form).await
         }
     })
 }
@@ -357,15 +417,42 @@ pub async fn login_post(
         return Ok(form.await);
     }
     app.authn.lockout.succeed(ip).await;
+    // Where a passkey is required, the password signs in only to add the first one.
+    let enrol_only = match &app.authn.passkeys {
+        Some(p) if p.required => {
+            let existing = passkey::of_password_account(&app)
+                .await
+                .map_err(unavailable(&app))?;
+            if !existing.is_empty() {
+                app.metrics.sign_in("password", "passkey_required");
+                let form = login_form(
+                    &app,
+                    &headers,
+                    StatusCode::FORBIDDEN,
+                    req,
+                    Some("This account signs in with its passkey, not the password."),
+                    false,
+                );
+                return Ok(form.await);
+            }
+            true
+        }
+        _ => false,
+    };
     app.metrics.sign_in("password", "success");
     let identity = app.authn.password_identity(verifier);
     let ttl = app.authn.cfg.login_session_ttl.as_secs();
     let token = crate::web::session::create(&app.repo, identity, ttl)
         .await
         .map_err(unavailable(&app))?;
-    tracing::info!(client_ip = %ip, provider = "password", user = verifier.user(), "signed in");
-    signed_in_for(&app, req).await.map_err(unavailable(&app))?;
-    let mut resp = see_other(&next_step(req), FormTarget::SelfOnly);
+    tracing::info!(client_ip = %ip, provider = "password", user = verifier.user(), enrol_only, "signed in");
+    let next = if enrol_only {
+        passkey::manage::enrolment_for(req)
+    } else {
+        signed_in_for(&app, req).await.map_err(unavailable(&app))?;
+        next_step(req)
+    };
+    let mut resp = see_other(&next, FormTarget::SelfOnly);
     let cookie = app
         .authn
         .cookies

@@ -4,10 +4,11 @@
 //! allow-list loses access now, not when their tokens expire.
 
 use super::Authn;
+use super::passkey::Passkeys;
 use super::password::{Lockout, PasswordError, PasswordVerifier};
 use super::providers::ProviderError;
 use crate::config::{AuthConfig, Site};
-use crate::store::{GrantRecord, Repo, StoreError};
+use crate::store::{GrantRecord, PasskeyRecord, Repo, StoreError};
 use crate::web::session::Cookies;
 
 /// Store key of the fingerprint of the passwords grants were made under.
@@ -22,6 +23,8 @@ pub enum StartError {
     Provider(#[from] ProviderError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Passkey(#[from] super::passkey::PasskeyError),
 }
 
 /// Sets up sign-in; when the configured passwords changed since the last start, revokes
@@ -49,20 +52,40 @@ pub async fn authn(auth: &AuthConfig, site: &Site, repo: &Repo) -> Result<Authn,
                     revoked += 1;
                 }
             }
+            let mut passkeys = 0;
+            for (key, _) in repo.scan::<PasskeyRecord>(b"").await? {
+                repo.remove::<PasskeyRecord>(&key).await?;
+                passkeys += 1;
+            }
             tracing::warn!(
                 revoked,
-                "the password changed: sign-ins made with the old one are revoked"
+                passkeys,
+                "the password changed: sign-ins and passkeys made with the old one are revoked"
             );
         }
         repo.put_secret(PASSWORD_EPOCH, current.as_bytes()).await?;
         repo.flush().await?;
     }
     let providers = super::providers::Providers::new(&auth.providers, site).await?;
-    // Grants of people today's allow-lists no longer admit (a user removed from a list, a
-    // provider no longer configured) end now, not when their tokens expire.
+    let passkeys = Passkeys::new(&site.origin, password.is_some(), auth.require_passkey)?;
+    let authn = Authn {
+        providers,
+        lockout: Lockout::new(auth, repo),
+        cookies: Cookies::for_origin(&site.origin),
+        password,
+        passkeys,
+        // The plaintext password was hashed above; this copy lives as long as the process.
+        cfg: AuthConfig {
+            password: None,
+            ..auth.clone()
+        },
+    };
+    // Grants today's configuration no longer admits end now, not when their tokens expire:
+    // people removed from an allow-list, a provider no longer configured, and (with
+    // `--require-passkey`) the password account's grants made with the password alone.
     let mut revoked = 0;
     for (_, grant) in repo.scan::<GrantRecord>(b"").await? {
-        if grant.identity.provider != "password" && !providers.still_allowed(&grant.identity) {
+        if !authn.still_allowed(&grant.identity) {
             repo.revoke_grant(&grant.grant_id).await?;
             revoked += 1;
         }
@@ -70,21 +93,10 @@ pub async fn authn(auth: &AuthConfig, site: &Site, repo: &Repo) -> Result<Authn,
     if revoked > 0 {
         tracing::warn!(
             revoked,
-            "grants of users the allow-lists no longer admit were revoked"
+            "grants today's configuration no longer admits were revoked"
         );
         repo.flush().await?;
     }
-    let authn = Authn {
-        providers,
-        lockout: Lockout::new(auth, repo),
-        cookies: Cookies::for_origin(&site.origin),
-        password,
-        // The plaintext password was hashed above; this copy lives as long as the process.
-        cfg: AuthConfig {
-            password: None,
-            ..auth.clone()
-        },
-    };
     let methods = authn.methods();
     if methods.is_empty() {
         tracing::warn!(

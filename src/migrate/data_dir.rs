@@ -71,5 +71,7 @@ fn describe(table: Table) -> &'static str {
         Table::Lockouts => "password attempt counts",
         Table::Acme => "certificate orders in progress",
         Table::DpopProofs => "DPoP proofs seen",
+        Table::Passkeys => "passkeys",
+        Table::PasskeyCeremonies => "passkey sign-ins in progress",
     }
 }

@@ -14,12 +14,14 @@ use super::AuthServer;
 use super::consent::{consents_of, redirect_host};
 use super::describe_scope;
 use crate::clock::UnixTime;
+use crate::login::passkey::manage::rows_for;
 use crate::login::{display_name, form_csrf, form_post, site_name, unavailable};
 use crate::store::{ClientRecord, ConsentRecord, GrantRecord, SessionRecord};
 use crate::web::flow::{APPS_PATH, LOGIN_PATH};
 use crate::web::form::Params;
 use crate::web::pages::{
-    AppsPage, ConnectedApp, FormTarget, RevokeAppPage, page_with_cookie, see_other,
+    AppsPage, ConnectedApp, FormTarget, PASSKEY_JS, RevokeAppPage, allow_passkey_script,
+    page_with_cookie, see_other,
 };
 use crate::web::refusal::PageRefusal;
 
@@ -116,23 +118,30 @@ pub async fn apps_get(
     let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
     let notice = match params.get("done") {
         Some("revoked") => Some("Access revoked. The app must ask you again to connect."),
+        Some("passkey-added") => Some("Passkey added. You can sign in with it now."),
+        Some("passkey-removed") => Some("Passkey removed. It no longer signs anyone in."),
         _ => None,
     };
+    let passkeys = rows_for(&app, &session).await?;
     let (csrf, set) = form_csrf(&app, &headers);
     let name = site_name(&app);
+    let with_script = passkeys.is_some();
     let tpl = AppsPage {
         site_name: &name,
         user: display_name(&session.identity),
         apps,
         notice,
         csrf: &csrf,
+        passkeys,
+        next: "/.auth/apps?done=passkey-added#passkeys",
+        script: PASSKEY_JS,
     };
-    Ok(page_with_cookie(
-        StatusCode::OK,
-        &tpl,
-        FormTarget::SelfOnly,
-        set,
-    ))
+    let resp = page_with_cookie(StatusCode::OK, &tpl, FormTarget::SelfOnly, set);
+    Ok(if with_script {
+        allow_passkey_script(resp)
+    } else {
+        resp
+    })
 }
 
 /// The grant `grant_id` if it is `subject`'s; any other answer reads the same.

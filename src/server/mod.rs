@@ -123,6 +123,7 @@ impl std::ops::Deref for AppState {
 
 /// The application: our own endpoints, then every other path proxied behind the gate.
 pub fn router(state: AppState) -> Router {
+    use login::passkey::ceremony;
     let mcp_path = state.site().mcp_path.clone();
     let mut guarded = Router::new();
     if let Some(path) = &state.forward_auth_path {
@@ -168,6 +169,17 @@ pub fn router(state: AppState) -> Router {
         .route("/.auth/google/login", get(login::upstream::start))
         .route("/.auth/github/login", get(login::upstream::start))
         .route("/.auth/oidc/login", get(login::upstream::start))
+        // Each passkey ceremony stores its challenge, and each sign-in answer is a guess.
+        .route(
+            ceremony::REGISTER_OPTIONS_PATH,
+            post(ceremony::register_options),
+        )
+        .route(ceremony::REGISTER_PATH, post(ceremony::register))
+        .route(
+            ceremony::SIGN_IN_OPTIONS_PATH,
+            post(ceremony::sign_in_options),
+        )
+        .route(ceremony::SIGN_IN_PATH, post(ceremony::sign_in))
         .route_layer(limited());
     let pages = Router::new()
         // Each password guess is a POST here: rate-limited like the API, on top of the lockout.
@@ -188,6 +200,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             crate::oauth::apps::SIGN_OUT_EVERYWHERE_PATH,
             post(crate::oauth::apps::sign_out_everywhere),
+        )
+        .route(
+            login::passkey::PASSKEYS_PATH,
+            get(login::passkey::manage::passkeys_get),
+        )
+        .route(
+            login::passkey::manage::REMOVE_PATH,
+            get(login::passkey::manage::remove_get).post(login::passkey::manage::remove_post),
         )
         .route(
             crate::oauth::console::ADMIN_PATH,

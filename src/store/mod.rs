@@ -56,10 +56,15 @@ pub enum Table {
     Acme,
     /// DPoP proofs already used, by hash of key thumbprint and `jti`, until they expire.
     DpopProofs,
+    /// Passkeys of password accounts, by user ++ 0 ++ credential id.
+    Passkeys,
+    /// Passkey registrations and sign-ins between their two requests, by hash of the
+    /// ceremony cookie.
+    PasskeyCeremonies,
 }
 
 impl Table {
-    pub const ALL: [Table; 14] = [
+    pub const ALL: [Table; 16] = [
         Table::Clients,
         Table::Codes,
         Table::Grants,
@@ -74,6 +79,8 @@ impl Table {
         Table::Lockouts,
         Table::Acme,
         Table::DpopProofs,
+        Table::Passkeys,
+        Table::PasskeyCeremonies,
     ];
 
     /// Stable name, used as the backend's table name.
@@ -93,6 +100,8 @@ impl Table {
             Table::Lockouts => "lockouts",
             Table::Acme => "acme",
             Table::DpopProofs => "dpop_proofs",
+            Table::Passkeys => "passkeys",
+            Table::PasskeyCeremonies => "passkey_ceremonies",
         }
     }
 }

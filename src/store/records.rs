@@ -291,6 +291,50 @@ impl Record for SignInRecord {
     const VERSION: u32 = 1;
 }
 
+/// A passkey of a password account. Kept with the password epoch it was added under: a
+/// changed password ends the passkeys added with the old one, as it ends its grants.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PasskeyRecord {
+    /// The password account (`--password-user`).
+    pub user: String,
+    /// The person's name for it ("Laptop").
+    pub name: String,
+    pub epoch: String,
+    pub created_at: UnixTime,
+    #[serde(default)]
+    pub last_used: Option<UnixTime>,
+    pub credential: webauthn_rs::prelude::Passkey,
+}
+
+impl Record for PasskeyRecord {
+    const TABLE: Table = Table::Passkeys;
+    const VERSION: u32 = 1;
+}
+
+/// A passkey ceremony between its two requests (the options sent to the browser, the
+/// browser's answer). The state holds the challenge, so it is kept here, never in the
+/// browser; it is taken (read and removed) by the answer, so each challenge is answered once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PasskeyCeremonyRecord {
+    /// Adding a passkey to `user`'s account, for the browser session `session` (hash).
+    Registration {
+        user: String,
+        session: [u8; 32],
+        name: String,
+        state: webauthn_rs::prelude::PasskeyRegistration,
+    },
+    /// Signing in, to continue the pending authorization request `req` when there is one.
+    SignIn {
+        req: Option<String>,
+        state: webauthn_rs::prelude::PasskeyAuthentication,
+    },
+}
+
+impl Record for PasskeyCeremonyRecord {
+    const TABLE: Table = Table::PasskeyCeremonies;
+    const VERSION: u32 = 1;
+}
+
 /// A client's recent password attempts and its lock, on a shared store (see
 /// `login::password::Lockout`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

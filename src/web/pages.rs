@@ -8,6 +8,29 @@ use axum::response::{Html, IntoResponse, Response};
 /// The stylesheet, compiled in so the binary needs no files beside it.
 pub const STYLE_CSS: &str = include_str!("../../static/style.css");
 
+/// The passkey ceremonies' script, compiled in and inlined on the pages with a passkey button
+/// ([`allow_passkey_script`] lets it, and only it, run).
+pub const PASSKEY_JS: &str = include_str!("../../static/passkeys.js");
+
+/// The CSP of a page that runs [`PASSKEY_JS`]: the script by its hash, fetches to us, and
+/// otherwise the same as every page.
+static PASSKEY_CSP: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| {
+    use base64::Engine;
+    use sha2::Digest;
+    let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(PASSKEY_JS));
+    let csp = format!(
+        "default-src 'none'; script-src 'sha256-{hash}'; connect-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    );
+    HeaderValue::from_str(&csp).unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))
+});
+
+/// Lets `resp`, a page that inlines [`PASSKEY_JS`], run it.
+pub fn allow_passkey_script(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CONTENT_SECURITY_POLICY, PASSKEY_CSP.clone());
+    resp
+}
+
 #[derive(Template)]
 #[template(path = "login.html")]
 pub struct LoginPage<'a> {
@@ -20,6 +43,11 @@ pub struct LoginPage<'a> {
     /// Whether the password form is shown.
     pub password: bool,
     pub providers: Vec<ProviderButton>,
+    /// Whether the "Sign in with a passkey" button is shown.
+    pub passkey: bool,
+    /// A line of good news ("Passkey added").
+    pub notice: Option<&'a str>,
+    pub script: &'a str,
 }
 
 /// A "Sign in with …" button on the login page.
@@ -82,6 +110,43 @@ pub struct AppsPage<'a> {
     pub user: &'a str,
     pub apps: Vec<ConnectedApp>,
     pub notice: Option<&'a str>,
+    pub csrf: &'a str,
+    /// The password account's passkeys, when this person is that account and passkeys are
+    /// offered.
+    pub passkeys: Option<Vec<PasskeyRow>>,
+    /// Where the page goes once a passkey is added.
+    pub next: &'a str,
+    pub script: &'a str,
+}
+
+/// A passkey as the pages list it.
+pub struct PasskeyRow {
+    /// The credential id, base64url: names it in the removal's address.
+    pub id: String,
+    pub name: String,
+    pub added: String,
+    pub last_used: String,
+}
+
+#[derive(Template)]
+#[template(path = "passkeys.html")]
+pub struct PasskeysPage<'a> {
+    pub site_name: &'a str,
+    pub user: &'a str,
+    pub csrf: &'a str,
+    /// Where the page goes once the passkey is added.
+    pub next: &'a str,
+    pub script: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "passkey_remove.html")]
+pub struct RemovePasskeyPage<'a> {
+    pub site_name: &'a str,
+    pub user: &'a str,
+    pub passkey: &'a PasskeyRow,
+    /// That removing it leaves the account without a passkey while one is required.
+    pub last_required: bool,
     pub csrf: &'a str,
 }
 

@@ -26,6 +26,8 @@ pub struct Cookies {
     pub csrf: String,
     /// Holds the `state` of a sign-in at a provider, binding it to this browser.
     pub signin: String,
+    /// Names the passkey ceremony (registration or sign-in) this browser is in.
+    pub passkey: String,
     secure: bool,
 }
 
@@ -36,6 +38,7 @@ impl Cookies {
             session: format!("{prefix}{COOKIE_PREFIX}session"),
             csrf: format!("{prefix}{COOKIE_PREFIX}csrf"),
             signin: format!("{prefix}{COOKIE_PREFIX}signin"),
+            passkey: format!("{prefix}{COOKIE_PREFIX}passkey"),
             secure: origin.is_https(),
         }
     }

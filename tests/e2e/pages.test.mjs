@@ -3,80 +3,32 @@
 // target/e2e-screenshots/ for a person to look at.
 
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
-import { mkdirSync } from 'node:fs';
-import http from 'node:http';
-import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { chromium } from 'playwright-core';
+import { approve, authorizationUrl, exchange, launchChromium, pkce, registerClient, shoot, startCallback, VIEWPORTS } from './chromium.mjs';
+import { PASSWORD, startProxy } from './harness.mjs';
 
-import { PASSWORD, ROOT, startProxy } from './harness.mjs';
-
-const OUT = path.join(ROOT, 'target/e2e-screenshots');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 // The client's callback: a real local server (as a native app would run).
+let callback;
 let REDIRECT;
-let callbackServer;
-
-const VIEWPORTS = {
-  desktop: { viewport: { width: 1280, height: 800 } },
-  phone: { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 },
-};
-
 let proxy;
 let browser;
 
 before(async () => {
-  mkdirSync(OUT, { recursive: true });
-  callbackServer = http.createServer((req, res) => {
-    res.writeHead(200, { 'content-type': 'text/plain' });
-    res.end('client callback');
-  });
-  await new Promise((resolve) => callbackServer.listen(0, '127.0.0.1', resolve));
-  REDIRECT = `http://127.0.0.1:${callbackServer.address().port}/callback`;
+  callback = await startCallback();
+  REDIRECT = callback.url;
   proxy = await startProxy({ args: ['--login-max-failures', '3', '--admin-users', 'password:admin'] });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {
   await browser?.close();
   await proxy?.stop();
-  callbackServer?.close();
+  await callback?.close();
 });
 
-async function register(name, redirect) {
-  const res = await fetch(proxy.url('/register'), {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ client_name: name, redirect_uris: [redirect ?? REDIRECT] }),
-  });
-  assert.equal(res.status, 201);
-  return (await res.json()).client_id;
-}
-
-function authUrl(clientId, redirect) {
-  const q = new URLSearchParams({
-    response_type: 'code',
-    client_id: clientId,
-    redirect_uri: redirect ?? REDIRECT,
-    code_challenge: 'E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM',
-    code_challenge_method: 'S256',
-    state: 'pages',
-  });
-  return proxy.url(`/authorize?${q}`);
-}
-
-async function shoot(page, kind, name) {
-  // Nothing may stick out sideways, on a phone least of all.
-  const box = await page.locator('main').boundingBox();
-  const { width } = page.viewportSize();
-  assert.ok(box && box.x >= 0 && box.x + box.width <= width + 0.5, `${kind}/${name}: the card fits (${JSON.stringify(box)})`);
-  await page.screenshot({ path: path.join(OUT, `${kind}-${name}.png`), fullPage: true });
-}
+const register = (name, redirect) => registerClient(proxy, name, redirect ?? REDIRECT);
+const authUrl = (clientId, redirect) => authorizationUrl(proxy, clientId, redirect ?? REDIRECT);
 
 for (const [kind, options] of Object.entries(VIEWPORTS)) {
   test(`the sign-in pages on a ${kind}`, async () => {
@@ -100,7 +52,7 @@ for (const [kind, options] of Object.entries(VIEWPORTS)) {
     assert.match(await page.locator('h1').innerText(), /Claude Desktop/);
     await shoot(page, kind, 'consent');
 
-    await Promise.all([page.waitForURL((u) => u.href.startsWith(REDIRECT)), page.click('button[value=approve]')]);
+    await approve(page, REDIRECT);
     const back = new URL(page.url());
     assert.equal(`${back.origin}${back.pathname}`, REDIRECT);
     assert.ok(back.searchParams.get('code'));
@@ -135,24 +87,14 @@ for (const [kind, options] of Object.entries(VIEWPORTS)) {
 /** Signs `page` through an authorization for `clientId` (signed in already, or with the
  * password) and exchanges the code; returns the token response. */
 async function connectApp(page, clientId) {
-  const verifier = crypto.randomBytes(32).toString('base64url');
-  const challenge = crypto.createHash('sha256').update(verifier).digest('base64url');
-  const url = new URL(authUrl(clientId));
-  url.searchParams.set('code_challenge', challenge);
-  await page.goto(url.href);
+  const { verifier, challenge } = pkce();
+  await page.goto(authorizationUrl(proxy, clientId, REDIRECT, challenge));
   if (await page.locator('#password').count()) {
     await page.fill('#password', PASSWORD);
     await page.click('button[type=submit]');
   }
-  await Promise.all([page.waitForURL((u) => u.href.startsWith(REDIRECT)), page.click('button[value=approve]')]);
-  const code = new URL(page.url()).searchParams.get('code');
-  const res = await fetch(proxy.url('/token'), {
-    method: 'POST',
-    headers: { 'content-type': 'application/x-www-form-urlencoded' },
-    body: new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: REDIRECT, code_verifier: verifier, client_id: clientId }),
-  });
-  assert.equal(res.status, 200);
-  return res.json();
+  const code = await approve(page, REDIRECT);
+  return exchange(proxy, { clientId, code, verifier, redirect: REDIRECT });
 }
 
 const gateStatus = async (token) =>

@@ -19,6 +19,7 @@ mod layers;
 mod nginx_example;
 mod oauth;
 mod packaging;
+mod passkeys;
 mod pg;
 mod policy;
 mod postgres;
