@@ -18,7 +18,7 @@ use super::apps::{signed_in, when};
 use super::static_clients::is_static;
 use crate::audit::Record;
 use crate::login::{display_name, form_csrf, form_post, site_name, unavailable};
-use crate::store::{ClientRecord, GrantRecord, Identity, SessionRecord};
+use crate::store::{ClientRecord, GrantRecord, Identity, McpSessionRecord, SessionRecord};
 use crate::web::form::Params;
 use crate::web::pages::{
     AdminPage, ClientRow, FormTarget, GrantRow, LockoutRow, SessionRow, page_with_cookie, see_other,
@@ -63,6 +63,49 @@ fn span(d: Duration) -> String {
     }
 }
 
+/// The prefix of a console target that names an HTTP upstream's session by the hash the
+/// proxy keeps of its id (the id itself is never stored).
+const UPSTREAM: &str = "upstream:";
+
+/// The sessions an HTTP upstream issued, by the bindings the proxy keeps of them (who may use
+/// each): their user and age. Their process is the upstream's own.
+async fn upstream_sessions(app: &AuthServer) -> Result<Vec<SessionRow>, PageRefusal> {
+    let now = app.repo.clock().now();
+    let mut bindings = app
+        .repo
+        .scan::<McpSessionRecord>(b"")
+        .await
+        .map_err(unavailable(app))?;
+    bindings.sort_by_key(|(_, b)| std::cmp::Reverse(b.created_at));
+    Ok(bindings
+        .into_iter()
+        .map(|(key, b)| SessionRow {
+            id: format!("{UPSTREAM}{}", hex::encode(key)),
+            user: b.subject,
+            process: "the HTTP upstream's".into(),
+            age: span(Duration::from_secs(now.saturating_sub(b.created_at))),
+            idle: "—".into(),
+            memory: "—".into(),
+        })
+        .collect())
+}
+
+/// Ends an HTTP upstream's session at the proxy: its binding goes, so the next request with
+/// its id gets 404 and the client starts a new session. Whether there was one.
+async fn end_upstream_session(app: &AuthServer, hash_hex: &str) -> Result<bool, PageRefusal> {
+    let Some(key) = hex::decode(hash_hex).ok().filter(|k| k.len() == 32) else {
+        return Ok(false);
+    };
+    let ended = app
+        .repo
+        .remove::<McpSessionRecord>(&key)
+        .await
+        .map_err(unavailable(app))?
+        .is_some();
+    app.repo.flush().await.map_err(unavailable(app))?;
+    Ok(ended)
+}
+
 /// `GET /.auth/admin`.
 pub async fn admin_get(
     State(app): State<AuthServer>,
@@ -93,6 +136,13 @@ pub async fn admin_get(
             user: s.user,
         })
         .collect();
+    let mut sessions: Vec<SessionRow> = sessions;
+    sessions.extend(
+        upstream_sessions(&app)
+            .await?
+            .into_iter()
+            .take(MAX_ROWS.saturating_sub(sessions.len())),
+    );
     let mut grants: Vec<GrantRecord> = app
         .repo
         .scan::<GrantRecord>(b"")
@@ -164,7 +214,7 @@ pub async fn admin_get(
         .collect();
     let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
     let notice = match params.get("done") {
-        Some("end-session") => Some("The session was ended and its process stopped."),
+        Some("end-session") => Some("The session was ended (a stdio session's process stopped)."),
         Some("revoke-grant") => Some("The grant was revoked; its tokens no longer work."),
         Some("delete-client") => Some("The client was deleted, with every grant it held."),
         Some("unlock-ip") => Some("The address may sign in again."),
@@ -211,7 +261,10 @@ pub async fn admin_post(
     let store = unavailable(&app);
     let action = match params.get("action") {
         Some("end-session") => {
-            let ended = app.backend.as_ref().is_some_and(|b| b.end_session(target));
+            let ended = match target.strip_prefix(UPSTREAM) {
+                Some(hash) => end_upstream_session(&app, hash).await?,
+                None => app.backend.as_ref().is_some_and(|b| b.end_session(target)),
+            };
             if !ended {
                 return Err(not_found());
             }

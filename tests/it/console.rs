@@ -237,3 +237,62 @@ async fn everyone_else_gets_403_on_the_console_and_every_action() {
         "nothing was done"
     );
 }
+
+#[tokio::test]
+async fn an_operator_sees_and_ends_the_sessions_of_an_http_upstream() {
+    let up = crate::helpers::start_upstream().await;
+    let p =
+        crate::helpers::start_proxy(&["--admin-users", "password:admin", &up.url("/mcp")]).await;
+    let t = p.target();
+    let browser = Browser::new();
+    let token: Value = OAuthClient::public(&t).await.sign_in(&t, &browser).await;
+    let token = token["access_token"].as_str().unwrap().to_string();
+    let init = client()
+        .post(p.url("/mcp"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#)
+        .send()
+        .await
+        .unwrap();
+    let sid = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let ping = || {
+        client()
+            .post(p.url("/mcp"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .header("mcp-session-id", &sid)
+            .body(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#)
+            .send()
+    };
+    assert_eq!(ping().await.unwrap().status(), StatusCode::OK);
+
+    let (status, page) = console(&p, &browser).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("the HTTP upstream&#39;s") || page.contains("the HTTP upstream's"),
+        "{page}"
+    );
+    let target = page
+        .split("value=\"upstream:")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .map(|hash| format!("upstream:{hash}"))
+        .expect("the upstream session's row");
+    assert!(
+        !page.contains(&sid),
+        "the session id itself is never shown (the proxy keeps its hash)"
+    );
+    let resp = act(&p, &browser, &page, "end-session", &target).await;
+    assert_eq!(location(&resp), "/.auth/admin?done=end-session");
+    assert_eq!(
+        ping().await.unwrap().status(),
+        StatusCode::NOT_FOUND,
+        "the client must start a new session"
+    );
+    let resp = act(&p, &browser, &page, "end-session", &target).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND, "ended already");
+}

@@ -232,7 +232,9 @@ mod tests {
                 assert_eq!(required, Ok(true), "{origin}");
             } else {
                 assert!(
-                    required.as_ref().is_err_and(|e| e.contains(origin.trim_end_matches('/'))),
+                    required
+                        .as_ref()
+                        .is_err_and(|e| e.contains(origin.trim_end_matches('/'))),
                     "{origin}: {required:?}"
                 );
             }
