@@ -477,6 +477,17 @@ impl BinarySite {
         }
     }
 
+    /// A site whose public URL names `localhost` (browsers allow passkeys there, never on an
+    /// IP address).
+    pub async fn on_localhost() -> Self {
+        let port = dead_port().await;
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            origin: format!("http://localhost:{port}"),
+            listen: format!("127.0.0.1:{port}"),
+        }
+    }
+
     /// The protected resource of this site.
     pub fn resource(&self) -> String {
         format!("{}/mcp", self.origin)

@@ -16,11 +16,11 @@ use mcp_auth_proxy::store::{GrantRecord, PasskeyCeremonyRecord, PasskeyRecord};
 
 use crate::flow::{Browser, OAuthClient, hidden, location, query, token};
 use crate::helpers::{
-    TEST_PASSWORD, TestProxy, gate_status, start_proxy, start_proxy_with, start_upstream,
+    TEST_PASSWORD, Target, TestProxy, gate_status, start_proxy, start_proxy_with, start_upstream,
 };
 
 /// The CSRF token a page of ours carries (a form's hidden field or a button's data-csrf).
-fn csrf_of(html: &str) -> String {
+pub fn csrf_of(html: &str) -> String {
     if let Some(v) = hidden(html, "csrf") {
         return v;
     }
@@ -28,9 +28,10 @@ fn csrf_of(html: &str) -> String {
     html[at..].split('"').next().unwrap().replace("&#43;", "+")
 }
 
-/// A ceremony request as the pages' script sends it.
-async fn ceremony(
-    p: &TestProxy,
+/// A ceremony request as the pages' script sends it, to the proxy `t` names (its `Host`
+/// the external one, as behind a load balancer).
+pub async fn ceremony(
+    t: &Target,
     browser: &Browser,
     csrf: &str,
     path: &str,
@@ -38,8 +39,9 @@ async fn ceremony(
 ) -> (StatusCode, Value) {
     let resp = browser
         .http
-        .post(p.url(path))
-        .header("origin", p.target().origin)
+        .post(t.url(path))
+        .header("host", t.origin.trim_start_matches("http://"))
+        .header("origin", &t.origin)
         .header("x-csrf-token", csrf)
         .json(body)
         .send()
@@ -59,7 +61,7 @@ async fn add_passkey(p: &TestProxy, browser: &Browser, key: &mut SoftPasskey, na
     let apps = browser.text(&p.url("/.auth/apps")).await;
     let csrf = csrf_of(&apps);
     let (status, options) = ceremony(
-        p,
+        &p.target(),
         browser,
         &csrf,
         "/.auth/passkeys/register/options",
@@ -74,7 +76,7 @@ async fn add_passkey(p: &TestProxy, browser: &Browser, key: &mut SoftPasskey, na
         )
         .unwrap();
     let (status, added) = ceremony(
-        p,
+        &p.target(),
         browser,
         &csrf,
         "/.auth/passkeys/register",
@@ -97,7 +99,7 @@ async fn passkey_sign_in(
     let login = browser.text(&p.url("/.auth/login")).await;
     let csrf = csrf_of(&login);
     let (status, options) = ceremony(
-        p,
+        &p.target(),
         browser,
         &csrf,
         "/.auth/passkeys/sign-in/options",
@@ -109,7 +111,14 @@ async fn passkey_sign_in(
         key.do_authentication(page_origin(p), serde_json::from_value(options).unwrap())
             .unwrap()
     );
-    let (status, answer) = ceremony(p, browser, &csrf, "/.auth/passkeys/sign-in", &assertion).await;
+    let (status, answer) = ceremony(
+        &p.target(),
+        browser,
+        &csrf,
+        "/.auth/passkeys/sign-in",
+        &assertion,
+    )
+    .await;
     (status, answer, assertion)
 }
 
@@ -157,7 +166,7 @@ async fn a_passkey_added_after_a_password_sign_in_signs_in_alone_and_answers_eac
         "no passkey to offer yet"
     );
     let (status, body) = ceremony(
-        &p,
+        &p.target(),
         &stranger,
         &csrf_of(&login),
         "/.auth/passkeys/register/options",
@@ -216,7 +225,7 @@ async fn a_passkey_added_after_a_password_sign_in_signs_in_alone_and_answers_eac
     // The same answer again: its challenge was taken by the first.
     let login = fresh.text(&p.url("/.auth/login")).await;
     let (status, body) = ceremony(
-        &p,
+        &p.target(),
         &fresh,
         &csrf_of(&login),
         "/.auth/passkeys/sign-in",
@@ -241,7 +250,7 @@ async fn a_passkey_added_after_a_password_sign_in_signs_in_alone_and_answers_eac
     let stranger = Browser::new();
     let login = stranger.text(&p.url("/.auth/login")).await;
     let (status, options) = ceremony(
-        &p,
+        &p.target(),
         &stranger,
         &csrf_of(&login),
         "/.auth/passkeys/sign-in/options",
@@ -372,7 +381,7 @@ async fn failed_passkey_answers_count_toward_the_lockout() {
     let mut statuses = Vec::new();
     for _ in 0..4 {
         let (status, options) = ceremony(
-            &p,
+            &p.target(),
             &attacker,
             &csrf,
             "/.auth/passkeys/sign-in/options",
@@ -393,9 +402,15 @@ async fn failed_passkey_answers_count_toward_the_lockout() {
             }
         };
         statuses.push(
-            ceremony(&p, &attacker, &csrf, "/.auth/passkeys/sign-in", &body)
-                .await
-                .0,
+            ceremony(
+                &p.target(),
+                &attacker,
+                &csrf,
+                "/.auth/passkeys/sign-in",
+                &body,
+            )
+            .await
+            .0,
         );
     }
     assert_eq!(
@@ -459,7 +474,7 @@ async fn require_passkey_makes_the_password_add_the_first_passkey_and_nothing_el
     let mut key = SoftPasskey::new(true);
     let csrf = csrf_of(&enrol);
     let (status, options) = ceremony(
-        &p,
+        &p.target(),
         &browser,
         &csrf,
         "/.auth/passkeys/register/options",
@@ -472,7 +487,7 @@ async fn require_passkey_makes_the_password_add_the_first_passkey_and_nothing_el
         .unwrap();
     assert_eq!(
         ceremony(
-            &p,
+            &p.target(),
             &browser,
             &csrf,
             "/.auth/passkeys/register",
@@ -509,7 +524,7 @@ async fn require_passkey_makes_the_password_add_the_first_passkey_and_nothing_el
     );
     // A second passkey cannot be added by that password-only sign-in either.
     let (status, _) = ceremony(
-        &p,
+        &p.target(),
         &browser,
         &csrf,
         "/.auth/passkeys/register/options",
