@@ -13,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use super::AuthServer;
 use super::consent::{consents_of, redirect_host};
 use super::describe_scope;
-use crate::clock::UnixTime;
 use crate::login::passkey::manage::rows_for;
 use crate::login::{display_name, form_csrf, form_post, site_name, unavailable};
 use crate::store::{ClientRecord, ConsentRecord, GrantRecord, SessionRecord};
@@ -21,7 +20,7 @@ use crate::web::flow::{APPS_PATH, LOGIN_PATH};
 use crate::web::form::Params;
 use crate::web::pages::{
     AppsPage, ConnectedApp, FormTarget, PASSKEY_JS, RevokeAppPage, allow_passkey_script,
-    page_with_cookie, see_other,
+    page_with_cookie, see_other, when,
 };
 use crate::web::refusal::PageRefusal;
 
@@ -42,16 +41,6 @@ pub(super) async fn signed_in(
     match session {
         Some(s) if crate::login::session_admitted(app, &s).await => Ok(s),
         _ => Err(PageRefusal::sign_in_to_see(site_name(app))),
-    }
-}
-
-/// A time as people read it (UTC), or a dash.
-pub(super) fn when(t: Option<UnixTime>) -> String {
-    match t {
-        Some(secs) => {
-            httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        }
-        None => "—".into(),
     }
 }
 

@@ -14,14 +14,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::AuthServer;
-use super::apps::{signed_in, when};
+use super::apps::signed_in;
 use super::static_clients::is_static;
 use crate::audit::Record;
 use crate::login::{display_name, form_csrf, form_post, site_name, unavailable};
 use crate::store::{ClientRecord, GrantRecord, Identity, McpSessionRecord, SessionRecord};
 use crate::web::form::Params;
 use crate::web::pages::{
-    AdminPage, ClientRow, FormTarget, GrantRow, LockoutRow, SessionRow, page_with_cookie, see_other,
+    AdminPage, ClientRow, FormTarget, GrantRow, LockoutRow, SessionRow, page_with_cookie,
+    see_other, when,
 };
 use crate::web::refusal::PageRefusal;
 

@@ -225,6 +225,16 @@ pub struct ErrorPage<'a> {
     pub message: &'a str,
 }
 
+/// A time as the pages show it (UTC, as HTTP dates read), or a dash for none.
+pub fn when(t: Option<crate::clock::UnixTime>) -> String {
+    match t {
+        Some(secs) => {
+            httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        }
+        None => "—".into(),
+    }
+}
+
 /// How strict the page's CSP is about where forms may lead.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum FormTarget {

@@ -291,3 +291,14 @@ export function childrenOf(pid) {
   }
   return out;
 }
+
+/** Whether `cond()` holds within `ms`, asked every 100 ms (a process's log line, say, which
+ * arrives on its own pipe after the answer it belongs to). */
+export async function waitFor(cond, ms = 5000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (cond()) return true;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return cond();
+}

@@ -10,7 +10,7 @@ import { SSEClientTransport } from '@modelcontextprotocol/sdk/client/sse.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { CreateMessageRequestSchema } from '@modelcontextprotocol/sdk/types.js';
 
-import { Browser, canonical, childrenOf, everythingStdio, startProxy } from './harness.mjs';
+import { Browser, canonical, childrenOf, everythingStdio, startProxy, waitFor } from './harness.mjs';
 import { TestProvider, connect } from './sdk-client.mjs';
 
 const SECRET = 'legacy-sse-e2e-password';
@@ -38,15 +38,6 @@ async function legacyClient(provider, capabilities = {}) {
   const client = new Client({ name: 'legacy', version: '1.0.0' }, { capabilities });
   await client.connect(new SSEClientTransport(new URL('/sse', proxy.resource), { authProvider: provider }));
   return client;
-}
-
-async function waitFor(cond, ms = 5000) {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (cond()) return true;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return cond();
 }
 
 test('without a token the SSE endpoint answers 401 with the MCP challenge', async () => {

@@ -51,68 +51,67 @@ pub async fn ceremony(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-/// The authenticator, told it is on this proxy's page (it refuses another relying party).
-fn page_origin(p: &TestProxy) -> Url {
-    Url::parse(&p.target().origin).unwrap()
+/// A page of the proxy `t` names, asked for by its external `Host`.
+async fn page(t: &Target, browser: &Browser, path: &str) -> String {
+    let resp = browser
+        .http
+        .get(t.url(path))
+        .header("host", t.origin.trim_start_matches("http://"))
+        .send()
+        .await
+        .unwrap();
+    resp.text().await.unwrap()
 }
 
-/// Adds a passkey to the password account `browser` is signed in as; returns the options.
-async fn add_passkey(p: &TestProxy, browser: &Browser, key: &mut SoftPasskey, name: &str) -> Value {
-    let apps = browser.text(&p.url("/.auth/apps")).await;
-    let csrf = csrf_of(&apps);
-    let (status, options) = ceremony(
-        &p.target(),
-        browser,
-        &csrf,
-        "/.auth/passkeys/register/options",
-        &json!({ "name": name }),
-    )
-    .await;
+/// Adds a passkey to the password account `browser` is signed in as, the options asked of
+/// `first` and the authenticator's answer given to `second` (two replicas, or one proxy
+/// twice); the answer's status and body.
+pub async fn register_at(
+    first: &Target,
+    second: &Target,
+    browser: &Browser,
+    key: &mut SoftPasskey,
+    name: &str,
+) -> (StatusCode, Value, Value) {
+    let csrf = csrf_of(&page(first, browser, "/.auth/apps").await);
+    let path = "/.auth/passkeys/register/options";
+    let (status, options) = ceremony(first, browser, &csrf, path, &json!({ "name": name })).await;
     assert_eq!(status, StatusCode::OK, "{options}");
+    let origin = Url::parse(&first.origin).unwrap();
     let created = key
-        .do_registration(
-            page_origin(p),
-            serde_json::from_value(options.clone()).unwrap(),
-        )
+        .do_registration(origin, serde_json::from_value(options.clone()).unwrap())
         .unwrap();
-    let (status, added) = ceremony(
-        &p.target(),
+    let (status, answer) = ceremony(
+        second,
         browser,
         &csrf,
         "/.auth/passkeys/register",
         &json!(created),
     )
     .await;
-    assert_eq!(status, StatusCode::OK, "{added}");
-    assert_eq!(added["added"], name);
-    options
+    (status, answer, options)
 }
 
-/// Signs `browser` in with the passkey for the pending request `req`; returns the answer and
-/// the assertion sent.
-async fn passkey_sign_in(
-    p: &TestProxy,
+/// Signs `browser` in with the passkey for the pending request `req`, the options asked of
+/// `first` and the answer given to `second`; the answer's status and body, and the assertion.
+pub async fn sign_in_at(
+    first: &Target,
+    second: &Target,
     browser: &Browser,
     key: &mut SoftPasskey,
     req: Option<&str>,
 ) -> (StatusCode, Value, Value) {
-    let login = browser.text(&p.url("/.auth/login")).await;
-    let csrf = csrf_of(&login);
-    let (status, options) = ceremony(
-        &p.target(),
-        browser,
-        &csrf,
-        "/.auth/passkeys/sign-in/options",
-        &json!({ "req": req }),
-    )
-    .await;
+    let csrf = csrf_of(&page(first, browser, "/.auth/login").await);
+    let path = "/.auth/passkeys/sign-in/options";
+    let (status, options) = ceremony(first, browser, &csrf, path, &json!({ "req": req })).await;
     assert_eq!(status, StatusCode::OK, "{options}");
+    let origin = Url::parse(&first.origin).unwrap();
     let assertion = json!(
-        key.do_authentication(page_origin(p), serde_json::from_value(options).unwrap())
+        key.do_authentication(origin, serde_json::from_value(options).unwrap())
             .unwrap()
     );
     let (status, answer) = ceremony(
-        &p.target(),
+        second,
         browser,
         &csrf,
         "/.auth/passkeys/sign-in",
@@ -120,6 +119,20 @@ async fn passkey_sign_in(
     )
     .await;
     (status, answer, assertion)
+}
+
+/// Adds a passkey named `name`, checking it was; returns the options.
+async fn add_passkey(p: &TestProxy, browser: &Browser, key: &mut SoftPasskey, name: &str) -> Value {
+    let t = p.target();
+    let (status, added, options) = register_at(&t, &t, browser, key, name).await;
+    assert_eq!(status, StatusCode::OK, "{added}");
+    assert_eq!(added["added"], name);
+    options
+}
+
+/// The authenticator, told it is on this proxy's page (it refuses another relying party).
+fn page_origin(p: &TestProxy) -> Url {
+    Url::parse(&p.target().origin).unwrap()
 }
 
 /// Starts an authorization for `c` in `browser`; returns its pending request id.
@@ -204,7 +217,7 @@ async fn a_passkey_added_after_a_password_sign_in_signs_in_alone_and_answers_eac
             .await
             .contains("Sign in with a passkey")
     );
-    let (status, answer, assertion) = passkey_sign_in(&p, &fresh, &mut key, Some(&req)).await;
+    let (status, answer, assertion) = sign_in_at(&t, &t, &fresh, &mut key, Some(&req)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["next"], format!("/.auth/consent?req={req}"));
     let tokens = consent_and_exchange(&p, &fresh, &c, answer["next"].as_str().unwrap()).await;
@@ -534,7 +547,7 @@ async fn require_passkey_makes_the_password_add_the_first_passkey_and_nothing_el
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // The passkey signs in and the client gets its token.
-    let (status, answer, _) = passkey_sign_in(&p, &browser, &mut key, Some(&req)).await;
+    let (status, answer, _) = sign_in_at(&t, &t, &browser, &mut key, Some(&req)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let tokens = consent_and_exchange(&p, &browser, &c, answer["next"].as_str().unwrap()).await;
     assert_ne!(

@@ -424,67 +424,19 @@ async fn a_dpop_proof_used_at_one_replica_is_a_replay_at_the_other() {
 /// challenge and the credential live in the shared database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_passkey_ceremony_begun_at_one_replica_finishes_at_the_other() {
-    use crate::passkeys::{ceremony, csrf_of};
-    use webauthn_authenticator_rs::WebauthnAuthenticator;
-    let (pair, a, b, t) = Pair::start_at("passkeys", BinarySite::on_localhost().await).await;
+    use crate::passkeys::{register_at, sign_in_at};
+    let (_pair, a, b, t) = Pair::start_at("passkeys", BinarySite::on_localhost().await).await;
     let at_b = crate::helpers::Target {
         base: b.bin.url(""),
         ..t.clone()
     };
-    let origin = url::Url::parse(&pair.site.origin).unwrap();
     let mut key = webauthn_authenticator_rs::softpasskey::SoftPasskey::new(true);
 
     let owner = Browser::new();
     OAuthClient::public(&t).await.sign_in(&t, &owner).await;
-    let csrf = csrf_of(&owner.text(&t.url("/.auth/apps")).await);
-    let (status, options) = ceremony(
-        &t,
-        &owner,
-        &csrf,
-        "/.auth/passkeys/register/options",
-        &serde_json::json!({}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{options}");
-    let created = key
-        .do_registration(origin.clone(), serde_json::from_value(options).unwrap())
-        .unwrap();
-    let (status, added) = ceremony(
-        &at_b,
-        &owner,
-        &csrf,
-        "/.auth/passkeys/register",
-        &serde_json::json!(created),
-    )
-    .await;
+    let (status, added, _) = register_at(&t, &at_b, &owner, &mut key, "Laptop").await;
     assert_eq!(status, StatusCode::OK, "B finishes what A began: {added}");
-
-    let fresh = Browser::new();
-    let csrf = csrf_of(&fresh.text(&t.url("/.auth/login")).await);
-    let (status, options) = ceremony(
-        &at_b,
-        &fresh,
-        &csrf,
-        "/.auth/passkeys/sign-in/options",
-        &serde_json::json!({}),
-    )
-    .await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "B knows the passkey added through it: {options}"
-    );
-    let assertion = key
-        .do_authentication(origin, serde_json::from_value(options).unwrap())
-        .unwrap();
-    let (status, answer) = ceremony(
-        &t,
-        &fresh,
-        &csrf,
-        "/.auth/passkeys/sign-in",
-        &serde_json::json!(assertion),
-    )
-    .await;
+    let (status, answer, _) = sign_in_at(&at_b, &t, &Browser::new(), &mut key, None).await;
     assert_eq!(status, StatusCode::OK, "A finishes what B began: {answer}");
     drop((a, b));
 }

@@ -16,22 +16,12 @@ use crate::web::flow::{APPS_PATH, LOGIN_PATH, urlencode};
 use crate::web::form::Params;
 use crate::web::pages::{
     FormTarget, PASSKEY_JS, PasskeyRow, PasskeysPage, RemovePasskeyPage, allow_passkey_script,
-    page_with_cookie, see_other,
+    page_with_cookie, see_other, when,
 };
 use crate::web::refusal::PageRefusal;
 
 /// Where removing a passkey is confirmed and done.
 pub const REMOVE_PATH: &str = "/.auth/passkeys/remove";
-
-/// A time as the pages show it.
-fn when(t: Option<crate::clock::UnixTime>) -> String {
-    t.map_or_else(
-        || "never".into(),
-        |secs| {
-            httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        },
-    )
-}
 
 fn row(record: &PasskeyRecord) -> PasskeyRow {
     PasskeyRow {
