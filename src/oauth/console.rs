@@ -1,9 +1,10 @@
 //! The operator console (`/.auth/admin`), for the users `--admin-users` names: live MCP
 //! sessions and their children, grants by user, clients, recent sign-in failures and
-//! lockouts; and what an operator may do about them (end a session, revoke a grant, delete a
-//! client, unlock an address). Anyone else gets a 403 page, on every URL and action. Every
-//! action carries the CSRF token and is written to the main log, and to the audit log when
-//! one is on.
+//! lockouts, the password account's passkeys; and what an operator may do about them (end a
+//! session, revoke a grant, delete a client, unlock an address, remove a passkey: a lost
+//! passkey's recovery without a restart). Anyone else gets a 403 page, on every URL and
+//! action. Every action carries the CSRF token and is written to the main log, and to the
+//! audit log when one is on.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -213,12 +214,14 @@ pub async fn admin_get(
             },
         })
         .collect();
+    let passkeys = crate::login::passkey::manage::all_rows(&app).await?;
     let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
     let notice = match params.get("done") {
         Some("end-session") => Some("The session was ended (a stdio session's process stopped)."),
         Some("revoke-grant") => Some("The grant was revoked; its tokens no longer work."),
         Some("delete-client") => Some("The client was deleted, with every grant it held."),
         Some("unlock-ip") => Some("The address may sign in again."),
+        Some("remove-passkey") => Some("The passkey was removed; it signs nobody in."),
         _ => None,
     };
     let (csrf, set) = form_csrf(&app, &headers);
@@ -232,6 +235,7 @@ pub async fn admin_get(
         grants,
         clients,
         lockouts,
+        passkeys,
     };
     Ok(page_with_cookie(
         StatusCode::OK,
@@ -304,6 +308,10 @@ pub async fn admin_post(
             }
             app.repo.flush().await.map_err(&store)?;
             "delete-client"
+        }
+        Some("remove-passkey") => {
+            crate::login::passkey::manage::remove(&app, Some(target), &operator_subject).await?;
+            "remove-passkey"
         }
         Some("unlock-ip") => {
             let ip: IpAddr = target.parse().map_err(|_| not_found())?;

@@ -206,6 +206,8 @@ pub struct AdminPage<'a> {
     pub grants: Vec<GrantRow>,
     pub clients: Vec<ClientRow>,
     pub lockouts: Vec<LockoutRow>,
+    /// The password account's passkeys.
+    pub passkeys: Vec<PasskeyRow>,
 }
 
 #[derive(Template)]

@@ -227,6 +227,7 @@ async fn everyone_else_gets_403_on_the_console_and_every_action() {
         ("revoke-grant", "any"),
         ("delete-client", app.id.as_str()),
         ("unlock-ip", "127.0.0.1"),
+        ("remove-passkey", "AAAA"),
     ] {
         let refused = act(&p, &browser, &apps, action, target).await;
         assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{action}");
@@ -295,4 +296,42 @@ async fn an_operator_sees_and_ends_the_sessions_of_an_http_upstream() {
     );
     let resp = act(&p, &browser, &page, "end-session", &target).await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND, "ended already");
+}
+
+#[tokio::test]
+async fn an_operator_removes_a_passkey_of_the_password_account() {
+    let p =
+        crate::helpers::start_proxy(&["--admin-users", "password:admin", "http://127.0.0.1:9/mcp"])
+            .await;
+    let t = p.target();
+    let browser = Browser::new();
+    OAuthClient::public(&t).await.sign_in(&t, &browser).await;
+    let mut key = webauthn_authenticator_rs::softpasskey::SoftPasskey::new(true);
+    let (status, _, _) =
+        crate::passkeys::register_at(&t, &t, &browser, &mut key, "Lost phone").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (_, page) = console(&p, &browser).await;
+    assert!(page.contains("Lost phone"), "{page}");
+    let target = page
+        .split("name=\"action\" value=\"remove-passkey\">")
+        .nth(1)
+        .and_then(|rest| rest.split("value=\"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .expect("the passkey's row")
+        .to_string();
+    let resp = act(&p, &browser, &page, "remove-passkey", &target).await;
+    assert_eq!(location(&resp), "/.auth/admin?done=remove-passkey");
+    assert!(
+        p.repo()
+            .scan::<mcp_auth_proxy::store::PasskeyRecord>(b"")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (status, _, _) =
+        crate::passkeys::register_at(&t, &t, &browser, &mut key, "New phone").await;
+    assert_eq!(status, StatusCode::OK, "a new one can be added");
+    let resp = act(&p, &browser, &page, "remove-passkey", &target).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND, "removed already");
 }

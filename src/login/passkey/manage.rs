@@ -45,6 +45,26 @@ pub async fn rows_for(
     Ok(Some(passkeys.iter().map(|(_, p)| row(p)).collect()))
 }
 
+/// Every passkey of the password account, for the operator console.
+pub async fn all_rows(app: &SignIn) -> Result<Vec<PasskeyRow>, PageRefusal> {
+    let passkeys = of_password_account(app).await.map_err(unavailable(app))?;
+    Ok(passkeys.iter().map(|(_, p)| row(p)).collect())
+}
+
+/// Removes the account's passkey named by `id` (its credential id, base64url), for its
+/// person or an operator (`by`, logged); the refusal page when there is no such passkey.
+pub async fn remove(app: &SignIn, id: Option<&str>, by: &str) -> Result<(), PageRefusal> {
+    let (key, record) = own_passkey(app, id).await?;
+    app.repo
+        .remove::<PasskeyRecord>(&key)
+        .await
+        .map_err(unavailable(app))?;
+    app.repo.flush().await.map_err(unavailable(app))?;
+    app.metrics.sign_in("passkey", "removed");
+    tracing::info!(user = %record.user, passkey = %record.name, by, "a passkey was removed from the password account");
+    Ok(())
+}
+
 /// This browser's session and its standing with passkeys, or the refusal page.
 async fn signed_in(
     app: &SignIn,
@@ -186,15 +206,8 @@ pub async fn remove_post(
     body: Bytes,
 ) -> Result<Response, PageRefusal> {
     let params = form_post(&app, &headers, &body)?;
-    fully_signed_in(&app, &headers).await?;
-    let (key, record) = own_passkey(&app, params.get("id")).await?;
-    app.repo
-        .remove::<PasskeyRecord>(&key)
-        .await
-        .map_err(unavailable(&app))?;
-    app.repo.flush().await.map_err(unavailable(&app))?;
-    app.metrics.sign_in("passkey", "removed");
-    tracing::info!(user = %record.user, passkey = %record.name, "a passkey was removed from the password account");
+    let session = fully_signed_in(&app, &headers).await?;
+    remove(&app, params.get("id"), &session.identity.subject()).await?;
     Ok(see_other(
         &format!("{APPS_PATH}?done=passkey-removed#passkeys"),
         FormTarget::SelfOnly,
