@@ -20,6 +20,7 @@ use crate::helpers::{Mint, TestProxy, mint, start_proxy};
 /// body.
 #[derive(Debug, Clone, PartialEq)]
 struct Seen {
+    method: String,
     target: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
@@ -110,7 +111,8 @@ async fn upstream_conn(mut s: TcpStream, me: SocketAddr, log: Arc<Mutex<Vec<Seen
                 let mut headers = fields_of(req.headers);
                 headers.sort();
                 let target = req.path.unwrap().to_string();
-                break (n, (target, headers));
+                let method = req.method.unwrap().to_string();
+                break (n, (method, target, headers));
             }
             let mut chunk = [0u8; 8192];
             match s.read(&mut chunk).await {
@@ -118,7 +120,7 @@ async fn upstream_conn(mut s: TcpStream, me: SocketAddr, log: Arc<Mutex<Vec<Seen
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         };
-        let (target, headers) = seen;
+        let (method, target, headers) = seen;
         let length: usize = field(&headers, "content-length").map_or(0, |v| v.parse().unwrap());
         while buf.len() < head_len + length {
             let mut chunk = [0u8; 8192];
@@ -131,6 +133,7 @@ async fn upstream_conn(mut s: TcpStream, me: SocketAddr, log: Arc<Mutex<Vec<Seen
         buf.drain(..head_len + length);
         let script = field(&headers, "x-script").unwrap_or("json").to_string();
         log.lock().unwrap().push(Seen {
+            method,
             target: target.clone(),
             headers,
             body,
@@ -342,6 +345,22 @@ impl Side {
             self.authority(),
             self.token,
             body.len()
+        )
+        .into_bytes()
+    }
+
+    /// A GET to the MCP endpoint (the client's SSE stream), as `post` writes a POST.
+    fn get(&self, script: &str, extra: &str) -> Vec<u8> {
+        let extra = extra
+            .replace("{token}", &self.token)
+            .replace("{host}", &self.authority());
+        format!(
+            "GET /mcp HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+             Accept: text/event-stream\r\nMcp-Protocol-Version: 2025-06-18\r\nX-Script: {script}\r\n\
+             X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-User: root\r\nX-Dept: forged\r\n\
+             X-Api-Key: from-client\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n{extra}\r\n",
+            self.authority(),
+            self.token,
         )
         .into_bytes()
     }
@@ -594,10 +613,8 @@ async fn requests_the_lane_does_not_serve_get_the_general_answers() {
         assert_eq!(a, b, "{text:?}");
         up.take();
     }
-    // Answered by the router within the lane: an SSE stream proxied by the general path, a
-    // CORS preflight, a HEAD.
+    // Answered by the router within the lane: a CORS preflight, a HEAD.
     for text in [
-        "GET /mcp HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\nX-Script: sse\r\n\r\n",
         "OPTIONS /mcp HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nAccess-Control-Request-Method: POST\r\n\r\n",
         "HEAD /.well-known/oauth-protected-resource/mcp HTTP/1.1\r\nHost: {host}\r\n\r\n",
     ] {
@@ -640,6 +657,72 @@ async fn routed_answer(side: &Side, request: &[u8], head: bool) -> Answer {
         headers,
         body: Vec::new(),
     }
+}
+
+#[tokio::test]
+async fn a_get_stream_goes_through_the_lane_exactly_as_through_the_general_stack() {
+    let up = RawUpstream::start().await;
+    let (lane, general) = pair(&up, &[]).await;
+    for (script, extra, status) in [
+        ("sse", "", 200),
+        ("sse", "Last-Event-ID: 1\r\n", 200),
+        ("json", "", 200),
+        ("redirect", "", 200),
+        ("close", "", 200),
+        ("401", "", 502),
+        ("slow", "", 504),
+        ("drop", "", 502),
+    ] {
+        let before = lane.served_by_lane();
+        let a = lane.exchange(&lane.get(script, extra), 1).await;
+        let seen_lane = comparable(up.take());
+        let b = general.exchange(&general.get(script, extra), 1).await;
+        let seen_general = comparable(up.take());
+        assert_eq!(a, b, "{script} {extra:?}: the client's view differs");
+        assert_eq!(
+            seen_lane, seen_general,
+            "{script} {extra:?}: the upstream's view differs"
+        );
+        assert_eq!(
+            lane.served_by_lane(),
+            before + 1,
+            "{script}: not the lane's"
+        );
+        assert_eq!(a[0].status, status, "{script}: {a:?}");
+        assert!(
+            seen_lane
+                .iter()
+                .all(|s| s.method == "GET" && s.body.is_empty()),
+            "{script}: a GET, without a body: {seen_lane:?}"
+        );
+    }
+    // The router's within the lane, with the same answers: another user's (or an unknown)
+    // session (404, before the upstream), a GET with a body.
+    for extra in [
+        "Mcp-Session-Id: never-issued\r\n",
+        "Content-Length: 2\r\n\r\n{}",
+    ] {
+        let a = lane.exchange(&lane.get("sse", extra), 1).await;
+        let b = general.exchange(&general.get("sse", extra), 1).await;
+        assert_eq!(a, b, "{extra:?}");
+        up.take();
+    }
+    assert_eq!(
+        lane.exchange(&lane.get("sse", "Mcp-Session-Id: never-issued\r\n"), 1)
+            .await[0]
+            .status,
+        404
+    );
+
+    // With --http-streaming-only there is no GET stream: 405 on both, never upstream.
+    let up = RawUpstream::start().await;
+    let (lane, general) = pair(&up, &["--http-streaming-only"]).await;
+    let a = lane.exchange(&lane.get("sse", ""), 1).await;
+    let b = general.exchange(&general.get("sse", ""), 1).await;
+    assert_eq!((a[0].status, b[0].status), (405, 405));
+    assert_eq!(a, b);
+    assert!(up.take().is_empty());
+    assert_eq!(lane.served_by_lane(), 0);
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! The HTTP/1 fast lane: `POST` to the MCP endpoint of an HTTP upstream, parsed and proxied
-//! without the general HTTP stack.
+//! The HTTP/1 fast lane: `POST` to the MCP endpoint of an HTTP upstream (and `GET`, a client's
+//! SSE stream), parsed and proxied without the general HTTP stack.
 //!
 //! Every proxied MCP message is such a request, and on that path the general stack (hyper's
 //! server and client state machines, header maps, the router, the client's connection task)
@@ -103,6 +103,8 @@ pub struct Lane {
     backend: Arc<HttpBackend>,
     /// `POST <target> HTTP/1.1` and `host:` for the MCP path's upstream URL.
     request_line: Vec<u8>,
+    /// The same with `GET`: a client opening its SSE stream.
+    stream_line: Vec<u8>,
     /// The upstream URL of the MCP path (redirects are resolved against it).
     target: Url,
     /// `X-Forwarded-Proto`, `X-Forwarded-Host` and the `--proxy-headers`, as header lines.
@@ -127,6 +129,8 @@ struct Message {
 /// What the lane read from a request head it will proxy.
 struct Plan {
     message: Message,
+    /// A `GET` (the client's SSE stream), not a `POST`.
+    stream: bool,
     token: String,
     session_id: Option<String>,
     /// The client's header lines that go upstream as they came.
@@ -134,6 +138,12 @@ struct Plan {
     forwarded_for: String,
     /// The client's address, for the request log (only when it is written).
     client: Option<IpAddr>,
+}
+
+impl Plan {
+    fn method(&self) -> &'static str {
+        if self.stream { "GET" } else { "POST" }
+    }
 }
 
 /// A request the router answers within the lane: its head as `http` parts.
@@ -226,7 +236,10 @@ impl Lane {
         }
         let authority = &target[url::Position::BeforeHost..url::Position::AfterPort];
         let path = &target[url::Position::BeforePath..url::Position::AfterQuery];
-        let request_line = request_line(path, authority);
+        let (post_line, stream_line) = (
+            request_line("POST", path, authority),
+            request_line("GET", path, authority),
+        );
         let (proto, fhost) = backend.forwarded();
         let mut fixed_headers = Vec::new();
         line(&mut fixed_headers, "x-forwarded-proto", proto.as_bytes());
@@ -237,7 +250,8 @@ impl Lane {
         Some(Self {
             static_names: opts.headers.iter().map(|(n, _)| n.clone()).collect(),
             pools: Pools::new(host, port, opts.connect_timeout, workers),
-            request_line,
+            request_line: post_line,
+            stream_line,
             target,
             fixed_headers,
             hsts,
@@ -319,6 +333,11 @@ impl Lane {
             let body = buf.split_to(total).freeze().slice(head_len..);
             let answered = match next {
                 Next::Proxy(plan, caller) => {
+                    // A stream may stay open for hours, mostly idle: its head's buffer is
+                    // not held for it (as for the router's answers below).
+                    if plan.stream && buf.is_empty() {
+                        buf = BytesMut::new();
+                    }
                     self.exchange(&mut io, &plan, &caller, body, &mut upstream_timer, started)
                         .await
                 }
@@ -529,7 +548,7 @@ mod tests {
         assert_eq!(at("http://up/mcp"), Some(("up".into(), 80)));
         assert_eq!(at("http://127.0.0.1:9/"), Some(("127.0.0.1".into(), 9)));
         assert_eq!(
-            request_line("/api/mcp?k=1", "up:9000"),
+            request_line("POST", "/api/mcp?k=1", "up:9000"),
             b"POST /api/mcp?k=1 HTTP/1.1\r\nhost: up:9000\r\n"
         );
         let mut out = Vec::new();

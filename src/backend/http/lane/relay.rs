@@ -35,7 +35,12 @@ impl Lane {
         I: AsyncWrite + Unpin,
     {
         let backend = &self.backend;
-        let mut request = self.request(&self.request_line, plan, caller, &body);
+        let first_line = if plan.stream {
+            &self.stream_line
+        } else {
+            &self.request_line
+        };
+        let mut request = self.request(first_line, plan, caller, &body);
         let mut url = self.target.clone();
         let mut hops = 0;
         let (mut conn, head) = loop {
@@ -70,7 +75,8 @@ impl Lane {
                     self.discard(conn, &head).await;
                     let authority = &next[url::Position::BeforeHost..url::Position::AfterPort];
                     let path = &next[url::Position::BeforePath..url::Position::AfterQuery];
-                    request = self.request(&request_line(path, authority), plan, caller, &body);
+                    let line = request_line(plan.method(), path, authority);
+                    request = self.request(&line, plan, caller, &body);
                     url = next;
                 }
                 exchange::Next::Fail(failure) => {
@@ -120,6 +126,7 @@ impl Lane {
                 self.write_head(client, &out, plan, head.status, started)
                     .await?;
                 while left > 0 {
+                    conn.release_if_empty();
                     conn.fill_more().await?;
                     let now = left.min(conn.buf.len() as u64) as usize;
                     emit(client, &conn.buf.split_to(now)).await?;
@@ -135,6 +142,7 @@ impl Lane {
                 self.write_head(client, &out, plan, head.status, started)
                     .await?;
                 while !chunks.done() {
+                    conn.release_if_empty();
                     conn.fill_more().await?;
                     let used = chunks.feed(&conn.buf).map_err(broken)?;
                     emit(client, &conn.buf.split_to(used)).await?;
@@ -148,6 +156,7 @@ impl Lane {
                 self.write_head(client, &out, plan, head.status, started)
                     .await?;
                 loop {
+                    conn.release_if_empty();
                     let n = conn.fill().await?;
                     let mut piece = Vec::with_capacity(n + 16);
                     if n == 0 {
@@ -279,9 +288,10 @@ pub(super) fn connect_to(url: &Url) -> Option<(String, u16)> {
 }
 
 /// `POST <path> HTTP/1.1` and the `host` line.
-pub(super) fn request_line(path: &str, authority: &str) -> Vec<u8> {
+pub(super) fn request_line(method: &str, path: &str, authority: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(path.len() + authority.len() + 32);
-    out.extend_from_slice(b"POST ");
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     line(&mut out, "host", authority.as_bytes());

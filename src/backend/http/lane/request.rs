@@ -31,7 +31,11 @@ impl Lane {
             return Parsed::Other;
         }
         // Whether the lane may proxy it itself; else the router answers it here.
-        let mut proxied = req.method == Some("POST") && req.path == Some(site.mcp_path.as_str());
+        // A GET opens the client's SSE stream (none with --http-streaming-only: the
+        // router's 405).
+        let stream = req.method == Some("GET") && !backend.streaming_only();
+        let mut proxied =
+            (req.method == Some("POST") || stream) && req.path == Some(site.mcp_path.as_str());
         let (mut host, mut forwarded_host, mut authorization) = (None, None, None);
         let (mut session_id, mut length, mut close) = (None, None, false);
         let mut forwarded_for: Vec<&str> = Vec::new();
@@ -124,7 +128,10 @@ impl Lane {
                 None => Parsed::Other,
             }
         };
-        if !proxied || body_len > REPLAY_LIMIT.min(self.shared.max_body) {
+        if !proxied
+            || body_len > REPLAY_LIMIT.min(self.shared.max_body)
+            || (stream && length.is_some())
+        {
             return routed();
         }
         let trusted = crate::client_addr::is_trusted(&site.trusted_proxies, peer);
@@ -140,6 +147,7 @@ impl Lane {
         };
         Parsed::Ready(Plan {
             message,
+            stream,
             token: token.to_string(),
             session_id: session_id.map(str::to_string),
             headers,

@@ -6,7 +6,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// Idle connections kept per worker (nginx's `keepalive` in the benchmark is 64 in all).
@@ -31,10 +30,26 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Reads more from the upstream into `buf`; `Ok(0)` at its end.
+    /// Reads more from the upstream into `buf`; `Ok(0)` at its end. Room is reserved once
+    /// bytes are there to read, not while waiting for them: a stream idle between events
+    /// (for hours, perhaps) holds no buffer ([`Conn::release_if_empty`]).
     pub async fn fill(&mut self) -> std::io::Result<usize> {
-        self.buf.reserve(16 * 1024);
-        self.stream.read_buf(&mut self.buf).await
+        loop {
+            self.stream.readable().await?;
+            self.buf.reserve(16 * 1024);
+            match self.stream.try_read_buf(&mut self.buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                read => return read,
+            }
+        }
+    }
+
+    /// Lets go of the buffer's memory when it holds nothing (between a stream's events; the
+    /// next [`Conn::fill`] allocates again once bytes arrive).
+    pub fn release_if_empty(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
     }
 
     /// Reads more, in the middle of an answer: its end is an error.
