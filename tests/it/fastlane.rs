@@ -713,6 +713,19 @@ async fn a_get_stream_goes_through_the_lane_exactly_as_through_the_general_stack
             .status,
         404
     );
+    // Counted as GETs, as the general stack counts them.
+    let counted = r#"mcp_auth_proxy_http_requests_total{route="mcp",method="GET",status="200"} 6"#;
+    for side in [&lane, &general] {
+        let text = side.proxy.state.metrics().render();
+        assert!(
+            text.contains(counted),
+            "{}",
+            text.lines()
+                .filter(|l| l.contains("requests_total"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
 
     // With --http-streaming-only there is no GET stream: 405 on both, never upstream.
     let up = RawUpstream::start().await;

@@ -141,12 +141,14 @@ impl Lane {
                     .clone()
             })
             .observe(started.elapsed().as_secs_f64());
+        let method = plan.method();
         let labels = || crate::metrics::RequestLabels {
             route: "mcp",
-            method: "POST",
+            method,
             status,
         };
-        if status == 200 {
+        // The counter of the common case (a POST answered 200) is kept at hand.
+        if status == 200 && !plan.stream {
             self.ok_count
                 .get_or_init(|| metrics.requests.get_or_create(&labels()).clone())
                 .inc();
@@ -155,7 +157,7 @@ impl Lane {
         }
         metrics.fast_lane.inc();
         let ms = crate::metrics::elapsed_ms(started);
-        let (method, route) = ("POST", "mcp");
+        let route = "mcp";
         // The front middleware's line, under its target (log filters treat both alike).
         match plan.client {
             Some(client) => {
