@@ -13,6 +13,7 @@
 # Goals (issue 22): at most 64 KB per idle session and 16 KB per idle stream.
 #
 # Usage: bash bench/scale.sh [SESSIONS] [STREAMS]       (defaults 1000 and 10000)
+#        SCALE_ONLY=sessions|streams|first-call bash bench/scale.sh …   (one part only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -42,48 +43,57 @@ start() { # name args...
   wait_port "$PORT"
 }
 
+# Whether part $1 runs (all of them unless SCALE_ONLY names one).
+part() { [ -z "${SCALE_ONLY:-}" ] || [ "$SCALE_ONLY" = "$1" ]; }
+
 # --- 1. sessions on the stdio bridge ----------------------------------------------------
-start sessions --max-sessions $((SESSIONS + 100)) --max-sessions-per-user $((SESSIONS + 100)) \
-  --max-connections $((SESSIONS * 4 + 1000)) -- sh "$(pwd)/bench/tiny-server.sh"
-TOKEN=$(node bench/token.mjs "http://127.0.0.1:$PORT" "$PASSWORD")
-node bench/scale.mjs sessions "http://127.0.0.1:$PORT/mcp" "$TOKEN" 50 >/dev/null   # warm-up
-sleep 2
-before=$(rss "$PID")
-started=$(date +%s.%N)
-result=$(node bench/scale.mjs sessions "http://127.0.0.1:$PORT/mcp" "$TOKEN" "$SESSIONS")
-took=$(python3 -c "import time; print(f'{time.time() - $started:.1f}')")
-sleep 3
-after=$(rss "$PID")
-kids=$(pgrep -P "$PID" | wc -l)
-kids_rss=$(children_rss "$PID")
-per=$(awk -v a="$after" -v b="$before" -v n="$SESSIONS" 'BEGIN{printf "%.1f", (a - b) / n}')
-echo "sessions: $result in ${took}s; proxy RSS $before -> $after KiB: $per KiB per idle session; $kids children, $(( kids_rss / 1024 )) MiB together"
+if part sessions; then
+  start sessions --max-sessions $((SESSIONS + 100)) --max-sessions-per-user $((SESSIONS + 100)) \
+    --max-connections $((SESSIONS * 4 + 1000)) -- sh "$(pwd)/bench/tiny-server.sh"
+  TOKEN=$(node bench/token.mjs "http://127.0.0.1:$PORT" "$PASSWORD")
+  node bench/scale.mjs sessions "http://127.0.0.1:$PORT/mcp" "$TOKEN" 50 >/dev/null   # warm-up
+  sleep 2
+  before=$(rss "$PID")
+  started=$(date +%s.%N)
+  result=$(node bench/scale.mjs sessions "http://127.0.0.1:$PORT/mcp" "$TOKEN" "$SESSIONS")
+  took=$(python3 -c "import time; print(f'{time.time() - $started:.1f}')")
+  sleep 3
+  after=$(rss "$PID")
+  kids=$(pgrep -P "$PID" | wc -l)
+  kids_rss=$(children_rss "$PID")
+  per=$(awk -v a="$after" -v b="$before" -v n="$SESSIONS" 'BEGIN{printf "%.1f", (a - b) / n}')
+  echo "sessions: $result in ${took}s; proxy RSS $before -> $after KiB: $per KiB per idle session; $kids children, $(( kids_rss / 1024 )) MiB together"
+fi
 
 # --- 2. idle SSE streams through the HTTP path ------------------------------------------
-UP=$(free_port)
-node bench/scale.mjs upstream "$UP" &
-pids+=($!)
-wait_port "$UP"
-start streams --max-connections $((STREAMS + 2000)) "http://127.0.0.1:$UP/mcp"
-TOKEN=$(node bench/token.mjs "http://127.0.0.1:$PORT" "$PASSWORD")
-SID=$(init_session "http://127.0.0.1:$PORT/mcp" "$TOKEN")
-# Warm-up streams, held open by their own driver.
-node bench/scale.mjs streams "http://127.0.0.1:$PORT/mcp" "$TOKEN" "$SID" 200 >"$work/warm.out" &
-pids+=($!)
-until grep -q '^open' "$work/warm.out"; do sleep 0.2; done
-sleep 2
-before=$(rss "$PID")
-node bench/scale.mjs streams "http://127.0.0.1:$PORT/mcp" "$TOKEN" "$SID" "$STREAMS" >"$work/streams.out" &
-pids+=($!)
-until grep -q '^open' "$work/streams.out"; do sleep 0.5; done
-sleep 3
-after=$(rss "$PID")
-per=$(awk -v a="$after" -v b="$before" -v n="$STREAMS" 'BEGIN{printf "%.2f", (a - b) / n}')
-echo "streams: $(cat "$work/streams.out"); proxy RSS $before -> $after KiB: $per KiB per idle stream"
+if part streams; then
+  UP=$(free_port)
+  node bench/scale.mjs upstream "$UP" &
+  pids+=($!)
+  wait_port "$UP"
+  start streams --max-connections $((STREAMS + 2000)) "http://127.0.0.1:$UP/mcp"
+  TOKEN=$(node bench/token.mjs "http://127.0.0.1:$PORT" "$PASSWORD")
+  SID=$(init_session "http://127.0.0.1:$PORT/mcp" "$TOKEN")
+  # Warm-up streams, held open by their own driver.
+  node bench/scale.mjs streams "http://127.0.0.1:$PORT/mcp" "$TOKEN" "$SID" 200 >"$work/warm.out" &
+  pids+=($!)
+  until grep -q '^open' "$work/warm.out"; do sleep 0.2; done
+  sleep 2
+  before=$(rss "$PID")
+  node bench/scale.mjs streams "http://127.0.0.1:$PORT/mcp" "$TOKEN" "$SID" "$STREAMS" >"$work/streams.out" &
+  pids+=($!)
+  until grep -q '^open' "$work/streams.out"; do sleep 0.5; done
+  sleep 3
+  after=$(rss "$PID")
+  per=$(awk -v a="$after" -v b="$before" -v n="$STREAMS" 'BEGIN{printf "%.2f", (a - b) / n}')
+  echo "streams: $(cat "$work/streams.out"); proxy RSS $before -> $after KiB: $per KiB per idle stream"
+fi
 
 # --- 3. time to the first tool call, with and without a warm spare ----------------------
-for spare in false true; do
-  start "spare-$spare" "--stdio-warm-spare=$spare" --max-sessions 100 -- node "$EVERYTHING" stdio
-  TOKEN=$(node bench/token.mjs "http://127.0.0.1:$PORT" "$PASSWORD")
-  echo "first tool call, --stdio-warm-spare=$spare: $(node bench/scale.mjs first-call "http://127.0.0.1:$PORT/mcp" "$TOKEN" 15 1500)"
-done
+if part first-call; then
+  for spare in false true; do
+    start "spare-$spare" "--stdio-warm-spare=$spare" --max-sessions 100 -- node "$EVERYTHING" stdio
+    TOKEN=$(node bench/token.mjs "http://127.0.0.1:$PORT" "$PASSWORD")
+    echo "first tool call, --stdio-warm-spare=$spare: $(node bench/scale.mjs first-call "http://127.0.0.1:$PORT/mcp" "$TOKEN" 15 1500)"
+  done
+fi
