@@ -594,3 +594,38 @@ async fn require_passkey_refuses_to_start_where_browsers_cannot_use_passkeys() {
         assert!(stderr.contains(says), "{origin}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_client_may_keep_only_so_many_passkey_prompts_open() {
+    use mcp_auth_proxy::login::passkey::CEREMONIES_PER_CLIENT;
+    let p = start_proxy(&["--rate-limit", "0", "http://127.0.0.1:9/mcp"]).await;
+    let t = p.target();
+    let owner = Browser::new();
+    OAuthClient::public(&t).await.sign_in(&t, &owner).await;
+    add_passkey(&p, &owner, &mut SoftPasskey::new(true), "Laptop").await;
+
+    // Options nobody answers: each keeps a challenge in the store until it expires.
+    let stranger = Browser::new();
+    let csrf = csrf_of(&stranger.text(&p.url("/.auth/login")).await);
+    let path = "/.auth/passkeys/sign-in/options";
+    let mut opened = 1; // the registration's
+    let refusal = loop {
+        let (status, body) = ceremony(&t, &stranger, &csrf, path, &json!({})).await;
+        if status != StatusCode::OK {
+            break (status, body);
+        }
+        opened += 1;
+        assert!(opened <= CEREMONIES_PER_CLIENT, "no bound");
+    };
+    assert_eq!(opened, CEREMONIES_PER_CLIENT);
+    assert_eq!(
+        (refusal.0, refusal.1["error"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("too_many_ceremonies"))
+    );
+    let stored = p.repo().scan::<PasskeyCeremonyRecord>(b"").await.unwrap();
+    assert_eq!(
+        stored.len(),
+        CEREMONIES_PER_CLIENT - 1,
+        "the registration's was taken by its answer"
+    );
+}

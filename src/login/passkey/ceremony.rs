@@ -7,7 +7,7 @@
 //! the ceremony; the answer takes it (read and removed), so a challenge is answered once and
 //! only by the browser it was given to.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -22,6 +22,7 @@ use super::{
     CEREMONY_TTL, MAX_NAME_CHARS, MAX_PER_ACCOUNT, Standing, of_password_account, record_key,
     standing, user_handle,
 };
+use crate::budget::Refused;
 use crate::config::normalize_origin;
 use crate::login::password::Attempt;
 use crate::login::{SignIn, signed_in_for};
@@ -158,8 +159,30 @@ fn from_our_page<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Stores a ceremony under a new cookie; returns the `Set-Cookie` for it.
-async fn begin(app: &SignIn, ceremony: &PasskeyCeremonyRecord) -> Result<HeaderValue, StoreError> {
+/// Stores a ceremony of the client at `ip` under a new cookie, within the ceremonies' budget;
+/// returns the `Set-Cookie` for it.
+async fn begin(
+    app: &SignIn,
+    passkeys: &super::Passkeys,
+    ip: IpAddr,
+    ceremony: &PasskeyCeremonyRecord,
+) -> Result<HeaderValue, CeremonyRefusal> {
+    let now = app.repo.clock().now();
+    if let Err(refused) = passkeys
+        .ceremonies
+        .admit(&crate::client_addr::client_key(ip), now)
+    {
+        let secs = match refused {
+            Refused::ThisKey(s) | Refused::Everyone(s) => s,
+        };
+        let mut refusal = CeremonyRefusal::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_ceremonies",
+            "Too many passkey prompts are open. Please try again in a few minutes.",
+        );
+        refusal.retry_after = Some(secs.max(1));
+        return Err(refusal);
+    }
     let id = tokens::generate("");
     let expires = app.repo.clock().now() + CEREMONY_TTL;
     app.repo
@@ -235,9 +258,11 @@ pub struct AddOptions {
 /// `POST /.auth/passkeys/register/options`: the options for `navigator.credentials.create`.
 pub async fn register_options(
     State(app): State<SignIn>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, CeremonyRefusal> {
+    let ip = crate::client_addr::client_ip(&app.site.trusted_proxies, peer.ip(), &headers);
     let asked: AddOptions = from_our_page(&app, &headers, &body)?;
     let (Some(passkeys), Some(password)) = (&app.authn.passkeys, &app.authn.password) else {
         return Err(CeremonyRefusal::forbidden("Passkeys are not offered here."));
@@ -288,7 +313,7 @@ pub async fn register_options(
         name,
         state,
     };
-    let cookie = begin(&app, &ceremony).await?;
+    let cookie = begin(&app, passkeys, ip, &ceremony).await?;
     Ok(answer(json!(options), &[cookie]))
 }
 
@@ -367,9 +392,11 @@ pub struct SignInOptions {
 /// `POST /.auth/passkeys/sign-in/options`: the options for `navigator.credentials.get`.
 pub async fn sign_in_options(
     State(app): State<SignIn>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, CeremonyRefusal> {
+    let ip = crate::client_addr::client_ip(&app.site.trusted_proxies, peer.ip(), &headers);
     let asked: SignInOptions = from_our_page(&app, &headers, &body)?;
     let Some(passkeys) = &app.authn.passkeys else {
         return Err(CeremonyRefusal::forbidden("Passkeys are not offered here."));
@@ -402,7 +429,8 @@ pub async fn sign_in_options(
         Some(r) => crate::login::pending(&app, Some(&r)).await.map(|_| r),
         None => None,
     };
-    let cookie = begin(&app, &PasskeyCeremonyRecord::SignIn { req, state }).await?;
+    let ceremony = PasskeyCeremonyRecord::SignIn { req, state };
+    let cookie = begin(&app, passkeys, ip, &ceremony).await?;
     Ok(answer(json!(options), &[cookie]))
 }
 

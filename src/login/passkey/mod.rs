@@ -42,11 +42,20 @@ pub const MAX_NAME_CHARS: usize = 64;
 /// The identity claim that says how a password-account session signed in.
 const SIGNED_IN_WITH: &str = "signed_in_with";
 
+/// Ceremonies one client (IPv4 address or IPv6 /64) may have waiting for their answer.
+pub const CEREMONIES_PER_CLIENT: usize = 20;
+
+/// Ceremonies of all clients together waiting for their answer: a stranger's flood of sign-in
+/// options keeps at most this many challenges in the store (each under 2 KiB).
+pub const CEREMONIES_TOTAL: usize = 2000;
+
 /// WebAuthn as this deployment speaks it: its relying party is the external host.
 pub struct Passkeys {
     webauthn: Webauthn,
     /// `--require-passkey`.
     pub required: bool,
+    /// The ceremonies waiting for their answer, per client and in all.
+    pub ceremonies: crate::budget::Budget<std::net::IpAddr>,
 }
 
 /// Why passkeys cannot be offered on this deployment.
@@ -105,7 +114,15 @@ impl Passkeys {
             .timeout(PROMPT_TIMEOUT)
             .build()
             .map_err(setup)?;
-        Ok(Some(Self { webauthn, required }))
+        Ok(Some(Self {
+            webauthn,
+            required,
+            ceremonies: crate::budget::Budget::new(
+                CEREMONY_TTL,
+                CEREMONIES_PER_CLIENT,
+                CEREMONIES_TOTAL,
+            ),
+        }))
     }
 
     pub fn webauthn(&self) -> &Webauthn {
