@@ -214,6 +214,17 @@ async fn upstream_conn(mut s: TcpStream, me: SocketAddr, log: Arc<Mutex<Vec<Seen
                 reply(&mut s, text.into()).await;
                 return;
             }
+            // An SSE stream with one event, then held open (no more events) until the proxy
+            // closes the connection.
+            "hold" => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                            transfer-encoding: chunked\r\n\r\n";
+                let e = "id: 0\ndata: {}\n\n";
+                reply(&mut s, format!("{head}{:x}\r\n{e}\r\n", e.len())).await;
+                let mut rest = [0u8; 64];
+                while matches!(s.read(&mut rest).await, Ok(n) if n > 0) {}
+                return;
+            }
             // Answers with keep-alive, then closes the idle connection soon after.
             "close-later" => {
                 reply(&mut s, json("")).await;
@@ -736,6 +747,32 @@ async fn a_get_stream_goes_through_the_lane_exactly_as_through_the_general_stack
     assert_eq!(a, b);
     assert!(up.take().is_empty());
     assert_eq!(lane.served_by_lane(), 0);
+}
+
+#[tokio::test]
+async fn a_stream_whose_client_left_lets_its_upstream_connection_go() {
+    let up = RawUpstream::start().await;
+    let (lane, general) = pair(&up, &[]).await;
+    for side in [&lane, &general] {
+        let closed = up.closed();
+        let mut s = TcpStream::connect(side.authority()).await.unwrap();
+        s.write_all(&side.get("hold", "")).await.unwrap();
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("id: 0") {
+            let mut chunk = [0u8; 1024];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the stream's first event");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        // The client goes; the upstream sends nothing more.
+        drop(s);
+        crate::helpers::wait_until(
+            || up.closed() > closed,
+            "the upstream connection of a stream whose client left to close",
+        )
+        .await;
+    }
+    assert_eq!(lane.served_by_lane(), 1);
 }
 
 #[tokio::test]

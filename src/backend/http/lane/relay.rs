@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use axum::http::StatusCode;
 use bytes::Bytes;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use url::Url;
 
 use super::answer::{LAST_CHUNK, chunk, emit, line};
@@ -32,7 +32,7 @@ impl Lane {
         started: Instant,
     ) -> std::io::Result<bool>
     where
-        I: AsyncWrite + Unpin,
+        I: AsyncRead + AsyncWrite + Unpin,
     {
         let backend = &self.backend;
         let first_line = if plan.stream {
@@ -127,7 +127,7 @@ impl Lane {
                     .await?;
                 while left > 0 {
                     conn.release_if_empty();
-                    conn.fill_more().await?;
+                    more(&mut conn, client, plan.stream).await?;
                     let now = left.min(conn.buf.len() as u64) as usize;
                     emit(client, &conn.buf.split_to(now)).await?;
                     left -= now as u64;
@@ -143,7 +143,7 @@ impl Lane {
                     .await?;
                 while !chunks.done() {
                     conn.release_if_empty();
-                    conn.fill_more().await?;
+                    more(&mut conn, client, plan.stream).await?;
                     let used = chunks.feed(&conn.buf).map_err(broken)?;
                     emit(client, &conn.buf.split_to(used)).await?;
                 }
@@ -157,7 +157,7 @@ impl Lane {
                     .await?;
                 loop {
                     conn.release_if_empty();
-                    let n = conn.fill().await?;
+                    let n = next_or_gone(&mut conn, client, plan.stream).await?;
                     let mut piece = Vec::with_capacity(n + 16);
                     if n == 0 {
                         piece.extend_from_slice(LAST_CHUNK);
@@ -240,6 +240,45 @@ impl Lane {
         }
         let _ = conn.buf.split_to(need);
         self.pools.put(conn);
+    }
+}
+
+/// More of an answer's bytes from the upstream (`Ok(0)` at its end). For a GET stream, also
+/// watches its client: a stream's client that has gone must not hold the upstream connection
+/// (and its own connection slot) until the next event, which may never come. A byte from the
+/// client mid-stream (a request pipelined behind a stream, which is not answered while the
+/// stream lasts) ends the connection too.
+async fn next_or_gone<I: AsyncRead + Unpin>(
+    conn: &mut Conn,
+    client: &mut I,
+    stream: bool,
+) -> std::io::Result<usize> {
+    if !stream {
+        return conn.fill().await;
+    }
+    let mut probe = [0u8; 1];
+    // Both are cancel-safe: whichever loses has consumed nothing.
+    tokio::select! {
+        read = conn.fill() => read,
+        _ = client.read(&mut probe) => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the client left its stream",
+        )),
+    }
+}
+
+/// [`next_or_gone`] in the middle of an answer: its end is an error.
+async fn more<I: AsyncRead + Unpin>(
+    conn: &mut Conn,
+    client: &mut I,
+    stream: bool,
+) -> std::io::Result<()> {
+    match next_or_gone(conn, client, stream).await? {
+        0 => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the MCP server closed the connection mid-answer",
+        )),
+        _ => Ok(()),
     }
 }
 
