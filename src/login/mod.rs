@@ -98,12 +98,16 @@ impl Authn {
     pub fn still_allowed(&self, identity: &Identity) -> bool {
         match identity.provider.as_str() {
             "password" => {
-                let required = self.passkeys.as_ref().is_some_and(|p| p.required);
                 self.password_current(identity)
-                    && (!required || passkey::signed_in_with_passkey(identity))
+                    && (!self.passkey_required() || passkey::signed_in_with_passkey(identity))
             }
             _ => self.providers.still_allowed(identity),
         }
+    }
+
+    /// `--require-passkey`, where passkeys are offered.
+    pub fn passkey_required(&self) -> bool {
+        self.passkeys.as_ref().is_some_and(|p| p.required)
     }
 
     /// Whether a password-account identity was signed in under today's password.
@@ -239,7 +243,6 @@ async fn login_form_for(
         locked,
     } = form;
     let passkey = has_passkey(app).await;
-    let passkey_required = app.authn.passkeys.as_ref().is_some_and(|p| p.required);
     let (csrf, set) = form_csrf(app, headers);
     let name = site_name(app);
     let client_name = pending.as_ref().map(|r| r.client_label().to_string());
@@ -262,7 +265,7 @@ async fn login_form_for(
         req,
         locked,
         // Once a required passkey exists, the password no longer signs in.
-        password: app.authn.password.is_some() && !(passkey_required && passkey),
+        password: app.authn.password.is_some() && !(app.authn.passkey_required() && passkey),
         providers,
         passkey,
         notice,
@@ -418,27 +421,24 @@ pub async fn login_post(
     }
     app.authn.lockout.succeed(ip).await;
     // Where a passkey is required, the password signs in only to add the first one.
-    let enrol_only = match &app.authn.passkeys {
-        Some(p) if p.required => {
-            let existing = passkey::of_password_account(&app)
-                .await
-                .map_err(unavailable(&app))?;
-            if !existing.is_empty() {
-                app.metrics.sign_in("password", "passkey_required");
-                let form = login_form(
-                    &app,
-                    &headers,
-                    StatusCode::FORBIDDEN,
-                    req,
-                    Some("This account signs in with its passkey, not the password."),
-                    false,
-                );
-                return Ok(form.await);
-            }
-            true
-        }
-        _ => false,
-    };
+    let enrol_only = app.authn.passkey_required();
+    if enrol_only
+        && !passkey::of_password_account(&app)
+            .await
+            .map_err(unavailable(&app))?
+            .is_empty()
+    {
+        app.metrics.sign_in("password", "passkey_required");
+        let form = login_form(
+            &app,
+            &headers,
+            StatusCode::FORBIDDEN,
+            req,
+            Some("This account signs in with its passkey, not the password."),
+            false,
+        );
+        return Ok(form.await);
+    }
     app.metrics.sign_in("password", "success");
     let identity = app.authn.password_identity(verifier);
     let ttl = app.authn.cfg.login_session_ttl.as_secs();
@@ -462,11 +462,7 @@ pub async fn login_post(
 }
 
 async fn locked_out(app: &SignIn, headers: &HeaderMap, req: Option<&str>, secs: u64) -> Response {
-    let msg = format!(
-        "Too many failed attempts from your network. Try again in {} minute{}.",
-        secs.div_ceil(60),
-        if secs.div_ceil(60) == 1 { "" } else { "s" }
-    );
+    let msg = password::locked_message(secs);
     let mut resp = login_form(
         app,
         headers,

@@ -198,6 +198,12 @@ impl Lockout {
         Attempt::Allowed
     }
 
+    /// Whether a client's state still matters at `now`: locked, or with attempts in the
+    /// window.
+    fn live(&self, f: &LockoutRecord, now: UnixTime) -> bool {
+        f.locked_until > now || f.times.back().is_some_and(|t| t + self.window > now)
+    }
+
     /// Counts an attempt of `ip` before its password is checked, in one step with the lock
     /// check: parallel attempts (on any replica) cannot all pass the check before any failure
     /// counts, so at most `--login-max-failures` guesses are verified per window.
@@ -208,10 +214,7 @@ impl Lockout {
                 return Ok(Attempt::Locked(self.lockout));
             };
             if map.len() >= MAX_TRACKED {
-                let window = self.window;
-                map.retain(|_, f| {
-                    f.locked_until > now || f.times.back().is_some_and(|t| t + window > now)
-                });
+                map.retain(|_, f| self.live(f, now));
             }
             return Ok(self.count(map.entry(key).or_default(), now));
         };
@@ -248,14 +251,11 @@ impl Lockout {
         now: UnixTime,
         limit: usize,
     ) -> Result<Vec<(IpAddr, usize, UnixTime)>, StoreError> {
-        let live = |f: &LockoutRecord| {
-            f.locked_until > now || f.times.back().is_some_and(|t| t + self.window > now)
-        };
         let mut out: Vec<(IpAddr, usize, UnixTime)> = match &self.shared {
             None => match self.local.lock() {
                 Ok(map) => map
                     .iter()
-                    .filter(|(_, f)| live(f))
+                    .filter(|(_, f)| self.live(f, now))
                     .map(|(ip, f)| (*ip, f.times.len(), f.locked_until))
                     .collect(),
                 Err(_) => Vec::new(),
@@ -264,7 +264,7 @@ impl Lockout {
                 .scan::<LockoutRecord>(b"")
                 .await?
                 .into_iter()
-                .filter(|(_, f)| live(f))
+                .filter(|(_, f)| self.live(f, now))
                 .filter_map(|(k, f)| {
                     let ip = std::str::from_utf8(&k).ok()?.parse().ok()?;
                     Some((ip, f.times.len(), f.locked_until))
@@ -296,6 +296,15 @@ impl Lockout {
             }
         }
     }
+}
+
+/// What a locked-out client is told, for `secs` more seconds.
+pub fn locked_message(secs: u64) -> String {
+    let minutes = secs.div_ceil(60);
+    format!(
+        "Too many failed attempts from your network. Try again in {minutes} minute{}.",
+        if minutes == 1 { "" } else { "s" }
+    )
 }
 
 /// Cost of hashes printed by `mcp-auth-proxy hash-password`: they are stored in
