@@ -152,12 +152,21 @@ pub async fn current(
     cookies: &Cookies,
     headers: &HeaderMap,
 ) -> Result<Option<SessionRecord>, StoreError> {
-    match read_cookie(headers, &cookies.session) {
-        Some(token) if !token.is_empty() => {
-            repo.get::<SessionRecord>(&TokenHash::of(&token).0).await
-        }
-        _ => Ok(None),
-    }
+    Ok(current_keyed(repo, cookies, headers).await?.map(|(s, _)| s))
+}
+
+/// [`current`] with the key it is stored under (the hash of its cookie), which names the
+/// session without its secret.
+pub async fn current_keyed(
+    repo: &Repo,
+    cookies: &Cookies,
+    headers: &HeaderMap,
+) -> Result<Option<(SessionRecord, [u8; 32])>, StoreError> {
+    let Some(token) = read_cookie(headers, &cookies.session).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let key = TokenHash::of(&token).0;
+    Ok(repo.get::<SessionRecord>(&key).await?.map(|s| (s, key)))
 }
 
 /// Ends this browser's session.

@@ -19,18 +19,18 @@ use serde_json::json;
 use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
 
 use super::{
-    CEREMONY_TTL, MAX_NAME_CHARS, MAX_PER_ACCOUNT, Standing, of_password_account, record_key,
-    standing, user_handle,
+    CEREMONY_TTL, MAX_NAME_CHARS, MAX_PER_ACCOUNT, Standing, of_password_account, on_account,
+    record_key, standing, user_handle,
 };
 use crate::budget::Refused;
 use crate::config::normalize_origin;
-use crate::login::password::Attempt;
+use crate::login::password::{Attempt, PasswordVerifier, locked_message};
 use crate::login::{SignIn, signed_in_for};
 use crate::media_type::content_type_is;
 use crate::store::{PasskeyCeremonyRecord, PasskeyRecord, SessionRecord, StoreError, TokenHash};
 use crate::tokens;
 use crate::web::flow::next_step;
-use crate::web::session::{csrf_valid, read_cookie};
+use crate::web::session::{csrf_valid, current_keyed, read_cookie};
 
 /// The ceremonies' paths (the pages' script, static/passkeys.js, names them too).
 pub const REGISTER_OPTIONS_PATH: &str = "/.auth/passkeys/register/options";
@@ -68,6 +68,30 @@ impl CeremonyRefusal {
             StatusCode::UNAUTHORIZED,
             "passkey_refused",
             "That passkey did not sign you in. Try again, or use another passkey.",
+        )
+    }
+
+    fn not_offered() -> Self {
+        Self::forbidden("Passkeys are not offered here.")
+    }
+
+    fn too_many_passkeys() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "too_many_passkeys",
+            format!(
+                "This account has {MAX_PER_ACCOUNT} passkeys, the most it may hold. Remove one first."
+            ),
+        )
+    }
+
+    /// webauthn-rs could not make a ceremony's options (`what`: "Adding a passkey", …).
+    fn could_not_start(what: &str, e: &webauthn_rs::prelude::WebauthnError) -> Self {
+        tracing::error!(error = %e, "{what} could not start");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            format!("{what} could not start."),
         )
     }
 
@@ -159,6 +183,15 @@ fn from_our_page<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// WebAuthn and the password account, when passkeys are offered here (they are only with a
+/// password account).
+fn offered(app: &SignIn) -> Result<(&super::Passkeys, &PasswordVerifier), CeremonyRefusal> {
+    match (&app.authn.passkeys, &app.authn.password) {
+        (Some(passkeys), Some(password)) => Ok((passkeys, password)),
+        _ => Err(CeremonyRefusal::not_offered()),
+    }
+}
+
 /// Stores a ceremony of the client at `ip` under a new cookie, within the ceremonies' budget;
 /// returns the `Set-Cookie` for it.
 async fn begin(
@@ -184,7 +217,7 @@ async fn begin(
         return Err(refusal);
     }
     let id = tokens::generate("");
-    let expires = app.repo.clock().now() + CEREMONY_TTL;
+    let expires = now + CEREMONY_TTL;
     app.repo
         .put(&TokenHash::of(&id).0, ceremony, Some(expires))
         .await?;
@@ -211,29 +244,13 @@ async fn take(
     Ok((ceremony, forget))
 }
 
-/// The browser session and the hash of its cookie, when signed in.
-async fn session_of(
-    app: &SignIn,
-    headers: &HeaderMap,
-) -> Result<Option<(SessionRecord, [u8; 32])>, StoreError> {
-    let Some(token) = read_cookie(headers, &app.authn.cookies.session).filter(|t| !t.is_empty())
-    else {
-        return Ok(None);
-    };
-    let hash = TokenHash::of(&token).0;
-    Ok(app
-        .repo
-        .get::<SessionRecord>(&hash)
-        .await?
-        .map(|s| (s, hash)))
-}
-
 /// The session that may add a passkey to the password account, or why not.
 async fn enrolling(
     app: &SignIn,
     headers: &HeaderMap,
 ) -> Result<(SessionRecord, [u8; 32], Standing), CeremonyRefusal> {
-    let Some((session, hash)) = session_of(app, headers).await? else {
+    let signed_in = current_keyed(&app.repo, &app.authn.cookies, headers).await?;
+    let Some((session, hash)) = signed_in else {
         return Err(CeremonyRefusal::new(
             StatusCode::UNAUTHORIZED,
             "sign_in_first",
@@ -264,9 +281,7 @@ pub async fn register_options(
 ) -> Result<Response, CeremonyRefusal> {
     let ip = crate::client_addr::client_ip(&app.site.trusted_proxies, peer.ip(), &headers);
     let asked: AddOptions = from_our_page(&app, &headers, &body)?;
-    let (Some(passkeys), Some(password)) = (&app.authn.passkeys, &app.authn.password) else {
-        return Err(CeremonyRefusal::forbidden("Passkeys are not offered here."));
-    };
+    let (passkeys, password) = offered(&app)?;
     let (_, session_hash, _) = enrolling(&app, &headers).await?;
     let name = asked.name.trim();
     if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
@@ -278,13 +293,7 @@ pub async fn register_options(
     }
     let existing = of_password_account(&app).await?;
     if existing.len() >= MAX_PER_ACCOUNT {
-        return Err(CeremonyRefusal::new(
-            StatusCode::CONFLICT,
-            "too_many_passkeys",
-            format!(
-                "This account has {MAX_PER_ACCOUNT} passkeys, the most it may hold. Remove one first."
-            ),
-        ));
+        return Err(CeremonyRefusal::too_many_passkeys());
     }
     let exclude = existing
         .iter()
@@ -294,14 +303,7 @@ pub async fn register_options(
     let (options, state) = passkeys
         .webauthn()
         .start_passkey_registration(user_handle(user), user, user, Some(exclude))
-        .map_err(|e| {
-            tracing::error!(error = %e, "passkey registration could not start");
-            CeremonyRefusal::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "Adding a passkey could not start.",
-            )
-        })?;
+        .map_err(|e| CeremonyRefusal::could_not_start("Adding a passkey", &e))?;
     let name = if name.is_empty() {
         format!("Passkey {}", existing.len() + 1)
     } else {
@@ -324,9 +326,7 @@ pub async fn register(
     body: Bytes,
 ) -> Result<Response, CeremonyRefusal> {
     let credential: RegisterPublicKeyCredential = from_our_page(&app, &headers, &body)?;
-    let (Some(passkeys), Some(password)) = (&app.authn.passkeys, &app.authn.password) else {
-        return Err(CeremonyRefusal::forbidden("Passkeys are not offered here."));
-    };
+    let (passkeys, password) = offered(&app)?;
     let (ceremony, forget) = take(&app, &headers).await?;
     let Some(PasskeyCeremonyRecord::Registration {
         user,
@@ -353,11 +353,7 @@ pub async fn register(
             )
         })?;
     if of_password_account(&app).await?.len() >= MAX_PER_ACCOUNT {
-        return Err(CeremonyRefusal::new(
-            StatusCode::CONFLICT,
-            "too_many_passkeys",
-            "This account has the most passkeys it may hold. Remove one first.",
-        ));
+        return Err(CeremonyRefusal::too_many_passkeys());
     }
     let record = PasskeyRecord {
         user: user.clone(),
@@ -398,9 +394,7 @@ pub async fn sign_in_options(
 ) -> Result<Response, CeremonyRefusal> {
     let ip = crate::client_addr::client_ip(&app.site.trusted_proxies, peer.ip(), &headers);
     let asked: SignInOptions = from_our_page(&app, &headers, &body)?;
-    let Some(passkeys) = &app.authn.passkeys else {
-        return Err(CeremonyRefusal::forbidden("Passkeys are not offered here."));
-    };
+    let (passkeys, _) = offered(&app)?;
     let credentials: Vec<_> = of_password_account(&app)
         .await?
         .into_iter()
@@ -416,14 +410,7 @@ pub async fn sign_in_options(
     let (options, state) = passkeys
         .webauthn()
         .start_passkey_authentication(&credentials)
-        .map_err(|e| {
-            tracing::error!(error = %e, "passkey sign-in could not start");
-            CeremonyRefusal::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "Signing in with a passkey could not start.",
-            )
-        })?;
+        .map_err(|e| CeremonyRefusal::could_not_start("Signing in with a passkey", &e))?;
     // Only a live request is carried on (the answer goes to its consent page).
     let req = match asked.req.filter(|r| !r.is_empty() && r.len() <= 128) {
         Some(r) => crate::login::pending(&app, Some(&r)).await.map(|_| r),
@@ -444,9 +431,7 @@ pub async fn sign_in(
     body: Bytes,
 ) -> Result<Response, CeremonyRefusal> {
     let assertion: PublicKeyCredential = from_our_page(&app, &headers, &body)?;
-    let (Some(passkeys), Some(password)) = (&app.authn.passkeys, &app.authn.password) else {
-        return Err(CeremonyRefusal::forbidden("Passkeys are not offered here."));
-    };
+    let (passkeys, password) = offered(&app)?;
     let ip = crate::client_addr::client_ip(&app.site.trusted_proxies, peer.ip(), &headers);
     let last_allowed = match app
         .authn
@@ -461,10 +446,7 @@ pub async fn sign_in(
             let mut refusal = CeremonyRefusal::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "locked_out",
-                format!(
-                    "Too many failed attempts from your network. Try again in {} minute(s).",
-                    secs.div_ceil(60)
-                ),
+                locked_message(secs),
             );
             refusal.retry_after = Some(secs);
             return Err(refusal);
@@ -484,15 +466,11 @@ pub async fn sign_in(
         .finish_passkey_authentication(&assertion, &state)
         .map_err(|e| failed(e.to_string()))?;
     // The passkey must still be on the account now, not only when the options were made.
-    let key = record_key(password.user(), result.cred_id());
-    let Some(mut record) = app.repo.get::<PasskeyRecord>(&key).await? else {
-        return Err(failed("the passkey was removed".into()));
-    };
-    if record.epoch != password.epoch() {
+    let Some((key, mut record)) = on_account(&app, result.cred_id()).await? else {
         return Err(failed(
-            "the passkey was added under another password".into(),
+            "the passkey was removed (or added under another password)".into(),
         ));
-    }
+    };
     record.credential.update_credential(&result);
     record.last_used = Some(app.repo.clock().now());
     app.repo.put(&key, &record, None).await?;

@@ -9,7 +9,7 @@ use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::{PASSKEYS_PATH, Standing, of_password_account, record_key, standing};
+use super::{PASSKEYS_PATH, Standing, of_password_account, on_account, standing};
 use crate::login::{SignIn, display_name, form_csrf, form_post, site_name, unavailable};
 use crate::store::{PasskeyRecord, SessionRecord};
 use crate::web::flow::{APPS_PATH, LOGIN_PATH, urlencode};
@@ -41,8 +41,7 @@ pub async fn rows_for(
     if standing(app, session).await.map_err(unavailable(app))? != Some(Standing::Full) {
         return Ok(None);
     }
-    let passkeys = of_password_account(app).await.map_err(unavailable(app))?;
-    Ok(Some(passkeys.iter().map(|(_, p)| row(p)).collect()))
+    all_rows(app).await.map(Some)
 }
 
 /// Every passkey of the password account, for the operator console.
@@ -112,7 +111,7 @@ pub async fn passkeys_get(
     let name = site_name(&app);
     let tpl = PasskeysPage {
         site_name: &name,
-        user: crate::login::display_name(&session.identity),
+        user: display_name(&session.identity),
         csrf: &csrf,
         next: &next,
         script: PASSKEY_JS,
@@ -143,17 +142,9 @@ async fn own_passkey(
         .filter(|i| !i.is_empty() && i.len() <= 1400)
         .and_then(|i| URL_SAFE_NO_PAD.decode(i).ok())
         .ok_or_else(not_found)?;
-    let user = app
-        .authn
-        .password
-        .as_ref()
-        .map(|p| p.user())
-        .ok_or_else(not_found)?;
-    of_password_account(app)
+    on_account(app, &credential_id)
         .await
         .map_err(unavailable(app))?
-        .into_iter()
-        .find(|(key, _)| *key == record_key(user, &credential_id))
         .ok_or_else(not_found)
 }
 
@@ -175,7 +166,7 @@ pub async fn remove_get(
     let session = fully_signed_in(&app, &headers).await?;
     let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
     let (_, record) = own_passkey(&app, params.get("id")).await?;
-    let last_required = app.authn.passkeys.as_ref().is_some_and(|p| p.required)
+    let last_required = app.authn.passkey_required()
         && of_password_account(&app)
             .await
             .map_err(unavailable(&app))?

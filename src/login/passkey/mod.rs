@@ -179,6 +179,24 @@ pub async fn of_password_account(
     }
 }
 
+/// The password account's live passkey whose credential id is `credential_id` (its key and
+/// record), when it is on the account under today's password.
+pub async fn on_account(
+    app: &SignIn,
+    credential_id: &[u8],
+) -> Result<Option<(Vec<u8>, PasskeyRecord)>, StoreError> {
+    let Some(password) = &app.authn.password else {
+        return Ok(None);
+    };
+    let key = record_key(password.user(), credential_id);
+    Ok(app
+        .repo
+        .get::<PasskeyRecord>(&key)
+        .await?
+        .filter(|p| p.epoch == password.epoch())
+        .map(|p| (key, p)))
+}
+
 /// Marks a password-account identity as signed in with a passkey.
 pub fn mark_signed_in_with_passkey(identity: &mut Identity) {
     if let Some(claims) = identity.claims.as_object_mut() {
