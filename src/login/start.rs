@@ -27,8 +27,8 @@ pub enum StartError {
     Passkey(#[from] super::passkey::PasskeyError),
 }
 
-/// Sets up sign-in; when the configured passwords changed since the last start, revokes
-/// every grant made with the old ones.
+/// Sets up sign-in, and revokes the grants and passkeys today's configuration no longer
+/// admits (every one made with a password since changed among them).
 pub async fn authn(auth: &AuthConfig, site: &Site, repo: &Repo) -> Result<Authn, StartError> {
     let password = PasswordVerifier::new(auth, repo.keys().hmac.as_ref()).await?;
     if let Some(p) = &auth.password
@@ -45,22 +45,8 @@ pub async fn authn(auth: &AuthConfig, site: &Site, repo: &Repo) -> Result<Authn,
     let previous = repo.get_secret(PASSWORD_EPOCH).await.ok().flatten();
     if previous.as_deref().map(Vec::as_slice) != Some(current.as_bytes()) {
         if previous.is_some() {
-            let mut revoked = 0;
-            for (_, grant) in repo.scan::<GrantRecord>(b"").await? {
-                if grant.identity.provider == "password" {
-                    repo.revoke_grant(&grant.grant_id).await?;
-                    revoked += 1;
-                }
-            }
-            let mut passkeys = 0;
-            for (key, _) in repo.scan::<PasskeyRecord>(b"").await? {
-                repo.remove::<PasskeyRecord>(&key).await?;
-                passkeys += 1;
-            }
             tracing::warn!(
-                revoked,
-                passkeys,
-                "the password changed: sign-ins and passkeys made with the old one are revoked"
+                "the password changed: sign-ins and passkeys made with the old one end now"
             );
         }
         repo.put_secret(PASSWORD_EPOCH, current.as_bytes()).await?;
@@ -80,9 +66,10 @@ pub async fn authn(auth: &AuthConfig, site: &Site, repo: &Repo) -> Result<Authn,
             ..auth.clone()
         },
     };
-    // Grants today's configuration no longer admits end now, not when their tokens expire:
-    // people removed from an allow-list, a provider no longer configured, and (with
-    // `--require-passkey`) the password account's grants made with the password alone.
+    // Grants and passkeys today's configuration no longer admits end now, not when their
+    // tokens expire: those made with another password, people removed from an allow-list,
+    // a provider no longer configured, and (with `--require-passkey`) the password account's
+    // grants made with the password alone.
     let mut revoked = 0;
     for (_, grant) in repo.scan::<GrantRecord>(b"").await? {
         if !authn.still_allowed(&grant.identity) {
@@ -90,10 +77,19 @@ pub async fn authn(auth: &AuthConfig, site: &Site, repo: &Repo) -> Result<Authn,
             revoked += 1;
         }
     }
-    if revoked > 0 {
+    let epoch = authn.password.as_ref().map(|p| p.epoch());
+    let mut passkeys = 0;
+    for (key, passkey) in repo.scan::<PasskeyRecord>(b"").await? {
+        if epoch != Some(passkey.epoch.as_str()) {
+            repo.remove::<PasskeyRecord>(&key).await?;
+            passkeys += 1;
+        }
+    }
+    if revoked + passkeys > 0 {
         tracing::warn!(
             revoked,
-            "grants today's configuration no longer admits were revoked"
+            passkeys,
+            "grants and passkeys today's configuration no longer admits were revoked"
         );
         repo.flush().await?;
     }
