@@ -273,13 +273,7 @@ async fn more<I: AsyncRead + Unpin>(
     client: &mut I,
     stream: bool,
 ) -> std::io::Result<()> {
-    match next_or_gone(conn, client, stream).await? {
-        0 => Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "the MCP server closed the connection mid-answer",
-        )),
-        _ => Ok(()),
-    }
+    upstream::mid_answer(next_or_gone(conn, client, stream).await?)
 }
 
 /// Writes the request and reads up to the end of the final (non-1xx) response head.
@@ -326,7 +320,7 @@ pub(super) fn connect_to(url: &Url) -> Option<(String, u16)> {
     Some((host, url.port_or_known_default()?))
 }
 
-/// `POST <path> HTTP/1.1` and the `host` line.
+/// `<method> <path> HTTP/1.1` and the `host` line.
 pub(super) fn request_line(method: &str, path: &str, authority: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(path.len() + authority.len() + 32);
     out.extend_from_slice(method.as_bytes());

@@ -54,13 +54,7 @@ impl Conn {
 
     /// Reads more, in the middle of an answer: its end is an error.
     pub async fn fill_more(&mut self) -> std::io::Result<()> {
-        match self.fill().await? {
-            0 => Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the MCP server closed the connection mid-answer",
-            )),
-            _ => Ok(()),
-        }
+        mid_answer(self.fill().await?)
     }
 
     /// Reads until `buf` holds at least `n` bytes.
@@ -69,6 +63,18 @@ impl Conn {
             self.fill_more().await?;
         }
         Ok(())
+    }
+}
+
+/// What a read of `n` bytes in the middle of an answer means: none is the upstream closing
+/// early, an error.
+pub fn mid_answer(n: usize) -> std::io::Result<()> {
+    match n {
+        0 => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the MCP server closed the connection mid-answer",
+        )),
+        _ => Ok(()),
     }
 }
 

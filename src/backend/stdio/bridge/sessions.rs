@@ -87,7 +87,6 @@ impl StdioBackend {
         Ok(())
     }
 
-    /// Live sessions (for the metrics).
     /// The live sessions with their children, newest first.
     pub fn overview(&self) -> Vec<crate::backend::SessionView> {
         let sessions: Vec<Arc<Session>> = match self.sessions.lock() {
@@ -127,6 +126,7 @@ impl StdioBackend {
         true
     }
 
+    /// Live sessions (for the metrics).
     pub fn live_sessions(&self) -> usize {
         self.sessions
             .lock()
