@@ -86,14 +86,7 @@ impl Browser {
 
     /// The page a `303` answer sends the browser to, on the proxy.
     pub async fn follow(&self, p: &Target, resp: &reqwest::Response) -> String {
-        self.http
-            .get(p.url(&location(resp)))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.text(&p.url(&location(resp))).await
     }
 
     /// Posts a page's form with its hidden fields plus `fields`.
