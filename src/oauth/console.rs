@@ -115,13 +115,13 @@ pub async fn admin_get(
     RawQuery(query): RawQuery,
 ) -> Result<Response, PageRefusal> {
     let session = operator(&app, &headers).await?;
+    let upstream = upstream_sessions(&app).await?;
     let sessions = app
         .backend
         .as_ref()
         .map(|b| b.sessions())
         .unwrap_or_default()
         .into_iter()
-        .take(MAX_ROWS)
         .map(|s| SessionRow {
             process: match (s.pid, s.shared_child, s.stateless) {
                 (Some(pid), true, _) => format!("pid {pid} (shared by every session)"),
@@ -137,14 +137,9 @@ pub async fn admin_get(
             id: s.id,
             user: s.user,
         })
+        .chain(upstream)
+        .take(MAX_ROWS)
         .collect();
-    let mut sessions: Vec<SessionRow> = sessions;
-    sessions.extend(
-        upstream_sessions(&app)
-            .await?
-            .into_iter()
-            .take(MAX_ROWS.saturating_sub(sessions.len())),
-    );
     let mut grants: Vec<GrantRecord> = app
         .repo
         .scan::<GrantRecord>(b"")
