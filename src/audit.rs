@@ -40,6 +40,9 @@ pub struct Record<'a> {
     pub session: Option<&'a str>,
     /// `2025` (a session's protocol) or `2026-07-28` (stateless).
     pub era: &'a str,
+    /// The server of `--config` the call went to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<&'a str>,
     pub method: &'a str,
     /// The tool or prompt name, or the resource URI.
     pub name: &'a str,
@@ -293,6 +296,7 @@ mod tests {
 
     fn record<'a>(name: &'a str, args: serde_json::Value) -> Record<'a> {
         Record {
+            server: None,
             time: 1,
             user: "oidc:alice",
             client_id: "c",

@@ -28,6 +28,8 @@ pub struct Banner {
     pub certificate: String,
     /// Where it listens.
     pub listening: Vec<String>,
+    /// The servers of `--config`: name, the URL to give clients, the backend.
+    pub servers: Vec<(String, String, String)>,
 }
 
 impl fmt::Display for Banner {
@@ -35,7 +37,12 @@ impl fmt::Display for Banner {
         writeln!(f)?;
         writeln!(f, "  mcp-auth-proxy {} is running", self.version)?;
         writeln!(f)?;
+        for (i, (name, url, backend)) in self.servers.iter().enumerate() {
+            let head = if i == 0 { "MCP servers" } else { "" };
+            writeln!(f, "  {head:<16} {name}: give clients {url} ({backend})")?;
+        }
         match self.backend_state {
+            _ if !self.servers.is_empty() => {}
             BackendState::None => writeln!(
                 f,
                 "  MCP server       none yet: give an http(s) URL, or a stdio command after --"
@@ -75,7 +82,32 @@ mod tests {
             sign_in: vec!["password".into(), "GitHub".into()],
             certificate: "Let's Encrypt for mcp.example.com".into(),
             listening: vec!["http://[::]:80".into(), "https://[::]:443".into()],
+            servers: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_banner_lists_the_servers_of_a_configuration_file() {
+        let mut b = banner(BackendState::None);
+        b.servers = vec![
+            (
+                "files".into(),
+                "https://mcp.example.com/files/mcp".into(),
+                "stdio: node files.js".into(),
+            ),
+            (
+                "db".into(),
+                "https://mcp.example.com/db/mcp".into(),
+                "http://localhost:8080/mcp".into(),
+            ),
+        ];
+        let text = b.to_string();
+        assert!(text.contains("MCP servers      files: give clients https://mcp.example.com/files/mcp (stdio: node files.js)"), "{text}");
+        assert!(
+            text.contains("                 db: give clients https://mcp.example.com/db/mcp"),
+            "{text}"
+        );
+        assert!(!text.contains("none yet"), "{text}");
     }
 
     #[test]

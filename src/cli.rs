@@ -219,6 +219,16 @@ pub struct Cli {
     )]
     pub mcp_path: String,
 
+    /// Several MCP servers behind this one proxy: a TOML file naming each (its path
+    /// `/<name>/mcp`, its backend, who may use it); see docs/servers.md. Instead of a backend
+    /// on the command line.
+    #[arg(
+        help_heading = "Listening and TLS",
+        long,
+        env = "MCP_AUTH_PROXY_CONFIG"
+    )]
+    pub config: Option<std::path::PathBuf>,
+
     /// Extra browser origins allowed on the MCP endpoint and metadata (comma-separated).
     #[arg(
         help_heading = "Listening and TLS",

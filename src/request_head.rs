@@ -122,6 +122,9 @@ mod tests {
             mcp_path: "/mcp".into(),
             resource: format!("{origin}/mcp"),
             resource_metadata_url: String::new(),
+            issuer: origin.to_string(),
+            name: None,
+            catalog: Default::default(),
             allowed_origins: allowed
                 .iter()
                 .map(|s| normalize_origin(s).unwrap())

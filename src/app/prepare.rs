@@ -7,6 +7,7 @@ use super::{EnvSecrets, Prepared, RunError, TOKEN_CACHE_CAPACITY, TlsSetup, bind
 use crate::backend::http::HttpBackend;
 use crate::backend::stdio::bridge::StdioBackend;
 use crate::backend::stdio::child::{ChildSpec, environment};
+use crate::banner::BackendState;
 use crate::clock::Clock;
 use crate::config::{Backend, Config};
 use crate::gate::TokenCache;
@@ -104,16 +105,6 @@ pub async fn prepare(
         Some(t) => Some(tls_setup(t, &site.origin, &repo, &metrics)?),
         None => None,
     };
-    let http_backend = match &config.backend {
-        Backend::Http(url) => Some(Arc::new(HttpBackend::new(
-            url.clone(),
-            config.upstream.clone(),
-            &site,
-            config.workers,
-        )?)),
-        _ => None,
-    };
-
     tracing::info!("listening on http://{local_addr}");
     if let Some(a) = tls_local_addr {
         tracing::info!("listening on https://{a}");
@@ -131,122 +122,31 @@ pub async fn prepare(
             tracing::info!(cert = %cert.display(), expires, "certificate: from files (reloaded when they change); http redirects to https");
         }
     }
-    if matches!(config.backend, Backend::None) {
-        tracing::info!(
-            "no MCP server behind this proxy: give one last on the command line (an http(s) URL, or a stdio command after --) for clients to connect to {}",
-            site.resource
-        );
-    } else {
-        tracing::info!(url = %site.resource, "MCP clients connect to {}", site.resource);
-    }
-    let stdio_backend = match &config.backend {
-        Backend::Stdio { program, args } => {
-            use backend::stdio::placement;
-            let run_as = config.stdio.run_as.as_ref();
-            if let Some(user) = run_as {
-                // Closed to the children's user whatever mode it was created with.
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&config.data_path, std::fs::Permissions::from_mode(0o700))
-                    .map_err(RunError::StdioDir)?;
-                tracing::info!(user = %user.name, uid = user.uid, "stdio servers run as another user; the data directory is closed to them");
-            }
-            let mut extra_env = Vec::new();
-            if let Some(user) = run_as {
-                extra_env.push(("HOME".to_string(), user.home.display().to_string()));
-                extra_env.push(("USER".to_string(), user.name.clone()));
-                extra_env.push(("LOGNAME".to_string(), user.name.clone()));
-            }
-            extra_env.extend(config.stdio.env.iter().cloned());
-            let spec = match &config.stdio.cwd {
-                Some(cwd) => ChildSpec {
-                    program: program.clone(),
-                    args: args.clone(),
-                    cwd: Some(cwd.clone()),
-                    ..ChildSpec::default()
-                },
-                None => {
-                    let here = std::env::current_dir().map_err(RunError::StdioDir)?;
-                    let dir = placement::default_dir(&config.data_path, run_as)
-                        .map_err(RunError::StdioDir)?;
-                    tracing::info!(dir = %dir.display(), "stdio servers start in a directory of their own (--stdio-cwd to choose another)");
-                    ChildSpec {
-                        program: placement::anchored_program(program, &here),
-                        args: placement::anchored_args(args, &here),
-                        cwd: Some(dir),
-                        ..ChildSpec::default()
-                    }
-                }
-            };
-            let spec = ChildSpec {
-                run_as: run_as.map(|u| (u.uid, u.gid)),
-                extra_env,
-                clean_env: config.stdio.clean_env,
-                pass_env: config.stdio.pass_env.clone(),
-                ..spec
-            };
-            let (_, withheld) = environment(&spec, std::env::vars());
-            let mode = if config.stdio.shared {
-                "one child shared by all sessions"
+    let served = match &config.servers {
+        None => {
+            if matches!(config.backend, Backend::None) {
+                tracing::info!(
+                    "no MCP server behind this proxy: give one last on the command line (an http(s) URL, or a stdio command after --) for clients to connect to {}",
+                    site.resource
+                );
             } else {
-                "one child per session"
-            };
-            tracing::info!(command = %program, max_sessions = config.stdio.max_sessions.total, "bridging a stdio MCP server ({mode})");
-            if !withheld.is_empty() {
-                tracing::info!(withheld = %withheld.join(","), "the stdio server does not see these variables of the proxy");
+                tracing::info!(url = %site.resource, "MCP clients connect to {}", site.resource);
             }
-            Some(
-                StdioBackend::new(
-                    spec,
-                    config.stdio.max_sessions,
-                    config.stdio.idle_timeout,
-                    config.stdio.warm_spare,
-                    config.stdio.shared,
-                    backend::identity::IdentityEnv {
-                        vars: config.stdio.identity_env.clone(),
-                        qualified_user: config.upstream.identity.qualified_user,
-                    },
-                    metrics.children.clone(),
-                )
-                .naming_replica(config.replica_id.as_deref())
-                .holding_calls(repo.keys().sealer.clone())
-                .with_cache_ttl(
-                    u64::try_from(config.stdio.cache_ttl.as_millis()).unwrap_or(u64::MAX),
-                ),
-            )
+            let one = ServerSpec::of_command_line(&config.backend);
+            server_backend(&config, &one, &site, &repo, &metrics)?
         }
-        _ => None,
+        // `--config`: each server is served by its own state (below); the main one proxies
+        // nothing.
+        Some(_) => ServerBackend::default(),
     };
-    // The same checks as /readyz, once at startup: a dead backend is said now, not found
-    // out after someone signed in.
-    let backend: Option<Arc<dyn backend::Backend>> = match (&http_backend, stdio_backend) {
-        (Some(h), _) => Some(h.clone()),
-        (None, Some(s)) => Some(Arc::new(s)),
-        (None, None) => None,
-    };
-    let backend_state = match &backend {
-        None => banner::BackendState::None,
-        Some(b) => match b.not_ready(server::health::UPSTREAM_PROBE).await {
-            None => banner::BackendState::Ready,
-            Some(why) => {
-                match &http_backend {
-                    Some(h) => {
-                        tracing::warn!(backend = %h.base(), why, "the HTTP MCP server does not answer yet; requests get 502 until it does")
-                    }
-                    None => {
-                        tracing::warn!(why, "the stdio MCP server cannot be started as configured")
-                    }
-                }
-                banner::BackendState::NotReady(why)
-            }
-        },
-    };
-    match &http_backend {
-        Some(b) => tracing::info!(backend = %b.base(), "proxying to an HTTP MCP server"),
-        None if matches!(config.backend, Backend::Stdio { .. }) => {}
-        None => tracing::info!(
+    let (backend, http_backend) = (served.backend, served.http);
+    let backend_state = readiness(backend.as_ref(), http_backend.as_deref()).await;
+    if http_backend.is_none() && config.servers.is_none() && matches!(config.backend, Backend::None)
+    {
+        tracing::info!(
             forward_auth = config.forward_auth_path.as_deref().unwrap_or("off"),
             "no backend configured: forward-auth only (sign-in, the authorization server and the forward-auth endpoint)"
-        ),
+        );
     }
     if !site.origin.is_https() && !site.origin.is_loopback() {
         tracing::warn!(
@@ -307,8 +207,51 @@ pub async fn prepare(
         ),
         None => None,
     };
-    let relay = relay_setup(&config.governance, &metrics, repo.clock().clone())?;
+    let audit = audit_setup(&config.governance, &metrics)?;
+    let shared_policy = load_policy(config.governance.policy_file.as_deref())?;
+    let clock = repo.clock().clone();
+    let relay_of = |policy: Option<Arc<crate::policy::PolicyFile>>| {
+        crate::relay::Relay::new(policy, audit.clone(), clock.clone(), metrics.policy.clone())
+    };
+    let relay = relay_of(shared_policy.clone());
+    // Each server of `--config`: its own site, backend, policy and relay.
+    let mut named = Vec::new();
+    let mut policies = oauth::Policies {
+        shared: shared_policy.clone(),
+        by_resource: Vec::new(),
+    };
+    for def in config.servers.iter().flat_map(|d| &d.servers) {
+        let face = site.server_named(&def.name).ok_or_else(|| {
+            RunError::Config(config::ConfigError(format!(
+                "server {} has no site",
+                def.name
+            )))
+        })?;
+        let served = site.serving(face);
+        let spec = ServerSpec::of_file(def);
+        let built = server_backend(&config, &spec, &served, &repo, &metrics)?;
+        if let BackendState::NotReady(why) =
+            readiness(built.backend.as_ref(), built.http.as_deref()).await
+        {
+            tracing::warn!(server = %def.name, why, "this server is not ready yet");
+        }
+        let policy = match &def.policy_file {
+            Some(path) => {
+                let own = load_policy(Some(path))?;
+                if let Some(p) = &own {
+                    policies
+                        .by_resource
+                        .push((served.resource.clone(), p.clone()));
+                }
+                own
+            }
+            None => shared_policy.clone(),
+        };
+        tracing::info!(server = %def.name, url = %served.resource, "MCP clients connect to {}", served.resource);
+        named.push((served, built, relay_of(policy)));
+    }
     let tokens = Arc::new(TokenCache::new(TOKEN_CACHE_CAPACITY));
+    let main_site = Arc::new(site.clone());
     // Each shared part moves into the narrow state of the lowest layer that needs it; the
     // application's state reads it from there.
     let signin = login::SignIn::new(login::SignInParts {
@@ -325,26 +268,50 @@ pub async fn prepare(
         client_credentials,
         introspection,
         assertion: assertion.is_some(),
-        policy: relay.as_ref().and_then(|r| r.policy().cloned()),
+        policies,
         admin_users: config.governance.admin_users.clone(),
-        backend: backend.clone(),
-        audit: relay.as_ref().and_then(|r| r.audit().cloned()),
+        backends: match &backend {
+            Some(b) => vec![(None, b.clone())],
+            None => named
+                .iter()
+                .filter_map(|(s, b, _)| Some((s.name.clone(), b.backend.clone()?)))
+                .collect(),
+        },
+        audit,
     });
-    let state = AppState::new(App {
+    let mut main = App {
+        site: main_site,
         signin,
         oauth,
         backend,
         http_backend,
         upstream: config.upstream.clone(),
         forward_auth_path: config.forward_auth_path.clone(),
-        assertion,
+        assertion: assertion.map(Arc::new),
         cert,
-        rate_limiter: (config.limits.rate_limit > 0)
-            .then(|| server::ratelimit::RateLimiter::new(config.limits.rate_limit)),
+        rate_limiter: (config.limits.rate_limit > 0).then(|| {
+            Arc::new(server::ratelimit::RateLimiter::new(
+                config.limits.rate_limit,
+            ))
+        }),
         max_body: config.limits.max_body,
         body_read_timeout: config.limits.body_read_timeout,
         relay,
-    });
+        servers: Vec::new(),
+    };
+    main.servers = named
+        .into_iter()
+        .map(|(site, built, relay)| {
+            AppState::new(App {
+                site: Arc::new(site),
+                backend: built.backend,
+                http_backend: built.http,
+                relay,
+                ..main.clone()
+            })
+        })
+        .collect();
+    let state = AppState::new(main);
     let metrics_listener = match &config.metrics_listen {
         Some(addr) => Some(bind(addr).await?),
         None => None,
@@ -357,13 +324,7 @@ pub async fn prepare(
         version: env!("CARGO_PKG_VERSION"),
         mcp_url: state.site().resource.clone(),
         login_url: state.site().origin.join(web::flow::LOGIN_PATH),
-        backend: match &config.backend {
-            Backend::Http(url) => backend::http::redact(url),
-            Backend::Stdio { program, args } => format!("stdio: {program} {}", args.join(" "))
-                .trim()
-                .to_string(),
-            Backend::None => String::new(),
-        },
+        backend: describe_backend(&config.backend),
         backend_state,
         sign_in: state
             .signin
@@ -375,6 +336,19 @@ pub async fn prepare(
         certificate: certificate_state(&config, state.repo()).await,
         listening: std::iter::once(format!("http://{local_addr}"))
             .chain(tls_local_addr.map(|a| format!("https://{a}")))
+            .collect(),
+        servers: config
+            .servers
+            .iter()
+            .flat_map(|d| &d.servers)
+            .map(|d| {
+                let url = state
+                    .site()
+                    .server_named(&d.name)
+                    .map(|s| s.resource.clone())
+                    .unwrap_or_default();
+                (d.name.clone(), url, describe_backend(&d.backend))
+            })
             .collect(),
     };
     Ok(Prepared {
@@ -425,47 +399,248 @@ async fn certificate_state(config: &Config, repo: &Repo) -> String {
     }
 }
 
-/// The policy (read now: a file that does not parse stops the start) and the audit log
-/// (opened now), behind the relay; `None` when neither is configured.
-fn relay_setup(
+/// A policy file, read now: one that does not parse stops the start.
+fn load_policy(
+    path: Option<&std::path::Path>,
+) -> Result<Option<Arc<crate::policy::PolicyFile>>, RunError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let policy = crate::policy::PolicyFile::load(path).map_err(RunError::Policy)?;
+    tracing::info!(file = %path.display(), "tool policy in force");
+    Ok(Some(policy))
+}
+
+/// The audit log, opened now; `None` when it is off.
+fn audit_setup(
     g: &config::Governance,
     metrics: &metrics::Metrics,
-    clock: crate::clock::Clock,
-) -> Result<Option<Arc<crate::relay::Relay>>, RunError> {
-    let policy = g
-        .policy_file
-        .as_deref()
-        .map(crate::policy::PolicyFile::load)
-        .transpose()
-        .map_err(RunError::Policy)?;
-    let audit = match g.audit_log.as_deref() {
-        None => None,
-        Some(target) => {
-            let sink = match target {
-                "-" => crate::audit::Sink::Stdout,
-                path => crate::audit::Sink::File {
-                    path: path.into(),
-                    max_bytes: g.audit_max_bytes,
-                    keep: g.audit_keep,
-                },
+) -> Result<Option<Arc<crate::audit::AuditLog>>, RunError> {
+    let Some(target) = g.audit_log.as_deref() else {
+        return Ok(None);
+    };
+    let sink = match target {
+        "-" => crate::audit::Sink::Stdout,
+        path => crate::audit::Sink::File {
+            path: path.into(),
+            max_bytes: g.audit_max_bytes,
+            keep: g.audit_keep,
+        },
+    };
+    let log = crate::audit::AuditLog::start(
+        sink,
+        g.audit_arguments,
+        g.audit_fail_closed,
+        metrics.audit.clone(),
+    )
+    .map_err(RunError::Audit)?;
+    Ok(Some(log))
+}
+
+/// A backend as the banner names it: the URL without credentials, or the command.
+fn describe_backend(backend: &Backend) -> String {
+    match backend {
+        Backend::Http(url) => backend::http::redact(url),
+        Backend::Stdio { program, args } => format!("stdio: {program} {}", args.join(" "))
+            .trim()
+            .to_string(),
+        Backend::None => String::new(),
+    }
+}
+
+/// One MCP server to put behind the proxy: the command line's, or one of `--config`.
+struct ServerSpec<'a> {
+    /// Its name in `--config`; `None` for the command line's.
+    name: Option<&'a str>,
+    backend: &'a Backend,
+    /// Variables its stdio children get on top of `--stdio-env`.
+    env: &'a [(String, String)],
+    cwd: Option<&'a std::path::Path>,
+    shared: Option<bool>,
+    max_sessions: Option<usize>,
+    idle_timeout: Option<std::time::Duration>,
+}
+
+impl<'a> ServerSpec<'a> {
+    fn of_command_line(backend: &'a Backend) -> Self {
+        Self {
+            name: None,
+            backend,
+            env: &[],
+            cwd: None,
+            shared: None,
+            max_sessions: None,
+            idle_timeout: None,
+        }
+    }
+
+    fn of_file(def: &'a config::ServerDef) -> Self {
+        Self {
+            name: Some(&def.name),
+            backend: &def.backend,
+            env: &def.env,
+            cwd: def.cwd.as_deref(),
+            shared: def.shared,
+            max_sessions: def.max_sessions,
+            idle_timeout: def.idle_timeout,
+        }
+    }
+}
+
+/// A server's backend, and the same one as an HTTP backend when it is one (the fast lane
+/// serves that directly).
+#[derive(Default)]
+struct ServerBackend {
+    backend: Option<Arc<dyn backend::Backend>>,
+    http: Option<Arc<HttpBackend>>,
+}
+
+/// Builds the backend of `spec`, served at `site`.
+fn server_backend(
+    config: &Config,
+    spec: &ServerSpec<'_>,
+    site: &config::Site,
+    repo: &Repo,
+    metrics: &metrics::Metrics,
+) -> Result<ServerBackend, RunError> {
+    match spec.backend {
+        Backend::None => Ok(ServerBackend::default()),
+        Backend::Http(url) => {
+            let http = Arc::new(HttpBackend::new(
+                url.clone(),
+                config.upstream.clone(),
+                site,
+                config.workers,
+            )?);
+            tracing::info!(server = spec.name.unwrap_or_default(), backend = %http.base(), "proxying to an HTTP MCP server");
+            Ok(ServerBackend {
+                backend: Some(http.clone()),
+                http: Some(http),
+            })
+        }
+        Backend::Stdio { program, args } => {
+            let stdio = stdio_backend(config, spec, program, args, repo, metrics)?;
+            Ok(ServerBackend {
+                backend: Some(Arc::new(stdio)),
+                http: None,
+            })
+        }
+    }
+}
+
+/// The stdio bridge for `program args`, with the shared `--stdio-*` options and what
+/// `spec` says of its own.
+fn stdio_backend(
+    config: &Config,
+    spec: &ServerSpec<'_>,
+    program: &str,
+    args: &[String],
+    repo: &Repo,
+    metrics: &metrics::Metrics,
+) -> Result<StdioBackend, RunError> {
+    use backend::stdio::placement;
+    let run_as = config.stdio.run_as.as_ref();
+    if let Some(user) = run_as {
+        // Closed to the children's user whatever mode it was created with.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.data_path, std::fs::Permissions::from_mode(0o700))
+            .map_err(RunError::StdioDir)?;
+        tracing::info!(user = %user.name, uid = user.uid, "stdio servers run as another user; the data directory is closed to them");
+    }
+    let mut extra_env = Vec::new();
+    if let Some(user) = run_as {
+        extra_env.push(("HOME".to_string(), user.home.display().to_string()));
+        extra_env.push(("USER".to_string(), user.name.clone()));
+        extra_env.push(("LOGNAME".to_string(), user.name.clone()));
+    }
+    extra_env.extend(config.stdio.env.iter().cloned());
+    extra_env.extend(spec.env.iter().cloned());
+    let cwd = spec.cwd.or(config.stdio.cwd.as_deref());
+    let child = match cwd {
+        Some(cwd) => ChildSpec {
+            program: program.to_string(),
+            args: args.to_vec(),
+            cwd: Some(cwd.to_path_buf()),
+            ..ChildSpec::default()
+        },
+        None => {
+            let here = std::env::current_dir().map_err(RunError::StdioDir)?;
+            // Each server of `--config` gets a directory of its own.
+            let data = match spec.name {
+                Some(name) => config.data_path.join("servers").join(name),
+                None => config.data_path.clone(),
             };
-            let log = crate::audit::AuditLog::start(
-                sink,
-                g.audit_arguments,
-                g.audit_fail_closed,
-                metrics.audit.clone(),
-            )
-            .map_err(RunError::Audit)?;
-            Some(log)
+            let dir = placement::default_dir(&data, run_as).map_err(RunError::StdioDir)?;
+            tracing::info!(server = spec.name.unwrap_or_default(), dir = %dir.display(), "stdio servers start in a directory of their own (--stdio-cwd to choose another)");
+            ChildSpec {
+                program: placement::anchored_program(program, &here),
+                args: placement::anchored_args(args, &here),
+                cwd: Some(dir),
+                ..ChildSpec::default()
+            }
         }
     };
-    if let Some(p) = &g.policy_file {
-        tracing::info!(file = %p.display(), "tool policy in force");
+    let child = ChildSpec {
+        run_as: run_as.map(|u| (u.uid, u.gid)),
+        extra_env,
+        clean_env: config.stdio.clean_env,
+        pass_env: config.stdio.pass_env.clone(),
+        ..child
+    };
+    let (_, withheld) = environment(&child, std::env::vars());
+    let shared = spec.shared.unwrap_or(config.stdio.shared);
+    let mode = if shared {
+        "one child shared by all sessions"
+    } else {
+        "one child per session"
+    };
+    let mut max_sessions = config.stdio.max_sessions;
+    if let Some(total) = spec.max_sessions {
+        max_sessions.total = total;
+        max_sessions.per_user = max_sessions.per_user.min(total);
     }
-    Ok(crate::relay::Relay::new(
-        policy,
-        audit,
-        clock,
-        metrics.policy.clone(),
-    ))
+    tracing::info!(server = spec.name.unwrap_or_default(), command = %program, max_sessions = max_sessions.total, "bridging a stdio MCP server ({mode})");
+    if !withheld.is_empty() {
+        tracing::info!(withheld = %withheld.join(","), "the stdio server does not see these variables of the proxy");
+    }
+    Ok(StdioBackend::new(
+        child,
+        max_sessions,
+        spec.idle_timeout.unwrap_or(config.stdio.idle_timeout),
+        config.stdio.warm_spare,
+        shared,
+        backend::identity::IdentityEnv {
+            vars: config.stdio.identity_env.clone(),
+            qualified_user: config.upstream.identity.qualified_user,
+        },
+        metrics.children.clone(),
+    )
+    .naming_replica(config.replica_id.as_deref())
+    .holding_calls(repo.keys().sealer.clone())
+    .with_cache_ttl(u64::try_from(config.stdio.cache_ttl.as_millis()).unwrap_or(u64::MAX)))
+}
+
+/// The same checks as /readyz, once at startup: a dead backend is said now, not found out
+/// after someone signed in.
+async fn readiness(
+    backend: Option<&Arc<dyn backend::Backend>>,
+    http: Option<&HttpBackend>,
+) -> banner::BackendState {
+    let Some(b) = backend else {
+        return banner::BackendState::None;
+    };
+    match b.not_ready(server::health::UPSTREAM_PROBE).await {
+        None => banner::BackendState::Ready,
+        Some(why) => {
+            match http {
+                Some(h) => {
+                    tracing::warn!(backend = %h.base(), why, "the HTTP MCP server does not answer yet; requests get 502 until it does")
+                }
+                None => {
+                    tracing::warn!(why, "the stdio MCP server cannot be started as configured")
+                }
+            }
+            banner::BackendState::NotReady(why)
+        }
+    }
 }

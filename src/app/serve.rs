@@ -42,18 +42,27 @@ pub async fn serve(
             stop_rx.clone(),
         ))
     });
-    let housekeeper = state
-        .backend
-        .clone()
-        .and_then(|b| Some((b.housekeeping_interval()?, b)))
-        .map(|(every, b)| tokio::spawn(housekeeping_loop(b, every, stop_rx)));
+    let housekeepers: Vec<_> = state
+        .backends()
+        .filter_map(|(_, b)| Some((b.housekeeping_interval()?, b.clone())))
+        .map(|(every, b)| tokio::spawn(housekeeping_loop(b, every, stop_rx.clone())))
+        .collect();
 
-    // The policy file, looked at for changes until the stop.
-    let _policy_watch = state
-        .relay
-        .as_ref()
-        .and_then(|r| r.policy().cloned())
-        .map(|file| tokio::spawn(file.watch(stop_tx.subscribe())));
+    // The policy files (the shared one and each server's own), looked at for changes until
+    // the stop.
+    let mut policies: Vec<Arc<crate::policy::PolicyFile>> = Vec::new();
+    for file in state
+        .every_server()
+        .filter_map(|a| a.relay.as_ref()?.policy().cloned())
+    {
+        if !policies.iter().any(|p| Arc::ptr_eq(p, &file)) {
+            policies.push(file);
+        }
+    }
+    let _policy_watch: Vec<_> = policies
+        .into_iter()
+        .map(|file| tokio::spawn(file.watch(stop_tx.subscribe())))
+        .collect();
 
     let metrics_task = metrics_listener.map(|l| {
         let app = server::metrics_router(state.clone());
@@ -174,7 +183,7 @@ pub async fn serve(
             "connections still open after the grace period: closing them"
         );
     }
-    if let Some(backend) = &state_for_shutdown.backend {
+    for (_, backend) in state_for_shutdown.backends() {
         backend.shutdown().await;
     }
     let _ = stop_tx.send(true);
@@ -191,7 +200,7 @@ pub async fn serve(
     if let Some(m) = metrics_task {
         let _ = m.await;
     }
-    if let Some(r) = housekeeper {
+    for r in housekeepers {
         let _ = r.await;
     }
     if let Err(e) = repo.flush().await {

@@ -19,6 +19,7 @@ use crate::cli::Cli;
 mod auth;
 mod origin;
 mod providers;
+mod servers;
 mod stdio;
 mod tls;
 mod upstream;
@@ -26,6 +27,7 @@ mod upstream;
 pub use auth::*;
 pub use origin::*;
 pub use providers::*;
+pub use servers::{Admission, MAX_SERVERS, ServerDef, ServerDefs};
 pub use stdio::*;
 pub use tls::*;
 pub use upstream::*;
@@ -217,6 +219,8 @@ pub struct Config {
     /// Normalised origins (`scheme://host[:port]`, lower-case) allowed besides our own.
     pub allowed_origins: Vec<String>,
     pub backend: Backend,
+    /// `--config`: several servers, each at `/<name>/mcp` (instead of `backend`).
+    pub servers: Option<ServerDefs>,
     pub upstream: UpstreamOptions,
     /// The forward-auth endpoint's path, if on.
     pub forward_auth_path: Option<String>,
@@ -342,6 +346,17 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()?;
 
         let backend = parse_backend(&cli.backend)?;
+        let servers = cli.config.as_deref().map(servers::load).transpose()?;
+        if servers.is_some() && backend != Backend::None {
+            return Err(bad(
+                "--config names the MCP servers; give no backend on the command line as well",
+            ));
+        }
+        if servers.is_some() && mcp_path != "/mcp" {
+            notes.push(format!(
+                "--mcp-path {mcp_path} is ignored with --config: each server is at /<name>/mcp"
+            ));
+        }
 
         let mut headers = parse_proxy_headers(cli.proxy_headers.as_deref().unwrap_or(""))?;
         let proxy_bearer_token = cli
@@ -404,6 +419,7 @@ impl Config {
             mcp_path,
             allowed_origins,
             backend,
+            servers,
             upstream: UpstreamOptions {
                 headers,
                 connect_timeout,
@@ -463,7 +479,9 @@ impl Config {
     }
 }
 
-/// The public face of a running proxy, fixed once the listener is bound.
+/// The public face of a running proxy, fixed once the listener is bound: its origin and
+/// one MCP server's resource. Each server behind the proxy is served with a `Site` of its
+/// own ([`Site::serving`]); all of them share the origin and the catalog of servers.
 #[derive(Debug, Clone)]
 pub struct Site {
     pub origin: PublicOrigin,
@@ -472,17 +490,137 @@ pub struct Site {
     pub resource: String,
     /// Absolute URL of the protected-resource metadata (RFC 9728 §3.1 path form).
     pub resource_metadata_url: String,
+    /// The issuer of this server's tokens: the origin, or `<origin>/<name>` for a server of
+    /// `--config` (RFC 8414 §3.1).
+    pub issuer: String,
+    /// The server's name in `--config`; `None` for the command line's one server, and for
+    /// the main site of `--config` without a default server.
+    pub name: Option<String>,
     pub allowed_origins: Vec<String>,
     pub trusted_proxies: Vec<IpNet>,
     /// `--require-dpop`.
     pub require_dpop: bool,
     /// `--dpop-nonces`.
     pub dpop_nonces: bool,
+    /// Every server this proxy issues tokens for.
+    pub catalog: std::sync::Arc<Vec<ServerFace>>,
+}
+
+/// One MCP server as clients see it.
+#[derive(Debug, Clone)]
+pub struct ServerFace {
+    pub name: Option<String>,
+    pub mcp_path: String,
+    pub resource: String,
+    pub resource_metadata_url: String,
+    pub issuer: String,
+    /// Who may use it besides signing in.
+    pub admits: Admission,
+}
+
+impl ServerFace {
+    fn new(origin: &PublicOrigin, name: Option<&str>, mcp_path: &str, admits: Admission) -> Self {
+        Self {
+            name: name.map(str::to_string),
+            mcp_path: mcp_path.to_string(),
+            resource: origin.join(mcp_path),
+            resource_metadata_url: origin.join(&format!("{RESOURCE_METADATA_PATH}{mcp_path}")),
+            issuer: match name {
+                Some(n) => origin.join(&format!("/{n}")),
+                None => origin.as_str().to_string(),
+            },
+            admits,
+        }
+    }
+
+    /// How pages name it: its name, or "this MCP server".
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or("this MCP server")
+    }
+}
+
+impl Site {
+    /// The same site, serving `server`.
+    pub fn serving(&self, server: &ServerFace) -> Site {
+        Site {
+            mcp_path: server.mcp_path.clone(),
+            resource: server.resource.clone(),
+            resource_metadata_url: server.resource_metadata_url.clone(),
+            issuer: server.issuer.clone(),
+            name: server.name.clone(),
+            ..self.clone()
+        }
+    }
+
+    /// The server whose resource is `resource` (as stored: exactly).
+    pub fn server_of(&self, resource: &str) -> Option<&ServerFace> {
+        self.catalog.iter().find(|s| s.resource == resource)
+    }
+
+    /// The server named `name`.
+    pub fn server_named(&self, name: &str) -> Option<&ServerFace> {
+        self.catalog
+            .iter()
+            .find(|s| s.name.as_deref() == Some(name))
+    }
+
+    /// The server a client's `resource` parameter names (RFC 8707, compared as
+    /// [`crate::config::resource_matches`] does).
+    pub fn server_named_by(&self, given: &str) -> Option<&ServerFace> {
+        self.catalog
+            .iter()
+            .find(|s| resource_matches(&s.resource, given))
+    }
+
+    /// The issuer of tokens for `resource`; the site's own for a resource it does not know.
+    pub fn issuer_of(&self, resource: &str) -> &str {
+        self.server_of(resource)
+            .map_or(self.issuer.as_str(), |s| s.issuer.as_str())
+    }
+
+    /// Whether the server of `resource` lets `identity` use it (its `users` in `--config`).
+    /// A resource no server has any more is not judged here: the gate refuses its tokens.
+    pub fn admits(&self, resource: &str, identity: &crate::store::Identity) -> bool {
+        self.server_of(resource)
+            .is_none_or(|s| s.admits.admits(identity))
+    }
+
+    /// The server of `--config` whose paths `path` is under, and the rest of the path
+    /// (`/files/mcp` is `files`' `/mcp`).
+    pub fn server_at<'a>(&self, path: &'a str) -> Option<(&ServerFace, &'a str)> {
+        let (first, rest) = path.strip_prefix('/')?.split_once('/')?;
+        let server = self.server_named(first)?;
+        Some((server, &path[first.len() + 1..])).filter(|_| !rest.is_empty())
+    }
+
+    /// This site's own server in the catalog, if it serves one.
+    pub fn server(&self) -> Option<&ServerFace> {
+        self.server_of(&self.resource)
+    }
+}
+
+/// Whether a client's `resource` parameter names `ours`: equal after lower-casing scheme
+/// and host (URL parsing does both) and ignoring one trailing slash.
+pub fn resource_matches(ours: &str, given: &str) -> bool {
+    let (Ok(a), Ok(b)) = (url::Url::parse(ours), url::Url::parse(given)) else {
+        return false;
+    };
+    let path = |u: &url::Url| {
+        let p = u.path();
+        p.strip_suffix('/').unwrap_or(p).to_string()
+    };
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+        && path(&a) == path(&b)
+        && a.query() == b.query()
+        && b.fragment().is_none()
+        && b.username().is_empty()
 }
 
 impl Config {
-    /// The site as seen from outside, given the port the plain listener actually bound.
-    /// The site; `bound_port` is the port clients reach (the TLS listener's when TLS is on).
+    /// The site as seen from outside; `bound_port` is the port clients reach (the TLS
+    /// listener's when TLS is on). With `--config` it serves the default server, or none.
     pub fn site(&self, bound_port: u16) -> Result<Site, ConfigError> {
         let origin = match (&self.external_url, &self.tls) {
             (Some(o), _) => o.clone(),
@@ -490,16 +628,45 @@ impl Config {
             (None, Some(_)) => PublicOrigin::parse(&format!("https://localhost:{bound_port}"))?,
             (None, None) => PublicOrigin::default_for_port(bound_port)?,
         };
+        let (catalog, main) = match &self.servers {
+            None => {
+                let one = ServerFace::new(&origin, None, &self.mcp_path, Admission::everyone());
+                (vec![one.clone()], one)
+            }
+            Some(defs) => {
+                let catalog: Vec<ServerFace> = defs
+                    .servers
+                    .iter()
+                    .map(|s| {
+                        let path = format!("/{}/mcp", s.name);
+                        ServerFace::new(&origin, Some(&s.name), &path, s.admits.clone())
+                    })
+                    .collect();
+                let main = defs
+                    .default
+                    .as_deref()
+                    .and_then(|d| catalog.iter().find(|s| s.name.as_deref() == Some(d)))
+                    .cloned()
+                    // No default: the main site serves no server (its resource is in no
+                    // catalog entry, so no token is ever for it).
+                    .unwrap_or_else(|| {
+                        ServerFace::new(&origin, None, &self.mcp_path, Admission::everyone())
+                    });
+                (catalog, main)
+            }
+        };
         Ok(Site {
-            resource: origin.join(&self.mcp_path),
-            resource_metadata_url: origin
-                .join(&format!("{}{}", RESOURCE_METADATA_PATH, self.mcp_path)),
+            resource: main.resource,
+            resource_metadata_url: main.resource_metadata_url,
+            issuer: main.issuer,
+            name: main.name,
             origin,
-            mcp_path: self.mcp_path.clone(),
+            mcp_path: main.mcp_path,
             allowed_origins: self.allowed_origins.clone(),
             trusted_proxies: self.trusted_proxies.clone(),
             require_dpop: self.require_dpop,
             dpop_nonces: self.dpop_nonces,
+            catalog: std::sync::Arc::new(catalog),
         })
     }
 }

@@ -68,11 +68,12 @@ pub async fn authn(auth: &AuthConfig, site: &Site, repo: &Repo) -> Result<Authn,
     };
     // Grants and passkeys today's configuration no longer admits end now, not when their
     // tokens expire: those made with another password, people removed from an allow-list,
-    // a provider no longer configured, and (with `--require-passkey`) the password account's
-    // grants made with the password alone.
+    // a provider no longer configured, (with `--require-passkey`) the password account's
+    // grants made with the password alone, and grants for a server of `--config` whose
+    // `users` no longer name the person.
     let mut revoked = 0;
     for (_, grant) in repo.scan::<GrantRecord>(b"").await? {
-        if !authn.still_allowed(&grant.identity) {
+        if !authn.still_allowed(&grant.identity) || !site.admits(&grant.resource, &grant.identity) {
             repo.revoke_grant(&grant.grant_id).await?;
             revoked += 1;
         }

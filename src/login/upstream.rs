@@ -291,12 +291,11 @@ async fn denied(
         let removed = app.repo.remove::<AuthRequestRecord>(r.as_bytes()).await;
         removed.map_err(unavailable(app))?;
     }
-    let issuer = app.site.origin.as_str().to_string();
     let return_url = waiting.as_ref().and_then(|rec| {
         ClientRedirect {
             uri: &rec.redirect_uri,
             state: rec.state.as_deref(),
-            issuer: &issuer,
+            issuer: app.site.issuer_of(&rec.resource),
         }
         .error_url(
             OAuthErrorCode::AccessDenied,
@@ -315,6 +314,7 @@ async fn denied(
         csrf: &csrf,
         return_url: return_url.as_deref(),
         client_name: &client_name,
+        server: None,
     };
     let mut resp = with_cookie(page(StatusCode::FORBIDDEN, &tpl, FormTarget::Client), set);
     resp.headers_mut().append(

@@ -97,7 +97,7 @@ pub async fn apps_get(
             scopes: grant
                 .scopes
                 .iter()
-                .map(|s| describe_scope(&app, s))
+                .map(|s| describe_scope(&app, &grant.resource, s))
                 .collect(),
             redirect_hosts,
             client_id: grant.client_id,

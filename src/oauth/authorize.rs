@@ -11,10 +11,10 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
-use super::AuthServer;
 use super::clients::{LookupError, find};
 use super::pending::Refused;
 use super::redirect_uri::find_match;
+use super::{AuthServer, Served};
 use super::{granted_scopes, pkce, resource};
 use crate::error::OAuthErrorCode;
 use crate::login::{self, site_name, unavailable};
@@ -36,6 +36,7 @@ fn person_error(app: &AuthServer, title: &'static str, message: &str) -> PageRef
 /// `GET /authorize`.
 pub async fn authorize(
     State(app): State<AuthServer>,
+    State(served): State<Served>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -95,11 +96,10 @@ pub async fn authorize(
     };
 
     // The redirect URI is trusted from here on: errors go back to the client.
-    let issuer = app.site.origin.as_str().to_string();
     let back = ClientRedirect {
         uri: &redirect_uri,
         state: params.get("state"),
-        issuer: &issuer,
+        issuer: &served.issuer,
     };
     if params.get("response_type") != Some("code") {
         return Ok(back.error(
@@ -125,12 +125,18 @@ pub async fn authorize(
             "code_challenge is not a valid S256 challenge",
         ));
     }
+    if !served.serves() {
+        return Ok(back.error(
+            OAuthErrorCode::InvalidTarget,
+            "this address serves several MCP servers: use the issuer of the one you want (its protected-resource metadata names it)",
+        ));
+    }
     if let Some(r) = params.get("resource")
-        && !resource::matches(&app.site.resource, r)
+        && !resource::matches(&served.resource, r)
     {
         return Ok(back.error(
             OAuthErrorCode::InvalidTarget,
-            "this server only issues tokens for its MCP endpoint",
+            "this issuer only issues tokens for its MCP server's endpoint",
         ));
     }
     // RFC 9449 §10: the code is bound to this key. A thumbprint is 43 base64url characters.
@@ -155,8 +161,11 @@ pub async fn authorize(
         redirect_uri_given: given_redirect.is_some(),
         state: params.get("state").map(str::to_string),
         code_challenge: challenge.to_string(),
-        scopes: granted_scopes(params.get("scope"), &super::policy_scopes(&app)),
-        resource: app.site.resource.clone(),
+        scopes: granted_scopes(
+            params.get("scope"),
+            &super::policy_scopes(&app, &served.resource),
+        ),
+        resource: served.resource.clone(),
         force_consent: prompts.contains(&"consent"),
         fresh_sign_in_since: prompts.contains(&"login").then(|| app.repo.clock().now()),
         created_at: app.repo.clock().now(),
@@ -175,6 +184,12 @@ pub async fn authorize(
         let Some(session) = session else {
             return Ok(back.error(OAuthErrorCode::LoginRequired, "the user is not signed in"));
         };
+        if !app.site.admits(&record.resource, &session.identity) {
+            return Ok(back.error(
+                OAuthErrorCode::AccessDenied,
+                "this account may not use this MCP server",
+            ));
+        }
         let remembered = super::consent::remembered(&app, &session.identity, &record, &client);
         if !remembered.await.map_err(unavailable(&app))? {
             return Ok(back.error(
@@ -251,7 +266,7 @@ pub async fn issue_code(
         redirect_uri_given: req.redirect_uri_given,
         code_challenge: req.code_challenge.clone(),
         resource: req.resource.clone(),
-        scopes: super::scopes_for(app, &identity, &req.scopes),
+        scopes: super::scopes_for(app, &req.resource, &identity, &req.scopes),
         identity,
         issued_at: now,
         expires_at: now + ttl,

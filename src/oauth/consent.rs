@@ -19,7 +19,7 @@ use crate::store::{
     AuthRequestRecord, ClientRecord, ConsentRecord, Identity, SessionRecord, StoreError,
 };
 use crate::web::form::Params;
-use crate::web::pages::{ConsentPage, FormTarget, page_with_cookie};
+use crate::web::pages::{ConsentPage, DeniedPage, FormTarget, page_with_cookie};
 use crate::web::redirect::ClientRedirect;
 use crate::web::refusal::PageRefusal;
 
@@ -53,7 +53,7 @@ pub async fn remembered(
     }
     let key = consent_key(&identity.subject(), &req.client_id, &req.redirect_uri);
     Ok(app.repo.get::<ConsentRecord>(&key).await?.is_some_and(|c| {
-        super::scopes_for(app, identity, &req.scopes)
+        super::scopes_for(app, &req.resource, identity, &req.scopes)
             .iter()
             .all(|s| c.scopes.contains(s))
     }))
@@ -239,6 +239,9 @@ pub async fn consent_get(
 ) -> Result<Response, PageRefusal> {
     let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
     let (req_id, req, client, session) = context(&app, &headers, params.get("req")).await?;
+    if !app.site.admits(&req.resource, &session.identity) {
+        return not_admitted(&app, &headers, &req_id, &req, &session.identity).await;
+    }
     match remembered(&app, &session.identity, &req, &client).await {
         Ok(true) => return finish(&app, &req_id, &req, session.identity, true).await,
         Ok(false) => {}
@@ -252,15 +255,20 @@ pub async fn consent_get(
         .client_name
         .clone()
         .unwrap_or_else(|| "An unnamed app".to_string());
+    let server = app
+        .site
+        .server_of(&req.resource)
+        .and_then(|s| s.name.as_deref());
     let tpl = ConsentPage {
         site_name: &name,
+        server,
         client_name: &client_name,
         client_id: &client.client_id,
         redirect_host: &redirect_host(&req.redirect_uri),
         user: display_name(&session.identity),
-        scopes: super::scopes_for(&app, &session.identity, &req.scopes)
+        scopes: super::scopes_for(&app, &req.resource, &session.identity, &req.scopes)
             .iter()
-            .map(|s| describe_scope(&app, s))
+            .map(|s| describe_scope(&app, &req.resource, s))
             .collect(),
         document_host: document_host(&client.client_id),
         warnings: all_warnings(&client, &req.redirect_uri),
@@ -283,6 +291,9 @@ pub async fn consent_post(
 ) -> Result<Response, PageRefusal> {
     let params = form_post(&app, &headers, &body)?;
     let (req_id, req, _client, session) = context(&app, &headers, params.get("req")).await?;
+    if !app.site.admits(&req.resource, &session.identity) {
+        return not_admitted(&app, &headers, &req_id, &req, &session.identity).await;
+    }
     match params.get("decision") {
         Some("approve") => finish(&app, &req_id, &req, session.identity, true).await,
         Some("deny") => finish(&app, &req_id, &req, session.identity, false).await,
@@ -295,6 +306,47 @@ pub async fn consent_post(
     }
 }
 
+/// The page for a person whose account may not use the server the app asked for (its
+/// `users` in `--config`): the request ends, and the page links back to the app with
+/// `access_denied`.
+async fn not_admitted(
+    app: &AuthServer,
+    headers: &HeaderMap,
+    req_id: &str,
+    req: &AuthRequestRecord,
+    identity: &Identity,
+) -> Result<Response, PageRefusal> {
+    let removed = app.repo.remove::<AuthRequestRecord>(req_id.as_bytes());
+    removed.await.map_err(unavailable(app))?;
+    let server = app.site.server_of(&req.resource);
+    tracing::info!(subject = %identity.subject(), server = server.map_or("", |s| s.label()), "consent refused: the server does not admit this account");
+    let return_url = ClientRedirect {
+        uri: &req.redirect_uri,
+        state: req.state.as_deref(),
+        issuer: app.site.issuer_of(&req.resource),
+    }
+    .error_url(
+        OAuthErrorCode::AccessDenied,
+        "this account may not use this MCP server",
+    );
+    let (csrf, set) = form_csrf(app, headers);
+    let tpl = DeniedPage {
+        site_name: &site_name(app),
+        provider: &identity.provider,
+        user: display_name(identity),
+        csrf: &csrf,
+        return_url: return_url.as_deref(),
+        client_name: req.client_label(),
+        server: server.and_then(|s| s.name.as_deref()),
+    };
+    Ok(page_with_cookie(
+        StatusCode::FORBIDDEN,
+        &tpl,
+        FormTarget::Client,
+        set,
+    ))
+}
+
 /// Ends the pending request: remembers an approval and sends a code, or sends `access_denied`.
 async fn finish(
     app: &AuthServer,
@@ -303,11 +355,10 @@ async fn finish(
     identity: Identity,
     approve: bool,
 ) -> Result<Response, PageRefusal> {
-    let issuer = app.site.origin.as_str().to_string();
     let back = ClientRedirect {
         uri: &req.redirect_uri,
         state: req.state.as_deref(),
-        issuer: &issuer,
+        issuer: app.site.issuer_of(&req.resource),
     };
     // The request is single use, approved or not.
     // Fail closed: a request that could not be marked answered is not answered.
@@ -328,7 +379,7 @@ async fn finish(
     let consent = ConsentRecord {
         subject: identity.subject(),
         client_id: req.client_id.clone(),
-        scopes: super::scopes_for(app, &identity, &req.scopes),
+        scopes: super::scopes_for(app, &req.resource, &identity, &req.scopes),
         granted_at: now,
     };
     let keep = now + app.authn.cfg.refresh_token_ttl.as_secs();

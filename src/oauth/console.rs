@@ -22,8 +22,8 @@ use crate::login::{display_name, form_csrf, form_post, site_name, unavailable};
 use crate::store::{ClientRecord, GrantRecord, Identity, McpSessionRecord, SessionRecord};
 use crate::web::form::Params;
 use crate::web::pages::{
-    AdminPage, ClientRow, FormTarget, GrantRow, LockoutRow, SessionRow, page_with_cookie,
-    see_other, when,
+    AdminPage, ClientRow, FormTarget, GrantRow, LockoutRow, ServerRow, SessionRow,
+    page_with_cookie, see_other, when,
 };
 use crate::web::refusal::PageRefusal;
 
@@ -82,6 +82,7 @@ async fn upstream_sessions(app: &AuthServer) -> Result<Vec<SessionRow>, PageRefu
     Ok(bindings
         .into_iter()
         .map(|(key, b)| SessionRow {
+            server: String::new(),
             id: format!("{UPSTREAM}{}", hex::encode(key)),
             user: b.subject,
             process: "the HTTP upstream's".into(),
@@ -116,13 +117,33 @@ pub async fn admin_get(
 ) -> Result<Response, PageRefusal> {
     let session = operator(&app, &headers).await?;
     let upstream = upstream_sessions(&app).await?;
+    let servers = app
+        .backends
+        .iter()
+        .filter_map(|(name, b)| {
+            let face = app.site.server_named(name.as_deref()?)?;
+            Some(ServerRow {
+                name: face.label().to_string(),
+                url: face.resource.clone(),
+                backend: b.kind().to_string(),
+                sessions: b.live_sessions(),
+                users: if face.admits.is_everyone() {
+                    "everyone who may sign in".into()
+                } else {
+                    "its users list".into()
+                },
+            })
+        })
+        .collect();
     let sessions = app
-        .backend
-        .as_ref()
-        .map(|b| b.sessions())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|s| SessionRow {
+        .backends
+        .iter()
+        .flat_map(|(name, b)| {
+            let server = name.clone().unwrap_or_default();
+            b.sessions().into_iter().map(move |s| (server.clone(), s))
+        })
+        .map(|(server, s)| SessionRow {
+            server,
             process: match (s.pid, s.shared_child, s.stateless) {
                 (Some(pid), true, _) => format!("pid {pid} (shared by every session)"),
                 (Some(pid), false, true) => format!("pid {pid} (the user's 2026-07-28 requests)"),
@@ -226,6 +247,7 @@ pub async fn admin_get(
         user: display_name(&session.identity),
         notice,
         csrf: &csrf,
+        servers,
         sessions,
         grants,
         clients,
@@ -263,7 +285,7 @@ pub async fn admin_post(
         Some("end-session") => {
             let ended = match target.strip_prefix(UPSTREAM) {
                 Some(hash) => end_upstream_session(&app, hash).await?,
-                None => app.backend.as_ref().is_some_and(|b| b.end_session(target)),
+                None => app.backends.iter().any(|(_, b)| b.end_session(target)),
             };
             if !ended {
                 return Err(not_found());
@@ -325,6 +347,7 @@ pub async fn admin_post(
     tracing::warn!(operator = %operator_subject, action, target, "operator action");
     if let Some(audit) = &app.audit {
         audit.write(&Record {
+            server: None,
             time: app.repo.clock().now(),
             user: &operator_subject,
             client_id: "",

@@ -4,6 +4,11 @@
 //! at the path-suffixed form (`/.well-known/oauth-protected-resource/mcp`): Claude probes
 //! both, gemini-cli and Junie need the path form. `resource` comes from configuration, never
 //! from the Host header.
+//!
+//! Each server of `--config` has its own documents: its resource's at
+//! `/.well-known/oauth-protected-resource/<name>/mcp`, naming its issuer `<origin>/<name>`,
+//! whose metadata is at `/.well-known/oauth-authorization-server/<name>` (RFC 8414 §3.1). The
+//! root documents are the default server's; without one they are 404.
 
 use axum::Json;
 use axum::extract::State;
@@ -11,7 +16,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::AuthServer;
+use super::{AuthServer, Served};
 use crate::config::Site;
 use crate::gate::MCP_SCOPE;
 
@@ -29,7 +34,7 @@ impl ProtectedResourceMetadata {
     pub fn for_site(site: &Site) -> Self {
         Self {
             resource: site.resource.clone(),
-            authorization_servers: vec![site.origin.as_str().to_string()],
+            authorization_servers: vec![site.issuer.clone()],
             scopes_supported: vec![MCP_SCOPE.to_string()],
             bearer_methods_supported: vec!["header"],
             resource_name: "MCP server",
@@ -38,11 +43,24 @@ impl ProtectedResourceMetadata {
 }
 
 /// `GET /.well-known/oauth-protected-resource[<mcp-path>]`.
-pub async fn protected_resource(State(app): State<AuthServer>) -> Response {
-    let mut doc = ProtectedResourceMetadata::for_site(&app.site);
+pub async fn protected_resource(
+    State(app): State<AuthServer>,
+    State(served): State<Served>,
+) -> Response {
+    if !served.serves() {
+        return no_default_server();
+    }
+    let mut doc = ProtectedResourceMetadata::for_site(&served);
     doc.scopes_supported
-        .extend(crate::oauth::policy_scopes(&app));
+        .extend(crate::oauth::policy_scopes(&app, &served.resource));
     cacheable(Json(doc))
+}
+
+/// The root documents of `--config` without a default server: each server has its own.
+fn no_default_server() -> Response {
+    let why = "this proxy serves several MCP servers, each at /<name>/mcp with its own metadata; none is the default";
+    let body = serde_json::json!({ "error": "not_found", "error_description": why });
+    (axum::http::StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
 /// Metadata may be cached briefly by clients and intermediaries.
@@ -96,9 +114,10 @@ impl AuthorizationServerMetadata {
         let at = |p: &str| site.origin.join(p);
         let auth_methods = ["none", "client_secret_post", "client_secret_basic"];
         Self {
-            issuer: site.origin.as_str().to_string(),
-            authorization_endpoint: at("/authorize"),
-            token_endpoint: at("/token"),
+            issuer: site.issuer.clone(),
+            // The issuer's own endpoints: they know which server's tokens they issue.
+            authorization_endpoint: format!("{}/authorize", site.issuer),
+            token_endpoint: format!("{}/token", site.issuer),
             registration_endpoint: at("/register"),
             revocation_endpoint: at("/revoke"),
             response_types_supported: ["code"],
@@ -120,10 +139,16 @@ impl AuthorizationServerMetadata {
 }
 
 /// `GET /.well-known/oauth-authorization-server[/<anything>]`: one issuer, one document.
-pub async fn authorization_server(State(app): State<AuthServer>) -> Response {
-    let mut doc = AuthorizationServerMetadata::for_site(&app.site);
+pub async fn authorization_server(
+    State(app): State<AuthServer>,
+    State(served): State<Served>,
+) -> Response {
+    if !served.serves() {
+        return no_default_server();
+    }
+    let mut doc = AuthorizationServerMetadata::for_site(&served);
     doc.scopes_supported
-        .extend(crate::oauth::policy_scopes(&app));
+        .extend(crate::oauth::policy_scopes(&app, &served.resource));
     if app.assertion {
         doc.jwks_uri = Some(app.site.origin.join(crate::assertion::JWKS_PATH));
     }

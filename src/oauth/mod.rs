@@ -19,8 +19,64 @@ pub mod revoke;
 pub mod static_clients;
 pub mod token;
 
+use std::sync::Arc;
+
+use crate::config::Site;
 use crate::gate::{MCP_SCOPE, TokenCache};
 use crate::login::SignIn;
+use crate::policy::PolicyFile;
+
+/// The server an authorization-server request is for: the one whose issuer's endpoint was
+/// called. Each server of `--config` has its own issuer (`<origin>/<name>`) and endpoints
+/// under it; the router lends each route its server's site. An issuer issues tokens for its
+/// own server's resource only, so a client that omits `resource` still gets the right one.
+#[derive(Clone)]
+pub struct Served(pub Arc<Site>);
+
+impl std::ops::Deref for Served {
+    type Target = Site;
+    fn deref(&self) -> &Site {
+        &self.0
+    }
+}
+
+impl Served {
+    /// Whether the site serves a server (the main site of `--config` without a default
+    /// does not).
+    pub fn serves(&self) -> bool {
+        self.server().is_some()
+    }
+    /// Whether `resource` is another of this proxy's servers' (a code or grant for it is
+    /// redeemed at that server's issuer only). A resource no server has any more, such as
+    /// one under an earlier external URL, is not another server's.
+    pub fn for_another_server(&self, resource: &str) -> bool {
+        resource != self.resource && self.server_of(resource).is_some()
+    }
+
+    /// An endpoint of this server's issuer (`/authorize`, `/token`).
+    pub fn endpoint(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer)
+    }
+}
+
+/// The policy files: each server's own, else the shared `--policy-file`.
+#[derive(Clone, Default)]
+pub struct Policies {
+    pub shared: Option<Arc<PolicyFile>>,
+    /// A server's own policy, by its resource.
+    pub by_resource: Vec<(String, Arc<PolicyFile>)>,
+}
+
+impl Policies {
+    /// The policy in force for tokens of `resource`.
+    pub fn of(&self, resource: &str) -> Option<&Arc<PolicyFile>> {
+        self.by_resource
+            .iter()
+            .find(|(r, _)| r == resource)
+            .map(|(_, p)| p)
+            .or(self.shared.as_ref())
+    }
+}
 
 /// What the authorization server needs of the running proxy, handed to its handlers through
 /// axum's `FromRef`. It builds on sign-in: its requests are answered by a person signed in
@@ -42,12 +98,14 @@ pub struct AuthServerParts {
     pub introspection: bool,
     /// Whether identity assertions are signed (their keys then advertised as `jwks_uri`).
     pub assertion: bool,
-    /// `--policy-file`: the scopes it names are known scopes, granted to whom it allows.
-    pub policy: Option<std::sync::Arc<crate::policy::PolicyFile>>,
+    /// `--policy-file` and each server's own: the scopes a server's policy names are known
+    /// scopes for its tokens, granted to whom it allows.
+    pub policies: Policies,
     /// `--admin-users`: who may use the operator console.
     pub admin_users: Vec<String>,
-    /// The MCP server, whose sessions the console shows and ends.
-    pub backend: Option<std::sync::Arc<dyn crate::backend::Backend>>,
+    /// The MCP servers (with their names in `--config`), whose sessions the console shows
+    /// and ends.
+    pub backends: Vec<(Option<String>, std::sync::Arc<dyn crate::backend::Backend>)>,
     /// `--audit-log`, where the console's actions are recorded too.
     pub audit: Option<std::sync::Arc<crate::audit::AuditLog>>,
 }
@@ -91,22 +149,23 @@ pub fn granted_scopes(requested: Option<&str>, known: &[String]) -> Vec<String> 
     out
 }
 
-/// The scopes the policy file names (none without one).
-pub fn policy_scopes(app: &AuthServer) -> Vec<String> {
-    app.policy
-        .as_ref()
+/// The scopes the policy of `resource` names (none without one).
+pub fn policy_scopes(app: &AuthServer, resource: &str) -> Vec<String> {
+    app.policies
+        .of(resource)
         .map(|p| p.current().scopes())
         .unwrap_or_default()
 }
 
 /// Of the scopes a request kept, those `identity` may hold: a policy scope only for users
-/// the policy allows to hold it (checked against the policy in force now).
+/// the policy of `resource` allows to hold it (checked against the policy in force now).
 pub fn scopes_for(
     app: &AuthServer,
+    resource: &str,
     identity: &crate::store::Identity,
     scopes: &[String],
 ) -> Vec<String> {
-    let policy = app.policy.as_ref().map(|p| p.current());
+    let policy = app.policies.of(resource).map(|p| p.current());
     let who = crate::policy::Who::from_identity(identity, &[]);
     scopes
         .iter()
@@ -120,14 +179,14 @@ pub fn scopes_for(
 }
 
 /// A human description of a scope, for the consent page.
-pub fn describe_scope(app: &AuthServer, scope: &str) -> String {
+pub fn describe_scope(app: &AuthServer, resource: &str, scope: &str) -> String {
     match scope {
         MCP_SCOPE => "Use the tools, resources and prompts of this MCP server as you".into(),
         OFFLINE_ACCESS => "Stay connected when you are not here (refresh tokens)".into(),
         other => {
             let said = app
-                .policy
-                .as_ref()
+                .policies
+                .of(resource)
                 .and_then(|p| p.current().describe(other));
             match said {
                 Some(words) => format!("{words} (permission “{other}”)"),

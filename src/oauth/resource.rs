@@ -1,26 +1,9 @@
-//! Resource indicators (RFC 8707) as the MCP spec uses them: every token is for our one
-//! resource, the public MCP URL.
+//! Resource indicators (RFC 8707) as the MCP spec uses them: every token is for one
+//! server's resource, its public MCP URL.
 
-use url::Url;
-
-/// Whether a client's `resource` parameter names our resource: equal after lower-casing
-/// scheme and host (URL parsing does both) and ignoring one trailing slash.
-pub fn matches(ours: &str, given: &str) -> bool {
-    let (Ok(a), Ok(b)) = (Url::parse(ours), Url::parse(given)) else {
-        return false;
-    };
-    let path = |u: &Url| {
-        let p = u.path();
-        p.strip_suffix('/').unwrap_or(p).to_string()
-    };
-    a.scheme() == b.scheme()
-        && a.host_str() == b.host_str()
-        && a.port_or_known_default() == b.port_or_known_default()
-        && path(&a) == path(&b)
-        && a.query() == b.query()
-        && b.fragment().is_none()
-        && b.username().is_empty()
-}
+/// Whether a client's `resource` parameter names our resource; the rule lives with the
+/// site's catalog of servers, which resolves a parameter to its server with it.
+pub use crate::config::resource_matches as matches;
 
 #[cfg(test)]
 mod tests {

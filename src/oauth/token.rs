@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::AuthServer;
 use super::clients::ClientRequest;
+use super::{AuthServer, Served};
 use super::{pkce, resource};
 use crate::dpop;
 use crate::error::{OAuthError, OAuthErrorCode};
@@ -76,6 +76,7 @@ fn invalid_proof(why: impl std::fmt::Display) -> OAuthError {
 /// The token request's DPoP proof, checked and its `jti` taken; `None` without one.
 async fn dpop_proof(
     app: &AuthServer,
+    served: &Served,
     headers: &HeaderMap,
 ) -> Result<Option<dpop::Proof>, dpop::Refusal> {
     let Some(proof) = dpop::proof_header(headers).map_err(dpop::Refusal::Proof)? else {
@@ -83,7 +84,7 @@ async fn dpop_proof(
     };
     let expected = dpop::Expected {
         method: "POST",
-        url: &app.site.origin.join("/token"),
+        url: &served.endpoint("/token"),
         access_token: None,
         key: None,
         now: app.repo.clock().now(),
@@ -97,18 +98,25 @@ async fn dpop_proof(
 /// `POST /token`.
 pub async fn token(
     State(app): State<AuthServer>,
+    State(served): State<Served>,
     headers: HeaderMap,
     ClientRequest { client, params }: ClientRequest,
 ) -> Result<Response, OAuthError> {
+    if !served.serves() {
+        return Err(OAuthError::bad_request(
+            OAuthErrorCode::InvalidTarget,
+            "this address serves several MCP servers: use the token endpoint of the one you want",
+        ));
+    }
     if let Some(r) = params.get("resource")
-        && !resource::matches(&app.site.resource, r)
+        && !resource::matches(&served.resource, r)
     {
         return Err(OAuthError::bad_request(
             OAuthErrorCode::InvalidTarget,
-            "this server only issues tokens for its MCP endpoint",
+            "this issuer only issues tokens for its MCP server's endpoint",
         ));
     }
-    let proof = match dpop_proof(&app, &headers).await {
+    let proof = match dpop_proof(&app, &served, &headers).await {
         Ok(proof) => proof,
         Err(dpop::Refusal::Proof(why)) => return Err(invalid_proof(why)),
         Err(dpop::Refusal::Store(e)) => return Err(e.into()),
@@ -131,12 +139,18 @@ pub async fn token(
     let jkt = proof.map(|p| p.jkt);
     let jkt = jkt.as_deref();
     let (resp, event) = match params.get("grant_type") {
-        Some("authorization_code") => (code_grant(&app, &client, &params, jkt).await?, "issued"),
+        Some("authorization_code") => (
+            code_grant(&app, &served, &client, &params, jkt).await?,
+            "issued",
+        ),
         Some("refresh_token") => (
-            refresh_grant(&app, &client, &params, jkt).await?,
+            refresh_grant(&app, &served, &client, &params, jkt).await?,
             "refreshed",
         ),
-        Some("client_credentials") => (client_credentials(&app, &client, jkt).await?, "issued"),
+        Some("client_credentials") => (
+            client_credentials(&app, &served, &client, jkt).await?,
+            "issued",
+        ),
         Some(_) => {
             return Err(OAuthError::bad_request(
                 OAuthErrorCode::UnsupportedGrantType,
@@ -154,6 +168,7 @@ pub async fn token(
 /// gets an access token (no refresh token) for its own service identity `client:<id>`.
 async fn client_credentials(
     app: &AuthServer,
+    served: &Served,
     client: &ClientRecord,
     jkt: Option<&str>,
 ) -> Result<TokenResponse, OAuthError> {
@@ -181,7 +196,7 @@ async fn client_credentials(
         client_id: client.client_id.clone(),
         identity,
         scopes: vec![crate::gate::MCP_SCOPE.to_string()],
-        resource: app.site.resource.clone(),
+        resource: served.resource.clone(),
         created_at: now,
         expires_at: now + access_ttl,
         jkt: jkt.map(str::to_string),
@@ -225,6 +240,7 @@ pub async fn revoke_family(app: &AuthServer, grant_id: &str) -> Result<(), OAuth
 
 async fn code_grant(
     app: &AuthServer,
+    served: &Served,
     client: &ClientRecord,
     params: &Params,
     jkt: Option<&str>,
@@ -248,6 +264,11 @@ async fn code_grant(
     }
     if rec.client_id != client.client_id {
         return Err(invalid_grant("the code was issued to another client"));
+    }
+    if served.for_another_server(&rec.resource) {
+        return Err(invalid_grant(
+            "the code was issued for another MCP server: redeem it at that server's token endpoint",
+        ));
     }
     match params.get("redirect_uri") {
         Some(r) if r != rec.redirect_uri => {
@@ -370,6 +391,7 @@ async fn mint_pair(
 
 async fn refresh_grant(
     app: &AuthServer,
+    served: &Served,
     client: &ClientRecord,
     params: &Params,
     jkt: Option<&str>,
@@ -412,7 +434,14 @@ async fn refresh_grant(
                 "the refresh token is invalid, expired or revoked",
             ));
         };
-        if !app.authn.still_allowed(&grant.identity) {
+        if served.for_another_server(&grant.resource) {
+            return Err(invalid_grant(
+                "the refresh token is for another MCP server: refresh it at that server's token endpoint",
+            ));
+        }
+        if !app.authn.still_allowed(&grant.identity)
+            || !app.site.admits(&grant.resource, &grant.identity)
+        {
             tracing::info!(subject = %grant.identity.subject(), "refresh refused: the user is no longer allowed");
             revoke_family(app, &grant.grant_id).await?;
             return Err(invalid_grant("the user is no longer allowed to sign in"));
@@ -457,7 +486,7 @@ async fn refresh_grant(
         };
         // A policy scope the policy in force no longer lets this user hold is not carried
         // into the new tokens (the grant keeps it, should the policy name them again).
-        let scopes = super::scopes_for(app, &grant.identity, &scopes);
+        let scopes = super::scopes_for(app, &grant.resource, &grant.identity, &scopes);
 
         if let Some(rotation) = &rec.rotation {
             let successor_used = app

@@ -376,6 +376,7 @@ mod tests {
                 client_name: None,
                 session: None,
                 era: "2025",
+                server: None,
                 key: "k".into(),
             },
             policy: Some(policy.current()),

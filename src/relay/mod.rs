@@ -87,6 +87,8 @@ struct Context {
     client_name: Option<String>,
     session: Option<String>,
     era: &'static str,
+    /// The server of `--config` the request is for.
+    server: Option<String>,
     /// Where the tools' annotations are remembered.
     key: String,
 }
@@ -143,6 +145,7 @@ impl Relay {
             client_id: caller.client_id().to_string(),
             client_name: None,
             era: if modern { "2026-07-28" } else { "2025" },
+            server: site.name.clone(),
             key: session
                 .clone()
                 .unwrap_or_else(|| format!("user {}", caller.subject())),
@@ -266,6 +269,7 @@ impl Relay {
             client_name: context.client_name.as_deref(),
             session: context.session.as_deref(),
             era: context.era,
+            server: context.server.as_deref(),
             method: op.method,
             name: &op.name,
             duration_ms,

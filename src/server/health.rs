@@ -76,8 +76,12 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
             .err()
             .map(|e| format!("the store cannot be read: {e}")),
     );
-    if let Some(backend) = &app.backend {
-        check("backend", backend.not_ready(UPSTREAM_PROBE).await);
+    for (name, backend) in app.backends() {
+        let label = match name {
+            Some(name) => format!("backend:{name}"),
+            None => "backend".to_string(),
+        };
+        check(&label, backend.not_ready(UPSTREAM_PROBE).await);
     }
     if let Some(cert) = &app.cert {
         check(

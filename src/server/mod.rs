@@ -37,8 +37,13 @@ use crate::web::flow::{CONSENT_PATH, LOGIN_PATH, LOGOUT_PATH};
 /// Largest body accepted by the authorization server's endpoints and forms.
 const MAX_FORM_BYTES: usize = 64 * 1024;
 
-/// Everything a request handler may need.
+/// Everything a request handler may need. Each MCP server behind the proxy is served with
+/// an `App` of its own: the same shared parts, its own site, backend and relay.
+#[derive(Clone)]
 pub struct App {
+    /// The MCP server this state serves: its resource, issuer and metadata. The main state's
+    /// is the command line's one server, or the default server of `--config` (or none).
+    pub site: Arc<Site>,
     /// Sign-in's share, handed to its handlers (`FromRef`).
     pub signin: login::SignIn,
     /// The authorization server's share, handed to its handlers (`FromRef`).
@@ -52,17 +57,19 @@ pub struct App {
     /// `--forward-auth-path`, when on.
     pub forward_auth_path: Option<String>,
     /// `--proxy-forward-authorization`: signs what the upstream receives.
-    pub assertion: Option<crate::assertion::Signer>,
+    pub assertion: Option<Arc<crate::assertion::Signer>>,
     /// Whether the certificate is in place, when TLS is on.
     pub cert: Option<health::CertReady>,
     /// `--rate-limit` (none when 0).
-    pub rate_limiter: Option<ratelimit::RateLimiter>,
+    pub rate_limiter: Option<Arc<ratelimit::RateLimiter>>,
     /// `--max-body`: requests to the MCP endpoint and proxied paths.
     pub max_body: usize,
     /// `--body-read-timeout`: every request's body, on every path.
     pub body_read_timeout: std::time::Duration,
     /// The policy and the audit log between the router and the backend, when configured.
     pub relay: Option<Arc<crate::relay::Relay>>,
+    /// The servers of `--config`, each served with its own state (none otherwise).
+    pub servers: Vec<AppState>,
 }
 
 /// The shared [`App`], as handlers receive it: one pointer to clone per request.
@@ -79,7 +86,7 @@ impl AppState {
 /// needs it, and read from there.
 impl App {
     pub fn site(&self) -> &Site {
-        &self.signin.site
+        &self.site
     }
     pub fn repo(&self) -> &Repo {
         &self.signin.repo
@@ -89,6 +96,15 @@ impl App {
     }
     pub fn tokens(&self) -> &TokenCache {
         &self.oauth.tokens
+    }
+    /// This state and each server's of `--config`.
+    pub fn every_server(&self) -> impl Iterator<Item = &App> {
+        std::iter::once(self).chain(self.servers.iter().map(|s| &*s.0))
+    }
+    /// Every MCP server behind the proxy, with its name in `--config`.
+    pub fn backends(&self) -> impl Iterator<Item = (Option<&str>, &Arc<dyn Backend>)> {
+        self.every_server()
+            .filter_map(|a| Some((a.site.name.as_deref(), a.backend.as_ref()?)))
     }
 }
 
@@ -105,6 +121,12 @@ impl Guarded for AppState {
 impl axum::extract::FromRef<AppState> for login::SignIn {
     fn from_ref(app: &AppState) -> Self {
         app.signin.clone()
+    }
+}
+
+impl axum::extract::FromRef<AppState> for crate::oauth::Served {
+    fn from_ref(app: &AppState) -> Self {
+        crate::oauth::Served(app.site.clone())
     }
 }
 
@@ -132,18 +154,24 @@ pub fn router(state: AppState) -> Router {
     if state.assertion.is_some() {
         guarded = guarded.route(crate::assertion::JWKS_PATH, get(jwks));
     }
-    let guarded = guarded
+    let mut guarded = guarded
         .route("/", axum::routing::any(root))
         .route(RESOURCE_METADATA_PATH, get(protected_resource))
-        .route(
-            &format!("{RESOURCE_METADATA_PATH}{mcp_path}"),
-            get(protected_resource),
-        )
-        .route(AS_METADATA_PATH, get(authorization_server))
-        .route(
-            &format!("{AS_METADATA_PATH}{mcp_path}"),
-            get(authorization_server),
-        )
+        .route(AS_METADATA_PATH, get(authorization_server));
+    if state.site().name.is_none() {
+        // The one server of the command line: its documents at its path too. (A server of
+        // `--config` has its own routes, below.)
+        guarded = guarded
+            .route(
+                &format!("{RESOURCE_METADATA_PATH}{mcp_path}"),
+                get(protected_resource),
+            )
+            .route(
+                &format!("{AS_METADATA_PATH}{mcp_path}"),
+                get(authorization_server),
+            );
+    }
+    let guarded = guarded
         .fallback(proxy)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             state.max_body,
@@ -227,12 +255,49 @@ pub fn router(state: AppState) -> Router {
         .merge(pages)
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES));
 
-    Router::new()
+    let mut app = Router::new()
         .merge(authorization_server)
         .merge(guarded)
-        .merge(health::routes(state.clone()))
-        .layer(from_fn_with_state(state.clone(), front))
+        .merge(health::routes(state.clone()));
+    for server in &state.servers {
+        app = app.merge(server_routes(server.clone(), limited()));
+    }
+    app.layer(from_fn_with_state(state.clone(), front))
         .with_state(state)
+}
+
+/// A server of `--config`, with its own state: its MCP endpoint, its documents and its
+/// issuer's endpoints (`/<name>/authorize`, `/<name>/token`). Sign-in, consent,
+/// registration and revocation are the main site's, shared by every server.
+fn server_routes<L>(server: AppState, limited: L) -> Router<AppState>
+where
+    L: tower::Layer<axum::routing::Route> + Clone + Send + Sync + 'static,
+    L::Service:
+        tower::Service<Request, Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
+    <L::Service as tower::Service<Request>>::Response: IntoResponse + 'static,
+    <L::Service as tower::Service<Request>>::Future: Send + 'static,
+{
+    let site = server.site().clone();
+    let name = site.name.clone().unwrap_or_default();
+    let mcp = Router::new()
+        .route(&site.mcp_path, axum::routing::any(proxy))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            server.max_body,
+        ));
+    let issuer = Router::new()
+        .route(&format!("/{name}/authorize"), get(authorize::authorize))
+        .route(&format!("/{name}/token"), post(token::token))
+        .route_layer(limited)
+        .route(
+            &format!("{RESOURCE_METADATA_PATH}{}", site.mcp_path),
+            get(protected_resource),
+        )
+        .route(
+            &format!("{AS_METADATA_PATH}/{name}"),
+            get(authorization_server),
+        )
+        .layer(DefaultBodyLimit::max(MAX_FORM_BYTES));
+    mcp.merge(issuer).with_state(server)
 }
 
 /// The one middleware around everything: the pre-auth guards ([`guard::refusal`]), CORS
@@ -247,7 +312,19 @@ async fn front(
 ) -> Response {
     let started = std::time::Instant::now();
     let method = crate::metrics::method_label(req.method());
-    let route = crate::metrics::route_label(req.uri().path(), &app.site().mcp_path);
+    // A server of `--config` is asked at `/<name>/…`: its routes are labelled as the one
+    // server's are, and its name is logged.
+    let (server, route) = match app.site().server_at(req.uri().path()) {
+        Some((s, local)) => (
+            s.name.as_deref(),
+            crate::metrics::route_label(local, "/mcp"),
+        ),
+        None => (
+            None,
+            crate::metrics::route_label(req.uri().path(), &app.site().mcp_path),
+        ),
+    };
+    let server = server.unwrap_or_default().to_string();
     let logged = tracing::enabled!(tracing::Level::INFO) && route != "probe";
     let path = logged.then(|| req.uri().path().to_string());
     let client = logged.then(|| {
@@ -256,7 +333,7 @@ async fn front(
     let req = req.map(|body| crate::request_body::with_deadline(body, app.body_read_timeout));
     let resp = if let Some(refused) = guard::refusal(app.site(), peer.ip(), &req) {
         refused
-    } else if !cors::eligible(req.uri().path()) {
+    } else if !cors::eligible(req.uri().path()) || route == "authorize" {
         next.run(req).await
     } else if let Some(answer) = cors::preflight(app.site(), req.method(), req.headers()) {
         answer
@@ -277,8 +354,11 @@ async fn front(
         .inc();
     let ms = crate::metrics::elapsed_ms(started);
     match (path, client) {
-        (Some(path), Some(client)) => {
+        (Some(path), Some(client)) if server.is_empty() => {
             tracing::info!(method, route, path, status, ms, %client, "request");
+        }
+        (Some(path), Some(client)) => {
+            tracing::info!(method, route, server, path, status, ms, %client, "request");
         }
         _ => tracing::debug!(method, route, status, ms, "request"),
     }
@@ -362,25 +442,42 @@ async fn root(
     if wants_page {
         return login::home(&app.signin, h).await;
     }
-    match caller {
-        Ok(caller) => proxy(State(app), ConnectInfo(peer), caller, req).await,
-        Err(refused) => refused.into_response(),
-    }
+    proxy(State(app), ConnectInfo(peer), caller, req).await
 }
 
 /// Every path that is not ours: authenticate, then hand to the backend.
 async fn proxy(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    caller: Caller,
+    caller: Result<Caller, GateRefusal>,
     req: Request,
 ) -> Response {
     let started = std::time::Instant::now();
     let Some(backend) = &app.backend else {
+        if !app.servers.is_empty() {
+            // `--config`: only the servers' own paths are proxied.
+            let paths: Vec<&str> = app
+                .servers
+                .iter()
+                .map(|s| s.site.mcp_path.as_str())
+                .collect();
+            let why = format!(
+                "no MCP server at this path; this proxy serves {}",
+                paths.join(", ")
+            );
+            return jsonrpc_error(StatusCode::NOT_FOUND, &why);
+        }
+        if let Err(refused) = caller {
+            return refused.into_response();
+        }
         return jsonrpc_error(
             StatusCode::NOT_FOUND,
             "no MCP server is configured behind this proxy",
         );
+    };
+    let caller = match caller {
+        Ok(caller) => caller,
+        Err(refused) => return refused.into_response(),
     };
     let client = ClientInfo {
         peer: peer.ip(),
@@ -398,7 +495,7 @@ async fn proxy(
         repo: app.repo(),
         client,
         upstream: Upstream {
-            assertion: app.assertion.as_ref(),
+            assertion: app.assertion.as_deref(),
             provider_token,
         },
     };
@@ -423,8 +520,9 @@ pub fn metrics_router(state: AppState) -> Router {
 }
 
 async fn metrics_text(State(app): State<AppState>) -> Response {
-    if let Some(backend) = &app.backend {
-        app.metrics().sessions.set(backend.live_sessions() as i64);
+    let live: usize = app.backends().map(|(_, b)| b.live_sessions()).sum();
+    if app.backends().next().is_some() {
+        app.metrics().sessions.set(live as i64);
     }
     let mut resp = app.metrics().render().into_response();
     resp.headers_mut().insert(

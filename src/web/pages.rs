@@ -66,12 +66,16 @@ pub struct DeniedPage<'a> {
     /// The client's redirect address with `access_denied`, when a client is waiting.
     pub return_url: Option<&'a str>,
     pub client_name: &'a str,
+    /// The server of `--config` the account may not use; `None`: the proxy's sign-in.
+    pub server: Option<&'a str>,
 }
 
 #[derive(Template)]
 #[template(path = "consent.html")]
 pub struct ConsentPage<'a> {
     pub site_name: &'a str,
+    /// The server of `--config` the app asks for.
+    pub server: Option<&'a str>,
     pub client_name: &'a str,
     pub client_id: &'a str,
     /// Where the client's metadata document lives, when it has one.
@@ -162,12 +166,25 @@ pub struct RevokeAppPage<'a> {
 
 /// A live session on the operator console.
 pub struct SessionRow {
+    /// The server of `--config` it is a session of (empty: the one server).
+    pub server: String,
     pub id: String,
     pub user: String,
     pub process: String,
     pub age: String,
     pub idle: String,
     pub memory: String,
+}
+
+/// A server of `--config` on the operator console.
+pub struct ServerRow {
+    pub name: String,
+    pub url: String,
+    /// `stdio` or `http`.
+    pub backend: String,
+    pub sessions: usize,
+    /// Who may use it.
+    pub users: String,
 }
 
 /// A grant on the operator console.
@@ -202,6 +219,8 @@ pub struct AdminPage<'a> {
     pub user: &'a str,
     pub notice: Option<&'a str>,
     pub csrf: &'a str,
+    /// The servers of `--config` (none for the command line's one server).
+    pub servers: Vec<ServerRow>,
     pub sessions: Vec<SessionRow>,
     pub grants: Vec<GrantRow>,
     pub clients: Vec<ClientRow>,

@@ -29,6 +29,7 @@ mod proxy;
 mod quirks;
 mod replicas;
 mod secrets;
+mod servers;
 mod stdio;
 mod store;
 mod store_contract;

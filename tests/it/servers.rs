@@ -1,0 +1,415 @@
+//! Several MCP servers behind one proxy (`--config`): two stdio servers and an HTTP one, each
+//! its own protected resource with its own issuer, tokens bound to one server, per-server
+//! allow-lists, and one browser sign-in serving consent for each.
+
+use futures_util::StreamExt;
+use reqwest::{StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::flow::{Browser, OAuthClient, location, query, refresh};
+use crate::helpers::{
+    TEST_PASSWORD, Target, TestProxy, client, get_json, start_proxy, start_proxy_with,
+    start_upstream, unused_port,
+};
+use crate::stdio::{FIXTURE, init_body, session_post};
+
+/// A configuration file in its own directory (kept alive by the returned guard).
+fn config_file(toml: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("servers.toml");
+    std::fs::write(&path, toml).unwrap();
+    (dir, path.display().to_string())
+}
+
+/// Two copies of the fixture told apart by `WHO`, and the echo upstream as `web`.
+fn three_servers(upstream: &str, extra: &str) -> String {
+    format!(
+        r#"{extra}
+[[server]]
+name = "alpha"
+command = ["node", "{FIXTURE}"]
+env = {{ WHO = "alpha" }}
+users = ["password:alice"]
+
+[[server]]
+name = "beta"
+command = ["node", "{FIXTURE}"]
+env = {{ WHO = "beta" }}
+users = ["password:bob"]
+
+[[server]]
+name = "web"
+url = "{upstream}"
+"#
+    )
+}
+
+/// The server `name` of proxy `p` as a test reaches it.
+fn server(p: &TestProxy, name: &str) -> Target {
+    let t = p.target();
+    Target {
+        resource: format!("{}/{name}/mcp", t.origin),
+        ..t
+    }
+}
+
+/// The authorization URL of `name`'s issuer, without `resource` (as Claude Code sends it).
+fn auth_url_at(c: &OAuthClient, t: &Target, name: &str, changes: &[(&str, &str)]) -> String {
+    let mut changes = changes.to_vec();
+    if !changes.iter().any(|(k, _)| *k == "resource") {
+        changes.push(("resource", ""));
+    }
+    c.auth_url(t, &changes)
+        .replacen("/authorize?", &format!("/{name}/authorize?"), 1)
+}
+
+async fn token_at(t: &Target, name: &str, params: &[(String, String)]) -> reqwest::Response {
+    client()
+        .post(t.url(&format!("/{name}/token")))
+        .form(params)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn error_of(resp: reqwest::Response) -> (StatusCode, String) {
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    (
+        status,
+        body["error"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Opens a session at `url` with `token`; its id.
+async fn open(url: &str, token: &str) -> String {
+    let resp = client()
+        .post(url)
+        .bearer_auth(token)
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(init_body(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "initialize at {url}");
+    resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// What the fixture's `env` tool says `WHO` is, on session `sid` at `url`.
+async fn who_answers(url: &str, token: &str, sid: &str) -> String {
+    let body = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"env","arguments":{"name":"WHO"}}});
+    let resp = session_post(url, token, sid, &body).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut text = String::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = tokio::time::timeout(std::time::Duration::from_secs(20), stream.next())
+        .await
+        .unwrap()
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or(&text);
+    let answer: Value = serde_json::from_str(data).unwrap();
+    answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_server_is_its_own_resource_with_its_own_issuer() {
+    let upstream = start_upstream().await;
+    let (_dir, path) = config_file(&three_servers(&upstream.url("/mcp"), ""));
+    let p = start_proxy(&[
+        "--password",
+        TEST_PASSWORD,
+        "--password-user",
+        "alice",
+        "--config",
+        &path,
+    ])
+    .await;
+    let (alpha, beta, web) = (server(&p, "alpha"), server(&p, "beta"), server(&p, "web"));
+    let o = alpha.origin.clone();
+
+    // Each server's documents: its resource names its issuer, whose endpoints are its own.
+    let prm = get_json(p.url("/.well-known/oauth-protected-resource/alpha/mcp")).await;
+    assert_eq!(prm["resource"], format!("{o}/alpha/mcp"));
+    assert_eq!(prm["authorization_servers"], json!([format!("{o}/alpha")]));
+    let asm = get_json(p.url("/.well-known/oauth-authorization-server/beta")).await;
+    assert_eq!(asm["issuer"], format!("{o}/beta"));
+    assert_eq!(asm["authorization_endpoint"], format!("{o}/beta/authorize"));
+    assert_eq!(asm["token_endpoint"], format!("{o}/beta/token"));
+    assert_eq!(asm["registration_endpoint"], format!("{o}/register"));
+    // No default server: the root documents and the root MCP path are not any server's.
+    for root in [
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let resp = client().get(p.url(root)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{root}");
+    }
+    let resp = client().post(p.url("/mcp")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("/alpha/mcp, /beta/mcp, /web/mcp")
+    );
+
+    // A client that omits `resource` gets a token for the server whose issuer it used.
+    let oc = OAuthClient::public(&alpha).await;
+    let browser = Browser::new();
+    let back = browser
+        .authorize(
+            &alpha,
+            &auth_url_at(&oc, &alpha, "alpha", &[]),
+            TEST_PASSWORD,
+            "approve",
+        )
+        .await;
+    assert_eq!(query(&back, "iss"), Some(format!("{o}/alpha")));
+    let code = query(&back, "code").unwrap();
+    // Redeemed at another server's token endpoint: refused, and the code still works.
+    assert_eq!(
+        error_of(token_at(&beta, "beta", &oc.code_params(&code, &[])).await).await,
+        (StatusCode::BAD_REQUEST, "invalid_grant".into())
+    );
+    let resp = token_at(&alpha, "alpha", &oc.code_params(&code, &[])).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let tokens: Value = resp.json().await.unwrap();
+    let access = tokens["access_token"].as_str().unwrap();
+    let introspected = p
+        .repo()
+        .get::<mcp_auth_proxy::store::TokenRecord>(&mcp_auth_proxy::store::TokenHash::of(access).0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(introspected.resource, format!("{o}/alpha/mcp"));
+
+    // Alpha's token reaches alpha's own child, and nothing else.
+    let sid = open(&p.url("/alpha/mcp"), access).await;
+    assert_eq!(
+        who_answers(&p.url("/alpha/mcp"), access, &sid).await,
+        "alpha"
+    );
+    for other in ["beta", "web"] {
+        let resp = client()
+            .post(p.url(&format!("/{other}/mcp")))
+            .bearer_auth(access)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(init_body(1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{other}");
+        let challenge = resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(
+            challenge.contains(&format!(
+                "resource_metadata=\"{o}/.well-known/oauth-protected-resource/{other}/mcp\""
+            )),
+            "{challenge}"
+        );
+    }
+
+    // An issuer issues for its own server only.
+    let back = browser
+        .authorize(
+            &alpha,
+            &auth_url_at(&oc, &alpha, "alpha", &[("resource", &beta.resource)]),
+            TEST_PASSWORD,
+            "approve",
+        )
+        .await;
+    assert_eq!(query(&back, "error").as_deref(), Some("invalid_target"));
+    assert_eq!(query(&back, "iss"), Some(format!("{o}/alpha")));
+
+    // Refreshed at its own issuer only.
+    let refresh_token = tokens["refresh_token"].as_str().unwrap();
+    let params = vec![
+        ("grant_type".to_string(), "refresh_token".to_string()),
+        ("refresh_token".to_string(), refresh_token.to_string()),
+        ("client_id".to_string(), oc.id.clone()),
+    ];
+    assert_eq!(
+        error_of(token_at(&web, "web", &params).await).await,
+        (StatusCode::BAD_REQUEST, "invalid_grant".into())
+    );
+    assert_eq!(
+        token_at(&alpha, "alpha", &params).await.status(),
+        StatusCode::OK
+    );
+
+    // Beta admits bob only: the same browser's sign-in is refused there, on a page, and the
+    // app is told `access_denied` by beta's issuer.
+    let resp = browser
+        .http
+        .get(auth_url_at(&oc, &beta, "beta", &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let resp = browser
+        .http
+        .get(p.url(&location(&resp)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("may not use the MCP server “beta”"), "{html}");
+    assert!(html.contains("error=access_denied"), "{html}");
+    assert!(
+        html.contains(&format!("iss={}", urlencode(&format!("{o}/beta")))),
+        "{html}"
+    );
+
+    // Web admits everyone who may sign in: the same sign-in, a consent page naming web, a
+    // token for web that its upstream receives at its MCP path.
+    let resp = browser
+        .http
+        .get(auth_url_at(&oc, &web, "web", &[]))
+        .send()
+        .await
+        .unwrap();
+    let consent = browser.follow(&web, &resp).await;
+    assert!(consent.contains("to use the MCP server “web”"), "{consent}");
+    let resp = browser
+        .post_form(&web, "/.auth/consent", &consent, &[("decision", "approve")])
+        .await;
+    let back = url::Url::parse(&location(&resp)).unwrap();
+    assert_eq!(query(&back, "iss"), Some(format!("{o}/web")));
+    let code = query(&back, "code").unwrap();
+    let tokens: Value = token_at(&web, "web", &oc.code_params(&code, &[]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let resp = client()
+        .post(p.url("/web/mcp"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(init_body(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["path"], "/mcp");
+
+    // The probes and the console know every server.
+    let ready = get_json(p.url("/readyz")).await;
+    for name in ["alpha", "beta", "web"] {
+        assert!(
+            ready["checks"][format!("backend:{name}")].is_string(),
+            "{ready}"
+        );
+    }
+    p.stop().await;
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_server_answers_at_the_root_and_a_narrowed_users_list_ends_its_grants() {
+    let upstream = start_upstream().await;
+    let (_dir, path) = config_file(&three_servers(&upstream.url("/mcp"), "default = \"alpha\""));
+    // A fixed port, so the resources stay the same across the restart.
+    let listen = format!("127.0.0.1:{}", unused_port());
+    let args = [
+        "--listen",
+        &listen,
+        "--password",
+        TEST_PASSWORD,
+        "--password-user",
+        "alice",
+        "--config",
+        &path,
+    ];
+    let p = start_proxy(&args).await;
+    let alpha = server(&p, "alpha");
+    let o = alpha.origin.clone();
+    let prm = get_json(p.url("/.well-known/oauth-protected-resource")).await;
+    assert_eq!(prm["resource"], format!("{o}/alpha/mcp"));
+    assert_eq!(prm["authorization_servers"], json!([format!("{o}/alpha")]));
+    let asm = get_json(p.url("/.well-known/oauth-authorization-server")).await;
+    assert_eq!(asm["issuer"], format!("{o}/alpha"));
+
+    // The root's own endpoints issue for the default server.
+    let oc = OAuthClient::public(&alpha).await;
+    let back = Browser::new()
+        .authorize(
+            &alpha,
+            &oc.auth_url(&alpha, &[("resource", "")]),
+            TEST_PASSWORD,
+            "approve",
+        )
+        .await;
+    let code = query(&back, "code").unwrap();
+    let tokens: Value = crate::flow::token(&alpha, &oc.code_params(&code, &[]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let access = tokens["access_token"].as_str().unwrap();
+    let sid = open(&p.url("/alpha/mcp"), access).await;
+    assert_eq!(
+        who_answers(&p.url("/alpha/mcp"), access, &sid).await,
+        "alpha"
+    );
+    let refresh_token = tokens["refresh_token"].as_str().unwrap().to_string();
+    let dir = p.stop().await;
+
+    // Alpha no longer names alice: her grant for it ends at the next start.
+    let narrowed = three_servers(&upstream.url("/mcp"), "default = \"alpha\"").replacen(
+        "users = [\"password:alice\"]",
+        "users = [\"password:carol\"]",
+        1,
+    );
+    std::fs::write(&path, narrowed).unwrap();
+    let p = start_proxy_with(&args, mcp_auth_proxy::clock::Clock::system(), dir).await;
+    let resp = refresh(&server(&p, "alpha"), &oc.id, &refresh_token).await;
+    assert_eq!(
+        error_of(resp).await,
+        (StatusCode::BAD_REQUEST, "invalid_grant".into())
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_configuration_file_and_a_backend_together_are_refused() {
+    let (_dir, path) = config_file("[[server]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/mcp\"\n");
+    let (code, out) = crate::helpers::run_binary(
+        &[
+            "--config",
+            &path,
+            "--password",
+            "x",
+            "http://127.0.0.1:9/mcp",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("give no backend on the command line"), "{out}");
+    let (_dir, path) = config_file(
+        "[[server]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/mcp\"\nhost = \"a.example.com\"\n",
+    );
+    let (code, out) =
+        crate::helpers::run_binary(&["--config", &path, "--password", "x"], &[]).await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("routing by host name is not available yet"),
+        "{out}"
+    );
+}
