@@ -65,6 +65,15 @@ pub struct SignInLabels {
     pub outcome: String,
 }
 
+/// A request to one of the servers of `--config`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    /// Its name: one of the configured few, so the label set stays bounded.
+    pub server: String,
+    pub route: &'static str,
+    pub status: u16,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
     /// `http` or `stdio`.
@@ -93,6 +102,8 @@ pub fn count(family: &Family<EventLabels, Counter>, event: &str) {
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
+    /// The requests to the servers of `--config` (also counted in `requests`).
+    pub server_requests: Family<ServerLabels, Counter>,
     pub upstream_seconds: Family<BackendLabels, Histogram>,
     /// `issued`, `refreshed`, `revoked`.
     pub tokens: Family<EventLabels, Counter>,
@@ -144,6 +155,12 @@ impl Metrics {
             "http_requests",
             "HTTP requests answered, by route, method and status",
             requests.clone(),
+        );
+        let server_requests = Family::<ServerLabels, Counter>::default();
+        registry.register(
+            "server_requests",
+            "HTTP requests to each server of --config, by route and status",
+            server_requests.clone(),
         );
         let upstream_seconds = Family::<BackendLabels, Histogram>::new_with_constructor(|| {
             // 0.5 ms to about 33 s.
@@ -222,6 +239,7 @@ impl Metrics {
             audit,
             registry,
             requests,
+            server_requests,
             upstream_seconds,
             tokens,
             sign_ins,

@@ -46,7 +46,12 @@ pub fn host_allowed(site: &Site, authority: &str) -> bool {
     let port = auth
         .port_u16()
         .unwrap_or(if site.origin.is_https() { 443 } else { 80 });
-    port == site.origin.port() && site.origin.names_host(host)
+    port == site.origin.port()
+        && (site.origin.names_host(host)
+            || site
+                .catalog
+                .iter()
+                .any(|s| s.host.is_some() && s.origin.names_host(host)))
 }
 
 /// Whether a browser `Origin` may call: ours, or listed in `--allowed-origins`. A loopback
@@ -56,7 +61,13 @@ pub fn origin_allowed(site: &Site, origin: &str) -> bool {
     let Some(o) = normalize_origin(origin) else {
         return false;
     };
-    if o == site.origin.as_str() || site.allowed_origins.contains(&o) {
+    if o == site.origin.as_str()
+        || site.allowed_origins.contains(&o)
+        || site
+            .catalog
+            .iter()
+            .any(|s| s.host.is_some() && s.origin.as_str() == o)
+    {
         return true;
     }
     site.origin.is_loopback()

@@ -19,6 +19,7 @@ use crate::{assertion, backend, banner, config, login, metrics, migrate, oauth, 
 fn tls_setup(
     tls: &config::TlsConfig,
     origin: &config::PublicOrigin,
+    hosts: &[String],
     repo: &Repo,
     metrics: &metrics::Metrics,
 ) -> Result<TlsSetup, RunError> {
@@ -26,7 +27,7 @@ fn tls_setup(
         config::TlsSource::Files { cert, key } => {
             let pair = server::tls::load_pair(cert, key)?;
             let swappable = server::tls::Swappable::new(pair);
-            let cfg = server::tls::server_config(swappable.clone(), origin, None, &[]);
+            let cfg = server::tls::server_config(swappable.clone(), origin, hosts, &[]);
             Ok(TlsSetup {
                 accept: server::tls::TlsAccept::new(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
                 files: Some((swappable, cert.clone(), key.clone())),
@@ -44,7 +45,7 @@ fn tls_setup(
                 &[server::tls::ACME_TLS_ALPN]
             };
             let cfg =
-                server::tls::server_config(acme.resolver.clone(), origin, Some(&opts.host), extra);
+                server::tls::server_config(acme.resolver.clone(), origin, &opts.names(), extra);
             let mut accept =
                 server::tls::TlsAccept::new(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)));
             accept.shared_alpn_answers = acme.tls_alpn01.clone();
@@ -102,7 +103,13 @@ pub async fn prepare(
     let site = config.site(tls_local_addr.unwrap_or(local_addr).port())?;
     // The certificate is for the site's host: handshakes naming another are refused.
     let tls = match &config.tls {
-        Some(t) => Some(tls_setup(t, &site.origin, &repo, &metrics)?),
+        Some(t) => Some(tls_setup(
+            t,
+            &site.origin,
+            &site.server_hosts(),
+            &repo,
+            &metrics,
+        )?),
         None => None,
     };
     tracing::info!("listening on http://{local_addr}");
@@ -380,7 +387,7 @@ async fn certificate_state(config: &Config, repo: &Repo) -> String {
         }
         config::TlsSource::Acme(acme) => {
             let cached = server::acme::StoreCache(repo.clone())
-                .load_cert(std::slice::from_ref(&acme.host), &acme.directory_url)
+                .load_cert(&acme.names(), &acme.directory_url)
                 .await
                 .ok()
                 .flatten()

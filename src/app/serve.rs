@@ -94,7 +94,7 @@ pub async fn serve(
                 stop_tx.subscribe(),
             ))
         });
-    let origin = state.site().origin.clone();
+    let site = state.site().clone();
     let hsts = tls.is_some().then_some(server::tls::HSTS);
     let lane = state
         .http_backend
@@ -127,7 +127,7 @@ pub async fn serve(
                 .merge(server::health::routes(state.clone()));
             server::workers::Apps {
                 main: server::tls::with_hsts(server::router(state)),
-                plain: Some(server::tls::redirect_router(origin, Some(plain_routes))),
+                plain: Some(server::tls::redirect_router(&site, Some(plain_routes))),
                 tls: Some(t.accept),
                 lane,
                 header_read_timeout,

@@ -301,7 +301,7 @@ impl Config {
             .filter(|s| !s.trim().is_empty())
             .map(PublicOrigin::parse)
             .transpose()?;
-        let tls = tls_config(&cli, external_url.as_ref())?;
+        let mut tls = tls_config(&cli, external_url.as_ref())?;
 
         let mut notes = Vec::new();
         let store = store_choice(&cli, &mut notes)?;
@@ -351,6 +351,17 @@ impl Config {
             return Err(bad(
                 "--config names the MCP servers; give no backend on the command line as well",
             ));
+        }
+        // The servers routed by host name are names of the one certificate.
+        if let (
+            Some(TlsConfig {
+                source: TlsSource::Acme(acme),
+                ..
+            }),
+            Some(defs),
+        ) = (&mut tls, &servers)
+        {
+            acme.more_hosts = defs.servers.iter().filter_map(|s| s.host.clone()).collect();
         }
         if servers.is_some() && mcp_path != "/mcp" {
             notes.push(format!(
@@ -510,6 +521,10 @@ pub struct Site {
 #[derive(Debug, Clone)]
 pub struct ServerFace {
     pub name: Option<String>,
+    /// The host name it is routed by (`host` in `--config`), if not by path.
+    pub host: Option<String>,
+    /// Where clients reach it: the proxy's origin, or its host's.
+    pub origin: PublicOrigin,
     pub mcp_path: String,
     pub resource: String,
     pub resource_metadata_url: String,
@@ -522,6 +537,8 @@ impl ServerFace {
     fn new(origin: &PublicOrigin, name: Option<&str>, mcp_path: &str, admits: Admission) -> Self {
         Self {
             name: name.map(str::to_string),
+            host: None,
+            origin: origin.clone(),
             mcp_path: mcp_path.to_string(),
             resource: origin.join(mcp_path),
             resource_metadata_url: origin.join(&format!("{RESOURCE_METADATA_PATH}{mcp_path}")),
@@ -531,6 +548,31 @@ impl ServerFace {
             },
             admits,
         }
+    }
+
+    /// A server routed by `host`: its MCP endpoint is `/mcp` on that host (the proxy's
+    /// scheme and port), its issuer still on the proxy's own origin, where people sign in.
+    fn hosted(
+        main: &PublicOrigin,
+        name: &str,
+        host: &str,
+        admits: Admission,
+    ) -> Result<Self, ConfigError> {
+        if main.host().eq_ignore_ascii_case(host) {
+            return Err(bad(format!(
+                "server {name:?}: host {host} is the external URL's own; give the server a name of its own"
+            )));
+        }
+        let port = match (main.scheme(), main.port()) {
+            ("https", 443) | ("http", 80) => String::new(),
+            (_, p) => format!(":{p}"),
+        };
+        let origin = PublicOrigin::parse(&format!("{}://{host}{port}", main.scheme()))?;
+        Ok(Self {
+            host: Some(host.to_string()),
+            issuer: main.join(&format!("/{name}")),
+            ..Self::new(&origin, Some(name), "/mcp", admits)
+        })
     }
 
     /// How pages name it: its name, or "this MCP server".
@@ -543,6 +585,7 @@ impl Site {
     /// The same site, serving `server`.
     pub fn serving(&self, server: &ServerFace) -> Site {
         Site {
+            origin: server.origin.clone(),
             mcp_path: server.mcp_path.clone(),
             resource: server.resource.clone(),
             resource_metadata_url: server.resource_metadata_url.clone(),
@@ -593,6 +636,24 @@ impl Site {
         Some((server, &path[first.len() + 1..])).filter(|_| !rest.is_empty())
     }
 
+    /// The host names of the servers routed by host.
+    pub fn server_hosts(&self) -> Vec<String> {
+        self.catalog.iter().filter_map(|s| s.host.clone()).collect()
+    }
+
+    /// The server routed by the host of `authority` (`host[:port]`), if any.
+    pub fn hosted_at(&self, authority: &str) -> Option<&ServerFace> {
+        let host = authority
+            .parse::<http::uri::Authority>()
+            .ok()?
+            .host()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        self.catalog
+            .iter()
+            .find(|s| s.host.as_deref() == Some(host.as_str()))
+    }
+
     /// This site's own server in the catalog, if it serves one.
     pub fn server(&self) -> Option<&ServerFace> {
         self.server_of(&self.resource)
@@ -637,11 +698,19 @@ impl Config {
                 let catalog: Vec<ServerFace> = defs
                     .servers
                     .iter()
-                    .map(|s| {
-                        let path = format!("/{}/mcp", s.name);
-                        ServerFace::new(&origin, Some(&s.name), &path, s.admits.clone())
+                    .map(|s| match &s.host {
+                        Some(host) => ServerFace::hosted(&origin, &s.name, host, s.admits.clone()),
+                        None => {
+                            let path = format!("/{}/mcp", s.name);
+                            Ok(ServerFace::new(
+                                &origin,
+                                Some(&s.name),
+                                &path,
+                                s.admits.clone(),
+                            ))
+                        }
                     })
-                    .collect();
+                    .collect::<Result<_, _>>()?;
                 let main = defs
                     .default
                     .as_deref()

@@ -26,6 +26,9 @@ const MAX_ENTRIES: usize = 1000;
 pub struct ServerDef {
     /// The first segment of its paths and issuer: `[a-z0-9][a-z0-9-]{0,31}`.
     pub name: String,
+    /// Routed by this host name (its MCP endpoint `<scheme>://<host>[:port]/mcp`) instead
+    /// of by path; lower-case.
+    pub host: Option<String>,
     pub backend: Backend,
     /// Variables its stdio children get on top of the shared ones (`--stdio-env`).
     pub env: Vec<(String, String)>,
@@ -167,6 +170,23 @@ fn valid_name(name: &str) -> bool {
         && !RESERVED_NAMES.contains(&name)
 }
 
+/// A host name a server is routed by: a DNS name of at least two labels, without port.
+fn valid_host(server: &str, host: &str) -> Result<String, ConfigError> {
+    let h = host.trim().trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if h.len() > 253 || h.split('.').count() < 2 || !h.split('.').all(label_ok) {
+        return Err(bad(format!(
+            "server {server:?}: host {host:?} is not a host name like files.example.com (no scheme, port or path)"
+        )));
+    }
+    Ok(h)
+}
+
 /// Reads and checks `--config`. Relative paths in it are taken from the file's directory.
 pub fn load(path: &Path) -> Result<ServerDefs, ConfigError> {
     let shown = path.display();
@@ -202,10 +222,11 @@ pub fn parse(text: &str, base: &Path) -> Result<ServerDefs, ConfigError> {
         if servers.iter().any(|s| s.name == name) {
             return Err(bad(format!("server {name:?} is declared twice")));
         }
-        if raw.host.is_some() {
-            return Err(bad(format!(
-                "server {name:?}: routing by host name is not available yet; serve it by path (/{name}/mcp)"
-            )));
+        let host = raw.host.map(|h| valid_host(&name, &h)).transpose()?;
+        if let Some(h) = &host
+            && servers.iter().any(|s| s.host.as_ref() == Some(h))
+        {
+            return Err(bad(format!("host {h:?} is given to two servers")));
         }
         let backend = match (raw.url, raw.command) {
             (Some(url), None) => match parse_backend(&[url])? {
@@ -284,6 +305,7 @@ pub fn parse(text: &str, base: &Path) -> Result<ServerDefs, ConfigError> {
             idle_timeout,
             admits,
             policy_file: raw.policy_file.map(anchored),
+            host,
             name,
         });
     }
@@ -387,8 +409,16 @@ mod tests {
                 "unknown field",
             ),
             (
-                "[[server]]\nname = \"a\"\ncommand = [\"x\"]\nhost = \"a.example.com\"",
-                "host name",
+                "[[server]]\nname = \"a\"\ncommand = [\"x\"]\nhost = \"https://a.example.com\"",
+                "not a host name",
+            ),
+            (
+                "[[server]]\nname = \"a\"\ncommand = [\"x\"]\nhost = \"a.example.com:443\"",
+                "not a host name",
+            ),
+            (
+                "[[server]]\nname = \"a\"\ncommand = [\"x\"]\nhost = \"a.example.com\"\n[[server]]\nname = \"b\"\ncommand = [\"x\"]\nhost = \"A.example.com.\"",
+                "two servers",
             ),
             (
                 "default = \"b\"\n[[server]]\nname = \"a\"\ncommand = [\"x\"]",

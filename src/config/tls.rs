@@ -18,12 +18,24 @@ pub enum TlsSource {
 /// How the ACME certificate is obtained.
 #[derive(Debug, Clone)]
 pub struct AcmeOptions {
+    /// The certificate's first name (the external URL's host, or `--tls-host`).
     pub host: String,
+    /// Its other names: the hosts of the servers of `--config` routed by host name.
+    pub more_hosts: Vec<String>,
     pub directory_url: String,
     pub contact: Option<String>,
     pub directory_ca_file: Option<PathBuf>,
     /// HTTP-01 on the plain listener instead of TLS-ALPN-01 on the TLS listener.
     pub http01: bool,
+}
+
+impl AcmeOptions {
+    /// Every name of the certificate, the first one first.
+    pub fn names(&self) -> Vec<String> {
+        std::iter::once(self.host.clone())
+            .chain(self.more_hosts.iter().cloned())
+            .collect()
+    }
 }
 
 /// HTTPS settings.
@@ -99,6 +111,7 @@ pub(super) fn tls_config(
         listen: listen()?,
         source: TlsSource::Acme(AcmeOptions {
             host,
+            more_hosts: Vec::new(),
             directory_url: directory_url.to_string(),
             contact: cli
                 .tls_contact_email

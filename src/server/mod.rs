@@ -255,21 +255,99 @@ pub fn router(state: AppState) -> Router {
         .merge(pages)
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES));
 
-    let mut app = Router::new()
+    let mut main = Router::new()
         .merge(authorization_server)
         .merge(guarded)
         .merge(health::routes(state.clone()));
+    let mut hosted = Vec::new();
     for server in &state.servers {
-        app = app.merge(server_routes(server.clone(), limited()));
+        // Every server's issuer lives on the main host, where people sign in.
+        main = main.merge(issuer_routes(server.clone(), limited()));
+        if server.site().server().is_some_and(|s| s.host.is_some()) {
+            hosted.push(hosted_routes(server.clone(), &state));
+        } else {
+            main = main.merge(resource_routes(server.clone()));
+        }
     }
-    app.layer(from_fn_with_state(state.clone(), front))
+    let main = main.with_state(state.clone());
+    // A request for a server routed by host name goes to that host's routes; `front` found
+    // which (the Host rule lives there) and said so in `HostedAt`.
+    let dispatch = tower::service_fn(move |req: Request| {
+        let routes = match req.extensions().get::<HostedAt>() {
+            Some(HostedAt(i)) => hosted.get(*i).unwrap_or(&main).clone(),
+            None => main.clone(),
+        };
+        tower::ServiceExt::oneshot(routes, req)
+    });
+    Router::new()
+        .fallback_service(dispatch)
+        .layer(from_fn_with_state(state.clone(), front))
         .with_state(state)
 }
 
-/// A server of `--config`, with its own state: its MCP endpoint, its documents and its
-/// issuer's endpoints (`/<name>/authorize`, `/<name>/token`). Sign-in, consent,
-/// registration and revocation are the main site's, shared by every server.
-fn server_routes<L>(server: AppState, limited: L) -> Router<AppState>
+/// Which of the servers routed by host name (by its place in [`App::servers`]) a request
+/// is for.
+#[derive(Clone, Copy)]
+struct HostedAt(usize);
+
+/// A server's MCP endpoint and its protected-resource metadata, with its own state.
+fn resource_routes(server: AppState) -> Router<AppState> {
+    let site = server.site().clone();
+    Router::new()
+        .route(&site.mcp_path, axum::routing::any(proxy))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            server.max_body,
+        ))
+        .route(
+            &format!("{RESOURCE_METADATA_PATH}{}", site.mcp_path),
+            get(protected_resource),
+        )
+        .with_state(server)
+}
+
+/// The routes of a server's own host: its resource (`/mcp` and its metadata, also at the
+/// root well-known path), the probes, and a redirect to the main host for sign-in and the
+/// authorization server; anything else is not served there.
+fn hosted_routes(server: AppState, main: &AppState) -> Router {
+    let origin = main.site().origin.clone();
+    let to_main = move |req: Request| {
+        let origin = origin.clone();
+        async move {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
+            let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+            if let Ok(v) = header::HeaderValue::from_str(&origin.join(&pq)) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            resp
+        }
+    };
+    let not_here = || async {
+        jsonrpc_error(
+            StatusCode::NOT_FOUND,
+            "this host serves one MCP server, at /mcp",
+        )
+    };
+    let people = Router::new()
+        .route("/", axum::routing::any(to_main.clone()))
+        .route("/authorize", axum::routing::any(to_main.clone()))
+        .route("/.auth/{*rest}", axum::routing::any(to_main));
+    let own = resource_routes(server.clone())
+        .route(RESOURCE_METADATA_PATH, get(protected_resource))
+        .with_state(server);
+    people
+        .merge(own)
+        .merge(health::routes(main.clone()).with_state(main.clone()))
+        .fallback(not_here)
+}
+
+/// A server's issuer, on the main host: its metadata and its authorization and token
+/// endpoints (`/<name>/authorize`, `/<name>/token`). Sign-in, consent, registration and
+/// revocation are the main site's, shared by every server.
+fn issuer_routes<L>(server: AppState, limited: L) -> Router<AppState>
 where
     L: tower::Layer<axum::routing::Route> + Clone + Send + Sync + 'static,
     L::Service:
@@ -277,27 +355,17 @@ where
     <L::Service as tower::Service<Request>>::Response: IntoResponse + 'static,
     <L::Service as tower::Service<Request>>::Future: Send + 'static,
 {
-    let site = server.site().clone();
-    let name = site.name.clone().unwrap_or_default();
-    let mcp = Router::new()
-        .route(&site.mcp_path, axum::routing::any(proxy))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            server.max_body,
-        ));
-    let issuer = Router::new()
+    let name = server.site().name.clone().unwrap_or_default();
+    Router::new()
         .route(&format!("/{name}/authorize"), get(authorize::authorize))
         .route(&format!("/{name}/token"), post(token::token))
         .route_layer(limited)
         .route(
-            &format!("{RESOURCE_METADATA_PATH}{}", site.mcp_path),
-            get(protected_resource),
-        )
-        .route(
             &format!("{AS_METADATA_PATH}/{name}"),
             get(authorization_server),
         )
-        .layer(DefaultBodyLimit::max(MAX_FORM_BYTES));
-    mcp.merge(issuer).with_state(server)
+        .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
+        .with_state(server)
 }
 
 /// The one middleware around everything: the pre-auth guards ([`guard::refusal`]), CORS
@@ -312,18 +380,27 @@ async fn front(
 ) -> Response {
     let started = std::time::Instant::now();
     let method = crate::metrics::method_label(req.method());
-    // A server of `--config` is asked at `/<name>/…`: its routes are labelled as the one
-    // server's are, and its name is logged.
-    let (server, route) = match app.site().server_at(req.uri().path()) {
-        Some((s, local)) => (
+    // A server of `--config` is asked on its own host, or at `/<name>/…`: its routes are
+    // labelled as the one server's are, and its name is logged.
+    let hosted = hosted_server(&app, peer.ip(), &req);
+    let (server, route) = match (hosted, app.site().server_at(req.uri().path())) {
+        (Some((_, s)), _) => (
+            s.name.as_deref(),
+            crate::metrics::route_label(req.uri().path(), "/mcp"),
+        ),
+        (None, Some((s, local))) => (
             s.name.as_deref(),
             crate::metrics::route_label(local, "/mcp"),
         ),
-        None => (
+        (None, None) => (
             None,
             crate::metrics::route_label(req.uri().path(), &app.site().mcp_path),
         ),
     };
+    let mut req = req;
+    if let Some((at, _)) = hosted {
+        req.extensions_mut().insert(at);
+    }
     let server = server.unwrap_or_default().to_string();
     let logged = tracing::enabled!(tracing::Level::INFO) && route != "probe";
     let path = logged.then(|| req.uri().path().to_string());
@@ -352,6 +429,16 @@ async fn front(
             status,
         })
         .inc();
+    if !server.is_empty() {
+        app.metrics()
+            .server_requests
+            .get_or_create(&crate::metrics::ServerLabels {
+                server: server.clone(),
+                route,
+                status,
+            })
+            .inc();
+    }
     let ms = crate::metrics::elapsed_ms(started);
     match (path, client) {
         (Some(path), Some(client)) if server.is_empty() => {
@@ -363,6 +450,27 @@ async fn front(
         _ => tracing::debug!(method, route, status, ms, "request"),
     }
     resp
+}
+
+/// The server routed by the host the request names, if any: where its routes are among the
+/// hosted ones (as [`router`] builds them), and the server.
+fn hosted_server<'a>(
+    app: &'a App,
+    peer: std::net::IpAddr,
+    req: &Request,
+) -> Option<(HostedAt, &'a crate::config::ServerFace)> {
+    if app.servers.is_empty() {
+        return None;
+    }
+    let trusted = crate::client_addr::is_trusted(&app.site().trusted_proxies, peer);
+    let authority = crate::request_head::requested_authority(req.headers(), req.uri(), trusted)?;
+    let face = app.site().hosted_at(&authority)?;
+    let at = app
+        .servers
+        .iter()
+        .filter(|s| s.site().server().is_some_and(|s| s.host.is_some()))
+        .position(|s| s.site().name == face.name)?;
+    Some((HostedAt(at), face))
 }
 
 /// `GET /.well-known/jwks.json`: the keys of our identity assertions.

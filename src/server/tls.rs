@@ -69,19 +69,19 @@ pub fn alpn() -> Vec<Vec<u8>> {
 }
 
 /// A server configuration answering with `resolver`'s certificate, for handshakes that name
-/// `origin`'s host, `certificate_host` (an ACME certificate's `--tls-host`, which may be
-/// another name and must pass its own validation handshakes) or no host at all
-/// ([`OnlyOurName`]).
+/// `origin`'s host, one of `more_names` (an ACME certificate's `--tls-host`, which may be
+/// another name and must pass its own validation handshakes, and the hosts of the servers
+/// routed by host name) or no host at all ([`OnlyOurName`]).
 pub fn server_config(
     resolver: Arc<dyn ResolvesServerCert>,
     origin: &PublicOrigin,
-    certificate_host: Option<&str>,
+    more_names: &[String],
     extra_alpn: &[&[u8]],
 ) -> rustls::ServerConfig {
     let resolver = Arc::new(OnlyOurName {
         inner: resolver,
         origin: origin.clone(),
-        certificate_host: certificate_host.map(str::to_ascii_lowercase),
+        more_names: more_names.iter().map(|n| n.to_ascii_lowercase()).collect(),
     });
     let mut cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
@@ -101,7 +101,7 @@ pub fn server_config(
 struct OnlyOurName {
     inner: Arc<dyn ResolvesServerCert>,
     origin: PublicOrigin,
-    certificate_host: Option<String>,
+    more_names: Vec<String>,
 }
 
 impl ResolvesServerCert for OnlyOurName {
@@ -109,9 +109,9 @@ impl ResolvesServerCert for OnlyOurName {
         if let Some(name) = hello.server_name()
             && !self.origin.names_host(name)
             && !self
-                .certificate_host
-                .as_deref()
-                .is_some_and(|h| name.trim_end_matches('.').eq_ignore_ascii_case(h))
+                .more_names
+                .iter()
+                .any(|h| name.trim_end_matches('.').eq_ignore_ascii_case(h))
         {
             tracing::debug!(server_name = name, "TLS handshake for another host refused");
             return None;
@@ -273,10 +273,17 @@ pub async fn watch_files(
 }
 
 /// The plain listener when HTTPS is on: everything is redirected to the same path and query
-/// at the external origin (its port, which Docker may map, not the TLS listener's).
-pub fn redirect_router(origin: PublicOrigin, acme: Option<Router>) -> Router {
+/// at the external origin (its port, which Docker may map, not the TLS listener's), or at
+/// the origin of the server routed by the host the request names.
+pub fn redirect_router(site: &crate::config::Site, acme: Option<Router>) -> Router {
+    let site = site.clone();
     let redirect = move |req: Request| {
-        let origin = origin.clone();
+        let origin = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| site.hosted_at(h))
+            .map_or_else(|| site.origin.clone(), |s| s.origin.clone());
         async move {
             let pq = req
                 .uri()

@@ -612,3 +612,98 @@ async fn a_certificate_for_the_tls_host_named_apart_from_the_external_url() {
     assert!(refused.is_err(), "a third name is served: {refused:?}");
     drop(p);
 }
+
+/// Several servers behind one proxy (`--config`), one routed by its own host name: the one
+/// certificate covers the proxy's host and the server's, validated for both names (the
+/// server's on its own host's handshakes, or on the plain listener for HTTP-01); the
+/// server's resource is served on its host, and a third name still gets no certificate.
+async fn one_certificate_for_two_host_names(http01: bool) {
+    const FILES: &str = "files.acme-test.example";
+    let (http_port, tls_port) = (free_port(), free_port());
+    let pebble = start_pebble(http_port, tls_port).await;
+    let config = tempfile::tempdir().unwrap();
+    let path = config.path().join("servers.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[server]]\nname = \"files\"\nhost = \"{FILES}\"\ncommand = [\"node\", \"{}\"]\n",
+            crate::stdio::FIXTURE
+        ),
+    )
+    .unwrap();
+    let mut args = pebble.proxy_args("127.0.0.1", http_port, tls_port, http01);
+    args.extend(["--config".into(), path.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = start_proxy_with(
+        &args,
+        mcp_auth_proxy::clock::Clock::system(),
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    let root = pebble.issuing_root().await;
+    let client = |name: &str| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .tls_certs_only([root.clone()])
+            .resolve(name, ([127, 0, 0, 1], tls_port).into())
+            .build()
+            .unwrap()
+    };
+    let prm = format!("https://{FILES}:{tls_port}/.well-known/oauth-protected-resource");
+    let mut last = String::new();
+    let mut doc = serde_json::Value::Null;
+    for _ in 0..150 {
+        match client(FILES).get(&prm).send().await {
+            Ok(r) => {
+                doc = r.json().await.unwrap();
+                break;
+            }
+            Err(e) => last = format!("{e:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        doc["resource"],
+        format!("https://{FILES}:{tls_port}/mcp"),
+        "no trusted certificate for {FILES} within 30 s: {last}"
+    );
+    assert_eq!(
+        doc["authorization_servers"],
+        serde_json::json!([format!("https://{HOST}:{tls_port}/files")])
+    );
+    // The same certificate serves the proxy's own host, where the issuer is.
+    let asm: serde_json::Value = client(HOST)
+        .get(format!(
+            "https://{HOST}:{tls_port}/.well-known/oauth-authorization-server/files"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(asm["issuer"], format!("https://{HOST}:{tls_port}/files"));
+    let other = "someone-else.example";
+    let refused = client(other)
+        .get(format!("https://{other}:{tls_port}/healthz"))
+        .send()
+        .await;
+    assert!(refused.is_err(), "a third name is served: {refused:?}");
+    drop(p);
+}
+
+#[tokio::test]
+async fn one_certificate_for_two_host_names_by_tls_alpn_01() {
+    if skip() {
+        return;
+    }
+    one_certificate_for_two_host_names(false).await;
+}
+
+#[tokio::test]
+async fn one_certificate_for_two_host_names_by_http_01() {
+    if skip() {
+        return;
+    }
+    one_certificate_for_two_host_names(true).await;
+}

@@ -132,6 +132,8 @@ async fn each_server_is_its_own_resource_with_its_own_issuer() {
         TEST_PASSWORD,
         "--password-user",
         "alice",
+        "--admin-users",
+        "password:alice",
         "--config",
         &path,
     ])
@@ -305,7 +307,25 @@ async fn each_server_is_its_own_resource_with_its_own_issuer() {
     let seen: Value = resp.json().await.unwrap();
     assert_eq!(seen["path"], "/mcp");
 
+    // The metrics count each server's requests.
+    let metrics = p.state.metrics().render();
+    for series in [
+        r#"mcp_auth_proxy_server_requests_total{server="alpha",route="mcp",status="200"}"#,
+        r#"mcp_auth_proxy_server_requests_total{server="beta",route="mcp",status="401"}"#,
+        r#"mcp_auth_proxy_server_requests_total{server="web",route="token",status="200"}"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
     // The probes and the console know every server.
+    let console = browser.text(&p.url("/.auth/admin")).await;
+    assert!(console.contains("MCP servers (3)"), "{console}");
+    for url in ["/alpha/mcp", "/beta/mcp", "/web/mcp"] {
+        assert!(console.contains(&format!("{o}{url}")), "{url} in {console}");
+    }
+    assert!(
+        console.contains("<dt>Server</dt><dd>alpha</dd>"),
+        "{console}"
+    );
     let ready = get_json(p.url("/readyz")).await;
     for name in ["alpha", "beta", "web"] {
         assert!(
@@ -403,13 +423,170 @@ async fn a_configuration_file_and_a_backend_together_are_refused() {
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("give no backend on the command line"), "{out}");
     let (_dir, path) = config_file(
-        "[[server]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/mcp\"\nhost = \"a.example.com\"\n",
+        "[[server]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/mcp\"\nhost = \"a.example.com:8443\"\n",
     );
     let (code, out) =
         crate::helpers::run_binary(&["--config", &path, "--password", "x"], &[]).await;
     assert_eq!(code, Some(2), "{out}");
     assert!(
-        out.contains("routing by host name is not available yet"),
+        out.contains("is not a host name like files.example.com"),
         "{out}"
     );
+}
+
+/// A client that reaches `host` at the proxy's address.
+fn client_for(host: &str, p: &TestProxy) -> reqwest::Client {
+    let addr: std::net::SocketAddr = p.base.trim_start_matches("http://").parse().unwrap();
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(host, addr)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_routed_by_host_name_is_its_own_resource_on_its_own_host() {
+    const HOST: &str = "files.example.test";
+    let (_dir, path) = config_file(&format!(
+        r#"
+[[server]]
+name = "files"
+host = "{HOST}"
+command = ["node", "{FIXTURE}"]
+env = {{ WHO = "files" }}
+
+[[server]]
+name = "db"
+command = ["node", "{FIXTURE}"]
+env = {{ WHO = "db" }}
+"#
+    ));
+    let p = start_proxy(&["--config", &path]).await;
+    let main = p.target();
+    let o = main.origin.clone();
+    let port = o.rsplit(':').next().unwrap().to_string();
+    let files_origin = format!("http://{HOST}:{port}");
+    let files = client_for(HOST, &p);
+    let at_files = |path: &str| format!("{files_origin}{path}");
+
+    // Its resource is on its host; its issuer is on the main host, with sign-in.
+    for prm in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        let doc: Value = files
+            .get(at_files(prm))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(doc["resource"], format!("{files_origin}/mcp"), "{prm}");
+        assert_eq!(doc["authorization_servers"], json!([format!("{o}/files")]));
+    }
+    let asm = get_json(p.url("/.well-known/oauth-authorization-server/files")).await;
+    assert_eq!(asm["issuer"], format!("{o}/files"));
+    assert_eq!(asm["token_endpoint"], format!("{o}/files/token"));
+    let resp = files.post(at_files("/mcp")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let challenge = resp.headers()[header::WWW_AUTHENTICATE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.contains(&format!(
+            "resource_metadata=\"{files_origin}/.well-known/oauth-protected-resource/mcp\""
+        )),
+        "{challenge}"
+    );
+    // Pages live on the main host; nothing else is served on the server's.
+    let resp = files
+        .get(at_files("/.auth/login?req=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(location(&resp), format!("{o}/.auth/login?req=x"));
+    let resp = files.get(at_files("/db/mcp")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    // A host of nobody's is still misdirected.
+    let resp = client_for("other.example.test", &p)
+        .post(format!("http://other.example.test:{port}/mcp"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::MISDIRECTED_REQUEST);
+
+    // A token from files' issuer works on files' host, and not at db.
+    let files_target = Target {
+        resource: format!("{files_origin}/mcp"),
+        ..main.clone()
+    };
+    let oc = OAuthClient::public(&main).await;
+    let browser = Browser::new();
+    let back = browser
+        .authorize(
+            &main,
+            &auth_url_at(&oc, &files_target, "files", &[]),
+            TEST_PASSWORD,
+            "approve",
+        )
+        .await;
+    assert_eq!(query(&back, "iss"), Some(format!("{o}/files")));
+    let code = query(&back, "code").unwrap();
+    let tokens: Value = token_at(&main, "files", &oc.code_params(&code, &[]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let access = tokens["access_token"].as_str().unwrap();
+    let resp = files
+        .post(at_files("/mcp"))
+        .bearer_auth(access)
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(init_body(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"env","arguments":{"name":"WHO"}}});
+    let text = files
+        .post(at_files("/mcp"))
+        .bearer_auth(access)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-06-18")
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("\"text\":\"files\""), "{text}");
+    let resp = client()
+        .post(p.url("/db/mcp"))
+        .bearer_auth(access)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(init_body(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // And the main host's own /mcp is nobody's.
+    let resp = client()
+        .post(p.url("/mcp"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    p.stop().await;
 }

@@ -56,17 +56,17 @@ impl Challenge<'_> {
     }
 }
 
-/// The answers of this database's orders, for one name.
+/// The answers of this database's orders, for the certificate's names.
 pub struct Answers {
     repo: Repo,
-    host: String,
+    names: Vec<String>,
 }
 
 impl Answers {
-    pub fn new(repo: Repo, host: &str) -> Self {
+    pub fn new(repo: Repo, names: &[String]) -> Self {
         Self {
             repo,
-            host: host.to_ascii_lowercase(),
+            names: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
         }
     }
 
@@ -119,7 +119,7 @@ impl Answers {
         &self,
         server_name: Option<&str>,
     ) -> Option<Arc<rustls::ServerConfig>> {
-        let name = server_name.filter(|n| n.eq_ignore_ascii_case(&self.host))?;
+        let name = server_name.filter(|n| self.names.iter().any(|h| n.eq_ignore_ascii_case(h)))?;
         let challenge = Challenge::TlsAlpn01 { name };
         let key_authorization = self.lookup(&challenge).await?;
         match validation_config(name, &key_authorization) {

@@ -195,7 +195,7 @@ impl Acme {
         let cache = StoreCache(repo.clone());
         let ready = CertReady::pending();
         let (resolver, http01, tls_alpn01, driver) = if repo.is_shared() {
-            let answers = Arc::new(answers::Answers::new(repo, &opts.host));
+            let answers = Arc::new(answers::Answers::new(repo, &opts.names()));
             let driver = shared::Shared::new(opts, client, cache, answers.clone());
             let http01 = opts.http01.then(|| answers.clone().http01_route());
             let tls_alpn01 = (!opts.http01).then_some(answers);

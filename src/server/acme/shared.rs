@@ -118,7 +118,10 @@ impl Stored {
 }
 
 pub(super) struct Shared {
+    /// The certificate's first name (logs, the lock).
     host: String,
+    /// All of its names.
+    names: Vec<String>,
     directory: String,
     contact: Vec<String>,
     http01: bool,
@@ -137,6 +140,7 @@ impl Shared {
     ) -> Self {
         Self {
             host: opts.host.clone(),
+            names: opts.names(),
             directory: opts.directory_url.clone(),
             contact: opts.contact.iter().map(|c| format!("mailto:{c}")).collect(),
             http01: opts.http01,
@@ -210,7 +214,7 @@ impl Shared {
             Ok(pem) => {
                 let stored = Stored::parse(&pem)?;
                 self.cache
-                    .store_cert(std::slice::from_ref(&self.host), &self.directory, &pem)
+                    .store_cert(&self.names, &self.directory, &pem)
                     .await?;
                 self.cache
                     .0
@@ -246,8 +250,7 @@ impl Shared {
     /// Serves the stored certificate if there is a usable one. `None` when there is none or
     /// it is due for renewal; otherwise how long until it is (at most [`LOOK_AGAIN`]).
     async fn serve_stored(&self, progress: &Progress) -> Result<Option<Duration>, OrderError> {
-        let names = std::slice::from_ref(&self.host);
-        let Some(pem) = self.cache.load_cert(names, &self.directory).await? else {
+        let Some(pem) = self.cache.load_cert(&self.names, &self.directory).await? else {
             return Ok(None);
         };
         let stored = match Stored::parse(&pem) {
@@ -294,12 +297,12 @@ impl Shared {
         let directory = Directory::discover(client, &self.directory).await?;
         let key = self.account_key().await?;
         let account = Account::create_with_keypair(client, directory, &self.contact, &key).await?;
-        let mut params = rcgen::CertificateParams::new(vec![self.host.clone()])?;
+        let mut params = rcgen::CertificateParams::new(self.names.clone())?;
         params.distinguished_name = rcgen::DistinguishedName::new();
         let cert_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let csr = params.serialize_request(&cert_key)?;
 
-        let (url, mut order) = account.new_order(client, vec![self.host.clone()]).await?;
+        let (url, mut order) = account.new_order(client, self.names.clone()).await?;
         let mut looks = 0;
         loop {
             order = match order.status {

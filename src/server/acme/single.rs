@@ -23,7 +23,7 @@ impl Single {
         client: Arc<rustls::ClientConfig>,
         cache: StoreCache,
     ) -> Self {
-        let mut cfg = AcmeConfig::new_with_client_config([opts.host.clone()], client)
+        let mut cfg = AcmeConfig::new_with_client_config(opts.names(), client)
             .cache(CompositeCache::new(cache.clone(), cache.clone()))
             .directory(&opts.directory_url)
             .challenge_type(if opts.http01 {
