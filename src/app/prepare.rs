@@ -466,6 +466,11 @@ struct ServerSpec<'a> {
     shared: Option<bool>,
     max_sessions: Option<usize>,
     idle_timeout: Option<std::time::Duration>,
+    warm_spare: Option<bool>,
+    /// Its HTTP upstream's own headers, timeout and streaming rule.
+    headers: &'a [(http::HeaderName, http::HeaderValue)],
+    timeout: Option<std::time::Duration>,
+    streaming_only: Option<bool>,
 }
 
 impl<'a> ServerSpec<'a> {
@@ -478,6 +483,10 @@ impl<'a> ServerSpec<'a> {
             shared: None,
             max_sessions: None,
             idle_timeout: None,
+            warm_spare: None,
+            headers: &[],
+            timeout: None,
+            streaming_only: None,
         }
     }
 
@@ -490,6 +499,10 @@ impl<'a> ServerSpec<'a> {
             shared: def.shared,
             max_sessions: def.max_sessions,
             idle_timeout: def.idle_timeout,
+            warm_spare: def.warm_spare,
+            headers: &def.headers,
+            timeout: def.timeout,
+            streaming_only: def.streaming_only,
         }
     }
 }
@@ -513,9 +526,16 @@ fn server_backend(
     match spec.backend {
         Backend::None => Ok(ServerBackend::default()),
         Backend::Http(url) => {
+            let mut upstream = config.upstream.clone();
+            for (name, value) in spec.headers {
+                upstream.headers.retain(|(n, _)| n != name);
+                upstream.headers.push((name.clone(), value.clone()));
+            }
+            upstream.response_timeout = spec.timeout.unwrap_or(upstream.response_timeout);
+            upstream.streaming_only = spec.streaming_only.unwrap_or(upstream.streaming_only);
             let http = Arc::new(HttpBackend::new(
                 url.clone(),
-                config.upstream.clone(),
+                upstream,
                 site,
                 config.workers,
             )?);
@@ -614,7 +634,7 @@ fn stdio_backend(
         child,
         max_sessions,
         spec.idle_timeout.unwrap_or(config.stdio.idle_timeout),
-        config.stdio.warm_spare,
+        spec.warm_spare.unwrap_or(config.stdio.warm_spare),
         shared,
         backend::identity::IdentityEnv {
             vars: config.stdio.identity_env.clone(),

@@ -363,6 +363,9 @@ impl Config {
         {
             acme.more_hosts = defs.servers.iter().filter_map(|s| s.host.clone()).collect();
         }
+        if let Some(defs) = &servers {
+            notes.extend(defs.notes.iter().cloned());
+        }
         if servers.is_some() && mcp_path != "/mcp" {
             notes.push(format!(
                 "--mcp-path {mcp_path} is ignored with --config: each server is at /<name>/mcp"

@@ -40,6 +40,14 @@ pub struct ServerDef {
     pub max_sessions: Option<usize>,
     /// Its own `--stdio-idle-timeout`.
     pub idle_timeout: Option<Duration>,
+    /// Its own `--stdio-warm-spare`.
+    pub warm_spare: Option<bool>,
+    /// Headers its HTTP upstream receives, on top of (and replacing) `--proxy-headers`.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Its own `--upstream-timeout`.
+    pub timeout: Option<Duration>,
+    /// Its own `--http-streaming-only`.
+    pub streaming_only: Option<bool>,
     /// Who may use it, on top of who may sign in at all (empty: everyone who may sign in).
     pub admits: Admission,
     /// Its own `--policy-file` (else the shared one, if any).
@@ -53,6 +61,8 @@ pub struct ServerDefs {
     /// The server the root well-known URLs (and the plain `/authorize` and `/token`) serve;
     /// without one they answer 404 and a client must use a server's own issuer.
     pub default: Option<String>,
+    /// Warnings for startup.
+    pub notes: Vec<String>,
 }
 
 /// Who may use a server: entries `provider:pattern` match that provider's user id
@@ -142,6 +152,11 @@ struct RawServer {
     mode: Option<String>,
     max_sessions: Option<usize>,
     idle_timeout: Option<String>,
+    warm_spare: Option<bool>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    timeout: Option<String>,
+    streaming_only: Option<bool>,
     #[serde(default)]
     users: Vec<String>,
     policy_file: Option<PathBuf>,
@@ -198,7 +213,15 @@ pub fn load(path: &Path) -> Result<ServerDefs, ConfigError> {
     }
     let text = std::fs::read_to_string(path).map_err(|e| bad(format!("--config {shown}: {e}")))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    parse(&text, base).map_err(|e| bad(format!("--config {shown}: {e}")))
+    let mut defs = parse(&text, base).map_err(|e| bad(format!("--config {shown}: {e}")))?;
+    use std::os::unix::fs::PermissionsExt;
+    if meta.permissions().mode() & 0o077 != 0 && defs.servers.iter().any(|s| !s.headers.is_empty())
+    {
+        defs.notes.push(format!(
+            "--config {shown} gives upstream headers (often secrets) and others may read it: chmod 600 it"
+        ));
+    }
+    Ok(defs)
 }
 
 /// Checks the text of a configuration file; `base` anchors its relative paths.
@@ -256,12 +279,47 @@ pub fn parse(text: &str, base: &Path) -> Result<ServerDefs, ConfigError> {
             || !raw.env.is_empty()
             || raw.mode.is_some()
             || raw.max_sessions.is_some()
-            || raw.idle_timeout.is_some();
+            || raw.idle_timeout.is_some()
+            || raw.warm_spare.is_some();
         if stdio_only && !stdio {
             return Err(bad(format!(
-                "server {name:?}: env, cwd, mode, max_sessions and idle_timeout are for a stdio server (command)"
+                "server {name:?}: env, cwd, mode, max_sessions, idle_timeout and warm_spare are for a stdio server (command)"
             )));
         }
+        let http_only =
+            !raw.headers.is_empty() || raw.timeout.is_some() || raw.streaming_only.is_some();
+        if http_only && stdio {
+            return Err(bad(format!(
+                "server {name:?}: headers, timeout and streaming_only are for an HTTP server (url)"
+            )));
+        }
+        if raw.headers.len() > MAX_ENTRIES {
+            return Err(bad(format!(
+                "server {name:?}: headers has more than {MAX_ENTRIES} entries"
+            )));
+        }
+        let headers = raw
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let header = http::HeaderName::from_bytes(k.trim().as_bytes());
+                let mut value = http::HeaderValue::from_str(v.trim());
+                if let Ok(v) = &mut value {
+                    // Kept out of debug output and logs, like --proxy-bearer-token.
+                    v.set_sensitive(true);
+                }
+                match (header, value) {
+                    (Ok(n), Ok(v)) => Ok((n, v)),
+                    _ => Err(bad(format!(
+                        "server {name:?}: header {k:?} is not a valid header name and value"
+                    ))),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let timeout = raw
+            .timeout
+            .map(|t| parse_duration(&format!("server {name:?}: timeout"), &t))
+            .transpose()?;
         if raw.env.len() > MAX_ENTRIES {
             return Err(bad(format!(
                 "server {name:?}: env has more than {MAX_ENTRIES} variables"
@@ -305,6 +363,10 @@ pub fn parse(text: &str, base: &Path) -> Result<ServerDefs, ConfigError> {
             idle_timeout,
             admits,
             policy_file: raw.policy_file.map(anchored),
+            warm_spare: raw.warm_spare,
+            headers,
+            timeout,
+            streaming_only: raw.streaming_only,
             host,
             name,
         });
@@ -317,6 +379,7 @@ pub fn parse(text: &str, base: &Path) -> Result<ServerDefs, ConfigError> {
     Ok(ServerDefs {
         servers,
         default: file.default,
+        notes: Vec::new(),
     })
 }
 
@@ -395,6 +458,14 @@ mod tests {
             (
                 "[[server]]\nname = \"a\"\nurl = \"http://x/mcp\"\nenv = { A = \"1\" }",
                 "stdio server",
+            ),
+            (
+                "[[server]]\nname = \"a\"\ncommand = [\"x\"]\ntimeout = \"5s\"",
+                "for an HTTP server",
+            ),
+            (
+                "[[server]]\nname = \"a\"\nurl = \"http://x/mcp\"\nheaders = { \"bad name\" = \"v\" }",
+                "not a valid header",
             ),
             (
                 "[[server]]\nname = \"a\"\ncommand = [\"x\"]\nmode = \"pooled\"",

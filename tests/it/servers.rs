@@ -40,6 +40,8 @@ users = ["password:bob"]
 [[server]]
 name = "web"
 url = "{upstream}"
+headers = {{ "X-Api-Key" = "web's own key" }}
+timeout = "20s"
 "#
     )
 }
@@ -306,6 +308,7 @@ async fn each_server_is_its_own_resource_with_its_own_issuer() {
     assert_eq!(resp.status(), StatusCode::OK);
     let seen: Value = resp.json().await.unwrap();
     assert_eq!(seen["path"], "/mcp");
+    assert_eq!(seen["headers"]["x-api-key"], "web's own key");
 
     // The metrics count each server's requests.
     let metrics = p.state.metrics().render();
