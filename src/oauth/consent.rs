@@ -53,10 +53,19 @@ pub async fn remembered(
     }
     let key = consent_key(&identity.subject(), &req.client_id, &req.redirect_uri);
     Ok(app.repo.get::<ConsentRecord>(&key).await?.is_some_and(|c| {
-        super::scopes_for(app, &req.resource, identity, &req.scopes)
-            .iter()
-            .all(|s| c.scopes.contains(s))
+        c.resource == named_resource(app, &req.resource)
+            && super::scopes_for(app, &req.resource, identity, &req.scopes)
+                .iter()
+                .all(|s| c.scopes.contains(s))
     }))
+}
+
+/// `resource` when it is a server of `--config`'s, as a consent records it.
+fn named_resource(app: &AuthServer, resource: &str) -> Option<String> {
+    app.site
+        .server_of(resource)
+        .filter(|s| s.name.is_some())
+        .map(|s| s.resource.clone())
 }
 
 /// The remembered consents of `subject`: (key, client id, redirect URI), read back from
@@ -381,6 +390,7 @@ async fn finish(
         client_id: req.client_id.clone(),
         scopes: super::scopes_for(app, &req.resource, &identity, &req.scopes),
         granted_at: now,
+        resource: named_resource(app, &req.resource),
     };
     let keep = now + app.authn.cfg.refresh_token_ttl.as_secs();
     let result = async {

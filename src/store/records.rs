@@ -192,6 +192,10 @@ pub struct ConsentRecord {
     pub client_id: String,
     pub scopes: Vec<String>,
     pub granted_at: UnixTime,
+    /// The server of `--config` it approved (its resource); absent for the command line's
+    /// one server. An approval for one server is no approval for another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
 }
 
 impl Record for ConsentRecord {

@@ -593,3 +593,62 @@ env = {{ WHO = "db" }}
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     p.stop().await;
 }
+
+/// A remembered approval is one server's: the same app asking for another server is asked
+/// about that server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_for_one_server_is_no_approval_for_another() {
+    let upstream = start_upstream().await;
+    let (_dir, path) = config_file(&three_servers(&upstream.url("/mcp"), ""));
+    let p = start_proxy(&[
+        "--password",
+        TEST_PASSWORD,
+        "--password-user",
+        "alice",
+        "--config",
+        &path,
+    ])
+    .await;
+    let (alpha, web) = (server(&p, "alpha"), server(&p, "web"));
+    // Not a loopback redirect: its approval is remembered.
+    let oc = OAuthClient::register(
+        &alpha,
+        json!({"client_name": "Remembered", "redirect_uris": ["https://app.example.com/cb"]}),
+    )
+    .await;
+    let browser = Browser::new();
+    let back = browser
+        .authorize(
+            &alpha,
+            &auth_url_at(&oc, &alpha, "alpha", &[]),
+            TEST_PASSWORD,
+            "approve",
+        )
+        .await;
+    assert!(query(&back, "code").is_some());
+    // Again at alpha: remembered, straight back to the app.
+    let resp = browser
+        .http
+        .get(auth_url_at(&oc, &alpha, "alpha", &[]))
+        .send()
+        .await
+        .unwrap();
+    let consent = browser
+        .http
+        .get(p.url(&location(&resp)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(consent.status(), StatusCode::SEE_OTHER);
+    assert!(location(&consent).starts_with("https://app.example.com/cb?code="));
+    // At web: asked, about web.
+    let resp = browser
+        .http
+        .get(auth_url_at(&oc, &web, "web", &[]))
+        .send()
+        .await
+        .unwrap();
+    let page = browser.follow(&web, &resp).await;
+    assert!(page.contains("to use the MCP server “web”"), "{page}");
+    p.stop().await;
+}
