@@ -91,6 +91,7 @@ pub async fn apps_get(
         redirect_hosts.sort();
         redirect_hosts.dedup();
         apps.push(ConnectedApp {
+            server: server_label(&app, &grant.resource),
             client_name: client_name(&app, &grant.client_id).await,
             granted: when(Some(grant.created_at)),
             last_active: when(last),
@@ -260,4 +261,12 @@ pub async fn sign_out_everywhere(
     resp.headers_mut()
         .append(axum::http::header::SET_COOKIE, cleared);
     Ok(resp.into_response())
+}
+
+/// The name of the server of `--config` a grant is for; empty for the one server.
+pub(super) fn server_label(app: &AuthServer, resource: &str) -> String {
+    app.site
+        .server_of(resource)
+        .and_then(|s| s.name.clone())
+        .unwrap_or_default()
 }

@@ -190,6 +190,7 @@ pub async fn admin_get(
         .iter()
         .take(MAX_ROWS)
         .map(|g| GrantRow {
+            server: super::apps::server_label(&app, &g.resource),
             id: g.grant_id.clone(),
             user: g.identity.subject(),
             client: name_of(&g.client_id),

@@ -98,6 +98,8 @@ pub struct SignedInPage<'a> {
 
 /// One app on the connected-apps page.
 pub struct ConnectedApp {
+    /// The server of `--config` it may use (empty: the one server).
+    pub server: String,
     pub grant_id: String,
     pub client_id: String,
     pub client_name: String,
@@ -189,6 +191,8 @@ pub struct ServerRow {
 
 /// A grant on the operator console.
 pub struct GrantRow {
+    /// The server of `--config` it is for (empty: the one server).
+    pub server: String,
     pub id: String,
     pub user: String,
     pub client: String,

@@ -319,6 +319,12 @@ async fn each_server_is_its_own_resource_with_its_own_issuer() {
     ] {
         assert!(metrics.contains(series), "{series} in {metrics}");
     }
+    // The person's apps page says which server each app may use.
+    let apps = browser.text(&p.url("/.auth/apps")).await;
+    for name in ["alpha", "web"] {
+        let fact = format!("<dt>Server</dt><dd>{name}</dd>");
+        assert!(apps.contains(&fact), "{fact} in {apps}");
+    }
     // The probes and the console know every server.
     let console = browser.text(&p.url("/.auth/admin")).await;
     assert!(console.contains("MCP servers (3)"), "{console}");
