@@ -11,7 +11,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { Browser, ROOT, everythingStdio, freePorts, startEverything, startProxy } from './harness.mjs';
+import { launchChromium, pkce, registerClient, shoot, startCallback, VIEWPORTS } from './chromium.mjs';
+import { Browser, PASSWORD, ROOT, everythingStdio, freePorts, startEverything, startProxy } from './harness.mjs';
 import { startIdp } from './idp.mjs';
 import { TestProvider, connect } from './sdk-client.mjs';
 
@@ -46,7 +47,7 @@ url = ${toml(everything.url)}
 `);
   proxy = await startProxy({
     port: proxyPort,
-    args: [...idp.args, '--oidc-allowed-users', 'ann@example.com', '--config', config],
+    args: [...idp.args, '--oidc-allowed-users', 'ann@example.com', '--admin-users', 'password:admin', '--config', config],
   });
 });
 
@@ -118,4 +119,47 @@ test('a user of the OpenID provider is admitted where the users list names her, 
   const elsewhere = ann();
   await assert.rejects(connect(at('everything'), elsewhere), /code|access_denied/);
   assert.equal(elsewhere.error, 'access_denied');
+});
+
+test('the pages name the server: consent, the refusal, the apps page and the console, in Chromium', async () => {
+  const chrome = await launchChromium();
+  const callback = await startCallback();
+  try {
+    for (const [kind, options] of Object.entries(VIEWPORTS)) {
+      const context = await chrome.newContext({ ...options, javaScriptEnabled: false });
+      const page = await context.newPage();
+      const clientId = await registerClient(proxy, 'Claude Desktop', callback.url);
+      const authorize = (server) => {
+        const q = new URLSearchParams({
+          response_type: 'code', client_id: clientId, redirect_uri: callback.url,
+          code_challenge: pkce().challenge, code_challenge_method: 'S256', state: 'pages',
+        });
+        return proxy.url(`/${server}/authorize?${q}`);
+      };
+      await page.goto(authorize('everything'));
+      await page.fill('#password', PASSWORD);
+      await page.click('button[type=submit]');
+      assert.match(await page.locator('h1').innerText(), /Claude Desktop to use the MCP server “everything”\?/);
+      await shoot(page, kind, 'servers-consent');
+      await Promise.all([page.waitForURL((u) => u.href.startsWith(callback.url)), page.click('button[value=approve]')]);
+
+      const refused = await page.goto(authorize('v2'));
+      assert.equal(refused.status(), 403);
+      assert.match(await page.locator('main').innerText(), /may not use the MCP server “v2”/);
+      await shoot(page, kind, 'servers-not-admitted');
+
+      await page.goto(proxy.url('/.auth/apps'));
+      assert.match(await page.locator('main').innerText(), /Server\s+everything/);
+      await shoot(page, kind, 'servers-apps');
+      await page.goto(proxy.url('/.auth/admin'));
+      const console = await page.locator('main').innerText();
+      assert.match(console, /MCP servers \(3\)/);
+      assert.ok(console.includes(`${proxy.origin}/v2/mcp`), console);
+      await shoot(page, kind, 'servers-console');
+      await context.close();
+    }
+  } finally {
+    await chrome.close();
+    await callback.close();
+  }
 });
