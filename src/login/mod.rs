@@ -520,9 +520,21 @@ pub async fn home(app: &SignIn, headers: &HeaderMap) -> Response {
         .flatten()
         .filter(|s| app.authn.still_allowed(&s.identity));
     let name = site_name(app);
+    let servers: Vec<(String, String)> = app
+        .site
+        .catalog
+        .iter()
+        .filter_map(|s| Some((s.name.clone()?, s.resource.clone())))
+        .collect();
+    // The example URL: the default server's, else the first one's.
+    let mcp_url = match (app.site.server(), servers.first()) {
+        (None, Some((_, first))) => first.clone(),
+        _ => app.site.resource.clone(),
+    };
     let tpl = crate::web::pages::HomePage {
         site_name: &name,
-        mcp_url: &app.site.resource,
+        mcp_url: &mcp_url,
+        servers,
         user: signed_in.as_ref().map(|s| display_name(&s.identity)),
     };
     page(StatusCode::OK, &tpl, FormTarget::SelfOnly)

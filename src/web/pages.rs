@@ -238,6 +238,8 @@ pub struct AdminPage<'a> {
 pub struct HomePage<'a> {
     pub site_name: &'a str,
     pub mcp_url: &'a str,
+    /// The servers of `--config`: name and URL (none for the command line's one server).
+    pub servers: Vec<(String, String)>,
     /// Who is signed in in this browser, if anyone.
     pub user: Option<&'a str>,
 }

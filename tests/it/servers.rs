@@ -169,6 +169,22 @@ async fn each_server_is_its_own_resource_with_its_own_issuer() {
             .contains("/alpha/mcp, /beta/mcp, /web/mcp")
     );
 
+    // A person opening the address is shown each server's URL.
+    let home = client()
+        .get(p.url("/"))
+        .header(header::ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in ["alpha", "beta", "web"] {
+        let url = format!("value=\"{o}/{name}/mcp\"");
+        assert!(home.contains(&url), "{url} in {home}");
+    }
+    assert!(!home.contains(&format!("value=\"{o}/mcp\"")), "{home}");
+
     // A client that omits `resource` gets a token for the server whose issuer it used.
     let oc = OAuthClient::public(&alpha).await;
     let browser = Browser::new();
