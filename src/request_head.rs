@@ -133,6 +133,7 @@ mod tests {
             mcp_path: "/mcp".into(),
             resource: format!("{origin}/mcp"),
             resource_metadata_url: String::new(),
+            home: PublicOrigin::parse(origin).unwrap(),
             issuer: origin.to_string(),
             name: None,
             catalog: Default::default(),

@@ -498,7 +498,10 @@ impl Config {
 /// own ([`Site::serving`]); all of them share the origin and the catalog of servers.
 #[derive(Debug, Clone)]
 pub struct Site {
+    /// Where this server is reached: the proxy's origin, or its own host's.
     pub origin: PublicOrigin,
+    /// The proxy's own origin: sign-in, registration, revocation and every issuer live here.
+    pub home: PublicOrigin,
     pub mcp_path: String,
     /// The protected resource: `<origin><mcp_path>`.
     pub resource: String,
@@ -732,6 +735,7 @@ impl Config {
             resource_metadata_url: main.resource_metadata_url,
             issuer: main.issuer,
             name: main.name,
+            home: origin.clone(),
             origin,
             mcp_path: main.mcp_path,
             allowed_origins: self.allowed_origins.clone(),

@@ -49,7 +49,7 @@ pub async fn introspect(
                 "iat": record.issued_at,
                 "sub": record.subject,
                 "aud": record.resource,
-                "iss": app.site.origin.as_str(),
+                "iss": app.site.issuer_of(&record.resource),
             });
             // RFC 9449 §6.2: the key a DPoP-bound token is bound to.
             if let Some(jkt) = &record.jkt {

@@ -111,7 +111,9 @@ pub struct AuthorizationServerMetadata {
 
 impl AuthorizationServerMetadata {
     pub fn for_site(site: &Site) -> Self {
-        let at = |p: &str| site.origin.join(p);
+        // The shared endpoints are on the proxy's own origin, also for a server routed by
+        // host name.
+        let at = |p: &str| site.home.join(p);
         let auth_methods = ["none", "client_secret_post", "client_secret_basic"];
         Self {
             issuer: site.issuer.clone(),

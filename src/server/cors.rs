@@ -81,6 +81,7 @@ mod tests {
             mcp_path: "/mcp".into(),
             resource: "https://mcp.example.com/mcp".into(),
             resource_metadata_url: String::new(),
+            home: crate::config::PublicOrigin::parse("https://mcp.example.com").unwrap(),
             issuer: "https://mcp.example.com".into(),
             name: None,
             catalog: Default::default(),

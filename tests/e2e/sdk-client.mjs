@@ -66,20 +66,21 @@ export class TestProvider {
   }
 }
 
-/** Connects, signing in when needed; returns the connected client. */
-export async function connect(resource, provider, capabilities = {}) {
+/** Connects, signing in when needed; returns the connected client. `transport` adds to the
+ * transport's options (a `fetch` of the test's own). */
+export async function connect(resource, provider, capabilities = {}, transport = {}) {
+  const open = () => new StreamableHTTPClientTransport(new URL(resource), { authProvider: provider, ...transport });
   const client = new Client({ name: 'e2e', version: '1.0.0' }, { capabilities });
   try {
-    await client.connect(new StreamableHTTPClientTransport(new URL(resource), { authProvider: provider }));
+    await client.connect(open());
     return client;
   } catch (e) {
     if (!(e instanceof UnauthorizedError)) throw e;
   }
   assert.ok(provider.code, `the sign-in produced a code (error: ${provider.error})`);
-  const transport = new StreamableHTTPClientTransport(new URL(resource), { authProvider: provider });
-  await transport.finishAuth(provider.code);
+  await open().finishAuth(provider.code);
   const fresh = new Client({ name: 'e2e', version: '1.0.0' }, { capabilities });
-  await fresh.connect(new StreamableHTTPClientTransport(new URL(resource), { authProvider: provider }));
+  await fresh.connect(open());
   return fresh;
 }
 

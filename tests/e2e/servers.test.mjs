@@ -1,5 +1,6 @@
 // Several MCP servers behind one proxy (`--config`): server-everything over stdio, the SDK v2
-// stdio fixture, and server-everything over HTTP. The TypeScript SDK client signs in once
+// stdio fixture, and server-everything over HTTP, by path; server-everything over stdio
+// again, routed by its own host name. The TypeScript SDK client signs in once
 // per server, as clients do, and each sees only its server's tools; a token for one server
 // gets 401 at another, whose challenge names that server's metadata; one browser sign-in
 // serves consent for two servers; per-server `users` admit different people (the password
@@ -11,12 +12,21 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
+// The SDK's requests to the server routed by host name: that name resolves to loopback here
+// (an undici Agent, a dependency of the lockfile, as the dispatcher of Node's fetch).
+import { Agent } from 'undici';
+
 import { launchChromium, pkce, registerClient, shoot, startCallback, VIEWPORTS } from './chromium.mjs';
 import { Browser, PASSWORD, ROOT, everythingStdio, freePorts, startEverything, startProxy } from './harness.mjs';
 import { startIdp } from './idp.mjs';
 import { TestProvider, connect } from './sdk-client.mjs';
 
 const toml = (s) => JSON.stringify(s);
+const HOSTED = 'files.e2e-test.example';
+const loopback = new Agent({
+  connect: { lookup: (_host, _opts, done) => done(null, [{ address: '127.0.0.1', family: 4 }]) },
+});
+const fetchResolvingHosted = (url, init) => fetch(url, { ...init, dispatcher: loopback });
 
 let idp;
 let everything;
@@ -44,6 +54,11 @@ users = ["ann@example.com"]
 [[server]]
 name = "web"
 url = ${toml(everything.url)}
+
+[[server]]
+name = "hosted"
+host = ${toml(HOSTED)}
+command = [${everythingStdio().map(toml).join(', ')}]
 `);
   proxy = await startProxy({
     port: proxyPort,
@@ -105,6 +120,24 @@ test('each server is its own resource: its own tools, its own issuer, its own to
   await webClient.close();
 });
 
+test('a server routed by its own host name: the SDK client discovers it there and signs in at its issuer', async () => {
+  const port = new URL(proxy.origin).port;
+  const url = `http://${HOSTED}:${port}/mcp`;
+  const provider = new TestProvider(new Browser());
+  const client = await connect(url, provider, {}, { fetch: fetchResolvingHosted });
+  assert.equal(provider.iss, `${proxy.origin}/hosted`, 'its issuer is on the main host');
+  const echoed = await client.callTool({ name: 'echo', arguments: { message: 'by host' } });
+  assert.match(echoed.content[0].text, /by host/);
+  // Its token is for its host's resource only.
+  const res = await fetch(at('everything'), {
+    method: 'POST',
+    headers: { authorization: `Bearer ${provider.tokens().access_token}`, 'content-type': 'application/json' },
+    body: '{}',
+  });
+  assert.equal(res.status, 401);
+  await client.close();
+});
+
 test('a user of the OpenID provider is admitted where the users list names her, and only there', async () => {
   const ann = () => new TestProvider(new Browser(), { idp: { origin: idp.issuer, login: 'ann' } });
   const provider = ann();
@@ -153,7 +186,7 @@ test('the pages name the server: consent, the refusal, the apps page and the con
       await shoot(page, kind, 'servers-apps');
       await page.goto(proxy.url('/.auth/admin'));
       const console = await page.locator('main').innerText();
-      assert.match(console, /MCP servers \(3\)/);
+      assert.match(console, /MCP servers \(4\)/);
       assert.ok(console.includes(`${proxy.origin}/v2/mcp`), console);
       await shoot(page, kind, 'servers-console');
       await context.close();

@@ -514,6 +514,9 @@ env = {{ WHO = "db" }}
     let asm = get_json(p.url("/.well-known/oauth-authorization-server/files")).await;
     assert_eq!(asm["issuer"], format!("{o}/files"));
     assert_eq!(asm["token_endpoint"], format!("{o}/files/token"));
+    // The shared endpoints are the main host's too (the server's host serves no /register).
+    assert_eq!(asm["registration_endpoint"], format!("{o}/register"));
+    assert_eq!(asm["revocation_endpoint"], format!("{o}/revoke"));
     let resp = files.post(at_files("/mcp")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let challenge = resp.headers()[header::WWW_AUTHENTICATE]
