@@ -12,6 +12,8 @@ use tokio::process::{Child, Command};
 use crate::helpers::{TestProxy, start_proxy_with};
 
 const HOST: &str = "acme-test.example";
+/// The host name of a server of `--config` routed by host.
+const FILES: &str = "files.acme-test.example";
 
 fn free_port() -> u16 {
     crate::helpers::unused_port()
@@ -275,7 +277,12 @@ async fn fetch_metadata_at(
                     .unwrap()
                     .to_vec();
                 let meta: serde_json::Value = r.json().await.unwrap();
-                assert_eq!(meta["issuer"], format!("https://{HOST}:{tls_port}"));
+                // Ours (with `--config`, the default server's issuer under it).
+                let issuer = meta["issuer"].as_str().unwrap_or_default();
+                assert!(
+                    issuer.starts_with(&format!("https://{HOST}:{tls_port}")),
+                    "{meta}"
+                );
                 return leaf;
             }
             Err(e) => last = format!("{e:?}"),
@@ -442,7 +449,10 @@ async fn sigbits_certificate_is_migrated_and_served_without_a_new_order() {
 /// so both queue behind it, A first: PostgreSQL grants a lock to its waiters in turn, so A
 /// orders, and the CA's validation reaches B, which never placed an order and answers from
 /// the database. Then both serve the one certificate, and B ordered nothing.
-async fn one_order_validated_at_the_replica_that_did_not_place_it(http01: bool) {
+///
+/// With `hosted`, the replicas also serve a server of `--config` routed by its own host
+/// name: the one order names both hosts, and B answers the validation of each.
+async fn one_order_validated_at_the_replica_that_did_not_place_it(http01: bool, hosted: bool) {
     use sqlx::{Connection, Row};
     let pg = crate::pg::PgCluster::start().await;
     let dsn = pg.database("acme_replicas").await;
@@ -476,9 +486,22 @@ async fn one_order_validated_at_the_replica_that_did_not_place_it(http01: bool) 
         panic!("{n} replicas never queued for the certificate lock");
     };
 
+    let config = tempfile::tempdir().unwrap();
+    let servers = config.path().join("servers.toml");
+    std::fs::write(
+        &servers,
+        format!(
+            "default = \"files\"\n[[server]]\nname = \"files\"\nhost = \"{FILES}\"\ncommand = [\"node\", \"{}\"]\n",
+            crate::stdio::FIXTURE
+        ),
+    )
+    .unwrap();
     let start = async |address: &str, id: &str| {
         let data = tempfile::tempdir().unwrap();
         let mut args = pebble.proxy_args(address, http_port, tls_port, http01);
+        if hosted {
+            args.extend(["--config".into(), servers.display().to_string()]);
+        }
         args.extend([
             "--data-path".into(),
             data.path().display().to_string(),
@@ -514,6 +537,27 @@ async fn one_order_validated_at_the_replica_that_did_not_place_it(http01: bool) 
     let at_a = fetch_metadata_at(&pebble, [127, 0, 0, 2], tls_port, 60).await;
     let at_b = fetch_metadata_at(&pebble, [127, 0, 0, 3], tls_port, 30).await;
     assert_eq!(at_a, at_b, "both replicas serve the one certificate");
+    if hosted {
+        let root = pebble.issuing_root().await;
+        for address in [[127, 0, 0, 2], [127, 0, 0, 3]] {
+            let doc: serde_json::Value = reqwest::Client::builder()
+                .no_proxy()
+                .tls_certs_only([root.clone()])
+                .resolve(FILES, (address, tls_port).into())
+                .build()
+                .unwrap()
+                .get(format!(
+                    "https://{FILES}:{tls_port}/.well-known/oauth-protected-resource"
+                ))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(doc["resource"], format!("https://{FILES}:{tls_port}/mcp"));
+        }
+    }
     for address in ["127.0.0.2", "127.0.0.3"] {
         let ready: serde_json::Value =
             crate::helpers::get_json(format!("http://{address}:{http_port}/readyz")).await;
@@ -536,7 +580,7 @@ async fn one_order_validated_at_the_replica_that_did_not_place_it(http01: bool) 
     assert_eq!(said(&b_log, "the stored one in use"), 1, "{b_log:#?}");
     // The CA's validation reached B (the only address pebble's DNS gives), not A.
     assert!(
-        said(&b_log, "answered the CA's validation") >= 1,
+        said(&b_log, "answered the CA's validation") >= if hosted { 2 } else { 1 },
         "{b_log:#?}"
     );
     assert_eq!(said(&a_log, "answered the CA's validation"), 0);
@@ -548,7 +592,15 @@ async fn replicas_share_one_certificate_validated_by_tls_alpn_01_at_the_other_re
     if skip() {
         return;
     }
-    one_order_validated_at_the_replica_that_did_not_place_it(false).await;
+    one_order_validated_at_the_replica_that_did_not_place_it(false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_certificate_for_two_host_names() {
+    if skip() {
+        return;
+    }
+    one_order_validated_at_the_replica_that_did_not_place_it(false, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -556,7 +608,7 @@ async fn replicas_share_one_certificate_validated_by_http_01_at_the_other_replic
     if skip() {
         return;
     }
-    one_order_validated_at_the_replica_that_did_not_place_it(true).await;
+    one_order_validated_at_the_replica_that_did_not_place_it(true, false).await;
 }
 
 /// `--tls-host` names the certificate's host when it is not the external URL's. pebble's
@@ -618,7 +670,6 @@ async fn a_certificate_for_the_tls_host_named_apart_from_the_external_url() {
 /// server's on its own host's handshakes, or on the plain listener for HTTP-01); the
 /// server's resource is served on its host, and a third name still gets no certificate.
 async fn one_certificate_for_two_host_names(http01: bool) {
-    const FILES: &str = "files.acme-test.example";
     let (http_port, tls_port) = (free_port(), free_port());
     let pebble = start_pebble(http_port, tls_port).await;
     let config = tempfile::tempdir().unwrap();
