@@ -311,19 +311,11 @@ fn resource_routes(server: AppState) -> Router<AppState> {
 fn hosted_routes(server: AppState, main: &AppState) -> Router {
     let origin = main.site().origin.clone();
     let to_main = move |req: Request| {
-        let origin = origin.clone();
-        async move {
-            let pq = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into());
-            let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
-            if let Ok(v) = header::HeaderValue::from_str(&origin.join(&pq)) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-            resp
-        }
+        std::future::ready(tls::same_path_at(
+            &origin,
+            &req,
+            StatusCode::TEMPORARY_REDIRECT,
+        ))
     };
     let not_here = || async {
         jsonrpc_error(

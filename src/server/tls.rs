@@ -284,22 +284,24 @@ pub fn redirect_router(site: &crate::config::Site, acme: Option<Router>) -> Rout
             .and_then(|h| h.to_str().ok())
             .and_then(|h| site.hosted_at(h))
             .map_or_else(|| site.origin.clone(), |s| s.origin.clone());
-        async move {
-            let pq = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into());
-            let target = format!("{}{pq}", origin.as_str());
-            let mut resp = StatusCode::PERMANENT_REDIRECT.into_response();
-            if let Ok(v) = HeaderValue::from_str(&target) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-            resp
-        }
+        std::future::ready(same_path_at(&origin, &req, StatusCode::PERMANENT_REDIRECT))
     };
     let base = acme.unwrap_or_default();
     base.fallback(redirect)
+}
+
+/// A redirect (`status`) to the request's path and query at `origin`.
+pub fn same_path_at(
+    origin: &PublicOrigin,
+    req: &Request,
+    status: StatusCode,
+) -> axum::response::Response {
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut resp = status.into_response();
+    if let Ok(v) = HeaderValue::from_str(&origin.join(pq)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 /// Adds HSTS to every answer of the https side.

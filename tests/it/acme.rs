@@ -171,6 +171,21 @@ async fn try_start_pebble(http_port: u16, tls_port: u16, address: &str) -> Resul
     ))
 }
 
+/// A client trusting only `root` that reaches `name` at `address`.
+fn trusting(
+    root: &reqwest::Certificate,
+    name: &str,
+    address: [u8; 4],
+    port: u16,
+) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([root.clone()])
+        .resolve(name, (address, port).into())
+        .build()
+        .unwrap()
+}
+
 /// A client trusting pebble's listener certificate.
 fn pebble_client(ca_pem: &str) -> reqwest::Client {
     reqwest::Client::builder()
@@ -540,12 +555,7 @@ async fn one_order_validated_at_the_replica_that_did_not_place_it(http01: bool, 
     if hosted {
         let root = pebble.issuing_root().await;
         for address in [[127, 0, 0, 2], [127, 0, 0, 3]] {
-            let doc: serde_json::Value = reqwest::Client::builder()
-                .no_proxy()
-                .tls_certs_only([root.clone()])
-                .resolve(FILES, (address, tls_port).into())
-                .build()
-                .unwrap()
+            let doc: serde_json::Value = trusting(&root, FILES, address, tls_port)
                 .get(format!(
                     "https://{FILES}:{tls_port}/.well-known/oauth-protected-resource"
                 ))
@@ -633,14 +643,7 @@ async fn a_certificate_for_the_tls_host_named_apart_from_the_external_url() {
     )
     .await;
     let root = pebble.issuing_root().await;
-    let client = |name: &str| {
-        reqwest::Client::builder()
-            .no_proxy()
-            .tls_certs_only([root.clone()])
-            .resolve(name, ([127, 0, 0, 1], tls_port).into())
-            .build()
-            .unwrap()
-    };
+    let client = |name: &str| trusting(&root, name, [127, 0, 0, 1], tls_port);
     let probe = |name: &str| format!("https://{name}:{tls_port}/healthz");
     let mut last = String::new();
     let mut issued = false;
@@ -692,14 +695,7 @@ async fn one_certificate_for_two_host_names(http01: bool) {
     )
     .await;
     let root = pebble.issuing_root().await;
-    let client = |name: &str| {
-        reqwest::Client::builder()
-            .no_proxy()
-            .tls_certs_only([root.clone()])
-            .resolve(name, ([127, 0, 0, 1], tls_port).into())
-            .build()
-            .unwrap()
-    };
+    let client = |name: &str| trusting(&root, name, [127, 0, 0, 1], tls_port);
     let prm = format!("https://{FILES}:{tls_port}/.well-known/oauth-protected-resource");
     let mut last = String::new();
     let mut doc = serde_json::Value::Null;

@@ -46,6 +46,21 @@ timeout = "20s"
     )
 }
 
+/// A proxy for the servers of the configuration file at `path`, whose password user is
+/// alice, with `more` flags.
+async fn start_as_alice(path: &str, more: &[&str]) -> TestProxy {
+    let mut args = vec![
+        "--password",
+        TEST_PASSWORD,
+        "--password-user",
+        "alice",
+        "--config",
+        path,
+    ];
+    args.extend(more);
+    start_proxy(&args).await
+}
+
 /// The server `name` of proxy `p` as a test reaches it.
 fn server(p: &TestProxy, name: &str) -> Target {
     let t = p.target();
@@ -63,6 +78,20 @@ fn auth_url_at(c: &OAuthClient, t: &Target, name: &str, changes: &[(&str, &str)]
     }
     c.auth_url(t, &changes)
         .replacen("/authorize?", &format!("/{name}/authorize?"), 1)
+}
+
+/// Signs in (or is signed in) with `browser` and approves, at `name`'s issuer; where the
+/// browser is finally sent.
+async fn approve_at(
+    browser: &Browser,
+    t: &Target,
+    c: &OAuthClient,
+    server: &Target,
+    name: &str,
+    changes: &[(&str, &str)],
+) -> url::Url {
+    let url = auth_url_at(c, server, name, changes);
+    browser.authorize(t, &url, TEST_PASSWORD, "approve").await
 }
 
 async fn token_at(t: &Target, name: &str, params: &[(String, String)]) -> reqwest::Response {
@@ -83,17 +112,21 @@ async fn error_of(resp: reqwest::Response) -> (StatusCode, String) {
     )
 }
 
-/// Opens a session at `url` with `token`; its id.
-async fn open(url: &str, token: &str) -> String {
-    let resp = client()
-        .post(url)
+/// `initialize` at `url` with `token`, through `http`.
+async fn initialize(http: &reqwest::Client, url: &str, token: &str) -> reqwest::Response {
+    http.post(url)
         .bearer_auth(token)
         .header(header::ACCEPT, "application/json, text/event-stream")
         .header(header::CONTENT_TYPE, "application/json")
         .body(init_body(1))
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Opens a session at `url` with `token`; its id.
+async fn open(url: &str, token: &str) -> String {
+    let resp = initialize(&client(), url, token).await;
     assert_eq!(resp.status(), StatusCode::OK, "initialize at {url}");
     resp.headers()["mcp-session-id"]
         .to_str()
@@ -129,17 +162,7 @@ async fn who_answers(url: &str, token: &str, sid: &str) -> String {
 async fn each_server_is_its_own_resource_with_its_own_issuer() {
     let upstream = start_upstream().await;
     let (_dir, path) = config_file(&three_servers(&upstream.url("/mcp"), ""));
-    let p = start_proxy(&[
-        "--password",
-        TEST_PASSWORD,
-        "--password-user",
-        "alice",
-        "--admin-users",
-        "password:alice",
-        "--config",
-        &path,
-    ])
-    .await;
+    let p = start_as_alice(&path, &["--admin-users", "password:alice"]).await;
     let (alpha, beta, web) = (server(&p, "alpha"), server(&p, "beta"), server(&p, "web"));
     let o = alpha.origin.clone();
 
@@ -188,14 +211,7 @@ async fn each_server_is_its_own_resource_with_its_own_issuer() {
     // A client that omits `resource` gets a token for the server whose issuer it used.
     let oc = OAuthClient::public(&alpha).await;
     let browser = Browser::new();
-    let back = browser
-        .authorize(
-            &alpha,
-            &auth_url_at(&oc, &alpha, "alpha", &[]),
-            TEST_PASSWORD,
-            "approve",
-        )
-        .await;
+    let back = approve_at(&browser, &alpha, &oc, &alpha, "alpha", &[]).await;
     assert_eq!(query(&back, "iss"), Some(format!("{o}/alpha")));
     let code = query(&back, "code").unwrap();
     // Redeemed at another server's token endpoint: refused, and the code still works.
@@ -222,14 +238,7 @@ async fn each_server_is_its_own_resource_with_its_own_issuer() {
         "alpha"
     );
     for other in ["beta", "web"] {
-        let resp = client()
-            .post(p.url(&format!("/{other}/mcp")))
-            .bearer_auth(access)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(init_body(1))
-            .send()
-            .await
-            .unwrap();
+        let resp = initialize(&client(), &p.url(&format!("/{other}/mcp")), access).await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{other}");
         let challenge = resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
         assert!(
@@ -241,14 +250,15 @@ async fn each_server_is_its_own_resource_with_its_own_issuer() {
     }
 
     // An issuer issues for its own server only.
-    let back = browser
-        .authorize(
-            &alpha,
-            &auth_url_at(&oc, &alpha, "alpha", &[("resource", &beta.resource)]),
-            TEST_PASSWORD,
-            "approve",
-        )
-        .await;
+    let back = approve_at(
+        &browser,
+        &alpha,
+        &oc,
+        &alpha,
+        "alpha",
+        &[("resource", &beta.resource)],
+    )
+    .await;
     assert_eq!(query(&back, "error").as_deref(), Some("invalid_target"));
     assert_eq!(query(&back, "iss"), Some(format!("{o}/alpha")));
 
@@ -313,14 +323,8 @@ async fn each_server_is_its_own_resource_with_its_own_issuer() {
         .json()
         .await
         .unwrap();
-    let resp = client()
-        .post(p.url("/web/mcp"))
-        .bearer_auth(tokens["access_token"].as_str().unwrap())
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(init_body(1))
-        .send()
-        .await
-        .unwrap();
+    let web_token = tokens["access_token"].as_str().unwrap();
+    let resp = initialize(&client(), &p.url("/web/mcp"), web_token).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let seen: Value = resp.json().await.unwrap();
     assert_eq!(seen["path"], "/mcp");
@@ -554,14 +558,7 @@ env = {{ WHO = "db" }}
     };
     let oc = OAuthClient::public(&main).await;
     let browser = Browser::new();
-    let back = browser
-        .authorize(
-            &main,
-            &auth_url_at(&oc, &files_target, "files", &[]),
-            TEST_PASSWORD,
-            "approve",
-        )
-        .await;
+    let back = approve_at(&browser, &main, &oc, &files_target, "files", &[]).await;
     assert_eq!(query(&back, "iss"), Some(format!("{o}/files")));
     let code = query(&back, "code").unwrap();
     let tokens: Value = token_at(&main, "files", &oc.code_params(&code, &[]))
@@ -570,15 +567,7 @@ env = {{ WHO = "db" }}
         .await
         .unwrap();
     let access = tokens["access_token"].as_str().unwrap();
-    let resp = files
-        .post(at_files("/mcp"))
-        .bearer_auth(access)
-        .header(header::ACCEPT, "application/json, text/event-stream")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(init_body(1))
-        .send()
-        .await
-        .unwrap();
+    let resp = initialize(&files, &at_files("/mcp"), access).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let sid = resp.headers()["mcp-session-id"]
         .to_str()
@@ -599,14 +588,7 @@ env = {{ WHO = "db" }}
         .await
         .unwrap();
     assert!(text.contains("\"text\":\"files\""), "{text}");
-    let resp = client()
-        .post(p.url("/db/mcp"))
-        .bearer_auth(access)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(init_body(1))
-        .send()
-        .await
-        .unwrap();
+    let resp = initialize(&client(), &p.url("/db/mcp"), access).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     // And the main host's own /mcp is nobody's.
     let resp = client()
@@ -625,15 +607,7 @@ env = {{ WHO = "db" }}
 async fn an_approval_for_one_server_is_no_approval_for_another() {
     let upstream = start_upstream().await;
     let (_dir, path) = config_file(&three_servers(&upstream.url("/mcp"), ""));
-    let p = start_proxy(&[
-        "--password",
-        TEST_PASSWORD,
-        "--password-user",
-        "alice",
-        "--config",
-        &path,
-    ])
-    .await;
+    let p = start_as_alice(&path, &[]).await;
     let (alpha, web) = (server(&p, "alpha"), server(&p, "web"));
     // Not a loopback redirect: its approval is remembered.
     let oc = OAuthClient::register(
@@ -642,14 +616,7 @@ async fn an_approval_for_one_server_is_no_approval_for_another() {
     )
     .await;
     let browser = Browser::new();
-    let back = browser
-        .authorize(
-            &alpha,
-            &auth_url_at(&oc, &alpha, "alpha", &[]),
-            TEST_PASSWORD,
-            "approve",
-        )
-        .await;
+    let back = approve_at(&browser, &alpha, &oc, &alpha, "alpha", &[]).await;
     assert!(query(&back, "code").is_some());
     // Again at alpha: remembered, straight back to the app.
     let resp = browser
