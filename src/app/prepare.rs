@@ -139,7 +139,7 @@ pub async fn prepare(
             } else {
                 tracing::info!(url = %site.resource, "MCP clients connect to {}", site.resource);
             }
-            let one = ServerSpec::of_command_line(&config.backend);
+            let one = ServerSpec::of_command_line(&config);
             server_backend(&config, &one, &site, &repo, &metrics)?
         }
         // `--config`: each server is served by its own state (below); the main one proxies
@@ -235,7 +235,7 @@ pub async fn prepare(
             )))
         })?;
         let served = site.serving(face);
-        let spec = ServerSpec::of_file(def);
+        let spec = ServerSpec::of_file(&config, def);
         let built = server_backend(&config, &spec, &served, &repo, &metrics)?;
         if let BackendState::NotReady(why) =
             readiness(built.backend.as_ref(), built.http.as_deref()).await
@@ -255,7 +255,7 @@ pub async fn prepare(
             None => shared_policy.clone(),
         };
         tracing::info!(server = %def.name, url = %served.resource, "MCP clients connect to {}", served.resource);
-        named.push((served, built, relay_of(policy)));
+        named.push((served, built, relay_of(policy), spec.upstream));
     }
     let tokens = Arc::new(TokenCache::new(TOKEN_CACHE_CAPACITY));
     let main_site = Arc::new(site.clone());
@@ -281,7 +281,7 @@ pub async fn prepare(
             Some(b) => vec![(None, b.clone())],
             None => named
                 .iter()
-                .filter_map(|(s, b, _)| Some((s.name.clone(), b.backend.clone()?)))
+                .filter_map(|(s, b, _, _)| Some((s.name.clone(), b.backend.clone()?)))
                 .collect(),
         },
         audit,
@@ -308,12 +308,13 @@ pub async fn prepare(
     };
     main.servers = named
         .into_iter()
-        .map(|(site, built, relay)| {
+        .map(|(site, built, relay, upstream)| {
             AppState::new(App {
                 site: Arc::new(site),
                 backend: built.backend,
                 http_backend: built.http,
                 relay,
+                upstream,
                 ..main.clone()
             })
         })
@@ -455,54 +456,32 @@ fn describe_backend(backend: &Backend) -> String {
     }
 }
 
-/// One MCP server to put behind the proxy: the command line's, or one of `--config`.
+/// One MCP server to put behind the proxy: the command line's, or one of `--config`, with
+/// the options in force for it.
 struct ServerSpec<'a> {
     /// Its name in `--config`; `None` for the command line's.
     name: Option<&'a str>,
     backend: &'a Backend,
-    /// Variables its stdio children get on top of `--stdio-env`.
-    env: &'a [(String, String)],
-    cwd: Option<&'a std::path::Path>,
-    shared: Option<bool>,
-    max_sessions: Option<usize>,
-    idle_timeout: Option<std::time::Duration>,
-    warm_spare: Option<bool>,
-    /// Its HTTP upstream's own headers, timeout and streaming rule.
-    headers: &'a [(http::HeaderName, http::HeaderValue)],
-    timeout: Option<std::time::Duration>,
-    streaming_only: Option<bool>,
+    upstream: config::UpstreamOptions,
+    stdio: config::StdioOptions,
 }
 
 impl<'a> ServerSpec<'a> {
-    fn of_command_line(backend: &'a Backend) -> Self {
+    fn of_command_line(config: &'a Config) -> Self {
         Self {
             name: None,
-            backend,
-            env: &[],
-            cwd: None,
-            shared: None,
-            max_sessions: None,
-            idle_timeout: None,
-            warm_spare: None,
-            headers: &[],
-            timeout: None,
-            streaming_only: None,
+            backend: &config.backend,
+            upstream: config.upstream_of(None),
+            stdio: config.stdio_of(None),
         }
     }
 
-    fn of_file(def: &'a config::ServerDef) -> Self {
+    fn of_file(config: &Config, def: &'a config::ServerDef) -> Self {
         Self {
             name: Some(&def.name),
             backend: &def.backend,
-            env: &def.env,
-            cwd: def.cwd.as_deref(),
-            shared: def.shared,
-            max_sessions: def.max_sessions,
-            idle_timeout: def.idle_timeout,
-            warm_spare: def.warm_spare,
-            headers: &def.headers,
-            timeout: def.timeout,
-            streaming_only: def.streaming_only,
+            upstream: config.upstream_of(Some(def)),
+            stdio: config.stdio_of(Some(def)),
         }
     }
 }
@@ -526,13 +505,7 @@ fn server_backend(
     match spec.backend {
         Backend::None => Ok(ServerBackend::default()),
         Backend::Http(url) => {
-            let mut upstream = config.upstream.clone();
-            for (name, value) in spec.headers {
-                upstream.headers.retain(|(n, _)| n != name);
-                upstream.headers.push((name.clone(), value.clone()));
-            }
-            upstream.response_timeout = spec.timeout.unwrap_or(upstream.response_timeout);
-            upstream.streaming_only = spec.streaming_only.unwrap_or(upstream.streaming_only);
+            let upstream = spec.upstream.clone();
             let http = Arc::new(HttpBackend::new(
                 url.clone(),
                 upstream,
@@ -555,8 +528,7 @@ fn server_backend(
     }
 }
 
-/// The stdio bridge for `program args`, with the shared `--stdio-*` options and what
-/// `spec` says of its own.
+/// The stdio bridge for `program args`, with the options in force for `spec`.
 fn stdio_backend(
     config: &Config,
     spec: &ServerSpec<'_>,
@@ -566,7 +538,8 @@ fn stdio_backend(
     metrics: &metrics::Metrics,
 ) -> Result<StdioBackend, RunError> {
     use backend::stdio::placement;
-    let run_as = config.stdio.run_as.as_ref();
+    let opts = &spec.stdio;
+    let run_as = opts.run_as.as_ref();
     if let Some(user) = run_as {
         // Closed to the children's user whatever mode it was created with.
         use std::os::unix::fs::PermissionsExt;
@@ -580,14 +553,12 @@ fn stdio_backend(
         extra_env.push(("USER".to_string(), user.name.clone()));
         extra_env.push(("LOGNAME".to_string(), user.name.clone()));
     }
-    extra_env.extend(config.stdio.env.iter().cloned());
-    extra_env.extend(spec.env.iter().cloned());
-    let cwd = spec.cwd.or(config.stdio.cwd.as_deref());
-    let child = match cwd {
+    extra_env.extend(opts.env.iter().cloned());
+    let child = match &opts.cwd {
         Some(cwd) => ChildSpec {
             program: program.to_string(),
             args: args.to_vec(),
-            cwd: Some(cwd.to_path_buf()),
+            cwd: Some(cwd.clone()),
             ..ChildSpec::default()
         },
         None => {
@@ -610,41 +581,35 @@ fn stdio_backend(
     let child = ChildSpec {
         run_as: run_as.map(|u| (u.uid, u.gid)),
         extra_env,
-        clean_env: config.stdio.clean_env,
-        pass_env: config.stdio.pass_env.clone(),
+        clean_env: opts.clean_env,
+        pass_env: opts.pass_env.clone(),
         ..child
     };
     let (_, withheld) = environment(&child, std::env::vars());
-    let shared = spec.shared.unwrap_or(config.stdio.shared);
-    let mode = if shared {
+    let mode = if opts.shared {
         "one child shared by all sessions"
     } else {
         "one child per session"
     };
-    let mut max_sessions = config.stdio.max_sessions;
-    if let Some(total) = spec.max_sessions {
-        max_sessions.total = total;
-        max_sessions.per_user = max_sessions.per_user.min(total);
-    }
-    tracing::info!(server = spec.name.unwrap_or_default(), command = %program, max_sessions = max_sessions.total, "bridging a stdio MCP server ({mode})");
+    tracing::info!(server = spec.name.unwrap_or_default(), command = %program, max_sessions = opts.max_sessions.total, "bridging a stdio MCP server ({mode})");
     if !withheld.is_empty() {
         tracing::info!(withheld = %withheld.join(","), "the stdio server does not see these variables of the proxy");
     }
     Ok(StdioBackend::new(
         child,
-        max_sessions,
-        spec.idle_timeout.unwrap_or(config.stdio.idle_timeout),
-        spec.warm_spare.unwrap_or(config.stdio.warm_spare),
-        shared,
+        opts.max_sessions,
+        opts.idle_timeout,
+        opts.warm_spare,
+        opts.shared,
         backend::identity::IdentityEnv {
-            vars: config.stdio.identity_env.clone(),
-            qualified_user: config.upstream.identity.qualified_user,
+            vars: opts.identity_env.clone(),
+            qualified_user: spec.upstream.identity.qualified_user,
         },
         metrics.children.clone(),
     )
     .naming_replica(config.replica_id.as_deref())
     .holding_calls(repo.keys().sealer.clone())
-    .with_cache_ttl(u64::try_from(config.stdio.cache_ttl.as_millis()).unwrap_or(u64::MAX)))
+    .with_cache_ttl(u64::try_from(opts.cache_ttl.as_millis()).unwrap_or(u64::MAX)))
 }
 
 /// The same checks as /readyz, once at startup: a dead backend is said now, not found out

@@ -493,6 +493,52 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What the upstream of `server` (a server of `--config`; `None`: the command line's)
+    /// is sent and how it is waited for: the shared options, with the server's own in place.
+    pub fn upstream_of(&self, server: Option<&ServerDef>) -> UpstreamOptions {
+        let mut u = self.upstream.clone();
+        let Some(d) = server else { return u };
+        for (name, value) in &d.headers {
+            u.headers.retain(|(n, _)| n != name);
+            u.headers.push((name.clone(), value.clone()));
+        }
+        u.response_timeout = d.timeout.unwrap_or(u.response_timeout);
+        u.connect_timeout = d.connect_timeout.unwrap_or(u.connect_timeout);
+        u.streaming_only = d.streaming_only.unwrap_or(u.streaming_only);
+        if let Some(mapping) = &d.header_mapping {
+            u.mapping = mapping.clone();
+        }
+        u.pass_access_token = d.pass_access_token.unwrap_or(u.pass_access_token);
+        u
+    }
+
+    /// How the children of `server` run: the shared `--stdio-*` options, with the server's
+    /// own in place (its `env` after `--stdio-env`).
+    pub fn stdio_of(&self, server: Option<&ServerDef>) -> StdioOptions {
+        let mut s = self.stdio.clone();
+        let Some(d) = server else { return s };
+        s.env.extend(d.env.iter().cloned());
+        if let Some(cwd) = &d.cwd {
+            s.cwd = Some(cwd.clone());
+        }
+        s.shared = d.shared.unwrap_or(s.shared);
+        if let Some(total) = d.max_sessions {
+            s.max_sessions.total = total;
+        }
+        let per_user = d.max_sessions_per_user.unwrap_or(s.max_sessions.per_user);
+        s.max_sessions.per_user = per_user.min(s.max_sessions.total);
+        s.idle_timeout = d.idle_timeout.unwrap_or(s.idle_timeout);
+        s.warm_spare = d.warm_spare.unwrap_or(s.warm_spare);
+        if let Some(pass) = &d.pass_env {
+            s.pass_env = pass.clone();
+        }
+        s.clean_env = d.clean_env.unwrap_or(s.clean_env);
+        s.cache_ttl = d.cache_ttl.unwrap_or(s.cache_ttl);
+        s
+    }
+}
+
 /// The public face of a running proxy, fixed once the listener is bound: its origin and
 /// one MCP server's resource. Each server behind the proxy is served with a `Site` of its
 /// own ([`Site::serving`]); all of them share the origin and the catalog of servers.
@@ -954,6 +1000,85 @@ mod tests {
         );
         assert!(parse_duration("f", "1y").is_err());
         assert!(parse_duration("f", "").is_err());
+    }
+
+    #[test]
+    fn a_servers_own_options_replace_the_shared_ones_for_it_only() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "mcp-auth-proxy",
+            "--password",
+            "a long enough password",
+            "--proxy-headers",
+            "X-Team: all, X-Key: shared",
+            "--upstream-timeout",
+            "30s",
+            "--max-sessions",
+            "10",
+            "--stdio-env",
+            "LEVEL=info",
+        ])
+        .unwrap();
+        let config = Config::from_cli(cli).unwrap();
+        let defs = servers::parse(
+            r#"
+            [[server]]
+            name = "web"
+            url = "http://127.0.0.1:8080/mcp"
+            headers = { "X-Key" = "own" }
+            timeout = "5s"
+            connect_timeout = "2s"
+            streaming_only = true
+            pass_access_token = true
+            [[server]]
+            name = "files"
+            command = ["node", "files.js"]
+            env = { ROOT = "/srv" }
+            max_sessions = 4
+            max_sessions_per_user = 9
+            clean_env = true
+            pass_env = ["PATH"]
+            cache_ttl = "1m"
+            "#,
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        let (web, files) = (&defs.servers[0], &defs.servers[1]);
+        let u = config.upstream_of(Some(web));
+        let header = |name: &str| {
+            u.headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(header("x-key"), ["own"]);
+        assert_eq!(header("x-team"), ["all"]);
+        assert_eq!(u.response_timeout, Duration::from_secs(5));
+        assert_eq!(u.connect_timeout, Duration::from_secs(2));
+        assert!(u.streaming_only && u.pass_access_token);
+        let shared = config.upstream_of(None);
+        assert_eq!(shared.response_timeout, Duration::from_secs(30));
+        assert!(!shared.streaming_only && !shared.pass_access_token);
+
+        let s = config.stdio_of(Some(files));
+        assert_eq!(
+            s.env,
+            [
+                ("LEVEL".to_string(), "info".to_string()),
+                ("ROOT".into(), "/srv".into())
+            ]
+        );
+        assert_eq!((s.max_sessions.total, s.max_sessions.per_user), (4, 4));
+        assert!(s.clean_env);
+        assert_eq!(s.pass_env, ["PATH"]);
+        assert_eq!(s.cache_ttl, Duration::from_secs(60));
+        let shared = config.stdio_of(None);
+        assert_eq!(
+            (shared.max_sessions.total, shared.max_sessions.per_user),
+            (10, 5)
+        );
+        assert!(!shared.clean_env);
     }
 
     #[test]

@@ -48,6 +48,20 @@ pub struct ServerDef {
     pub timeout: Option<Duration>,
     /// Its own `--http-streaming-only`.
     pub streaming_only: Option<bool>,
+    /// Its own `--upstream-connect-timeout`.
+    pub connect_timeout: Option<Duration>,
+    /// Its own `--header-mapping`.
+    pub header_mapping: Option<Vec<(String, http::HeaderName)>>,
+    /// Its own `--pass-access-token`.
+    pub pass_access_token: Option<bool>,
+    /// Its own `--stdio-pass-env`.
+    pub pass_env: Option<Vec<String>>,
+    /// Its own `--stdio-clean-env`.
+    pub clean_env: Option<bool>,
+    /// Its own `--max-sessions-per-user`.
+    pub max_sessions_per_user: Option<usize>,
+    /// Its own `--stdio-cache-ttl`.
+    pub cache_ttl: Option<Duration>,
     /// Who may use it, on top of who may sign in at all (empty: everyone who may sign in).
     pub admits: Admission,
     /// Its own `--policy-file` (else the shared one, if any).
@@ -157,6 +171,13 @@ struct RawServer {
     headers: std::collections::BTreeMap<String, String>,
     timeout: Option<String>,
     streaming_only: Option<bool>,
+    connect_timeout: Option<String>,
+    header_mapping: Option<String>,
+    pass_access_token: Option<bool>,
+    pass_env: Option<Vec<String>>,
+    clean_env: Option<bool>,
+    max_sessions_per_user: Option<usize>,
+    cache_ttl: Option<String>,
     #[serde(default)]
     users: Vec<String>,
     policy_file: Option<PathBuf>,
@@ -280,17 +301,40 @@ pub fn parse(text: &str, base: &Path) -> Result<ServerDefs, ConfigError> {
             || raw.mode.is_some()
             || raw.max_sessions.is_some()
             || raw.idle_timeout.is_some()
-            || raw.warm_spare.is_some();
+            || raw.warm_spare.is_some()
+            || raw.pass_env.is_some()
+            || raw.clean_env.is_some()
+            || raw.max_sessions_per_user.is_some()
+            || raw.cache_ttl.is_some();
         if stdio_only && !stdio {
             return Err(bad(format!(
-                "server {name:?}: env, cwd, mode, max_sessions, idle_timeout and warm_spare are for a stdio server (command)"
+                "server {name:?}: env, cwd, mode, max_sessions, max_sessions_per_user, idle_timeout, warm_spare, pass_env, clean_env and cache_ttl are for a stdio server (command)"
             )));
         }
-        let http_only =
-            !raw.headers.is_empty() || raw.timeout.is_some() || raw.streaming_only.is_some();
+        let http_only = !raw.headers.is_empty()
+            || raw.timeout.is_some()
+            || raw.streaming_only.is_some()
+            || raw.connect_timeout.is_some()
+            || raw.header_mapping.is_some();
         if http_only && stdio {
             return Err(bad(format!(
-                "server {name:?}: headers, timeout and streaming_only are for an HTTP server (url)"
+                "server {name:?}: headers, timeout, connect_timeout, streaming_only and header_mapping are for an HTTP server (url)"
+            )));
+        }
+        let duration = |key: &str, v: Option<String>| {
+            v.map(|t| parse_duration(&format!("server {name:?}: {key}"), &t))
+                .transpose()
+        };
+        let connect_timeout = duration("connect_timeout", raw.connect_timeout)?;
+        let cache_ttl = duration("cache_ttl", raw.cache_ttl)?;
+        let header_mapping = raw
+            .header_mapping
+            .as_deref()
+            .map(super::parse_header_mapping)
+            .transpose()?;
+        if raw.pass_env.as_ref().is_some_and(|l| l.len() > MAX_ENTRIES) {
+            return Err(bad(format!(
+                "server {name:?}: pass_env names more than {MAX_ENTRIES} variables"
             )));
         }
         if raw.headers.len() > MAX_ENTRIES {
@@ -367,6 +411,13 @@ pub fn parse(text: &str, base: &Path) -> Result<ServerDefs, ConfigError> {
             headers,
             timeout,
             streaming_only: raw.streaming_only,
+            connect_timeout,
+            header_mapping,
+            pass_access_token: raw.pass_access_token,
+            pass_env: raw.pass_env,
+            clean_env: raw.clean_env,
+            max_sessions_per_user: raw.max_sessions_per_user,
+            cache_ttl,
             host,
             name,
         });
