@@ -27,6 +27,12 @@ pub enum Audience {
 }
 
 impl Audience {
+    /// Who reads `path` on `site`: a server of `--config`'s own endpoints
+    /// (`/<name>/token`, `/<name>/authorize`) are read as the proxy's are.
+    pub fn at(site: &Site, path: &str) -> Self {
+        Self::of(site.server_at(path).map_or(path, |(_, local)| local))
+    }
+
     pub fn of(path: &str) -> Self {
         if matches!(
             path,
@@ -50,7 +56,7 @@ impl Audience {
 fn refused(site: &Site, path: &str, status: StatusCode, message: &str) -> Response {
     use crate::error::{OAuthError, OAuthErrorCode};
     use axum::response::IntoResponse;
-    match Audience::of(path) {
+    match Audience::at(site, path) {
         Audience::OAuthClient => {
             OAuthError::new(status, OAuthErrorCode::InvalidRequest, message).into_response()
         }
@@ -89,7 +95,7 @@ pub fn refusal(site: &Site, peer: IpAddr, req: &Request) -> Option<Response> {
     if let Some(origin) = req.headers().get(header::ORIGIN)
         // Browsers reach our own endpoints by navigation and form posts, which carry their
         // own checks (CSRF, Origin on POST); this rule is for fetches of metadata and MCP.
-        && Audience::of(req.uri().path()) == Audience::McpClient
+        && Audience::at(site, req.uri().path()) == Audience::McpClient
         && !origin.to_str().is_ok_and(|o| origin_allowed(site, o))
     {
         return Some(jsonrpc_error(

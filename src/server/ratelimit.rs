@@ -93,7 +93,8 @@ pub fn refusal(app: &AppState, ip: std::net::IpAddr, path: &str) -> Option<Respo
     let secs = limiter.check(ip).err()?;
     app.metrics().client("rate_limited");
     tracing::info!(client_ip = %ip, path, retry_after = secs, "rate limited");
-    let mut resp = if super::guard::Audience::of(path) == super::guard::Audience::Person {
+    let mut resp = if super::guard::Audience::at(app.site(), path) == super::guard::Audience::Person
+    {
         crate::web::pages::error_page(
             &app.site().origin.host(),
             StatusCode::TOO_MANY_REQUESTS,

@@ -262,6 +262,24 @@ async fn each_server_is_its_own_resource_with_its_own_issuer() {
     assert_eq!(query(&back, "error").as_deref(), Some("invalid_target"));
     assert_eq!(query(&back, "iss"), Some(format!("{o}/alpha")));
 
+    // A browser-based client's token request carries its Origin: a server's own token
+    // endpoint is the authorization server's, not an MCP endpoint the Origin rule guards.
+    let resp = client()
+        .post(p.url("/alpha/token"))
+        .header(header::ORIGIN, "https://inspector.example")
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "nope"),
+            ("client_id", oc.id.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(resp).await,
+        (StatusCode::BAD_REQUEST, "invalid_grant".into())
+    );
+
     // Refreshed at its own issuer only.
     let refresh_token = tokens["refresh_token"].as_str().unwrap();
     let params = vec![
