@@ -13,7 +13,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 
 // The SDK's requests to the server routed by host name: that name resolves to loopback here
-// (an undici Agent, a dependency of the lockfile, as the dispatcher of Node's fetch).
+// (an undici Agent, pinned in package.json, as the dispatcher of Node's fetch).
 import { Agent } from 'undici';
 
 import { launchChromium, pkce, registerClient, shoot, startCallback, VIEWPORTS } from './chromium.mjs';
