@@ -27,7 +27,7 @@ mod upstream;
 pub use auth::*;
 pub use origin::*;
 pub use providers::*;
-pub use servers::{Admission, MAX_SERVERS, ServerDef, ServerDefs};
+pub use servers::{Admission, ServerDef, ServerDefs};
 pub use stdio::*;
 pub use tls::*;
 pub use upstream::*;
@@ -657,14 +657,6 @@ impl Site {
         self.catalog
             .iter()
             .find(|s| s.name.as_deref() == Some(name))
-    }
-
-    /// The server a client's `resource` parameter names (RFC 8707, compared as
-    /// [`crate::config::resource_matches`] does).
-    pub fn server_named_by(&self, given: &str) -> Option<&ServerFace> {
-        self.catalog
-            .iter()
-            .find(|s| resource_matches(&s.resource, given))
     }
 
     /// The issuer of tokens for `resource`; the site's own for a resource it does not know.

@@ -17,7 +17,7 @@ use crate::store::Identity;
 /// Largest configuration file read; a server list is a few hundred bytes each.
 const MAX_FILE_BYTES: u64 = 1 << 20;
 /// Most servers one proxy routes: each holds a backend, children and routes.
-pub const MAX_SERVERS: usize = 64;
+const MAX_SERVERS: usize = 64;
 /// Most entries in one server's allow-list, and in its environment.
 const MAX_ENTRIES: usize = 1000;
 
