@@ -327,9 +327,13 @@ fn hosted_routes(server: AppState, main: &AppState) -> Router {
         .route("/", axum::routing::any(to_main.clone()))
         .route("/authorize", axum::routing::any(to_main.clone()))
         .route("/.auth/{*rest}", axum::routing::any(to_main));
-    let own = resource_routes(server.clone())
-        .route(RESOURCE_METADATA_PATH, get(protected_resource))
-        .with_state(server);
+    let mut own =
+        resource_routes(server.clone()).route(RESOURCE_METADATA_PATH, get(protected_resource));
+    if let Some(path) = &main.forward_auth_path {
+        // A front proxy that forwards this host (`X-Forwarded-Host`) asks here.
+        own = own.route(path, axum::routing::any(forward_auth));
+    }
+    let own = own.with_state(server);
     people
         .merge(own)
         .merge(health::routes(main.clone()).with_state(main.clone()))
@@ -509,19 +513,41 @@ async fn forward_auth(
         }),
         _ => None,
     };
-    let caller = crate::gate::authenticate(app.gate(), &headers, None, target).await?;
+    // With `--config`, the server the front proxy names (by the path, or by the host it
+    // forwards) decides whose tokens pass; believed, like the rest, only from a trusted proxy.
+    let server = target
+        .and_then(|t| named_server(&app, t.path, one("x-forwarded-host")))
+        .unwrap_or(&app);
+    let gate = crate::gate::GateParts {
+        site: server.site(),
+        repo: app.repo(),
+        tokens: app.tokens(),
+    };
+    let caller = crate::gate::authenticate(gate, &headers, None, target).await?;
     if trusted {
         tracing::debug!(uri = uri.unwrap_or_default(), "forward-auth: allowed");
     }
     let mut resp = StatusCode::OK.into_response();
     if let Some(id) = caller.identity() {
-        crate::backend::identity::insert(&app.upstream, resp.headers_mut(), id);
+        crate::backend::identity::insert(&server.upstream, resp.headers_mut(), id);
     }
     resp.headers_mut().insert(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
     Ok(resp)
+}
+
+/// The state of the server of `--config` at `path` on the main host, or routed by `host`.
+fn named_server<'a>(app: &'a App, path: &str, host: Option<&str>) -> Option<&'a App> {
+    let face = match host.and_then(|h| app.site().hosted_at(h)) {
+        Some(hosted) => hosted,
+        None => app.site().server_at(path)?.0,
+    };
+    app.servers
+        .iter()
+        .map(|s| &*s.0)
+        .find(|s| s.site.name == face.name)
 }
 
 /// `/`: a page for a person whose browser opened the address (a navigation asking for HTML,

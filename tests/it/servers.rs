@@ -662,3 +662,64 @@ async fn an_approval_for_one_server_is_no_approval_for_another() {
     assert!(page.contains("to use the MCP server “web”"), "{page}");
     p.stop().await;
 }
+
+/// Forward-auth with several servers: the server the front proxy names (by the path it
+/// forwards, or the host) decides whose tokens pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_checks_the_token_against_the_server_the_front_proxy_names() {
+    let (_dir, path) = config_file(&format!(
+        r#"
+[[server]]
+name = "alpha"
+command = ["node", "{FIXTURE}"]
+
+[[server]]
+name = "files"
+host = "files.example.test"
+command = ["node", "{FIXTURE}"]
+"#
+    ));
+    let p = start_proxy(&[
+        "--config",
+        &path,
+        "--forward-auth-path",
+        "/authenticate",
+        "--trusted-proxies",
+        "127.0.0.1",
+    ])
+    .await;
+    let o = p.target().origin;
+    let port = o.rsplit(':').next().unwrap().to_string();
+    let token_for = |resource: String| {
+        let repo = p.repo().clone();
+        async move { crate::helpers::mint(&repo, &resource, crate::helpers::Mint::default()).await }
+    };
+    let alpha = token_for(format!("{o}/alpha/mcp")).await;
+    let files = token_for(format!("http://files.example.test:{port}/mcp")).await;
+    let check = async |token: &str, uri: &str, host: Option<&str>| {
+        let mut req = client()
+            .get(p.url("/authenticate"))
+            .bearer_auth(token)
+            .header("x-forwarded-method", "POST")
+            .header("x-forwarded-uri", uri);
+        if let Some(h) = host {
+            req = req.header("x-forwarded-host", h);
+        }
+        req.send().await.unwrap().status()
+    };
+    let files_host = format!("files.example.test:{port}");
+    assert_eq!(check(&alpha, "/alpha/mcp", None).await, StatusCode::OK);
+    assert_eq!(
+        check(&alpha, "/mcp", Some(&files_host)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        check(&files, "/mcp", Some(&files_host)).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        check(&files, "/alpha/mcp", None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    p.stop().await;
+}
