@@ -7,7 +7,6 @@ use super::{EnvSecrets, Prepared, RunError, TOKEN_CACHE_CAPACITY, TlsSetup, bind
 use crate::backend::http::HttpBackend;
 use crate::backend::stdio::bridge::StdioBackend;
 use crate::backend::stdio::child::{ChildSpec, environment};
-use crate::banner::BackendState;
 use crate::clock::Clock;
 use crate::config::{Backend, Config};
 use crate::gate::TokenCache;
@@ -147,7 +146,7 @@ pub async fn prepare(
         Some(_) => ServerBackend::default(),
     };
     let (backend, http_backend) = (served.backend, served.http);
-    let backend_state = readiness(backend.as_ref(), http_backend.as_deref()).await;
+    let backend_state = readiness(None, backend.as_ref(), http_backend.as_deref()).await;
     if http_backend.is_none() && config.servers.is_none() && matches!(config.backend, Backend::None)
     {
         tracing::info!(
@@ -237,11 +236,12 @@ pub async fn prepare(
         let served = site.serving(face);
         let spec = ServerSpec::of_file(&config, def);
         let built = server_backend(&config, &spec, &served, &repo, &metrics)?;
-        if let BackendState::NotReady(why) =
-            readiness(built.backend.as_ref(), built.http.as_deref()).await
-        {
-            tracing::warn!(server = %def.name, why, "this server is not ready yet");
-        }
+        readiness(
+            Some(&def.name),
+            built.backend.as_ref(),
+            built.http.as_deref(),
+        )
+        .await;
         let policy = match &def.policy_file {
             Some(path) => {
                 let own = load_policy(Some(path))?;
@@ -615,6 +615,7 @@ fn stdio_backend(
 /// The same checks as /readyz, once at startup: a dead backend is said now, not found out
 /// after someone signed in.
 async fn readiness(
+    server: Option<&str>,
     backend: Option<&Arc<dyn backend::Backend>>,
     http: Option<&HttpBackend>,
 ) -> banner::BackendState {
@@ -626,10 +627,14 @@ async fn readiness(
         Some(why) => {
             match http {
                 Some(h) => {
-                    tracing::warn!(backend = %h.base(), why, "the HTTP MCP server does not answer yet; requests get 502 until it does")
+                    tracing::warn!(server = server.unwrap_or_default(), backend = %h.base(), why, "the HTTP MCP server does not answer yet; requests get 502 until it does")
                 }
                 None => {
-                    tracing::warn!(why, "the stdio MCP server cannot be started as configured")
+                    tracing::warn!(
+                        server = server.unwrap_or_default(),
+                        why,
+                        "the stdio MCP server cannot be started as configured"
+                    )
                 }
             }
             banner::BackendState::NotReady(why)

@@ -101,6 +101,14 @@ impl App {
     pub fn every_server(&self) -> impl Iterator<Item = &App> {
         std::iter::once(self).chain(self.servers.iter().map(|s| &*s.0))
     }
+    /// The state of `server` among the servers of `--config`, and its place there.
+    fn state_of(&self, server: &crate::config::ServerFace) -> Option<(usize, &App)> {
+        self.servers
+            .iter()
+            .map(|s| &*s.0)
+            .enumerate()
+            .find(|(_, s)| s.site.name == server.name)
+    }
     /// Every MCP server behind the proxy, with its name in `--config`.
     pub fn backends(&self) -> impl Iterator<Item = (Option<&str>, &Arc<dyn Backend>)> {
         self.every_server()
@@ -259,14 +267,16 @@ pub fn router(state: AppState) -> Router {
         .merge(authorization_server)
         .merge(guarded)
         .merge(health::routes(state.clone()));
+    // By the server's place in `state.servers`: the routes of its own host, if it has one.
     let mut hosted = Vec::new();
     for server in &state.servers {
         // Every server's issuer lives on the main host, where people sign in.
         main = main.merge(issuer_routes(server.clone(), limited()));
         if server.site().server().is_some_and(|s| s.host.is_some()) {
-            hosted.push(hosted_routes(server.clone(), &state));
+            hosted.push(Some(hosted_routes(server.clone(), &state)));
         } else {
             main = main.merge(resource_routes(server.clone()));
+            hosted.push(None);
         }
     }
     let main = main.with_state(state.clone());
@@ -274,7 +284,11 @@ pub fn router(state: AppState) -> Router {
     // which (the Host rule lives there) and said so in `HostedAt`.
     let dispatch = tower::service_fn(move |req: Request| {
         let routes = match req.extensions().get::<HostedAt>() {
-            Some(HostedAt(i)) => hosted.get(*i).unwrap_or(&main).clone(),
+            Some(HostedAt(i)) => hosted
+                .get(*i)
+                .and_then(Option::as_ref)
+                .unwrap_or(&main)
+                .clone(),
             None => main.clone(),
         };
         tower::ServiceExt::oneshot(routes, req)
@@ -285,8 +299,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Which of the servers routed by host name (by its place in [`App::servers`]) a request
-/// is for.
+/// Which server routed by host name (by its place in [`App::servers`]) a request is for.
 #[derive(Clone, Copy)]
 struct HostedAt(usize);
 
@@ -448,8 +461,8 @@ async fn front(
     resp
 }
 
-/// The server routed by the host the request names, if any: where its routes are among the
-/// hosted ones (as [`router`] builds them), and the server.
+/// The server routed by the host the request names, if any: its place in [`App::servers`],
+/// and the server.
 fn hosted_server<'a>(
     app: &'a App,
     peer: std::net::IpAddr,
@@ -461,11 +474,7 @@ fn hosted_server<'a>(
     let trusted = crate::client_addr::is_trusted(&app.site().trusted_proxies, peer);
     let authority = crate::request_head::requested_authority(req.headers(), req.uri(), trusted)?;
     let face = app.site().hosted_at(&authority)?;
-    let at = app
-        .servers
-        .iter()
-        .filter(|s| s.site().server().is_some_and(|s| s.host.is_some()))
-        .position(|s| s.site().name == face.name)?;
+    let (at, _) = app.state_of(face)?;
     Some((HostedAt(at), face))
 }
 
@@ -544,10 +553,7 @@ fn named_server<'a>(app: &'a App, path: &str, host: Option<&str>) -> Option<&'a 
         Some(hosted) => hosted,
         None => app.site().server_at(path)?.0,
     };
-    app.servers
-        .iter()
-        .map(|s| &*s.0)
-        .find(|s| s.site.name == face.name)
+    app.state_of(face).map(|(_, state)| state)
 }
 
 /// `/`: a page for a person whose browser opened the address (a navigation asking for HTML,
