@@ -561,7 +561,10 @@ impl Binary {
                 }
                 before.push(line);
             }
-            panic!("the binary exited before listening");
+            panic!(
+                "the binary exited before listening; it said:\n{}",
+                before.join("\n")
+            );
         })
         .await
         .expect("the binary did not start listening within 20 s");
