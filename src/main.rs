@@ -4,15 +4,13 @@ use clap::Parser;
 
 use mcp_auth_proxy::cli::Cli;
 use mcp_auth_proxy::config::Config;
-use mcp_auth_proxy::{EnvSecrets, run};
+use mcp_auth_proxy::{EnvSecrets, log_writer, run};
 
-/// Logging to stderr through a writer thread, so a request never waits for the terminal or
-/// the log collector; nothing is dropped (a full buffer applies backpressure). The thread
-/// writes what has queued up in one write and flushes whenever the queue is empty, so a
-/// line is out as soon as the thread is idle and a burst costs one syscall, not one per
-/// line (measured against nginx's access log in bench/run.sh). The guard flushes what is
-/// left when it is dropped.
-fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
+/// Logging to stderr through a writer thread ([`log_writer`]), so a request never waits for
+/// the terminal or the log collector and a burst of lines costs one write; nothing is
+/// dropped (past a limit a writer waits for room). The guard writes what is left when it is
+/// dropped.
+fn init_tracing() -> std::io::Result<log_writer::Guard> {
     use tracing_subscriber::EnvFilter;
     // sled's own records (page cache, flushes) drown everything at debug: at warn unless
     // RUST_LOG names sled itself.
@@ -25,15 +23,7 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     let filter =
         EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info,sled=warn"));
     let human = std::env::var("MODE").is_ok_and(|m| m.eq_ignore_ascii_case("debug"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        // 16k lines of slack (the default 128k preallocates several MB).
-        .buffered_lines_limit(16 * 1024)
-        .thread_name("mcp-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    let (writer, guard) = log_writer::spawn(std::io::stderr())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
@@ -48,7 +38,7 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
             .with_current_span(false)
             .init();
     }
-    guard
+    Ok(guard)
 }
 
 async fn shutdown_signal() {
@@ -159,7 +149,13 @@ async fn main() -> std::process::ExitCode {
     // config without this gets the same one.)
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
-    let log = init_tracing();
+    let log = match init_tracing() {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("mcp-auth-proxy: the log's writer thread did not start: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let config = match Config::from_cli(cli) {
         Ok(c) => c,
         Err(e) => {

@@ -36,7 +36,7 @@ const LAYERS: &[&[&str]] = &[
         "worker",
     ],
     &["store"],
-    &["clock"],
+    &["clock", "log_writer"],
 ];
 
 /// The layer of a top-level module (0 is the top).
