@@ -56,8 +56,10 @@ impl SledStore {
             .create(data_dir)
             .map_err(cannot("create data directory", data_dir))?;
         let lock = take_lock(&data_dir.join("LOCK"))?;
+        let store_dir = data_dir.join("store");
+        discard_unfinished_snapshots(&store_dir)?;
         let db = sled::Config::new()
-            .path(data_dir.join("store"))
+            .path(&store_dir)
             .mode(sled::Mode::HighThroughput)
             .cache_capacity(CACHE_BYTES)
             .open()
@@ -82,6 +84,35 @@ impl SledStore {
         // default tree is an unreachable fallback that keeps this panic-free.
         self.trees.get(table as usize).unwrap_or(&self.db)
     }
+}
+
+/// Removes the snapshots sled began and never finished (`snap.<lsn>.generating`).
+///
+/// sled writes a snapshot of its page table while it opens, to `snap.<lsn>.generating`, and
+/// renames it to `snap.<lsn>` once it is complete and synced. A process killed in between
+/// leaves the unfinished file, and sled 0.34 then reads it as the newest snapshot, finds
+/// its checksum wrong and refuses to open ("Read corrupted data"): one `kill -9` at the
+/// wrong moment of a start, and the store would not open again. The file is by sled's own
+/// protocol incomplete and nothing refers to it, and the store is not open (the caller
+/// holds the lock), so it is removed and sled opens from the last finished snapshot and its
+/// log, as it does after any crash. (sled's issues #1527 and #1533 describe the same.)
+fn discard_unfinished_snapshots(store_dir: &Path) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(store_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(cannot("read the store directory", store_dir)(e)),
+    };
+    for entry in entries {
+        let path = entry
+            .map_err(cannot("read the store directory", store_dir))?
+            .path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %path.display(), "removing a snapshot the store began and never finished (the process was stopped while it opened the store)");
+            std::fs::remove_file(&path).map_err(cannot("remove", &path))?;
+        }
+    }
+    Ok(())
 }
 
 fn take_lock(path: &PathBuf) -> Result<File, StoreError> {
@@ -209,6 +240,33 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_snapshot_left_unfinished_by_a_kill_does_not_keep_the_store_from_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = Entry {
+            expires_at: None,
+            value: b"kept".to_vec(),
+        };
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store
+                .put(Table::Clients, b"k", record.clone())
+                .await
+                .unwrap();
+            store.flush().await.unwrap();
+        }
+        // What a process killed while sled wrote its snapshot leaves: the file before its
+        // rename, newer than any finished one, its checksum wrong.
+        let unfinished = dir
+            .path()
+            .join("store")
+            .join("snap.7FFFFFFFFFFFFFFF.generating");
+        std::fs::write(&unfinished, [0x5a; 100]).unwrap();
+        let store = SledStore::open(dir.path()).expect("the store opens");
+        assert_eq!(store.get(Table::Clients, b"k").await.unwrap(), Some(record));
+        assert!(!unfinished.exists());
+    }
 
     #[test]
     fn entry_round_trip() {
