@@ -33,7 +33,8 @@ impl Clock {
     pub fn now(&self) -> UnixTime {
         match &self.manual {
             Some(t) => t.load(Ordering::Relaxed),
-            // The one place that reads the wall clock.
+            // The one place that reads the wall clock (but for the log's own time stamps,
+            // src/log_line.rs).
             #[allow(clippy::disallowed_methods)]
             None => SystemTime::now()
                 .duration_since(UNIX_EPOCH)

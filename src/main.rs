@@ -4,7 +4,7 @@ use clap::Parser;
 
 use mcp_auth_proxy::cli::Cli;
 use mcp_auth_proxy::config::Config;
-use mcp_auth_proxy::{EnvSecrets, log_writer, run};
+use mcp_auth_proxy::{EnvSecrets, log_line, log_writer, run};
 
 /// Logging to stderr through a writer thread ([`log_writer`]), so a request never waits for
 /// the terminal or the log collector and a burst of lines costs one write; nothing is
@@ -32,11 +32,7 @@ fn init_tracing() -> std::io::Result<log_writer::Guard> {
         use std::io::IsTerminal;
         builder.with_ansi(std::io::stderr().is_terminal()).init();
     } else {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init();
+        builder.event_format(log_line::JsonLine).init();
     }
     Ok(guard)
 }

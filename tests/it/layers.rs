@@ -36,7 +36,7 @@ const LAYERS: &[&[&str]] = &[
         "worker",
     ],
     &["store"],
-    &["clock", "log_writer"],
+    &["clock", "log_writer", "log_line"],
 ];
 
 /// The layer of a top-level module (0 is the top).

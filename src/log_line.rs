@@ -1,0 +1,291 @@
+//! The log's JSON line: `{"timestamp":…,"level":…,<the event's fields in order>,"target":…}`,
+//! the shape `tracing_subscriber`'s JSON formatter gives with `flatten_event(true)` and no
+//! spans, written straight into the line's buffer.
+//!
+//! Why not that formatter: every request writes a line (the request log, on as installed),
+//! and there the formatter cost about 19 000 instructions a line (callgrind,
+//! `bench/instructions.sh`): it formats the time into a new `String`, formats each `Debug`
+//! field into another, and passes each key, colon, comma and value through `serde_json`'s
+//! serializer and a UTF-8 check of its own. Here the date and time to the second are formatted
+//! once a second per thread and the rest is appended in place. CONTRIBUTING.md has the numbers.
+//! The line is the same (`tests` compare the two field by field).
+
+use std::cell::RefCell;
+use std::fmt::{self, Write};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_log::NormalizeEvent;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The JSON line format (a [`FormatEvent`] for `tracing_subscriber::fmt`).
+pub struct JsonLine;
+
+impl<S, N> FormatEvent<S, N> for JsonLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut out: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        // An event of the `log` crate (sled's) carries its real target among its fields.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        out.write_str("{\"timestamp\":\"")?;
+        // A log line is stamped with the wall clock, whatever clock the code under test
+        // runs on (as the formatter this replaces stamped it).
+        #[allow(clippy::disallowed_methods)]
+        let now = SystemTime::now();
+        timestamp(&mut out, now)?;
+        write!(out, "\",\"level\":\"{}\"", meta.level())?;
+        let mut fields = Fields {
+            out: &mut out,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        out.write_str(",\"target\":")?;
+        string(&mut out, meta.target())?;
+        out.write_str("}\n")
+    }
+}
+
+/// Appends each field as `,"name":value`.
+struct Fields<'a, 'w> {
+    out: &'a mut Writer<'w>,
+    result: fmt::Result,
+}
+
+impl Fields<'_, '_> {
+    fn entry(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_ok() {
+            self.result = (|| {
+                self.out.write_char(',')?;
+                string(self.out, field.name())?;
+                self.out.write_char(':')?;
+                value(self.out)
+            })();
+        }
+    }
+}
+
+impl Visit for Fields<'_, '_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.entry(field, |out| {
+            out.write_char('"')?;
+            write!(Escaped(out), "{value:?}")?;
+            out.write_char('"')
+        });
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.entry(field, |out| string(out, value));
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.entry(field, |out| {
+            out.write_char('"')?;
+            write!(Escaped(out), "{value}")?;
+            out.write_char('"')
+        });
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.entry(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.entry(field, |out| write!(out, "{value}"));
+    }
+
+    // i128 and u128 fall to `record_debug`: a string, as the tracing formatter writes them.
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.entry(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        // As serde_json writes a float: shortest round-trip digits, `null` if not finite.
+        self.entry(field, |out| {
+            if value.is_finite() {
+                out.write_str(ryu::Buffer::new().format_finite(value))
+            } else {
+                out.write_str("null")
+            }
+        });
+    }
+}
+
+/// `value` as a JSON string.
+fn string(out: &mut Writer<'_>, value: &str) -> fmt::Result {
+    out.write_char('"')?;
+    Escaped(&mut *out).write_str(value)?;
+    out.write_char('"')
+}
+
+/// Writes what it is given as the inside of a JSON string (RFC 8259 §7: the quote, the
+/// backslash and the control characters escaped, as serde_json escapes them).
+struct Escaped<'a, W: Write + ?Sized>(&'a mut W);
+
+impl<W: Write + ?Sized> Write for Escaped<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut plain_from = 0;
+        for (at, byte) in s.bytes().enumerate() {
+            let escape = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            // Every byte escaped is ASCII, so `at` is a character boundary.
+            self.0.write_str(&s[plain_from..at])?;
+            if escape.is_empty() {
+                write!(self.0, "\\u{byte:04x}")?;
+            } else {
+                self.0.write_str(escape)?;
+            }
+            plain_from = at + 1;
+        }
+        self.0.write_str(&s[plain_from..])
+    }
+}
+
+thread_local! {
+    /// The second last formatted on this thread, and its `YYYY-MM-DDTHH:MM:SS`.
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// `now` as RFC 3339 in UTC with microseconds, as `tracing_subscriber`'s `SystemTime` writes
+/// it (`2026-12-03T12:46:43.359253Z`).
+fn timestamp(out: &mut impl Write, now: SystemTime) -> fmt::Result {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with(|second| {
+        let mut second = second.borrow_mut();
+        if second.0 != secs {
+            let date = i64::try_from(secs)
+                .ok()
+                .and_then(|s| chrono::DateTime::<chrono::Utc>::from_timestamp(s, 0))
+                .unwrap_or_default();
+            second.1.clear();
+            write!(second.1, "{}", date.format("%Y-%m-%dT%H:%M:%S"))?;
+            second.0 = secs;
+        }
+        write!(out, "{}.{:06}Z", second.1, since.subsec_micros())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::Value;
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+
+    /// Collects what a subscriber writes.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Lines {
+        type Writer = Lines;
+        fn make_writer(&'a self) -> Lines {
+            self.clone()
+        }
+    }
+
+    impl Lines {
+        fn parsed(&self) -> Vec<serde_json::Map<String, Value>> {
+            String::from_utf8(self.0.lock().unwrap().clone())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+    }
+
+    /// The events every line shape must carry alike: the request line, odd strings, numbers
+    /// of each kind, an error, a `Display` field.
+    fn log_events() {
+        let odd = "quote \" backslash \\ newline \n tab \t nul \u{0} bell \u{7} é 🦀 \u{1f}";
+        let error = std::io::Error::other("it \"broke\"\n");
+        let client: std::net::IpAddr = [127, 0, 0, 1].into();
+        tracing::info!(method = "POST", route = "mcp", path = "/mcp", status = 200u16, ms = 0.17, %client, "request");
+        tracing::warn!(odd, why = %odd, n = -3i64, big = u64::MAX, yes = true, f = 1.0, nan = f64::NAN, "a {} message {odd}", 1);
+        tracing::error!(error = &error as &dyn std::error::Error, "failed");
+        tracing::debug!(i = 170141183460469231731687303715884105727i128, "wide");
+    }
+
+    #[test]
+    fn a_line_is_what_the_tracing_json_formatter_writes() {
+        let ours = Lines::default();
+        let theirs = Lines::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(ours.clone())
+            .event_format(JsonLine)
+            .finish();
+        tracing::subscriber::with_default(subscriber, log_events);
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(theirs.clone())
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, log_events);
+        let (ours, theirs) = (ours.parsed(), theirs.parsed());
+        assert_eq!(ours.len(), 4);
+        assert_eq!(ours.len(), theirs.len());
+        for (a, b) in ours.iter().zip(&theirs) {
+            let keys = |m: &serde_json::Map<String, Value>| m.keys().cloned().collect::<Vec<_>>();
+            assert_eq!(keys(a), keys(b), "the same keys in the same order");
+            for (key, value) in a {
+                if key != "timestamp" {
+                    assert_eq!(Some(value), b.get(key), "{key}");
+                }
+            }
+        }
+        let request = &ours[0];
+        assert_eq!(request["ms"], serde_json::json!(0.17));
+        assert_eq!(request["client"], "127.0.0.1");
+    }
+
+    #[test]
+    fn the_timestamp_is_rfc_3339_with_microseconds() {
+        let at = UNIX_EPOCH + std::time::Duration::new(1_764_766_003, 359_253_999);
+        let mut text = String::new();
+        timestamp(&mut text, at).unwrap();
+        assert_eq!(text, "2025-12-03T12:46:43.359253Z");
+        // The same second again (from the cache), then the next one.
+        let mut text = String::new();
+        timestamp(&mut text, at + std::time::Duration::from_micros(1)).unwrap();
+        assert_eq!(text, "2025-12-03T12:46:43.359254Z");
+        let mut text = String::new();
+        timestamp(&mut text, at + std::time::Duration::from_secs(1)).unwrap();
+        assert_eq!(text, "2025-12-03T12:46:44.359253Z");
+    }
+}
