@@ -501,21 +501,12 @@ async fn one_order_validated_at_the_replica_that_did_not_place_it(http01: bool, 
         panic!("{n} replicas never queued for the certificate lock");
     };
 
-    let config = tempfile::tempdir().unwrap();
-    let servers = config.path().join("servers.toml");
-    std::fs::write(
-        &servers,
-        format!(
-            "default = \"files\"\n[[server]]\nname = \"files\"\nhost = \"{FILES}\"\ncommand = [\"node\", \"{}\"]\n",
-            crate::stdio::FIXTURE
-        ),
-    )
-    .unwrap();
+    let (_config, servers) = files_on_its_host("default = \"files\"\n");
     let start = async |address: &str, id: &str| {
         let data = tempfile::tempdir().unwrap();
         let mut args = pebble.proxy_args(address, http_port, tls_port, http01);
         if hosted {
-            args.extend(["--config".into(), servers.display().to_string()]);
+            args.extend(["--config".into(), servers.clone()]);
         }
         args.extend([
             "--data-path".into(),
@@ -675,18 +666,9 @@ async fn a_certificate_for_the_tls_host_named_apart_from_the_external_url() {
 async fn one_certificate_for_two_host_names(http01: bool) {
     let (http_port, tls_port) = (free_port(), free_port());
     let pebble = start_pebble(http_port, tls_port).await;
-    let config = tempfile::tempdir().unwrap();
-    let path = config.path().join("servers.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[[server]]\nname = \"files\"\nhost = \"{FILES}\"\ncommand = [\"node\", \"{}\"]\n",
-            crate::stdio::FIXTURE
-        ),
-    )
-    .unwrap();
+    let (_config, path) = files_on_its_host("");
     let mut args = pebble.proxy_args("127.0.0.1", http_port, tls_port, http01);
-    args.extend(["--config".into(), path.display().to_string()]);
+    args.extend(["--config".into(), path]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let p = start_proxy_with(
         &args,
@@ -753,4 +735,13 @@ async fn one_certificate_for_two_host_names_by_http_01() {
         return;
     }
     one_certificate_for_two_host_names(true).await;
+}
+
+/// A `--config` file (`head` first) with one stdio server, `files`, routed by the host name
+/// [`FILES`].
+fn files_on_its_host(head: &str) -> (tempfile::TempDir, String) {
+    crate::servers::config_file(&format!(
+        "{head}[[server]]\nname = \"files\"\nhost = \"{FILES}\"\ncommand = [\"node\", \"{}\"]\n",
+        crate::stdio::FIXTURE
+    ))
 }

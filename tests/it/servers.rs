@@ -14,7 +14,7 @@ use crate::helpers::{
 use crate::stdio::{FIXTURE, init_body, session_post};
 
 /// A configuration file in its own directory (kept alive by the returned guard).
-fn config_file(toml: &str) -> (tempfile::TempDir, String) {
+pub fn config_file(toml: &str) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("servers.toml");
     std::fs::write(&path, toml).unwrap();
