@@ -216,7 +216,16 @@ mod tests {
     #[derive(Clone, Default)]
     struct Stalled {
         open: Arc<(Mutex<bool>, Condvar)>,
+        /// The writing thread is held in `write`.
+        holding: Arc<std::sync::atomic::AtomicBool>,
         sink: Sink,
+    }
+
+    impl Stalled {
+        fn open(&self) {
+            *self.open.0.lock().unwrap() = true;
+            self.open.1.notify_all();
+        }
     }
 
     impl Write for Stalled {
@@ -224,6 +233,8 @@ mod tests {
             let (open, opened) = &*self.open;
             let mut is_open = open.lock().unwrap();
             while !*is_open {
+                self.holding
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 is_open = opened.wait(is_open).unwrap();
             }
             self.sink.write(b)
@@ -248,20 +259,32 @@ mod tests {
                 }
             }
         });
+        // Once the thread is held in the stalled `write` it cannot take the buffer, so a
+        // writer waiting for room then sees a buffer that no longer changes.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while writer.shared.lock().writers_waiting == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the writer never waited"
-            );
+        let held = loop {
+            let pending = writer.shared.lock();
+            // (A writer woken by the batch before may not have counted itself out yet: the
+            // buffer at the limit shows it has filled it and waits again.)
+            if out.holding.load(std::sync::atomic::Ordering::SeqCst)
+                && pending.writers_waiting > 0
+                && pending.bytes.len() >= LIMIT
+            {
+                break Some(pending.bytes.len());
+            }
+            drop(pending);
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
             std::thread::sleep(Duration::from_millis(1));
-        }
-        let held = writer.shared.lock().bytes.len();
-        assert!(held >= LIMIT && held < LIMIT + line.len(), "held {held}");
-        *out.open.0.lock().unwrap() = true;
-        out.open.1.notify_all();
+        };
+        // Opened before anything is asserted: a failed assertion must not leave the guard's
+        // drop waiting on a log that never takes its lines.
+        out.open();
         logging.join().unwrap();
         drop(guard);
+        let held = held.expect("no writer waited for room while the log was stalled");
+        assert!(held >= LIMIT && held < LIMIT + line.len(), "held {held}");
         assert_eq!(out.sink.0.lock().unwrap().len(), lines * line.len());
     }
 
