@@ -7,6 +7,9 @@
 # have ended.
 #
 # Usage: bash bench/soak.sh [SECONDS]
+# SOAK_PROXY_ARGS adds flags to the proxy's command line: short lifetimes, say, so that
+# sign-ins' records expire (and are swept) as fast as they are made and the store stops
+# growing (BENCHMARKS.md, "Soak").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -16,9 +19,10 @@ PASSWORD=bench-password
 for tool in node curl python3; do command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }; done
 stdio_bench_setup
 PORT=$(free_port)
+read -r -a extra <<<"${SOAK_PROXY_ARGS:-}"
 "$BIN" --listen "127.0.0.1:$PORT" --external-url "http://127.0.0.1:$PORT" --data-path "$work/data" \
   --password "$PASSWORD" --rate-limit 0 --trusted-proxies 127.0.0.1 --max-sessions 100 --session-idle-timeout 30s \
-  -- node "$EVERYTHING" stdio >"$work/proxy.log" 2>&1 &
+  "${extra[@]}" -- node "$EVERYTHING" stdio >"$work/proxy.log" 2>&1 &
 PID=$!; pids+=("$PID")
 wait_port "$PORT"
 node bench/soak.mjs "http://127.0.0.1:$PORT" "$PASSWORD" "$PID" "$SECONDS_"
