@@ -68,7 +68,7 @@ pub async fn authenticate(
             let (target, proof) = (target.map_err(refused)?, proof.map_err(refused)?);
             let expected = dpop::Expected {
                 method: target.method,
-                url: &gate.site.origin.join(target.path),
+                url: &gate.site.server.origin.join(target.path),
                 access_token: Some(token),
                 key: Some(jkt),
                 now: gate.repo.clock().now(),
@@ -213,7 +213,7 @@ impl GateError {
     pub fn at(self, site: &Site) -> GateRefusal {
         GateRefusal {
             error: self,
-            resource_metadata_url: site.resource_metadata_url.clone(),
+            resource_metadata_url: site.server.resource_metadata_url.clone(),
         }
     }
 }
@@ -475,7 +475,7 @@ pub async fn check_token(
     };
     if record.kind != TokenKind::Access
         || record.expires_at <= now
-        || record.resource != site.resource
+        || record.resource != site.server.resource
     {
         return Err(GateError::InvalidToken);
     }

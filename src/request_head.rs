@@ -43,11 +43,13 @@ pub fn host_allowed(site: &Site, authority: &str) -> bool {
         return false;
     };
     let host = auth.host().trim_start_matches('[').trim_end_matches(']');
-    let port = auth
-        .port_u16()
-        .unwrap_or(if site.origin.is_https() { 443 } else { 80 });
-    port == site.origin.port()
-        && (site.origin.names_host(host)
+    let port = auth.port_u16().unwrap_or(if site.server.origin.is_https() {
+        443
+    } else {
+        80
+    });
+    port == site.server.origin.port()
+        && (site.server.origin.names_host(host)
             || site
                 .catalog
                 .iter()
@@ -61,7 +63,7 @@ pub fn origin_allowed(site: &Site, origin: &str) -> bool {
     let Some(o) = normalize_origin(origin) else {
         return false;
     };
-    if o == site.origin.as_str()
+    if o == site.server.origin.as_str()
         || site.allowed_origins.contains(&o)
         || site
             .catalog
@@ -70,15 +72,15 @@ pub fn origin_allowed(site: &Site, origin: &str) -> bool {
     {
         return true;
     }
-    site.origin.is_loopback()
+    site.server.origin.is_loopback()
         && url::Url::parse(&o).is_ok_and(|u| {
             u.scheme()
-                == if site.origin.is_https() {
+                == if site.server.origin.is_https() {
                     "https"
                 } else {
                     "http"
                 }
-                && u.port_or_known_default() == Some(site.origin.port())
+                && u.port_or_known_default() == Some(site.server.origin.port())
                 && u.host_str().is_some_and(is_loopback_host)
         })
 }
@@ -129,13 +131,13 @@ mod tests {
 
     fn site(origin: &str, trusted: &[&str], allowed: &[&str]) -> Site {
         Site {
-            origin: PublicOrigin::parse(origin).unwrap(),
-            mcp_path: "/mcp".into(),
-            resource: format!("{origin}/mcp"),
-            resource_metadata_url: String::new(),
+            server: crate::config::ServerFace::new(
+                &PublicOrigin::parse(origin).unwrap(),
+                None,
+                "/mcp",
+                crate::config::Admission::everyone(),
+            ),
             home: PublicOrigin::parse(origin).unwrap(),
-            issuer: origin.to_string(),
-            name: None,
             catalog: Default::default(),
             allowed_origins: allowed
                 .iter()

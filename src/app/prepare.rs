@@ -104,7 +104,7 @@ pub async fn prepare(
     let tls = match &config.tls {
         Some(t) => Some(tls_setup(
             t,
-            &site.origin,
+            &site.server.origin,
             &site.server_hosts(),
             &repo,
             &metrics,
@@ -133,10 +133,10 @@ pub async fn prepare(
             if matches!(config.backend, Backend::None) {
                 tracing::info!(
                     "no MCP server behind this proxy: give one last on the command line (an http(s) URL, or a stdio command after --) for clients to connect to {}",
-                    site.resource
+                    site.server.resource
                 );
             } else {
-                tracing::info!(url = %site.resource, "MCP clients connect to {}", site.resource);
+                tracing::info!(url = %site.server.resource, "MCP clients connect to {}", site.server.resource);
             }
             let one = ServerSpec::of_command_line(&config);
             server_backend(&config, &one, &site, &repo, &metrics)?
@@ -154,10 +154,10 @@ pub async fn prepare(
             "no backend configured: forward-auth only (sign-in, the authorization server and the forward-auth endpoint)"
         );
     }
-    if !site.origin.is_https() && !site.origin.is_loopback() {
+    if !site.server.origin.is_https() && !site.server.origin.is_loopback() {
         tracing::warn!(
             "the external URL {} is plain http on a non-loopback host: tokens and cookies travel unencrypted",
-            site.origin.as_str()
+            site.server.origin.as_str()
         );
     }
 
@@ -187,12 +187,12 @@ pub async fn prepare(
     let assertion = if config.upstream.forward_authorization {
         let signer = assertion::Signer::load(
             repo.clone(),
-            site.origin.as_str().to_string(),
+            site.server.origin.as_str().to_string(),
             given_signing_key,
             config.upstream.jwt_key_rotation,
         )
         .await?;
-        tracing::info!(jwks = %site.origin.join(assertion::JWKS_PATH), "the upstream receives a signed identity assertion as Authorization");
+        tracing::info!(jwks = %site.server.origin.join(assertion::JWKS_PATH), "the upstream receives a signed identity assertion as Authorization");
         Some(signer)
     } else {
         None
@@ -248,13 +248,13 @@ pub async fn prepare(
                 if let Some(p) = &own {
                     policies
                         .by_resource
-                        .push((served.resource.clone(), p.clone()));
+                        .push((served.server.resource.clone(), p.clone()));
                 }
                 own
             }
             None => shared_policy.clone(),
         };
-        tracing::info!(server = %def.name, url = %served.resource, "MCP clients connect to {}", served.resource);
+        tracing::info!(server = %def.name, url = %served.server.resource, "MCP clients connect to {}", served.server.resource);
         named.push((served, built, relay_of(policy), spec.upstream));
     }
     let tokens = Arc::new(TokenCache::new(TOKEN_CACHE_CAPACITY));
@@ -281,7 +281,7 @@ pub async fn prepare(
             Some(b) => vec![(None, b.clone())],
             None => named
                 .iter()
-                .filter_map(|(s, b, _, _)| Some((s.name.clone(), b.backend.clone()?)))
+                .filter_map(|(s, b, _, _)| Some((s.server.name.clone(), b.backend.clone()?)))
                 .collect(),
         },
         audit,
@@ -330,8 +330,8 @@ pub async fn prepare(
     }
     let banner = banner::Banner {
         version: env!("CARGO_PKG_VERSION"),
-        mcp_url: state.site().resource.clone(),
-        login_url: state.site().origin.join(web::flow::LOGIN_PATH),
+        mcp_url: state.site().server.resource.clone(),
+        login_url: state.site().server.origin.join(web::flow::LOGIN_PATH),
         backend: describe_backend(&config.backend),
         backend_state,
         sign_in: state

@@ -137,7 +137,7 @@ impl super::Backend for HttpBackend {
     async fn serve(&self, handoff: super::Handoff<'_>, req: Request) -> Response {
         if self.streaming_only()
             && req.method() == Method::GET
-            && req.uri().path() == handoff.site.mcp_path
+            && req.uri().path() == handoff.site.server.mcp_path
         {
             let mut resp = jsonrpc_error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -211,6 +211,7 @@ impl HttpBackend {
             })
             .collect();
         let public_host = site
+            .server
             .origin
             .as_str()
             .split_once("://")
@@ -220,7 +221,7 @@ impl HttpBackend {
         Ok(Self {
             audience: base.origin().ascii_serialization(),
             clients,
-            forwarded_proto: header(site.origin.scheme())?,
+            forwarded_proto: header(site.server.origin.scheme())?,
             forwarded_host: header(public_host)?,
             base,
             opts,
@@ -265,7 +266,7 @@ impl HttpBackend {
         let (parts, body) = req.into_parts();
         let mut url = upstream_url(
             &self.base,
-            &site.mcp_path,
+            &site.server.mcp_path,
             parts.uri.path(),
             parts.uri.query(),
         );
@@ -538,7 +539,7 @@ impl HttpBackend {
         if !same_origin(&abs, &self.base) || !loc.contains("://") {
             return None;
         }
-        let mut s = site.origin.join(abs.path());
+        let mut s = site.server.origin.join(abs.path());
         if let Some(q) = abs.query() {
             s.push('?');
             s.push_str(q);

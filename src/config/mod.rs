@@ -544,21 +544,12 @@ impl Config {
 /// own ([`Site::serving`]); all of them share the origin and the catalog of servers.
 #[derive(Debug, Clone)]
 pub struct Site {
-    /// Where this server is reached: the proxy's origin, or its own host's.
-    pub origin: PublicOrigin,
+    /// The MCP server this site serves: where it is reached, its resource and metadata URL,
+    /// its issuer and name. For the main site, the default server of `--config` (or the
+    /// command line's one server) reached at the proxy's own origin.
+    pub server: ServerFace,
     /// The proxy's own origin: sign-in, registration, revocation and every issuer live here.
     pub home: PublicOrigin,
-    pub mcp_path: String,
-    /// The protected resource: `<origin><mcp_path>`.
-    pub resource: String,
-    /// Absolute URL of the protected-resource metadata (RFC 9728 §3.1 path form).
-    pub resource_metadata_url: String,
-    /// The issuer of this server's tokens: the origin, or `<origin>/<name>` for a server of
-    /// `--config` (RFC 8414 §3.1).
-    pub issuer: String,
-    /// The server's name in `--config`; `None` for the command line's one server, and for
-    /// the main site of `--config` without a default server.
-    pub name: Option<String>,
     pub allowed_origins: Vec<String>,
     pub trusted_proxies: Vec<IpNet>,
     /// `--require-dpop`.
@@ -572,21 +563,32 @@ pub struct Site {
 /// One MCP server as clients see it.
 #[derive(Debug, Clone)]
 pub struct ServerFace {
+    /// The server's name in `--config`; `None` for the command line's one server, and for
+    /// the main site of `--config` without a default server.
     pub name: Option<String>,
     /// The host name it is routed by (`host` in `--config`), if not by path.
     pub host: Option<String>,
     /// Where clients reach it: the proxy's origin, or its host's.
     pub origin: PublicOrigin,
     pub mcp_path: String,
+    /// The protected resource: `<origin><mcp_path>`.
     pub resource: String,
+    /// Absolute URL of the protected-resource metadata (RFC 9728 §3.1 path form).
     pub resource_metadata_url: String,
+    /// The issuer of its tokens: the proxy's origin, or `<origin>/<name>` for a server of
+    /// `--config` (RFC 8414 §3.1).
     pub issuer: String,
     /// Who may use it besides signing in.
     pub admits: Admission,
 }
 
 impl ServerFace {
-    fn new(origin: &PublicOrigin, name: Option<&str>, mcp_path: &str, admits: Admission) -> Self {
+    pub fn new(
+        origin: &PublicOrigin,
+        name: Option<&str>,
+        mcp_path: &str,
+        admits: Admission,
+    ) -> Self {
         Self {
             name: name.map(str::to_string),
             host: None,
@@ -637,12 +639,7 @@ impl Site {
     /// The same site, serving `server`.
     pub fn serving(&self, server: &ServerFace) -> Site {
         Site {
-            origin: server.origin.clone(),
-            mcp_path: server.mcp_path.clone(),
-            resource: server.resource.clone(),
-            resource_metadata_url: server.resource_metadata_url.clone(),
-            issuer: server.issuer.clone(),
-            name: server.name.clone(),
+            server: server.clone(),
             ..self.clone()
         }
     }
@@ -662,7 +659,7 @@ impl Site {
     /// The issuer of tokens for `resource`; the site's own for a resource it does not know.
     pub fn issuer_of(&self, resource: &str) -> &str {
         self.server_of(resource)
-            .map_or(self.issuer.as_str(), |s| s.issuer.as_str())
+            .map_or(self.server.issuer.as_str(), |s| s.issuer.as_str())
     }
 
     /// Whether the server of `resource` lets `identity` use it (its `users` in `--config`).
@@ -700,7 +697,7 @@ impl Site {
 
     /// This site's own server in the catalog, if it serves one.
     pub fn server(&self) -> Option<&ServerFace> {
-        self.server_of(&self.resource)
+        self.server_of(&self.server.resource)
     }
 }
 
@@ -769,13 +766,13 @@ impl Config {
             }
         };
         Ok(Site {
-            resource: main.resource,
-            resource_metadata_url: main.resource_metadata_url,
-            issuer: main.issuer,
-            name: main.name,
-            home: origin.clone(),
-            origin,
-            mcp_path: main.mcp_path,
+            // The main site is reached at the proxy's own origin, even when its default
+            // server is also routed by a host of its own.
+            server: ServerFace {
+                origin: origin.clone(),
+                ..main
+            },
+            home: origin,
             allowed_origins: self.allowed_origins.clone(),
             trusted_proxies: self.trusted_proxies.clone(),
             require_dpop: self.require_dpop,

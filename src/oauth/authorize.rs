@@ -99,7 +99,7 @@ pub async fn authorize(
     let back = ClientRedirect {
         uri: &redirect_uri,
         state: params.get("state"),
-        issuer: &served.issuer,
+        issuer: &served.server.issuer,
     };
     if params.get("response_type") != Some("code") {
         return Ok(back.error(
@@ -132,7 +132,7 @@ pub async fn authorize(
         ));
     }
     if let Some(r) = params.get("resource")
-        && !resource::matches(&served.resource, r)
+        && !resource::matches(&served.server.resource, r)
     {
         return Ok(back.error(
             OAuthErrorCode::InvalidTarget,
@@ -163,9 +163,9 @@ pub async fn authorize(
         code_challenge: challenge.to_string(),
         scopes: granted_scopes(
             params.get("scope"),
-            &super::policy_scopes(&app, &served.resource),
+            &super::policy_scopes(&app, &served.server.resource),
         ),
-        resource: served.resource.clone(),
+        resource: served.server.resource.clone(),
         force_consent: prompts.contains(&"consent"),
         fresh_sign_in_since: prompts.contains(&"login").then(|| app.repo.clock().now()),
         created_at: app.repo.clock().now(),

@@ -33,8 +33,8 @@ pub struct ProtectedResourceMetadata {
 impl ProtectedResourceMetadata {
     pub fn for_site(site: &Site) -> Self {
         Self {
-            resource: site.resource.clone(),
-            authorization_servers: vec![site.issuer.clone()],
+            resource: site.server.resource.clone(),
+            authorization_servers: vec![site.server.issuer.clone()],
             scopes_supported: vec![MCP_SCOPE.to_string()],
             bearer_methods_supported: vec!["header"],
             resource_name: "MCP server",
@@ -52,7 +52,7 @@ pub async fn protected_resource(
     }
     let mut doc = ProtectedResourceMetadata::for_site(&served);
     doc.scopes_supported
-        .extend(crate::oauth::policy_scopes(&app, &served.resource));
+        .extend(crate::oauth::policy_scopes(&app, &served.server.resource));
     cacheable(Json(doc))
 }
 
@@ -116,10 +116,10 @@ impl AuthorizationServerMetadata {
         let at = |p: &str| site.home.join(p);
         let auth_methods = ["none", "client_secret_post", "client_secret_basic"];
         Self {
-            issuer: site.issuer.clone(),
+            issuer: site.server.issuer.clone(),
             // The issuer's own endpoints: they know which server's tokens they issue.
-            authorization_endpoint: format!("{}/authorize", site.issuer),
-            token_endpoint: format!("{}/token", site.issuer),
+            authorization_endpoint: format!("{}/authorize", site.server.issuer),
+            token_endpoint: format!("{}/token", site.server.issuer),
             registration_endpoint: at("/register"),
             revocation_endpoint: at("/revoke"),
             response_types_supported: ["code"],
@@ -150,16 +150,16 @@ pub async fn authorization_server(
     }
     let mut doc = AuthorizationServerMetadata::for_site(&served);
     doc.scopes_supported
-        .extend(crate::oauth::policy_scopes(&app, &served.resource));
+        .extend(crate::oauth::policy_scopes(&app, &served.server.resource));
     if app.assertion {
-        doc.jwks_uri = Some(app.site.origin.join(crate::assertion::JWKS_PATH));
+        doc.jwks_uri = Some(app.site.server.origin.join(crate::assertion::JWKS_PATH));
     }
     doc.client_id_metadata_document_supported = app.documents.is_some();
     if app.client_credentials {
         doc.grant_types_supported.push("client_credentials");
     }
     if app.introspection {
-        doc.introspection_endpoint = Some(app.site.origin.join("/introspect"));
+        doc.introspection_endpoint = Some(app.site.server.origin.join("/introspect"));
         doc.introspection_endpoint_auth_methods_supported = Some([
             crate::oauth::clients::SECRET_BASIC,
             crate::oauth::clients::SECRET_POST,

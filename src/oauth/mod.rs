@@ -50,12 +50,12 @@ impl Served {
     /// redeemed at that server's issuer only). A resource no server has any more, such as
     /// one under an earlier external URL, is not another server's.
     pub fn for_another_server(&self, resource: &str) -> bool {
-        resource != self.resource && self.server_of(resource).is_some()
+        resource != self.server.resource && self.server_of(resource).is_some()
     }
 
     /// An endpoint of this server's issuer (`/authorize`, `/token`).
     pub fn endpoint(&self, path: &str) -> String {
-        format!("{}{path}", self.issuer)
+        format!("{}{path}", self.server.issuer)
     }
 }
 

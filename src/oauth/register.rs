@@ -201,7 +201,12 @@ fn client_information(app: &AuthServer, c: &ClientRecord) -> Map<String, Value> 
     }
     out.insert(
         "registration_client_uri".into(),
-        json!(app.site.origin.join(&format!("/register/{}", c.client_id))),
+        json!(
+            app.site
+                .server
+                .origin
+                .join(&format!("/register/{}", c.client_id))
+        ),
     );
     for (k, v) in &c.extra {
         out.entry(k.clone()).or_insert_with(|| v.clone());

@@ -109,7 +109,7 @@ pub async fn token(
         ));
     }
     if let Some(r) = params.get("resource")
-        && !resource::matches(&served.resource, r)
+        && !resource::matches(&served.server.resource, r)
     {
         return Err(OAuthError::bad_request(
             OAuthErrorCode::InvalidTarget,
@@ -196,7 +196,7 @@ async fn client_credentials(
         client_id: client.client_id.clone(),
         identity,
         scopes: vec![crate::gate::MCP_SCOPE.to_string()],
-        resource: served.resource.clone(),
+        resource: served.server.resource.clone(),
         created_at: now,
         expires_at: now + access_ttl,
         jkt: jkt.map(str::to_string),

@@ -145,7 +145,7 @@ impl Relay {
             client_id: caller.client_id().to_string(),
             client_name: None,
             era: if modern { "2026-07-28" } else { "2025" },
-            server: site.name.clone(),
+            server: site.server.name.clone(),
             key: session
                 .clone()
                 .unwrap_or_else(|| format!("user {}", caller.subject())),

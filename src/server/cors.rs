@@ -77,13 +77,13 @@ mod tests {
 
     fn site() -> Site {
         Site {
-            origin: crate::config::PublicOrigin::parse("https://mcp.example.com").unwrap(),
-            mcp_path: "/mcp".into(),
-            resource: "https://mcp.example.com/mcp".into(),
-            resource_metadata_url: String::new(),
+            server: crate::config::ServerFace::new(
+                &crate::config::PublicOrigin::parse("https://mcp.example.com").unwrap(),
+                None,
+                "/mcp",
+                crate::config::Admission::everyone(),
+            ),
             home: crate::config::PublicOrigin::parse("https://mcp.example.com").unwrap(),
-            issuer: "https://mcp.example.com".into(),
-            name: None,
             catalog: Default::default(),
             allowed_origins: vec!["https://app.example.org".into()],
             trusted_proxies: Vec::new(),

@@ -107,12 +107,12 @@ impl App {
             .iter()
             .map(|s| &*s.0)
             .enumerate()
-            .find(|(_, s)| s.site.name == server.name)
+            .find(|(_, s)| s.site.server.name == server.name)
     }
     /// Every MCP server behind the proxy, with its name in `--config`.
     pub fn backends(&self) -> impl Iterator<Item = (Option<&str>, &Arc<dyn Backend>)> {
         self.every_server()
-            .filter_map(|a| Some((a.site.name.as_deref(), a.backend.as_ref()?)))
+            .filter_map(|a| Some((a.site.server.name.as_deref(), a.backend.as_ref()?)))
     }
 }
 
@@ -154,7 +154,7 @@ impl std::ops::Deref for AppState {
 /// The application: our own endpoints, then every other path proxied behind the gate.
 pub fn router(state: AppState) -> Router {
     use login::passkey::ceremony;
-    let mcp_path = state.site().mcp_path.clone();
+    let mcp_path = state.site().server.mcp_path.clone();
     let mut guarded = Router::new();
     if let Some(path) = &state.forward_auth_path {
         guarded = guarded.route(path, axum::routing::any(forward_auth));
@@ -166,7 +166,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", axum::routing::any(root))
         .route(RESOURCE_METADATA_PATH, get(protected_resource))
         .route(AS_METADATA_PATH, get(authorization_server));
-    if state.site().name.is_none() {
+    if state.site().server.name.is_none() {
         // The one server of the command line: its documents at its path too. (A server of
         // `--config` has its own routes, below.)
         guarded = guarded
@@ -307,12 +307,12 @@ struct HostedAt(usize);
 fn resource_routes(server: AppState) -> Router<AppState> {
     let site = server.site().clone();
     Router::new()
-        .route(&site.mcp_path, axum::routing::any(proxy))
+        .route(&site.server.mcp_path, axum::routing::any(proxy))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             server.max_body,
         ))
         .route(
-            &format!("{RESOURCE_METADATA_PATH}{}", site.mcp_path),
+            &format!("{RESOURCE_METADATA_PATH}{}", site.server.mcp_path),
             get(protected_resource),
         )
         .with_state(server)
@@ -322,7 +322,7 @@ fn resource_routes(server: AppState) -> Router<AppState> {
 /// root well-known path), the probes, and a redirect to the main host for sign-in and the
 /// authorization server; anything else is not served there.
 fn hosted_routes(server: AppState, main: &AppState) -> Router {
-    let origin = main.site().origin.clone();
+    let origin = main.site().server.origin.clone();
     let to_main = move |req: Request| {
         std::future::ready(tls::same_path_at(
             &origin,
@@ -364,7 +364,7 @@ where
     <L::Service as tower::Service<Request>>::Response: IntoResponse + 'static,
     <L::Service as tower::Service<Request>>::Future: Send + 'static,
 {
-    let name = server.site().name.clone().unwrap_or_default();
+    let name = server.site().server.name.clone().unwrap_or_default();
     Router::new()
         .route(&format!("/{name}/authorize"), get(authorize::authorize))
         .route(&format!("/{name}/token"), post(token::token))
@@ -403,7 +403,7 @@ async fn front(
         ),
         (None, None) => (
             None,
-            crate::metrics::route_label(req.uri().path(), &app.site().mcp_path),
+            crate::metrics::route_label(req.uri().path(), &app.site().server.mcp_path),
         ),
     };
     let mut req = req;
@@ -591,7 +591,7 @@ async fn proxy(
             let paths: Vec<&str> = app
                 .servers
                 .iter()
-                .map(|s| s.site.mcp_path.as_str())
+                .map(|s| s.site.server.mcp_path.as_str())
                 .collect();
             let why = format!(
                 "no MCP server at this path; this proxy serves {}",

@@ -166,7 +166,7 @@ async fn nobody_revokes_another_persons_app() {
             claims: Value::Null,
         },
         scopes: vec!["mcp".into()],
-        resource: p.state.site().resource.clone(),
+        resource: p.state.site().server.resource.clone(),
         created_at: 1,
         expires_at: u64::MAX / 2,
         jkt: None,

@@ -427,7 +427,7 @@ async fn pair(up: &RawUpstream, extra_args: &[&str]) -> (Side, Side) {
         };
         let token = mint(
             proxy.repo(),
-            &proxy.state.site().resource,
+            &proxy.state.site().server.resource,
             Mint {
                 identity: Some(identity),
                 ..Mint::default()
@@ -532,6 +532,7 @@ async fn the_lane_answers_exactly_as_the_general_stack() {
         lane.proxy
             .state
             .site()
+            .server
             .origin
             .as_str()
             .trim_start_matches("http://")

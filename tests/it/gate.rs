@@ -21,7 +21,7 @@ async fn metadata_is_served_at_root_and_path_form() {
     let b: Value =
         crate::helpers::get_json(p.url("/.well-known/oauth-protected-resource/mcp")).await;
     assert_eq!(a, b);
-    let origin = p.state.site().origin.as_str().to_string();
+    let origin = p.state.site().server.origin.as_str().to_string();
     assert_eq!(a["resource"], format!("{origin}/mcp"));
     assert_eq!(a["authorization_servers"][0], origin);
     assert_eq!(a["bearer_methods_supported"][0], "header");
@@ -46,7 +46,7 @@ async fn missing_token_gets_401_with_absolute_resource_metadata_on_every_method(
             let ch = challenge(&resp);
             let expected = format!(
                 "resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
-                p.state.site().origin.as_str()
+                p.state.site().server.origin.as_str()
             );
             assert!(ch.starts_with("Bearer "), "{ch}");
             assert!(ch.contains(&expected), "{ch}");
@@ -65,7 +65,7 @@ async fn missing_token_gets_401_with_absolute_resource_metadata_on_every_method(
 async fn bad_tokens_get_invalid_token() {
     let up = start_upstream().await;
     let p = start_proxy(&[&up.url("/mcp")]).await;
-    let resource = p.state.site().resource.clone();
+    let resource = p.state.site().server.resource.clone();
     let repo = p.repo();
     let expired = mint(
         repo,
@@ -172,7 +172,7 @@ async fn token_without_the_mcp_scope_gets_403_insufficient_scope() {
     let p = start_proxy(&[&up.url("/mcp")]).await;
     let t = mint(
         p.repo(),
-        &p.state.site().resource,
+        &p.state.site().server.resource,
         Mint {
             scopes: &["offline_access"],
             ..Mint::default()
@@ -256,7 +256,7 @@ async fn foreign_origin_is_refused_before_auth() {
         );
     }
     // Our own origin is always allowed; metadata is guarded too.
-    let own = p.state.site().origin.as_str().to_string();
+    let own = p.state.site().server.origin.as_str().to_string();
     let resp = c
         .post(p.url("/mcp"))
         .header(header::ORIGIN, own)
@@ -279,7 +279,7 @@ async fn wrong_host_is_misdirected_before_auth() {
     let p = start_proxy(&[&up.url("/mcp")]).await;
     let t = token_for(&p, "password:alice").await;
     let c = client();
-    let port = p.state.site().origin.port();
+    let port = p.state.site().server.origin.port();
     for (host, expected) in [
         (
             "rebind.attacker.example".to_string(),

@@ -65,8 +65,8 @@ impl TestProxy {
     pub fn target(&self) -> Target {
         Target {
             base: self.base.clone(),
-            origin: self.state.site().origin.as_str().to_string(),
-            resource: self.state.site().resource.clone(),
+            origin: self.state.site().server.origin.as_str().to_string(),
+            resource: self.state.site().server.resource.clone(),
         }
     }
 
@@ -202,7 +202,7 @@ pub async fn mint(repo: &Repo, resource: &str, m: Mint<'_>) -> String {
 pub async fn token_for(p: &TestProxy, subject: &str) -> String {
     mint(
         p.repo(),
-        &p.state.site().resource,
+        &p.state.site().server.resource,
         Mint {
             subject,
             ..Mint::default()

@@ -1426,13 +1426,13 @@ redirect_uris = ["http://127.0.0.1:33418/callback"]
         crate::helpers::get_json(t.url("/.well-known/oauth-authorization-server")).await;
     assert_eq!(
         meta["introspection_endpoint"],
-        p.state.site().origin.join("/introspect")
+        p.state.site().server.origin.join("/introspect")
     );
 
     let live = crate::helpers::token_for(&p, "password:alice").await;
     let expired = crate::helpers::mint(
         p.repo(),
-        &p.state.site().resource,
+        &p.state.site().server.resource,
         crate::helpers::Mint {
             subject: "password:alice",
             ttl: -1,
@@ -1461,7 +1461,7 @@ redirect_uris = ["http://127.0.0.1:33418/callback"]
         assert_eq!(body["active"], true, "{body}");
         assert_eq!(body["sub"], "password:alice");
         assert_eq!(body["client_id"], "client-1");
-        assert_eq!(body["aud"], p.state.site().resource.as_str());
+        assert_eq!(body["aud"], p.state.site().server.resource.as_str());
         assert_eq!(body["token_type"], "Bearer");
         assert!(
             body["scope"]
@@ -1475,7 +1475,7 @@ redirect_uris = ["http://127.0.0.1:33418/callback"]
     // A DPoP-bound token: its kind and key (RFC 9449 §6.2).
     let bound = crate::helpers::mint(
         p.repo(),
-        &p.state.site().resource,
+        &p.state.site().server.resource,
         crate::helpers::Mint {
             jkt: Some("a-key-thumbprint"),
             ..Default::default()

@@ -42,7 +42,7 @@ fn identity(user: &str, groups: &[&str]) -> mcp_auth_proxy::store::Identity {
 }
 
 async fn users(p: &TestProxy) -> Users {
-    let resource = p.state.site().resource.clone();
+    let resource = p.state.site().server.resource.clone();
     let token =
         |user: &'static str, groups: &'static [&'static str], scopes: &'static [&'static str]| {
             let repo = p.repo().clone();

@@ -1138,7 +1138,7 @@ impl Asserting {
     }
 
     fn issuer(&self) -> String {
-        self.p.state.site().origin.as_str().to_string()
+        self.p.state.site().server.origin.as_str().to_string()
     }
 
     fn audience(&self) -> String {

@@ -71,7 +71,12 @@ async fn forwards_body_and_exactly_the_right_headers() {
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(
         h["x-forwarded-host"],
-        p.state.site().origin.as_str().trim_start_matches("http://")
+        p.state
+            .site()
+            .server
+            .origin
+            .as_str()
+            .trim_start_matches("http://")
     );
     assert_eq!(h["host"], up.addr.to_string());
     assert_eq!(h["mcp-protocol-version"], "2025-06-18");
@@ -404,7 +409,7 @@ async fn http_streaming_only_refuses_the_get_stream() {
 async fn a_person_opening_the_address_gets_a_page_and_clients_their_401() {
     let up = start_upstream().await;
     let p = start_proxy(&[&up.url("/mcp")]).await;
-    let resource = p.state.site().resource.clone();
+    let resource = p.state.site().server.resource.clone();
     let page = client()
         .get(p.url("/"))
         .header(header::ACCEPT, "text/html,application/xhtml+xml,*/*;q=0.8")

@@ -775,7 +775,7 @@ async fn each_child_knows_its_user_by_the_variables_named() {
         groups,
         claims: json!({ "sub": format!("sub-{user}") }),
     };
-    let resource = p.state.site().resource.clone();
+    let resource = p.state.site().server.resource.clone();
     let ann = mint(
         p.repo(),
         &resource,

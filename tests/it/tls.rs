@@ -127,7 +127,7 @@ async fn https_from_files_with_h2_hsts_redirects_and_reload() {
     let addr = p.tls_addr.unwrap();
     let origin = format!("https://localhost:{}", addr.port());
     assert_eq!(
-        p.state.site().origin.as_str(),
+        p.state.site().server.origin.as_str(),
         origin,
         "the TLS listener's origin"
     );

@@ -552,7 +552,9 @@ impl crate::backend::Backend for StdioBackend {
     async fn serve(&self, handoff: crate::backend::Handoff<'_>, req: Request) -> Response {
         let caller = handoff.caller;
         match req.uri().path() {
-            p if p == handoff.site.mcp_path => self.handle(caller, req).await.into_response(),
+            p if p == handoff.site.server.mcp_path => {
+                self.handle(caller, req).await.into_response()
+            }
             legacy::SSE_PATH => self
                 .legacy_sse(caller, req.method(), req.headers())
                 .into_response(),

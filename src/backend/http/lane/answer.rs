@@ -161,7 +161,7 @@ impl Lane {
         // The front middleware's line, under its target (log filters treat both alike).
         match plan.client {
             Some(client) => {
-                let path = self.shared.site.mcp_path.as_str();
+                let path = self.shared.site.server.mcp_path.as_str();
                 tracing::info!(target: "mcp_auth_proxy::server", method, route, path, status, ms, %client, "request");
             }
             None => {

@@ -210,7 +210,7 @@ impl Lane {
         if opts.pass_access_token {
             return None;
         }
-        let mcp_path = shared.site.mcp_path.as_str();
+        let mcp_path = shared.site.server.mcp_path.as_str();
         let target = mapping::upstream_url(backend.base(), mcp_path, mcp_path, None);
         if target.scheme() != "http" {
             return None;

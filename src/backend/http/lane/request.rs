@@ -34,8 +34,8 @@ impl Lane {
         // A GET opens the client's SSE stream (none with --http-streaming-only: the
         // router's 405).
         let stream = req.method == Some("GET") && !backend.streaming_only();
-        let mut proxied =
-            (req.method == Some("POST") || stream) && req.path == Some(site.mcp_path.as_str());
+        let mut proxied = (req.method == Some("POST") || stream)
+            && req.path == Some(site.server.mcp_path.as_str());
         let (mut host, mut forwarded_host, mut authorization) = (None, None, None);
         let (mut session_id, mut length, mut close) = (None, None, false);
         let mut forwarded_for: Vec<&str> = Vec::new();
