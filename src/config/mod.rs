@@ -575,8 +575,8 @@ pub struct ServerFace {
     pub resource: String,
     /// Absolute URL of the protected-resource metadata (RFC 9728 §3.1 path form).
     pub resource_metadata_url: String,
-    /// The issuer of its tokens: the proxy's origin, or `<origin>/<name>` for a server of
-    /// `--config` (RFC 8414 §3.1).
+    /// The issuer of its tokens: the proxy's origin, or `<proxy's origin>/<name>` for a
+    /// server of `--config`, also one routed by host name (RFC 8414 §3.1).
     pub issuer: String,
     /// Who may use it besides signing in.
     pub admits: Admission,
