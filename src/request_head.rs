@@ -74,12 +74,7 @@ pub fn origin_allowed(site: &Site, origin: &str) -> bool {
     }
     site.server.origin.is_loopback()
         && url::Url::parse(&o).is_ok_and(|u| {
-            u.scheme()
-                == if site.server.origin.is_https() {
-                    "https"
-                } else {
-                    "http"
-                }
+            u.scheme() == site.server.origin.scheme()
                 && u.port_or_known_default() == Some(site.server.origin.port())
                 && u.host_str().is_some_and(is_loopback_host)
         })

@@ -104,7 +104,7 @@ pub async fn prepare(
     let tls = match &config.tls {
         Some(t) => Some(tls_setup(
             t,
-            &site.server.origin,
+            &site.home,
             &site.server_hosts(),
             &repo,
             &metrics,
@@ -154,10 +154,10 @@ pub async fn prepare(
             "no backend configured: forward-auth only (sign-in, the authorization server and the forward-auth endpoint)"
         );
     }
-    if !site.server.origin.is_https() && !site.server.origin.is_loopback() {
+    if !site.home.is_https() && !site.home.is_loopback() {
         tracing::warn!(
             "the external URL {} is plain http on a non-loopback host: tokens and cookies travel unencrypted",
-            site.server.origin.as_str()
+            site.home.as_str()
         );
     }
 
@@ -187,12 +187,12 @@ pub async fn prepare(
     let assertion = if config.upstream.forward_authorization {
         let signer = assertion::Signer::load(
             repo.clone(),
-            site.server.origin.as_str().to_string(),
+            site.home.as_str().to_string(),
             given_signing_key,
             config.upstream.jwt_key_rotation,
         )
         .await?;
-        tracing::info!(jwks = %site.server.origin.join(assertion::JWKS_PATH), "the upstream receives a signed identity assertion as Authorization");
+        tracing::info!(jwks = %site.home.join(assertion::JWKS_PATH), "the upstream receives a signed identity assertion as Authorization");
         Some(signer)
     } else {
         None
@@ -331,7 +331,7 @@ pub async fn prepare(
     let banner = banner::Banner {
         version: env!("CARGO_PKG_VERSION"),
         mcp_url: state.site().server.resource.clone(),
-        login_url: state.site().server.origin.join(web::flow::LOGIN_PATH),
+        login_url: state.site().home.join(web::flow::LOGIN_PATH),
         backend: describe_backend(&config.backend),
         backend_state,
         sign_in: state

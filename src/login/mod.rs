@@ -148,7 +148,7 @@ pub fn display_name(identity: &Identity) -> &str {
 
 /// The site name shown on pages: the external host.
 pub fn site_name(app: &SignIn) -> String {
-    app.site.server.origin.host()
+    app.site.home.host()
 }
 
 pub(crate) fn with_cookie(mut resp: Response, cookie: Option<HeaderValue>) -> Response {
@@ -354,7 +354,7 @@ pub fn form_csrf(app: &SignIn, headers: &HeaderMap) -> (String, Option<HeaderVal
 /// Checks what every form POST must carry: our Origin (or none), a form body, a valid CSRF
 /// token. Returns the parsed form.
 pub fn form_post(app: &SignIn, headers: &HeaderMap, body: &[u8]) -> Result<Params, PageRefusal> {
-    if !post_origin_ok(&app.site.server.origin, headers) {
+    if !post_origin_ok(&app.site.home, headers) {
         return Err(PageRefusal::foreign_origin(site_name(app)));
     }
     let is_form = content_type_is(headers, "application/x-www-form-urlencoded");

@@ -53,15 +53,11 @@ pub async fn authn(auth: &AuthConfig, site: &Site, repo: &Repo) -> Result<Authn,
         repo.flush().await?;
     }
     let providers = super::providers::Providers::new(&auth.providers, site).await?;
-    let passkeys = Passkeys::new(
-        &site.server.origin,
-        password.is_some(),
-        auth.require_passkey,
-    )?;
+    let passkeys = Passkeys::new(&site.home, password.is_some(), auth.require_passkey)?;
     let authn = Authn {
         providers,
         lockout: Lockout::new(auth, repo),
-        cookies: Cookies::for_origin(&site.server.origin),
+        cookies: Cookies::for_origin(&site.home),
         password,
         passkeys,
         // The plaintext password was hashed above; this copy lives as long as the process.

@@ -201,12 +201,7 @@ fn client_information(app: &AuthServer, c: &ClientRecord) -> Map<String, Value> 
     }
     out.insert(
         "registration_client_uri".into(),
-        json!(
-            app.site
-                .server
-                .origin
-                .join(&format!("/register/{}", c.client_id))
-        ),
+        json!(app.site.home.join(&format!("/register/{}", c.client_id))),
     );
     for (k, v) in &c.extra {
         out.entry(k.clone()).or_insert_with(|| v.clone());

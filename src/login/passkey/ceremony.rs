@@ -154,7 +154,7 @@ fn from_our_page<T: serde::de::DeserializeOwned>(
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .and_then(normalize_origin)
-        .is_some_and(|o| o == app.site.server.origin.as_str());
+        .is_some_and(|o| o == app.site.home.as_str());
     if !ours {
         return Err(CeremonyRefusal::forbidden(
             "Passkeys work only from this site's own pages.",

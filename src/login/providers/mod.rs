@@ -222,11 +222,8 @@ impl Providers {
     pub async fn new(cfg: &ProvidersConfig, site: &Site) -> Result<Self, ProviderError> {
         let http = http_client()?;
         let callback = |id: &str| {
-            Url::parse(&format!(
-                "{}/.auth/{id}/callback",
-                site.server.origin.as_str()
-            ))
-            .map_err(ProviderError::url("the callback URL"))
+            Url::parse(&format!("{}/.auth/{id}/callback", site.home.as_str()))
+                .map_err(ProviderError::url("the callback URL"))
         };
         let mut list = Vec::new();
         if let Some(g) = &cfg.google {
