@@ -1,5 +1,6 @@
-// Used by bench/instructions.sh.
-// N sequential tools/call echo requests, legacy (with a session) or stateless (2026-07-28).
+// Used by bench/instructions.sh and bench/counts.sh.
+// N sequential tools/call echo requests, legacy (with a session, if given) or stateless
+// (2026-07-28).
 const [url, token, kind, n, session] = process.argv.slice(2);
 const legacy = kind === 'legacy';
 for (let i = 1; i <= Number(n); i++) {
@@ -11,7 +12,7 @@ for (let i = 1; i <= Number(n); i++) {
   const params = { name: 'echo', arguments: { message: 'bench' } };
   if (legacy) {
     headers['mcp-protocol-version'] = '2025-06-18';
-    headers['mcp-session-id'] = session;
+    if (session) headers['mcp-session-id'] = session;
   } else {
     Object.assign(headers, { 'mcp-protocol-version': '2026-07-28', 'mcp-method': 'tools/call', 'mcp-name': 'echo' });
     params._meta = { 'io.modelcontextprotocol/protocolVersion': '2026-07-28', 'io.modelcontextprotocol/clientCapabilities': {} };

@@ -40,3 +40,41 @@ stdio_bench_cleanup() {
   sleep 1
   rm -rf "$work"
 }
+
+# Writes $work/NAME.conf, an nginx of one worker serving HTTP-BLOCK (its pid file
+# $work/NAME.pid, its logs and temporary files under $work/NAME), and starts it unless
+# NGINX_NO_START=1 (for a caller that runs it itself, say under valgrind with
+# MAIN="daemon off; master_process off;").
+nginx_conf() { # name http-block
+  mkdir -p "$work/$1"
+  cat > "$work/$1.conf" <<NGINX
+${MAIN:-}
+worker_processes 1;
+pid $work/$1.pid;
+error_log $work/$1/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/$1/body;
+  proxy_temp_path $work/$1/proxy;
+  fastcgi_temp_path $work/$1/fastcgi;
+  uwsgi_temp_path $work/$1/uwsgi;
+  scgi_temp_path $work/$1/scgi;
+$2
+}
+NGINX
+  [ "${NGINX_NO_START:-0}" = 1 ] || nginx -c "$work/$1.conf"
+}
+
+# The fast upstream of the benchmarks: nginx answering every request with a fixed
+# JSON-RPC result, on PORT.
+fast_upstream() { # name port
+  nginx_conf "$1" "
+  server {
+    listen 127.0.0.1:$2;
+    location / {
+      default_type application/json;
+      return 200 '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"Echo: bench\"}]}}';
+    }
+  }"
+}

@@ -5,6 +5,10 @@
 #   everything: @modelcontextprotocol/server-everything (streamable HTTP), a real MCP server
 # Method (docs/design.md, "Benchmarks"): same run, interleaved A/B/C, ROUNDS rounds, wrk -t2 -c16, unique
 # JSON-RPC ids (tools-call.lua); median and spread reported. Loopback only; bounded runs.
+# Each path also reports the CPU time (user and kernel, from /proc) its serving process spent
+# per request over the run: the proxy, nginx's front worker, or for "direct" the upstream.
+# Both move with the load other tenants put on a shared machine (bench/counts.sh counts
+# what does not: system calls and instructions per request).
 #
 # Usage: bash bench/run.sh [ROUNDS] [DURATION]      (needs: nginx, wrk, node, npm ci in tests/e2e)
 #   BENCH_BASELINE=path/to/mcp-auth-proxy adds that binary (say, the release build of an earlier
@@ -50,37 +54,11 @@ NGINX_LOGGED=$(free_port); PROXY_DEFAULT=$(free_port)
 PROXY_POLICY=$(free_port); PROXY_AUDIT=$(free_port)
 
 # --- upstreams and nginx -------------------------------------------------------------
-# Two nginx instances, one worker each: the fast upstream, and nginx as the reverse proxy
-# under test. Kept apart so the front pays for its own scheduling and socket hops the way
-# mcp-auth-proxy does (one shared worker would serve both ends in a single event loop).
-nginx_conf() { # name http-block
-  mkdir -p "$work/$1"
-  cat > "$work/$1.conf" <<NGINX
-worker_processes 1;
-pid $work/$1.pid;
-error_log $work/$1/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $work/$1/body;
-  proxy_temp_path $work/$1/proxy;
-  fastcgi_temp_path $work/$1/fastcgi;
-  uwsgi_temp_path $work/$1/uwsgi;
-  scgi_temp_path $work/$1/scgi;
-$2
-}
-NGINX
-  nginx -c "$work/$1.conf"
-}
-# The fast upstream: a fixed JSON-RPC result.
-nginx_conf upstream "
-  server {
-    listen 127.0.0.1:$FAST;
-    location / {
-      default_type application/json;
-      return 200 '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"Echo: bench\"}]}}';
-    }
-  }"
+# Two nginx instances, one worker each (nginx_conf, bench/lib.sh): the fast upstream, and
+# nginx as the reverse proxy under test. Kept apart so the front pays for its own
+# scheduling and socket hops the way mcp-auth-proxy does (one shared worker would serve both
+# ends in a single event loop).
+fast_upstream upstream "$FAST"
 # nginx as a plain reverse proxy (no auth), SSE-friendly.
 nginx_conf front "
   upstream fast { server 127.0.0.1:$FAST; keepalive 64; }
@@ -113,6 +91,12 @@ PORT=$EVERY node tests/e2e/node_modules/@modelcontextprotocol/server-everything/
   >"$work/everything.log" 2>&1 &
 pids+=($!)
 
+# The process serving each port, whose CPU time is read around each run.
+declare -A PID_OF
+PID_OF[$EVERY]=$!
+PID_OF[$FAST]=$(pgrep -P "$(cat "$work/upstream.pid")" | head -1)
+for p in $NGINX_FAST $NGINX_LOGGED $NGINX_EVERY; do PID_OF[$p]=$(pgrep -P "$(cat "$work/front.pid")" | head -1); done
+
 # The request log is off (RUST_LOG=warn), as nginx's access_log is; BENCH_RUST_LOG=info
 # measures with it.
 # Not in a command substitution: its subshell would keep the pid from `pids` (and cleanup).
@@ -124,6 +108,7 @@ start_proxy() { # port upstream data [flags…]; sets STARTED (the binary: $PROX
     --password "$PASSWORD" "${@:4}" "$2" >"$3.log" 2>&1 &
   STARTED=$!
   pids+=("$STARTED")
+  PID_OF[$1]=$STARTED
 }
 start_proxy "$PROXY_FAST" "http://127.0.0.1:$FAST/mcp" "$work/data-fast"; PROXY_FAST_PID=$STARTED
 start_proxy "$PROXY_EVERY" "http://127.0.0.1:$EVERY/mcp" "$work/data-every"; PROXY_EVERY_PID=$STARTED
@@ -185,22 +170,25 @@ SID_PROXY=$(init_session "http://127.0.0.1:$PROXY_EVERY/mcp" "$TOKEN_EVERY")
 
 rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 
-# One wrk run; prints "req/s p50_ms p99_ms errors".
+# One wrk run; prints "req/s p50_ms p99_ms requests errors".
 run_wrk() { # url auth session
   local out
   out=$(BENCH_AUTH="$2" BENCH_SESSION="$3" wrk -t2 -c16 -d"$DURATION" --latency -s bench/tools-call.lua "$1")
-  local rps p50 p99 errs
+  local rps p50 p99 n errs
   rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
+  n=$(awk '/requests in/{print $1}' <<<"$out")
   p50=$(awk '$1=="50%"{print $2}' <<<"$out")
   p99=$(awk '$1=="99%"{print $2}' <<<"$out")
   errs=$(awk '/Non-2xx|Socket errors/{print}' <<<"$out" | tr '\n' ' ')
-  echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${errs:-none}"
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") $n ${errs:-none}"
 }
 to_ms() { # wrk prints 1.23ms / 456.00us / 1.20s
   awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us$/,"",v); printf "%.3f", v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); printf "%.3f", v} else if (v ~ /s$/) {sub(/s$/,"",v); printf "%.3f", v*1000} else print v }'
 }
 
-declare -A RESULTS
+declare -A RESULTS CPU
+HZ=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system, all threads
 targets=(
   "fast:direct|http://127.0.0.1:$FAST/mcp||"
   "fast:nginx|http://127.0.0.1:$NGINX_FAST/mcp||"
@@ -224,9 +212,16 @@ echo "rounds=$ROUNDS duration=$DURATION wrk -t2 -c16; $(nproc) cores; $(uname -r
 for round in $(seq "$ROUNDS"); do
   for t in "${targets[@]}"; do
     name=${t%%|*}; rest=${t#*|}; url=${rest%%|*}; rest=${rest#*|}; auth=${rest%%|*}; sid=${rest#*|}
+    port=${url#http://127.0.0.1:}; pid=${PID_OF[${port%%/*}]}
+    before=$(cpu_ticks "$pid")
     r=$(run_wrk "$url" "$auth" "$sid")
-    echo "round $round $name: $r" >&2
+    after=$(cpu_ticks "$pid")
+    # The serving process's CPU (user and kernel) per request, in µs.
+    read -r _ _ _ n _ <<<"$r"
+    cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$n" 'BEGIN{printf "%.1f", t * 1e6 / hz / n}')
+    echo "round $round $name: $r, ${cpu} µs CPU per request" >&2
     RESULTS[$name]+="$r;"
+    CPU[$name]+="$cpu "
   done
 done
 
@@ -234,16 +229,16 @@ median_spread() { # list of numbers → "median (min–max)"
   tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.2f (%.2f–%.2f)", m, a[1], a[NR]}'
 }
 echo
-echo "| upstream | path | req/s | p50 ms | p99 ms | errors |"
-echo "|---|---|---|---|---|---|"
+echo "| upstream | path | req/s | p50 ms | p99 ms | CPU µs per request | errors |"
+echo "|---|---|---|---|---|---|---|"
 for t in "${targets[@]}"; do
   name=${t%%|*}
   IFS=';' read -ra runs <<<"${RESULTS[$name]}"
   rps=""; p50=""; p99=""; errs=""
   for r in "${runs[@]}"; do
-    read -r a b c d <<<"$r"; rps+="$a "; p50+="$b "; p99+="$c "; [ "$d" != none ] && errs+="$d "
+    read -r a b c _ d <<<"$r"; rps+="$a "; p50+="$b "; p99+="$c "; [ "$d" != none ] && errs+="$d "
   done
-  echo "| ${name%%:*} | ${name#*:} | $(median_spread "$rps") | $(median_spread "$p50") | $(median_spread "$p99") | ${errs:-none} |"
+  echo "| ${name%%:*} | ${name#*:} | $(median_spread "$rps") | $(median_spread "$p50") | $(median_spread "$p99") | $(median_spread "${CPU[$name]}") | ${errs:-none} |"
 done
 echo
 echo "RSS after the runs: mcp-auth-proxy (fast) $(rss_kb "$PROXY_FAST_PID") KiB, mcp-auth-proxy (everything) $(rss_kb "$PROXY_EVERY_PID") KiB, nginx front worker $(rss_kb "$(pgrep -P "$(cat "$work/front.pid")" | head -1)") KiB"
