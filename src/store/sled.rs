@@ -49,7 +49,9 @@ fn cannot(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> St
 /// memory under any capacity: with `SOAK_ONLY=sign-in bash bench/soak.sh 240`, a 256 KiB
 /// capacity left the memory growth of sign-ins unchanged (574 KiB per minute against 534).
 /// Past the cap, memory grows by about 100 bytes per record (sled's page table) instead of
-/// about 1 000. BENCHMARKS.md, "Soak", has both measurements.
+/// about 1 000. BENCHMARKS.md, "Soak", has both measurements. Nor does removal give memory
+/// back: sled 0.34's page table only grows and its emptied tree nodes are not freed (sled's
+/// pull requests #852 and #1459).
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl SledStore {
