@@ -450,12 +450,13 @@ async fn front(
     }
     let ms = crate::metrics::elapsed_ms(started);
     match (path, client) {
-        (Some(path), Some(client)) if server.is_empty() => {
-            tracing::info!(method, route, path, status, ms, %client, "request");
-        }
-        (Some(path), Some(client)) => {
-            tracing::info!(method, route, server, path, status, ms, %client, "request");
-        }
+        (Some(path), Some(client)) => crate::log_line::with_address(client, |client| {
+            if server.is_empty() {
+                tracing::info!(method, route, path, status, ms, client = %client, "request");
+            } else {
+                tracing::info!(method, route, server, path, status, ms, client = %client, "request");
+            }
+        }),
         _ => tracing::debug!(method, route, status, ms, "request"),
     }
     resp

@@ -470,6 +470,7 @@ async fn the_log_has_plain_values_a_person_can_read() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let ms = v["ms"].as_f64().unwrap();
         assert_eq!((ms * 100.0).round() / 100.0, ms, "rounded: {line}");
+        assert_eq!(v["client"], "127.0.0.1", "{line}");
     }
 }
 

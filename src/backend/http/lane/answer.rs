@@ -162,7 +162,9 @@ impl Lane {
         match plan.client {
             Some(client) => {
                 let path = self.shared.site.server.mcp_path.as_str();
-                tracing::info!(target: "mcp_auth_proxy::server", method, route, path, status, ms, %client, "request");
+                crate::log_line::with_address(client, |client| {
+                    tracing::info!(target: "mcp_auth_proxy::server", method, route, path, status, ms, client = %client, "request");
+                });
             }
             None => {
                 tracing::debug!(target: "mcp_auth_proxy::server", method, route, status, ms, "request");
