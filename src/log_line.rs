@@ -9,6 +9,9 @@
 //! serializer and a UTF-8 check of its own. Here the date and time to the second are formatted
 //! once a second per thread and the rest is appended in place. CONTRIBUTING.md has the numbers.
 //! The line is the same (`tests` compare the two field by field).
+//!
+//! For the same reason [`with_address`] gives the request lines their client address as text
+//! formatted once per run of lines from that address on a thread, as the date is.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write};
