@@ -695,9 +695,10 @@ impl Site {
             .find(|s| s.host.as_deref() == Some(host.as_str()))
     }
 
-    /// This site's own server in the catalog, if it serves one.
-    pub fn server(&self) -> Option<&ServerFace> {
-        self.server_of(&self.server.resource)
+    /// Whether the site serves one of the catalog's servers: the main site of `--config`
+    /// without a default server does not (its `server` is in no catalog entry).
+    pub fn serves(&self) -> bool {
+        self.server_of(&self.server.resource).is_some()
     }
 }
 

@@ -527,8 +527,8 @@ pub async fn home(app: &SignIn, headers: &HeaderMap) -> Response {
         .filter_map(|s| Some((s.name.clone()?, s.resource.clone())))
         .collect();
     // The example URL: the default server's, else the first one's.
-    let mcp_url = match (app.site.server(), servers.first()) {
-        (None, Some((_, first))) => first.clone(),
+    let mcp_url = match servers.first() {
+        Some((_, first)) if !app.site.serves() => first.clone(),
         _ => app.site.server.resource.clone(),
     };
     let tpl = crate::web::pages::HomePage {

@@ -152,14 +152,14 @@ pub async fn authorization_server(
     doc.scopes_supported
         .extend(crate::oauth::policy_scopes(&app, &served.server.resource));
     if app.assertion {
-        doc.jwks_uri = Some(app.site.server.origin.join(crate::assertion::JWKS_PATH));
+        doc.jwks_uri = Some(app.site.home.join(crate::assertion::JWKS_PATH));
     }
     doc.client_id_metadata_document_supported = app.documents.is_some();
     if app.client_credentials {
         doc.grant_types_supported.push("client_credentials");
     }
     if app.introspection {
-        doc.introspection_endpoint = Some(app.site.server.origin.join("/introspect"));
+        doc.introspection_endpoint = Some(app.site.home.join("/introspect"));
         doc.introspection_endpoint_auth_methods_supported = Some([
             crate::oauth::clients::SECRET_BASIC,
             crate::oauth::clients::SECRET_POST,

@@ -41,11 +41,6 @@ impl std::ops::Deref for Served {
 }
 
 impl Served {
-    /// Whether the site serves a server (the main site of `--config` without a default
-    /// does not).
-    pub fn serves(&self) -> bool {
-        self.server().is_some()
-    }
     /// Whether `resource` is another of this proxy's servers' (a code or grant for it is
     /// redeemed at that server's issuer only). A resource no server has any more, such as
     /// one under an earlier external URL, is not another server's.

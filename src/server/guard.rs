@@ -60,12 +60,9 @@ fn refused(site: &Site, path: &str, status: StatusCode, message: &str) -> Respon
         Audience::OAuthClient => {
             OAuthError::new(status, OAuthErrorCode::InvalidRequest, message).into_response()
         }
-        Audience::Person => crate::web::pages::error_page(
-            &site.server.origin.host(),
-            status,
-            "Bad request",
-            message,
-        ),
+        Audience::Person => {
+            crate::web::pages::error_page(&site.home.host(), status, "Bad request", message)
+        }
         Audience::McpClient => jsonrpc_error(status, message),
     }
 }

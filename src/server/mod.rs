@@ -272,7 +272,7 @@ pub fn router(state: AppState) -> Router {
     for server in &state.servers {
         // Every server's issuer lives on the main host, where people sign in.
         main = main.merge(issuer_routes(server.clone(), limited()));
-        if server.site().server().is_some_and(|s| s.host.is_some()) {
+        if server.site().server.host.is_some() {
             hosted.push(Some(hosted_routes(server.clone(), &state)));
         } else {
             main = main.merge(resource_routes(server.clone()));
@@ -322,7 +322,7 @@ fn resource_routes(server: AppState) -> Router<AppState> {
 /// root well-known path), the probes, and a redirect to the main host for sign-in and the
 /// authorization server; anything else is not served there.
 fn hosted_routes(server: AppState, main: &AppState) -> Router {
-    let origin = main.site().server.origin.clone();
+    let origin = main.site().home.clone();
     let to_main = move |req: Request| {
         std::future::ready(tls::same_path_at(
             &origin,

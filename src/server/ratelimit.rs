@@ -96,7 +96,7 @@ pub fn refusal(app: &AppState, ip: std::net::IpAddr, path: &str) -> Option<Respo
     let mut resp = if super::guard::Audience::at(app.site(), path) == super::guard::Audience::Person
     {
         crate::web::pages::error_page(
-            &app.site().server.origin.host(),
+            &app.site().home.host(),
             StatusCode::TOO_MANY_REQUESTS,
             "Too many attempts",
             &format!("Please wait {secs} seconds and try again."),

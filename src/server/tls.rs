@@ -283,7 +283,7 @@ pub fn redirect_router(site: &crate::config::Site, acme: Option<Router>) -> Rout
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .and_then(|h| site.hosted_at(h))
-            .map_or_else(|| site.server.origin.clone(), |s| s.origin.clone());
+            .map_or_else(|| site.home.clone(), |s| s.origin.clone());
         std::future::ready(same_path_at(&origin, &req, StatusCode::PERMANENT_REDIRECT))
     };
     let base = acme.unwrap_or_default();
