@@ -107,7 +107,7 @@ for log in on off; do
   P=$(free_port); V=$(free_port)
   nginx_front "front-$log" "$P" "$log"
   WORKER=$(pgrep -P "$(cat "$work/front-$log.pid")" | head -1)
-  MAIN="daemon off; master_process off;" NGINX_NO_START=1 nginx_front "cg-front-$log" "$V" "$log"
+  NGINX_MAIN="daemon off; master_process off;" NGINX_NO_START=1 nginx_front "cg-front-$log" "$V" "$log"
   # shellcheck disable=SC2046
   $(callgrind "$work/cg-nginx-$log") nginx -c "$work/cg-front-$log.conf" >/dev/null 2>&1 &
   pids+=($!); VPID=$!

@@ -44,11 +44,11 @@ stdio_bench_cleanup() {
 # Writes $work/NAME.conf, an nginx of one worker serving HTTP-BLOCK (its pid file
 # $work/NAME.pid, its logs and temporary files under $work/NAME), and starts it unless
 # NGINX_NO_START=1 (for a caller that runs it itself, say under valgrind with
-# MAIN="daemon off; master_process off;").
+# NGINX_MAIN="daemon off; master_process off;").
 nginx_conf() { # name http-block
   mkdir -p "$work/$1"
   cat > "$work/$1.conf" <<NGINX
-${MAIN:-}
+${NGINX_MAIN:-}
 worker_processes 1;
 pid $work/$1.pid;
 error_log $work/$1/error.log warn;
