@@ -404,7 +404,8 @@ impl HttpBackend {
     /// is judged as its `-` form too: CGI, WSGI and PHP upstreams read `X_Forwarded_User` as
     /// `X-Forwarded-User`, so such a copy would shadow ours.
     pub fn never_forwarded(&self, name: &str) -> bool {
-        if name.contains('_') {
+        // A byte loop: `contains('_')` goes through `memchr`, costly on names this short.
+        if name.bytes().any(|b| b == b'_') {
             let dashed = name.replace('_', "-");
             if self.reserved(&dashed) || self.opts.headers.iter().any(|(n, _)| n.as_str() == dashed)
             {

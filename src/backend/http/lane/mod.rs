@@ -565,5 +565,10 @@ mod tests {
             Some("content-length")
         );
         assert_eq!(lowercase(&"x".repeat(MAX_NAME + 1), &mut buf), None);
+        assert_eq!(lowercase(&"X".repeat(MAX_NAME + 1), &mut buf), None);
+        assert_eq!(
+            lowercase("mcp-session-id", &mut buf),
+            Some("mcp-session-id")
+        );
     }
 }

@@ -186,8 +186,13 @@ pub(super) fn parts_of(req: &httparse::Request) -> Option<http::request::Parts> 
     Some(builder.body(()).ok()?.into_parts().0)
 }
 
-/// `name` in lowercase, in `buf`; `None` when longer than it.
-pub(super) fn lowercase<'a>(name: &str, buf: &'a mut [u8; MAX_NAME]) -> Option<&'a str> {
+/// `name` in lowercase (in `buf` when it has capitals); `None` when longer than `buf`.
+pub(super) fn lowercase<'a>(name: &'a str, buf: &'a mut [u8; MAX_NAME]) -> Option<&'a str> {
+    // Names mostly come lowercase (fetch and HTTP/2 clients send them so): used as they are,
+    // without the copy and its UTF-8 check (about 100 instructions a header, callgrind).
+    if !name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return (name.len() <= MAX_NAME).then_some(name);
+    }
     let out = buf.get_mut(..name.len())?;
     out.copy_from_slice(name.as_bytes());
     out.make_ascii_lowercase();
