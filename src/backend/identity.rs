@@ -1,6 +1,8 @@
 //! Telling the MCP server who is calling: identity headers and `--header-mapping`, for
 //! proxied requests and for the forward-auth answer.
 
+use std::borrow::Cow;
+
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
@@ -40,7 +42,7 @@ impl IdentityPart {
     /// `qualified` ([`crate::config::IdentityHeaders::qualified_user`]).
     pub fn of(&self, id: &Identity, qualified: bool) -> Option<String> {
         let v = match self {
-            IdentityPart::User => Some(user_value(id, qualified)),
+            IdentityPart::User => Some(user_value(id, qualified).into_owned()),
             IdentityPart::Provider => Some(id.provider.clone()),
             IdentityPart::Email => id.email.clone(),
             IdentityPart::Name => id.name.clone(),
@@ -52,11 +54,11 @@ impl IdentityPart {
 }
 
 /// The user as sent upstream: `provider:user id` when qualified, else the bare id.
-fn user_value(id: &Identity, qualified: bool) -> String {
+fn user_value(id: &Identity, qualified: bool) -> Cow<'_, str> {
     if qualified {
-        format!("{}:{}", id.provider, id.user_id)
+        Cow::Owned(format!("{}:{}", id.provider, id.user_id))
     } else {
-        id.user_id.clone()
+        Cow::Borrowed(&id.user_id)
     }
 }
 
@@ -93,38 +95,67 @@ fn claim_text(v: Option<&Value>) -> Option<String> {
 /// is unknown (or cannot be a header value).
 pub fn insert(opts: &UpstreamOptions, out: &mut HeaderMap, id: &Identity) {
     each(opts, id, |name, value| {
-        out.insert(name.clone(), value);
+        if let Ok(value) = HeaderValue::from_str(value) {
+            out.insert(name.clone(), value);
+        }
     });
 }
 
 /// Calls `f` with each identity header the caller gets, in the order [`insert`] sets them
-/// (a later one of the same name replaces an earlier one there).
-pub fn each(opts: &UpstreamOptions, id: &Identity, mut f: impl FnMut(&HeaderName, HeaderValue)) {
+/// (a later one of the same name replaces an earlier one there). A value that is unknown,
+/// empty or cannot be a header value is left out. The values are lent, not copied: the lane
+/// writes them straight into the upstream request, on every request.
+pub fn each(opts: &UpstreamOptions, id: &Identity, mut f: impl FnMut(&HeaderName, &str)) {
     let i = &opts.identity;
-    let mut set = |name: &HeaderName, value: Option<String>| {
-        if let Some(v) = value.filter(|v| !v.is_empty())
-            && let Ok(v) = HeaderValue::from_bytes(v.as_bytes())
-        {
-            f(name, v);
+    let mut set = |name: &HeaderName, value: &str| {
+        if !value.is_empty() && is_header_value(value) {
+            f(name, value);
         }
     };
     set(
         &HeaderName::from_static(crate::config::PROVIDER_HEADER),
-        Some(id.provider.clone()),
+        &id.provider,
     );
-    set(&i.user, Some(user_value(id, i.qualified_user)));
-    set(&i.email, id.email.clone());
-    set(&i.name, id.name.clone());
-    set(&i.groups, Some(groups_value(id)));
+    set(&i.user, &user_value(id, i.qualified_user));
+    set(&i.email, id.email.as_deref().unwrap_or_default());
+    set(&i.name, id.name.as_deref().unwrap_or_default());
+    set(&i.groups, &groups_value(id));
     for (pointer, name) in &opts.mapping {
-        set(name, claim_text(id.claims.pointer(pointer)));
+        set(
+            name,
+            claim_text(id.claims.pointer(pointer))
+                .as_deref()
+                .unwrap_or_default(),
+        );
     }
+}
+
+/// Whether `HeaderValue::from_str` takes `value`: tabs and visible bytes only (no other
+/// control character, no DEL).
+fn is_header_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_header_value_is_what_the_http_crate_takes() {
+        for b in 0u8..=255 {
+            let text = String::from_utf8_lossy(&[b'a', b, b'z']).into_owned();
+            assert_eq!(
+                is_header_value(&text),
+                HeaderValue::from_str(&text).is_ok(),
+                "byte {b:#04x}"
+            );
+        }
+        assert!(is_header_value("caf\u{e9} \t 🦀"));
+        assert!(!is_header_value("line\r\nInjected: 1"));
+    }
 
     fn id(provider: &str, user: &str, groups: &[&str]) -> Identity {
         Identity {
