@@ -452,9 +452,9 @@ async fn front(
     match (path, client) {
         (Some(path), Some(client)) => crate::log_line::with_address(client, |client| {
             if server.is_empty() {
-                tracing::info!(method, route, path, status, ms, client = %client, "request");
+                tracing::info!(method, route, path, status, ms, client, "request");
             } else {
-                tracing::info!(method, route, server, path, status, ms, client = %client, "request");
+                tracing::info!(method, route, server, path, status, ms, client, "request");
             }
         }),
         _ => tracing::debug!(method, route, status, ms, "request"),

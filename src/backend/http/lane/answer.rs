@@ -163,7 +163,7 @@ impl Lane {
             Some(client) => {
                 let path = self.shared.site.server.mcp_path.as_str();
                 crate::log_line::with_address(client, |client| {
-                    tracing::info!(target: "mcp_auth_proxy::server", method, route, path, status, ms, client = %client, "request");
+                    tracing::info!(target: "mcp_auth_proxy::server", method, route, path, status, ms, client, "request");
                 });
             }
             None => {
