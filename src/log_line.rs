@@ -10,12 +10,12 @@
 //! once a second per thread and the rest is appended in place. CONTRIBUTING.md has the numbers.
 //! The line is the same (`tests` compare the two field by field).
 //!
-//! For the same reason [`with_address`] gives the request lines their client address as text
-//! formatted once per run of lines from that address on a thread, as the date is.
+//! For the same reason the request lines take their client address as text from
+//! [`crate::client_addr::with_text`], formatted once per run of requests from that address
+//! on a thread, as the date is.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write};
-use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -215,29 +215,6 @@ fn needs_escape(byte: u8) -> bool {
 }
 
 thread_local! {
-    /// The client address last written in a request line on this thread, and its text.
-    static ADDRESS: RefCell<Option<(IpAddr, String)>> = const { RefCell::new(None) };
-}
-
-/// Calls `log` with `ip` as text, formatted once for a run of request lines from the same
-/// address on this thread (a client's requests follow one another on its connection).
-/// `IpAddr`'s `Display` costs about 1 400 instructions (callgrind), a sixth of a request
-/// line's; the lines are the same.
-pub fn with_address<R>(ip: IpAddr, log: impl FnOnce(&str) -> R) -> R {
-    ADDRESS.with(|cell| {
-        // Borrowed only if `log` itself writes a request line: that one formats afresh.
-        let Ok(mut cached) = cell.try_borrow_mut() else {
-            return log(&ip.to_string());
-        };
-        let text = match &mut *cached {
-            Some((at, text)) if *at == ip => text,
-            slot => &slot.insert((ip, ip.to_string())).1,
-        };
-        log(text)
-    })
-}
-
-thread_local! {
     /// The second last formatted on this thread, and its `YYYY-MM-DDTHH:MM:SS`.
     static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
@@ -319,21 +296,6 @@ mod tests {
         tracing::warn!(odd, why = %odd, n = -3i64, big = u64::MAX, yes = true, f = 1.0, nan = f64::NAN, "a {} message {odd}", 1);
         tracing::error!(error = &error as &dyn std::error::Error, "failed");
         tracing::debug!(i = 170141183460469231731687303715884105727i128, "wide");
-    }
-
-    #[test]
-    fn an_address_is_its_display_and_formatted_again_when_it_changes() {
-        let a: IpAddr = "192.0.2.7".parse().unwrap();
-        let b: IpAddr = "2001:db8::1".parse().unwrap();
-        for ip in [a, a, b, b, a] {
-            with_address(ip, |text| assert_eq!(text, ip.to_string()));
-        }
-        // Used again inside its own call, it formats afresh rather than panic.
-        with_address(a, |outer| {
-            with_address(b, |inner| {
-                assert_eq!((outer, inner), ("192.0.2.7", "2001:db8::1"));
-            });
-        });
     }
 
     #[test]

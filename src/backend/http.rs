@@ -552,7 +552,10 @@ impl HttpBackend {
 /// `X-Forwarded-For` for the upstream: the client's peer address, after the chain a trusted
 /// proxy passed (`earlier`, ignored from anyone else).
 pub fn forwarded_for<'a>(client: &ClientInfo, earlier: impl Iterator<Item = &'a str>) -> String {
-    let peer = crate::client_addr::canonical_ip(client.peer).to_string();
+    let peer = crate::client_addr::with_text(
+        crate::client_addr::canonical_ip(client.peer),
+        str::to_string,
+    );
     let earlier: Vec<&str> = if client.peer_trusted {
         earlier.collect()
     } else {

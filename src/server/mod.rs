@@ -450,7 +450,7 @@ async fn front(
     }
     let ms = crate::metrics::elapsed_ms(started);
     match (path, client) {
-        (Some(path), Some(client)) => crate::log_line::with_address(client, |client| {
+        (Some(path), Some(client)) => crate::client_addr::with_text(client, |client| {
             if server.is_empty() {
                 tracing::info!(method, route, path, status, ms, client, "request");
             } else {

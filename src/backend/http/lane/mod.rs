@@ -556,6 +556,15 @@ mod tests {
         assert!(out.is_empty(), "an empty chunk would end the body");
         chunk(&mut out, b"hello");
         assert_eq!(out, b"5\r\nhello\r\n");
+        for (status, line) in [
+            (200, &b"HTTP/1.1 200 OK\r\n"[..]),
+            (404, b"HTTP/1.1 404 Not Found\r\n"),
+            (599, b"HTTP/1.1 599 \r\n"),
+        ] {
+            let mut out = Vec::new();
+            status_line(&mut out, status);
+            assert_eq!(out, line);
+        }
         assert_eq!(visible_ascii(b"Bearer abc"), Some("Bearer abc"));
         assert_eq!(visible_ascii("caf\u{e9}".as_bytes()), None);
         assert_eq!(visible_ascii(b"a\x7fb"), None);
