@@ -9,14 +9,14 @@ use serde_json::Value;
 use crate::config::{IdentityPart, UpstreamOptions};
 use crate::store::Identity;
 
-/// Whether `name` (lowercase) is one of the headers only we may set (the identity names and
-/// the `--header-mapping` targets): client copies of them are spoofing.
-pub fn is_ours(opts: &UpstreamOptions, name: &str) -> bool {
+/// The headers only we may set (the identity names and the `--header-mapping` targets),
+/// lowercase: client copies of them are spoofing.
+pub fn our_names(opts: &UpstreamOptions) -> impl Iterator<Item = &str> {
     let i = &opts.identity;
     [&i.user, &i.email, &i.name, &i.groups]
         .into_iter()
         .chain(opts.mapping.iter().map(|(_, h)| h))
-        .any(|h| h.as_str() == name)
+        .map(HeaderName::as_str)
 }
 
 /// `--stdio-identity-env`: which parts of the caller's identity go into which variables of
