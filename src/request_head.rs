@@ -39,6 +39,11 @@ pub fn authority_of<'a>(
 /// Whether an authority (`host[:port]`) names our external origin. A loopback origin accepts
 /// any loopback name for the same port: DNS rebinding needs a non-loopback name.
 pub fn host_allowed(site: &Site, authority: &str) -> bool {
+    // The common case, our authority as the origin writes it, needs no parse (the parse
+    // and the comparisons below cost some 1 400 instructions a request, callgrind).
+    if authority == site.server.origin.authority() {
+        return true;
+    }
     let Ok(auth) = authority.parse::<http::uri::Authority>() else {
         return false;
     };
@@ -154,7 +159,14 @@ mod tests {
         assert!(!host_allowed(&s, "evil.example.com"));
         assert!(!host_allowed(&s, "localhost"));
         assert!(!host_allowed(&s, ""));
+        // The origin's own authority, matched before any parse; a default port is not part
+        // of it, an explicit other one is.
+        assert_eq!(s.server.origin.authority(), "mcp.example.com");
+        let p = site("https://mcp.example.com:443", &[], &[]);
+        assert_eq!(p.server.origin.authority(), "mcp.example.com");
+        assert!(host_allowed(&p, "mcp.example.com:443"));
         let l = site("http://localhost:8080", &[], &[]);
+        assert_eq!(l.server.origin.authority(), "localhost:8080");
         assert!(host_allowed(&l, "127.0.0.1:8080"));
         assert!(host_allowed(&l, "[::1]:8080"));
         assert!(host_allowed(&l, "localhost:8080"));

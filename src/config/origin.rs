@@ -107,6 +107,12 @@ impl PublicOrigin {
         self.url.scheme()
     }
 
+    /// `host[:port]` as the origin is written (no credentials: [`Self::parse`] refuses
+    /// them; no default port: the url crate drops it).
+    pub fn authority(&self) -> &str {
+        self.url.authority()
+    }
+
     pub fn is_https(&self) -> bool {
         self.url.scheme() == "https"
     }
