@@ -17,18 +17,7 @@ SECS=${2:-5}
 for tool in nginx wrk strace valgrind callgrind_control node curl python3; do
   command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }
 done
-cargo build --release --locked -q
-BIN=target/release/mcp-auth-proxy
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  local p f
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for f in "$work"/*.pid; do [ -f "$f" ] && { kill "$(cat "$f")" 2>/dev/null || true; }; done
-  sleep 1
-  rm -rf "$work"
-}
-trap cleanup EXIT
+front_bench_setup
 
 UP=$(free_port)
 fast_upstream upstream "$UP"

@@ -41,6 +41,26 @@ stdio_bench_cleanup() {
   rm -rf "$work"
 }
 
+# The start of the benchmarks that put nginx in front (bench/counts.sh, bench/switches.sh):
+# the release build made; sets BIN, `work` (a temporary directory) and `pids` (processes the
+# exit trap kills, with every nginx whose pid file is in $work).
+# shellcheck disable=SC2034 # BIN is for the scripts that source this file.
+front_bench_setup() {
+  cargo build --release --locked -q
+  BIN=target/release/mcp-auth-proxy
+  work=$(mktemp -d)
+  pids=()
+  trap front_bench_cleanup EXIT
+}
+
+front_bench_cleanup() {
+  local p f
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for f in "$work"/*.pid; do [ -f "$f" ] && { kill "$(cat "$f")" 2>/dev/null || true; }; done
+  sleep 1
+  rm -rf "$work"
+}
+
 # Writes $work/NAME.conf, an nginx of one worker serving HTTP-BLOCK (its pid file
 # $work/NAME.pid, its logs and temporary files under $work/NAME), and starts it unless
 # NGINX_NO_START=1 (for a caller that runs it itself, say under valgrind with

@@ -13,18 +13,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 ROUNDS=${1:-2}
 for tool in nginx wrk node curl python3; do command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }; done
-cargo build --release --locked -q
-BIN=target/release/mcp-auth-proxy
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  local p f
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for f in "$work"/*.pid; do [ -f "$f" ] && { kill "$(cat "$f")" 2>/dev/null || true; }; done
-  sleep 1
-  rm -rf "$work"
-}
-trap cleanup EXIT
+front_bench_setup
 UP=$(free_port)
 fast_upstream upstream "$UP"
 P=$(free_port)
