@@ -17,8 +17,12 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 }
 
 thread_local! {
-    /// The address last given as text on this thread, and its text.
-    static TEXT: std::cell::RefCell<Option<(IpAddr, String)>> = const { std::cell::RefCell::new(None) };
+    /// The two addresses last given as text on this thread and their texts, the latest
+    /// first: behind a trusted proxy a request writes two (the proxy's in
+    /// `X-Forwarded-For`, the client's in the request log), and one slot would format both
+    /// every time.
+    static TEXT: std::cell::RefCell<[Option<(IpAddr, String)>; 2]> =
+        const { std::cell::RefCell::new([None, None]) };
 }
 
 /// Calls `use_text` with `ip` as text, formatted once for a run of uses of the same address
@@ -28,15 +32,36 @@ thread_local! {
 pub fn with_text<R>(ip: IpAddr, use_text: impl FnOnce(&str) -> R) -> R {
     TEXT.with(|cell| {
         // Borrowed only if `use_text` itself asks again: that one formats afresh.
-        let Ok(mut cached) = cell.try_borrow_mut() else {
-            return use_text(&ip.to_string());
+        let Ok(mut slots) = cell.try_borrow_mut() else {
+            return use_text(&formatted(ip));
         };
-        let text = match &mut *cached {
-            Some((at, text)) if *at == ip => text,
-            slot => &slot.insert((ip, ip.to_string())).1,
-        };
-        use_text(text)
+        match slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|(at, _)| *at == ip))
+        {
+            Some(i) => slots.swap(0, i),
+            None => {
+                slots[1] = Some((ip, formatted(ip)));
+                slots.swap(0, 1);
+            }
+        }
+        match &slots[0] {
+            Some((_, text)) => use_text(text),
+            None => use_text(&formatted(ip)),
+        }
     })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many addresses this thread formatted (for the cache's tests).
+    static FORMATTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn formatted(ip: IpAddr) -> String {
+    #[cfg(test)]
+    FORMATTED.set(FORMATTED.get() + 1);
+    ip.to_string()
 }
 
 /// What per-client limits count by: the IPv4 address, or the IPv6 /64 (one host usually
@@ -102,6 +127,19 @@ mod tests {
         for ip in [a, a, b, b, a] {
             with_text(ip, |text| assert_eq!(text, ip.to_string()));
         }
+        // Two addresses taking turns (a trusted proxy's and its client's) are each formatted
+        // once; a third pushes out the one used longest ago.
+        let c: IpAddr = "198.51.100.1".parse().unwrap();
+        let before = FORMATTED.get();
+        for ip in [a, b, a, b, a] {
+            with_text(ip, |text| assert_eq!(text, ip.to_string()));
+        }
+        assert_eq!(FORMATTED.get(), before, "a and b were both cached");
+        with_text(c, |text| assert_eq!(text, "198.51.100.1"));
+        with_text(a, |text| assert_eq!(text, "192.0.2.7"));
+        assert_eq!(FORMATTED.get(), before + 1, "c replaced b, not a");
+        with_text(b, |text| assert_eq!(text, "2001:db8::1"));
+        assert_eq!(FORMATTED.get(), before + 2);
         // Used again inside its own call, it formats afresh rather than panic.
         with_text(a, |outer| {
             with_text(b, |inner| {
