@@ -20,14 +20,16 @@ init_session() { # url [token]
 }
 
 # The stdio benchmarks' start: the peers (bench/node) and the e2e harness installed, the
-# release build made; sets BIN, EVERYTHING (server-everything's entry point), `work` (a
-# temporary directory) and `pids` (processes the exit trap kills).
+# release build made; sets BIN (this tree's release build, or BENCH_BIN when it names another
+# build: an A/B against an earlier one), EVERYTHING (server-everything's entry point), `work`
+# (a temporary directory) and `pids` (processes the exit trap kills).
 # shellcheck disable=SC2034 # BIN and EVERYTHING are for the scripts that source this file.
 stdio_bench_setup() {
   (cd bench/node && npm ci --no-audit --no-fund --loglevel=error)
   [ -d tests/e2e/node_modules ] || (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
   cargo build --release --locked -q
-  BIN=target/release/mcp-auth-proxy
+  BIN=${BENCH_BIN:-target/release/mcp-auth-proxy}
+  [ -x "$BIN" ] || { echo "BENCH_BIN=$BIN is not an executable" >&2; exit 1; }
   EVERYTHING="$(pwd)/bench/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
   work=$(mktemp -d)
   pids=()

@@ -151,6 +151,40 @@ async fn garbage_huge_lines_and_big_answers_do_not_break_the_session() {
     assert_eq!(events[1]["params"]["progressToken"], "p4");
 }
 
+/// A call's SSE answer leaves with its head in one write: the head waits for the first
+/// event, so a client reading once gets both (a head sent ahead went out 300 ms before the
+/// fixture's late answer, and this read would have returned it alone).
+#[tokio::test]
+async fn a_calls_sse_answer_leaves_with_its_head_in_one_write() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = bridge().await;
+    let t = token_for(&p, "password:alice").await;
+    let sid = ready(&p, &t).await;
+    let body = json!({"jsonrpc":"2.0","id":41,"method":"tools/call","params":{"name":"late","arguments":{}}}).to_string();
+    let authority = p.base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {authority}\r\nauthorization: Bearer {t}\r\n\
+         mcp-session-id: {sid}\r\nmcp-protocol-version: 2025-06-18\r\n\
+         accept: application/json, text/event-stream\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(20), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]);
+    assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+    assert!(first.contains("content-type: text/event-stream"), "{first}");
+    assert!(
+        first.contains(r#"data: {"jsonrpc":"2.0","id":41,"result""#),
+        "the head came without its event: {first}"
+    );
+}
+
 #[tokio::test]
 async fn a_crashing_child_fails_its_requests_at_once_and_the_next_session_works() {
     let p = bridge().await;

@@ -220,7 +220,7 @@ impl StdioBackend {
             return Err(Refusal::Rpc(StatusCode::BAD_GATEWAY, why));
         }
         let mut resp = if wants_sse && !created {
-            self.sse(rx)
+            post_sse(rx).await
         } else {
             // initialize is answered as JSON: its answer must carry the session id header,
             // and nothing else can happen before it.
@@ -365,7 +365,7 @@ impl StdioBackend {
             return Ok(StatusCode::ACCEPTED.into_response());
         }
         if wants_sse {
-            return Ok(self.sse(rx));
+            return Ok(post_sse(rx).await);
         }
         Ok(self.json_batch_answer(&session, ids, rx).await)
     }
@@ -431,12 +431,6 @@ impl StdioBackend {
         )
     }
 
-    /// An SSE response of the events arriving on `rx` (framed by the stream); it ends when
-    /// the stream lets go of its sender.
-    fn sse(&self, rx: mpsc::Receiver<Bytes>) -> Response {
-        sse_response(rx, ())
-    }
-
     fn get(&self, caller: &Caller, headers: &HeaderMap) -> Result<Response, Refusal> {
         if !accepts_sse(headers) {
             return Err(Refusal::Rpc(
@@ -456,7 +450,7 @@ impl StdioBackend {
             Some((no, after)) if session.resume(no, after, tx.clone()) => {}
             _ => session.open_get_stream(tx),
         }
-        Ok(self.sse(rx))
+        Ok(sse_response(None, rx, ()))
     }
 
     fn delete(&self, caller: &Caller, headers: &HeaderMap) -> Result<Response, Refusal> {
@@ -496,14 +490,39 @@ fn legacy_version(headers: &HeaderMap) -> Result<(), Refusal> {
     }
 }
 
-/// An SSE response of the events arriving on `rx`; `keep` lives as long as the response
-/// body (the legacy transport ends its session when it is dropped).
-fn sse_response<K: Send + 'static>(rx: mpsc::Receiver<Bytes>, keep: K) -> Response {
-    let events = futures_util::stream::unfold((rx, keep), |(mut rx, keep)| async move {
-        rx.recv()
-            .await
-            .map(|ev| (Ok::<_, std::convert::Infallible>(ev), (rx, keep)))
-    });
+/// A POST's SSE answer: the events arriving on `rx` (framed by the stream), ending when the
+/// stream lets go of its sender.
+///
+/// Its head waits for the first event, as the stateless path's answer waits for its first
+/// message (`stateless::respond`): a call answered at once then leaves in one write (head,
+/// event and the body's end), where a head sent ahead of the event went out alone, a
+/// second write of the answer and a second wake-up of the client per call (BENCHMARKS.md,
+/// "one write per answer"). A stream that ends before any event is the child gone.
+async fn post_sse(mut rx: mpsc::Receiver<Bytes>) -> Response {
+    match rx.recv().await {
+        Some(first) => sse_response(Some(first), rx, ()),
+        None => jsonrpc_error(
+            StatusCode::BAD_GATEWAY,
+            "the MCP server ended without answering",
+        ),
+    }
+}
+
+/// An SSE response of `first`, then the events arriving on `rx`; `keep` lives as long as the
+/// response body (the legacy transport ends its session when it is dropped).
+fn sse_response<K: Send + 'static>(
+    first: Option<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
+    keep: K,
+) -> Response {
+    let events =
+        futures_util::stream::unfold((first, rx, keep), |(first, mut rx, keep)| async move {
+            let event = match first {
+                Some(event) => Some(event),
+                None => rx.recv().await,
+            };
+            event.map(|ev| (Ok::<_, std::convert::Infallible>(ev), (None, rx, keep)))
+        });
     event_stream(Body::from_stream(events))
 }
 

@@ -52,8 +52,12 @@ impl StreamLog {
         }
         let seq = i.next_seq;
         i.next_seq += 1;
-        let mut ev = Vec::with_capacity(raw.len() + 40);
-        ev.extend_from_slice(format!("id: {}-{seq}\nevent: message\ndata: ", self.no).as_bytes());
+        let mut ev = Vec::with_capacity(raw.len() + 64);
+        ev.extend_from_slice(b"id: ");
+        ev.extend_from_slice(itoa::Buffer::new().format(self.no).as_bytes());
+        ev.push(b'-');
+        ev.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        ev.extend_from_slice(b"\nevent: message\ndata: ");
         ev.extend_from_slice(&raw);
         ev.extend_from_slice(b"\n\n");
         let ev = Bytes::from(ev);

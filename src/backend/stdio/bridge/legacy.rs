@@ -58,7 +58,7 @@ impl StdioBackend {
         let _ = tx.try_send(Bytes::from(endpoint));
         let _ = session.legacy.set(tx.clone());
         session.open_get_stream(tx);
-        Ok(sse_response(rx, EndsSession(session)))
+        Ok(sse_response(None, rx, EndsSession(session)))
     }
 
     /// `POST /messages?sessionId=…`: one message of a legacy session; its answer goes to
