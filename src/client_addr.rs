@@ -3,7 +3,7 @@
 //! IPv4 they are; and the key every per-client limit (rate limits, the password lockout,
 //! pending sign-ins) counts by. A leaf: anything may use it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use axum::http::HeaderMap;
 use ipnet::IpNet;
@@ -20,9 +20,11 @@ thread_local! {
     /// The two addresses last given as text on this thread and their texts, the latest
     /// first: behind a trusted proxy a request writes two (the proxy's in
     /// `X-Forwarded-For`, the client's in the request log), and one slot would format both
-    /// every time.
-    static TEXT: std::cell::RefCell<[Option<(IpAddr, String)>; 2]> =
-        const { std::cell::RefCell::new([None, None]) };
+    /// every time. It starts with the two unspecified addresses, as their own texts.
+    static TEXT: std::cell::RefCell<[(IpAddr, String); 2]> = std::cell::RefCell::new(
+        [Ipv4Addr::UNSPECIFIED.into(), Ipv6Addr::UNSPECIFIED.into()]
+            .map(|ip: IpAddr| (ip, ip.to_string())),
+    );
 }
 
 /// Calls `use_text` with `ip` as text, formatted once for a run of uses of the same address
@@ -35,20 +37,14 @@ pub fn with_text<R>(ip: IpAddr, use_text: impl FnOnce(&str) -> R) -> R {
         let Ok(mut slots) = cell.try_borrow_mut() else {
             return use_text(&formatted(ip));
         };
-        match slots
-            .iter()
-            .position(|s| s.as_ref().is_some_and(|(at, _)| *at == ip))
-        {
-            Some(i) => slots.swap(0, i),
-            None => {
-                slots[1] = Some((ip, formatted(ip)));
-                slots.swap(0, 1);
+        if slots[0].0 != ip {
+            // The older slot takes the new address unless it already holds it.
+            if slots[1].0 != ip {
+                slots[1] = (ip, formatted(ip));
             }
+            slots.swap(0, 1);
         }
-        match &slots[0] {
-            Some((_, text)) => use_text(text),
-            None => use_text(&formatted(ip)),
-        }
+        use_text(&slots[0].1)
     })
 }
 
@@ -70,7 +66,7 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
     match canonical_ip(ip) {
         IpAddr::V6(v6) => {
             let s = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
         }
         v4 => v4,
     }

@@ -22,9 +22,9 @@ use std::time::Duration;
 
 /// How long the thread lets lines gather once woken (a line is out within about this long).
 /// At 10 000 requests a second the thread then wakes at most 100 times a second, not 1 000
-/// as with 1 ms: on the stdio bridge's benchmark its context switches went from 0.12 to 0.02
-/// per call and the log thread's syscalls from about 0.5 to 0.09 (CONTRIBUTING.md). A hundredth of a
-/// second is still no delay anyone watching the log can see.
+/// as with 1 ms: on the stdio bridge's benchmark its context switches went from 0.12 to
+/// 0.02 per call and its syscalls from about 0.5 to 0.09 (CONTRIBUTING.md). A hundredth of
+/// a second is still no delay anyone watching the log can see.
 pub const GATHER: Duration = Duration::from_millis(10);
 
 /// Bytes that may wait before a writer waits for the thread.

@@ -219,9 +219,7 @@ impl Lane {
         // Names set twice (by a static header and identity, or two identity headers) are
         // replaced in order by the general path; the lane writes lines once each.
         let mut ours: Vec<&str> = opts.headers.iter().map(|(n, _)| n.as_str()).collect();
-        let i = &opts.identity;
-        ours.extend([&i.user, &i.email, &i.name, &i.groups].map(HeaderName::as_str));
-        ours.extend(opts.mapping.iter().map(|(_, n)| n.as_str()));
+        ours.extend(crate::backend::identity::our_names(opts));
         let mut distinct = ours.clone();
         distinct.sort_unstable();
         distinct.dedup();
