@@ -19,48 +19,51 @@ init_session() { # url [token]
   echo "$sid"
 }
 
-# The stdio benchmarks' start: the peers (bench/node) and the e2e harness installed, the
-# release build made; sets BIN (this tree's release build, or BENCH_BIN when it names another
-# build: an A/B against an earlier one), EVERYTHING (server-everything's entry point), `work`
-# (a temporary directory) and `pids` (processes the exit trap kills).
-# shellcheck disable=SC2034 # BIN and EVERYTHING are for the scripts that source this file.
-stdio_bench_setup() {
-  (cd bench/node && npm ci --no-audit --no-fund --loglevel=error)
-  [ -d tests/e2e/node_modules ] || (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
-  cargo build --release --locked -q
-  BIN=${BENCH_BIN:-target/release/mcp-auth-proxy}
-  [ -x "$BIN" ] || { echo "BENCH_BIN=$BIN is not an executable" >&2; exit 1; }
-  EVERYTHING="$(pwd)/bench/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
-  work=$(mktemp -d)
-  pids=()
-  trap stdio_bench_cleanup EXIT
-}
-
-stdio_bench_cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 1
-  rm -rf "$work"
-}
-
-# The start of the benchmarks that put nginx in front (bench/counts.sh, bench/switches.sh):
-# the release build made; sets BIN, `work` (a temporary directory) and `pids` (processes the
-# exit trap kills, with every nginx whose pid file is in $work).
+# The build the benchmarks run, as BIN: this tree's release build, made here, or BENCH_BIN
+# when it names another (an A/B against an earlier build).
 # shellcheck disable=SC2034 # BIN is for the scripts that source this file.
-front_bench_setup() {
-  cargo build --release --locked -q
-  BIN=target/release/mcp-auth-proxy
-  work=$(mktemp -d)
-  pids=()
-  trap front_bench_cleanup EXIT
+release_bin() {
+  if [ -n "${BENCH_BIN:-}" ]; then
+    [ -x "$BENCH_BIN" ] || { echo "BENCH_BIN=$BENCH_BIN is not an executable" >&2; exit 1; }
+    BIN=$BENCH_BIN
+  else
+    cargo build --release --locked -q
+    BIN=target/release/mcp-auth-proxy
+  fi
 }
 
-front_bench_cleanup() {
+# A temporary directory, `work`, and `pids`: the processes the exit trap stops, with every
+# nginx whose pid file is in $work.
+bench_workspace() {
+  work=$(mktemp -d)
+  pids=()
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
   local p f
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for f in "$work"/*.pid; do [ -f "$f" ] && { kill "$(cat "$f")" 2>/dev/null || true; }; done
   sleep 1
   rm -rf "$work"
+}
+
+# The stdio benchmarks' start: the peers (bench/node) and the e2e harness installed, BIN
+# (release_bin), EVERYTHING (server-everything's entry point) and the workspace.
+# shellcheck disable=SC2034 # EVERYTHING is for the scripts that source this file.
+stdio_bench_setup() {
+  (cd bench/node && npm ci --no-audit --no-fund --loglevel=error)
+  [ -d tests/e2e/node_modules ] || (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+  release_bin
+  EVERYTHING="$(pwd)/bench/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+  bench_workspace
+}
+
+# The start of the benchmarks that put nginx in front (bench/counts.sh, bench/switches.sh):
+# BIN (release_bin) and the workspace.
+front_bench_setup() {
+  release_bin
+  bench_workspace
 }
 
 # Writes $work/NAME.conf, an nginx of one worker serving HTTP-BLOCK (its pid file
