@@ -118,6 +118,8 @@ pub struct Metrics {
     pub children: ChildMetrics,
     /// Requests the HTTP/1 fast lane served (also counted in `requests`).
     pub fast_lane: Counter,
+    /// Connections handed to the worker thread that runs their session's process.
+    pub connections_placed: Counter,
     /// Policy decisions on calls and reads: `allow`, `deny`, `step_up`.
     pub policy: Family<EventLabels, Counter>,
     /// Audit records: `written`, `dropped` (the queue was full), `failed` (the file could not
@@ -221,6 +223,12 @@ impl Metrics {
             "MCP requests served by the HTTP/1 fast lane (also counted in http_requests)",
             fast_lane.clone(),
         );
+        let connections_placed = Counter::default();
+        registry.register(
+            "connections_placed",
+            "Connections handed to the worker thread that runs the process of the stdio session their first request names",
+            connections_placed.clone(),
+        );
         let policy = Family::<EventLabels, Counter>::default();
         registry.register(
             "policy_decisions",
@@ -235,6 +243,7 @@ impl Metrics {
         );
         Self {
             fast_lane,
+            connections_placed,
             policy,
             audit,
             registry,

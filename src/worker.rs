@@ -5,17 +5,23 @@
 use std::cell::Cell;
 
 thread_local! {
-    static WORKER: Cell<usize> = const { Cell::new(0) };
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 /// The index of the worker thread running the caller (0 outside the workers).
 pub fn current() -> usize {
+    WORKER.with(Cell::get).unwrap_or(0)
+}
+
+/// The index of the worker thread running the caller; `None` outside the workers (the
+/// main runtime, tests).
+pub fn serving() -> Option<usize> {
     WORKER.with(Cell::get)
 }
 
 /// Called once by each worker thread as it starts.
 pub fn set_current(index: usize) {
-    WORKER.set(index);
+    WORKER.set(Some(index));
 }
 
 /// How many workers to run when the operator did not say: one per core.

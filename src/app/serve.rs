@@ -115,6 +115,8 @@ pub async fn serve(
             backend::http::lane::Lane::new(backend, shared, signs, hsts, workers)
         })
         .map(Arc::new);
+    let homes = server::affinity::Homes::of(&state);
+    let placed = state.metrics().connections_placed.clone();
     let mut acme_task = None;
     let apps = match tls {
         Some(mut t) => {
@@ -131,6 +133,8 @@ pub async fn serve(
                 tls: Some(t.accept),
                 lane,
                 header_read_timeout,
+                homes,
+                placed,
             }
         }
         None => server::workers::Apps {
@@ -139,6 +143,8 @@ pub async fn serve(
             tls: None,
             lane,
             header_read_timeout,
+            homes,
+            placed,
         },
     };
     let mut workers = server::workers::Workers::start(workers, apps).map_err(RunError::Serve)?;

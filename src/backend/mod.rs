@@ -87,6 +87,19 @@ pub trait Backend: Send + Sync + 'static {
         false
     }
 
+    /// The worker thread that runs session `id`'s process, when this backend has one there
+    /// (stdio): the server serves a connection whose first request names that session on
+    /// that worker, so calls and answers do not cross threads.
+    fn worker_of_session(&self, _id: &str) -> Option<usize> {
+        None
+    }
+
+    /// The worker thread that runs the process serving user `subject`'s stateless requests,
+    /// when there is one (stdio; see [`Backend::worker_of_session`]).
+    fn worker_of_user(&self, _subject: &str) -> Option<usize> {
+        None
+    }
+
     /// How often [`Backend::housekeep`] runs, or `None` when there is nothing to keep.
     fn housekeeping_interval(&self) -> Option<Duration> {
         None

@@ -4,6 +4,7 @@
 //! [`crate::run`], so tests drive the same router in-process.
 
 pub mod acme;
+pub mod affinity;
 pub mod cors;
 pub mod guard;
 pub mod health;

@@ -44,17 +44,46 @@ pub struct Apps {
     pub lane: Option<Arc<crate::backend::http::lane::Lane>>,
     /// How long a client may take to send a request's headers (`--header-read-timeout`).
     pub header_read_timeout: std::time::Duration,
+    /// The backends whose sessions live on one worker (stdio): a plain connection is served
+    /// where its first request's session lives ([`crate::server::affinity`]).
+    pub homes: Option<crate::server::affinity::Homes>,
+    /// Counts the connections handed to their session's worker.
+    pub placed: prometheus_client::metrics::counter::Counter,
 }
 
 /// A connection slot of `--max-connections`, held while the connection lives.
 pub type Slot = tokio::sync::OwnedSemaphorePermit;
 
-type Conn = (std::net::TcpStream, SocketAddr, Listener, Slot);
+/// A connection handed to a worker.
+struct Conn {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    from: Listener,
+    slot: Slot,
+    /// Handed on by the worker that accepted it, to the worker of its session: served
+    /// there, not placed again.
+    placed: bool,
+}
 
-struct Worker {
+/// Where a worker takes connections, and how many it serves.
+#[derive(Clone)]
+struct Inbox {
     conns: mpsc::UnboundedSender<Conn>,
     /// Connections this worker currently serves.
     load: Arc<AtomicUsize>,
+}
+
+impl Inbox {
+    fn give(&self, conn: Conn) {
+        self.load.fetch_add(1, Ordering::Relaxed);
+        if self.conns.send(conn).is_err() {
+            self.load.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Worker {
+    inbox: Inbox,
     /// Resolves when the worker has no connection left after the stop signal.
     drained: Option<oneshot::Receiver<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -72,16 +101,25 @@ impl Workers {
     pub fn start(count: usize, apps: Apps) -> std::io::Result<Self> {
         let (stop, _) = watch::channel(false);
         let (release, _) = watch::channel(false);
-        let mut workers = Vec::with_capacity(count.max(1));
-        for index in 0..count.max(1) {
-            let (conns, rx) = mpsc::unbounded_channel();
-            let load = Arc::new(AtomicUsize::new(0));
+        let count = count.max(1);
+        let mut workers = Vec::with_capacity(count);
+        let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..count)
+            .map(|_| {
+                let (conns, rx) = mpsc::unbounded_channel();
+                let load = Arc::new(AtomicUsize::new(0));
+                (Inbox { conns, load }, rx)
+            })
+            .unzip();
+        let inboxes: Arc<[Inbox]> = inboxes.into();
+        for (index, rx) in receivers.into_iter().enumerate() {
+            let inbox = inboxes[index].clone();
             let (drained_tx, drained) = oneshot::channel();
             let job = WorkerJob {
                 index,
                 apps: apps.clone(),
                 rx,
-                load: load.clone(),
+                load: inbox.load.clone(),
+                others: inboxes.clone(),
                 stop: stop.subscribe(),
                 release: release.subscribe(),
                 drained: drained_tx,
@@ -96,8 +134,7 @@ impl Workers {
                     runtime.block_on(job.run());
                 })?;
             workers.push(Worker {
-                conns,
-                load,
+                inbox,
                 drained: Some(drained),
                 thread: Some(thread),
             });
@@ -120,14 +157,17 @@ impl Workers {
         let Some(worker) = self
             .workers
             .iter()
-            .min_by_key(|w| w.load.load(Ordering::Relaxed))
+            .min_by_key(|w| w.inbox.load.load(Ordering::Relaxed))
         else {
             return;
         };
-        worker.load.fetch_add(1, Ordering::Relaxed);
-        if worker.conns.send((stream, peer, from, slot)).is_err() {
-            worker.load.fetch_sub(1, Ordering::Relaxed);
-        }
+        worker.inbox.give(Conn {
+            stream,
+            peer,
+            from,
+            slot,
+            placed: false,
+        });
     }
 
     /// Tells every connection to finish its current requests and close.
@@ -166,6 +206,8 @@ struct WorkerJob {
     apps: Apps,
     rx: mpsc::UnboundedReceiver<Conn>,
     load: Arc<AtomicUsize>,
+    /// Every worker's inbox (this one's included), to hand a connection to its session's.
+    others: Arc<[Inbox]>,
     stop: watch::Receiver<bool>,
     release: watch::Receiver<bool>,
     drained: oneshot::Sender<()>,
@@ -180,7 +222,14 @@ impl WorkerJob {
                 c = self.rx.recv() => c,
                 _ = stop.wait_for(|s| *s) => None,
             };
-            let Some((stream, peer, from, slot)) = next else {
+            let Some(Conn {
+                stream,
+                peer,
+                from,
+                slot,
+                placed,
+            }) = next
+            else {
                 break;
             };
             let stream = match TcpStream::from_std(stream) {
@@ -198,7 +247,7 @@ impl WorkerJob {
             }
             let guard = LoadGuard {
                 load: self.load.clone(),
-                _slot: slot,
+                slot: Some(slot),
             };
             let read_timeout = self.apps.header_read_timeout;
             let stop = self.stop.clone();
@@ -224,15 +273,42 @@ impl WorkerJob {
                         Some(plain) => (plain.clone(), None),
                         None => (self.apps.main.clone(), self.apps.lane.clone()),
                     };
-                    tracker.spawn(serve_connection(
-                        stream,
-                        peer,
-                        app,
-                        lane,
-                        stop,
-                        guard,
-                        read_timeout,
-                    ));
+                    let homes =
+                        self.apps.homes.clone().filter(|_| {
+                            !placed && self.apps.plain.is_none() && self.others.len() > 1
+                        });
+                    let Some(homes) = homes else {
+                        tracker.spawn(serve_connection(
+                            stream,
+                            peer,
+                            app,
+                            lane,
+                            stop,
+                            guard,
+                            read_timeout,
+                        ));
+                        continue;
+                    };
+                    let placing = Placing {
+                        index: self.index,
+                        others: self.others.clone(),
+                        placed: self.apps.placed.clone(),
+                    };
+                    let mut stopping = stop.clone();
+                    tracker.spawn(async move {
+                        let home = tokio::select! {
+                            h = tokio::time::timeout(read_timeout, homes.home_of(&stream)) => h,
+                            _ = stopping.wait_for(|s| *s) => return,
+                        };
+                        // Silent for --header-read-timeout, closed or failed: done, as the
+                        // server would have been.
+                        let Ok(Ok(home)) = home else { return };
+                        let Some(stream) = placing.hand_on(stream, home, peer, guard) else {
+                            return;
+                        };
+                        serve_connection(stream.0, peer, app, lane, stop, stream.1, read_timeout)
+                            .await;
+                    });
                 }
                 (Listener::Tls, None) => {}
             }
@@ -255,7 +331,51 @@ impl WorkerJob {
 /// Counts a connection against its worker's load, and holds its slot, until dropped.
 struct LoadGuard {
     load: Arc<AtomicUsize>,
-    _slot: Slot,
+    /// Always `Some` but while the connection is handed to another worker.
+    slot: Option<Slot>,
+}
+
+/// What a worker needs to hand a connection to the worker of its session.
+struct Placing {
+    index: usize,
+    others: Arc<[Inbox]>,
+    placed: prometheus_client::metrics::counter::Counter,
+}
+
+impl Placing {
+    /// The connection back, to serve here; `None` once it was handed to worker `home` (or
+    /// lost on the way: it could not leave this worker's runtime).
+    fn hand_on(
+        &self,
+        stream: TcpStream,
+        home: Option<usize>,
+        peer: SocketAddr,
+        mut guard: LoadGuard,
+    ) -> Option<(TcpStream, LoadGuard)> {
+        let Some(inbox) = home
+            .filter(|h| *h != self.index)
+            .and_then(|h| self.others.get(h))
+        else {
+            return Some((stream, guard));
+        };
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not hand a connection on");
+                return None;
+            }
+        };
+        let slot = guard.slot.take()?;
+        inbox.give(Conn {
+            stream,
+            peer,
+            from: Listener::Plain,
+            slot,
+            placed: true,
+        });
+        self.placed.inc();
+        None
+    }
 }
 
 impl Drop for LoadGuard {

@@ -1120,3 +1120,103 @@ async fn a_childs_subscriptions_follow_its_listeners() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// With two workers, a connection whose first request names a session (or, without one,
+/// the token of a user with a 2026-07-28 child) is served by the worker running that
+/// session's child; its calls are answered as anywhere else.
+#[tokio::test]
+async fn a_connection_is_served_on_the_worker_of_its_sessions_child() {
+    let p = bridge_with(&["--workers", "2"]).await;
+    let t = token_for(&p, "password:alice").await;
+    let placed = || p.state.metrics().connections_placed.get();
+    // Each client keeps its connection open: a worker's load is its open connections, and
+    // a new connection goes to the least loaded (the first on a tie).
+    let first = client();
+    let init = first
+        .post(p.url("/mcp"))
+        .bearer_auth(&t)
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(init_body(1))
+        .send()
+        .await
+        .unwrap();
+    let sid = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    init.bytes().await.unwrap();
+    assert_eq!(
+        placed(),
+        0,
+        "worker 0 took the first connection and started the child"
+    );
+
+    // The next connection goes to worker 1, and is handed to worker 0.
+    let second = client();
+    let call =
+        json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"id","arguments":{}}});
+    let answer = second
+        .post(p.url("/mcp"))
+        .bearer_auth(&t)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-06-18")
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .json(&call)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let text = answer.text().await.unwrap();
+    assert!(text.contains(r#""id":7,"result""#), "{text}");
+    assert_eq!(
+        placed(),
+        1,
+        "the session's connection moved to its child's worker"
+    );
+
+    // Stateless: the user's 2026-07-28 child starts on worker 1 (worker 0 holds two
+    // connections) and a third client's connection stays there open.
+    let third = client();
+    let modern = |c: &reqwest::Client| {
+        c.post(p.url("/mcp"))
+            .bearer_auth(&t)
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "id")
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .json(
+                &json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{
+                "name":"id","arguments":{},
+                "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",
+                         "io.modelcontextprotocol/clientCapabilities":{}}}}),
+            )
+            .send()
+    };
+    let answer = modern(&third).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    answer.bytes().await.unwrap();
+    assert_eq!(placed(), 1);
+    // An idle connection on worker 1 evens the loads: the next goes to worker 0, and its
+    // token's user has a child on worker 1.
+    let authority = p.base.trim_start_matches("http://");
+    let idle = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let mut moved = false;
+    for _ in 0..200 {
+        // The idle connection is counted once the acceptor has handed it to a worker.
+        let fourth = client();
+        let answer = modern(&fourth).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        let text = answer.text().await.unwrap();
+        assert!(text.contains(r#""id":9"#), "{text}");
+        if placed() == 2 {
+            moved = true;
+            break;
+        }
+    }
+    assert!(
+        moved,
+        "a stateless connection moved to its user's child's worker"
+    );
+    drop(idle);
+}

@@ -590,6 +590,14 @@ impl crate::backend::Backend for StdioBackend {
         self.end(id)
     }
 
+    fn worker_of_session(&self, id: &str) -> Option<usize> {
+        self.child_worker(id)
+    }
+
+    fn worker_of_user(&self, subject: &str) -> Option<usize> {
+        self.child_worker(&sessions::modern_key_of(subject))
+    }
+
     fn live_sessions(&self) -> usize {
         StdioBackend::live_sessions(self)
     }

@@ -215,6 +215,16 @@ impl StdioBackend {
             .inspect(|s| s.touch())
     }
 
+    /// The worker thread running session `id`'s child (whoever owns it: this only places a
+    /// connection, the request is still checked).
+    pub(super) fn child_worker(&self, id: &str) -> Option<usize> {
+        let sessions = self.sessions.lock().ok()?;
+        sessions
+            .get(id)
+            .filter(|s| !s.is_closed())
+            .and_then(|s| s.child().worker)
+    }
+
     /// Ends a session and forgets it.
     pub(super) fn forget(&self, session: &Session, why: &str) {
         session.close(why);
@@ -344,7 +354,12 @@ impl StdioBackend {
 /// The session key of a user's modern child: a line break, which no header value can carry,
 /// so no client can name it as `Mcp-Session-Id`.
 fn modern_key(caller: &Caller) -> String {
-    format!("modern\n{}", caller.subject())
+    modern_key_of(caller.subject())
+}
+
+/// The key of user `subject`'s child for modern requests.
+pub(super) fn modern_key_of(subject: &str) -> String {
+    format!("modern\n{subject}")
 }
 
 /// A process's resident memory in KiB (`VmRSS` of `/proc/<pid>/status`).

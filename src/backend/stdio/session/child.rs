@@ -58,6 +58,9 @@ pub struct Child {
     pub pid: Option<u32>,
     /// When the child was started.
     pub started: tokio::time::Instant,
+    /// The worker thread whose runtime runs the child's pumps (`None` outside the workers):
+    /// a connection served there reaches the child without waking another thread.
+    pub worker: Option<usize>,
 }
 
 /// Children that keep exiting by themselves soon after starting delay the next start: after
@@ -139,6 +142,7 @@ impl Child {
             subscribed: tokio::sync::Mutex::default(),
             pid,
             started: tokio::time::Instant::now(),
+            worker: crate::worker::serving(),
         })
     }
 
