@@ -179,8 +179,9 @@ impl StdioBackend {
 
     async fn post(&self, caller: &Caller, req: Request) -> Result<Response, Refusal> {
         let wants_sse = accepts_sse(req.headers());
-        let headers = req.headers().clone();
-        let msg = read_message(req).await?;
+        let (parts, body) = req.into_parts();
+        let headers = parts.headers;
+        let msg = read_message(body).await?;
         if !headers.contains_key(MCP_SESSION_ID)
             && msg.kind != Kind::Batch
             && let Some(request) = modern::read(&headers, &msg)
@@ -541,8 +542,8 @@ fn event_stream(body: Body) -> Response {
 
 /// The one client message of a POST body, on one line (a client's pretty-printed JSON is
 /// re-encoded: the child reads a message per line).
-async fn read_message(req: Request) -> Result<Message, Refusal> {
-    let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
+async fn read_message(body: axum::body::Body) -> Result<Message, Refusal> {
+    let body = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|e| crate::request_body::Unread::of(&e))?;
     let body = if body.contains(&b'\n') {

@@ -82,7 +82,7 @@ impl StdioBackend {
         else {
             return Err(Refusal::Rpc(StatusCode::NOT_FOUND, "session not found"));
         };
-        let msg = read_message(req).await?;
+        let msg = read_message(req.into_body()).await?;
         match msg.kind {
             Kind::Batch => {
                 return Err(Refusal::Rpc(
