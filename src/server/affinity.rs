@@ -5,7 +5,7 @@
 //! worker crosses threads twice, to the child and back, and each crossing wakes the other
 //! thread's runtime with a system call. Measured with `bench/stdio-cpu.sh` (16 connections on
 //! one session, two cores), serving everything on one worker cost 25–28 µs of proxy CPU per
-//! call against 33–34 µs on two, and served 10–13% more calls (BENCHMARKS.md).
+//! call against 33–34 µs on two, and served 9–13% more calls (BENCHMARKS.md).
 //!
 //! So before a plain connection is served, its first request head is peeked at (left in the
 //! socket for the server to read as usual). When it names a stdio session
