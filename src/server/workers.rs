@@ -119,7 +119,7 @@ impl Workers {
                 apps: apps.clone(),
                 rx,
                 load: inbox.load.clone(),
-                others: inboxes.clone(),
+                inboxes: inboxes.clone(),
                 stop: stop.subscribe(),
                 release: release.subscribe(),
                 drained: drained_tx,
@@ -207,7 +207,7 @@ struct WorkerJob {
     rx: mpsc::UnboundedReceiver<Conn>,
     load: Arc<AtomicUsize>,
     /// Every worker's inbox (this one's included), to hand a connection to its session's.
-    others: Arc<[Inbox]>,
+    inboxes: Arc<[Inbox]>,
     stop: watch::Receiver<bool>,
     release: watch::Receiver<bool>,
     drained: oneshot::Sender<()>,
@@ -275,7 +275,7 @@ impl WorkerJob {
                     };
                     let homes =
                         self.apps.homes.clone().filter(|_| {
-                            !placed && self.apps.plain.is_none() && self.others.len() > 1
+                            !placed && self.apps.plain.is_none() && self.inboxes.len() > 1
                         });
                     let Some(homes) = homes else {
                         tracker.spawn(serve_connection(
@@ -291,7 +291,7 @@ impl WorkerJob {
                     };
                     let placing = Placing {
                         index: self.index,
-                        others: self.others.clone(),
+                        inboxes: self.inboxes.clone(),
                         placed: self.apps.placed.clone(),
                     };
                     let mut stopping = stop.clone();
@@ -303,11 +303,11 @@ impl WorkerJob {
                         // Silent for --header-read-timeout, closed or failed: done, as the
                         // server would have been.
                         let Ok(Ok(home)) = home else { return };
-                        let Some(stream) = placing.hand_on(stream, home, peer, guard) else {
+                        let Some((stream, guard)) = placing.hand_on(stream, home, peer, guard)
+                        else {
                             return;
                         };
-                        serve_connection(stream.0, peer, app, lane, stop, stream.1, read_timeout)
-                            .await;
+                        serve_connection(stream, peer, app, lane, stop, guard, read_timeout).await;
                     });
                 }
                 (Listener::Tls, None) => {}
@@ -338,7 +338,7 @@ struct LoadGuard {
 /// What a worker needs to hand a connection to the worker of its session.
 struct Placing {
     index: usize,
-    others: Arc<[Inbox]>,
+    inboxes: Arc<[Inbox]>,
     placed: prometheus_client::metrics::counter::Counter,
 }
 
@@ -354,7 +354,7 @@ impl Placing {
     ) -> Option<(TcpStream, LoadGuard)> {
         let Some(inbox) = home
             .filter(|h| *h != self.index)
-            .and_then(|h| self.others.get(h))
+            .and_then(|h| self.inboxes.get(h))
         else {
             return Some((stream, guard));
         };

@@ -39,7 +39,12 @@ pub async fn initialize(p: &TestProxy, token: &str) -> String {
 
 /// Sends `initialize` without a session; returns the new session's id and the answer.
 pub async fn open_session(p: &TestProxy, token: &str) -> (String, Value) {
-    let resp = client()
+    open_session_on(&client(), p, token).await
+}
+
+/// [`open_session`] on client `c` (its connection stays open in `c`'s pool).
+pub async fn open_session_on(c: &reqwest::Client, p: &TestProxy, token: &str) -> (String, Value) {
+    let resp = c
         .post(p.url("/mcp"))
         .bearer_auth(token)
         .header(header::ACCEPT, "application/json, text/event-stream")
@@ -60,8 +65,18 @@ pub async fn open_session(p: &TestProxy, token: &str) -> (String, Value) {
 /// A POST of `body` on session `sid` of the MCP endpoint at `url`, as a 2025-06-18 client
 /// sends it.
 pub fn session_post(url: &str, token: &str, sid: &str, body: &Value) -> reqwest::RequestBuilder {
-    client()
-        .post(url)
+    session_post_on(&client(), url, token, sid, body)
+}
+
+/// [`session_post`] on client `c`.
+pub fn session_post_on(
+    c: &reqwest::Client,
+    url: &str,
+    token: &str,
+    sid: &str,
+    body: &Value,
+) -> reqwest::RequestBuilder {
+    c.post(url)
         .bearer_auth(token)
         .header("mcp-session-id", sid)
         .header("mcp-protocol-version", "2025-06-18")
@@ -1048,12 +1063,24 @@ pub async fn modern_request(
     token: &str,
     method: &str,
     name: Option<&str>,
+    params: Value,
+) -> reqwest::Response {
+    modern_request_on(&client(), p, token, method, name, params).await
+}
+
+/// [`modern_request`] on client `c`.
+pub async fn modern_request_on(
+    c: &reqwest::Client,
+    p: &TestProxy,
+    token: &str,
+    method: &str,
+    name: Option<&str>,
     mut params: Value,
 ) -> reqwest::Response {
     params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion":"2026-07-28",
                              "io.modelcontextprotocol/clientCapabilities":{}});
     let body = json!({"jsonrpc":"2.0","id":1,"method":method,"params":params});
-    let mut req = client()
+    let mut req = c
         .post(p.url("/mcp"))
         .bearer_auth(token)
         .header("mcp-protocol-version", "2026-07-28")
@@ -1132,20 +1159,7 @@ async fn a_connection_is_served_on_the_worker_of_its_sessions_child() {
     // Each client keeps its connection open: a worker's load is its open connections, and
     // a new connection goes to the least loaded (the first on a tie).
     let first = client();
-    let init = first
-        .post(p.url("/mcp"))
-        .bearer_auth(&t)
-        .header(header::ACCEPT, "application/json, text/event-stream")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(init_body(1))
-        .send()
-        .await
-        .unwrap();
-    let sid = init.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    init.bytes().await.unwrap();
+    let (sid, _) = open_session_on(&first, &p, &t).await;
     assert_eq!(
         placed(),
         0,
@@ -1156,13 +1170,7 @@ async fn a_connection_is_served_on_the_worker_of_its_sessions_child() {
     let second = client();
     let call =
         json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"id","arguments":{}}});
-    let answer = second
-        .post(p.url("/mcp"))
-        .bearer_auth(&t)
-        .header("mcp-session-id", &sid)
-        .header("mcp-protocol-version", "2025-06-18")
-        .header(header::ACCEPT, "application/json, text/event-stream")
-        .json(&call)
+    let answer = session_post_on(&second, &p.url("/mcp"), &t, &sid, &call)
         .send()
         .await
         .unwrap();
@@ -1178,22 +1186,11 @@ async fn a_connection_is_served_on_the_worker_of_its_sessions_child() {
     // Stateless: the user's 2026-07-28 child starts on worker 1 (worker 0 holds two
     // connections) and a third client's connection stays there open.
     let third = client();
-    let modern = |c: &reqwest::Client| {
-        c.post(p.url("/mcp"))
-            .bearer_auth(&t)
-            .header("mcp-protocol-version", "2026-07-28")
-            .header("mcp-method", "tools/call")
-            .header("mcp-name", "id")
-            .header(header::ACCEPT, "application/json, text/event-stream")
-            .json(
-                &json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{
-                "name":"id","arguments":{},
-                "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",
-                         "io.modelcontextprotocol/clientCapabilities":{}}}}),
-            )
-            .send()
+    let params = json!({"name": "id", "arguments": {}});
+    let modern = async |c: &reqwest::Client| {
+        modern_request_on(c, &p, &t, "tools/call", Some("id"), params.clone()).await
     };
-    let answer = modern(&third).await.unwrap();
+    let answer = modern(&third).await;
     assert_eq!(answer.status(), StatusCode::OK);
     answer.bytes().await.unwrap();
     assert_eq!(placed(), 1);
@@ -1205,10 +1202,10 @@ async fn a_connection_is_served_on_the_worker_of_its_sessions_child() {
     for _ in 0..200 {
         // The idle connection is counted once the acceptor has handed it to a worker.
         let fourth = client();
-        let answer = modern(&fourth).await.unwrap();
+        let answer = modern(&fourth).await;
         assert_eq!(answer.status(), StatusCode::OK);
         let text = answer.text().await.unwrap();
-        assert!(text.contains(r#""id":9"#), "{text}");
+        assert!(text.contains(r#""result""#), "{text}");
         if placed() == 2 {
             moved = true;
             break;
