@@ -7,19 +7,22 @@
 //! one session, two cores), serving everything on one worker cost 25–28 µs of proxy CPU per
 //! call against 33–34 µs on two, and served 9–13% more calls (BENCHMARKS.md).
 //!
-//! So before a plain connection is served, its first request head is peeked at (left in the
-//! socket for the server to read as usual). When it names a stdio session
-//! (`Mcp-Session-Id`) whose child runs on another worker, or, without a session, carries
-//! the token of a user whose stateless (2026-07-28) requests a child on another worker
-//! serves, the connection is handed to that worker. Later requests on the connection stay where it is: clients keep one session per
-//! connection, and the first request of a client's pool (`initialize`) starts the child on
-//! the worker that serves it. Connections over TLS are served where they were accepted:
-//! their first request cannot be read before the handshake, which ties the connection's
-//! state to its worker.
+//! So before a connection is served, its first request head is looked at. When it names a
+//! stdio session (`Mcp-Session-Id`) whose child runs on another worker, or, without a
+//! session, carries the token of a user whose stateless (2026-07-28) requests a child on
+//! another worker serves, the connection is handed to that worker. A plain connection's head
+//! is peeked at (it stays in the socket for the server to read as usual). Over TLS (HTTP/1)
+//! the first bytes are read through TLS after the handshake, and the connection travels
+//! with them and its TLS state ([`super::roaming`]); HTTP/2 connections are served where
+//! they were accepted. Later requests on a connection stay where it is: clients keep one
+//! session per connection, and the first request of a client's pool (`initialize`) starts
+//! the child on the worker that serves it.
 //!
 //! Placement only chooses a thread; the request is authenticated and its session checked
 //! against its user exactly as anywhere else.
 
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
 use super::{App, AppState};
@@ -45,32 +48,46 @@ impl Homes {
         (!placing.is_empty()).then_some(Self(placing))
     }
 
-    /// The worker that should serve `stream`, from its first request; `Ok(None)` when any
-    /// will do. An error when the connection closed or failed before sending anything.
+    /// The worker that should serve `stream`, from its first request (peeked at: the bytes
+    /// stay in the socket); `Ok(None)` when any will do. An error when the connection
+    /// closed or failed before sending anything.
     pub async fn home_of(&self, stream: &TcpStream) -> std::io::Result<Option<usize>> {
         let mut head = vec![0u8; PEEK];
         let n = stream.peek(&mut head).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        let Some(named) = named(&head[..n]) else {
-            return Ok(None);
-        };
+        Ok(self.home_of_head(&head[..n]).await)
+    }
+
+    /// The worker that should serve a connection whose first bytes are `head`.
+    pub async fn home_of_head(&self, head: &[u8]) -> Option<usize> {
         let servers = self.0.iter().map(|s| &**s);
-        Ok(match named {
+        match named(head)? {
             Named::Session(id) => servers
                 .filter_map(|s| s.backend.as_ref())
                 .find_map(|b| b.worker_of_session(id)),
             Named::Bearer(token) => {
                 for server in servers {
                     if let Some(home) = home_of_user(server, token).await {
-                        return Ok(Some(home));
+                        return Some(home);
                     }
                 }
                 None
             }
-        })
+        }
     }
+}
+
+/// The first bytes a client sends on a decrypted stream (one read, as much as a peek
+/// would see), for [`Homes::home_of_head`]; they are served before the rest. An error
+/// when the connection closed or failed before sending anything.
+pub async fn first_bytes<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Bytes> {
+    let mut head = BytesMut::with_capacity(PEEK);
+    if io.read_buf(&mut head).await? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(head.freeze())
 }
 
 /// The worker of the process that serves the stateless requests of `token`'s user on

@@ -9,6 +9,7 @@ pub mod cors;
 pub mod guard;
 pub mod health;
 pub mod ratelimit;
+pub mod roaming;
 pub mod tls;
 pub mod workers;
 

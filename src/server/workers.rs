@@ -17,13 +17,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_rustls::server::TlsStream;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+use crate::backend::http::lane::prefixed::Prefixed;
+use crate::server::affinity::first_bytes;
+use crate::server::roaming::Roaming;
 
 /// Which listener a connection came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,11 +60,19 @@ pub struct Apps {
 /// A connection slot of `--max-connections`, held while the connection lives.
 pub type Slot = tokio::sync::OwnedSemaphorePermit;
 
+/// A connection as it reaches a worker.
+enum Socket {
+    /// Accepted: adopted (and, on the TLS listener, its handshake made) by the worker.
+    Accepted(std::net::TcpStream, Listener),
+    /// Handed on by another worker after its TLS handshake, with the first bytes read
+    /// through it.
+    Tls(Box<TlsStream<Roaming>>, Bytes),
+}
+
 /// A connection handed to a worker.
 struct Conn {
-    stream: std::net::TcpStream,
+    socket: Socket,
     peer: SocketAddr,
-    from: Listener,
     slot: Slot,
     /// Handed on by the worker that accepted it, to the worker of its session: served
     /// there, not placed again.
@@ -162,9 +176,8 @@ impl Workers {
             return;
         };
         worker.inbox.give(Conn {
-            stream,
+            socket: Socket::Accepted(stream, from),
             peer,
-            from,
             slot,
             placed: false,
         });
@@ -223,19 +236,41 @@ impl WorkerJob {
                 _ = stop.wait_for(|s| *s) => None,
             };
             let Some(Conn {
-                stream,
+                socket,
                 peer,
-                from,
                 slot,
                 placed,
             }) = next
             else {
                 break;
             };
+            let guard = LoadGuard {
+                load: self.load.clone(),
+                slot: Some(slot),
+            };
+            let serving = |app: Router, lane| Serving {
+                peer,
+                app,
+                lane,
+                stop: self.stop.clone(),
+                load: guard,
+                header_read_timeout: self.apps.header_read_timeout,
+            };
+            let (stream, from) = match socket {
+                Socket::Tls(mut tls, head) => {
+                    if let Err(e) = tls.get_mut().0.unpark() {
+                        tracing::debug!(error = %e, worker = self.index, "could not adopt a connection");
+                        continue;
+                    }
+                    let serving = serving(self.apps.main.clone(), self.apps.lane.clone());
+                    tracker.spawn(serving.serve(Prefixed::new(head, *tls)));
+                    continue;
+                }
+                Socket::Accepted(stream, from) => (stream, from),
+            };
             let stream = match TcpStream::from_std(stream) {
                 Ok(s) => s,
                 Err(e) => {
-                    self.load.fetch_sub(1, Ordering::Relaxed);
                     tracing::debug!(error = %e, worker = self.index, "could not adopt a connection");
                     continue;
                 }
@@ -245,69 +280,84 @@ impl WorkerJob {
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
             }
-            let guard = LoadGuard {
-                load: self.load.clone(),
-                slot: Some(slot),
-            };
+            let placing = self
+                .apps
+                .homes
+                .clone()
+                .filter(|_| !placed && self.inboxes.len() > 1)
+                .map(|homes| Placing {
+                    homes,
+                    index: self.index,
+                    inboxes: self.inboxes.clone(),
+                    placed: self.apps.placed.clone(),
+                });
             let read_timeout = self.apps.header_read_timeout;
-            let stop = self.stop.clone();
+            let mut stopping = self.stop.clone();
             match (from, &self.apps.tls) {
                 (Listener::Tls, Some(tls)) => {
-                    let (tls, app) = (tls.clone(), self.apps.main.clone());
-                    let lane = self.apps.lane.clone();
+                    let tls = tls.clone();
+                    let mut serving = serving(self.apps.main.clone(), self.apps.lane.clone());
                     tracker.spawn(async move {
-                        let Ok(Some(stream)) =
-                            tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.handshake(stream)).await
+                        let handshake = tls.handshake(Roaming::new(stream));
+                        let Ok(Some(mut stream)) =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await
                         else {
                             return;
                         };
-                        let alpn = stream.get_ref().1.alpn_protocol();
-                        // HTTP/2 is the general stack's.
-                        let lane = lane.filter(|_| alpn != Some(b"h2"));
-                        serve_connection(stream, peer, app, lane, stop, guard, read_timeout).await;
+                        // HTTP/2 is the general stack's, and served here.
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        serving.lane = serving.lane.filter(|_| !h2);
+                        let Some(placing) = placing.filter(|_| !h2) else {
+                            return serving.serve(stream).await;
+                        };
+                        let head = tokio::select! {
+                            h = tokio::time::timeout(read_timeout, first_bytes(&mut stream)) => h,
+                            _ = stopping.wait_for(|s| *s) => return,
+                        };
+                        // Silent for --header-read-timeout, closed or failed: done, as the
+                        // server would have been.
+                        let Ok(Ok(head)) = head else { return };
+                        let home = placing.homes.home_of_head(&head).await;
+                        let Some(inbox) = placing.elsewhere(home) else {
+                            return serving.serve(Prefixed::new(head, stream)).await;
+                        };
+                        match stream.get_mut().0.park() {
+                            Ok(()) => {
+                                let socket = Socket::Tls(Box::new(stream), head);
+                                placing.give(&inbox, socket, serving);
+                            }
+                            Err(e) => tracing::debug!(error = %e, "could not hand a connection on"),
+                        }
                     });
                 }
                 (Listener::Plain, _) => {
                     // The plain listener serves the application itself unless TLS is on.
-                    let (app, lane) = match &self.apps.plain {
-                        Some(plain) => (plain.clone(), None),
-                        None => (self.apps.main.clone(), self.apps.lane.clone()),
+                    let serving = match &self.apps.plain {
+                        Some(plain) => serving(plain.clone(), None),
+                        None => serving(self.apps.main.clone(), self.apps.lane.clone()),
                     };
-                    let homes =
-                        self.apps.homes.clone().filter(|_| {
-                            !placed && self.apps.plain.is_none() && self.inboxes.len() > 1
-                        });
-                    let Some(homes) = homes else {
-                        tracker.spawn(serve_connection(
-                            stream,
-                            peer,
-                            app,
-                            lane,
-                            stop,
-                            guard,
-                            read_timeout,
-                        ));
+                    let Some(placing) = placing.filter(|_| self.apps.plain.is_none()) else {
+                        tracker.spawn(serving.serve(stream));
                         continue;
                     };
-                    let placing = Placing {
-                        index: self.index,
-                        inboxes: self.inboxes.clone(),
-                        placed: self.apps.placed.clone(),
-                    };
-                    let mut stopping = stop.clone();
                     tracker.spawn(async move {
                         let home = tokio::select! {
-                            h = tokio::time::timeout(read_timeout, homes.home_of(&stream)) => h,
+                            h = tokio::time::timeout(read_timeout, placing.homes.home_of(&stream)) => h,
                             _ = stopping.wait_for(|s| *s) => return,
                         };
                         // Silent for --header-read-timeout, closed or failed: done, as the
                         // server would have been.
                         let Ok(Ok(home)) = home else { return };
-                        let Some((stream, guard)) = placing.hand_on(stream, home, peer, guard)
-                        else {
-                            return;
+                        let Some(inbox) = placing.elsewhere(home) else {
+                            return serving.serve(stream).await;
                         };
-                        serve_connection(stream, peer, app, lane, stop, guard, read_timeout).await;
+                        match stream.into_std() {
+                            Ok(stream) => {
+                                let socket = Socket::Accepted(stream, Listener::Plain);
+                                placing.give(&inbox, socket, serving);
+                            }
+                            Err(e) => tracing::debug!(error = %e, "could not hand a connection on"),
+                        }
                     });
                 }
                 (Listener::Tls, None) => {}
@@ -337,44 +387,33 @@ struct LoadGuard {
 
 /// What a worker needs to hand a connection to the worker of its session.
 struct Placing {
+    homes: crate::server::affinity::Homes,
     index: usize,
     inboxes: Arc<[Inbox]>,
     placed: prometheus_client::metrics::counter::Counter,
 }
 
 impl Placing {
-    /// The connection back, to serve here; `None` once it was handed to worker `home` (or
-    /// lost on the way: it could not leave this worker's runtime).
-    fn hand_on(
-        &self,
-        stream: TcpStream,
-        home: Option<usize>,
-        peer: SocketAddr,
-        mut guard: LoadGuard,
-    ) -> Option<(TcpStream, LoadGuard)> {
-        let Some(inbox) = home
-            .filter(|h| *h != self.index)
+    /// The inbox of worker `home`, when that is another worker.
+    fn elsewhere(&self, home: Option<usize>) -> Option<Inbox> {
+        home.filter(|h| *h != self.index)
             .and_then(|h| self.inboxes.get(h))
-        else {
-            return Some((stream, guard));
+            .cloned()
+    }
+
+    /// Hands the connection to `inbox`: its slot goes with it, and this worker's count of
+    /// it ends with `serving`.
+    fn give(&self, inbox: &Inbox, socket: Socket, mut serving: Serving) {
+        let Some(slot) = serving.load.slot.take() else {
+            return;
         };
-        let stream = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "could not hand a connection on");
-                return None;
-            }
-        };
-        let slot = guard.slot.take()?;
         inbox.give(Conn {
-            stream,
-            peer,
-            from: Listener::Plain,
+            socket,
+            peer: serving.peer,
             slot,
             placed: true,
         });
         self.placed.inc();
-        None
     }
 }
 
@@ -391,29 +430,43 @@ const H2_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Serves a connection: in the fast lane while its requests are the lane's, then (or else)
-/// with the general stack.
-async fn serve_connection<I>(
-    stream: I,
+/// Everything a connection is served with but the connection itself.
+struct Serving {
     peer: SocketAddr,
     app: Router,
     lane: Option<Arc<crate::backend::http::lane::Lane>>,
-    mut stop: watch::Receiver<bool>,
-    _load: LoadGuard,
+    stop: watch::Receiver<bool>,
+    /// Held while the connection is served here.
+    load: LoadGuard,
     header_read_timeout: std::time::Duration,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    match lane {
-        Some(lane) => {
-            if let Some(rest) = lane
-                .serve(stream, peer, &app, &mut stop, header_read_timeout)
-                .await
-            {
-                serve_general(rest, peer, app, stop, header_read_timeout).await;
+}
+
+impl Serving {
+    /// Serves `stream`: in the fast lane while its requests are the lane's, then (or else)
+    /// with the general stack.
+    async fn serve<I>(self, stream: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Serving {
+            peer,
+            app,
+            lane,
+            mut stop,
+            load: _load,
+            header_read_timeout,
+        } = self;
+        match lane {
+            Some(lane) => {
+                if let Some(rest) = lane
+                    .serve(stream, peer, &app, &mut stop, header_read_timeout)
+                    .await
+                {
+                    serve_general(rest, peer, app, stop, header_read_timeout).await;
+                }
             }
+            None => serve_general(stream, peer, app, stop, header_read_timeout).await,
         }
-        None => serve_general(stream, peer, app, stop, header_read_timeout).await,
     }
 }
 

@@ -39,13 +39,13 @@ pub async fn initialize(p: &TestProxy, token: &str) -> String {
 
 /// Sends `initialize` without a session; returns the new session's id and the answer.
 pub async fn open_session(p: &TestProxy, token: &str) -> (String, Value) {
-    open_session_on(&client(), p, token).await
+    open_session_on(&client(), &p.url("/mcp"), token).await
 }
 
-/// [`open_session`] on client `c` (its connection stays open in `c`'s pool).
-pub async fn open_session_on(c: &reqwest::Client, p: &TestProxy, token: &str) -> (String, Value) {
+/// [`open_session`] on client `c` (its connection stays open in `c`'s pool), at `url`.
+pub async fn open_session_on(c: &reqwest::Client, url: &str, token: &str) -> (String, Value) {
     let resp = c
-        .post(p.url("/mcp"))
+        .post(url)
         .bearer_auth(token)
         .header(header::ACCEPT, "application/json, text/event-stream")
         .header(header::CONTENT_TYPE, "application/json")
@@ -1065,13 +1065,13 @@ pub async fn modern_request(
     name: Option<&str>,
     params: Value,
 ) -> reqwest::Response {
-    modern_request_on(&client(), p, token, method, name, params).await
+    modern_request_on(&client(), &p.url("/mcp"), token, method, name, params).await
 }
 
 /// [`modern_request`] on client `c`.
 pub async fn modern_request_on(
     c: &reqwest::Client,
-    p: &TestProxy,
+    url: &str,
     token: &str,
     method: &str,
     name: Option<&str>,
@@ -1081,7 +1081,7 @@ pub async fn modern_request_on(
                              "io.modelcontextprotocol/clientCapabilities":{}});
     let body = json!({"jsonrpc":"2.0","id":1,"method":method,"params":params});
     let mut req = c
-        .post(p.url("/mcp"))
+        .post(url)
         .bearer_auth(token)
         .header("mcp-protocol-version", "2026-07-28")
         .header("mcp-method", method)
@@ -1159,7 +1159,7 @@ async fn a_connection_is_served_on_the_worker_of_its_sessions_child() {
     // Each client keeps its connection open: a worker's load is its open connections, and
     // a new connection goes to the least loaded (the first on a tie).
     let first = client();
-    let (sid, _) = open_session_on(&first, &p, &t).await;
+    let (sid, _) = open_session_on(&first, &p.url("/mcp"), &t).await;
     assert_eq!(
         placed(),
         0,
@@ -1187,8 +1187,9 @@ async fn a_connection_is_served_on_the_worker_of_its_sessions_child() {
     // connections) and a third client's connection stays there open.
     let third = client();
     let params = json!({"name": "id", "arguments": {}});
+    let url = p.url("/mcp");
     let modern = async |c: &reqwest::Client| {
-        modern_request_on(c, &p, &t, "tools/call", Some("id"), params.clone()).await
+        modern_request_on(c, &url, &t, "tools/call", Some("id"), params.clone()).await
     };
     let answer = modern(&third).await;
     assert_eq!(answer.status(), StatusCode::OK);
@@ -1216,4 +1217,38 @@ async fn a_connection_is_served_on_the_worker_of_its_sessions_child() {
         "a stateless connection moved to its user's child's worker"
     );
     drop(idle);
+}
+
+/// Over TLS (HTTP/1.1) the same: a session's connection accepted by the other worker is
+/// handed, with its TLS state and the bytes read of its first request, to the worker running
+/// the session's child, and served there.
+#[tokio::test]
+async fn a_tls_connection_is_served_on_the_worker_of_its_sessions_child() {
+    let ca = crate::tls::ca();
+    let dir = tempfile::tempdir().unwrap();
+    crate::tls::leaf(&ca, dir.path(), "placed");
+    let p = crate::tls::tls_proxy_for(dir.path(), &["--workers", "2", "--", "node", FIXTURE]).await;
+    let addr = p.tls_addr.unwrap();
+    let url = format!("https://localhost:{}/mcp", addr.port());
+    let t = token_for(&p, "password:alice").await;
+    let placed = || p.state.metrics().connections_placed.get();
+    // Worker 0 takes the first connection (kept open in its client) and starts the child.
+    let first = crate::tls::https_client(&ca, true, addr);
+    let (sid, answer) = open_session_on(&first, &url, &t).await;
+    assert_eq!(answer["result"]["serverInfo"]["name"], "misbehaving");
+    assert_eq!(placed(), 0);
+    // The next goes to worker 1 and is handed on.
+    let second = crate::tls::https_client(&ca, true, addr);
+    for id in [7, 8] {
+        let call = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"id","arguments":{}}});
+        let answer = session_post_on(&second, &url, &t, &sid, &call)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(answer.version(), reqwest::Version::HTTP_11);
+        let text = answer.text().await.unwrap();
+        assert!(text.contains(&format!(r#""id":{id},"result""#)), "{text}");
+    }
+    assert_eq!(placed(), 1, "one connection, handed on once, served twice");
 }

@@ -42,7 +42,7 @@ pub fn leaf(ca: &Ca, dir: &Path, cn: &str) -> Vec<u8> {
     cert.der().to_vec()
 }
 
-fn https_client(ca: &Ca, http1_only: bool, addr: std::net::SocketAddr) -> reqwest::Client {
+pub fn https_client(ca: &Ca, http1_only: bool, addr: std::net::SocketAddr) -> reqwest::Client {
     let root = reqwest::Certificate::from_pem(ca.cert.pem().as_bytes()).unwrap();
     let b = reqwest::Client::builder()
         .no_proxy()
