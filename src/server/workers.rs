@@ -62,11 +62,14 @@ pub type Slot = tokio::sync::OwnedSemaphorePermit;
 
 /// A connection as it reaches a worker.
 enum Socket {
-    /// Accepted: adopted (and, on the TLS listener, its handshake made) by the worker.
+    /// Accepted from a listener: adopted (and, on the TLS listener, its handshake made) by
+    /// the worker, which may hand it on to the worker of its session.
     Accepted(std::net::TcpStream, Listener),
-    /// Handed on by another worker after its TLS handshake, with the first bytes read
-    /// through it.
-    Tls(Box<TlsStream<Roaming>>, Bytes),
+    /// A plain connection handed on by the worker that accepted it: served here.
+    Placed(std::net::TcpStream),
+    /// A TLS connection handed on after its handshake, with the first bytes read through
+    /// it: served here.
+    PlacedTls(Box<TlsStream<Roaming>>, Bytes),
 }
 
 /// A connection handed to a worker.
@@ -74,9 +77,6 @@ struct Conn {
     socket: Socket,
     peer: SocketAddr,
     slot: Slot,
-    /// Handed on by the worker that accepted it, to the worker of its session: served
-    /// there, not placed again.
-    placed: bool,
 }
 
 /// Where a worker takes connections, and how many it serves.
@@ -179,7 +179,6 @@ impl Workers {
             socket: Socket::Accepted(stream, from),
             peer,
             slot,
-            placed: false,
         });
     }
 
@@ -227,6 +226,18 @@ struct WorkerJob {
 }
 
 impl WorkerJob {
+    /// How this worker places the connections it accepts; `None` when it serves them all
+    /// itself (no backend places its sessions, or there is no other worker).
+    fn placing(&self) -> Option<Placing> {
+        let homes = self.apps.homes.clone().filter(|_| self.inboxes.len() > 1)?;
+        Some(Placing {
+            homes,
+            index: self.index,
+            inboxes: self.inboxes.clone(),
+            placed: self.apps.placed.clone(),
+        })
+    }
+
     async fn run(mut self) {
         let tracker = TaskTracker::new();
         let mut stop = self.stop.clone();
@@ -235,13 +246,7 @@ impl WorkerJob {
                 c = self.rx.recv() => c,
                 _ = stop.wait_for(|s| *s) => None,
             };
-            let Some(Conn {
-                socket,
-                peer,
-                slot,
-                placed,
-            }) = next
-            else {
+            let Some(Conn { socket, peer, slot }) = next else {
                 break;
             };
             let guard = LoadGuard {
@@ -256,8 +261,8 @@ impl WorkerJob {
                 load: guard,
                 header_read_timeout: self.apps.header_read_timeout,
             };
-            let (stream, from) = match socket {
-                Socket::Tls(mut tls, head) => {
+            let (stream, from, placing) = match socket {
+                Socket::PlacedTls(mut tls, head) => {
                     if let Err(e) = tls.get_mut().0.unpark() {
                         tracing::debug!(error = %e, worker = self.index, "could not adopt a connection");
                         continue;
@@ -266,7 +271,8 @@ impl WorkerJob {
                     tracker.spawn(serving.serve(Prefixed::new(head, *tls)));
                     continue;
                 }
-                Socket::Accepted(stream, from) => (stream, from),
+                Socket::Placed(stream) => (stream, Listener::Plain, None),
+                Socket::Accepted(stream, from) => (stream, from, self.placing()),
             };
             let stream = match TcpStream::from_std(stream) {
                 Ok(s) => s,
@@ -280,85 +286,33 @@ impl WorkerJob {
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
             }
-            let placing = self
-                .apps
-                .homes
-                .clone()
-                .filter(|_| !placed && self.inboxes.len() > 1)
-                .map(|homes| Placing {
-                    homes,
-                    index: self.index,
-                    inboxes: self.inboxes.clone(),
-                    placed: self.apps.placed.clone(),
-                });
-            let read_timeout = self.apps.header_read_timeout;
-            let mut stopping = self.stop.clone();
             match (from, &self.apps.tls) {
                 (Listener::Tls, Some(tls)) => {
                     let tls = tls.clone();
-                    let mut serving = serving(self.apps.main.clone(), self.apps.lane.clone());
+                    let serving = serving(self.apps.main.clone(), self.apps.lane.clone());
                     tracker.spawn(async move {
                         let handshake = tls.handshake(Roaming::new(stream));
-                        let Ok(Some(mut stream)) =
+                        if let Ok(Some(stream)) =
                             tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await
-                        else {
-                            return;
-                        };
-                        // HTTP/2 is the general stack's, and served here.
-                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        serving.lane = serving.lane.filter(|_| !h2);
-                        let Some(placing) = placing.filter(|_| !h2) else {
-                            return serving.serve(stream).await;
-                        };
-                        let head = tokio::select! {
-                            h = tokio::time::timeout(read_timeout, first_bytes(&mut stream)) => h,
-                            _ = stopping.wait_for(|s| *s) => return,
-                        };
-                        // Silent for --header-read-timeout, closed or failed: done, as the
-                        // server would have been.
-                        let Ok(Ok(head)) = head else { return };
-                        let home = placing.homes.home_of_head(&head).await;
-                        let Some(inbox) = placing.elsewhere(home) else {
-                            return serving.serve(Prefixed::new(head, stream)).await;
-                        };
-                        match stream.get_mut().0.park() {
-                            Ok(()) => {
-                                let socket = Socket::Tls(Box::new(stream), head);
-                                placing.give(&inbox, socket, serving);
-                            }
-                            Err(e) => tracing::debug!(error = %e, "could not hand a connection on"),
+                        {
+                            after_handshake(stream, serving, placing).await;
                         }
                     });
                 }
                 (Listener::Plain, _) => {
-                    // The plain listener serves the application itself unless TLS is on.
-                    let serving = match &self.apps.plain {
-                        Some(plain) => serving(plain.clone(), None),
-                        None => serving(self.apps.main.clone(), self.apps.lane.clone()),
-                    };
-                    let Some(placing) = placing.filter(|_| self.apps.plain.is_none()) else {
-                        tracker.spawn(serving.serve(stream));
-                        continue;
-                    };
-                    tracker.spawn(async move {
-                        let home = tokio::select! {
-                            h = tokio::time::timeout(read_timeout, placing.homes.home_of(&stream)) => h,
-                            _ = stopping.wait_for(|s| *s) => return,
-                        };
-                        // Silent for --header-read-timeout, closed or failed: done, as the
-                        // server would have been.
-                        let Ok(Ok(home)) = home else { return };
-                        let Some(inbox) = placing.elsewhere(home) else {
-                            return serving.serve(stream).await;
-                        };
-                        match stream.into_std() {
-                            Ok(stream) => {
-                                let socket = Socket::Accepted(stream, Listener::Plain);
-                                placing.give(&inbox, socket, serving);
-                            }
-                            Err(e) => tracing::debug!(error = %e, "could not hand a connection on"),
+                    // The plain listener serves the application itself unless TLS is on (its
+                    // redirects are not placed).
+                    let (serving, placing) = match &self.apps.plain {
+                        Some(plain) => (serving(plain.clone(), None), None),
+                        None => {
+                            let lane = self.apps.lane.clone();
+                            (serving(self.apps.main.clone(), lane), placing)
                         }
-                    });
+                    };
+                    match placing {
+                        Some(placing) => tracker.spawn(placing.plain(stream, serving)),
+                        None => tracker.spawn(serving.serve(stream)),
+                    };
                 }
                 (Listener::Tls, None) => {}
             }
@@ -394,6 +348,37 @@ struct Placing {
 }
 
 impl Placing {
+    /// Serves a plain connection here, or hands it to the worker of its session (its first
+    /// request peeked at, left in the socket).
+    async fn plain(self, stream: TcpStream, serving: Serving) {
+        let Some(home) = serving.first(self.homes.home_of(&stream)).await else {
+            return;
+        };
+        let Some(inbox) = self.elsewhere(home) else {
+            return serving.serve(stream).await;
+        };
+        match stream.into_std() {
+            Ok(stream) => self.give(&inbox, Socket::Placed(stream), serving),
+            Err(e) => tracing::debug!(error = %e, "could not hand a connection on"),
+        }
+    }
+
+    /// Serves a TLS connection here, or hands it to the worker of its session with the
+    /// first bytes read through it and its TLS state.
+    async fn tls(self, mut stream: TlsStream<Roaming>, serving: Serving) {
+        let Some(head) = serving.first(first_bytes(&mut stream)).await else {
+            return;
+        };
+        let home = self.homes.home_of_head(&head).await;
+        let Some(inbox) = self.elsewhere(home) else {
+            return serving.serve(Prefixed::new(head, stream)).await;
+        };
+        match stream.get_mut().0.park() {
+            Ok(()) => self.give(&inbox, Socket::PlacedTls(Box::new(stream), head), serving),
+            Err(e) => tracing::debug!(error = %e, "could not hand a connection on"),
+        }
+    }
+
     /// The inbox of worker `home`, when that is another worker.
     fn elsewhere(&self, home: Option<usize>) -> Option<Inbox> {
         home.filter(|h| *h != self.index)
@@ -411,9 +396,25 @@ impl Placing {
             socket,
             peer: serving.peer,
             slot,
-            placed: true,
         });
         self.placed.inc();
+    }
+}
+
+/// A TLS connection after its handshake: HTTP/2 is the general stack's and served here;
+/// HTTP/1 is placed when this worker places connections.
+async fn after_handshake(
+    stream: TlsStream<Roaming>,
+    mut serving: Serving,
+    placing: Option<Placing>,
+) {
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    if h2 {
+        serving.lane = None;
+    }
+    match placing.filter(|_| !h2) {
+        Some(placing) => placing.tls(stream, serving).await,
+        None => serving.serve(stream).await,
     }
 }
 
@@ -442,6 +443,17 @@ struct Serving {
 }
 
 impl Serving {
+    /// What `read` gives of a connection's first bytes, within `--header-read-timeout` and
+    /// until the stop; `None` when the connection is done (silent that long, closed, failed,
+    /// or the server stopping), as the server itself would have ended it.
+    async fn first<T>(&self, read: impl Future<Output = std::io::Result<T>>) -> Option<T> {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            r = tokio::time::timeout(self.header_read_timeout, read) => r.ok()?.ok(),
+            _ = stop.wait_for(|s| *s) => None,
+        }
+    }
+
     /// Serves `stream`: in the fast lane while its requests are the lane's, then (or else)
     /// with the general stack.
     async fn serve<I>(self, stream: I)
