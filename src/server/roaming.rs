@@ -9,39 +9,43 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A socket registered with the runtime it is used on, or parked between two.
-pub struct Roaming {
-    live: Option<TcpStream>,
-    parked: Option<std::net::TcpStream>,
+pub enum Roaming {
+    Live(TcpStream),
+    Parked(std::net::TcpStream),
+    /// Lost on the way: it could not leave or join a reactor.
+    Gone,
 }
 
 impl Roaming {
     pub fn new(stream: TcpStream) -> Self {
-        Self {
-            live: Some(stream),
-            parked: None,
-        }
+        Self::Live(stream)
     }
 
     /// Takes the socket off this runtime's reactor, to be sent to another worker.
     pub fn park(&mut self) -> std::io::Result<()> {
-        if let Some(live) = self.live.take() {
-            self.parked = Some(live.into_std()?);
+        if let Self::Live(live) = std::mem::replace(self, Self::Gone) {
+            *self = Self::Parked(live.into_std()?);
         }
         Ok(())
     }
 
     /// Registers the socket with the runtime of the caller (the worker it arrived on).
     pub fn unpark(&mut self) -> std::io::Result<()> {
-        if let Some(parked) = self.parked.take() {
-            self.live = Some(TcpStream::from_std(parked)?);
+        if let Self::Parked(parked) = std::mem::replace(self, Self::Gone) {
+            *self = Self::Live(TcpStream::from_std(parked)?);
         }
         Ok(())
     }
 
-    fn live(&mut self) -> std::io::Result<&mut TcpStream> {
-        self.live
-            .as_mut()
-            .ok_or_else(|| std::io::ErrorKind::NotConnected.into())
+    /// `io` on the live socket; an error while it is not registered here.
+    fn poll_live<T>(
+        self: Pin<&mut Self>,
+        io: impl FnOnce(Pin<&mut TcpStream>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match self.get_mut() {
+            Self::Live(s) => io(Pin::new(s)),
+            _ => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
     }
 }
 
@@ -51,10 +55,7 @@ impl AsyncRead for Roaming {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut().live() {
-            Ok(s) => Pin::new(s).poll_read(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_live(|s| s.poll_read(cx, buf))
     }
 }
 
@@ -64,10 +65,7 @@ impl AsyncWrite for Roaming {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut().live() {
-            Ok(s) => Pin::new(s).poll_write(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_live(|s| s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -75,27 +73,18 @@ impl AsyncWrite for Roaming {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut().live() {
-            Ok(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_live(|s| s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.live.as_ref().is_some_and(|s| s.is_write_vectored())
+        matches!(self, Self::Live(s) if s.is_write_vectored())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut().live() {
-            Ok(s) => Pin::new(s).poll_flush(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_live(|s| s.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut().live() {
-            Ok(s) => Pin::new(s).poll_shutdown(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_live(|s| s.poll_shutdown(cx))
     }
 }
