@@ -118,7 +118,8 @@ pub struct Metrics {
     pub children: ChildMetrics,
     /// Requests the HTTP/1 fast lane served (also counted in `requests`).
     pub fast_lane: Counter,
-    /// Connections handed to the worker thread that runs their session's process.
+    /// Connections handed to the worker thread that runs the stdio process their first
+    /// request is for.
     pub connections_placed: Counter,
     /// Policy decisions on calls and reads: `allow`, `deny`, `step_up`.
     pub policy: Family<EventLabels, Counter>,
@@ -226,7 +227,7 @@ impl Metrics {
         let connections_placed = Counter::default();
         registry.register(
             "connections_placed",
-            "Connections handed to the worker thread that runs the process of the stdio session their first request names",
+            "Connections handed to the worker thread that runs the stdio process their first request is for (its session, or its user's 2026-07-28 child)",
             connections_placed.clone(),
         );
         let policy = Family::<EventLabels, Counter>::default();

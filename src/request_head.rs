@@ -11,6 +11,15 @@ use crate::config::{Site, is_loopback_host, normalize_origin};
 /// The MCP session header (Streamable HTTP): single-valued, visible ASCII.
 pub const MCP_SESSION_ID: &str = "mcp-session-id";
 
+/// A raw header value as `HeaderValue::to_str` accepts it: visible ASCII, spaces and tabs
+/// (for heads read with httparse, before any `HeaderMap`).
+pub fn visible_ascii(v: &[u8]) -> Option<&str> {
+    v.iter()
+        .all(|&b| b == b'\t' || (32..127).contains(&b))
+        .then(|| std::str::from_utf8(v).ok())
+        .flatten()
+}
+
 /// The authority the client addressed: `X-Forwarded-Host` from a trusted proxy, else `Host`,
 /// else the request URI's authority (HTTP/2).
 pub fn requested_authority(headers: &HeaderMap, uri: &Uri, trusted: bool) -> Option<String> {

@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
 use super::{App, AppState};
+use crate::request_head::{MCP_SESSION_ID, visible_ascii};
 
 /// How much of a connection's first bytes are looked at.
 const PEEK: usize = 4096;
@@ -118,7 +119,7 @@ fn named(head: &[u8]) -> Option<Named<'_>> {
     if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
         return None;
     }
-    if let Some(id) = single(req.headers, "mcp-session-id")? {
+    if let Some(id) = single(req.headers, MCP_SESSION_ID)? {
         return Some(Named::Session(id));
     }
     let authorization = single(req.headers, "authorization")??;
@@ -127,8 +128,8 @@ fn named(head: &[u8]) -> Option<Named<'_>> {
         .map(Named::Bearer)
 }
 
-/// The one value of header `name` (`Some(None)`: absent); `None` when it is sent twice or is
-/// not visible ASCII.
+/// The one value of header `name` (`Some(None)`: absent); `None` when it is sent twice, is
+/// empty or is not what `HeaderValue::to_str` accepts.
 fn single<'h>(headers: &[httparse::Header<'h>], name: &str) -> Option<Option<&'h str>> {
     let mut named = headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name));
     let Some(one) = named.next() else {
@@ -137,9 +138,8 @@ fn single<'h>(headers: &[httparse::Header<'h>], name: &str) -> Option<Option<&'h
     if named.next().is_some() {
         return None;
     }
-    let value = std::str::from_utf8(one.value).ok()?.trim();
-    (!value.is_empty() && value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()))
-        .then_some(Some(value))
+    let value = visible_ascii(one.value)?.trim();
+    (!value.is_empty()).then_some(Some(value))
 }
 
 #[cfg(test)]

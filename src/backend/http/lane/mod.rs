@@ -536,8 +536,9 @@ impl Deadline {
 
 #[cfg(test)]
 mod tests {
-    use super::request::{lowercase, visible_ascii};
+    use super::request::lowercase;
     use super::*;
+    use crate::request_head::visible_ascii;
 
     #[test]
     fn where_to_connect_and_what_to_send() {

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::backend::http::{self as proxy, ClientInfo, REPLAY_LIMIT};
 use crate::gate::bearer_value;
-use crate::request_head;
+use crate::request_head::{self, visible_ascii};
 
 impl Lane {
     /// Reads a request head: one to proxy, one for the router, not yet complete, or one for
@@ -197,12 +197,4 @@ pub(super) fn lowercase<'a>(name: &'a str, buf: &'a mut [u8; MAX_NAME]) -> Optio
     out.copy_from_slice(name.as_bytes());
     out.make_ascii_lowercase();
     std::str::from_utf8(out).ok()
-}
-
-/// A header value as `HeaderValue::to_str` accepts it: visible ASCII, spaces and tabs.
-pub(super) fn visible_ascii(v: &[u8]) -> Option<&str> {
-    v.iter()
-        .all(|&b| b == b'\t' || (32..127).contains(&b))
-        .then(|| std::str::from_utf8(v).ok())
-        .flatten()
 }
