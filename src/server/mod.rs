@@ -10,6 +10,7 @@ pub mod guard;
 pub mod health;
 pub mod ratelimit;
 pub mod roaming;
+pub mod timer_anchor;
 pub mod tls;
 pub mod workers;
 

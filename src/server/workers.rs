@@ -239,6 +239,8 @@ impl WorkerJob {
     }
 
     async fn run(mut self) {
+        // Not tracked: it runs until the runtime is dropped.
+        tokio::spawn(crate::server::timer_anchor::hold());
         let tracker = TaskTracker::new();
         let mut stop = self.stop.clone();
         loop {
