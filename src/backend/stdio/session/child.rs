@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::codec::FramedRead;
 
+use super::stdin::{Closed, Stdin};
 use super::{MAX_MESSAGE, Route, Routes};
 use crate::backend::stdio::child::{ChildSpec, capture_stderr, spawn};
 use crate::backend::stdio::framing::{JsonLines, Kind, Line, Message, frame};
@@ -39,7 +39,7 @@ pub struct Child {
     pub tag: String,
     /// Shared mode: several sessions, ids rewritten.
     pub(super) shared: bool,
-    pub(super) stdin: mpsc::Sender<Bytes>,
+    pub(super) stdin: Stdin,
     /// Fired to stop the child.
     pub(super) kill: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     pub(super) routes: Mutex<Routes>,
@@ -120,7 +120,7 @@ impl Child {
     pub(super) fn new(
         tag: String,
         shared: bool,
-        stdin: mpsc::Sender<Bytes>,
+        stdin: Stdin,
         kill: tokio::sync::oneshot::Sender<()>,
         stopped: watch::Receiver<bool>,
         pid: Option<u32>,
@@ -160,31 +160,18 @@ impl Child {
         if !withheld.is_empty() {
             tracing::debug!(child = %tag, withheld = %withheld.join(","), "the child does not see these variables of ours");
         }
-        let (stdin_tx, mut stdin_rx) = mpsc::channel::<Bytes>(64);
-        let (kill_tx, mut kill_rx) = tokio::sync::oneshot::channel::<()>();
-        let (stopped_tx, stopped_rx) = watch::channel(false);
-        let child = Child::new(tag, shared, stdin_tx, kill_tx, stopped_rx, process.id());
-        let (Some(mut stdin), Some(stdout), Some(stderr)) = (
+        let (Some(stdin), Some(stdout), Some(stderr)) = (
             process.stdin.take(),
             process.stdout.take(),
             process.stderr.take(),
         ) else {
             return Err(std::io::Error::other("the child's pipes are missing"));
         };
+        let (kill_tx, mut kill_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stopped_tx, stopped_rx) = watch::channel(false);
+        let stdin = Stdin::spawn(stdin);
+        let child = Child::new(tag, shared, stdin, kill_tx, stopped_rx, process.id());
         let (tail, stderr_task) = capture_stderr(stderr, child.tag.clone());
-
-        tokio::spawn(async move {
-            // Whatever has queued up goes in one write: one syscall, and one read for the
-            // child, for a burst of small messages (at most 64 of them, 64 KiB together).
-            const BURST: usize = 64 * 1024;
-            let mut queued = Vec::with_capacity(16);
-            while stdin_rx.recv_many(&mut queued, 64).await > 0 {
-                if write_burst(&mut stdin, &queued, BURST).await.is_err() {
-                    break;
-                }
-                queued.clear();
-            }
-        });
 
         let reader = child.clone();
         tokio::spawn(async move {
@@ -337,7 +324,7 @@ impl Child {
         self.stdin
             .send(framed)
             .await
-            .map_err(|_| "the MCP server is not running")
+            .map_err(|Closed| "the MCP server is not running")
     }
 
     /// A request id (JSON string) no other session's request has in this child.
@@ -418,81 +405,4 @@ pub(super) async fn stop(
     };
     signal_group(rustix::process::Signal::KILL);
     status
-}
-
-/// Writes `messages` in order, as few writes as `limit` allows: small ones are gathered into
-/// one buffer, one over the limit is written on its own.
-async fn write_burst(
-    out: &mut (impl tokio::io::AsyncWrite + Unpin),
-    messages: &[Bytes],
-    limit: usize,
-) -> std::io::Result<()> {
-    if let [one] = messages {
-        out.write_all(one).await?;
-        return out.flush().await;
-    }
-    let mut burst = Vec::new();
-    for msg in messages {
-        if !burst.is_empty() && burst.len() + msg.len() > limit {
-            out.write_all(&burst).await?;
-            burst.clear();
-        }
-        if msg.len() > limit {
-            out.write_all(msg).await?;
-        } else {
-            burst.extend_from_slice(msg);
-        }
-    }
-    if !burst.is_empty() {
-        out.write_all(&burst).await?;
-    }
-    out.flush().await
-}
-
-#[cfg(test)]
-mod tests {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    use super::*;
-
-    /// Records every write it is given.
-    #[derive(Default)]
-    struct Writes(Vec<Vec<u8>>);
-
-    impl tokio::io::AsyncWrite for Writes {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            self.0.push(buf.to_vec());
-            Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn a_burst_is_written_in_order_in_as_few_writes_as_the_limit_allows() {
-        let msg = |c: u8, n: usize| Bytes::from(vec![c; n]);
-        let cases: [(Vec<Bytes>, usize); 4] = [
-            (vec![msg(b'a', 3)], 1),
-            (vec![msg(b'a', 3), msg(b'b', 4), msg(b'c', 2)], 1),
-            // 4 + 4 fit the limit of 10, the third would not: two writes.
-            (vec![msg(b'a', 4), msg(b'b', 4), msg(b'c', 4)], 2),
-            // One over the limit goes on its own, between the others.
-            (vec![msg(b'a', 2), msg(b'b', 30), msg(b'c', 2)], 3),
-        ];
-        for (messages, writes) in cases {
-            let mut out = Writes::default();
-            write_burst(&mut out, &messages, 10).await.unwrap();
-            assert_eq!(out.0.len(), writes, "{messages:?}");
-            assert_eq!(out.0.concat(), messages.concat(), "order kept");
-        }
-    }
 }

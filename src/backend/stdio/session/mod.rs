@@ -24,6 +24,7 @@
 
 mod child;
 mod routes;
+mod stdin;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -264,7 +265,7 @@ impl Session {
                 Value::String(why.to_string())
             );
             if let Some(framed) = frame(cancel.as_bytes()) {
-                let _ = self.child.stdin.try_send(framed);
+                self.child.stdin.try_send(framed);
             }
         }
     }
@@ -464,7 +465,14 @@ mod tests {
         let (kill, _) = tokio::sync::oneshot::channel();
         let (_, stopped) = watch::channel(false);
         (
-            Child::new("child-t".into(), shared, stdin, kill, stopped, None),
+            Child::new(
+                "child-t".into(),
+                shared,
+                stdin::Stdin::queued(stdin),
+                kill,
+                stopped,
+                None,
+            ),
             rx,
         )
     }
