@@ -283,6 +283,10 @@ pub fn router(state: AppState) -> Router {
         }
     }
     let main = main.with_state(state.clone());
+    if hosted.iter().all(Option::is_none) {
+        // No server has a host of its own: one router, without a dispatch in front of it.
+        return main.layer(from_fn_with_state(state, front));
+    }
     // A request for a server routed by host name goes to that host's routes; `front` found
     // which (the Host rule lives there) and said so in `HostedAt`.
     let dispatch = tower::service_fn(move |req: Request| {
