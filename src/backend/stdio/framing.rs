@@ -41,6 +41,9 @@ pub struct Message {
     pub id: Option<String>,
     /// The `method`, for requests and notifications.
     pub method: Option<String>,
+    /// Where the `id` sits in `raw`, when it was read there (its value replaced without
+    /// reading the message again).
+    pub id_at: Option<Range<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -71,6 +74,7 @@ impl Message {
                 kind: Kind::Batch,
                 id: None,
                 method: None,
+                id_at: None,
             });
         }
         let env: Envelope<'_> = serde_json::from_slice(&raw).ok()?;
@@ -78,6 +82,7 @@ impl Message {
             return None;
         }
         // A null id is a response to a request whose id could not be read.
+        let id_at = env.id.and_then(|i| offset_in(&raw, i.get().as_bytes()));
         let id = env.id.map(|i| i.get().to_string());
         let method = env.method.map(|m| m.into_owned());
         let kind = match (&method, &id) {
@@ -91,7 +96,16 @@ impl Message {
             kind,
             id,
             method,
+            id_at,
         })
+    }
+
+    /// The message with its `id` replaced by `id` (JSON text).
+    pub fn with_id(&self, id: &str) -> Option<Bytes> {
+        match &self.id_at {
+            Some(at) => splice(&self.raw, at.clone(), id.as_bytes()),
+            None => replace_value(&self.raw, &["id"], id),
+        }
     }
 }
 
@@ -702,6 +716,30 @@ mod tests {
                 let found = span.map(|r| serde_json::from_slice::<serde_json::Value>(&raw[r]).unwrap());
                 prop_assert_eq!(found.as_ref(), expected, "{:?}", p);
             }
+        }
+
+        /// An answer's id replaced where `Message::parse` saw it is the same message as the
+        /// id replaced by looking for it again, wherever the id stands among the members.
+        #[test]
+        fn an_id_is_replaced_where_it_was_read(
+            value in json(),
+            id in prop_oneof![any::<u32>().prop_map(|n| n.to_string()), "\"[a-z\\\\\"]{0,8}\"".prop_map(String::from)],
+            first in any::<bool>(),
+        ) {
+            let result = serde_json::to_string(&value).unwrap();
+            let raw = if first {
+                format!(r#"{{ "id" : {id}, "jsonrpc":"2.0","result":{result}}}"#)
+            } else {
+                format!(r#"{{"jsonrpc":"2.0","result":{result},"id":{id} }}"#)
+            };
+            let Some(m) = Message::parse(Bytes::from(raw.clone())) else {
+                return Err(TestCaseError::reject("not a message"));
+            };
+            prop_assert!(m.id_at.is_some());
+            let replaced = m.with_id(r#""mcp-proxy-1-2""#);
+            prop_assert_eq!(&replaced, &replace_value(raw.as_bytes(), &["id"], r#""mcp-proxy-1-2""#));
+            let back = Message::parse(replaced.unwrap()).unwrap();
+            prop_assert_eq!(back.id.as_deref(), Some(r#""mcp-proxy-1-2""#));
         }
 
         #[test]

@@ -256,6 +256,8 @@ impl Modern {
             kind: msg.kind,
             id: msg.id.clone(),
             method: msg.method.clone(),
+            // The splice may have moved it: found again when needed.
+            id_at: None,
         })
     }
 

@@ -93,7 +93,7 @@ impl Routes {
                     })
                 });
                 let raw = match &p.client_id {
-                    Some(cid) => replace_value(&raw, &["id"], cid).unwrap_or(raw),
+                    Some(cid) => m.with_id(cid).unwrap_or(raw),
                     None => raw,
                 };
                 // A batch shares one stream: it ends with the last of its answers.
