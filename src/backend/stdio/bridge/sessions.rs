@@ -222,7 +222,7 @@ impl StdioBackend {
         sessions
             .get(id)
             .filter(|s| !s.is_closed())
-            .and_then(|s| s.child().worker)
+            .and_then(|s| s.child().worker())
     }
 
     /// Ends a session and forgets it.

@@ -58,9 +58,6 @@ pub struct Child {
     pub pid: Option<u32>,
     /// When the child was started.
     pub started: tokio::time::Instant,
-    /// The worker thread whose runtime runs the child's pumps (`None` outside the workers):
-    /// a connection served there reaches the child without waking another thread.
-    pub worker: Option<usize>,
 }
 
 /// Children that keep exiting by themselves soon after starting delay the next start: after
@@ -142,7 +139,6 @@ impl Child {
             subscribed: tokio::sync::Mutex::default(),
             pid,
             started: tokio::time::Instant::now(),
-            worker: crate::worker::serving(),
         })
     }
 
@@ -218,6 +214,12 @@ impl Child {
             }
         });
         Ok(child)
+    }
+
+    /// The worker thread whose runtime runs the child's pumps (`None` outside the workers):
+    /// a connection served there reaches the child without waking another thread.
+    pub fn worker(&self) -> Option<usize> {
+        self.stdin.home()
     }
 
     /// Whether the child is gone or being stopped.
