@@ -97,7 +97,6 @@ impl Inbox {
 }
 
 struct Worker {
-    inbox: Inbox,
     /// Resolves when the worker has no connection left after the stop signal.
     drained: Option<oneshot::Receiver<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -105,6 +104,8 @@ struct Worker {
 
 /// The running worker threads.
 pub struct Workers {
+    /// Where each worker takes connections (by index).
+    inboxes: Arc<[Inbox]>,
     workers: Vec<Worker>,
     stop: watch::Sender<bool>,
     release: watch::Sender<bool>,
@@ -126,13 +127,11 @@ impl Workers {
             .unzip();
         let inboxes: Arc<[Inbox]> = inboxes.into();
         for (index, rx) in receivers.into_iter().enumerate() {
-            let inbox = inboxes[index].clone();
             let (drained_tx, drained) = oneshot::channel();
             let job = WorkerJob {
                 index,
                 apps: apps.clone(),
                 rx,
-                load: inbox.load.clone(),
                 inboxes: inboxes.clone(),
                 stop: stop.subscribe(),
                 release: release.subscribe(),
@@ -148,12 +147,12 @@ impl Workers {
                     runtime.block_on(job.run());
                 })?;
             workers.push(Worker {
-                inbox,
                 drained: Some(drained),
                 thread: Some(thread),
             });
         }
         Ok(Self {
+            inboxes,
             workers,
             stop,
             release,
@@ -168,14 +167,14 @@ impl Workers {
         from: Listener,
         slot: Slot,
     ) {
-        let Some(worker) = self
-            .workers
+        let Some(inbox) = self
+            .inboxes
             .iter()
-            .min_by_key(|w| w.inbox.load.load(Ordering::Relaxed))
+            .min_by_key(|i| i.load.load(Ordering::Relaxed))
         else {
             return;
         };
-        worker.inbox.give(Conn {
+        inbox.give(Conn {
             socket: Socket::Accepted(stream, from),
             peer,
             slot,
@@ -217,8 +216,8 @@ struct WorkerJob {
     index: usize,
     apps: Apps,
     rx: mpsc::UnboundedReceiver<Conn>,
-    load: Arc<AtomicUsize>,
-    /// Every worker's inbox (this one's included), to hand a connection to its session's.
+    /// Every worker's inbox (this one's at `index`, with its load), to hand a connection to
+    /// its session's.
     inboxes: Arc<[Inbox]>,
     stop: watch::Receiver<bool>,
     release: watch::Receiver<bool>,
@@ -252,7 +251,7 @@ impl WorkerJob {
                 break;
             };
             let guard = LoadGuard {
-                load: self.load.clone(),
+                load: self.inboxes[self.index].load.clone(),
                 slot: Some(slot),
             };
             let serving = |app: Router, lane| Serving {
@@ -263,6 +262,8 @@ impl WorkerJob {
                 load: guard,
                 header_read_timeout: self.apps.header_read_timeout,
             };
+            // A placed connection was set up by the worker that accepted it.
+            let accepted = matches!(socket, Socket::Accepted(..));
             let (stream, from, placing) = match socket {
                 Socket::PlacedTls(mut tls, head) => {
                     if let Err(e) = tls.get_mut().0.unpark() {
@@ -285,7 +286,7 @@ impl WorkerJob {
             };
             // Small writes (an SSE event, a short JSON answer) must leave at once: without
             // TCP_NODELAY, Nagle's algorithm holds them for the client's delayed ACK (~40 ms).
-            if let Err(e) = stream.set_nodelay(true) {
+            if accepted && let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
             }
             match (from, &self.apps.tls) {
