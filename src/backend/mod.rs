@@ -87,6 +87,13 @@ pub trait Backend: Send + Sync + 'static {
         false
     }
 
+    /// Whether this backend's sessions live on one worker thread each (stdio), so that
+    /// [`Backend::worker_of_session`] and [`Backend::worker_of_user`] may answer: the server
+    /// looks at a connection's first request only for such backends.
+    fn places_sessions(&self) -> bool {
+        false
+    }
+
     /// The worker thread that runs session `id`'s process, when this backend has one there
     /// (stdio): the server serves a connection whose first request names that session on
     /// that worker, so calls and answers do not cross threads.

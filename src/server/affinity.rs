@@ -43,7 +43,7 @@ impl Homes {
     pub fn of(state: &AppState) -> Option<Self> {
         let placing: Vec<AppState> = std::iter::once(state)
             .chain(state.servers.iter())
-            .filter(|s| s.backend.as_ref().is_some_and(|b| b.kind() == "stdio"))
+            .filter(|s| s.backend.as_ref().is_some_and(|b| b.places_sessions()))
             .cloned()
             .collect();
         (!placing.is_empty()).then_some(Self(placing))

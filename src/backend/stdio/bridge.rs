@@ -591,6 +591,10 @@ impl crate::backend::Backend for StdioBackend {
         self.end(id)
     }
 
+    fn places_sessions(&self) -> bool {
+        true
+    }
+
     fn worker_of_session(&self, id: &str) -> Option<usize> {
         self.child_worker(id)
     }
