@@ -44,6 +44,8 @@ pub struct Message {
     /// Where the `id` sits in `raw`, when it was read there (its value replaced without
     /// reading the message again).
     pub id_at: Option<Range<usize>>,
+    /// Where a response's `result` sits in `raw`, when it was read there.
+    pub result_at: Option<Range<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +77,7 @@ impl Message {
                 id: None,
                 method: None,
                 id_at: None,
+                result_at: None,
             });
         }
         let env: Envelope<'_> = serde_json::from_slice(&raw).ok()?;
@@ -83,6 +86,7 @@ impl Message {
         }
         // A null id is a response to a request whose id could not be read.
         let id_at = env.id.and_then(|i| offset_in(&raw, i.get().as_bytes()));
+        let result_at = env.result.and_then(|r| offset_in(&raw, r.get().as_bytes()));
         let id = env.id.map(|i| i.get().to_string());
         let method = env.method.map(|m| m.into_owned());
         let kind = match (&method, &id) {
@@ -97,6 +101,7 @@ impl Message {
             id,
             method,
             id_at,
+            result_at,
         })
     }
 
@@ -469,6 +474,15 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_, '_, 'de> {
     }
 }
 
+/// Whether the JSON text `raw` may have a member named `key` (plain ASCII) anywhere in it:
+/// `false` only when neither the key's bytes nor a `\u` escape (the one way to spell a
+/// letter of it differently) appear. A search that can only find nothing is skipped with
+/// this: a few dozen instructions instead of a parse of the whole message.
+pub fn may_name(raw: &[u8], key: &str) -> bool {
+    let escape = memchr::memchr_iter(b'\\', raw).any(|at| raw.get(at + 1) == Some(&b'u'));
+    escape || memchr::memmem::find(raw, key.as_bytes()).is_some()
+}
+
 /// `raw` with the bytes in `span` replaced by `value`.
 pub fn splice(raw: &[u8], span: Range<usize>, value: &[u8]) -> Option<Bytes> {
     let (head, tail) = (raw.get(..span.start)?, raw.get(span.end..)?);
@@ -548,6 +562,9 @@ mod tests {
             None
         );
         assert_eq!(value_text(br#"{"id":1,"x":{"id":2}}"#, &["id"]), Some("1"));
+        assert!(!may_name(raw, "requestId"));
+        assert!(may_name(raw, "progressToken"));
+        assert!(may_name(br#"{"\u0070rogressToken":1}"#, "progressToken"));
     }
 
     fn decode_all(input: &[u8], max: usize) -> Vec<Line> {
@@ -740,6 +757,29 @@ mod tests {
             prop_assert_eq!(&replaced, &replace_value(raw.as_bytes(), &["id"], r#""mcp-proxy-1-2""#));
             let back = Message::parse(replaced.unwrap()).unwrap();
             prop_assert_eq!(back.id.as_deref(), Some(r#""mcp-proxy-1-2""#));
+        }
+
+        /// `may_name` is never wrong: a key it rules out is found by no reading, whether
+        /// written plainly or with escapes.
+        #[test]
+        fn a_key_ruled_out_is_never_there(
+            value in json(),
+            path in proptest::collection::vec("[abc]", 1..4),
+            escaped in any::<bool>(),
+        ) {
+            let mut raw = serde_json::to_string(&value).unwrap();
+            if escaped {
+                raw = raw.replace("\"b\"", "\"\\u0062\"");
+            }
+            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+            let key = path[path.len() - 1];
+            if !may_name(raw.as_bytes(), key) {
+                prop_assert_eq!(value_span(raw.as_bytes(), &path), None);
+            }
+            let expected = path.iter().try_fold(&value, |v, k| v.get(k));
+            if expected.is_some() {
+                prop_assert!(may_name(raw.as_bytes(), key));
+            }
         }
 
         #[test]

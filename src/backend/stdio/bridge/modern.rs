@@ -19,7 +19,7 @@
 //! as multi round-trip results ([`super::mrtr`]); its list changes and resource updates
 //! through `subscriptions/listen` ([`super::listen`]).
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
@@ -27,11 +27,18 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use std::borrow::Cow;
+use std::ops::Range;
 
-use super::super::framing::{Kind, Message, splice, value_span};
+use super::super::framing::{Kind, Message, may_name, splice, value_span};
 
 /// The modern revisions the bridge speaks.
 pub const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
+
+/// The headers a modern request mirrors its body in (streamable-http, "Standard MCP Request
+/// Headers"), named once rather than parsed from text at every lookup.
+static PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+static METHOD: HeaderName = HeaderName::from_static("mcp-method");
+static NAME: HeaderName = HeaderName::from_static("mcp-name");
 
 const VERSION_KEY: &str = "io.modelcontextprotocol/protocolVersion";
 const SERVER_INFO_KEY: &str = "io.modelcontextprotocol/serverInfo";
@@ -256,14 +263,26 @@ impl Modern {
             kind: msg.kind,
             id: msg.id.clone(),
             method: msg.method.clone(),
-            // The splice may have moved it: found again when needed.
-            id_at: None,
+            id_at: msg.id_at.clone().and_then(|at| moved(at, span, meta.len())),
+            result_at: None,
         })
     }
 
     /// Whether the client declared `capability`.
     pub fn declared(&self, capability: &str) -> bool {
         member_value(self.capabilities.as_ref(), capability).is_some_and(|c| !c.is_null())
+    }
+}
+
+/// Where `at` is after `span` was replaced by `len` bytes (`None`: it was inside `span`).
+fn moved(at: Range<usize>, span: &Range<usize>, len: usize) -> Option<Range<usize>> {
+    if at.end <= span.start {
+        Some(at)
+    } else if at.start >= span.end {
+        let shift = |i: usize| (i + len).checked_sub(span.len());
+        Some(shift(at.start)?..shift(at.end)?)
+    } else {
+        None
     }
 }
 
@@ -324,7 +343,7 @@ pub fn supported_versions() -> Vec<&'static str> {
 
 /// Whether `headers` name a protocol version that only the modern era has.
 fn header_modern(headers: &HeaderMap) -> bool {
-    headers.get_all("mcp-protocol-version").iter().any(|v| {
+    headers.get_all(&PROTOCOL_VERSION).iter().any(|v| {
         v.to_str()
             .is_ok_and(|v| !super::SUPPORTED_VERSIONS.contains(&v.trim()))
     })
@@ -364,7 +383,7 @@ fn message_id(msg: &Message) -> Value {
 /// balancer and the bridge must not read different values).
 fn single<'h>(
     headers: &'h HeaderMap,
-    name: &str,
+    name: &HeaderName,
     id: &Value,
 ) -> Result<Option<&'h str>, ModernRefusal> {
     let mut values = headers.get_all(name).iter();
@@ -414,7 +433,7 @@ fn check(
         .method
         .as_deref()
         .ok_or_else(|| mismatch("the body is not a request or notification".into()))?;
-    let header_version = single(headers, "mcp-protocol-version", &id)?
+    let header_version = single(headers, &PROTOCOL_VERSION, &id)?
         .ok_or_else(|| mismatch("MCP-Protocol-Version is missing".into()))?;
     let invalid = |why: &str| ModernRefusal::InvalidParams {
         id: id.clone(),
@@ -450,7 +469,7 @@ fn check(
         });
     }
     if is_request {
-        match single(headers, "mcp-method", &id)? {
+        match single(headers, &METHOD, &id)? {
             Some(m) if m == method => {}
             Some(m) => {
                 return Err(mismatch(format!(
@@ -466,7 +485,7 @@ fn check(
         };
         if let Some(named) = named.flatten() {
             let named = text(Some(named)).unwrap_or_default();
-            let header = single(headers, "mcp-name", &id)?
+            let header = single(headers, &NAME, &id)?
                 .ok_or_else(|| mismatch("Mcp-Name is missing".into()))?;
             if decoded(header).as_deref() != Some(named.as_ref()) {
                 return Err(mismatch(format!(
@@ -517,15 +536,11 @@ fn meta_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut members = Vec::new();
-            let mut seen = std::collections::HashSet::new();
             while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                 let value: &'de RawValue = map.next_value()?;
-                if !seen.insert(key.clone()) {
-                    return Ok(None);
-                }
                 members.push((key, value));
             }
-            Ok(Some(members))
+            Ok((!named_twice(&members)).then_some(members))
         }
     }
 
@@ -533,6 +548,21 @@ fn meta_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
     let members = serde::Deserializer::deserialize_map(&mut de, Members).ok()?;
     de.end().ok()?;
     members
+}
+
+/// Whether two of `members` have the same name. The handful a request's `_meta` carries are
+/// compared pairwise (a hash set cost more than the rest of reading them); many are sorted.
+fn named_twice(members: &[(Cow<'_, str>, &RawValue)]) -> bool {
+    const PAIRWISE: usize = 16;
+    if members.len() <= PAIRWISE {
+        return members
+            .iter()
+            .enumerate()
+            .any(|(i, (key, _))| members[..i].iter().any(|(k, _)| k == key));
+    }
+    let mut keys: Vec<&str> = members.iter().map(|(k, _)| k.as_ref()).collect();
+    keys.sort_unstable();
+    keys.windows(2).any(|w| w[0] == w[1])
 }
 
 pub(super) fn discover(id: &Value, init: &Value, hints: CacheHints) -> Bytes {
@@ -567,16 +597,22 @@ fn add_hints(result: &mut Map<String, Value>, method: &str, hints: CacheHints) {
     }
 }
 
-/// A legacy child's answer as a modern result to request `id` (a retry's id differs from
-/// the call the child answers): `resultType` (absent in the 2025 revisions) and the caching
-/// hints of cacheable methods. Errors keep their content; anything unreadable passes as it is.
-/// `id` is `None` when the answer already carries the request's id (the child's routes
-/// restored it), as every answer but a retry's does.
-pub(super) fn modernized(raw: Bytes, id: Option<&Value>, method: &str, hints: CacheHints) -> Bytes {
+/// A legacy child's answer (as [`Message::parse`] read it) as a modern result to request
+/// `id` (a retry's id differs from the call the child answers): `resultType` (absent in the
+/// 2025 revisions) and the caching hints of cacheable methods. Errors keep their content;
+/// anything unreadable passes as it is. `id` is `None` when the answer already carries the
+/// request's id (the child's routes restored it), as every answer but a retry's does.
+pub(super) fn modernized(
+    answer: Message,
+    id: Option<&Value>,
+    method: &str,
+    hints: CacheHints,
+) -> Bytes {
+    let raw = answer.raw;
     if id.is_none() && !CACHEABLE.contains(&method) {
         // The common case (a call answered): only `resultType` to add, spliced in without
         // re-encoding the answer.
-        if let Some(spliced) = with_result_type(&raw) {
+        if let Some(spliced) = answer.result_at.and_then(|at| with_result_type(&raw, at)) {
             return spliced;
         }
     }
@@ -596,19 +632,18 @@ pub(super) fn modernized(raw: Bytes, id: Option<&Value>, method: &str, hints: Ca
     serde_json::to_vec(&answer).map(Bytes::from).unwrap_or(raw)
 }
 
-/// `raw` with `"resultType":"complete"` first in its `result` object, when that object has
-/// none (`None`: no result object, or it has one already).
-fn with_result_type(raw: &Bytes) -> Option<Bytes> {
-    let span = value_span(raw, &["result"])?;
-    if raw.get(span.start) != Some(&b'{') {
+/// `raw` with `"resultType":"complete"` first in its `result` object (at `span`), when that
+/// object has none (`None`: the result is not an object, or it has one already).
+fn with_result_type(raw: &Bytes, span: Range<usize>) -> Option<Bytes> {
+    let result = raw.get(span.clone())?;
+    if result.first() != Some(&b'{') {
         return None;
     }
-    // Looked for in the result alone, not from the top again.
-    if value_span(raw.get(span.clone())?, &["resultType"]).is_some() {
+    // Looked for in the result alone, and only when it may be there.
+    if may_name(result, "resultType") && value_span(result, &["resultType"]).is_some() {
         return Some(raw.clone());
     }
-    let empty = raw
-        .get(span.start + 1..span.end)?
+    let empty = result[1..]
         .iter()
         .all(|b| b.is_ascii_whitespace() || *b == b'}');
     let field: &[u8] = if empty {
@@ -804,7 +839,7 @@ mod tests {
     fn a_legacy_answer_becomes_a_modern_result() {
         let raw = Bytes::from(r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#);
         let out: Value = serde_json::from_slice(&modernized(
-            raw,
+            Message::parse(raw).unwrap(),
             None,
             "tools/list",
             CacheHints { ttl_ms: 5 },
@@ -816,7 +851,7 @@ mod tests {
         // A retry's answer carries the retry's id; an error keeps its content.
         let err = Bytes::from(r#"{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"x"}}"#);
         let out: Value = serde_json::from_slice(&modernized(
-            err,
+            Message::parse(err).unwrap(),
             Some(&json!("retry")),
             "tools/call",
             CacheHints::default(),
@@ -862,8 +897,19 @@ mod tests {
                 r#"{"jsonrpc":"2.0","id":3,"result":{"resultType":"input_required"}}"#,
                 r#"{"jsonrpc":"2.0","id":3,"result":{"resultType":"input_required"}}"#,
             ),
+            // Written with an escape, it is still there.
+            (
+                r#"{"jsonrpc":"2.0","id":3,"result":{"\u0072esultType":"input_required"}}"#,
+                r#"{"jsonrpc":"2.0","id":3,"result":{"\u0072esultType":"input_required"}}"#,
+            ),
+            // Deeper in the result, it is not the result's.
+            (
+                r#"{"result":{"content":[{"resultType":"x"}]},"jsonrpc":"2.0","id":3}"#,
+                r#"{"result":{"resultType":"complete","content":[{"resultType":"x"}]},"jsonrpc":"2.0","id":3}"#,
+            ),
         ] {
-            let out = modernized(Bytes::from(raw), None, "tools/call", CacheHints::default());
+            let answer = Message::parse(Bytes::from(raw)).unwrap();
+            let out = modernized(answer, None, "tools/call", CacheHints::default());
             assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
         }
     }
@@ -884,6 +930,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","_meta":{"progressToken":"p"},"arguments":{"a":1}}}"#
         );
         assert_eq!((out.kind, out.id.as_deref()), (Kind::Request, Some("4")));
+        assert_eq!(out.id_at.map(|at| &out.raw[at]), Some(&b"4"[..]));
         assert!(request.declared("sampling"));
         // A member of _meta named twice: refused, not guessed.
         let twice = raw.replace(
@@ -909,6 +956,7 @@ mod tests {
             version in proptest::sample::select(vec!["2026-07-28", "2025-11-25", "2099-01-01", ""]),
             extra_meta in proptest::collection::vec(("[a-z/.]{1,12}", 0i32..3), 0..4),
             twice in proptest::bool::ANY,
+            id_last in proptest::bool::ANY,
         ) {
             let mut meta = serde_json::Map::new();
             if !version.is_empty() {
@@ -922,6 +970,11 @@ mod tests {
                 "params": {"name": name, "uri": name, "_meta": meta}}).to_string();
             if twice {
                 body = body.replacen("\"name\":", "\"name\":\"x\",\"name\":", 1);
+            }
+            if id_last {
+                // After params, so that removing the envelope moves it.
+                body = body.replacen("\"id\":1,", "", 1);
+                body.insert_str(body.len() - 1, ",\"id\":1");
             }
             let mut pairs = vec![("mcp-protocol-version", version)];
             if !header_method.is_empty() {
@@ -946,6 +999,9 @@ mod tests {
                     let meta = sent["params"]["_meta"].as_object().unwrap();
                     proptest::prop_assert!(meta.keys().all(|k| !k.starts_with(RESERVED_PREFIX)));
                     proptest::prop_assert_eq!(&sent["params"]["name"], &json!(name));
+                    // Where the id was read still holds it.
+                    let at = out.id_at.clone();
+                    proptest::prop_assert_eq!(at.and_then(|at| out.raw.get(at)), Some(&b"1"[..]));
                 }
             }
         }

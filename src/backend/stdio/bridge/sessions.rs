@@ -359,7 +359,8 @@ fn modern_key(caller: &Caller) -> String {
 
 /// The key of user `subject`'s child for modern requests.
 pub(super) fn modern_key_of(subject: &str) -> String {
-    format!("modern\n{subject}")
+    // Joined, not formatted: `format!` cost a hundredth of a stateless call's instructions.
+    ["modern\n", subject].concat()
 }
 
 /// A process's resident memory in KiB (`VmRSS` of `/proc/<pid>/status`).

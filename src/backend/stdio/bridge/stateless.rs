@@ -86,7 +86,7 @@ impl Exchange {
                     // A retry's answer is the held call's: it carries the first id.
                     let retry = self.request.request_state.is_some();
                     return Said::Last(modern::modernized(
-                        raw,
+                        m,
                         retry.then_some(&self.request.id),
                         &self.request.method,
                         self.hints,

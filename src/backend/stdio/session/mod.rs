@@ -34,7 +34,9 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::framing::{Kind, Message, frame, replace_value, splice_all, value_spans, value_text};
+use super::framing::{
+    Kind, Message, frame, may_name, replace_value, splice_all, value_spans, value_text,
+};
 use super::stream::StreamLog;
 
 pub use self::child::*;
@@ -305,8 +307,15 @@ impl Session {
             .map_err(|_| "the session is unavailable")?;
         match (msg.kind, &msg.id, stream) {
             (Kind::Request, Some(id), Some(stream)) => {
-                // The id and the progress token, read in one pass.
-                let [id_span, token_span] = value_spans(&msg.raw, [&["id"], &PROGRESS_TOKEN]);
+                // The id and the progress token, read in one pass; none at all when the
+                // body cannot name a progress token and the id's place is known or unneeded
+                // (most calls carry no token: the pass was a twentieth of a call's work).
+                let needs_id = child.shared && msg.id_at.is_none();
+                let [id_span, token_span] = if needs_id || may_name(&msg.raw, PROGRESS_TOKEN[2]) {
+                    value_spans(&msg.raw, [&["id"], &PROGRESS_TOKEN])
+                } else {
+                    [msg.id_at.clone(), None]
+                };
                 let text = |span: &Option<std::ops::Range<usize>>| {
                     let bytes = msg.raw.get(span.clone()?)?;
                     std::str::from_utf8(bytes).ok().map(str::to_string)
