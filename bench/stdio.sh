@@ -65,6 +65,12 @@ echo "| mcp-auth-proxy, 2026-07-28 stateless | $(median "${R[modern]}") | ${R[mo
 echo "| mcp-auth-proxy --stdio-mode shared | $(median "${R[shared]}") | ${R[shared_lat]} |"
 echo "| supergateway --stateful | $(median "${R[sgw]}") | ${R[sgw_lat]} |"
 
+# Each path against the ceiling of its own round (the goal: at least 0.5x in every round).
+ratios() { paste -d' ' <(tr ' ' '\n' <<<"$1" | grep -v '^$') <(tr ' ' '\n' <<<"${R[stdio]}" | grep -v '^$') \
+  | awk '{printf "%s%.3fx", (NR > 1 ? ", " : ""), $1 / $2}'; }
+echo
+echo "against the ceiling, per round: session $(ratios "${R[ours]}"); stateless $(ratios "${R[modern]}"); shared $(ratios "${R[shared]}")"
+
 # The children the proxy runs after all that: one for the legacy session, one for the user's
 # stateless requests (every one of them), however many requests were made.
 echo
