@@ -15,7 +15,7 @@ use super::modern::{self, CacheHints, Modern};
 use super::mrtr::{self, HeldCalls};
 use super::refusal::Refusal;
 use super::{SHARED_INIT_WAIT, STREAM_QUEUE, StdioBackend};
-use crate::backend::stdio::framing::{Kind, Message};
+use crate::backend::stdio::framing::{Kind, Message, may_name, value_text};
 use crate::backend::stdio::session::{Init, InitTurn, Session, StreamTx};
 use crate::gate::Caller;
 
@@ -512,9 +512,8 @@ async fn respond(mut exchange: Exchange, wants_sse: bool) -> Response {
 
 fn json_answer(raw: Bytes) -> Response {
     // Most answers are results: the error code is read only where there may be one.
-    let may_be_error = raw.windows(8).any(|w| w == b"\"error\":");
-    let code = may_be_error
-        .then(|| crate::backend::stdio::framing::value_text(&raw, &["error", "code"]))
+    let code = may_name(&raw, "error")
+        .then(|| value_text(&raw, &["error", "code"]))
         .flatten()
         .and_then(|c| c.parse::<i64>().ok());
     let status = match code {
@@ -530,4 +529,39 @@ fn ended() -> Response {
         StatusCode::BAD_GATEWAY,
         "the MCP server ended without answering",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_s_status_comes_from_its_error_however_it_is_written() {
+        for (answer, status) in [
+            (r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#, 200),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":{"text":"no error here"}}"#,
+                200,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"x"}}"#,
+                404,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"error" : {"code":-32601,"message":"x"}}"#,
+                404,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"\u0065rror":{"code":-32601,"message":"x"}}"#,
+                404,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32603,"message":"x"}}"#,
+                200,
+            ),
+        ] {
+            let got = json_answer(Bytes::from(answer)).status();
+            assert_eq!(got.as_u16(), status, "{answer}");
+        }
+    }
 }
