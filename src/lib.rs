@@ -17,6 +17,7 @@ pub mod config;
 pub mod dpop;
 pub mod error;
 pub mod gate;
+pub mod json_names;
 pub mod log_line;
 pub mod log_writer;
 pub mod login;

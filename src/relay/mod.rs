@@ -41,6 +41,8 @@ use prometheus_client::metrics::family::Family;
 /// The JSON-RPC error code of a call the policy refuses (in the implementation-defined
 /// server-error range of JSON-RPC 2.0).
 pub const DENIED: i64 = -32001;
+/// JSON-RPC 2.0's "Invalid Request".
+const INVALID_REQUEST: i64 = -32600;
 /// The code of a call refused because the audit log cannot record it.
 pub const UNRECORDED: i64 = -32002;
 
@@ -180,6 +182,9 @@ impl Relay {
         if self.audit.is_some() && !read.ops.is_empty() {
             context.client_name = self.client_name(repo, caller.client_id()).await;
         }
+        if crate::json_names::names_a_member_twice(&body) {
+            return self.ambiguous(&context, &read);
+        }
         if let Some(refused) = self.judge(&who, &context, &read, site) {
             return refused;
         }
@@ -189,6 +194,24 @@ impl Relay {
             return resp;
         }
         answers::watch(self.clone(), who, context, read, false, started, resp).await
+    }
+
+    /// The answer to a body with an object that names a member twice: the policy and the
+    /// audit log would read one of the two values and the server perhaps the other (a tool
+    /// allowed here, another run there), so it is refused, not guessed (src/json_names.rs),
+    /// and each call in it is recorded as denied.
+    fn ambiguous(&self, context: &Context, read: &Read) -> Response {
+        const WHY: &str = "an object in the body names a member twice";
+        for op in &read.ops {
+            count(&self.decisions, "deny");
+            self.record(context, op, 0, "denied", Some(WHY));
+        }
+        let body = json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": {"code": INVALID_REQUEST, "message": format!("Invalid Request: {WHY}")},
+        });
+        (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
     }
 
     /// The answer to a request the policy or the audit log refuses, or `None` to send it.

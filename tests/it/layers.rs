@@ -34,6 +34,7 @@ const LAYERS: &[&[&str]] = &[
         "client_addr",
         "media_type",
         "worker",
+        "json_names",
     ],
     &["store"],
     &["clock", "log_writer", "log_line"],

@@ -424,6 +424,51 @@ async fn a_denied_call_never_reaches_an_http_upstream() {
     assert_eq!(outcomes, ["denied", "step_up", "ok", "ok"]);
 }
 
+/// A server that takes the first of two names (cJSON's look-up does) would run the tool the
+/// policy refused, if the proxy judged the last (serde_json's and `JSON.parse`'s): such a
+/// body is refused before either reads it.
+#[tokio::test]
+async fn a_call_naming_its_tool_twice_is_refused_not_guessed() {
+    let (upstream, seen) = recording_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = upstream.url("/mcp");
+    let p = proxy(dir.path(), &[&url]).await;
+    let u = users(&p).await;
+    // The policy judges by the annotations of a listed tool.
+    assert_eq!(tool_names(&p, &u.bob, None, 1).await, ["read_file"]);
+    for body in [
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"write_file","name":"read_file","arguments":{}}}"#,
+        r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"write_file","n\u0061me":"read_file"}}"#,
+        r#"{"jsonrpc":"2.0","id":9,"method":"tools/list","method":"tools/call","params":{"name":"read_file"}}"#,
+    ] {
+        let resp = client()
+            .post(p.url("/mcp"))
+            .bearer_auth(&u.bob)
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body}");
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], -32600, "{answer}");
+    }
+    // The same call written once goes through.
+    let (_, _, answer) = post(&p, &u.bob, None, &[], &call(10, "read_file", json!({}))).await;
+    assert_eq!(answer["result"]["content"][0]["text"], "did read_file");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["tools/list ", "tools/call read_file"]
+    );
+    let records = audit_records(dir.path(), 4).await;
+    let outcomes: Vec<&str> = records
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["denied", "denied", "denied", "ok"]);
+}
+
 #[tokio::test]
 async fn the_policy_is_reloaded_while_calls_are_in_flight() {
     let dir = tempfile::tempdir().unwrap();

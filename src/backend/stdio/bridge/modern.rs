@@ -540,7 +540,8 @@ fn meta_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
                 let value: &'de RawValue = map.next_value()?;
                 members.push((key, value));
             }
-            Ok((!named_twice(&members)).then_some(members))
+            let twice = crate::json_names::repeated(members.iter().map(|(k, _)| k.as_ref()));
+            Ok((!twice).then_some(members))
         }
     }
 
@@ -548,21 +549,6 @@ fn meta_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
     let members = serde::Deserializer::deserialize_map(&mut de, Members).ok()?;
     de.end().ok()?;
     members
-}
-
-/// Whether two of `members` have the same name. The handful a request's `_meta` carries are
-/// compared pairwise (a hash set cost more than the rest of reading them); many are sorted.
-fn named_twice(members: &[(Cow<'_, str>, &RawValue)]) -> bool {
-    const PAIRWISE: usize = 16;
-    if members.len() <= PAIRWISE {
-        return members
-            .iter()
-            .enumerate()
-            .any(|(i, (key, _))| members[..i].iter().any(|(k, _)| k == key));
-    }
-    let mut keys: Vec<&str> = members.iter().map(|(k, _)| k.as_ref()).collect();
-    keys.sort_unstable();
-    keys.windows(2).any(|w| w[0] == w[1])
 }
 
 pub(super) fn discover(id: &Value, init: &Value, hints: CacheHints) -> Bytes {
