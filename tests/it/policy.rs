@@ -199,6 +199,15 @@ async fn audit_records(dir: &std::path::Path, n: usize) -> Vec<Value> {
     );
 }
 
+/// The outcomes of the first `n` audit records.
+async fn audit_outcomes(dir: &std::path::Path, n: usize) -> Vec<String> {
+    let records = audit_records(dir, n).await;
+    records
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn assert_denied(answer: &Value, rule: &str) {
     assert_eq!(answer["error"]["code"], -32001, "{answer}");
     assert_eq!(answer["error"]["data"]["decision"], "denied", "{answer}");
@@ -376,15 +385,28 @@ async fn recording_upstream() -> (crate::helpers::Upstream, Arc<Mutex<Vec<String
     (crate::helpers::Upstream::from_parts(addr, task), seen)
 }
 
-#[tokio::test]
-async fn a_denied_call_never_reaches_an_http_upstream() {
+/// The policy's proxy in front of [`recording_upstream`], its users, and what reached the
+/// upstream, after Bob's `tools/list` (lists answered as SSE are filtered too, and the policy
+/// judges a call by the annotations of a listed tool).
+async fn policy_before_recording_upstream() -> (
+    crate::helpers::Upstream,
+    tempfile::TempDir,
+    TestProxy,
+    Users,
+    Arc<Mutex<Vec<String>>>,
+) {
     let (upstream, seen) = recording_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let url = upstream.url("/mcp");
     let p = proxy(dir.path(), &[&url]).await;
     let u = users(&p).await;
-    // Lists answered as SSE are filtered too.
     assert_eq!(tool_names(&p, &u.bob, None, 1).await, ["read_file"]);
+    (upstream, dir, p, u, seen)
+}
+
+#[tokio::test]
+async fn a_denied_call_never_reaches_an_http_upstream() {
+    let (_upstream, dir, p, u, seen) = policy_before_recording_upstream().await;
     assert_eq!(
         tool_names(&p, &u.alice, None, 1).await,
         ["read_file", "write_file"]
@@ -416,12 +438,10 @@ async fn a_denied_call_never_reaches_an_http_upstream() {
             "tools/call read_file"
         ]
     );
-    let records = audit_records(dir.path(), 4).await;
-    let outcomes: Vec<&str> = records
-        .iter()
-        .map(|r| r["outcome"].as_str().unwrap())
-        .collect();
-    assert_eq!(outcomes, ["denied", "step_up", "ok", "ok"]);
+    assert_eq!(
+        audit_outcomes(dir.path(), 4).await,
+        ["denied", "step_up", "ok", "ok"]
+    );
 }
 
 /// A server that takes the first of two names (cJSON's look-up does) would run the tool the
@@ -429,13 +449,7 @@ async fn a_denied_call_never_reaches_an_http_upstream() {
 /// body is refused before either reads it.
 #[tokio::test]
 async fn a_call_naming_its_tool_twice_is_refused_not_guessed() {
-    let (upstream, seen) = recording_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let url = upstream.url("/mcp");
-    let p = proxy(dir.path(), &[&url]).await;
-    let u = users(&p).await;
-    // The policy judges by the annotations of a listed tool.
-    assert_eq!(tool_names(&p, &u.bob, None, 1).await, ["read_file"]);
+    let (_upstream, dir, p, u, seen) = policy_before_recording_upstream().await;
     for body in [
         r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"write_file","name":"read_file","arguments":{}}}"#,
         r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"write_file","n\u0061me":"read_file"}}"#,
@@ -461,12 +475,10 @@ async fn a_call_naming_its_tool_twice_is_refused_not_guessed() {
         *seen.lock().unwrap(),
         ["tools/list ", "tools/call read_file"]
     );
-    let records = audit_records(dir.path(), 4).await;
-    let outcomes: Vec<&str> = records
-        .iter()
-        .map(|r| r["outcome"].as_str().unwrap())
-        .collect();
-    assert_eq!(outcomes, ["denied", "denied", "denied", "ok"]);
+    assert_eq!(
+        audit_outcomes(dir.path(), 4).await,
+        ["denied", "denied", "denied", "ok"]
+    );
 }
 
 #[tokio::test]
