@@ -41,8 +41,9 @@ use prometheus_client::metrics::family::Family;
 /// The JSON-RPC error code of a call the policy refuses (in the implementation-defined
 /// server-error range of JSON-RPC 2.0).
 pub const DENIED: i64 = -32001;
-/// JSON-RPC 2.0's "Invalid Request".
+/// JSON-RPC 2.0's "Invalid Request" and "Parse error".
 const INVALID_REQUEST: i64 = -32600;
+const PARSE_ERROR: i64 = -32700;
 /// The code of a call refused because the audit log cannot record it.
 pub const UNRECORDED: i64 = -32002;
 
@@ -178,7 +179,15 @@ impl Relay {
             Ok(b) => b,
             Err(refused) => return refused,
         };
-        let read = read_request(&body);
+        let Some(read) = read_request(&body) else {
+            // What the policy cannot read, it cannot judge, and a server's reader may take
+            // it (`JSON.parse` takes a lone surrogate or `1e999`, serde_json does not): the
+            // call would pass unjudged. Refused: fail closed.
+            return invalid(
+                PARSE_ERROR,
+                "Parse error: the body is not JSON the policy can read",
+            );
+        };
         if self.audit.is_some() && !read.ops.is_empty() {
             context.client_name = self.client_name(repo, caller.client_id()).await;
         }
@@ -206,12 +215,7 @@ impl Relay {
             count(&self.decisions, "deny");
             self.record(context, op, 0, "denied", Some(WHY));
         }
-        let body = json!({
-            "jsonrpc": "2.0",
-            "id": null,
-            "error": {"code": INVALID_REQUEST, "message": format!("Invalid Request: {WHY}")},
-        });
-        (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+        invalid(INVALID_REQUEST, &format!("Invalid Request: {WHY}"))
     }
 
     /// The answer to a request the policy or the audit log refuses, or `None` to send it.
@@ -361,13 +365,22 @@ fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The calls, reads, gets and lists of a request body (one message or a batch). A body that
-/// is not JSON-RPC has none: the backend answers it as it would.
-fn read_request(body: &[u8]) -> Read {
+/// A JSON-RPC error for the body as a whole (its id unknown), with HTTP 400.
+fn invalid(code: i64, message: &str) -> Response {
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {"code": code, "message": message},
+    });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
+/// The calls, reads, gets and lists of a request body (one message or a batch); `None` when
+/// the body is not JSON. JSON that is not JSON-RPC has none: the backend answers it as it
+/// would.
+fn read_request(body: &[u8]) -> Option<Read> {
     let mut read = Read::default();
-    let Ok(value) = serde_json::from_slice::<Value>(body) else {
-        return read;
-    };
+    let value = serde_json::from_slice::<Value>(body).ok()?;
     let messages = match value {
         Value::Array(items) => {
             read.batch = true;
@@ -415,7 +428,7 @@ fn read_request(body: &[u8]) -> Read {
             arguments: params.and_then(|p| p.get("arguments")).cloned(),
         });
     }
-    read
+    Some(read)
 }
 
 /// The JSON-RPC answer refusing `refused` operations: one error, or for a batch an error per

@@ -138,6 +138,30 @@ async fn post(
     (status, headers, answer)
 }
 
+/// Posts `body` as it is written (JSON that `serde_json::Value` cannot hold); returns the
+/// status and the JSON answer.
+async fn post_raw(
+    p: &TestProxy,
+    token: &str,
+    sid: Option<&str>,
+    body: &str,
+) -> (StatusCode, Value) {
+    let mut req = client()
+        .post(p.url("/mcp"))
+        .bearer_auth(token)
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.to_string());
+    if let Some(sid) = sid {
+        req = req
+            .header("mcp-session-id", sid)
+            .header("mcp-protocol-version", "2025-06-18");
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
 /// Opens an initialized 2025-06-18 session; returns its id.
 async fn session(p: &TestProxy, token: &str) -> String {
     let (sid, _) = crate::stdio::open_session(p, token).await;
@@ -260,6 +284,16 @@ async fn users_see_and_call_only_what_the_policy_allows_on_the_stdio_bridge() {
     let (status, _, answer) = post(&p, &u.bob, Some(&bob), &[], &toggle()).await;
     assert_eq!(status, StatusCode::OK);
     assert_denied(&answer, "the policy's default");
+    // What the policy cannot read it does not pass on: `JSON.parse` in the server takes a
+    // lone surrogate and `1e999` where serde_json does not, so the denied tool would run.
+    for arguments in [r#"{"x":"\ud800"}"#, r#"{"x":1e999}"#] {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"get-env","arguments":{arguments}}}}}"#
+        );
+        let (status, answer) = post_raw(&p, &u.bob, Some(&bob), &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], -32700, "{answer}");
+    }
 
     // Step-up: allowed to alice only with mcp:write; the challenge names every scope needed.
     let (status, headers, _) = post(&p, &u.alice, Some(&alice), &[], &toggle()).await;
@@ -455,17 +489,8 @@ async fn a_call_naming_its_tool_twice_is_refused_not_guessed() {
         r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"write_file","n\u0061me":"read_file"}}"#,
         r#"{"jsonrpc":"2.0","id":9,"method":"tools/list","method":"tools/call","params":{"name":"read_file"}}"#,
     ] {
-        let resp = client()
-            .post(p.url("/mcp"))
-            .bearer_auth(&u.bob)
-            .header(header::ACCEPT, "application/json, text/event-stream")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body}");
-        let answer: Value = resp.json().await.unwrap();
+        let (status, answer) = post_raw(&p, &u.bob, None, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(answer["error"]["code"], -32600, "{answer}");
     }
     // The same call written once goes through.
