@@ -40,6 +40,12 @@ impl Watcher {
             && (self.lists.is_empty() || self.policy.is_none())
     }
 
+    /// Whether a list result may still come that the policy must filter: an answer not
+    /// read then cannot be let through (it could list what the caller may not use).
+    fn filters_lists(&self) -> bool {
+        self.policy.is_some() && (self.by_shape || !self.lists.is_empty())
+    }
+
     /// Looks at one message of the answer; `true` when it was changed.
     fn message(&mut self, m: &mut Value) -> bool {
         let Some(id) = m.get("id").cloned() else {
@@ -195,15 +201,19 @@ pub(super) async fn watch(
                 "the MCP server's answer could not be read whole (at most 16 MiB) to check it",
             );
         };
-        let rewritten = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|mut v| watcher.payload(&mut v).then(|| Bytes::from(v.to_string())));
-        let bytes = match rewritten {
-            Some(b) => {
-                parts.headers.remove(header::CONTENT_LENGTH);
-                b
+        let bytes = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(mut v) => {
+                if watcher.payload(&mut v) {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    Bytes::from(v.to_string())
+                } else {
+                    bytes
+                }
             }
-            None => bytes,
+            // A client's reader may take what serde_json does not (a lone surrogate): the
+            // list it holds would reach the caller unfiltered. Fail closed.
+            Err(_) if watcher.filters_lists() => return unreadable(),
+            Err(_) => bytes,
         };
         return Response::from_parts(parts, Body::from(bytes));
     }
@@ -244,7 +254,19 @@ fn events(
             if let Some(end) = event_end(&st.buf[from..]).map(|e| e + from) {
                 st.scanned = 0;
                 let event: Vec<u8> = st.buf.drain(..end).collect();
-                let out = rewrite(&event, &mut st.watcher).unwrap_or(event);
+                let out = match rewrite(&event, &mut st.watcher) {
+                    Rewritten::Changed(out) => out,
+                    Rewritten::AsItCame => event,
+                    // As for a JSON answer: an event that may hold a list and cannot be
+                    // read is not passed on.
+                    Rewritten::Unreadable if st.watcher.filters_lists() => {
+                        tracing::warn!(
+                            "an event of the MCP server could not be read to check it against the policy; dropped"
+                        );
+                        continue;
+                    }
+                    Rewritten::Unreadable => event,
+                };
                 return Some((Ok(Bytes::from(out)), st));
             }
             if st.done {
@@ -292,9 +314,28 @@ fn event_end(buf: &[u8]) -> Option<usize> {
     }
 }
 
-/// The event as it goes on, when the watcher changed its data (`None`: as it came).
-fn rewrite(event: &[u8], watcher: &mut Watcher) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(event).ok()?;
+/// The answer to a JSON answer that could not be read to check it against the policy.
+fn unreadable() -> Response {
+    crate::error::jsonrpc_error(
+        StatusCode::BAD_GATEWAY,
+        "the MCP server's answer could not be read to check it against the policy",
+    )
+}
+
+/// What became of one SSE event.
+enum Rewritten {
+    AsItCame,
+    /// The watcher changed its data: the event as it goes on.
+    Changed(Vec<u8>),
+    /// Its data is not UTF-8, or looks like JSON and serde_json cannot read it (a client's
+    /// reader may still take it).
+    Unreadable,
+}
+
+fn rewrite(event: &[u8], watcher: &mut Watcher) -> Rewritten {
+    let Ok(text) = std::str::from_utf8(event) else {
+        return Rewritten::Unreadable;
+    };
     let mut data = String::new();
     let mut other = Vec::new();
     let mut has_data = false;
@@ -315,9 +356,17 @@ fn rewrite(event: &[u8], watcher: &mut Watcher) -> Option<Vec<u8>> {
             _ => other.push(line),
         }
     }
-    let mut v: Value = serde_json::from_str(&data).ok()?;
+    // Data that is not a JSON object or array (the old transport's `endpoint` event) holds
+    // no message a client reads as one.
+    let json_like = data.trim_start().starts_with(['{', '[']);
+    if !has_data || !json_like {
+        return Rewritten::AsItCame;
+    }
+    let Ok(mut v) = serde_json::from_str::<Value>(&data) else {
+        return Rewritten::Unreadable;
+    };
     if !watcher.payload(&mut v) {
-        return None;
+        return Rewritten::AsItCame;
     }
     let mut out = String::with_capacity(event.len());
     for line in other {
@@ -327,7 +376,7 @@ fn rewrite(event: &[u8], watcher: &mut Watcher) -> Option<Vec<u8>> {
     out.push_str("data: ");
     out.push_str(&v.to_string());
     out.push_str("\n\n");
-    Some(out.into_bytes())
+    Rewritten::Changed(out.into_bytes())
 }
 
 #[cfg(test)]
@@ -343,9 +392,9 @@ mod tests {
 
     /// An SSE answer cut into one-byte chunks: the list event is found across them, filtered,
     /// and everything around it passes unchanged.
-    #[tokio::test]
-    async fn an_sse_list_answer_is_filtered_however_it_is_cut() {
-        use serde_json::json;
+    /// A watcher awaiting the tools list of request 7 under a policy that hides
+    /// `secret_*`, and the directory its policy file lives in.
+    fn watching_list_7() -> (tempfile::TempDir, Watcher) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("policy.toml");
         std::fs::write(
@@ -361,12 +410,6 @@ mod tests {
             Default::default(),
         )
         .unwrap();
-        let list = json!({"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"echo"},{"name":"secret_sauce"}]}});
-        let body = format!(
-            ": comment\n\nevent: message\r\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}}\r\n\r\nid: 3\nevent: message\ndata: {list}\n\ndata: after\n\n"
-        );
-        let chunks: Vec<Result<Bytes, std::io::Error>> =
-            body.bytes().map(|b| Ok(Bytes::from(vec![b]))).collect();
         let watcher = Watcher {
             relay,
             who: Who::default(),
@@ -381,10 +424,17 @@ mod tests {
             },
             policy: Some(policy.current()),
             pending: Vec::new(),
-            lists: vec![(json!(7), Kind::Tool)],
+            lists: vec![(serde_json::json!(7), Kind::Tool)],
             by_shape: false,
             started: Instant::now(),
         };
+        (dir, watcher)
+    }
+
+    /// What `events` passes on of `body`, cut into one-byte chunks.
+    async fn passed(body: &[u8], watcher: Watcher) -> String {
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            body.iter().map(|b| Ok(Bytes::from(vec![*b]))).collect();
         let out: Vec<Bytes> = events(
             Body::from_stream(futures_util::stream::iter(chunks)),
             watcher,
@@ -392,7 +442,18 @@ mod tests {
         .map(|c| c.unwrap())
         .collect()
         .await;
-        let out = String::from_utf8(out.concat()).unwrap();
+        String::from_utf8(out.concat()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_sse_list_answer_is_filtered_however_it_is_cut() {
+        use serde_json::json;
+        let (_dir, watcher) = watching_list_7();
+        let list = json!({"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"echo"},{"name":"secret_sauce"}]}});
+        let body = format!(
+            ": comment\n\nevent: message\r\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}}\r\n\r\nid: 3\nevent: message\ndata: {list}\n\ndata: after\n\n"
+        );
+        let out = passed(body.as_bytes(), watcher).await;
         let filtered = json!({"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"echo"}]}});
         assert_eq!(
             out,
@@ -400,6 +461,20 @@ mod tests {
                 ": comment\n\nevent: message\r\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}}\r\n\r\nid: 3\nevent: message\ndata: {filtered}\n\ndata: after\n\n"
             )
         );
+    }
+
+    /// A list event the policy cannot read (a lone surrogate, which `JSON.parse` takes) is
+    /// not passed on, and neither is one that is not UTF-8; what follows still is.
+    #[tokio::test]
+    async fn a_list_event_that_cannot_be_read_is_not_passed_on() {
+        let surrogate = br#"{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"secret_sauce","description":"\ud800"}]}}"#;
+        let not_utf8 =
+            b"{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"tools\":[{\"name\":\"secret_\xff\"}]}}";
+        for data in [&surrogate[..], &not_utf8[..]] {
+            let (_dir, watcher) = watching_list_7();
+            let body = [&b": hi\n\ndata: "[..], data, b"\n\n"].concat();
+            assert_eq!(passed(&body, watcher).await, ": hi\n\n");
+        }
     }
 
     #[test]
