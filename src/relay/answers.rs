@@ -201,19 +201,16 @@ pub(super) async fn watch(
                 "the MCP server's answer could not be read whole (at most 16 MiB) to check it",
             );
         };
-        let bytes = match serde_json::from_slice::<Value>(&bytes) {
-            Ok(mut v) => {
-                if watcher.payload(&mut v) {
-                    parts.headers.remove(header::CONTENT_LENGTH);
-                    Bytes::from(v.to_string())
-                } else {
-                    bytes
-                }
+        let bytes = match rewrite_json(&bytes, &mut watcher) {
+            Rewritten::Changed(out) => {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                Bytes::from(out)
             }
+            Rewritten::AsItCame => bytes,
             // A client's reader may take what serde_json does not (a lone surrogate): the
             // list it holds would reach the caller unfiltered. Fail closed.
-            Err(_) if watcher.filters_lists() => return unreadable(),
-            Err(_) => bytes,
+            Rewritten::Unreadable if watcher.filters_lists() => return unreadable(),
+            Rewritten::Unreadable => bytes,
         };
         return Response::from_parts(parts, Body::from(bytes));
     }
@@ -322,7 +319,19 @@ fn unreadable() -> Response {
     )
 }
 
-/// What became of one SSE event.
+/// What became of a JSON answer.
+fn rewrite_json(answer: &[u8], watcher: &mut Watcher) -> Rewritten {
+    let Ok(mut v) = serde_json::from_slice::<Value>(answer) else {
+        return Rewritten::Unreadable;
+    };
+    if watcher.payload(&mut v) {
+        Rewritten::Changed(v.to_string().into_bytes())
+    } else {
+        Rewritten::AsItCame
+    }
+}
+
+/// What became of one SSE event (or of a JSON answer, [`rewrite_json`]).
 enum Rewritten {
     AsItCame,
     /// The watcher changed its data: the event as it goes on.
@@ -475,6 +484,25 @@ mod tests {
             let body = [&b": hi\n\ndata: "[..], data, b"\n\n"].concat();
             assert_eq!(passed(&body, watcher).await, ": hi\n\n");
         }
+    }
+
+    /// A JSON list answer is filtered; one the policy cannot read is not passed on.
+    #[test]
+    fn a_json_list_answer_is_filtered_or_refused() {
+        let (_dir, mut watcher) = watching_list_7();
+        let list = br#"{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"echo"},{"name":"secret_sauce"}]}}"#;
+        let Rewritten::Changed(out) = rewrite_json(list, &mut watcher) else {
+            panic!("not filtered");
+        };
+        assert!(!String::from_utf8(out).unwrap().contains("secret_sauce"));
+        let (_dir, mut watcher) = watching_list_7();
+        let surrogate =
+            br#"{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"secret_\ud800"}]}}"#;
+        assert!(matches!(
+            rewrite_json(surrogate, &mut watcher),
+            Rewritten::Unreadable
+        ));
+        assert!(watcher.filters_lists());
     }
 
     #[test]
