@@ -16,10 +16,16 @@ pub const JSONRPC_SERVER_ERROR: i64 = -32000;
 
 /// A JSON-RPC error response with `id: null`.
 pub fn jsonrpc_error(status: StatusCode, message: &str) -> Response {
+    jsonrpc_error_coded(status, JSONRPC_SERVER_ERROR, message)
+}
+
+/// [`jsonrpc_error`] with a code of JSON-RPC 2.0's own (`-32700` parse error, `-32600`
+/// invalid request…) instead of the server-error one.
+pub fn jsonrpc_error_coded(status: StatusCode, code: i64, message: &str) -> Response {
     let body = json!({
         "jsonrpc": "2.0",
         "id": null,
-        "error": { "code": JSONRPC_SERVER_ERROR, "message": message },
+        "error": { "code": code, "message": message },
     });
     let mut resp = (status, Json(body)).into_response();
     resp.headers_mut()

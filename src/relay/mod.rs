@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use crate::audit::{AuditLog, Record};
 use crate::clock::Clock;
 use crate::config::Site;
+use crate::error::jsonrpc_error_coded;
 use crate::gate::{Caller, GateError};
 use crate::metrics::{EventLabels, count};
 use crate::policy::{Decision, Kind, PolicyFile, Who};
@@ -179,19 +180,24 @@ impl Relay {
             Ok(b) => b,
             Err(refused) => return refused,
         };
-        let Some(read) = read_request(&body) else {
+        let (read, named_twice) = match read_request(&body) {
+            Ok(read) => (read, false),
+            Err(Unread::NamedTwice(read)) => (read, true),
             // What the policy cannot read, it cannot judge, and a server's reader may take
             // it (`JSON.parse` takes a lone surrogate or `1e999`, serde_json does not): the
             // call would pass unjudged. Refused: fail closed.
-            return invalid(
-                PARSE_ERROR,
-                "Parse error: the body is not JSON the policy can read",
-            );
+            Err(Unread::NotJson) => {
+                return jsonrpc_error_coded(
+                    StatusCode::BAD_REQUEST,
+                    PARSE_ERROR,
+                    "Parse error: the body is not JSON the policy can read",
+                );
+            }
         };
         if self.audit.is_some() && !read.ops.is_empty() {
             context.client_name = self.client_name(repo, caller.client_id()).await;
         }
-        if crate::json_names::names_a_member_twice(&body) {
+        if named_twice {
             return self.ambiguous(&context, &read);
         }
         if let Some(refused) = self.judge(&who, &context, &read, site) {
@@ -215,7 +221,11 @@ impl Relay {
             count(&self.decisions, "deny");
             self.record(context, op, 0, "denied", Some(WHY));
         }
-        invalid(INVALID_REQUEST, &format!("Invalid Request: {WHY}"))
+        jsonrpc_error_coded(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            &format!("Invalid Request: {WHY}"),
+        )
     }
 
     /// The answer to a request the policy or the audit log refuses, or `None` to send it.
@@ -365,22 +375,20 @@ fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// A JSON-RPC error for the body as a whole (its id unknown), with HTTP 400.
-fn invalid(code: i64, message: &str) -> Response {
-    let body = json!({
-        "jsonrpc": "2.0",
-        "id": null,
-        "error": {"code": code, "message": message},
-    });
-    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+/// Why a request body is not judged.
+enum Unread {
+    /// Not JSON that serde_json reads.
+    NotJson,
+    /// An object in it names a member twice (src/json_names.rs): what was read, for the
+    /// audit records of its calls.
+    NamedTwice(Read),
 }
 
-/// The calls, reads, gets and lists of a request body (one message or a batch); `None` when
-/// the body is not JSON. JSON that is not JSON-RPC has none: the backend answers it as it
-/// would.
-fn read_request(body: &[u8]) -> Option<Read> {
+/// The calls, reads, gets and lists of a request body (one message or a batch). JSON that
+/// is not JSON-RPC has none: the backend answers it as it would.
+fn read_request(body: &[u8]) -> Result<Read, Unread> {
     let mut read = Read::default();
-    let value = serde_json::from_slice::<Value>(body).ok()?;
+    let value = serde_json::from_slice::<Value>(body).map_err(|_| Unread::NotJson)?;
     let messages = match value {
         Value::Array(items) => {
             read.batch = true;
@@ -428,7 +436,10 @@ fn read_request(body: &[u8]) -> Option<Read> {
             arguments: params.and_then(|p| p.get("arguments")).cloned(),
         });
     }
-    Some(read)
+    if crate::json_names::names_a_member_twice(body) {
+        return Err(Unread::NamedTwice(read));
+    }
+    Ok(read)
 }
 
 /// The JSON-RPC answer refusing `refused` operations: one error, or for a batch an error per
