@@ -46,6 +46,17 @@ impl Watcher {
         self.policy.is_some() && (self.by_shape || !self.lists.is_empty())
     }
 
+    /// What becomes of an answer or event that serde_json cannot read (a client's reader may
+    /// still take it, a lone surrogate for one): withheld while it may hold a list the
+    /// policy must filter, else passed on as it came.
+    fn unreadable(&self) -> Rewritten {
+        if self.filters_lists() {
+            Rewritten::Withheld
+        } else {
+            Rewritten::AsItCame
+        }
+    }
+
     /// Looks at one message of the answer; `true` when it was changed.
     fn message(&mut self, m: &mut Value) -> bool {
         let Some(id) = m.get("id").cloned() else {
@@ -207,10 +218,7 @@ pub(super) async fn watch(
                 Bytes::from(out)
             }
             Rewritten::AsItCame => bytes,
-            // A client's reader may take what serde_json does not (a lone surrogate): the
-            // list it holds would reach the caller unfiltered. Fail closed.
-            Rewritten::Unreadable if watcher.filters_lists() => return unreadable(),
-            Rewritten::Unreadable => bytes,
+            Rewritten::Withheld => return unreadable(),
         };
         return Response::from_parts(parts, Body::from(bytes));
     }
@@ -254,15 +262,12 @@ fn events(
                 let out = match rewrite(&event, &mut st.watcher) {
                     Rewritten::Changed(out) => out,
                     Rewritten::AsItCame => event,
-                    // As for a JSON answer: an event that may hold a list and cannot be
-                    // read is not passed on.
-                    Rewritten::Unreadable if st.watcher.filters_lists() => {
+                    Rewritten::Withheld => {
                         tracing::warn!(
                             "an event of the MCP server could not be read to check it against the policy; dropped"
                         );
                         continue;
                     }
-                    Rewritten::Unreadable => event,
                 };
                 return Some((Ok(Bytes::from(out)), st));
             }
@@ -322,7 +327,7 @@ fn unreadable() -> Response {
 /// What became of a JSON answer.
 fn rewrite_json(answer: &[u8], watcher: &mut Watcher) -> Rewritten {
     let Ok(mut v) = serde_json::from_slice::<Value>(answer) else {
-        return Rewritten::Unreadable;
+        return watcher.unreadable();
     };
     if watcher.payload(&mut v) {
         Rewritten::Changed(v.to_string().into_bytes())
@@ -336,14 +341,13 @@ enum Rewritten {
     AsItCame,
     /// The watcher changed its data: the event as it goes on.
     Changed(Vec<u8>),
-    /// Its data is not UTF-8, or looks like JSON and serde_json cannot read it (a client's
-    /// reader may still take it).
-    Unreadable,
+    /// Not passed on: it could not be read ([`Watcher::unreadable`]).
+    Withheld,
 }
 
 fn rewrite(event: &[u8], watcher: &mut Watcher) -> Rewritten {
     let Ok(text) = std::str::from_utf8(event) else {
-        return Rewritten::Unreadable;
+        return watcher.unreadable();
     };
     let mut data = String::new();
     let mut other = Vec::new();
@@ -372,7 +376,7 @@ fn rewrite(event: &[u8], watcher: &mut Watcher) -> Rewritten {
         return Rewritten::AsItCame;
     }
     let Ok(mut v) = serde_json::from_str::<Value>(&data) else {
-        return Rewritten::Unreadable;
+        return watcher.unreadable();
     };
     if !watcher.payload(&mut v) {
         return Rewritten::AsItCame;
@@ -500,7 +504,7 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"secret_\ud800"}]}}"#;
         assert!(matches!(
             rewrite_json(surrogate, &mut watcher),
-            Rewritten::Unreadable
+            Rewritten::Withheld
         ));
         assert!(watcher.filters_lists());
     }
