@@ -331,8 +331,18 @@ impl Child {
 
     /// A request id (JSON string) no other session's request has in this child.
     pub(super) fn fresh_id(&self, session: u64, what: &str) -> String {
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("\"mcp-proxy-{session}-{n}{what}\"")
+        let next = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Joined rather than formatted: this runs for every call in shared mode.
+        let (mut session_no, mut n) = (itoa::Buffer::new(), itoa::Buffer::new());
+        [
+            "\"mcp-proxy-",
+            session_no.format(session),
+            "-",
+            n.format(next),
+            what,
+            "\"",
+        ]
+        .concat()
     }
 
     pub(super) async fn route(&self, m: Message) {
