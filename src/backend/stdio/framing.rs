@@ -6,6 +6,7 @@
 //! bytes (the relay forwards them untouched); [`Message::parse`] reads only what routing needs.
 
 use std::ops::Range;
+use std::sync::LazyLock;
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -13,6 +14,9 @@ use serde_json::value::RawValue;
 use tokio_util::codec::Decoder;
 
 /// One line of a child's stdout.
+// A line is routed as soon as it is read, never queued: moving its message (about 260
+// bytes) costs less than the allocation a boxed one would cost for every message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Line {
     /// A JSON-RPC message (or batch), its bytes exactly as written, without the newline.
@@ -46,6 +50,107 @@ pub struct Message {
     pub id_at: Option<Range<usize>>,
     /// Where a response's `result` sits in `raw`, when it was read there.
     pub result_at: Option<Range<usize>>,
+    /// The members of `params` the bridge reads, found in the same pass (`params` absent
+    /// or `null`: all absent). `None`: not read that way (`params` is not an object or names
+    /// one of them twice, or the message was rebuilt after its reading).
+    pub params: Option<ParamsAt>,
+}
+
+/// Where the members of a request's `params` that the bridge reads (the 2026-07-28 envelope
+/// in `_meta`, what the `Mcp-Name` header mirrors, a retry's state) sit in its text; the
+/// other members are skipped, not read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParamsAt {
+    pub meta: Option<Range<usize>>,
+    pub name: Option<Range<usize>>,
+    pub uri: Option<Range<usize>>,
+    pub request_state: Option<Range<usize>>,
+    pub input_responses: Option<Range<usize>>,
+}
+
+/// `params` as the envelope's pass reads it: the members [`ParamsAt`] names, delimited and
+/// borrowed. `None` when `params` is not an object or names one of them twice (which of the
+/// two a reader takes is not ours to guess); never an error, so the message is still read.
+struct ParamsSeen<'a>(Option<[Option<&'a RawValue>; 5]>);
+
+impl ParamsSeen<'_> {
+    const MEMBERS: [&'static str; 5] = ["_meta", "name", "uri", "requestState", "inputResponses"];
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ParamsSeen<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+        /// Which of [`ParamsSeen::MEMBERS`] a key is (its unescaped text compared).
+        struct Member(Option<usize>);
+
+        impl<'de> Deserialize<'de> for Member {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Key;
+                impl Visitor<'_> for Key {
+                    type Value = Member;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a member name")
+                    }
+                    fn visit_str<E>(self, key: &str) -> Result<Member, E> {
+                        Ok(Member(ParamsSeen::MEMBERS.iter().position(|m| *m == key)))
+                    }
+                }
+                d.deserialize_identifier(Key)
+            }
+        }
+
+        struct Seen;
+
+        impl<'de> Visitor<'de> for Seen {
+            type Value = ParamsSeen<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut found = [None; 5];
+                let mut twice = false;
+                while let Some(Member(at)) = map.next_key()? {
+                    match at.and_then(|at| found.get_mut(at)) {
+                        Some(slot) => twice |= slot.replace(map.next_value()?).is_some(),
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(ParamsSeen((!twice).then_some(found)))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(ParamsSeen(None))
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(ParamsSeen(None))
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(ParamsSeen(None))
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(ParamsSeen(None))
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(ParamsSeen(None))
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(ParamsSeen(None))
+            }
+        }
+
+        d.deserialize_any(Seen)
+    }
 }
 
 #[derive(Deserialize)]
@@ -60,6 +165,9 @@ struct Envelope<'a> {
     error: Option<&'a RawValue>,
     #[serde(default)]
     jsonrpc: Option<std::borrow::Cow<'a, str>>,
+    /// Read in this pass so that no reader of `params` reads the message again.
+    #[serde(borrow, default)]
+    params: Option<ParamsSeen<'a>>,
 }
 
 impl Message {
@@ -78,6 +186,7 @@ impl Message {
                 method: None,
                 id_at: None,
                 result_at: None,
+                params: None,
             });
         }
         let env: Envelope<'_> = serde_json::from_slice(&raw).ok()?;
@@ -87,6 +196,22 @@ impl Message {
         // A null id is a response to a request whose id could not be read.
         let id_at = env.id.and_then(|i| offset_in(&raw, i.get().as_bytes()));
         let result_at = env.result.and_then(|r| offset_in(&raw, r.get().as_bytes()));
+        let params = match env.params {
+            None => Some(ParamsAt::default()),
+            Some(ParamsSeen(seen)) => seen.and_then(|[meta, name, uri, state, responses]| {
+                let at = |part: Option<&RawValue>| match part {
+                    None => Some(None),
+                    Some(part) => offset_in(&raw, part.get().as_bytes()).map(Some),
+                };
+                Some(ParamsAt {
+                    meta: at(meta)?,
+                    name: at(name)?,
+                    uri: at(uri)?,
+                    request_state: at(state)?,
+                    input_responses: at(responses)?,
+                })
+            }),
+        };
         let id = env.id.map(|i| i.get().to_string());
         let method = env.method.map(|m| m.into_owned());
         let kind = match (&method, &id) {
@@ -102,6 +227,7 @@ impl Message {
             method,
             id_at,
             result_at,
+            params,
         })
     }
 
@@ -474,13 +600,17 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_, '_, 'de> {
     }
 }
 
-/// Whether the JSON text `raw` may have a member named `key` (plain ASCII) anywhere in it:
-/// `false` only when neither the key's bytes nor a `\u` escape (the one way to spell a
-/// letter of it differently) appear. A search that can only find nothing is skipped with
-/// this: a few dozen instructions instead of a parse of the whole message.
-pub fn may_name(raw: &[u8], key: &str) -> bool {
+/// A member name that [`may_name`] looks for (plain ASCII), with its searcher built once
+/// (a `static`: building one at each search cost about as much as the search).
+pub type MemberName = LazyLock<memchr::memmem::Finder<'static>>;
+
+/// Whether the JSON text `raw` may have a member named `key` anywhere in it: `false` only
+/// when neither the key's bytes nor a `\u` escape (the one way to spell a letter of it
+/// differently) appear. A search that can only find nothing is skipped with this: a few
+/// dozen instructions instead of a parse of the whole message.
+pub fn may_name(raw: &[u8], key: &memchr::memmem::Finder<'_>) -> bool {
     let escape = memchr::memchr_iter(b'\\', raw).any(|at| raw.get(at + 1) == Some(&b'u'));
-    escape || memchr::memmem::find(raw, key.as_bytes()).is_some()
+    escape || key.find(raw).is_some()
 }
 
 /// `raw` with the bytes in `span` replaced by `value`.
@@ -535,6 +665,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn name(key: &str) -> memchr::memmem::Finder<'_> {
+        memchr::memmem::Finder::new(key)
+    }
+
     #[test]
     fn values_are_spliced_without_touching_other_bytes() {
         let raw = br#"{ "jsonrpc":"2.0", "id" : 7 ,"method":"tools/call","params":{"_meta":{"progressToken":"t\"1"},"x":  [1, 2 ]}}"#;
@@ -562,9 +696,53 @@ mod tests {
             None
         );
         assert_eq!(value_text(br#"{"id":1,"x":{"id":2}}"#, &["id"]), Some("1"));
-        assert!(!may_name(raw, "requestId"));
-        assert!(may_name(raw, "progressToken"));
-        assert!(may_name(br#"{"\u0070rogressToken":1}"#, "progressToken"));
+        assert!(!may_name(raw, &name("requestId")));
+        assert!(may_name(raw, &name("progressToken")));
+        assert!(may_name(
+            br#"{"\u0070rogressToken":1}"#,
+            &name("progressToken")
+        ));
+    }
+
+    #[test]
+    fn the_members_of_params_the_bridge_reads_are_found_in_the_envelopes_pass() {
+        let read = |raw: &'static str| Message::parse(Bytes::from(raw)).unwrap();
+        let text = |m: &Message, at: &Option<Range<usize>>| {
+            at.clone()
+                .map(|at| String::from_utf8_lossy(&m.raw[at]).into_owned())
+        };
+        let m = read(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"x":[1,{"name":2}],"\u006eame":"e\"cho","_meta":{"a":{}} ,"uri":null,"inputResponses":{"k":1},"requestState":"s"}}"#,
+        );
+        let at = m.params.clone().expect("read");
+        assert_eq!(text(&m, &at.name).as_deref(), Some(r#""e\"cho""#));
+        assert_eq!(text(&m, &at.meta).as_deref(), Some(r#"{"a":{}}"#));
+        assert_eq!(text(&m, &at.uri).as_deref(), Some("null"));
+        assert_eq!(text(&m, &at.input_responses).as_deref(), Some(r#"{"k":1}"#));
+        assert_eq!(text(&m, &at.request_state).as_deref(), Some(r#""s""#));
+        // Absent or null: nothing there, which is not unreadable.
+        for raw in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":null}"#,
+        ] {
+            assert_eq!(read(raw).params, Some(ParamsAt::default()));
+        }
+        // Not an object, or one of its members named twice (an escaped spelling counts):
+        // not read, and the message itself still is.
+        for raw in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":[1,{"name":"a"}]}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":"name"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":7}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":true}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"name":"a","\u006eame":"b"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{},"_meta":{}}}"#,
+        ] {
+            let m = read(raw);
+            assert_eq!((m.kind, m.params), (Kind::Request, None), "{raw}");
+        }
+        // A repeat among the members it skips is not its concern.
+        let m = read(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"x":1,"x":2}}"#);
+        assert_eq!(m.params, Some(ParamsAt::default()));
     }
 
     fn decode_all(input: &[u8], max: usize) -> Vec<Line> {
@@ -773,12 +951,13 @@ mod tests {
             }
             let path: Vec<&str> = path.iter().map(String::as_str).collect();
             let key = path[path.len() - 1];
-            if !may_name(raw.as_bytes(), key) {
+            let named = name(key);
+            if !may_name(raw.as_bytes(), &named) {
                 prop_assert_eq!(value_span(raw.as_bytes(), &path), None);
             }
             let expected = path.iter().try_fold(&value, |v, k| v.get(k));
             if expected.is_some() {
-                prop_assert!(may_name(raw.as_bytes(), key));
+                prop_assert!(may_name(raw.as_bytes(), &named));
             }
         }
 

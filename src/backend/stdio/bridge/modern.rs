@@ -23,13 +23,14 @@ use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
-use serde::Deserialize;
+use memchr::memmem::Finder;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use std::borrow::Cow;
 use std::ops::Range;
+use std::sync::LazyLock;
 
-use super::super::framing::{Kind, Message, may_name, splice, value_span};
+use super::super::framing::{Kind, MemberName, Message, ParamsAt, may_name, splice, value_span};
 
 /// The modern revisions the bridge speaks.
 pub const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
@@ -112,44 +113,31 @@ pub struct Modern {
     legacy_meta: Option<(std::ops::Range<usize>, Vec<u8>)>,
 }
 
-/// The members of a request's `params` that the era and the header rules read, borrowed
-/// from its body in one pass (other members skipped, not built). A member named twice fails
-/// the parse: which of the two a reader takes is not ours to guess.
-#[derive(Deserialize, Default)]
-struct Params<'a> {
-    #[serde(rename = "_meta", borrow, default)]
-    meta: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    name: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    uri: Option<&'a RawValue>,
-    #[serde(rename = "requestState", borrow, default)]
-    request_state: Option<&'a RawValue>,
-    #[serde(rename = "inputResponses", borrow, default)]
-    input_responses: Option<&'a RawValue>,
-}
-
 /// `params._meta` as written: its members in order, their values only delimited (one pass;
 /// the envelope every modern request carries is read from it, specification
 /// basic/versioning, and a 2025 server is sent it without that envelope).
 struct Meta<'a> {
-    text: &'a RawValue,
+    /// Where it sits in the body.
+    at: Range<usize>,
     members: Vec<(Cow<'a, str>, &'a RawValue)>,
 }
 
 impl<'a> Meta<'a> {
-    /// `None` when `text` is not an object or names a member twice.
-    fn read(text: &'a RawValue) -> Option<Meta<'a>> {
-        let members = meta_members(text.get().as_bytes())?;
-        Some(Meta { text, members })
+    /// `_meta` at `at` in `body`; `None` when it is not an object or names a member twice.
+    fn read(body: &'a [u8], at: &Range<usize>) -> Option<Meta<'a>> {
+        let members = meta_members(body.get(at.clone())?)?;
+        Some(Meta {
+            at: at.clone(),
+            members,
+        })
     }
 
-    /// The member `key` (a `null` one counts as absent).
-    fn get(&self, key: &str) -> Option<&'a RawValue> {
+    /// The JSON text of member `key` (a `null` one counts as absent).
+    fn get(&self, key: &str) -> Option<&'a str> {
         self.members
             .iter()
             .find(|(k, v)| k == key && v.get() != "null")
-            .map(|(_, v)| *v)
+            .map(|(_, v)| v.get())
     }
 
     /// `_meta` without this revision's envelope (the `io.modelcontextprotocol/…` members),
@@ -159,7 +147,7 @@ impl<'a> Meta<'a> {
         if !self.members.iter().any(|(key, _)| envelope(key)) {
             return None;
         }
-        let mut meta = Vec::with_capacity(self.text.get().len());
+        let mut meta = Vec::with_capacity(self.at.len());
         meta.push(b'{');
         for (key, value) in self.members.iter().filter(|(k, _)| !envelope(k)) {
             if meta.len() > 1 {
@@ -174,29 +162,20 @@ impl<'a> Meta<'a> {
     }
 }
 
-/// The top level of a request: only `params` is read here (`id` and `method` were read by
-/// [`Message::parse`]).
-#[derive(Deserialize)]
-struct Top<'a> {
-    #[serde(borrow, default)]
-    params: Option<Params<'a>>,
-}
-
-/// A request body's `params` and `_meta` as read; `None` when the body cannot be read that
-/// way (a member named twice, `params` or `_meta` not an object).
-fn read_params(raw: &[u8]) -> Option<(Params<'_>, Option<Meta<'_>>)> {
-    let top: Top<'_> = serde_json::from_slice(raw).ok()?;
-    let params = top.params.unwrap_or_default();
-    let meta = match params.meta {
-        Some(text) => Some(Meta::read(text)?),
+/// A request's `params` as [`Message::parse`] found it, and its `_meta` read; `None` when
+/// it cannot be read that way (a member named twice, `params` or `_meta` not an object).
+fn read_params(msg: &Message) -> Option<(&ParamsAt, Option<Meta<'_>>)> {
+    let params = msg.params.as_ref()?;
+    let meta = match &params.meta {
+        Some(at) => Some(Meta::read(&msg.raw, at)?),
         None => None,
     };
     Some((params, meta))
 }
 
 /// A JSON string's text (`None` for any other JSON value); borrowed unless it has escapes.
-fn text(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
-    let raw = raw?.get();
+fn text(raw: Option<&str>) -> Option<Cow<'_, str>> {
+    let raw = raw?;
     serde_json::from_str::<&str>(raw)
         .map(Cow::Borrowed)
         .or_else(|_| serde_json::from_str::<String>(raw).map(Cow::Owned))
@@ -204,16 +183,21 @@ fn text(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
 }
 
 /// Where `part` (borrowed from `body`) sits in it.
-fn span_of(body: &[u8], part: &RawValue) -> Option<std::ops::Range<usize>> {
-    let part = part.get().as_bytes();
+fn span_of(body: &[u8], part: &str) -> Option<std::ops::Range<usize>> {
+    let part = part.as_bytes();
     let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
     let end = start.checked_add(part.len())?;
     (end <= body.len()).then_some(start..end)
 }
 
 /// The part of `body` that `part` (borrowed from it) is, without copying.
-fn part_of(body: &Bytes, part: Option<&RawValue>) -> Option<Bytes> {
+fn part_of(body: &Bytes, part: Option<&str>) -> Option<Bytes> {
     Some(body.slice(span_of(body, part?)?))
+}
+
+/// The JSON text at `at` in `body`.
+fn at<'b>(body: &'b [u8], at: &Option<Range<usize>>) -> Option<&'b str> {
+    std::str::from_utf8(body.get(at.clone()?)?).ok()
 }
 
 /// The JSON value at member `name` of the JSON object `text`.
@@ -265,6 +249,8 @@ impl Modern {
             method: msg.method.clone(),
             id_at: msg.id_at.clone().and_then(|at| moved(at, span, meta.len())),
             result_at: None,
+            // Not read again: a child is sent it as it is.
+            params: None,
         })
     }
 
@@ -355,7 +341,7 @@ fn header_modern(headers: &HeaderMap) -> bool {
 /// `params.protocolVersion`, never in `_meta`). Public for the fuzz target.
 pub fn read(headers: &HeaderMap, msg: &Message) -> Option<Result<Modern, ModernRefusal>> {
     let header_modern = header_modern(headers);
-    let Some((fields, meta)) = read_params(&msg.raw) else {
+    let Some((fields, meta)) = read_params(msg) else {
         let id = message_id(msg);
         let why =
             "params could not be read (a member named twice, or params or _meta not an object)";
@@ -368,7 +354,7 @@ pub fn read(headers: &HeaderMap, msg: &Message) -> Option<Result<Modern, ModernR
     };
     let named_modern = msg.method.as_deref() != Some("initialize")
         && text(meta.as_ref().and_then(|m| m.get(VERSION_KEY))).is_some();
-    (header_modern || named_modern).then(|| check(headers, msg, &fields, meta.as_ref()))
+    (header_modern || named_modern).then(|| check(headers, msg, fields, meta.as_ref()))
 }
 
 /// The id of `msg` as JSON (`null` for a notification).
@@ -421,7 +407,7 @@ fn decoded(value: &str) -> Option<String> {
 fn check(
     headers: &HeaderMap,
     msg: &Message,
-    fields: &Params<'_>,
+    fields: &ParamsAt,
     meta: Option<&Meta<'_>>,
 ) -> Result<Modern, ModernRefusal> {
     let id = message_id(msg);
@@ -479,11 +465,11 @@ fn check(
             None => return Err(mismatch("Mcp-Method is missing".into())),
         }
         let named = match method {
-            "tools/call" | "prompts/get" => Some(fields.name),
-            "resources/read" => Some(fields.uri),
+            "tools/call" | "prompts/get" => Some(&fields.name),
+            "resources/read" => Some(&fields.uri),
             _ => None,
         };
-        if let Some(named) = named.flatten() {
+        if let Some(named) = named.and_then(|named| at(&msg.raw, named)) {
             let named = text(Some(named)).unwrap_or_default();
             let header = single(headers, &NAME, &id)?
                 .ok_or_else(|| mismatch("Mcp-Name is missing".into()))?;
@@ -506,10 +492,13 @@ fn check(
     Ok(Modern {
         log_level,
         capabilities: part_of(&msg.raw, capabilities),
-        request_state: text(fields.request_state).map(Cow::into_owned),
-        input_responses: part_of(&msg.raw, fields.input_responses),
+        request_state: text(at(&msg.raw, &fields.request_state)).map(Cow::into_owned),
+        input_responses: fields
+            .input_responses
+            .clone()
+            .map(|span| msg.raw.slice(span)),
         body: msg.raw.clone(),
-        legacy_meta: meta.and_then(|m| Some((span_of(&msg.raw, m.text)?, m.without_envelope()?))),
+        legacy_meta: meta.and_then(|m| Some((m.at.clone(), m.without_envelope()?))),
         id,
         method: method.to_string(),
         is_request,
@@ -524,6 +513,28 @@ const RESERVED_PREFIX: &str = "io.modelcontextprotocol/";
 fn meta_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
     use serde::de::{MapAccess, Visitor};
 
+    /// A member name, borrowed unless it has escapes (serde's own `Cow` always copies).
+    struct Key<'de>(Cow<'de, str>);
+
+    impl<'de> serde::Deserialize<'de> for Key<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Text;
+            impl<'de> Visitor<'de> for Text {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a member name")
+                }
+                fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Borrowed(key)))
+                }
+                fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(key.to_string())))
+                }
+            }
+            d.deserialize_str(Text)
+        }
+    }
+
     struct Members;
 
     impl<'de> Visitor<'de> for Members {
@@ -536,7 +547,7 @@ fn meta_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut members = Vec::new();
-            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            while let Some(Key(key)) = map.next_key()? {
                 let value: &'de RawValue = map.next_value()?;
                 members.push((key, value));
             }
@@ -618,6 +629,8 @@ pub(super) fn modernized(
     serde_json::to_vec(&answer).map(Bytes::from).unwrap_or(raw)
 }
 
+static RESULT_TYPE: MemberName = LazyLock::new(|| Finder::new("resultType"));
+
 /// `raw` with `"resultType":"complete"` first in its `result` object (at `span`), when that
 /// object has none (`None`: the result is not an object, or it has one already).
 fn with_result_type(raw: &Bytes, span: Range<usize>) -> Option<Bytes> {
@@ -626,7 +639,7 @@ fn with_result_type(raw: &Bytes, span: Range<usize>) -> Option<Bytes> {
         return None;
     }
     // Looked for in the result alone, and only when it may be there.
-    if may_name(result, "resultType") && value_span(result, &["resultType"]).is_some() {
+    if may_name(result, &RESULT_TYPE) && value_span(result, &["resultType"]).is_some() {
         return Some(raw.clone());
     }
     let empty = result[1..]

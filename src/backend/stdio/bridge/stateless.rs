@@ -3,11 +3,12 @@
 //! session of it whose end (the response delivered, or the client gone) is the request's
 //! end at the child.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use memchr::memmem::Finder;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -15,7 +16,7 @@ use super::modern::{self, CacheHints, Modern};
 use super::mrtr::{self, HeldCalls};
 use super::refusal::Refusal;
 use super::{SHARED_INIT_WAIT, STREAM_QUEUE, StdioBackend};
-use crate::backend::stdio::framing::{Kind, Message, may_name, value_text};
+use crate::backend::stdio::framing::{Kind, MemberName, Message, may_name, value_text};
 use crate::backend::stdio::session::{Init, InitTurn, Session, StreamTx};
 use crate::gate::Caller;
 
@@ -510,9 +511,11 @@ async fn respond(mut exchange: Exchange, wants_sse: bool) -> Response {
     ))
 }
 
+static ERROR: MemberName = LazyLock::new(|| Finder::new("error"));
+
 fn json_answer(raw: Bytes) -> Response {
     // Most answers are results: the error code is read only where there may be one.
-    let code = may_name(&raw, "error")
+    let code = may_name(&raw, &ERROR)
         .then(|| value_text(&raw, &["error", "code"]))
         .flatten()
         .and_then(|c| c.parse::<i64>().ok());

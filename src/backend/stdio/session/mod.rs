@@ -311,7 +311,8 @@ impl Session {
                 // body cannot name a progress token and the id's place is known or unneeded
                 // (most calls carry no token: the pass was a twentieth of a call's work).
                 let needs_id = child.shared && msg.id_at.is_none();
-                let [id_span, token_span] = if needs_id || may_name(&msg.raw, PROGRESS_TOKEN[2]) {
+                let [id_span, token_span] = if needs_id || may_name(&msg.raw, &PROGRESS_TOKEN_NAME)
+                {
                     value_spans(&msg.raw, [&["id"], &PROGRESS_TOKEN])
                 } else {
                     [msg.id_at.clone(), None]

@@ -4,15 +4,19 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, LazyLock, Weak};
 
 use bytes::Bytes;
+use memchr::memmem::Finder;
 use serde_json::Value;
 
 use super::{BACKLOG, Init, Session, StreamTx, push_bounded};
-use crate::backend::stdio::framing::{Kind, Message, replace_value, value_text};
+use crate::backend::stdio::framing::{Kind, MemberName, Message, replace_value, value_text};
 
 pub(super) const PROGRESS_TOKEN: [&str; 3] = ["params", "_meta", "progressToken"];
+
+/// The progress token's member name, for [`may_name`](crate::backend::stdio::framing::may_name).
+pub(super) static PROGRESS_TOKEN_NAME: MemberName = LazyLock::new(|| Finder::new("progressToken"));
 
 /// Where a 2026-07-28 subscription's messages name it.
 const SUBSCRIPTION_ID: [&str; 3] = ["params", "_meta", "io.modelcontextprotocol/subscriptionId"];
