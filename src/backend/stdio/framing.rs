@@ -5,6 +5,7 @@
 //! skipped to its end and reported once as [`Line::TooLong`]. Messages keep the child's exact
 //! bytes (the relay forwards them untouched); [`Message::parse`] reads only what routing needs.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::LazyLock;
 
@@ -54,6 +55,34 @@ pub struct Message {
     /// or `null`: all absent). `None`: not read that way (`params` is not an object or names
     /// one of them twice, or the message was rebuilt after its reading).
     pub params: Option<ParamsAt>,
+}
+
+/// A JSON string's text, borrowed from the message unless it has escapes (serde's own `Cow`
+/// is always a copy, even where a field says to borrow it, and most are never kept).
+pub struct StrRef<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for StrRef<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text;
+
+        impl<'de> serde::de::Visitor<'de> for Text {
+            type Value = StrRef<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<StrRef<'de>, E> {
+                Ok(StrRef(Cow::Borrowed(text)))
+            }
+
+            fn visit_str<E>(self, text: &str) -> Result<StrRef<'de>, E> {
+                Ok(StrRef(Cow::Owned(text.to_string())))
+            }
+        }
+
+        d.deserialize_str(Text)
+    }
 }
 
 /// Where the members of a request's `params` that the bridge reads (the 2026-07-28 envelope
@@ -157,14 +186,14 @@ impl<'de: 'a, 'a> Deserialize<'de> for ParamsSeen<'a> {
 struct Envelope<'a> {
     #[serde(borrow, default)]
     id: Option<&'a RawValue>,
-    #[serde(default)]
-    method: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    method: Option<StrRef<'a>>,
     #[serde(borrow, default)]
     result: Option<&'a RawValue>,
     #[serde(borrow, default)]
     error: Option<&'a RawValue>,
-    #[serde(default)]
-    jsonrpc: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    jsonrpc: Option<StrRef<'a>>,
     /// Read in this pass so that no reader of `params` reads the message again.
     #[serde(borrow, default)]
     params: Option<ParamsSeen<'a>>,
@@ -190,7 +219,7 @@ impl Message {
             });
         }
         let env: Envelope<'_> = serde_json::from_slice(&raw).ok()?;
-        if env.jsonrpc.as_deref() != Some("2.0") {
+        if env.jsonrpc.as_ref().map(|v| v.0.as_ref()) != Some("2.0") {
             return None;
         }
         // A null id is a response to a request whose id could not be read.
@@ -213,7 +242,7 @@ impl Message {
             }),
         };
         let id = env.id.map(|i| i.get().to_string());
-        let method = env.method.map(|m| m.into_owned());
+        let method = env.method.map(|m| m.0.into_owned());
         let kind = match (&method, &id) {
             (Some(_), Some(id)) if id != "null" => Kind::Request,
             (Some(_), None) => Kind::Notification,

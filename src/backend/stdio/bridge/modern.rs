@@ -30,7 +30,9 @@ use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::LazyLock;
 
-use super::super::framing::{Kind, MemberName, Message, ParamsAt, may_name, splice, value_span};
+use super::super::framing::{
+    Kind, MemberName, Message, ParamsAt, StrRef, may_name, splice, value_span,
+};
 
 /// The modern revisions the bridge speaks.
 pub const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
@@ -513,28 +515,6 @@ const RESERVED_PREFIX: &str = "io.modelcontextprotocol/";
 fn meta_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
     use serde::de::{MapAccess, Visitor};
 
-    /// A member name, borrowed unless it has escapes (serde's own `Cow` always copies).
-    struct Key<'de>(Cow<'de, str>);
-
-    impl<'de> serde::Deserialize<'de> for Key<'de> {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct Text;
-            impl<'de> Visitor<'de> for Text {
-                type Value = Key<'de>;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("a member name")
-                }
-                fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
-                    Ok(Key(Cow::Borrowed(key)))
-                }
-                fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
-                    Ok(Key(Cow::Owned(key.to_string())))
-                }
-            }
-            d.deserialize_str(Text)
-        }
-    }
-
     struct Members;
 
     impl<'de> Visitor<'de> for Members {
@@ -547,7 +527,7 @@ fn meta_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut members = Vec::new();
-            while let Some(Key(key)) = map.next_key()? {
+            while let Some(StrRef(key)) = map.next_key()? {
                 let value: &'de RawValue = map.next_value()?;
                 members.push((key, value));
             }
