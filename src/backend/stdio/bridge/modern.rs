@@ -162,6 +162,52 @@ impl<'a> Meta<'a> {
         meta.push(b'}');
         Some(meta)
     }
+
+    /// What a 2025 server is sent in place of `_meta` (in `body`, at the span returned):
+    /// `_meta` without the envelope, or no `_meta` member at all when nothing else was in
+    /// it (measured, an empty one cost server-everything a tenth of its throughput,
+    /// BENCHMARKS.md). `None`: sent as it is.
+    fn for_legacy_child(&self, body: &[u8]) -> Option<(Range<usize>, Vec<u8>)> {
+        let meta = self.without_envelope()?;
+        if meta == b"{}"
+            && let Some(member) = member_with_comma(body, &self.at)
+        {
+            return Some((member, Vec::new()));
+        }
+        Some((self.at.clone(), meta))
+    }
+}
+
+/// The span of the member of the object in `body` whose value sits at `value`: its name,
+/// colon and value, with the comma that joins it to a neighbour, so that removing the span
+/// leaves the object well formed. `None` when the text before the value is not a member's
+/// name (the name must be one without a quote in it, such as `_meta`, in any spelling).
+fn member_with_comma(body: &[u8], value: &Range<usize>) -> Option<Range<usize>> {
+    let last_before = |end: usize| {
+        let at = body
+            .get(..end)?
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())?;
+        Some((at, *body.get(at)?))
+    };
+    let (colon, b':') = last_before(value.start)? else {
+        return None;
+    };
+    let (name_end, b'"') = last_before(colon)? else {
+        return None;
+    };
+    // The name holds no quote, escaped or not: the one before its end is its start.
+    let name = body.get(..name_end)?.iter().rposition(|b| *b == b'"')?;
+    let after = body.get(value.end..)?;
+    let next = after.iter().position(|b| !b.is_ascii_whitespace())? + value.end;
+    if body.get(next) == Some(&b',') {
+        return Some(name..next + 1);
+    }
+    match last_before(name)? {
+        (comma, b',') => Some(comma..value.end),
+        (_, b'{') => Some(name..value.end),
+        _ => None,
+    }
 }
 
 /// A request's `params` as [`Message::parse`] found it, and its `_meta` read; `None` when
@@ -241,7 +287,8 @@ impl Modern {
     /// revision's envelope (the `io.modelcontextprotocol/…` members), which such a server does
     /// not read (the bridge's `initialize` told it what the bridge relays) yet still parses:
     /// measured, they cost server-everything a sixth of its throughput (BENCHMARKS.md). Other
-    /// members of `_meta` (a progress token) stay as written. `None`: sent as it is.
+    /// members of `_meta` (a progress token) stay as written; a `_meta` with nothing else in
+    /// it is not sent at all. `None`: sent as it is.
     pub fn for_legacy_child(&self, msg: &Message) -> Option<Message> {
         let (span, meta) = self.legacy_meta.as_ref()?;
         Some(Message {
@@ -500,7 +547,7 @@ fn check(
             .clone()
             .map(|span| msg.raw.slice(span)),
         body: msg.raw.clone(),
-        legacy_meta: meta.and_then(|m| Some((m.at.clone(), m.without_envelope()?))),
+        legacy_meta: meta.and_then(|m| m.for_legacy_child(&msg.raw)),
         id,
         method: method.to_string(),
         is_request,
@@ -920,6 +967,77 @@ mod tests {
         assert_eq!(code(read(&h, &twice).unwrap()), -32602);
     }
 
+    #[test]
+    fn a_meta_left_empty_is_not_sent_at_all() {
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ]);
+        let envelope = r#"{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}"#;
+        let sent = |params: &str| {
+            let raw = format!(
+                r#"{{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{}}}"#,
+                params.replace("ENV", envelope)
+            );
+            let msg = Message::parse(Bytes::from(raw)).unwrap();
+            let request = read(&h, &msg).unwrap().ok().unwrap();
+            let out = request.for_legacy_child(&msg).unwrap();
+            assert_eq!(out.id_at.map(|at| &out.raw[at]), Some(&b"4"[..]));
+            String::from_utf8(out.raw.to_vec()).unwrap()
+        };
+        let call = |params: &str| {
+            format!(r#"{{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{params}}}"#)
+        };
+        // First, last, between others, alone, spaced, and spelled with an escape.
+        for (params, expected) in [
+            (r#"{"_meta":ENV,"name":"echo"}"#, r#"{"name":"echo"}"#),
+            (r#"{"name":"echo","_meta":ENV}"#, r#"{"name":"echo"}"#),
+            (
+                r#"{"name":"echo", "_meta" : ENV , "arguments":{}}"#,
+                r#"{"name":"echo",  "arguments":{}}"#,
+            ),
+            (
+                r#"{ "\u005fmeta" :ENV , "name":"echo"}"#,
+                r#"{  "name":"echo"}"#,
+            ),
+        ] {
+            assert_eq!(sent(params), call(expected), "{params}");
+        }
+        // What else _meta holds is kept.
+        let kept = envelope.replacen('{', r#"{"progressToken":1,"#, 1);
+        let raw = format!(
+            r#"{{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{{"name":"echo","_meta":{kept}}}}}"#
+        );
+        let msg = Message::parse(Bytes::from(raw)).unwrap();
+        let out = read(&h, &msg)
+            .unwrap()
+            .ok()
+            .unwrap()
+            .for_legacy_child(&msg)
+            .unwrap();
+        assert_eq!(
+            &out.raw[..],
+            call(r#"{"name":"echo","_meta":{"progressToken":1}}"#).as_bytes()
+        );
+        // An id after params is found where it moved to.
+        let raw = format!(
+            r#"{{"jsonrpc":"2.0","method":"tools/call","params":{{"name":"echo","_meta":{envelope}}},"id":4}}"#
+        );
+        let msg = Message::parse(Bytes::from(raw)).unwrap();
+        let out = read(&h, &msg)
+            .unwrap()
+            .ok()
+            .unwrap()
+            .for_legacy_child(&msg)
+            .unwrap();
+        assert_eq!(
+            &out.raw[..],
+            &br#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"echo"},"id":4}"#[..]
+        );
+        assert_eq!(out.id_at.map(|at| &out.raw[at]), Some(&b"4"[..]));
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
 
@@ -975,8 +1093,15 @@ mod tests {
                 }
                 if let Some(out) = request.for_legacy_child(&msg) {
                     let sent: Value = serde_json::from_slice(&out.raw).unwrap();
-                    let meta = sent["params"]["_meta"].as_object().unwrap();
-                    proptest::prop_assert!(meta.keys().all(|k| !k.starts_with(RESERVED_PREFIX)));
+                    // Without the envelope, and gone when nothing else was in it.
+                    match sent["params"].get("_meta") {
+                        Some(meta) => {
+                            let meta = meta.as_object().unwrap();
+                            proptest::prop_assert!(meta.keys().all(|k| !k.starts_with(RESERVED_PREFIX)));
+                            proptest::prop_assert!(!meta.is_empty());
+                        }
+                        None => proptest::prop_assert!(extra_meta.is_empty()),
+                    }
                     proptest::prop_assert_eq!(&sent["params"]["name"], &json!(name));
                     // Where the id was read still holds it.
                     let at = out.id_at.clone();
