@@ -2,7 +2,9 @@
 // one client keeping CONCURRENCY tools/call (echo) requests in flight for DURATION seconds.
 // Prints requests per second. With a third argument `envelope`, each call's `_meta` carries
 // what a 2026-07-28 request carries (protocol version, client info and capabilities): what
-// a 2025 server would be sent if the bridge relayed that envelope.
+// a 2025 server would be sent if the bridge relayed that envelope; with `empty-meta`, an
+// empty `_meta` (what it would be sent if the bridge removed the envelope's members but not
+// the member that held them).
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import readline from 'node:readline';
@@ -10,7 +12,7 @@ import readline from 'node:readline';
 const require = createRequire(import.meta.url);
 const DURATION = Number(process.argv[2] ?? 10);
 const CONCURRENCY = Number(process.argv[3] ?? 16);
-const ENVELOPE = process.argv[4] === 'envelope';
+const META = process.argv[4];
 const meta = {
   'io.modelcontextprotocol/protocolVersion': '2026-07-28',
   'io.modelcontextprotocol/clientInfo': { name: 'wrk', version: '1' },
@@ -47,7 +49,8 @@ const end = Date.now() + DURATION * 1000;
 async function worker() {
   while (Date.now() < end) {
     const params = { name: 'echo', arguments: { message: 'bench' } };
-    await request('tools/call', ENVELOPE ? { ...params, _meta: meta } : params);
+    const sent = { envelope: { ...params, _meta: meta }, 'empty-meta': { ...params, _meta: {} } };
+    await request('tools/call', sent[META] ?? params);
     count += 1;
   }
 }
