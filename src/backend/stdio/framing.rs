@@ -769,6 +769,10 @@ mod tests {
             let m = read(raw);
             assert_eq!((m.kind, m.params), (Kind::Request, None), "{raw}");
         }
+        // `params` itself named twice: the message is not read at all, as with `id` or
+        // `method` named twice (which one a server takes is not ours to guess).
+        let twice = r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{},"params":{"name":"a"}}"#;
+        assert_eq!(Message::parse(Bytes::from(twice)), None);
         // A repeat among the members it skips is not its concern.
         let m = read(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"x":1,"x":2}}"#);
         assert_eq!(m.params, Some(ParamsAt::default()));
