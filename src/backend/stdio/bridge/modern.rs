@@ -165,7 +165,7 @@ impl<'a> Meta<'a> {
 
     /// What a 2025 server is sent in place of `_meta` (in `body`, at the span returned):
     /// `_meta` without the envelope, or no `_meta` member at all when nothing else was in
-    /// it (measured, an empty one cost server-everything a tenth of its throughput,
+    /// it (measured, an empty one cost server-everything about 6% of its throughput,
     /// BENCHMARKS.md). `None`: sent as it is.
     fn for_legacy_child(&self, body: &[u8]) -> Option<(Range<usize>, Vec<u8>)> {
         let meta = self.without_envelope()?;
