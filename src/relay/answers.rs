@@ -35,9 +35,7 @@ pub(super) struct Watcher {
 impl Watcher {
     /// Nothing left to look for.
     fn idle(&self) -> bool {
-        !self.by_shape
-            && self.pending.is_empty()
-            && (self.lists.is_empty() || self.policy.is_none())
+        !self.by_shape && self.pending.is_empty() && !self.filters_lists()
     }
 
     /// Whether a list result may still come that the policy must filter: an answer not
@@ -46,9 +44,21 @@ impl Watcher {
         self.policy.is_some() && (self.by_shape || !self.lists.is_empty())
     }
 
-    /// What becomes of an answer or event that serde_json cannot read (a client's reader may
-    /// still take it, a lone surrogate for one): withheld while it may hold a list the
-    /// policy must filter, else passed on as it came.
+    /// An answer or event read for the watcher, or what becomes of it when it cannot be
+    /// read as every client reads it: not JSON serde_json reads (a client's reader may still
+    /// take it, a lone surrogate for one), or an object in it naming a member twice (a
+    /// client's reader may take the other value, src/json_names.rs). Such a text is
+    /// withheld while it may hold a list the policy must filter; otherwise one serde_json
+    /// cannot read passes as it came, and one with a repeated name is read as serde_json
+    /// reads it.
+    fn read(&self, text: &[u8]) -> Result<Value, Rewritten> {
+        match crate::json_names::read(text) {
+            Some(read) if !(read.names_twice && self.filters_lists()) => Ok(read.value),
+            _ => Err(self.unreadable()),
+        }
+    }
+
+    /// What becomes of a text that cannot be read as every client reads it ([`Self::read`]).
     fn unreadable(&self) -> Rewritten {
         if self.filters_lists() {
             Rewritten::Withheld
@@ -326,8 +336,9 @@ fn unreadable() -> Response {
 
 /// What became of a JSON answer.
 fn rewrite_json(answer: &[u8], watcher: &mut Watcher) -> Rewritten {
-    let Ok(mut v) = serde_json::from_slice::<Value>(answer) else {
-        return watcher.unreadable();
+    let mut v = match watcher.read(answer) {
+        Ok(v) => v,
+        Err(unread) => return unread,
     };
     if watcher.payload(&mut v) {
         Rewritten::Changed(v.to_string().into_bytes())
@@ -341,7 +352,7 @@ enum Rewritten {
     AsItCame,
     /// The watcher changed its data: the event as it goes on.
     Changed(Vec<u8>),
-    /// Not passed on: it could not be read ([`Watcher::unreadable`]).
+    /// Not passed on: it could not be read as every client reads it ([`Watcher::read`]).
     Withheld,
 }
 
@@ -375,8 +386,9 @@ fn rewrite(event: &[u8], watcher: &mut Watcher) -> Rewritten {
     if !has_data || !json_like {
         return Rewritten::AsItCame;
     }
-    let Ok(mut v) = serde_json::from_str::<Value>(&data) else {
-        return watcher.unreadable();
+    let mut v = match watcher.read(data.as_bytes()) {
+        Ok(v) => v,
+        Err(unread) => return unread,
     };
     if !watcher.payload(&mut v) {
         return Rewritten::AsItCame;
@@ -477,13 +489,14 @@ mod tests {
     }
 
     /// A list event the policy cannot read (a lone surrogate, which `JSON.parse` takes) is
-    /// not passed on, and neither is one that is not UTF-8; what follows still is.
+    /// not passed on, and neither is one that is not UTF-8, nor one whose `tools` is named
+    /// twice (a reader that takes the first sees the secret); what follows still is.
     #[tokio::test]
     async fn a_list_event_that_cannot_be_read_is_not_passed_on() {
         let surrogate = br#"{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"secret_sauce","description":"\ud800"}]}}"#;
         let not_utf8 =
             b"{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"tools\":[{\"name\":\"secret_\xff\"}]}}";
-        for data in [&surrogate[..], &not_utf8[..]] {
+        for data in [&surrogate[..], &not_utf8[..], TWICE] {
             let (_dir, watcher) = watching_list_7();
             let body = [&b": hi\n\ndata: "[..], data, b"\n\n"].concat();
             assert_eq!(passed(&body, watcher).await, ": hi\n\n");
@@ -507,7 +520,15 @@ mod tests {
             Rewritten::Withheld
         ));
         assert!(watcher.filters_lists());
+        let (_dir, mut watcher) = watching_list_7();
+        assert!(matches!(
+            rewrite_json(TWICE, &mut watcher),
+            Rewritten::Withheld
+        ));
     }
+
+    /// A list answer whose `tools` is named twice: serde_json reads the last, clean one.
+    const TWICE: &[u8] = br#"{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"secret_sauce"}],"tools":[{"name":"echo"}]}}"#;
 
     #[test]
     fn list_results_are_known_by_shape() {

@@ -388,7 +388,8 @@ enum Unread {
 /// is not JSON-RPC has none: the backend answers it as it would.
 fn read_request(body: &[u8]) -> Result<Read, Unread> {
     let mut read = Read::default();
-    let value = serde_json::from_slice::<Value>(body).map_err(|_| Unread::NotJson)?;
+    let crate::json_names::Read { value, names_twice } =
+        crate::json_names::read(body).ok_or(Unread::NotJson)?;
     let messages = match value {
         Value::Array(items) => {
             read.batch = true;
@@ -436,7 +437,7 @@ fn read_request(body: &[u8]) -> Result<Read, Unread> {
             arguments: params.and_then(|p| p.get("arguments")).cloned(),
         });
     }
-    if crate::json_names::names_a_member_twice(body) {
+    if names_twice {
         return Err(Unread::NamedTwice(read));
     }
     Ok(read)
