@@ -447,7 +447,7 @@ pub fn value_spans<const N: usize>(raw: &[u8], paths: [&[&str]; N]) -> [Option<R
 }
 
 /// Where `part` (borrowed from `raw`) sits in `raw`.
-fn offset_in(raw: &[u8], part: &[u8]) -> Option<Range<usize>> {
+pub fn offset_in(raw: &[u8], part: &[u8]) -> Option<Range<usize>> {
     let start = (part.as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
     let end = start.checked_add(part.len())?;
     (raw.get(start..end)? == part).then_some(start..end)

@@ -31,7 +31,7 @@ use std::ops::Range;
 use std::sync::LazyLock;
 
 use super::super::framing::{
-    Kind, MemberName, Message, ParamsAt, StrRef, may_name, splice, value_span,
+    Kind, MemberName, Message, ParamsAt, StrRef, may_name, offset_in, splice, value_span,
 };
 
 /// The modern revisions the bridge speaks.
@@ -145,13 +145,12 @@ impl<'a> Meta<'a> {
     /// `_meta` without this revision's envelope (the `io.modelcontextprotocol/…` members),
     /// when it has any; the other members as written.
     fn without_envelope(&self) -> Option<Vec<u8>> {
-        let envelope = |key: &str| key.starts_with(RESERVED_PREFIX);
-        if !self.members.iter().any(|(key, _)| envelope(key)) {
+        if !self.members.iter().any(|(key, _)| is_envelope(key)) {
             return None;
         }
         let mut meta = Vec::with_capacity(self.at.len());
         meta.push(b'{');
-        for (key, value) in self.members.iter().filter(|(k, _)| !envelope(k)) {
+        for (key, value) in self.members.iter().filter(|(k, _)| !is_envelope(k)) {
             if meta.len() > 1 {
                 meta.push(b',');
             }
@@ -168,13 +167,12 @@ impl<'a> Meta<'a> {
     /// it (measured, an empty one cost server-everything about 6% of its throughput,
     /// BENCHMARKS.md). `None`: sent as it is.
     fn for_legacy_child(&self, body: &[u8]) -> Option<(Range<usize>, Vec<u8>)> {
-        let meta = self.without_envelope()?;
-        if meta == b"{}"
-            && let Some(member) = member_with_comma(body, &self.at)
-        {
+        let only_envelope =
+            !self.members.is_empty() && self.members.iter().all(|(key, _)| is_envelope(key));
+        if only_envelope && let Some(member) = member_with_comma(body, &self.at) {
             return Some((member, Vec::new()));
         }
-        Some((self.at.clone(), meta))
+        Some((self.at.clone(), self.without_envelope()?))
     }
 }
 
@@ -223,24 +221,12 @@ fn read_params(msg: &Message) -> Option<(&ParamsAt, Option<Meta<'_>>)> {
 
 /// A JSON string's text (`None` for any other JSON value); borrowed unless it has escapes.
 fn text(raw: Option<&str>) -> Option<Cow<'_, str>> {
-    let raw = raw?;
-    serde_json::from_str::<&str>(raw)
-        .map(Cow::Borrowed)
-        .or_else(|_| serde_json::from_str::<String>(raw).map(Cow::Owned))
-        .ok()
-}
-
-/// Where `part` (borrowed from `body`) sits in it.
-fn span_of(body: &[u8], part: &str) -> Option<std::ops::Range<usize>> {
-    let part = part.as_bytes();
-    let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
-    let end = start.checked_add(part.len())?;
-    (end <= body.len()).then_some(start..end)
+    serde_json::from_str::<StrRef>(raw?).ok().map(|text| text.0)
 }
 
 /// The part of `body` that `part` (borrowed from it) is, without copying.
 fn part_of(body: &Bytes, part: Option<&str>) -> Option<Bytes> {
-    Some(body.slice(span_of(body, part?)?))
+    Some(body.slice(offset_in(body, part?.as_bytes())?))
 }
 
 /// The JSON text at `at` in `body`.
@@ -556,6 +542,12 @@ fn check(
 
 /// The prefix of the `_meta` keys MCP reserves for itself (basic, "General fields").
 const RESERVED_PREFIX: &str = "io.modelcontextprotocol/";
+
+/// Whether a `_meta` key is one of this revision's envelope (the `io.modelcontextprotocol/…`
+/// members a 2025 server is not sent).
+fn is_envelope(key: &str) -> bool {
+    key.starts_with(RESERVED_PREFIX)
+}
 
 /// The members of the JSON object `text` as written (values not read, only delimited);
 /// `None` when it is not an object or names a member twice.
