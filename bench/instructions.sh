@@ -2,9 +2,11 @@
 # Instructions the proxy executes per `tools/call` (echo, server-everything over stdio): a
 # legacy session's call against a stateless MCP 2026-07-28 call, counted by valgrind's
 # callgrind in the proxy alone (the child and the client are not counted). Unlike req/s,
-# the counts barely move with the machine's load (under 1% between runs).
+# the counts barely move with the machine's load (within about 1% between runs).
+# With BENCH_POLICY set to a policy file (bench/policy-20.toml), the relay judges each call
+# against it and reads each answer.
 #
-# Usage: bash bench/instructions.sh [CALLS]
+# Usage: [BENCH_POLICY=FILE] bash bench/instructions.sh [CALLS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -18,7 +20,8 @@ work=$(mktemp -d)
 PORT=$(free_port)
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" --dump-instr=no \
   target/release/mcp-auth-proxy --listen "127.0.0.1:$PORT" --external-url "http://127.0.0.1:$PORT" \
-  --data-path "$work/data" --password bench-password -- node "$EVERYTHING" stdio >"$work/proxy.log" 2>&1 &
+  --data-path "$work/data" --password bench-password ${BENCH_POLICY:+--policy-file "$BENCH_POLICY"} \
+  -- node "$EVERYTHING" stdio >"$work/proxy.log" 2>&1 &
 PID=$!
 cleanup() { kill "$PID" 2>/dev/null || true; sleep 1; rm -rf "$work"; }
 trap cleanup EXIT
