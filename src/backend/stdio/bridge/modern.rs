@@ -31,7 +31,7 @@ use std::ops::Range;
 use std::sync::LazyLock;
 
 use super::super::framing::{
-    Kind, MemberName, Message, ParamsAt, StrRef, may_name, offset_in, splice, value_span,
+    Kind, MemberName, Message, ParamsAt, StrRef, may_name, offset_in, read_json, splice, value_span,
 };
 
 /// The modern revisions the bridge speaks.
@@ -552,13 +552,20 @@ fn is_envelope(key: &str) -> bool {
 /// The members of the JSON object `text` as written (values not read, only delimited);
 /// `None` when it is not an object or names a member twice.
 fn meta_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
+    use serde::Deserialize;
     use serde::de::{MapAccess, Visitor};
 
-    struct Members;
+    /// `None`: a member named twice.
+    struct Members<'de>(Option<Vec<(Cow<'de, str>, &'de RawValue)>>);
 
-    impl<'de> Visitor<'de> for Members {
-        /// `None`: a member named twice.
-        type Value = Option<Vec<(Cow<'de, str>, &'de RawValue)>>;
+    impl<'de> Deserialize<'de> for Members<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(Members(None))
+        }
+    }
+
+    impl<'de> Visitor<'de> for Members<'de> {
+        type Value = Members<'de>;
 
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a JSON object")
@@ -571,14 +578,11 @@ fn meta_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
                 members.push((key, value));
             }
             let twice = crate::json_names::repeated(members.iter().map(|(k, _)| k.as_ref()));
-            Ok((!twice).then_some(members))
+            Ok(Members((!twice).then_some(members)))
         }
     }
 
-    let mut de = serde_json::Deserializer::from_slice(text);
-    let members = serde::Deserializer::deserialize_map(&mut de, Members).ok()?;
-    de.end().ok()?;
-    members
+    read_json::<Members>(text)?.0
 }
 
 pub(super) fn discover(id: &Value, init: &Value, hints: CacheHints) -> Bytes {
