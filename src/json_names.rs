@@ -35,9 +35,7 @@ pub struct Read {
 /// a text that serde_json does not read as JSON.
 pub fn read(text: &[u8]) -> Option<Read> {
     let mut names_twice = false;
-    let mut de = serde_json::Deserializer::from_slice(text);
-    let value = Build(&mut names_twice).deserialize(&mut de).ok()?;
-    de.end().ok()?;
+    let value = crate::json_text::read_seed(text, Build(&mut names_twice))?;
     Some(Read { value, names_twice })
 }
 

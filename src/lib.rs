@@ -18,6 +18,7 @@ pub mod dpop;
 pub mod error;
 pub mod gate;
 pub mod json_names;
+pub mod json_text;
 pub mod log_line;
 pub mod log_writer;
 pub mod login;

@@ -37,7 +37,7 @@ const LAYERS: &[&[&str]] = &[
         "json_names",
     ],
     &["store"],
-    &["clock", "log_writer", "log_line"],
+    &["clock", "log_writer", "log_line", "json_text"],
 ];
 
 /// The layer of a top-level module (0 is the top).

@@ -14,6 +14,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio_util::codec::Decoder;
 
+use crate::json_text;
+
 /// One line of a child's stdout.
 // A line is routed as soon as it is read, never queued: moving its message (about 260
 // bytes) costs less than the allocation a boxed one would cost for every message.
@@ -204,7 +206,7 @@ impl Message {
     pub fn parse(raw: Bytes) -> Option<Message> {
         let first = raw.iter().find(|b| !b.is_ascii_whitespace()).copied();
         if first == Some(b'[') {
-            let items: Vec<&RawValue> = read_json(&raw)?;
+            let items: Vec<&RawValue> = json_text::read(&raw)?;
             if items.is_empty() {
                 return None;
             }
@@ -218,7 +220,7 @@ impl Message {
                 params: None,
             });
         }
-        let env: Envelope<'_> = read_json(&raw)?;
+        let env: Envelope<'_> = json_text::read(&raw)?;
         if env.jsonrpc.as_ref().map(|v| v.0.as_ref()) != Some("2.0") {
             return None;
         }
@@ -446,21 +448,6 @@ pub fn value_spans<const N: usize>(raw: &[u8], paths: [&[&str]; N]) -> [Option<R
     spans
 }
 
-/// The JSON text `raw` read as a `T` that may borrow from it; `None` when it is not one.
-///
-/// Text that is UTF-8 (every message in practice) is checked so once, whole, and read as a
-/// `str`: read as bytes, serde_json checks each string it reads and each raw value it
-/// borrows on its own, which cost 2 400 instructions of a stateless call
-/// (`bench/instructions.sh`) against one pass over the line. Text that is not is read as
-/// bytes, as before, so that nothing is refused here that was not refused before (serde_json
-/// does not check a string it only skips).
-pub fn read_json<'a, T: Deserialize<'a>>(raw: &'a [u8]) -> Option<T> {
-    match std::str::from_utf8(raw) {
-        Ok(text) => serde_json::from_str(text).ok(),
-        Err(_) => serde_json::from_slice(raw).ok(),
-    }
-}
-
 /// Where `part` (borrowed from `raw`) sits in `raw`.
 pub fn offset_in(raw: &[u8], part: &[u8]) -> Option<Range<usize>> {
     let start = (part.as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
@@ -485,17 +472,15 @@ fn walk<'de>(
     followed: u64,
     found: &mut [Found<'de>],
 ) -> Option<()> {
-    use serde::de::DeserializeSeed;
-    let mut de = serde_json::Deserializer::from_slice(text);
-    Walk {
-        paths,
-        depth,
-        followed,
-        found,
-    }
-    .deserialize(&mut de)
-    .ok()?;
-    de.end().ok()
+    json_text::read_seed(
+        text,
+        Walk {
+            paths,
+            depth,
+            followed,
+            found,
+        },
+    )
 }
 
 /// One level of [`walk`]: the members of an object whose keys lead along a followed path
@@ -812,8 +797,6 @@ mod tests {
         let mut method = br#"{"jsonrpc":"2.0","id":1,"method":"tools/"#.to_vec();
         method.extend_from_slice(b"\xff\"}");
         assert_eq!(Message::parse(Bytes::from(method)), None);
-        assert_eq!(read_json::<Vec<u8>>(b"[1,2]"), Some(vec![1, 2]));
-        assert_eq!(read_json::<Vec<u8>>(b"[1,2] x"), None);
     }
 
     fn decode_all(input: &[u8], max: usize) -> Vec<Line> {
