@@ -31,7 +31,7 @@ use std::ops::Range;
 use std::sync::LazyLock;
 
 use super::super::framing::{
-    Kind, MemberName, Message, ParamsAt, StrRef, may_name, offset_in, read_json, splice, value_span,
+    Kind, MemberName, Message, ParamsAt, StrRef, may_name, offset_in, splice, value_span,
 };
 
 /// The modern revisions the bridge speaks.
@@ -582,7 +582,7 @@ fn meta_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
         }
     }
 
-    read_json::<Members>(text)?.0
+    crate::json_text::read::<Members>(text)?.0
 }
 
 pub(super) fn discover(id: &Value, init: &Value, hints: CacheHints) -> Bytes {
@@ -994,6 +994,7 @@ mod tests {
                 r#"{ "\u005fmeta" :ENV , "name":"echo"}"#,
                 r#"{  "name":"echo"}"#,
             ),
+            (r#"{ "_meta":ENV }"#, r#"{  }"#),
         ] {
             let sent = relayed(call(&params.replace("ENV", envelope)));
             assert_eq!(sent, call(expected), "{params}");
