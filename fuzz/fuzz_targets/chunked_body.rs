@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mcp_auth_proxy::backend::http::lane::chunked::Chunked;
+use mcp_auth_proxy::backend::lane::chunked::Chunked;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, data)) = data.split_first() else {

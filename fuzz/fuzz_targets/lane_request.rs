@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use mcp_auth_proxy::backend::http::HttpBackend;
-use mcp_auth_proxy::backend::http::lane::{Lane, Shared};
+use mcp_auth_proxy::backend::lane::{Lane, Shared};
 use mcp_auth_proxy::clock::Clock;
 use mcp_auth_proxy::gate::TokenCache;
 use mcp_auth_proxy::metrics::Metrics;

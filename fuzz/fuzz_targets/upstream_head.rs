@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mcp_auth_proxy::backend::http::lane::upstream::parse_head;
+use mcp_auth_proxy::backend::lane::upstream::parse_head;
 
 fuzz_target!(|data: &[u8]| {
     let whole = parse_head(data);

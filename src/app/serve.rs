@@ -96,14 +96,11 @@ pub async fn serve(
         });
     let site = state.site().clone();
     let hsts = tls.is_some().then_some(server::tls::HSTS);
-    let lane = state
-        .http_backend
-        .clone()
-        // The policy and the audit log read every request and answer: with either on, the
-        // router serves every request (the lane would pass them by).
-        .filter(|_| fast_lane && state.relay.is_none())
-        .and_then(|backend| {
-            let shared = backend::http::lane::Shared {
+    // The policy and the audit log read every request and answer: with either on, the
+    // router serves every request (the lane would pass them by).
+    let lane = (fast_lane && state.relay.is_none())
+        .then(|| {
+            let shared = backend::lane::Shared {
                 site: state.site().clone(),
                 repo: state.repo().clone(),
                 tokens: state.oauth.tokens.clone(),
@@ -111,9 +108,18 @@ pub async fn serve(
                 max_body: state.max_body,
                 body_read_timeout: state.body_read_timeout,
             };
-            let signs = state.assertion.is_some();
-            backend::http::lane::Lane::new(backend, shared, signs, hsts, workers)
+            match (&state.http_backend, &state.backend) {
+                (Some(http), _) => {
+                    let signs = state.assertion.is_some();
+                    backend::lane::Lane::new(http.clone(), shared, signs, hsts, workers)
+                }
+                (None, Some(stdio)) if stdio.kind() == "stdio" => {
+                    Some(backend::lane::Lane::bridging(stdio.clone(), shared, hsts))
+                }
+                _ => None,
+            }
         })
+        .flatten()
         .map(Arc::new);
     let homes = server::affinity::Homes::of(&state);
     let placed = state.metrics().connections_placed.clone();

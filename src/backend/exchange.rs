@@ -1,6 +1,6 @@
 //! The decisions about one exchange with an HTTP MCP server, made here once for both paths
 //! that talk to it: the general path ([`super::http`]) and the HTTP/1 fast lane
-//! (`backend::http::lane`). The two differ only in how they do their I/O; what they follow,
+//! (`backend::lane`). The two differ only in how they do their I/O; what they follow,
 //! refuse and tell the client comes from here (docs/design.md, "What goes upstream").
 
 use axum::http::StatusCode;

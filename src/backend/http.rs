@@ -7,8 +7,6 @@
 //! `X-Forwarded-*` are ours. An upstream 401/403 becomes a 502 so its challenge never sends
 //! the client to the upstream's own authorization server.
 
-pub mod lane;
-
 use std::collections::HashSet;
 use std::net::IpAddr;
 
@@ -124,6 +122,7 @@ pub struct Upstream<'a> {
 }
 
 /// Who the request came from, for `X-Forwarded-For`.
+#[derive(Clone, Copy)]
 pub struct ClientInfo {
     pub peer: IpAddr,
     pub peer_trusted: bool,

@@ -4,6 +4,7 @@
 pub mod exchange;
 pub mod http;
 pub mod identity;
+pub mod lane;
 pub mod mapping;
 pub mod sessions;
 pub mod stdio;

@@ -27,7 +27,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::backend::http::lane::prefixed::Prefixed;
+use crate::backend::lane::prefixed::Prefixed;
 use crate::server::affinity::first_bytes;
 use crate::server::roaming::Roaming;
 
@@ -47,7 +47,7 @@ pub struct Apps {
     pub plain: Option<Router>,
     pub tls: Option<crate::server::tls::TlsAccept>,
     /// The HTTP/1 fast lane of the main application, when its configuration allows one.
-    pub lane: Option<Arc<crate::backend::http::lane::Lane>>,
+    pub lane: Option<Arc<crate::backend::lane::Lane>>,
     /// How long a client may take to send a request's headers (`--header-read-timeout`).
     pub header_read_timeout: std::time::Duration,
     /// The backends whose sessions live on one worker (stdio): a plain connection is served
@@ -438,7 +438,7 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 struct Serving {
     peer: SocketAddr,
     app: Router,
-    lane: Option<Arc<crate::backend::http::lane::Lane>>,
+    lane: Option<Arc<crate::backend::lane::Lane>>,
     stop: watch::Receiver<bool>,
     /// Held while the connection is served here.
     load: LoadGuard,

@@ -242,20 +242,20 @@ async fn upstream_conn(mut s: TcpStream, me: SocketAddr, log: Arc<Mutex<Vec<Seen
 /// A response as the client received it: status, header fields (names lowercased, sorted,
 /// `date` left out), the body with any chunked framing removed.
 #[derive(Debug, Clone, PartialEq)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         field(&self.headers, name)
     }
 }
 
 /// Reads one response from `s` (bytes already read in `buf`); `None` at the end.
-async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Answer> {
+pub async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Answer> {
     async fn more(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
         let mut chunk = [0u8; 16384];
         match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await {

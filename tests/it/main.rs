@@ -6,6 +6,7 @@ mod acme;
 mod apps;
 mod attacks;
 mod bounds;
+mod bridge_lane;
 mod chaos;
 mod cimd;
 mod cli;

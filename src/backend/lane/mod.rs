@@ -1,15 +1,18 @@
-//! The HTTP/1 fast lane: `POST` to the MCP endpoint of an HTTP upstream (and `GET`, a client's
-//! SSE stream), parsed and proxied without the general HTTP stack.
+//! The HTTP/1 fast lane: `POST` to the MCP endpoint (and, for an HTTP upstream, `GET`, a
+//! client's SSE stream), read and answered without the general HTTP stack.
 //!
-//! Every proxied MCP message is such a request, and on that path the general stack (hyper's
-//! server and client state machines, header maps, the router, the client's connection task)
-//! cost about twice nginx's CPU per request (BENCHMARKS.md). The lane reads the request head
-//! with `httparse`, checks it exactly as the general path does (the same guard, gate,
-//! session and header functions), writes the upstream request in one piece on a pooled
-//! connection of the same worker thread, and relays the answer as it arrives: whole when
-//! small and of known length, chunk by chunk otherwise (SSE included).
+//! Every MCP message a client sends is such a request, and on that path the general stack
+//! (hyper's server and client state machines, header maps, the router and its middleware,
+//! the client's connection task) cost about twice nginx's CPU per request (BENCHMARKS.md).
+//! The lane reads the request head with `httparse` and checks it exactly as the general path
+//! does (the same guard, gate, session and header functions). Then, behind an HTTP upstream,
+//! it writes the upstream request in one piece on a pooled connection of the same worker
+//! thread and relays the answer as it arrives: whole when small and of known length, chunk by
+//! chunk otherwise (SSE included). Behind a stdio server it hands the request to the bridge
+//! as the router's `proxy` handler does ([`crate::backend::Backend::serve`], `bridge.rs`) and
+//! writes the bridge's answer itself, watching the client meanwhile as hyper does.
 //!
-//! It proxies only the ordinary case. Other plain HTTP/1.1 requests with a small body of
+//! It serves only the ordinary case. Other plain HTTP/1.1 requests with a small body of
 //! known length — another method or path, a query, `Origin` (CORS), cookies, and every
 //! request the gate or the session check refuses — are answered by the router (the general
 //! path's handlers and middleware) within the lane, so a client's discovery requests or a
@@ -17,12 +20,14 @@
 //! HTTP/1.0 or HTTP/2, `Expect`, `Upgrade`, chunked or large request bodies, a head it does
 //! not fully understand — hands the connection, with the bytes already read, to the general
 //! stack, which serves it to the end. The client cannot tell which served it: the
-//! differential test in `tests/it/fastlane.rs` checks this header by header.
+//! differential tests in `tests/it/fastlane.rs` (an HTTP upstream) and
+//! `tests/it/bridge_lane.rs` (the stdio bridge) check this header by header.
 //!
-//! The lane lives with the HTTP backend it serves and knows nothing of the server above it:
-//! the server hands it the router and what it reads ([`Shared`]), and gives it connections.
+//! The lane knows nothing of the server above it: the server hands it the router and what
+//! it reads ([`Shared`]), and gives it connections.
 
 mod answer;
+mod bridge;
 pub mod chunked;
 pub mod prefixed;
 mod relay;
@@ -39,6 +44,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{HeaderName, Method, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use prometheus_client::metrics::counter::Counter;
@@ -53,8 +59,8 @@ use self::prefixed::Prefixed;
 use self::relay::{connect_to, request_line};
 use self::request::parts_of_head;
 use self::upstream::Pools;
-use crate::backend::http::{HOP_BY_HOP, HttpBackend, WHOLE_RESPONSE_LIMIT};
-use crate::backend::{mapping, sessions};
+use crate::backend::http::{ClientInfo, HOP_BY_HOP, HttpBackend, WHOLE_RESPONSE_LIMIT};
+use crate::backend::{Backend, mapping, sessions};
 use crate::config::Site;
 use crate::gate::{Caller, TokenCache, check_token};
 use crate::metrics::Metrics;
@@ -69,6 +75,10 @@ const MAX_NAME: usize = 64;
 /// Largest request body the lane reads for the router (the authorization server's forms
 /// and JSON are smaller; larger bodies go to the general stack, which streams them).
 const ROUTED_BODY_LIMIT: usize = 64 * 1024;
+
+/// How much of a streamed answer the lane gathers before writing it out, when its pieces
+/// come faster than they can be written.
+const WRITE_AT: usize = 64 * 1024;
 
 /// Most header fields in a request the lane serves.
 const MAX_REQUEST_HEADERS: usize = 64;
@@ -100,6 +110,24 @@ pub struct Shared {
 /// The lane, set up for one proxy.
 pub struct Lane {
     shared: Shared,
+    behind: Behind,
+    /// The HSTS header line on the https side.
+    hsts: Option<&'static str>,
+    ok_count: OnceLock<Counter>,
+    upstream_seconds: OnceLock<Histogram>,
+}
+
+/// The MCP server the lane's requests go to.
+enum Behind {
+    /// An HTTP one: the lane writes the upstream request itself and relays the answer.
+    Http(Box<HttpUpstream>),
+    /// A stdio one: the request goes to the bridge as the router's `proxy` handler hands it
+    /// over ([`Backend::serve`]), and its answer is written by the lane.
+    Bridge(Arc<dyn Backend>),
+}
+
+/// What the lane writes to an HTTP upstream, prepared once.
+struct HttpUpstream {
     backend: Arc<HttpBackend>,
     /// `POST <target> HTTP/1.1` and `host:` for the MCP path's upstream URL.
     request_line: Vec<u8>,
@@ -110,11 +138,7 @@ pub struct Lane {
     /// `X-Forwarded-Proto`, `X-Forwarded-Host` and the `--proxy-headers`, as header lines.
     fixed_headers: Vec<u8>,
     static_names: Vec<HeaderName>,
-    /// The HSTS header line on the https side.
-    hsts: Option<&'static str>,
     pools: Pools,
-    ok_count: OnceLock<Counter>,
-    upstream_seconds: OnceLock<Histogram>,
 }
 
 /// Where a request's head and body end, and whether the connection ends after it.
@@ -138,6 +162,10 @@ struct Plan {
     forwarded_for: String,
     /// The client's address, for the request log (only when it is written).
     client: Option<IpAddr>,
+    /// The head as `http` parts, for the bridge (which reads them as the router hands them).
+    parts: Option<http::request::Parts>,
+    /// Who sent it.
+    from: ClientInfo,
 }
 
 impl Plan {
@@ -245,19 +273,43 @@ impl Lane {
         for (name, value) in &opts.headers {
             line(&mut fixed_headers, name.as_str(), value.as_bytes());
         }
-        Some(Self {
+        let http = HttpUpstream {
             static_names: opts.headers.iter().map(|(n, _)| n.clone()).collect(),
             pools: Pools::new(host, port, opts.connect_timeout, workers),
             request_line: post_line,
             stream_line,
             target,
             fixed_headers,
-            hsts,
-            shared,
             backend,
+        };
+        Some(Self::with(Behind::Http(Box::new(http)), shared, hsts))
+    }
+
+    /// The lane for a stdio `backend` (the bridge): its POSTs to the MCP endpoint are read
+    /// and checked here and handed to the bridge as the router's `proxy` handler hands them.
+    /// The bridge reads nothing of a request's hand-off but the caller and the site (no
+    /// identity assertion or provider token goes to a child over HTTP), so no option keeps
+    /// this lane off.
+    pub fn bridging(backend: Arc<dyn Backend>, shared: Shared, hsts: Option<&'static str>) -> Self {
+        Self::with(Behind::Bridge(backend), shared, hsts)
+    }
+
+    fn with(behind: Behind, shared: Shared, hsts: Option<&'static str>) -> Self {
+        Self {
+            shared,
+            behind,
+            hsts,
             ok_count: OnceLock::new(),
             upstream_seconds: OnceLock::new(),
-        })
+        }
+    }
+
+    /// The backend's name in the metrics.
+    fn backend_kind(&self) -> &'static str {
+        match &self.behind {
+            Behind::Http(http) => http.backend.kind(),
+            Behind::Bridge(backend) => backend.kind(),
+        }
     }
 
     /// Serves requests on `io` while they are the lane's; returns the connection, with what
@@ -275,7 +327,9 @@ impl Lane {
     {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut head_timer = Deadline::new(header_read_timeout);
-        let mut upstream_timer = Deadline::new(self.backend.options().response_timeout);
+        // Armed at the first exchange with an HTTP upstream (a bridge's calls have no
+        // deadline of their own, as on the general path).
+        let mut upstream_timer = None;
         let mut body_timer = Deadline::new(self.shared.body_read_timeout);
         loop {
             head_timer.restart();
@@ -329,17 +383,29 @@ impl Lane {
                 }
             }
             let body = buf.split_to(total).freeze().slice(head_len..);
-            let answered = match next {
-                Next::Proxy(plan, caller) => {
+            let answered = match (next, &self.behind) {
+                (Next::Proxy(plan, caller), Behind::Http(http)) => {
                     // A stream may stay open for hours, mostly idle: its head's buffer is
                     // not held for it (as for the router's answers below).
                     if plan.stream && buf.is_empty() {
                         buf = BytesMut::new();
                     }
-                    self.exchange(&mut io, &plan, &caller, body, &mut upstream_timer, started)
+                    let timer = upstream_timer.get_or_insert_with(|| {
+                        Deadline::new(http.backend.options().response_timeout)
+                    });
+                    self.exchange(http, &mut io, &plan, &caller, body, timer, started)
                         .await
                 }
-                Next::Route(routed) => {
+                (Next::Proxy(plan, caller), Behind::Bridge(backend)) => {
+                    // As for the router's answers below: a call may wait long.
+                    if buf.is_empty() {
+                        buf = BytesMut::new();
+                    }
+                    let backend = backend.as_ref();
+                    self.bridge(backend, &mut io, &mut buf, plan, &caller, body, started)
+                        .await
+                }
+                (Next::Route(routed), _) => {
                     // The router's answer may stream for hours (an SSE stream): the head's
                     // buffer is not held for it when nothing of a next request is in it
                     // (allocated again for the next head). Measured with bench/scale.sh:
@@ -347,7 +413,8 @@ impl Lane {
                     if buf.is_empty() {
                         buf = BytesMut::new();
                     }
-                    self.route(&mut io, router, peer, routed, body).await
+                    self.route(&mut io, &mut buf, router, peer, routed, body)
+                        .await
                 }
             };
             match answered {
@@ -376,12 +443,14 @@ impl Lane {
             && caller.record().jkt.is_none()
             && !shared.site.require_dpop
         {
-            let owned = match &plan.session_id {
-                Some(id) => matches!(
+            // An HTTP upstream's sessions are recorded in the store; the bridge knows its
+            // own and refuses another user's itself.
+            let owned = match (&plan.session_id, &self.behind) {
+                (Some(id), Behind::Http(_)) => matches!(
                     sessions::owned_by(&shared.repo, id, caller.subject()).await,
                     Ok(true)
                 ),
-                None => true,
+                _ => true,
             };
             if owned {
                 return Some(Next::Proxy(plan, caller));
@@ -399,33 +468,40 @@ impl Lane {
     async fn route<I>(
         &self,
         io: &mut I,
+        buf: &mut BytesMut,
         router: &Router,
         peer: SocketAddr,
         routed: Routed,
         body: Bytes,
     ) -> std::io::Result<bool>
     where
-        I: AsyncWrite + Unpin,
+        I: AsyncRead + AsyncWrite + Unpin,
     {
         let head_only = routed.parts.method == Method::HEAD;
         let mut req = http::Request::from_parts(routed.parts, Body::from(body));
         req.extensions_mut().insert(ConnectInfo(peer));
-        let Ok(resp) = router.clone().oneshot(req).await;
-        self.respond(io, resp, head_only, routed.message.close)
+        let Some(Ok(resp)) = unless_gone(router.clone().oneshot(req), io, buf).await else {
+            return Err(gone());
+        };
+        self.respond(io, resp, head_only, routed.message.close, Some(buf))
             .await
     }
 
     /// Writes `resp` as hyper would: `Date` added, a length when the body's is known, else
     /// chunked; no body after a HEAD request or on 1xx/204/304. `Ok(false)` when `close`.
+    /// With `watch`, the client is watched while a streamed body waits, as hyper watches it:
+    /// one that leaves ends the answer (its body dropped: a stream's end, a call's
+    /// cancellation), and what it sends meanwhile is kept in `watch` for later.
     async fn respond<I>(
         &self,
         io: &mut I,
         resp: Response,
         head_only: bool,
         close: bool,
+        mut watch: Option<&mut BytesMut>,
     ) -> std::io::Result<bool>
     where
-        I: AsyncWrite + Unpin,
+        I: AsyncRead + AsyncWrite + Unpin,
     {
         let (parts, mut body) = resp.into_parts();
         let status = parts.status.as_u16();
@@ -478,24 +554,84 @@ impl Lane {
             emit(io, &out).await?;
             return Ok(!close);
         }
-        emit(io, &out).await?;
-        while let Some(frame) = body.frame().await {
+        // What the body has ready goes out with what is waiting (the head, at first), and
+        // the rest as it comes: a stream answered at once (the bridge's answer to a call, an
+        // event and the end) leaves in one write, as hyper writes it, where a write per
+        // piece cost the client a wake-up each.
+        loop {
+            if out.len() >= WRITE_AT {
+                emit(io, &out).await?;
+                out.clear();
+            }
+            let next = match body.frame().now_or_never() {
+                Some(next) => next,
+                None => {
+                    if !out.is_empty() {
+                        emit(io, &out).await?;
+                        out.clear();
+                    }
+                    match watch.as_deref_mut() {
+                        Some(buf) => unless_gone(body.frame(), io, buf).await.ok_or_else(gone)?,
+                        None => body.frame().await,
+                    }
+                }
+            };
+            let Some(frame) = next else {
+                break;
+            };
             let Ok(data) = frame.map_err(std::io::Error::other)?.into_data() else {
                 continue;
             };
-            let mut piece = Vec::with_capacity(data.len() + 16);
             if chunked {
-                chunk(&mut piece, &data);
+                chunk(&mut out, &data);
             } else {
-                piece.extend_from_slice(&data);
+                out.extend_from_slice(&data);
             }
-            emit(io, &piece).await?;
         }
         if chunked {
-            emit(io, LAST_CHUNK).await?;
+            out.extend_from_slice(LAST_CHUNK);
+        }
+        if !out.is_empty() {
+            emit(io, &out).await?;
         }
         Ok(!close)
     }
+}
+
+/// Runs `work` while watching the client: `None` when it left first (closed the
+/// connection, or it failed). What it sends meanwhile (a request pipelined behind this one)
+/// is kept in `buf`, up to a request head's worth; past that it is not read until later.
+/// Dropping `work` then is what hyper does with a request whose client left: a stream's
+/// end, a call's cancellation at the MCP server.
+async fn unless_gone<I, T>(
+    work: impl Future<Output = T>,
+    io: &mut I,
+    buf: &mut BytesMut,
+) -> Option<T>
+where
+    I: AsyncRead + Unpin,
+{
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return Some(out),
+            // Cancel-safe: a read that loses the race has taken nothing.
+            read = io.read_buf(buf), if buf.len() < MAX_REQUEST_HEAD => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// The error of an answer whose client left before its end.
+fn gone() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "the client left before its answer ended",
+    )
 }
 
 /// A timeout restarted far more often than it fires (once per request on a keep-alive

@@ -12,7 +12,7 @@ use url::Url;
 use super::answer::{LAST_CHUNK, chunk, emit, line};
 use super::chunked::{self, Chunked};
 use super::upstream::{self, Conn, Framing, Head};
-use super::{Deadline, Failure, Lane, Plan};
+use super::{Deadline, Failure, HttpUpstream, Lane, Plan};
 use crate::backend::exchange::{self, UpstreamFailure};
 use crate::backend::http::{self as proxy, WHOLE_RESPONSE_LIMIT};
 use crate::backend::{identity, sessions};
@@ -22,8 +22,10 @@ use crate::gate::Caller;
 impl Lane {
     /// Proxies one request and writes the answer; `Ok(false)` when the client connection
     /// ends after it, `Err` when it broke during the answer.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn exchange<I>(
         &self,
+        http: &HttpUpstream,
         client: &mut I,
         plan: &Plan,
         caller: &Caller,
@@ -34,19 +36,19 @@ impl Lane {
     where
         I: AsyncRead + AsyncWrite + Unpin,
     {
-        let backend = &self.backend;
+        let backend = &http.backend;
         let first_line = if plan.stream {
-            &self.stream_line
+            &http.stream_line
         } else {
-            &self.request_line
+            &http.request_line
         };
-        let mut request = self.request(first_line, plan, caller, &body);
-        let mut url = self.target.clone();
+        let mut request = http.request(first_line, plan, caller, &body);
+        let mut url = http.target.clone();
         let mut hops = 0;
         let (mut conn, head) = loop {
             timer.restart();
             let sent = tokio::select! {
-                r = self.send(&request) => Ok(r),
+                r = http.send(&request) => Ok(r),
                 () = timer.passed() => Err(()),
             };
             let (conn, head) = match sent {
@@ -72,11 +74,11 @@ impl Lane {
                 exchange::Next::Follow(next) => {
                     tracing::debug!(from = %proxy::redact(&url), to = %proxy::redact(&next), "following upstream redirect");
                     hops += 1;
-                    self.discard(conn, &head).await;
+                    http.discard(conn, &head).await;
                     let authority = &next[url::Position::BeforeHost..url::Position::AfterPort];
                     let path = &next[url::Position::BeforePath..url::Position::AfterQuery];
                     let line = request_line(plan.method(), path, authority);
-                    request = self.request(&line, plan, caller, &body);
+                    request = http.request(&line, plan, caller, &body);
                     url = next;
                 }
                 exchange::Next::Fail(failure) => {
@@ -96,7 +98,7 @@ impl Lane {
             let resp = jsonrpc_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
             return self.answer(client, plan, resp, started).await;
         }
-        let mut out = self.client_head(&conn.buf[..head.len], &head, plan.message.close);
+        let mut out = self.client_head(http, &conn.buf[..head.len], &head, plan.message.close);
         let _ = conn.buf.split_to(head.len);
         let reusable = match head.framing {
             Framing::Empty => {
@@ -173,11 +175,13 @@ impl Lane {
             }
         };
         if reusable && head.keep_alive {
-            self.pools.put(conn);
+            http.pools.put(conn);
         }
         Ok(!plan.message.close)
     }
+}
 
+impl HttpUpstream {
     /// The upstream request: request line and host, the client's forwarded headers, ours,
     /// the caller's identity, the body.
     pub(super) fn request(

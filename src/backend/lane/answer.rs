@@ -6,16 +6,23 @@ use std::time::Instant;
 
 use axum::http::{StatusCode, header};
 use axum::response::Response;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::upstream::{self, Framing, Head};
-use super::{Lane, Plan};
+use super::{HttpUpstream, Lane, Plan};
 use crate::backend::http::HOP_BY_HOP;
 
 impl Lane {
     /// Our response head for the upstream's: end-to-end headers kept, `Location` pointed at
     /// us, SSE marked unbuffered, and what the general path adds (`Vary`, HSTS, `Date`).
-    pub(super) fn client_head(&self, upstream: &[u8], head: &Head, close: bool) -> Vec<u8> {
+    pub(super) fn client_head(
+        &self,
+        http: &HttpUpstream,
+        upstream: &[u8],
+        head: &Head,
+        close: bool,
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(upstream.len() + 160);
         status_line(&mut out, head.status);
         // Parsed again rather than kept from `parse_head`: a parse costs less than keeping
@@ -39,7 +46,7 @@ impl Lane {
             if is("location")
                 && let Some(rewritten) = std::str::from_utf8(h.value)
                     .ok()
-                    .and_then(|l| self.backend.public_location(l, &self.shared.site))
+                    .and_then(|l| http.backend.public_location(l, &self.shared.site))
                 && axum::http::HeaderValue::from_str(&rewritten).is_ok()
             {
                 line(&mut out, h.name, rewritten.as_bytes());
@@ -88,7 +95,8 @@ impl Lane {
         }
     }
 
-    /// Writes an answer the proxy made itself (an error the general path gives the same way).
+    /// Writes an answer the proxy made itself (an error the general path gives the same way:
+    /// whole, so nothing is read from the client meanwhile).
     pub(super) async fn answer<I>(
         &self,
         client: &mut I,
@@ -97,7 +105,24 @@ impl Lane {
         started: Instant,
     ) -> std::io::Result<bool>
     where
-        I: AsyncWrite + Unpin,
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.answer_watching(client, plan, resp, started, None)
+            .await
+    }
+
+    /// Writes an answer to a request of `plan` as the front middleware finishes it, watching
+    /// the client while a streamed body waits (see [`Lane::respond`]).
+    pub(super) async fn answer_watching<I>(
+        &self,
+        client: &mut I,
+        plan: &Plan,
+        resp: Response,
+        started: Instant,
+        watch: Option<&mut BytesMut>,
+    ) -> std::io::Result<bool>
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
     {
         // What the front middleware and the https side add to every answer here.
         let mut resp = resp;
@@ -109,7 +134,8 @@ impl Lane {
                 .or_insert(header::HeaderValue::from_static(hsts));
         }
         self.record(plan, resp.status().as_u16(), started);
-        self.respond(client, resp, false, plan.message.close).await
+        self.respond(client, resp, false, plan.message.close, watch)
+            .await
     }
 
     /// Counts and logs the request (when the answer is ready, before it is written), then
@@ -137,7 +163,9 @@ impl Lane {
             .get_or_init(|| {
                 metrics
                     .upstream_seconds
-                    .get_or_create(&crate::metrics::BackendLabels { backend: "http" })
+                    .get_or_create(&crate::metrics::BackendLabels {
+                        backend: self.backend_kind(),
+                    })
                     .clone()
             })
             .observe(started.elapsed().as_secs_f64());
