@@ -397,10 +397,6 @@ impl Lane {
                         .await
                 }
                 (Next::Proxy(plan, caller), Behind::Bridge(backend)) => {
-                    // As for the router's answers below: a call may wait long.
-                    if buf.is_empty() {
-                        buf = BytesMut::new();
-                    }
                     let backend = backend.as_ref();
                     self.bridge(backend, &mut io, &mut buf, plan, &caller, body, started)
                         .await
