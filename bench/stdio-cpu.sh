@@ -5,7 +5,10 @@
 # session). With ROUNDS > 1 each line is one round. On 2 cores the three share the machine,
 # so the sum per request bounds what the bridge can serve.
 #
-# Usage: bash bench/stdio-cpu.sh [ROUNDS] [SECONDS]
+# BENCH_PROXY_ARGS adds flags to the proxy's command line (say `--no-fast-lane`, to set the
+# general stack against the fast lane on one build); BENCH_BIN picks the binary (bench/lib.sh).
+#
+# Usage: [BENCH_PROXY_ARGS=…] [BENCH_BIN=…] bash bench/stdio-cpu.sh [ROUNDS] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -14,9 +17,10 @@ ROUNDS=${1:-3}
 SECS=${2:-10}
 for tool in wrk node curl python3; do command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }; done
 stdio_bench_setup
+read -r -a extra <<<"${BENCH_PROXY_ARGS:-}"
 PORT=$(free_port)
 "$BIN" --listen "127.0.0.1:$PORT" --external-url "http://127.0.0.1:$PORT" --data-path "$work/data" \
-  --password bench-password -- node "$EVERYTHING" stdio >"$work/proxy.log" 2>&1 &
+  --password bench-password "${extra[@]}" -- node "$EVERYTHING" stdio >"$work/proxy.log" 2>&1 &
 PID=$!; pids+=("$PID")
 wait_port "$PORT"
 TOKEN=$(node bench/token.mjs "http://127.0.0.1:$PORT" bench-password)
