@@ -156,6 +156,9 @@ struct Plan {
     /// A `GET` (the client's SSE stream), not a `POST`.
     stream: bool,
     token: String,
+    /// The session the request names, when its owner is checked here (an HTTP upstream's
+    /// sessions are recorded in the store; the bridge knows its own and refuses another
+    /// user's itself).
     session_id: Option<String>,
     /// The client's header lines that go upstream as they came.
     headers: Vec<u8>,
@@ -439,20 +442,22 @@ impl Lane {
             && caller.record().jkt.is_none()
             && !shared.site.require_dpop
         {
-            // An HTTP upstream's sessions are recorded in the store; the bridge knows its
-            // own and refuses another user's itself.
-            let owned = match (&plan.session_id, &self.behind) {
-                (Some(id), Behind::Http(_)) => matches!(
+            let owned = match &plan.session_id {
+                Some(id) => matches!(
                     sessions::owned_by(&shared.repo, id, caller.subject()).await,
                     Ok(true)
                 ),
-                _ => true,
+                None => true,
             };
             if owned {
                 return Some(Next::Proxy(plan, caller));
             }
         }
-        let parts = parts_of_head(&head[..plan.message.head_len])?;
+        // The bridge's plan has the head's parts already; an HTTP one reads them now.
+        let parts = match plan.parts {
+            Some(parts) => parts,
+            None => parts_of_head(&head[..plan.message.head_len])?,
+        };
         Some(Next::Route(Routed {
             message: plan.message,
             parts,

@@ -168,7 +168,7 @@ impl Lane {
             message,
             stream,
             token: token.to_string(),
-            session_id: session_id.map(str::to_string),
+            session_id: http.and(session_id).map(str::to_string),
             headers,
             forwarded_for: forwarded_for_line,
             client: tracing::enabled!(target: "mcp_auth_proxy::server", tracing::Level::INFO).then(
