@@ -95,29 +95,15 @@ impl Lane {
         }
     }
 
-    /// Writes an answer the proxy made itself (an error the general path gives the same way:
-    /// whole, so nothing is read from the client meanwhile).
+    /// Writes an answer to a request of `plan` as the front middleware finishes it. With
+    /// `watch`, the client is watched while a streamed body waits (see [`Lane::respond`]);
+    /// the answers the lane makes itself on an HTTP upstream's path (its errors, the same
+    /// as the general path's) are whole and go without.
     pub(super) async fn answer<I>(
         &self,
         client: &mut I,
         plan: &Plan,
-        resp: Response,
-        started: Instant,
-    ) -> std::io::Result<bool>
-    where
-        I: AsyncRead + AsyncWrite + Unpin,
-    {
-        self.answer_watching(client, plan, resp, started, None)
-            .await
-    }
-
-    /// Writes an answer to a request of `plan` as the front middleware finishes it, watching
-    /// the client while a streamed body waits (see [`Lane::respond`]).
-    pub(super) async fn answer_watching<I>(
-        &self,
-        client: &mut I,
-        plan: &Plan,
-        resp: Response,
+        mut resp: Response,
         started: Instant,
         watch: Option<&mut BytesMut>,
     ) -> std::io::Result<bool>
@@ -125,7 +111,6 @@ impl Lane {
         I: AsyncRead + AsyncWrite + Unpin,
     {
         // What the front middleware and the https side add to every answer here.
-        let mut resp = resp;
         let headers = resp.headers_mut();
         headers.append(header::VARY, header::HeaderValue::from_static("origin"));
         if let Some(hsts) = self.hsts {

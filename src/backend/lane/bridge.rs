@@ -50,7 +50,6 @@ impl Lane {
         let resp = unless_gone(backend.serve(handoff, req), client, buf)
             .await
             .ok_or_else(gone)?;
-        self.answer_watching(client, &plan, resp, started, Some(buf))
-            .await
+        self.answer(client, &plan, resp, started, Some(buf)).await
     }
 }

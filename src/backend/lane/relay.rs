@@ -60,12 +60,14 @@ impl Lane {
                         _ => UpstreamFailure::ConnectionFailed,
                     };
                     failure.log(&url, None, Some(&cause));
-                    return self.answer(client, plan, failure.response(), started).await;
+                    return self
+                        .answer(client, plan, failure.response(), started, None)
+                        .await;
                 }
                 Err(_) => {
                     UpstreamFailure::TimedOut.log(&url, None, None);
                     let resp = UpstreamFailure::TimedOut.response();
-                    return self.answer(client, plan, resp, started).await;
+                    return self.answer(client, plan, resp, started, None).await;
                 }
             };
             let location = head.location.as_deref();
@@ -83,7 +85,9 @@ impl Lane {
                 }
                 exchange::Next::Fail(failure) => {
                     failure.log(&url, Some(head.status), None);
-                    return self.answer(client, plan, failure.response(), started).await;
+                    return self
+                        .answer(client, plan, failure.response(), started, None)
+                        .await;
                 }
             }
         };
@@ -96,7 +100,7 @@ impl Lane {
         {
             tracing::error!(error = %e, "store failure while recording a session");
             let resp = jsonrpc_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
-            return self.answer(client, plan, resp, started).await;
+            return self.answer(client, plan, resp, started, None).await;
         }
         let mut out = self.client_head(http, &conn.buf[..head.len], &head, plan.message.close);
         let _ = conn.buf.split_to(head.len);
@@ -113,7 +117,7 @@ impl Lane {
                     // Nothing was sent yet: the client gets the general path's 502.
                     tracing::warn!(error = %e, "upstream response body failed");
                     let resp = UpstreamFailure::ConnectionFailed.response();
-                    return self.answer(client, plan, resp, started).await;
+                    return self.answer(client, plan, resp, started, None).await;
                 }
                 out.extend_from_slice(&conn.buf.split_to(n));
                 self.write_head(client, &out, plan, head.status, started)
