@@ -55,15 +55,23 @@ impl Side {
         self.post(&extra, body)
     }
 
-    /// Sends `requests` in one write on a new connection and reads `count` answers.
+    /// Sends `requests` in one write on a new connection and reads `count` answers, this
+    /// proxy's own port in header values (its metadata URL in a challenge) written `PORT`.
     async fn exchange(&self, requests: &str, count: usize) -> Vec<Answer> {
-        let mut s = TcpStream::connect(self.authority()).await.unwrap();
+        let authority = self.authority();
+        let port = authority.rsplit(':').next().unwrap_or_default().to_string();
+        let mut s = TcpStream::connect(&authority).await.unwrap();
         s.write_all(requests.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
         let mut out = Vec::new();
         for i in 0..count {
-            let answer = read_answer(&mut s, &mut buf).await;
-            out.push(answer.unwrap_or_else(|| panic!("no answer {i} of {count}")));
+            let mut answer = read_answer(&mut s, &mut buf)
+                .await
+                .unwrap_or_else(|| panic!("no answer {i} of {count}"));
+            for (_, v) in &mut answer.headers {
+                *v = v.replace(&format!(":{port}"), ":PORT");
+            }
+            out.push(answer);
         }
         out
     }
@@ -134,6 +142,9 @@ async fn a_session_s_life(side: &Side, other_token: &str) -> (Vec<Answer>, u64) 
             .replace("2025-06-18", "1999-01-01"),
         others,
         modern_call(side, "echo"),
+        // Refused by the gate: the router's answer, within the lane.
+        side.in_session(&sid, &call(15, "echo"))
+            .replace(&side.token, "not-a-token"),
     ];
     answers.extend(side.exchange(&pipelined.concat(), pipelined.len()).await);
     let delete = format!(
@@ -163,7 +174,7 @@ async fn the_lane_bridges_exactly_as_the_general_stack() {
     assert_eq!(
         statuses,
         [
-            200, 202, 200, 200, 200, 200, 200, 400, 404, 400, 404, 200, 204, 404
+            200, 202, 200, 200, 200, 200, 200, 400, 404, 400, 404, 200, 401, 204, 404
         ],
         "each request answered as it should be"
     );
