@@ -141,9 +141,6 @@ pub enum StoreError {
     Encode(#[from] serde_json::Error),
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// Store work given its own thread ended without an answer (it panicked).
-    #[error("store work on its own thread failed: {0}")]
-    Lost(#[from] tokio::task::JoinError),
 }
 
 /// Tokens revoked by one process, told to the others that share its store, so that their
@@ -165,11 +162,7 @@ impl StoreError {
     pub fn is_outage(&self) -> bool {
         matches!(
             self,
-            Self::Open { .. }
-                | Self::Sled(_)
-                | Self::Postgres(_)
-                | Self::TimedOut(_)
-                | Self::Lost(_)
+            Self::Open { .. } | Self::Sled(_) | Self::Postgres(_) | Self::TimedOut(_)
         )
     }
 }
