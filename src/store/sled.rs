@@ -57,7 +57,7 @@ fn cannot(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> St
 /// so its page table (which never shrinks) stays as large as the most pages in use at once.
 /// `cargo bench --bench store_memory` (BENCHMARKS.md, "The embedded store over weeks"): at
 /// 1 000 sign-ins a day under the default lifetimes, 118 MiB with 219 000 records held, and
-/// 125 KiB a day more over the five weeks after the store stopped growing.
+/// 112 KiB a day more over the five weeks after the store stopped growing.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl SledStore {
@@ -183,8 +183,8 @@ fn expired(raw: &[u8], now: UnixTime) -> bool {
         .is_none_or(|exp| exp < now)
 }
 
-/// How many records a sweep reads before it lets the runtime's other tasks run: about a
-/// millisecond's work with sled's cache full (a whole sweep of 210 000 records took 0.3 s,
+/// How many records a sweep reads before it lets the runtime's other tasks run: one to two
+/// milliseconds' work with sled's cache full (a whole sweep of 210 000 records took 0.3–0.5 s,
 /// `cargo bench --bench store_memory`).
 const SWEEP_SLICE: usize = 1_000;
 
@@ -258,8 +258,8 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    /// Reads every record, so it takes time in proportion to the store: a quarter of a
-    /// second at 180 000 records once sled's cache is full. It runs on the runtime that
+    /// Reads every record, so it takes time in proportion to the store: 0.3–0.5 s at
+    /// 210 000 records once sled's cache is full. It runs on the runtime that
     /// accepts connections, so it reads a slice at a time and lets the accept loop run in
     /// between. (A thread of its own was tried: its allocations in a malloc arena of their
     /// own left 45 MiB more resident after 30 simulated days of `store_memory`.)
