@@ -34,9 +34,8 @@ struct Kept {
     lives: u64,
 }
 
-/// What one sign-in with one refresh writes, in order. The pending authorization request is
-/// written and taken within the sign-in; the tokens' index entries (`GrantTokens`) are keys
-/// only, expiring with their token.
+/// What one sign-in writes besides its tokens, in order. The pending authorization request
+/// is written and taken within the sign-in.
 const SIGN_IN: &[Kept] = &[
     // Registration, kept for a grant's life past its use so a dead refresh token gets
     // `invalid_grant` (src/oauth/authorize.rs).
@@ -66,27 +65,12 @@ const SIGN_IN: &[Kept] = &[
         bytes: 325,
         lives: 30 * DAY,
     },
-    Kept {
-        table: Table::Tokens,
-        bytes: 630,
-        lives: HOUR,
-    },
-    Kept {
-        table: Table::GrantTokens,
-        bytes: 0,
-        lives: HOUR,
-    },
-    Kept {
-        table: Table::Tokens,
-        bytes: 630,
-        lives: 30 * DAY,
-    },
-    Kept {
-        table: Table::GrantTokens,
-        bytes: 0,
-        lives: 30 * DAY,
-    },
-    // The refresh: the rotated refresh token stays, to catch its reuse.
+];
+
+/// What one token response writes: an access and a refresh token, each indexed under its
+/// grant (keys only, expiring with their token). A sign-in has one, and its refresh another;
+/// the rotated refresh token stays, to catch its reuse.
+const TOKENS: &[Kept] = &[
     Kept {
         table: Table::Tokens,
         bytes: 630,
@@ -158,7 +142,7 @@ async fn sign_in(store: &SledStore, now: u64, scale: u64) -> Result<u64, StoreEr
         .put(Table::Requests, &pending, record(700, now + 10 * MINUTE))
         .await?;
     store.take(Table::Requests, &pending).await?;
-    for kept in SIGN_IN {
+    for kept in SIGN_IN.iter().chain(TOKENS).chain(TOKENS) {
         let key = random_key(if kept.table == Table::GrantTokens {
             54
         } else {
@@ -171,7 +155,7 @@ async fn sign_in(store: &SledStore, now: u64, scale: u64) -> Result<u64, StoreEr
     }
     // The proxy makes a code and its tokens durable before answering.
     store.flush().await?;
-    Ok(SIGN_IN.len() as u64)
+    Ok((SIGN_IN.len() + 2 * TOKENS.len()) as u64)
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -262,7 +262,7 @@ impl Store for SledStore {
     /// 210 000 records once sled's cache is full. It runs on the runtime that
     /// accepts connections, so it reads a slice at a time and lets the accept loop run in
     /// between. (A thread of its own was tried: its allocations in a malloc arena of their
-    /// own left 45 MiB more resident after 30 simulated days of `store_memory`.)
+    /// own left 41 MiB more resident after 30 simulated days of `store_memory`.)
     async fn sweep(&self, now: UnixTime) -> Result<usize, StoreError> {
         let mut removed = 0;
         for tree in &self.trees {
