@@ -73,5 +73,7 @@ fn describe(table: Table) -> &'static str {
         Table::DpopProofs => "DPoP proofs seen",
         Table::Passkeys => "passkeys",
         Table::PasskeyCeremonies => "passkey sign-ins in progress",
+        Table::PersonGrants => "person-to-grant links",
+        Table::PersonSessions => "person-to-session links",
     }
 }

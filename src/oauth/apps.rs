@@ -46,15 +46,11 @@ pub(super) async fn signed_in(
 
 /// The grants of `subject`, newest first.
 async fn grants_of(app: &AuthServer, subject: &str) -> Result<Vec<GrantRecord>, PageRefusal> {
-    let mut grants: Vec<GrantRecord> = app
+    let mut grants = app
         .repo
-        .scan::<GrantRecord>(b"")
+        .grants_of(subject)
         .await
-        .map_err(unavailable(app))?
-        .into_iter()
-        .map(|(_, g)| g)
-        .filter(|g| g.identity.subject() == subject)
-        .collect();
+        .map_err(unavailable(app))?;
     grants.sort_by_key(|g| std::cmp::Reverse(g.created_at));
     Ok(grants)
 }
@@ -238,18 +234,16 @@ pub async fn sign_out_everywhere(
     let subject = session.identity.subject();
     let sessions = app
         .repo
-        .scan::<SessionRecord>(b"")
+        .sessions_of(&subject)
         .await
         .map_err(unavailable(&app))?;
     let mut ended = 0;
-    for (key, s) in sessions {
-        if s.identity.subject() == subject {
-            app.repo
-                .remove::<SessionRecord>(&key)
-                .await
-                .map_err(unavailable(&app))?;
-            ended += 1;
-        }
+    for (key, _) in sessions {
+        app.repo
+            .remove::<SessionRecord>(&key)
+            .await
+            .map_err(unavailable(&app))?;
+        ended += 1;
     }
     app.repo.flush().await.map_err(unavailable(&app))?;
     tracing::info!(subject = %subject, sessions = ended, "a person signed out everywhere");

@@ -201,9 +201,7 @@ async fn client_credentials(
         expires_at: now + access_ttl,
         jkt: jkt.map(str::to_string),
     };
-    app.repo
-        .put(grant.grant_id.as_bytes(), &grant, Some(grant.expires_at))
-        .await?;
+    app.repo.put_grant(&grant).await?;
     let access = tokens::generate(tokens::ACCESS_PREFIX);
     let record = TokenRecord {
         kind: TokenKind::Access,
@@ -325,9 +323,7 @@ async fn code_grant(
         expires_at: now + app.authn.cfg.refresh_token_ttl.as_secs(),
         jkt: jkt.map(str::to_string),
     };
-    app.repo
-        .put(grant.grant_id.as_bytes(), &grant, Some(grant.expires_at))
-        .await?;
+    app.repo.put_grant(&grant).await?;
     let (resp, _) = mint_pair(app, &grant, &grant.scopes).await?;
     if !app
         .repo

@@ -10,12 +10,14 @@
 //!   between backends: tokens and codes keyed by their hash only, secrets sealed with the
 //!   store's key, records of a newer schema skipped rather than misread.
 
+mod by_person;
 mod keys;
 pub mod postgres;
 mod records;
 mod repo;
 pub mod sled;
 
+pub use by_person::{PersonOf, grant_person, session_person};
 pub use keys::{COOKIE_KEY_SECRET, KeyError, Keys, SecretBox};
 pub use records::*;
 pub use repo::Repo;
@@ -61,10 +63,15 @@ pub enum Table {
     /// Passkey registrations and sign-ins between their two requests, by hash of the
     /// ceremony cookie.
     PasskeyCeremonies,
+    /// Index: subject ++ 0 ++ grant id → nothing; finds a person's grants (their apps page)
+    /// without reading every grant (`by_person.rs`).
+    PersonGrants,
+    /// Index: subject ++ 0 ++ session key → nothing; finds a person's browser sessions.
+    PersonSessions,
 }
 
 impl Table {
-    pub const ALL: [Table; 16] = [
+    pub const ALL: [Table; 18] = [
         Table::Clients,
         Table::Codes,
         Table::Grants,
@@ -81,6 +88,8 @@ impl Table {
         Table::DpopProofs,
         Table::Passkeys,
         Table::PasskeyCeremonies,
+        Table::PersonGrants,
+        Table::PersonSessions,
     ];
 
     /// Stable name, used as the backend's table name.
@@ -102,6 +111,8 @@ impl Table {
             Table::DpopProofs => "dpop_proofs",
             Table::Passkeys => "passkeys",
             Table::PasskeyCeremonies => "passkey_ceremonies",
+            Table::PersonGrants => "person_grants",
+            Table::PersonSessions => "person_sessions",
         }
     }
 }

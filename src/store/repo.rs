@@ -14,7 +14,7 @@ use crate::clock::{Clock, UnixTime};
 /// The proxy's handle on its state. Cheap to clone.
 #[derive(Clone)]
 pub struct Repo {
-    store: Arc<dyn Store>,
+    pub(super) store: Arc<dyn Store>,
     keys: Keys,
     clock: Clock,
 }

@@ -140,8 +140,7 @@ pub async fn create(repo: &Repo, identity: Identity, ttl_secs: u64) -> Result<St
         created_at: now,
         expires_at: now + ttl_secs,
     };
-    repo.put(&TokenHash::of(&token).0, &rec, Some(rec.expires_at))
-        .await?;
+    repo.put_session(&TokenHash::of(&token).0, &rec).await?;
     repo.flush().await?;
     Ok(token)
 }

@@ -6,7 +6,9 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::flow::{Browser, OAuthClient, hidden, location};
-use crate::helpers::{TestProxy, client, start_proxy, start_upstream};
+use mcp_auth_proxy::clock::Clock;
+
+use crate::helpers::{TestProxy, client, start_proxy, start_proxy_with, start_upstream};
 
 /// The page's text, fetched with `browser`'s cookies (`None`: a redirect, with its target).
 async fn apps_page(p: &TestProxy, browser: &Browser) -> Result<String, String> {
@@ -228,5 +230,54 @@ async fn sign_out_everywhere_ends_every_browser_session() {
     assert_eq!(
         mcp_status(&p, token["access_token"].as_str().unwrap()).await,
         StatusCode::OK
+    );
+}
+
+/// An app signed in before the index by person existed (or through an older proxy on a
+/// shared store) has no entry there, nor has the browser session it was approved in; the
+/// proxy indexes both when it starts, so its person's page lists the app and "sign out
+/// everywhere" ends the session.
+#[tokio::test]
+async fn grants_and_sessions_from_before_the_index_by_person_are_found_after_a_restart() {
+    use mcp_auth_proxy::store::sled::SledStore;
+    use mcp_auth_proxy::store::{Store, Table};
+
+    let up = start_upstream().await;
+    let upstream = up.url("/mcp");
+    let p = start_proxy(&[&upstream]).await;
+    let t = p.target();
+    let app = OAuthClient::register(
+        &t,
+        serde_json::json!({"client_name": "Old App", "redirect_uris": [crate::flow::REDIRECT]}),
+    )
+    .await;
+    app.sign_in(&t, &Browser::new()).await;
+    let dir = p.stop().await;
+    // What a store written before the index holds: the grant and the session, and nothing
+    // under their person.
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        for table in [Table::PersonGrants, Table::PersonSessions] {
+            let entries = store.scan_prefix(table, b"").await.unwrap();
+            assert_eq!(entries.len(), 1, "the sign-in indexed it: {table:?}");
+            for (key, _) in entries {
+                store.take(table, &key).await.unwrap();
+            }
+        }
+        store.flush().await.unwrap();
+    }
+    let p = start_proxy_with(&[&upstream], Clock::system(), dir).await;
+    let listed: Vec<String> = p
+        .repo()
+        .grants_of("password:admin")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.client_id)
+        .collect();
+    assert_eq!(listed, std::slice::from_ref(&app.id));
+    assert_eq!(
+        p.repo().sessions_of("password:admin").await.unwrap().len(),
+        1
     );
 }

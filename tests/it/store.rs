@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use mcp_auth_proxy::clock::Clock;
 use mcp_auth_proxy::store::sled::SledStore;
-use mcp_auth_proxy::store::{Keys, McpSessionRecord, Repo, TokenHash};
+use mcp_auth_proxy::store::{
+    GrantRecord, Identity, Keys, McpSessionRecord, Repo, Table, TokenHash, grant_person,
+};
 use reqwest::StatusCode;
 
 use crate::helpers::{Binary, BinarySite, Mint, client, mint, run_binary, start_upstream};
@@ -217,6 +219,77 @@ async fn expired_records_read_as_absent_and_are_swept() {
             .await
             .unwrap()
             .is_some()
+    );
+}
+
+fn grant(grant_id: &str, user_id: &str) -> GrantRecord {
+    GrantRecord {
+        grant_id: grant_id.into(),
+        client_id: "client".into(),
+        identity: Identity {
+            provider: "password".into(),
+            user_id: user_id.into(),
+            email: None,
+            name: None,
+            groups: Vec::new(),
+            claims: serde_json::Value::Null,
+        },
+        scopes: vec!["mcp".into()],
+        resource: "http://127.0.0.1/mcp".into(),
+        created_at: 1,
+        expires_at: u64::MAX / 2,
+        jkt: None,
+    }
+}
+
+/// A person's grants are read through the index by person, never by reading every grant;
+/// grants stored before the index are found once indexed, and indexed once.
+#[tokio::test]
+async fn a_persons_grants_are_found_through_their_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo_at(dir.path());
+    let alice = grant("g-alice", "alice");
+    // A subject may hold the index's separator. This one's entry, `password:alice` 0 `g` 0
+    // `x`, sits under alice's prefix and names the grant `g` 0 `x`, which is mallory's.
+    let lookalike = grant("x", "alice\0g");
+    let mallory = grant("g\0x", "mallory");
+    for g in [&alice, &lookalike, &mallory] {
+        repo.put_grant(g).await.unwrap();
+    }
+    assert_eq!(
+        repo.grants_of("password:alice").await.unwrap(),
+        std::slice::from_ref(&alice)
+    );
+    assert_eq!(
+        repo.grants_of("password:alice\0g").await.unwrap(),
+        std::slice::from_ref(&lookalike)
+    );
+
+    repo.revoke_grant("g-alice").await.unwrap();
+    assert!(repo.grants_of("password:alice").await.unwrap().is_empty());
+
+    // Written as before the index: not found until indexed.
+    let old = grant("g-old", "bob");
+    repo.put(b"g-old", &old, Some(old.expires_at))
+        .await
+        .unwrap();
+    assert!(repo.grants_of("password:bob").await.unwrap().is_empty());
+    let both = [grant_person(&old), grant_person(&mallory)];
+    assert_eq!(
+        repo.index_missing(Table::PersonGrants, &both)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        repo.grants_of("password:bob").await.unwrap(),
+        std::slice::from_ref(&old)
+    );
+    assert_eq!(
+        repo.index_missing(Table::PersonGrants, &both)
+            .await
+            .unwrap(),
+        0
     );
 }
 

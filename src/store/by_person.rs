@@ -1,0 +1,144 @@
+//! The index by person: a person's grants (their apps page) and browser sessions ("sign out
+//! everywhere") found without reading every grant or session in the store.
+//!
+//! An entry is `subject ++ 0 ++ id → nothing` in [`Table::PersonGrants`] or
+//! [`Table::PersonSessions`], written before the record it names and expiring with it. An
+//! entry whose record is gone (revoked, signed out) finds nothing and is skipped until it
+//! expires. Records stored before the index existed, or by an older proxy on a shared store,
+//! are indexed when the proxy starts ([`Repo::index_missing`]).
+
+use std::collections::HashSet;
+
+use super::{Entry, GrantRecord, Repo, SessionRecord, StoreError, Table};
+use crate::clock::UnixTime;
+
+/// One record to find by its person.
+pub struct PersonOf<'a> {
+    pub subject: String,
+    pub id: &'a [u8],
+    pub expires_at: UnixTime,
+}
+
+fn person_key(subject: &str, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(subject.len() + 1 + id.len());
+    k.extend_from_slice(subject.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id);
+    k
+}
+
+impl Repo {
+    async fn index_under_person(&self, table: Table, of: &PersonOf<'_>) -> Result<(), StoreError> {
+        self.store
+            .put(
+                table,
+                &person_key(&of.subject, of.id),
+                Entry {
+                    expires_at: Some(of.expires_at),
+                    value: Vec::new(),
+                },
+            )
+            .await
+    }
+
+    /// The ids `table` holds under the person `subject`.
+    async fn ids_of_person(&self, table: Table, subject: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let prefix = person_key(subject, b"");
+        Ok(self
+            .store
+            .scan_prefix(table, &prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(key, _)| key.get(prefix.len()..).map(<[u8]>::to_vec))
+            .collect())
+    }
+
+    /// Stores a grant and indexes it under its person.
+    pub async fn put_grant(&self, grant: &GrantRecord) -> Result<(), StoreError> {
+        self.index_under_person(Table::PersonGrants, &grant_person(grant))
+            .await?;
+        self.put(grant.grant_id.as_bytes(), grant, Some(grant.expires_at))
+            .await
+    }
+
+    /// The live grants of the person `subject`: as many reads as they have grants, not as
+    /// many as the store holds.
+    pub async fn grants_of(&self, subject: &str) -> Result<Vec<GrantRecord>, StoreError> {
+        let mut grants = Vec::new();
+        for id in self.ids_of_person(Table::PersonGrants, subject).await? {
+            // A subject is any text a provider sends; one that holds the separator could
+            // reach another's entries, so the record itself must name this person.
+            if let Some(grant) = self.get::<GrantRecord>(&id).await?
+                && grant.identity.subject() == subject
+            {
+                grants.push(grant);
+            }
+        }
+        Ok(grants)
+    }
+
+    /// Stores a browser session under `key` and indexes it under its person.
+    pub async fn put_session(&self, key: &[u8], session: &SessionRecord) -> Result<(), StoreError> {
+        self.index_under_person(Table::PersonSessions, &session_person(key, session))
+            .await?;
+        self.put(key, session, Some(session.expires_at)).await
+    }
+
+    /// The live browser sessions of the person `subject`, with the keys they are stored
+    /// under.
+    pub async fn sessions_of(
+        &self,
+        subject: &str,
+    ) -> Result<Vec<(Vec<u8>, SessionRecord)>, StoreError> {
+        let mut sessions = Vec::new();
+        for id in self.ids_of_person(Table::PersonSessions, subject).await? {
+            if let Some(session) = self.get::<SessionRecord>(&id).await?
+                && session.identity.subject() == subject
+            {
+                sessions.push((id, session));
+            }
+        }
+        Ok(sessions)
+    }
+
+    /// Indexes, in `table`, those of `records` that have no entry there. Returns how many.
+    pub async fn index_missing(
+        &self,
+        table: Table,
+        records: &[PersonOf<'_>],
+    ) -> Result<usize, StoreError> {
+        let indexed: HashSet<Vec<u8>> = self
+            .store
+            .scan_prefix(table, b"")
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        let mut added = 0;
+        for of in records {
+            if !indexed.contains(&person_key(&of.subject, of.id)) {
+                self.index_under_person(table, of).await?;
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+}
+
+/// What the index by person holds for `grant`.
+pub fn grant_person(grant: &GrantRecord) -> PersonOf<'_> {
+    PersonOf {
+        subject: grant.identity.subject(),
+        id: grant.grant_id.as_bytes(),
+        expires_at: grant.expires_at,
+    }
+}
+
+/// What the index by person holds for the session stored under `key`.
+pub fn session_person<'a>(key: &'a [u8], session: &SessionRecord) -> PersonOf<'a> {
+    PersonOf {
+        subject: session.identity.subject(),
+        id: key,
+        expires_at: session.expires_at,
+    }
+}
