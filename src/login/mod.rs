@@ -59,6 +59,10 @@ impl std::ops::Deref for SignIn {
 }
 
 /// Everything about authenticating people.
+/// The `provider` of the identity a client signs in as with its own credentials (the
+/// client credentials grant): the client itself, never a person.
+pub const CLIENT_PROVIDER: &str = "client";
+
 pub struct Authn {
     pub cfg: AuthConfig,
     pub password: Option<PasswordVerifier>,
@@ -101,6 +105,10 @@ impl Authn {
                 self.password_current(identity)
                     && (!self.passkey_required() || passkey::signed_in_with_passkey(identity))
             }
+            // A declared client's own grant (client credentials). Sign-in settings do not
+            // govern it; the clients file does, and a client it no longer declares loses its
+            // grants when the file is read (`oauth::static_clients::sync`).
+            CLIENT_PROVIDER => true,
             _ => self.providers.still_allowed(identity),
         }
     }

@@ -20,7 +20,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::oauth::redirect_uri::{Unregistrable, check_registrable};
-use crate::store::{ClientRecord, Repo, StoreError, TokenHash};
+use crate::store::{ClientRecord, GrantRecord, Repo, StoreError, TokenHash};
 
 /// Marks a client record as coming from the file.
 pub const STATIC_MARK: &str = "static_client";
@@ -175,11 +175,21 @@ pub fn load(
     Ok(out)
 }
 
-/// Writes the file's clients to the store and removes static clients no longer in it.
+/// Writes the file's clients to the store and removes static clients no longer in it, with
+/// every grant made to them (their tokens end now, not when they expire).
 pub async fn sync(repo: &Repo, clients: &[ClientRecord]) -> Result<(), StaticClientError> {
+    let mut removed = Vec::new();
     for (key, old) in repo.scan::<ClientRecord>(b"").await? {
         if is_static(&old) && !clients.iter().any(|c| c.client_id == old.client_id) {
             repo.remove::<ClientRecord>(&key).await?;
+            removed.push(old.client_id);
+        }
+    }
+    if !removed.is_empty() {
+        for (_, grant) in repo.scan::<GrantRecord>(b"").await? {
+            if removed.contains(&grant.client_id) {
+                repo.revoke_grant(&grant.grant_id).await?;
+            }
         }
     }
     for c in clients {

@@ -184,7 +184,7 @@ async fn client_credentials(
     let now = app.repo.clock().now();
     let access_ttl = app.authn.cfg.access_token_ttl.as_secs();
     let identity = crate::store::Identity {
-        provider: "client".into(),
+        provider: crate::login::CLIENT_PROVIDER.into(),
         user_id: client.client_id.clone(),
         email: None,
         name: client.client_name.clone(),

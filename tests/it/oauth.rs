@@ -1268,6 +1268,79 @@ async fn tokens_survive_sigkill_and_restart() {
     bin.kill9().await;
 }
 
+/// A client-credentials token is the declared client's own grant: a restart keeps it while
+/// the clients file still declares the client (people's sign-in settings do not govern it),
+/// and ends it when the file no longer does.
+#[tokio::test]
+async fn a_declared_clients_token_outlives_a_restart_until_the_client_is_removed() {
+    let up = crate::helpers::start_upstream().await;
+    let upstream = up.url("/mcp");
+    let declared = r#"
+[[client]]
+id = "ci-agent"
+secret = "a-long-random-agent-secret"
+grant_types = ["client_credentials"]
+token_endpoint_auth_method = "client_secret_post"
+
+[[client]]
+id = "nightly-job"
+secret = "another-long-random-secret"
+grant_types = ["client_credentials"]
+token_endpoint_auth_method = "client_secret_post"
+"#;
+    let (files, path) = clients_file(declared);
+    // One origin across the restarts: a token is for this origin's resource.
+    let listen = format!("127.0.0.1:{}", crate::helpers::unused_port());
+    let args = ["--listen", &listen, "--clients-file", &path, &upstream];
+    let p = start_proxy(&args).await;
+    let t = p.target();
+    let token_of = |id: &'static str, secret: &'static str| {
+        let t = t.clone();
+        async move {
+            let form = [
+                ("grant_type", "client_credentials"),
+                ("client_id", id),
+                ("client_secret", secret),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+            let resp = token(&t, &form).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body: Value = resp.json().await.unwrap();
+            body["access_token"].as_str().unwrap().to_string()
+        }
+    };
+    let agent = token_of("ci-agent", "a-long-random-agent-secret").await;
+    let job = token_of("nightly-job", "another-long-random-secret").await;
+    let status = |p: &crate::helpers::TestProxy, access: &str| {
+        let req = client()
+            .post(p.url("/mcp"))
+            .bearer_auth(access)
+            .json(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}));
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(status(&p, &agent).await, StatusCode::OK);
+
+    // Restarted with the same file: both tokens still work.
+    let dir = p.stop().await;
+    let p =
+        crate::helpers::start_proxy_with(&args, mcp_auth_proxy::clock::Clock::system(), dir).await;
+    assert_eq!(status(&p, &agent).await, StatusCode::OK);
+    assert_eq!(status(&p, &job).await, StatusCode::OK);
+
+    // Restarted with `nightly-job` gone from the file: its token ends, the other's stays.
+    let dir = p.stop().await;
+    let kept = declared.split("[[client]]").nth(1).unwrap();
+    std::fs::write(
+        files.path().join("clients.toml"),
+        format!("[[client]]{kept}"),
+    )
+    .unwrap();
+    let p =
+        crate::helpers::start_proxy_with(&args, mcp_auth_proxy::clock::Clock::system(), dir).await;
+    assert_eq!(status(&p, &agent).await, StatusCode::OK);
+    assert_eq!(status(&p, &job).await, StatusCode::UNAUTHORIZED);
+}
+
 #[tokio::test]
 async fn declared_clients_and_the_client_credentials_grant() {
     let up = crate::helpers::start_upstream().await;
