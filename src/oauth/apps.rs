@@ -240,7 +240,7 @@ pub async fn sign_out_everywhere(
     let mut ended = 0;
     for (key, _) in sessions {
         app.repo
-            .remove::<SessionRecord>(&key)
+            .remove_session(&key)
             .await
             .map_err(unavailable(&app))?;
         ended += 1;

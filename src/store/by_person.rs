@@ -2,9 +2,9 @@
 //! everywhere") found without reading every grant or session in the store.
 //!
 //! An entry is `subject ++ 0 ++ id → nothing` in [`Table::PersonGrants`] or
-//! [`Table::PersonSessions`], written before the record it names and expiring with it. An
-//! entry whose record is gone (revoked, signed out) finds nothing and is skipped until it
-//! expires. Records stored before the index existed, or by an older proxy on a shared store,
+//! [`Table::PersonSessions`], written before the record it names, removed after it, and
+//! expiring with it. An entry left behind (a process stopped between the two writes) finds
+//! nothing and is skipped until it expires. Records stored before the index existed, or by an older proxy on a shared store,
 //! are indexed when the proxy starts ([`Repo::index_missing`]).
 
 use std::collections::HashSet;
@@ -39,6 +39,18 @@ impl Repo {
                 },
             )
             .await
+    }
+
+    /// Removes the entry of a record that is gone.
+    pub(super) async fn unindex_under_person(
+        &self,
+        table: Table,
+        of: &PersonOf<'_>,
+    ) -> Result<(), StoreError> {
+        self.store
+            .take(table, &person_key(&of.subject, of.id))
+            .await?;
+        Ok(())
     }
 
     /// The ids `table` holds under the person `subject`.
@@ -82,6 +94,16 @@ impl Repo {
         self.index_under_person(Table::PersonSessions, &session_person(key, session))
             .await?;
         self.put(key, session, Some(session.expires_at)).await
+    }
+
+    /// Ends the browser session stored under `key`, and removes its index entry.
+    pub async fn remove_session(&self, key: &[u8]) -> Result<Option<SessionRecord>, StoreError> {
+        let session = self.remove::<SessionRecord>(key).await?;
+        if let Some(session) = &session {
+            self.unindex_under_person(Table::PersonSessions, &session_person(key, session))
+                .await?;
+        }
+        Ok(session)
     }
 
     /// The live browser sessions of the person `subject`, with the keys they are stored

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{
-    Entry, Keys, Record, Revocation, SecretRecord, Store, StoreError, Table, TokenHash, TokenRecord,
+    Entry, GrantRecord, Keys, Record, Revocation, SecretRecord, Store, StoreError, Table,
+    TokenHash, TokenRecord,
 };
 use crate::clock::{Clock, UnixTime};
 
@@ -227,7 +228,10 @@ impl Repo {
             self.store.take(Table::GrantTokens, &key).await?;
             hashes.push(TokenHash(hash));
         }
-        self.store.take(Table::Grants, grant_id.as_bytes()).await?;
+        if let Some(grant) = self.remove::<GrantRecord>(grant_id.as_bytes()).await? {
+            self.unindex_under_person(Table::PersonGrants, &super::grant_person(&grant))
+                .await?;
+        }
         self.announce(Revocation::Grant(grant_id.to_string())).await;
         Ok(hashes)
     }

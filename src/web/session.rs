@@ -171,8 +171,7 @@ pub async fn current_keyed(
 /// Ends this browser's session.
 pub async fn end(repo: &Repo, cookies: &Cookies, headers: &HeaderMap) -> Result<(), StoreError> {
     if let Some(token) = read_cookie(headers, &cookies.session) {
-        repo.remove::<SessionRecord>(&TokenHash::of(&token).0)
-            .await?;
+        repo.remove_session(&TokenHash::of(&token).0).await?;
         repo.flush().await?;
     }
     Ok(())

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use mcp_auth_proxy::clock::Clock;
 use mcp_auth_proxy::store::sled::SledStore;
 use mcp_auth_proxy::store::{
-    GrantRecord, Identity, Keys, McpSessionRecord, Repo, Table, TokenHash, grant_person,
+    GrantRecord, Identity, Keys, McpSessionRecord, Repo, SessionRecord, Store, Table, TokenHash,
+    grant_person,
 };
 use reqwest::StatusCode;
 
@@ -247,7 +248,13 @@ fn grant(grant_id: &str, user_id: &str) -> GrantRecord {
 #[tokio::test]
 async fn a_persons_grants_are_found_through_their_index() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = repo_at(dir.path());
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let keys = Keys::load(dir.path(), None, None).unwrap();
+    let repo = Repo::new(store.clone(), keys, Clock::system());
+    let indexed = |table, key: &'static [u8]| {
+        let store = store.clone();
+        async move { store.get(table, key).await.unwrap().is_some() }
+    };
     let alice = grant("g-alice", "alice");
     // A subject may hold the index's separator. This one's entry, `password:alice` 0 `g` 0
     // `x`, sits under alice's prefix and names the grant `g` 0 `x`, which is mallory's.
@@ -265,8 +272,13 @@ async fn a_persons_grants_are_found_through_their_index() {
         std::slice::from_ref(&lookalike)
     );
 
+    assert!(indexed(Table::PersonGrants, b"password:alice\0g-alice").await);
     repo.revoke_grant("g-alice").await.unwrap();
     assert!(repo.grants_of("password:alice").await.unwrap().is_empty());
+    assert!(
+        !indexed(Table::PersonGrants, b"password:alice\0g-alice").await,
+        "its entry goes with it"
+    );
 
     // Written as before the index: not found until indexed.
     let old = grant("g-old", "bob");
@@ -291,6 +303,19 @@ async fn a_persons_grants_are_found_through_their_index() {
             .unwrap(),
         0
     );
+
+    // A browser session: found under its person, and its entry ended with it.
+    let session = SessionRecord {
+        identity: alice.identity.clone(),
+        created_at: 1,
+        expires_at: u64::MAX / 2,
+    };
+    repo.put_session(b"s-1", &session).await.unwrap();
+    let found = repo.sessions_of("password:alice").await.unwrap();
+    assert_eq!(found, [(b"s-1".to_vec(), session.clone())]);
+    assert_eq!(repo.remove_session(b"s-1").await.unwrap(), Some(session));
+    assert!(repo.sessions_of("password:alice").await.unwrap().is_empty());
+    assert!(!indexed(Table::PersonSessions, b"password:alice\0s-1").await);
 }
 
 #[tokio::test]
