@@ -25,14 +25,24 @@ const MINUTE: u64 = 60;
 const HOUR: u64 = 60 * MINUTE;
 const DAY: u64 = 24 * HOUR;
 
-/// One record a sign-in leaves: where, how large, and for how long under the default
-/// lifetimes (`--access-token-ttl 1h`, `--refresh-token-ttl 30d`, `--client-ttl 7d`,
-/// `--auth-code-ttl 60s`, `--login-session-ttl 12h`).
+/// One record a sign-in leaves: where, its key's and value's sizes, and for how long under
+/// the default lifetimes (`--access-token-ttl 1h`, `--refresh-token-ttl 30d`,
+/// `--client-ttl 7d`, `--auth-code-ttl 60s`, `--login-session-ttl 12h`).
 struct Kept {
     table: Table,
+    key: usize,
     bytes: usize,
     lives: u64,
 }
+
+/// Key sizes: an id (a client's, a grant's, a request's), a hash (of a token, a code, a
+/// session cookie), and the index entries `grant id ++ 0 ++ token hash` and
+/// `password:admin ++ 0 ++` a grant id or a session's hash (`src/store/by_person.rs`).
+const ID: usize = 22;
+const HASH: usize = 32;
+const GRANT_TOKEN: usize = ID + 1 + HASH;
+const PERSON_GRANT: usize = 14 + 1 + ID;
+const PERSON_SESSION: usize = 14 + 1 + HASH;
 
 /// What one sign-in writes besides its tokens, in order. The pending authorization request
 /// is written and taken within the sign-in.
@@ -41,27 +51,46 @@ const SIGN_IN: &[Kept] = &[
     // `invalid_grant` (src/oauth/authorize.rs).
     Kept {
         table: Table::Clients,
+        key: ID,
         bytes: 480,
         lives: 37 * DAY,
     },
+    // Each person's browser sessions and grants are indexed under them, the entry written
+    // first.
+    Kept {
+        table: Table::PersonSessions,
+        key: PERSON_SESSION,
+        bytes: 0,
+        lives: 12 * HOUR,
+    },
     Kept {
         table: Table::Sessions,
+        key: HASH,
         bytes: 195,
         lives: 12 * HOUR,
     },
     Kept {
         table: Table::Consents,
+        key: HASH,
         bytes: 126,
         lives: 30 * DAY,
     },
     // The code stays, spent, for its replay window (src/oauth/authorize.rs).
     Kept {
         table: Table::Codes,
+        key: HASH,
         bytes: 464,
         lives: MINUTE + 10 * MINUTE,
     },
     Kept {
+        table: Table::PersonGrants,
+        key: PERSON_GRANT,
+        bytes: 0,
+        lives: 30 * DAY,
+    },
+    Kept {
         table: Table::Grants,
+        key: ID,
         bytes: 325,
         lives: 30 * DAY,
     },
@@ -73,21 +102,25 @@ const SIGN_IN: &[Kept] = &[
 const TOKENS: &[Kept] = &[
     Kept {
         table: Table::Tokens,
+        key: HASH,
         bytes: 630,
         lives: HOUR,
     },
     Kept {
         table: Table::GrantTokens,
+        key: GRANT_TOKEN,
         bytes: 0,
         lives: HOUR,
     },
     Kept {
         table: Table::Tokens,
+        key: HASH,
         bytes: 630,
         lives: 30 * DAY,
     },
     Kept {
         table: Table::GrantTokens,
+        key: GRANT_TOKEN,
         bytes: 0,
         lives: 30 * DAY,
     },
@@ -137,17 +170,13 @@ fn record(bytes: usize, expires_at: u64) -> Entry {
 
 async fn sign_in(store: &SledStore, now: u64, scale: u64) -> Result<u64, StoreError> {
     // The pending authorization request: made at /authorize, taken at consent.
-    let pending = random_key(22);
+    let pending = random_key(ID);
     store
         .put(Table::Requests, &pending, record(700, now + 10 * MINUTE))
         .await?;
     store.take(Table::Requests, &pending).await?;
     for kept in SIGN_IN.iter().chain(TOKENS).chain(TOKENS) {
-        let key = random_key(if kept.table == Table::GrantTokens {
-            54
-        } else {
-            32
-        });
+        let key = random_key(kept.key);
         let lives = (kept.lives / scale).max(1);
         store
             .put(kept.table, &key, record(kept.bytes, now + lives))
