@@ -58,11 +58,11 @@ impl std::ops::Deref for SignIn {
     }
 }
 
-/// Everything about authenticating people.
 /// The `provider` of the identity a client signs in as with its own credentials (the
 /// client credentials grant): the client itself, never a person.
 pub const CLIENT_PROVIDER: &str = "client";
 
+/// Everything about authenticating people.
 pub struct Authn {
     pub cfg: AuthConfig,
     pub password: Option<PasswordVerifier>,

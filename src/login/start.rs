@@ -8,10 +8,7 @@ use super::passkey::Passkeys;
 use super::password::{Lockout, PasswordError, PasswordVerifier};
 use super::providers::ProviderError;
 use crate::config::{AuthConfig, Site};
-use crate::store::{
-    GrantRecord, PasskeyRecord, Repo, SessionRecord, StoreError, Table, grant_person,
-    session_person,
-};
+use crate::store::{GrantRecord, PasskeyRecord, Repo, StoreError};
 use crate::web::session::Cookies;
 
 /// Store key of the fingerprint of the passwords grants were made under.
@@ -87,11 +84,7 @@ pub async fn authn(auth: &AuthConfig, site: &Site, repo: &Repo) -> Result<Authn,
     // Grants and browser sessions stored before the index by person, or by an older proxy
     // on a shared store, are indexed now: each person's apps page lists them, and "sign out
     // everywhere" ends them.
-    let grants: Vec<_> = kept.iter().map(grant_person).collect();
-    let mut indexed = repo.index_missing(Table::PersonGrants, &grants).await?;
-    let sessions = repo.scan::<SessionRecord>(b"").await?;
-    let sessions: Vec<_> = sessions.iter().map(|(k, s)| session_person(k, s)).collect();
-    indexed += repo.index_missing(Table::PersonSessions, &sessions).await?;
+    let indexed = repo.index_by_person(&kept).await?;
     if indexed > 0 {
         tracing::info!(indexed, "grants and browser sessions indexed by person");
         repo.flush().await?;

@@ -4,19 +4,20 @@
 //! An entry is `subject ++ 0 ++ id → nothing` in [`Table::PersonGrants`] or
 //! [`Table::PersonSessions`], written before the record it names, removed after it, and
 //! expiring with it. An entry left behind (a process stopped between the two writes) finds
-//! nothing and is skipped until it expires. Records stored before the index existed, or by an older proxy on a shared store,
-//! are indexed when the proxy starts ([`Repo::index_missing`]).
+//! nothing and is skipped until it expires. Records stored before the index existed, or by
+//! an older proxy on a shared store, are indexed when the proxy starts
+//! ([`Repo::index_by_person`]).
 
 use std::collections::HashSet;
 
-use super::{Entry, GrantRecord, Repo, SessionRecord, StoreError, Table};
+use super::{Entry, GrantRecord, Record, Repo, SessionRecord, StoreError, Table};
 use crate::clock::UnixTime;
 
 /// One record to find by its person.
-pub struct PersonOf<'a> {
-    pub subject: String,
-    pub id: &'a [u8],
-    pub expires_at: UnixTime,
+pub(super) struct PersonOf<'a> {
+    subject: String,
+    id: &'a [u8],
+    expires_at: UnixTime,
 }
 
 fn person_key(subject: &str, id: &[u8]) -> Vec<u8> {
@@ -53,16 +54,29 @@ impl Repo {
         Ok(())
     }
 
-    /// The ids `table` holds under the person `subject`.
-    async fn ids_of_person(&self, table: Table, subject: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+    /// The live records `table` indexes under the person `subject`, with their keys: as many
+    /// reads as the person has records, not as many as the store holds.
+    async fn of_person<R: Record>(
+        &self,
+        table: Table,
+        subject: &str,
+        person: impl Fn(&R) -> String,
+    ) -> Result<Vec<(Vec<u8>, R)>, StoreError> {
         let prefix = person_key(subject, b"");
-        Ok(self
-            .store
-            .scan_prefix(table, &prefix)
-            .await?
-            .into_iter()
-            .filter_map(|(key, _)| key.get(prefix.len()..).map(<[u8]>::to_vec))
-            .collect())
+        let mut found = Vec::new();
+        for (key, _) in self.store.scan_prefix(table, &prefix).await? {
+            let Some(id) = key.get(prefix.len()..) else {
+                continue;
+            };
+            // A subject is any text a provider sends; one that holds the separator could
+            // reach another's entries, so the record itself must name this person.
+            if let Some(record) = self.get::<R>(id).await?
+                && person(&record) == subject
+            {
+                found.push((id.to_vec(), record));
+            }
+        }
+        Ok(found)
     }
 
     /// Stores a grant and indexes it under its person.
@@ -73,20 +87,14 @@ impl Repo {
             .await
     }
 
-    /// The live grants of the person `subject`: as many reads as they have grants, not as
-    /// many as the store holds.
+    /// The live grants of the person `subject`.
     pub async fn grants_of(&self, subject: &str) -> Result<Vec<GrantRecord>, StoreError> {
-        let mut grants = Vec::new();
-        for id in self.ids_of_person(Table::PersonGrants, subject).await? {
-            // A subject is any text a provider sends; one that holds the separator could
-            // reach another's entries, so the record itself must name this person.
-            if let Some(grant) = self.get::<GrantRecord>(&id).await?
-                && grant.identity.subject() == subject
-            {
-                grants.push(grant);
-            }
-        }
-        Ok(grants)
+        let grants = self
+            .of_person(Table::PersonGrants, subject, |g: &GrantRecord| {
+                g.identity.subject()
+            })
+            .await?;
+        Ok(grants.into_iter().map(|(_, grant)| grant).collect())
     }
 
     /// Stores a browser session under `key` and indexes it under its person.
@@ -112,19 +120,27 @@ impl Repo {
         &self,
         subject: &str,
     ) -> Result<Vec<(Vec<u8>, SessionRecord)>, StoreError> {
-        let mut sessions = Vec::new();
-        for id in self.ids_of_person(Table::PersonSessions, subject).await? {
-            if let Some(session) = self.get::<SessionRecord>(&id).await?
-                && session.identity.subject() == subject
-            {
-                sessions.push((id, session));
-            }
-        }
-        Ok(sessions)
+        self.of_person(Table::PersonSessions, subject, |s: &SessionRecord| {
+            s.identity.subject()
+        })
+        .await
+    }
+
+    /// Indexes what has no entry yet: of `grants` (the store's, read at startup), and of the
+    /// store's browser sessions. Returns how many entries it wrote.
+    pub async fn index_by_person(&self, grants: &[GrantRecord]) -> Result<usize, StoreError> {
+        let grants: Vec<_> = grants.iter().map(grant_person).collect();
+        let sessions = self.scan::<SessionRecord>(b"").await?;
+        let sessions: Vec<_> = sessions
+            .iter()
+            .map(|(key, session)| session_person(key, session))
+            .collect();
+        Ok(self.index_missing(Table::PersonGrants, &grants).await?
+            + self.index_missing(Table::PersonSessions, &sessions).await?)
     }
 
     /// Indexes, in `table`, those of `records` that have no entry there. Returns how many.
-    pub async fn index_missing(
+    async fn index_missing(
         &self,
         table: Table,
         records: &[PersonOf<'_>],
@@ -148,7 +164,7 @@ impl Repo {
 }
 
 /// What the index by person holds for `grant`.
-pub fn grant_person(grant: &GrantRecord) -> PersonOf<'_> {
+pub(super) fn grant_person(grant: &GrantRecord) -> PersonOf<'_> {
     PersonOf {
         subject: grant.identity.subject(),
         id: grant.grant_id.as_bytes(),
@@ -157,7 +173,7 @@ pub fn grant_person(grant: &GrantRecord) -> PersonOf<'_> {
 }
 
 /// What the index by person holds for the session stored under `key`.
-pub fn session_person<'a>(key: &'a [u8], session: &SessionRecord) -> PersonOf<'a> {
+fn session_person<'a>(key: &'a [u8], session: &SessionRecord) -> PersonOf<'a> {
     PersonOf {
         subject: session.identity.subject(),
         id: key,

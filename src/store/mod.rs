@@ -17,7 +17,6 @@ mod records;
 mod repo;
 pub mod sled;
 
-pub use by_person::{PersonOf, grant_person, session_person};
 pub use keys::{COOKIE_KEY_SECRET, KeyError, Keys, SecretBox};
 pub use records::*;
 pub use repo::Repo;

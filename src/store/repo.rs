@@ -229,7 +229,7 @@ impl Repo {
             hashes.push(TokenHash(hash));
         }
         if let Some(grant) = self.remove::<GrantRecord>(grant_id.as_bytes()).await? {
-            self.unindex_under_person(Table::PersonGrants, &super::grant_person(&grant))
+            self.unindex_under_person(Table::PersonGrants, &super::by_person::grant_person(&grant))
                 .await?;
         }
         self.announce(Revocation::Grant(grant_id.to_string())).await;

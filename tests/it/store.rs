@@ -7,7 +7,6 @@ use mcp_auth_proxy::clock::Clock;
 use mcp_auth_proxy::store::sled::SledStore;
 use mcp_auth_proxy::store::{
     GrantRecord, Identity, Keys, McpSessionRecord, Repo, SessionRecord, Store, Table, TokenHash,
-    grant_person,
 };
 use reqwest::StatusCode;
 
@@ -286,23 +285,13 @@ async fn a_persons_grants_are_found_through_their_index() {
         .await
         .unwrap();
     assert!(repo.grants_of("password:bob").await.unwrap().is_empty());
-    let both = [grant_person(&old), grant_person(&mallory)];
-    assert_eq!(
-        repo.index_missing(Table::PersonGrants, &both)
-            .await
-            .unwrap(),
-        1
-    );
+    let both = [old.clone(), mallory.clone()];
+    assert_eq!(repo.index_by_person(&both).await.unwrap(), 1);
     assert_eq!(
         repo.grants_of("password:bob").await.unwrap(),
         std::slice::from_ref(&old)
     );
-    assert_eq!(
-        repo.index_missing(Table::PersonGrants, &both)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(repo.index_by_person(&both).await.unwrap(), 0);
 
     // A browser session: found under its person, and its entry ended with it.
     let session = SessionRecord {
