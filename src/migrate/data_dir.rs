@@ -75,5 +75,6 @@ fn describe(table: Table) -> &'static str {
         Table::PasskeyCeremonies => "passkey sign-ins in progress",
         Table::PersonGrants => "person-to-grant links",
         Table::PersonSessions => "person-to-session links",
+        Table::RotationAnswers => "refresh answers within their grace period",
     }
 }

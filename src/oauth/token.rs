@@ -25,7 +25,8 @@ use crate::error::{OAuthError, OAuthErrorCode};
 use crate::gate::MCP_SCOPE;
 use crate::media_type::content_type_is;
 use crate::store::{
-    ClientRecord, CodeRecord, GrantRecord, Rotation, TokenHash, TokenKind, TokenRecord,
+    ClientRecord, CodeRecord, GrantRecord, Rotation, RotationAnswer, TokenHash, TokenKind,
+    TokenRecord,
 };
 use crate::tokens;
 use crate::web::form::Params;
@@ -368,6 +369,7 @@ async fn mint_pair(
     let refresh_rec = TokenRecord {
         kind: TokenKind::Refresh,
         expires_at: grant.expires_at,
+        identity: None,
         ..base.clone()
     };
     let refresh_hash = TokenHash::of(&refresh);
@@ -484,23 +486,24 @@ async fn refresh_grant(
         // into the new tokens (the grant keeps it, should the policy name them again).
         let scopes = super::scopes_for(app, &grant.resource, &grant.identity, &scopes);
 
+        let grace = app.authn.cfg.refresh_grace.as_secs();
         if let Some(rotation) = &rec.rotation {
             let successor_used = app
                 .repo
                 .get::<TokenRecord>(&rotation.successor_hash)
                 .await?
                 .is_none_or(|s| s.rotation.is_some());
-            let grace = app.authn.cfg.refresh_grace.as_secs();
-            if successor_used || now > rotation.at + grace {
+            let answer = if successor_used || now > rotation.at + grace {
+                None
+            } else {
+                rotation_answer(app, rotation).await?
+            };
+            let Some(sealed) = answer else {
                 tracing::warn!(client_id = %client.client_id, "a rotated refresh token was reused: revoking the family");
                 revoke_family(app, &rec.grant_id).await?;
                 return Err(invalid_grant("the refresh token was already used"));
-            }
-            let opened: Zeroizing<Vec<u8>> = app
-                .repo
-                .keys()
-                .sealer
-                .open(&hash.0, &rotation.sealed_response)?;
+            };
+            let opened: Zeroizing<Vec<u8>> = app.repo.keys().sealer.open(&hash.0, &sealed)?;
             let resp: TokenResponse =
                 serde_json::from_slice(&opened).map_err(|_| OAuthError::server_error())?;
             return Ok(resp);
@@ -509,12 +512,21 @@ async fn refresh_grant(
         let (resp, successor_hash) = mint_pair(app, &grant, &scopes).await?;
         let json =
             Zeroizing::new(serde_json::to_vec(&resp).map_err(|_| OAuthError::server_error())?);
+        // The answer first: whoever reads the token as rotated finds it.
+        let answer = RotationAnswer {
+            sealed_response: app.repo.keys().sealer.seal(&hash.0, &json)?,
+        };
+        app.repo
+            .put(&successor_hash.0, &answer, Some(now + grace))
+            .await?;
         let rotated = TokenRecord {
             rotation: Some(Rotation {
                 at: now,
                 successor_hash: successor_hash.0,
-                sealed_response: app.repo.keys().sealer.seal(&hash.0, &json)?,
+                sealed_response: Vec::new(),
             }),
+            // A token of an older release carried the identity; the grant has it.
+            identity: None,
             ..rec.clone()
         };
         if app
@@ -525,6 +537,7 @@ async fn refresh_grant(
             return Ok(resp);
         }
         // Lost the race: drop what this attempt minted and answer from the winner's rotation.
+        app.repo.remove::<RotationAnswer>(&successor_hash.0).await?;
         app.repo.remove::<TokenRecord>(&successor_hash.0).await?;
         app.repo
             .remove::<TokenRecord>(&TokenHash::of(&resp.access_token).0)
@@ -533,4 +546,20 @@ async fn refresh_grant(
     Err(invalid_grant(
         "the refresh token is being used concurrently; try again",
     ))
+}
+
+/// The sealed answer of `rotation` while its grace period lasts: in the rotated token's own
+/// record when an older release wrote it there, else kept apart under the successor's hash.
+async fn rotation_answer(
+    app: &AuthServer,
+    rotation: &Rotation,
+) -> Result<Option<Vec<u8>>, OAuthError> {
+    if !rotation.sealed_response.is_empty() {
+        return Ok(Some(rotation.sealed_response.clone()));
+    }
+    Ok(app
+        .repo
+        .get::<RotationAnswer>(&rotation.successor_hash)
+        .await?
+        .map(|a| a.sealed_response))
 }

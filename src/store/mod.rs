@@ -67,10 +67,13 @@ pub enum Table {
     PersonGrants,
     /// Index: subject ++ 0 ++ session key → nothing; finds a person's browser sessions.
     PersonSessions,
+    /// What a refresh token was rotated into, sealed, for the grace period only: by hash of
+    /// the refresh token it returned (see [`RotationAnswer`]).
+    RotationAnswers,
 }
 
 impl Table {
-    pub const ALL: [Table; 18] = [
+    pub const ALL: [Table; 19] = [
         Table::Clients,
         Table::Codes,
         Table::Grants,
@@ -89,6 +92,7 @@ impl Table {
         Table::PasskeyCeremonies,
         Table::PersonGrants,
         Table::PersonSessions,
+        Table::RotationAnswers,
     ];
 
     /// Stable name, used as the backend's table name.
@@ -112,6 +116,7 @@ impl Table {
             Table::PasskeyCeremonies => "passkey_ceremonies",
             Table::PersonGrants => "person_grants",
             Table::PersonSessions => "person_sessions",
+            Table::RotationAnswers => "rotation_answers",
         }
     }
 }

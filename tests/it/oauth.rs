@@ -775,6 +775,72 @@ async fn refresh_rotation_grace_and_family_revocation() {
     );
 }
 
+/// A rotated refresh token is kept for its grant's life (its reuse ends the family), but what
+/// it answers within the grace period is kept apart and only for that period; a rotated
+/// token written with its answer inside (by an older release) still answers within it.
+#[tokio::test]
+async fn a_rotated_refresh_tokens_answer_lives_only_for_the_grace_period() {
+    use mcp_auth_proxy::store::{RotationAnswer, TokenHash, TokenRecord};
+    let up = start_upstream().await;
+    let clock = Clock::manual(START);
+    let p = start_proxy_with(
+        &[&up.url("/mcp")],
+        clock.clone(),
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    let (t, repo) = (p.target(), p.repo());
+    let oc = OAuthClient::public(&t).await;
+    let first = oc.sign_in(&t, &Browser::new()).await;
+    let r1 = first["refresh_token"].as_str().unwrap();
+    let second: Value = refresh(&t, &oc.id, r1).await.json().await.unwrap();
+    let r2 = second["refresh_token"].as_str().unwrap();
+
+    let token = |r: &str| {
+        let hash = TokenHash::of(r).0;
+        async move { repo.get::<TokenRecord>(&hash).await.unwrap().unwrap() }
+    };
+    let rotated = token(r1).await;
+    let rotation = rotated.rotation.clone().unwrap();
+    assert!(
+        rotation.sealed_response.is_empty(),
+        "the answer is kept apart"
+    );
+    assert_eq!(rotation.successor_hash, TokenHash::of(r2).0);
+    assert!(rotated.identity.is_none() && token(r2).await.identity.is_none());
+    let answer = || async {
+        repo.get::<RotationAnswer>(&rotation.successor_hash)
+            .await
+            .unwrap()
+    };
+    assert!(answer().await.is_some());
+    let again: Value = refresh(&t, &oc.id, r1).await.json().await.unwrap();
+    assert_eq!(again, second, "the same pair within the grace period");
+    clock.advance(31);
+    assert!(answer().await.is_none(), "gone with the grace period");
+    assert!(
+        token(r1).await.rotation.is_some(),
+        "the rotated token stays"
+    );
+
+    // An older release kept the answer in the rotated token: r2 rotated, then rewritten so.
+    let third: Value = refresh(&t, &oc.id, r2).await.json().await.unwrap();
+    let mut old_style = token(r2).await;
+    let moved = old_style.rotation.as_mut().unwrap();
+    moved.sealed_response = repo
+        .remove::<RotationAnswer>(&moved.successor_hash)
+        .await
+        .unwrap()
+        .unwrap()
+        .sealed_response;
+    let hash = TokenHash::of(r2).0;
+    repo.put(&hash, &old_style, Some(old_style.expires_at))
+        .await
+        .unwrap();
+    let again: Value = refresh(&t, &oc.id, r2).await.json().await.unwrap();
+    assert_eq!(again, third);
+}
+
 #[tokio::test]
 async fn confidential_clients_authenticate_only_as_registered() {
     let p = start_proxy(&[]).await;
