@@ -12,7 +12,10 @@
 // Sign-ins come from 50 addresses in turn (X-Forwarded-For, the proxy trusting loopback), as
 // a team's people do: one address would meet the per-client bound on pending sign-ins.
 // SOAK_ONLY=kind[,kind…] runs only those kinds (sign-in, call, stream, stateless), to find
-// which one moves the memory.
+// which one moves the memory. One more kind runs only when named there: `refresh`, one
+// signed-in client refreshing its tokens SOAK_REFRESHES_PER_SECOND times a second (default
+// 20), each refresh with the token the last one returned, as a client that stays signed in
+// for weeks does once an hour.
 //
 // Usage: node bench/soak.mjs ORIGIN PASSWORD PID SECONDS
 import { readFileSync } from 'node:fs';
@@ -82,6 +85,24 @@ const signer = runs('sign-in') && loop('sign-in+refresh', async () => {
   await new Promise((r) => setTimeout(r, Math.max(0, next - Date.now())));
 });
 
+const refreshGap = 1000 / Number(process.env.SOAK_REFRESHES_PER_SECOND ?? 20);
+const refresher = only?.includes('refresh') && (async () => {
+  const c = await signInClient(origin, new Browser(), password);
+  let token = c.refresh;
+  await loop('refresh', async () => {
+    const next = Date.now() + refreshGap;
+    const res = await fetch(`${origin}/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: token, client_id: c.clientId }),
+    });
+    const body = await res.json();
+    if (res.status !== 200) throw new Error(`refresh ${res.status} ${JSON.stringify(body).slice(0, 200)}`);
+    token = body.refresh_token;
+    await new Promise((r) => setTimeout(r, Math.max(0, next - Date.now())));
+  });
+})();
+
 const callers = !runs('call') ? [] : Array.from({ length: 3 }, async (_, w) => {
   let sid = await openSession();
   let n = 0;
@@ -120,7 +141,7 @@ const started = Date.now();
 const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]);
 samples.push([0, rss()]);
 const sampler = setInterval(() => samples.push([(Date.now() - started) / 1000, rss()]), 5000);
-await Promise.all([signer, ...callers, ...streamers, stateless]);
+await Promise.all([signer, refresher, ...callers, ...streamers, stateless]);
 clearInterval(sampler);
 samples.push([(Date.now() - started) / 1000, rss()]);
 

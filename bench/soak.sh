@@ -27,6 +27,7 @@ PID=$!; pids+=("$PID")
 wait_port "$PORT"
 node bench/soak.mjs "http://127.0.0.1:$PORT" "$PASSWORD" "$PID" "$SECONDS_"
 echo "children of the proxy after the load: $(pgrep -P "$PID" | wc -l)"
+echo "the store on disk after the load: $(du -sk "$work/data/store" | cut -f1) KiB"
 sleep 40
 echo "after 40 s idle (sessions idle out after 30 s): proxy RSS $(awk '/VmRSS/{print $2}' "/proc/$PID/status") KiB, $(pgrep -P "$PID" | wc -l) children"
 grep -c ' ERROR ' "$work/proxy.log" | sed 's/^/proxy log ERROR lines: /' || true

@@ -10,7 +10,10 @@
 //! expire as fast as they are made" is answered in minutes instead of weeks.
 //!
 //! Usage: `cargo bench --bench store_memory -- [SIGN_INS_PER_DAY] [DAYS] [LIFETIME_SCALE]
-//! [SWEEP_SECONDS]` (defaults 1000, 60, 1 and 3600). `LIFETIME_SCALE` divides every
+//! [SWEEP_SECONDS] [REFRESHES]` (defaults 1000, 60, 1, 3600 and 1). `REFRESHES` is how
+//! often each sign-in's client refreshes over its grant's life: a client in use every day
+//! refreshes about once an hour it is used (`--access-token-ttl 1h`), and every refresh
+//! leaves its rotated token for the rest of the grant's 30 days. `LIFETIME_SCALE` divides every
 //! lifetime, to see a store turn over in fewer simulated days. The proxy sweeps every five
 //! minutes; a sweep reads every record, so simulating that for weeks would take hours, and
 //! sweeping hourly instead keeps records at most an hour longer than the proxy would.
@@ -97,13 +100,13 @@ const SIGN_IN: &[Kept] = &[
 ];
 
 /// What one token response writes: an access and a refresh token, each indexed under its
-/// grant (keys only, expiring with their token). A sign-in has one, and its refresh another;
-/// the rotated refresh token stays, to catch its reuse.
+/// grant (keys only, expiring with their token). The refresh token comes last: a refresh
+/// rewrites it.
 const TOKENS: &[Kept] = &[
     Kept {
         table: Table::Tokens,
         key: HASH,
-        bytes: 630,
+        bytes: 392,
         lives: HOUR,
     },
     Kept {
@@ -111,20 +114,33 @@ const TOKENS: &[Kept] = &[
         key: GRANT_TOKEN,
         bytes: 0,
         lives: HOUR,
+    },
+    Kept {
+        table: Table::GrantTokens,
+        key: GRANT_TOKEN,
+        bytes: 0,
+        lives: 30 * DAY,
     },
     Kept {
         table: Table::Tokens,
         key: HASH,
-        bytes: 630,
-        lives: 30 * DAY,
-    },
-    Kept {
-        table: Table::GrantTokens,
-        key: GRANT_TOKEN,
-        bytes: 0,
+        bytes: 267,
         lives: 30 * DAY,
     },
 ];
+
+/// A refresh rewrites the refresh token it used as rotated (kept for the grant's life, to
+/// catch its reuse: it expires when it would have) ...
+const ROTATED_BYTES: usize = 435;
+
+/// ... and keeps what it answered, for a retry within the grace period (`--refresh-grace
+/// 30s`), apart from the rotated token (src/store/records.rs, `Rotation`).
+const ANSWER: Kept = Kept {
+    table: Table::RotationAnswers,
+    key: HASH,
+    bytes: 915,
+    lives: 30,
+};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -168,23 +184,53 @@ fn record(bytes: usize, expires_at: u64) -> Entry {
     }
 }
 
-async fn sign_in(store: &SledStore, now: u64, scale: u64) -> Result<u64, StoreError> {
+/// Writes `kept` under a new key; returns the key.
+async fn put(store: &SledStore, kept: &Kept, now: u64, scale: u64) -> Result<Vec<u8>, StoreError> {
+    let key = random_key(kept.key);
+    let lives = (kept.lives / scale).max(1);
+    store
+        .put(kept.table, &key, record(kept.bytes, now + lives))
+        .await?;
+    Ok(key)
+}
+
+/// One sign-in and its `refreshes`, all at `now` (what the store holds depends on the
+/// records' lifetimes, not on when within their first day they were written); returns the
+/// records it added.
+async fn sign_in(
+    store: &SledStore,
+    now: u64,
+    scale: u64,
+    refreshes: u64,
+) -> Result<u64, StoreError> {
     // The pending authorization request: made at /authorize, taken at consent.
     let pending = random_key(ID);
     store
         .put(Table::Requests, &pending, record(700, now + 10 * MINUTE))
         .await?;
     store.take(Table::Requests, &pending).await?;
-    for kept in SIGN_IN.iter().chain(TOKENS).chain(TOKENS) {
-        let key = random_key(kept.key);
-        let lives = (kept.lives / scale).max(1);
-        store
-            .put(kept.table, &key, record(kept.bytes, now + lives))
-            .await?;
+    let mut refresh_token = Vec::new();
+    for kept in SIGN_IN.iter().chain(TOKENS) {
+        refresh_token = put(store, kept, now, scale).await?;
     }
-    // The proxy makes a code and its tokens durable before answering.
+    // The proxy makes a code and its tokens durable before answering, and so each refresh.
     store.flush().await?;
-    Ok((SIGN_IN.len() + 2 * TOKENS.len()) as u64)
+    let refresh_lives = (30 * DAY / scale).max(1);
+    for _ in 0..refreshes {
+        put(store, &ANSWER, now, scale).await?;
+        store
+            .put(
+                Table::Tokens,
+                &refresh_token,
+                record(ROTATED_BYTES, now + refresh_lives),
+            )
+            .await?;
+        for kept in TOKENS {
+            refresh_token = put(store, kept, now, scale).await?;
+        }
+        store.flush().await?;
+    }
+    Ok((SIGN_IN.len() as u64) + (1 + refreshes) * TOKENS.len() as u64 + refreshes)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -208,12 +254,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(if benchmarking { 60 } else { 1 });
     let scale = args.get(2).copied().unwrap_or(1).max(1);
     let sweep_every = args.get(3).copied().unwrap_or(HOUR).max(1);
+    let refreshes = args.get(4).copied().unwrap_or(1);
     let dir = tempfile::tempdir()?;
     let store = SledStore::open(dir.path())?;
     let every = DAY / per_day;
     println!(
-        "{per_day} sign-ins a day (one every {every} s), {days} days, lifetimes divided by \
-         {scale}, a sweep every {sweep_every} s"
+        "{per_day} sign-ins a day (one every {every} s) with {refreshes} refreshes each, {days} \
+         days, lifetimes divided by {scale}, a sweep every {sweep_every} s"
     );
     println!(
         "day   sign-ins   records held   RSS KiB   store on disk KiB   longest sweep ms   wall s"
@@ -224,7 +271,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for day in 1..=days {
         let mut longest_sweep = std::time::Duration::ZERO;
         while now < day * DAY {
-            held += sign_in(&store, now, scale).await?;
+            held += sign_in(&store, now, scale, refreshes).await?;
             signed_in += 1;
             now += every;
             while next_sweep <= now {
