@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 
 use crate::flow::{Browser, OAuthClient, REDIRECT, hidden, location, query, refresh, token};
 use crate::helpers::{
-    BinarySite, TEST_PASSWORD, client, gate_status, start_proxy, start_proxy_with, start_upstream,
+    BinarySite, TEST_PASSWORD, TestProxy, Upstream, client, gate_status, start_proxy,
+    start_proxy_with, start_upstream,
 };
 
 const START: u64 = 1_900_000_000;
@@ -680,16 +681,18 @@ async fn a_code_redeemed_many_times_at_once_leaves_no_live_token() {
     }
 }
 
+/// A proxy in front of `up` whose clock the test moves.
+async fn proxy_on_a_manual_clock(up: &Upstream) -> (TestProxy, Clock) {
+    let clock = Clock::manual(START);
+    let dir = tempfile::tempdir().unwrap();
+    let p = start_proxy_with(&[&up.url("/mcp")], clock.clone(), dir).await;
+    (p, clock)
+}
+
 #[tokio::test]
 async fn refresh_rotation_grace_and_family_revocation() {
     let up = start_upstream().await;
-    let clock = Clock::manual(START);
-    let p = start_proxy_with(
-        &[&up.url("/mcp")],
-        clock.clone(),
-        tempfile::tempdir().unwrap(),
-    )
-    .await;
+    let (p, clock) = proxy_on_a_manual_clock(&up).await;
     let t = p.target();
     let oc = OAuthClient::public(&t).await;
     let b = Browser::new();
@@ -782,13 +785,7 @@ async fn refresh_rotation_grace_and_family_revocation() {
 async fn a_rotated_refresh_tokens_answer_lives_only_for_the_grace_period() {
     use mcp_auth_proxy::store::{RotationAnswer, TokenHash, TokenRecord};
     let up = start_upstream().await;
-    let clock = Clock::manual(START);
-    let p = start_proxy_with(
-        &[&up.url("/mcp")],
-        clock.clone(),
-        tempfile::tempdir().unwrap(),
-    )
-    .await;
+    let (p, clock) = proxy_on_a_manual_clock(&up).await;
     let (t, repo) = (p.target(), p.repo());
     let oc = OAuthClient::public(&t).await;
     let first = oc.sign_in(&t, &Browser::new()).await;
