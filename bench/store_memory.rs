@@ -138,7 +138,7 @@ const ROTATED_BYTES: usize = 435;
 const ANSWER: Kept = Kept {
     table: Table::RotationAnswers,
     key: HASH,
-    bytes: 915,
+    bytes: 362,
     lives: 30,
 };
 
