@@ -512,12 +512,13 @@ async fn refresh_grant(
         let (resp, successor_hash) = mint_pair(app, &grant, &scopes).await?;
         let json =
             Zeroizing::new(serde_json::to_vec(&resp).map_err(|_| OAuthError::server_error())?);
-        // The answer first: whoever reads the token as rotated finds it.
+        // The answer first: whoever reads the token as rotated finds it. It is read while
+        // `now <= at + grace` (above) and reads as absent from its expiry on: one second more.
         let answer = RotationAnswer {
             sealed_response: app.repo.keys().sealer.seal(&hash.0, &json)?,
         };
         app.repo
-            .put(&successor_hash.0, &answer, Some(now + grace))
+            .put(&successor_hash.0, &answer, Some(now + grace + 1))
             .await?;
         let rotated = TokenRecord {
             rotation: Some(Rotation {

@@ -177,7 +177,7 @@ pub struct Rotation {
 #[serde_with::serde_as]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RotationAnswer {
-    /// As base64 text: a quarter more than its bytes, where JSON's array of numbers takes
+    /// As base64 text: a third more than its bytes, where JSON's array of numbers takes
     /// three and a half times them (915 bytes a record against 362, read back from a store).
     #[serde_as(as = "serde_with::base64::Base64")]
     pub sealed_response: Vec<u8>,
