@@ -275,6 +275,48 @@ test('a requestState altered or used twice is refused; a capability not declared
   assert.deepEqual(undeclared.body.error.data.requiredCapabilities, { elicitation: {} });
 });
 
+test('the roots/list a child asks once initialized does not end the first call of a client without roots', async () => {
+  // A fresh proxy: its first stateless call starts the user's child. server-everything asks
+  // roots/list as soon as it is initialized (the bridge declares roots, to relay them), while
+  // that call runs; the question is the connection's, not the call's.
+  const fresh = await startProxy({ command: everythingStdio() });
+  try {
+    const provider = new TestProvider(new Browser());
+    // Signed in through a 2025 session, which has a child of its own.
+    await (await connect(fresh.resource, provider)).close();
+    const r = await fetch(fresh.resource, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${provider.tokens().access_token}`,
+        'content-type': 'application/json',
+        accept: 'application/json',
+        'mcp-protocol-version': '2026-07-28',
+        'mcp-method': 'tools/call',
+        'mcp-name': 'trigger-long-running-operation',
+      },
+      body: JSON.stringify({
+        jsonrpc: '2.0',
+        id: 1,
+        method: 'tools/call',
+        params: {
+          name: 'trigger-long-running-operation',
+          arguments: { duration: 1, steps: 1 },
+          _meta: {
+            'io.modelcontextprotocol/protocolVersion': '2026-07-28',
+            'io.modelcontextprotocol/clientCapabilities': {},
+          },
+        },
+      }),
+    });
+    const body = await r.json();
+    assert.equal(r.status, 200, JSON.stringify(body));
+    assert.equal(body.result.resultType, 'complete', JSON.stringify(body));
+    assert.match(JSON.stringify(body.result.content), /completed/i);
+  } finally {
+    await fresh.stop();
+  }
+});
+
 test('a stdio server that speaks 2026-07-28 itself is relayed as it is, and 2025 clients still reach it', async () => {
   const fixture = ['node', new URL('./fixtures/v2-stdio-server.mjs', import.meta.url).pathname];
   const v2 = await startProxy({ command: fixture });

@@ -61,6 +61,15 @@ pub(super) fn capability_for(question: &str) -> Option<&'static str> {
     }
 }
 
+/// Whether a child asks `question` for the call in flight. Sampling and elicitation are
+/// asked by a tool, prompt or resource as it runs. `roots/list` is asked for the connection:
+/// a server of the 2025 revisions asks it once initialized and whenever the roots change
+/// (specification client/roots), so on a child that serves many requests it arrives while
+/// any of them is in flight, and is not that call's need.
+pub(super) fn asked_for_the_call(question: &str) -> bool {
+    question != "roots/list"
+}
+
 /// What a retry must match: the method and a digest of its parameters, without the
 /// fields MRTR adds (`_meta`, `inputResponses`, `requestState`), keys sorted.
 pub(super) fn call_digest(method: &str, params: Option<&Value>) -> String {
@@ -420,6 +429,11 @@ mod tests {
         assert_eq!(capability_for("sampling/createMessage"), Some("sampling"));
         assert_eq!(capability_for("elicitation/create"), Some("elicitation"));
         assert_eq!(capability_for("roots/list"), Some("roots"));
+        assert!(!asked_for_the_call("roots/list"));
+        assert!(
+            asked_for_the_call("elicitation/create")
+                && asked_for_the_call("sampling/createMessage")
+        );
         assert_eq!(capability_for("ping"), None);
         assert!(may_ask("tools/call") && !may_ask("tools/list"));
     }

@@ -115,7 +115,8 @@ impl Exchange {
 
     /// The child asked its client something: the `InputRequiredResult` that asks it, when
     /// the client can answer. Otherwise the child hears why not, and the client hears
-    /// nothing, or `-32021` when its call needs the capability it did not declare.
+    /// nothing, or `-32021` when its call needs the capability it did not declare (a
+    /// question asked for the connection, not the call, never ends the call).
     async fn ask(&mut self, raw: &Bytes, asked_id: Option<&str>) -> Option<Bytes> {
         let asked_id = asked_id?.to_string();
         let asked: Value = serde_json::from_slice(raw).ok()?;
@@ -172,9 +173,14 @@ impl Exchange {
             return Err((why, None));
         }
         if !self.request.declared(capability) {
+            let why = format!("the client did not declare the {capability} capability");
+            if !mrtr::asked_for_the_call(method) {
+                // Asked for the connection (the server's first roots/list, say, while this
+                // call happened to be in flight): the child hears why, the call goes on.
+                return Err((why, None));
+            }
             // The call needs what the client lacks: it ends here (the child hears the
             // refusal, then the cancellation), and the client learns what was missing.
-            let why = format!("the client did not declare the {capability} capability");
             let to_client = mrtr::missing_capability(&self.request.id, capability);
             return Err((why, Some(to_client)));
         }
