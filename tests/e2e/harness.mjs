@@ -115,6 +115,42 @@ export async function startEverything() {
 }
 
 /**
+ * A 2026-07-28 `tools/call` of tool `name`, posted to `url` with `token` as a stateless
+ * request: the `_meta` envelope (with the client's `capabilities`) and the headers the
+ * revision requires, besides `headers`; `params` adds to the call's parameters (a retry's
+ * `requestState` and `inputResponses`). Resolves to the status and the JSON body.
+ */
+export async function statelessToolCall(url, token, { id, name, args = {}, capabilities = {}, params = {}, headers = {} }) {
+  const r = await fetch(url, {
+    method: 'POST',
+    headers: {
+      authorization: `Bearer ${token}`,
+      'content-type': 'application/json',
+      accept: 'application/json',
+      'mcp-protocol-version': '2026-07-28',
+      'mcp-method': 'tools/call',
+      'mcp-name': name,
+      ...headers,
+    },
+    body: JSON.stringify({
+      jsonrpc: '2.0',
+      id,
+      method: 'tools/call',
+      params: {
+        name,
+        arguments: args,
+        ...params,
+        _meta: {
+          'io.modelcontextprotocol/protocolVersion': '2026-07-28',
+          'io.modelcontextprotocol/clientCapabilities': capabilities,
+        },
+      },
+    }),
+  });
+  return { status: r.status, body: await r.json() };
+}
+
+/**
  * Our binary. `backend` is an upstream URL (or nothing); `args` are extra flags. The
  * external URL is the loopback address it listens on, so every URL it advertises works here.
  */

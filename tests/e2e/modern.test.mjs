@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import { Browser, canonical, everythingStdio, startProxy } from './harness.mjs';
+import { Browser, canonical, everythingStdio, startProxy, statelessToolCall } from './harness.mjs';
 import { TestProvider, connect, connectModern as connectTo } from './sdk-client.mjs';
 
 let proxy;
@@ -211,37 +211,10 @@ test('a requestState altered or used twice is refused; a capability not declared
   const provider = new TestProvider(new Browser());
   await (await connectModern(provider, { pin: '2026-07-28' })).close();
   const token = provider.tokens().access_token;
-  const call = (id, capabilities, extra = {}) => ({
-    jsonrpc: '2.0',
-    id,
-    method: 'tools/call',
-    params: {
-      name: 'trigger-elicitation-request',
-      arguments: {},
-      ...extra,
-      _meta: {
-        'io.modelcontextprotocol/protocolVersion': '2026-07-28',
-        'io.modelcontextprotocol/clientCapabilities': capabilities,
-      },
-    },
-  });
-  const post = async (body) => {
-    const r = await fetch(proxy.resource, {
-      method: 'POST',
-      headers: {
-        authorization: `Bearer ${token}`,
-        'content-type': 'application/json',
-        accept: 'application/json',
-        'mcp-protocol-version': '2026-07-28',
-        'mcp-method': 'tools/call',
-        'mcp-name': 'trigger-elicitation-request',
-      },
-      body: JSON.stringify(body),
-    });
-    return { status: r.status, body: await r.json() };
-  };
+  const post = (id, capabilities, params = {}) =>
+    statelessToolCall(proxy.resource, token, { id, name: 'trigger-elicitation-request', capabilities, params });
 
-  const first = await post(call(1, { elicitation: {} }));
+  const first = await post(1, { elicitation: {} });
   assert.equal(first.status, 200);
   assert.equal(first.body.result.resultType, 'input_required', JSON.stringify(first.body));
   const { inputRequests, requestState } = first.body.result;
@@ -252,24 +225,24 @@ test('a requestState altered or used twice is refused; a capability not declared
   const i = Math.floor(requestState.length / 2);
   const altered = requestState.slice(0, i) + (requestState[i] === 'A' ? 'B' : 'A') + requestState.slice(i + 1);
   const answer = { inputResponses: { [key]: { action: 'decline' } } };
-  const bad = await post(call(2, { elicitation: {} }, { ...answer, requestState: altered }));
+  const bad = await post(2, { elicitation: {} }, { ...answer, requestState: altered });
   assert.equal(bad.status, 400);
   assert.equal(bad.body.error.code, -32602);
   assert.match(bad.body.error.message, /altered/);
 
   // The real retry completes the call; the same state again is refused.
-  const done = await post(call(3, { elicitation: {} }, { ...answer, requestState }));
+  const done = await post(3, { elicitation: {} }, { ...answer, requestState });
   assert.equal(done.status, 200, JSON.stringify(done.body));
   assert.equal(done.body.id, 3);
   assert.equal(done.body.result.resultType, 'complete');
   assert.match(JSON.stringify(done.body.result.content), /decline/i);
-  const replayed = await post(call(4, { elicitation: {} }, { ...answer, requestState }));
+  const replayed = await post(4, { elicitation: {} }, { ...answer, requestState });
   assert.equal(replayed.status, 400);
   assert.match(replayed.body.error.message, /already used/);
 
   // A client that declared no elicitation is never asked: the call ends, and the client
   // learns what it lacked.
-  const undeclared = await post(call(5, {}));
+  const undeclared = await post(5, {});
   assert.equal(undeclared.status, 400, JSON.stringify(undeclared.body));
   assert.equal(undeclared.body.error.code, -32021);
   assert.deepEqual(undeclared.body.error.data.requiredCapabilities, { elicitation: {} });
@@ -284,32 +257,12 @@ test('the roots/list a child asks once initialized does not end the first call o
     const provider = new TestProvider(new Browser());
     // Signed in through a 2025 session, which has a child of its own.
     await (await connect(fresh.resource, provider)).close();
-    const r = await fetch(fresh.resource, {
-      method: 'POST',
-      headers: {
-        authorization: `Bearer ${provider.tokens().access_token}`,
-        'content-type': 'application/json',
-        accept: 'application/json',
-        'mcp-protocol-version': '2026-07-28',
-        'mcp-method': 'tools/call',
-        'mcp-name': 'trigger-long-running-operation',
-      },
-      body: JSON.stringify({
-        jsonrpc: '2.0',
-        id: 1,
-        method: 'tools/call',
-        params: {
-          name: 'trigger-long-running-operation',
-          arguments: { duration: 1, steps: 1 },
-          _meta: {
-            'io.modelcontextprotocol/protocolVersion': '2026-07-28',
-            'io.modelcontextprotocol/clientCapabilities': {},
-          },
-        },
-      }),
+    const { status, body } = await statelessToolCall(fresh.resource, provider.tokens().access_token, {
+      id: 1,
+      name: 'trigger-long-running-operation',
+      args: { duration: 1, steps: 1 },
     });
-    const body = await r.json();
-    assert.equal(r.status, 200, JSON.stringify(body));
+    assert.equal(status, 200, JSON.stringify(body));
     assert.equal(body.result.resultType, 'complete', JSON.stringify(body));
     assert.match(JSON.stringify(body.result.content), /completed/i);
   } finally {

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, test } from 'node:test';
 
-import { Browser, everythingStdio, freePorts, startEverything, startProxy } from './harness.mjs';
+import { Browser, everythingStdio, freePorts, startEverything, startProxy, statelessToolCall } from './harness.mjs';
 import { startNginx } from './nginx.mjs';
 import { startPostgres } from './postgres.mjs';
 import { TestProvider, connect, connectModern } from './sdk-client.mjs';
@@ -147,39 +147,23 @@ test('2026-07-28 through the pair: a question and its retry stay on one replica;
   await client.close();
 
   // Straight to the replicas: the question from one, the retry at the other.
-  const call = (id, extra = {}) => ({
-    jsonrpc: '2.0', id, method: 'tools/call',
-    params: {
-      name: 'trigger-elicitation-request', arguments: {}, ...extra,
-      _meta: { 'io.modelcontextprotocol/protocolVersion': '2026-07-28', 'io.modelcontextprotocol/clientCapabilities': { elicitation: {} } },
-    },
-  });
-  const post = async (replica, body) => {
-    const r = await fetch(replica.url('/mcp'), {
-      method: 'POST',
-      headers: {
-        authorization: `Bearer ${provider.tokens().access_token}`,
-        'content-type': 'application/json',
-        accept: 'application/json',
-        'mcp-protocol-version': '2026-07-28',
-        'mcp-method': 'tools/call',
-        'mcp-name': 'trigger-elicitation-request',
-        'x-forwarded-host': new URL(fronts.stdio).host,
-        'x-forwarded-proto': 'http',
-      },
-      body: JSON.stringify(body),
+  const post = (replica, id, params = {}) =>
+    statelessToolCall(replica.url('/mcp'), provider.tokens().access_token, {
+      id,
+      name: 'trigger-elicitation-request',
+      capabilities: { elicitation: {} },
+      params,
+      headers: { 'x-forwarded-host': new URL(fronts.stdio).host, 'x-forwarded-proto': 'http' },
     });
-    return { status: r.status, body: await r.json() };
-  };
   const [a, b] = replicas.stdio;
-  const asked = await post(a, call(1));
+  const asked = await post(a, 1);
   assert.equal(asked.body.result?.resultType, 'input_required', JSON.stringify(asked.body));
   const { requestState, inputRequests } = asked.body.result;
   const answer = { requestState, inputResponses: { [Object.keys(inputRequests)[0]]: { action: 'decline' } } };
-  const elsewhere = await post(b, call(2, answer));
+  const elsewhere = await post(b, 2, answer);
   assert.equal(elsewhere.status, 400);
   assert.equal(elsewhere.body.error.code, -32602);
   assert.match(elsewhere.body.error.message, /held by replica stdio-0/);
-  const done = await post(a, call(3, answer));
+  const done = await post(a, 3, answer);
   assert.equal(done.body.result?.resultType, 'complete', JSON.stringify(done.body));
 });
