@@ -13,11 +13,31 @@ use std::collections::HashSet;
 use super::{Entry, GrantRecord, Record, Repo, SessionRecord, StoreError, Table};
 use crate::clock::UnixTime;
 
-/// One record to find by its person.
-pub(super) struct PersonOf<'a> {
-    subject: String,
-    id: &'a [u8],
-    expires_at: UnixTime,
+/// A record found through the index by person: which index holds it, and under whom.
+trait ByPerson: Record {
+    const INDEX: Table;
+    fn subject(&self) -> String;
+    fn expires_at(&self) -> UnixTime;
+}
+
+impl ByPerson for GrantRecord {
+    const INDEX: Table = Table::PersonGrants;
+    fn subject(&self) -> String {
+        self.identity.subject()
+    }
+    fn expires_at(&self) -> UnixTime {
+        self.expires_at
+    }
+}
+
+impl ByPerson for SessionRecord {
+    const INDEX: Table = Table::PersonSessions;
+    fn subject(&self) -> String {
+        self.identity.subject()
+    }
+    fn expires_at(&self) -> UnixTime {
+        self.expires_at
+    }
 }
 
 fn person_key(subject: &str, id: &[u8]) -> Vec<u8> {
@@ -28,50 +48,50 @@ fn person_key(subject: &str, id: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The index entry of `record`, stored under `id`.
+fn entry_key<R: ByPerson>(id: &[u8], record: &R) -> Vec<u8> {
+    person_key(&record.subject(), id)
+}
+
 impl Repo {
-    async fn index_under_person(&self, table: Table, of: &PersonOf<'_>) -> Result<(), StoreError> {
+    /// Writes `record` under `id`, its index entry first.
+    async fn put_indexed<R: ByPerson>(&self, id: &[u8], record: &R) -> Result<(), StoreError> {
+        self.index(id, record).await?;
+        self.put(id, record, Some(record.expires_at())).await
+    }
+
+    async fn index<R: ByPerson>(&self, id: &[u8], record: &R) -> Result<(), StoreError> {
+        let entry = Entry {
+            expires_at: Some(record.expires_at()),
+            value: Vec::new(),
+        };
         self.store
-            .put(
-                table,
-                &person_key(&of.subject, of.id),
-                Entry {
-                    expires_at: Some(of.expires_at),
-                    value: Vec::new(),
-                },
-            )
+            .put(R::INDEX, &entry_key(id, record), entry)
             .await
     }
 
-    /// Removes the entry of a record that is gone.
-    pub(super) async fn unindex_under_person(
-        &self,
-        table: Table,
-        of: &PersonOf<'_>,
-    ) -> Result<(), StoreError> {
-        self.store
-            .take(table, &person_key(&of.subject, of.id))
-            .await?;
-        Ok(())
+    /// Removes the record under `id`, then its index entry.
+    async fn remove_indexed<R: ByPerson>(&self, id: &[u8]) -> Result<Option<R>, StoreError> {
+        let record = self.remove::<R>(id).await?;
+        if let Some(record) = &record {
+            self.store.take(R::INDEX, &entry_key(id, record)).await?;
+        }
+        Ok(record)
     }
 
-    /// The live records `table` indexes under the person `subject`, with their keys: as many
-    /// reads as the person has records, not as many as the store holds.
-    async fn of_person<R: Record>(
-        &self,
-        table: Table,
-        subject: &str,
-        person: impl Fn(&R) -> String,
-    ) -> Result<Vec<(Vec<u8>, R)>, StoreError> {
+    /// The live records of the person `subject`, with their keys: as many reads as the
+    /// person has records, not as many as the store holds.
+    async fn of_person<R: ByPerson>(&self, subject: &str) -> Result<Vec<(Vec<u8>, R)>, StoreError> {
         let prefix = person_key(subject, b"");
         let mut found = Vec::new();
-        for (key, _) in self.store.scan_prefix(table, &prefix).await? {
+        for (key, _) in self.store.scan_prefix(R::INDEX, &prefix).await? {
             let Some(id) = key.get(prefix.len()..) else {
                 continue;
             };
             // A subject is any text a provider sends; one that holds the separator could
             // reach another's entries, so the record itself must name this person.
             if let Some(record) = self.get::<R>(id).await?
-                && person(&record) == subject
+                && record.subject() == subject
             {
                 found.push((id.to_vec(), record));
             }
@@ -81,37 +101,31 @@ impl Repo {
 
     /// Stores a grant and indexes it under its person.
     pub async fn put_grant(&self, grant: &GrantRecord) -> Result<(), StoreError> {
-        self.index_under_person(Table::PersonGrants, &grant_person(grant))
-            .await?;
-        self.put(grant.grant_id.as_bytes(), grant, Some(grant.expires_at))
-            .await
+        self.put_indexed(grant.grant_id.as_bytes(), grant).await
+    }
+
+    /// Removes a grant (not its tokens: [`Repo::revoke_grant`]) and its index entry.
+    pub(super) async fn remove_grant(
+        &self,
+        grant_id: &str,
+    ) -> Result<Option<GrantRecord>, StoreError> {
+        self.remove_indexed(grant_id.as_bytes()).await
     }
 
     /// The live grants of the person `subject`.
     pub async fn grants_of(&self, subject: &str) -> Result<Vec<GrantRecord>, StoreError> {
-        let grants = self
-            .of_person(Table::PersonGrants, subject, |g: &GrantRecord| {
-                g.identity.subject()
-            })
-            .await?;
+        let grants = self.of_person::<GrantRecord>(subject).await?;
         Ok(grants.into_iter().map(|(_, grant)| grant).collect())
     }
 
     /// Stores a browser session under `key` and indexes it under its person.
     pub async fn put_session(&self, key: &[u8], session: &SessionRecord) -> Result<(), StoreError> {
-        self.index_under_person(Table::PersonSessions, &session_person(key, session))
-            .await?;
-        self.put(key, session, Some(session.expires_at)).await
+        self.put_indexed(key, session).await
     }
 
     /// Ends the browser session stored under `key`, and removes its index entry.
     pub async fn remove_session(&self, key: &[u8]) -> Result<Option<SessionRecord>, StoreError> {
-        let session = self.remove::<SessionRecord>(key).await?;
-        if let Some(session) = &session {
-            self.unindex_under_person(Table::PersonSessions, &session_person(key, session))
-                .await?;
-        }
-        Ok(session)
+        self.remove_indexed(key).await
     }
 
     /// The live browser sessions of the person `subject`, with the keys they are stored
@@ -120,63 +134,38 @@ impl Repo {
         &self,
         subject: &str,
     ) -> Result<Vec<(Vec<u8>, SessionRecord)>, StoreError> {
-        self.of_person(Table::PersonSessions, subject, |s: &SessionRecord| {
-            s.identity.subject()
-        })
-        .await
+        self.of_person(subject).await
     }
 
     /// Indexes what has no entry yet: of `grants` (the store's, read at startup), and of the
     /// store's browser sessions. Returns how many entries it wrote.
     pub async fn index_by_person(&self, grants: &[GrantRecord]) -> Result<usize, StoreError> {
-        let grants: Vec<_> = grants.iter().map(grant_person).collect();
+        let grants = grants.iter().map(|g| (g.grant_id.as_bytes(), g));
         let sessions = self.scan::<SessionRecord>(b"").await?;
-        let sessions: Vec<_> = sessions
-            .iter()
-            .map(|(key, session)| session_person(key, session))
-            .collect();
-        Ok(self.index_missing(Table::PersonGrants, &grants).await?
-            + self.index_missing(Table::PersonSessions, &sessions).await?)
+        let sessions = sessions.iter().map(|(key, s)| (key.as_slice(), s));
+        Ok(self.index_missing(grants).await? + self.index_missing(sessions).await?)
     }
 
-    /// Indexes, in `table`, those of `records` that have no entry there. Returns how many.
-    async fn index_missing(
+    /// Indexes those of `records` (each with the key it is stored under) that have no entry.
+    /// Returns how many.
+    async fn index_missing<'a, R: ByPerson + 'a>(
         &self,
-        table: Table,
-        records: &[PersonOf<'_>],
+        records: impl Iterator<Item = (&'a [u8], &'a R)>,
     ) -> Result<usize, StoreError> {
         let indexed: HashSet<Vec<u8>> = self
             .store
-            .scan_prefix(table, b"")
+            .scan_prefix(R::INDEX, b"")
             .await?
             .into_iter()
             .map(|(key, _)| key)
             .collect();
         let mut added = 0;
-        for of in records {
-            if !indexed.contains(&person_key(&of.subject, of.id)) {
-                self.index_under_person(table, of).await?;
+        for (id, record) in records {
+            if !indexed.contains(&entry_key(id, record)) {
+                self.index(id, record).await?;
                 added += 1;
             }
         }
         Ok(added)
-    }
-}
-
-/// What the index by person holds for `grant`.
-pub(super) fn grant_person(grant: &GrantRecord) -> PersonOf<'_> {
-    PersonOf {
-        subject: grant.identity.subject(),
-        id: grant.grant_id.as_bytes(),
-        expires_at: grant.expires_at,
-    }
-}
-
-/// What the index by person holds for the session stored under `key`.
-fn session_person<'a>(key: &'a [u8], session: &SessionRecord) -> PersonOf<'a> {
-    PersonOf {
-        subject: session.identity.subject(),
-        id: key,
-        expires_at: session.expires_at,
     }
 }

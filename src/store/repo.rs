@@ -7,8 +7,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{
-    Entry, GrantRecord, Keys, Record, Revocation, SecretRecord, Store, StoreError, Table,
-    TokenHash, TokenRecord,
+    Entry, Keys, Record, Revocation, SecretRecord, Store, StoreError, Table, TokenHash, TokenRecord,
 };
 use crate::clock::{Clock, UnixTime};
 
@@ -228,10 +227,7 @@ impl Repo {
             self.store.take(Table::GrantTokens, &key).await?;
             hashes.push(TokenHash(hash));
         }
-        if let Some(grant) = self.remove::<GrantRecord>(grant_id.as_bytes()).await? {
-            self.unindex_under_person(Table::PersonGrants, &super::by_person::grant_person(&grant))
-                .await?;
-        }
+        self.remove_grant(grant_id).await?;
         self.announce(Revocation::Grant(grant_id.to_string())).await;
         Ok(hashes)
     }
