@@ -472,4 +472,17 @@ mod tests {
         let back: Result<RotationAnswer, _> = serde_json::from_str(&text);
         assert_eq!(back.ok(), Some(answer));
     }
+
+    /// A release before answers were kept apart requires `sealed_response` in a rotation;
+    /// written empty, a rotated token stays readable to it on a shared store.
+    #[test]
+    fn a_rotation_still_names_its_answer_field_for_an_older_release() {
+        let rotation = Rotation {
+            at: 1,
+            successor_hash: [0; 32],
+            sealed_response: Vec::new(),
+        };
+        let text = serde_json::to_string(&rotation).unwrap_or_default();
+        assert!(text.ends_with(r#","sealed_response":[]}"#), "{text}");
+    }
 }
