@@ -1057,6 +1057,17 @@ async fn the_upstream_learns_who_signed_in_and_nothing_spoofed() {
 /// Checks an assertion with jsonwebtoken against a JWKS: its claims, or why not (the error
 /// kind, or that its key is not published).
 fn checked(jwt: &str, jwks: &Value, issuer: &str, audience: &str) -> Result<Value, String> {
+    checked_later(jwt, jwks, issuer, audience, 0)
+}
+
+/// [`checked`] as a verifier checks it `later` seconds from now, with no leeway.
+fn checked_later(
+    jwt: &str,
+    jwks: &Value,
+    issuer: &str,
+    audience: &str,
+    later: u64,
+) -> Result<Value, String> {
     let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks.clone()).unwrap();
     let kid = jsonwebtoken::decode_header(jwt).unwrap().kid.unwrap();
     let Some(jwk) = set.find(&kid) else {
@@ -1066,6 +1077,8 @@ fn checked(jwt: &str, jwks: &Value, issuer: &str, audience: &str) -> Result<Valu
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
     v.set_issuer(&[issuer]);
     v.set_audience(&[audience]);
+    v.leeway = 0;
+    v.reject_tokens_expiring_in_less_than = later;
     jsonwebtoken::decode::<Value>(jwt, &key, &v)
         .map(|d| d.claims)
         .map_err(|e| format!("{:?}", e.kind()))
@@ -1175,11 +1188,12 @@ async fn the_upstream_gets_a_signed_assertion_that_survives_key_rotation() {
 }
 
 /// What an upstream checking our identity assertion must refuse, and does with a stock JWT
-/// library: another audience, a key we no longer publish (its assertions have expired), and
-/// our own gate refuses the assertion as an access token (no token confusion). The published
-/// keys hold no private part.
+/// library: another audience, an assertion whose five minutes have passed, a key we no
+/// longer publish (its assertions have expired), and our own gate refuses the assertion as
+/// an access token (no token confusion). The published keys hold no private part.
 #[tokio::test]
-async fn an_identity_assertion_is_good_for_one_audience_and_while_its_key_is_published() {
+async fn an_identity_assertion_is_good_for_one_audience_five_minutes_and_while_its_key_is_published()
+ {
     let a = Asserting::start().await;
     let (issuer, audience) = (a.issuer(), a.audience());
     let checked = |jwt: &str, set: &Value, aud: &str| checked(jwt, set, &issuer, aud);
@@ -1197,6 +1211,12 @@ async fn an_identity_assertion_is_good_for_one_audience_and_while_its_key_is_pub
     assert_eq!(
         checked(&first, &set, "https://other-upstream.example").unwrap_err(),
         "InvalidAudience"
+    );
+    // It lives five minutes: a verifier takes it near their end and refuses it after.
+    assert!(checked_later(&first, &set, &issuer, &audience, 290).is_ok());
+    assert_eq!(
+        checked_later(&first, &set, &issuer, &audience, 301).unwrap_err(),
+        "ExpiredSignature"
     );
     // Our gate knows it for what it is: not one of our access tokens.
     let confused = crate::helpers::client()

@@ -18,7 +18,7 @@
 //! | | sessions and upstream sessions are their owner's | `stdio::sessions_are_checked_owned_and_limited`, `proxy::upstream_sessions_belong_to_their_user` |
 //! | `--trusted-proxies` | forged forwarding headers through a real nginx | `attacks::behind_nginx` |
 //! | | forged headers straight at us | `gate::x_forwarded_host_is_believed_only_from_trusted_proxies`, `proxy::trusted_proxy_chain_is_extended` |
-//! | identity assertion | another audience, a key no longer published, used as an access token | `providers::an_identity_assertion_is_good_for_one_audience_…` |
+//! | identity assertion | another audience, expired, a key no longer published, used as an access token | `providers::an_identity_assertion_is_good_for_one_audience_…` |
 //! | metrics listener | what it serves, series an attacker could add, secrets in it | `attacks::metrics` |
 //! | enumeration | the password form, registrations, revocation | `attacks::enumeration` |
 //! | DPoP | replay, another key, wrong method or URL, old proofs, nonces, across replicas | `dpop`, `replicas::a_dpop_proof_used_at_one_replica_…` |
