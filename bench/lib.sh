@@ -44,8 +44,37 @@ bench_cleanup() {
   local p f
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for f in "$work"/*.pid; do [ -f "$f" ] && { kill "$(cat "$f")" 2>/dev/null || true; }; done
+  stop_postgres
   sleep 1
   rm -rf "$work"
+}
+
+# Debian's PostgreSQL server programs, as PG_BIN; fails when the package is not installed.
+postgres_bin() {
+  PG_BIN=$(find /usr/lib/postgresql -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -1)
+  [ -n "$PG_BIN" ]
+}
+
+# A throwaway PostgreSQL cluster (initdb as the postgres user when root; fsync left on, as in
+# production) with a database `bench` on a free port: its address as PG_DSN. stop_postgres
+# (which bench_cleanup runs) stops it and removes it.
+start_postgres() {
+  postgres_bin || { echo "needs Debian's postgresql (apt-get install -y postgresql)" >&2; exit 1; }
+  pgdir=$(mktemp -d); as_pg=()
+  if [ "$(id -u)" = 0 ]; then chown postgres "$pgdir"; as_pg=(runuser -u postgres --); fi
+  PG_PORT=$(free_port)
+  "${as_pg[@]}" "$PG_BIN/initdb" -D "$pgdir/data" -U postgres --auth=trust -E UTF8 --no-instructions >/dev/null
+  "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$pgdir/data" -w -l "$pgdir/log" \
+    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pgdir" start >/dev/null
+  "${as_pg[@]}" "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres bench
+  PG_DSN="postgres://postgres@127.0.0.1:$PG_PORT/bench"
+}
+
+stop_postgres() {
+  [ -n "${pgdir:-}" ] || return 0
+  "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$pgdir/data" -w -m fast stop >/dev/null 2>&1 || true
+  rm -rf "$pgdir"
+  pgdir=
 }
 
 # The stdio benchmarks' start: the peers (bench/node) and the e2e harness installed, BIN

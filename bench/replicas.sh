@@ -16,25 +16,20 @@ REVOCATIONS=${3:-100}
 PASSWORD=bench-password
 cargo build --release --locked -q
 BIN=target/release/mcp-auth-proxy
-PG_BIN=$(find /usr/lib/postgresql -maxdepth 2 -name bin | sort -V | tail -1)
 
-work=$(mktemp -d); pgdir=$(mktemp -d); pids=(); as_pg=()
-if [ "$(id -u)" = 0 ]; then chown postgres "$pgdir"; as_pg=(runuser -u postgres --); fi
+work=$(mktemp -d); pids=()
 cleanup() {
   [ -f "$work/error.log" ] && tail -5 "$work/error.log" >&2
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   if [ -f "$work/nginx.pid" ]; then kill "$(cat "$work/nginx.pid")" 2>/dev/null || true; fi
-  "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$pgdir/data" -w -m fast stop >/dev/null 2>&1 || true
-  sleep 0.5; rm -rf "$work" "$pgdir"
+  stop_postgres
+  sleep 0.5; rm -rf "$work"
 }
 trap cleanup EXIT
 
-PG_PORT=$(free_port); FAST=$(free_port); FRONT_ONE=$(free_port); FRONT_TWO=$(free_port)
+FAST=$(free_port); FRONT_ONE=$(free_port); FRONT_TWO=$(free_port)
 A=$(free_port); B=$(free_port)
-"${as_pg[@]}" "$PG_BIN/initdb" -D "$pgdir/data" -U postgres --auth=trust -E UTF8 --no-instructions >/dev/null
-"${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$pgdir/data" -w -l "$pgdir/log" \
-  -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pgdir" start >/dev/null
-"${as_pg[@]}" "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres bench
+start_postgres
 
 # nginx: the fast upstream, and the two fronts (one replica; both replicas, round robin).
 cat > "$work/nginx.conf" <<NGINX
@@ -66,7 +61,7 @@ nginx -c "$work/nginx.conf"
 ORIGIN="http://127.0.0.1:$FRONT_TWO"
 key=$(openssl rand -base64 32)
 for port in $A $B; do
-  REPOSITORY_DSN="postgres://postgres@127.0.0.1:$PG_PORT/bench" ENCRYPTION_KEY=$key RUST_LOG=warn \
+  REPOSITORY_DSN=$PG_DSN ENCRYPTION_KEY=$key RUST_LOG=warn \
     "$BIN" --listen "127.0.0.1:$port" --external-url "$ORIGIN" --data-path "$work/data-$port" \
     --password "$PASSWORD" --repository-backend postgres --replica-id "r$port" --trusted-proxies 127.0.0.1 \
     "http://127.0.0.1:$FAST/mcp" >"$work/proxy-$port.log" 2>&1 &

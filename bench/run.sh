@@ -35,10 +35,9 @@ BIN=target/release/mcp-auth-proxy
 
 work=$(mktemp -d)
 pids=()
-pg_stop=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  if [ ${#pg_stop[@]} -gt 0 ]; then "${pg_stop[@]}" >/dev/null 2>&1 || true; rm -rf "$pgdir"; fi
+  stop_postgres
   for f in "$work"/upstream.pid "$work"/front.pid; do
     if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi
   done
@@ -125,20 +124,12 @@ if [ -n "$BASELINE" ]; then
   PROXY_BIN=$BASELINE start_proxy "$PROXY_BASELINE" "http://127.0.0.1:$FAST/mcp" "$work/data-baseline"
 fi
 
-# The PostgreSQL store: a throwaway cluster of Debian's server (as the postgres user when
-# root; fsync left on, as in production), the same proxy on the fast upstream.
-PG_BIN=$(find /usr/lib/postgresql -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -1)
-if [ -n "$PG_BIN" ] && [ "${BENCH_POSTGRES:-1}" = 1 ]; then
-  pgdir=$(mktemp -d); as_pg=()
-  if [ "$(id -u)" = 0 ]; then chown postgres "$pgdir"; as_pg=(runuser -u postgres --); fi
-  PG_PORT=$(free_port)
-  "${as_pg[@]}" "$PG_BIN/initdb" -D "$pgdir/data" -U postgres --auth=trust -E UTF8 --no-instructions >/dev/null
-  "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$pgdir/data" -w -l "$pgdir/log" \
-    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pgdir" start >/dev/null
-  pg_stop=("${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$pgdir/data" -w -m fast stop)
-  "${as_pg[@]}" "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres bench
+# The PostgreSQL store: a throwaway cluster (bench/lib.sh), the same proxy on the fast
+# upstream.
+if postgres_bin && [ "${BENCH_POSTGRES:-1}" = 1 ]; then
+  start_postgres
   PROXY_PG=$(free_port)
-  export REPOSITORY_DSN="postgres://postgres@127.0.0.1:$PG_PORT/bench"
+  export REPOSITORY_DSN=$PG_DSN
   ENCRYPTION_KEY=$(openssl rand -base64 32)
   export ENCRYPTION_KEY
   start_proxy "$PROXY_PG" "http://127.0.0.1:$FAST/mcp" "$work/data-pg" --repository-backend postgres

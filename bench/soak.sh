@@ -9,7 +9,8 @@
 # Usage: bash bench/soak.sh [SECONDS]
 # SOAK_PROXY_ARGS adds flags to the proxy's command line: short lifetimes, say, so that
 # sign-ins' records expire (and are swept) as fast as they are made and the store stops
-# growing (BENCHMARKS.md, "Soak").
+# growing (BENCHMARKS.md, "Soak"). SOAK_POSTGRES=1 keeps the store in a throwaway
+# PostgreSQL cluster (bench/lib.sh) instead of the embedded one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -20,6 +21,12 @@ for tool in node curl python3; do command -v "$tool" >/dev/null || { echo "needs
 stdio_bench_setup
 PORT=$(free_port)
 read -r -a extra <<<"${SOAK_PROXY_ARGS:-}"
+if [ "${SOAK_POSTGRES:-0}" = 1 ]; then
+  start_postgres
+  REPOSITORY_DSN=$PG_DSN ENCRYPTION_KEY=$(openssl rand -base64 32)
+  export REPOSITORY_DSN ENCRYPTION_KEY
+  extra+=(--repository-backend postgres)
+fi
 "$BIN" --listen "127.0.0.1:$PORT" --external-url "http://127.0.0.1:$PORT" --data-path "$work/data" \
   --password "$PASSWORD" --rate-limit 0 --trusted-proxies 127.0.0.1 --max-sessions 100 --session-idle-timeout 30s \
   "${extra[@]}" -- node "$EVERYTHING" stdio >"$work/proxy.log" 2>&1 &
@@ -27,7 +34,7 @@ PID=$!; pids+=("$PID")
 wait_port "$PORT"
 node bench/soak.mjs "http://127.0.0.1:$PORT" "$PASSWORD" "$PID" "$SECONDS_"
 echo "children of the proxy after the load: $(pgrep -P "$PID" | wc -l)"
-echo "the store on disk after the load: $(du -sk "$work/data/store" | cut -f1) KiB"
+[ -d "$work/data/store" ] && echo "the store on disk after the load: $(du -sk "$work/data/store" | cut -f1) KiB"
 sleep 40
 echo "after 40 s idle (sessions idle out after 30 s): proxy RSS $(awk '/VmRSS/{print $2}' "/proc/$PID/status") KiB, $(pgrep -P "$PID" | wc -l) children"
 grep -c ' ERROR ' "$work/proxy.log" | sed 's/^/proxy log ERROR lines: /' || true
