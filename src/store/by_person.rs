@@ -4,14 +4,20 @@
 //! An entry is `subject ++ 0 ++ id → nothing` in [`Table::PersonGrants`] or
 //! [`Table::PersonSessions`], written before the record it names, removed after it, and
 //! expiring with it. An entry left behind (a process stopped between the two writes) finds
-//! nothing and is skipped until it expires. Records stored before the index existed, or by
-//! an older proxy on a shared store, are indexed when the proxy starts
-//! ([`Repo::index_by_person`]).
+//! nothing and is skipped until it expires. Records stored before the index existed are
+//! indexed when the proxy starts ([`Repo::index_by_person`]). On a shared store an older
+//! proxy, still running while a rolling upgrade replaces it, writes records without entries:
+//! for [`UPGRADE_WINDOW`] after a proxy starts, each of its sweeps indexes them too.
 
 use std::collections::HashSet;
 
 use super::{Entry, GrantRecord, Record, Repo, SessionRecord, StoreError, Table};
 use crate::clock::UnixTime;
+
+/// How long after a proxy opens a shared store its sweeps index what older proxies wrote:
+/// a rolling upgrade replaces every process well within it, and each new process's window
+/// starts when it does, so the last one started sees the last old one stop.
+pub(super) const UPGRADE_WINDOW: UnixTime = 3600;
 
 /// A record found through the index by person: which index holds it, and under whom.
 trait ByPerson: Record {
@@ -144,6 +150,25 @@ impl Repo {
         let sessions = self.scan::<SessionRecord>(b"").await?;
         let sessions = sessions.iter().map(|(key, s)| (key.as_slice(), s));
         Ok(self.index_missing(grants).await? + self.index_missing(sessions).await?)
+    }
+
+    /// Indexes the store's grants and browser sessions that have no entry (those an older
+    /// proxy on the same store wrote). Returns how many.
+    pub(super) async fn index_what_older_proxies_wrote(&self) -> Result<usize, StoreError> {
+        let grants: Vec<GrantRecord> = self
+            .scan::<GrantRecord>(b"")
+            .await?
+            .into_iter()
+            .map(|(_, grant)| grant)
+            .collect();
+        let indexed = self.index_by_person(&grants).await?;
+        if indexed > 0 {
+            tracing::info!(
+                indexed,
+                "grants and browser sessions an older proxy wrote were indexed by person"
+            );
+        }
+        Ok(indexed)
     }
 
     /// Indexes those of `records` (each with the key it is stored under) that have no entry.

@@ -17,6 +17,8 @@ pub struct Repo {
     pub(super) store: Arc<dyn Store>,
     keys: Keys,
     clock: Clock,
+    /// When this process opened the store.
+    opened_at: UnixTime,
 }
 
 #[derive(Serialize)]
@@ -39,7 +41,13 @@ pub struct Versioned<R> {
 
 impl Repo {
     pub fn new(store: Arc<dyn Store>, keys: Keys, clock: Clock) -> Self {
-        Self { store, keys, clock }
+        let opened_at = clock.now();
+        Self {
+            store,
+            keys,
+            clock,
+            opened_at,
+        }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -301,9 +309,8 @@ impl Repo {
     /// The same store and clock with other keys.
     pub fn with_keys(&self, keys: Keys) -> Self {
         Self {
-            store: self.store.clone(),
             keys,
-            clock: self.clock.clone(),
+            ..self.clone()
         }
     }
 
@@ -347,9 +354,17 @@ impl Repo {
         Ok(counts)
     }
 
-    /// Deletes expired records.
+    /// Deletes expired records; returns how many. On a shared store, for an hour after this
+    /// process opened it, also indexes by person what an older proxy wrote
+    /// ([`Repo::index_what_older_proxies_wrote`]).
     pub async fn sweep(&self) -> Result<usize, StoreError> {
-        self.store.sweep(self.clock.now()).await
+        let now = self.clock.now();
+        let swept = self.store.sweep(now).await?;
+        let opened_for = now.saturating_sub(self.opened_at);
+        if self.is_shared() && opened_for < super::by_person::UPGRADE_WINDOW {
+            self.index_what_older_proxies_wrote().await?;
+        }
+        Ok(swept)
     }
 
     /// Waits until every write so far is durable. Call before answering a request whose

@@ -307,6 +307,83 @@ async fn a_persons_grants_are_found_through_their_index() {
     assert!(!indexed(Table::PersonSessions, b"password:alice\0s-1").await);
 }
 
+/// An older proxy still running on a shared store while a rolling upgrade replaces it
+/// writes grants and browser sessions without entries in the index by person. A newer
+/// proxy's sweeps index them for an hour after it starts, so the person's apps page lists
+/// them and "sign out everywhere" ends them without a restart; sweeps after the hour, and
+/// sweeps of a store no other process shares, leave the index alone.
+#[tokio::test]
+async fn sweeps_index_what_an_older_proxy_writes_during_a_rolling_upgrade() {
+    let pg = crate::pg::PgCluster::start().await;
+    let dsn = pg.database("upgrade").await;
+    let store = mcp_auth_proxy::store::postgres::PostgresStore::connect(
+        &dsn,
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::load(dir.path(), None, None).unwrap();
+    let clock = Clock::manual(1_000_000);
+    let repo = Repo::new(Arc::new(store), keys, clock.clone());
+    // What an older proxy writes: the records, and nothing under their person.
+    let write_as_an_older_proxy = |grant_id: &'static str, person: &'static str| {
+        let repo = repo.clone();
+        async move {
+            let old = grant(grant_id, person);
+            let session = SessionRecord {
+                identity: old.identity.clone(),
+                created_at: 1,
+                expires_at: u64::MAX / 2,
+            };
+            let session_key = format!("s-{grant_id}");
+            repo.put(grant_id.as_bytes(), &old, Some(old.expires_at))
+                .await
+                .unwrap();
+            repo.put(session_key.as_bytes(), &session, Some(session.expires_at))
+                .await
+                .unwrap();
+            old
+        }
+    };
+    let found = |person: &'static str| {
+        let repo = repo.clone();
+        async move {
+            let subject = format!("password:{person}");
+            let grants = repo.grants_of(&subject).await.unwrap();
+            (grants, repo.sessions_of(&subject).await.unwrap().len())
+        }
+    };
+
+    let bobs = write_as_an_older_proxy("g-bob", "bob").await;
+    assert_eq!(found("bob").await, (vec![], 0));
+    clock.advance(300);
+    repo.sweep().await.unwrap();
+    assert_eq!(found("bob").await, (vec![bobs], 1));
+
+    clock.advance(3600);
+    write_as_an_older_proxy("g-carol", "carol").await;
+    repo.sweep().await.unwrap();
+    assert_eq!(found("carol").await, (vec![], 0), "the hour is over");
+
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = repo_at(dir.path());
+    let daves = grant("g-dave", "dave");
+    embedded
+        .put(b"g-dave", &daves, Some(daves.expires_at))
+        .await
+        .unwrap();
+    embedded.sweep().await.unwrap();
+    assert!(
+        embedded
+            .grants_of("password:dave")
+            .await
+            .unwrap()
+            .is_empty(),
+        "no other process writes to sled"
+    );
+}
+
 #[tokio::test]
 async fn secrets_are_sealed_on_disk() {
     let dir = tempfile::tempdir().unwrap();
