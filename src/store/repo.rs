@@ -308,9 +308,12 @@ impl Repo {
 
     /// The same store and clock with other keys.
     pub fn with_keys(&self, keys: Keys) -> Self {
+        // Field by field: `..self.clone()` would copy the keys it replaces.
         Self {
+            store: self.store.clone(),
             keys,
-            ..self.clone()
+            clock: self.clock.clone(),
+            opened_at: self.opened_at,
         }
     }
 
