@@ -126,7 +126,7 @@ fi
 
 # The PostgreSQL store: a throwaway cluster (bench/lib.sh), the same proxy on the fast
 # upstream.
-if postgres_bin && [ "${BENCH_POSTGRES:-1}" = 1 ]; then
+if [ "${BENCH_POSTGRES:-1}" = 1 ] && postgres_bin; then
   start_postgres
   PROXY_PG=$(free_port)
   export REPOSITORY_DSN=$PG_DSN

@@ -14,9 +14,10 @@ use std::collections::HashSet;
 use super::{Entry, GrantRecord, Record, Repo, SessionRecord, StoreError, Table};
 use crate::clock::UnixTime;
 
-/// How long after a proxy opens a shared store its sweeps index what older proxies wrote:
-/// a rolling upgrade replaces every process well within it, and each new process's window
-/// starts when it does, so the last one started sees the last old one stop.
+/// How long after a proxy opens a shared store its sweeps index what older proxies wrote.
+/// Each new process's window starts when it does, so the last one started sees what the old
+/// ones write until they stop, as long as they stop within the hour (an ordinary rolling
+/// upgrade replaces every process in minutes).
 pub(super) const UPGRADE_WINDOW: UnixTime = 3600;
 
 /// A record found through the index by person: which index holds it, and under whom.

@@ -1192,8 +1192,7 @@ async fn the_upstream_gets_a_signed_assertion_that_survives_key_rotation() {
 /// longer publish (its assertions have expired), and our own gate refuses the assertion as
 /// an access token (no token confusion). The published keys hold no private part.
 #[tokio::test]
-async fn an_identity_assertion_is_good_for_one_audience_five_minutes_and_while_its_key_is_published()
- {
+async fn an_identity_assertion_is_good_for_one_audience_five_minutes_and_a_published_key() {
     let a = Asserting::start().await;
     let (issuer, audience) = (a.issuer(), a.audience());
     let checked = |jwt: &str, set: &Value, aud: &str| checked(jwt, set, &issuer, aud);
