@@ -4,6 +4,9 @@
 //   node bench/scale.mjs streams URL TOKEN SID N   opens N idle SSE streams (GET) and holds
 //                                                  them; prints "open N" once all are open,
 //                                                  then holds until killed
+//   node bench/scale.mjs h2-streams URL TOKEN SID N
+//                                                  the same over HTTP/2 (cleartext, prior
+//                                                  knowledge): 100 streams a connection
 //   node bench/scale.mjs upstream PORT             an HTTP MCP upstream whose GET /mcp streams
 //                                                  stay open and idle (one comment, then
 //                                                  nothing); POSTs answer a JSON result
@@ -13,6 +16,7 @@
 //                                                  from initialize to the first tools/call
 //                                                  answer
 import http from 'node:http';
+import http2 from 'node:http2';
 
 const [mode, url, token, ...rest] = process.argv.slice(2);
 const headers = {
@@ -89,6 +93,27 @@ if (mode === 'upstream') {
   });
   for (let i = 0; i < n; i += 200) {
     await Promise.all(Array.from({ length: Math.min(200, n - i) }, one));
+  }
+  console.log(`open ${open} failed ${failed}`);
+  setInterval(() => {}, 1 << 30);
+} else if (mode === 'h2-streams') {
+  const [sid, n] = [rest[0], Number(rest[1])];
+  const perConnection = 100;
+  let open = 0, failed = 0;
+  const fail = (e) => { failed++; if (failed < 5) console.error(String(e)); };
+  const one = (conn) => new Promise((resolve) => {
+    const req = conn.request({
+      ':method': 'GET', ':path': new URL(url).pathname,
+      authorization: `Bearer ${token}`, accept: 'text/event-stream', 'mcp-session-id': sid,
+    });
+    req.on('response', (h) => { if (h[':status'] === 200) open++; else failed++; resolve(); });
+    req.on('data', () => {});
+    req.on('error', (e) => { fail(e); resolve(); });
+  });
+  for (let i = 0; i < n; i += perConnection) {
+    const conn = http2.connect(new URL(url).origin);
+    conn.on('error', fail);
+    await Promise.all(Array.from({ length: Math.min(perConnection, n - i) }, () => one(conn)));
   }
   console.log(`open ${open} failed ${failed}`);
   setInterval(() => {}, 1 << 30);

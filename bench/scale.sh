@@ -23,11 +23,12 @@ STREAMS=${2:-10000}
 PASSWORD=bench-password
 for tool in node curl python3 sh; do command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }; done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-# Each stream holds two descriptors in the proxy (the client's connection and the
+# Each HTTP/1 stream holds two descriptors in the proxy (the client's connection and the
 # upstream's): fewer streams than asked when the limit says so, and the run says it.
+H1_STREAMS=$STREAMS
 if [ $((STREAMS * 2 + 500)) -gt "$(ulimit -n)" ]; then
-  echo "open files are limited to $(ulimit -n) here: $(( ($(ulimit -n) - 500) / 2 )) streams instead of $STREAMS" >&2
-  STREAMS=$(( ($(ulimit -n) - 500) / 2 ))
+  H1_STREAMS=$(( ($(ulimit -n) - 500) / 2 ))
+  echo "open files are limited to $(ulimit -n) here: $H1_STREAMS streams over HTTP/1 instead of $STREAMS" >&2
 fi
 echo "open files allowed: $(ulimit -n)" >&2
 stdio_bench_setup
@@ -66,27 +67,41 @@ if part sessions; then
 fi
 
 # --- 2. idle SSE streams through the HTTP path ------------------------------------------
-if part streams; then
-  UP=$(free_port)
-  node bench/scale.mjs upstream "$UP" &
+# Opens $2 idle streams with the driver mode $1 (streams: HTTP/1, a connection each;
+# h2-streams: HTTP/2, 100 a connection) through a proxy of its own, and reports the
+# proxy's memory per stream.
+idle_streams() { # driver-mode count
+  local name=$1 count=$2 up before after per
+  up=$(free_port)
+  node bench/scale.mjs upstream "$up" &
   pids+=($!)
-  wait_port "$UP"
-  start streams --max-connections $((STREAMS + 2000)) "http://127.0.0.1:$UP/mcp"
+  wait_port "$up"
+  start "$name" --max-connections $((count + 2000)) "http://127.0.0.1:$up/mcp"
   TOKEN=$(node bench/token.mjs "http://127.0.0.1:$PORT" "$PASSWORD")
   SID=$(init_session "http://127.0.0.1:$PORT/mcp" "$TOKEN")
   # Warm-up streams, held open by their own driver.
-  node bench/scale.mjs streams "http://127.0.0.1:$PORT/mcp" "$TOKEN" "$SID" 200 >"$work/warm.out" &
+  node bench/scale.mjs "$name" "http://127.0.0.1:$PORT/mcp" "$TOKEN" "$SID" 200 >"$work/$name-warm.out" &
   pids+=($!)
-  until grep -q '^open' "$work/warm.out"; do sleep 0.2; done
+  until grep -q '^open' "$work/$name-warm.out"; do sleep 0.2; done
   sleep 2
   before=$(rss "$PID")
-  node bench/scale.mjs streams "http://127.0.0.1:$PORT/mcp" "$TOKEN" "$SID" "$STREAMS" >"$work/streams.out" &
+  node bench/scale.mjs "$name" "http://127.0.0.1:$PORT/mcp" "$TOKEN" "$SID" "$count" >"$work/$name.out" &
   pids+=($!)
-  until grep -q '^open' "$work/streams.out"; do sleep 0.5; done
+  until grep -q '^open' "$work/$name.out"; do sleep 0.5; done
   sleep 3
   after=$(rss "$PID")
-  per=$(awk -v a="$after" -v b="$before" -v n="$STREAMS" 'BEGIN{printf "%.2f", (a - b) / n}')
-  echo "streams: $(cat "$work/streams.out"); proxy RSS $before -> $after KiB: $per KiB per idle stream"
+  per=$(awk -v a="$after" -v b="$before" -v n="$count" 'BEGIN{printf "%.2f", (a - b) / n}')
+  echo "$name: $(cat "$work/$name.out"); proxy RSS $before -> $after KiB: $per KiB per idle stream"
+  # Let go of this part's descriptors before the next: the drivers, the upstream, the proxy.
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  pids=()
+}
+if part streams; then
+  idle_streams streams "$H1_STREAMS"
+  # Over HTTP/2 a client connection carries many streams, so the proxy holds about one
+  # descriptor a stream (the upstream's) and the whole count fits where HTTP/1's does not.
+  idle_streams h2-streams "$STREAMS"
 fi
 
 # --- 3. time to the first tool call, with and without a warm spare ----------------------
