@@ -73,6 +73,13 @@ pub const HOP_BY_HOP: [&str; 8] = [
 /// cost per request, and hyper's body streams straight into ours.
 type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
+/// The read buffer of an upstream connection that carries a client's `GET` stream. hyper
+/// gives every connection 8 KiB by default and keeps it for the connection's life; an idle
+/// stream needs little. With 1 KiB, an idle stream through the general stack (HTTP/2
+/// clients) costs the proxy 15.5 KiB instead of 18.6 (`bench/scale.sh`, BENCHMARKS.md);
+/// a larger event takes a few more reads.
+const STREAM_READ_BUFFER: usize = 1024;
+
 /// The upstream client could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -100,6 +107,9 @@ pub struct HttpBackend {
     /// One connection pool per worker thread, so a request and its upstream connection are
     /// driven by the same thread (see `server::workers`).
     clients: Vec<UpstreamClient>,
+    /// The same for `GET` (a client's SSE stream, idle most of its life, holding its upstream
+    /// connection all along): connections that read at most [`STREAM_READ_BUFFER`] at once.
+    stream_clients: Vec<UpstreamClient>,
     /// `X-Forwarded-Proto` and `X-Forwarded-Host`: the public origin's, fixed at startup.
     forwarded_proto: HeaderValue,
     forwarded_host: HeaderValue,
@@ -207,13 +217,18 @@ impl HttpBackend {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let clients = (0..workers.max(1))
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(std::time::Duration::from_secs(90))
-                    .build(connector.clone())
-            })
-            .collect();
+        let pools = |read_buffer: Option<usize>| {
+            (0..workers.max(1))
+                .map(|_| {
+                    let mut builder = Client::builder(TokioExecutor::new());
+                    builder.pool_idle_timeout(std::time::Duration::from_secs(90));
+                    if let Some(size) = read_buffer {
+                        builder.http1_read_buf_exact_size(size);
+                    }
+                    builder.build(connector.clone())
+                })
+                .collect()
+        };
         let public_host = site
             .server
             .origin
@@ -232,7 +247,8 @@ impl HttpBackend {
         Ok(Self {
             reserved_names,
             audience: base.origin().ascii_serialization(),
-            clients,
+            clients: pools(None),
+            stream_clients: pools(Some(STREAM_READ_BUFFER)),
             forwarded_proto: header(site.server.origin.scheme())?,
             forwarded_host: header(public_host)?,
             base,
@@ -253,10 +269,14 @@ impl HttpBackend {
         (&self.forwarded_proto, &self.forwarded_host)
     }
 
-    /// The calling worker's connection pool.
-    fn client(&self) -> &UpstreamClient {
-        let i = crate::worker::current() % self.clients.len();
-        &self.clients[i]
+    /// The calling worker's connection pool for a request with `method`.
+    fn client(&self, method: &Method) -> &UpstreamClient {
+        let clients = if method == Method::GET {
+            &self.stream_clients
+        } else {
+            &self.clients
+        };
+        &clients[crate::worker::current() % clients.len()]
     }
 
     /// Whether GET on the MCP path is refused (`--http-streaming-only`).
@@ -349,7 +369,7 @@ impl HttpBackend {
             }
             let sent = tokio::time::timeout(
                 self.opts.response_timeout,
-                self.client().request(upstream_req),
+                self.client(&parts.method).request(upstream_req),
             )
             .await;
             let resp = match sent {

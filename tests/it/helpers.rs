@@ -236,6 +236,7 @@ pub fn client() -> reqwest::Client {
 /// - any method on any path echoes method, path, query, headers and body as JSON; a body
 ///   mentioning `"initialize"` gets a fresh `Mcp-Session-Id`;
 /// - `GET /mcp` with `Accept: text/event-stream` streams three events 300 ms apart;
+/// - `GET /big-events` streams [`big_events`], one event a write;
 /// - `/status/{code}` answers that status (with a challenge for 401);
 /// - `/mcp` on the `/starlette` prefix 307-redirects to the slash form;
 /// - `/elsewhere` 307-redirects to another origin.
@@ -313,6 +314,23 @@ async fn sse(headers: HeaderMap, req: Request) -> Response {
         .unwrap()
 }
 
+/// Three SSE events of 10 bytes, 3 000 and 200 000 (larger than any read buffer).
+pub fn big_events() -> Vec<String> {
+    [10usize, 3_000, 200_000]
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| format!("id: {i}\ndata: {}\n\n", "x".repeat(size)))
+        .collect()
+}
+
+async fn big_events_stream() -> Response {
+    let events = futures_util::stream::iter(big_events().into_iter().map(Ok::<_, std::io::Error>));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(events))
+        .unwrap()
+}
+
 /// An SSE stream that never ends (an event every 200 ms).
 async fn forever() -> Response {
     let events = futures_util::stream::unfold(0u64, |i| async move {
@@ -360,6 +378,7 @@ pub async fn start_upstream() -> Upstream {
         .route("/mcp", get(sse).post(echo).delete(echo))
         .route("/status/{code}", any(status))
         .route("/forever", get(forever))
+        .route("/big-events", get(big_events_stream))
         .route(
             "/starlette/mcp",
             any(|body| redirect_to("/starlette/mcp/", body)),

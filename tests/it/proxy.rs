@@ -6,7 +6,9 @@ use futures_util::StreamExt;
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::helpers::{client, dead_port, start_proxy, start_upstream, token_for};
+use crate::helpers::{
+    TestProxy, big_events, client, dead_port, start_proxy, start_upstream, token_for,
+};
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
 
@@ -140,6 +142,49 @@ async fn sse_arrives_event_by_event() {
     let gap2 = arrivals[2].0 - arrivals[1].0;
     assert!(gap1 >= Duration::from_millis(200), "{arrivals:?}");
     assert!(gap2 >= Duration::from_millis(200), "{arrivals:?}");
+}
+
+/// An HTTP/2 client's stream is served by the general stack (the fast lane speaks HTTP/1),
+/// whose upstream connections for `GET` read 1 KiB at a time: events still arrive one by
+/// one, and larger ones whole.
+#[tokio::test]
+async fn an_http2_clients_stream_arrives_event_by_event_and_whole() {
+    let up = start_upstream().await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let get = |p: &TestProxy, t: &str| {
+        h2.get(p.url("/mcp"))
+            .bearer_auth(t)
+            .header(header::ACCEPT, "text/event-stream")
+            .send()
+    };
+
+    let p = start_proxy(&[&up.url("/mcp")]).await;
+    let t = token_for(&p, "password:alice").await;
+    let resp = get(&p, &t).await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut stream = resp.bytes_stream();
+    let mut arrived = Vec::new();
+    let mut buf = String::new();
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        if buf.ends_with("\n\n") {
+            arrived.push((Instant::now(), std::mem::take(&mut buf)));
+        }
+    }
+    assert_eq!(arrived.len(), 3, "{arrived:?}");
+    // 300 ms apart upstream: buffered, they would have come together.
+    assert!(arrived[2].0 - arrived[1].0 >= Duration::from_millis(200));
+
+    let p = start_proxy(&[&up.url("/big-events")]).await;
+    let t = token_for(&p, "password:alice").await;
+    let resp = get(&p, &t).await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.text().await.unwrap(), big_events().concat());
 }
 
 #[tokio::test]
