@@ -43,7 +43,8 @@ bench_workspace() {
 bench_cleanup() {
   local p f
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for f in "$work"/*.pid; do [ -f "$f" ] && { kill "$(cat "$f")" 2>/dev/null || true; }; done
+  # A pid file may go between the look and the read (its nginx was in pids).
+  for f in "$work"/*.pid; do [ -f "$f" ] && { kill "$(cat "$f" 2>/dev/null)" 2>/dev/null || true; }; done
   stop_postgres
   sleep 1
   rm -rf "$work"
