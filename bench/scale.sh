@@ -6,7 +6,8 @@
 #      each initialized and called once, then left idle: the proxy's memory per idle
 #      session (children excluded), and the children's.
 #   2. STREAMS idle SSE streams (GET /mcp) through the HTTP path to an upstream that holds
-#      them open: the proxy's memory per idle stream.
+#      them open, over HTTP/1 (the fast lane; as many as the open-files limit allows) and
+#      over HTTP/2 (the general stack): the proxy's memory per idle stream.
 #   3. The time from initialize to the first tools/call answer of a new session on
 #      server-everything, with and without --stdio-warm-spare (sessions 1.5 s apart, so the
 #      spare has been replaced when the next one comes).
