@@ -239,7 +239,6 @@ async fn sign_out_everywhere_ends_every_browser_session() {
 /// everywhere" ends the session.
 #[tokio::test]
 async fn grants_and_sessions_from_before_the_index_by_person_are_found_after_a_restart() {
-    use mcp_auth_proxy::store::sled::SledStore;
     use mcp_auth_proxy::store::{Store, Table};
 
     let up = start_upstream().await;
@@ -256,7 +255,7 @@ async fn grants_and_sessions_from_before_the_index_by_person_are_found_after_a_r
     // What a store written before the index holds: the grant and the session, and nothing
     // under their person.
     {
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = crate::helpers::reopen_sled(dir.path());
         for table in [Table::PersonGrants, Table::PersonSessions] {
             let entries = store.scan_prefix(table, b"").await.unwrap();
             assert_eq!(entries.len(), 1, "the sign-in indexed it: {table:?}");

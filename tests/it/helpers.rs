@@ -99,6 +99,26 @@ impl Drop for TestProxy {
     }
 }
 
+/// Opens the embedded store in `dir` again after the process of this test closed it.
+///
+/// The store's locks are `flock`s, which every copy of the file descriptor holds: a process
+/// that another test forks at that moment has a copy until it `exec`s (the descriptors are
+/// close-on-exec), so a reopen right after the close can find the lock still held for a
+/// moment on a loaded machine. Tried again until it opens, for at most ten seconds.
+pub fn reopen_sled(dir: &std::path::Path) -> mcp_auth_proxy::store::sled::SledStore {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match mcp_auth_proxy::store::sled::SledStore::open(dir) {
+            Ok(store) => return store,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("the store is not free yet, trying again: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("the store did not open again: {e}"),
+        }
+    }
+}
+
 /// Starts a proxy with the given extra arguments (flags, then the backend).
 pub async fn start_proxy(args: &[&str]) -> TestProxy {
     start_proxy_with(args, Clock::system(), tempfile::tempdir().unwrap()).await

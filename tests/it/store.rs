@@ -15,7 +15,7 @@ use crate::helpers::{Binary, BinarySite, Mint, client, mint, run_binary, start_u
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
 
 fn repo_at(dir: &std::path::Path) -> Repo {
-    let store = SledStore::open(dir).unwrap();
+    let store = crate::helpers::reopen_sled(dir);
     let keys = Keys::load(dir, None, None).unwrap();
     Repo::new(Arc::new(store), keys, Clock::system())
 }
@@ -421,7 +421,7 @@ async fn secrets_are_sealed_on_disk() {
         plaintext
     );
     drop(repo);
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = crate::helpers::reopen_sled(dir.path());
     let other = Repo::new(Arc::new(store), Keys::ephemeral(), Clock::system());
     assert!(other.get_secret("google:alice").await.is_err());
 }
