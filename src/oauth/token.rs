@@ -520,11 +520,19 @@ async fn refresh_grant(
         app.repo
             .put(&successor_hash.0, &answer, Some(now + grace + 1))
             .await?;
+        // Older proxies sharing the store look for the answer inside the rotated token
+        // (store::upgrade); in this process's first hour it is there too, until the grace
+        // period ends.
+        let inline = app.repo.answer_inline_until(hash.0, now + grace + 1);
         let rotated = TokenRecord {
             rotation: Some(Rotation {
                 at: now,
                 successor_hash: successor_hash.0,
-                sealed_response: Vec::new(),
+                sealed_response: if inline {
+                    answer.sealed_response.clone()
+                } else {
+                    Vec::new()
+                },
             }),
             // A token of an older release carried the identity; the grant has it.
             identity: None,

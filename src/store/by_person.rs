@@ -7,18 +7,13 @@
 //! nothing and is skipped until it expires. Records stored before the index existed are
 //! indexed when the proxy starts ([`Repo::index_by_person`]). On a shared store an older
 //! proxy, still running while a rolling upgrade replaces it, writes records without entries:
-//! for [`UPGRADE_WINDOW`] after a proxy starts, each of its sweeps indexes them too.
+//! for an hour after a proxy starts (`upgrade::UPGRADE_WINDOW`), each of its sweeps indexes
+//! them too.
 
 use std::collections::HashSet;
 
 use super::{Entry, GrantRecord, Record, Repo, SessionRecord, StoreError, Table};
 use crate::clock::UnixTime;
-
-/// How long after a proxy opens a shared store its sweeps index what older proxies wrote.
-/// Each new process's window starts when it does, so the last one started sees what the old
-/// ones write until they stop, as long as they stop within the hour (an ordinary rolling
-/// upgrade replaces every process in minutes).
-pub(super) const UPGRADE_WINDOW: UnixTime = 3600;
 
 /// A record found through the index by person: which index holds it, and under whom.
 trait ByPerson: Record {

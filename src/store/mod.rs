@@ -16,6 +16,7 @@ pub mod postgres;
 mod records;
 mod repo;
 pub mod sled;
+mod upgrade;
 
 pub use keys::{COOKIE_KEY_SECRET, KeyError, Keys, SecretBox};
 pub use records::*;

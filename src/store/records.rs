@@ -162,9 +162,11 @@ pub struct Rotation {
     /// [`RotationAnswer`] is stored under it.
     pub successor_hash: [u8; 32],
     /// The token response, sealed with the store key, in records written before answers were
-    /// kept apart. Empty in new ones, and still written that way: a process of an older
-    /// release sharing the store (a rolling upgrade) can then read the record and catch the
-    /// token's reuse, where a missing field would make the record unreadable to it.
+    /// kept apart. Empty in new ones, but still written: a process of an older release
+    /// sharing the store (a rolling upgrade) can then read the record and catch the token's
+    /// reuse, where a missing field would make the record unreadable to it. In a proxy's first
+    /// hour on a shared store it also holds the answer, for those processes, until the grace
+    /// period ends (`store::upgrade`).
     #[serde(default)]
     pub sealed_response: Vec<u8>,
 }

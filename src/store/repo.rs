@@ -18,7 +18,9 @@ pub struct Repo {
     keys: Keys,
     clock: Clock,
     /// When this process opened the store.
-    opened_at: UnixTime,
+    pub(super) opened_at: UnixTime,
+    /// What this process wrote for older proxies and takes out again (`upgrade`).
+    pub(super) inline_answers: super::upgrade::InlineAnswers,
 }
 
 #[derive(Serialize)]
@@ -47,6 +49,7 @@ impl Repo {
             keys,
             clock,
             opened_at,
+            inline_answers: Default::default(),
         }
     }
 
@@ -314,6 +317,7 @@ impl Repo {
             keys,
             clock: self.clock.clone(),
             opened_at: self.opened_at,
+            inline_answers: self.inline_answers.clone(),
         }
     }
 
@@ -357,16 +361,16 @@ impl Repo {
         Ok(counts)
     }
 
-    /// Deletes expired records; returns how many. On a shared store, for an hour after this
-    /// process opened it, also indexes by person what an older proxy wrote
-    /// ([`Repo::index_what_older_proxies_wrote`]).
+    /// Deletes expired records; returns how many. Does for older proxies on a shared store
+    /// what `upgrade` says: in this process's first hour, indexes by person what they wrote
+    /// ([`Repo::index_what_older_proxies_wrote`]); and takes out the inline answers whose
+    /// grace period ended.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
-        let now = self.clock.now();
-        let swept = self.store.sweep(now).await?;
-        let opened_for = now.saturating_sub(self.opened_at);
-        if self.is_shared() && opened_for < super::by_person::UPGRADE_WINDOW {
+        let swept = self.store.sweep(self.clock.now()).await?;
+        if self.in_upgrade_window() {
             self.index_what_older_proxies_wrote().await?;
         }
+        self.take_out_inline_answers().await?;
         Ok(swept)
     }
 

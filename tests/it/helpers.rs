@@ -126,6 +126,17 @@ pub async fn start_proxy(args: &[&str]) -> TestProxy {
 
 /// Starts a proxy on the given clock and data directory.
 pub async fn start_proxy_with(args: &[&str], clock: Clock, dir: tempfile::TempDir) -> TestProxy {
+    start_proxy_with_secrets(args, EnvSecrets::default(), clock, dir).await
+}
+
+/// Starts a proxy on the given clock and data directory, with secrets as from the
+/// environment (`ENCRYPTION_KEY` for a PostgreSQL store).
+pub async fn start_proxy_with_secrets(
+    args: &[&str],
+    secrets: EnvSecrets,
+    clock: Clock,
+    dir: tempfile::TempDir,
+) -> TestProxy {
     let mut argv = vec![
         "mcp-auth-proxy".to_string(),
         "--data-path".into(),
@@ -145,7 +156,7 @@ pub async fn start_proxy_with(args: &[&str], clock: Clock, dir: tempfile::TempDi
             .map(|s| s.to_string()),
     );
     let config = Config::from_cli(Cli::try_parse_from(argv).unwrap()).unwrap();
-    let prepared = prepare(config, EnvSecrets::default(), clock).await.unwrap();
+    let prepared = prepare(config, secrets, clock).await.unwrap();
     let base = format!("http://{}", prepared.local_addr);
     let tls_addr = prepared.tls_local_addr;
     let metrics_addr = prepared.metrics_local_addr;

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::flow::{Browser, OAuthClient, REDIRECT, hidden, location, query, refresh, token};
 use crate::helpers::{
     BinarySite, TEST_PASSWORD, TestProxy, Upstream, client, gate_status, start_proxy,
-    start_proxy_with, start_upstream,
+    start_proxy_with, start_proxy_with_secrets, start_upstream,
 };
 
 const START: u64 = 1_900_000_000;
@@ -838,6 +838,75 @@ async fn a_rotated_refresh_tokens_answer_lives_only_for_the_grace_period() {
         .unwrap();
     let again: Value = refresh(&t, &oc.id, r2).await.json().await.unwrap();
     assert_eq!(again, third);
+}
+
+/// In a rolling upgrade on a shared store, older proxies look for a rotated token's answer
+/// inside its record. In its first hour on such a store a proxy writes it there too, so
+/// a retry within the grace period that reaches an older proxy gets its pair, and takes it
+/// out again at the first sweep after the grace period; after the hour it writes only its own
+/// place, as on a store nobody shares (the test above).
+#[tokio::test]
+async fn in_a_rolling_upgrade_a_rotated_tokens_answer_is_also_where_older_proxies_look() {
+    use mcp_auth_proxy::EnvSecrets;
+    use mcp_auth_proxy::config::Secret;
+    use mcp_auth_proxy::store::{RotationAnswer, TokenHash, TokenRecord};
+    let pg = crate::pg::PgCluster::start().await;
+    let dsn = pg.database("upgrade").await;
+    let up = start_upstream().await;
+    let clock = Clock::manual(START);
+    let secrets = EnvSecrets {
+        encryption_key: Some(Secret::new(crate::postgres::encryption_key())),
+        ..EnvSecrets::default()
+    };
+    let args = [
+        "--repository-backend",
+        "postgres",
+        "--repository-dsn",
+        &dsn,
+        &up.url("/mcp"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let p = start_proxy_with_secrets(&args, secrets, clock.clone(), dir).await;
+    let (t, repo) = (p.target(), p.repo());
+    let oc = OAuthClient::public(&t).await;
+    let first = oc.sign_in(&t, &Browser::new()).await;
+    let r1 = first["refresh_token"].as_str().unwrap();
+    let second: Value = refresh(&t, &oc.id, r1).await.json().await.unwrap();
+    let r2 = second["refresh_token"].as_str().unwrap();
+    let inline = |r: &str| {
+        let hash = TokenHash::of(r).0;
+        async move {
+            let record = repo.get::<TokenRecord>(&hash).await.unwrap().unwrap();
+            record.rotation.unwrap().sealed_response
+        }
+    };
+
+    let apart = repo
+        .get::<RotationAnswer>(&TokenHash::of(r2).0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(inline(r1).await, apart.sealed_response, "in both places");
+    // Where an older proxy looks is enough: the retry's pair comes from there alone.
+    repo.remove::<RotationAnswer>(&TokenHash::of(r2).0)
+        .await
+        .unwrap();
+    let again: Value = refresh(&t, &oc.id, r1).await.json().await.unwrap();
+    assert_eq!(again, second);
+
+    clock.advance(30);
+    repo.sweep().await.unwrap();
+    assert!(
+        !inline(r1).await.is_empty(),
+        "kept through the grace period"
+    );
+    clock.advance(1);
+    repo.sweep().await.unwrap();
+    assert!(inline(r1).await.is_empty(), "taken out after it");
+
+    clock.advance(3600);
+    refresh(&t, &oc.id, r2).await.error_for_status().unwrap();
+    assert!(inline(r2).await.is_empty(), "the hour is over");
 }
 
 #[tokio::test]

@@ -1,0 +1,100 @@
+//! What a proxy does for older proxies sharing its store while a rolling upgrade replaces
+//! them: for [`UPGRADE_WINDOW`] after it opens a shared store, it indexes by person what they
+//! write (`by_person`), and it writes a rotated refresh token's answer where they look for
+//! it too.
+//!
+//! A rotated refresh token answers a retry within the grace period with the pair it was
+//! rotated into. Older releases kept that answer inside the rotated token's record, for as
+//! long as the record (weeks); this one keeps it apart, for the grace period only
+//! ([`super::RotationAnswer`]). An older process reading a token this one rotated would find
+//! no answer inside and fail the client's retry. So in the window the answer is written in
+//! both places, and the copy inside is taken out again by the first sweep after the grace
+//! period, from a list this process keeps (at most [`MAX_INLINE_ANSWERS`]; past that, only
+//! the new place is written). A copy whose process stopped before that sweep stays, sealed
+//! with the store key, as every answer of an older release does.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use super::{Repo, StoreError, TokenRecord};
+use crate::clock::UnixTime;
+
+/// How long after a proxy opens a shared store it works for older proxies on it. Each new
+/// process's window starts when it does, so the last one started covers the old ones until
+/// they stop, as long as they stop within the hour (an ordinary rolling upgrade replaces
+/// every process in minutes).
+pub(super) const UPGRADE_WINDOW: UnixTime = 3600;
+
+/// The most rotated tokens whose inline answer one process remembers to take out: 40 bytes
+/// each, 4 MB in all, some 28 refreshes a second over the hour.
+pub(super) const MAX_INLINE_ANSWERS: usize = 100_000;
+
+/// A rotated token (by hash) carrying its answer inline, and when to take it out.
+struct Due {
+    at: UnixTime,
+    hash: [u8; 32],
+}
+
+/// The rotated tokens this process wrote an inline answer into, in order of when it is due.
+#[derive(Clone, Default)]
+pub(super) struct InlineAnswers(Arc<Mutex<VecDeque<Due>>>);
+
+impl Repo {
+    /// Whether this process is in its first hour on a store other processes share, where
+    /// older proxies may still run.
+    pub fn in_upgrade_window(&self) -> bool {
+        self.is_shared() && self.clock().now().saturating_sub(self.opened_at) < UPGRADE_WINDOW
+    }
+
+    /// Whether the rotated token under `hash` should carry its answer inline as well, for
+    /// older proxies: in the upgrade window, while the list has room. If so, the first sweep
+    /// from `until` on takes it out again.
+    pub fn answer_inline_until(&self, hash: [u8; 32], until: UnixTime) -> bool {
+        if !self.in_upgrade_window() {
+            return false;
+        }
+        let Ok(mut due) = self.inline_answers.0.lock() else {
+            return false;
+        };
+        if due.len() >= MAX_INLINE_ANSWERS {
+            return false;
+        }
+        due.push_back(Due { at: until, hash });
+        true
+    }
+
+    /// Takes the answer out of the rotated tokens whose grace period has ended. Returns how
+    /// many it changed. A token changed meanwhile (another rotation, revoked) is left as it is.
+    pub(super) async fn take_out_inline_answers(&self) -> Result<usize, StoreError> {
+        let now = self.clock().now();
+        let due: Vec<[u8; 32]> = match self.inline_answers.0.lock() {
+            Ok(mut list) => {
+                // Pushed in order of `at` (the grace period is the same for all).
+                let ready = list.iter().take_while(|due| due.at <= now).count();
+                list.drain(..ready).map(|due| due.hash).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        let mut taken = 0;
+        for hash in due {
+            let Some(mut found) = self.get_versioned::<TokenRecord>(&hash).await? else {
+                continue;
+            };
+            let Some(rotation) = found.record.rotation.as_mut() else {
+                continue;
+            };
+            if rotation.sealed_response.is_empty() {
+                continue;
+            }
+            rotation.sealed_response = Vec::new();
+            let expires_at = found.entry.expires_at;
+            if self
+                .replace(&hash, &found.entry, &found.record, expires_at)
+                .await?
+            {
+                taken += 1;
+            }
+        }
+        Ok(taken)
+    }
+}
