@@ -64,37 +64,50 @@ impl Repo {
     }
 
     /// Takes the answer out of the rotated tokens whose grace period has ended. Returns how
-    /// many it changed. A token changed meanwhile (another rotation, revoked) is left as it is.
+    /// many it changed. A token changed meanwhile (another rotation, revoked) is left as it is;
+    /// those the store failed on wait for the next sweep.
     pub(super) async fn take_out_inline_answers(&self) -> Result<usize, StoreError> {
         let now = self.clock().now();
-        let due: Vec<[u8; 32]> = match self.inline_answers.0.lock() {
+        let mut due: VecDeque<Due> = match self.inline_answers.0.lock() {
             Ok(mut list) => {
                 // Pushed in order of `at` (the grace period is the same for all).
                 let ready = list.iter().take_while(|due| due.at <= now).count();
-                list.drain(..ready).map(|due| due.hash).collect()
+                list.drain(..ready).collect()
             }
-            Err(_) => Vec::new(),
+            Err(_) => VecDeque::new(),
         };
         let mut taken = 0;
-        for hash in due {
-            let Some(mut found) = self.get_versioned::<TokenRecord>(&hash).await? else {
-                continue;
-            };
-            let Some(rotation) = found.record.rotation.as_mut() else {
-                continue;
-            };
-            if rotation.sealed_response.is_empty() {
-                continue;
+        while let Some(next) = due.front() {
+            match self.take_out(&next.hash).await {
+                Ok(changed) => taken += usize::from(changed),
+                Err(e) => {
+                    if let Ok(mut list) = self.inline_answers.0.lock() {
+                        while let Some(back) = due.pop_back() {
+                            list.push_front(back);
+                        }
+                    }
+                    return Err(e);
+                }
             }
-            rotation.sealed_response = Vec::new();
-            let expires_at = found.entry.expires_at;
-            if self
-                .replace(&hash, &found.entry, &found.record, expires_at)
-                .await?
-            {
-                taken += 1;
-            }
+            due.pop_front();
         }
         Ok(taken)
+    }
+
+    /// Takes the answer out of the rotated token under `hash`; whether it changed it.
+    async fn take_out(&self, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let Some(mut found) = self.get_versioned::<TokenRecord>(hash).await? else {
+            return Ok(false);
+        };
+        let Some(rotation) = found.record.rotation.as_mut() else {
+            return Ok(false);
+        };
+        if rotation.sealed_response.is_empty() {
+            return Ok(false);
+        }
+        rotation.sealed_response = Vec::new();
+        let expires_at = found.entry.expires_at;
+        self.replace(hash, &found.entry, &found.record, expires_at)
+            .await
     }
 }
