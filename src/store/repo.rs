@@ -362,15 +362,15 @@ impl Repo {
     }
 
     /// Deletes expired records; returns how many. Does for older proxies on a shared store
-    /// what `upgrade` says: in this process's first hour, indexes by person what they wrote
-    /// ([`Repo::index_what_older_proxies_wrote`]); and takes out the inline answers whose
-    /// grace period ended.
+    /// what `upgrade` says: takes out the inline answers whose grace period ended (first:
+    /// they hold live tokens, and nothing else removes them), and in this process's first
+    /// hour indexes by person what they wrote ([`Repo::index_what_older_proxies_wrote`]).
     pub async fn sweep(&self) -> Result<usize, StoreError> {
+        self.take_out_inline_answers().await?;
         let swept = self.store.sweep(self.clock.now()).await?;
         if self.in_upgrade_window() {
             self.index_what_older_proxies_wrote().await?;
         }
-        self.take_out_inline_answers().await?;
         Ok(swept)
     }
 

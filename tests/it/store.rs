@@ -384,6 +384,77 @@ async fn sweeps_index_what_an_older_proxy_writes_during_a_rolling_upgrade() {
     );
 }
 
+/// A proxy in its first hour on a shared store leaves a rotated token's answer inside the
+/// token's record for older proxies, and its sweeps take it out once the grace period is
+/// over (`store::upgrade`). A sweep that finds the database gone keeps them for the next one.
+#[tokio::test]
+async fn inline_answers_a_sweep_could_not_take_out_wait_for_the_next() {
+    use mcp_auth_proxy::store::{Rotation, TokenKind, TokenRecord};
+    let pg = crate::pg::PgCluster::start().await;
+    let dsn = pg.database("inline").await;
+    let store = mcp_auth_proxy::store::postgres::PostgresStore::connect(
+        &dsn,
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::load(dir.path(), None, None).unwrap();
+    let clock = Clock::manual(1_000_000);
+    let repo = Repo::new(Arc::new(store), keys, clock.clone());
+    let rotated = |n: u8| TokenRecord {
+        kind: TokenKind::Refresh,
+        grant_id: "g".into(),
+        client_id: "c".into(),
+        subject: "password:alice".into(),
+        scopes: vec!["mcp".into()],
+        resource: "https://mcp.example/mcp".into(),
+        issued_at: 1_000_000,
+        expires_at: 2_000_000,
+        rotation: Some(Rotation {
+            at: 1_000_000,
+            successor_hash: [n; 32],
+            sealed_response: vec![n; 40],
+        }),
+        identity: None,
+        jkt: None,
+    };
+    let hashes = [TokenHash::of("r-1").0, TokenHash::of("r-2").0];
+    for (n, hash) in (1..).zip(hashes) {
+        let record = rotated(n);
+        repo.put(&hash, &record, Some(record.expires_at))
+            .await
+            .unwrap();
+        assert!(repo.answer_inline_until(hash, 1_000_031));
+    }
+    let inline = |hash: [u8; 32]| {
+        let repo = repo.clone();
+        async move {
+            let record = repo.get::<TokenRecord>(&hash).await.unwrap().unwrap();
+            record.rotation.unwrap().sealed_response
+        }
+    };
+
+    clock.advance(31);
+    pg.pause();
+    assert!(repo.sweep().await.is_err(), "the database is gone");
+    pg.resume();
+    // The pool reconnects by itself; wait for it (polling, at most ten seconds).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while repo.probe().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(inline(hashes[0]).await, vec![1; 40], "not taken out yet");
+    repo.sweep().await.unwrap();
+    for hash in hashes {
+        assert!(inline(hash).await.is_empty(), "taken out by the next sweep");
+    }
+}
+
 #[tokio::test]
 async fn secrets_are_sealed_on_disk() {
     let dir = tempfile::tempdir().unwrap();
