@@ -778,6 +778,15 @@ async fn refresh_rotation_grace_and_family_revocation() {
     );
 }
 
+/// A new public client signed in and refreshed once: the client and the two token answers.
+async fn signed_in_and_refreshed(t: &crate::helpers::Target) -> (OAuthClient, Value, Value) {
+    let oc = OAuthClient::public(t).await;
+    let first = oc.sign_in(t, &Browser::new()).await;
+    let r1 = first["refresh_token"].as_str().unwrap();
+    let second: Value = refresh(t, &oc.id, r1).await.json().await.unwrap();
+    (oc, first, second)
+}
+
 /// A rotated refresh token is kept for its grant's life (its reuse ends the family), but what
 /// it answers within the grace period is kept apart and only for that period; a rotated
 /// token written with its answer inside (by an older release) still answers within it.
@@ -787,10 +796,8 @@ async fn a_rotated_refresh_tokens_answer_lives_only_for_the_grace_period() {
     let up = start_upstream().await;
     let (p, clock) = proxy_on_a_manual_clock(&up).await;
     let (t, repo) = (p.target(), p.repo());
-    let oc = OAuthClient::public(&t).await;
-    let first = oc.sign_in(&t, &Browser::new()).await;
+    let (oc, first, second) = signed_in_and_refreshed(&t).await;
     let r1 = first["refresh_token"].as_str().unwrap();
-    let second: Value = refresh(&t, &oc.id, r1).await.json().await.unwrap();
     let r2 = second["refresh_token"].as_str().unwrap();
 
     let token = |r: &str| {
@@ -868,10 +875,8 @@ async fn in_a_rolling_upgrade_a_rotated_tokens_answer_is_also_where_older_proxie
     let dir = tempfile::tempdir().unwrap();
     let p = start_proxy_with_secrets(&args, secrets, clock.clone(), dir).await;
     let (t, repo) = (p.target(), p.repo());
-    let oc = OAuthClient::public(&t).await;
-    let first = oc.sign_in(&t, &Browser::new()).await;
+    let (oc, first, second) = signed_in_and_refreshed(&t).await;
     let r1 = first["refresh_token"].as_str().unwrap();
-    let second: Value = refresh(&t, &oc.id, r1).await.json().await.unwrap();
     let r2 = second["refresh_token"].as_str().unwrap();
     let inline = |r: &str| {
         let hash = TokenHash::of(r).0;

@@ -307,15 +307,9 @@ async fn a_persons_grants_are_found_through_their_index() {
     assert!(!indexed(Table::PersonSessions, b"password:alice\0s-1").await);
 }
 
-/// An older proxy still running on a shared store while a rolling upgrade replaces it
-/// writes grants and browser sessions without entries in the index by person. A newer
-/// proxy's sweeps index them for an hour after it starts, so the person's apps page lists
-/// them and "sign out everywhere" ends them without a restart; sweeps after the hour, and
-/// sweeps of a store no other process shares, leave the index alone.
-#[tokio::test]
-async fn sweeps_index_what_an_older_proxy_writes_during_a_rolling_upgrade() {
-    let pg = crate::pg::PgCluster::start().await;
-    let dsn = pg.database("upgrade").await;
+/// A repo on a new database of `pg` (a store other processes may share), on a manual clock.
+async fn shared_repo_on_a_manual_clock(pg: &crate::pg::PgCluster, database: &str) -> (Repo, Clock) {
+    let dsn = pg.database(database).await;
     let store = mcp_auth_proxy::store::postgres::PostgresStore::connect(
         &dsn,
         std::time::Duration::from_secs(10),
@@ -325,7 +319,18 @@ async fn sweeps_index_what_an_older_proxy_writes_during_a_rolling_upgrade() {
     let dir = tempfile::tempdir().unwrap();
     let keys = Keys::load(dir.path(), None, None).unwrap();
     let clock = Clock::manual(1_000_000);
-    let repo = Repo::new(Arc::new(store), keys, clock.clone());
+    (Repo::new(Arc::new(store), keys, clock.clone()), clock)
+}
+
+/// An older proxy still running on a shared store while a rolling upgrade replaces it
+/// writes grants and browser sessions without entries in the index by person. A newer
+/// proxy's sweeps index them for an hour after it starts, so the person's apps page lists
+/// them and "sign out everywhere" ends them without a restart; sweeps after the hour, and
+/// sweeps of a store no other process shares, leave the index alone.
+#[tokio::test]
+async fn sweeps_index_what_an_older_proxy_writes_during_a_rolling_upgrade() {
+    let pg = crate::pg::PgCluster::start().await;
+    let (repo, clock) = shared_repo_on_a_manual_clock(&pg, "upgrade").await;
     // What an older proxy writes: the records, and nothing under their person.
     let write_as_an_older_proxy = |grant_id: &'static str, person: &'static str| {
         let repo = repo.clone();
@@ -391,17 +396,7 @@ async fn sweeps_index_what_an_older_proxy_writes_during_a_rolling_upgrade() {
 async fn inline_answers_a_sweep_could_not_take_out_wait_for_the_next() {
     use mcp_auth_proxy::store::{Rotation, TokenKind, TokenRecord};
     let pg = crate::pg::PgCluster::start().await;
-    let dsn = pg.database("inline").await;
-    let store = mcp_auth_proxy::store::postgres::PostgresStore::connect(
-        &dsn,
-        std::time::Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let keys = Keys::load(dir.path(), None, None).unwrap();
-    let clock = Clock::manual(1_000_000);
-    let repo = Repo::new(Arc::new(store), keys, clock.clone());
+    let (repo, clock) = shared_repo_on_a_manual_clock(&pg, "inline").await;
     let rotated = |n: u8| TokenRecord {
         kind: TokenKind::Refresh,
         grant_id: "g".into(),
