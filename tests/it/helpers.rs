@@ -405,7 +405,55 @@ async fn redirect_to(loc: &'static str, body: axum::body::Bytes) -> Response {
 }
 
 pub async fn start_upstream() -> Upstream {
-    let app = Router::new()
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, upstream_app()).await;
+    });
+    Upstream { addr, task }
+}
+
+/// The same upstream over TLS (HTTP/1.1), with the certificate and key in `dir` (cert.pem,
+/// key.pem: `tls::leaf`).
+pub async fn start_tls_upstream(dir: &std::path::Path) -> Upstream {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(dir.join("cert.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = upstream_app();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    tower::ServiceExt::oneshot(app.clone(), req.map(Body::new))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, task }
+}
+
+fn upstream_app() -> Router {
+    Router::new()
         .route("/mcp", get(sse).post(echo).delete(echo))
         .route("/status/{code}", any(status))
         .route("/forever", get(forever))
@@ -419,13 +467,7 @@ pub async fn start_upstream() -> Upstream {
             "/elsewhere",
             any(|body| redirect_to("http://example.invalid/mcp", body)),
         )
-        .fallback(echo);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Upstream { addr, task }
+        .fallback(echo)
 }
 
 /// The status of an MCP post with `access` (the gate's verdict, or the upstream's answer).

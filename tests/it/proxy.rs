@@ -6,8 +6,10 @@ use futures_util::StreamExt;
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 
+use crate::flow::{Browser, OAuthClient};
 use crate::helpers::{
-    TestProxy, big_events, client, dead_port, start_proxy, start_upstream, token_for,
+    Binary, BinarySite, TestProxy, big_events, client, dead_port, start_proxy, start_tls_upstream,
+    start_upstream, token_for,
 };
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
@@ -185,6 +187,76 @@ async fn an_http2_clients_stream_arrives_event_by_event_and_whole() {
     let resp = get(&p, &t).await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.text().await.unwrap(), big_events().concat());
+}
+
+/// An `https` upstream is reached over TLS and verified against the system's roots (here a
+/// test CA given by `SSL_CERT_FILE`, which the platform verifier reads on Linux): calls and
+/// the SSE stream pass, through the general stack (the fast lane speaks plain HTTP upstream).
+/// Without the CA the certificate is refused and the client gets a 502.
+#[tokio::test]
+async fn an_https_upstream_is_verified_and_served() {
+    let ca = crate::tls::ca();
+    let dir = tempfile::tempdir().unwrap();
+    crate::tls::leaf(&ca, dir.path(), "upstream");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    let up = start_tls_upstream(dir.path()).await;
+    let url = format!("https://localhost:{}/mcp", up.addr.port());
+    let call = |bin: &Binary, t: String| {
+        client()
+            .post(bin.url("/mcp"))
+            .bearer_auth(t)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .body(INIT)
+            .send()
+    };
+
+    let site = BinarySite::new().await;
+    let ca_path = ca_file.to_str().unwrap();
+    let bin = Binary::start(&site.args(&[&url]), &[("SSL_CERT_FILE", ca_path)]).await;
+    let t = bin.target(&site.origin);
+    let tokens = OAuthClient::public(&t)
+        .await
+        .sign_in(&t, &Browser::new())
+        .await;
+    let token = tokens["access_token"].as_str().unwrap().to_string();
+    let resp = call(&bin, token.clone()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["body"], INIT);
+    let stream = client()
+        .get(bin.url("/mcp"))
+        .bearer_auth(&token)
+        .header(header::ACCEPT, "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let events = stream.text().await.unwrap();
+    assert_eq!(events.matches("\n\n").count(), 3, "{events}");
+    drop(bin);
+
+    // The same upstream without the CA among the roots: refused.
+    let site = BinarySite::new().await;
+    let none = dir.path().join("no-roots.pem");
+    std::fs::write(&none, "").unwrap();
+    let bin = Binary::start(
+        &site.args(&[&url]),
+        &[("SSL_CERT_FILE", none.to_str().unwrap())],
+    )
+    .await;
+    let t = bin.target(&site.origin);
+    let tokens = OAuthClient::public(&t)
+        .await
+        .sign_in(&t, &Browser::new())
+        .await;
+    let token = tokens["access_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        call(&bin, token).await.unwrap().status(),
+        StatusCode::BAD_GATEWAY
+    );
 }
 
 #[tokio::test]
