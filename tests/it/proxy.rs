@@ -107,19 +107,34 @@ async fn trusted_proxy_chain_is_extended() {
     assert_eq!(echo["headers"]["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
 }
 
+/// A plain client's GET stream (`Accept: text/event-stream`) at `url`.
+async fn open_stream(url: String, token: &str) -> reqwest::Response {
+    client()
+        .get(url)
+        .bearer_auth(token)
+        .header(header::ACCEPT, "text/event-stream")
+        .send()
+        .await
+        .unwrap()
+}
+
+/// An access token from a sign-in at the binary `bin`, started for `site`.
+async fn access_token_at(bin: &Binary, site: &BinarySite) -> String {
+    let t = bin.target(&site.origin);
+    let tokens = OAuthClient::public(&t)
+        .await
+        .sign_in(&t, &Browser::new())
+        .await;
+    tokens["access_token"].as_str().unwrap().to_string()
+}
+
 #[tokio::test]
 async fn sse_arrives_event_by_event() {
     let up = start_upstream().await;
     let p = start_proxy(&[&up.url("/mcp")]).await;
     let t = token_for(&p, "password:alice").await;
     let start = Instant::now();
-    let resp = client()
-        .get(p.url("/mcp"))
-        .bearer_auth(&t)
-        .header(header::ACCEPT, "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let resp = open_stream(p.url("/mcp"), &t).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     assert_eq!(resp.headers()["x-accel-buffering"], "no");
@@ -215,24 +230,13 @@ async fn an_https_upstream_is_verified_and_served() {
     let site = BinarySite::new().await;
     let ca_path = ca_file.to_str().unwrap();
     let bin = Binary::start(&site.args(&[&url]), &[("SSL_CERT_FILE", ca_path)]).await;
-    let t = bin.target(&site.origin);
-    let tokens = OAuthClient::public(&t)
-        .await
-        .sign_in(&t, &Browser::new())
-        .await;
-    let token = tokens["access_token"].as_str().unwrap().to_string();
+    let token = access_token_at(&bin, &site).await;
     let resp = call(&bin, token.clone()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let echo: Value = resp.json().await.unwrap();
     assert_eq!(echo["method"], "POST");
     assert_eq!(echo["body"], INIT);
-    let stream = client()
-        .get(bin.url("/mcp"))
-        .bearer_auth(&token)
-        .header(header::ACCEPT, "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let stream = open_stream(bin.url("/mcp"), &token).await;
     assert_eq!(stream.status(), StatusCode::OK);
     let events = stream.text().await.unwrap();
     assert_eq!(events.matches("\n\n").count(), 3, "{events}");
@@ -247,12 +251,7 @@ async fn an_https_upstream_is_verified_and_served() {
         &[("SSL_CERT_FILE", none.to_str().unwrap())],
     )
     .await;
-    let t = bin.target(&site.origin);
-    let tokens = OAuthClient::public(&t)
-        .await
-        .sign_in(&t, &Browser::new())
-        .await;
-    let token = tokens["access_token"].as_str().unwrap().to_string();
+    let token = access_token_at(&bin, &site).await;
     assert_eq!(
         call(&bin, token).await.unwrap().status(),
         StatusCode::BAD_GATEWAY
@@ -504,13 +503,7 @@ async fn http_streaming_only_refuses_the_get_stream() {
     let up = start_upstream().await;
     let p = start_proxy(&["--http-streaming-only", &up.url("/mcp")]).await;
     let t = token_for(&p, "password:alice").await;
-    let resp = client()
-        .get(p.url("/mcp"))
-        .bearer_auth(&t)
-        .header(header::ACCEPT, "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let resp = open_stream(p.url("/mcp"), &t).await;
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
     let resp = client()
         .post(p.url("/mcp"))
