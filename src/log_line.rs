@@ -162,12 +162,10 @@ impl Visit for Fields<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
         // As serde_json writes a float: shortest round-trip digits, `null` if not finite.
         self.entry(field, |out| {
-            if push_hundredths(out, value) {
-                // Written.
-            } else if value.is_finite() {
-                out.push_str(ryu::Buffer::new().format_finite(value));
-            } else {
+            if !value.is_finite() {
                 out.push_str("null");
+            } else if !push_hundredths(out, value) {
+                out.push_str(ryu::Buffer::new().format_finite(value));
             }
             Ok(())
         });
