@@ -514,22 +514,22 @@ async fn refresh_grant(
             Zeroizing::new(serde_json::to_vec(&resp).map_err(|_| OAuthError::server_error())?);
         // The answer first: whoever reads the token as rotated finds it. It is read while
         // `now <= at + grace` (above) and reads as absent from its expiry on: one second more.
+        let answer_until = now + grace + 1;
         let answer = RotationAnswer {
             sealed_response: app.repo.keys().sealer.seal(&hash.0, &json)?,
         };
         app.repo
-            .put(&successor_hash.0, &answer, Some(now + grace + 1))
+            .put(&successor_hash.0, &answer, Some(answer_until))
             .await?;
         // Older proxies sharing the store look for the answer inside the rotated token
-        // (store::upgrade); in this process's first hour it is there too, until the grace
-        // period ends.
-        let inline = app.repo.answer_inline_until(hash.0, now + grace + 1);
+        // (store::upgrade); in this process's first hour it is there too, until it expires.
+        let inline = app.repo.answer_inline_until(hash.0, answer_until);
         let rotated = TokenRecord {
             rotation: Some(Rotation {
                 at: now,
                 successor_hash: successor_hash.0,
                 sealed_response: if inline {
-                    answer.sealed_response.clone()
+                    answer.sealed_response
                 } else {
                     Vec::new()
                 },

@@ -42,7 +42,7 @@ pub(super) struct InlineAnswers(Arc<Mutex<VecDeque<Due>>>);
 impl Repo {
     /// Whether this process is in its first hour on a store other processes share, where
     /// older proxies may still run.
-    pub fn in_upgrade_window(&self) -> bool {
+    pub(super) fn in_upgrade_window(&self) -> bool {
         self.is_shared() && self.clock().now().saturating_sub(self.opened_at) < UPGRADE_WINDOW
     }
 
@@ -63,10 +63,9 @@ impl Repo {
         true
     }
 
-    /// Takes the answer out of the rotated tokens whose grace period has ended. Returns how
-    /// many it changed. A token changed meanwhile (another rotation, revoked) is left as it is;
-    /// those the store failed on wait for the next sweep.
-    pub(super) async fn take_out_inline_answers(&self) -> Result<usize, StoreError> {
+    /// Takes the answer out of the rotated tokens whose grace period has ended. Those the store
+    /// failed on wait for the next sweep.
+    pub(super) async fn take_out_inline_answers(&self) -> Result<(), StoreError> {
         let now = self.clock().now();
         let mut due: VecDeque<Due> = match self.inline_answers.0.lock() {
             Ok(mut list) => {
@@ -76,38 +75,36 @@ impl Repo {
             }
             Err(_) => VecDeque::new(),
         };
-        let mut taken = 0;
         while let Some(next) = due.front() {
-            match self.take_out(&next.hash).await {
-                Ok(changed) => taken += usize::from(changed),
-                Err(e) => {
-                    if let Ok(mut list) = self.inline_answers.0.lock() {
-                        while let Some(back) = due.pop_back() {
-                            list.push_front(back);
-                        }
+            if let Err(e) = self.take_out(&next.hash).await {
+                if let Ok(mut list) = self.inline_answers.0.lock() {
+                    while let Some(back) = due.pop_back() {
+                        list.push_front(back);
                     }
-                    return Err(e);
                 }
+                return Err(e);
             }
             due.pop_front();
         }
-        Ok(taken)
+        Ok(())
     }
 
-    /// Takes the answer out of the rotated token under `hash`; whether it changed it.
-    async fn take_out(&self, hash: &[u8; 32]) -> Result<bool, StoreError> {
+    /// Takes the answer out of the rotated token under `hash`. A token changed meanwhile
+    /// (rotated again by an older proxy, revoked, gone) is left as it is.
+    async fn take_out(&self, hash: &[u8; 32]) -> Result<(), StoreError> {
         let Some(mut found) = self.get_versioned::<TokenRecord>(hash).await? else {
-            return Ok(false);
+            return Ok(());
         };
         let Some(rotation) = found.record.rotation.as_mut() else {
-            return Ok(false);
+            return Ok(());
         };
         if rotation.sealed_response.is_empty() {
-            return Ok(false);
+            return Ok(());
         }
         rotation.sealed_response = Vec::new();
         let expires_at = found.entry.expires_at;
         self.replace(hash, &found.entry, &found.record, expires_at)
-            .await
+            .await?;
+        Ok(())
     }
 }
