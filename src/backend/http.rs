@@ -91,9 +91,8 @@ impl UpstreamClient {
 
 /// The read buffer of an upstream connection that carries a client's `GET` stream. hyper
 /// gives every connection 8 KiB by default and keeps it for the connection's life; an idle
-/// stream needs little. With 1 KiB, an idle stream through the general stack (HTTP/2
-/// clients) costs the proxy 15.5 KiB instead of 18.6 (`bench/scale.sh`, BENCHMARKS.md);
-/// a larger event takes a few more reads.
+/// stream needs little. 1 KiB took 3.1 KiB off each idle stream through the general stack
+/// (HTTP/2 clients; `bench/scale.sh`, BENCHMARKS.md); a larger event takes a few more reads.
 const STREAM_READ_BUFFER: usize = 1024;
 
 /// The upstream client could not be set up.
