@@ -416,19 +416,17 @@ pub async fn start_upstream() -> Upstream {
 /// The same upstream over TLS (HTTP/1.1), with the certificate and key in `dir` (cert.pem,
 /// key.pem: `tls::leaf`).
 pub async fn start_tls_upstream(dir: &std::path::Path) -> Upstream {
-    use rustls::pki_types::pem::PemObject;
-    let certs = rustls::pki_types::CertificateDer::pem_file_iter(dir.join("cert.pem"))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
+    // Loaded as the proxy loads its own (`--tls-cert-file`).
+    let pair = mcp_auth_proxy::server::tls::load_pair(&dir.join("cert.pem"), &dir.join("key.pem"))
         .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
+        .with_cert_resolver(std::sync::Arc::new(rustls::sign::SingleCertAndKey::from(
+            pair,
+        )));
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
