@@ -523,7 +523,7 @@ async fn refresh_grant(
             .await?;
         // Older proxies sharing the store look for the answer inside the rotated token
         // (store::upgrade); in this process's first hour it is there too, until it expires.
-        let inline = app.repo.answer_inline_until(hash.0, answer_until);
+        let inline = app.repo.answers_inline();
         let rotated = TokenRecord {
             rotation: Some(Rotation {
                 at: now,
@@ -543,6 +543,9 @@ async fn refresh_grant(
             .replace(&hash.0, &found.entry, &rotated, found.entry.expires_at)
             .await?
         {
+            if inline {
+                app.repo.take_out_inline_answer_at(hash.0, answer_until);
+            }
             return Ok(resp);
         }
         // Lost the race: drop what this attempt minted and answer from the winner's rotation.

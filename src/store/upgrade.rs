@@ -26,7 +26,8 @@ use crate::clock::UnixTime;
 pub(super) const UPGRADE_WINDOW: UnixTime = 3600;
 
 /// The most rotated tokens whose inline answer one process remembers to take out: 40 bytes
-/// each, 4 MB in all, some 28 refreshes a second over the hour.
+/// each, 4 MB in all, some 28 refreshes a second over the hour (checked before a rotation is
+/// written, so refreshes racing at the cap may pass it by a few).
 pub(super) const MAX_INLINE_ANSWERS: usize = 100_000;
 
 /// A rotated token (by hash) carrying its answer inline, and when to take it out.
@@ -46,21 +47,24 @@ impl Repo {
         self.is_shared() && self.clock().now().saturating_sub(self.opened_at) < UPGRADE_WINDOW
     }
 
-    /// Whether the rotated token under `hash` should carry its answer inline as well, for
-    /// older proxies: in the upgrade window, while the list has room. If so, the first sweep
-    /// from `until` on takes it out again.
-    pub fn answer_inline_until(&self, hash: [u8; 32], until: UnixTime) -> bool {
-        if !self.in_upgrade_window() {
-            return false;
+    /// Whether a rotated token written now should carry its answer inline as well, for older
+    /// proxies: in the upgrade window, while the list of those to take out has room.
+    pub fn answers_inline(&self) -> bool {
+        self.in_upgrade_window()
+            && self
+                .inline_answers
+                .0
+                .lock()
+                .is_ok_and(|due| due.len() < MAX_INLINE_ANSWERS)
+    }
+
+    /// Remembers that the rotated token under `hash`, just written with its answer inline,
+    /// has it taken out by the first sweep from `at` on. Only what was written is remembered:
+    /// a rotation that lost a race to another process's leaves that one's record alone.
+    pub fn take_out_inline_answer_at(&self, hash: [u8; 32], at: UnixTime) {
+        if let Ok(mut due) = self.inline_answers.0.lock() {
+            due.push_back(Due { at, hash });
         }
-        let Ok(mut due) = self.inline_answers.0.lock() else {
-            return false;
-        };
-        if due.len() >= MAX_INLINE_ANSWERS {
-            return false;
-        }
-        due.push_back(Due { at: until, hash });
-        true
     }
 
     /// Takes the answer out of the rotated tokens whose grace period has ended. Those the store

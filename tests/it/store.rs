@@ -420,7 +420,8 @@ async fn inline_answers_a_sweep_could_not_take_out_wait_for_the_next() {
         repo.put(&hash, &record, Some(record.expires_at))
             .await
             .unwrap();
-        assert!(repo.answer_inline_until(hash, 1_000_031));
+        assert!(repo.answers_inline());
+        repo.take_out_inline_answer_at(hash, 1_000_031);
     }
     let inline = |hash: [u8; 32]| {
         let repo = repo.clone();
