@@ -25,11 +25,17 @@ PASSWORD=bench-password
 for tool in node curl python3 sh; do command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }; done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 # Each HTTP/1 stream holds two descriptors in the proxy (the client's connection and the
-# upstream's): fewer streams than asked when the limit says so, and the run says it.
+# upstream's), each HTTP/2 stream about one (the upstream's; a client connection carries
+# 100): fewer streams than asked when the limit says so, and the run says it.
 H1_STREAMS=$STREAMS
+H2_STREAMS=$STREAMS
 if [ $((STREAMS * 2 + 500)) -gt "$(ulimit -n)" ]; then
   H1_STREAMS=$(( ($(ulimit -n) - 500) / 2 ))
   echo "open files are limited to $(ulimit -n) here: $H1_STREAMS streams over HTTP/1 instead of $STREAMS" >&2
+fi
+if [ $((STREAMS + STREAMS / 100 + 500)) -gt "$(ulimit -n)" ]; then
+  H2_STREAMS=$(( ($(ulimit -n) - 500) * 100 / 101 ))
+  echo "open files are limited to $(ulimit -n) here: $H2_STREAMS streams over HTTP/2 instead of $STREAMS" >&2
 fi
 echo "open files allowed: $(ulimit -n)" >&2
 stdio_bench_setup
@@ -102,7 +108,7 @@ if part streams; then
   idle_streams streams "$H1_STREAMS"
   # Over HTTP/2 a client connection carries many streams, so the proxy holds about one
   # descriptor a stream (the upstream's) and the whole count fits where HTTP/1's does not.
-  idle_streams h2-streams "$STREAMS"
+  idle_streams h2-streams "$H2_STREAMS"
 fi
 
 # --- 3. time to the first tool call, with and without a warm spare ----------------------
