@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::clock::UnixTime;
+use crate::single_header;
 use crate::store::{DpopProofRecord, Repo, SecretBox, StoreError};
 
 /// The signing algorithms of the proofs we verify (all asymmetric: RFC 9449 §11.6), as the
@@ -178,13 +179,10 @@ struct Claims {
 /// The one `DPoP` header's value; `None` without one. Two are refused: which one a reader
 /// takes is not ours to guess.
 pub fn proof_header(headers: &HeaderMap) -> Result<Option<&str>, ProofError> {
-    let mut values = headers.get_all("dpop").iter();
-    let Some(first) = values.next() else {
+    let Some(first) = single_header::value(headers, "dpop").map_err(|_| ProofError::Repeated)?
+    else {
         return Ok(None);
     };
-    if values.next().is_some() {
-        return Err(ProofError::Repeated);
-    }
     if first.len() > MAX_PROOF {
         return Err(ProofError::TooLong);
     }

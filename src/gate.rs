@@ -13,6 +13,7 @@ use crate::clock::UnixTime;
 use crate::config::Site;
 use crate::dpop;
 use crate::error::jsonrpc_error;
+use crate::single_header;
 use crate::store::{Repo, StoreError, TokenHash, TokenKind, TokenRecord};
 
 /// What the gate reads, lent by the application's state (which sits above and is never
@@ -319,16 +320,9 @@ fn authorization<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<&'a 
             "tokens in the query string are not accepted; use the Authorization header",
         ));
     }
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let Some(value) = values.next() else {
-        return Err(GateError::Missing);
-    };
-    if values.next().is_some() {
-        return Err(GateError::InvalidRequest(
-            "more than one Authorization header",
-        ));
-    }
-    value
+    single_header::value(headers, header::AUTHORIZATION)
+        .map_err(|_| GateError::InvalidRequest("more than one Authorization header"))?
+        .ok_or(GateError::Missing)?
         .to_str()
         .map_err(|_| GateError::InvalidRequest("malformed Authorization header"))
 }

@@ -31,6 +31,7 @@ pub mod relay;
 pub mod request_body;
 pub mod request_head;
 pub mod server;
+pub mod single_header;
 pub mod store;
 pub mod tokens;
 pub mod web;

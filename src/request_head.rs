@@ -7,9 +7,13 @@
 use axum::http::{HeaderMap, Uri, header};
 
 use crate::config::{Site, is_loopback_host, normalize_origin};
+use crate::single_header::{self, Repeated};
 
 /// The MCP session header (Streamable HTTP): single-valued, visible ASCII.
 pub const MCP_SESSION_ID: &str = "mcp-session-id";
+
+/// The host a trusted proxy in front says the client addressed.
+pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
 
 /// A raw header value as `HeaderValue::to_str` accepts it: visible ASCII, spaces and tabs
 /// (for heads read with httparse, before any `HeaderMap`).
@@ -21,28 +25,45 @@ pub fn visible_ascii(v: &[u8]) -> Option<&str> {
 }
 
 /// The authority the client addressed: `X-Forwarded-Host` from a trusted proxy, else `Host`,
-/// else the request URI's authority (HTTP/2).
+/// else the request URI's authority (HTTP/2). `None` when a trusted proxy's
+/// `X-Forwarded-Host` does not name one host ([`forwarded_host_refusal`]).
 pub fn requested_authority(headers: &HeaderMap, uri: &Uri, trusted: bool) -> Option<String> {
-    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    authority_of(
-        text("x-forwarded-host"),
-        text(header::HOST.as_str()).or_else(|| uri.authority().map(|a| a.as_str())),
-        trusted,
-    )
-    .map(str::to_string)
+    if forwarded_host_refusal(headers, trusted).is_some() {
+        return None;
+    }
+    let text = |name| single_header::text(headers, name);
+    let host = text(header::HOST.as_str()).or_else(|| uri.authority().map(|a| a.as_str()));
+    authority_of(text(X_FORWARDED_HOST), host, trusted).map(str::to_string)
 }
 
-/// [`requested_authority`] given the `X-Forwarded-Host` and `Host` values.
+/// [`requested_authority`] given the `X-Forwarded-Host` and `Host` values. A list in
+/// `X-Forwarded-Host` (a proxy that appended to what the client sent) addresses nothing:
+/// which host the client used is not ours to guess, and the first is the client's own.
 pub fn authority_of<'a>(
     forwarded_host: Option<&'a str>,
     host: Option<&'a str>,
     trusted: bool,
 ) -> Option<&'a str> {
-    forwarded_host
-        .filter(|_| trusted)
-        .and_then(|v| v.split(',').next())
-        .map(str::trim)
-        .or(host)
+    match forwarded_host.filter(|_| trusted) {
+        Some(list) if list.contains(',') => None,
+        Some(one) => Some(one.trim()),
+        None => host,
+    }
+}
+
+/// Why a trusted proxy's `X-Forwarded-Host` cannot be read: given twice, as a list, or not
+/// text. Its one value decides whether a request is addressed to us, and which server of
+/// `--config` serves it; it is read only from `--trusted-proxies`.
+pub fn forwarded_host_refusal(headers: &HeaderMap, trusted: bool) -> Option<&'static str> {
+    if !trusted {
+        return None;
+    }
+    let one_host = match single_header::value(headers, X_FORWARDED_HOST) {
+        Err(Repeated) => false,
+        Ok(None) => true,
+        Ok(Some(v)) => v.to_str().is_ok_and(|v| !v.contains(',')),
+    };
+    (!one_host).then_some("X-Forwarded-Host must name one host")
 }
 
 /// Whether an authority (`host[:port]`) names our external origin. A loopback origin accepts
@@ -119,8 +140,7 @@ pub fn malformed_head(headers: &HeaderMap) -> Option<String> {
     // lookup parses and hashes the name: 7 000 instructions a request, bench/instructions.sh).
     let repeats = headers.len() != headers.keys_len();
     for name in SINGLE_VALUED.into_iter().filter(|_| repeats) {
-        let mut values = headers.get_all(name).iter();
-        if values.next().is_some() && values.next().is_some() {
+        if single_header::value(headers, name) == Err(Repeated) {
             return Some(format!("the {name} header must appear at most once"));
         }
     }
@@ -237,6 +257,22 @@ mod tests {
             requested_authority(&h, &uri, false).as_deref(),
             Some("internal:8080")
         );
+        // A trusted proxy's list, or two copies, name no one host; from anyone else they are
+        // not read.
+        for (name, value) in [
+            ("x-forwarded-host", "public.example, evil.example"),
+            ("x-forwarded-host", "evil.example"),
+        ] {
+            let mut h = h.clone();
+            h.append(name, value.parse().unwrap());
+            assert_eq!(requested_authority(&h, &uri, true), None, "{h:?}");
+            assert!(forwarded_host_refusal(&h, true).is_some());
+            assert_eq!(forwarded_host_refusal(&h, false), None);
+            assert_eq!(
+                requested_authority(&h, &uri, false).as_deref(),
+                Some("internal:8080")
+            );
+        }
     }
 
     proptest! {

@@ -12,7 +12,9 @@ use axum::response::Response;
 use crate::client_addr::is_trusted;
 use crate::config::Site;
 use crate::error::jsonrpc_error;
-use crate::request_head::{host_allowed, malformed_head, origin_allowed, requested_authority};
+use crate::request_head::{
+    forwarded_host_refusal, host_allowed, malformed_head, origin_allowed, requested_authority,
+};
 
 /// Who reads the answers of a path, and so the shape of an error there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,14 +70,17 @@ fn refused(site: &Site, path: &str, status: StatusCode, message: &str) -> Respon
 }
 
 /// The checks before anything else: `400` for a head that repeats a single-valued header
-/// ([`malformed_head`]); `421` unless the request is addressed to our external host and
-/// port; `403` when a browser `Origin` is present and not allowed (metadata and proxied
+/// ([`malformed_head`]) or whose trusted proxy's `X-Forwarded-Host` names no one host;
+/// `421` unless the request is addressed to our external host and port; `403` when a browser `Origin` is present and not allowed (metadata and proxied
 /// paths). Health probes pass: orchestrators address the pod or container directly.
 pub fn refusal(site: &Site, peer: IpAddr, req: &Request) -> Option<Response> {
     if super::health::is_probe(req.uri().path()) {
         return None;
     }
-    if let Some(why) = malformed_head(req.headers()) {
+    let trusted = is_trusted(&site.trusted_proxies, peer);
+    if let Some(why) = malformed_head(req.headers())
+        .or_else(|| forwarded_host_refusal(req.headers(), trusted).map(str::to_string))
+    {
         return Some(refused(
             site,
             req.uri().path(),
@@ -83,7 +88,6 @@ pub fn refusal(site: &Site, peer: IpAddr, req: &Request) -> Option<Response> {
             &why,
         ));
     }
-    let trusted = is_trusted(&site.trusted_proxies, peer);
     let host_ok = requested_authority(req.headers(), req.uri(), trusted)
         .is_some_and(|a| host_allowed(site, &a));
     if !host_ok {

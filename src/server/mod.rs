@@ -515,13 +515,7 @@ async fn forward_auth(
     headers: axum::http::HeaderMap,
 ) -> Result<Response, GateRefusal> {
     let trusted = crate::client_addr::is_trusted(&app.site().trusted_proxies, peer.ip());
-    let one = |name: &str| {
-        let mut values = headers.get_all(name).iter();
-        match (values.next(), values.next()) {
-            (Some(v), None) => v.to_str().ok(),
-            _ => None,
-        }
-    };
+    let one = |name: &str| crate::single_header::text(&headers, name);
     let (method, uri) = (one("x-forwarded-method"), one("x-forwarded-uri"));
     let target = match (trusted, method, uri) {
         (true, Some(method), Some(uri)) => Some(crate::gate::Target {

@@ -343,4 +343,49 @@ async fn x_forwarded_host_is_believed_only_from_trusted_proxies() {
             .unwrap();
         assert_eq!(resp.status(), expected);
     }
+
+    // The trusted proxy's one host is believed; two, or a list, name no one host (the first
+    // of them would be whatever the client sent before the proxy appended its own), and both
+    // the lane and the general stack refuse them, with a token or without.
+    let token = token_for(&trusted, "password:alice").await;
+    let post = |hosts: &[&str], token: Option<&str>| {
+        let mut req = c
+            .post(trusted.url("/mcp"))
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+        for h in hosts {
+            req = req.header("x-forwarded-host", *h);
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let one = post(&["mcp.example.com"], Some(&token)).await.unwrap();
+    assert_eq!(one.status(), StatusCode::OK);
+    for hosts in [
+        &["mcp.example.com", "mcp.example.com"][..],
+        &["mcp.example.com", "evil.example"],
+        &["mcp.example.com, evil.example"],
+        &["evil.example,mcp.example.com"],
+    ] {
+        for token in [Some(token.as_str()), None] {
+            let resp = post(hosts, token).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{hosts:?}");
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(
+                body["error"]["message"], "X-Forwarded-Host must name one host",
+                "{hosts:?}"
+            );
+        }
+    }
+    // From anyone else the header is not read at all, however many there are.
+    let resp = c
+        .get(untrusted.url("/.well-known/oauth-protected-resource"))
+        .header(header::HOST, "mcp.example.com")
+        .header("x-forwarded-host", "a.example")
+        .header("x-forwarded-host", "b.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
 }

@@ -37,7 +37,13 @@ const LAYERS: &[&[&str]] = &[
         "json_names",
     ],
     &["store"],
-    &["clock", "log_writer", "log_line", "json_text"],
+    &[
+        "clock",
+        "log_writer",
+        "log_line",
+        "json_text",
+        "single_header",
+    ],
 ];
 
 /// The layer of a top-level module (0 is the top).

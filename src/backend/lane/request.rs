@@ -78,26 +78,26 @@ impl Lane {
                 }
                 // The router's: CORS, our cookies.
                 "origin" | "cookie" => proxied = false,
-                "host" | "authorization" | "mcp-session-id" => {
+                "host" | "authorization" | "mcp-session-id" | request_head::X_FORWARDED_HOST => {
                     let slot = match name {
                         "host" => &mut host,
                         "authorization" => &mut authorization,
-                        _ => &mut session_id,
+                        "mcp-session-id" => &mut session_id,
+                        _ => &mut forwarded_host,
                     };
                     // Read as the general path reads them (`HeaderValue::to_str`), and only
-                    // once: a second copy is the router's to refuse or choose from.
+                    // once: a second copy is the router's to refuse (a list in
+                    // `X-Forwarded-Host` too: `authority_of` addresses nothing with it).
                     match visible_ascii(h.value) {
                         Some(v) if slot.is_none() => *slot = Some(v),
                         _ => proxied = false,
                     }
                 }
-                "x-forwarded-host" | "x-forwarded-for" => match visible_ascii(h.value) {
-                    Some(v) if name == "x-forwarded-for" => forwarded_for.push(v),
-                    Some(v) => {
-                        forwarded_host.get_or_insert(v);
-                    }
+                "x-forwarded-for" => match visible_ascii(h.value) {
+                    Some(v) => forwarded_for.push(v),
                     None => proxied = false,
                 },
+
                 // The rest of the single-valued headers are read upstream, not here: a second
                 // copy is the router's to refuse, as the general path does.
                 _ => {

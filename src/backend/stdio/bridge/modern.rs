@@ -30,6 +30,8 @@ use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::LazyLock;
 
+use crate::single_header;
+
 use super::super::framing::{
     Kind, MemberName, Message, ParamsAt, StrRef, may_name, offset_in, splice, value_span,
 };
@@ -407,17 +409,15 @@ fn single<'h>(
     name: &HeaderName,
     id: &Value,
 ) -> Result<Option<&'h str>, ModernRefusal> {
-    let mut values = headers.get_all(name).iter();
-    let Some(first) = values.next() else {
-        return Ok(None);
-    };
     let mismatch = |why: String| ModernRefusal::HeaderMismatch {
         id: id.clone(),
         why,
     };
-    if values.next().is_some() {
-        return Err(mismatch(format!("{name} is repeated")));
-    }
+    let Some(first) =
+        single_header::value(headers, name).map_err(|_| mismatch(format!("{name} is repeated")))?
+    else {
+        return Ok(None);
+    };
     first
         .to_str()
         .map(|v| Some(v.trim()))
