@@ -26,6 +26,7 @@ use super::sessions;
 use crate::config::{Site, UpstreamOptions};
 use crate::error::jsonrpc_error;
 use crate::gate::Caller;
+use crate::single_header;
 use crate::store::Identity;
 use crate::store::Repo;
 
@@ -413,6 +414,21 @@ impl HttpBackend {
                     return failure.response();
                 }
             };
+            // The headers of the answer the proxy acts on come once: with two copies it could
+            // bind or follow one and the client read the other (the lane's rule too).
+            let one_of_each = [header::LOCATION.as_str(), MCP_SESSION_ID, "content-type"]
+                .into_iter()
+                .all(|name| single_header::value(resp.headers(), name).is_ok());
+            if !one_of_each {
+                let failure = UpstreamFailure::ConnectionFailed;
+                let status = Some(resp.status().as_u16());
+                failure.log(
+                    &url,
+                    status,
+                    Some("a header that has one value is repeated"),
+                );
+                return failure.response();
+            }
             let location = resp
                 .headers()
                 .get(header::LOCATION)

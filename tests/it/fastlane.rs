@@ -148,6 +148,19 @@ async fn upstream_conn(mut s: TcpStream, me: SocketAddr, log: Arc<Mutex<Vec<Seen
         let ok = match script.as_str() {
             "json" => reply(&mut s, json("")).await,
             "session" => reply(&mut s, json("mcp-session-id: upstream-session-1\r\n")).await,
+            // A header the proxy acts on, given twice: which one the client would read is
+            // not the proxy's to guess.
+            "two-sessions" => {
+                let two =
+                    "mcp-session-id: upstream-session-1\r\nmcp-session-id: upstream-session-2\r\n";
+                reply(&mut s, json(two)).await
+            }
+            "two-types" => reply(&mut s, json("content-type: text/event-stream\r\n")).await,
+            "two-redirects" => {
+                let text = "HTTP/1.1 307 Temporary Redirect\r\nlocation: /mcp/\r\n\
+                            location: /elsewhere\r\ncontent-length: 0\r\n\r\n";
+                reply(&mut s, text.into()).await
+            }
             "interim" => {
                 reply(
                     &mut s,
@@ -454,8 +467,22 @@ async fn the_lane_answers_exactly_as_the_general_stack() {
     let up = RawUpstream::start().await;
     let (lane, general) = pair(&up, &[]).await;
     for script in [
-        "json", "session", "interim", "hop", "sse", "big", "close", "http10", "401", "redirect",
-        "slow", "drop", "short",
+        "json",
+        "session",
+        "interim",
+        "hop",
+        "sse",
+        "big",
+        "close",
+        "http10",
+        "401",
+        "redirect",
+        "slow",
+        "drop",
+        "short",
+        "two-sessions",
+        "two-types",
+        "two-redirects",
     ] {
         let before = lane.served_by_lane();
         let a = lane.exchange(&lane.post(script, "", BODY), 1).await;
@@ -476,7 +503,7 @@ async fn the_lane_answers_exactly_as_the_general_stack() {
 
         // And both are right, not merely alike.
         let expected_status = match script {
-            "401" | "drop" | "short" => 502,
+            "401" | "drop" | "short" | "two-sessions" | "two-types" | "two-redirects" => 502,
             "slow" => 504,
             _ => 200,
         };

@@ -212,6 +212,22 @@ pub struct Head {
 #[error("malformed response from the MCP server: {0}")]
 pub struct BadResponse(pub &'static str);
 
+/// The headers of an answer that the lane reads and that must come once (a bit each): with
+/// two copies the lane could act on one and the client read the other. The general path
+/// holds the upstream to the same (`backend::http`, through `single_header`).
+const SESSION_ID: u8 = 1;
+const LOCATION: u8 = 2;
+const CONTENT_TYPE: u8 = 4;
+
+/// Marks `header` seen, refusing the answer if it was already.
+fn read_once(seen: &mut u8, header: u8) -> Result<(), BadResponse> {
+    if *seen & header != 0 {
+        return Err(BadResponse("a header that has one value is repeated"));
+    }
+    *seen |= header;
+    Ok(())
+}
+
 /// Parses a response head at the start of `buf`: `None` while incomplete.
 pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, BadResponse> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -226,6 +242,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, BadResponse> {
     let mut keep_alive = resp.version == Some(1);
     let (mut chunked, mut coded, mut length) = (false, false, None::<u64>);
     let (mut session_id, mut location, mut sse) = (None, None, false);
+    let mut seen = 0u8;
     let mut lower = [0u8; 32];
     for h in resp.headers.iter() {
         // Only short names matter here.
@@ -264,13 +281,16 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, BadResponse> {
             {
                 keep_alive = false;
             }
-            b"mcp-session-id" if session_id.is_none() => {
+            b"mcp-session-id" => {
+                read_once(&mut seen, SESSION_ID)?;
                 session_id = text().map(str::to_string);
             }
-            b"location" if location.is_none() => {
+            b"location" => {
+                read_once(&mut seen, LOCATION)?;
                 location = text().map(str::to_string);
             }
             b"content-type" => {
+                read_once(&mut seen, CONTENT_TYPE)?;
                 sse = text()
                     .is_some_and(|t| crate::media_type::mime_is(t, crate::backend::http::SSE));
             }
