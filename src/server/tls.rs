@@ -278,10 +278,8 @@ pub async fn watch_files(
 pub fn redirect_router(site: &crate::config::Site, acme: Option<Router>) -> Router {
     let site = site.clone();
     let redirect = move |req: Request| {
-        let origin = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
+        // Two `Host` lines name no one server: the proxy's own origin then.
+        let origin = crate::single_header::text(req.headers(), header::HOST)
             .and_then(|h| site.hosted_at(h))
             .map_or_else(|| site.home.clone(), |s| s.origin.clone());
         std::future::ready(same_path_at(&origin, &req, StatusCode::PERMANENT_REDIRECT))
