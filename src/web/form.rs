@@ -30,7 +30,8 @@ pub struct Params(HashMap<String, String>);
 impl Params {
     /// Parses `application/x-www-form-urlencoded` data (a body or a query string).
     pub fn parse(data: &[u8]) -> Result<Self, ParamError> {
-        let mut map = HashMap::new();
+        // Every name given, valued or empty: a repeat is refused whichever copy is empty.
+        let mut named: HashMap<String, Option<String>> = HashMap::new();
         for (count, (k, v)) in url::form_urlencoded::parse(data).enumerate() {
             if count >= MAX_PARAMS {
                 return Err(ParamError::TooMany);
@@ -38,17 +39,13 @@ impl Params {
             if k.len() > MAX_VALUE || v.len() > MAX_VALUE {
                 return Err(ParamError::TooLong(k.chars().take(40).collect()));
             }
-            if v.is_empty() {
-                if map.contains_key(k.as_ref()) {
-                    return Err(ParamError::Repeated(k.into_owned()));
-                }
-                continue;
-            }
-            if map.insert(k.to_string(), v.into_owned()).is_some() {
+            let value = (!v.is_empty()).then(|| v.into_owned());
+            if named.insert(k.to_string(), value).is_some() {
                 return Err(ParamError::Repeated(k.into_owned()));
             }
         }
-        Ok(Self(map))
+        let valued = named.into_iter().filter_map(|(k, v)| Some((k, v?)));
+        Ok(Self(valued.collect()))
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -70,6 +67,8 @@ mod tests {
         let repeated = ParamError::Repeated("a".into());
         assert_eq!(Params::parse(b"a=1&a=2").unwrap_err(), repeated);
         assert_eq!(Params::parse(b"a=1&a=").unwrap_err(), repeated);
+        assert_eq!(Params::parse(b"a=&a=1").unwrap_err(), repeated, "empty first");
+        assert_eq!(Params::parse(b"a&a").unwrap_err(), repeated, "both empty");
         assert!(
             Params::parse(b"code=x&code=x").is_err(),
             "even the same value twice"
