@@ -7,8 +7,9 @@
 //! nothing and is skipped until it expires. Records stored before the index existed are
 //! indexed when the proxy starts ([`Repo::index_by_person`]). On a shared store an older
 //! proxy, still running while a rolling upgrade replaces it, writes records without entries:
-//! for an hour after a proxy starts (`upgrade::UPGRADE_WINDOW`), each of its sweeps indexes
-//! them too.
+//! for an hour after a proxy starts, and an hour after its last sweep that found some
+//! (`upgrade::UPGRADE_WINDOW`), each of its sweeps indexes them too. Only an older proxy
+//! leaves a record without its entry: this one writes the entry first and removes it last.
 
 use std::collections::HashSet;
 

@@ -17,8 +17,8 @@ pub struct Repo {
     pub(super) store: Arc<dyn Store>,
     keys: Keys,
     clock: Clock,
-    /// When this process opened the store.
-    pub(super) opened_at: UnixTime,
+    /// When its window for older proxies on a shared store last started (`upgrade`).
+    pub(super) window_start: super::upgrade::WindowStart,
     /// What this process wrote for older proxies and takes out again (`upgrade`).
     pub(super) inline_answers: super::upgrade::InlineAnswers,
 }
@@ -43,12 +43,12 @@ pub struct Versioned<R> {
 
 impl Repo {
     pub fn new(store: Arc<dyn Store>, keys: Keys, clock: Clock) -> Self {
-        let opened_at = clock.now();
+        let window_start = super::upgrade::WindowStart::at(clock.now());
         Self {
             store,
             keys,
             clock,
-            opened_at,
+            window_start,
             inline_answers: Default::default(),
         }
     }
@@ -316,7 +316,7 @@ impl Repo {
             store: self.store.clone(),
             keys,
             clock: self.clock.clone(),
-            opened_at: self.opened_at,
+            window_start: self.window_start.clone(),
             inline_answers: self.inline_answers.clone(),
         }
     }
@@ -363,14 +363,12 @@ impl Repo {
 
     /// Deletes expired records; returns how many. Does for older proxies on a shared store
     /// what `upgrade` says: takes out the inline answers whose grace period ended (first:
-    /// they hold live tokens, and nothing else removes them), and in this process's first
-    /// hour indexes by person what they wrote ([`Repo::index_what_older_proxies_wrote`]).
+    /// they hold live tokens, and nothing else removes them), and while the window lasts
+    /// indexes by person what they wrote ([`Repo::index_for_older_proxies`]).
     pub async fn sweep(&self) -> Result<usize, StoreError> {
         self.take_out_inline_answers().await?;
         let swept = self.store.sweep(self.clock.now()).await?;
-        if self.in_upgrade_window() {
-            self.index_what_older_proxies_wrote().await?;
-        }
+        self.index_for_older_proxies().await?;
         Ok(swept)
     }
 

@@ -1,7 +1,9 @@
 //! What a proxy does for older proxies sharing its store while a rolling upgrade replaces
 //! them: for [`UPGRADE_WINDOW`] after it opens a shared store, it indexes by person what they
 //! write (`by_person`), and it writes a rotated refresh token's answer where they look for
-//! it too.
+//! it too. A sweep that finds records an older proxy wrote starts the window again, so an
+//! upgrade that keeps older proxies running for longer (a canary beside them for a day) is
+//! covered for as long as they write, and an hour after.
 //!
 //! A rotated refresh token answers a retry within the grace period with the pair it was
 //! rotated into. Older releases kept that answer inside the rotated token's record, for as
@@ -14,16 +16,28 @@
 //! with the store key, as every answer of an older release does.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{Repo, StoreError, TokenRecord};
 use crate::clock::UnixTime;
 
-/// How long after a proxy opens a shared store it works for older proxies on it. Each new
-/// process's window starts when it does, so the last one started covers the old ones until
-/// they stop, as long as they stop within the hour (an ordinary rolling upgrade replaces
-/// every process in minutes).
+/// How long after a proxy opens a shared store, or last finds what an older proxy wrote,
+/// it works for older proxies on it. Each new process's window starts when it does, so the
+/// last one started covers the old ones until they stop (an ordinary rolling upgrade
+/// replaces every process in minutes); older proxies that go on writing keep it open.
 pub(super) const UPGRADE_WINDOW: UnixTime = 3600;
+
+/// When this process's upgrade window last started: when it opened the store, then each
+/// sweep that found records an older proxy wrote. Shared by the process's clones of `Repo`.
+#[derive(Clone)]
+pub(super) struct WindowStart(Arc<AtomicU64>);
+
+impl WindowStart {
+    pub(super) fn at(now: UnixTime) -> Self {
+        Self(Arc::new(AtomicU64::new(now)))
+    }
+}
 
 /// The most rotated tokens whose inline answer one process remembers to take out: 40 bytes
 /// each, 4 MB in all, some 28 refreshes a second over the hour (checked before a rotation is
@@ -41,10 +55,21 @@ struct Due {
 pub(super) struct InlineAnswers(Arc<Mutex<VecDeque<Due>>>);
 
 impl Repo {
-    /// Whether this process is in its first hour on a store other processes share, where
-    /// older proxies may still run.
+    /// Whether this process is within an hour of opening a store other processes share, or
+    /// of last finding what an older proxy wrote there: older proxies may still run.
     pub(super) fn in_upgrade_window(&self) -> bool {
-        self.is_shared() && self.clock().now().saturating_sub(self.opened_at) < UPGRADE_WINDOW
+        let start = self.window_start.0.load(Ordering::Relaxed);
+        self.is_shared() && self.clock().now().saturating_sub(start) < UPGRADE_WINDOW
+    }
+
+    /// In the upgrade window, indexes by person what older proxies wrote; finding any starts
+    /// the window again (they are still running).
+    pub(super) async fn index_for_older_proxies(&self) -> Result<(), StoreError> {
+        if self.in_upgrade_window() && self.index_what_older_proxies_wrote().await? > 0 {
+            let now = self.clock().now();
+            self.window_start.0.fetch_max(now, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Whether a rotated token written now should carry its answer inline as well, for older

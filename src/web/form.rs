@@ -67,7 +67,11 @@ mod tests {
         let repeated = ParamError::Repeated("a".into());
         assert_eq!(Params::parse(b"a=1&a=2").unwrap_err(), repeated);
         assert_eq!(Params::parse(b"a=1&a=").unwrap_err(), repeated);
-        assert_eq!(Params::parse(b"a=&a=1").unwrap_err(), repeated, "empty first");
+        assert_eq!(
+            Params::parse(b"a=&a=1").unwrap_err(),
+            repeated,
+            "empty first"
+        );
         assert_eq!(Params::parse(b"a&a").unwrap_err(), repeated, "both empty");
         assert!(
             Params::parse(b"code=x&code=x").is_err(),

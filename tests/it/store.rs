@@ -324,9 +324,10 @@ async fn shared_repo_on_a_manual_clock(pg: &crate::pg::PgCluster, database: &str
 
 /// An older proxy still running on a shared store while a rolling upgrade replaces it
 /// writes grants and browser sessions without entries in the index by person. A newer
-/// proxy's sweeps index them for an hour after it starts, so the person's apps page lists
-/// them and "sign out everywhere" ends them without a restart; sweeps after the hour, and
-/// sweeps of a store no other process shares, leave the index alone.
+/// proxy's sweeps index them for an hour after it starts, and for an hour after a sweep last
+/// found some, so the person's apps page lists them and "sign out everywhere" ends them
+/// without a restart while older proxies go on writing; sweeps after an hour without any,
+/// and sweeps of a store no other process shares, leave the index alone.
 #[tokio::test]
 async fn sweeps_index_what_an_older_proxy_writes_during_a_rolling_upgrade() {
     let pg = crate::pg::PgCluster::start().await;
@@ -366,10 +367,28 @@ async fn sweeps_index_what_an_older_proxy_writes_during_a_rolling_upgrade() {
     repo.sweep().await.unwrap();
     assert_eq!(found("bob").await, (vec![bobs], 1));
 
-    clock.advance(3600);
-    write_as_an_older_proxy("g-carol", "carol").await;
+    // Older proxies still writing past the first hour (a canary upgrade) keep it open.
+    clock.advance(3000);
+    let carols = write_as_an_older_proxy("g-carol", "carol").await;
     repo.sweep().await.unwrap();
-    assert_eq!(found("carol").await, (vec![], 0), "the hour is over");
+    assert_eq!(found("carol").await, (vec![carols], 1));
+    clock.advance(3000);
+    let erins = write_as_an_older_proxy("g-erin", "erin").await;
+    repo.sweep().await.unwrap();
+    assert_eq!(
+        found("erin").await,
+        (vec![erins], 1),
+        "6 300 s after the start, 3 000 after the last find"
+    );
+
+    clock.advance(3600);
+    write_as_an_older_proxy("g-frank", "frank").await;
+    repo.sweep().await.unwrap();
+    assert_eq!(
+        found("frank").await,
+        (vec![], 0),
+        "an hour without a find is over"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let embedded = repo_at(dir.path());
