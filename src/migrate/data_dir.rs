@@ -76,5 +76,6 @@ fn describe(table: Table) -> &'static str {
         Table::PersonGrants => "person-to-grant links",
         Table::PersonSessions => "person-to-session links",
         Table::RotationAnswers => "refresh answers within their grace period",
+        Table::InlineAnswers => "refresh answers to take out of rotated tokens",
     }
 }

@@ -524,6 +524,11 @@ async fn refresh_grant(
         // Older proxies sharing the store look for the answer inside the rotated token
         // (store::upgrade); while this process works for them, it is there too, until it expires.
         let inline = app.repo.answers_inline();
+        if inline {
+            app.repo
+                .take_out_inline_answer_at(&hash.0, &successor_hash.0, answer_until)
+                .await?;
+        }
         let rotated = TokenRecord {
             rotation: Some(Rotation {
                 at: now,
@@ -543,9 +548,6 @@ async fn refresh_grant(
             .replace(&hash.0, &found.entry, &rotated, found.entry.expires_at)
             .await?
         {
-            if inline {
-                app.repo.take_out_inline_answer_at(hash.0, answer_until);
-            }
             return Ok(resp);
         }
         // Lost the race: drop what this attempt minted and answer from the winner's rotation.

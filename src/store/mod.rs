@@ -71,10 +71,13 @@ pub enum Table {
     /// What a refresh token was rotated into, sealed, for the grace period only: by hash of
     /// the refresh token it returned (see [`RotationAnswer`]).
     RotationAnswers,
+    /// Rotated tokens that carry their answer inline for older proxies, and when a sweep
+    /// takes it out: by rotated token hash ++ successor hash (see [`InlineAnswerDue`]).
+    InlineAnswers,
 }
 
 impl Table {
-    pub const ALL: [Table; 19] = [
+    pub const ALL: [Table; 20] = [
         Table::Clients,
         Table::Codes,
         Table::Grants,
@@ -94,6 +97,7 @@ impl Table {
         Table::PersonGrants,
         Table::PersonSessions,
         Table::RotationAnswers,
+        Table::InlineAnswers,
     ];
 
     /// Stable name, used as the backend's table name.
@@ -118,6 +122,7 @@ impl Table {
             Table::PersonGrants => "person_grants",
             Table::PersonSessions => "person_sessions",
             Table::RotationAnswers => "rotation_answers",
+            Table::InlineAnswers => "inline_answers",
         }
     }
 }

@@ -190,6 +190,21 @@ impl Record for RotationAnswer {
     const VERSION: u32 = 1;
 }
 
+/// A rotated token written with its answer inline for older proxies (`upgrade.rs`), and
+/// from when a sweep takes it out. Stored under the rotated token's hash ++ the successor's
+/// hash before the token is written, so that any newer proxy's sweep takes it out, also
+/// after the process that wrote it stopped, and only while the answer inside is that
+/// rotation's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InlineAnswerDue {
+    pub due: UnixTime,
+}
+
+impl Record for InlineAnswerDue {
+    const TABLE: Table = Table::InlineAnswers;
+    const VERSION: u32 = 1;
+}
+
 /// An access or refresh token, stored under its hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenRecord {

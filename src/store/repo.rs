@@ -19,8 +19,6 @@ pub struct Repo {
     clock: Clock,
     /// When its window for older proxies on a shared store last started (`upgrade`).
     pub(super) window_start: super::upgrade::WindowStart,
-    /// What this process wrote for older proxies and takes out again (`upgrade`).
-    pub(super) inline_answers: super::upgrade::InlineAnswers,
 }
 
 #[derive(Serialize)]
@@ -49,7 +47,6 @@ impl Repo {
             keys,
             clock,
             window_start,
-            inline_answers: Default::default(),
         }
     }
 
@@ -317,7 +314,6 @@ impl Repo {
             keys,
             clock: self.clock.clone(),
             window_start: self.window_start.clone(),
-            inline_answers: self.inline_answers.clone(),
         }
     }
 

@@ -11,15 +11,14 @@
 //! ([`super::RotationAnswer`]). An older process reading a token this one rotated would find
 //! no answer inside and fail the client's retry. So in the window the answer is written in
 //! both places, and the copy inside is taken out again by the first sweep after the grace
-//! period, from a list this process keeps (at most [`MAX_INLINE_ANSWERS`]; past that, only
-//! the new place is written). A copy whose process stopped before that sweep stays, sealed
-//! with the store key, as every answer of an older release does.
+//! period. What to take out is a store record ([`InlineAnswerDue`]), written before the
+//! token: the sweep of any newer process on the store takes it out, also when the process
+//! that wrote it has stopped.
 
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
-use super::{Repo, StoreError, TokenRecord};
+use super::{InlineAnswerDue, Repo, StoreError, TokenRecord};
 use crate::clock::UnixTime;
 
 /// How long after a proxy opens a shared store, or last finds what an older proxy wrote,
@@ -38,21 +37,6 @@ impl WindowStart {
         Self(Arc::new(AtomicU64::new(now)))
     }
 }
-
-/// The most rotated tokens whose inline answer one process remembers to take out: 40 bytes
-/// each, 4 MB in all, some 28 refreshes a second over the hour (checked before a rotation is
-/// written, so refreshes racing at the cap may pass it by a few).
-pub(super) const MAX_INLINE_ANSWERS: usize = 100_000;
-
-/// A rotated token (by hash) carrying its answer inline, and when to take it out.
-struct Due {
-    at: UnixTime,
-    hash: [u8; 32],
-}
-
-/// The rotated tokens this process wrote an inline answer into, in order of when it is due.
-#[derive(Clone, Default)]
-pub(super) struct InlineAnswers(Arc<Mutex<VecDeque<Due>>>);
 
 impl Repo {
     /// Whether this process is within an hour of opening a store other processes share, or
@@ -73,67 +57,64 @@ impl Repo {
     }
 
     /// Whether a rotated token written now should carry its answer inline as well, for older
-    /// proxies: in the upgrade window, while the list of those to take out has room.
+    /// proxies: in the upgrade window.
     pub fn answers_inline(&self) -> bool {
         self.in_upgrade_window()
-            && self
-                .inline_answers
-                .0
-                .lock()
-                .is_ok_and(|due| due.len() < MAX_INLINE_ANSWERS)
     }
 
-    /// Remembers that the rotated token under `hash`, just written with its answer inline,
-    /// has it taken out by the first sweep from `at` on. Only what was written is remembered:
-    /// a rotation that lost a race to another process's leaves that one's record alone.
-    pub fn take_out_inline_answer_at(&self, hash: [u8; 32], at: UnixTime) {
-        if let Ok(mut due) = self.inline_answers.0.lock() {
-            due.push_back(Due { at, hash });
-        }
+    /// Has the first sweep from `at` on take the answer out of the rotated token under
+    /// `hash`, if it is still the rotation into `successor`. Written before the token is: a
+    /// rotation that then loses a race to another process's leaves that one's answer alone,
+    /// as the successor differs.
+    pub async fn take_out_inline_answer_at(
+        &self,
+        hash: &[u8; 32],
+        successor: &[u8; 32],
+        at: UnixTime,
+    ) -> Result<(), StoreError> {
+        let key = [hash.as_slice(), successor].concat();
+        self.put(&key, &InlineAnswerDue { due: at }, None).await
     }
 
-    /// Takes the answer out of the rotated tokens whose grace period has ended. Those the store
-    /// failed on wait for the next sweep.
+    /// Takes the answer out of the rotated tokens whose grace period has ended, whichever
+    /// process wrote them. One the store fails on stays for the next sweep.
     pub(super) async fn take_out_inline_answers(&self) -> Result<(), StoreError> {
+        if !self.is_shared() {
+            return Ok(());
+        }
         let now = self.clock().now();
-        let mut due: VecDeque<Due> = match self.inline_answers.0.lock() {
-            Ok(mut list) => {
-                // Pushed in order of `at` (the grace period is the same for all).
-                let ready = list.iter().take_while(|due| due.at <= now).count();
-                list.drain(..ready).collect()
+        for (key, due) in self.scan::<InlineAnswerDue>(b"").await? {
+            if due.due > now {
+                continue;
             }
-            Err(_) => VecDeque::new(),
-        };
-        while let Some(next) = due.front() {
-            if let Err(e) = self.take_out(&next.hash).await {
-                if let Ok(mut list) = self.inline_answers.0.lock() {
-                    while let Some(back) = due.pop_back() {
-                        list.push_front(back);
-                    }
-                }
-                return Err(e);
+            let done = match (key.get(..32), key.get(32..)) {
+                (Some(hash), Some(successor)) => self.take_out(hash, successor).await?,
+                _ => true,
+            };
+            if done {
+                self.remove::<InlineAnswerDue>(&key).await?;
             }
-            due.pop_front();
         }
         Ok(())
     }
 
-    /// Takes the answer out of the rotated token under `hash`. A token changed meanwhile
-    /// (rotated again by an older proxy, revoked, gone) is left as it is.
-    async fn take_out(&self, hash: &[u8; 32]) -> Result<(), StoreError> {
+    /// Takes the answer out of the rotated token under `hash`, if it is the rotation into
+    /// `successor`; a token that is not (gone, or another process's rotation) is left as it
+    /// is. Whether that is done: not when the record changed between its read and its write,
+    /// which the next sweep tries again.
+    async fn take_out(&self, hash: &[u8], successor: &[u8]) -> Result<bool, StoreError> {
         let Some(mut found) = self.get_versioned::<TokenRecord>(hash).await? else {
-            return Ok(());
+            return Ok(true);
         };
         let Some(rotation) = found.record.rotation.as_mut() else {
-            return Ok(());
+            return Ok(true);
         };
-        if rotation.sealed_response.is_empty() {
-            return Ok(());
+        if rotation.successor_hash != successor || rotation.sealed_response.is_empty() {
+            return Ok(true);
         }
         rotation.sealed_response = Vec::new();
         let expires_at = found.entry.expires_at;
         self.replace(hash, &found.entry, &found.record, expires_at)
-            .await?;
-        Ok(())
+            .await
     }
 }

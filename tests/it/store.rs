@@ -310,16 +310,21 @@ async fn a_persons_grants_are_found_through_their_index() {
 /// A repo on a new database of `pg` (a store other processes may share), on a manual clock.
 async fn shared_repo_on_a_manual_clock(pg: &crate::pg::PgCluster, database: &str) -> (Repo, Clock) {
     let dsn = pg.database(database).await;
+    let clock = Clock::manual(1_000_000);
+    (shared_repo_at(&dsn, &clock).await, clock)
+}
+
+/// A process's repo on the database at `dsn`, on `clock`.
+async fn shared_repo_at(dsn: &str, clock: &Clock) -> Repo {
     let store = mcp_auth_proxy::store::postgres::PostgresStore::connect(
-        &dsn,
+        dsn,
         std::time::Duration::from_secs(10),
     )
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let keys = Keys::load(dir.path(), None, None).unwrap();
-    let clock = Clock::manual(1_000_000);
-    (Repo::new(Arc::new(store), keys, clock.clone()), clock)
+    Repo::new(Arc::new(store), keys, clock.clone())
 }
 
 /// An older proxy still running on a shared store while a rolling upgrade replaces it
@@ -408,14 +413,18 @@ async fn sweeps_index_what_an_older_proxy_writes_during_a_rolling_upgrade() {
     );
 }
 
-/// A proxy in its first hour on a shared store leaves a rotated token's answer inside the
-/// token's record for older proxies, and its sweeps take it out once the grace period is
-/// over (`store::upgrade`). A sweep that finds the database gone keeps them for the next one.
+/// A proxy working for older ones on a shared store leaves a rotated token's answer inside
+/// the token's record, and the first sweep after the grace period takes it out
+/// (`store::upgrade`): a sweep of any newer process on the store, also once the one that
+/// wrote it has stopped, and only the answer of the rotation it names. A sweep that finds
+/// the database gone leaves them for the next one.
 #[tokio::test]
-async fn inline_answers_a_sweep_could_not_take_out_wait_for_the_next() {
+async fn inline_answers_are_taken_out_by_the_next_sweep_that_can() {
     use mcp_auth_proxy::store::{Rotation, TokenKind, TokenRecord};
     let pg = crate::pg::PgCluster::start().await;
-    let (repo, clock) = shared_repo_on_a_manual_clock(&pg, "inline").await;
+    let dsn = pg.database("inline").await;
+    let clock = Clock::manual(1_000_000);
+    let writer = shared_repo_at(&dsn, &clock).await;
     let rotated = |n: u8| TokenRecord {
         kind: TokenKind::Refresh,
         grant_id: "g".into(),
@@ -433,30 +442,47 @@ async fn inline_answers_a_sweep_could_not_take_out_wait_for_the_next() {
         identity: None,
         jkt: None,
     };
-    let hashes = [TokenHash::of("r-1").0, TokenHash::of("r-2").0];
+    let hashes = [1, 2, 3].map(|n| TokenHash::of(&format!("r-{n}")).0);
     for (n, hash) in (1..).zip(hashes) {
-        let record = rotated(n);
-        repo.put(&hash, &record, Some(record.expires_at))
+        assert!(writer.answers_inline());
+        // The third lost its race: the record holds another process's rotation (into 3),
+        // not the one this process meant to take out (into 9).
+        let successor = if n == 3 { [9; 32] } else { [n; 32] };
+        writer
+            .take_out_inline_answer_at(&hash, &successor, 1_000_031)
             .await
             .unwrap();
-        assert!(repo.answers_inline());
-        repo.take_out_inline_answer_at(hash, 1_000_031);
+        let record = rotated(n);
+        writer
+            .put(&hash, &record, Some(record.expires_at))
+            .await
+            .unwrap();
     }
+    // The writer stops before its grace periods end; another process sweeps.
+    drop(writer);
+    let sweeper = shared_repo_at(&dsn, &clock).await;
     let inline = |hash: [u8; 32]| {
-        let repo = repo.clone();
+        let repo = sweeper.clone();
         async move {
             let record = repo.get::<TokenRecord>(&hash).await.unwrap().unwrap();
             record.rotation.unwrap().sealed_response
         }
     };
 
-    clock.advance(31);
+    clock.advance(30);
+    sweeper.sweep().await.unwrap();
+    assert_eq!(
+        inline(hashes[0]).await,
+        vec![1; 40],
+        "within the grace period"
+    );
+    clock.advance(1);
     pg.pause();
-    assert!(repo.sweep().await.is_err(), "the database is gone");
+    assert!(sweeper.sweep().await.is_err(), "the database is gone");
     pg.resume();
     // The pool reconnects by itself; wait for it (polling, at most ten seconds).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while repo.probe().await.is_err() {
+    while sweeper.probe().await.is_err() {
         assert!(
             std::time::Instant::now() < deadline,
             "the store never came back"
@@ -464,10 +490,23 @@ async fn inline_answers_a_sweep_could_not_take_out_wait_for_the_next() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(inline(hashes[0]).await, vec![1; 40], "not taken out yet");
-    repo.sweep().await.unwrap();
-    for hash in hashes {
-        assert!(inline(hash).await.is_empty(), "taken out by the next sweep");
+    sweeper.sweep().await.unwrap();
+    for hash in &hashes[..2] {
+        assert!(
+            inline(*hash).await.is_empty(),
+            "taken out by the next sweep"
+        );
     }
+    assert_eq!(
+        inline(hashes[2]).await,
+        vec![3; 40],
+        "another rotation's answer is left alone"
+    );
+    let left = sweeper
+        .scan::<mcp_auth_proxy::store::InlineAnswerDue>(b"")
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "nothing left to do: {left:?}");
 }
 
 #[tokio::test]
