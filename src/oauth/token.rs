@@ -522,7 +522,8 @@ async fn refresh_grant(
             .put(&successor_hash.0, &answer, Some(answer_until))
             .await?;
         // Older proxies sharing the store look for the answer inside the rotated token
-        // (store::upgrade); while this process works for them, it is there too, until it expires.
+        // (store::upgrade); while this process works for them, it is there too, until a
+        // sweep takes it out after the grace period.
         let inline = app.repo.answers_inline();
         if inline {
             app.repo

@@ -97,7 +97,6 @@ impl Lane {
                     Some(v) => forwarded_for.push(v),
                     None => proxied = false,
                 },
-
                 // The rest of the single-valued headers are read upstream, not here: a second
                 // copy is the router's to refuse, as the general path does.
                 _ => {
