@@ -177,7 +177,8 @@ pub struct Cli {
 
     /// PostgreSQL connection string, such as
     /// postgres://user:password@host:5432/database?sslmode=verify-full. On a command line it
-    /// is visible to every local user: prefer the REPOSITORY_DSN variable.
+    /// is masked once the proxy starts, readable by every local user until then: prefer the
+    /// REPOSITORY_DSN variable.
     #[arg(
         help_heading = "Store and operations",
         long,
@@ -442,8 +443,9 @@ pub struct Cli {
     pub body_read_timeout: String,
 
     /// Shared password for the login page (hashed with bcrypt at startup, never stored).
-    /// On a command line it is visible to every local user (ps, /proc/*/cmdline): prefer
-    /// --password-hash, --password-file or the PASSWORD variable.
+    /// On a command line it is masked (ps, /proc/*/cmdline) once the proxy starts, readable
+    /// by every local user until then: prefer --password-hash, --password-file or the
+    /// PASSWORD variable.
     #[arg(
         help_heading = "Password sign-in",
         long,
@@ -1018,15 +1020,26 @@ pub struct MigrateCli {
     pub tls_directory_url: String,
 }
 
-/// Flags given more than once before the backend, with how often. The last one wins (as in
-/// sigbit's proxy: a script that appends an override keeps working), but a person who typed
-/// one twice by mistake should hear of it. Flags that collect several values are not counted.
-pub fn repeated_flags(args: &[std::ffi::OsString]) -> Vec<(String, usize)> {
+/// Where a flag's value is on the command line (indexes into the words, the program's name
+/// first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValueAt {
+    /// A switch, or a flag whose value is missing.
+    Nowhere,
+    /// After the `=` of `--flag=value`, in word `n`.
+    Inline(usize),
+    /// The whole of word `n`, after the flag's.
+    Next(usize),
+}
+
+/// Each flag given before the backend, with where its value is, as clap reads them: the one
+/// walk of the command line that both [`repeated_flags`] and [`secret_values`] rest on.
+fn flags_given(args: &[std::ffi::OsString], mut each: impl FnMut(&clap::Arg, ValueAt)) {
     use clap::CommandFactory;
     let cmd = Cli::command();
-    let mut counts = std::collections::BTreeMap::<String, usize>::new();
-    let mut words = args.iter().skip(1);
-    while let Some(word) = words.next().and_then(|w| w.to_str()) {
+    let mut at = 0;
+    while let Some(word) = args.get(at + 1).and_then(|w| w.to_str()) {
+        at += 1;
         if word == "--" {
             break;
         }
@@ -1052,9 +1065,24 @@ pub fn repeated_flags(args: &[std::ffi::OsString]) -> Vec<(String, usize)> {
             continue;
         };
         let takes_value = arg.get_action().takes_values() && !arg.is_require_equals_set();
-        if takes_value && !inline {
-            words.next();
-        }
+        let value = if inline {
+            ValueAt::Inline(at)
+        } else if takes_value && at + 1 < args.len() {
+            at += 1;
+            ValueAt::Next(at)
+        } else {
+            ValueAt::Nowhere
+        };
+        each(arg, value);
+    }
+}
+
+/// Flags given more than once before the backend, with how often. The last one wins (as in
+/// sigbit's proxy: a script that appends an override keeps working), but a person who typed
+/// one twice by mistake should hear of it. Flags that collect several values are not counted.
+pub fn repeated_flags(args: &[std::ffi::OsString]) -> Vec<(String, usize)> {
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    flags_given(args, |arg, _| {
         if matches!(
             arg.get_action(),
             clap::ArgAction::Set | clap::ArgAction::SetTrue
@@ -1062,8 +1090,30 @@ pub fn repeated_flags(args: &[std::ffi::OsString]) -> Vec<(String, usize)> {
             let name = arg.get_long().unwrap_or_else(|| arg.get_id().as_str());
             *counts.entry(format!("--{name}")).or_default() += 1;
         }
-    }
+    });
     counts.into_iter().filter(|(_, n)| *n > 1).collect()
+}
+
+/// The secret values on a command line: of each flag whose variable's value the help hides
+/// (passwords, client secrets, bearer tokens, connection strings, extra headers and the
+/// child's extra environment), the word it is in and the byte its value starts at there.
+/// `main` masks them where every local user can read them (`/proc/<pid>/cmdline`).
+pub fn secret_values(args: &[std::ffi::OsString]) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    flags_given(args, |arg, value| {
+        if !arg.is_hide_env_values_set() {
+            return;
+        }
+        match value {
+            ValueAt::Nowhere => {}
+            ValueAt::Next(word) => found.push((word, 0)),
+            ValueAt::Inline(word) => {
+                let text = args[word].to_str().unwrap_or_default();
+                found.push((word, text.find('=').map_or(text.len(), |i| i + 1)));
+            }
+        }
+    });
+    found
 }
 
 /// Variables we read without a flag of their own.
@@ -1101,6 +1151,33 @@ mod tests {
 
     fn words(s: &str) -> Vec<std::ffi::OsString> {
         s.split(' ').map(Into::into).collect()
+    }
+
+    #[test]
+    fn secret_values_are_found_wherever_clap_reads_them_and_nowhere_else() {
+        let args = words(
+            "p --password pw1 --listen :1 --password=pw2 --google-client-secret gs --oidc-client-id id --proxy-bearer-token=tok --stdio-env K=V -- node s.js --password not-ours",
+        );
+        let found: Vec<(String, String)> = secret_values(&args)
+            .into_iter()
+            .map(|(w, from)| {
+                let word = args[w].to_str().unwrap();
+                (word[..from].to_string(), word[from..].to_string())
+            })
+            .collect();
+        let expected = [
+            ("", "pw1"),
+            ("--password=", "pw2"),
+            ("", "gs"),
+            ("--proxy-bearer-token=", "tok"),
+            ("", "K=V"),
+        ];
+        assert_eq!(found, expected.map(|(a, b)| (a.to_string(), b.to_string())));
+        assert!(secret_values(&words("p --password")).is_empty(), "no value");
+        assert_eq!(
+            secret_values(&words("p --password-hash h http://u/mcp")),
+            [(2, 0)]
+        );
     }
 
     #[test]

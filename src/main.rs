@@ -122,6 +122,64 @@ async fn migrate(rest: &[std::ffi::OsString]) -> std::process::ExitCode {
     }
 }
 
+/// Masks the values of secret flags (`cli::secret_values`: `--password`, client secrets,
+/// tokens, connection strings) in this process's command line, which every local user reads
+/// in `/proc/<pid>/cmdline` (`ps`), whatever the process's dumpable flag: from here on it shows
+/// `--password ***`. The words are written back over the kernel's copy through
+/// `/proc/self/mem` (a process may always write its own memory), shortened, with the bytes
+/// they freed at the end as empty words, so not even a secret's length shows. Until this
+/// runs, a few milliseconds after start, the values are readable: the help for `--password`
+/// says to prefer a file or the environment.
+#[cfg(target_os = "linux")]
+fn hide_secret_values(args: &[std::ffi::OsString]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileExt;
+    let secrets = mcp_auth_proxy::cli::secret_values(args);
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    // Fields 48 and 49 of stat(5), `arg_start` and `arg_end`: counted after the name in
+    // parentheses (which may hold spaces), where field 3 begins.
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    let unreadable = || std::io::Error::other("arg_start and arg_end are not in /proc/self/stat");
+    let (start, end) = (
+        field(48).ok_or_else(unreadable)?,
+        field(49).ok_or_else(unreadable)?,
+    );
+    let now = std::fs::read("/proc/self/cmdline")?;
+    let expected: Vec<u8> = args
+        .iter()
+        .flat_map(|a| a.as_bytes().iter().copied().chain([0]))
+        .collect();
+    if now != expected || end.checked_sub(start) != u64::try_from(now.len()).ok() {
+        return Err(std::io::Error::other(
+            "the command line is not the one this process was given",
+        ));
+    }
+    let mut masked: Vec<u8> = Vec::with_capacity(now.len());
+    for (n, word) in args.iter().enumerate() {
+        let word = word.as_bytes();
+        match secrets.iter().find(|(w, _)| *w == n) {
+            Some(&(_, from)) => {
+                let kept = word.get(..from).unwrap_or(word);
+                masked.extend_from_slice(kept);
+                masked.extend_from_slice(&b"***"[..3.min(word.len() - kept.len())]);
+            }
+            None => masked.extend_from_slice(word),
+        }
+        masked.push(0);
+    }
+    masked.resize(now.len(), 0);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/mem")?
+        .write_all_at(&masked, start)
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -140,11 +198,19 @@ async fn main() -> std::process::ExitCode {
     {
         eprintln!("mcp-auth-proxy: warning: could not make the process non-dumpable: {e}");
     }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = hide_secret_values(&args) {
+        eprintln!(
+            "mcp-auth-proxy: warning: could not hide secret flags from /proc/self/cmdline: {e}"
+        );
+    }
     // The one process-wide TLS crypto provider, for the listeners, ACME and every client.
     // (aws-lc-rs is the only one compiled in, so a library or test that builds a rustls
     // config without this gets the same one.)
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let cli = Cli::parse();
+    // From the words read before they were masked (`std::env::args_os` reads the process's
+    // argv again at each call, so it would now read the masks).
+    let cli = Cli::parse_from(&args);
     let log = match init_tracing() {
         Ok(guard) => guard,
         Err(e) => {

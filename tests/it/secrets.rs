@@ -181,3 +181,67 @@ async fn the_plaintext_password_is_not_kept_once_hashed() {
         "the plaintext stayed in memory"
     );
 }
+
+/// Secrets given as flags are masked in the proxy's command line, which every local user
+/// reads in `/proc/<pid>/cmdline` (`ps`), whatever the process's dumpable flag; the proxy
+/// itself still runs on the real values.
+#[tokio::test]
+async fn secrets_given_as_flags_are_masked_in_proc_cmdline() {
+    use crate::flow::{Browser, OAuthClient, query, token};
+    use crate::helpers::{BinarySite, client, start_upstream};
+    let site = BinarySite::new().await;
+    let up = start_upstream().await;
+    let password = "flag-password-0123456789";
+    let bearer = "flag-bearer-token-0123456789";
+    let bearer_flag = format!("--proxy-bearer-token={bearer}");
+    let upstream = up.url("/mcp");
+    let bin = site
+        .start(&["--password", password, &bearer_flag, &upstream])
+        .await;
+    let pid = bin.child.id().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let text = String::from_utf8_lossy(&cmdline);
+    assert!(
+        !text.contains(password) && !text.contains(bearer),
+        "{text:?}"
+    );
+    let words: Vec<&str> = text.trim_end_matches('\0').split('\0').collect();
+    assert!(
+        words.windows(2).any(|w| w == ["--password", "***"]),
+        "{words:?}"
+    );
+    assert!(words.contains(&"--proxy-bearer-token=***"), "{words:?}");
+    assert_eq!(words.last(), Some(&upstream.as_str()), "the rest as given");
+    // Not even the lengths show: what the masks freed is at the end.
+    assert_eq!(
+        cmdline.len() - text.trim_end_matches('\0').len() - 1,
+        password.len() + bearer.len() - 6
+    );
+
+    // What the proxy read is the real thing: the password signs in, the token goes upstream.
+    let t = bin.target(&site.origin);
+    let oc = OAuthClient::public(&t).await;
+    let back = Browser::new()
+        .authorize(&t, &oc.auth_url(&t, &[]), password, "approve")
+        .await;
+    let code = query(&back, "code").expect("signed in with the password from the flag");
+    let tokens: serde_json::Value = token(&t, &oc.code_params(&code, &[]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let echoed: serde_json::Value = client()
+        .post(bin.url("/mcp"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed["headers"]["authorization"],
+        format!("Bearer {bearer}")
+    );
+}
