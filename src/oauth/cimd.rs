@@ -81,6 +81,8 @@ pub enum Refusal {
     TooLarge,
     #[error("it is not a JSON object: {0}")]
     NotJson(Arc<serde_json::Error>),
+    #[error("an object in it names a member twice")]
+    NamesTwice,
     #[error("its client_id is not its own URL")]
     NotItsOwnId,
     #[error("it has no client_name")]
@@ -337,6 +339,11 @@ impl Documents {
         }
         let doc: Map<String, Value> =
             serde_json::from_slice(&body).map_err(|e| Refusal::NotJson(Arc::new(e)))?;
+        // Of two equal names serde_json keeps the last, other readers the first: the document
+        // would say one thing here and another to its author's tools.
+        if crate::json_names::read(&body).is_some_and(|r| r.names_twice) {
+            return Err(Refusal::NamesTwice);
+        }
         let client = self.check(id, &doc)?;
         Ok((client, ttl))
     }

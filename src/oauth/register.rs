@@ -230,6 +230,11 @@ pub async fn register(
     }
     let doc: Map<String, Value> = serde_json::from_slice(&body)
         .map_err(|_| meta_err("the registration is not a JSON object"))?;
+    // Of two equal names serde_json keeps the last, other readers the first: refused, so
+    // what is registered is what the client meant, whichever reader it knows.
+    if crate::json_names::read(&body).is_some_and(|r| r.names_twice) {
+        return Err(meta_err("the registration names a member twice"));
+    }
     let mut client = validate(&doc, &app.authn.cfg.redirect_schemes)?;
 
     let now = app.repo.clock().now();

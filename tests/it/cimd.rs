@@ -117,6 +117,14 @@ impl DocServer {
                 get(|| async { format!("{{\"pad\":\"{}\"}}", "x".repeat(20_000)) }),
             )
             .route("/gone.json", get(|| async { AxStatus::NOT_FOUND }))
+            // Two client names: which one a reader keeps depends on the reader.
+            .route("/twice.json", {
+                let body = format!(
+                    r#"{{"client_id": "{origin}/twice.json", "client_name": "Document App", "client_name": "Other App", "redirect_uris": ["{}"]}}"#,
+                    crate::flow::REDIRECT
+                );
+                get(move || async move { body })
+            })
             .route(
                 "/changing.json",
                 get(move || {
@@ -354,6 +362,7 @@ async fn documents_that_do_not_describe_themselves_properly_are_refused() {
         ("/moved.json", "redirects are not followed"),
         ("/big.json", "larger than"),
         ("/gone.json", "404"),
+        ("/twice.json", "names a member twice"),
     ] {
         let page = refused(&p, &docs.id(path)).await;
         assert!(page.contains(why), "{path}: {page}");

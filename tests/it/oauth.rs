@@ -298,6 +298,25 @@ async fn registration_accepts_real_clients_and_refuses_bad_metadata() {
         json_error(resp).await,
         (StatusCode::BAD_REQUEST, "invalid_client_metadata".into())
     );
+    // A name given twice (serde_json would keep the last, other readers the first).
+    let twice = r#"{"redirect_uris": ["https://evil.example/cb"], "redirect_uris": ["https://a.example/cb"]}"#;
+    let resp = c
+        .post(t.url("/register"))
+        .body(twice)
+        .header(header::CONTENT_TYPE, "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_client_metadata");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("twice"),
+        "{body}"
+    );
     let resp = c
         .post(t.url("/register"))
         .form(&[("redirect_uris", "https://a/cb")])
