@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use mcp_auth_proxy::config::Site;
 use mcp_auth_proxy::request_head::{
-    host_allowed, malformed_head, origin_allowed, requested_authority,
+    forwarded_host_refusal, host_allowed, malformed_head, origin_allowed, requested_authority,
 };
 
 fn site() -> &'static Site {
@@ -41,7 +41,12 @@ fuzz_target!(|data: &[u8]| {
     }
     let site = site();
     let _ = malformed_head(&headers);
-    if let Some(authority) = requested_authority(&headers, &uri, flags & 1 == 1)
+    let trusted = flags & 1 == 1;
+    // A forwarded host that names no one host addresses nothing: never the first of a list.
+    if forwarded_host_refusal(&headers, trusted).is_some() {
+        assert!(requested_authority(&headers, &uri, trusted).is_none());
+    }
+    if let Some(authority) = requested_authority(&headers, &uri, trusted)
         && host_allowed(site, &authority)
     {
         let a: http::uri::Authority = authority.parse().expect("an allowed authority parses");

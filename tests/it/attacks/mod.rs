@@ -17,7 +17,11 @@
 //! | users against each other | shared-mode cancel and forged answers, `Last-Event-ID` across users, one user and `--max-sessions` | `attacks::sessions` |
 //! | | sessions and upstream sessions are their owner's | `stdio::sessions_are_checked_owned_and_limited`, `proxy::upstream_sessions_belong_to_their_user` |
 //! | `--trusted-proxies` | forged forwarding headers through a real nginx | `attacks::behind_nginx` |
-//! | | forged headers straight at us | `gate::x_forwarded_host_is_believed_only_from_trusted_proxies`, `proxy::trusted_proxy_chain_is_extended` |
+//! | | forged headers straight at us; a trusted proxy's `X-Forwarded-Host` given twice or as a list | `gate::x_forwarded_host_is_believed_only_from_trusted_proxies`, `proxy::trusted_proxy_chain_is_extended` |
+//! | said twice | single-valued request headers repeated (lane and general stack alike) | `fastlane::requests_the_lane_does_not_serve_get_the_general_answers` |
+//! | | an upstream answer repeating `Mcp-Session-Id`, `Location` or `Content-Type` | `fastlane::the_lane_answers_exactly_as_the_general_stack` |
+//! | | a member name twice in a registration or a metadata document; an OAuth parameter twice | `oauth::registration_accepts_real_clients_and_refuses_bad_metadata`, `cimd::documents_that_do_not_describe_…`, `web::form` (unit) |
+//! | secrets | read by the stdio child through `/proc`; given as flags, read by any local user in `/proc/<pid>/cmdline` | `secrets::the_stdio_child_cannot_read_…`, `secrets::secrets_given_as_flags_are_masked_in_proc_cmdline` |
 //! | identity assertion | another audience, expired, a key no longer published, used as an access token | `providers::an_identity_assertion_is_good_for_one_audience_…` |
 //! | metrics listener | what it serves, series an attacker could add, secrets in it | `attacks::metrics` |
 //! | enumeration | the password form, registrations, revocation | `attacks::enumeration` |
