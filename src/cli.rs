@@ -1034,9 +1034,11 @@ enum ValueAt {
 
 /// Each flag given before the backend, with where its value is, as clap reads them: the one
 /// walk of the command line that both [`repeated_flags`] and [`secret_values`] rest on.
-fn flags_given(args: &[std::ffi::OsString], mut each: impl FnMut(&clap::Arg, ValueAt)) {
-    use clap::CommandFactory;
-    let cmd = Cli::command();
+fn flags_given(
+    cmd: &clap::Command,
+    args: &[std::ffi::OsString],
+    mut each: impl FnMut(&clap::Arg, ValueAt),
+) {
     let mut at = 0;
     while let Some(word) = args.get(at + 1).and_then(|w| w.to_str()) {
         at += 1;
@@ -1081,8 +1083,9 @@ fn flags_given(args: &[std::ffi::OsString], mut each: impl FnMut(&clap::Arg, Val
 /// sigbit's proxy: a script that appends an override keeps working), but a person who typed
 /// one twice by mistake should hear of it. Flags that collect several values are not counted.
 pub fn repeated_flags(args: &[std::ffi::OsString]) -> Vec<(String, usize)> {
+    use clap::CommandFactory;
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
-    flags_given(args, |arg, _| {
+    flags_given(&Cli::command(), args, |arg, _| {
         if matches!(
             arg.get_action(),
             clap::ArgAction::Set | clap::ArgAction::SetTrue
@@ -1096,20 +1099,36 @@ pub fn repeated_flags(args: &[std::ffi::OsString]) -> Vec<(String, usize)> {
 
 /// The secret values on a command line: of each flag whose variable's value the help hides
 /// (passwords, client secrets, bearer tokens, connection strings, extra headers and the
-/// child's extra environment), the word it is in and the byte its value starts at there.
-/// `main` masks them where every local user can read them (`/proc/<pid>/cmdline`).
+/// child's extra environment), and of `migrate --to` (a connection string), the word it is
+/// in and the byte its value starts at there. `main` masks them where every local user can
+/// read them (`/proc/<pid>/cmdline`).
 pub fn secret_values(args: &[std::ffi::OsString]) -> Vec<(usize, usize)> {
+    use clap::CommandFactory;
+    let migrating = args.get(1).is_some_and(|a| a == "migrate");
+    // `migrate`'s words are its own, after its name.
+    let (cmd, skipped) = if migrating {
+        (MigrateCli::command(), 1)
+    } else {
+        (Cli::command(), 0)
+    };
+    let words = args.get(skipped..).unwrap_or_default();
     let mut found = Vec::new();
-    flags_given(args, |arg, value| {
-        if !arg.is_hide_env_values_set() {
+    flags_given(&cmd, words, |arg, value| {
+        let secret = if migrating {
+            arg.get_id() == "to"
+        } else {
+            arg.is_hide_env_values_set()
+        };
+        if !secret {
             return;
         }
         match value {
             ValueAt::Nowhere => {}
-            ValueAt::Next(word) => found.push((word, 0)),
+            ValueAt::Next(word) => found.push((word + skipped, 0)),
             ValueAt::Inline(word) => {
-                let text = args[word].to_str().unwrap_or_default();
-                found.push((word, text.find('=').map_or(text.len(), |i| i + 1)));
+                let text = words[word].to_str().unwrap_or_default();
+                let from = text.find('=').map_or(text.len(), |i| i + 1);
+                found.push((word + skipped, from));
             }
         }
     });
@@ -1174,6 +1193,15 @@ mod tests {
         ];
         assert_eq!(found, expected.map(|(a, b)| (a.to_string(), b.to_string())));
         assert!(secret_values(&words("p --password")).is_empty(), "no value");
+        // `migrate --to` names a database, perhaps with its password; `--from` a directory.
+        assert_eq!(
+            secret_values(&words("p migrate --from ./data --to postgres://u:pw@db/x")),
+            [(5, 0)]
+        );
+        assert_eq!(
+            secret_values(&words("p migrate --to=postgres://u:pw@db/x --from ./data")),
+            [(2, 5)]
+        );
         assert_eq!(
             secret_values(&words("p --password-hash h http://u/mcp")),
             [(2, 0)]

@@ -186,6 +186,12 @@ async fn main() -> std::process::ExitCode {
     if args.get(1).is_some_and(|a| a == "hash-password") {
         return hash_password(&args[2..]);
     }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = hide_secret_values(&args) {
+        eprintln!(
+            "mcp-auth-proxy: warning: could not hide secret flags from /proc/self/cmdline: {e}"
+        );
+    }
     if args.get(1).is_some_and(|a| a == "migrate") {
         return migrate(&args[2..]).await;
     }
@@ -197,12 +203,6 @@ async fn main() -> std::process::ExitCode {
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
     {
         eprintln!("mcp-auth-proxy: warning: could not make the process non-dumpable: {e}");
-    }
-    #[cfg(target_os = "linux")]
-    if let Err(e) = hide_secret_values(&args) {
-        eprintln!(
-            "mcp-auth-proxy: warning: could not hide secret flags from /proc/self/cmdline: {e}"
-        );
     }
     // The one process-wide TLS crypto provider, for the listeners, ACME and every client.
     // (aws-lc-rs is the only one compiled in, so a library or test that builds a rustls
