@@ -242,19 +242,17 @@ pub async fn token_for(p: &TestProxy, subject: &str) -> String {
     .await
 }
 
-/// An HTTP client that never uses a proxy and never follows redirects.
 /// `GET url` and its JSON body (any status).
 pub async fn get_json(url: impl reqwest::IntoUrl) -> serde_json::Value {
-    client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    json_of(client().get(url)).await
 }
 
+/// Sends `req` and reads its answer's JSON body (any status).
+pub async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
+    req.send().await.unwrap().json().await.unwrap()
+}
+
+/// An HTTP client that never uses a proxy and never follows redirects.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -343,6 +341,12 @@ async fn sse(headers: HeaderMap, req: Request) -> Response {
         .header(header::CONTENT_TYPE, "text/event-stream")
         .body(Body::from_stream(events))
         .unwrap()
+}
+
+/// What the echo upstream ([`start_upstream`]) received for a `ping` sent with `req` (a
+/// POST to the MCP endpoint, with its token and any headers set).
+pub async fn echoed_ping(req: reqwest::RequestBuilder) -> Value {
+    json_of(req.json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))).await
 }
 
 /// Three SSE events of 10 bytes, 3 000 and 200 000 (larger than any read buffer).

@@ -1546,16 +1546,8 @@ redirect_uris = ["http://127.0.0.1:33418/callback"]
         "no refresh token: {body}"
     );
     let access = body["access_token"].as_str().unwrap();
-    let echoed: Value = client()
-        .post(t.url("/mcp"))
-        .bearer_auth(access)
-        .json(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echoed =
+        crate::helpers::echoed_ping(client().post(t.url("/mcp")).bearer_auth(access)).await;
     assert_eq!(
         echoed["headers"]["x-forwarded-user"], "ci-agent",
         "the service identity"

@@ -985,22 +985,18 @@ async fn the_upstream_learns_who_signed_in_and_nothing_spoofed() {
     ]);
     let p = proxy_with(&args).await;
     let access = &signed_in_token(&p).await;
-    let echoed: Value = crate::helpers::client()
-        .post(p.url("/mcp"))
-        .bearer_auth(access)
-        .header("x-forwarded-user", "root@evil.example")
-        .header("x-forwarded-provider", "password")
-        .header("X-Forwarded-Email", "root@evil.example")
-        .header("x-forwarded-groups", "admins")
-        .header("x-user-sub", "root")
-        .header("x-teams", "admins")
-        .json(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echoed = crate::helpers::echoed_ping(
+        crate::helpers::client()
+            .post(p.url("/mcp"))
+            .bearer_auth(access)
+            .header("x-forwarded-user", "root@evil.example")
+            .header("x-forwarded-provider", "password")
+            .header("X-Forwarded-Email", "root@evil.example")
+            .header("x-forwarded-groups", "admins")
+            .header("x-user-sub", "root")
+            .header("x-teams", "admins"),
+    )
+    .await;
     let h = &echoed["headers"];
     // One sign-in method: the bare user, as sigbit sends it; the provider always.
     assert_eq!(h["x-forwarded-user"], "ann@example.com");
@@ -1131,16 +1127,12 @@ impl Asserting {
 
     /// The assertion the upstream gets with a call made with `access`.
     async fn assertion(&self, access: &str) -> String {
-        let echoed: Value = crate::helpers::client()
-            .post(self.p.url("/mcp"))
-            .bearer_auth(access)
-            .json(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let echoed = crate::helpers::echoed_ping(
+            crate::helpers::client()
+                .post(self.p.url("/mcp"))
+                .bearer_auth(access),
+        )
+        .await;
         let auth = echoed["headers"]["authorization"].as_str().unwrap();
         assert!(!auth.contains(access), "never the client's token");
         auth.strip_prefix("Bearer ").unwrap().to_string()
@@ -1259,17 +1251,13 @@ async fn the_provider_token_goes_upstream_sealed_at_rest_and_refreshed() {
     let upstream_token = || {
         let (url, access) = (p.url("/mcp"), access.clone());
         async move {
-            let echoed: Value = crate::helpers::client()
-                .post(url)
-                .bearer_auth(access)
-                .header("x-forwarded-access-token", "spoofed")
-                .json(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let echoed = crate::helpers::echoed_ping(
+                crate::helpers::client()
+                    .post(url)
+                    .bearer_auth(access)
+                    .header("x-forwarded-access-token", "spoofed"),
+            )
+            .await;
             echoed["headers"]["x-forwarded-access-token"]
                 .as_str()
                 .map(str::to_string)

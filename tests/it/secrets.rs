@@ -188,7 +188,7 @@ async fn the_plaintext_password_is_not_kept_once_hashed() {
 #[tokio::test]
 async fn secrets_given_as_flags_are_masked_in_proc_cmdline() {
     use crate::flow::{Browser, OAuthClient, query, token};
-    use crate::helpers::{BinarySite, client, start_upstream};
+    use crate::helpers::{BinarySite, client, echoed_ping, start_upstream};
     let site = BinarySite::new().await;
     let up = start_upstream().await;
     let password = "flag-password-0123456789";
@@ -230,16 +230,12 @@ async fn secrets_given_as_flags_are_masked_in_proc_cmdline() {
         .json()
         .await
         .unwrap();
-    let echoed: serde_json::Value = client()
-        .post(bin.url("/mcp"))
-        .bearer_auth(tokens["access_token"].as_str().unwrap())
-        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echoed = echoed_ping(
+        client()
+            .post(bin.url("/mcp"))
+            .bearer_auth(tokens["access_token"].as_str().unwrap()),
+    )
+    .await;
     assert_eq!(
         echoed["headers"]["authorization"],
         format!("Bearer {bearer}")
