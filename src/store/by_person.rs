@@ -144,46 +144,63 @@ impl Repo {
     /// store's browser sessions. Returns how many entries it wrote.
     pub async fn index_by_person(&self, grants: &[GrantRecord]) -> Result<usize, StoreError> {
         let grants = grants.iter().map(|g| (g.grant_id.as_bytes(), g));
-        let sessions = self.scan::<SessionRecord>(b"").await?;
-        let sessions = sessions.iter().map(|(key, s)| (key.as_slice(), s));
-        Ok(self.index_missing(grants).await? + self.index_missing(sessions).await?)
+        let added = self
+            .index_missing(&self.entries::<GrantRecord>().await?, grants)
+            .await?;
+        Ok(added + self.index_sessions().await?)
     }
 
     /// Indexes the store's grants and browser sessions that have no entry (those an older
-    /// proxy on the same store wrote). Returns how many.
+    /// proxy on the same store wrote). Returns how many. The records are read a slice at a
+    /// time, by the first byte of their keys: read all at once, a sweep's memory would
+    /// follow the store's size (BENCHMARKS.md, the soak on PostgreSQL).
     pub(super) async fn index_what_older_proxies_wrote(&self) -> Result<usize, StoreError> {
-        let grants: Vec<GrantRecord> = self
-            .scan::<GrantRecord>(b"")
-            .await?
-            .into_iter()
-            .map(|(_, grant)| grant)
-            .collect();
-        let indexed = self.index_by_person(&grants).await?;
-        if indexed > 0 {
+        let entries = self.entries::<GrantRecord>().await?;
+        let mut added = 0;
+        for first in 0..=u8::MAX {
+            let grants = self.scan::<GrantRecord>(&[first]).await?;
+            let grants = grants.iter().map(|(key, g)| (key.as_slice(), g));
+            added += self.index_missing(&entries, grants).await?;
+        }
+        let added = added + self.index_sessions().await?;
+        if added > 0 {
             tracing::info!(
-                indexed,
+                indexed = added,
                 "grants and browser sessions an older proxy wrote were indexed by person"
             );
         }
-        Ok(indexed)
+        Ok(added)
     }
 
-    /// Indexes those of `records` (each with the key it is stored under) that have no entry.
-    /// Returns how many.
+    /// Indexes the store's browser sessions that have no entry, a slice at a time (by the
+    /// first byte of their keys). Returns how many.
+    async fn index_sessions(&self) -> Result<usize, StoreError> {
+        let entries = self.entries::<SessionRecord>().await?;
+        let mut added = 0;
+        for byte in 0..=u8::MAX {
+            let sessions = self.scan::<SessionRecord>(&[byte]).await?;
+            let sessions = sessions.iter().map(|(key, s)| (key.as_slice(), s));
+            added += self.index_missing(&entries, sessions).await?;
+        }
+        Ok(added)
+    }
+
+    /// The keys of every entry in `R`'s index (keys only: the entries hold no value).
+    async fn entries<R: ByPerson>(&self) -> Result<HashSet<Vec<u8>>, StoreError> {
+        let entries = self.store.scan_prefix(R::INDEX, b"").await?;
+        Ok(entries.into_iter().map(|(key, _)| key).collect())
+    }
+
+    /// Indexes those of `records` (each with the key it is stored under) whose entry is not
+    /// among `entries`. Returns how many.
     async fn index_missing<'a, R: ByPerson + 'a>(
         &self,
+        entries: &HashSet<Vec<u8>>,
         records: impl Iterator<Item = (&'a [u8], &'a R)>,
     ) -> Result<usize, StoreError> {
-        let indexed: HashSet<Vec<u8>> = self
-            .store
-            .scan_prefix(R::INDEX, b"")
-            .await?
-            .into_iter()
-            .map(|(key, _)| key)
-            .collect();
         let mut added = 0;
         for (id, record) in records {
-            if !indexed.contains(&entry_key(id, record)) {
+            if !entries.contains(&entry_key(id, record)) {
                 self.index(id, record).await?;
                 added += 1;
             }
