@@ -147,7 +147,7 @@ impl Repo {
         let added = self
             .index_missing(&self.entries::<GrantRecord>().await?, grants)
             .await?;
-        Ok(added + self.index_sessions().await?)
+        Ok(added + self.index_unindexed::<SessionRecord>().await?)
     }
 
     /// Indexes the store's grants and browser sessions that have no entry (those an older
@@ -155,14 +155,8 @@ impl Repo {
     /// time, by the first byte of their keys: read all at once, a sweep's memory would
     /// follow the store's size (BENCHMARKS.md, the soak on PostgreSQL).
     pub(super) async fn index_what_older_proxies_wrote(&self) -> Result<usize, StoreError> {
-        let entries = self.entries::<GrantRecord>().await?;
-        let mut added = 0;
-        for first in 0..=u8::MAX {
-            let grants = self.scan::<GrantRecord>(&[first]).await?;
-            let grants = grants.iter().map(|(key, g)| (key.as_slice(), g));
-            added += self.index_missing(&entries, grants).await?;
-        }
-        let added = added + self.index_sessions().await?;
+        let grants = self.index_unindexed::<GrantRecord>().await?;
+        let added = grants + self.index_unindexed::<SessionRecord>().await?;
         if added > 0 {
             tracing::info!(
                 indexed = added,
@@ -172,15 +166,15 @@ impl Repo {
         Ok(added)
     }
 
-    /// Indexes the store's browser sessions that have no entry, a slice at a time (by the
+    /// Indexes the store's records of `R` that have no entry, a slice at a time (by the
     /// first byte of their keys). Returns how many.
-    async fn index_sessions(&self) -> Result<usize, StoreError> {
-        let entries = self.entries::<SessionRecord>().await?;
+    async fn index_unindexed<R: ByPerson>(&self) -> Result<usize, StoreError> {
+        let entries = self.entries::<R>().await?;
         let mut added = 0;
-        for byte in 0..=u8::MAX {
-            let sessions = self.scan::<SessionRecord>(&[byte]).await?;
-            let sessions = sessions.iter().map(|(key, s)| (key.as_slice(), s));
-            added += self.index_missing(&entries, sessions).await?;
+        for first in 0..=u8::MAX {
+            let records = self.scan::<R>(&[first]).await?;
+            let records = records.iter().map(|(key, r)| (key.as_slice(), r));
+            added += self.index_missing(&entries, records).await?;
         }
         Ok(added)
     }
