@@ -136,13 +136,8 @@ pub const SINGLE_VALUED: [&str; 10] = [
 /// header ([`SINGLE_VALUED`]), or an `Mcp-Session-Id` that is not visible ASCII (the
 /// transport spec's range; such a value could not be checked for its owner).
 pub fn malformed_head(headers: &HeaderMap) -> Option<String> {
-    // As many names as values: nothing repeats, and the names need not be looked up (each
-    // lookup parses and hashes the name: 7 000 instructions a request, bench/instructions.sh).
-    let repeats = headers.len() != headers.keys_len();
-    for name in SINGLE_VALUED.into_iter().filter(|_| repeats) {
-        if single_header::value(headers, name) == Err(Repeated) {
-            return Some(format!("the {name} header must appear at most once"));
-        }
+    if let Some(name) = single_header::first_repeated(headers, SINGLE_VALUED) {
+        return Some(format!("the {name} header must appear at most once"));
     }
     let session = headers.get(MCP_SESSION_ID)?;
     let visible =

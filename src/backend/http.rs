@@ -416,10 +416,8 @@ impl HttpBackend {
             };
             // The headers of the answer the proxy acts on come once: with two copies it could
             // bind or follow one and the client read the other (the lane's rule too).
-            let one_of_each = [header::LOCATION.as_str(), MCP_SESSION_ID, "content-type"]
-                .into_iter()
-                .all(|name| single_header::value(resp.headers(), name).is_ok());
-            if !one_of_each {
+            let acted_on = [header::LOCATION.as_str(), MCP_SESSION_ID, "content-type"];
+            if single_header::first_repeated(resp.headers(), acted_on).is_some() {
                 let failure = UpstreamFailure::ConnectionFailed;
                 let status = Some(resp.status().as_u16());
                 failure.log(
