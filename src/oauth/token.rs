@@ -524,21 +524,20 @@ async fn refresh_grant(
         // Older proxies sharing the store look for the answer inside the rotated token
         // (store::upgrade); while this process works for them, it is there too, until a
         // sweep takes it out after the grace period.
-        let inline = app.repo.answers_inline();
-        if inline {
-            app.repo
-                .take_out_inline_answer_at(&hash.0, &successor_hash.0, answer_until)
-                .await?;
-        }
+        let inline = app
+            .repo
+            .inline_answer(
+                &hash.0,
+                &successor_hash.0,
+                answer_until,
+                answer.sealed_response,
+            )
+            .await?;
         let rotated = TokenRecord {
             rotation: Some(Rotation {
                 at: now,
                 successor_hash: successor_hash.0,
-                sealed_response: if inline {
-                    answer.sealed_response
-                } else {
-                    Vec::new()
-                },
+                sealed_response: inline,
             }),
             // A token of an older release carried the identity; the grant has it.
             identity: None,

@@ -41,7 +41,7 @@ impl WindowStart {
 impl Repo {
     /// Whether this process is within an hour of opening a store other processes share, or
     /// of last finding what an older proxy wrote there: older proxies may still run.
-    pub(super) fn in_upgrade_window(&self) -> bool {
+    pub fn in_upgrade_window(&self) -> bool {
         let start = self.window_start.0.load(Ordering::Relaxed);
         self.is_shared() && self.clock().now().saturating_sub(start) < UPGRADE_WINDOW
     }
@@ -56,24 +56,24 @@ impl Repo {
         Ok(())
     }
 
-    /// Whether a rotated token written now should carry its answer inline as well, for older
-    /// proxies: in the upgrade window.
-    pub fn answers_inline(&self) -> bool {
-        self.in_upgrade_window()
-    }
-
-    /// Has the first sweep from `at` on take the answer out of the rotated token under
-    /// `hash`, if it is still the rotation into `successor`. Written before the token is: a
-    /// rotation that then loses a race to another process's leaves that one's answer alone,
-    /// as the successor differs.
-    pub async fn take_out_inline_answer_at(
+    /// What the rotated token under `hash` carries inside for older proxies: in the upgrade
+    /// window, `sealed` (the answer kept apart too), with the first sweep from `at` on set to
+    /// take it out again; else nothing. The take-out is stored before the token is written:
+    /// a rotation that then loses a race to another process's leaves that one's answer
+    /// alone, as its successor differs.
+    pub async fn inline_answer(
         &self,
         hash: &[u8; 32],
         successor: &[u8; 32],
         at: UnixTime,
-    ) -> Result<(), StoreError> {
+        sealed: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        if !self.in_upgrade_window() {
+            return Ok(Vec::new());
+        }
         let key = [hash.as_slice(), successor].concat();
-        self.put(&key, &InlineAnswerDue { due: at }, None).await
+        self.put(&key, &InlineAnswerDue { due: at }, None).await?;
+        Ok(sealed)
     }
 
     /// Takes the answer out of the rotated tokens whose grace period has ended, whichever

@@ -444,14 +444,15 @@ async fn inline_answers_are_taken_out_by_the_next_sweep_that_can() {
     };
     let hashes = [1, 2, 3].map(|n| TokenHash::of(&format!("r-{n}")).0);
     for (n, hash) in (1..).zip(hashes) {
-        assert!(writer.answers_inline());
+        assert!(writer.in_upgrade_window());
         // The third lost its race: the record holds another process's rotation (into 3),
         // not the one this process meant to take out (into 9).
         let successor = if n == 3 { [9; 32] } else { [n; 32] };
-        writer
-            .take_out_inline_answer_at(&hash, &successor, 1_000_031)
+        let inline = writer
+            .inline_answer(&hash, &successor, 1_000_031, vec![n; 40])
             .await
             .unwrap();
+        assert_eq!(inline, vec![n; 40], "carried inside in the window");
         let record = rotated(n);
         writer
             .put(&hash, &record, Some(record.expires_at))
