@@ -337,13 +337,20 @@ impl Documents {
             }
             body.extend_from_slice(&chunk);
         }
-        let doc: Map<String, Value> =
-            serde_json::from_slice(&body).map_err(|e| Refusal::NotJson(Arc::new(e)))?;
-        // Of two equal names serde_json keeps the last, other readers the first: the document
-        // would say one thing here and another to its author's tools.
-        if crate::json_names::read(&body).is_some_and(|r| r.names_twice) {
-            return Err(Refusal::NamesTwice);
-        }
+        // Read once, and with any name given twice found: of two equal names serde_json keeps
+        // the last, other readers the first, so the document would say one thing here and
+        // another to its author's tools.
+        let doc = match crate::json_names::read(&body) {
+            Some(crate::json_names::Read {
+                value: Value::Object(doc),
+                names_twice: false,
+            }) => doc,
+            Some(crate::json_names::Read {
+                value: Value::Object(_),
+                names_twice: true,
+            }) => return Err(Refusal::NamesTwice),
+            _ => return Err(not_json(&body)),
+        };
         let client = self.check(id, &doc)?;
         Ok((client, ttl))
     }
@@ -378,6 +385,15 @@ impl Documents {
         client.issued_at = self.clock.now();
         Ok(client)
     }
+}
+
+/// Why a document is not a JSON object, in serde_json's words (read again on this path only).
+fn not_json(body: &[u8]) -> Refusal {
+    let why = match serde_json::from_slice::<Map<String, Value>>(body) {
+        Err(e) => e,
+        Ok(_) => serde::de::Error::custom("not a JSON object"),
+    };
+    Refusal::NotJson(Arc::new(why))
 }
 
 /// A fetch failure as the person and the client see it (see [`Refusal`]); the cause goes

@@ -228,11 +228,17 @@ pub async fn register(
     if !is_json {
         return Err(meta_err("send the registration as application/json"));
     }
-    let doc: Map<String, Value> = serde_json::from_slice(&body)
-        .map_err(|_| meta_err("the registration is not a JSON object"))?;
-    // Of two equal names serde_json keeps the last, other readers the first: refused, so
-    // what is registered is what the client meant, whichever reader it knows.
-    if crate::json_names::read(&body).is_some_and(|r| r.names_twice) {
+    // Read once, and with any name given twice found: of two equal names serde_json keeps
+    // the last, other readers the first. Refused, so what is registered is what the client
+    // meant, whichever reader it knows.
+    let Some(crate::json_names::Read {
+        value: Value::Object(doc),
+        names_twice,
+    }) = crate::json_names::read(&body)
+    else {
+        return Err(meta_err("the registration is not a JSON object"));
+    };
+    if names_twice {
         return Err(meta_err("the registration names a member twice"));
     }
     let mut client = validate(&doc, &app.authn.cfg.redirect_schemes)?;

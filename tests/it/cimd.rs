@@ -117,6 +117,7 @@ impl DocServer {
                 get(|| async { format!("{{\"pad\":\"{}\"}}", "x".repeat(20_000)) }),
             )
             .route("/gone.json", get(|| async { AxStatus::NOT_FOUND }))
+            .route("/list.json", get(|| async { "[\"client_id\"]" }))
             // Two client names: which one a reader keeps depends on the reader.
             .route("/twice.json", {
                 let body = format!(
@@ -363,6 +364,7 @@ async fn documents_that_do_not_describe_themselves_properly_are_refused() {
         ("/big.json", "larger than"),
         ("/gone.json", "404"),
         ("/twice.json", "names a member twice"),
+        ("/list.json", "not a JSON object: invalid type: sequence"),
     ] {
         let page = refused(&p, &docs.id(path)).await;
         assert!(page.contains(why), "{path}: {page}");
