@@ -254,12 +254,9 @@ mod tests {
         );
         // A trusted proxy's list, or two copies, name no one host; from anyone else they are
         // not read.
-        for (name, value) in [
-            ("x-forwarded-host", "public.example, evil.example"),
-            ("x-forwarded-host", "evil.example"),
-        ] {
+        for second in ["public.example, evil.example", "evil.example"] {
             let mut h = h.clone();
-            h.append(name, value.parse().unwrap());
+            h.append(X_FORWARDED_HOST, second.parse().unwrap());
             assert_eq!(requested_authority(&h, &uri, true), None, "{h:?}");
             assert!(forwarded_host_refusal(&h, true).is_some());
             assert_eq!(forwarded_host_refusal(&h, false), None);
