@@ -390,17 +390,18 @@ impl Placing {
     }
 
     /// Hands the connection to `inbox`: its slot goes with it, and this worker's count of
-    /// it ends with `serving`.
+    /// it ends with `serving`. Counted first: once handed over, the other worker may answer
+    /// the request before this thread runs again.
     fn give(&self, inbox: &Inbox, socket: Socket, mut serving: Serving) {
         let Some(slot) = serving.load.slot.take() else {
             return;
         };
+        self.placed.inc();
         inbox.give(Conn {
             socket,
             peer: serving.peer,
             slot,
         });
-        self.placed.inc();
     }
 }
 
