@@ -17,8 +17,8 @@ pub struct Repo {
     pub(super) store: Arc<dyn Store>,
     keys: Keys,
     clock: Clock,
-    /// When its window for older proxies on a shared store last started (`upgrade`).
-    pub(super) window_start: super::upgrade::WindowStart,
+    /// Its window for older proxies on a shared store (`upgrade`).
+    pub(super) window: super::upgrade::Window,
 }
 
 #[derive(Serialize)]
@@ -41,12 +41,12 @@ pub struct Versioned<R> {
 
 impl Repo {
     pub fn new(store: Arc<dyn Store>, keys: Keys, clock: Clock) -> Self {
-        let window_start = super::upgrade::WindowStart::at(clock.now());
+        let window = super::upgrade::Window::opened_at(clock.now());
         Self {
             store,
             keys,
             clock,
-            window_start,
+            window,
         }
     }
 
@@ -313,7 +313,7 @@ impl Repo {
             store: self.store.clone(),
             keys,
             clock: self.clock.clone(),
-            window_start: self.window_start.clone(),
+            window: self.window.clone(),
         }
     }
 
@@ -359,8 +359,8 @@ impl Repo {
 
     /// Deletes expired records; returns how many. Does for older proxies on a shared store
     /// what `upgrade` says: takes out the inline answers whose grace period ended (first:
-    /// they hold live tokens, and nothing else removes them), and while the window lasts
-    /// indexes by person what they wrote ([`Repo::index_for_older_proxies`]).
+    /// they hold live tokens, and nothing else removes them), and while the window lasts (then
+    /// once an hour) indexes by person what they wrote ([`Repo::index_for_older_proxies`]).
     pub async fn sweep(&self) -> Result<usize, StoreError> {
         self.take_out_inline_answers().await?;
         let swept = self.store.sweep(self.clock.now()).await?;

@@ -3,7 +3,9 @@
 //! write (`by_person`), and it writes a rotated refresh token's answer where they look for
 //! it too. A sweep that finds records an older proxy wrote starts the window again, so an
 //! upgrade that keeps older proxies running for longer (a canary beside them for a day) is
-//! covered for as long as they write, and an hour after.
+//! covered for as long as they write, and an hour after. Once the window has closed, one
+//! sweep an hour still looks: an older proxy that was silent for longer and writes again
+//! is found within the hour, and opens the window again.
 //!
 //! A rotated refresh token answers a retry within the grace period with the pair it was
 //! rotated into. Older releases kept that answer inside the rotated token's record, for as
@@ -27,14 +29,35 @@ use crate::clock::UnixTime;
 /// replaces every process in minutes); older proxies that go on writing keep it open.
 pub(super) const UPGRADE_WINDOW: UnixTime = 3600;
 
-/// When this process's upgrade window last started: when it opened the store, then each
-/// sweep that found records an older proxy wrote. Shared by the process's clones of `Repo`.
+/// This process's upgrade window, shared by its clones of `Repo`.
 #[derive(Clone)]
-pub(super) struct WindowStart(Arc<AtomicU64>);
+pub(super) struct Window(Arc<WindowTimes>);
 
-impl WindowStart {
-    pub(super) fn at(now: UnixTime) -> Self {
-        Self(Arc::new(AtomicU64::new(now)))
+struct WindowTimes {
+    /// When the window last started: when the process opened the store, then each sweep
+    /// that found records an older proxy wrote.
+    started: AtomicU64,
+    /// When a sweep last looked for such records.
+    looked: AtomicU64,
+}
+
+impl Window {
+    pub(super) fn opened_at(now: UnixTime) -> Self {
+        Self(Arc::new(WindowTimes {
+            started: AtomicU64::new(now),
+            looked: AtomicU64::new(now),
+        }))
+    }
+
+    fn is_open(&self, now: UnixTime) -> bool {
+        now.saturating_sub(self.0.started.load(Ordering::Relaxed)) < UPGRADE_WINDOW
+    }
+
+    /// Whether a sweep at `now` looks for what older proxies wrote: every sweep in the
+    /// window, one an hour after it.
+    fn is_time_to_look(&self, now: UnixTime) -> bool {
+        self.is_open(now)
+            || now.saturating_sub(self.0.looked.load(Ordering::Relaxed)) >= UPGRADE_WINDOW
     }
 }
 
@@ -42,16 +65,19 @@ impl Repo {
     /// Whether this process is within an hour of opening a store other processes share, or
     /// of last finding what an older proxy wrote there: older proxies may still run.
     pub fn in_upgrade_window(&self) -> bool {
-        let start = self.window_start.0.load(Ordering::Relaxed);
-        self.is_shared() && self.clock().now().saturating_sub(start) < UPGRADE_WINDOW
+        self.is_shared() && self.window.is_open(self.clock().now())
     }
 
-    /// In the upgrade window, indexes by person what older proxies wrote; finding any starts
-    /// the window again (they are still running).
+    /// In the upgrade window, and once an hour after it, indexes by person what older
+    /// proxies wrote; finding any starts the window again (they are still running).
     pub(super) async fn index_for_older_proxies(&self) -> Result<(), StoreError> {
-        if self.in_upgrade_window() && self.index_what_older_proxies_wrote().await? > 0 {
-            let now = self.clock().now();
-            self.window_start.0.fetch_max(now, Ordering::Relaxed);
+        let now = self.clock().now();
+        if !self.is_shared() || !self.window.is_time_to_look(now) {
+            return Ok(());
+        }
+        self.window.0.looked.fetch_max(now, Ordering::Relaxed);
+        if self.index_what_older_proxies_wrote().await? > 0 {
+            self.window.0.started.fetch_max(now, Ordering::Relaxed);
         }
         Ok(())
     }

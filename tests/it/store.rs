@@ -331,8 +331,10 @@ async fn shared_repo_at(dsn: &str, clock: &Clock) -> Repo {
 /// writes grants and browser sessions without entries in the index by person. A newer
 /// proxy's sweeps index them for an hour after it starts, and for an hour after a sweep last
 /// found some, so the person's apps page lists them and "sign out everywhere" ends them
-/// without a restart while older proxies go on writing; sweeps after an hour without any,
-/// and sweeps of a store no other process shares, leave the index alone.
+/// without a restart while older proxies go on writing. After an hour without any, one sweep
+/// an hour still looks (an older proxy silent for longer is found within the hour, and the
+/// window opens again); the sweeps between leave the index alone, as do sweeps of a store no
+/// other process shares.
 #[tokio::test]
 async fn sweeps_index_what_an_older_proxy_writes_during_a_rolling_upgrade() {
     let pg = crate::pg::PgCluster::start().await;
@@ -386,14 +388,30 @@ async fn sweeps_index_what_an_older_proxy_writes_during_a_rolling_upgrade() {
         "6 300 s after the start, 3 000 after the last find"
     );
 
-    clock.advance(3600);
-    write_as_an_older_proxy("g-frank", "frank").await;
+    // A look that finds nothing: the window closes an hour after the last find.
+    clock.advance(3300);
+    repo.sweep().await.unwrap();
+    assert!(repo.in_upgrade_window());
+    clock.advance(600);
+    assert!(!repo.in_upgrade_window(), "an hour without a find is over");
+    let franks = write_as_an_older_proxy("g-frank", "frank").await;
     repo.sweep().await.unwrap();
     assert_eq!(
         found("frank").await,
         (vec![], 0),
-        "an hour without a find is over"
+        "600 s after the last look, out of the window: not looked for"
     );
+    clock.advance(2999);
+    repo.sweep().await.unwrap();
+    assert_eq!(found("frank").await, (vec![], 0), "not yet an hour");
+    clock.advance(1);
+    repo.sweep().await.unwrap();
+    assert_eq!(
+        found("frank").await,
+        (vec![franks], 1),
+        "the hourly look finds what an older proxy wrote after its silence"
+    );
+    assert!(repo.in_upgrade_window(), "and opens the window again");
 
     let dir = tempfile::tempdir().unwrap();
     let embedded = repo_at(dir.path());
