@@ -258,4 +258,9 @@ pub trait Store: Send + Sync + 'static {
     fn shared(&self) -> bool {
         false
     }
+    /// The same records for background work (the sweeps), through a connection of its own
+    /// where the backend pools connections for requests; `None`: this store itself.
+    fn for_background(&self) -> Option<std::sync::Arc<dyn Store>> {
+        None
+    }
 }

@@ -14,6 +14,7 @@
 
 use std::borrow::Cow;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -44,6 +45,9 @@ pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// connections serve thousands of requests a second, and several replicas stay well under
 /// PostgreSQL's default `max_connections` (100).
 const MAX_CONNECTIONS: u32 = 16;
+
+/// The application name of the connection the sweeps use (`Store::for_background`).
+pub const BACKGROUND_NAME: &str = "mcp-auth-proxy sweeps";
 
 /// Expired records deleted per statement by the sweep.
 const SWEEP_BATCH: i64 = 5_000;
@@ -78,19 +82,26 @@ pub const ADVISORY_LOCK: &str = "SELECT pg_advisory_lock(hashtextextended($1, 0)
 /// is 64 hex digits and a comma.
 const HASHES_PER_NOTIFICATION: usize = 100;
 
-/// The PostgreSQL store: a pool of connections, reconnecting by itself after an outage, and
-/// one more connection listening for the revocations other processes announce.
+/// The PostgreSQL store: a pool of connections, reconnecting by itself after an outage, one
+/// more connection for background work, and one listening for the revocations other
+/// processes announce.
 pub struct PostgresStore {
     pool: PgPool,
+    /// One connection for the sweeps ([`Store::for_background`]).
+    background: PgPool,
     /// This process's name in its announcements, so its listener can skip its own.
     me: String,
     revocations: broadcast::Sender<Revocation>,
-    listening: tokio::task::JoinHandle<()>,
+    listening: Arc<Listening>,
 }
 
-impl Drop for PostgresStore {
+/// The revocation listener, stopped when the last copy of the store that shares it is
+/// dropped.
+struct Listening(tokio::task::JoinHandle<()>);
+
+impl Drop for Listening {
     fn drop(&mut self) {
-        self.listening.abort();
+        self.0.abort();
     }
 }
 
@@ -225,7 +236,14 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(OPERATION_TIMEOUT)
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.clone());
+        // Opened at once and kept, so the first sweep does not add to the process's memory;
+        // named apart in `pg_stat_activity`.
+        let background = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(OPERATION_TIMEOUT)
+            .connect_lazy_with(options.clone().application_name(BACKGROUND_NAME));
         migrator().run(&pool).await?;
         tracing::info!(database = %target, "store: PostgreSQL");
         let (revocations, _) = broadcast::channel(1024);
@@ -233,10 +251,16 @@ impl PostgresStore {
         let listening = tokio::spawn(listen(pool.clone(), me.clone(), revocations.clone()));
         Ok(Self {
             pool,
+            background,
             me,
             revocations,
-            listening,
+            listening: Arc::new(Listening(listening)),
         })
+    }
+
+    /// The connections the pool holds open now (not counting the background one).
+    pub fn open_connections(&self) -> u32 {
+        self.pool.size()
     }
 
     /// Runs `op` within [`OPERATION_TIMEOUT`].
@@ -483,6 +507,22 @@ impl Store for PostgresStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    /// The sweeps make hundreds of short statements one after another. Through the pool,
+    /// each takes whichever connection is idle when it starts, and the one it used goes back
+    /// to the pool a moment later (sqlx returns it from a task of its own). Beside the load
+    /// the next statement then often finds none idle and the pool opens another connection,
+    /// which the process keeps: its memory stepped up at each sweep (BENCHMARKS.md, the
+    /// soak on PostgreSQL). On one connection of their own, the sweeps open none.
+    fn for_background(&self) -> Option<Arc<dyn Store>> {
+        Some(Arc::new(Self {
+            pool: self.background.clone(),
+            background: self.background.clone(),
+            me: self.me.clone(),
+            revocations: self.revocations.clone(),
+            listening: self.listening.clone(),
+        }))
     }
 }
 

@@ -15,6 +15,8 @@ use crate::clock::{Clock, UnixTime};
 #[derive(Clone)]
 pub struct Repo {
     pub(super) store: Arc<dyn Store>,
+    /// The same records for the sweeps ([`Store::for_background`]).
+    background: Arc<dyn Store>,
     keys: Keys,
     clock: Clock,
     /// Its window for older proxies on a shared store (`upgrade`).
@@ -42,8 +44,10 @@ pub struct Versioned<R> {
 impl Repo {
     pub fn new(store: Arc<dyn Store>, keys: Keys, clock: Clock) -> Self {
         let window = super::upgrade::Window::opened_at(clock.now());
+        let background = store.for_background().unwrap_or_else(|| store.clone());
         Self {
             store,
+            background,
             keys,
             clock,
             window,
@@ -311,6 +315,7 @@ impl Repo {
         // Field by field: `..self.clone()` would copy the keys it replaces.
         Self {
             store: self.store.clone(),
+            background: self.background.clone(),
             keys,
             clock: self.clock.clone(),
             window: self.window.clone(),
@@ -361,10 +366,17 @@ impl Repo {
     /// what `upgrade` says: takes out the inline answers whose grace period ended (first:
     /// they hold live tokens, and nothing else removes them), and while the window lasts (then
     /// once an hour) indexes by person what they wrote ([`Repo::index_for_older_proxies`]).
+    ///
+    /// All of it on the store's background connection, not the requests' pool
+    /// ([`Store::for_background`]).
     pub async fn sweep(&self) -> Result<usize, StoreError> {
-        self.take_out_inline_answers().await?;
-        let swept = self.store.sweep(self.clock.now()).await?;
-        self.index_for_older_proxies().await?;
+        let background = Self {
+            store: self.background.clone(),
+            ..self.clone()
+        };
+        background.take_out_inline_answers().await?;
+        let swept = background.store.sweep(self.clock.now()).await?;
+        background.index_for_older_proxies().await?;
         Ok(swept)
     }
 

@@ -4,11 +4,14 @@
 use std::sync::Arc;
 
 use mcp_auth_proxy::clock::Clock;
+use mcp_auth_proxy::store::postgres::PostgresStore;
 use mcp_auth_proxy::store::sled::SledStore;
 use mcp_auth_proxy::store::{
-    GrantRecord, Identity, Keys, McpSessionRecord, Repo, SessionRecord, Store, Table, TokenHash,
+    GrantRecord, Identity, Keys, McpSessionRecord, Repo, Rotation, SessionRecord, Store, Table,
+    TokenHash, TokenKind, TokenRecord,
 };
 use reqwest::StatusCode;
+use sqlx::Connection;
 
 use crate::helpers::{Binary, BinarySite, Mint, client, mint, run_binary, start_upstream};
 
@@ -316,15 +319,40 @@ async fn shared_repo_on_a_manual_clock(pg: &crate::pg::PgCluster, database: &str
 
 /// A process's repo on the database at `dsn`, on `clock`.
 async fn shared_repo_at(dsn: &str, clock: &Clock) -> Repo {
-    let store = mcp_auth_proxy::store::postgres::PostgresStore::connect(
-        dsn,
-        std::time::Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
+    shared_repo_and_store_at(dsn, clock).await.0
+}
+
+/// [`shared_repo_at`], and the store under it.
+async fn shared_repo_and_store_at(dsn: &str, clock: &Clock) -> (Repo, Arc<PostgresStore>) {
+    let store = PostgresStore::connect(dsn, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let store = Arc::new(store);
     let dir = tempfile::tempdir().unwrap();
     let keys = Keys::load(dir.path(), None, None).unwrap();
-    Repo::new(Arc::new(store), keys, clock.clone())
+    (Repo::new(store.clone(), keys, clock.clone()), store)
+}
+
+/// A refresh token rotated (on the manual clock's first second) into the token whose hash is
+/// `[n; 32]`, its answer inside.
+fn rotated_into(n: u8) -> TokenRecord {
+    TokenRecord {
+        kind: TokenKind::Refresh,
+        grant_id: "g".into(),
+        client_id: "c".into(),
+        subject: "password:alice".into(),
+        scopes: vec!["mcp".into()],
+        resource: "https://mcp.example/mcp".into(),
+        issued_at: 1_000_000,
+        expires_at: 2_000_000,
+        rotation: Some(Rotation {
+            at: 1_000_000,
+            successor_hash: [n; 32],
+            sealed_response: vec![n; 40],
+        }),
+        identity: None,
+        jkt: None,
+    }
 }
 
 /// An older proxy still running on a shared store while a rolling upgrade replaces it
@@ -438,28 +466,10 @@ async fn sweeps_index_what_an_older_proxy_writes_during_a_rolling_upgrade() {
 /// the database gone leaves them for the next one.
 #[tokio::test]
 async fn inline_answers_are_taken_out_by_the_next_sweep_that_can() {
-    use mcp_auth_proxy::store::{Rotation, TokenKind, TokenRecord};
     let pg = crate::pg::PgCluster::start().await;
     let dsn = pg.database("inline").await;
     let clock = Clock::manual(1_000_000);
     let writer = shared_repo_at(&dsn, &clock).await;
-    let rotated = |n: u8| TokenRecord {
-        kind: TokenKind::Refresh,
-        grant_id: "g".into(),
-        client_id: "c".into(),
-        subject: "password:alice".into(),
-        scopes: vec!["mcp".into()],
-        resource: "https://mcp.example/mcp".into(),
-        issued_at: 1_000_000,
-        expires_at: 2_000_000,
-        rotation: Some(Rotation {
-            at: 1_000_000,
-            successor_hash: [n; 32],
-            sealed_response: vec![n; 40],
-        }),
-        identity: None,
-        jkt: None,
-    };
     let hashes = [1, 2, 3].map(|n| TokenHash::of(&format!("r-{n}")).0);
     for (n, hash) in (1..).zip(hashes) {
         assert!(writer.in_upgrade_window());
@@ -471,7 +481,7 @@ async fn inline_answers_are_taken_out_by_the_next_sweep_that_can() {
             .await
             .unwrap();
         assert_eq!(inline, vec![n; 40], "carried inside in the window");
-        let record = rotated(n);
+        let record = rotated_into(n);
         writer
             .put(&hash, &record, Some(record.expires_at))
             .await
@@ -526,6 +536,49 @@ async fn inline_answers_are_taken_out_by_the_next_sweep_that_can() {
         .await
         .unwrap();
     assert!(left.is_empty(), "nothing left to do: {left:?}");
+}
+
+/// A sweep makes hundreds of short statements one after another: here it takes the answer
+/// out of 300 rotated tokens, three statements each. Through the requests' pool, a
+/// statement would often start before the connection the one before it used was back, and
+/// the pool would open another, which the process keeps. The sweep runs on the store's
+/// background connection (as PostgreSQL sees it), and the pool opens none for it.
+#[tokio::test]
+async fn a_sweep_opens_no_connection_of_the_requests_pool() {
+    let pg = crate::pg::PgCluster::start().await;
+    let dsn = pg.database("background").await;
+    let clock = Clock::manual(1_000_000);
+    let (repo, store) = shared_repo_and_store_at(&dsn, &clock).await;
+    for n in 0..300u16 {
+        let hash = TokenHash::of(&format!("r-{n}")).0;
+        let record = rotated_into(1);
+        repo.inline_answer(&hash, &[1; 32], 1_000_031, vec![1; 40])
+            .await
+            .unwrap();
+        repo.put(&hash, &record, Some(record.expires_at))
+            .await
+            .unwrap();
+    }
+    clock.advance(31);
+    let before = store.open_connections();
+    repo.sweep().await.unwrap();
+    assert_eq!(store.open_connections(), before);
+    let mut c = sqlx::PgConnection::connect(&dsn).await.unwrap();
+    let last: Vec<String> =
+        sqlx::query_scalar("SELECT query FROM pg_stat_activity WHERE application_name = $1")
+            .bind(mcp_auth_proxy::store::postgres::BACKGROUND_NAME)
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    assert!(
+        matches!(&last[..], [one] if one.contains("mcp_auth_proxy_entries")),
+        "one background connection, and the sweep's statements ran on it: {last:?}"
+    );
+    let left = repo
+        .scan::<mcp_auth_proxy::store::InlineAnswerDue>(b"")
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "the sweep took every answer out");
 }
 
 #[tokio::test]
