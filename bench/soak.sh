@@ -21,6 +21,12 @@ for tool in node curl python3; do command -v "$tool" >/dev/null || { echo "needs
 stdio_bench_setup
 PORT=$(free_port)
 read -r -a extra <<<"${SOAK_PROXY_ARGS:-}"
+# The load's clients each hold one access token for the whole run: past the default
+# lifetime (1 h) every call would be a 401. A longer run lengthens it, unless told.
+if [ "$SECONDS_" -gt 3000 ] && [[ " ${extra[*]} " != *" --access-token-ttl "* ]]; then
+  extra+=(--access-token-ttl "$((SECONDS_ + 600))s")
+  echo "a run of ${SECONDS_} s: --access-token-ttl $((SECONDS_ + 600))s"
+fi
 if [ "${SOAK_POSTGRES:-0}" = 1 ]; then
   start_postgres
   REPOSITORY_DSN=$PG_DSN ENCRYPTION_KEY=$(openssl rand -base64 32)
