@@ -333,6 +333,13 @@ async fn shared_repo_and_store_at(dsn: &str, clock: &Clock) -> (Repo, Arc<Postgr
     (Repo::new(store.clone(), keys, clock.clone()), store)
 }
 
+/// The inline answers still to be taken out of rotated tokens, by anyone's sweep.
+async fn inline_answers_due(repo: &Repo) -> Vec<(Vec<u8>, mcp_auth_proxy::store::InlineAnswerDue)> {
+    repo.scan::<mcp_auth_proxy::store::InlineAnswerDue>(b"")
+        .await
+        .unwrap()
+}
+
 /// A refresh token rotated (on the manual clock's first second) into the token whose hash is
 /// `[n; 32]`, its answer inside.
 fn rotated_into(n: u8) -> TokenRecord {
@@ -531,10 +538,7 @@ async fn inline_answers_are_taken_out_by_the_next_sweep_that_can() {
         vec![3; 40],
         "another rotation's answer is left alone"
     );
-    let left = sweeper
-        .scan::<mcp_auth_proxy::store::InlineAnswerDue>(b"")
-        .await
-        .unwrap();
+    let left = inline_answers_due(&sweeper).await;
     assert!(left.is_empty(), "nothing left to do: {left:?}");
 }
 
@@ -574,10 +578,7 @@ async fn a_sweep_opens_no_connection_of_the_requests_pool() {
         matches!(&last[..], [one] if one.contains("mcp_auth_proxy_entries")),
         "one background connection, and the sweep's statements ran on it: {last:?}"
     );
-    let left = repo
-        .scan::<mcp_auth_proxy::store::InlineAnswerDue>(b"")
-        .await
-        .unwrap();
+    let left = inline_answers_due(&repo).await;
     assert!(left.is_empty(), "the sweep took every answer out");
 }
 
