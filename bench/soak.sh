@@ -10,7 +10,8 @@
 # SOAK_PROXY_ARGS adds flags to the proxy's command line: short lifetimes, say, so that
 # sign-ins' records expire (and are swept) as fast as they are made and the store stops
 # growing (BENCHMARKS.md, "Soak"). SOAK_POSTGRES=1 keeps the store in a throwaway
-# PostgreSQL cluster (bench/lib.sh) instead of the embedded one.
+# PostgreSQL cluster (bench/lib.sh) instead of the embedded one, and reports when the
+# proxy's connections to it changed in number, with its RSS then (sampled every 2 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -38,9 +39,24 @@ fi
   "${extra[@]}" -- node "$EVERYTHING" stdio >"$work/proxy.log" 2>&1 &
 PID=$!; pids+=("$PID")
 wait_port "$PORT"
+if [ "${SOAK_POSTGRES:-0}" = 1 ]; then
+  # The proxy's connections to the cluster: its pool grows with the load's concurrency, and
+  # each connection is memory the proxy holds (BENCHMARKS.md, "Soak").
+  ( started=$(date +%s)
+    while kill -0 "$PID" 2>/dev/null; do
+      n=$(ss -tnpH state established "dst 127.0.0.1:$PG_PORT" 2>/dev/null | grep -c "pid=$PID,") || true
+      echo "$(($(date +%s) - started)) $n $(awk '/VmRSS/{print $2}' "/proc/$PID/status" 2>/dev/null)"
+      sleep 2
+    done >"$work/connections" ) &
+  pids+=("$!")
+fi
 node bench/soak.mjs "http://127.0.0.1:$PORT" "$PASSWORD" "$PID" "$SECONDS_"
 echo "children of the proxy after the load: $(pgrep -P "$PID" | wc -l)"
 [ -d "$work/data/store" ] && echo "the store on disk after the load: $(du -sk "$work/data/store" | cut -f1) KiB"
 sleep 40
 echo "after 40 s idle (sessions idle out after 30 s): proxy RSS $(awk '/VmRSS/{print $2}' "/proc/$PID/status") KiB, $(pgrep -P "$PID" | wc -l) children"
+if [ -f "$work/connections" ]; then
+  echo "the proxy's connections to PostgreSQL when their number changed (seconds, connections, RSS KiB):"
+  awk '$2 != last { print "  " $0; last = $2 }' "$work/connections"
+fi
 grep -c ' ERROR ' "$work/proxy.log" | sed 's/^/proxy log ERROR lines: /' || true
