@@ -24,7 +24,11 @@ PORT=$(free_port)
 read -r -a extra <<<"${SOAK_PROXY_ARGS:-}"
 # The load's clients each hold one access token for the whole run: past the default
 # lifetime (1 h) every call would be a 401. A longer run lengthens it, unless told.
-if [ "$SECONDS_" -gt 3000 ] && [[ " ${extra[*]} " != *" --access-token-ttl "* ]]; then
+# A lifetime given in SOAK_PROXY_ARGS (`--flag value` or `--flag=value`) or ACCESS_TOKEN_TTL
+# is left alone: the proxy takes the last of a flag given twice, and a flag over the variable.
+if [ "$SECONDS_" -gt 3000 ] && [ -z "${ACCESS_TOKEN_TTL:-}" ] &&
+  [[ " ${extra[*]} " != *" --access-token-ttl "* ]] &&
+  [[ " ${extra[*]} " != *" --access-token-ttl="* ]]; then
   extra+=(--access-token-ttl "$((SECONDS_ + 600))s")
   echo "a run of ${SECONDS_} s: --access-token-ttl $((SECONDS_ + 600))s"
 fi
