@@ -201,7 +201,7 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(serve(args)),
+        Ok(runtime) => runtime.block_on(main_on_runtime(args)),
         Err(e) => {
             eprintln!("mcp-auth-proxy: the runtime did not start: {e}");
             std::process::ExitCode::FAILURE
@@ -209,8 +209,9 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Everything after the command line's secrets are hidden, on the runtime.
-async fn serve(args: Vec<std::ffi::OsString>) -> std::process::ExitCode {
+/// The rest of `main`, once the command line's secrets are hidden: `migrate`, or the proxy
+/// until a signal.
+async fn main_on_runtime(args: Vec<std::ffi::OsString>) -> std::process::ExitCode {
     if args.get(1).is_some_and(|a| a == "migrate") {
         return migrate(&args[2..]).await;
     }
